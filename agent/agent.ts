@@ -1,0 +1,92 @@
+// The agent: identity, host figures, and the link to the leader. Keeps running (and keeps
+// its containers running, once it has some) when no coordinator is reachable.
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../common/logger';
+import { VERSION } from '../common/version';
+import type { AgentHello } from '../common/generated/tessera/v1/AgentHello';
+import type { HostUsage } from '../common/generated/tessera/v1/HostUsage';
+import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
+import type { Resources } from '../common/generated/tessera/v1/Resources';
+import type { AgentConfig } from './config';
+import { CoordinatorConnection } from './connection';
+import { hostCapacity, sampleHost } from './host-metrics';
+import { loadOrCreateNodeId } from './node-id';
+
+export class Agent {
+  readonly nodeId: string;
+  private readonly sessionId = randomUUID();
+  private capacity: Resources = {};
+  private conn!: CoordinatorConnection;
+  private reportTimer?: NodeJS.Timeout;
+  private reportIntervalMs: number;
+  private seq = 0;
+  private lastUsage?: HostUsage;
+  private reporting = false;
+
+  constructor(readonly config: AgentConfig, readonly log: Logger) {
+    this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId);
+    this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
+  }
+
+  async start(): Promise<void> {
+    this.capacity = await hostCapacity(this.config.stateDir, this.config.cpuMillis, this.config.memoryMib);
+    this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
+    this.conn = new CoordinatorConnection(this.config.coordinators, () => this.hello(), this.log.child({ part: 'connection' }));
+    this.conn.on('welcome', (w) => {
+      if (!this.config.reportIntervalMs && w.reportIntervalMs > 0 && w.reportIntervalMs !== this.reportIntervalMs) {
+        this.reportIntervalMs = w.reportIntervalMs;
+        this.scheduleReports();
+      }
+      void this.report();
+    });
+    this.conn.on('instruction', (i) => this.onInstruction(i));
+    this.conn.start();
+    this.scheduleReports();
+    this.log.info({ node: this.nodeId, coordinators: this.config.coordinators, capacity: this.capacity }, 'agent started');
+  }
+
+  private hello(): AgentHello {
+    return {
+      nodeId: this.nodeId,
+      hostname: this.config.hostname,
+      labels: this.config.labels,
+      capacity: this.capacity,
+      agentVersion: VERSION,
+      instances: [],
+      sessionId: this.sessionId,
+      endpoint: '',
+    };
+  }
+
+  private scheduleReports(): void {
+    clearInterval(this.reportTimer);
+    this.reportTimer = setInterval(() => void this.report(), this.reportIntervalMs);
+    this.reportTimer.unref();
+  }
+
+  private async report(): Promise<void> {
+    if (this.reporting) return;
+    this.reporting = true;
+    try {
+      this.lastUsage = await sampleHost(this.config.stateDir).catch((err) => {
+        this.log.warn({ err: (err as Error).message }, 'host sampling failed; sending the last figures');
+        return this.lastUsage;
+      });
+      this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: [] } });
+    } finally {
+      this.reporting = false;
+    }
+  }
+
+  private onInstruction(i: Instruction__Output): void {
+    // Runtime actions arrive with the deployment work; until then every instruction is refused
+    // explicitly, so the leader records why instead of waiting for an acknowledgement.
+    this.log.warn({ id: i.id, action: i.action }, 'instruction not supported by this agent');
+    this.conn.send({ ack: { instructionId: i.id, ok: false, message: `action ${i.action} is not supported by agent ${VERSION}` } });
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.reportTimer);
+    await this.conn?.stop();
+  }
+}

@@ -1,0 +1,46 @@
+// The agent's settings: one schema compiled once (defaults < --config file < env < flags).
+import * as os from 'node:os';
+import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
+import { ConfigError, FieldViolation } from '../common/errors';
+import { LOG_LEVELS } from '../common/logger';
+
+export const AGENT_SCHEMA = {
+  coordinators: { type: 'list', doc: 'coordinator addresses host:port, comma-separated; any one will do, the agent follows redirects to the leader', env: 'TESSERA_COORDINATORS', default: ['127.0.0.1:7400'] },
+  stateDir: { type: 'string', doc: 'state folder: node id, volumes', env: 'TESSERA_STATE_DIR', default: './data/agent' },
+  nodeId: { type: 'string', doc: 'node id (default: generated once and kept in the state dir)', env: 'TESSERA_NODE_ID' },
+  hostname: { type: 'string', doc: 'hostname to report (default: the OS hostname)', env: 'TESSERA_HOSTNAME' },
+  labels: { type: 'map', doc: 'node labels k=v,k2=v2 used by placement constraints', env: 'TESSERA_LABELS', default: {} },
+  reportIntervalMs: { type: 'int', doc: 'report interval override (default: what the coordinator says)', env: 'TESSERA_AGENT_REPORT_INTERVAL_MS', min: 100 },
+  cpuMillis: { type: 'int', doc: 'CPU capacity offered to Tessera in millicores (default: all cores)', env: 'TESSERA_CPU_MILLIS', min: 1 },
+  memoryMib: { type: 'int', doc: 'memory capacity offered to Tessera in MiB (default: total memory)', env: 'TESSERA_MEMORY_MIB', min: 1 },
+  logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
+} satisfies Schema;
+
+export interface AgentConfig {
+  coordinators: string[];
+  stateDir: string;
+  nodeId?: string;
+  hostname: string;
+  labels: Record<string, string>;
+  reportIntervalMs?: number;
+  cpuMillis?: number;
+  memoryMib?: number;
+  logLevel: string;
+}
+
+export function compileAgentConfig(layers: Layer[]): AgentConfig {
+  const raw = compileLayers<Partial<AgentConfig>>(AGENT_SCHEMA, layers);
+  const v: FieldViolation[] = [];
+  if (!raw.coordinators!.length) v.push({ field: 'coordinators', message: 'at least one coordinator address is required' });
+  raw.coordinators!.forEach((c, i) => {
+    if (!isHostPort(c)) v.push({ field: `coordinators[${i}]`, message: `must be host:port, got ${JSON.stringify(c)}` });
+  });
+  if (raw.nodeId !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(raw.nodeId)) {
+    v.push({ field: 'nodeId', message: 'must be 1-128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit' });
+  }
+  for (const k of Object.keys(raw.labels ?? {})) {
+    if (!/^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$/.test(k)) v.push({ field: `labels.${k}`, message: 'label keys are 1-63 characters of letters, digits, ".", "_", "/" or "-"' });
+  }
+  if (v.length) throw new ConfigError(v);
+  return { ...(raw as AgentConfig), hostname: raw.hostname ?? os.hostname() };
+}

@@ -1,0 +1,162 @@
+// The agent's link to the coordinators: one AgentGateway.Connect stream at a time.
+//
+//   IDLE ─> CONNECTING ─welcome─> CONNECTED ─stream ends─> BACKOFF ─> CONNECTING ...
+//                 └─redirect─> CONNECTING (to the leader's address, at once)
+//
+// Addresses are tried in turn; a redirect names the leader. Delays are jittered so that a
+// fleet that lost the same coordinator does not return in lockstep. Every state change goes
+// through transition(), which checks it against the table and logs it.
+import { EventEmitter } from 'node:events';
+import * as grpc from '@grpc/grpc-js';
+import { Backoff, BackoffOptions, sleep } from '../common/backoff';
+import { CHANNEL_OPTIONS, clientCredentials } from '../common/grpc';
+import type { Logger } from '../common/logger';
+import { tesseraProto } from '../common/proto';
+import type { AgentGatewayClient } from '../common/generated/tessera/v1/AgentGateway';
+import type { AgentHello } from '../common/generated/tessera/v1/AgentHello';
+import type { AgentMessage } from '../common/generated/tessera/v1/AgentMessage';
+import type { CoordinatorMessage__Output } from '../common/generated/tessera/v1/CoordinatorMessage';
+import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
+import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
+
+export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
+
+const ALLOWED_FROM: Record<ConnState, readonly ConnState[]> = {
+  IDLE: [],
+  CONNECTING: ['IDLE', 'BACKOFF', 'CONNECTING', 'CONNECTED'],
+  CONNECTED: ['CONNECTING'],
+  BACKOFF: ['CONNECTING', 'CONNECTED'],
+  STOPPED: ['IDLE', 'CONNECTING', 'CONNECTED', 'BACKOFF'],
+};
+
+export declare interface CoordinatorConnection {
+  on(event: 'welcome', fn: (w: Welcome__Output, address: string) => void): this;
+  on(event: 'instruction', fn: (i: Instruction__Output) => void): this;
+  on(event: 'disconnected', fn: () => void): this;
+}
+
+interface StreamOutcome {
+  welcomed: boolean;
+  redirectTo?: string;
+  reason: string;
+}
+
+export class CoordinatorConnection extends EventEmitter {
+  private state: ConnState = 'IDLE';
+  private call?: grpc.ClientDuplexStream<AgentMessage, CoordinatorMessage__Output>;
+  private clients = new Map<string, AgentGatewayClient>();
+  private readonly abort = new AbortController();
+  private loop?: Promise<void>;
+  connectedTo = '';
+
+  constructor(
+    private readonly addresses: string[],
+    private readonly hello: () => AgentHello,
+    private readonly log: Logger,
+    private readonly backoffOpts: BackoffOptions = { initialMs: 200, maxMs: 5_000, multiplier: 1.6, jitter: 0.2 },
+  ) {
+    super();
+  }
+
+  get current(): ConnState { return this.state; }
+
+  private transition(to: ConnState, detail: Record<string, unknown> = {}): void {
+    if (!ALLOWED_FROM[to].includes(this.state)) throw new Error(`connection state cannot go from ${this.state} to ${to}`);
+    this.log.debug({ from: this.state, to, ...detail }, 'connection state');
+    this.state = to;
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    if (this.state === 'STOPPED') return;
+    this.transition('STOPPED');
+    this.abort.abort();
+    try { this.call?.end(); } catch { /* gone */ }
+    this.call?.cancel();
+    await this.loop;
+    for (const c of this.clients.values()) c.close();
+  }
+
+  /** Sends a message on the current stream; false when not connected. */
+  send(msg: AgentMessage): boolean {
+    if (this.state !== 'CONNECTED' || !this.call) return false;
+    this.call.write(msg);
+    return true;
+  }
+
+  private client(address: string): AgentGatewayClient {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = new (tesseraProto().AgentGateway)(address, clientCredentials(), CHANNEL_OPTIONS);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  private async run(): Promise<void> {
+    const backoff = new Backoff(this.backoffOpts);
+    let next = 0;
+    let redirectTo: string | undefined;
+    let redirects = 0;
+    while (!this.abort.signal.aborted) {
+      const address = redirectTo ?? this.addresses[next++ % this.addresses.length];
+      redirectTo = undefined;
+      this.transition('CONNECTING', { address });
+      const out = await this.runStream(address);
+      if (this.abort.signal.aborted) return;
+      if (out.welcomed) {
+        backoff.reset();
+        redirects = 0;
+        this.emit('disconnected');
+      }
+      if (out.redirectTo && out.redirectTo !== address && redirects++ < 3) {
+        this.log.info({ from: address, to: out.redirectTo }, 'redirected to the leader');
+        redirectTo = out.redirectTo;
+        continue;
+      }
+      const delay = backoff.next();
+      this.transition('BACKOFF', { reason: out.reason, delayMs: delay });
+      await sleep(delay, this.abort.signal);
+      redirects = 0;
+    }
+  }
+
+  private runStream(address: string): Promise<StreamOutcome> {
+    return new Promise((resolve) => {
+      const out: StreamOutcome = { welcomed: false, reason: '' };
+      let settled = false;
+      const call = this.client(address).Connect();
+      this.call = call;
+      const finish = (reason: string) => {
+        if (settled) return;
+        settled = true;
+        out.reason = reason;
+        if (this.call === call) this.call = undefined;
+        this.connectedTo = '';
+        call.removeAllListeners('data');
+        resolve(out);
+      };
+      call.on('data', (msg: CoordinatorMessage__Output) => {
+        if (msg.welcome) {
+          out.welcomed = true;
+          this.connectedTo = msg.welcome.coordinatorId;
+          if (this.state === 'CONNECTING') this.transition('CONNECTED', { address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm });
+          this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm }, 'attached to leader');
+          this.emit('welcome', msg.welcome, address);
+        } else if (msg.redirect) {
+          out.redirectTo = msg.redirect.leaderAddress || undefined;
+          out.reason = `redirect: ${msg.redirect.reason}`;
+        } else if (msg.instruction) {
+          this.emit('instruction', msg.instruction);
+        }
+      });
+      call.on('error', (err: grpc.ServiceError) => finish(`${grpc.status[err.code] ?? err.code}: ${err.details}`));
+      call.on('end', () => finish(out.reason || 'stream ended by coordinator'));
+      call.on('close', () => finish(out.reason || 'stream closed'));
+      call.write({ hello: this.hello() });
+    });
+  }
+}

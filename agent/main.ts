@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+// tessera-agent: flags > env > --config file > defaults (see config.ts for every setting).
+import { Command } from 'commander';
+import { addSchemaOptions, layersFromCommand } from '../common/config';
+import { ConfigError } from '../common/errors';
+import { createLogger } from '../common/logger';
+import { VERSION } from '../common/version';
+import { Agent } from './agent';
+import { AGENT_SCHEMA, AgentConfig, compileAgentConfig } from './config';
+
+async function main(): Promise<void> {
+  const cmd = addSchemaOptions(new Command('tessera-agent').version(VERSION).description('Tessera agent: reports the host, runs containers, carries out deployment instructions'), AGENT_SCHEMA);
+  cmd.parse(process.argv);
+  let config: AgentConfig;
+  try {
+    config = compileAgentConfig(layersFromCommand(AGENT_SCHEMA, cmd.opts()));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(err.message + '\n');
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = createLogger('agent', config.logLevel);
+  const agent = new Agent(config, log);
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping; containers keep running');
+    agent.stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('unhandledRejection', (err) => log.error({ err: (err as Error)?.message ?? String(err) }, 'unhandled rejection'));
+  try {
+    await agent.start();
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, 'agent failed to start');
+    process.exit(1);
+  }
+}
+
+void main();

@@ -1,0 +1,24 @@
+// A node keeps one id for its whole life: generated on first start, kept in the state dir.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+
+export function loadOrCreateNodeId(stateDir: string, override?: string): string {
+  fs.mkdirSync(stateDir, { recursive: true });
+  const file = path.join(stateDir, 'node-id');
+  if (override) {
+    fs.writeFileSync(file, override + '\n');
+    return override;
+  }
+  try {
+    const id = fs.readFileSync(file, 'utf8').trim();
+    if (id) return id;
+  } catch {
+    /* first start */
+  }
+  const id = `node-${randomBytes(6).toString('hex')}`;
+  const tmp = `${file}.tmp`;
+  fs.writeFileSync(tmp, id + '\n');
+  fs.renameSync(tmp, file); // atomic: a crash never leaves a half-written id
+  return id;
+}

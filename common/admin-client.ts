@@ -1,0 +1,71 @@
+// A promise-based Admin client for the CLI, tests and benchmarks. Given several coordinator
+// addresses it tries them in turn while a call fails with UNAVAILABLE (that coordinator is
+// down); any coordinator can answer, since followers forward writes to the leader.
+import * as grpc from '@grpc/grpc-js';
+import { CHANNEL_OPTIONS, clientCredentials, deadline } from './grpc';
+import { tesseraProto } from './proto';
+import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
+import type { ClusterStatus__Output } from './generated/tessera/v1/ClusterStatus';
+import type { DrainNodeRequest } from './generated/tessera/v1/DrainNodeRequest';
+import type { Event__Output } from './generated/tessera/v1/Event';
+import type { ListNodesRequest } from './generated/tessera/v1/ListNodesRequest';
+import type { Node__Output } from './generated/tessera/v1/Node';
+import type { WatchEventsRequest } from './generated/tessera/v1/WatchEventsRequest';
+
+export interface AdminClientOptions {
+  timeoutMs?: number;
+  metadata?: Record<string, string>;
+}
+
+export class AdminClient {
+  private clients: RawAdminClient[];
+  private preferred = 0;
+
+  constructor(readonly addresses: string[], private readonly opts: AdminClientOptions = {}) {
+    if (!addresses.length) throw new Error('no coordinator address given');
+    const Admin = tesseraProto().Admin;
+    this.clients = addresses.map((a) => new Admin(a, clientCredentials(), CHANNEL_OPTIONS));
+  }
+
+  close(): void {
+    for (const c of this.clients) c.close();
+  }
+
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(this.opts.metadata ?? {})) md.set(k, v);
+    return md;
+  }
+
+  private async unary<Req, Res>(method: string, req: Req): Promise<Res> {
+    let lastErr: unknown;
+    for (let i = 0; i < this.clients.length; i++) {
+      const idx = (this.preferred + i) % this.clients.length;
+      const c = this.clients[idx] as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>;
+      try {
+        const res = await new Promise<Res>((resolve, reject) =>
+          c[method].call(c, req, this.metadata(), { deadline: deadline(this.opts.timeoutMs ?? 10_000) }, (e, r) => (e ? reject(e) : resolve(r))),
+        );
+        this.preferred = idx;
+        return res;
+      } catch (err) {
+        lastErr = err;
+        const se = err as grpc.ServiceError;
+        // Only move on when this coordinator could not be reached; a NotLeaderError or any
+        // other answer is the cluster's answer.
+        if (se.code !== grpc.status.UNAVAILABLE || se.metadata?.get('tessera-error-kind').length) throw err;
+      }
+    }
+    throw lastErr;
+  }
+
+  getClusterStatus(): Promise<ClusterStatus__Output> { return this.unary('getClusterStatus', {}); }
+  listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[] }> { return this.unary('listNodes', req); }
+  getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
+  drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }
+
+  /** Server stream of events from the first coordinator that answers. */
+  watchEvents(req: WatchEventsRequest): grpc.ClientReadableStream<Event__Output> {
+    return this.clients[this.preferred].watchEvents(req, this.metadata());
+  }
+}

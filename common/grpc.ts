@@ -1,0 +1,128 @@
+// gRPC plumbing shared by coordinators, agents and the CLI: keepalive settings for long
+// streams, and handler wrappers that turn every exception into a status (a handler's
+// exception must never reach the transport or crash the process).
+import * as grpc from '@grpc/grpc-js';
+import { InvalidArgumentError, toServiceError } from './errors';
+import type { Logger } from './logger';
+
+/** Keepalive for long-lived streams: a dead peer is seen within about time + timeout. */
+export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.initial_reconnect_backoff_ms': 200,
+  'grpc.max_reconnect_backoff_ms': 2_000,
+  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+};
+
+export const SERVER_OPTIONS: grpc.ServerOptions = {
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  // Let clients ping as often as they keep alive (the default minimum is 5 minutes).
+  'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+};
+
+const MALFORMED = Symbol('malformed');
+
+/**
+ * A service definition whose request deserializers never throw: broken protobuf bytes become a
+ * marker object, which the handler wrappers (and stream handlers via malformedReason) turn into
+ * INVALID_ARGUMENT on that call alone, instead of grpc-js's generic INTERNAL.
+ */
+export function guardDeserializers<T extends grpc.ServiceDefinition>(def: T): T {
+  const out: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(def)) {
+    out[name] = {
+      ...method,
+      requestDeserialize: (buf: Buffer) => {
+        try {
+          return method.requestDeserialize(buf);
+        } catch (err) {
+          return { [MALFORMED]: (err as Error).message };
+        }
+      },
+    };
+  }
+  return out as T;
+}
+
+/** The decode error if msg came from bytes that are not a valid message, else undefined. */
+export function malformedReason(msg: unknown): string | undefined {
+  return typeof msg === 'object' && msg !== null && MALFORMED in msg ? String((msg as Record<symbol, unknown>)[MALFORMED]) : undefined;
+}
+
+export function rejectMalformed(msg: unknown, what: string): void {
+  const reason = malformedReason(msg);
+  if (reason !== undefined) throw InvalidArgumentError.field(what, `malformed protobuf message: ${reason}`);
+}
+
+/** Wraps a promise-returning unary handler: a result or a thrown error both end the call. */
+export function unary<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => {
+        rejectMalformed(call.request, 'request');
+        return fn(call.request, call);
+      })
+      .then(
+      (res) => callback(null, res),
+      (err) => {
+        const se = toServiceError(err);
+        log.debug({ method, code: se.code, err: se.details }, 'call failed');
+        callback(se as grpc.ServiceError);
+      },
+    );
+  };
+}
+
+/** Wraps a server-streaming handler; an exception ends the stream with its status. */
+export function serverStream<Req, Res>(
+  log: Logger,
+  method: string,
+  fn: (call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+): grpc.handleServerStreamingCall<Req, Res> {
+  return (call) => {
+    Promise.resolve()
+      .then(() => {
+        rejectMalformed(call.request, 'request');
+        return fn(call);
+      })
+      .then(
+      () => {
+        if (!call.writableEnded && !call.destroyed) call.end();
+      },
+      (err) => {
+        const se = toServiceError(err);
+        log.debug({ method, code: se.code, err: se.details }, 'stream failed');
+        // grpc-js turns an 'error' event on a server stream into the call's final status.
+        if (!call.writableEnded) call.emit('error', se);
+      },
+    );
+  };
+}
+
+/** Channel credentials: plaintext for now; TLS is added by the security work. */
+export function clientCredentials(): grpc.ChannelCredentials {
+  return grpc.credentials.createInsecure();
+}
+
+export function serverCredentials(): grpc.ServerCredentials {
+  return grpc.ServerCredentials.createInsecure();
+}
+
+/** Binds a server and resolves to the port it got (port 0 picks a free one). */
+export function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
+  });
+}
+
+export function deadline(ms: number): Date {
+  return new Date(Date.now() + ms);
+}

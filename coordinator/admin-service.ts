@@ -1,0 +1,199 @@
+// Admin: the operator's API (grpcurl, the tessera CLI). Any coordinator answers reads from
+// etcd (the leader from its fresher memory); writes run on the leader, and a follower forwards
+// them there, so an operator may talk to whichever coordinator they like.
+import * as grpc from '@grpc/grpc-js';
+import type { Etcd3 } from 'etcd3';
+import { InvalidArgumentError, NotLeaderError, isServiceError, TesseraError, UnavailableError } from '../common/errors';
+import { clientCredentials, CHANNEL_OPTIONS, deadline, serverStream, unary } from '../common/grpc';
+import type { Logger } from '../common/logger';
+import { tesseraProto } from '../common/proto';
+import { createEtcdClient, withTimeout } from '../common/etcd';
+import type { AdminClient, AdminHandlers } from '../common/generated/tessera/v1/Admin';
+import type { ClusterStatus } from '../common/generated/tessera/v1/ClusterStatus';
+import type { EtcdMember } from '../common/generated/tessera/v1/EtcdMember';
+import type { Event } from '../common/generated/tessera/v1/Event';
+import type { WatchEventsRequest__Output } from '../common/generated/tessera/v1/WatchEventsRequest';
+import type { Keys } from './keys';
+import type { Leadership } from './leadership';
+import { NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
+import { NODE_ID_RE } from './agent-gateway';
+import type { StoredEvent } from './store';
+
+const FORWARDED_KEY = 'tessera-forwarded-by';
+const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
+
+export class AdminService {
+  private leaderClients = new Map<string, AdminClient>();
+  private memberClients = new Map<string, Etcd3>();
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly keys: Keys,
+    private readonly leadership: Leadership,
+    private readonly registry: () => NodeRegistry | undefined,
+    private readonly opts: { coordinatorId: string; etcdEndpoints: string[] },
+    private readonly log: Logger,
+  ) {}
+
+  close(): void {
+    for (const c of this.leaderClients.values()) c.close();
+    for (const c of this.memberClients.values()) void c.close();
+  }
+
+  handlers(): AdminHandlers {
+    const log = this.log;
+    return {
+      GetClusterStatus: unary(log, 'GetClusterStatus', () => this.clusterStatus()),
+      ListNodes: unary(log, 'ListNodes', async (req) => {
+        if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
+        const reg = this.registry();
+        const records = reg ? reg.list() : await this.etcdRead(() => readNodes(this.client, this.keys));
+        const nodes = records.map(recordToProto).filter((n) => req.state === 'NODE_STATE_UNSPECIFIED' || n.state === req.state);
+        return { nodes };
+      }),
+      GetNode: unary(log, 'GetNode', async (req) => {
+        validateNodeId(req.nodeId);
+        const reg = this.registry();
+        return recordToProto(reg ? reg.get(req.nodeId) : await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
+      }),
+      DrainNode: unary(log, 'DrainNode', async (req, call) => {
+        validateNodeId(req.nodeId);
+        return this.onLeader(call, 'drainNode', req, async (reg) => recordToProto(await reg.drain(req.nodeId, req.undo, req.reason)));
+      }),
+      WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
+    };
+  }
+
+  /** Runs fn on the leader: here if we lead, else forwarded to the leader with the caller's metadata. */
+  private async onLeader<Req, Res>(
+    call: grpc.ServerUnaryCall<Req, Res>,
+    method: 'drainNode',
+    req: Req,
+    fn: (reg: NodeRegistry) => Promise<Res>,
+  ): Promise<Res> {
+    const reg = this.registry();
+    if (reg) return fn(reg);
+    if (call.metadata.get(FORWARDED_KEY).length) {
+      // Never forward twice: the leader we forwarded to no longer leads.
+      throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    }
+    const leader = await this.leadership.waitForLeader(3_000);
+    if (!leader) throw new NotLeaderError();
+    if (leader.id === this.opts.coordinatorId) {
+      const again = this.registry();
+      if (again) return fn(again);
+      throw new NotLeaderError();
+    }
+    const client = this.leaderClient(leader.address);
+    const md = call.metadata.clone();
+    md.set(FORWARDED_KEY, this.opts.coordinatorId);
+    type Callback = (err: grpc.ServiceError | null, res?: Res) => void;
+    return new Promise<Res>((resolve, reject) => {
+      const cb: Callback = (err, res) => {
+        if (!err) return resolve(res!);
+        if (err.code === grpc.status.UNAVAILABLE && !err.metadata.get('tessera-error-kind').length) {
+          // The leader could not be reached at all: say who it is, so the caller can go there.
+          return reject(new NotLeaderError(leader.id, leader.address));
+        }
+        reject(err);
+      };
+      (client[method] as unknown as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: Callback) => void)(req, md, { deadline: deadline(5_000) }, cb);
+    });
+  }
+
+  private leaderClient(address: string): AdminClient {
+    let c = this.leaderClients.get(address);
+    if (!c) {
+      c = new (tesseraProto().Admin)(address, clientCredentials(), CHANNEL_OPTIONS);
+      this.leaderClients.set(address, c);
+    }
+    return c;
+  }
+
+  private async etcdRead<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof TesseraError || isServiceError(err)) throw err;
+      throw new UnavailableError(`etcd read failed: ${(err as Error).message}`);
+    }
+  }
+
+  async clusterStatus(): Promise<ClusterStatus> {
+    const leader = this.leadership.leader;
+    const reg = this.registry();
+    const [members, records] = await Promise.all([
+      this.etcdMembers(),
+      reg ? Promise.resolve(reg.list()) : readNodes(this.client, this.keys).catch(() => []),
+    ]);
+    const nodesByState: Record<string, number> = {};
+    for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;
+    return {
+      leader: leader ? { id: leader.id, address: leader.address, leader: true, version: leader.version, startedAtMs: leader.startedAtMs } : { id: '' },
+      leaderTerm: leader ? Number(leader.createRevision) : 0,
+      coordinators: this.leadership.allCandidates.map((c) => ({ id: c.id, address: c.address, leader: c.key === leader?.key, version: c.version, startedAtMs: c.startedAtMs })),
+      etcd: members,
+      answeredBy: this.opts.coordinatorId,
+      nodesByState,
+    };
+  }
+
+  /** Every etcd member with its own status call, so a dead member shows as unhealthy. */
+  private async etcdMembers(): Promise<EtcdMember[]> {
+    let list: { name: string; endpoint: string; id: string }[];
+    try {
+      const res = await withTimeout(this.client.cluster.memberList({ linearizable: false } as never), 1_500, 'member list');
+      list = res.members.map((m) => ({ name: m.name, endpoint: (m.clientURLs[0] ?? '').replace(/^https?:\/\//, ''), id: String(m.ID) }));
+    } catch {
+      list = this.opts.etcdEndpoints.map((e) => ({ name: '', endpoint: e, id: '' }));
+    }
+    return Promise.all(list.map(async (m): Promise<EtcdMember> => {
+      try {
+        const st = await withTimeout(this.memberClient(m.endpoint).maintenance.status(), 1_500, 'status');
+        return { name: m.name, endpoint: m.endpoint, healthy: true, leader: String(st.leader) === String(st.header.member_id), version: st.version, dbSizeBytes: Number(st.dbSize) };
+      } catch (err) {
+        return { name: m.name, endpoint: m.endpoint, healthy: false, error: (err as Error).message };
+      }
+    }));
+  }
+
+  private memberClient(endpoint: string): Etcd3 {
+    let c = this.memberClients.get(endpoint);
+    if (!c) {
+      c = createEtcdClient({ endpoints: [endpoint], callTimeoutMs: 1_500 });
+      this.memberClients.set(endpoint, c);
+    }
+    return c;
+  }
+
+  private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {
+    const req = call.request;
+    const history = req.history === 0 ? 20 : req.history;
+    if (history < -1) throw InvalidArgumentError.field('history', 'must be -1 (none), 0 (default 20) or a positive count');
+    const match = (e: StoredEvent) => !req.kinds.length || req.kinds.some((k) => e.kind.startsWith(k));
+    const res = await this.etcdRead(() => this.client.getAll().prefix(this.keys.events).sort('Key', 'Descend').limit(history > 0 ? Math.min(history * (req.kinds.length ? 20 : 1), 10_000) : 1).exec());
+    const past = res.kvs.map((kv) => JSON.parse(kv.value.toString()) as StoredEvent).filter(match).slice(0, Math.max(history, 0)).reverse();
+    for (const e of past) call.write(toProtoEvent(e));
+    if (!req.follow) return;
+    const watcher = await this.client.watch().prefix(this.keys.events).startRevision(String(Number(res.header.revision) + 1)).create();
+    await new Promise<void>((resolve, reject) => {
+      const stop = () => { void watcher.cancel(); resolve(); };
+      watcher.on('put', (kv) => {
+        const e = JSON.parse(kv.value.toString()) as StoredEvent;
+        if (match(e)) call.write(toProtoEvent(e));
+      });
+      watcher.on('error', (err) => { void watcher.cancel(); reject(new UnavailableError(`event watch failed: ${err.message}`)); });
+      call.on('cancelled', stop);
+      call.on('close', stop);
+    });
+  }
+}
+
+function validateNodeId(id: string): void {
+  if (!id) throw InvalidArgumentError.field('nodeId', 'is required');
+  if (!NODE_ID_RE.test(id)) throw InvalidArgumentError.field('nodeId', `must match ${NODE_ID_RE.source}`);
+}
+
+function toProtoEvent(e: StoredEvent): Event {
+  return { id: e.id, atMs: e.atMs, kind: e.kind, subject: e.subject, message: e.message, fields: e.fields, coordinatorId: e.coordinatorId, leaderTerm: e.leaderTerm };
+}

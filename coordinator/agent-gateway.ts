@@ -1,0 +1,205 @@
+// AgentGateway.Connect: one bidirectional stream per agent. The first message must be a hello.
+// A follower answers with a redirect to the leader (waiting briefly if no leader is known yet,
+// so agents re-attach right after an election rather than after a backoff). On the leader the
+// stream carries reports up and instructions down. Each stream's messages are handled in order;
+// a malformed message closes that stream alone with INVALID_ARGUMENT.
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { InvalidArgumentError, NotLeaderError, TesseraError, toServiceError } from '../common/errors';
+import { malformedReason } from '../common/grpc';
+import type { Logger } from '../common/logger';
+import type { AgentMessage__Output } from '../common/generated/tessera/v1/AgentMessage';
+import type { AgentGatewayHandlers } from '../common/generated/tessera/v1/AgentGateway';
+import type { CoordinatorMessage } from '../common/generated/tessera/v1/CoordinatorMessage';
+import type { Instruction } from '../common/generated/tessera/v1/Instruction';
+import type { InstructionAck__Output } from '../common/generated/tessera/v1/InstructionAck';
+import type { InstanceEvent__Output } from '../common/generated/tessera/v1/InstanceEvent';
+import type { Leadership } from './leadership';
+import type { NodeRegistry } from './node-registry';
+
+type Stream = grpc.ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
+
+export const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export interface GatewayOptions {
+  coordinatorId: string;
+  reportIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  helloTimeoutMs?: number;
+  /** How long a follower holds a new stream while no leader is known. */
+  leaderWaitMs?: number;
+}
+
+/** What the leader's other parts hear from agents. */
+export interface AgentListener {
+  onInstanceEvent?(nodeId: string, e: InstanceEvent__Output): void;
+  onAck?(nodeId: string, a: InstructionAck__Output): void;
+  onAttached?(nodeId: string): void;
+}
+
+interface Session {
+  id: string;
+  nodeId: string;
+  call: Stream;
+  closed: boolean;
+}
+
+export class AgentGateway {
+  private sessions = new Map<string, Session>();
+  private listeners: AgentListener[] = [];
+
+  constructor(
+    private readonly leadership: Leadership,
+    private readonly registry: () => NodeRegistry | undefined,
+    private readonly opts: GatewayOptions,
+    private readonly log: Logger,
+  ) {}
+
+  addListener(l: AgentListener): void {
+    this.listeners.push(l);
+  }
+
+  handlers(): AgentGatewayHandlers {
+    return { Connect: (call: Stream) => this.connect(call) };
+  }
+
+  connectedNodes(): string[] {
+    return [...this.sessions.keys()];
+  }
+
+  /** Sends an instruction to a connected agent; false if it has no stream to this leader. */
+  send(nodeId: string, instruction: Instruction): boolean {
+    const s = this.sessions.get(nodeId);
+    if (!s || s.closed) return false;
+    s.call.write({ instruction });
+    return true;
+  }
+
+  /** On demotion or shutdown: tell every agent where to go, and close its stream. */
+  closeAll(reason: string): void {
+    const leader = this.leadership.leader;
+    const redirectTo = leader && leader.id !== this.opts.coordinatorId ? leader : undefined;
+    for (const s of [...this.sessions.values()]) {
+      this.close(s, { redirect: { leaderId: redirectTo?.id ?? '', leaderAddress: redirectTo?.address ?? '', reason } });
+    }
+  }
+
+  private close(s: Session, last?: CoordinatorMessage, err?: TesseraError): void {
+    if (s.closed) return;
+    s.closed = true;
+    if (this.sessions.get(s.nodeId) === s) this.sessions.delete(s.nodeId);
+    this.registry()?.disconnected(s.nodeId, s.id);
+    try {
+      if (last) s.call.write(last);
+      if (err) s.call.emit('error', toServiceError(err));
+      else s.call.end();
+    } catch {
+      /* the transport is already gone */
+    }
+  }
+
+  private connect(call: Stream): void {
+    const peer = call.getPeer();
+    const session: Session = { id: randomUUID(), nodeId: '', call, closed: false };
+    let chain = Promise.resolve();
+    const helloTimer = setTimeout(() => {
+      if (!session.nodeId) this.close(session, undefined, InvalidArgumentError.field('hello', `no hello within ${this.opts.helloTimeoutMs ?? 10_000} ms`));
+    }, this.opts.helloTimeoutMs ?? 10_000);
+    helloTimer.unref();
+
+    const fail = (err: unknown) => {
+      const e = err instanceof TesseraError ? err : undefined;
+      this.log.warn({ peer, node: session.nodeId, err: (err as Error).message }, 'agent stream closed on error');
+      this.close(session, undefined, e);
+      if (!e && !session.closed) call.emit('error', toServiceError(err));
+    };
+
+    call.on('data', (msg: AgentMessage__Output) => {
+      chain = chain.then(() => (session.closed ? undefined : this.handle(session, msg, peer))).catch(fail);
+    });
+    call.on('end', () => {
+      clearTimeout(helloTimer);
+      chain = chain.then(() => this.close(session));
+    });
+    call.on('error', (err) => {
+      clearTimeout(helloTimer);
+      this.log.debug({ node: session.nodeId, err: err.message }, 'agent stream error');
+      session.closed = true;
+      if (this.sessions.get(session.nodeId) === session) this.sessions.delete(session.nodeId);
+      this.registry()?.disconnected(session.nodeId, session.id);
+    });
+    call.on('cancelled', () => {
+      session.closed = true;
+      if (this.sessions.get(session.nodeId) === session) this.sessions.delete(session.nodeId);
+      this.registry()?.disconnected(session.nodeId, session.id);
+    });
+  }
+
+  private async handle(s: Session, msg: AgentMessage__Output, peer: string): Promise<void> {
+    const bad = malformedReason(msg);
+    if (bad !== undefined) throw InvalidArgumentError.field('AgentMessage', `malformed protobuf message: ${bad}`);
+    if (!s.nodeId) {
+      if (msg.msg !== 'hello' || !msg.hello) throw InvalidArgumentError.field('AgentMessage.msg', `the first message on the stream must be a hello, got ${msg.msg ?? 'nothing'}`);
+      await this.hello(s, msg, peer);
+      return;
+    }
+    const registry = this.registry();
+    if (!registry) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    registry.touch(s.nodeId);
+    switch (msg.msg) {
+      case 'report':
+        registry.report(s.nodeId, msg.report!);
+        return;
+      case 'event':
+        for (const l of this.listeners) l.onInstanceEvent?.(s.nodeId, msg.event!);
+        return;
+      case 'ack':
+        for (const l of this.listeners) l.onAck?.(s.nodeId, msg.ack!);
+        return;
+      case 'hello':
+        throw InvalidArgumentError.field('AgentMessage.hello', 'hello was already received on this stream');
+      default:
+        throw InvalidArgumentError.field('AgentMessage.msg', 'empty message');
+    }
+  }
+
+  private async hello(s: Session, msg: AgentMessage__Output, peer: string): Promise<void> {
+    const h = msg.hello!;
+    if (!NODE_ID_RE.test(h.nodeId)) {
+      throw InvalidArgumentError.field('hello.nodeId', `must match ${NODE_ID_RE.source}, got ${JSON.stringify(h.nodeId)}`);
+    }
+    if (!h.hostname) throw InvalidArgumentError.field('hello.hostname', 'must not be empty');
+    s.nodeId = h.nodeId;
+
+    let registry = this.registry();
+    if (!registry) {
+      const leader = await this.leadership.waitForLeader(this.opts.leaderWaitMs ?? 5_000);
+      registry = this.registry();
+      if (!registry || leader?.id !== this.opts.coordinatorId) {
+        const target = leader && leader.id !== this.opts.coordinatorId ? leader : undefined;
+        this.log.debug({ node: h.nodeId, leader: target?.address }, 'redirecting agent');
+        this.close(s, { redirect: { leaderId: target?.id ?? '', leaderAddress: target?.address ?? '', reason: target ? 'not the leader' : 'no leader elected yet' } });
+        return;
+      }
+    }
+    const old = this.sessions.get(h.nodeId);
+    this.sessions.set(h.nodeId, s);
+    if (old && old !== s) {
+      this.log.info({ node: h.nodeId }, 'agent reconnected; closing its older stream');
+      this.close(old);
+    }
+    const fence = this.leadership.fence();
+    await registry.hello(h);
+    if (s.closed) return;
+    s.call.write({
+      welcome: {
+        coordinatorId: this.opts.coordinatorId,
+        leaderTerm: fence?.term ?? 0,
+        reportIntervalMs: this.opts.reportIntervalMs,
+        heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
+      },
+    });
+    this.log.info({ node: h.nodeId, hostname: h.hostname, peer, instances: h.instances.length }, 'agent attached');
+    for (const l of this.listeners) l.onAttached?.(h.nodeId);
+  }
+}

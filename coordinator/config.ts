@@ -1,0 +1,69 @@
+// The coordinator's settings: one schema (type, doc, env name, default) compiled once.
+import * as os from 'node:os';
+import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
+import { ConfigError, FieldViolation } from '../common/errors';
+import { LOG_LEVELS } from '../common/logger';
+
+export const COORDINATOR_SCHEMA = {
+  id: { type: 'string', doc: 'unique coordinator id (default: hostname-port)', env: 'TESSERA_COORDINATOR_ID' },
+  listen: { type: 'string', doc: 'gRPC listen address host:port (Admin, AgentGateway, health, reflection)', env: 'TESSERA_LISTEN', default: '127.0.0.1:7400' },
+  advertise: { type: 'string', doc: 'address other processes use to reach this coordinator (default: listen)', env: 'TESSERA_ADVERTISE' },
+  etcdEndpoints: { type: 'list', doc: 'etcd endpoints host:port, comma-separated; empty starts an embedded single-member etcd', env: 'TESSERA_ETCD_ENDPOINTS', default: [] },
+  etcdPrefix: { type: 'string', doc: 'key prefix for all Tessera state in etcd', env: 'TESSERA_ETCD_PREFIX', default: '/tessera/' },
+  dataDir: { type: 'string', doc: 'data folder (the embedded etcd lives here)', env: 'TESSERA_DATA_DIR', default: './data/coordinator' },
+  leaseTtlSeconds: { type: 'int', doc: 'leader lease TTL in seconds (etcd raises anything below 2)', env: 'TESSERA_LEASE_TTL', default: 3, min: 2, max: 60 },
+  leaseMarginMs: { type: 'int', doc: 'a leader steps down when its lease keepalive has not succeeded for TTL minus this margin', env: 'TESSERA_LEASE_MARGIN_MS', default: 1000, min: 100 },
+  heartbeatTimeoutMs: { type: 'int', doc: 'a node with no report for this long goes DOWN', env: 'TESSERA_HEARTBEAT_TIMEOUT_MS', default: 10_000, min: 500 },
+  failoverGraceMs: { type: 'int', doc: 'after winning an election, wait this long for agents to reconnect before marking any node DOWN', env: 'TESSERA_FAILOVER_GRACE_MS', default: 15_000, min: 0 },
+  reportIntervalMs: { type: 'int', doc: 'how often agents report (sent to them in the welcome)', env: 'TESSERA_REPORT_INTERVAL_MS', default: 5_000, min: 100 },
+  statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (one transaction for all nodes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
+  maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
+  logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
+  etcdBinary: { type: 'string', doc: 'etcd binary for the embedded default', env: 'TESSERA_ETCD_BINARY', default: 'etcd' },
+  embeddedEtcdClientPort: { type: 'int', doc: 'client port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PORT', default: 2379, min: 1, max: 65535 },
+  embeddedEtcdPeerPort: { type: 'int', doc: 'peer port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PEER_PORT', default: 2380, min: 1, max: 65535 },
+} satisfies Schema;
+
+export interface CoordinatorConfig {
+  id: string;
+  listen: string;
+  advertise: string;
+  etcdEndpoints: string[];
+  etcdPrefix: string;
+  dataDir: string;
+  leaseTtlSeconds: number;
+  leaseMarginMs: number;
+  heartbeatTimeoutMs: number;
+  failoverGraceMs: number;
+  reportIntervalMs: number;
+  statusPersistIntervalMs: number;
+  maxEvents: number;
+  logLevel: string;
+  etcdBinary: string;
+  embeddedEtcdClientPort: number;
+  embeddedEtcdPeerPort: number;
+}
+
+/** Compiles layers into a validated CoordinatorConfig, with cross-field checks. */
+export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
+  const raw = compileLayers<Partial<CoordinatorConfig>>(COORDINATOR_SCHEMA, layers);
+  const v: FieldViolation[] = [];
+  const listen = raw.listen!;
+  if (!isHostPort(listen)) v.push({ field: 'listen', message: `must be host:port, got ${JSON.stringify(listen)}` });
+  const advertise = raw.advertise ?? listen;
+  if (!isHostPort(advertise)) v.push({ field: 'advertise', message: `must be host:port, got ${JSON.stringify(advertise)}` });
+  else if (/^(0\.0\.0\.0|\[::\]):/.test(advertise)) v.push({ field: 'advertise', message: 'must be an address others can dial; set it when listening on a wildcard address' });
+  raw.etcdEndpoints!.forEach((e, i) => {
+    if (!isHostPort(e.replace(/^https?:\/\//, ''))) v.push({ field: `etcdEndpoints[${i}]`, message: `must be host:port, got ${JSON.stringify(e)}` });
+  });
+  const prefix = raw.etcdPrefix!;
+  if (!prefix.startsWith('/') || !prefix.endsWith('/')) v.push({ field: 'etcdPrefix', message: 'must start and end with "/"' });
+  const ttlMs = raw.leaseTtlSeconds! * 1000;
+  if (raw.leaseMarginMs! >= ttlMs) v.push({ field: 'leaseMarginMs', message: `must be less than the lease TTL (${ttlMs} ms)` });
+  if (raw.heartbeatTimeoutMs! <= raw.reportIntervalMs!) {
+    v.push({ field: 'heartbeatTimeoutMs', message: `must be greater than reportIntervalMs (${raw.reportIntervalMs} ms), or every node flaps` });
+  }
+  if (v.length) throw new ConfigError(v);
+  const port = listen.slice(listen.lastIndexOf(':') + 1);
+  return { ...(raw as CoordinatorConfig), advertise, id: raw.id ?? `${os.hostname()}-${port}` };
+}

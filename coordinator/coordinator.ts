@@ -1,0 +1,187 @@
+// One coordinator process: gRPC server (AgentGateway, Admin, grpc.health.v1, reflection),
+// leadership in etcd, and — only while it leads — the leader's work loops.
+//
+//   start ──> etcd client ──> gRPC server ──> campaign
+//                                  elected ──> LeaderWork.start (load nodes, grace, loops)
+//                                  demoted ──> LeaderWork.stop, agents redirected
+//   stop  ──> LeaderWork.stop ──> resign (lease revoked: successor elected at once) ──> close
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation, ServingStatus } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import type { Etcd3 } from 'etcd3';
+import { createEtcdClient, withTimeout } from '../common/etcd';
+import { bind, guardDeserializers, SERVER_OPTIONS, serverCredentials } from '../common/grpc';
+import type { Logger } from '../common/logger';
+import { reflectablePackageDefinition, tesseraProto } from '../common/proto';
+import { AdminService } from './admin-service';
+import { AgentGateway } from './agent-gateway';
+import type { CoordinatorConfig } from './config';
+import { EmbeddedEtcd, startEmbeddedEtcd } from './embedded-etcd';
+import { Keys } from './keys';
+import { Leadership } from './leadership';
+import { NodeRegistry } from './node-registry';
+import { Store } from './store';
+
+export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
+/** SERVING only on the leader: lets a load balancer or a script find it. */
+export const LEADER_HEALTH_SERVICE = 'tessera.v1.Leader';
+
+/** Everything that exists only while this coordinator leads. */
+class LeaderWork {
+  readonly registry: NodeRegistry;
+  private timers: NodeJS.Timeout[] = [];
+  ready = false;
+  stopped = false;
+
+  constructor(private readonly c: Coordinator, private readonly term: number) {
+    this.registry = new NodeRegistry(c.store, c.keys, {
+      heartbeatTimeoutMs: c.config.heartbeatTimeoutMs,
+      failoverGraceMs: c.config.failoverGraceMs,
+      coordinatorId: c.config.id,
+    }, c.log.child({ part: 'nodes' }));
+  }
+
+  async start(): Promise<void> {
+    await this.registry.load();
+    await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
+    if (this.stopped) return;
+    this.ready = true;
+    this.every(250, () => this.registry.tick());
+    this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
+    this.every(30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
+  }
+
+  private every(ms: number, fn: () => Promise<unknown>): void {
+    let running = false;
+    const t = setInterval(() => {
+      if (running || this.stopped) return;
+      running = true;
+      fn().catch((err) => this.c.log.warn({ err: (err as Error).message }, 'leader loop step failed')).finally(() => (running = false));
+    }, ms);
+    t.unref();
+    this.timers.push(t);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.ready = false;
+    for (const t of this.timers) clearInterval(t);
+  }
+}
+
+export class Coordinator {
+  etcd!: Etcd3;
+  keys: Keys;
+  leadership!: Leadership;
+  store!: Store;
+  gateway!: AgentGateway;
+  admin!: AdminService;
+  private server?: grpc.Server;
+  private health = new HealthImplementation({});
+  private embedded?: EmbeddedEtcd;
+  private work?: LeaderWork;
+  private healthTimer?: NodeJS.Timeout;
+  private etcdOk = false;
+  port = 0;
+
+  constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
+    this.keys = new Keys(config.etcdPrefix);
+  }
+
+  /** The leader's node registry, once loaded; undefined on followers. */
+  registry(): NodeRegistry | undefined {
+    return this.work?.ready ? this.work.registry : undefined;
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.config;
+    let endpoints = cfg.etcdEndpoints;
+    if (!endpoints.length) {
+      this.embedded = await startEmbeddedEtcd({ dataDir: cfg.dataDir, binary: cfg.etcdBinary, clientPort: cfg.embeddedEtcdClientPort, peerPort: cfg.embeddedEtcdPeerPort, log: this.log });
+      endpoints = [this.embedded.endpoint];
+    }
+    this.etcd = createEtcdClient({ endpoints });
+    this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
+    this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }));
+    this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
+      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
+    }, this.log.child({ part: 'gateway' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
+
+    const proto = tesseraProto();
+    this.server = new grpc.Server(SERVER_OPTIONS);
+    this.server.addService(guardDeserializers(proto.AgentGateway.service), this.gateway.handlers() as unknown as grpc.UntypedServiceImplementation);
+    this.server.addService(guardDeserializers(proto.Admin.service), this.admin.handlers() as unknown as grpc.UntypedServiceImplementation);
+    this.health.addToServer(this.server);
+    new ReflectionService(reflectablePackageDefinition()).addToServer(this.server);
+    this.setHealth('NOT_SERVING');
+    this.port = await bind(this.server, cfg.listen, serverCredentials());
+    this.log.info({ listen: cfg.listen, port: this.port, advertise: cfg.advertise, etcd: endpoints }, 'coordinator listening');
+
+    this.leadership.on('elected', (token) => void this.startLeaderWork(token.term));
+    this.leadership.on('demoted', (reason) => this.stopLeaderWork(reason));
+    this.leadership.start();
+    this.healthTimer = setInterval(() => void this.checkEtcd(), 1_000);
+    this.healthTimer.unref();
+    await this.checkEtcd();
+  }
+
+  private async startLeaderWork(term: number): Promise<void> {
+    this.work?.stop();
+    const work = new LeaderWork(this, term);
+    this.work = work;
+    try {
+      await work.start();
+      if (!work.stopped) this.health.setStatus(LEADER_HEALTH_SERVICE, 'SERVING');
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'leader start-up failed; stepping down');
+      this.leadership.demote('leader start-up failed');
+    }
+  }
+
+  private stopLeaderWork(reason: string): void {
+    this.health.setStatus(LEADER_HEALTH_SERVICE, 'NOT_SERVING');
+    this.work?.stop();
+    this.work = undefined;
+    this.gateway.closeAll(`leader stepped down: ${reason}`);
+  }
+
+  /** NOT_SERVING while etcd does not answer a linearizable read (no quorum or no connection). */
+  private async checkEtcd(): Promise<void> {
+    let ok = false;
+    try {
+      await withTimeout(this.etcd.get(`${this.keys.prefix}health-probe`).exec(), 1_500, 'etcd probe');
+      ok = true;
+    } catch (err) {
+      if (this.etcdOk) this.log.warn({ err: (err as Error).message }, 'etcd unreachable: reporting NOT_SERVING');
+    }
+    if (ok !== this.etcdOk) {
+      if (ok) this.log.info('etcd reachable: reporting SERVING');
+      this.etcdOk = ok;
+      this.setHealth(ok ? 'SERVING' : 'NOT_SERVING');
+    }
+  }
+
+  private setHealth(status: ServingStatus): void {
+    for (const s of HEALTH_SERVICES) this.health.setStatus(s, status);
+    if (status === 'NOT_SERVING' || !this.registry()) this.health.setStatus(LEADER_HEALTH_SERVICE, this.registry() && status === 'SERVING' ? 'SERVING' : 'NOT_SERVING');
+  }
+
+  /** Graceful stop: step down first (successor elected at once), then close. */
+  async stop(): Promise<void> {
+    clearInterval(this.healthTimer);
+    this.setHealth('NOT_SERVING');
+    this.work?.stop();
+    this.work = undefined;
+    await this.leadership?.stop();
+    this.gateway?.closeAll('coordinator shutting down');
+    await new Promise<void>((resolve) => {
+      if (!this.server) return resolve();
+      const t = setTimeout(() => { this.server?.forceShutdown(); resolve(); }, 2_000);
+      this.server.tryShutdown(() => { clearTimeout(t); resolve(); });
+    });
+    this.admin?.close();
+    this.etcd?.close();
+    await this.embedded?.stop();
+  }
+}

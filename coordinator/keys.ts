@@ -1,0 +1,13 @@
+// The key layout of Tessera's state in etcd, in one place. Everything sits under one prefix.
+export class Keys {
+  constructor(readonly prefix: string) {}
+  /** Election: one key per candidate, bound to its lease; the lowest create revision leads. */
+  get election(): string { return `${this.prefix}election/`; }
+  /** Coordinator membership: one ephemeral key per live coordinator process. */
+  get coordinators(): string { return `${this.prefix}coordinators/`; }
+  coordinator(id: string): string { return `${this.coordinators}${id}`; }
+  get nodes(): string { return `${this.prefix}nodes/`; }
+  node(id: string): string { return `${this.nodes}${id}`; }
+  get events(): string { return `${this.prefix}events/`; }
+  event(id: string): string { return `${this.events}${id}`; }
+}

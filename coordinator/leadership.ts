@@ -1,0 +1,263 @@
+// Leader election in etcd, with fencing and self-demotion.
+//
+//   candidate:  lease(TTL) ──put──> <prefix>election/<leaseId> = {id, address, nonce}
+//   leader:     the candidate key with the lowest create revision
+//   fence:      every leader write is a transaction comparing its key's create revision,
+//               so a deposed leader's late writes are refused by etcd itself
+//   demotion:   lease keepalive stale for TTL - margin, the lease lost, the key gone, or a
+//               write refused by the fence; then a new candidacy after a backoff
+//
+// A leader cut off from etcd only hears that its lease expired after about 2 x TTL, while a
+// successor is elected after 1 x TTL: so we step down on our own clock first.
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import type { Etcd3, Lease, Watcher } from 'etcd3';
+import { Backoff, sleep } from '../common/backoff';
+import { withTimeout } from '../common/etcd';
+import type { Logger } from '../common/logger';
+import { VERSION } from '../common/version';
+import type { Keys } from './keys';
+
+export interface CandidateInfo {
+  id: string;
+  address: string;
+  version: string;
+  nonce: string;
+  startedAtMs: number;
+  /** etcd key and create revision: the fencing token when this candidate leads. */
+  key: string;
+  createRevision: string;
+}
+
+export interface FenceToken {
+  key: string;
+  createRevision: string;
+  /** The create revision as a number: increases with every election. */
+  term: number;
+}
+
+export type Role = 'follower' | 'leader' | 'stopped';
+
+export interface LeadershipOptions {
+  ttlSeconds: number;
+  marginMs: number;
+}
+
+export declare interface Leadership {
+  on(event: 'elected', fn: (token: FenceToken) => void): this;
+  on(event: 'demoted', fn: (reason: string) => void): this;
+  on(event: 'leaderChanged', fn: (leader: CandidateInfo | undefined) => void): this;
+}
+
+interface Candidacy {
+  lease: Lease;
+  key: string;
+  createRevision: string;
+  lastKeepaliveOk: number;
+}
+
+export class Leadership extends EventEmitter {
+  private role: Role = 'follower';
+  private candidacy?: Candidacy;
+  private token?: FenceToken;
+  private currentLeader?: CandidateInfo;
+  private candidates: CandidateInfo[] = [];
+  private watcher?: Watcher;
+  private readonly abort = new AbortController();
+  private wake: () => void = () => {};
+  private staleTimer?: NodeJS.Timeout;
+  private pollTimer?: NodeJS.Timeout;
+  private readonly nonce = randomBytes(8).toString('hex');
+  private readonly startedAtMs = Date.now();
+  private loop?: Promise<void>;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly keys: Keys,
+    private readonly self: { id: string; address: string },
+    private readonly opts: LeadershipOptions,
+    private readonly log: Logger,
+  ) {
+    super();
+  }
+
+  get isLeader(): boolean { return this.role === 'leader'; }
+  get leader(): CandidateInfo | undefined { return this.currentLeader; }
+  get allCandidates(): CandidateInfo[] { return this.candidates; }
+  get selfId(): string { return this.self.id; }
+
+  /** The fencing token, or undefined when this process does not lead. */
+  fence(): FenceToken | undefined { return this.role === 'leader' ? this.token : undefined; }
+
+  start(): void {
+    this.loop = this.campaignLoop();
+    void this.startObserver();
+    this.staleTimer = setInterval(() => this.checkStaleness(), 100);
+    this.staleTimer.unref();
+  }
+
+  /** Graceful stop: revoking the lease deletes the key, so a successor is elected at once. */
+  async stop(): Promise<void> {
+    if (this.role === 'stopped') return;
+    const wasLeader = this.role === 'leader';
+    this.setRole('stopped', 'shutting down');
+    if (wasLeader) this.emit('demoted', 'shutting down');
+    this.abort.abort();
+    this.wake();
+    clearInterval(this.staleTimer);
+    clearInterval(this.pollTimer);
+    await this.dropCandidacy('resign');
+    await this.watcher?.cancel().catch(() => {});
+    await this.loop?.catch(() => {});
+  }
+
+  /** Called by the store when etcd refused a fenced write: we are not the leader any more. */
+  demote(reason: string): void {
+    if (this.role !== 'leader') return;
+    this.log.warn({ reason }, 'stepping down');
+    this.setRole('follower', reason);
+    this.token = undefined;
+    this.emit('demoted', reason);
+    void this.dropCandidacy(reason).finally(() => this.wake());
+  }
+
+  /** Waits until some leader is known (or the timeout passes). */
+  async waitForLeader(timeoutMs: number): Promise<CandidateInfo | undefined> {
+    if (this.currentLeader) return this.currentLeader;
+    return new Promise((resolve) => {
+      const done = (l?: CandidateInfo) => {
+        clearTimeout(t);
+        this.off('leaderChanged', onChange);
+        resolve(l ?? this.currentLeader);
+      };
+      const onChange = (l: CandidateInfo | undefined) => { if (l) done(l); };
+      const t = setTimeout(() => done(), timeoutMs);
+      t.unref();
+      this.on('leaderChanged', onChange);
+    });
+  }
+
+  private setRole(role: Role, reason: string): void {
+    if (this.role === role) return;
+    this.log.info({ from: this.role, to: role, reason, term: this.token?.term }, 'leadership role change');
+    this.role = role;
+  }
+
+  private async campaignLoop(): Promise<void> {
+    const backoff = new Backoff({ initialMs: 200, maxMs: 2_000, multiplier: 2, jitter: 0.2 });
+    while (!this.abort.signal.aborted) {
+      if (!this.candidacy) {
+        try {
+          await this.becomeCandidate();
+          backoff.reset();
+          await this.refreshLeader();
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, 'campaign failed; retrying');
+          await this.dropCandidacy('campaign failed');
+          await sleep(backoff.next(), this.abort.signal);
+          continue;
+        }
+      }
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      if (!this.candidacy) await sleep(backoff.next(), this.abort.signal);
+    }
+  }
+
+  private async becomeCandidate(): Promise<void> {
+    const lease = this.client.lease(this.opts.ttlSeconds, { autoKeepAlive: true });
+    const leaseId = await withTimeout(lease.grant(), this.opts.ttlSeconds * 1000, 'lease grant');
+    const key = `${this.keys.election}${leaseId}`;
+    const candidacy: Candidacy = { lease, key, createRevision: '', lastKeepaliveOk: Date.now() };
+    this.candidacy = candidacy;
+    lease.on('keepaliveSucceeded', () => { candidacy.lastKeepaliveOk = Date.now(); });
+    lease.on('lost', (err) => {
+      if (this.candidacy !== candidacy) return;
+      this.log.warn({ err: err.message }, 'election lease lost');
+      this.loseCandidacy('election lease lost');
+    });
+    const value = JSON.stringify({ id: this.self.id, address: this.self.address, version: VERSION, nonce: this.nonce, startedAtMs: this.startedAtMs });
+    await withTimeout(lease.put(key).value(value).exec(), this.opts.ttlSeconds * 1000, 'candidate put');
+    const res = await withTimeout(this.client.get(key).exec(), this.opts.ttlSeconds * 1000, 'candidate read');
+    if (!res.kvs.length) throw new Error('candidate key vanished right after it was written');
+    candidacy.createRevision = String(res.kvs[0].create_revision);
+    this.log.debug({ key, createRevision: candidacy.createRevision }, 'campaigning');
+  }
+
+  private loseCandidacy(reason: string): void {
+    if (this.role === 'leader') this.demote(reason);
+    else void this.dropCandidacy(reason).finally(() => this.wake());
+  }
+
+  private async dropCandidacy(reason: string): Promise<void> {
+    const c = this.candidacy;
+    if (!c) return;
+    this.candidacy = undefined;
+    this.log.debug({ key: c.key, reason }, 'dropping candidacy');
+    try {
+      await withTimeout(c.lease.revoke(), 1_000, 'lease revoke');
+    } catch {
+      c.lease.release(); // etcd unreachable: stop the keepalives; the lease expires on its own
+    }
+  }
+
+  /** Step down on our own clock before etcd's lease runs out for everyone else. */
+  private checkStaleness(): void {
+    const c = this.candidacy;
+    if (!c) return;
+    const quietMs = Date.now() - c.lastKeepaliveOk;
+    if (quietMs > this.opts.ttlSeconds * 1000 - this.opts.marginMs) {
+      this.log.warn({ quietMs }, 'lease keepalive stale');
+      this.loseCandidacy(`lease keepalive has not succeeded for ${quietMs} ms`);
+    }
+  }
+
+  private async startObserver(): Promise<void> {
+    const poll = () => void this.refreshLeader().catch((err) => this.log.debug({ err: err.message }, 'leader refresh failed'));
+    this.pollTimer = setInterval(poll, Math.max(250, (this.opts.ttlSeconds * 1000) / 4));
+    this.pollTimer.unref();
+    for (;;) {
+      if (this.abort.signal.aborted) return;
+      try {
+        const watcher = await this.client.watch().prefix(this.keys.election).create();
+        this.watcher = watcher;
+        watcher.on('put', poll).on('delete', poll).on('connected', poll);
+        watcher.on('error', (err) => this.log.debug({ err: err.message }, 'election watch error'));
+        poll();
+        return;
+      } catch (err) {
+        this.log.debug({ err: (err as Error).message }, 'election watch failed; retrying');
+        await sleep(500, this.abort.signal);
+      }
+    }
+  }
+
+  /** Reads the candidates; the lowest create revision leads. Pure bookkeeping after the read. */
+  private async refreshLeader(): Promise<void> {
+    if (this.abort.signal.aborted) return;
+    const res = await this.client.getAll().prefix(this.keys.election).sort('Create', 'Ascend').exec();
+    const candidates: CandidateInfo[] = [];
+    for (const kv of res.kvs) {
+      try {
+        const v = JSON.parse(kv.value.toString());
+        candidates.push({ ...v, key: kv.key.toString(), createRevision: String(kv.create_revision) });
+      } catch {
+        this.log.warn({ key: kv.key.toString() }, 'ignoring malformed election value');
+      }
+    }
+    this.candidates = candidates;
+    const first = candidates[0];
+    if (first?.key !== this.currentLeader?.key) {
+      this.currentLeader = first;
+      this.log.info({ leader: first?.id, address: first?.address, term: first?.createRevision }, 'leader observed');
+      this.emit('leaderChanged', first);
+    }
+    const mine = this.candidacy;
+    if (this.role === 'leader' && (!mine || first?.key !== mine.key)) {
+      this.demote('election key is no longer the first');
+    } else if (this.role === 'follower' && mine && first?.key === mine.key && mine.createRevision) {
+      this.token = { key: mine.key, createRevision: mine.createRevision, term: Number(mine.createRevision) };
+      this.setRole('leader', 'won election');
+      this.emit('elected', this.token);
+    }
+  }
+}

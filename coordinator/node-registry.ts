@@ -1,0 +1,249 @@
+// The leader's view of nodes. Registration (what the agent said in its hello) and the node
+// state are durable in etcd; liveness (last report, usage, which stream) lives in memory and is
+// written to etcd in one batched transaction every statusPersistIntervalMs, so followers can
+// serve reads without the leader. State changes are committed with their events.
+import type { Etcd3 } from 'etcd3';
+import { NotFoundError } from '../common/errors';
+import type { Logger } from '../common/logger';
+import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
+import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentReport';
+import type { HostUsage__Output } from '../common/generated/tessera/v1/HostUsage';
+import type { Node } from '../common/generated/tessera/v1/Node';
+import type { InstanceStatus__Output } from '../common/generated/tessera/v1/InstanceStatus';
+import type { Keys } from './keys';
+import { decideNodeState, NodeState, transition } from './node-state';
+import type { EventDraft, Op, Store } from './store';
+
+/** What etcd holds for a node. */
+export interface NodeRecord {
+  id: string;
+  hostname: string;
+  labels: Record<string, string>;
+  capacity: { cpuMillis: number; memoryMib: number; diskMib: number };
+  agentVersion: string;
+  endpoint: string;
+  state: NodeState;
+  stateReason: string;
+  stateChangedAtMs: number;
+  drain: boolean;
+  drainReason: string;
+  registeredAtMs: number;
+  lastSeenMs: number;
+  usage?: HostUsage__Output;
+  connectedTo: string;
+  instanceCount: number;
+}
+
+interface Liveness {
+  lastSeenMs: number;
+  sessionId: string;
+  connectedTo: string;
+  usage?: HostUsage__Output;
+  instances: InstanceStatus__Output[];
+  dirty: boolean;
+}
+
+export function recordToProto(r: NodeRecord): Node {
+  return {
+    id: r.id,
+    hostname: r.hostname,
+    labels: r.labels,
+    capacity: r.capacity,
+    agentVersion: r.agentVersion,
+    state: `NODE_STATE_${r.state}`,
+    stateReason: r.stateReason,
+    stateChangedAtMs: r.stateChangedAtMs,
+    drain: r.drain,
+    registeredAtMs: r.registeredAtMs,
+    lastSeenMs: r.lastSeenMs,
+    usage: r.usage,
+    connectedTo: r.connectedTo,
+    instanceCount: r.instanceCount,
+    endpoint: r.endpoint,
+  };
+}
+
+/** Reads node records straight from etcd (used by followers and at leader start). */
+export async function readNodes(client: Etcd3, keys: Keys): Promise<NodeRecord[]> {
+  const res = await client.getAll().prefix(keys.nodes).strings();
+  return Object.values(res).map((v) => JSON.parse(v) as NodeRecord).sort((a, b) => a.id.localeCompare(b.id));
+}
+
+export async function readNode(client: Etcd3, keys: Keys, id: string): Promise<NodeRecord> {
+  const v = await client.get(keys.node(id)).string();
+  if (v === null) throw new NotFoundError('node', id);
+  return JSON.parse(v) as NodeRecord;
+}
+
+export class NodeRegistry {
+  private records = new Map<string, NodeRecord>();
+  private live = new Map<string, Liveness>();
+  private graceUntilMs = 0;
+  private ticking = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly keys: Keys,
+    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string },
+    private readonly log: Logger,
+  ) {}
+
+  /** Called when this coordinator becomes leader: load every node and start the grace period. */
+  async load(nowMs = Date.now()): Promise<void> {
+    this.records = new Map((await readNodes(this.store.client, this.keys)).map((r) => [r.id, r]));
+    this.live.clear();
+    this.graceUntilMs = nowMs + this.opts.failoverGraceMs;
+    this.log.info({ nodes: this.records.size, graceMs: this.opts.failoverGraceMs }, 'node registry loaded');
+  }
+
+  list(): NodeRecord[] {
+    return [...this.records.values()].map((r) => this.withLive(r)).sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  get(id: string): NodeRecord {
+    const r = this.records.get(id);
+    if (!r) throw new NotFoundError('node', id);
+    return this.withLive(r);
+  }
+
+  private withLive(r: NodeRecord): NodeRecord {
+    const l = this.live.get(r.id);
+    if (!l) return { ...r, connectedTo: '' };
+    return { ...r, lastSeenMs: l.lastSeenMs, usage: l.usage ?? r.usage, connectedTo: l.connectedTo, instanceCount: l.instances.length };
+  }
+
+  /** An agent said hello on a stream to this leader: register or refresh it, durably. */
+  async hello(h: AgentHello__Output, nowMs = Date.now()): Promise<NodeRecord> {
+    const prev = this.records.get(h.nodeId);
+    const capacity = { cpuMillis: h.capacity?.cpuMillis ?? 0, memoryMib: h.capacity?.memoryMib ?? 0, diskMib: h.capacity?.diskMib ?? 0 };
+    const base: NodeRecord = prev ?? {
+      id: h.nodeId, hostname: h.hostname, labels: {}, capacity, agentVersion: '', endpoint: '',
+      state: 'READY', stateReason: 'registered', stateChangedAtMs: nowMs, drain: false, drainReason: '',
+      registeredAtMs: nowMs, lastSeenMs: nowMs, connectedTo: this.opts.coordinatorId, instanceCount: 0,
+    };
+    const decided = decideNodeState({ current: prev ? prev.state : 'NEW', drain: base.drain, lastSeenMs: nowMs, nowMs, heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, graceUntilMs: this.graceUntilMs });
+    const next: NodeRecord = {
+      ...base, hostname: h.hostname, labels: { ...h.labels }, capacity, agentVersion: h.agentVersion, endpoint: h.endpoint,
+      lastSeenMs: nowMs, connectedTo: this.opts.coordinatorId, instanceCount: h.instances.length,
+    };
+    const events: EventDraft[] = [];
+    if (!prev) {
+      events.push({ kind: 'node.registered', subject: h.nodeId, message: `node ${h.nodeId} (${h.hostname}) registered`, fields: { hostname: h.hostname, agentVersion: h.agentVersion } });
+    }
+    if (!prev || prev.state !== decided.state) {
+      next.state = transition(prev ? prev.state : 'NEW', decided.state);
+      next.stateReason = decided.reason;
+      next.stateChangedAtMs = nowMs;
+      if (prev) events.push(this.stateEvent(next, prev.state));
+    }
+    await this.store.commit([{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events);
+    this.records.set(next.id, next);
+    this.live.set(next.id, { lastSeenMs: nowMs, sessionId: h.sessionId, connectedTo: this.opts.coordinatorId, instances: h.instances, dirty: false });
+    return next;
+  }
+
+  report(nodeId: string, r: AgentReport__Output, nowMs = Date.now()): void {
+    const l = this.live.get(nodeId);
+    if (!l) return;
+    l.lastSeenMs = nowMs;
+    if (r.host) l.usage = r.host;
+    l.instances = r.instances;
+    l.dirty = true;
+  }
+
+  /** Any message from the agent counts as a heartbeat. */
+  touch(nodeId: string, nowMs = Date.now()): void {
+    const l = this.live.get(nodeId);
+    if (l) l.lastSeenMs = nowMs;
+  }
+
+  /** The agent's stream closed. Liveness keeps its last-seen time; the timeout decides DOWN. */
+  disconnected(nodeId: string, sessionId: string): void {
+    const l = this.live.get(nodeId);
+    if (l && l.sessionId === sessionId) {
+      l.connectedTo = '';
+      l.dirty = true;
+    }
+  }
+
+  isConnected(nodeId: string): boolean {
+    return !!this.live.get(nodeId)?.connectedTo;
+  }
+
+  async drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
+    const prev = this.records.get(nodeId);
+    if (!prev) throw new NotFoundError('node', nodeId);
+    const next: NodeRecord = { ...prev, drain: !undo, drainReason: undo ? '' : reason || 'requested by operator' };
+    const events: EventDraft[] = [{
+      kind: undo ? 'node.eligible' : 'node.drain',
+      subject: nodeId,
+      message: undo ? `node ${nodeId} is eligible for placement again` : `drain requested for node ${nodeId}: ${next.drainReason}`,
+    }];
+    if (prev.state !== 'DOWN') {
+      const to: NodeState = undo ? 'READY' : 'DRAINING';
+      if (to !== prev.state) {
+        next.state = transition(prev.state, to);
+        next.stateReason = undo ? 'drain lifted' : `drain: ${next.drainReason}`;
+        next.stateChangedAtMs = nowMs;
+        events.push(this.stateEvent(next, prev.state));
+      }
+    }
+    await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], events);
+    this.records.set(nodeId, next);
+    return this.withLive(next);
+  }
+
+  /** Evaluates liveness for every node and commits all state changes in one transaction. */
+  async tick(nowMs = Date.now()): Promise<number> {
+    if (this.ticking) return 0;
+    this.ticking = true;
+    try {
+      const changed: NodeRecord[] = [];
+      const events: EventDraft[] = [];
+      for (const r of this.records.values()) {
+        const l = this.live.get(r.id);
+        const d = decideNodeState({ current: r.state, drain: r.drain, lastSeenMs: l?.lastSeenMs ?? 0, nowMs, heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, graceUntilMs: this.graceUntilMs });
+        if (d.state === r.state) continue;
+        const next = { ...this.withLive(r), state: transition(r.state, d.state), stateReason: d.reason, stateChangedAtMs: nowMs };
+        changed.push(next);
+        events.push(this.stateEvent(next, r.state));
+      }
+      if (!changed.length) return 0;
+      await this.store.commit(changed.map((r) => ({ type: 'put', key: this.keys.node(r.id), value: JSON.stringify(r) })), events);
+      for (const r of changed) this.records.set(r.id, r);
+      return changed.length;
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  /** Writes usage and last-seen for nodes that changed since the last call, in one transaction. */
+  async persistStatus(): Promise<number> {
+    const ops: Op[] = [];
+    const written: NodeRecord[] = [];
+    for (const [id, l] of this.live) {
+      const r = this.records.get(id);
+      if (!r || !l.dirty) continue;
+      const next = this.withLive(r);
+      ops.push({ type: 'put', key: this.keys.node(id), value: JSON.stringify(next) });
+      written.push(next);
+    }
+    if (!ops.length) return 0;
+    await this.store.commit(ops);
+    for (const r of written) {
+      this.records.set(r.id, r);
+      const l = this.live.get(r.id);
+      if (l) l.dirty = false;
+    }
+    return ops.length;
+  }
+
+  private stateEvent(r: NodeRecord, from: NodeState): EventDraft {
+    return {
+      kind: `node.${r.state.toLowerCase()}`,
+      subject: r.id,
+      message: `node ${r.id}: ${from} -> ${r.state} (${r.stateReason})`,
+      fields: { from, to: r.state, reason: r.stateReason },
+    };
+  }
+}

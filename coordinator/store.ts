@@ -1,0 +1,86 @@
+// Fenced writes. Only the leader writes, and every write is one etcd transaction that first
+// compares the leader's campaign key create revision: if the key is gone (lease expired, a
+// successor elected), etcd refuses the whole transaction and nothing is half-written.
+// Events that describe a change are committed in the same transaction as the change.
+import { Etcd3, Range } from 'etcd3';
+import { FencedError, NotLeaderError, UnavailableError } from '../common/errors';
+import type { Logger } from '../common/logger';
+import type { Keys } from './keys';
+import type { Leadership } from './leadership';
+
+export type Op =
+  | { type: 'put'; key: string; value: string }
+  | { type: 'delete'; key: string }
+  | { type: 'deleteRange'; start: string; end: string };
+
+export interface EventDraft {
+  kind: string;
+  subject: string;
+  message: string;
+  fields?: Record<string, string>;
+}
+
+export interface StoredEvent extends EventDraft {
+  id: string;
+  atMs: number;
+  coordinatorId: string;
+  leaderTerm: number;
+  fields: Record<string, string>;
+}
+
+export class Store {
+  private counter = 0;
+
+  constructor(
+    readonly client: Etcd3,
+    readonly keys: Keys,
+    private readonly leadership: Leadership,
+    private readonly log: Logger,
+  ) {}
+
+  /** Commits ops and events atomically, fenced on the leader's campaign key. */
+  async commit(ops: Op[], events: EventDraft[] = []): Promise<void> {
+    const token = this.leadership.fence();
+    if (!token) {
+      const l = this.leadership.leader;
+      throw new NotLeaderError(l?.id, l?.address);
+    }
+    const all = [...ops, ...events.map((e) => this.eventOp(e, token.term))];
+    const builders = all.map((op) => {
+      switch (op.type) {
+        case 'put': return this.client.put(op.key).value(op.value);
+        case 'delete': return this.client.delete().key(op.key);
+        case 'deleteRange': return this.client.delete().range(new Range(op.start, op.end));
+      }
+    });
+    let res;
+    try {
+      res = await this.client.if(token.key, 'Create', '==', token.createRevision).then(...builders).commit();
+    } catch (err) {
+      throw new UnavailableError(`etcd write failed: ${(err as Error).message}`);
+    }
+    if (!res.succeeded) {
+      this.leadership.demote('a fenced write was refused');
+      throw new FencedError();
+    }
+  }
+
+  private eventOp(e: EventDraft, term: number): Op {
+    const atMs = Date.now();
+    const id = `${String(atMs).padStart(15, '0')}-${String(term).padStart(10, '0')}-${String(this.counter++ % 1e6).padStart(6, '0')}`;
+    const stored: StoredEvent = { ...e, fields: e.fields ?? {}, id, atMs, coordinatorId: this.leadership.selfId, leaderTerm: term };
+    this.log.info({ event: e.kind, subject: e.subject, fields: e.fields }, e.message);
+    return { type: 'put', key: this.keys.event(id), value: JSON.stringify(stored) };
+  }
+
+  /** Keeps the event log bounded: deletes the oldest events beyond max, in a fenced write. */
+  async trimEvents(max: number): Promise<number> {
+    const count = await this.client.getAll().prefix(this.keys.events).count();
+    if (count <= max) return 0;
+    const excess = count - max;
+    const oldest = await this.client.getAll().prefix(this.keys.events).sort('Key', 'Ascend').limit(excess).keys();
+    const last = oldest[oldest.length - 1];
+    await this.commit([{ type: 'deleteRange', start: this.keys.events, end: last + '\0' }]);
+    return excess;
+  }
+}
