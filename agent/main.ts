@@ -23,10 +23,14 @@ async function main(): Promise<void> {
   }
   const log = createLogger('agent', config.logLevel);
   const agent = new Agent(config, log);
+  // Library timers are unref'd so they never hold a process open on their own; the daemon
+  // itself stays up until a signal says otherwise.
+  const keepAlive = setInterval(() => {}, 1 << 30);
   let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    clearInterval(keepAlive);
     log.info({ signal }, 'stopping; containers keep running');
     agent.stop().then(() => process.exit(0), () => process.exit(1));
   };

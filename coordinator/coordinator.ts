@@ -177,7 +177,8 @@ export class Coordinator {
     this.gateway?.closeAll('coordinator shutting down');
     await new Promise<void>((resolve) => {
       if (!this.server) return resolve();
-      const t = setTimeout(() => { this.server?.forceShutdown(); resolve(); }, 2_000);
+      // Watch streams never end on their own: give unary calls a moment, then cut the rest.
+      const t = setTimeout(() => { this.server?.forceShutdown(); resolve(); }, 1_000);
       this.server.tryShutdown(() => { clearTimeout(t); resolve(); });
     });
     this.admin?.close();

@@ -23,10 +23,14 @@ async function main(): Promise<void> {
   }
   const log = createLogger('coordinator', config.logLevel, { coordinator: config.id });
   const coordinator = new Coordinator(config, log);
+  // Library timers are unref'd so they never hold a process open on their own; the daemon
+  // itself stays up until a signal says otherwise.
+  const keepAlive = setInterval(() => {}, 1 << 30);
   let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    clearInterval(keepAlive);
     log.info({ signal }, 'shutting down');
     coordinator.stop().then(() => process.exit(0), (err) => {
       log.error({ err: (err as Error).message }, 'unclean shutdown');

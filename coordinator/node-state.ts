@@ -6,7 +6,7 @@ export type NodeState = 'READY' | 'DOWN' | 'DRAINING';
 const ALLOWED_FROM: Record<NodeState, ReadonlyArray<NodeState | 'NEW'>> = {
   READY: ['NEW', 'DOWN', 'DRAINING'],
   DRAINING: ['NEW', 'READY', 'DOWN'],
-  DOWN: ['NEW', 'READY', 'DRAINING'],
+  DOWN: ['READY', 'DRAINING'],
 };
 
 export class IllegalTransitionError extends Error {

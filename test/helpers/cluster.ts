@@ -1,0 +1,26 @@
+// Admin-side helpers for cluster tests: who leads, what each coordinator sees.
+import { AdminClient } from '../../common/admin-client';
+import type { ClusterStatus__Output } from '../../common/generated/tessera/v1/ClusterStatus';
+import { waitFor } from './ports';
+
+export async function statusOf(address: string): Promise<ClusterStatus__Output | undefined> {
+  const c = new AdminClient([address], { timeoutMs: 2_000 });
+  try {
+    return await c.getClusterStatus();
+  } catch {
+    return undefined;
+  } finally {
+    c.close();
+  }
+}
+
+/** Waits until every given coordinator agrees on one leader among them; returns its id. */
+export async function waitForLeader(addresses: string[], timeoutMs = 15_000, notId?: string): Promise<string> {
+  return waitFor(`one leader among ${addresses.join(', ')}`, async () => {
+    const all = await Promise.all(addresses.map(statusOf));
+    const ids = new Set(all.map((s) => s?.leader?.id ?? ''));
+    if (ids.size !== 1) return undefined;
+    const id = [...ids][0];
+    return id && id !== notId ? id : undefined;
+  }, timeoutMs);
+}

@@ -1,0 +1,80 @@
+// Real etcd processes for tests: one member or three, on free loopback ports, temp data dirs,
+// stopped by PID.
+import { spawn, ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { createEtcdClient, withTimeout } from '../../common/etcd';
+import { freePort, waitFor } from './ports';
+
+export interface EtcdMemberProc {
+  name: string;
+  clientPort: number;
+  peerPort: number;
+  dataDir: string;
+  proc?: ChildProcess;
+}
+
+export class EtcdCluster {
+  private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string) {}
+
+  static async start(size = 1): Promise<EtcdCluster> {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-etcd-'));
+    const members: EtcdMemberProc[] = [];
+    for (let i = 0; i < size; i++) {
+      members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: path.join(root, `m${i}`) });
+    }
+    const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
+    const c = new EtcdCluster(members, initialCluster, root);
+    for (let i = 0; i < size; i++) c.spawn(i);
+    await waitFor('etcd to answer', () => c.healthy(), 30_000, 200);
+    return c;
+  }
+
+  get endpoints(): string[] {
+    return this.members.map((m) => `127.0.0.1:${m.clientPort}`);
+  }
+
+  spawn(i: number): void {
+    const m = this.members[i];
+    const log = fs.openSync(path.join(this.root, `${m.name}.log`), 'a');
+    m.proc = spawn('etcd', [
+      '--name', m.name, '--data-dir', m.dataDir,
+      '--listen-client-urls', `http://127.0.0.1:${m.clientPort}`, '--advertise-client-urls', `http://127.0.0.1:${m.clientPort}`,
+      '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
+      '--initial-cluster', this.initialCluster, '--initial-cluster-state', 'new',
+      '--heartbeat-interval', '100', '--election-timeout', '1000', '--logger', 'zap',
+    ], { stdio: ['ignore', log, log] });
+  }
+
+  async healthy(): Promise<boolean> {
+    const c = createEtcdClient({ endpoints: this.endpoints, callTimeoutMs: 1_000 });
+    try {
+      await withTimeout(c.get('health').exec(), 1_500, 'etcd get');
+      return true;
+    } catch {
+      return false;
+    } finally {
+      c.close();
+    }
+  }
+
+  /** Stops one member by PID (SIGKILL) and waits for it to exit. */
+  async kill(i: number): Promise<void> {
+    const p = this.members[i].proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await exited;
+  }
+
+  async restart(i: number): Promise<void> {
+    await this.kill(i);
+    this.spawn(i);
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.members.map((_, i) => this.kill(i)));
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,65 @@
+// A small TCP proxy that a test can cut and restore, to put a process out of reach of etcd
+// (or of a coordinator) without touching either side.
+import * as net from 'node:net';
+
+export class TcpProxy {
+  private server: net.Server;
+  private sockets = new Set<net.Socket>();
+  private cut = false;
+  port = 0;
+
+  constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
+    this.server = net.createServer((client) => {
+      if (this.cut) {
+        client.destroy();
+        return;
+      }
+      const upstream = net.connect(this.targetPort, this.targetHost);
+      this.track(client);
+      this.track(upstream);
+      client.pipe(upstream);
+      upstream.pipe(client);
+      const kill = () => { client.destroy(); upstream.destroy(); };
+      client.on('error', kill).on('close', kill);
+      upstream.on('error', kill).on('close', kill);
+    });
+  }
+
+  private track(s: net.Socket): void {
+    this.sockets.add(s);
+    s.on('close', () => this.sockets.delete(s));
+  }
+
+  async start(): Promise<number> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this.port;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /**
+   * Cuts the link like a network partition: open connections stall (no FIN, no RST: traffic
+   * is dropped) and new ones are refused.
+   */
+  cutLink(): void {
+    this.cut = true;
+    for (const s of this.sockets) {
+      s.pause();
+      s.unpipe();
+    }
+  }
+
+  /** New connections go through again; stalled ones are torn down so clients reconnect. */
+  restore(): void {
+    this.cut = false;
+    for (const s of this.sockets) s.destroy();
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}

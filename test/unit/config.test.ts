@@ -1,0 +1,97 @@
+import { expect } from 'chai';
+import { compileLayers, envLayer, Schema } from '../../common/config';
+import { ConfigError } from '../../common/errors';
+import { compileCoordinatorConfig } from '../../coordinator/config';
+import { compileAgentConfig } from '../../agent/config';
+
+const schema = {
+  name: { type: 'string', doc: 'n', env: 'X_NAME', default: 'a' },
+  count: { type: 'int', doc: 'c', env: 'X_COUNT', default: 1, min: 1, max: 10 },
+  on: { type: 'bool', doc: 'o', default: false },
+  list: { type: 'list', doc: 'l', default: [] },
+  map: { type: 'map', doc: 'm', default: {} },
+  level: { type: 'string', doc: 'lv', oneOf: ['info', 'debug'] },
+} satisfies Schema;
+
+function violations(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).to.be.instanceOf(ConfigError);
+    return (err as ConfigError).violations.map((v) => `${v.field}: ${v.message}`);
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('config compilation', () => {
+  it('applies layers in order: defaults < file < env < flags', () => {
+    const cfg = compileLayers<Record<string, unknown>>(schema, [
+      { source: 'file f', values: { name: 'file', count: 2 } },
+      envLayer(schema, { X_NAME: 'env' }),
+      { source: 'flag', values: { count: '3' } },
+    ]);
+    expect(cfg).to.deep.include({ name: 'env', count: 3, on: false });
+  });
+
+  const cases: [string, Record<string, unknown>, string][] = [
+    ['non-integer', { count: '2.5' }, 'count: must be an integer, got 2.5 (from flag)'],
+    ['below min', { count: 0 }, 'count: must be >= 1, got 0 (from flag)'],
+    ['above max', { count: '11' }, 'count: must be <= 10, got 11 (from flag)'],
+    ['not a number', { count: 'many' }, 'count: must be a number, got "many" (from flag)'],
+    ['bad bool', { on: 'maybe' }, 'on: must be true or false, got "maybe" (from flag)'],
+    ['bad map entry', { map: 'a=1,b' }, 'map: must be key=value pairs separated by commas, got "b" (from flag)'],
+    ['not one of', { level: 'loud' }, 'level: must be one of info, debug, got "loud" (from flag)'],
+    ['unknown key', { colour: 'red' }, 'colour: unknown setting (from flag)'],
+  ];
+  for (const [name, values, expected] of cases) {
+    it(`reports ${name} with the field path and source`, () => {
+      expect(violations(() => compileLayers(schema, [{ source: 'flag', values }]))).to.deep.equal([expected]);
+    });
+  }
+
+  it('reports every problem at once', () => {
+    expect(violations(() => compileLayers(schema, [{ source: 'flag', values: { count: 0, on: 'x' } }]))).to.have.length(2);
+  });
+
+  it('parses lists and maps from strings', () => {
+    const cfg = compileLayers<Record<string, unknown>>(schema, [{ source: 'env', values: { list: 'a, b,,c', map: 'zone=a,disk=ssd' } }]);
+    expect(cfg.list).to.deep.equal(['a', 'b', 'c']);
+    expect(cfg.map).to.deep.equal({ zone: 'a', disk: 'ssd' });
+  });
+});
+
+describe('coordinator config', () => {
+  it('defaults advertise to listen and derives an id', () => {
+    const c = compileCoordinatorConfig([{ source: 'flag', values: { listen: '127.0.0.1:7555' } }]);
+    expect(c.advertise).to.equal('127.0.0.1:7555');
+    expect(c.id).to.match(/-7555$/);
+    expect(c.etcdEndpoints).to.deep.equal([]);
+  });
+
+  const bad: [string, Record<string, unknown>, string][] = [
+    ['a margin not below the TTL', { leaseTtlSeconds: 2, leaseMarginMs: 2000 }, 'leaseMarginMs'],
+    ['a TTL below etcd minimum', { leaseTtlSeconds: 1 }, 'leaseTtlSeconds'],
+    ['a heartbeat timeout not above the report interval', { heartbeatTimeoutMs: 1000, reportIntervalMs: 1000 }, 'heartbeatTimeoutMs'],
+    ['a malformed etcd endpoint', { etcdEndpoints: '127.0.0.1:2379,nohost' }, 'etcdEndpoints[1]'],
+    ['a prefix without slashes', { etcdPrefix: 'tessera' }, 'etcdPrefix'],
+    ['a wildcard advertise address', { listen: '0.0.0.0:7400' }, 'advertise'],
+  ];
+  for (const [name, values, field] of bad) {
+    it(`refuses ${name}`, () => {
+      const v = violations(() => compileCoordinatorConfig([{ source: 'flag', values }]));
+      expect(v.some((s) => s.startsWith(field + ':')), v.join('; ')).to.equal(true);
+    });
+  }
+});
+
+describe('agent config', () => {
+  it('accepts a list of coordinators and labels', () => {
+    const c = compileAgentConfig([{ source: 'env', values: { coordinators: '127.0.0.1:1,127.0.0.1:2', labels: 'zone=a' } }]);
+    expect(c.coordinators).to.deep.equal(['127.0.0.1:1', '127.0.0.1:2']);
+    expect(c.labels).to.deep.equal({ zone: 'a' });
+  });
+  it('refuses a bad node id and a bad coordinator address', () => {
+    const v = violations(() => compileAgentConfig([{ source: 'flag', values: { nodeId: '-x', coordinators: 'nope' } }]));
+    expect(v.map((s) => s.split(':')[0]).sort()).to.deep.equal(['coordinators[0]', 'nodeId']);
+  });
+});

@@ -1,0 +1,38 @@
+import { expect } from 'chai';
+import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
+
+describe('node state transitions', () => {
+  const allowed: [NodeState | 'NEW', NodeState][] = [
+    ['NEW', 'READY'], ['NEW', 'DRAINING'], ['READY', 'DOWN'], ['READY', 'DRAINING'],
+    ['DOWN', 'READY'], ['DOWN', 'DRAINING'], ['DRAINING', 'READY'], ['DRAINING', 'DOWN'],
+  ];
+  for (const [from, to] of allowed) {
+    it(`allows ${from} -> ${to}`, () => expect(transition(from, to)).to.equal(to));
+  }
+  it('treats the same state as a no-op', () => expect(transition('READY', 'READY')).to.equal('READY'));
+  it('refuses NEW -> DOWN (a node is never born dead)', () => {
+    expect(() => transition('NEW', 'DOWN')).to.throw(IllegalTransitionError, 'NEW to DOWN');
+  });
+});
+
+describe('node liveness decision', () => {
+  const base: LivenessInput = { current: 'READY', drain: false, lastSeenMs: 10_000, nowMs: 12_000, heartbeatTimeoutMs: 5_000, graceUntilMs: 0 };
+  const cases: [string, Partial<LivenessInput>, NodeState, RegExp][] = [
+    ['reporting node is READY', {}, 'READY', /reporting/],
+    ['reporting drained node is DRAINING', { drain: true }, 'DRAINING', /drain/],
+    ['silent past the timeout is DOWN', { nowMs: 15_001 }, 'DOWN', /no report for 5\.0 s \(timeout 5 s\)/],
+    ['silent exactly at the timeout is still READY', { nowMs: 15_000 }, 'READY', /reporting/],
+    ['silent during failover grace keeps READY', { lastSeenMs: 0, nowMs: 20_000, graceUntilMs: 21_000 }, 'READY', /grace/],
+    ['silent during grace keeps DRAINING', { current: 'DRAINING', drain: true, lastSeenMs: 0, nowMs: 20_000, graceUntilMs: 21_000 }, 'DRAINING', /grace/],
+    ['grace does not revive a DOWN node', { current: 'DOWN', lastSeenMs: 0, nowMs: 20_000, graceUntilMs: 21_000 }, 'DOWN', /no report/],
+    ['never seen after grace is DOWN', { lastSeenMs: 0, nowMs: 22_000, graceUntilMs: 21_000 }, 'DOWN', /since this leader was elected/],
+    ['a DOWN node that reports is READY again', { current: 'DOWN' }, 'READY', /reporting/],
+  ];
+  for (const [name, patch, state, reason] of cases) {
+    it(name, () => {
+      const d = decideNodeState({ ...base, ...patch });
+      expect(d.state).to.equal(state);
+      expect(d.reason).to.match(reason);
+    });
+  }
+});
