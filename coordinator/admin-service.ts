@@ -124,7 +124,7 @@ export class AdminService {
     const reg = this.registry();
     const [members, records] = await Promise.all([
       this.etcdMembers(),
-      reg ? Promise.resolve(reg.list()) : readNodes(this.client, this.keys).catch(() => []),
+      reg ? Promise.resolve(reg.list()) : withTimeout(readNodes(this.client, this.keys), 1_000, 'node read').catch(() => []),
     ]);
     const nodesByState: Record<string, number> = {};
     for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;
@@ -142,14 +142,14 @@ export class AdminService {
   private async etcdMembers(): Promise<EtcdMember[]> {
     let list: { name: string; endpoint: string; id: string }[];
     try {
-      const res = await withTimeout(this.client.cluster.memberList({ linearizable: false } as never), 1_500, 'member list');
+      const res = await withTimeout(this.client.cluster.memberList({ linearizable: false } as never), 800, 'member list');
       list = res.members.map((m) => ({ name: m.name, endpoint: (m.clientURLs[0] ?? '').replace(/^https?:\/\//, ''), id: String(m.ID) }));
     } catch {
       list = this.opts.etcdEndpoints.map((e) => ({ name: '', endpoint: e, id: '' }));
     }
     return Promise.all(list.map(async (m): Promise<EtcdMember> => {
       try {
-        const st = await withTimeout(this.memberClient(m.endpoint).maintenance.status(), 1_500, 'status');
+        const st = await withTimeout(this.memberClient(m.endpoint).maintenance.status(), 800, 'status');
         return { name: m.name, endpoint: m.endpoint, healthy: true, leader: String(st.leader) === String(st.header.member_id), version: st.version, dbSizeBytes: Number(st.dbSize) };
       } catch (err) {
         return { name: m.name, endpoint: m.endpoint, healthy: false, error: (err as Error).message };
@@ -160,7 +160,7 @@ export class AdminService {
   private memberClient(endpoint: string): Etcd3 {
     let c = this.memberClients.get(endpoint);
     if (!c) {
-      c = createEtcdClient({ endpoints: [endpoint], callTimeoutMs: 1_500 });
+      c = createEtcdClient({ endpoints: [endpoint], callTimeoutMs: 800 });
       this.memberClients.set(endpoint, c);
     }
     return c;

@@ -70,6 +70,7 @@ export class Leadership extends EventEmitter {
   private readonly nonce = randomBytes(8).toString('hex');
   private readonly startedAtMs = Date.now();
   private loop?: Promise<void>;
+  private lastRefreshOk = Date.now();
 
   constructor(
     private readonly client: Etcd3,
@@ -212,7 +213,21 @@ export class Leadership extends EventEmitter {
   }
 
   private async startObserver(): Promise<void> {
-    const poll = () => void this.refreshLeader().catch((err) => this.log.debug({ err: err.message }, 'leader refresh failed'));
+    let inFlight = false;
+    const poll = () => {
+      // Cut off from etcd for longer than a TTL, we cannot know who leads: say so, rather
+      // than sending agents and forwarded writes to a leader that may be gone.
+      if (this.currentLeader && Date.now() - this.lastRefreshOk > this.opts.ttlSeconds * 1000) {
+        this.currentLeader = undefined;
+        this.log.warn('leader unknown: etcd has not answered for longer than the lease TTL');
+        this.emit('leaderChanged', undefined);
+      }
+      if (inFlight) return;
+      inFlight = true;
+      withTimeout(this.refreshLeader(), this.opts.ttlSeconds * 1000, 'leader refresh')
+        .catch((err) => this.log.debug({ err: (err as Error).message }, 'leader refresh failed'))
+        .finally(() => (inFlight = false));
+    };
     this.pollTimer = setInterval(poll, Math.max(250, (this.opts.ttlSeconds * 1000) / 4));
     this.pollTimer.unref();
     for (;;) {
@@ -235,6 +250,7 @@ export class Leadership extends EventEmitter {
   private async refreshLeader(): Promise<void> {
     if (this.abort.signal.aborted) return;
     const res = await this.client.getAll().prefix(this.keys.election).sort('Create', 'Ascend').exec();
+    this.lastRefreshOk = Date.now();
     const candidates: CandidateInfo[] = [];
     for (const kv of res.kvs) {
       try {

@@ -4,7 +4,7 @@ import type { ClusterStatus__Output } from '../../common/generated/tessera/v1/Cl
 import { waitFor } from './ports';
 
 export async function statusOf(address: string): Promise<ClusterStatus__Output | undefined> {
-  const c = new AdminClient([address], { timeoutMs: 2_000 });
+  const c = new AdminClient([address], { timeoutMs: 4_000 });
   try {
     return await c.getClusterStatus();
   } catch {

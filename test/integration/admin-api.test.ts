@@ -1,0 +1,138 @@
+// The Admin API as grpcurl sees it (server reflection, JSON-shaped requests), and bad input on
+// both services: each gets a clear status, and nothing else is disturbed.
+import { expect } from 'chai';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { statusOf, waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+import { AdminClient } from '../../common/admin-client';
+import { tesseraProto } from '../../common/proto';
+
+const REFLECTION_PROTO = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
+
+/** What grpcurl does first: a ServerReflectionInfo stream, one request, one answer. */
+function reflect(address: string, request: Record<string, unknown>): Promise<any> {
+  const def = protoLoader.loadSync(REFLECTION_PROTO, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
+  const pkg = grpc.loadPackageDefinition(def) as any;
+  const client = new pkg.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
+  return new Promise((resolve, reject) => {
+    const call = client.ServerReflectionInfo();
+    call.on('data', (res: unknown) => { resolve(res); call.end(); client.close(); });
+    call.on('error', reject);
+    call.write(request);
+  });
+}
+
+/** FileDescriptorSet { repeated FileDescriptorProto file = 1; } from the raw file bytes. */
+function descriptorSet(files: Buffer[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const f of files) {
+    const len: number[] = [];
+    let n = f.length;
+    while (n > 0x7f) { len.push((n & 0x7f) | 0x80); n >>>= 7; }
+    len.push(n);
+    parts.push(Buffer.from([0x0a, ...len]), f);
+  }
+  return Buffer.concat(parts);
+}
+
+describe('Admin API through server reflection, and bad input', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let coord: Awaited<ReturnType<Fleet['coordinator']>>;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    coord = await fleet.coordinator({ etcd: etcd.endpoints });
+    await waitForLeader([coord.address]);
+    fleet.agent({ coordinators: [coord.address], nodeId: 'good' });
+    await waitFor('the good agent READY', async () => (await statusOf(coord.address))?.nodesByState.READY === 1);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  it('lists every service over reflection (grpcurl list)', async () => {
+    const res = await reflect(coord.address, { list_services: '' });
+    const names = res.list_services_response.service.map((s: { name: string }) => s.name);
+    expect(names).to.include.members(['tessera.v1.Admin', 'tessera.v1.AgentGateway', 'grpc.health.v1.Health']);
+  });
+
+  it('describes Admin with self-contained descriptors, and a client built only from them works (grpcurl describe / -d)', async () => {
+    const res = await reflect(coord.address, { file_containing_symbol: 'tessera.v1.Admin' });
+    const files: Buffer[] = res.file_descriptor_response.file_descriptor_proto;
+    expect(files.length).to.be.greaterThan(0);
+    // Every type the service refers to must resolve from these files alone, or grpcurl says
+    // "cannot resolve type".
+    const def = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet(files), { longs: String, enums: String, defaults: true });
+    expect(Object.keys(def)).to.include.members(['tessera.v1.Admin', 'tessera.v1.ClusterStatus', 'tessera.v1.Node', 'tessera.v1.HostUsage']);
+    const pkg = grpc.loadPackageDefinition(def) as any;
+    const admin = new pkg.tessera.v1.Admin(coord.address, grpc.credentials.createInsecure());
+    const status: any = await new Promise((resolve, reject) => admin.GetClusterStatus({}, (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))));
+    expect(status.leader.id).to.equal(coord.id);
+    const nodes: any = await new Promise((resolve, reject) => admin.ListNodes({ state: 'NODE_STATE_READY' }, (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))));
+    expect(nodes.nodes.map((n: { id: string }) => n.id)).to.deep.equal(['good']);
+    const err: grpc.ServiceError = await new Promise((resolve) => admin.GetNode({ nodeId: 'missing' }, (e: grpc.ServiceError) => resolve(e)));
+    expect(err.code).to.equal(grpc.status.NOT_FOUND);
+    admin.close();
+  });
+
+  it('answers broken protobuf bytes on a unary call with INVALID_ARGUMENT', async () => {
+    const Raw = grpc.makeGenericClientConstructor({
+      GetNode: { path: '/tessera.v1.Admin/GetNode', requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
+    }, 'Raw');
+    const raw = new Raw(coord.address, grpc.credentials.createInsecure()) as any;
+    const err: grpc.ServiceError = await new Promise((resolve) => raw.GetNode(Buffer.from([0xff, 0xff]), (e: grpc.ServiceError) => resolve(e)));
+    raw.close();
+    expect(err.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(err.details).to.match(/^request: malformed protobuf message/);
+  });
+
+  it('closes only the offending agent stream on garbage bytes, a bad hello, or a missing hello', async () => {
+    const Raw = grpc.makeGenericClientConstructor({
+      Connect: { path: '/tessera.v1.AgentGateway/Connect', requestStream: true, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
+    }, 'RawGateway');
+    const raw = new Raw(coord.address, grpc.credentials.createInsecure()) as any;
+    const garbage: grpc.ServiceError = await new Promise((resolve) => {
+      const call = raw.Connect();
+      call.on('error', resolve);
+      call.on('data', () => {});
+      call.write(Buffer.from([0xff, 0xff, 0xff])); // wire type 7 does not exist
+    });
+    raw.close();
+    expect(garbage.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(garbage.details).to.match(/malformed protobuf/);
+
+    const gw = new (tesseraProto().AgentGateway)(coord.address, grpc.credentials.createInsecure());
+    const send = (msg: object): Promise<grpc.ServiceError> => new Promise((resolve) => {
+      const call = gw.Connect();
+      call.on('error', resolve);
+      call.on('data', () => {});
+      call.write(msg);
+    });
+    const badId = await send({ hello: { nodeId: '../../etc/passwd', hostname: 'h' } });
+    expect(badId.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(badId.details).to.match(/^hello\.nodeId: /);
+    const noHello = await send({ report: { seq: 1 } });
+    expect(noHello.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(noHello.details).to.match(/first message on the stream must be a hello/);
+    gw.close();
+
+    // The well-behaved agent never noticed.
+    const admin = new AdminClient([coord.address]);
+    const good = await admin.getNode('good');
+    admin.close();
+    expect(good.state).to.equal('NODE_STATE_READY');
+    expect(good.connectedTo).to.equal(coord.id);
+    expect((await statusOf(coord.address))!.nodesByState).to.deep.equal({ READY: 1 });
+  });
+});
