@@ -31,7 +31,7 @@ export class Agent {
   async start(): Promise<void> {
     this.capacity = await hostCapacity(this.config.stateDir, this.config.cpuMillis, this.config.memoryMib);
     this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
-    this.conn = new CoordinatorConnection(this.config.coordinators, () => this.hello(), this.log.child({ part: 'connection' }));
+    this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }));
     this.conn.on('welcome', (w) => {
       if (!this.config.reportIntervalMs && w.reportIntervalMs > 0 && w.reportIntervalMs !== this.reportIntervalMs) {
         this.reportIntervalMs = w.reportIntervalMs;
@@ -45,8 +45,9 @@ export class Agent {
     this.log.info({ node: this.nodeId, coordinators: this.config.coordinators, capacity: this.capacity }, 'agent started');
   }
 
-  private hello(): AgentHello {
+  private hello(unreachableLeader: string): AgentHello {
     return {
+      unreachableLeader,
       nodeId: this.nodeId,
       hostname: this.config.hostname,
       labels: this.config.labels,

@@ -37,6 +37,7 @@ export declare interface CoordinatorConnection {
 
 interface StreamOutcome {
   welcomed: boolean;
+  redirected: boolean;
   redirectTo?: string;
   reason: string;
 }
@@ -51,7 +52,7 @@ export class CoordinatorConnection extends EventEmitter {
 
   constructor(
     private readonly addresses: string[],
-    private readonly hello: () => AgentHello,
+    private readonly hello: (unreachableLeader: string) => AgentHello,
     private readonly log: Logger,
     private readonly backoffOpts: BackoffOptions = { initialMs: 200, maxMs: 5_000, multiplier: 1.6, jitter: 0.2 },
   ) {
@@ -96,37 +97,50 @@ export class CoordinatorConnection extends EventEmitter {
     return c;
   }
 
+  /**
+   * Tries coordinators until one welcomes us. Without a welcome, each address is tried once
+   * in quick succession (a redirect is followed at once); only after a whole round fails is
+   * there a jittered backoff. When the leader's stream dies, its address goes into the next
+   * hello as unreachable, so a follower whose view is still the dead leader holds us until the
+   * election moves on instead of sending us back there.
+   */
   private async run(): Promise<void> {
     const backoff = new Backoff(this.backoffOpts);
     let next = 0;
     let redirectTo: string | undefined;
-    let redirects = 0;
+    let unreachable = '';
+    let attempts = 0;
     while (!this.abort.signal.aborted) {
       const address = redirectTo ?? this.addresses[next++ % this.addresses.length];
+      const wasRedirect = redirectTo !== undefined;
       redirectTo = undefined;
       this.transition('CONNECTING', { address });
-      const out = await this.runStream(address);
+      const out = await this.runStream(address, unreachable);
       if (this.abort.signal.aborted) return;
+      attempts++;
       if (out.welcomed) {
         backoff.reset();
-        redirects = 0;
+        attempts = 0;
+        unreachable = out.redirected ? '' : address;
         this.emit('disconnected');
+      } else if (!out.redirected && wasRedirect) {
+        unreachable = address; // sent to a leader that does not answer
       }
-      if (out.redirectTo && out.redirectTo !== address && redirects++ < 3) {
+      if (out.redirectTo && out.redirectTo !== address) {
         this.log.info({ from: address, to: out.redirectTo }, 'redirected to the leader');
         redirectTo = out.redirectTo;
-        continue;
       }
+      if (attempts <= this.addresses.length + 2) continue;
       const delay = backoff.next();
       this.transition('BACKOFF', { reason: out.reason, delayMs: delay });
       await sleep(delay, this.abort.signal);
-      redirects = 0;
+      attempts = 0;
     }
   }
 
-  private runStream(address: string): Promise<StreamOutcome> {
+  private runStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
     return new Promise((resolve) => {
-      const out: StreamOutcome = { welcomed: false, reason: '' };
+      const out: StreamOutcome = { welcomed: false, redirected: false, reason: '' };
       let settled = false;
       const call = this.client(address).Connect();
       this.call = call;
@@ -147,6 +161,7 @@ export class CoordinatorConnection extends EventEmitter {
           this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm }, 'attached to leader');
           this.emit('welcome', msg.welcome, address);
         } else if (msg.redirect) {
+          out.redirected = true;
           out.redirectTo = msg.redirect.leaderAddress || undefined;
           out.reason = `redirect: ${msg.redirect.reason}`;
         } else if (msg.instruction) {
@@ -156,7 +171,7 @@ export class CoordinatorConnection extends EventEmitter {
       call.on('error', (err: grpc.ServiceError) => finish(`${grpc.status[err.code] ?? err.code}: ${err.details}`));
       call.on('end', () => finish(out.reason || 'stream ended by coordinator'));
       call.on('close', () => finish(out.reason || 'stream closed'));
-      call.write({ hello: this.hello() });
+      call.write({ hello: this.hello(unreachableLeader) });
     });
   }
 }

@@ -3,7 +3,6 @@
 // problem is reported with its field path and where the value came from. Nothing reads raw
 // configuration after compilation.
 import * as fs from 'node:fs';
-import YAML from 'yaml';
 import { Command } from 'commander';
 import { ConfigError, FieldViolation } from './errors';
 
@@ -127,6 +126,9 @@ export function fileLayer(file: string): Layer {
   }
   let values: unknown;
   try {
+    // Loaded on demand: most processes take no config file, and yaml costs memory.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const YAML = require('yaml') as typeof import('yaml');
     values = YAML.parse(text) ?? {};
   } catch (e) {
     throw new ConfigError([{ field: 'config', message: `${file} is not valid YAML/JSON: ${(e as Error).message}` }]);

@@ -18,9 +18,12 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
     hosts: opts.endpoints.map((e) => (e.includes('://') ? e : `http://${e}`)),
     dialTimeout: 3_000,
     grpcOptions: {
+      // etcd's floor is 5 s, and it answers pings on a connection with no stream open with
+      // GOAWAY "too_many_pings" (permit-without-stream is off by default): so ping only while
+      // watches or lease keepalives are open, which is when a dead peer matters.
       'grpc.keepalive_time_ms': 5_000,
       'grpc.keepalive_timeout_ms': 2_000,
-      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.keepalive_permit_without_calls': 0,
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1_000,
     },

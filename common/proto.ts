@@ -4,7 +4,6 @@
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
 import type { ProtoGrpcType } from './generated/tessera';
 import { repoRoot } from './version';
 
@@ -16,15 +15,15 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-let cached: { definition: protoLoader.PackageDefinition; tessera: ProtoGrpcType; reflectable: protoLoader.PackageDefinition } | undefined;
+let cached: { definition: protoLoader.PackageDefinition; tessera: ProtoGrpcType } | undefined;
+let reflectable: protoLoader.PackageDefinition | undefined;
 
 function load() {
   if (!cached) {
     const file = path.join(repoRoot(), 'protos', 'tessera', 'v1', 'tessera.proto');
     const definition = protoLoader.loadSync(file, LOADER_OPTIONS);
-    const health = protoLoader.loadSync(healthProtoPath, LOADER_OPTIONS);
     const tessera = grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
-    cached = { definition, tessera, reflectable: { ...definition, ...health } };
+    cached = { definition, tessera };
   }
   return cached;
 }
@@ -36,7 +35,13 @@ export function tesseraProto(): ProtoGrpcType['tessera']['v1'] {
 
 /** The package definition of tessera.v1 plus grpc.health.v1, for server reflection. */
 export function reflectablePackageDefinition(): protoLoader.PackageDefinition {
-  return load().reflectable;
+  if (!reflectable) {
+    // Loaded on demand: only servers need it, and the agent's memory budget is tight.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { protoPath } = require('grpc-health-check') as { protoPath: string };
+    reflectable = { ...load().definition, ...protoLoader.loadSync(protoPath, LOADER_OPTIONS) };
+  }
+  return reflectable;
 }
 
 export function tesseraPackageDefinition(): protoLoader.PackageDefinition {

@@ -173,7 +173,12 @@ export class AgentGateway {
 
     let registry = this.registry();
     if (!registry) {
-      const leader = await this.leadership.waitForLeader(this.opts.leaderWaitMs ?? 5_000);
+      let leader = await this.leadership.waitForLeader(this.opts.leaderWaitMs ?? 5_000);
+      if (leader && h.unreachableLeader && leader.address === h.unreachableLeader) {
+        // The agent could not reach the leader we believe in: probably dead, its lease not yet
+        // expired. Hold the stream until the election moves on, then redirect.
+        leader = await this.leadership.waitForLeaderOtherThan(leader.key, this.opts.leaderWaitMs ?? 5_000);
+      }
       registry = this.registry();
       if (!registry || leader?.id !== this.opts.coordinatorId) {
         const target = leader && leader.id !== this.opts.coordinatorId ? leader : undefined;

@@ -82,6 +82,7 @@ export class Coordinator {
   private work?: LeaderWork;
   private healthTimer?: NodeJS.Timeout;
   private etcdOk = false;
+  private stopping = false;
   port = 0;
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
@@ -143,7 +144,8 @@ export class Coordinator {
     this.health.setStatus(LEADER_HEALTH_SERVICE, 'NOT_SERVING');
     this.work?.stop();
     this.work = undefined;
-    this.gateway.closeAll(`leader stepped down: ${reason}`);
+    // On a graceful stop, stop() redirects the agents once the successor is known.
+    if (!this.stopping) this.gateway.closeAll(`leader stepped down: ${reason}`);
   }
 
   /** NOT_SERVING while etcd does not answer a linearizable read (no quorum or no connection). */
@@ -169,12 +171,21 @@ export class Coordinator {
 
   /** Graceful stop: step down first (successor elected at once), then close. */
   async stop(): Promise<void> {
+    this.stopping = true;
     clearInterval(this.healthTimer);
     this.setHealth('NOT_SERVING');
     this.work?.stop();
     this.work = undefined;
-    await this.leadership?.stop();
-    this.gateway?.closeAll('coordinator shutting down');
+    if (this.leadership) {
+      // Resign first (the lease is revoked, so a successor is elected in milliseconds), wait
+      // briefly to learn who it is, and send every agent straight there.
+      const wasLeader = this.leadership.isLeader;
+      const myKey = this.leadership.leader?.key ?? '';
+      await this.leadership.resign();
+      if (wasLeader) await this.leadership.waitForLeaderOtherThan(myKey, 1_000);
+      this.gateway?.closeAll('coordinator shutting down');
+      await this.leadership.stop();
+    }
     await new Promise<void>((resolve) => {
       if (!this.server) return resolve();
       // Watch streams never end on their own: give unary calls a moment, then cut the rest.

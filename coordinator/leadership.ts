@@ -71,6 +71,7 @@ export class Leadership extends EventEmitter {
   private readonly startedAtMs = Date.now();
   private loop?: Promise<void>;
   private lastRefreshOk = Date.now();
+  private resigned = false;
 
   constructor(
     private readonly client: Etcd3,
@@ -138,6 +139,36 @@ export class Leadership extends EventEmitter {
     });
   }
 
+  /** Waits until the leader is someone other than the candidate with this key (or times out). */
+  async waitForLeaderOtherThan(key: string, timeoutMs: number): Promise<CandidateInfo | undefined> {
+    if (this.currentLeader && this.currentLeader.key !== key) return this.currentLeader;
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.off('leaderChanged', onChange);
+        resolve(this.currentLeader && this.currentLeader.key !== key ? this.currentLeader : undefined);
+      };
+      const onChange = (l: CandidateInfo | undefined) => { if (l && l.key !== key) done(); };
+      const t = setTimeout(done, timeoutMs);
+      t.unref();
+      this.on('leaderChanged', onChange);
+    });
+  }
+
+  /**
+   * Steps down for good (graceful shutdown) while still observing the election, so the caller
+   * can tell its agents who leads next. stop() finishes the teardown.
+   */
+  async resign(): Promise<void> {
+    this.resigned = true;
+    if (this.role === 'leader') {
+      this.setRole('follower', 'resigning');
+      this.token = undefined;
+      this.emit('demoted', 'resigning');
+    }
+    await this.dropCandidacy('resign');
+  }
+
   private setRole(role: Role, reason: string): void {
     if (this.role === role) return;
     this.log.info({ from: this.role, to: role, reason, term: this.token?.term }, 'leadership role change');
@@ -147,6 +178,7 @@ export class Leadership extends EventEmitter {
   private async campaignLoop(): Promise<void> {
     const backoff = new Backoff({ initialMs: 200, maxMs: 2_000, multiplier: 2, jitter: 0.2 });
     while (!this.abort.signal.aborted) {
+      if (this.resigned) return;
       if (!this.candidacy) {
         try {
           await this.becomeCandidate();
@@ -165,6 +197,7 @@ export class Leadership extends EventEmitter {
   }
 
   private async becomeCandidate(): Promise<void> {
+    if (this.resigned) throw new Error('resigned');
     const lease = this.client.lease(this.opts.ttlSeconds, { autoKeepAlive: true });
     const leaseId = await withTimeout(lease.grant(), this.opts.ttlSeconds * 1000, 'lease grant');
     const key = `${this.keys.election}${leaseId}`;

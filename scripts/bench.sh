@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# npm run bench [-- NAME...]: runs the benchmarks under scripts/bench (all by default) and
+# prints their tables. Results are also written to .bench/NAME.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >/dev/null
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(failover)
+for n in "${names[@]}"; do
+  echo "=== bench: $n"
+  node "dist/scripts/bench/$n.js"
+done

@@ -1,0 +1,17 @@
+// Small statistics and table helpers shared by the benchmarks.
+export function quantile(xs: number[], q: number): number {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1));
+  return s[i];
+}
+export const median = (xs: number[]) => quantile(xs, 0.5);
+export const p99 = (xs: number[]) => quantile(xs, 0.99);
+
+export function fmt(n: number, digits = 0): string {
+  return Number.isFinite(n) ? n.toFixed(digits) : '-';
+}
+
+export function progress(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the local container images the tests and the example use. No registry is reachable,
+# so images are made with `docker import` from a root filesystem assembled here:
+#   tessera/busybox:local   busybox-static with its applets (sh, httpd, nc, sleep, ...)
+# An image is rebuilt only when its inputs changed (their hash is kept as a label).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build() { # name hash dir
+  local name=$1 hash=$2 dir=$3
+  if [ "$(docker image inspect -f '{{index .Config.Labels "tessera.inputs"}}' "$name" 2>/dev/null)" = "$hash" ]; then
+    echo "[images] $name is up to date"
+    return
+  fi
+  echo "[images] building $name"
+  tar -C "$dir" -c . | docker import --change "LABEL tessera.inputs=$hash" --change 'CMD ["/bin/sh"]' - "$name" >/dev/null
+}
+
+busybox_image() {
+  local tmp; tmp=$(mktemp -d)
+  mkdir -p "$tmp/bin" "$tmp/tmp" "$tmp/etc" "$tmp/www" "$tmp/data"
+  cp /bin/busybox "$tmp/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$tmp/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$tmp/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$tmp/etc/group"
+  chmod 1777 "$tmp/tmp"
+  local hash; hash=$( (sha256sum /bin/busybox; echo v1) | sha256sum | cut -c1-16)
+  build tessera/busybox:local "$hash" "$tmp"
+  rm -rf "$tmp"
+}
+
+busybox_image

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A local HA cluster on loopback ports, the same layout as production:
+#   3 etcd members       127.0.0.1:23791-23793 (peers 23801-23803)
+#   3 coordinators       127.0.0.1:7401-7403
+#   N agents (AGENTS=2)  state under $DIR/agent-N
+# Logs and pids live under one folder ($TESSERA_CLUSTER_DIR, default .tessera/cluster).
+#   scripts/cluster.sh start|stop|status|restart
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${TESSERA_CLUSTER_DIR:-$PWD/.tessera/cluster}
+AGENTS=${AGENTS:-2}
+LOG_LEVEL=${TESSERA_LOG_LEVEL:-info}
+ETCD_ENDPOINTS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+COORDINATORS=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
+mkdir -p "$DIR/logs" "$DIR/pids"
+
+running() { [ -f "$DIR/pids/$1" ] && kill -0 "$(cat "$DIR/pids/$1")" 2>/dev/null; }
+
+launch() { # name cmd...
+  local name=$1; shift
+  if running "$name"; then echo "  $name already running (pid $(cat "$DIR/pids/$name"))"; return; fi
+  nohup "$@" >>"$DIR/logs/$name.log" 2>&1 &
+  echo $! >"$DIR/pids/$name"
+  echo "  $name started (pid $!), log $DIR/logs/$name.log"
+}
+
+start() {
+  [ -f dist/coordinator/main.js ] || { echo "not built: run scripts/setup.sh first" >&2; exit 1; }
+  echo "etcd members:"
+  local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+  for i in 1 2 3; do
+    launch "etcd-$i" etcd --name "e$i" --data-dir "$DIR/etcd-$i" \
+      --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+      --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+      --initial-cluster "$cluster" --initial-cluster-state new --logger zap
+  done
+  for _ in $(seq 1 100); do ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+  echo "coordinators:"
+  for i in 1 2 3; do
+    launch "coordinator-$i" node dist/coordinator/main.js --id "coordinator-$i" --listen "127.0.0.1:740$i" \
+      --etcd-endpoints "$ETCD_ENDPOINTS" --data-dir "$DIR/coordinator-$i" --log-level "$LOG_LEVEL" ${COORDINATOR_FLAGS:-}
+  done
+  echo "agents:"
+  for i in $(seq 1 "$AGENTS"); do
+    launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
+      --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" ${AGENT_FLAGS:-}
+  done
+  echo
+  echo "cluster up. try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"
+}
+
+stop() {
+  for f in "$DIR"/pids/agent-* "$DIR"/pids/coordinator-* "$DIR"/pids/etcd-*; do
+    [ -f "$f" ] || continue
+    local name; name=$(basename "$f")
+    if running "$name"; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
+  for f in "$DIR"/pids/*; do
+    [ -f "$f" ] || continue
+    for _ in $(seq 1 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  echo "cluster stopped (data and logs kept in $DIR; remove it for a clean start)"
+}
+
+status() {
+  for f in "$DIR"/pids/*; do
+    [ -f "$f" ] || continue
+    local name; name=$(basename "$f")
+    if running "$name"; then echo "  $name  up    pid $(cat "$f")"; else echo "  $name  DOWN"; fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  restart) stop; start ;;
+  *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
+esac
