@@ -11,6 +11,9 @@ import type { AgentConfig } from './config';
 import { CoordinatorConnection } from './connection';
 import { hostCapacity, sampleHost } from './host-metrics';
 import { loadOrCreateNodeId } from './node-id';
+import { DockerRuntime } from './docker-runtime';
+import { InstanceManager } from './instances';
+import * as path from 'node:path';
 
 export class Agent {
   readonly nodeId: string;
@@ -22,6 +25,8 @@ export class Agent {
   private seq = 0;
   private lastUsage?: HostUsage;
   private reporting = false;
+  private instances!: InstanceManager;
+  private reportSoon?: NodeJS.Timeout;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId);
@@ -40,6 +45,17 @@ export class Agent {
       void this.report();
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
+    const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket);
+    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }));
+    this.instances.on('event', (e) => this.conn.send({ event: e }));
+    this.instances.on('changed', () => {
+      // A change is worth telling the leader now, not at the next interval (debounced).
+      if (this.reportSoon) return;
+      this.reportSoon = setTimeout(() => { this.reportSoon = undefined; void this.report(); }, 100);
+      this.reportSoon.unref();
+    });
+    // Adopt what runs before the first hello, so the leader sees it at once.
+    await this.instances.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'docker engine not reachable yet; will keep trying'));
     this.conn.start();
     this.scheduleReports();
     this.log.info({ node: this.nodeId, coordinators: this.config.coordinators, capacity: this.capacity }, 'agent started');
@@ -53,7 +69,8 @@ export class Agent {
       labels: this.config.labels,
       capacity: this.capacity,
       agentVersion: VERSION,
-      instances: [],
+      instances: this.instances?.statuses() ?? [],
+      portRange: this.config.ports,
       sessionId: this.sessionId,
       endpoint: '',
     };
@@ -73,21 +90,36 @@ export class Agent {
         this.log.warn({ err: (err as Error).message }, 'host sampling failed; sending the last figures');
         return this.lastUsage;
       });
-      this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: [] } });
+      this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses() } });
     } finally {
       this.reporting = false;
     }
   }
 
+  /** Deployment instructions: idempotent by instance id; each is acknowledged. */
   private onInstruction(i: Instruction__Output): void {
-    // Runtime actions arrive with the deployment work; until then every instruction is refused
-    // explicitly, so the leader records why instead of waiting for an acknowledgement.
-    this.log.warn({ id: i.id, action: i.action }, 'instruction not supported by this agent');
-    this.conn.send({ ack: { instructionId: i.id, ok: false, message: `action ${i.action} is not supported by agent ${VERSION}` } });
+    this.log.debug({ id: i.id, action: i.action, instance: i.target?.instanceId }, 'instruction');
+    let ok = true;
+    let message = '';
+    switch (i.action) {
+      case 'INSTRUCTION_ACTION_RUN':
+        if (!i.instance?.instanceId) { ok = false; message = 'instance: missing'; break; }
+        this.instances.run(i.instance);
+        break;
+      case 'INSTRUCTION_ACTION_STOP':
+      case 'INSTRUCTION_ACTION_DRAIN':
+        this.instances.stopInstance(i.target?.instanceId ?? '', Number(i.stopGraceMs) || 10_000);
+        break;
+      default:
+        ok = false;
+        message = `action ${i.action} is not supported by agent ${VERSION}`;
+    }
+    this.conn.send({ ack: { instructionId: i.id, ok, message } });
   }
 
   async stop(): Promise<void> {
     clearInterval(this.reportTimer);
+    this.instances?.stop();
     await this.conn?.stop();
   }
 }

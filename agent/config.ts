@@ -14,6 +14,8 @@ export const AGENT_SCHEMA = {
   cpuMillis: { type: 'int', doc: 'CPU capacity offered to Tessera in millicores (default: all cores)', env: 'TESSERA_CPU_MILLIS', min: 1 },
   memoryMib: { type: 'int', doc: 'memory capacity offered to Tessera in MiB (default: total memory)', env: 'TESSERA_MEMORY_MIB', min: 1 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
+  portRange: { type: 'string', doc: 'host ports for instances with dynamic ports, START-END', env: 'TESSERA_PORT_RANGE', default: '20000-32000' },
+  dockerSocket: { type: 'string', doc: 'Docker Engine socket', env: 'TESSERA_DOCKER_SOCKET', default: '/var/run/docker.sock' },
 } satisfies Schema;
 
 export interface AgentConfig {
@@ -26,6 +28,10 @@ export interface AgentConfig {
   cpuMillis?: number;
   memoryMib?: number;
   logLevel: string;
+  portRange: string;
+  dockerSocket: string;
+  /** Parsed from portRange. */
+  ports: { start: number; end: number };
 }
 
 export function compileAgentConfig(layers: Layer[]): AgentConfig {
@@ -41,6 +47,9 @@ export function compileAgentConfig(layers: Layer[]): AgentConfig {
   for (const k of Object.keys(raw.labels ?? {})) {
     if (!/^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$/.test(k)) v.push({ field: `labels.${k}`, message: 'label keys are 1-63 characters of letters, digits, ".", "_", "/" or "-"' });
   }
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(raw.portRange ?? '');
+  const ports = m ? { start: Number(m[1]), end: Number(m[2]) } : { start: 0, end: 0 };
+  if (!m || ports.start < 1024 || ports.end > 65535 || ports.end < ports.start) v.push({ field: 'portRange', message: `must be START-END within 1024-65535, got ${JSON.stringify(raw.portRange)}` });
   if (v.length) throw new ConfigError(v);
-  return { ...(raw as AgentConfig), hostname: raw.hostname ?? os.hostname() };
+  return { ...(raw as AgentConfig), hostname: raw.hostname ?? os.hostname(), ports };
 }

@@ -64,6 +64,14 @@ export class AdminClient {
   getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
   drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }
 
+  applyApp(spec: unknown, dryRun = false): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('applyApp', { spec, dryRun }); }
+  getApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('getApp', { name }); }
+  listApps(): Promise<{ apps: import('./generated/tessera/v1/App').App__Output[] }> { return this.unary('listApps', {}); }
+  deleteApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('deleteApp', { name }); }
+  appHistory(name: string): Promise<{ versions: import('./generated/tessera/v1/AppVersion').AppVersion__Output[] }> { return this.unary('appHistory', { name }); }
+  rollbackApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version }); }
+  listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
+
   /** Server stream of events from the first coordinator that answers. */
   watchEvents(req: WatchEventsRequest): grpc.ClientReadableStream<Event__Output> {
     return this.clients[this.preferred].watchEvents(req, this.metadata());

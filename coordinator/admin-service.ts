@@ -17,6 +17,7 @@ import type { Keys } from './keys';
 import type { Leadership } from './leadership';
 import { NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
+import type { Deployments } from './deployments';
 import type { StoredEvent } from './store';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
@@ -31,6 +32,7 @@ export class AdminService {
     private readonly keys: Keys,
     private readonly leadership: Leadership,
     private readonly registry: () => NodeRegistry | undefined,
+    private readonly deployments: () => Deployments | undefined,
     private readonly opts: { coordinatorId: string; etcdEndpoints: string[] },
     private readonly log: Logger,
   ) {}
@@ -48,7 +50,9 @@ export class AdminService {
         if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
         const reg = this.registry();
         const records = reg ? reg.list() : await this.etcdRead(() => readNodes(this.client, this.keys));
+        const dep = this.deployments();
         const nodes = records.map(recordToProto).filter((n) => req.state === 'NODE_STATE_UNSPECIFIED' || n.state === req.state);
+        if (dep) for (const n of nodes) n.allocated = dep.allocatedOn(n.id!);
         return { nodes };
       }),
       GetNode: unary(log, 'GetNode', async (req) => {
@@ -58,21 +62,37 @@ export class AdminService {
       }),
       DrainNode: unary(log, 'DrainNode', async (req, call) => {
         validateNodeId(req.nodeId);
-        return this.onLeader(call, 'drainNode', req, async (reg) => recordToProto(await reg.drain(req.nodeId, req.undo, req.reason)));
+        return this.onLeader(call, 'drainNode', req, async (reg, dep) => {
+          const n = recordToProto(await reg.drain(req.nodeId, req.undo, req.reason));
+          dep.kick();
+          return n;
+        });
       }),
+      ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep) => dep.apply(req.spec ?? undefined, req.dryRun))),
+      GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
+      ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
+      DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep) => dep.delete(req.name))),
+      AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
+      RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
+      ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
     };
   }
 
-  /** Runs fn on the leader: here if we lead, else forwarded to the leader with the caller's metadata. */
+  /**
+   * Runs fn on the leader: here if we lead, else forwarded to the leader with the caller's
+   * metadata. Writes go there because only the leader writes; app and instance reads go there
+   * because what agents observe lives in the leader's memory.
+   */
   private async onLeader<Req, Res>(
     call: grpc.ServerUnaryCall<Req, Res>,
-    method: 'drainNode',
+    method: string,
     req: Req,
-    fn: (reg: NodeRegistry) => Promise<Res>,
+    fn: (reg: NodeRegistry, dep: Deployments) => Promise<Res>,
   ): Promise<Res> {
     const reg = this.registry();
-    if (reg) return fn(reg);
+    const dep = this.deployments();
+    if (reg && dep) return fn(reg, dep);
     if (call.metadata.get(FORWARDED_KEY).length) {
       // Never forward twice: the leader we forwarded to no longer leads.
       throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
@@ -81,7 +101,8 @@ export class AdminService {
     if (!leader) throw new NotLeaderError();
     if (leader.id === this.opts.coordinatorId) {
       const again = this.registry();
-      if (again) return fn(again);
+      const dep2 = this.deployments();
+      if (again && dep2) return fn(again, dep2);
       throw new NotLeaderError();
     }
     const client = this.leaderClient(leader.address);
@@ -97,7 +118,7 @@ export class AdminService {
         }
         reject(err);
       };
-      (client[method] as unknown as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: Callback) => void)(req, md, { deadline: deadline(5_000) }, cb);
+      ((client as unknown as Record<string, unknown>)[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: Callback) => void)(req, md, { deadline: deadline(5_000) }, cb);
     });
   }
 

@@ -21,6 +21,7 @@ import { Keys } from './keys';
 import { Leadership } from './leadership';
 import { NodeRegistry } from './node-registry';
 import { Store } from './store';
+import { Deployments } from './deployments';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -29,6 +30,7 @@ export const LEADER_HEALTH_SERVICE = 'tessera.v1.Leader';
 /** Everything that exists only while this coordinator leads. */
 class LeaderWork {
   readonly registry: NodeRegistry;
+  readonly deployments: Deployments;
   private timers: NodeJS.Timeout[] = [];
   ready = false;
   stopped = false;
@@ -39,14 +41,24 @@ class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id }, c.log.child({ part: 'deployments' }));
   }
 
   async start(): Promise<void> {
     await this.registry.load();
+    await this.deployments.load();
     await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
     if (this.stopped) return;
     this.ready = true;
     this.every(250, () => this.registry.tick());
+    // Reconcile twice a second, and within 50 ms of anything that asks for it (apply, an
+    // agent attaching, an instance event).
+    let lastReconcile = 0;
+    this.every(50, async () => {
+      if (!this.deployments.wantsTick && Date.now() - lastReconcile < this.c.config.reconcileIntervalMs) return;
+      lastReconcile = Date.now();
+      await this.deployments.tick();
+    });
     this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
     this.every(30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
   }
@@ -94,6 +106,11 @@ export class Coordinator {
     return this.work?.ready ? this.work.registry : undefined;
   }
 
+  /** The leader's deployment manager, once loaded; undefined on followers. */
+  deployments(): Deployments | undefined {
+    return this.work?.ready ? this.work.deployments : undefined;
+  }
+
   async start(): Promise<void> {
     const cfg = this.config;
     let endpoints = cfg.etcdEndpoints;
@@ -107,7 +124,12 @@ export class Coordinator {
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
       coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
     }, this.log.child({ part: 'gateway' }));
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
+    this.gateway.addListener({
+      onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
+      onAttached: () => this.deployments()?.kick(),
+      onInstanceEvent: (node, e) => this.onInstanceEvent(node, e),
+    });
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);
@@ -138,6 +160,18 @@ export class Coordinator {
       this.log.error({ err: (err as Error).message }, 'leader start-up failed; stepping down');
       this.leadership.demote('leader start-up failed');
     }
+  }
+
+  /** Agents' container events go to the event log (a failing container's exit code, OOM flag and last lines). */
+  private onInstanceEvent(nodeId: string, e: import('../common/generated/tessera/v1/InstanceEvent').InstanceEvent__Output): void {
+    this.deployments()?.kick();
+    if (!['died', 'oom', 'health_failed', 'failed', 'restarted', 'adopted'].includes(e.kind)) return;
+    const tail = e.lastLogLines.length ? ` | last lines: ${e.lastLogLines.slice(-5).join(' / ')}` : '';
+    this.store.commit([], [{
+      kind: `instance.${e.kind}`, subject: e.instanceId,
+      message: `instance ${e.instanceId} on ${nodeId}: ${e.kind}${e.exitCode ? ` (exit ${e.exitCode})` : ''}${e.oomKilled ? ' OOM killed' : ''}${e.message ? `: ${e.message}` : ''}${tail}`,
+      fields: { node: nodeId, exitCode: String(e.exitCode), oomKilled: String(e.oomKilled), lastLines: e.lastLogLines.join('\n') },
+    }]).catch((err) => this.log.debug({ err: (err as Error).message }, 'instance event not recorded'));
   }
 
   private stopLeaderWork(reason: string): void {

@@ -8,6 +8,12 @@ export class Keys {
   coordinator(id: string): string { return `${this.coordinators}${id}`; }
   get nodes(): string { return `${this.prefix}nodes/`; }
   node(id: string): string { return `${this.nodes}${id}`; }
+  get apps(): string { return `${this.prefix}apps/`; }
+  app(name: string): string { return `${this.apps}${name}`; }
+  appVersions(name: string): string { return `${this.prefix}appversions/${name}/`; }
+  appVersion(name: string, v: number): string { return `${this.appVersions(name)}${String(v).padStart(10, '0')}`; }
+  get instances(): string { return `${this.prefix}instances/`; }
+  instance(app: string, id: string): string { return `${this.instances}${app}/${id}`; }
   get events(): string { return `${this.prefix}events/`; }
   event(id: string): string { return `${this.events}${id}`; }
 }

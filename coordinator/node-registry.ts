@@ -32,6 +32,7 @@ export interface NodeRecord {
   usage?: HostUsage__Output;
   connectedTo: string;
   instanceCount: number;
+  portRange?: { start: number; end: number };
 }
 
 interface Liveness {
@@ -60,6 +61,7 @@ export function recordToProto(r: NodeRecord): Node {
     connectedTo: r.connectedTo,
     instanceCount: r.instanceCount,
     endpoint: r.endpoint,
+    portRange: r.portRange,
   };
 }
 
@@ -74,6 +76,8 @@ export async function readNode(client: Etcd3, keys: Keys, id: string): Promise<N
   if (v === null) throw new NotFoundError('node', id);
   return JSON.parse(v) as NodeRecord;
 }
+
+export const DEFAULT_PORT_RANGE = { start: 20000, end: 32000 };
 
 export class NodeRegistry {
   private records = new Map<string, NodeRecord>();
@@ -124,6 +128,7 @@ export class NodeRegistry {
     const decided = decideNodeState({ current: prev ? prev.state : 'NEW', drain: base.drain, lastSeenMs: nowMs, nowMs, heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, graceUntilMs: this.graceUntilMs });
     const next: NodeRecord = {
       ...base, hostname: h.hostname, labels: { ...h.labels }, capacity, agentVersion: h.agentVersion, endpoint: h.endpoint,
+      portRange: h.portRange && h.portRange.end >= h.portRange.start && h.portRange.start > 0 ? { start: h.portRange.start, end: h.portRange.end } : DEFAULT_PORT_RANGE,
       lastSeenMs: nowMs, connectedTo: this.opts.coordinatorId, instanceCount: h.instances.length,
     };
     const events: EventDraft[] = [];
@@ -164,6 +169,16 @@ export class NodeRegistry {
       l.connectedTo = '';
       l.dirty = true;
     }
+  }
+
+  /** What the agent last said it runs (hello, then every report). */
+  observed(nodeId: string): InstanceStatus__Output[] {
+    return this.live.get(nodeId)?.instances ?? [];
+  }
+
+  /** Records of all nodes, as known now (state, capacity, labels). */
+  allRecords(): IterableIterator<NodeRecord> {
+    return this.records.values();
   }
 
   isConnected(nodeId: string): boolean {

@@ -6,6 +6,8 @@ import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { ago, enumName, table } from '../../common/table';
 import { VERSION } from '../../common/version';
+import { readSpecFile } from '../../common/spec-file';
+import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
 import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 
@@ -32,9 +34,15 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   try {
     await fn(c);
   } catch (err) {
-    const se = err as grpc.ServiceError;
+    const se = err as grpc.ServiceError & { violations?: { field: string; message: string }[] };
     const code = se.code !== undefined ? grpc.status[se.code] : 'ERROR';
-    process.stderr.write(`error: ${code}: ${se.details ?? se.message}\n`);
+    const violations = se.violations ?? (se.metadata?.get('tessera-field-violations')?.[0] ? JSON.parse(String(se.metadata.get('tessera-field-violations')[0])) : undefined);
+    if (violations?.length) {
+      process.stderr.write(`error: ${code}: the spec has ${violations.length} problem(s):\n`);
+      for (const v of violations) process.stderr.write(`  ${v.field}: ${v.message}\n`);
+    } else {
+      process.stderr.write(`error: ${code}: ${se.details ?? se.message}\n`);
+    }
     const leader = se.metadata?.get('tessera-leader-address')?.[0];
     if (leader) process.stderr.write(`hint: the leader is at ${leader}\n`);
     process.exitCode = 1;
@@ -87,6 +95,60 @@ node.command('drain <id>').description('stop placing work on a node and move its
 node.command('undrain <id>').description('make a drained node eligible again').action((id) => run(async (c) => {
   const n = await c.drainNode({ nodeId: id, undo: true });
   out(n, () => `node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}`);
+}));
+
+program.command('apply').description('apply an app spec (YAML or JSON); prints what changed and what cannot be placed')
+  .requiredOption('-f, --file <file>', 'spec file, or - for standard input')
+  .option('--dry-run', 'validate and plan only; store nothing')
+  .action((o) => run(async (c) => {
+    const spec = readSpecFile(o.file);
+    const res = await c.applyApp(spec, !!o.dryRun);
+    out(res, () => {
+      const lines = [o.dryRun ? `dry run: app ${res.app?.name} is valid; ${res.planned} instance(s) would be placed` : res.changed ? `app ${res.app?.name} version ${res.app?.version} applied; rolling out` : `app ${res.app?.name} unchanged (version ${res.app?.version})`];
+      for (const u of res.unplaced) {
+        lines.push(`  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`);
+        for (const [node, why] of Object.entries(u.reasons).slice(0, 5)) lines.push(`    ${node}: ${why}`);
+      }
+      return lines.join('\n');
+    });
+  }));
+
+program.command('apps').description('list apps').action(() => run(async (c) => {
+  const res = await c.listApps();
+  out(res.apps, () => res.apps.length ? table(['NAME', 'VERSION', 'STABLE', 'STATUS', 'INSTANCES', 'UPDATED', 'REASON'], res.apps.map((a) => [
+    a.name, a.version, a.stableVersion || '-', a.status, Object.entries(a.instancesByState).map(([k, v]) => `${v} ${k}`).join(', ') || '0', ago(Number(a.updatedAtMs)), a.statusReason,
+  ])) : 'no apps');
+}));
+
+const app = program.command('app').description('one app');
+app.command('get <name>').description('show an app and its spec').action((name) => run(async (c) => {
+  const a = await c.getApp(name);
+  out(a, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec)].join('\n'));
+}));
+app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
+  const h = await c.appHistory(name);
+  out(h.versions, () => table(['VERSION', 'STATUS', 'CREATED', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
+    v.version, v.status, ago(Number(v.createdAtMs)), (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
+  ])));
+}));
+app.command('delete <name>').description('stop every instance of an app and remove it').action((name) => run(async (c) => {
+  const a = await c.deleteApp(name);
+  out(a, () => `app ${a.name} is being deleted`);
+}));
+
+program.command('rollback <app>').description('go back to an earlier version (default: the last stable one)')
+  .option('--to <version>', 'version to go back to').action((name, o) => run(async (c) => {
+    const a = await c.rollbackApp(name, Number(o.to ?? 0));
+    out(a, () => `app ${a.name}: version ${a.version} rolling out (${a.statusReason})`);
+  }));
+
+program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node').action((name, o) => run(async (c) => {
+  const res = await c.listInstances(name ?? '', o.node ?? '');
+  out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
+    i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
+    Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
+    ago(Number(i.createdAtMs)), (i.message || '').slice(0, 80),
+  ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 
 program.command('events').description('cluster events (placements, node states, leadership)')

@@ -1,0 +1,212 @@
+// The Docker Engine, through dockerode. Containers carry their whole instance spec in labels,
+// so a restarted agent finds them by label and adopts them with everything it needs (restart
+// policy, health check) even before a coordinator answers. No image is ever pulled: images are
+// built on the host (scripts/build-images.sh), and no registry is contacted.
+import Docker from 'dockerode';
+import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
+
+export const LABEL = {
+  managed: 'tessera.managed',
+  node: 'tessera.node',
+  app: 'tessera.app',
+  component: 'tessera.component',
+  instance: 'tessera.instance',
+  version: 'tessera.version',
+  slot: 'tessera.slot',
+  spec: 'tessera.spec',
+} as const;
+
+export interface ObservedContainer {
+  containerId: string;
+  instanceId: string;
+  running: boolean;
+  /** Docker state: created, running, exited, dead, ... */
+  status: string;
+  exitCode: number;
+  oomKilled: boolean;
+  startedAtMs: number;
+  spec?: InstanceSpec__Output;
+}
+
+export class ImageMissingError extends Error {}
+
+const MIB = 1024 * 1024;
+
+export class DockerRuntime {
+  readonly docker: Docker;
+
+  constructor(private readonly nodeId: string, private readonly volumeRoot: string, socketPath = '/var/run/docker.sock') {
+    this.docker = new Docker({ socketPath });
+  }
+
+  async ping(): Promise<boolean> {
+    try {
+      await this.docker.ping();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Every container this node manages, found by label: what actually runs. */
+  async list(): Promise<ObservedContainer[]> {
+    const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL.node}=${this.nodeId}`] } });
+    return Promise.all(list.map(async (c) => {
+      const labels = c.Labels ?? {};
+      let exitCode = 0;
+      let oomKilled = false;
+      let startedAtMs = 0;
+      {
+        try {
+          const info = await this.docker.getContainer(c.Id).inspect();
+          exitCode = info.State.ExitCode;
+          oomKilled = info.State.OOMKilled;
+          startedAtMs = Date.parse(info.State.StartedAt) || 0;
+        } catch {
+          /* removed meanwhile */
+        }
+      }
+      return {
+        containerId: c.Id,
+        instanceId: labels[LABEL.instance] ?? '',
+        running: c.State === 'running',
+        status: c.State,
+        exitCode,
+        oomKilled,
+        startedAtMs,
+        spec: decodeSpec(labels[LABEL.spec]),
+      };
+    }));
+  }
+
+  volumeDir(spec: InstanceSpec__Output, name: string): string {
+    return `${this.volumeRoot}/${spec.app}/${spec.component}-${spec.slot}/${name}`;
+  }
+
+  /** Creates and starts the container for an instance; a stopped one with the same name is replaced. */
+  async start(spec: InstanceSpec__Output, ensureDir: (dir: string) => void): Promise<string> {
+    const name = containerName(spec.instanceId);
+    await this.remove(name).catch(() => {});
+    const binds = spec.volumes.map((v) => {
+      const dir = this.volumeDir(spec, v.name);
+      ensureDir(dir);
+      return `${dir}:${v.path}${v.readOnly ? ':ro' : ''}`;
+    });
+    const opts: Docker.ContainerCreateOptions = {
+      name,
+      Image: spec.image,
+      Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+      Labels: {
+        [LABEL.managed]: 'true',
+        [LABEL.node]: this.nodeId,
+        [LABEL.app]: spec.app,
+        [LABEL.component]: spec.component,
+        [LABEL.instance]: spec.instanceId,
+        [LABEL.version]: String(spec.specVersion),
+        [LABEL.slot]: String(spec.slot),
+        [LABEL.spec]: encodeSpec(spec),
+      },
+      StopTimeout: Math.max(1, Math.ceil(Number(spec.stopGraceMs || 10_000) / 1000)),
+      HostConfig: {
+        NetworkMode: 'host',
+        Init: true, // PID 1 forwards SIGTERM, so a stop does not wait out the grace period
+        Memory: Number(spec.resources?.memoryMib ?? 0) * MIB || undefined,
+        NanoCpus: Number(spec.resources?.cpuMillis ?? 0) * 1_000_000 || undefined,
+        Binds: binds.length ? binds : undefined,
+        RestartPolicy: { Name: 'no' }, // restarts are the agent's, by the spec's policy
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '2' } },
+      },
+    };
+    if (spec.command.length) opts.Entrypoint = spec.command;
+    if (spec.args.length) opts.Cmd = spec.args;
+    let container: Docker.Container;
+    try {
+      container = await this.docker.createContainer(opts);
+    } catch (err) {
+      const e = err as { statusCode?: number; message: string };
+      if (e.statusCode === 404 && /image/i.test(e.message)) throw new ImageMissingError(`image ${spec.image} is not on this host (the agent never pulls; build it locally)`);
+      throw err;
+    }
+    await container.start();
+    return container.id;
+  }
+
+  async stop(nameOrId: string, graceMs: number): Promise<void> {
+    const c = this.docker.getContainer(nameOrId);
+    try {
+      await c.stop({ t: Math.max(0, Math.ceil(graceMs / 1000)) });
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode !== 304 && (err as { statusCode?: number }).statusCode !== 404) throw err;
+    }
+  }
+
+  async remove(nameOrId: string): Promise<void> {
+    try {
+      await this.docker.getContainer(nameOrId).remove({ force: true, v: false });
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode !== 404) throw err;
+    }
+  }
+
+  async restart(nameOrId: string): Promise<void> {
+    await this.docker.getContainer(nameOrId).start().catch(async (err) => {
+      if ((err as { statusCode?: number }).statusCode === 304) return; // already running
+      throw err;
+    });
+  }
+
+  /** The last lines a container wrote (stdout and stderr), for failure reports. */
+  async lastLines(nameOrId: string, n = 10): Promise<string[]> {
+    try {
+      const buf = (await this.docker.getContainer(nameOrId).logs({ stdout: true, stderr: true, tail: n, follow: false })) as unknown as Buffer;
+      return demux(buf).split('\n').map((l) => l.trimEnd()).filter(Boolean).slice(-n);
+    } catch {
+      return [];
+    }
+  }
+
+  async exec(nameOrId: string, cmd: string[], timeoutMs: number): Promise<number> {
+    const c = this.docker.getContainer(nameOrId);
+    const ex = await c.exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
+    const stream = await ex.start({ hijack: true, stdin: false });
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => { stream.destroy(); resolve(); }, timeoutMs);
+      stream.on('end', () => { clearTimeout(t); resolve(); });
+      stream.on('error', () => { clearTimeout(t); resolve(); });
+      stream.resume();
+    });
+    const info = await ex.inspect();
+    return info.ExitCode ?? -1;
+  }
+}
+
+export function containerName(instanceId: string): string {
+  return `tessera-${instanceId}`;
+}
+
+function encodeSpec(spec: InstanceSpec__Output): string {
+  return Buffer.from(JSON.stringify(spec)).toString('base64');
+}
+
+function decodeSpec(label: string | undefined): InstanceSpec__Output | undefined {
+  if (!label) return undefined;
+  try {
+    return JSON.parse(Buffer.from(label, 'base64').toString()) as InstanceSpec__Output;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Docker's multiplexed log stream: 8-byte frame headers ([stream, 0, 0, 0, size32]). */
+export function demux(buf: Buffer): string {
+  if (!Buffer.isBuffer(buf)) return String(buf ?? '');
+  let out = '';
+  let i = 0;
+  while (i + 8 <= buf.length) {
+    const size = buf.readUInt32BE(i + 4);
+    out += buf.subarray(i + 8, i + 8 + size).toString();
+    i += 8 + size;
+  }
+  if (i === 0 && buf.length) return buf.toString(); // a TTY container: not multiplexed
+  return out;
+}

@@ -1,0 +1,375 @@
+// The agent's instance manager: what the leader asked this node to run, what Docker has, and
+// the loop that brings one to the other, restarting by policy and checking health.
+//
+//   RUN/STOP instructions ──> desired / stopping
+//   loop (1 s, and at once on a Docker event): list containers by label ──> diffInstances (pure)
+//        ──> start / restart (restartDecision, pure) / stop ──> InstanceStatus for reports
+//   Docker events (die, oom, start) ──> InstanceEvent up to the leader
+import { EventEmitter } from 'node:events';
+import * as fs from 'node:fs';
+import type { Logger } from '../common/logger';
+import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
+import type { InstanceStatus } from '../common/generated/tessera/v1/InstanceStatus';
+import type { InstanceEvent } from '../common/generated/tessera/v1/InstanceEvent';
+import type { InstanceState } from '../common/generated/tessera/v1/InstanceState';
+import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } from './docker-runtime';
+import { diffInstances, restartDecision } from './diff';
+import { runCheck } from './health';
+
+interface Local {
+  spec: InstanceSpec__Output;
+  state: InstanceState;
+  health: 'unknown' | 'healthy' | 'unhealthy';
+  restarts: number;
+  restartTimes: number[];
+  lastExitMs: number;
+  exitCode: number;
+  oomKilled: boolean;
+  message: string;
+  startedAtMs: number;
+  healthFailures: number;
+  lastCheckMs: number;
+  checking: boolean;
+  containerId: string;
+  cpuPercent: number;
+  memoryUsedMib: number;
+  handledExitAt: number;
+}
+
+export declare interface InstanceManager {
+  on(event: 'event', fn: (e: InstanceEvent) => void): this;
+  on(event: 'changed', fn: () => void): this;
+}
+
+export class InstanceManager extends EventEmitter {
+  private desired = new Map<string, Local>();
+  private stopping = new Map<string, { graceMs: number; local?: Local }>();
+  private stats = new Map<string, { stream: NodeJS.ReadableStream; prev?: { cpu: number; system: number } }>();
+  private timer?: NodeJS.Timeout;
+  private running = false;
+  private again = false;
+  private events?: NodeJS.ReadableStream;
+  private closed = false;
+  dockerOk = false;
+
+  constructor(private readonly runtime: DockerRuntime, private readonly log: Logger) {
+    super();
+  }
+
+  async start(): Promise<void> {
+    this.timer = setInterval(() => this.kick(), 1_000);
+    this.timer.unref();
+    void this.watchEvents();
+    await this.loop();
+  }
+
+  stop(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    (this.events as unknown as { destroy?: () => void })?.destroy?.();
+    for (const s of this.stats.values()) (s.stream as unknown as { destroy?: () => void }).destroy?.();
+  }
+
+  /** RUN: idempotent by instance id. */
+  run(spec: InstanceSpec__Output): void {
+    if (this.desired.has(spec.instanceId)) return;
+    this.stopping.delete(spec.instanceId);
+    this.desired.set(spec.instanceId, newLocal(spec));
+    this.log.info({ instance: spec.instanceId, image: spec.image }, 'instance desired');
+    this.kick();
+  }
+
+  /** STOP: idempotent by instance id. */
+  stopInstance(instanceId: string, graceMs: number): void {
+    const local = this.desired.get(instanceId);
+    this.desired.delete(instanceId);
+    if (!this.stopping.has(instanceId)) this.stopping.set(instanceId, { graceMs, local });
+    if (local) local.state = 'INSTANCE_STATE_STOPPING';
+    this.kick();
+  }
+
+  statuses(): InstanceStatus[] {
+    const out: InstanceStatus[] = [];
+    for (const l of this.desired.values()) out.push(toStatus(l));
+    for (const [id, s] of this.stopping) if (s.local) out.push({ ...toStatus(s.local), instanceId: id, state: 'INSTANCE_STATE_STOPPING' });
+    return out;
+  }
+
+  kick(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    if (this.closed) return;
+    this.running = true;
+    try {
+      do {
+        this.again = false;
+        await this.reconcile();
+      } while (this.again && !this.closed);
+    } catch (err) {
+      if (this.dockerOk) this.log.warn({ err: (err as Error).message }, 'instance loop failed');
+      this.dockerOk = false;
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async reconcile(): Promise<void> {
+    const list = await this.runtime.list();
+    if (!this.dockerOk) this.log.info({ containers: list.length }, 'docker engine reachable');
+    this.dockerOk = true;
+    const observed = new Map<string, ObservedContainer>(list.filter((c) => c.instanceId).map((c) => [c.instanceId, c]));
+    const now = Date.now();
+
+    // Adopt what runs here from before (an agent restart): the spec travels in the labels.
+    for (const c of observed.values()) {
+      if (this.desired.has(c.instanceId) || this.stopping.has(c.instanceId) || !c.spec) continue;
+      const l = newLocal(c.spec);
+      l.containerId = c.containerId;
+      l.startedAtMs = c.startedAtMs;
+      l.state = c.running ? 'INSTANCE_STATE_RUNNING' : 'INSTANCE_STATE_STARTING';
+      this.desired.set(c.instanceId, l);
+      this.log.info({ instance: c.instanceId, running: c.running }, 'adopted a running container');
+      this.emitEvent(c.instanceId, 'adopted', { message: `adopted container ${c.containerId.slice(0, 12)}` });
+    }
+
+    const failed = new Set([...this.desired.values()].filter((l) => l.state === 'INSTANCE_STATE_FAILED').map((l) => l.spec.instanceId));
+    const d = diffInstances({ desired: new Set(this.desired.keys()), observed, stopping: new Set(this.stopping.keys()), failed });
+    const counts = { start: d.start.length, restart: d.restart.length, stop: d.stop.length };
+
+    await Promise.all([
+      ...d.start.map((id) => this.startOne(this.desired.get(id)!, now)),
+      ...d.restart.map((id) => this.restartOne(this.desired.get(id)!, observed.get(id)!, now)),
+      ...d.stop.map((id) => this.stopOne(id, observed.get(id)!)),
+    ]);
+    // Told to stop but nothing there: done.
+    for (const id of [...this.stopping.keys()]) if (!observed.has(id)) this.stopping.delete(id);
+    // Failed instances keep no container running.
+    for (const id of failed) {
+      const c = observed.get(id);
+      if (c?.running) await this.runtime.stop(c.containerId, 1_000).catch(() => {});
+    }
+    for (const id of d.keep) {
+      const l = this.desired.get(id);
+      const c = observed.get(id);
+      if (!l || !c) continue;
+      l.containerId = c.containerId;
+      if (c.running && l.state !== 'INSTANCE_STATE_RUNNING') {
+        l.state = 'INSTANCE_STATE_RUNNING';
+        l.startedAtMs = c.startedAtMs || now;
+      }
+      if (c.running) {
+        this.ensureStats(l);
+        this.maybeCheck(l, now);
+      }
+    }
+    if (counts.start || counts.restart || counts.stop) {
+      this.log.info(counts, 'applied instance changes');
+      this.emit('changed');
+    }
+  }
+
+  private async startOne(l: Local, now: number): Promise<void> {
+    l.state = 'INSTANCE_STATE_STARTING';
+    try {
+      l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }));
+      l.startedAtMs = Date.now();
+      l.health = 'unknown';
+      l.healthFailures = 0;
+      l.message = '';
+      this.emitEvent(l.spec.instanceId, 'started', {});
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (err instanceof ImageMissingError) return this.fail(l, msg);
+      l.message = `start failed: ${msg}`;
+      l.lastExitMs = now;
+      l.restartTimes.push(now);
+      if (restartDecision(l.restartTimes, now, policy(l), now) === 'give-up') return this.fail(l, l.message);
+    }
+  }
+
+  private async restartOne(l: Local, c: ObservedContainer, now: number): Promise<void> {
+    if (l.handledExitAt !== c.startedAtMs) {
+      // First time we see this exit: record it.
+      l.handledExitAt = c.startedAtMs;
+      l.exitCode = c.exitCode;
+      l.oomKilled = c.oomKilled;
+      l.lastExitMs = now;
+      l.state = 'INSTANCE_STATE_STARTING';
+      l.health = 'unknown';
+      const lines = await this.runtime.lastLines(c.containerId);
+      l.message = `exited with code ${c.exitCode}${c.oomKilled ? ' (OOM killed)' : ''}`;
+      this.emitEvent(l.spec.instanceId, c.oomKilled ? 'oom' : 'died', { exitCode: c.exitCode, oomKilled: c.oomKilled, message: l.message, lastLogLines: lines });
+    }
+    const decision = restartDecision(l.restartTimes, now, policy(l), l.lastExitMs);
+    if (decision === 'later') return;
+    if (decision === 'give-up') {
+      const lines = await this.runtime.lastLines(c.containerId);
+      return this.fail(l, `${l.message}; gave up after ${l.restartTimes.length} restarts in ${policy(l).windowMs / 1000} s`, lines);
+    }
+    l.restartTimes.push(now);
+    l.restarts++;
+    try {
+      await this.runtime.restart(c.containerId);
+      this.emitEvent(l.spec.instanceId, 'restarted', { message: `restart ${l.restarts} after ${l.message}` });
+    } catch (err) {
+      l.message = `restart failed: ${(err as Error).message}`;
+    }
+  }
+
+  private async stopOne(id: string, c: ObservedContainer): Promise<void> {
+    const s = this.stopping.get(id);
+    try {
+      await this.runtime.stop(c.containerId, s?.graceMs ?? 10_000);
+      await this.runtime.remove(c.containerId);
+      this.stopping.delete(id);
+      this.dropStats(c.containerId);
+      this.emitEvent(id, 'removed', {});
+    } catch (err) {
+      this.log.warn({ instance: id, err: (err as Error).message }, 'stop failed; will retry');
+    }
+  }
+
+  private fail(l: Local, message: string, lastLogLines: string[] = []): void {
+    l.state = 'INSTANCE_STATE_FAILED';
+    l.health = 'unhealthy';
+    l.message = message;
+    this.log.warn({ instance: l.spec.instanceId, message }, 'instance failed');
+    this.emitEvent(l.spec.instanceId, 'failed', { exitCode: l.exitCode, oomKilled: l.oomKilled, message, lastLogLines });
+    this.emit('changed');
+  }
+
+  private maybeCheck(l: Local, now: number): void {
+    const h = l.spec.health;
+    if (!h || h.type === 'none' || !h.type) {
+      l.health = 'healthy';
+      return;
+    }
+    if (l.checking || now - l.lastCheckMs < Number(h.intervalMs || 5_000)) return;
+    l.checking = true;
+    l.lastCheckMs = now;
+    void runCheck(h, l.spec.ports, (cmd, t) => this.runtime.exec(containerName(l.spec.instanceId), cmd, t)).then((r) => {
+      l.checking = false;
+      if (l.state !== 'INSTANCE_STATE_RUNNING') return;
+      if (r.ok) {
+        if (l.health !== 'healthy') this.emit('changed');
+        l.health = 'healthy';
+        l.healthFailures = 0;
+        return;
+      }
+      if (Date.now() - l.startedAtMs < Number(h.graceMs || 0) && l.health !== 'healthy') return; // still starting up
+      l.healthFailures++;
+      l.message = `health check failed: ${r.detail}`;
+      if (l.healthFailures < (h.failureThreshold || 3)) return;
+      l.health = 'unhealthy';
+      this.emitEvent(l.spec.instanceId, 'health_failed', { message: `${l.healthFailures} failed checks: ${r.detail}` });
+      l.healthFailures = 0;
+      // An unhealthy instance is restarted, and that counts against its restart policy.
+      void this.runtime.stop(l.containerId, 2_000).then(() => this.kick(), () => this.kick());
+    });
+  }
+
+  private ensureStats(l: Local): void {
+    if (this.stats.has(l.containerId)) return;
+    const entry: { stream: NodeJS.ReadableStream; prev?: { cpu: number; system: number } } = { stream: undefined as never };
+    this.stats.set(l.containerId, entry);
+    const id = l.containerId;
+    this.runtime.docker.getContainer(id).stats({ stream: true }).then((stream) => {
+      entry.stream = stream as NodeJS.ReadableStream;
+      let buf = '';
+      stream.on('data', (chunk: Buffer) => {
+        buf += chunk.toString();
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          try {
+            const s = JSON.parse(line);
+            const cpu = s.cpu_stats?.cpu_usage?.total_usage ?? 0;
+            const system = s.cpu_stats?.system_cpu_usage ?? 0;
+            const cpus = s.cpu_stats?.online_cpus ?? 1;
+            if (entry.prev && system > entry.prev.system) l.cpuPercent = Math.round(((cpu - entry.prev.cpu) / (system - entry.prev.system)) * cpus * 10_000) / 100;
+            entry.prev = { cpu, system };
+            const usage = s.memory_stats?.usage ?? 0;
+            const cache = s.memory_stats?.stats?.cache ?? 0;
+            l.memoryUsedMib = Math.round((usage - cache) / 1024 / 1024);
+          } catch {
+            /* partial line */
+          }
+        }
+      });
+      stream.on('end', () => this.stats.delete(id));
+      stream.on('error', () => this.stats.delete(id));
+    }, () => this.stats.delete(id));
+  }
+
+  private dropStats(containerId: string): void {
+    const s = this.stats.get(containerId);
+    (s?.stream as unknown as { destroy?: () => void })?.destroy?.();
+    this.stats.delete(containerId);
+  }
+
+  /** Docker's events stream (NDJSON; one chunk may hold several events): react at once. */
+  private async watchEvents(): Promise<void> {
+    while (!this.closed) {
+      try {
+        const stream = (await this.runtime.docker.getEvents({ filters: { type: ['container'], label: ['tessera.managed=true'] } })) as NodeJS.ReadableStream;
+        this.events = stream;
+        let buf = '';
+        await new Promise<void>((resolve) => {
+          stream.on('data', (chunk: Buffer) => {
+            buf += chunk.toString();
+            let nl: number;
+            let relevant = false;
+            while ((nl = buf.indexOf('\n')) >= 0) {
+              const line = buf.slice(0, nl);
+              buf = buf.slice(nl + 1);
+              try {
+                const e = JSON.parse(line);
+                if (['die', 'oom', 'start', 'destroy'].includes(e.status ?? e.Action)) relevant = true;
+              } catch {
+                /* partial */
+              }
+            }
+            if (relevant) this.kick();
+          });
+          stream.on('end', resolve);
+          stream.on('error', resolve);
+        });
+      } catch {
+        /* docker down: try again */
+      }
+      await new Promise((r) => setTimeout(r, 1_000).unref());
+    }
+  }
+
+  private emitEvent(instanceId: string, kind: string, e: Partial<InstanceEvent>): void {
+    this.emit('event', { instanceId, kind, atMs: Date.now(), ...e });
+    this.emit('changed');
+  }
+}
+
+function newLocal(spec: InstanceSpec__Output): Local {
+  return {
+    spec, state: 'INSTANCE_STATE_PENDING', health: 'unknown', restarts: 0, restartTimes: [], lastExitMs: 0, exitCode: 0, oomKilled: false,
+    message: '', startedAtMs: 0, healthFailures: 0, lastCheckMs: 0, checking: false, containerId: '', cpuPercent: 0, memoryUsedMib: 0, handledExitAt: -1,
+  };
+}
+
+function policy(l: Local) {
+  const r = l.spec.restart;
+  return { attempts: r?.attempts ?? 3, windowMs: Number(r?.windowMs ?? 60_000), delayMs: Number(r?.delayMs ?? 1_000) };
+}
+
+function toStatus(l: Local): InstanceStatus {
+  return {
+    instanceId: l.spec.instanceId, app: l.spec.app, component: l.spec.component, specVersion: l.spec.specVersion,
+    containerId: l.containerId, state: l.state, health: l.health, restarts: l.restarts, exitCode: l.exitCode, oomKilled: l.oomKilled,
+    cpuPercent: l.cpuPercent, memoryUsedMib: l.memoryUsedMib, message: l.message, ports: l.spec.ports,
+  };
+}

@@ -1,0 +1,58 @@
+// What etcd holds for apps, versions and instances, and the instance lifecycle vocabulary.
+import { createHash } from 'node:crypto';
+import type { NormalAppSpec, NormalComponent } from './spec';
+import { specKey } from './spec';
+
+export type AppStatus = 'deploying' | 'running' | 'degraded' | 'reverting' | 'failed' | 'deleting';
+export type VersionStatus = 'pending' | 'deploying' | 'running' | 'failed' | 'superseded';
+
+export interface AppRecord {
+  name: string;
+  version: number;
+  stableVersion: number;
+  status: AppStatus;
+  statusReason: string;
+  createdAtMs: number;
+  updatedAtMs: number;
+  deleting: boolean;
+  /** When the current version started rolling out. */
+  rolloutStartedAtMs: number;
+}
+
+export interface VersionRecord {
+  version: number;
+  createdAtMs: number;
+  status: VersionStatus;
+  reason: string;
+  spec: NormalAppSpec;
+}
+
+/**
+ * A desired instance. `desired: 'run'` records are what the cluster should run; `'stop'`
+ * records are tombstones kept for a while so `tessera ps` can show why an instance failed.
+ */
+export interface InstanceRecord {
+  id: string;
+  app: string;
+  component: string;
+  version: number;
+  /** Hash of the component spec it runs: a new app version that leaves a component alone does not restart it. */
+  specHash: string;
+  slot: number;
+  nodeId: string;
+  ports: Record<string, number>;
+  resources: { cpuMillis: number; memoryMib: number };
+  createdAtMs: number;
+  desired: 'run' | 'stop';
+  stoppedAtMs?: number;
+  stopReason?: string;
+  failure?: { exitCode: number; oomKilled: boolean; message: string };
+}
+
+export function componentHash(c: NormalComponent): string {
+  return createHash('sha256').update(specKey({ name: '', components: [c], labels: {} })).digest('hex').slice(0, 12);
+}
+
+export function newInstanceId(app: string, component: string): string {
+  return `${app}-${component}-${Math.random().toString(36).slice(2, 8)}${Date.now().toString(36).slice(-3)}`;
+}

@@ -1,0 +1,121 @@
+// The per-component decision, as a pure function: given what should run (the spec), the
+// instance records, what agents observe and the nodes' states, say which instances to create
+// and which to stop, and whether a rollout has failed. No I/O; tested in tables.
+import type { AppRecord, InstanceRecord } from './records';
+import type { NormalComponent } from './spec';
+
+export interface ObservedView {
+  state: string; // INSTANCE_STATE_*
+  health: string;
+  healthySinceMs: number; // 0 = not healthy now
+  exitCode: number;
+  oomKilled: boolean;
+  message: string;
+}
+
+export interface ComponentInputs {
+  app: Pick<AppRecord, 'version' | 'stableVersion'>;
+  component: NormalComponent;
+  hash: string;
+  /** desired=run records of this component. */
+  instances: InstanceRecord[];
+  observed(id: string): ObservedView | undefined;
+  nodeState(nodeId: string): 'READY' | 'DOWN' | 'DRAINING' | undefined;
+  /** False while a slot that failed recently is backing off before its replacement. */
+  slotReady(slot: number): boolean;
+  nowMs: number;
+}
+
+export interface StopDecision {
+  inst: InstanceRecord;
+  reason: string;
+  kind: 'lost' | 'failed' | 'replaced' | 'scaled-down' | 'drained' | 'removed';
+  failure?: { exitCode: number; oomKilled: boolean; message: string };
+}
+
+export interface ComponentDecision {
+  create: { slot: number; avoid: string[] }[];
+  stop: StopDecision[];
+  current: number;
+  healthyCurrent: number;
+  outdated: number;
+  /** Set when an instance of the version being rolled out failed or missed its deadline. */
+  rolloutFailed?: string;
+}
+
+export function isHealthy(o: ObservedView | undefined, nowMs: number, minHealthyMs: number): boolean {
+  return !!o && o.state === 'INSTANCE_STATE_RUNNING' && o.health === 'healthy' && o.healthySinceMs > 0 && nowMs - o.healthySinceMs >= minHealthyMs;
+}
+
+export function planComponent(i: ComponentInputs): ComponentDecision {
+  const c = i.component;
+  const stop: StopDecision[] = [];
+  const avoidBySlot = new Map<number, string[]>();
+  const live: InstanceRecord[] = [];
+  let rolloutFailed: string | undefined;
+
+  for (const inst of i.instances) {
+    const ns = i.nodeState(inst.nodeId);
+    if (ns === 'DOWN' || ns === undefined) {
+      stop.push({ inst, kind: 'lost', reason: `node ${inst.nodeId} is ${ns ?? 'gone'}` });
+      continue;
+    }
+    const o = i.observed(inst.id);
+    if (o?.state === 'INSTANCE_STATE_FAILED') {
+      const failure = { exitCode: o.exitCode, oomKilled: o.oomKilled, message: o.message };
+      stop.push({ inst, kind: 'failed', reason: `failed on ${inst.nodeId}: ${o.message || `exit ${o.exitCode}`}${o.oomKilled ? ' (OOM killed)' : ''}`, failure });
+      avoidBySlot.set(inst.slot, [...(avoidBySlot.get(inst.slot) ?? []), inst.nodeId]);
+      if (inst.specHash === i.hash && i.app.version !== i.app.stableVersion) {
+        rolloutFailed = `instance ${inst.id} of the new version failed: ${o.message || `exit ${o.exitCode}`}`;
+      }
+      continue;
+    }
+    live.push(inst);
+  }
+
+  const current = live.filter((x) => x.specHash === i.hash && i.nodeState(x.nodeId) !== 'DRAINING');
+  const outdated = live.filter((x) => !current.includes(x));
+  const healthy = (x: InstanceRecord) => isHealthy(i.observed(x.id), i.nowMs, c.update.minHealthyMs);
+  const healthyCurrent = current.filter(healthy);
+  const n = c.instances;
+
+  if (outdated.length && i.app.version !== i.app.stableVersion) {
+    for (const x of current) {
+      if (!healthy(x) && i.nowMs - x.createdAtMs > c.update.healthyDeadlineMs) {
+        rolloutFailed ??= `instance ${x.id} was not healthy within ${c.update.healthyDeadlineMs} ms`;
+      }
+    }
+  }
+
+  // Too many of the current spec: remove the least useful first (unhealthy, then high slots).
+  if (current.length > n) {
+    const extra = [...current].sort((a, b) => Number(healthy(a)) - Number(healthy(b)) || b.slot - a.slot).slice(0, current.length - n);
+    for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
+  }
+
+  // Missing ones: all at once on a fresh deploy, maxParallel at a time while replacing.
+  const create: { slot: number; avoid: string[] }[] = [];
+  let missing = n - current.length;
+  if (missing > 0 && outdated.length) {
+    const inFlight = current.length - healthyCurrent.length;
+    missing = Math.min(missing, Math.max(0, c.update.maxParallel - inFlight));
+  }
+  if (missing > 0) {
+    const used = new Set(current.map((x) => x.slot));
+    for (let slot = 0; create.length < missing && slot < n + i.instances.length + 1; slot++) {
+      if (used.has(slot)) continue;
+      if (!i.slotReady(slot)) continue;
+      create.push({ slot, avoid: avoidBySlot.get(slot) ?? [] });
+    }
+  }
+
+  // Old ones go as new ones prove healthy: never fewer than n healthy-or-old at a time.
+  const removable = Math.max(0, healthyCurrent.length + outdated.length - n);
+  const byPreference = [...outdated].sort((a, b) => Number(i.nodeState(b.nodeId) === 'DRAINING') - Number(i.nodeState(a.nodeId) === 'DRAINING'));
+  for (const x of byPreference.slice(0, removable)) {
+    const drained = i.nodeState(x.nodeId) === 'DRAINING';
+    stop.push({ inst: x, kind: drained ? 'drained' : 'replaced', reason: drained ? `node ${x.nodeId} is draining` : `replaced by version ${i.app.version}` });
+  }
+
+  return { create, stop, current: current.length, healthyCurrent: healthyCurrent.length, outdated: outdated.length, rolloutFailed };
+}

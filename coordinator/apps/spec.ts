@@ -1,0 +1,155 @@
+// Application specs: validation with field paths, and defaults, compiled once. Everything
+// downstream (scheduler, reconciler, agents) sees only a normalised spec.
+import { InvalidArgumentError, FieldViolation } from '../../common/errors';
+import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1/AppSpec';
+import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
+
+/** A component with every default filled in: nested settings are never null. */
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update'> & {
+  resources: NonNullable<ComponentSpec__Output['resources']>;
+  health: NonNullable<ComponentSpec__Output['health']>;
+  restart: NonNullable<ComponentSpec__Output['restart']>;
+  update: NonNullable<ComponentSpec__Output['update']>;
+};
+export type NormalAppSpec = Omit<AppSpec__Output, 'components'> & { components: NormalComponent[] };
+
+const NAME_RE = /^[a-z][a-z0-9-]{0,62}$/;
+const ENV_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const OPS = new Set(['=', '!=', 'in', 'not_in', 'exists']);
+export const HEALTH_TYPES = new Set(['none', 'http', 'tcp', 'grpc', 'exec']);
+export const MAX_INSTANCES = 1000;
+
+export const DEFAULTS = {
+  health: { intervalMs: 5_000, timeoutMs: 2_000, failureThreshold: 3, graceMs: 10_000, path: '/' },
+  restart: { attempts: 3, windowMs: 60_000, delayMs: 1_000 },
+  update: { maxParallel: 1, minHealthyMs: 2_000, healthyDeadlineMs: 60_000 },
+  stopGraceMs: 10_000,
+};
+
+/**
+ * Validates a spec as received (JSON from grpcurl, YAML from the CLI, already decoded into the
+ * proto shape) and returns it with defaults filled in. Throws InvalidArgumentError listing
+ * every problem by field path, e.g. `components[1].resources.memoryMib: must be > 0`.
+ */
+export function normalizeAppSpec(spec: AppSpec__Output | AppSpec | undefined | null): NormalAppSpec {
+  const v: FieldViolation[] = [];
+  const bad = (field: string, message: string) => v.push({ field, message });
+  if (!spec) throw InvalidArgumentError.field('spec', 'is required');
+  const name = spec.name ?? '';
+  if (!NAME_RE.test(name)) bad('name', `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(name)}`);
+  const comps = spec.components ?? [];
+  if (!comps.length) bad('components', 'at least one component is required');
+  const seen = new Set<string>();
+  const out: NormalComponent[] = comps.map((c, i) => normalizeComponent(c as ComponentSpec__Output, `components[${i}]`, bad, seen));
+  for (const k of Object.keys(spec.labels ?? {})) if (!k) bad('labels', 'keys must not be empty');
+  if (v.length) throw new InvalidArgumentError(v);
+  return { name, components: out, labels: { ...(spec.labels ?? {}) } };
+}
+
+function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: (f: string, m: string) => void, seen: Set<string>): NormalComponent {
+  const name = c.name ?? '';
+  if (!NAME_RE.test(name)) bad(`${at}.name`, `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(name)}`);
+  else if (seen.has(name)) bad(`${at}.name`, `duplicate component name "${name}"`);
+  seen.add(name);
+  if (!c.image) bad(`${at}.image`, 'is required');
+  const cpu = Number(c.resources?.cpuMillis ?? 0);
+  const mem = Number(c.resources?.memoryMib ?? 0);
+  if (!(cpu > 0)) bad(`${at}.resources.cpuMillis`, `must be > 0, got ${cpu}`);
+  if (!(mem > 0)) bad(`${at}.resources.memoryMib`, `must be > 0, got ${mem}`);
+  else if (mem < 6) bad(`${at}.resources.memoryMib`, 'must be at least 6 (the Docker Engine minimum)');
+  const instances = c.instances ?? 0;
+  if (instances < 0 || instances > MAX_INSTANCES || !Number.isInteger(instances)) bad(`${at}.instances`, `must be an integer from 0 to ${MAX_INSTANCES}, got ${instances}`);
+
+  const portNames = new Set<string>();
+  const fixed = new Set<number>();
+  (c.ports ?? []).forEach((p, j) => {
+    if (!NAME_RE.test(p.name ?? '')) bad(`${at}.ports[${j}].name`, `must match ${NAME_RE.source}`);
+    else if (portNames.has(p.name)) bad(`${at}.ports[${j}].name`, `duplicate port name "${p.name}"`);
+    portNames.add(p.name);
+    const port = p.port ?? 0;
+    if (port < 0 || port > 65535 || !Number.isInteger(port)) bad(`${at}.ports[${j}].port`, `must be 0 (dynamic) or 1-65535, got ${port}`);
+    else if (port && fixed.has(port)) bad(`${at}.ports[${j}].port`, `port ${port} is used twice`);
+    if (port) fixed.add(port);
+  });
+  if (fixed.size && instances > 1 && !c.distinctHosts) {
+    bad(`${at}.distinctHosts`, 'must be true when a fixed port is asked for more than one instance (two instances cannot bind one host port)');
+  }
+  for (const k of Object.keys(c.env ?? {})) if (!ENV_RE.test(k)) bad(`${at}.env.${k}`, 'is not a valid environment variable name');
+
+  (c.constraints ?? []).forEach((k, j) => {
+    if (!k.label) bad(`${at}.constraints[${j}].label`, 'is required');
+    const op = k.op || '=';
+    if (!OPS.has(op)) bad(`${at}.constraints[${j}].op`, `must be one of ${[...OPS].join(', ')}, got ${JSON.stringify(k.op)}`);
+    if ((op === 'in' || op === 'not_in') && !(k.values ?? []).length) bad(`${at}.constraints[${j}].values`, `must not be empty for "${op}"`);
+  });
+  const placement = c.placement || 'spread';
+  if (placement !== 'spread' && placement !== 'binpack') bad(`${at}.placement`, `must be "spread" or "binpack", got ${JSON.stringify(c.placement)}`);
+
+  const h = c.health;
+  const htype = h?.type || 'none';
+  if (!HEALTH_TYPES.has(htype)) bad(`${at}.health.type`, `must be one of ${[...HEALTH_TYPES].join(', ')}, got ${JSON.stringify(h?.type)}`);
+  if ((htype === 'http' || htype === 'tcp' || htype === 'grpc') && !portNames.has(h?.port ?? '')) {
+    bad(`${at}.health.port`, `must name one of the component's ports (${[...portNames].join(', ') || 'none declared'}), got ${JSON.stringify(h?.port ?? '')}`);
+  }
+  if (htype === 'exec' && !(h?.command ?? []).length) bad(`${at}.health.command`, 'is required for an exec check');
+  const interval = Number(h?.intervalMs) || DEFAULTS.health.intervalMs;
+  const timeout = Number(h?.timeoutMs) || DEFAULTS.health.timeoutMs;
+  if (interval < 100) bad(`${at}.health.intervalMs`, 'must be at least 100');
+  if (timeout >= interval) bad(`${at}.health.timeoutMs`, `must be less than intervalMs (${interval})`);
+  if ((h?.failureThreshold ?? 0) < 0) bad(`${at}.health.failureThreshold`, 'must be >= 0');
+
+  const r = c.restart;
+  if ((r?.attempts ?? 0) < 0) bad(`${at}.restart.attempts`, 'must be >= 0');
+  const u = c.update;
+  if ((u?.maxParallel ?? 0) < 0) bad(`${at}.update.maxParallel`, 'must be >= 0');
+
+  const volNames = new Set<string>();
+  (c.volumes ?? []).forEach((vol, j) => {
+    if (!NAME_RE.test(vol.name ?? '')) bad(`${at}.volumes[${j}].name`, `must match ${NAME_RE.source}`);
+    else if (volNames.has(vol.name)) bad(`${at}.volumes[${j}].name`, `duplicate volume name "${vol.name}"`);
+    volNames.add(vol.name);
+    if (!vol.path?.startsWith('/') || vol.path.includes('..')) bad(`${at}.volumes[${j}].path`, 'must be an absolute path without ".."');
+  });
+
+  return {
+    name,
+    image: c.image ?? '',
+    command: [...(c.command ?? [])],
+    args: [...(c.args ?? [])],
+    env: { ...(c.env ?? {}) },
+    ports: (c.ports ?? []).map((p) => ({ name: p.name, port: p.port ?? 0 })),
+    resources: { cpuMillis: cpu, memoryMib: mem, diskMib: Number(c.resources?.diskMib ?? 0) },
+    instances,
+    constraints: (c.constraints ?? []).map((k) => ({ label: k.label, op: k.op || '=', value: k.value ?? '', values: [...(k.values ?? [])] })),
+    placement,
+    distinctHosts: !!c.distinctHosts,
+    health: {
+      type: htype,
+      path: h?.path || DEFAULTS.health.path,
+      port: h?.port ?? '',
+      command: [...(h?.command ?? [])],
+      intervalMs: interval,
+      timeoutMs: timeout,
+      failureThreshold: h?.failureThreshold || DEFAULTS.health.failureThreshold,
+      graceMs: Number(h?.graceMs) || DEFAULTS.health.graceMs,
+    },
+    restart: {
+      attempts: r?.attempts || DEFAULTS.restart.attempts,
+      windowMs: Number(r?.windowMs) || DEFAULTS.restart.windowMs,
+      delayMs: Number(r?.delayMs) || DEFAULTS.restart.delayMs,
+    },
+    update: {
+      maxParallel: u?.maxParallel || DEFAULTS.update.maxParallel,
+      minHealthyMs: Number(u?.minHealthyMs) || DEFAULTS.update.minHealthyMs,
+      healthyDeadlineMs: Number(u?.healthyDeadlineMs) || DEFAULTS.update.healthyDeadlineMs,
+      autoRevert: !!u?.autoRevert,
+    },
+    volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
+    stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
+  };
+}
+
+/** Stable JSON for comparing specs: "is this apply a change?" */
+export function specKey(s: NormalAppSpec): string {
+  return JSON.stringify(s, (_k, val) => (val && typeof val === 'object' && !Array.isArray(val) ? Object.fromEntries(Object.entries(val).sort(([a], [b]) => a.localeCompare(b))) : val));
+}

@@ -1,0 +1,570 @@
+// The leader's deployment manager: apps, their versions and desired instances (durable in
+// etcd, mirrored in memory), and the reconcile loop.
+//
+//   tick: for each app and component ── planComponent (pure) ──> creates, stops, rollout state
+//         creates ── Placer over a snapshot of nodes (pure) ──> plan
+//         plan + stops + events ── Store.commit (fenced, chunked) ──> etcd, then memory
+//   dispatch: per connected node, desired-run records vs what the agent reports
+//         ──> RUN for what it lacks, STOP for what no record claims; resent until seen
+//
+// Everything is keyed by instance id, so a failover or an agent reconnect never starts an
+// instance twice: the agent treats a RUN for an id it already runs as done.
+import type { Logger } from '../common/logger';
+import { InvalidArgumentError, NotFoundError, FailedPreconditionError } from '../common/errors';
+import type { Instruction } from '../common/generated/tessera/v1/Instruction';
+import type { InstanceSpec } from '../common/generated/tessera/v1/InstanceSpec';
+import type { App } from '../common/generated/tessera/v1/App';
+import type { Instance } from '../common/generated/tessera/v1/Instance';
+import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
+import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
+import type { AgentGateway } from './agent-gateway';
+import type { Keys } from './keys';
+import type { NodeRegistry } from './node-registry';
+import { DEFAULT_PORT_RANGE } from './node-registry';
+import type { EventDraft, Op, Store } from './store';
+import { AppRecord, componentHash, InstanceRecord, newInstanceId, VersionRecord } from './apps/records';
+import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
+import { NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
+import { Placer } from './scheduler/placer';
+import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
+
+export const KEEP_VERSIONS = 10;
+const TOMBSTONE_TTL_MS = 10 * 60_000;
+const RESEND_AFTER_MS = 5_000;
+const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by default
+
+export interface DeploymentOptions {
+  sampleSize: number;
+  coordinatorId: string;
+}
+
+export class Deployments {
+  private apps = new Map<string, AppRecord>();
+  private versions = new Map<string, Map<number, VersionRecord>>();
+  private instances = new Map<string, InstanceRecord>();
+  private healthySince = new Map<string, number>();
+  private sent = new Map<string, number>();
+  private slotFailures = new Map<string, { count: number; lastAtMs: number }>();
+  private ticking = false;
+  private kicked = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly keys: Keys,
+    private readonly registry: NodeRegistry,
+    private readonly gateway: AgentGateway,
+    private readonly opts: DeploymentOptions,
+    private readonly log: Logger,
+  ) {}
+
+  async load(): Promise<void> {
+    const c = this.store.client;
+    const [apps, versions, instances] = await Promise.all([
+      c.getAll().prefix(this.keys.apps).strings(),
+      c.getAll().prefix(`${this.keys.prefix}appversions/`).strings(),
+      c.getAll().prefix(this.keys.instances).strings(),
+    ]);
+    for (const v of Object.values(apps)) {
+      const a = JSON.parse(v) as AppRecord;
+      this.apps.set(a.name, a);
+    }
+    for (const [k, v] of Object.entries(versions)) {
+      const name = k.slice(`${this.keys.prefix}appversions/`.length).split('/')[0];
+      const rec = JSON.parse(v) as VersionRecord;
+      if (!this.versions.has(name)) this.versions.set(name, new Map());
+      this.versions.get(name)!.set(rec.version, rec);
+    }
+    for (const v of Object.values(instances)) {
+      const i = JSON.parse(v) as InstanceRecord;
+      this.instances.set(i.id, i);
+    }
+    this.log.info({ apps: this.apps.size, instances: this.instances.size }, 'deployments loaded');
+  }
+
+  kick(): void {
+    this.kicked = true;
+  }
+
+  // ───────────────────────────── API operations ─────────────────────────────
+
+  async apply(raw: AppSpec__Output | undefined, dryRun: boolean): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+    const spec = normalizeAppSpec(raw);
+    const prev = this.apps.get(spec.name);
+    if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
+    const current = prev ? this.versions.get(spec.name)?.get(prev.version) : undefined;
+    const changed = !current || specKey(current.spec) !== specKey(spec);
+    // What would the cluster do with it now? (For a dry run, and to warn on apply.)
+    const plan = this.dryPlan(spec);
+    const unplaced = plan.failures.map(toProtoFailure);
+    if (dryRun || !changed) {
+      const app = prev ? this.toProto(prev) : { name: spec.name, version: 0, spec, status: 'pending', statusReason: 'dry run' };
+      return { app, changed, unplaced, planned: plan.placements.length };
+    }
+    const now = Date.now();
+    const version = (prev?.version ?? 0) > 0 ? Math.max(...this.versionNumbers(spec.name)) + 1 : 1;
+    const app: AppRecord = {
+      name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
+      statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
+    };
+    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: prev ? `applied over version ${prev.version}` : 'first version', spec }, [{
+      kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
+    }]);
+    this.kick();
+    return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length };
+  }
+
+  async rollback(name: string, to: number): Promise<App> {
+    const app = this.getRecord(name);
+    const history = this.versions.get(name)!;
+    const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
+    const rec = history.get(target);
+    if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
+    return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
+  }
+
+  async delete(name: string): Promise<App> {
+    const app = this.getRecord(name);
+    const next: AppRecord = { ...app, deleting: true, status: 'deleting', statusReason: 'stopping every instance', updatedAtMs: Date.now() };
+    await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [{ kind: 'app.deleting', subject: name, message: `app ${name} is being deleted` }]);
+    this.apps.set(name, next);
+    this.kick();
+    return this.toProto(next);
+  }
+
+  getApp(name: string): App {
+    return this.toProto(this.getRecord(name));
+  }
+
+  listApps(): App[] {
+    return [...this.apps.values()].sort((a, b) => a.name.localeCompare(b.name)).map((a) => this.toProto(a));
+  }
+
+  history(name: string): VersionRecord[] {
+    this.getRecord(name);
+    return [...this.versions.get(name)!.values()].sort((a, b) => b.version - a.version);
+  }
+
+  listInstances(app: string, nodeId: string): Instance[] {
+    if (app && !this.apps.has(app)) throw new NotFoundError('app', app);
+    const observed = this.observedIndex();
+    return [...this.instances.values()]
+      .filter((i) => (!app || i.app === app) && (!nodeId || i.nodeId === nodeId))
+      .sort((a, b) => a.app.localeCompare(b.app) || a.component.localeCompare(b.component) || a.slot - b.slot || a.createdAtMs - b.createdAtMs)
+      .map((i) => {
+        const o = observed.get(i.id);
+        return {
+          id: i.id, app: i.app, component: i.component, version: i.version, slot: i.slot, nodeId: i.nodeId, ports: i.ports,
+          state: i.desired === 'stop' && i.failure ? 'INSTANCE_STATE_FAILED' : o?.state ?? (i.desired === 'stop' ? 'INSTANCE_STATE_STOPPED' : 'INSTANCE_STATE_PENDING'),
+          health: o?.health ?? '', restarts: o?.restarts ?? 0,
+          exitCode: i.failure?.exitCode ?? o?.exitCode ?? 0, oomKilled: i.failure?.oomKilled ?? o?.oomKilled ?? false,
+          message: i.desired === 'stop' ? `${i.stopReason ?? ''}` : o?.message ?? '',
+          containerId: o?.containerId ?? '', createdAtMs: i.createdAtMs, desired: i.desired,
+          cpuPercent: o?.cpuPercent ?? 0, memoryUsedMib: o?.memoryUsedMib ?? 0,
+        };
+      });
+  }
+
+  /** Reserved resources per node, for the Node view. */
+  allocatedOn(nodeId: string): { cpuMillis: number; memoryMib: number } {
+    let cpu = 0;
+    let mem = 0;
+    for (const i of this.instances.values()) {
+      if (i.desired === 'run' && i.nodeId === nodeId) {
+        cpu += i.resources.cpuMillis;
+        mem += i.resources.memoryMib;
+      }
+    }
+    return { cpuMillis: cpu, memoryMib: mem };
+  }
+
+  // ─────────────────────────────── reconcile ───────────────────────────────
+
+  async tick(nowMs = Date.now()): Promise<void> {
+    if (this.ticking) return;
+    this.ticking = true;
+    this.kicked = false;
+    try {
+      await this.reconcile(nowMs);
+      this.dispatch(nowMs);
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  get wantsTick(): boolean {
+    return this.kicked;
+  }
+
+  private observedIndex() {
+    const idx = new Map<string, import('../common/generated/tessera/v1/InstanceStatus').InstanceStatus__Output & { nodeId: string }>();
+    for (const n of this.registry.allRecords()) {
+      for (const o of this.registry.observed(n.id)) idx.set(o.instanceId, { ...o, nodeId: n.id });
+    }
+    return idx;
+  }
+
+  private async reconcile(nowMs: number): Promise<void> {
+    const observed = this.observedIndex();
+    // Healthy-since bookkeeping: a new leader starts counting from its first observation.
+    for (const [id, o] of observed) {
+      const healthy = o.state === 'INSTANCE_STATE_RUNNING' && o.health === 'healthy';
+      if (!healthy) this.healthySince.delete(id);
+      else if (!this.healthySince.has(id)) this.healthySince.set(id, nowMs);
+    }
+    const view = (id: string): ObservedView | undefined => {
+      const o = observed.get(id);
+      const rec = this.instances.get(id);
+      if (!o || (rec && o.nodeId !== rec.nodeId)) return undefined;
+      return { state: o.state, health: o.health, healthySinceMs: this.healthySince.get(id) ?? 0, exitCode: o.exitCode, oomKilled: o.oomKilled, message: o.message };
+    };
+    const nodeStates = new Map<string, 'READY' | 'DOWN' | 'DRAINING'>();
+    for (const n of this.registry.allRecords()) nodeStates.set(n.id, n.state);
+
+    const ops: Op[] = [];
+    const events: EventDraft[] = [];
+    const requests: (PlacementRequest & { version: number; hash: string; comp: NormalComponent })[] = [];
+    const stops: StopDecision[] = [];
+    const appUpdates = new Map<string, AppRecord>();
+    const versionUpdates: { app: string; rec: VersionRecord }[] = [];
+    const reverts: { app: string; to: VersionRecord; reason: string }[] = [];
+
+    for (const app of [...this.apps.values()]) {
+      const spec = this.versions.get(app.name)?.get(app.version)?.spec;
+      const mine = [...this.instances.values()].filter((i) => i.app === app.name && i.desired === 'run');
+      if (app.deleting || !spec) {
+        for (const inst of mine) stops.push({ inst, kind: 'removed', reason: app.deleting ? 'app deleted' : 'no spec' });
+        if (app.deleting && !mine.length && ![...observed.values()].some((o) => o.app === app.name)) {
+          ops.push({ type: 'delete', key: this.keys.app(app.name) }, { type: 'deleteRange', start: this.keys.appVersions(app.name), end: this.keys.appVersions(app.name) + '\uffff' });
+          for (const t of this.instances.values()) if (t.app === app.name) ops.push({ type: 'delete', key: this.keys.instance(t.app, t.id) });
+          events.push({ kind: 'app.deleted', subject: app.name, message: `app ${app.name} deleted` });
+        }
+        continue;
+      }
+      const appStops: StopDecision[] = [];
+      const appRequests: typeof requests = [];
+      let allSettled = true;
+      let allHealthy = true;
+      let failedReason: string | undefined;
+      for (const comp of spec.components) {
+        const hash = componentHash(comp);
+        const d = planComponent({
+          app, component: comp, hash, nowMs,
+          instances: mine.filter((i) => i.component === comp.name),
+          observed: view,
+          nodeState: (id) => nodeStates.get(id),
+          slotReady: (slot) => this.slotReady(app.name, comp.name, slot, comp.restart.delayMs, nowMs),
+        });
+        appStops.push(...d.stop);
+        for (const c of d.create) {
+          appRequests.push({
+            app: app.name, component: comp.name, slot: c.slot, group: `${app.name}/${comp.name}`,
+            resources: { cpuMillis: comp.resources!.cpuMillis, memoryMib: comp.resources!.memoryMib },
+            ports: comp.ports.map((p) => ({ name: p.name, port: p.port })),
+            constraints: comp.constraints, placement: comp.placement as 'spread' | 'binpack', distinctHosts: comp.distinctHosts,
+            avoid: new Set(c.avoid), version: app.version, hash, comp,
+          });
+        }
+        if (d.outdated || d.current !== comp.instances || d.create.length) allSettled = false;
+        if (d.healthyCurrent !== comp.instances) allHealthy = false;
+        failedReason ??= d.rolloutFailed;
+      }
+      // Components that left the spec.
+      const names = new Set(spec.components.map((c) => c.name));
+      for (const inst of mine) if (!names.has(inst.component)) appStops.push({ inst, kind: 'removed', reason: `component ${inst.component} left the spec` });
+      stops.push(...appStops);
+
+      const versionRec = this.versions.get(app.name)!.get(app.version)!;
+      if (failedReason && app.version !== app.stableVersion && app.status !== 'failed') {
+        const autoRevert = spec.components.some((c) => c.update.autoRevert);
+        const stable = this.versions.get(app.name)!.get(app.stableVersion);
+        versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'failed', reason: failedReason } });
+        events.push({ kind: 'rollout.failed', subject: app.name, message: `version ${app.version} of ${app.name} failed: ${failedReason}`, fields: { version: String(app.version) } });
+        appUpdates.set(app.name, { ...app, status: 'failed', statusReason: failedReason, updatedAtMs: nowMs });
+        // Revert after this commit: a new version whose spec is the last stable one. No new
+        // instances of the failed version are placed meanwhile.
+        if (autoRevert && stable) reverts.push({ app: app.name, to: stable, reason: `auto-revert: ${failedReason}` });
+        continue;
+      }
+      requests.push(...appRequests);
+      if (allSettled && allHealthy && app.version !== app.stableVersion && app.status !== 'failed') {
+        const prevStable = this.versions.get(app.name)!.get(app.stableVersion);
+        versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'running', reason: 'all instances healthy' } });
+        if (prevStable && prevStable.version !== app.version) versionUpdates.push({ app: app.name, rec: { ...prevStable, status: 'superseded' } });
+        appUpdates.set(app.name, { ...app, stableVersion: app.version, status: 'running', statusReason: `version ${app.version} running`, updatedAtMs: nowMs });
+        events.push({ kind: 'rollout.complete', subject: app.name, message: `version ${app.version} of ${app.name} is running on every instance`, fields: { version: String(app.version) } });
+      } else if (app.version === app.stableVersion) {
+        const status = allHealthy && allSettled ? 'running' : 'degraded';
+        if (status !== app.status) appUpdates.set(app.name, { ...app, status, statusReason: status === 'running' ? `version ${app.version} running` : 'some instances are not healthy or not placed', updatedAtMs: nowMs });
+      }
+    }
+
+    // Stops: tombstones for failures, plain removal otherwise.
+    const stoppedIds = new Set<string>();
+    for (const s of stops) {
+      if (stoppedIds.has(s.inst.id)) continue;
+      stoppedIds.add(s.inst.id);
+      const tomb: InstanceRecord = { ...s.inst, desired: 'stop', stoppedAtMs: nowMs, stopReason: s.reason, failure: s.failure };
+      ops.push({ type: 'put', key: this.keys.instance(tomb.app, tomb.id), value: JSON.stringify(tomb) });
+      if (s.kind === 'failed') {
+        const k = `${s.inst.app}/${s.inst.component}/${s.inst.slot}`;
+        const f = this.slotFailures.get(k);
+        this.slotFailures.set(k, { count: (f?.count ?? 0) + 1, lastAtMs: nowMs });
+      }
+      events.push({ kind: `instance.${s.kind}`, subject: s.inst.id, message: `${s.inst.app}/${s.inst.component} instance ${s.inst.id} on ${s.inst.nodeId}: ${s.reason}`, fields: { app: s.inst.app, component: s.inst.component, node: s.inst.nodeId } });
+    }
+    // Tombstones past their time.
+    for (const t of this.instances.values()) {
+      if (t.desired === 'stop' && nowMs - (t.stoppedAtMs ?? 0) > TOMBSTONE_TTL_MS) ops.push({ type: 'delete', key: this.keys.instance(t.app, t.id) });
+    }
+
+    // Placement over a snapshot that already excludes what this round stops.
+    const created: InstanceRecord[] = [];
+    if (requests.length) {
+      const plan = this.plan(requests, stoppedIds);
+      for (const p of plan.placements) {
+        const r = p.request as (typeof requests)[number];
+        const rec: InstanceRecord = {
+          id: newInstanceId(r.app, r.component), app: r.app, component: r.component, version: r.version, specHash: r.hash, slot: r.slot,
+          nodeId: p.nodeId, ports: p.ports, resources: r.resources, createdAtMs: nowMs, desired: 'run',
+        };
+        created.push(rec);
+        ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
+        events.push({ kind: 'instance.placed', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] v${rec.version} placed on ${rec.nodeId} (score ${p.score})`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, ports: JSON.stringify(rec.ports) } });
+      }
+      for (const f of plan.failures) {
+        const key = `${f.request.app}/${f.request.component}/${f.request.slot}`;
+        if (this.lastUnplaced.get(key) === JSON.stringify(f.counts)) continue; // say it once, not every tick
+        this.lastUnplaced.set(key, JSON.stringify(f.counts));
+        events.push({ kind: 'instance.unplaced', subject: key, message: `${key} cannot be placed: ${Object.entries(f.counts).map(([k, v]) => `${v} x ${k}`).join(', ') || 'no nodes'}`, fields: f.reasons });
+      }
+    }
+    for (const [name, a] of appUpdates) ops.push({ type: 'put', key: this.keys.app(name), value: JSON.stringify(a) });
+    for (const v of versionUpdates) ops.push({ type: 'put', key: this.keys.appVersion(v.app, v.rec.version), value: JSON.stringify(v.rec) });
+    if (!ops.length && !events.length) return;
+
+    await this.commitChunked(ops, events);
+    // Mirror what was committed.
+    for (const s of stops) {
+      const cur = this.instances.get(s.inst.id);
+      if (cur) this.instances.set(cur.id, { ...cur, desired: 'stop', stoppedAtMs: nowMs, stopReason: s.reason, failure: s.failure });
+    }
+    for (const op of ops) if (op.type === 'delete' && op.key.startsWith(this.keys.instances)) this.instances.delete(op.key.split('/').pop()!);
+    for (const rec of created) this.instances.set(rec.id, rec);
+    for (const [name, a] of appUpdates) this.apps.set(name, a);
+    for (const v of versionUpdates) this.versions.get(v.app)?.set(v.rec.version, v.rec);
+    for (const op of ops) {
+      if (op.type === 'delete' && op.key.startsWith(this.keys.apps)) {
+        const name = op.key.slice(this.keys.apps.length);
+        this.apps.delete(name);
+        this.versions.delete(name);
+        for (const [id, i] of this.instances) if (i.app === name) this.instances.delete(id);
+      }
+    }
+    for (const r of reverts) {
+      const a = this.apps.get(r.app);
+      if (a) await this.revertTo(a, r.to, r.reason);
+    }
+    if (created.length || stops.length) this.kick();
+  }
+
+  private lastUnplaced = new Map<string, string>();
+
+  private slotReady(app: string, comp: string, slot: number, delayMs: number, nowMs: number): boolean {
+    const f = this.slotFailures.get(`${app}/${comp}/${slot}`);
+    if (!f) return true;
+    const wait = Math.min(60_000, delayMs * Math.pow(2, Math.max(0, f.count - 1)));
+    return nowMs - f.lastAtMs >= wait;
+  }
+
+  /** Commits ops in transactions of at most MAX_TXN_OPS (events ride with the first one). */
+  private async commitChunked(ops: Op[], events: EventDraft[]): Promise<void> {
+    if (ops.length + events.length <= MAX_TXN_OPS) return this.store.commit(ops, events);
+    for (let i = 0; i < ops.length; i += MAX_TXN_OPS) await this.store.commit(ops.slice(i, i + MAX_TXN_OPS));
+    for (let i = 0; i < events.length; i += MAX_TXN_OPS) await this.store.commit([], events.slice(i, i + MAX_TXN_OPS));
+  }
+
+  snapshot(excluding: ReadonlySet<string> = new Set()): NodeView[] {
+    const views = new Map<string, NodeView>();
+    for (const n of this.registry.allRecords()) {
+      views.set(n.id, {
+        id: n.id, state: n.state, labels: n.labels,
+        capacity: { cpuMillis: n.capacity.cpuMillis, memoryMib: n.capacity.memoryMib },
+        allocated: { cpuMillis: 0, memoryMib: 0 },
+        portRange: n.portRange ?? DEFAULT_PORT_RANGE, usedPorts: new Set(), groups: new Map(),
+      });
+    }
+    for (const i of this.instances.values()) {
+      if (i.desired !== 'run' || excluding.has(i.id)) continue;
+      const v = views.get(i.nodeId);
+      if (!v) continue;
+      v.allocated.cpuMillis += i.resources.cpuMillis;
+      v.allocated.memoryMib += i.resources.memoryMib;
+      for (const p of Object.values(i.ports)) v.usedPorts.add(p);
+      const g = `${i.app}/${i.component}`;
+      v.groups.set(g, (v.groups.get(g) ?? 0) + 1);
+    }
+    return [...views.values()];
+  }
+
+  private plan(requests: PlacementRequest[], excluding: ReadonlySet<string>): Plan {
+    return new Placer(this.snapshot(excluding), { sampleSize: this.opts.sampleSize, random: Math.random }).placeAll(requests);
+  }
+
+  private dryPlan(spec: NormalAppSpec): Plan {
+    const existing = new Set([...this.instances.values()].filter((i) => i.app === spec.name).map((i) => i.id));
+    const reqs: PlacementRequest[] = [];
+    for (const c of spec.components) {
+      for (let slot = 0; slot < c.instances; slot++) {
+        reqs.push({
+          app: spec.name, component: c.name, slot, group: `${spec.name}/${c.name}`,
+          resources: { cpuMillis: c.resources!.cpuMillis, memoryMib: c.resources!.memoryMib },
+          ports: c.ports.map((p) => ({ name: p.name, port: p.port })), constraints: c.constraints,
+          placement: c.placement as 'spread' | 'binpack', distinctHosts: c.distinctHosts,
+        });
+      }
+    }
+    return this.plan(reqs, existing);
+  }
+
+  // ─────────────────────────────── dispatch ───────────────────────────────
+
+  private dispatch(nowMs: number): void {
+    const byNode = new Map<string, InstanceRecord[]>();
+    for (const i of this.instances.values()) {
+      if (i.desired !== 'run') continue;
+      if (!byNode.has(i.nodeId)) byNode.set(i.nodeId, []);
+      byNode.get(i.nodeId)!.push(i);
+    }
+    const term = 0;
+    for (const nodeId of this.gateway.connectedNodes()) {
+      const want = byNode.get(nodeId) ?? [];
+      const have = new Map(this.registry.observed(nodeId).map((o) => [o.instanceId, o]));
+      const wantIds = new Set(want.map((w) => w.id));
+      for (const w of want) {
+        if (have.has(w.id)) continue;
+        this.send(nodeId, `run-${w.id}`, nowMs, () => this.runInstruction(w, term));
+      }
+      for (const [id, o] of have) {
+        if (wantIds.has(id) || o.state === 'INSTANCE_STATE_STOPPED') continue;
+        const rec = this.instances.get(id);
+        this.send(nodeId, `stop-${id}`, nowMs, () => ({
+          id: `stop-${id}`, action: 'INSTRUCTION_ACTION_STOP', target: { app: o.app, component: o.component, instanceId: id, nodeId },
+          reason: rec?.stopReason ?? 'no desired instance claims it', issuedAtMs: nowMs, stopGraceMs: this.stopGrace(rec),
+        }));
+      }
+    }
+    for (const [k, at] of this.sent) if (nowMs - at > 10 * RESEND_AFTER_MS) this.sent.delete(k);
+  }
+
+  private send(nodeId: string, id: string, nowMs: number, build: () => Instruction): void {
+    const last = this.sent.get(id);
+    if (last && nowMs - last < RESEND_AFTER_MS) return;
+    if (this.gateway.send(nodeId, build())) {
+      this.sent.set(id, nowMs);
+      this.log.debug({ node: nodeId, instruction: id, resend: !!last }, 'instruction sent');
+    }
+  }
+
+  onAck(nodeId: string, instructionId: string, ok: boolean, message: string): void {
+    if (!ok) this.log.warn({ node: nodeId, instruction: instructionId, message }, 'instruction refused by agent');
+  }
+
+  private stopGrace(rec?: InstanceRecord): number {
+    if (!rec) return 10_000;
+    const comp = this.versions.get(rec.app)?.get(rec.version)?.spec.components.find((c) => c.name === rec.component);
+    return comp?.stopGraceMs ?? 10_000;
+  }
+
+  private runInstruction(w: InstanceRecord, term: number): Instruction {
+    const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
+    if (!comp) throw new Error(`no spec for ${w.app} v${w.version} component ${w.component}`);
+    const env: Record<string, string> = {
+      ...comp.env,
+      TESSERA_APP: w.app, TESSERA_COMPONENT: w.component, TESSERA_INSTANCE_ID: w.id,
+      TESSERA_SLOT: String(w.slot), TESSERA_NODE_ID: w.nodeId, TESSERA_VERSION: String(w.version),
+    };
+    for (const [name, port] of Object.entries(w.ports)) {
+      const k = name.toUpperCase().replace(/-/g, '_');
+      env[`PORT_${k}`] = String(port);
+    }
+    const instance: InstanceSpec = {
+      instanceId: w.id, app: w.app, component: w.component, specVersion: w.version, slot: w.slot,
+      image: comp.image, command: comp.command, args: comp.args, env, ports: w.ports,
+      resources: comp.resources, health: comp.health, restart: comp.restart, volumes: comp.volumes, stopGraceMs: comp.stopGraceMs,
+    };
+    return {
+      id: `run-${w.id}`, action: 'INSTRUCTION_ACTION_RUN', target: { app: w.app, component: w.component, instanceId: w.id, nodeId: w.nodeId },
+      reason: `v${w.version} slot ${w.slot}`, issuedAtMs: Date.now(), leaderTerm: term, instance,
+      attributes: [
+        { name: 'cpu', min: comp.resources!.cpuMillis, max: comp.resources!.cpuMillis, value: comp.resources!.cpuMillis, unit: 'millicores' },
+        { name: 'memory', min: comp.resources!.memoryMib, max: comp.resources!.memoryMib, value: comp.resources!.memoryMib, unit: 'MiB' },
+        { name: 'image', text: comp.image },
+      ],
+    };
+  }
+
+  // ─────────────────────────────── helpers ───────────────────────────────
+
+  private getRecord(name: string): AppRecord {
+    if (!name) throw InvalidArgumentError.field('name', 'is required');
+    const a = this.apps.get(name);
+    if (!a) throw new NotFoundError('app', name);
+    return a;
+  }
+
+  private versionNumbers(name: string): number[] {
+    return [...(this.versions.get(name)?.keys() ?? [])];
+  }
+
+  private async revertTo(app: AppRecord, target: VersionRecord, reason: string): Promise<AppRecord> {
+    const now = Date.now();
+    const version = Math.max(...this.versionNumbers(app.name)) + 1;
+    const next: AppRecord = { ...app, version, status: 'reverting', statusReason: reason, updatedAtMs: now, rolloutStartedAtMs: now, deleting: false };
+    await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec }, [{
+      kind: 'app.reverted', subject: app.name, message: `app ${app.name}: ${reason}; version ${version} has the spec of version ${target.version}`, fields: { from: String(app.version), to: String(target.version), version: String(version) },
+    }]);
+    this.kick();
+    return next;
+  }
+
+  /** Writes a new version and the app record, trimming history to KEEP_VERSIONS (keeping the stable one). */
+  private async writeVersion(app: AppRecord, rec: VersionRecord, events: EventDraft[]): Promise<void> {
+    const history = new Map(this.versions.get(app.name) ?? []);
+    history.set(rec.version, rec);
+    const ops: Op[] = [
+      { type: 'put', key: this.keys.appVersion(app.name, rec.version), value: JSON.stringify(rec) },
+      { type: 'put', key: this.keys.app(app.name), value: JSON.stringify(app) },
+    ];
+    const inUse = new Set([...this.instances.values()].filter((i) => i.app === app.name).map((i) => i.version));
+    const old = [...history.keys()].sort((a, b) => b - a).slice(KEEP_VERSIONS).filter((v) => v !== app.stableVersion && !inUse.has(v));
+    for (const v of old) {
+      ops.push({ type: 'delete', key: this.keys.appVersion(app.name, v) });
+      history.delete(v);
+    }
+    await this.store.commit(ops, events);
+    this.versions.set(app.name, history);
+    this.apps.set(app.name, app);
+  }
+
+  private toProto(a: AppRecord): App {
+    const byState: Record<string, number> = {};
+    for (const i of this.listInstancesOf(a.name)) {
+      const s = String(i.state ?? 'INSTANCE_STATE_PENDING').replace('INSTANCE_STATE_', '');
+      if (i.desired === 'run') byState[s] = (byState[s] ?? 0) + 1;
+    }
+    return {
+      name: a.name, version: a.version, stableVersion: a.stableVersion, spec: this.versions.get(a.name)?.get(a.version)?.spec,
+      status: a.status, statusReason: a.statusReason, createdAtMs: a.createdAtMs, updatedAtMs: a.updatedAtMs, instancesByState: byState,
+    };
+  }
+
+  private listInstancesOf(app: string): Instance[] {
+    return this.apps.has(app) ? this.listInstances(app, '') : [];
+  }
+}
+
+function toProtoFailure(f: import('./scheduler/types').PlacementFailure): ProtoPlacementFailure {
+  return { component: f.request.component, slot: f.request.slot, reasons: f.reasons, reasonCounts: f.counts };
+}
+
+export { isHealthy };

@@ -1,0 +1,65 @@
+// The scheduler's vocabulary. A snapshot is a frozen view of the cluster; a plan is what the
+// scheduler decided; only the leader commits plans (see coordinator/reconciler.ts).
+export type NodeStateName = 'READY' | 'DOWN' | 'DRAINING';
+
+export interface NodeView {
+  id: string;
+  state: NodeStateName;
+  labels: Readonly<Record<string, string>>;
+  capacity: { cpuMillis: number; memoryMib: number };
+  allocated: { cpuMillis: number; memoryMib: number };
+  portRange: { start: number; end: number };
+  usedPorts: Set<number>;
+  /** "app/component" -> instances of that component on this node. */
+  groups: Map<string, number>;
+}
+
+export interface ConstraintSpec {
+  label: string;
+  op: string;
+  value: string;
+  values: string[];
+}
+
+export interface PlacementRequest {
+  app: string;
+  component: string;
+  slot: number;
+  /** "app/component": the anti-affinity and distinct-hosts group. */
+  group: string;
+  resources: { cpuMillis: number; memoryMib: number };
+  /** name -> fixed port (0 = dynamic). */
+  ports: { name: string; port: number }[];
+  constraints: ConstraintSpec[];
+  placement: 'spread' | 'binpack';
+  distinctHosts: boolean;
+  /** Nodes to avoid (e.g. where the instance being replaced failed), a soft preference. */
+  avoid?: ReadonlySet<string>;
+}
+
+export interface Placement {
+  request: PlacementRequest;
+  nodeId: string;
+  ports: Record<string, number>;
+  score: number;
+}
+
+export interface PlacementFailure {
+  request: PlacementRequest;
+  /** node id -> why not (named reason plus detail). */
+  reasons: Record<string, string>;
+  /** reason code -> how many nodes gave it. */
+  counts: Record<string, number>;
+}
+
+export interface Plan {
+  placements: Placement[];
+  failures: PlacementFailure[];
+}
+
+export interface SchedulerOptions {
+  /** Stop scanning once this many feasible nodes were found (0 = adaptive: max(50, 5% of nodes)). */
+  sampleSize: number;
+  /** Random source, injectable for tests. */
+  random: () => number;
+}
