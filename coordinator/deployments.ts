@@ -288,7 +288,7 @@ export class Deployments {
       requests.push(...appRequests);
       if (allSettled && allHealthy && app.version !== app.stableVersion && app.status !== 'failed') {
         const prevStable = this.versions.get(app.name)!.get(app.stableVersion);
-        versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'running', reason: 'all instances healthy' } });
+        versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'running' } });
         if (prevStable && prevStable.version !== app.version) versionUpdates.push({ app: app.name, rec: { ...prevStable, status: 'superseded' } });
         appUpdates.set(app.name, { ...app, stableVersion: app.version, status: 'running', statusReason: `version ${app.version} running`, updatedAtMs: nowMs });
         events.push({ kind: 'rollout.complete', subject: app.name, message: `version ${app.version} of ${app.name} is running on every instance`, fields: { version: String(app.version) } });

@@ -1,0 +1,217 @@
+// Deployments end to end: real etcd, real coordinator and agent processes, the real Docker
+// Engine. The Docker CLI is the independent witness of what runs.
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { AdminClient } from '../../common/admin-client';
+import type { Instance__Output } from '../../common/generated/tessera/v1/Instance';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader, statusOf } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+import { containers, dockerKill, httpGet, removeContainers } from '../helpers/docker';
+
+const RUN = randomBytes(3).toString('hex');
+
+function webSpec(name: string, over: Record<string, unknown> = {}, marker = 'v1') {
+  return {
+    name,
+    components: [{
+      name: 'web',
+      image: 'tessera/busybox:local',
+      command: ['sh', '-c'],
+      args: [`mkdir -p /tmp/www && echo "${marker} $TESSERA_INSTANCE_ID" > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:$PORT_HTTP -h /tmp/www`],
+      ports: [{ name: 'http' }],
+      resources: { cpuMillis: 100, memoryMib: 32 },
+      instances: 3,
+      health: { type: 'http', port: 'http', intervalMs: 500, timeoutMs: 300, graceMs: 3000, failureThreshold: 2 },
+      restart: { attempts: 2, windowMs: 30_000, delayMs: 300 },
+      update: { maxParallel: 1, minHealthyMs: 500, healthyDeadlineMs: 8_000, autoRevert: true },
+      stopGraceMs: 1000,
+      ...over,
+    }],
+  };
+}
+
+describe('deployments on the real Docker Engine', function () {
+  this.timeout(180_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let coords: Awaited<ReturnType<Fleet['coordinator']>>[];
+  let agents: ReturnType<Fleet['agent']>[];
+  let admin: AdminClient;
+  const nodeIds = [`d${RUN}a`, `d${RUN}b`];
+  const addrs = () => coords.filter((c) => c.running).map((c) => c.address);
+
+  const startAgent = (i: number) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: nodeIds[i], extra: ['--port-range', `${24000 + i * 1000}-${24000 + i * 1000 + 999}`] });
+  const ps = async (app: string): Promise<Instance__Output[]> => (await admin.listInstances(app)).instances;
+  const running = async (app: string, version?: number) => (await ps(app)).filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy' && (!version || Number(i.version) === version));
+  const appContainers = (app: string) => containers(`tessera.app=${app}`).filter((c) => nodeIds.includes(c.node));
+  const waitStable = (app: string, version: number, ms = 40_000, n = 3) => waitFor(`${app} v${version} stable`, async () => {
+    const a = await admin.getApp(app);
+    // Instances keep the version they were created with: a version with an unchanged component spec (a revert) does not restart them.
+    return Number(a.stableVersion) === version && a.status === 'running' && (await running(app)).length === n && (await ps(app)).filter((i) => i.desired === 'run').length === n;
+  }, ms, 200).catch(async (err) => {
+    const a = await admin.getApp(app).catch(() => undefined);
+    console.log('app:', JSON.stringify({ ...a, spec: undefined }), '\ninstances:', JSON.stringify((await ps(app).catch(() => [])).map((i) => [i.id, i.version, i.nodeId, i.state, i.health, i.desired, i.message])));
+    throw err;
+  });
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    coords = [];
+    for (let i = 0; i < 2; i++) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000, failoverGraceMs: 3_000, extra: ['--reconcile-interval-ms', '200'] }));
+    await waitForLeader(addrs());
+    agents = [startAgent(0), startAgent(1)];
+    admin = new AdminClient(addrs(), { timeoutMs: 8_000 });
+    await waitFor('both nodes READY', async () => (await statusOf(coords[0].address))?.nodesByState.READY === 2, 20_000);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+  after(async () => {
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    for (const n of nodeIds) removeContainers(`tessera.node=${n}`);
+  });
+
+  it('refuses an invalid spec with every problem by field path, and stores nothing', async () => {
+    const bad = webSpec('broken', { resources: { cpuMillis: 100, memoryMib: 0 }, health: { type: 'http', port: 'nope' } });
+    const err = await admin.applyApp(bad).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(err.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(err.details).to.contain('components[0].resources.memoryMib: must be > 0');
+    expect(err.details).to.contain('components[0].health.port');
+    expect((await admin.listApps()).apps.map((a) => a.name)).to.not.include('broken');
+    const nf = await admin.getApp('broken').catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(nf.code).to.equal(grpc.status.NOT_FOUND);
+  });
+
+  it('deploys 3 instances over 2 agents; Docker runs exactly them, and each answers on its loopback port', async () => {
+    const res = await admin.applyApp(webSpec('web'));
+    expect(res.changed).to.equal(true);
+    expect(res.unplaced).to.have.length(0);
+    await waitStable('web', 1);
+    const inst = await running('web');
+    expect(new Set(inst.map((i) => i.nodeId)).size, 'spread over both nodes').to.equal(2);
+    const ctrs = appContainers('web').filter((c) => c.state === 'running');
+    expect(ctrs.map((c) => c.instance).sort()).to.deep.equal(inst.map((i) => i.id).sort());
+    for (const i of inst) expect(await httpGet(i.ports.http)).to.equal(`v1 ${i.id}\n`);
+    // Applying the same spec again changes nothing.
+    const again = await admin.applyApp(webSpec('web'));
+    expect(again.changed).to.equal(false);
+  });
+
+  it('restarts a killed container', async () => {
+    const [victim] = await running('web');
+    const ctr = appContainers('web').find((c) => c.instance === victim.id)!;
+    dockerKill(ctr.id);
+    await waitFor('the instance restarted and healthy', async () => {
+      const i = (await ps('web')).find((x) => x.id === victim.id);
+      return i && i.restarts >= 1 && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy';
+    }, 20_000, 200);
+    expect(await httpGet(victim.ports.http)).to.contain(victim.id);
+  });
+
+  it('adopts running containers when an agent is SIGKILLed and restarted: none duplicated, none restarted', async () => {
+    const before = appContainers('web').filter((c) => c.state === 'running').map((c) => c.id).sort();
+    await agents[0].kill('SIGKILL');
+    agents[0] = startAgent(0);
+    await waitFor('the agent back and reporting', async () => (await admin.getNode(nodeIds[0])).connectedTo !== '' && (await running('web')).length === 3, 20_000, 200);
+    await new Promise((r) => setTimeout(r, 1_500));
+    const after = appContainers('web').filter((c) => c.state === 'running').map((c) => c.id).sort();
+    expect(after).to.deep.equal(before);
+    expect(appContainers('web')).to.have.length(3);
+  });
+
+  it('shows an instance FAILED with its reason when the image does not exist, and leaves other apps alone', async () => {
+    const webBefore = appContainers('web').map((c) => c.id).sort();
+    await admin.applyApp({ name: 'ghost', components: [{ name: 'x', image: 'tessera/does-not-exist:1', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1 }] });
+    await waitFor('ghost FAILED with the reason', async () => (await ps('ghost')).some((i) => i.state === 'INSTANCE_STATE_FAILED' && /image tessera\/does-not-exist:1 is not on this host/.test(i.message)), 20_000, 200);
+    expect(appContainers('web').map((c) => c.id).sort()).to.deep.equal(webBefore);
+    await admin.deleteApp('ghost');
+    await waitFor('ghost deleted', async () => !(await admin.listApps()).apps.some((a) => a.name === 'ghost'), 20_000, 200);
+  });
+
+  it('rolls out a good version one at a time, keeping the app answering', async () => {
+    let served = 0;
+    let missed = 0;
+    const ports = new Set((await running('web')).map((i) => i.ports.http));
+    const probe = setInterval(async () => {
+      const live = (await running('web').catch(() => [])).map((i) => i.ports.http);
+      for (const p of live) ports.add(p);
+      const answers = await Promise.all(live.map(httpGet));
+      if (answers.some(Boolean)) served++;
+      else missed++;
+    }, 250);
+    try {
+      await admin.applyApp(webSpec('web', {}, 'v2'));
+      await waitStable('web', 2);
+    } finally {
+      clearInterval(probe);
+    }
+    expect(missed, `${missed} probes found no healthy instance answering`).to.equal(0);
+    expect(served).to.be.greaterThan(0);
+    for (const i of await running('web')) expect(await httpGet(i.ports.http)).to.equal(`v2 ${i.id}\n`);
+    await waitFor('old containers removed', () => appContainers('web').length === 3, 15_000, 200);
+  });
+
+  it('auto-reverts a version whose instances fail, without touching the healthy ones', async () => {
+    const healthyBefore = appContainers('web').filter((c) => c.state === 'running').map((c) => c.id).sort();
+    const bad = webSpec('web', { args: ['echo "cannot start"; exit 3'] }, 'v3');
+    await admin.applyApp(bad);
+    await waitFor('version 3 failed and a revert rolled out', async () => {
+      const h = (await admin.appHistory('web')).versions;
+      return h.find((v) => Number(v.version) === 3)?.status === 'failed' && h.some((v) => Number(v.version) === 4);
+    }, 40_000, 200);
+    await waitStable('web', 4);
+    const h = (await admin.appHistory('web')).versions;
+    expect(h.find((v) => Number(v.version) === 3)!.reason).to.match(/exit(ed with)? (code )?3/);
+    expect(h.find((v) => Number(v.version) === 4)!.reason).to.match(/auto-revert/);
+    await waitFor('only the good containers left', () => appContainers('web').length === 3, 15_000, 200);
+    expect(appContainers('web').map((c) => c.id).sort()).to.deep.equal(healthyBefore);
+  });
+
+  it('rolls back to a kept version on request', async () => {
+    const res = await admin.rollbackApp('web', 1);
+    expect(Number(res.version)).to.equal(5);
+    await waitStable('web', 5);
+    for (const i of await running('web')) expect(await httpGet(i.ports.http)).to.equal(`v1 ${i.id}\n`);
+    const err = await admin.rollbackApp('web', 99).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(err.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(err.details).to.match(/^version: version 99 of "web" is not kept/);
+  });
+
+  it('moves instances off a drained node, then back onto it when made eligible and needed', async () => {
+    await admin.drainNode({ nodeId: nodeIds[0], reason: 'test' });
+    await waitFor('no instance of web on the drained node', async () => {
+      const r = await running('web');
+      return r.length === 3 && r.every((i) => i.nodeId === nodeIds[1]);
+    }, 40_000, 200);
+    await waitFor('containers gone from the drained node', () => !appContainers('web').some((c) => c.node === nodeIds[0]), 15_000, 200);
+    await admin.drainNode({ nodeId: nodeIds[0], undo: true });
+  });
+
+  it('places the app again elsewhere when a node stops for good', async () => {
+    // Put one instance on node a by scaling up, then stop a for good.
+    const spec = webSpec('web', { instances: 4 }, 'v1');
+    await admin.applyApp(spec);
+    await waitFor('an instance on node a', async () => (await running('web')).some((i) => i.nodeId === nodeIds[0]), 30_000, 200);
+    await agents[0].kill('SIGKILL');
+    removeContainers(`tessera.node=${nodeIds[0]}`); // the host is gone, and its containers with it
+    await waitFor('all 4 instances running on node b', async () => {
+      const r = await running('web');
+      return r.length === 4 && r.every((i) => i.nodeId === nodeIds[1]);
+    }, 40_000, 200);
+    const events = (await new Promise<string[]>((resolve) => {
+      const kinds: string[] = [];
+      const s = admin.watchEvents({ history: 200, kinds: ['instance.lost', 'node.down'] });
+      s.on('data', (e) => kinds.push(e.kind));
+      s.on('end', () => resolve(kinds));
+      s.on('error', () => resolve(kinds));
+    }));
+    expect(events).to.include('node.down');
+    expect(events).to.include('instance.lost');
+  });
+});

@@ -1,0 +1,67 @@
+import { expect } from 'chai';
+import { planComponent, ComponentInputs, ObservedView } from '../../coordinator/apps/rollout';
+import { normalizeAppSpec } from '../../coordinator/apps/spec';
+import type { InstanceRecord } from '../../coordinator/apps/records';
+
+const comp = (instances: number, over: Record<string, unknown> = {}) => normalizeAppSpec({ name: 'a', components: [{ name: 'c', image: 'i', resources: { cpuMillis: 100, memoryMib: 64 }, instances, update: { maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000, autoRevert: true }, ...over }] } as never).components[0];
+const inst = (id: string, slot: number, hash: string, nodeId = 'n1', createdAtMs = 0): InstanceRecord => ({ id, app: 'a', component: 'c', version: hash === 'new' ? 2 : 1, specHash: hash, slot, nodeId, ports: {}, resources: { cpuMillis: 100, memoryMib: 64 }, createdAtMs, desired: 'run' });
+const healthy: ObservedView = { state: 'INSTANCE_STATE_RUNNING', health: 'healthy', healthySinceMs: 1, exitCode: 0, oomKilled: false, message: '' };
+const starting: ObservedView = { state: 'INSTANCE_STATE_STARTING', health: 'unknown', healthySinceMs: 0, exitCode: 0, oomKilled: false, message: '' };
+const failed: ObservedView = { state: 'INSTANCE_STATE_FAILED', health: 'unhealthy', healthySinceMs: 0, exitCode: 3, oomKilled: false, message: 'exited with code 3' };
+
+function run(over: Partial<ComponentInputs> & { obs?: Record<string, ObservedView>; nodes?: Record<string, 'READY' | 'DOWN' | 'DRAINING'> }) {
+  return planComponent({
+    app: { version: 2, stableVersion: 1 }, component: comp(3), hash: 'new', instances: [], nowMs: 5_000,
+    observed: (id) => over.obs?.[id], nodeState: (n) => over.nodes?.[n] ?? 'READY', slotReady: () => true, ...over,
+  });
+}
+
+describe('rollout decisions per component', () => {
+  it('creates every instance at once on a first deploy', () => {
+    const d = run({ app: { version: 1, stableVersion: 0 } });
+    expect(d.create.map((c) => c.slot)).to.deep.equal([0, 1, 2]);
+  });
+  it('replaces at most maxParallel at a time during an update', () => {
+    const d = run({ instances: [inst('o0', 0, 'old'), inst('o1', 1, 'old'), inst('o2', 2, 'old')], obs: { o0: healthy, o1: healthy, o2: healthy } });
+    expect(d.create).to.have.length(1);
+    expect(d.stop).to.have.length(0);
+  });
+  it('stops an old instance only once a new one is healthy', () => {
+    const waiting = run({ instances: [inst('o0', 0, 'old'), inst('o1', 1, 'old'), inst('o2', 2, 'old'), inst('n0', 0, 'new')], obs: { o0: healthy, o1: healthy, o2: healthy, n0: starting } });
+    expect(waiting.stop).to.have.length(0);
+    expect(waiting.create).to.have.length(0);
+    const ready = run({ instances: [inst('o0', 0, 'old'), inst('o1', 1, 'old'), inst('o2', 2, 'old'), inst('n0', 0, 'new')], obs: { o0: healthy, o1: healthy, o2: healthy, n0: healthy } });
+    expect(ready.stop.map((s) => s.kind)).to.deep.equal(['replaced']);
+    expect(ready.create).to.have.length(1);
+  });
+  it('fails the rollout when a new instance fails, and avoids its node for the slot', () => {
+    const d = run({ instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'bad')], obs: { o0: healthy, n0: failed } });
+    expect(d.rolloutFailed).to.match(/failed: exited with code 3/);
+    expect(d.stop.find((s) => s.inst.id === 'n0')!.kind).to.equal('failed');
+  });
+  it('fails the rollout when a new instance misses its healthy deadline', () => {
+    const d = run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } });
+    expect(d.rolloutFailed).to.match(/not healthy within 10000 ms/);
+  });
+  it('replaces instances lost with a DOWN node', () => {
+    const d = run({ app: { version: 2, stableVersion: 2 }, instances: [inst('n0', 0, 'new', 'dead'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n1: healthy, n2: healthy }, nodes: { dead: 'DOWN' } });
+    expect(d.stop.map((s) => s.kind)).to.deep.equal(['lost']);
+    expect(d.create.map((c) => c.slot)).to.deep.equal([0]);
+  });
+  it('moves instances off a draining node: new one first, then the old one', () => {
+    const base = { app: { version: 2, stableVersion: 2 }, nodes: { drained: 'DRAINING' as const } };
+    const first = run({ ...base, instances: [inst('d0', 0, 'new', 'drained'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { d0: healthy, n1: healthy, n2: healthy } });
+    expect(first.create.map((c) => c.slot)).to.deep.equal([0]);
+    expect(first.stop).to.have.length(0);
+    const then = run({ ...base, instances: [inst('d0', 0, 'new', 'drained'), inst('x0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { d0: healthy, x0: healthy, n1: healthy, n2: healthy } });
+    expect(then.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['d0', 'drained']]);
+  });
+  it('scales down unhealthy and high slots first', () => {
+    const d = run({ app: { version: 2, stableVersion: 2 }, component: comp(1), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: starting, n2: healthy } });
+    expect(d.stop.map((s) => s.inst.id).sort()).to.deep.equal(['n1', 'n2']);
+  });
+  it('waits out a failing slot\'s backoff before replacing it', () => {
+    const d = run({ app: { version: 1, stableVersion: 0 }, slotReady: (s) => s !== 1 });
+    expect(d.create.map((c) => c.slot)).to.deep.equal([0, 2, 3]);
+  });
+});

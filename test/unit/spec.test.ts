@@ -1,0 +1,63 @@
+import { expect } from 'chai';
+import { InvalidArgumentError } from '../../common/errors';
+import { normalizeAppSpec } from '../../coordinator/apps/spec';
+
+const good = () => ({
+  name: 'shop',
+  components: [
+    { name: 'web', image: 'img', resources: { cpuMillis: 100, memoryMib: 64 }, instances: 2, ports: [{ name: 'http', port: 0 }], health: { type: 'http', port: 'http' } },
+    { name: 'db', image: 'img', resources: { cpuMillis: 200, memoryMib: 128 }, instances: 1 },
+  ],
+});
+
+function problems(spec: unknown): string[] {
+  try {
+    normalizeAppSpec(spec as never);
+  } catch (e) {
+    expect(e).to.be.instanceOf(InvalidArgumentError);
+    return (e as InvalidArgumentError).violations.map((v) => v.field);
+  }
+  return [];
+}
+
+describe('app spec validation', () => {
+  it('accepts a good spec and fills in defaults', () => {
+    const s = normalizeAppSpec(good() as never);
+    expect(s.components[0].placement).to.equal('spread');
+    expect(s.components[0].health.path).to.equal('/');
+    expect(s.components[0].restart.attempts).to.equal(3);
+    expect(s.components[1].health.type).to.equal('none');
+    expect(s.components[0].update.maxParallel).to.equal(1);
+  });
+
+  const cases: [string, (s: any) => void, string[]][] = [
+    ['a zero memory limit', (s) => (s.components[1].resources.memoryMib = 0), ['components[1].resources.memoryMib']],
+    ['a missing image', (s) => delete s.components[0].image, ['components[0].image']],
+    ['a bad app name', (s) => (s.name = 'Shop!'), ['name']],
+    ['duplicate component names', (s) => (s.components[1].name = 'web'), ['components[1].name']],
+    ['no components', (s) => (s.components = []), ['components']],
+    ['negative instances', (s) => (s.components[0].instances = -1), ['components[0].instances']],
+    ['a health port that is not declared', (s) => (s.components[0].health.port = 'admin'), ['components[0].health.port']],
+    ['an unknown health type', (s) => (s.components[0].health = { type: 'ping' }), ['components[0].health.type']],
+    ['an exec check without a command', (s) => (s.components[1].health = { type: 'exec' }), ['components[1].health.command']],
+    ['a fixed port on several instances without distinct hosts', (s) => (s.components[0].ports[0].port = 8080), ['components[0].distinctHosts']],
+    ['a bad constraint op', (s) => (s.components[0].constraints = [{ label: 'zone', op: '~' }]), ['components[0].constraints[0].op']],
+    ['an "in" constraint without values', (s) => (s.components[0].constraints = [{ label: 'zone', op: 'in' }]), ['components[0].constraints[0].values']],
+    ['a relative volume path', (s) => (s.components[1].volumes = [{ name: 'data', path: 'data' }]), ['components[1].volumes[0].path']],
+    ['a bad env name', (s) => (s.components[1].env = { 'A-B': '1' }), ['components[1].env.A-B']],
+    ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
+    ['several problems at once', (s) => { s.components[0].resources.cpuMillis = 0; s.components[1].image = ''; }, ['components[0].resources.cpuMillis', 'components[1].image']],
+  ];
+  for (const [name, mutate, fields] of cases) {
+    it(`refuses ${name}, naming the field`, () => {
+      const s = good();
+      mutate(s);
+      expect(problems(s)).to.deep.equal(fields);
+    });
+  }
+  it('says "must be > 0" for a zero memory limit', () => {
+    const s: any = good();
+    s.components[1].resources.memoryMib = 0;
+    expect(() => normalizeAppSpec(s)).to.throw('components[1].resources.memoryMib: must be > 0');
+  });
+});
