@@ -25,6 +25,7 @@ export class Agent {
   private seq = 0;
   private lastUsage?: HostUsage;
   private reporting = false;
+  private reportAgain = false;
   private instances!: InstanceManager;
   private reportSoon?: NodeJS.Timeout;
 
@@ -51,7 +52,7 @@ export class Agent {
     this.instances.on('changed', () => {
       // A change is worth telling the leader now, not at the next interval (debounced).
       if (this.reportSoon) return;
-      this.reportSoon = setTimeout(() => { this.reportSoon = undefined; void this.report(); }, 100);
+      this.reportSoon = setTimeout(() => { this.reportSoon = undefined; void this.report(false); }, 20);
       this.reportSoon.unref();
     });
     // Adopt what runs before the first hello, so the leader sees it at once.
@@ -82,15 +83,29 @@ export class Agent {
     this.reportTimer.unref();
   }
 
-  private async report(): Promise<void> {
-    if (this.reporting) return;
+  /**
+   * Sends a report. The periodic one samples the host; one triggered by an instance change
+   * sends at once with the last host figures. A report asked for while one is being built is
+   * sent right after it, never dropped.
+   */
+  private async report(sample = true): Promise<void> {
+    if (this.reporting) {
+      this.reportAgain = true;
+      return;
+    }
     this.reporting = true;
     try {
-      this.lastUsage = await sampleHost(this.config.stateDir).catch((err) => {
-        this.log.warn({ err: (err as Error).message }, 'host sampling failed; sending the last figures');
-        return this.lastUsage;
-      });
-      this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses() } });
+      do {
+        this.reportAgain = false;
+        if (sample) {
+          this.lastUsage = await sampleHost(this.config.stateDir).catch((err) => {
+            this.log.warn({ err: (err as Error).message }, 'host sampling failed; sending the last figures');
+            return this.lastUsage;
+          });
+        }
+        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses() } });
+        sample = false;
+      } while (this.reportAgain);
     } finally {
       this.reporting = false;
     }

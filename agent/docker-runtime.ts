@@ -56,7 +56,8 @@ export class DockerRuntime {
       let exitCode = 0;
       let oomKilled = false;
       let startedAtMs = 0;
-      {
+      // Exit code and OOM flag are only in inspect; a running container needs no second call.
+      if (c.State !== 'running') {
         try {
           const info = await this.docker.getContainer(c.Id).inspect();
           exitCode = info.State.ExitCode;
@@ -86,7 +87,6 @@ export class DockerRuntime {
   /** Creates and starts the container for an instance; a stopped one with the same name is replaced. */
   async start(spec: InstanceSpec__Output, ensureDir: (dir: string) => void): Promise<string> {
     const name = containerName(spec.instanceId);
-    await this.remove(name).catch(() => {});
     const binds = spec.volumes.map((v) => {
       const dir = this.volumeDir(spec, v.name);
       ensureDir(dir);
@@ -111,7 +111,10 @@ export class DockerRuntime {
         NetworkMode: 'host',
         Init: true, // PID 1 forwards SIGTERM, so a stop does not wait out the grace period
         Memory: Number(spec.resources?.memoryMib ?? 0) * MIB || undefined,
-        NanoCpus: Number(spec.resources?.cpuMillis ?? 0) * 1_000_000 || undefined,
+        // CPU is a weight in proportion to the reservation (Kubernetes' "requests"): a hard
+        // CFS quota at a small reservation (10m = 1% of a core) makes even the start of a
+        // container take seconds. Memory is a hard limit, so an OOM kill is seen and reported.
+        CpuShares: Math.max(2, Math.round((Number(spec.resources?.cpuMillis ?? 0) * 1024) / 1000)),
         Binds: binds.length ? binds : undefined,
         RestartPolicy: { Name: 'no' }, // restarts are the agent's, by the spec's policy
         LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '2' } },
@@ -125,7 +128,10 @@ export class DockerRuntime {
     } catch (err) {
       const e = err as { statusCode?: number; message: string };
       if (e.statusCode === 404 && /image/i.test(e.message)) throw new ImageMissingError(`image ${spec.image} is not on this host (the agent never pulls; build it locally)`);
-      throw err;
+      if (e.statusCode !== 409) throw err;
+      // A leftover container with this name (not ours to adopt: no running spec): replace it.
+      await this.remove(name);
+      container = await this.docker.createContainer(opts);
     }
     await container.start();
     return container.id;

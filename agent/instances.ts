@@ -161,7 +161,8 @@ export class InstanceManager extends EventEmitter {
       l.containerId = c.containerId;
       if (c.running && l.state !== 'INSTANCE_STATE_RUNNING') {
         l.state = 'INSTANCE_STATE_RUNNING';
-        l.startedAtMs = c.startedAtMs || now;
+        l.startedAtMs = l.startedAtMs || c.startedAtMs || now;
+        this.emit('changed');
       }
       if (c.running) {
         this.ensureStats(l);
@@ -179,6 +180,7 @@ export class InstanceManager extends EventEmitter {
     try {
       l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }));
       l.startedAtMs = Date.now();
+      l.state = 'INSTANCE_STATE_RUNNING'; // the Engine has started its process
       l.health = 'unknown';
       l.healthFailures = 0;
       l.message = '';
@@ -247,6 +249,7 @@ export class InstanceManager extends EventEmitter {
   private maybeCheck(l: Local, now: number): void {
     const h = l.spec.health;
     if (!h || h.type === 'none' || !h.type) {
+      if (l.health !== 'healthy') this.emit('changed');
       l.health = 'healthy';
       return;
     }

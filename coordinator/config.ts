@@ -20,7 +20,7 @@ export const COORDINATOR_SCHEMA = {
   maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
   reconcileIntervalMs: { type: 'int', doc: 'how often the leader reconciles desired against observed instances', env: 'TESSERA_RECONCILE_INTERVAL_MS', default: 500, min: 50 },
-  schedulerSampleSize: { type: 'int', doc: 'feasible nodes the scheduler scores per placement (0 = adaptive: max(50, 5% of nodes))', env: 'TESSERA_SCHEDULER_SAMPLE', default: 0, min: 0 },
+  schedulerSampleSize: { type: 'int', doc: 'feasible nodes the scheduler scores per placement (0 = adaptive: max(50, 2% of nodes))', env: 'TESSERA_SCHEDULER_SAMPLE', default: 0, min: 0 },
   etcdBinary: { type: 'string', doc: 'etcd binary for the embedded default', env: 'TESSERA_ETCD_BINARY', default: 'etcd' },
   embeddedEtcdClientPort: { type: 'int', doc: 'client port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PORT', default: 2379, min: 1, max: 65535 },
   embeddedEtcdPeerPort: { type: 'int', doc: 'peer port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PEER_PORT', default: 2380, min: 1, max: 65535 },

@@ -51,10 +51,10 @@ class LeaderWork {
     if (this.stopped) return;
     this.ready = true;
     this.every(250, () => this.registry.tick());
-    // Reconcile twice a second, and within 50 ms of anything that asks for it (apply, an
-    // agent attaching, an instance event).
+    // Reconcile every reconcileIntervalMs, and within 20 ms of anything that asks for it (an
+    // apply, an agent attaching, an instance event).
     let lastReconcile = 0;
-    this.every(50, async () => {
+    this.every(20, async () => {
       if (!this.deployments.wantsTick && Date.now() - lastReconcile < this.c.config.reconcileIntervalMs) return;
       lastReconcile = Date.now();
       await this.deployments.tick();

@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
+source scripts/lib/docker.sh
+ensure_dockerd
+trap stop_dockerd_if_started EXIT
+bash scripts/build-images.sh >/dev/null
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(failover)
+[ ${#names[@]} -gt 0 ] || names=(failover scheduler apply)
+mkdir -p .bench
 for n in "${names[@]}"; do
   echo "=== bench: $n"
-  node "dist/scripts/bench/$n.js"
+  node "dist/scripts/bench/$n.js" | tee ".bench/$n.txt"
 done

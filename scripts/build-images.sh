@@ -2,6 +2,8 @@
 # Builds the local container images the tests and the example use. No registry is reachable,
 # so images are made with `docker import` from a root filesystem assembled here:
 #   tessera/busybox:local   busybox-static with its applets (sh, httpd, nc, sleep, ...)
+#   tessera/node:local      the host's node binary and the libraries ldd lists, plus busybox,
+#                           for components written in TypeScript (code mounted or copied in)
 # An image is rebuilt only when its inputs changed (their hash is kept as a label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +33,25 @@ busybox_image() {
   rm -rf "$tmp"
 }
 
+node_image() {
+  local tmp; tmp=$(mktemp -d)
+  local node_bin; node_bin=$(readlink -f "$(command -v node)")
+  mkdir -p "$tmp/usr/local/bin" "$tmp/bin" "$tmp/tmp" "$tmp/etc" "$tmp/app"
+  cp "$node_bin" "$tmp/usr/local/bin/node"
+  # The shared libraries node needs, at the same paths (the loader included).
+  for lib in $(ldd "$node_bin" | grep -oE '/[^ ]+'); do
+    mkdir -p "$tmp$(dirname "$lib")"
+    cp -L "$lib" "$tmp$lib"
+  done
+  cp /bin/busybox "$tmp/bin/busybox"
+  for applet in sh ls cat echo sleep mkdir rm env wget nc; do ln -sf busybox "$tmp/bin/$applet"; done
+  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$tmp/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$tmp/etc/group"
+  chmod 1777 "$tmp/tmp"
+  local hash; hash=$( (sha256sum "$node_bin" /bin/busybox; ldd "$node_bin"; echo v1) | sha256sum | cut -c1-16)
+  build tessera/node:local "$hash" "$tmp"
+  rm -rf "$tmp"
+}
+
 busybox_image
+node_image

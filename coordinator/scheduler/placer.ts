@@ -14,7 +14,7 @@ function cloneNode(n: NodeView): NodeView {
 }
 
 export function adaptiveSample(nodes: number): number {
-  return Math.max(50, Math.ceil(nodes * 0.05));
+  return Math.max(50, Math.ceil(nodes * 0.02));
 }
 
 export class Placer {

@@ -58,7 +58,7 @@ export interface Plan {
 }
 
 export interface SchedulerOptions {
-  /** Stop scanning once this many feasible nodes were found (0 = adaptive: max(50, 5% of nodes)). */
+  /** Stop scanning once this many feasible nodes were found (0 = adaptive: max(50, 2% of nodes)). */
   sampleSize: number;
   /** Random source, injectable for tests. */
   random: () => number;

@@ -103,6 +103,20 @@ describe('deployments on the real Docker Engine', function () {
     expect(again.changed).to.equal(false);
   });
 
+  it('runs a component written for Node.js from the tessera/node image', async () => {
+    await admin.applyApp({ name: 'nodeapp', components: [{
+      name: 'api', image: 'tessera/node:local', command: ['node', '-e'],
+      args: ["require('http').createServer((q, r) => r.end('node ' + process.version + ' ' + process.env.TESSERA_INSTANCE_ID)).listen(+process.env.PORT_HTTP, '127.0.0.1')"],
+      ports: [{ name: 'http' }], resources: { cpuMillis: 100, memoryMib: 64 }, instances: 1,
+      health: { type: 'tcp', port: 'http', intervalMs: 500, timeoutMs: 300 },
+    }] });
+    await waitFor('the node component healthy', async () => (await running('nodeapp')).length === 1, 30_000, 200);
+    const [i] = await running('nodeapp');
+    expect(await httpGet(i.ports.http)).to.equal(`node ${process.version} ${i.id}`);
+    await admin.deleteApp('nodeapp');
+    await waitFor('nodeapp deleted and its container gone', async () => !(await admin.listApps()).apps.some((a) => a.name === 'nodeapp') && appContainers('nodeapp').length === 0, 20_000, 200);
+  });
+
   it('restarts a killed container', async () => {
     const [victim] = await running('web');
     const ctr = appContainers('web').find((c) => c.instance === victim.id)!;
