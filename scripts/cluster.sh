@@ -4,7 +4,7 @@
 #   3 coordinators       127.0.0.1:7401-7403
 #   N agents (AGENTS=2)  state under $DIR/agent-N
 # Logs and pids live under one folder ($TESSERA_CLUSTER_DIR, default .tessera/cluster).
-#   scripts/cluster.sh start|stop|status|restart
+#   scripts/cluster.sh start|stop|status|restart|clean
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${TESSERA_CLUSTER_DIR:-$PWD/.tessera/cluster}
@@ -43,7 +43,8 @@ start() {
   echo "agents:"
   for i in $(seq 1 "$AGENTS"); do
     launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
-      --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" ${AGENT_FLAGS:-}
+      --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" \
+      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" ${AGENT_FLAGS:-}
   done
   echo
   echo "cluster up. try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"
@@ -61,7 +62,17 @@ stop() {
     kill -9 "$(cat "$f")" 2>/dev/null || true
     rm -f "$f"
   done
-  echo "cluster stopped (data and logs kept in $DIR; remove it for a clean start)"
+  echo "cluster stopped (data and logs kept in $DIR). Containers keep running without their agents;"
+  echo "'$0 clean' removes them and the data."
+}
+
+clean() {
+  stop
+  local ids; ids=$(docker ps -aq --filter label=tessera.managed=true 2>/dev/null | while read -r id; do
+    node=$(docker inspect -f '{{index .Config.Labels "tessera.node"}}' "$id"); case "$node" in node-[0-9]*) echo "$id";; esac; done)
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null && echo "removed $(echo "$ids" | wc -w) container(s)"
+  rm -rf "$DIR"
+  echo "removed $DIR"
 }
 
 status() {
@@ -77,5 +88,6 @@ case "${1:-}" in
   stop) stop ;;
   status) status ;;
   restart) stop; start ;;
-  *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
+  clean) clean ;;
+  *) echo "usage: $0 start|stop|status|restart|clean" >&2; exit 2 ;;
 esac

@@ -1,13 +1,32 @@
 #!/usr/bin/env bash
 # Tessera's main job on one machine: set up, start a local HA cluster (3 etcd members,
-# 3 coordinators, 2 agents on loopback ports), show it, kill the leader and watch the cluster
-# carry on. The cluster keeps running afterwards; stop it with `scripts/cluster.sh stop`.
+# 3 coordinators, 2 agents on loopback ports), deploy the example app (3 web instances in
+# Docker containers, each answering on a loopback port), roll out a new version, kill the
+# leader and watch the cluster and the app carry on. The cluster keeps running afterwards:
+# `scripts/cluster.sh stop` stops it, `scripts/cluster.sh clean` also removes its containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/lib/docker.sh
+ensure_dockerd
+bash scripts/build-images.sh
 export TESSERA_COORDINATOR=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
 tessera() { node dist/coordinator/cli/main.js "$@"; }
+json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{const v=JSON.parse(s);console.log(eval(process.argv[1]))}catch{}})' "$1"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+wait_healthy() { # app count
+  for _ in $(seq 1 300); do
+    n=$(tessera --json ps "$1" 2>/dev/null | json 'v.filter(i=>i.desired==="run"&&i.health==="healthy").length' || true)
+    [ "${n:-0}" -ge "$2" ] && return 0
+    sleep 0.2
+  done
+  echo "timed out waiting for $2 healthy instances of $1" >&2; return 1
+}
+curl_all() {
+  for p in $(tessera --json ps hello | json 'v.filter(i=>i.desired==="run").map(i=>i.ports.http).join(" ")'); do
+    printf '  127.0.0.1:%s -> %s\n' "$p" "$(wget -qO- "http://127.0.0.1:$p/" 2>/dev/null || busybox wget -qO- "http://127.0.0.1:$p/")"
+  done
+}
 
 step "starting a local HA cluster"
 TESSERA_LOG_LEVEL=${TESSERA_LOG_LEVEL:-info} bash scripts/cluster.sh start
@@ -16,23 +35,38 @@ for _ in $(seq 1 100); do
   [ "${n:-0}" -ge 2 ] && break
   sleep 0.2
 done
-
-step "tessera status"
 tessera status
-step "tessera nodes"
 tessera nodes
 
-leader=$(tessera --json status | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).leader.id))')
-step "kill -9 the leader ($leader) and time the failover"
+step "deploying examples/hello/app.yaml"
+cat examples/hello/app.yaml | grep -v '^#'
+tessera apply -f examples/hello/app.yaml
+wait_healthy hello 3
+tessera ps hello
+step "each instance answers on its own loopback port"
+curl_all
+
+step "rolling out version 2 (one instance at a time, each healthy before the next)"
+sed 's/hello from/hi again from/' examples/hello/app.yaml | tessera apply -f -
+for _ in $(seq 1 300); do
+  s=$(tessera --json app get hello | json 'v.stableVersion')
+  [ "${s:-0}" -ge 2 ] && break
+  sleep 0.2
+done
+tessera apps
+curl_all
+
+leader=$(tessera --json status | json 'v.leader.id')
+step "kill -9 the leader ($leader)"
 kill -9 "$(cat .tessera/cluster/pids/$leader)"
 start=$(date +%s%N)
 for _ in $(seq 1 200); do
-  now=$(tessera --json status 2>/dev/null | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(JSON.parse(s).leader.id)}catch{}})' || true)
+  now=$(tessera --json status 2>/dev/null | json 'v.leader.id' || true)
   if [ -n "$now" ] && [ "$now" != "$leader" ]; then break; fi
   sleep 0.05
 done
-echo "new leader: $now after $(( ($(date +%s%N) - start) / 1000000 )) ms"
-sleep 1
+echo "new leader: $now after $(( ($(date +%s%N) - start) / 1000000 )) ms; the app never stopped answering:"
+curl_all
 tessera nodes
 
 step "bring $leader back (it rejoins as a follower)"
@@ -41,12 +75,15 @@ sleep 2
 tessera status | head -8
 
 step "recent events"
-tessera events -n 12
+tessera events -n 15
 
 cat <<MSG
 
-The cluster is still running. Try:
-  node dist/coordinator/cli/main.js -c $TESSERA_COORDINATOR nodes
-  node dist/coordinator/cli/main.js -c $TESSERA_COORDINATOR events --follow
-Stop it with: scripts/cluster.sh stop
+The cluster and the app are still running. Try:
+  node dist/coordinator/cli/main.js ps              (TESSERA_COORDINATOR=$TESSERA_COORDINATOR)
+  node dist/coordinator/cli/main.js app history hello
+  node dist/coordinator/cli/main.js rollback hello
+  node dist/coordinator/cli/main.js node drain node-1
+  node dist/coordinator/cli/main.js events --follow
+Stop it with scripts/cluster.sh stop, or scripts/cluster.sh clean to remove its containers too.
 MSG

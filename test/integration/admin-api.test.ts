@@ -83,6 +83,15 @@ describe('Admin API through server reflection, and bad input', function () {
     expect(nodes.nodes.map((n: { id: string }) => n.id)).to.deep.equal(['good']);
     const err: grpc.ServiceError = await new Promise((resolve) => admin.GetNode({ nodeId: 'missing' }, (e: grpc.ServiceError) => resolve(e)));
     expect(err.code).to.equal(grpc.status.NOT_FOUND);
+    // The README's ApplyApp JSON, as a dry run, and a broken one.
+    const spec = { name: 'tiny', components: [{ name: 'sleeper', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 50, memoryMib: 16 }, instances: 2 }] };
+    const dry: any = await new Promise((resolve, reject) => admin.ApplyApp({ spec, dryRun: true }, (e: unknown, r: unknown) => (e ? reject(e) : resolve(r))));
+    expect(dry.planned).to.equal(2);
+    expect(dry.unplaced).to.deep.equal([]);
+    const bad: grpc.ServiceError = await new Promise((resolve) => admin.ApplyApp({ spec: { ...spec, components: [{ ...spec.components[0], resources: { cpuMillis: 50 } }] } }, (e: grpc.ServiceError) => resolve(e)));
+    expect(bad.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(bad.details).to.equal('components[0].resources.memoryMib: must be > 0, got 0');
+    expect(JSON.parse(String(bad.metadata.get('tessera-field-violations')[0]))).to.deep.equal([{ field: 'components[0].resources.memoryMib', message: 'must be > 0, got 0' }]);
     admin.close();
   });
 
