@@ -55,6 +55,12 @@ export class Agent {
       this.reportSoon = setTimeout(() => { this.reportSoon = undefined; void this.report(false); }, 20);
       this.reportSoon.unref();
     });
+    try {
+      const addr = await this.instances.tasks.start(this.config.taskListen);
+      this.log.info({ endpoint: addr }, 'task-state endpoint listening');
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, listen: this.config.taskListen }, 'task-state endpoint not started; instances cannot report task state');
+    }
     // Adopt what runs before the first hello, so the leader sees it at once.
     await this.instances.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'docker engine not reachable yet; will keep trying'));
     this.conn.start();
@@ -73,7 +79,7 @@ export class Agent {
       instances: this.instances?.statuses() ?? [],
       portRange: this.config.ports,
       sessionId: this.sessionId,
-      endpoint: '',
+      endpoint: this.instances?.tasks.address ?? '',
     };
   }
 

@@ -85,7 +85,7 @@ export class DockerRuntime {
   }
 
   /** Creates and starts the container for an instance; a stopped one with the same name is replaced. */
-  async start(spec: InstanceSpec__Output, ensureDir: (dir: string) => void): Promise<string> {
+  async start(spec: InstanceSpec__Output, ensureDir: (dir: string) => void, extraEnv: Record<string, string> = {}): Promise<string> {
     const name = containerName(spec.instanceId);
     const binds = spec.volumes.map((v) => {
       const dir = this.volumeDir(spec, v.name);
@@ -95,7 +95,7 @@ export class DockerRuntime {
     const opts: Docker.ContainerCreateOptions = {
       name,
       Image: spec.image,
-      Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+      Env: Object.entries({ ...spec.env, ...extraEnv }).map(([k, v]) => `${k}=${v}`),
       Labels: {
         [LABEL.managed]: 'true',
         [LABEL.node]: this.nodeId,

@@ -15,6 +15,8 @@ import type { InstanceState } from '../common/generated/tessera/v1/InstanceState
 import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } from './docker-runtime';
 import { diffInstances, restartDecision } from './diff';
 import { runCheck } from './health';
+import { parseTaskReport, TaskEndpoint } from './task-endpoint';
+import * as http from 'node:http';
 
 interface Local {
   spec: InstanceSpec__Output;
@@ -52,8 +54,16 @@ export class InstanceManager extends EventEmitter {
   private closed = false;
   dockerOk = false;
 
+  /** Task-state reports from instances (and polls of those that do not report). */
+  readonly tasks = new TaskEndpoint((id) => this.desired.has(id) || this.stopping.has(id));
+
   constructor(private readonly runtime: DockerRuntime, private readonly log: Logger) {
     super();
+  }
+
+  /** True if this node runs (or is stopping) the instance. */
+  has(id: string): boolean {
+    return this.desired.has(id) || this.stopping.has(id);
   }
 
   async start(): Promise<void> {
@@ -65,6 +75,7 @@ export class InstanceManager extends EventEmitter {
 
   stop(): void {
     this.closed = true;
+    this.tasks.stop();
     clearInterval(this.timer);
     (this.events as unknown as { destroy?: () => void })?.destroy?.();
     for (const s of this.stats.values()) (s.stream as unknown as { destroy?: () => void }).destroy?.();
@@ -92,6 +103,10 @@ export class InstanceManager extends EventEmitter {
     const out: InstanceStatus[] = [];
     for (const l of this.desired.values()) out.push(toStatus(l));
     for (const [id, s] of this.stopping) if (s.local) out.push({ ...toStatus(s.local), instanceId: id, state: 'INSTANCE_STATE_STOPPING' });
+    for (const st of out) {
+      const t = this.tasks.get(st.instanceId!);
+      if (t) st.task = t;
+    }
     return out;
   }
 
@@ -167,6 +182,7 @@ export class InstanceManager extends EventEmitter {
       if (c.running) {
         this.ensureStats(l);
         this.maybeCheck(l, now);
+        this.maybePollTasks(l, now);
       }
     }
     if (counts.start || counts.restart || counts.stop) {
@@ -178,7 +194,7 @@ export class InstanceManager extends EventEmitter {
   private async startOne(l: Local, now: number): Promise<void> {
     l.state = 'INSTANCE_STATE_STARTING';
     try {
-      l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }));
+      l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }), this.tasks.address ? { TESSERA_AGENT_ENDPOINT: this.tasks.address } : {});
       l.startedAtMs = Date.now();
       l.state = 'INSTANCE_STATE_RUNNING'; // the Engine has started its process
       l.health = 'unknown';
@@ -230,6 +246,7 @@ export class InstanceManager extends EventEmitter {
       await this.runtime.stop(c.containerId, s?.graceMs ?? 10_000);
       await this.runtime.remove(c.containerId);
       this.stopping.delete(id);
+      this.tasks.forget(id);
       this.dropStats(c.containerId);
       this.emitEvent(id, 'removed', {});
     } catch (err) {
@@ -275,6 +292,31 @@ export class InstanceManager extends EventEmitter {
       // An unhealthy instance is restarted, and that counts against its restart policy.
       void this.runtime.stop(l.containerId, 2_000).then(() => this.kick(), () => this.kick());
     });
+  }
+
+  private pollAt = new Map<string, number>();
+
+  /** For instances whose spec names an endpoint: GET it and record what it says. */
+  private maybePollTasks(l: Local, now: number): void {
+    const p = l.spec.taskStatePoll;
+    if (!p?.port) return;
+    const id = l.spec.instanceId;
+    if (now - (this.pollAt.get(id) ?? 0) < Number(p.intervalMs || 2_000)) return;
+    this.pollAt.set(id, now);
+    const req = http.get({ host: '127.0.0.1', port: l.spec.ports[p.port], path: p.path || '/', timeout: 1_000 }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => {
+        try {
+          const parsed = parseTaskReport(JSON.parse(body));
+          if (parsed.ok) this.tasks.record(id, parsed.state);
+        } catch {
+          /* not JSON: ignore this poll */
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => {});
   }
 
   private ensureStats(l: Local): void {

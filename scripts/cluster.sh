@@ -44,7 +44,7 @@ start() {
   for i in $(seq 1 "$AGENTS"); do
     launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
       --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" \
-      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" ${AGENT_FLAGS:-}
+      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" ${AGENT_FLAGS:-}
   done
   echo
   echo "cluster up. try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"

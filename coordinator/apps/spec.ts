@@ -103,6 +103,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   const u = c.update;
   if ((u?.maxParallel ?? 0) < 0) bad(`${at}.update.maxParallel`, 'must be >= 0');
 
+  if (c.taskStatePoll?.port && !portNames.has(c.taskStatePoll.port)) bad(`${at}.taskStatePoll.port`, `must name one of the component's ports, got ${JSON.stringify(c.taskStatePoll.port)}`);
   const volNames = new Set<string>();
   (c.volumes ?? []).forEach((vol, j) => {
     if (!NAME_RE.test(vol.name ?? '')) bad(`${at}.volumes[${j}].name`, `must match ${NAME_RE.source}`);
@@ -146,6 +147,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     },
     volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
+    taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
   };
 }
 

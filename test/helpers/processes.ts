@@ -99,7 +99,7 @@ export class Fleet {
   agent(o: AgentOptions): Proc & { nodeId: string; stateDir: string } {
     const nodeId = o.nodeId ?? `n${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
     const stateDir = path.join(this.dir, `agent-${nodeId}`);
-    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []), ...(o.extra ?? [])];
+    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []), ...(o.extra ?? [])];
     const p = Object.assign(new Proc(nodeId, 'agent/main.js', args, path.join(this.dir, `agent-${nodeId}.log`), o.env), { nodeId, stateDir });
     this.procs.push(p.start());
     return p;
