@@ -72,6 +72,13 @@ export class AdminClient {
   rollbackApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version }); }
   listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
 
+  setPolicy(policy: unknown): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('setPolicy', { policy }); }
+  getPolicy(app: string, component: string): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('getPolicy', { app, component }); }
+  deletePolicy(app: string, component: string): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('deletePolicy', { app, component }); }
+  listPolicies(app = ''): Promise<{ policies: import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output[] }> { return this.unary('listPolicies', { app }); }
+  scalingHistory(app: string, component = '', limit = 50): Promise<{ decisions: import('./generated/tessera/v1/ScalingDecision').ScalingDecision__Output[] }> { return this.unary('scalingHistory', { app, component, limit }); }
+  evaluatePolicy(app: string, component: string): Promise<import('./generated/tessera/v1/ScalingDecision').ScalingDecision__Output> { return this.unary('evaluatePolicy', { app, component }); }
+
   /** Server stream of events from the first coordinator that answers. */
   watchEvents(req: WatchEventsRequest): grpc.ClientReadableStream<Event__Output> {
     return this.clients[this.preferred].watchEvents(req, this.metadata());

@@ -18,6 +18,7 @@ import type { Leadership } from './leadership';
 import { NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
+import type { Scaler } from './scaling/scaler';
 import type { StoredEvent } from './store';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
@@ -33,6 +34,7 @@ export class AdminService {
     private readonly leadership: Leadership,
     private readonly registry: () => NodeRegistry | undefined,
     private readonly deployments: () => Deployments | undefined,
+    private readonly scaler: () => Scaler | undefined,
     private readonly opts: { coordinatorId: string; etcdEndpoints: string[] },
     private readonly log: Logger,
   ) {}
@@ -74,6 +76,16 @@ export class AdminService {
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep) => dep.delete(req.name))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
       RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
+      SetPolicy: unary(log, 'SetPolicy', (req, call) => this.onLeader(call, 'setPolicy', req, (_r, _d, sc) => sc.set(req.policy ?? undefined))),
+      GetPolicy: unary(log, 'GetPolicy', (req, call) => this.onLeader(call, 'getPolicy', req, async (_r, _d, sc) => sc.get(req.app, req.component))),
+      DeletePolicy: unary(log, 'DeletePolicy', (req, call) => this.onLeader(call, 'deletePolicy', req, (_r, _d, sc) => sc.delete(req.app, req.component))),
+      ListPolicies: unary(log, 'ListPolicies', (req, call) => this.onLeader(call, 'listPolicies', req, async (_r, _d, sc) => ({ policies: sc.list(req.app) }))),
+      ScalingHistory: unary(log, 'ScalingHistory', (req, call) => this.onLeader(call, 'scalingHistory', req, async (_r, dep, sc) => {
+        if (!req.app) throw InvalidArgumentError.field('app', 'is required');
+        dep.getApp(req.app);
+        return { decisions: sc.history(req.app, req.component, req.limit) };
+      })),
+      EvaluatePolicy: unary(log, 'EvaluatePolicy', (req, call) => this.onLeader(call, 'evaluatePolicy', req, (_r, _d, sc) => sc.dryRun(req.app, req.component))),
       ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
     };
@@ -88,11 +100,12 @@ export class AdminService {
     call: grpc.ServerUnaryCall<Req, Res>,
     method: string,
     req: Req,
-    fn: (reg: NodeRegistry, dep: Deployments) => Promise<Res>,
+    fn: (reg: NodeRegistry, dep: Deployments, sc: Scaler) => Promise<Res>,
   ): Promise<Res> {
     const reg = this.registry();
     const dep = this.deployments();
-    if (reg && dep) return fn(reg, dep);
+    const sc = this.scaler();
+    if (reg && dep && sc) return fn(reg, dep, sc);
     if (call.metadata.get(FORWARDED_KEY).length) {
       // Never forward twice: the leader we forwarded to no longer leads.
       throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
@@ -102,7 +115,8 @@ export class AdminService {
     if (leader.id === this.opts.coordinatorId) {
       const again = this.registry();
       const dep2 = this.deployments();
-      if (again && dep2) return fn(again, dep2);
+      const sc2 = this.scaler();
+      if (again && dep2 && sc2) return fn(again, dep2, sc2);
       throw new NotLeaderError();
     }
     const client = this.leaderClient(leader.address);

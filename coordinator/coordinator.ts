@@ -22,6 +22,7 @@ import { Leadership } from './leadership';
 import { NodeRegistry } from './node-registry';
 import { Store } from './store';
 import { Deployments } from './deployments';
+import { Scaler } from './scaling/scaler';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -31,6 +32,7 @@ export const LEADER_HEALTH_SERVICE = 'tessera.v1.Leader';
 class LeaderWork {
   readonly registry: NodeRegistry;
   readonly deployments: Deployments;
+  readonly scaler: Scaler;
   private timers: NodeJS.Timeout[] = [];
   ready = false;
   stopped = false;
@@ -42,15 +44,18 @@ class LeaderWork {
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id }, c.log.child({ part: 'deployments' }));
+    this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }));
   }
 
   async start(): Promise<void> {
     await this.registry.load();
     await this.deployments.load();
+    await this.scaler.load();
     await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
     if (this.stopped) return;
     this.ready = true;
     this.every(250, () => this.registry.tick());
+    this.every(200, () => this.scaler.tick());
     // Reconcile every reconcileIntervalMs, and within 20 ms of anything that asks for it (an
     // apply, an agent attaching, an instance event).
     let lastReconcile = 0;
@@ -111,6 +116,10 @@ export class Coordinator {
     return this.work?.ready ? this.work.deployments : undefined;
   }
 
+  scaler(): Scaler | undefined {
+    return this.work?.ready ? this.work.scaler : undefined;
+  }
+
   async start(): Promise<void> {
     const cfg = this.config;
     let endpoints = cfg.etcdEndpoints;
@@ -129,7 +138,7 @@ export class Coordinator {
       onAttached: () => this.deployments()?.kick(),
       onInstanceEvent: (node, e) => this.onInstanceEvent(node, e),
     });
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);

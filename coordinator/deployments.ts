@@ -43,6 +43,8 @@ export class Deployments {
   private versions = new Map<string, Map<number, VersionRecord>>();
   private instances = new Map<string, InstanceRecord>();
   private healthySince = new Map<string, number>();
+  /** Replica counts set by scaling policies, beside the spec (app/component -> count). */
+  private replicas = new Map<string, number>();
   private sent = new Map<string, number>();
   private slotFailures = new Map<string, { count: number; lastAtMs: number }>();
   private ticking = false;
@@ -78,6 +80,9 @@ export class Deployments {
       const i = JSON.parse(v) as InstanceRecord;
       this.instances.set(i.id, i);
     }
+    for (const [k, v] of Object.entries(await c.getAll().prefix(`${this.keys.prefix}replicas/`).strings())) {
+      this.replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
+    }
     this.log.info({ apps: this.apps.size, instances: this.instances.size }, 'deployments loaded');
   }
 
@@ -87,7 +92,7 @@ export class Deployments {
 
   // ───────────────────────────── API operations ─────────────────────────────
 
-  async apply(raw: AppSpec__Output | undefined, dryRun: boolean): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  async apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
@@ -106,7 +111,7 @@ export class Deployments {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
       statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
     };
-    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: prev ? `applied over version ${prev.version}` : 'first version', spec }, [{
+    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec }, [{
       kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
     }]);
     this.kick();
@@ -175,6 +180,48 @@ export class Deployments {
       }
     }
     return { cpuMillis: cpu, memoryMib: mem };
+  }
+
+  // ───────────────────────── for the scaling manager ─────────────────────────
+
+  currentSpec(app: string): NormalAppSpec | undefined {
+    const a = this.apps.get(app);
+    return a && !a.deleting ? this.versions.get(app)?.get(a.version)?.spec : undefined;
+  }
+
+  replicasOf(app: string, component: string): number | undefined {
+    return this.replicas.get(`${app}/${component}`);
+  }
+
+  healthySinceOf(id: string): number {
+    return this.healthySince.get(id) ?? 0;
+  }
+
+  taskOf(id: string): import('../common/generated/tessera/v1/TaskState').TaskState__Output | undefined {
+    for (const n of this.registry.allRecords()) {
+      const o = this.registry.observed(n.id).find((x) => x.instanceId === id);
+      if (o) return o.task ?? undefined;
+    }
+    return undefined;
+  }
+
+  /** A policy's replica decision: kept beside the spec, so scaling does not make versions. */
+  async setReplicas(app: string, component: string, n: number, reason: string): Promise<void> {
+    const key = `${app}/${component}`;
+    await this.store.commit([{ type: 'put', key: `${this.keys.prefix}replicas/${key}`, value: JSON.stringify({ replicas: n, reason, atMs: Date.now() }) }]);
+    this.replicas.set(key, n);
+    this.kick();
+  }
+
+  /** A policy's vertical decision: a new version with the component's cpu or memory changed. */
+  async resize(app: string, component: string, attr: 'cpu' | 'memory', value: number, reason: string): Promise<void> {
+    const spec = this.currentSpec(app);
+    if (!spec) throw new NotFoundError('app', app);
+    const next: NormalAppSpec = {
+      ...spec,
+      components: spec.components.map((c) => (c.name !== component ? c : { ...c, resources: { ...c.resources, ...(attr === 'cpu' ? { cpuMillis: value } : { memoryMib: value }) } })),
+    };
+    await this.apply(next as never, false, `resize by policy: ${reason}`);
   }
 
   // ─────────────────────────────── reconcile ───────────────────────────────
@@ -247,8 +294,11 @@ export class Deployments {
       let failedReason: string | undefined;
       for (const comp of spec.components) {
         const hash = componentHash(comp);
+        const scaled = this.replicas.get(`${app.name}/${comp.name}`);
+        const effective = scaled === undefined ? comp : { ...comp, instances: scaled };
         const d = planComponent({
-          app, component: comp, hash, nowMs,
+          app, component: effective, hash, nowMs,
+          busy: (id) => { const t = observed.get(id)?.task; return t ? Number(t.queueDepth ?? 0) + Number(t.inFlight ?? 0) : 0; },
           instances: mine.filter((i) => i.component === comp.name),
           observed: view,
           nodeState: (id) => nodeStates.get(id),
@@ -264,8 +314,8 @@ export class Deployments {
             avoid: new Set(c.avoid), version: app.version, hash, comp,
           });
         }
-        if (d.outdated || d.current !== comp.instances || d.create.length) allSettled = false;
-        if (d.healthyCurrent !== comp.instances) allHealthy = false;
+        if (d.outdated || d.current !== effective.instances || d.create.length) allSettled = false;
+        if (d.healthyCurrent !== effective.instances) allHealthy = false;
         failedReason ??= d.rolloutFailed;
       }
       // Components that left the spec.

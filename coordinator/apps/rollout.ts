@@ -23,6 +23,8 @@ export interface ComponentInputs {
   nodeState(nodeId: string): 'READY' | 'DOWN' | 'DRAINING' | undefined;
   /** False while a slot that failed recently is backing off before its replacement. */
   slotReady(slot: number): boolean;
+  /** Work an instance holds (queue + in flight): scale-down removes the least busy first. */
+  busy?(id: string): number;
   nowMs: number;
 }
 
@@ -87,9 +89,11 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     }
   }
 
-  // Too many of the current spec: remove the least useful first (unhealthy, then high slots).
+  // Too many of the current spec: remove the least useful first (unhealthy, then the least
+  // busy, then high slots). The stop grace lets in-flight work finish before the kill.
   if (current.length > n) {
-    const extra = [...current].sort((a, b) => Number(healthy(a)) - Number(healthy(b)) || b.slot - a.slot).slice(0, current.length - n);
+    const busy = (x: InstanceRecord) => i.busy?.(x.id) ?? 0;
+    const extra = [...current].sort((a, b) => Number(healthy(a)) - Number(healthy(b)) || busy(a) - busy(b) || b.slot - a.slot).slice(0, current.length - n);
     for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
   }
 

@@ -151,6 +151,51 @@ program.command('ps [app]').description('list instances: node, state, health, re
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 
+const policy = program.command('policy').description('scheduling deployment policies (scaling)');
+policy.command('set').description('set a policy from a YAML or JSON file').requiredOption('-f, --file <file>', 'policy file, or -').action((o) => run(async (c) => {
+  const p = await c.setPolicy(readSpecFile(o.file, 'ScalingPolicy'));
+  out(p, () => `policy for ${p.app}/${p.component}: ${p.min}..${p.max} instances on ${p.checks.map((x) => `${x.metric}=${x.target}`).join(', ') || '-'}`);
+}));
+policy.command('get <app> <component>').description('show a policy').action((app, comp) => run(async (c) => {
+  const p = await c.getPolicy(app, comp);
+  out(p, () => YAML.stringify(p));
+}));
+policy.command('list [app]').description('list policies').action((app) => run(async (c) => {
+  const r = await c.listPolicies(app ?? '');
+  out(r.policies, () => r.policies.length ? table(['APP', 'COMPONENT', 'MIN', 'MAX', 'CHECKS', 'VERTICAL'], r.policies.map((p) => [
+    p.app, p.component, p.min, p.max, p.checks.map((x) => `${x.metric}=${x.target}`).join(', ') || '-',
+    [p.verticalCpu ? `cpu ${p.verticalCpu.min}..${p.verticalCpu.max}m` : '', p.verticalMemory ? `memory ${p.verticalMemory.min}..${p.verticalMemory.max} MiB` : ''].filter(Boolean).join(', ') || '-',
+  ])) : 'no policies');
+}));
+policy.command('delete <app> <component>').description('remove a policy (the replica count stays)').action((app, comp) => run(async (c) => {
+  await c.deletePolicy(app, comp);
+  out({}, () => `policy for ${app}/${comp} removed`);
+}));
+policy.command('eval <app> <component>').description('dry run: what the policy would do now').action((app, comp) => run(async (c) => {
+  const d = await c.evaluatePolicy(app, comp);
+  out(d, () => renderDecision(d));
+}));
+
+function renderDecision(d: import('../../common/generated/tessera/v1/ScalingDecision').ScalingDecision__Output): string {
+  const a = d.instruction?.attributes?.[0];
+  return [
+    `${d.app}/${d.component}: ${d.action}${d.dryRun ? ' (dry run)' : ''}`,
+    `  instruction: ${a?.name} ${a?.min}..${a?.max}${a?.unit ? ` ${a.unit}` : ''}, now ${d.inputs.current ?? '-'} -> ${a?.value}`,
+    `  reason:      ${d.reason}`,
+    `  inputs:      ${Object.entries(d.inputs).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    ...d.checks.map((x) => `  check ${x.metric}: value ${x.value}, target ${x.target}, ${x.hasRecommendation ? `wants ${x.recommendation}` : 'no recommendation'} (${x.note})`),
+  ].join('\n');
+}
+
+program.command('scaling').description('scaling decisions').command('history <app>').description('each decision: its inputs, reason and instruction')
+  .option('--component <name>', 'one component').option('-n, --limit <n>', 'how many', '20').action((app, o) => run(async (c) => {
+    const r = await c.scalingHistory(app, o.component ?? '', Number(o.limit));
+    out(r.decisions, () => r.decisions.length ? table(['TIME', 'COMPONENT', 'ACTION', 'INSTRUCTION', 'APPLIED', 'REASON'], r.decisions.map((d) => {
+      const a = d.instruction?.attributes?.[0];
+      return [new Date(Number(d.atMs)).toISOString().slice(11, 19), d.component, d.action, `${a?.name} ${a?.min}..${a?.max} -> ${a?.value}`, d.applied ? 'yes' : 'no', d.reason.slice(0, 110)];
+    })) : 'no decisions yet');
+  }));
+
 program.command('events').description('cluster events (placements, node states, leadership)')
   .option('-f, --follow', 'keep streaming new events')
   .option('-n, --history <count>', 'how many past events to show', '20')

@@ -1,0 +1,125 @@
+// Scaling by policy, end to end: a real container reports its queue depth to the agent's
+// task-state endpoint; the policy scales the workers up within the max while a backlog exists
+// and back down when it is gone; every decision is in the history with its inputs and reason.
+import { expect } from 'chai';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import YAML from 'yaml';
+import * as fs from 'node:fs';
+import { AdminClient } from '../../common/admin-client';
+import { repoRoot } from '../../common/version';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader, statusOf } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
+
+const RUN = randomBytes(3).toString('hex');
+
+/** A load generator: a total backlog, shared among the workers that asked in the last 3 s. */
+function loadServer() {
+  let total = 0;
+  const seen = new Map<string, number>();
+  const server = http.createServer((req, res) => {
+    const id = new URL(req.url ?? '/', 'http://x').searchParams.get('id') ?? '?';
+    seen.set(id, Date.now());
+    for (const [k, t] of seen) if (Date.now() - t > 3_000) seen.delete(k);
+    res.end(String(Math.round(total / Math.max(1, seen.size))));
+  });
+  return { server, set: (n: number) => (total = n) };
+}
+
+describe('scaling policies end to end', function () {
+  this.timeout(150_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  const load = loadServer();
+  const node = `s${RUN}`;
+
+  before(async () => {
+    const port = await freePort();
+    await new Promise<void>((r) => load.server.listen(port, '127.0.0.1', r));
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--reconcile-interval-ms', '200'] });
+    await waitForLeader([c.address]);
+    fleet.agent({ coordinators: [c.address], nodeId: node, reportIntervalMs: 500, extra: ['--port-range', '29000-29999'] });
+    admin = new AdminClient([c.address], { timeoutMs: 8_000 });
+    await waitFor('node READY', async () => (await statusOf(c.address))?.nodesByState.READY === 1, 20_000);
+    const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));
+    spec.components[0].env.LOAD_PORT = String(port);
+    await admin.applyApp(spec);
+    await waitFor('one worker running', async () => (await admin.listInstances('queue')).instances.filter((i) => i.health === 'healthy').length === 1, 30_000, 200);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+  after(async () => {
+    admin?.close();
+    load.server.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${node}`);
+  });
+
+  const policy = () => YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/policy.yaml'), 'utf8'));
+  const workers = async () => (await admin.listInstances('queue')).instances.filter((i) => i.desired === 'run');
+
+  it('refuses bad policies with the field path and the right status', async () => {
+    const cases: [Record<string, unknown>, grpc.status, RegExp][] = [
+      [{ min: 6 }, grpc.status.INVALID_ARGUMENT, /^min: must not exceed max \(6 > 5\)/],
+      [{ checks: [{ metric: 'vibes', target: 1 }] }, grpc.status.INVALID_ARGUMENT, /^checks\[0\]\.metric: unknown metric "vibes"/],
+      [{ checks: [{ metric: 'queue_depth', target: 0 }] }, grpc.status.INVALID_ARGUMENT, /^checks\[0\]\.target: must be > 0/],
+      [{ verticalMemory: { min: 10_000_000, max: 20_000_000 } }, grpc.status.INVALID_ARGUMENT, /^verticalMemory\.min: 10000000 MiB can never be satisfied: the largest node offers \d+ MiB/],
+      [{ app: 'nope' }, grpc.status.NOT_FOUND, /app "nope" not found/],
+      [{ component: 'nope' }, grpc.status.NOT_FOUND, /component "queue\/nope" not found/],
+    ];
+    for (const [patch, code, msg] of cases) {
+      const err = await admin.setPolicy({ ...policy(), ...patch }).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+      expect(err.code, JSON.stringify(patch)).to.equal(code);
+      expect(err.details).to.match(msg);
+    }
+    const none = await admin.getPolicy('queue', 'worker').catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(none.code).to.equal(grpc.status.NOT_FOUND);
+  });
+
+  it('scales up within the max while a backlog exists, then back down when it drains', async () => {
+    await admin.setPolicy(policy());
+    const dry = await admin.evaluatePolicy('queue', 'worker');
+    expect(dry.dryRun).to.equal(true);
+    expect(dry.instruction!.attributes![0]).to.include({ name: 'replicas', min: 1, max: 5 });
+
+    load.set(100); // 100 queued tasks, 20 per worker wanted: 5 workers
+    let peak = 0;
+    await waitFor('5 workers running', async () => {
+      const w = await workers();
+      peak = Math.max(peak, w.length);
+      return w.filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 5;
+    }, 60_000, 250);
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect((await workers()).length, 'never above max').to.equal(5);
+    expect(peak).to.be.at.most(5);
+
+    load.set(0);
+    await waitFor('back to 1 worker', async () => (await workers()).length === 1, 80_000, 250);
+
+    const h = (await admin.scalingHistory('queue', 'worker', 200)).decisions;
+    const ups = h.filter((d) => d.action === 'scale-up' && d.applied);
+    const downs = h.filter((d) => d.action === 'scale-down' && d.applied);
+    expect(ups.length).to.be.greaterThan(0);
+    expect(downs.length).to.be.greaterThan(0);
+    const up = ups[ups.length - 1];
+    expect(up.reason).to.match(/queue_depth/);
+    expect(up.instruction!.attributes![0]).to.include({ name: 'replicas', min: 1, max: 5 });
+    expect(up.inputs).to.have.property('current');
+    expect(up.checks[0]).to.include({ metric: 'queue_depth', target: 20 });
+    expect(Number(up.instruction!.attributes![0].value)).to.be.greaterThan(Number(up.inputs.current));
+    // Up steps respect the rate limit (2 per 5 s).
+    for (const d of ups) expect(Number(d.instruction!.attributes![0].value) - Number(d.inputs.current)).to.be.at.most(2);
+    // Scale-down waited for the 10 s window: the first one comes at least 10 s after the load went away.
+    expect(downs.every((d) => d.reason.startsWith('scale-down'))).to.equal(true);
+  });
+});
