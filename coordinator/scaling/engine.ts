@@ -150,18 +150,20 @@ export function evaluateCheck(c: Check, inp: EngineInput, ready: InstanceFigures
       return proportional(v / c.target, round(v), `p95 latency ${round(v)} ms`);
     }
     case 'queue_depth': {
-      // Queue-aware: capacity for what arrives plus draining the backlog in time, when the
-      // per-instance service rate is known; otherwise keep the backlog per instance at target.
+      // Queue-aware: when a backlog exists, capacity for what arrives plus draining the backlog
+      // in time. An instance with a backlog works flat out, so its processing rate is what one
+      // instance can do; arrivals are what all process plus the queue's growth. Without those
+      // figures, keep the backlog per instance at the target.
       const backlog = sum(vals);
-      const rates = withData.map((i) => i.processingRate).filter((r): r is number => r !== undefined && r > 0);
-      const perInstance = rates.length ? avg(rates) : 0;
       const byTarget = backlog / c.target;
-      if (perInstance > 0) {
-        const arrival = sum(rates) + Math.max(0, inp.queueGrowthPerSec ?? 0);
+      const saturated = withData.filter((i) => (i.queueDepth ?? 0) > 0 && (i.processingRate ?? 0) > 0);
+      if (backlog > 0 && saturated.length) {
+        const perInstance = avg(saturated.map((i) => i.processingRate!));
+        const arrival = sum(withData.map((i) => i.processingRate ?? 0)) + Math.max(0, inp.queueGrowthPerSec ?? 0);
         const drain = backlog / Math.max(1, inp.policy.queueDrainMs / 1000);
         const need = (arrival + drain) / perInstance;
         const rec = Math.max(byTarget, need);
-        return within(c, round(backlog), n, rec, tol, `backlog ${round(backlog)}, service ${round(perInstance)}/s per instance, arrivals ~${round(arrival)}/s: ${round(need)} instances drain it in ${inp.policy.queueDrainMs / 1000} s`);
+        return within(c, round(backlog), n, rec, tol, `backlog ${round(backlog)}, ${round(perInstance)}/s per busy instance, arrivals ~${round(arrival)}/s: ${round(need)} instances drain it in ${inp.policy.queueDrainMs / 1000} s`);
       }
       return within(c, round(backlog), n, byTarget, tol, `backlog ${round(backlog)} for a target of ${c.target} per instance`);
     }
