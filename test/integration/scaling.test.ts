@@ -119,7 +119,30 @@ describe('scaling policies end to end', function () {
     expect(Number(up.instruction!.attributes![0].value)).to.be.greaterThan(Number(up.inputs.current));
     // Up steps respect the rate limit (2 per 5 s).
     for (const d of ups) expect(Number(d.instruction!.attributes![0].value) - Number(d.inputs.current)).to.be.at.most(2);
-    // Scale-down waited for the 10 s window: the first one comes at least 10 s after the load went away.
     expect(downs.every((d) => d.reason.startsWith('scale-down'))).to.equal(true);
+  });
+
+  it('resizes memory within its vertical range through a rolling update', async () => {
+    await admin.applyApp({ name: 'sized', components: [{
+      name: 'api', image: 'tessera/node:local', command: ['node', '-e'],
+      args: ["require('http').createServer((q, r) => r.end('ok')).listen(+process.env.PORT_HTTP, '127.0.0.1')"],
+      ports: [{ name: 'http' }], resources: { cpuMillis: 100, memoryMib: 256 }, instances: 1,
+      health: { type: 'tcp', port: 'http', intervalMs: 500, timeoutMs: 300 },
+    }] });
+    await waitFor('sized running', async () => (await admin.listInstances('sized')).instances.some((i) => i.health === 'healthy' && Number(i.memoryUsedMib) > 0), 30_000, 200);
+    // A node process uses 30-60 MiB: with 25% headroom the limit should come down from 256 into 64..128.
+    await admin.setPolicy({ app: 'sized', component: 'api', min: 1, max: 1, verticalMemory: { min: 64, max: 128 }, intervalMs: 1000, windowMs: 2000, warmupMs: 500 });
+    await waitFor('a resize decision applied', async () => (await admin.scalingHistory('sized', 'api')).decisions.some((d) => d.action === 'resize' && d.applied), 30_000, 250);
+    const d = (await admin.scalingHistory('sized', 'api')).decisions.find((x) => x.action === 'resize')!;
+    const attr = d.instruction!.attributes![0];
+    expect(attr).to.include({ name: 'memory', min: 64, max: 128, unit: 'MiB' });
+    expect(Number(attr.value)).to.be.within(64, 128);
+    expect(d.reason).to.match(/^resize memory 256 -> \d+ MiB: peak use/);
+    await waitFor('the new size rolled out', async () => {
+      const a = await admin.getApp('sized');
+      const inst = (await admin.listInstances('sized')).instances.filter((i) => i.desired === 'run');
+      return Number(a.version) === 2 && Number(a.stableVersion) === 2 && a.spec!.components[0].resources!.memoryMib === Number(attr.value) && inst.length === 1 && inst[0].health === 'healthy';
+    }, 40_000, 250);
+    expect((await admin.appHistory('sized')).versions[0].reason).to.match(/^resize by policy: resize memory/);
   });
 });

@@ -1,0 +1,65 @@
+// What every Tessera daemon does around its own work: compile its settings from flags, env and
+// a file (exit 2 with every problem on bad config), log JSON, stay up until SIGTERM or SIGINT,
+// then stop cleanly (exit 0), and log instead of crash on a stray rejection.
+import { Command } from 'commander';
+import { addSchemaOptions, Layer, layersFromCommand, Schema } from './config';
+import { ConfigError } from './errors';
+import { createLogger, Logger } from './logger';
+import { VERSION } from './version';
+
+export interface Daemon {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface DaemonSpec<C extends { logLevel: string }> {
+  name: string;
+  description: string;
+  schema: Schema;
+  compile(layers: Layer[]): C;
+  bindings?(config: C): Record<string, unknown>;
+  create(config: C, log: Logger): Daemon;
+  /** Logged with the signal: what a stop leaves behind (e.g. containers keep running). */
+  stopNote?: string;
+}
+
+export async function runDaemon<C extends { logLevel: string }>(spec: DaemonSpec<C>): Promise<void> {
+  const cmd = addSchemaOptions(new Command(spec.name).version(VERSION).description(spec.description), spec.schema);
+  cmd.parse(process.argv);
+  let config: C;
+  try {
+    config = spec.compile(layersFromCommand(spec.schema, cmd.opts()));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(err.message + '\n');
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = createLogger(spec.name.replace(/^tessera-/, ''), config.logLevel, spec.bindings?.(config) ?? {});
+  const daemon = spec.create(config, log);
+  // Library timers are unref'd so they never hold a process open on their own; the daemon
+  // itself stays up until a signal says otherwise.
+  const keepAlive = setInterval(() => {}, 1 << 30);
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    clearInterval(keepAlive);
+    log.info({ signal }, spec.stopNote ?? 'shutting down');
+    daemon.stop().then(() => process.exit(0), (err) => {
+      log.error({ err: (err as Error).message }, 'unclean shutdown');
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('unhandledRejection', (err) => log.error({ err: (err as Error)?.message ?? String(err) }, 'unhandled rejection'));
+  try {
+    await daemon.start();
+  } catch (err) {
+    log.fatal({ err: (err as Error).message }, `${spec.name} failed to start`);
+    await daemon.stop().catch(() => {});
+    process.exit(1);
+  }
+}
