@@ -224,6 +224,14 @@ export class Deployments {
     await this.apply(next as never, false, `resize by policy: ${reason}`);
   }
 
+  /** A policy's env decision: a new version with a tunable env setting changed. */
+  async retune(app: string, component: string, env: string, value: number, reason: string): Promise<void> {
+    const spec = this.currentSpec(app);
+    if (!spec) throw new NotFoundError('app', app);
+    const next: NormalAppSpec = { ...spec, components: spec.components.map((c) => (c.name !== component ? c : { ...c, env: { ...c.env, [env]: String(value) } })) };
+    await this.apply(next as never, false, `retune by policy: ${reason}`);
+  }
+
   // ─────────────────────────────── reconcile ───────────────────────────────
 
   async tick(nowMs = Date.now()): Promise<void> {

@@ -104,6 +104,13 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   if ((u?.maxParallel ?? 0) < 0) bad(`${at}.update.maxParallel`, 'must be >= 0');
 
   if (c.taskStatePoll?.port && !portNames.has(c.taskStatePoll.port)) bad(`${at}.taskStatePoll.port`, `must name one of the component's ports, got ${JSON.stringify(c.taskStatePoll.port)}`);
+  (c.tunables ?? []).forEach((t, j) => {
+    if (!ENV_RE.test(t.env ?? '')) bad(`${at}.tunables[${j}].env`, 'is not a valid environment variable name');
+    if (Number(t.min) > Number(t.max)) bad(`${at}.tunables[${j}].min`, `must not exceed max (${t.min} > ${t.max})`);
+    const cur = Number((c.env ?? {})[t.env]);
+    if (!Number.isFinite(cur) || (c.env ?? {})[t.env] === undefined) bad(`${at}.env.${t.env}`, `a tunable needs a numeric starting value in env, got ${JSON.stringify((c.env ?? {})[t.env])}`);
+    else if (cur < Number(t.min) || cur > Number(t.max)) bad(`${at}.env.${t.env}`, `${cur} is outside the tunable range ${t.min}..${t.max}`);
+  });
   const volNames = new Set<string>();
   (c.volumes ?? []).forEach((vol, j) => {
     if (!NAME_RE.test(vol.name ?? '')) bad(`${at}.volumes[${j}].name`, `must match ${NAME_RE.source}`);
@@ -147,6 +154,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     },
     volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
+    tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
   };
 }

@@ -278,3 +278,28 @@ export function decideVertical(attr: 'cpu' | 'memory', range: Range, current: nu
   const unit = attr === 'memory' ? 'MiB' : 'millicores';
   return { attribute: attr, min: range.min, max: range.max, current, value, unit, change, reason: `peak use ${round(peak)} ${unit} + 25% headroom = ${want}, within ${range.min}..${range.max}` };
 }
+
+export interface EnvDecision {
+  attribute: string; // env:<NAME>
+  min: number;
+  max: number;
+  current: number;
+  value: number;
+  change: boolean;
+  reason: string;
+}
+
+/**
+ * An env setting tuned proportionally: value x (observed per-instance metric / target),
+ * rounded, within the spec's range. Holds within tolerance or without figures.
+ */
+export function decideEnv(t: { env: string; metric: string; target: number; min: number; max: number }, current: number, ready: InstanceFigures[], tolerance: number): EnvDecision | undefined {
+  const vals = ready.map((i) => figure(i, t.metric)).filter((x): x is number => x !== undefined);
+  if (!vals.length || vals.length * 2 < ready.length) return undefined;
+  const observed = avg(vals);
+  const ratio = observed / t.target;
+  const base = { attribute: `env:${t.env}`, min: t.min, max: t.max, current };
+  if (Math.abs(ratio - 1) <= tolerance) return { ...base, value: current, change: false, reason: `${t.metric} ${round(observed)} per instance is within tolerance of ${t.target}` };
+  const value = Math.min(t.max, Math.max(t.min, Math.round(Math.max(current, 1) * ratio)));
+  return { ...base, value, change: value !== current, reason: `${t.metric} ${round(observed)} per instance against a target of ${t.target}: ${t.env} ${current} x ${ratio.toFixed(2)} -> ${value}, within ${t.min}..${t.max}` };
+}

@@ -9,6 +9,7 @@ export interface StoredPolicy {
   app: string;
   component: string;
   policy: Policy;
+  env: { env: string; metric: string; target: number; min: number; max: number }[];
   intervalMs: number;
   windowMs: number;
   warmupMs: number;
@@ -20,7 +21,7 @@ const HHMM = /^([01]\d|2[0-3]):[0-5]\d$/;
  * Validates a policy against its component and the cluster's largest node. Throws
  * InvalidArgumentError listing every problem by field path.
  */
-export function normalizePolicy(p: ScalingPolicy | ScalingPolicy__Output, largestNode: { cpuMillis: number; memoryMib: number }): StoredPolicy {
+export function normalizePolicy(p: ScalingPolicy | ScalingPolicy__Output, largestNode: { cpuMillis: number; memoryMib: number }, tunables: { env: string; min: number; max: number }[] = []): StoredPolicy {
   const v: FieldViolation[] = [];
   const bad = (field: string, message: string) => v.push({ field, message });
   const min = p.min ?? 0;
@@ -64,7 +65,14 @@ export function normalizePolicy(p: ScalingPolicy | ScalingPolicy__Output, larges
   };
   const cpu = range(p.verticalCpu, 'verticalCpu', largestNode.cpuMillis, 'millicores');
   const memory = range(p.verticalMemory, 'verticalMemory', largestNode.memoryMib, 'MiB');
-  if (!checks.length && !cpu && !memory && !(p.schedules ?? []).length) bad('checks', 'at least one check (or a vertical range or a schedule) is required');
+  const env = (p.env ?? []).map((e, i) => {
+    const t = tunables.find((x) => x.env === e.env);
+    if (!t) bad(`env[${i}].env`, `the component's spec does not allow tuning ${JSON.stringify(e.env)} (declare it in tunables; allowed: ${tunables.map((x) => x.env).join(', ') || 'none'})`);
+    if (!(METRICS as readonly string[]).includes(e.metric ?? '') && !/^custom:[A-Za-z0-9_.-]+$/.test(e.metric ?? '')) bad(`env[${i}].metric`, `unknown metric ${JSON.stringify(e.metric)}`);
+    if (!(Number(e.target) > 0)) bad(`env[${i}].target`, `must be > 0, got ${e.target}`);
+    return { env: e.env ?? '', metric: e.metric ?? '', target: Number(e.target), min: t?.min ?? 0, max: t?.max ?? 0 };
+  });
+  if (!checks.length && !cpu && !memory && !env.length && !(p.schedules ?? []).length) bad('checks', 'at least one check (or a vertical range or a schedule) is required');
   const schedules = (p.schedules ?? []).map((s, i) => {
     if (!HHMM.test(s.start ?? '')) bad(`schedules[${i}].start`, 'must be HH:MM (UTC)');
     if (!HHMM.test(s.end ?? '')) bad(`schedules[${i}].end`, 'must be HH:MM (UTC)');
@@ -81,6 +89,7 @@ export function normalizePolicy(p: ScalingPolicy | ScalingPolicy__Output, larges
   return {
     app: p.app ?? '',
     component: p.component ?? '',
+    env,
     intervalMs, windowMs, warmupMs,
     policy: {
       min, max, checks, tolerance, scaleUp, scaleDown, cooldownMs: Number(p.cooldownMs ?? 0), queueDrainMs: Number(p.queueDrainMs ?? 0) || 30_000,
@@ -96,5 +105,6 @@ export function policyToProto(s: StoredPolicy): ScalingPolicy {
     scaleUp: p.scaleUp, scaleDown: p.scaleDown, cooldownMs: p.cooldownMs, queueDrainMs: p.queueDrainMs,
     verticalCpu: p.vertical.cpu, verticalMemory: p.vertical.memory, schedules: p.schedules,
     intervalMs: s.intervalMs, windowMs: s.windowMs, warmupMs: s.warmupMs,
+    env: (s.env ?? []).map((e) => ({ env: e.env, metric: e.metric, target: e.target })),
   };
 }

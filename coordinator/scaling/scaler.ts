@@ -12,7 +12,7 @@ import type { Deployments } from '../deployments';
 import type { Keys } from '../keys';
 import type { NodeRegistry } from '../node-registry';
 import type { Store } from '../store';
-import { decide, decideVertical, InstanceFigures } from './engine';
+import { decide, decideEnv, decideVertical, InstanceFigures } from './engine';
 import { normalizePolicy, policyToProto, StoredPolicy } from './policy';
 
 const KEEP_DECISIONS = 200;
@@ -94,7 +94,8 @@ export class Scaler {
       const e = new NotFoundError('component', `${p.app}/${p.component}`);
       throw e;
     }
-    const stored = normalizePolicy(p, this.largestNode());
+    const comp = spec.components.find((c) => c.name === p.component)!;
+    const stored = normalizePolicy(p, this.largestNode(), (comp.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })));
     await this.store.commit([{ type: 'put', key: this.policyKey(stored.app, stored.component), value: JSON.stringify(stored) }], [
       { kind: 'policy.set', subject: `${stored.app}/${stored.component}`, message: `scaling policy set for ${stored.app}/${stored.component}: ${stored.policy.min}..${stored.policy.max} on ${stored.policy.checks.map((c) => `${c.metric}=${c.target}`).join(', ') || 'schedules/vertical only'}` },
     ]);
@@ -242,6 +243,21 @@ export class Scaler {
         }
       }
     }
+    // Env settings the spec allows to tune: a new app version too, one at a time.
+    let retuned: { env: string; value: number } | undefined;
+    if (d.action === 'hold' && !resized) {
+      for (const t of p.env ?? []) {
+        const cur = Number(comp.env[t.env]);
+        const ed = decideEnv(t, cur, figures.filter((f) => f.ready), p.policy.tolerance);
+        if (ed?.change) {
+          retuned = { env: t.env, value: ed.value };
+          decision.action = 'retune';
+          decision.reason = `retune ${t.env}: ${ed.reason}`;
+          decision.instruction = { ...decision.instruction, action: 'INSTRUCTION_ACTION_UPDATE', attributes: [{ name: ed.attribute, min: ed.min, max: ed.max, value: ed.value }], reason: decision.reason };
+          break;
+        }
+      }
+    }
     if (dryRun) return decision;
 
     const why = decision.reason ?? '';
@@ -251,6 +267,9 @@ export class Scaler {
       decision.applied = true;
     } else if (resized) {
       await this.deployments.resize(p.app, p.component, resized.attr, resized.value, why);
+      decision.applied = true;
+    } else if (retuned) {
+      await this.deployments.retune(p.app, p.component, retuned.env, retuned.value, why);
       decision.applied = true;
     }
     // Record every change, and a hold when its reason changes (missing data, cooldown, ...).

@@ -145,4 +145,28 @@ describe('scaling policies end to end', function () {
     }, 40_000, 250);
     expect((await admin.appHistory('sized')).versions[0].reason).to.match(/^resize by policy: resize memory/);
   });
+
+  it('tunes an env setting the spec allows, within its range, through a new version', async () => {
+    await admin.deletePolicy('queue', 'worker');
+    await admin.deleteApp('queue');
+    await waitFor('queue gone', async () => !(await admin.listApps()).apps.some((x) => x.name === 'queue'), 30_000, 200);
+    await new Promise((r) => setTimeout(r, 3_500)); // its workers drop out of the load generator's share
+    const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));
+    spec.name = 'tuned';
+    spec.components[0].env = { ...spec.components[0].env, LOAD_PORT: String((load.server.address() as { port: number }).port), BATCH: '1' };
+    spec.components[0].tunables = [{ env: 'BATCH', min: 1, max: 8 }];
+    await admin.applyApp(spec);
+    await waitFor('tuned running', async () => (await admin.listInstances('tuned')).instances.some((i) => i.health === 'healthy'), 30_000, 200);
+    load.set(100); // one worker, 100 queued: 5x the target of 20
+    await waitFor('the worker reporting the backlog', async () => (await admin.listInstances('tuned')).instances.length === 1, 10_000, 200);
+    await new Promise((r) => setTimeout(r, 2_500));
+    await admin.setPolicy({ app: 'tuned', component: 'worker', min: 1, max: 1, env: [{ env: 'BATCH', metric: 'queue_depth', target: 20 }], intervalMs: 1000, windowMs: 2000, warmupMs: 500 });
+    await waitFor('a retune applied', async () => (await admin.scalingHistory('tuned', 'worker')).decisions.some((d) => d.action === 'retune' && d.applied), 30_000, 250);
+    const d = (await admin.scalingHistory('tuned', 'worker')).decisions.find((x) => x.action === 'retune')!;
+    expect(d.instruction!.attributes![0]).to.include({ name: 'env:BATCH', min: 1, max: 8, value: 5 });
+    const a = await admin.getApp('tuned');
+    expect(a.spec!.components[0].env.BATCH).to.equal('5');
+    expect((await admin.appHistory('tuned')).versions[0].reason).to.match(/^retune by policy: retune BATCH/);
+    load.set(0);
+  });
 });

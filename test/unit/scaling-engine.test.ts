@@ -1,5 +1,7 @@
 import { expect } from 'chai';
-import { activeSchedule, decide, decideVertical, EngineInput, InstanceFigures, Policy } from '../../coordinator/scaling/engine';
+import { activeSchedule, decide, decideEnv, decideVertical, EngineInput, InstanceFigures, Policy } from '../../coordinator/scaling/engine';
+import { normalizePolicy } from '../../coordinator/scaling/policy';
+import { InvalidArgumentError } from '../../common/errors';
 
 const policy = (over: Partial<Policy> = {}): Policy => ({
   min: 1, max: 10, checks: [{ metric: 'queue_depth', target: 10 }], tolerance: 0.1,
@@ -70,5 +72,24 @@ describe('schedules', () => {
     expect(activeSchedule(s, Date.UTC(2026, 0, 1, 23, 0))).to.not.equal(undefined);
     expect(activeSchedule(s, Date.UTC(2026, 0, 1, 5, 59))).to.not.equal(undefined);
     expect(activeSchedule(s, Date.UTC(2026, 0, 1, 12, 0))).to.equal(undefined);
+  });
+});
+
+describe('env tuning', () => {
+  const t = { env: 'BATCH', metric: 'queue_depth', target: 20, min: 1, max: 8 };
+  const ready = (q: number) => inst(2, { queueDepth: q });
+  it('raises the setting in proportion, within the range', () => {
+    const d = decideEnv(t, 2, ready(60), 0.1)!;
+    expect([d.attribute, d.value, d.change]).to.deep.equal(['env:BATCH', 6, true]);
+    expect(decideEnv(t, 2, ready(400), 0.1)!.value).to.equal(8);
+  });
+  it('holds within tolerance and without figures', () => {
+    expect(decideEnv(t, 2, ready(21), 0.1)!.change).to.equal(false);
+    expect(decideEnv(t, 2, inst(2, {}), 0.1)).to.equal(undefined);
+  });
+  it('refuses a policy that tunes an env setting the spec does not allow', () => {
+    const base = { app: 'a', component: 'c', min: 1, max: 2, env: [{ env: 'THREADS', metric: 'queue_depth', target: 5 }] };
+    expect(() => normalizePolicy(base, { cpuMillis: 2000, memoryMib: 4096 }, [{ env: 'BATCH', min: 1, max: 8 }])).to.throw(InvalidArgumentError, 'env[0].env: the component\'s spec does not allow tuning "THREADS" (declare it in tunables; allowed: BATCH)');
+    expect(normalizePolicy({ ...base, env: [{ env: 'BATCH', metric: 'queue_depth', target: 5 }] }, { cpuMillis: 2000, memoryMib: 4096 }, [{ env: 'BATCH', min: 1, max: 8 }]).env[0]).to.deep.equal({ env: 'BATCH', metric: 'queue_depth', target: 5, min: 1, max: 8 });
   });
 });

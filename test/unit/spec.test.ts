@@ -46,6 +46,8 @@ describe('app spec validation', () => {
     ['a relative volume path', (s) => (s.components[1].volumes = [{ name: 'data', path: 'data' }]), ['components[1].volumes[0].path']],
     ['a bad env name', (s) => (s.components[1].env = { 'A-B': '1' }), ['components[1].env.A-B']],
     ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
+    ['a tunable without a numeric starting value', (s) => (s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]), ['components[1].env.BATCH']],
+    ['a tunable whose value is outside its range', (s) => { s.components[1].env = { BATCH: '9' }; s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]; }, ['components[1].env.BATCH']],
     ['several problems at once', (s) => { s.components[0].resources.cpuMillis = 0; s.components[1].image = ''; }, ['components[0].resources.cpuMillis', 'components[1].image']],
   ];
   for (const [name, mutate, fields] of cases) {
