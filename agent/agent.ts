@@ -14,6 +14,8 @@ import { loadOrCreateNodeId } from './node-id';
 import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
+import { Metrics } from '../common/metrics';
+import { AGENT_METRICS } from './metrics';
 
 export class Agent {
   readonly nodeId: string;
@@ -28,6 +30,7 @@ export class Agent {
   private reportAgain = false;
   private instances!: InstanceManager;
   private reportSoon?: NodeJS.Timeout;
+  readonly metrics = new Metrics(AGENT_METRICS);
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId);
@@ -47,7 +50,25 @@ export class Agent {
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket);
-    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }));
+    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics);
+    if (this.config.metricsListen) {
+      const at = await this.metrics.serve(this.config.metricsListen);
+      this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
+      this.metrics.onCollect(() => {
+        const u = this.lastUsage;
+        const m = this.metrics;
+        m.set('tessera_agent_connected', {}, this.conn.current === 'CONNECTED' ? 1 : 0);
+        if (u) {
+          m.set('tessera_agent_host_cpu_percent', {}, Number(u.cpuPercent ?? 0));
+          m.set('tessera_agent_host_memory_used_mib', {}, Number(u.memoryUsedMib ?? 0));
+          m.set('tessera_agent_host_memory_total_mib', {}, Number(u.memoryTotalMib ?? 0));
+          m.set('tessera_agent_host_disk_used_mib', {}, Number(u.diskUsedMib ?? 0));
+          m.set('tessera_agent_host_load1', {}, Number(u.load1 ?? 0));
+        }
+        m.reset('tessera_agent_containers');
+        for (const st of this.instances.statuses()) m.inc('tessera_agent_containers', { state: String(st.state).replace('INSTANCE_STATE_', '') });
+      });
+    }
     this.instances.on('event', (e) => this.conn.send({ event: e }));
     this.instances.on('changed', () => {
       // A change is worth telling the leader now, not at the next interval (debounced).
@@ -141,6 +162,7 @@ export class Agent {
   async stop(): Promise<void> {
     clearInterval(this.reportTimer);
     this.instances?.stop();
+    this.metrics.stop();
     await this.conn?.stop();
   }
 }

@@ -57,7 +57,7 @@ export class InstanceManager extends EventEmitter {
   /** Task-state reports from instances (and polls of those that do not report). */
   readonly tasks = new TaskEndpoint((id) => this.desired.has(id) || this.stopping.has(id));
 
-  constructor(private readonly runtime: DockerRuntime, private readonly log: Logger) {
+  constructor(private readonly runtime: DockerRuntime, private readonly log: Logger, private readonly metrics?: import('../common/metrics').Metrics) {
     super();
   }
 
@@ -232,6 +232,7 @@ export class InstanceManager extends EventEmitter {
     }
     l.restartTimes.push(now);
     l.restarts++;
+    this.metrics?.inc('tessera_agent_restarts_total');
     try {
       await this.runtime.restart(c.containerId);
       this.emitEvent(l.spec.instanceId, 'restarted', { message: `restart ${l.restarts} after ${l.message}` });
@@ -284,6 +285,7 @@ export class InstanceManager extends EventEmitter {
       }
       if (Date.now() - l.startedAtMs < Number(h.graceMs || 0) && l.health !== 'healthy') return; // still starting up
       l.healthFailures++;
+      this.metrics?.inc('tessera_agent_health_check_failures_total');
       l.message = `health check failed: ${r.detail}`;
       if (l.healthFailures < (h.failureThreshold || 3)) return;
       l.health = 'unhealthy';

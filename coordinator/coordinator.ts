@@ -23,6 +23,8 @@ import { NodeRegistry } from './node-registry';
 import { Store } from './store';
 import { Deployments } from './deployments';
 import { Scaler } from './scaling/scaler';
+import { Metrics } from '../common/metrics';
+import { COORDINATOR_METRICS } from './metrics';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -43,8 +45,8 @@ class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
-    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id }, c.log.child({ part: 'deployments' }));
-    this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics }, c.log.child({ part: 'deployments' }));
+    this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
   }
 
   async start(): Promise<void> {
@@ -101,6 +103,7 @@ export class Coordinator {
   private etcdOk = false;
   private stopping = false;
   port = 0;
+  readonly metrics = new Metrics(COORDINATOR_METRICS);
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
@@ -129,7 +132,7 @@ export class Coordinator {
     }
     this.etcd = createEtcdClient({ endpoints });
     this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
-    this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }));
+    this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
       coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
     }, this.log.child({ part: 'gateway' }));
@@ -150,6 +153,11 @@ export class Coordinator {
     this.port = await bind(this.server, cfg.listen, serverCredentials());
     this.log.info({ listen: cfg.listen, port: this.port, advertise: cfg.advertise, etcd: endpoints }, 'coordinator listening');
 
+    if (cfg.metricsListen) {
+      const at = await this.metrics.serve(cfg.metricsListen);
+      this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
+      this.metrics.onCollect(() => this.collectMetrics());
+    }
     this.leadership.on('elected', (token) => void this.startLeaderWork(token.term));
     this.leadership.on('demoted', (reason) => this.stopLeaderWork(reason));
     this.leadership.start();
@@ -168,6 +176,23 @@ export class Coordinator {
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'leader start-up failed; stepping down');
       this.leadership.demote('leader start-up failed');
+    }
+  }
+
+  private collectMetrics(): void {
+    const m = this.metrics;
+    const token = this.leadership.fence();
+    m.set('tessera_coordinator_leader', {}, token ? 1 : 0);
+    m.set('tessera_coordinator_leader_term', {}, token?.term ?? 0);
+    m.set('tessera_coordinator_etcd_up', {}, this.etcdOk ? 1 : 0);
+    m.reset('tessera_nodes');
+    m.reset('tessera_instances');
+    const reg = this.registry();
+    const dep = this.deployments();
+    if (reg) for (const n of reg.list()) m.inc('tessera_nodes', { state: n.state });
+    if (dep) {
+      for (const i of dep.listInstances('', '')) if (i.desired === 'run') m.inc('tessera_instances', { state: String(i.state).replace('INSTANCE_STATE_', '') });
+      m.set('tessera_instructions_pending', {}, dep.pendingInstructions());
     }
   }
 
@@ -236,6 +261,7 @@ export class Coordinator {
       this.server.tryShutdown(() => { clearTimeout(t); resolve(); });
     });
     this.admin?.close();
+    this.metrics.stop();
     this.etcd?.close();
     await this.embedded?.stop();
   }

@@ -36,6 +36,7 @@ const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by def
 export interface DeploymentOptions {
   sampleSize: number;
   coordinatorId: string;
+  metrics?: import('../common/metrics').Metrics;
 }
 
 export class Deployments {
@@ -238,9 +239,11 @@ export class Deployments {
     if (this.ticking) return;
     this.ticking = true;
     this.kicked = false;
+    const t0 = performance.now();
     try {
       await this.reconcile(nowMs);
       this.dispatch(nowMs);
+      this.opts.metrics?.observe('tessera_reconcile_seconds', {}, (performance.now() - t0) / 1000);
     } finally {
       this.ticking = false;
     }
@@ -389,6 +392,8 @@ export class Deployments {
         ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
         events.push({ kind: 'instance.placed', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] v${rec.version} placed on ${rec.nodeId} (score ${p.score})`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, ports: JSON.stringify(rec.ports) } });
       }
+      this.opts.metrics?.inc('tessera_placements_total', {}, plan.placements.length);
+      this.opts.metrics?.inc('tessera_placement_failures_total', {}, plan.failures.length);
       for (const f of plan.failures) {
         const key = `${f.request.app}/${f.request.component}/${f.request.slot}`;
         if (this.lastUnplaced.get(key) === JSON.stringify(f.counts)) continue; // say it once, not every tick
@@ -517,10 +522,19 @@ export class Deployments {
   private send(nodeId: string, id: string, nowMs: number, build: () => Instruction): void {
     const last = this.sent.get(id);
     if (last && nowMs - last < RESEND_AFTER_MS) return;
-    if (this.gateway.send(nodeId, build())) {
+    const instruction = build();
+    if (this.gateway.send(nodeId, instruction)) {
       this.sent.set(id, nowMs);
+      this.opts.metrics?.inc('tessera_instructions_sent_total', { action: String(instruction.action).replace('INSTRUCTION_ACTION_', '') });
       this.log.debug({ node: nodeId, instruction: id, resend: !!last }, 'instruction sent');
     }
+  }
+
+  /** Instructions sent within the resend window whose effect agents do not report yet. */
+  pendingInstructions(nowMs = Date.now()): number {
+    let n = 0;
+    for (const at of this.sent.values()) if (nowMs - at < RESEND_AFTER_MS) n++;
+    return n;
   }
 
   onAck(nodeId: string, instructionId: string, ok: boolean, message: string): void {

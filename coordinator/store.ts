@@ -36,6 +36,7 @@ export class Store {
     readonly keys: Keys,
     private readonly leadership: Leadership,
     private readonly log: Logger,
+    private readonly metrics?: import('../common/metrics').Metrics,
   ) {}
 
   /** Commits ops and events atomically, fenced on the leader's campaign key. */
@@ -54,12 +55,15 @@ export class Store {
       }
     });
     let res;
+    const t0 = performance.now();
     try {
       res = await this.client.if(token.key, 'Create', '==', token.createRevision).then(...builders).commit();
     } catch (err) {
       throw new UnavailableError(`etcd write failed: ${(err as Error).message}`);
     }
+    this.metrics?.observe('tessera_fenced_write_seconds', {}, (performance.now() - t0) / 1000);
     if (!res.succeeded) {
+      this.metrics?.inc('tessera_fenced_writes_refused_total');
       this.leadership.demote('a fenced write was refused');
       throw new FencedError();
     }

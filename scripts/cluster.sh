@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local HA cluster on loopback ports, the same layout as production:
 #   3 etcd members       127.0.0.1:23791-23793 (peers 23801-23803)
-#   3 coordinators       127.0.0.1:7401-7403
+#   3 coordinators       127.0.0.1:7401-7403 (Prometheus /metrics on 127.0.0.1:9401-9403)
 #   N agents (AGENTS=2)  state under $DIR/agent-N
 # Logs and pids live under one folder ($TESSERA_CLUSTER_DIR, default .tessera/cluster).
 #   scripts/cluster.sh start|stop|status|restart|clean
@@ -38,7 +38,8 @@ start() {
   echo "coordinators:"
   for i in 1 2 3; do
     launch "coordinator-$i" node dist/coordinator/main.js --id "coordinator-$i" --listen "127.0.0.1:740$i" \
-      --etcd-endpoints "$ETCD_ENDPOINTS" --data-dir "$DIR/coordinator-$i" --log-level "$LOG_LEVEL" ${COORDINATOR_FLAGS:-}
+      --etcd-endpoints "$ETCD_ENDPOINTS" --data-dir "$DIR/coordinator-$i" --log-level "$LOG_LEVEL" \
+      --metrics-listen "127.0.0.1:940$i" ${COORDINATOR_FLAGS:-}
   done
   echo "agents:"
   for i in $(seq 1 "$AGENTS"); do

@@ -39,6 +39,7 @@ export class Scaler {
     private readonly registry: NodeRegistry,
     private readonly deployments: Deployments,
     private readonly log: Logger,
+    private readonly metrics?: import('../../common/metrics').Metrics,
   ) {}
 
   private key(app: string, component: string) { return `${app}/${component}`; }
@@ -282,6 +283,7 @@ export class Scaler {
   }
 
   private async record(d: ScalingDecision): Promise<void> {
+    this.metrics?.inc('tessera_scaling_decisions_total', { action: d.action ?? 'hold' });
     const k = this.key(d.app!, d.component!);
     const list = this.decisions.get(k) ?? [];
     list.push(d);

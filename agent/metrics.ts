@@ -1,0 +1,14 @@
+// The agent's Prometheus metrics (served with --metrics-listen; off by default: see common/metrics.ts).
+import type { MetricDef } from '../common/metrics';
+
+export const AGENT_METRICS: MetricDef[] = [
+  { name: 'tessera_agent_connected', help: '1 while attached to the leader', type: 'gauge' },
+  { name: 'tessera_agent_host_cpu_percent', help: 'host CPU use, percent of all cores', type: 'gauge' },
+  { name: 'tessera_agent_host_memory_used_mib', help: 'host memory in use', type: 'gauge' },
+  { name: 'tessera_agent_host_memory_total_mib', help: 'host memory', type: 'gauge' },
+  { name: 'tessera_agent_host_disk_used_mib', help: 'state dir filesystem in use', type: 'gauge' },
+  { name: 'tessera_agent_host_load1', help: 'load average over 1 minute', type: 'gauge' },
+  { name: 'tessera_agent_containers', help: 'instances on this node by state', type: 'gauge', labels: ['state'] },
+  { name: 'tessera_agent_health_check_failures_total', help: 'failed health checks', type: 'counter' },
+  { name: 'tessera_agent_restarts_total', help: 'container restarts by the restart policy', type: 'counter' },
+];

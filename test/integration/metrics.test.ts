@@ -1,0 +1,65 @@
+// /metrics on a coordinator and an agent, scraped and parsed as Prometheus would.
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { AdminClient } from '../../common/admin-client';
+import { parseMetrics } from '../../common/metrics';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
+
+async function scrape(port: number): Promise<Map<string, number>> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  expect(res.headers.get('content-type')).to.match(/^text\/plain/);
+  return parseMetrics(await res.text());
+}
+
+describe('Prometheus metrics', function () {
+  this.timeout(90_000);
+  const node = `m${randomBytes(3).toString('hex')}`;
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${node}`);
+  });
+
+  it('exposes the leader, nodes, placements, instructions and host figures', async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const [cm, am] = [await freePort(), await freePort()];
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${cm}`] });
+    await waitForLeader([c.address]);
+    fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--metrics-listen', `127.0.0.1:${am}`, '--port-range', '30000-30099'] });
+    const admin = new AdminClient([c.address]);
+    try {
+      await waitFor('node READY', async () => (await admin.listNodes()).nodes.length === 1, 20_000);
+      await admin.applyApp({ name: 'm', components: [{ name: 'x', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
+      await waitFor('running', async () => (await admin.listInstances('m')).instances.some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 20_000, 200);
+      const cmx = await waitFor('coordinator metrics', async () => {
+        const m = await scrape(cm);
+        return m.get('tessera_instances{state="RUNNING"}') === 1 ? m : undefined;
+      }, 10_000, 200);
+      expect(cmx.get('tessera_coordinator_leader')).to.equal(1);
+      expect(cmx.get('tessera_coordinator_leader_term')).to.be.greaterThan(0);
+      expect(cmx.get('tessera_coordinator_etcd_up')).to.equal(1);
+      expect(cmx.get('tessera_nodes{state="READY"}')).to.equal(1);
+      expect(cmx.get('tessera_placements_total')).to.equal(1);
+      expect(cmx.get('tessera_instructions_sent_total{action="RUN"}')).to.be.at.least(1);
+      expect(cmx.get('tessera_fenced_write_seconds_count')).to.be.greaterThan(0);
+      const amx = await waitFor('agent metrics', async () => {
+        const m = await scrape(am);
+        return m.get('tessera_agent_containers{state="RUNNING"}') === 1 ? m : undefined;
+      }, 10_000, 200);
+      expect(amx.get('tessera_agent_connected')).to.equal(1);
+      expect(amx.get('tessera_agent_host_memory_total_mib')).to.be.greaterThan(0);
+      expect(amx.has('tessera_agent_restarts_total')).to.equal(true);
+      await admin.deleteApp('m');
+    } finally {
+      admin.close();
+    }
+  });
+});
