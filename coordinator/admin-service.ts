@@ -3,7 +3,9 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { InvalidArgumentError, NotLeaderError, isServiceError, TesseraError, UnavailableError } from '../common/errors';
+import { InvalidArgumentError, NotLeaderError, isServiceError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import type { Authorizer } from './auth';
+import type { Metrics } from '../common/metrics';
 import { clientCredentials, CHANNEL_OPTIONS, deadline, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
@@ -35,9 +37,30 @@ export class AdminService {
     private readonly registry: () => NodeRegistry | undefined,
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
-    private readonly opts: { coordinatorId: string; etcdEndpoints: string[] },
+    private readonly opts: { coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics },
     private readonly log: Logger,
   ) {}
+
+  /** Every Admin handler passes through here first: a denied call is logged and counted. */
+  private guard<H extends Function>(method: string, h: H): H {
+    const auth = this.opts.auth;
+    if (!auth?.enabled) return h;
+    const log = this.log;
+    const metrics = this.opts.metrics;
+    return ((call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+      try {
+        auth.check(call.metadata, method);
+      } catch (err) {
+        const se = toServiceError(err);
+        log.warn({ method, peer: call.getPeer(), code: grpc.status[se.code!], err: se.details }, 'admin call denied');
+        metrics?.inc('tessera_admin_denied_total', { code: grpc.status[se.code!] });
+        if (callback) callback(se as grpc.ServiceError);
+        else (call as grpc.ServerWritableStream<unknown, unknown>).emit('error', se);
+        return;
+      }
+      return callback ? h(call, callback) : h(call);
+    }) as unknown as H;
+  }
 
   close(): void {
     for (const c of this.leaderClients.values()) c.close();
@@ -45,6 +68,13 @@ export class AdminService {
   }
 
   handlers(): AdminHandlers {
+    const all = this.unguarded();
+    const out: Record<string, Function> = {};
+    for (const [method, h] of Object.entries(all)) out[method] = this.guard(method, h as Function);
+    return out as unknown as AdminHandlers;
+  }
+
+  private unguarded(): AdminHandlers {
     const log = this.log;
     return {
       GetClusterStatus: unary(log, 'GetClusterStatus', () => this.clusterStatus()),

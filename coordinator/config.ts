@@ -19,6 +19,7 @@ export const COORDINATOR_SCHEMA = {
   statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (one transaction for all nodes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
   maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
+  tokensFile: { type: 'string', doc: 'Admin API tokens (YAML: tokens: [{name, role: read-only|operator, sha256|token}]); empty: Admin is open', env: 'TESSERA_TOKENS_FILE', default: '' },
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   reconcileIntervalMs: { type: 'int', doc: 'how often the leader reconciles desired against observed instances', env: 'TESSERA_RECONCILE_INTERVAL_MS', default: 500, min: 50 },
   schedulerSampleSize: { type: 'int', doc: 'feasible nodes the scheduler scores per placement (0 = adaptive: max(50, 2% of nodes))', env: 'TESSERA_SCHEDULER_SAMPLE', default: 0, min: 0 },
@@ -45,6 +46,7 @@ export interface CoordinatorConfig {
   reconcileIntervalMs: number;
   schedulerSampleSize: number;
   metricsListen: string;
+  tokensFile: string;
   etcdBinary: string;
   embeddedEtcdClientPort: number;
   embeddedEtcdPeerPort: number;

@@ -24,6 +24,7 @@ import { Store } from './store';
 import { Deployments } from './deployments';
 import { Scaler } from './scaling/scaler';
 import { Metrics } from '../common/metrics';
+import { Authorizer, loadTokens } from './auth';
 import { COORDINATOR_METRICS } from './metrics';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
@@ -141,7 +142,9 @@ export class Coordinator {
       onAttached: () => this.deployments()?.kick(),
       onInstanceEvent: (node, e) => this.onInstanceEvent(node, e),
     });
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints }, this.log.child({ part: 'admin' }));
+    const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
+    if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);

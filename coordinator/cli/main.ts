@@ -16,12 +16,14 @@ const program = new Command('tessera')
   .description('Administer a Tessera cluster')
   .option('-c, --coordinator <addresses>', 'coordinator address(es), comma-separated [env TESSERA_COORDINATOR]', process.env.TESSERA_COORDINATOR ?? '127.0.0.1:7400')
   .option('--json', 'print JSON instead of tables')
-  .option('--timeout <ms>', 'per-call timeout in ms', '10000');
+  .option('--timeout <ms>', 'per-call timeout in ms', '10000')
+  .option('--token <token>', 'Admin API token, sent as "authorization: Bearer" [env TESSERA_TOKEN]');
 
 function client(): AdminClient {
   const o = program.opts();
   const md: Record<string, string> = {};
-  if (process.env.TESSERA_TOKEN) md.authorization = `Bearer ${process.env.TESSERA_TOKEN}`;
+  const token = o.token ?? process.env.TESSERA_TOKEN;
+  if (token) md.authorization = `Bearer ${token}`;
   return new AdminClient(String(o.coordinator).split(',').map((s) => s.trim()).filter(Boolean), { timeoutMs: Number(o.timeout), metadata: md });
 }
 

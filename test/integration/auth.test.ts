@@ -1,0 +1,80 @@
+// Admin API tokens: no token is UNAUTHENTICATED, a read-only token cannot write
+// (PERMISSION_DENIED), an operator can; every denial is logged; the CLI sends the token.
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import { repoRoot } from '../../common/version';
+import { sha256 } from '../../coordinator/auth';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitFor } from '../helpers/ports';
+
+const run = promisify(execFile);
+
+describe('Admin API tokens', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let address = '';
+  const spec = { name: 'authz', components: [{ name: 'x', image: 'tessera/busybox:local', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] };
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const file = path.join(fleet.dir, 'tokens.yaml');
+    fs.writeFileSync(file, `tokens:\n  - { name: ops, role: operator, sha256: ${sha256('op-secret').toString('hex')} }\n  - { name: viewer, role: read-only, token: view-secret }\n`);
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'auth', extra: ['--tokens-file', file] });
+    address = c.address;
+    const viewer = new AdminClient([address], { metadata: { authorization: 'Bearer view-secret' }, timeoutMs: 2_000 });
+    await waitFor('a leader', async () => !!(await viewer.getClusterStatus()).leader?.id, 15_000, 200);
+    viewer.close();
+  });
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  const client = (token?: string) => new AdminClient([address], { metadata: token ? { authorization: `Bearer ${token}` } : {} });
+  const codeOf = async (p: Promise<unknown>) => (await p.then(() => grpc.status.OK, (e: grpc.ServiceError) => e.code));
+
+  it('refuses a call without a token, or with an unknown one, as UNAUTHENTICATED', async () => {
+    for (const c of [client(), client('wrong')]) {
+      expect(await codeOf(c.listNodes())).to.equal(grpc.status.UNAUTHENTICATED);
+      expect(await codeOf(c.applyApp(spec))).to.equal(grpc.status.UNAUTHENTICATED);
+      c.close();
+    }
+  });
+
+  it('lets a read-only token read but not write (PERMISSION_DENIED)', async () => {
+    const c = client('view-secret');
+    expect(await codeOf(c.getClusterStatus())).to.equal(grpc.status.OK);
+    expect(await codeOf(c.listApps())).to.equal(grpc.status.OK);
+    const err = await c.applyApp(spec).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(err.details).to.match(/token "viewer" is read-only; ApplyApp needs the operator role/);
+    expect(await codeOf(c.drainNode({ nodeId: 'n1' }))).to.equal(grpc.status.PERMISSION_DENIED);
+    c.close();
+  });
+
+  it('lets an operator token write, through the CLI too', async () => {
+    const c = client('op-secret');
+    const res = await c.applyApp(spec);
+    expect(res.app!.name).to.equal('authz');
+    c.close();
+    const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+    const out = await run(process.execPath, [cli, '-c', address, '--token', 'op-secret', 'apps']);
+    expect(out.stdout).to.contain('authz');
+    const denied = await run(process.execPath, [cli, '-c', address, 'apps']).then(() => '', (e: { stderr: string }) => e.stderr);
+    expect(denied).to.contain('UNAUTHENTICATED');
+  });
+
+  it('logs every denied call', () => {
+    const log = fs.readFileSync(fleet.procs[0].logFile, 'utf8').split('\n').filter((l) => l.includes('admin call denied'));
+    expect(log.length).to.be.at.least(5);
+    expect(log.some((l) => l.includes('PERMISSION_DENIED') && l.includes('ApplyApp'))).to.equal(true);
+  });
+});
