@@ -117,6 +117,14 @@ export class DockerRuntime {
         CpuShares: Math.max(2, Math.round((Number(spec.resources?.cpuMillis ?? 0) * 1024) / 1000)),
         Binds: binds.length ? binds : undefined,
         RestartPolicy: { Name: 'no' }, // restarts are the agent's, by the spec's policy
+        // Defaults that limit harm: never privileged, every capability dropped but those the
+        // spec asks for, no privilege escalation, the root filesystem read-only on request.
+        // Host paths are only the volumes above, all under the agent's state dir.
+        Privileged: false,
+        CapDrop: ['ALL'],
+        CapAdd: spec.capabilities?.length ? spec.capabilities : undefined,
+        SecurityOpt: ['no-new-privileges'],
+        ReadonlyRootfs: !!spec.readOnlyRoot,
         LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '2' } },
       },
     };

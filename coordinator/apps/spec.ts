@@ -111,6 +111,9 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     if (!Number.isFinite(cur) || (c.env ?? {})[t.env] === undefined) bad(`${at}.env.${t.env}`, `a tunable needs a numeric starting value in env, got ${JSON.stringify((c.env ?? {})[t.env])}`);
     else if (cur < Number(t.min) || cur > Number(t.max)) bad(`${at}.env.${t.env}`, `${cur} is outside the tunable range ${t.min}..${t.max}`);
   });
+  (c.capabilities ?? []).forEach((cap, j) => {
+    if (!/^[A-Z][A-Z_]{1,31}$/.test(cap) || cap === 'ALL') bad(`${at}.capabilities[${j}]`, `must be one capability name such as NET_BIND_SERVICE (not ALL), got ${JSON.stringify(cap)}`);
+  });
   const volNames = new Set<string>();
   (c.volumes ?? []).forEach((vol, j) => {
     if (!NAME_RE.test(vol.name ?? '')) bad(`${at}.volumes[${j}].name`, `must match ${NAME_RE.source}`);
@@ -154,6 +157,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     },
     volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
+    capabilities: [...(c.capabilities ?? [])].map((x) => x.replace(/^CAP_/, '')),
+    readOnlyRoot: !!c.readOnlyRoot,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
   };

@@ -3,6 +3,7 @@
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
 import type { Instance__Output } from '../../common/generated/tessera/v1/Instance';
 import { EtcdCluster } from '../helpers/etcd';
@@ -101,6 +102,27 @@ describe('deployments on the real Docker Engine', function () {
     // Applying the same spec again changes nothing.
     const again = await admin.applyApp(webSpec('web'));
     expect(again.changed).to.equal(false);
+  });
+
+  it('runs containers with every capability dropped, no privilege escalation, and a read-only root on request', async () => {
+    await admin.applyApp({ name: 'hard', components: [{
+      name: 'x', image: 'tessera/busybox:local', command: ['sh', '-c'], args: ['(touch /probe && echo writable || echo read-only) > /dev/stderr; exec sleep 3600'],
+      resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, readOnlyRoot: true, capabilities: ['NET_BIND_SERVICE'], stopGraceMs: 100,
+    }] });
+    await waitFor('hard running', async () => appContainers('hard').some((c) => c.state === 'running'), 20_000, 200);
+    const id = appContainers('hard')[0].id;
+    const info = JSON.parse(execFileSync('docker', ['inspect', id]).toString())[0];
+    expect(info.HostConfig.Privileged).to.equal(false);
+    expect(info.HostConfig.CapDrop).to.deep.equal(['ALL']);
+    expect(info.HostConfig.CapAdd).to.deep.equal(['NET_BIND_SERVICE']);
+    expect(info.HostConfig.SecurityOpt).to.include('no-new-privileges');
+    expect(info.HostConfig.ReadonlyRootfs).to.equal(true);
+    await waitFor('the probe result in the log', () => execFileSync('docker', ['logs', id], { stdio: ['ignore', 'pipe', 'pipe'] }).toString().length >= 0 && /read-only/.test(execFileSync('sh', ['-c', `docker logs ${id} 2>&1`]).toString()), 10_000, 200);
+    const bad = await admin.applyApp({ name: 'hard2', components: [{ name: 'x', image: 'i', resources: { cpuMillis: 10, memoryMib: 16 }, capabilities: ['ALL'] }] }).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(bad.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(bad.details).to.match(/^components\[0\]\.capabilities\[0\]: /);
+    await admin.deleteApp('hard');
+    await waitFor('hard gone', () => appContainers('hard').length === 0, 20_000, 200);
   });
 
   it('runs a component written for Node.js from the tessera/node image', async () => {
