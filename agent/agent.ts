@@ -15,6 +15,7 @@ import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
 import { Metrics } from '../common/metrics';
+import { certCommonName, loadTls, TlsMaterial } from '../common/tls';
 import { AGENT_METRICS } from './metrics';
 
 export class Agent {
@@ -32,15 +33,22 @@ export class Agent {
   private reportSoon?: NodeJS.Timeout;
   readonly metrics = new Metrics(AGENT_METRICS);
 
+  private readonly tls?: TlsMaterial;
+
   constructor(readonly config: AgentConfig, readonly log: Logger) {
-    this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId);
+    this.tls = config.insecureDev ? undefined : loadTls(config);
+    // With TLS an agent's identity is its certificate: the node id is its CN.
+    const certId = this.tls ? certCommonName(this.tls.cert) : undefined;
+    if (certId && config.nodeId && config.nodeId !== certId) log.warn({ nodeId: config.nodeId, certificate: certId }, 'nodeId differs from the certificate; the coordinators will refuse it');
+    this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId ?? certId);
+    if (config.insecureDev) log.warn('--insecure-dev: plaintext gRPC, no certificate: for a trial on loopback only');
     this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
   }
 
   async start(): Promise<void> {
     this.capacity = await hostCapacity(this.config.stateDir, this.config.cpuMillis, this.config.memoryMib);
     this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
-    this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }));
+    this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }), undefined, this.tls);
     this.conn.on('welcome', (w) => {
       if (!this.config.reportIntervalMs && w.reportIntervalMs > 0 && w.reportIntervalMs !== this.reportIntervalMs) {
         this.reportIntervalMs = w.reportIntervalMs;

@@ -54,7 +54,8 @@ export class CoordinatorConnection extends EventEmitter {
     private readonly addresses: string[],
     private readonly hello: (unreachableLeader: string) => AgentHello,
     private readonly log: Logger,
-    private readonly backoffOpts: BackoffOptions = { initialMs: 200, maxMs: 5_000, multiplier: 1.6, jitter: 0.2 },
+    private readonly backoffOpts: BackoffOptions | undefined,
+    private readonly tls?: import('../common/tls').TlsMaterial,
   ) {
     super();
   }
@@ -91,7 +92,7 @@ export class CoordinatorConnection extends EventEmitter {
   private client(address: string): AgentGatewayClient {
     let c = this.clients.get(address);
     if (!c) {
-      c = new (tesseraProto().AgentGateway)(address, clientCredentials(), CHANNEL_OPTIONS);
+      c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), CHANNEL_OPTIONS);
       this.clients.set(address, c);
     }
     return c;
@@ -105,7 +106,7 @@ export class CoordinatorConnection extends EventEmitter {
    * election moves on instead of sending us back there.
    */
   private async run(): Promise<void> {
-    const backoff = new Backoff(this.backoffOpts);
+    const backoff = new Backoff(this.backoffOpts ?? { initialMs: 200, maxMs: 5_000, multiplier: 1.6, jitter: 0.2 });
     let next = 0;
     let redirectTo: string | undefined;
     let unreachable = '';

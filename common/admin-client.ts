@@ -15,6 +15,8 @@ import type { WatchEventsRequest } from './generated/tessera/v1/WatchEventsReque
 export interface AdminClientOptions {
   timeoutMs?: number;
   metadata?: Record<string, string>;
+  /** mTLS material (an admin certificate); plaintext without it. */
+  tls?: import('./tls').TlsMaterial;
 }
 
 export class AdminClient {
@@ -24,7 +26,7 @@ export class AdminClient {
   constructor(readonly addresses: string[], private readonly opts: AdminClientOptions = {}) {
     if (!addresses.length) throw new Error('no coordinator address given');
     const Admin = tesseraProto().Admin;
-    this.clients = addresses.map((a) => new Admin(a, clientCredentials(), CHANNEL_OPTIONS));
+    this.clients = addresses.map((a) => new Admin(a, clientCredentials(opts.tls), CHANNEL_OPTIONS));
   }
 
   close(): void {

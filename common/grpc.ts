@@ -107,13 +107,14 @@ export function serverStream<Req, Res>(
   };
 }
 
-/** Channel credentials: plaintext for now; TLS is added by the security work. */
-export function clientCredentials(): grpc.ChannelCredentials {
-  return grpc.credentials.createInsecure();
+/** Mutual TLS when material is given; plaintext only when a process runs with --insecure-dev. */
+export function clientCredentials(tls?: import('./tls').TlsMaterial): grpc.ChannelCredentials {
+  return tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
 }
 
-export function serverCredentials(): grpc.ServerCredentials {
-  return grpc.ServerCredentials.createInsecure();
+/** Servers ask every client for a certificate signed by the cluster CA. */
+export function serverCredentials(tls?: import('./tls').TlsMaterial): grpc.ServerCredentials {
+  return tls ? grpc.ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true) : grpc.ServerCredentials.createInsecure();
 }
 
 /** Binds a server and resolves to the port it got (port 0 picks a free one). */

@@ -3,8 +3,9 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { InvalidArgumentError, NotLeaderError, isServiceError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { InvalidArgumentError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
+import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
 import { clientCredentials, CHANNEL_OPTIONS, deadline, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
@@ -37,19 +38,25 @@ export class AdminService {
     private readonly registry: () => NodeRegistry | undefined,
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
-    private readonly opts: { coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics },
+    private readonly opts: { coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: TlsMaterial; etcdTls?: TlsMaterial },
     private readonly log: Logger,
   ) {}
 
   /** Every Admin handler passes through here first: a denied call is logged and counted. */
   private guard<H extends Function>(method: string, h: H): H {
     const auth = this.opts.auth;
-    if (!auth?.enabled) return h;
+    const tls = !!this.opts.tls;
+    if (!auth?.enabled && !tls) return h;
     const log = this.log;
     const metrics = this.opts.metrics;
     return ((call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
       try {
-        auth.check(call.metadata, method);
+        if (tls) {
+          const peer = peerIdentity(call);
+          if (peer.role === 'agent') throw new PermissionDeniedError(`agent certificates cannot call Admin (${peer.cn})`);
+          if (peer.role !== 'admin' && peer.role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${peer.role} may not call Admin`);
+        }
+        auth?.check(call.metadata, method);
       } catch (err) {
         const se = toServiceError(err);
         log.warn({ method, peer: call.getPeer(), code: grpc.status[se.code!], err: se.details }, 'admin call denied');
@@ -169,7 +176,7 @@ export class AdminService {
   private leaderClient(address: string): AdminClient {
     let c = this.leaderClients.get(address);
     if (!c) {
-      c = new (tesseraProto().Admin)(address, clientCredentials(), CHANNEL_OPTIONS);
+      c = new (tesseraProto().Admin)(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS);
       this.leaderClients.set(address, c);
     }
     return c;
@@ -225,7 +232,7 @@ export class AdminService {
   private memberClient(endpoint: string): Etcd3 {
     let c = this.memberClients.get(endpoint);
     if (!c) {
-      c = createEtcdClient({ endpoints: [endpoint], callTimeoutMs: 800 });
+      c = createEtcdClient({ endpoints: [this.opts.etcdTls ? `https://${endpoint}` : endpoint], callTimeoutMs: 800, tls: this.opts.etcdTls });
       this.memberClients.set(endpoint, c);
     }
     return c;

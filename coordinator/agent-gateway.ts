@@ -5,7 +5,8 @@
 // a malformed message closes that stream alone with INVALID_ARGUMENT.
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { InvalidArgumentError, NotLeaderError, TesseraError, toServiceError } from '../common/errors';
+import { InvalidArgumentError, NotLeaderError, PermissionDeniedError, TesseraError, toServiceError } from '../common/errors';
+import { peerIdentity } from '../common/tls';
 import { malformedReason } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import type { AgentMessage__Output } from '../common/generated/tessera/v1/AgentMessage';
@@ -28,6 +29,8 @@ export interface GatewayOptions {
   helloTimeoutMs?: number;
   /** How long a follower holds a new stream while no leader is known. */
   leaderWaitMs?: number;
+  /** mTLS: only agent certificates may connect, and only as the node their certificate names. */
+  requireAgentCert?: boolean;
 }
 
 /** What the leader's other parts hear from agents. */
@@ -169,6 +172,11 @@ export class AgentGateway {
       throw InvalidArgumentError.field('hello.nodeId', `must match ${NODE_ID_RE.source}, got ${JSON.stringify(h.nodeId)}`);
     }
     if (!h.hostname) throw InvalidArgumentError.field('hello.hostname', 'must not be empty');
+    if (this.opts.requireAgentCert) {
+      const peer = peerIdentity(s.call);
+      if (peer.role !== 'agent') throw new PermissionDeniedError(`only agent certificates may connect here (this one is ${peer.role})`);
+      if (peer.cn !== h.nodeId) throw new PermissionDeniedError(`the certificate is for node "${peer.cn}"; it cannot report as "${h.nodeId}"`);
+    }
     s.nodeId = h.nodeId;
 
     let registry = this.registry();

@@ -25,6 +25,7 @@ import { Deployments } from './deployments';
 import { Scaler } from './scaling/scaler';
 import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
+import { loadTls, TlsMaterial } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
@@ -105,6 +106,7 @@ export class Coordinator {
   private stopping = false;
   port = 0;
   readonly metrics = new Metrics(COORDINATOR_METRICS);
+  private tls?: TlsMaterial;
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
@@ -131,11 +133,14 @@ export class Coordinator {
       this.embedded = await startEmbeddedEtcd({ dataDir: cfg.dataDir, binary: cfg.etcdBinary, clientPort: cfg.embeddedEtcdClientPort, peerPort: cfg.embeddedEtcdPeerPort, log: this.log });
       endpoints = [this.embedded.endpoint];
     }
-    this.etcd = createEtcdClient({ endpoints });
+    this.tls = cfg.insecureDev ? undefined : loadTls(cfg);
+    const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
+    if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
+    this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
     this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
     this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
-      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs,
+      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls,
     }, this.log.child({ part: 'gateway' }));
     this.gateway.addListener({
       onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
@@ -144,7 +149,7 @@ export class Coordinator {
     });
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);
@@ -153,7 +158,7 @@ export class Coordinator {
     this.health.addToServer(this.server);
     new ReflectionService(reflectablePackageDefinition()).addToServer(this.server);
     this.setHealth('NOT_SERVING');
-    this.port = await bind(this.server, cfg.listen, serverCredentials());
+    this.port = await bind(this.server, cfg.listen, serverCredentials(this.tls));
     this.log.info({ listen: cfg.listen, port: this.port, advertise: cfg.advertise, etcd: endpoints }, 'coordinator listening');
 
     if (cfg.metricsListen) {

@@ -4,6 +4,8 @@
 #   3 coordinators       127.0.0.1:7401-7403 (Prometheus /metrics on 127.0.0.1:9401-9403)
 #   N agents (AGENTS=2)  state under $DIR/agent-N
 # Logs and pids live under one folder ($TESSERA_CLUSTER_DIR, default .tessera/cluster).
+# It runs plaintext (--insecure-dev, loopback only; the logs warn). For mTLS, make certificates
+# with scripts/make-certs.sh and pass them in COORDINATOR_FLAGS and AGENT_FLAGS.
 #   scripts/cluster.sh start|stop|status|restart|clean
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,13 +41,13 @@ start() {
   for i in 1 2 3; do
     launch "coordinator-$i" node dist/coordinator/main.js --id "coordinator-$i" --listen "127.0.0.1:740$i" \
       --etcd-endpoints "$ETCD_ENDPOINTS" --data-dir "$DIR/coordinator-$i" --log-level "$LOG_LEVEL" \
-      --metrics-listen "127.0.0.1:940$i" ${COORDINATOR_FLAGS:-}
+      --metrics-listen "127.0.0.1:940$i" ${COORDINATOR_FLAGS:---insecure-dev}
   done
   echo "agents:"
   for i in $(seq 1 "$AGENTS"); do
     launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
       --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" \
-      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" ${AGENT_FLAGS:-}
+      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" ${AGENT_FLAGS:---insecure-dev}
   done
   echo
   echo "cluster up. try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"

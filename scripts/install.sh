@@ -67,6 +67,10 @@ if [ ! -f "$CONF" ]; then
 coordinators: [$(echo "$COORDINATORS" | sed 's/,/, /g')]
 stateDir: /var/lib/tessera
 logLevel: info
+# mTLS (scripts/make-certs.sh): the agent's certificate is its identity (CN = node id).
+tlsCa: /etc/tessera/tls/ca.pem
+tlsCert: /etc/tessera/tls/agent.pem
+tlsKey: /etc/tessera/tls/agent-key.pem
 # labels: { rack: r1 }
 # portRange: 20000-32000
 CFG
@@ -77,6 +81,11 @@ listen: $LISTEN
 etcdEndpoints: [$(echo "$ETCD" | sed 's/,/, /g')]
 dataDir: /var/lib/tessera/coordinator
 logLevel: info
+tlsCa: /etc/tessera/tls/ca.pem
+tlsCert: /etc/tessera/tls/coordinator.pem
+tlsKey: /etc/tessera/tls/coordinator-key.pem
+# etcd over TLS: etcdCa, etcdCert, etcdKey (and https:// endpoints)
+# tokensFile: /etc/tessera/tokens.yaml
 CFG
   fi
   chmod 0640 "$CONF"
@@ -93,6 +102,7 @@ if [ -z "$ROOT" ]; then
   if [ "$ROLE" = agent ]; then getent group docker >/dev/null && usermod -aG docker tessera; fi
   chown -R tessera:tessera /var/lib/tessera
   chgrp tessera "$CONF"
+  if [ -d /etc/tessera/tls ]; then chgrp -R tessera /etc/tessera/tls; chmod 0640 /etc/tessera/tls/*-key.pem 2>/dev/null || true; fi
 fi
 if [ "$live" = 1 ]; then
   systemctl daemon-reload

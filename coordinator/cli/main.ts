@@ -7,6 +7,7 @@ import { AdminClient } from '../../common/admin-client';
 import { ago, enumName, table } from '../../common/table';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
+import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
 import type { Event__Output } from '../../common/generated/tessera/v1/Event';
@@ -17,14 +18,19 @@ const program = new Command('tessera')
   .option('-c, --coordinator <addresses>', 'coordinator address(es), comma-separated [env TESSERA_COORDINATOR]', process.env.TESSERA_COORDINATOR ?? '127.0.0.1:7400')
   .option('--json', 'print JSON instead of tables')
   .option('--timeout <ms>', 'per-call timeout in ms', '10000')
-  .option('--token <token>', 'Admin API token, sent as "authorization: Bearer" [env TESSERA_TOKEN]');
+  .option('--token <token>', 'Admin API token, sent as "authorization: Bearer" [env TESSERA_TOKEN]')
+  .option('--ca <file>', 'cluster CA for TLS [env TESSERA_CA]')
+  .option('--cert <file>', 'admin certificate for TLS [env TESSERA_CERT]')
+  .option('--key <file>', 'admin key for TLS [env TESSERA_KEY]');
 
 function client(): AdminClient {
   const o = program.opts();
   const md: Record<string, string> = {};
   const token = o.token ?? process.env.TESSERA_TOKEN;
   if (token) md.authorization = `Bearer ${token}`;
-  return new AdminClient(String(o.coordinator).split(',').map((s) => s.trim()).filter(Boolean), { timeoutMs: Number(o.timeout), metadata: md });
+  const ca = o.ca ?? process.env.TESSERA_CA;
+  const tls = ca ? loadTls({ tlsCa: ca, tlsCert: o.cert ?? process.env.TESSERA_CERT, tlsKey: o.key ?? process.env.TESSERA_KEY }, '--') : undefined;
+  return new AdminClient(String(o.coordinator).split(',').map((s) => s.trim()).filter(Boolean), { timeoutMs: Number(o.timeout), metadata: md, tls });
 }
 
 function out(obj: unknown, render: () => string): void {

@@ -16,23 +16,28 @@ export interface EtcdMemberProc {
 }
 
 export class EtcdCluster {
-  private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string) {}
+  private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string, readonly certs?: string) {}
 
-  static async start(size = 1): Promise<EtcdCluster> {
+  /** size members; with certs (scripts/make-certs.sh output) clients must use TLS with a CA-signed certificate. */
+  static async start(size = 1, certs?: string): Promise<EtcdCluster> {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-etcd-'));
     const members: EtcdMemberProc[] = [];
     for (let i = 0; i < size; i++) {
       members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: path.join(root, `m${i}`) });
     }
     const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
-    const c = new EtcdCluster(members, initialCluster, root);
+    const c = new EtcdCluster(members, initialCluster, root, certs);
     for (let i = 0; i < size; i++) c.spawn(i);
     await waitFor('etcd to answer', () => c.healthy(), 30_000, 200);
     return c;
   }
 
   get endpoints(): string[] {
-    return this.members.map((m) => `127.0.0.1:${m.clientPort}`);
+    return this.members.map((m) => `${this.certs ? 'https://' : ''}127.0.0.1:${m.clientPort}`);
+  }
+
+  private get scheme(): string {
+    return this.certs ? 'https' : 'http';
   }
 
   spawn(i: number): void {
@@ -40,7 +45,8 @@ export class EtcdCluster {
     const log = fs.openSync(path.join(this.root, `${m.name}.log`), 'a');
     m.proc = spawn('etcd', [
       '--name', m.name, '--data-dir', m.dataDir,
-      '--listen-client-urls', `http://127.0.0.1:${m.clientPort}`, '--advertise-client-urls', `http://127.0.0.1:${m.clientPort}`,
+      '--listen-client-urls', `${this.scheme}://127.0.0.1:${m.clientPort}`, '--advertise-client-urls', `${this.scheme}://127.0.0.1:${m.clientPort}`,
+      ...(this.certs ? ['--cert-file', path.join(this.certs, 'etcd.pem'), '--key-file', path.join(this.certs, 'etcd-key.pem'), '--trusted-ca-file', path.join(this.certs, 'ca.pem'), '--client-cert-auth'] : []),
       '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
       '--initial-cluster', this.initialCluster, '--initial-cluster-state', 'new',
       '--heartbeat-interval', '100', '--election-timeout', '1000', '--logger', 'zap',
@@ -48,7 +54,8 @@ export class EtcdCluster {
   }
 
   async healthy(): Promise<boolean> {
-    const c = createEtcdClient({ endpoints: this.endpoints, callTimeoutMs: 1_000 });
+    const tls = this.certs ? { ca: fs.readFileSync(path.join(this.certs, 'ca.pem')), cert: fs.readFileSync(path.join(this.certs, 'coordinator.pem')), key: fs.readFileSync(path.join(this.certs, 'coordinator-key.pem')) } : undefined;
+    const c = createEtcdClient({ endpoints: this.endpoints, callTimeoutMs: 1_000, tls });
     try {
       await withTimeout(c.get('health').exec(), 1_500, 'etcd get');
       return true;

@@ -63,6 +63,8 @@ export interface CoordinatorOptions {
   extra?: string[];
   /** Reuse a port (a restarted coordinator at the address agents know). */
   port?: number;
+  /** Certificates dir (scripts/make-certs.sh); without it the process runs --insecure-dev. */
+  certs?: string;
 }
 
 export interface AgentOptions {
@@ -71,6 +73,8 @@ export interface AgentOptions {
   reportIntervalMs?: number;
   extra?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Certificates: [ca, cert, key] file paths; without them the agent runs --insecure-dev. */
+  tls?: [string, string, string];
 }
 
 /** A folder of processes for one test, all killed at the end. */
@@ -89,6 +93,7 @@ export class Fleet {
       '--report-interval-ms', String(o.reportIntervalMs ?? 500),
       '--status-persist-interval-ms', '500',
       '--data-dir', path.join(this.dir, id),
+      ...(o.certs ? ['--tls-ca', path.join(o.certs, 'ca.pem'), '--tls-cert', path.join(o.certs, 'coordinator.pem'), '--tls-key', path.join(o.certs, 'coordinator-key.pem')] : ['--insecure-dev']),
       ...(o.extra ?? []),
     ];
     const p = Object.assign(new Proc(id, 'coordinator/main.js', args, path.join(this.dir, `${id}.log`)), { address: `127.0.0.1:${port}`, id });
@@ -99,7 +104,8 @@ export class Fleet {
   agent(o: AgentOptions): Proc & { nodeId: string; stateDir: string } {
     const nodeId = o.nodeId ?? `n${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
     const stateDir = path.join(this.dir, `agent-${nodeId}`);
-    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []), ...(o.extra ?? [])];
+    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []),
+      ...(o.tls ? ['--tls-ca', o.tls[0], '--tls-cert', o.tls[1], '--tls-key', o.tls[2]] : ['--insecure-dev']), ...(o.extra ?? [])];
     const p = Object.assign(new Proc(nodeId, 'agent/main.js', args, path.join(this.dir, `agent-${nodeId}.log`), o.env), { nodeId, stateDir });
     this.procs.push(p.start());
     return p;

@@ -49,8 +49,8 @@ describe('install as systemd services (temp root)', function () {
     etcd = await EtcdCluster.start(1);
     const port = await freePort();
     const confDir = path.join(root, 'etc/tessera');
-    fs.writeFileSync(path.join(confDir, 'coordinator.yaml'), `listen: 127.0.0.1:${port}\netcdEndpoints: [${etcd.endpoints[0]}]\ndataDir: ${path.join(root, 'var/lib/tessera/coordinator')}\nlogLevel: warn\n`);
-    fs.writeFileSync(path.join(confDir, 'agent.yaml'), `coordinators: [127.0.0.1:${port}]\nstateDir: ${path.join(root, 'var/lib/tessera')}\nnodeId: installed\ntaskListen: 127.0.0.1:0\nlogLevel: warn\n`);
+    fs.writeFileSync(path.join(confDir, 'coordinator.yaml'), `listen: 127.0.0.1:${port}\netcdEndpoints: [${etcd.endpoints[0]}]\ndataDir: ${path.join(root, 'var/lib/tessera/coordinator')}\nlogLevel: warn\ninsecureDev: true\n`);
+    fs.writeFileSync(path.join(confDir, 'agent.yaml'), `coordinators: [127.0.0.1:${port}]\nstateDir: ${path.join(root, 'var/lib/tessera')}\nnodeId: installed\ntaskListen: 127.0.0.1:0\nlogLevel: warn\ninsecureDev: true\n`);
     const bin = (role: string) => path.join(root, 'opt/tessera/dist', role, 'main.js');
     const coord = spawn(process.execPath, [bin('coordinator'), '--config', path.join(confDir, 'coordinator.yaml')], { stdio: 'ignore' });
     const agent = spawn(process.execPath, [bin('agent'), '--config', path.join(confDir, 'agent.yaml')], { stdio: 'ignore' });

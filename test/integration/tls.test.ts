@@ -1,0 +1,111 @@
+// Mutual TLS: etcd with client certificates, coordinators and agents with certificates from one
+// CA. An agent without a valid certificate is refused; an agent cannot report as another node;
+// agent certificates cannot call Admin; without certificates a process refuses to start unless
+// told --insecure-dev.
+import { expect } from 'chai';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import { clientCredentials } from '../../common/grpc';
+import { tesseraProto } from '../../common/proto';
+import { loadTls } from '../../common/tls';
+import { repoRoot } from '../../common/version';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitFor } from '../helpers/ports';
+
+describe('mutual TLS', function () {
+  this.timeout(90_000);
+  const certs = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+  const other = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-other-ca-'));
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let address = '';
+  const f = (n: string) => path.join(certs, n);
+  const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
+  const admin = () => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000 });
+
+  before(async () => {
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'n1,n2']);
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), other, '--nodes', 'n1']);
+    etcd = await EtcdCluster.start(1, certs);
+    fleet = new Fleet();
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem')] });
+    address = c.address;
+    const a = admin();
+    await waitFor('a leader over TLS', async () => !!(await a.getClusterStatus()).leader?.id, 20_000, 200);
+    a.close();
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+    fs.rmSync(certs, { recursive: true, force: true });
+    fs.rmSync(other, { recursive: true, force: true });
+  });
+
+  it('registers an agent by its certificate (node id = CN), with etcd over TLS too', async () => {
+    fleet.agent({ coordinators: [address], nodeId: 'n1', tls: [f('ca.pem'), f('agent-n1.pem'), f('agent-n1-key.pem')] });
+    const a = admin();
+    try {
+      await waitFor('n1 READY', async () => (await a.getNode('n1')).state === 'NODE_STATE_READY', 20_000, 200);
+      const st = await a.getClusterStatus();
+      expect(st.etcd[0].healthy).to.equal(true);
+    } finally {
+      a.close();
+    }
+  });
+
+  it('refuses an agent without a certificate, or with one from another CA', async () => {
+    const gw = (creds: grpc.ChannelCredentials) => new (tesseraProto().AgentGateway)(address, creds);
+    const tryHello = (creds: grpc.ChannelCredentials) => new Promise<grpc.ServiceError>((resolve) => {
+      const c = gw(creds);
+      const call = c.Connect({ deadline: Date.now() + 3_000 });
+      call.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
+      call.on('data', () => {});
+      call.write({ hello: { nodeId: 'n1', hostname: 'h' } });
+    });
+    const plain = await tryHello(grpc.credentials.createInsecure());
+    expect(plain.code).to.equal(grpc.status.UNAVAILABLE);
+    const foreign = await tryHello(clientCredentials(loadTls({ tlsCa: f('ca.pem'), tlsCert: path.join(other, 'agent-n1.pem'), tlsKey: path.join(other, 'agent-n1-key.pem') })));
+    expect(foreign.code).to.equal(grpc.status.UNAVAILABLE);
+  });
+
+  it('refuses an agent that reports as another node', async () => {
+    const c = new (tesseraProto().AgentGateway)(address, clientCredentials(material('agent-n2')));
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      const call = c.Connect();
+      call.on('error', resolve);
+      call.on('data', () => {});
+      call.write({ hello: { nodeId: 'n1', hostname: 'h' } });
+    });
+    c.close();
+    expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(err.details).to.equal('the certificate is for node "n2"; it cannot report as "n1"');
+  });
+
+  it('does not let agent certificates call Admin', async () => {
+    const c = new AdminClient([address], { tls: material('agent-n1') });
+    const err = await c.listNodes().catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    c.close();
+    expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(err.details).to.match(/agent certificates cannot call Admin/);
+  });
+
+  it('refuses to start without certificates unless told --insecure-dev, and warns when told', () => {
+    const bin = path.join(repoRoot(), 'dist/coordinator/main.js');
+    const r = spawnSync(process.execPath, [bin, '--etcd-endpoints', '127.0.0.1:1'], { encoding: 'utf8' });
+    expect(r.status).to.equal(2);
+    expect(r.stderr).to.contain('tlsCert: TLS is required: give tlsCa, tlsCert and tlsKey');
+    const agent = spawnSync(process.execPath, [path.join(repoRoot(), 'dist/agent/main.js')], { encoding: 'utf8' });
+    expect(agent.status).to.equal(2);
+    expect(agent.stderr).to.contain('tlsCert: TLS is required');
+    const log = fs.readFileSync(fleet.procs.find((p) => p.name === 'n1')!.logFile, 'utf8');
+    expect(log).to.not.contain('insecure-dev');
+  });
+});
