@@ -4,8 +4,8 @@
 #   3 coordinators       127.0.0.1:7401-7403 (Prometheus /metrics on 127.0.0.1:9401-9403)
 #   N agents (AGENTS=2)  state under $DIR/agent-N
 # Logs and pids live under one folder ($TESSERA_CLUSTER_DIR, default .tessera/cluster).
-# It runs plaintext (--insecure-dev, loopback only; the logs warn). For mTLS, make certificates
-# with scripts/make-certs.sh and pass them in COORDINATOR_FLAGS and AGENT_FLAGS.
+# It runs plaintext (--insecure-dev, loopback only; the logs warn), or with TESSERA_SECURE=1 with
+# mutual TLS (a local CA under $DIR/certs) and an operator token ($DIR/token).
 #   scripts/cluster.sh start|stop|status|restart|clean
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,22 @@ launch() { # name cmd...
   echo "  $name started (pid $!), log $DIR/logs/$name.log"
 }
 
+secure_flags() {
+  # TESSERA_SECURE=1: certificates from a local CA and an operator token, as on a real fleet.
+  local certs=$DIR/certs nodes=""
+  for i in $(seq 1 "$AGENTS"); do nodes+="node-$i,"; done
+  [ -f "$certs/ca.pem" ] || bash scripts/make-certs.sh "$certs" --nodes "${nodes%,}" >/dev/null
+  if [ ! -f "$DIR/token" ]; then
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/token"
+    printf 'tokens:\n  - { name: local-operator, role: operator, token: %s }\n' "$(cat "$DIR/token")" > "$DIR/tokens.yaml"
+  fi
+  COORDINATOR_TLS="--tls-ca $certs/ca.pem --tls-cert $certs/coordinator.pem --tls-key $certs/coordinator-key.pem --tokens-file $DIR/tokens.yaml"
+}
+
 start() {
   [ -f dist/coordinator/main.js ] || { echo "not built: run scripts/setup.sh first" >&2; exit 1; }
+  COORDINATOR_TLS="--insecure-dev"
+  [ "${TESSERA_SECURE:-0}" = 1 ] && secure_flags
   echo "etcd members:"
   local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
   for i in 1 2 3; do
@@ -41,16 +55,24 @@ start() {
   for i in 1 2 3; do
     launch "coordinator-$i" node dist/coordinator/main.js --id "coordinator-$i" --listen "127.0.0.1:740$i" \
       --etcd-endpoints "$ETCD_ENDPOINTS" --data-dir "$DIR/coordinator-$i" --log-level "$LOG_LEVEL" \
-      --metrics-listen "127.0.0.1:940$i" ${COORDINATOR_FLAGS:---insecure-dev}
+      --metrics-listen "127.0.0.1:940$i" $COORDINATOR_TLS ${COORDINATOR_FLAGS:-}
   done
   echo "agents:"
   for i in $(seq 1 "$AGENTS"); do
+    local agent_tls="--insecure-dev"
+    [ "${TESSERA_SECURE:-0}" = 1 ] && agent_tls="--tls-ca $DIR/certs/ca.pem --tls-cert $DIR/certs/agent-node-$i.pem --tls-key $DIR/certs/agent-node-$i-key.pem"
     launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
       --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" \
-      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" ${AGENT_FLAGS:---insecure-dev}
+      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" $agent_tls ${AGENT_FLAGS:-}
   done
   echo
-  echo "cluster up. try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"
+  if [ "${TESSERA_SECURE:-0}" = 1 ]; then
+    echo "cluster up with mTLS and tokens. try:"
+    echo "  export TESSERA_CA=$DIR/certs/ca.pem TESSERA_CERT=$DIR/certs/admin.pem TESSERA_KEY=$DIR/certs/admin-key.pem TESSERA_TOKEN=\$(cat $DIR/token)"
+    echo "  node dist/coordinator/cli/main.js -c $COORDINATORS status"
+  else
+    echo "cluster up (plaintext on loopback: --insecure-dev). try:  node dist/coordinator/cli/main.js -c $COORDINATORS status"
+  fi
 }
 
 stop() {

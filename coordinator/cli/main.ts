@@ -221,4 +221,7 @@ program.command('events').description('cluster events (placements, node states, 
     });
   }));
 
+// grpc-js sets the TLS server name to an IP address, which Node flags as deprecated on every
+// call; it is not something an operator can act on.
+process.noDeprecation = true;
 program.parseAsync(process.argv);

@@ -62,7 +62,7 @@ describe('config compilation', () => {
 
 describe('coordinator config', () => {
   it('defaults advertise to listen and derives an id', () => {
-    const c = compileCoordinatorConfig([{ source: 'flag', values: { listen: '127.0.0.1:7555' } }]);
+    const c = compileCoordinatorConfig([{ source: 'flag', values: { listen: '127.0.0.1:7555', insecureDev: true } }]);
     expect(c.advertise).to.equal('127.0.0.1:7555');
     expect(c.id).to.match(/-7555$/);
     expect(c.etcdEndpoints).to.deep.equal([]);
@@ -78,20 +78,31 @@ describe('coordinator config', () => {
   ];
   for (const [name, values, field] of bad) {
     it(`refuses ${name}`, () => {
-      const v = violations(() => compileCoordinatorConfig([{ source: 'flag', values }]));
+      const v = violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, ...values } }]));
       expect(v.some((s) => s.startsWith(field + ':')), v.join('; ')).to.equal(true);
     });
   }
 });
 
+describe('TLS is the default', () => {
+  it('refuses a coordinator or an agent without certificates unless insecureDev', () => {
+    expect(violations(() => compileCoordinatorConfig([]))).to.deep.equal(['tlsCert: TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial']);
+    expect(violations(() => compileAgentConfig([])).map((x) => x.split(':')[0])).to.deep.equal(['tlsCert']);
+    expect(compileAgentConfig([{ source: 'flag', values: { tlsCa: 'a', tlsCert: 'b', tlsKey: 'c' } }]).insecureDev).to.equal(false);
+  });
+  it('wants the three etcd TLS files together', () => {
+    expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, etcdCa: 'ca.pem' } }])).map((x) => x.split(':')[0])).to.deep.equal(['etcdCa']);
+  });
+});
+
 describe('agent config', () => {
   it('accepts a list of coordinators and labels', () => {
-    const c = compileAgentConfig([{ source: 'env', values: { coordinators: '127.0.0.1:1,127.0.0.1:2', labels: 'zone=a' } }]);
+    const c = compileAgentConfig([{ source: 'env', values: { coordinators: '127.0.0.1:1,127.0.0.1:2', labels: 'zone=a', insecureDev: 'true' } }]);
     expect(c.coordinators).to.deep.equal(['127.0.0.1:1', '127.0.0.1:2']);
     expect(c.labels).to.deep.equal({ zone: 'a' });
   });
   it('refuses a bad node id and a bad coordinator address', () => {
-    const v = violations(() => compileAgentConfig([{ source: 'flag', values: { nodeId: '-x', coordinators: 'nope' } }]));
+    const v = violations(() => compileAgentConfig([{ source: 'flag', values: { nodeId: '-x', coordinators: 'nope', insecureDev: true } }]));
     expect(v.map((s) => s.split(':')[0]).sort()).to.deep.equal(['coordinators[0]', 'nodeId']);
   });
 });
