@@ -1,0 +1,129 @@
+// The job scheduler's path choice (the second seed's "optimal execution path"), as a pure
+// function: for a pipeline of stages, pick one instance per stage (and, where a stage offers
+// alternative kinds, the kind) minimising the cost of the whole path:
+//
+//   instance cost = measured latency (peak EWMA) x its cost hint x (1 + in flight + queued)
+//   hop cost      = sameHostHopMs when two consecutive steps share a host, else hopMs
+//
+// The hop term couples neighbouring stages, so the path is solved as a whole (a Viterbi pass
+// over the stages), not stage by stage: a slightly slower instance next to the previous step
+// can beat a faster one across the network. This module is the start of issue 5; the job
+// runner, records and the Admin API build on it.
+
+export interface Candidate {
+  instanceId: string;
+  kind: string;
+  nodeId: string;
+  /** Peak-EWMA latency of one step on this instance, ms. */
+  latencyMs: number;
+  inFlight: number;
+  queueDepth: number;
+  healthy: boolean;
+  /** At its admission bound: takes no more work now. */
+  saturated?: boolean;
+}
+
+export interface StageAlternative {
+  kind: string;
+  /** Multiplies the latency of instances of this kind (e.g. 0.5: expected twice as fast here). */
+  costHint?: number;
+}
+
+export interface Stage {
+  name: string;
+  alternatives: StageAlternative[];
+}
+
+export interface PathOptions {
+  hopMs: number;
+  sameHostHopMs: number;
+  /** Where the job enters (the node of the first hop's sender), if known. */
+  originNodeId?: string;
+  /** Instances to leave out (a retry after a failure on them). */
+  exclude?: ReadonlySet<string>;
+  /** Per stage, keep only the cheapest this many instances before the path search. */
+  topK?: number;
+}
+
+export interface PathStep {
+  stage: string;
+  kind: string;
+  instanceId: string;
+  nodeId: string;
+  /** This step's instance cost plus the hop into it. */
+  costMs: number;
+}
+
+export interface PathChoice {
+  steps: PathStep[];
+  totalMs: number;
+}
+
+export class NoPathError extends Error {
+  constructor(readonly stage: string, readonly why: string) {
+    super(`stage "${stage}": ${why}`);
+  }
+}
+
+export function instanceCost(c: Candidate, hint = 1): number {
+  return Math.max(0.001, c.latencyMs) * hint * (1 + c.inFlight + c.queueDepth);
+}
+
+export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOptions): PathChoice {
+  type Node = { c: Candidate; own: number; best: number; prev: number };
+  const layers: Node[][] = stages.map((s) => {
+    const kinds = new Map(s.alternatives.map((a) => [a.kind, a.costHint ?? 1]));
+    const pool = candidates.filter((c) => kinds.has(c.kind));
+    const usable = pool.filter((c) => c.healthy && !c.saturated && !o.exclude?.has(c.instanceId));
+    if (!usable.length) {
+      const why = !pool.length
+        ? `no instance of ${s.alternatives.map((a) => a.kind).join(' or ')} is registered`
+        : `none of ${pool.length} instance(s) of ${[...kinds.keys()].join(' or ')} can take work (${pool.filter((c) => !c.healthy).length} unhealthy, ${pool.filter((c) => c.saturated).length} saturated, ${pool.filter((c) => o.exclude?.has(c.instanceId)).length} excluded)`;
+      throw new NoPathError(s.name, why);
+    }
+    const nodes = usable.map((c) => ({ c, own: instanceCost(c, kinds.get(c.kind)), best: Infinity, prev: -1 }));
+    nodes.sort((a, b) => a.own - b.own);
+    return o.topK ? keepLocalOptions(nodes, o.topK) : nodes;
+  });
+  const hop = (from: string | undefined, to: string) => (from === undefined ? 0 : from === to ? o.sameHostHopMs : o.hopMs);
+  for (const n of layers[0]) n.best = n.own + hop(o.originNodeId, n.c.nodeId);
+  for (let i = 1; i < layers.length; i++) {
+    for (const n of layers[i]) {
+      for (let j = 0; j < layers[i - 1].length; j++) {
+        const p = layers[i - 1][j];
+        const v = p.best + hop(p.c.nodeId, n.c.nodeId) + n.own;
+        if (v < n.best) {
+          n.best = v;
+          n.prev = j;
+        }
+      }
+    }
+  }
+  const last = layers[layers.length - 1];
+  let k = last.reduce((bi, n, i) => (n.best < last[bi].best ? i : bi), 0);
+  const steps: PathStep[] = [];
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const n = layers[i][k];
+    const prevNode = i > 0 ? layers[i - 1][n.prev].c.nodeId : o.originNodeId;
+    steps.unshift({ stage: stages[i].name, kind: n.c.kind, instanceId: n.c.instanceId, nodeId: n.c.nodeId, costMs: round(n.own + hop(prevNode, n.c.nodeId)) });
+    k = n.prev;
+  }
+  return { steps, totalMs: round(last.reduce((m, n) => Math.min(m, n.best), Infinity)) };
+}
+
+/** Keeps the k cheapest, plus the cheapest on every node among them (locality options). */
+function keepLocalOptions<T extends { c: Candidate; own: number }>(sorted: T[], k: number): T[] {
+  const keep = sorted.slice(0, k);
+  const nodes = new Set(keep.map((n) => n.c.nodeId));
+  for (const n of sorted.slice(k)) {
+    if (!nodes.has(n.c.nodeId)) {
+      keep.push(n);
+      nodes.add(n.c.nodeId);
+    }
+  }
+  return keep;
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}

@@ -1,0 +1,47 @@
+import { expect } from 'chai';
+import { Candidate, choosePath, NoPathError, Stage } from '../../coordinator/jobs/path';
+
+const c = (instanceId: string, kind: string, nodeId: string, latencyMs: number, over: Partial<Candidate> = {}): Candidate => ({ instanceId, kind, nodeId, latencyMs, inFlight: 0, queueDepth: 0, healthy: true, ...over });
+const stage = (name: string, ...kinds: (string | [string, number])[]): Stage => ({ name, alternatives: kinds.map((k) => (Array.isArray(k) ? { kind: k[0], costHint: k[1] } : { kind: k })) });
+const opts = { hopMs: 2, sameHostHopMs: 0.1 };
+const ids = (p: ReturnType<typeof choosePath>) => p.steps.map((s) => s.instanceId);
+
+describe('job path choice', () => {
+  it('avoids a slower instance', () => {
+    const p = choosePath([stage('a', 'A')], [c('slow', 'A', 'h1', 10), c('fast', 'A', 'h1', 1)], opts);
+    expect(ids(p)).to.deep.equal(['fast']);
+  });
+  it('counts work in flight and queued (peak-EWMA style)', () => {
+    const p = choosePath([stage('a', 'A')], [c('busy', 'A', 'h1', 1, { inFlight: 5 }), c('idle', 'A', 'h1', 2)], opts);
+    expect(ids(p)).to.deep.equal(['idle']);
+  });
+  it('prefers locality when the hop costs more than the difference', () => {
+    const p = choosePath([stage('a', 'A'), stage('b', 'B')], [c('a1', 'A', 'h1', 1), c('b-far', 'B', 'h2', 1), c('b-near', 'B', 'h1', 1.5)], opts);
+    expect(ids(p)).to.deep.equal(['a1', 'b-near']);
+  });
+  it('solves the whole path, not stage by stage', () => {
+    // Greedy takes a-fast (h1) then pays a hop to b on h2; the path through a-h2 is cheaper.
+    const cands = [c('a-fast', 'A', 'h1', 1), c('a-h2', 'A', 'h2', 1.5), c('b', 'B', 'h2', 1), c('c', 'C', 'h2', 1)];
+    const p = choosePath([stage('a', 'A'), stage('b', 'B'), stage('c', 'C')], cands, opts);
+    expect(ids(p)).to.deep.equal(['a-h2', 'b', 'c']);
+    expect(p.totalMs).to.equal(3.7);
+  });
+  it('chooses between alternative kinds by their cost hint', () => {
+    const cands = [c('row', 'executor-row', 'h1', 4), c('vec', 'executor-vector', 'h1', 4)];
+    expect(ids(choosePath([stage('exec', 'executor-row', ['executor-vector', 0.25])], cands, opts))).to.deep.equal(['vec']);
+    expect(ids(choosePath([stage('exec', ['executor-row', 0.5], ['executor-vector', 2])], cands, opts))).to.deep.equal(['row']);
+  });
+  it('leaves out unhealthy, saturated and excluded (retried) instances', () => {
+    const cands = [c('sick', 'A', 'h1', 0.1, { healthy: false }), c('full', 'A', 'h1', 0.1, { saturated: true }), c('failed-before', 'A', 'h1', 0.1), c('ok', 'A', 'h2', 5)];
+    expect(ids(choosePath([stage('a', 'A')], cands, { ...opts, exclude: new Set(['failed-before']) }))).to.deep.equal(['ok']);
+  });
+  it('names the stage that has no usable instance', () => {
+    expect(() => choosePath([stage('parse', 'parser'), stage('plan', 'planner')], [c('p', 'parser', 'h1', 1)], opts)).to.throw(NoPathError, 'stage "plan": no instance of planner is registered');
+    expect(() => choosePath([stage('plan', 'planner')], [c('x', 'planner', 'h1', 1, { healthy: false })], opts)).to.throw(NoPathError, /none of 1 instance\(s\) of planner can take work \(1 unhealthy/);
+  });
+  it('keeps a local option when trimming to the top K', () => {
+    const cands = [c('a', 'A', 'h9', 1), ...Array.from({ length: 10 }, (_, i) => c(`b${i}`, 'B', 'h1', 1)), c('b-local', 'B', 'h9', 1.05)];
+    const p = choosePath([stage('a', 'A'), stage('b', 'B')], cands, { ...opts, topK: 3 });
+    expect(ids(p)).to.deep.equal(['a', 'b-local']);
+  });
+});
