@@ -26,14 +26,16 @@ describe('mutual TLS', function () {
   let address = '';
   const f = (n: string) => path.join(certs, n);
   const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
-  const admin = () => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000 });
+  const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
 
   before(async () => {
     execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'n1,n2']);
     execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), other, '--nodes', 'n1']);
     etcd = await EtcdCluster.start(1, certs);
     fleet = new Fleet();
-    const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem')] });
+    const tokens = path.join(certs, 'tokens.yaml');
+    fs.writeFileSync(tokens, 'tokens:\n  - { name: ops, role: operator, token: op-secret }\n  - { name: viewer, role: read-only, token: view-secret }\n');
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--tokens-file', tokens] });
     address = c.address;
     const a = admin();
     await waitFor('a leader over TLS', async () => !!(await a.getClusterStatus()).leader?.id, 20_000, 200);
@@ -59,6 +61,17 @@ describe('mutual TLS', function () {
     } finally {
       a.close();
     }
+  });
+
+  it('with TLS on, a read-only token cannot apply and an operator token can', async () => {
+    const spec = { name: 'tlsapp', components: [{ name: 'x', image: 'tessera/busybox:local', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] };
+    const viewer = admin('view-secret');
+    const err = await viewer.applyApp(spec).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    viewer.close();
+    expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
+    const ops = admin('op-secret');
+    expect((await ops.applyApp(spec)).app!.name).to.equal('tlsapp');
+    ops.close();
   });
 
   it('refuses an agent without a certificate, or with one from another CA', async () => {
