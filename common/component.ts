@@ -1,0 +1,107 @@
+// Writing a Tessera component in TypeScript: a few lines.
+//
+//   import { serveComponent } from '<tessera>/common/component';
+//   serveComponent({ kind: 'parser', version: '1.0.0', operations: {
+//     parse: async (input, step) => Buffer.from(JSON.stringify(parse(input.toString()))),
+//   } });
+//
+// It serves tessera.v1.Component on 127.0.0.1:$PORT_GRPC (host networking), counts the steps
+// it runs (queue depth, in flight, processed, failed, p95 latency) and reports them to the
+// local agent's task-state endpoint every second, so scaling policies and the job scheduler
+// see how it is doing. A handler's exception becomes the step's gRPC status; a TesseraError
+// keeps its own code.
+import * as grpc from '@grpc/grpc-js';
+import { InvalidArgumentError, toServiceError } from './errors';
+import { bind, SERVER_OPTIONS } from './grpc';
+import { tesseraProto } from './proto';
+import { reportTaskState } from './task-reporter';
+import type { Step__Output } from './generated/tessera/v1/Step';
+import type { StepResult } from './generated/tessera/v1/StepResult';
+
+export type Operation = (payload: Buffer, step: Step__Output) => Promise<Buffer | string | Uint8Array>;
+
+export interface ComponentOptions {
+  kind: string;
+  version?: string;
+  operations: Record<string, Operation>;
+  /** The operation for steps that name none (default: the first one). */
+  defaultOperation?: string;
+  /** Where to listen (default 127.0.0.1:$PORT_GRPC, or a free port). */
+  listen?: string;
+  /** How many steps run at once; more wait in the queue. */
+  concurrency?: number;
+  reportIntervalMs?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface RunningComponent {
+  port: number;
+  stats(): { queueDepth: number; inFlight: number; processed: number; failed: number; latencyP95Ms: number };
+  stop(): Promise<void>;
+}
+
+export async function serveComponent(o: ComponentOptions): Promise<RunningComponent> {
+  const env = o.env ?? process.env;
+  const names = Object.keys(o.operations);
+  if (!names.length) throw new Error('a component needs at least one operation');
+  const concurrency = o.concurrency ?? 16;
+  let inFlight = 0;
+  let processed = 0;
+  let failed = 0;
+  const waiting: (() => void)[] = [];
+  const latencies: number[] = [];
+
+  const acquire = () => (inFlight < concurrency ? (inFlight++, Promise.resolve()) : new Promise<void>((r) => waiting.push(() => { inFlight++; r(); })));
+  const release = () => {
+    inFlight--;
+    waiting.shift()?.();
+  };
+  const p95 = () => {
+    if (!latencies.length) return 0;
+    const s = [...latencies].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.ceil(0.95 * s.length) - 1)];
+  };
+
+  const server = new grpc.Server(SERVER_OPTIONS);
+  server.addService(tesseraProto().Component.service, {
+    Invoke: (call: grpc.ServerUnaryCall<Step__Output, StepResult>, cb: grpc.sendUnaryData<StepResult>) => {
+      const step = call.request;
+      const op = step.operation || o.defaultOperation || names[0];
+      const fn = o.operations[op];
+      if (!fn) {
+        cb(toServiceError(InvalidArgumentError.field('operation', `${o.kind} has no operation "${op}" (it has ${names.join(', ')})`)) as grpc.ServiceError);
+        return;
+      }
+      void acquire().then(async () => {
+        const t0 = performance.now();
+        try {
+          const out = await fn(Buffer.from(step.payload ?? []), step);
+          processed++;
+          cb(null, { payload: typeof out === 'string' ? Buffer.from(out) : Buffer.from(out) });
+        } catch (err) {
+          failed++;
+          cb(toServiceError(err) as grpc.ServiceError);
+        } finally {
+          latencies.push(performance.now() - t0);
+          if (latencies.length > 512) latencies.shift();
+          release();
+        }
+      });
+    },
+    Describe: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { kind: o.kind, version: o.version ?? '', operations: names }),
+  } as grpc.UntypedServiceImplementation);
+  const listen = o.listen ?? `127.0.0.1:${env.PORT_GRPC ?? 0}`;
+  const port = await bind(server, listen, grpc.ServerCredentials.createInsecure());
+
+  const stats = () => ({ queueDepth: waiting.length, inFlight, processed, failed, latencyP95Ms: Math.round(p95() * 100) / 100 });
+  const timer = setInterval(() => void reportTaskState(stats(), env).catch(() => {}), o.reportIntervalMs ?? 1_000);
+  timer.unref();
+  return {
+    port,
+    stats,
+    stop: () => new Promise<void>((resolve) => {
+      clearInterval(timer);
+      server.tryShutdown(() => resolve());
+    }),
+  };
+}
