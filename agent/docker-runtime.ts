@@ -2,6 +2,7 @@
 // so a restarted agent finds them by label and adopts them with everything it needs (restart
 // policy, health check) even before a coordinator answers. No image is ever pulled: images are
 // built on the host (scripts/build-images.sh), and no registry is contacted.
+import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
