@@ -157,6 +157,8 @@ export class CoordinatorConnection extends EventEmitter {
       call.on('data', (msg: CoordinatorMessage__Output) => {
         if (msg.welcome) {
           out.welcomed = true;
+          // Channels to other coordinators are idle now: close them (each holds buffers).
+          for (const [a, c] of this.clients) if (a !== address) { c.close(); this.clients.delete(a); }
           this.connectedTo = msg.welcome.coordinatorId;
           if (this.state === 'CONNECTING') this.transition('CONNECTED', { address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm });
           this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm }, 'attached to leader');
