@@ -1,0 +1,53 @@
+// Group commit against a real etcd: concurrent callers share transactions, every record is
+// durable when its promise resolves, and a lost leadership fails the whole batch with nothing
+// written.
+import { expect } from 'chai';
+import { createEtcdClient } from '../../common/etcd';
+import { FencedError, NotLeaderError } from '../../common/errors';
+import { createLogger } from '../../common/logger';
+import { GroupCommitter } from '../../coordinator/group-commit';
+import { Keys } from '../../coordinator/keys';
+import { FenceToken, Leadership } from '../../coordinator/leadership';
+import { Store } from '../../coordinator/store';
+import { EtcdCluster } from '../helpers/etcd';
+
+describe('group commit of leader records', function () {
+  this.timeout(30_000);
+  let etcd: EtcdCluster;
+  const log = createLogger('test', 'silent');
+
+  before(async () => { etcd = await EtcdCluster.start(1); });
+  after(async () => etcd?.stop());
+
+  it('shares transactions among concurrent callers, and each record is durable when acknowledged', async () => {
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const keys = new Keys('/gc/');
+    const l = new Leadership(client, keys, { id: 'a', address: 'a:1' }, { ttlSeconds: 2, marginMs: 700 }, log);
+    const elected = new Promise<FenceToken>((r) => l.once('elected', r));
+    l.start();
+    const token = await elected;
+    const gc = new GroupCommitter(new Store(client, keys, l, log));
+    try {
+      const n = 1_000;
+      await Promise.all(Array.from({ length: n }, (_, i) => gc.commit([{ type: 'put', key: `/gc/jobs/${String(i).padStart(5, '0')}`, value: `job ${i}` }]).then(async () => {
+        if (i % 250 === 0) expect(await client.get(`/gc/jobs/${String(i).padStart(5, '0')}`).string()).to.equal(`job ${i}`);
+      })));
+      expect(await client.getAll().prefix('/gc/jobs/').count()).to.equal(n);
+      expect(gc.transactions, `${gc.transactions} transactions for ${n} records`).to.be.lessThan(n / 5);
+
+      // Leadership gone: the batch is refused and nothing of it is written.
+      await client.delete().key(token.key);
+      const results = await Promise.allSettled([0, 1, 2].map((i) => gc.commit([{ type: 'put', key: `/gc/late/${i}`, value: 'x' }])));
+      for (const r of results) {
+        expect(r.status).to.equal('rejected');
+        const reason = (r as PromiseRejectedResult).reason;
+        expect(reason instanceof FencedError || reason instanceof NotLeaderError, String(reason)).to.equal(true);
+      }
+      expect(await client.getAll().prefix('/gc/late/').count()).to.equal(0);
+      await gc.commit(Array.from({ length: 101 }, (_, i) => ({ type: 'put' as const, key: `/gc/x/${i}`, value: '' }))).then(() => expect.fail('expected RangeError'), (e) => expect(e).to.be.instanceOf(RangeError));
+    } finally {
+      await l.stop();
+      client.close();
+    }
+  });
+});
