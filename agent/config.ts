@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
 import { ConfigError, FieldViolation } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
+import { tlsSchema, tlsViolations } from '../common/tls';
 
 export const AGENT_SCHEMA = {
   coordinators: { type: 'list', doc: 'coordinator addresses host:port, comma-separated; any one will do, the agent follows redirects to the leader', env: 'TESSERA_COORDINATORS', default: ['127.0.0.1:7400'] },
@@ -16,10 +17,7 @@ export const AGENT_SCHEMA = {
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
   portRange: { type: 'string', doc: 'host ports for instances with dynamic ports, START-END', env: 'TESSERA_PORT_RANGE', default: '20000-32000' },
   dockerSocket: { type: 'string', doc: 'Docker Engine socket', env: 'TESSERA_DOCKER_SOCKET', default: '/var/run/docker.sock' },
-  tlsCa: { type: 'string', doc: 'CA certificate (PEM) of the cluster', env: 'TESSERA_TLS_CA' },
-  tlsCert: { type: 'string', doc: "this agent's certificate (OU=agent, CN=node id): its identity", env: 'TESSERA_TLS_CERT' },
-  tlsKey: { type: 'string', doc: "this agent's private key", env: 'TESSERA_TLS_KEY' },
-  insecureDev: { type: 'bool', doc: 'plaintext gRPC without certificates: for a trial on loopback only (logged as a warning)', env: 'TESSERA_INSECURE_DEV', default: false },
+  ...tlsSchema("this agent's certificate (OU=agent, CN=node id): its identity"),
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off; costs about 11 MB)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   taskListen: { type: 'string', doc: 'loopback address of the task-state endpoint instances report to (port 0: any free port)', env: 'TESSERA_TASK_LISTEN', default: '127.0.0.1:7480' },
 } satisfies Schema;
@@ -62,9 +60,7 @@ export function compileAgentConfig(layers: Layer[]): AgentConfig {
   const m = /^(\d{1,5})-(\d{1,5})$/.exec(raw.portRange ?? '');
   const ports = m ? { start: Number(m[1]), end: Number(m[2]) } : { start: 0, end: 0 };
   if (!m || ports.start < 1024 || ports.end > 65535 || ports.end < ports.start) v.push({ field: 'portRange', message: `must be START-END within 1024-65535, got ${JSON.stringify(raw.portRange)}` });
-  if (!raw.insecureDev && !(raw.tlsCa && raw.tlsCert && raw.tlsKey)) {
-    v.push({ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' });
-  }
+  v.push(...tlsViolations(raw));
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
   if (!isHostPort(raw.taskListen ?? '') || !/^(127\.|localhost:|\[::1\])/.test(raw.taskListen ?? '')) v.push({ field: 'taskListen', message: `must be a loopback host:port, got ${JSON.stringify(raw.taskListen)}` });
   if (v.length) throw new ConfigError(v);

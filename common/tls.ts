@@ -5,6 +5,22 @@ import * as fs from 'node:fs';
 import { ConfigError, FieldViolation } from './errors';
 
 export interface TlsFiles { tlsCa?: string; tlsCert?: string; tlsKey?: string }
+
+/** The TLS settings every daemon has, as a schema fragment (see common/config.ts). */
+export function tlsSchema(certDoc: string) {
+  return {
+    tlsCa: { type: 'string', doc: 'CA certificate (PEM) that signs every Tessera certificate', env: 'TESSERA_TLS_CA' },
+    tlsCert: { type: 'string', doc: certDoc, env: 'TESSERA_TLS_CERT' },
+    tlsKey: { type: 'string', doc: 'the private key of that certificate', env: 'TESSERA_TLS_KEY' },
+    insecureDev: { type: 'bool', doc: 'plaintext gRPC without certificates: for a trial on loopback only (logged as a warning)', env: 'TESSERA_INSECURE_DEV', default: false },
+  } as const;
+}
+
+/** Certificates are required unless the process runs --insecure-dev. */
+export function tlsViolations(raw: TlsFiles & { insecureDev?: boolean }): FieldViolation[] {
+  if (raw.insecureDev || (raw.tlsCa && raw.tlsCert && raw.tlsKey)) return [];
+  return [{ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' }];
+}
 export interface TlsMaterial { ca: Buffer; cert: Buffer; key: Buffer }
 
 export type PeerRole = 'agent' | 'coordinator' | 'admin' | 'unknown' | 'plaintext';

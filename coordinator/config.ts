@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
 import { ConfigError, FieldViolation } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
+import { tlsSchema, tlsViolations } from '../common/tls';
 
 export const COORDINATOR_SCHEMA = {
   id: { type: 'string', doc: 'unique coordinator id (default: hostname-port)', env: 'TESSERA_COORDINATOR_ID' },
@@ -19,13 +20,10 @@ export const COORDINATOR_SCHEMA = {
   statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (one transaction for all nodes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
   maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
-  tlsCa: { type: 'string', doc: 'CA certificate (PEM) that signs every Tessera certificate', env: 'TESSERA_TLS_CA' },
-  tlsCert: { type: 'string', doc: "this coordinator's certificate (OU=coordinator)", env: 'TESSERA_TLS_CERT' },
-  tlsKey: { type: 'string', doc: "this coordinator's private key", env: 'TESSERA_TLS_KEY' },
+  ...tlsSchema("this coordinator's certificate (OU=coordinator): server and client"),
   etcdCa: { type: 'string', doc: 'CA of the etcd cluster (https endpoints, client certificates)', env: 'TESSERA_ETCD_CA' },
   etcdCert: { type: 'string', doc: 'client certificate for etcd', env: 'TESSERA_ETCD_CERT' },
   etcdKey: { type: 'string', doc: 'client key for etcd', env: 'TESSERA_ETCD_KEY' },
-  insecureDev: { type: 'bool', doc: 'plaintext gRPC without certificates: for a trial on loopback only (logged as a warning)', env: 'TESSERA_INSECURE_DEV', default: false },
   tokensFile: { type: 'string', doc: 'Admin API tokens (YAML: tokens: [{name, role: read-only|operator, sha256|token}]); empty: Admin is open', env: 'TESSERA_TOKENS_FILE', default: '' },
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   reconcileIntervalMs: { type: 'int', doc: 'how often the leader reconciles desired against observed instances', env: 'TESSERA_RECONCILE_INTERVAL_MS', default: 500, min: 50 },
@@ -86,9 +84,7 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
     v.push({ field: 'heartbeatTimeoutMs', message: `must be greater than reportIntervalMs (${raw.reportIntervalMs} ms), or every node flaps` });
   }
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
-  if (!raw.insecureDev && !(raw.tlsCa && raw.tlsCert && raw.tlsKey)) {
-    v.push({ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' });
-  }
+  v.push(...tlsViolations(raw));
   if ((raw.etcdCa || raw.etcdCert || raw.etcdKey) && !(raw.etcdCa && raw.etcdCert && raw.etcdKey)) v.push({ field: 'etcdCa', message: 'etcd TLS needs etcdCa, etcdCert and etcdKey together' });
   if (v.length) throw new ConfigError(v);
   const port = listen.slice(listen.lastIndexOf(':') + 1);
