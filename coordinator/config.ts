@@ -4,6 +4,7 @@ import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
 import { ConfigError, FieldViolation } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
 import { tlsSchema, tlsViolations } from '../common/tls';
+import { loadTokens } from './auth';
 
 export const COORDINATOR_SCHEMA = {
   id: { type: 'string', doc: 'unique coordinator id (default: hostname-port)', env: 'TESSERA_COORDINATOR_ID' },
@@ -85,6 +86,15 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
   }
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
   v.push(...tlsViolations(raw));
+  if (raw.tokensFile) {
+    // Checked here so a bad tokens file is a configuration error (exit 2), not a failed start.
+    try {
+      loadTokens(raw.tokensFile);
+    } catch (e) {
+      if (e instanceof ConfigError) v.push(...e.violations);
+      else throw e;
+    }
+  }
   if ((raw.etcdCa || raw.etcdCert || raw.etcdKey) && !(raw.etcdCa && raw.etcdCert && raw.etcdKey)) v.push({ field: 'etcdCa', message: 'etcd TLS needs etcdCa, etcdCert and etcdKey together' });
   if (v.length) throw new ConfigError(v);
   const port = listen.slice(listen.lastIndexOf(':') + 1);

@@ -293,6 +293,10 @@ export class Deployments {
         for (const inst of mine) stops.push({ inst, kind: 'removed', reason: app.deleting ? 'app deleted' : 'no spec' });
         if (app.deleting && !mine.length && ![...observed.values()].some((o) => o.app === app.name)) {
           ops.push({ type: 'delete', key: this.keys.app(app.name) }, { type: 'deleteRange', start: this.keys.appVersions(app.name), end: this.keys.appVersions(app.name) + '\uffff' });
+          // A policy's replica counts go with the app: an app created again under this name
+          // starts from its own spec, not from the old app's last scale.
+          const rp = `${this.keys.prefix}replicas/${app.name}/`;
+          ops.push({ type: 'deleteRange', start: rp, end: rp + '\uffff' });
           for (const t of this.instances.values()) if (t.app === app.name) ops.push({ type: 'delete', key: this.keys.instance(t.app, t.id) });
           events.push({ kind: 'app.deleted', subject: app.name, message: `app ${app.name} deleted` });
         }
@@ -420,6 +424,7 @@ export class Deployments {
         const name = op.key.slice(this.keys.apps.length);
         this.apps.delete(name);
         this.versions.delete(name);
+        for (const k of [...this.replicas.keys()]) if (k.startsWith(`${name}/`)) this.replicas.delete(k);
         for (const [id, i] of this.instances) if (i.app === name) this.instances.delete(id);
       }
     }

@@ -175,6 +175,8 @@ export class Scaler {
       for (const [k, p] of this.policies) {
         const st = this.stateOf(k);
         if (nowMs - st.lastEvalMs < p.intervalMs) continue;
+        // A policy outlives a deleted app (as an HPA outlives its Deployment) and waits for it.
+        if (!this.deployments.currentSpec(p.app)?.components.some((c) => c.name === p.component)) continue;
         st.lastEvalMs = nowMs;
         try {
           await this.evaluate(p, st, nowMs, false);

@@ -150,6 +150,11 @@ describe('scaling policies end to end', function () {
     await admin.deletePolicy('queue', 'worker');
     await admin.deleteApp('queue');
     await waitFor('queue gone', async () => !(await admin.listApps()).apps.some((x) => x.name === 'queue'), 30_000, 200);
+    // Its replica counts went with it.
+    const { createEtcdClient } = await import('../../common/etcd');
+    const ec = createEtcdClient({ endpoints: etcd.endpoints });
+    expect(await ec.getAll().prefix('/tessera/replicas/queue/').count()).to.equal(0);
+    ec.close();
     await new Promise((r) => setTimeout(r, 3_500)); // its workers drop out of the load generator's share
     const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));
     spec.name = 'tuned';

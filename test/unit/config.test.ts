@@ -90,6 +90,11 @@ describe('TLS is the default', () => {
     expect(violations(() => compileAgentConfig([])).map((x) => x.split(':')[0])).to.deep.equal(['tlsCert']);
     expect(compileAgentConfig([{ source: 'flag', values: { tlsCa: 'a', tlsCert: 'b', tlsKey: 'c' } }]).insecureDev).to.equal(false);
   });
+  it('refuses a tokens file with a bad role, naming the entry', () => {
+    const file = require('node:path').join(require('node:os').tmpdir(), `tokens-${process.pid}.yaml`);
+    require('node:fs').writeFileSync(file, 'tokens:\n  - { name: x, role: admin, token: t }\n');
+    expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, tokensFile: file } }]))).to.deep.equal(['tokens[0].role: must be read-only or operator, got "admin"']);
+  });
   it('wants the three etcd TLS files together', () => {
     expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, etcdCa: 'ca.pem' } }])).map((x) => x.split(':')[0])).to.deep.equal(['etcdCa']);
   });
