@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { Metrics } from '../common/metrics';
 import { certCommonName, loadTls, TlsMaterial } from '../common/tls';
 import { AGENT_METRICS } from './metrics';
+import { RelayServer } from './relay-server';
 
 export class Agent {
   readonly nodeId: string;
@@ -34,6 +35,7 @@ export class Agent {
   readonly metrics = new Metrics(AGENT_METRICS);
 
   private readonly tls?: TlsMaterial;
+  private relay?: RelayServer;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.tls = config.insecureDev ? undefined : loadTls(config);
@@ -58,7 +60,8 @@ export class Agent {
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket);
-    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics);
+    this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls);
+    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner);
     if (this.config.metricsListen) {
       const at = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
@@ -90,6 +93,12 @@ export class Agent {
     } catch (err) {
       this.log.error({ err: (err as Error).message, listen: this.config.taskListen }, 'task-state endpoint not started; instances cannot report task state');
     }
+    try {
+      const addr = await this.relay.start(this.config.relayListen, this.config.relayAdvertise || undefined);
+      this.log.info({ endpoint: addr }, 'step relay listening');
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, listen: this.config.relayListen }, 'step relay not started; jobs cannot run steps on this host');
+    }
     // Adopt what runs before the first hello, so the leader sees it at once.
     await this.instances.start().catch((err) => this.log.warn({ err: (err as Error).message }, 'docker engine not reachable yet; will keep trying'));
     this.conn.start();
@@ -108,7 +117,7 @@ export class Agent {
       instances: this.instances?.statuses() ?? [],
       portRange: this.config.ports,
       sessionId: this.sessionId,
-      endpoint: this.instances?.tasks.address ?? '',
+      endpoint: this.relay?.address ?? '',
     };
   }
 
@@ -170,6 +179,7 @@ export class Agent {
   async stop(): Promise<void> {
     clearInterval(this.reportTimer);
     this.instances?.stop();
+    this.relay?.stop();
     this.metrics.stop();
     await this.conn?.stop();
   }

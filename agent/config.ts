@@ -19,6 +19,8 @@ export const AGENT_SCHEMA = {
   dockerSocket: { type: 'string', doc: 'Docker Engine socket', env: 'TESSERA_DOCKER_SOCKET', default: '/var/run/docker.sock' },
   ...tlsSchema("this agent's certificate (OU=agent, CN=node id): its identity"),
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off; costs about 11 MB)', env: 'TESSERA_METRICS_LISTEN', default: '' },
+  relayListen: { type: 'string', doc: 'address of the step relay other hosts send job steps to (port 0: any free port)', env: 'TESSERA_RELAY_LISTEN', default: '127.0.0.1:7490' },
+  relayAdvertise: { type: 'string', doc: 'relay address to give the coordinators (default: the bound address)', env: 'TESSERA_RELAY_ADVERTISE', default: '' },
   taskListen: { type: 'string', doc: 'loopback address of the task-state endpoint instances report to (port 0: any free port)', env: 'TESSERA_TASK_LISTEN', default: '127.0.0.1:7480' },
 } satisfies Schema;
 
@@ -35,6 +37,8 @@ export interface AgentConfig {
   portRange: string;
   dockerSocket: string;
   taskListen: string;
+  relayListen: string;
+  relayAdvertise: string;
   metricsListen: string;
   tlsCa?: string;
   tlsCert?: string;
@@ -62,6 +66,8 @@ export function compileAgentConfig(layers: Layer[]): AgentConfig {
   if (!m || ports.start < 1024 || ports.end > 65535 || ports.end < ports.start) v.push({ field: 'portRange', message: `must be START-END within 1024-65535, got ${JSON.stringify(raw.portRange)}` });
   v.push(...tlsViolations(raw));
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
+  if (!isHostPort(raw.relayListen ?? '')) v.push({ field: 'relayListen', message: `must be host:port, got ${JSON.stringify(raw.relayListen)}` });
+  if (raw.relayAdvertise && !isHostPort(raw.relayAdvertise)) v.push({ field: 'relayAdvertise', message: `must be host:port, got ${JSON.stringify(raw.relayAdvertise)}` });
   if (!isHostPort(raw.taskListen ?? '') || !/^(127\.|localhost:|\[::1\])/.test(raw.taskListen ?? '')) v.push({ field: 'taskListen', message: `must be a loopback host:port, got ${JSON.stringify(raw.taskListen)}` });
   if (v.length) throw new ConfigError(v);
   return { ...(raw as AgentConfig), hostname: raw.hostname ?? os.hostname(), ports };

@@ -36,6 +36,10 @@ interface Local {
   cpuPercent: number;
   memoryUsedMib: number;
   handledExitAt: number;
+  /** What the instance answered to Component.Describe, for the start it answered in. */
+  described?: { info: import('../common/generated/tessera/v1/ComponentInfo').ComponentInfo; forStart: number };
+  describing: boolean;
+  lastDescribeMs: number;
 }
 
 export declare interface InstanceManager {
@@ -57,7 +61,12 @@ export class InstanceManager extends EventEmitter {
   /** Task-state reports from instances (and polls of those that do not report). */
   readonly tasks = new TaskEndpoint((id) => this.desired.has(id) || this.stopping.has(id));
 
-  constructor(private readonly runtime: DockerRuntime, private readonly log: Logger, private readonly metrics?: import('../common/metrics').Metrics) {
+  constructor(
+    private readonly runtime: DockerRuntime,
+    private readonly log: Logger,
+    private readonly metrics?: import('../common/metrics').Metrics,
+    private readonly steps?: import('../common/relay').StepRunner,
+  ) {
     super();
   }
 
@@ -182,6 +191,7 @@ export class InstanceManager extends EventEmitter {
       if (c.running) {
         this.ensureStats(l);
         this.maybeCheck(l, now);
+        this.maybeDescribe(l, now);
         this.maybePollTasks(l, now);
       }
     }
@@ -262,6 +272,23 @@ export class InstanceManager extends EventEmitter {
     this.log.warn({ instance: l.spec.instanceId, message }, 'instance failed');
     this.emitEvent(l.spec.instanceId, 'failed', { exitCode: l.exitCode, oomKilled: l.oomKilled, message, lastLogLines });
     this.emit('changed');
+  }
+
+  /**
+   * A component instance (one with a port named "grpc") registers for job routing once it is
+   * healthy and has said what it is: its kind, version and operations.
+   */
+  private maybeDescribe(l: Local, now: number): void {
+    const port = l.spec.ports?.grpc;
+    if (!this.steps || !port || l.health !== 'healthy' || l.describing) return;
+    if (l.described?.forStart === l.startedAtMs || now - l.lastDescribeMs < 500) return;
+    l.describing = true;
+    l.lastDescribeMs = now;
+    const forStart = l.startedAtMs;
+    this.steps.describe(`127.0.0.1:${port}`).then((info) => {
+      l.described = { info: { kind: info.kind, version: info.version, operations: info.operations }, forStart };
+      this.emit('changed');
+    }, (err) => this.log.debug({ instance: l.spec.instanceId, err: (err as Error).message }, 'component not answering Describe yet')).finally(() => (l.describing = false));
   }
 
   private maybeCheck(l: Local, now: number): void {
@@ -405,6 +432,7 @@ function newLocal(spec: InstanceSpec__Output): Local {
   return {
     spec, state: 'INSTANCE_STATE_PENDING', health: 'unknown', restarts: 0, restartTimes: [], lastExitMs: 0, exitCode: 0, oomKilled: false,
     message: '', startedAtMs: 0, healthFailures: 0, lastCheckMs: 0, checking: false, containerId: '', cpuPercent: 0, memoryUsedMib: 0, handledExitAt: -1,
+    describing: false, lastDescribeMs: 0,
   };
 }
 
@@ -418,5 +446,6 @@ function toStatus(l: Local): InstanceStatus {
     instanceId: l.spec.instanceId, app: l.spec.app, component: l.spec.component, specVersion: l.spec.specVersion,
     containerId: l.containerId, state: l.state, health: l.health, restarts: l.restarts, exitCode: l.exitCode, oomKilled: l.oomKilled,
     cpuPercent: l.cpuPercent, memoryUsedMib: l.memoryUsedMib, message: l.message, ports: l.spec.ports,
+    described: l.state === 'INSTANCE_STATE_RUNNING' && l.health === 'healthy' && l.described?.forStart === l.startedAtMs ? l.described.info : undefined,
   };
 }

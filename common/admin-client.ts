@@ -39,14 +39,14 @@ export class AdminClient {
     return md;
   }
 
-  private async unary<Req, Res>(method: string, req: Req): Promise<Res> {
+  private async unary<Req, Res>(method: string, req: Req, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<Res> {
     let lastErr: unknown;
     for (let i = 0; i < this.clients.length; i++) {
       const idx = (this.preferred + i) % this.clients.length;
       const c = this.clients[idx] as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>;
       try {
         const res = await new Promise<Res>((resolve, reject) =>
-          c[method].call(c, req, this.metadata(), { deadline: deadline(this.opts.timeoutMs ?? 10_000) }, (e, r) => (e ? reject(e) : resolve(r))),
+          c[method].call(c, req, this.metadata(), { deadline: deadline(timeoutMs) }, (e, r) => (e ? reject(e) : resolve(r))),
         );
         this.preferred = idx;
         return res;
@@ -80,6 +80,30 @@ export class AdminClient {
   listPolicies(app = ''): Promise<{ policies: import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output[] }> { return this.unary('listPolicies', { app }); }
   scalingHistory(app: string, component = '', limit = 50): Promise<{ decisions: import('./generated/tessera/v1/ScalingDecision').ScalingDecision__Output[] }> { return this.unary('scalingHistory', { app, component, limit }); }
   evaluatePolicy(app: string, component: string): Promise<import('./generated/tessera/v1/ScalingDecision').ScalingDecision__Output> { return this.unary('evaluatePolicy', { app, component }); }
+
+  registerComponent(req: import('./generated/tessera/v1/RegisterComponentRequest').RegisterComponentRequest): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output> { return this.unary('registerComponent', req); }
+  deregisterComponent(instanceId: string): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output> { return this.unary('deregisterComponent', { instanceId }); }
+  listComponents(kind = ''): Promise<{ instances: import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[] }> { return this.unary('listComponents', { kind }); }
+  setQuota(quota: unknown): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('setQuota', { quota }); }
+  deleteQuota(kind: string): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('deleteQuota', { kind }); }
+  listQuotas(kind = ''): Promise<{ quotas: import('./generated/tessera/v1/Quota').Quota__Output[] }> { return this.unary('listQuotas', { kind }); }
+
+  applyPipeline(pipeline: unknown, dryRun = false): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('applyPipeline', { pipeline, dryRun }); }
+  getPipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('getPipeline', { name }); }
+  listPipelines(): Promise<{ pipelines: import('./generated/tessera/v1/Pipeline').Pipeline__Output[] }> { return this.unary('listPipelines', {}); }
+  deletePipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('deletePipeline', { name }); }
+
+  /** A waiting submission gets the job's own time (plus a margin) instead of the call timeout. */
+  submitJob(req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest): Promise<import('./generated/tessera/v1/Job').Job__Output> {
+    const until = Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000);
+    return this.unary('submitJob', req, req.wait ? Math.max(this.opts.timeoutMs ?? 10_000, until - Date.now() + 10_000) : undefined);
+  }
+  getJob(id: string): Promise<import('./generated/tessera/v1/Job').Job__Output> { return this.unary('getJob', { id }); }
+  listJobs(req: import('./generated/tessera/v1/ListJobsRequest').ListJobsRequest = {}): Promise<{ jobs: import('./generated/tessera/v1/Job').Job__Output[] }> { return this.unary('listJobs', req); }
+  cancelJob(id: string): Promise<import('./generated/tessera/v1/Job').Job__Output> { return this.unary('cancelJob', { id }); }
+  watchJob(id: string): grpc.ClientReadableStream<import('./generated/tessera/v1/Job').Job__Output> {
+    return this.clients[this.preferred].watchJob({ id }, this.metadata());
+  }
 
   /** Server stream of events from the first coordinator that answers. */
   watchEvents(req: WatchEventsRequest): grpc.ClientReadableStream<Event__Output> {

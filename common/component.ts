@@ -18,7 +18,9 @@ import { reportTaskState } from './task-reporter';
 import type { Step__Output } from './generated/tessera/v1/Step';
 import type { StepResult } from './generated/tessera/v1/StepResult';
 
-export type Operation = (payload: Buffer, step: Step__Output) => Promise<Buffer | string | Uint8Array>;
+/** A result with headers: they ride along to the next stages (and can steer a when_header rule). */
+export interface OperationResult { payload: Buffer | string | Uint8Array; headers?: Record<string, string> }
+export type Operation = (payload: Buffer, step: Step__Output) => Promise<Buffer | string | Uint8Array | OperationResult>;
 
 export interface ComponentOptions {
   kind: string;
@@ -32,6 +34,8 @@ export interface ComponentOptions {
   concurrency?: number;
   reportIntervalMs?: number;
   env?: NodeJS.ProcessEnv;
+  /** On SIGTERM, stop taking steps, finish the ones in flight, exit (default: true). */
+  handleSignals?: boolean;
 }
 
 export interface RunningComponent {
@@ -77,7 +81,8 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
         try {
           const out = await fn(Buffer.from(step.payload ?? []), step);
           processed++;
-          cb(null, { payload: typeof out === 'string' ? Buffer.from(out) : Buffer.from(out) });
+          const r: OperationResult = typeof out === 'object' && out !== null && 'payload' in out && !(out instanceof Uint8Array) ? out : { payload: out as Buffer | string };
+          cb(null, { payload: Buffer.from(r.payload as Buffer), headers: r.headers ?? {} });
         } catch (err) {
           failed++;
           cb(toServiceError(err) as grpc.ServiceError);
@@ -96,12 +101,15 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
   const stats = () => ({ queueDepth: waiting.length, inFlight, processed, failed, latencyP95Ms: Math.round(p95() * 100) / 100 });
   const timer = setInterval(() => void reportTaskState(stats(), env).catch(() => {}), o.reportIntervalMs ?? 1_000);
   timer.unref();
-  return {
-    port,
-    stats,
-    stop: () => new Promise<void>((resolve) => {
-      clearInterval(timer);
-      server.tryShutdown(() => resolve());
-    }),
-  };
+  const stop = () => new Promise<void>((resolve) => {
+    clearInterval(timer);
+    // tryShutdown refuses new calls and waits for the ones in flight: a rolling update or a
+    // scale-down loses no step (the job scheduler retries refused ones elsewhere).
+    server.tryShutdown(() => resolve());
+  });
+  if (o.handleSignals ?? true) {
+    process.once('SIGTERM', () => void stop().then(() => process.exit(0)));
+    process.once('SIGINT', () => void stop().then(() => process.exit(0)));
+  }
+  return { port, stats, stop };
 }

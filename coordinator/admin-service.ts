@@ -23,6 +23,10 @@ import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { Scaler } from './scaling/scaler';
 import type { StoredEvent } from './store';
+import type { LeaderWork } from './coordinator';
+import { pipelineToProto } from './jobs/pipelines';
+import type { Job } from '../common/generated/tessera/v1/Job';
+import type { JobRequest__Output } from '../common/generated/tessera/v1/JobRequest';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
 const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
@@ -38,7 +42,10 @@ export class AdminService {
     private readonly registry: () => NodeRegistry | undefined,
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
-    private readonly opts: { coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: TlsMaterial; etcdTls?: TlsMaterial },
+    private readonly opts: {
+      coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: TlsMaterial; etcdTls?: TlsMaterial;
+      leaderWork?: () => LeaderWork | undefined;
+    },
     private readonly log: Logger,
   ) {}
 
@@ -125,6 +132,40 @@ export class AdminService {
       EvaluatePolicy: unary(log, 'EvaluatePolicy', (req, call) => this.onLeader(call, 'evaluatePolicy', req, (_r, _d, sc) => sc.dryRun(req.app, req.component))),
       ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
+
+      RegisterComponent: unary(log, 'RegisterComponent', (req, call) => this.onLeader(call, 'registerComponent', req, (_r, _d, _s, w) => w.components.register(req))),
+      DeregisterComponent: unary(log, 'DeregisterComponent', (req, call) => {
+        if (!req.instanceId) throw InvalidArgumentError.field('instanceId', 'is required');
+        return this.onLeader(call, 'deregisterComponent', req, (_r, _d, _s, w) => w.components.deregister(req.instanceId));
+      }),
+      ListComponents: unary(log, 'ListComponents', (req, call) => this.onLeader(call, 'listComponents', req, async (_r, _d, _s, w) => ({ instances: w.components.describe(req.kind) }))),
+      SetQuota: unary(log, 'SetQuota', (req, call) => this.onLeader(call, 'setQuota', req, (_r, dep) => dep.setQuota(req.quota))),
+      DeleteQuota: unary(log, 'DeleteQuota', (req, call) => {
+        if (!req.kind) throw InvalidArgumentError.field('kind', 'is required');
+        return this.onLeader(call, 'deleteQuota', req, (_r, dep) => dep.deleteQuota(req.kind));
+      }),
+      ListQuotas: unary(log, 'ListQuotas', (req, call) => this.onLeader(call, 'listQuotas', req, async (_r, dep) => ({ quotas: dep.listQuotas().filter((q) => !req.kind || q.kind === req.kind) }))),
+
+      ApplyPipeline: unary(log, 'ApplyPipeline', (req, call) => this.onLeader(call, 'applyPipeline', req, async (_r, _d, _s, w) => pipelineToProto(await w.pipelines.apply(req.pipeline, req.dryRun)))),
+      GetPipeline: unary(log, 'GetPipeline', (req, call) => this.onLeader(call, 'getPipeline', req, async (_r, _d, _s, w) => pipelineToProto(w.pipelines.get(req.name)))),
+      ListPipelines: unary(log, 'ListPipelines', (req, call) => this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => ({ pipelines: w.pipelines.list().map(pipelineToProto) }))),
+      DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w) => pipelineToProto(await w.pipelines.delete(req.name)))),
+
+      SubmitJob: unary(log, 'SubmitJob', (req, call) => {
+        // A waiting submission may take as long as the job: forward with the job's own deadline.
+        const waitMs = req.wait ? Math.max(5_000, (Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000)) - Date.now() + 5_000) : 5_000;
+        return this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
+          const { job, done } = await w.jobs.submit(req);
+          return done ? done : job;
+        }, waitMs);
+      }),
+      GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
+      ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: w.jobs.list(req) }))),
+      CancelJob: unary(log, 'CancelJob', (req, call) => {
+        if (!req.id) throw InvalidArgumentError.field('id', 'is required');
+        return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w) => w.jobs.cancel(req.id));
+      }),
+      WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
     };
   }
 
@@ -137,12 +178,18 @@ export class AdminService {
     call: grpc.ServerUnaryCall<Req, Res>,
     method: string,
     req: Req,
-    fn: (reg: NodeRegistry, dep: Deployments, sc: Scaler) => Promise<Res>,
+    fn: (reg: NodeRegistry, dep: Deployments, sc: Scaler, work: LeaderWork) => Promise<Res>,
+    forwardTimeoutMs = 5_000,
   ): Promise<Res> {
-    const reg = this.registry();
-    const dep = this.deployments();
-    const sc = this.scaler();
-    if (reg && dep && sc) return fn(reg, dep, sc);
+    const local = () => {
+      const reg = this.registry();
+      const dep = this.deployments();
+      const sc = this.scaler();
+      const w = this.opts.leaderWork?.();
+      return reg && dep && sc && w ? () => fn(reg, dep, sc, w) : undefined;
+    };
+    const here = local();
+    if (here) return here();
     if (call.metadata.get(FORWARDED_KEY).length) {
       // Never forward twice: the leader we forwarded to no longer leads.
       throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
@@ -150,10 +197,8 @@ export class AdminService {
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
     if (leader.id === this.opts.coordinatorId) {
-      const again = this.registry();
-      const dep2 = this.deployments();
-      const sc2 = this.scaler();
-      if (again && dep2 && sc2) return fn(again, dep2, sc2);
+      const again = local();
+      if (again) return again();
       throw new NotLeaderError();
     }
     const client = this.leaderClient(leader.address);
@@ -169,7 +214,7 @@ export class AdminService {
         }
         reject(err);
       };
-      ((client as unknown as Record<string, unknown>)[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: Callback) => void)(req, md, { deadline: deadline(5_000) }, cb);
+      ((client as unknown as Record<string, unknown>)[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: Callback) => void)(req, md, { deadline: deadline(forwardTimeoutMs) }, cb);
     });
   }
 
@@ -236,6 +281,32 @@ export class AdminService {
       this.memberClients.set(endpoint, c);
     }
     return c;
+  }
+
+  /** WatchJob: served by the leader (job progress lives in its memory); a follower relays the leader's stream. */
+  private async watchJob(call: grpc.ServerWritableStream<JobRequest__Output, Job>): Promise<void> {
+    const id = call.request.id;
+    if (!id) throw InvalidArgumentError.field('id', 'is required');
+    const w = this.opts.leaderWork?.();
+    if (w) {
+      const { done, cancel } = w.jobs.watch(id, (j) => call.write(j));
+      call.on('cancelled', cancel);
+      call.on('close', cancel);
+      await done;
+      return;
+    }
+    if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    const leader = await this.leadership.waitForLeader(3_000);
+    if (!leader || leader.id === this.opts.coordinatorId) throw new NotLeaderError();
+    const md = call.metadata.clone();
+    md.set(FORWARDED_KEY, this.opts.coordinatorId);
+    const upstream = this.leaderClient(leader.address).watchJob({ id }, md);
+    await new Promise<void>((resolve, reject) => {
+      upstream.on('data', (j: Job) => call.write(j));
+      upstream.on('end', () => resolve());
+      upstream.on('error', (err) => reject(err));
+      call.on('cancelled', () => { upstream.cancel(); resolve(); });
+    });
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

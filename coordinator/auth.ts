@@ -14,7 +14,10 @@ import { ConfigError, FieldViolation, PermissionDeniedError, UnauthenticatedErro
 export type Role = 'read-only' | 'operator';
 
 /** The Admin methods that change something: operators only. */
-export const WRITE_METHODS = new Set(['DrainNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'SetPolicy', 'DeletePolicy']);
+export const WRITE_METHODS = new Set([
+  'DrainNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'SetPolicy', 'DeletePolicy',
+  'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'CancelJob',
+]);
 
 interface TokenEntry { name: string; role: Role; hash: Buffer }
 

@@ -29,6 +29,12 @@ export const COORDINATOR_SCHEMA = {
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   reconcileIntervalMs: { type: 'int', doc: 'how often the leader reconciles desired against observed instances', env: 'TESSERA_RECONCILE_INTERVAL_MS', default: 500, min: 50 },
   schedulerSampleSize: { type: 'int', doc: 'feasible nodes the scheduler scores per placement (0 = adaptive: max(50, 2% of nodes))', env: 'TESSERA_SCHEDULER_SAMPLE', default: 0, min: 0 },
+  jobFlow: { type: 'string', doc: 'how a job\'s data moves: chain (agent to agent along the route) or per-stage (each step through the leader)', env: 'TESSERA_JOB_FLOW', default: 'chain', oneOf: ['chain', 'per-stage'] },
+  jobQueueLimit: { type: 'int', doc: 'jobs that may wait for a saturated stage before submissions are refused (RESOURCE_EXHAUSTED)', env: 'TESSERA_JOB_QUEUE_LIMIT', default: 1_000, min: 0 },
+  jobMaxInFlightPerInstance: { type: 'int', doc: 'jobs routed through one component instance at once before it counts as saturated', env: 'TESSERA_JOB_MAX_IN_FLIGHT', default: 128, min: 1 },
+  jobRetentionMs: { type: 'int', doc: 'how long records of finished jobs are kept in etcd', env: 'TESSERA_JOB_RETENTION_MS', default: 3_600_000, min: 10_000 },
+  jobHopUs: { type: 'int', doc: 'path cost of a hop between hosts, in microseconds', env: 'TESSERA_JOB_HOP_US', default: 1_000, min: 0 },
+  jobSameHostHopUs: { type: 'int', doc: 'path cost of a hop that stays on one host, in microseconds', env: 'TESSERA_JOB_SAME_HOST_HOP_US', default: 100, min: 0 },
   etcdBinary: { type: 'string', doc: 'etcd binary for the embedded default', env: 'TESSERA_ETCD_BINARY', default: 'etcd' },
   embeddedEtcdClientPort: { type: 'int', doc: 'client port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PORT', default: 2379, min: 1, max: 65535 },
   embeddedEtcdPeerPort: { type: 'int', doc: 'peer port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PEER_PORT', default: 2380, min: 1, max: 65535 },
@@ -60,6 +66,12 @@ export interface CoordinatorConfig {
   etcdCert?: string;
   etcdKey?: string;
   insecureDev: boolean;
+  jobFlow: 'chain' | 'per-stage';
+  jobQueueLimit: number;
+  jobMaxInFlightPerInstance: number;
+  jobRetentionMs: number;
+  jobHopUs: number;
+  jobSameHostHopUs: number;
   etcdBinary: string;
   embeddedEtcdClientPort: number;
   embeddedEtcdPeerPort: number;

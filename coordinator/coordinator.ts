@@ -27,16 +27,25 @@ import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
 import { loadTls, TlsMaterial } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
+import { ComponentManager } from './components';
+import { GroupCommitter } from './group-commit';
+import { Pipelines } from './jobs/pipelines';
+import { JobScheduler } from './jobs/scheduler';
+import { StepRunner } from '../common/relay';
+import { clientCredentials } from '../common/grpc';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
 export const LEADER_HEALTH_SERVICE = 'tessera.v1.Leader';
 
 /** Everything that exists only while this coordinator leads. */
-class LeaderWork {
+export class LeaderWork {
   readonly registry: NodeRegistry;
   readonly deployments: Deployments;
   readonly scaler: Scaler;
+  readonly components: ComponentManager;
+  readonly pipelines: Pipelines;
+  readonly jobs: JobScheduler;
   private timers: NodeJS.Timeout[] = [];
   ready = false;
   stopped = false;
@@ -49,17 +58,30 @@ class LeaderWork {
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics }, c.log.child({ part: 'deployments' }));
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
+    this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
+      maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 10_000,
+    }, c.log.child({ part: 'components' }));
+    this.pipelines = new Pipelines(c.store, c.keys);
+    this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, new GroupCommitter(c.store), c.runner, {
+      flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, hopMs: c.config.jobHopUs / 1000,
+      sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: 10_000, coordinatorId: c.config.id,
+    }, c.log.child({ part: 'jobs' }), c.metrics);
   }
 
   async start(): Promise<void> {
     await this.registry.load();
     await this.deployments.load();
     await this.scaler.load();
+    await this.components.load();
+    await this.pipelines.load();
+    await this.jobs.load();
     await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
     if (this.stopped) return;
     this.ready = true;
     this.every(250, () => this.registry.tick());
     this.every(200, () => this.scaler.tick());
+    this.every(250, () => this.components.tick());
+    this.every(100, async () => this.jobs.pump());
     // Reconcile every reconcileIntervalMs, and within 20 ms of anything that asks for it (an
     // apply, an agent attaching, an instance event).
     let lastReconcile = 0;
@@ -86,6 +108,7 @@ class LeaderWork {
   stop(): void {
     this.stopped = true;
     this.ready = false;
+    this.jobs.stop();
     for (const t of this.timers) clearInterval(t);
   }
 }
@@ -107,9 +130,16 @@ export class Coordinator {
   port = 0;
   readonly metrics = new Metrics(COORDINATOR_METRICS);
   private tls?: TlsMaterial;
+  /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
+  runner!: StepRunner;
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
+  }
+
+  /** The leader's job scheduler, component manager and pipelines; undefined on followers. */
+  leaderWork(): LeaderWork | undefined {
+    return this.work?.ready ? this.work : undefined;
   }
 
   /** The leader's node registry, once loaded; undefined on followers. */
@@ -135,6 +165,7 @@ export class Coordinator {
     }
     this.tls = cfg.insecureDev ? undefined : loadTls(cfg);
     const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
+    this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
     this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
     this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
@@ -149,7 +180,7 @@ export class Coordinator {
     });
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork() }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);
@@ -202,11 +233,16 @@ export class Coordinator {
       for (const i of dep.listInstances('', '')) if (i.desired === 'run') m.inc('tessera_instances', { state: String(i.state).replace('INSTANCE_STATE_', '') });
       m.set('tessera_instructions_pending', {}, dep.pendingInstructions());
     }
+    const lw = this.leaderWork();
+    m.set('tessera_jobs_in_flight', {}, lw?.jobs.stats().inFlight ?? 0);
+    m.set('tessera_jobs_queued', {}, lw?.jobs.stats().queued ?? 0);
   }
 
   /** Agents' container events go to the event log (a failing container's exit code, OOM flag and last lines). */
   private onInstanceEvent(nodeId: string, e: import('../common/generated/tessera/v1/InstanceEvent').InstanceEvent__Output): void {
     this.deployments()?.kick();
+    // An instance that died or failed its checks leaves every routing table now, not at the next rebuild.
+    this.work?.components.invalidate();
     if (!['died', 'oom', 'health_failed', 'failed', 'restarted', 'adopted'].includes(e.kind)) return;
     const tail = e.lastLogLines.length ? ` | last lines: ${e.lastLogLines.slice(-5).join(' / ')}` : '';
     this.store.commit([], [{
@@ -269,6 +305,7 @@ export class Coordinator {
       this.server.tryShutdown(() => { clearTimeout(t); resolve(); });
     });
     this.admin?.close();
+    this.runner?.close();
     this.metrics.stop();
     this.etcd?.close();
     await this.embedded?.stop();

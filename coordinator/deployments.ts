@@ -15,6 +15,7 @@ import type { Instruction } from '../common/generated/tessera/v1/Instruction';
 import type { InstanceSpec } from '../common/generated/tessera/v1/InstanceSpec';
 import type { App } from '../common/generated/tessera/v1/App';
 import type { Instance } from '../common/generated/tessera/v1/Instance';
+import type { Quota } from '../common/generated/tessera/v1/Quota';
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
 import type { AgentGateway } from './agent-gateway';
@@ -24,7 +25,7 @@ import { DEFAULT_PORT_RANGE } from './node-registry';
 import type { EventDraft, Op, Store } from './store';
 import { AppRecord, componentHash, InstanceRecord, newInstanceId, VersionRecord } from './apps/records';
 import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
-import { NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
+import { kindOf, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
 import { Placer } from './scheduler/placer';
 import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
 
@@ -50,6 +51,8 @@ export class Deployments {
   private slotFailures = new Map<string, { count: number; lastAtMs: number }>();
   private ticking = false;
   private kicked = false;
+  /** Per-kind quotas: the total CPU and memory a kind's instances may reserve. */
+  private quotas = new Map<string, { cpuMillis: number; memoryMib: number }>();
 
   constructor(
     private readonly store: Store,
@@ -62,11 +65,13 @@ export class Deployments {
 
   async load(): Promise<void> {
     const c = this.store.client;
-    const [apps, versions, instances] = await Promise.all([
+    const [apps, versions, instances, quotas] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
       c.getAll().prefix(`${this.keys.prefix}appversions/`).strings(),
       c.getAll().prefix(this.keys.instances).strings(),
+      c.getAll().prefix(this.keys.quotas).strings(),
     ]);
+    for (const [k, v] of Object.entries(quotas)) this.quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
     for (const v of Object.values(apps)) {
       const a = JSON.parse(v) as AppRecord;
       this.apps.set(a.name, a);
@@ -206,6 +211,11 @@ export class Deployments {
     return undefined;
   }
 
+  /** The task state an instance last reported through its node's agent. */
+  taskOfOn(nodeId: string, id: string): import('../common/generated/tessera/v1/TaskState').TaskState__Output | undefined {
+    return this.registry.observed(nodeId).find((x) => x.instanceId === id)?.task ?? undefined;
+  }
+
   /** A policy's replica decision: kept beside the spec, so scaling does not make versions. */
   async setReplicas(app: string, component: string, n: number, reason: string): Promise<void> {
     const key = `${app}/${component}`;
@@ -326,7 +336,7 @@ export class Deployments {
             resources: { cpuMillis: comp.resources!.cpuMillis, memoryMib: comp.resources!.memoryMib },
             ports: comp.ports.map((p) => ({ name: p.name, port: p.port })),
             constraints: comp.constraints, placement: comp.placement as 'spread' | 'binpack', distinctHosts: comp.distinctHosts,
-            avoid: new Set(c.avoid), version: app.version, hash, comp,
+            avoid: new Set(c.avoid), version: app.version, hash, comp, kind: kindOf(comp),
           });
         }
         if (d.outdated || d.current !== effective.instances || d.create.length) allSettled = false;
@@ -389,7 +399,7 @@ export class Deployments {
       for (const p of plan.placements) {
         const r = p.request as (typeof requests)[number];
         const rec: InstanceRecord = {
-          id: newInstanceId(r.app, r.component), app: r.app, component: r.component, version: r.version, specHash: r.hash, slot: r.slot,
+          id: newInstanceId(r.app, r.component), app: r.app, component: r.component, kind: r.kind, version: r.version, specHash: r.hash, slot: r.slot,
           nodeId: p.nodeId, ports: p.ports, resources: r.resources, createdAtMs: nowMs, desired: 'run',
         };
         created.push(rec);
@@ -474,8 +484,92 @@ export class Deployments {
     return [...views.values()];
   }
 
+  /** Quotas first (a request over its kind's quota fails on every node alike), then the placer. */
   private plan(requests: PlacementRequest[], excluding: ReadonlySet<string>): Plan {
-    return new Placer(this.snapshot(excluding), { sampleSize: this.opts.sampleSize, random: Math.random }).placeAll(requests);
+    const used = this.kindUsage(excluding);
+    const allowed: PlacementRequest[] = [];
+    const refused: Plan['failures'] = [];
+    for (const r of requests) {
+      const q = r.kind ? this.quotas.get(r.kind) : undefined;
+      if (!q) { allowed.push(r); continue; }
+      const u = used.get(r.kind!) ?? { cpuMillis: 0, memoryMib: 0 };
+      const over = (q.cpuMillis && u.cpuMillis + r.resources.cpuMillis > q.cpuMillis)
+        ? `quota of kind ${r.kind}: cpu ${u.cpuMillis}+${r.resources.cpuMillis} > ${q.cpuMillis} millicores`
+        : (q.memoryMib && u.memoryMib + r.resources.memoryMib > q.memoryMib)
+          ? `quota of kind ${r.kind}: memory ${u.memoryMib}+${r.resources.memoryMib} > ${q.memoryMib} MiB` : '';
+      if (over) {
+        refused.push({ request: r, reasons: { '*': over }, counts: { quota: 1 } });
+        continue;
+      }
+      used.set(r.kind!, { cpuMillis: u.cpuMillis + r.resources.cpuMillis, memoryMib: u.memoryMib + r.resources.memoryMib });
+      allowed.push(r);
+    }
+    const plan = new Placer(this.snapshot(excluding), { sampleSize: this.opts.sampleSize, random: Math.random }).placeAll(allowed);
+    return { placements: plan.placements, failures: [...refused, ...plan.failures] };
+  }
+
+  /** What each kind's running instances reserve. */
+  kindUsage(excluding: ReadonlySet<string> = new Set()): Map<string, { cpuMillis: number; memoryMib: number }> {
+    const used = new Map<string, { cpuMillis: number; memoryMib: number }>();
+    for (const i of this.instances.values()) {
+      if (i.desired !== 'run' || excluding.has(i.id)) continue;
+      const k = i.kind ?? i.component;
+      const u = used.get(k) ?? { cpuMillis: 0, memoryMib: 0 };
+      used.set(k, { cpuMillis: u.cpuMillis + i.resources.cpuMillis, memoryMib: u.memoryMib + i.resources.memoryMib });
+    }
+    return used;
+  }
+
+  // ─────────────────────────────── quotas ───────────────────────────────
+
+  async setQuota(q: { kind?: string; cpuMillis?: number | string; memoryMib?: number | string } | null | undefined): Promise<Quota> {
+    const kind = q?.kind ?? '';
+    const v: import('../common/errors').FieldViolation[] = [];
+    if (!/^[a-z][a-z0-9-]{0,62}$/.test(kind)) v.push({ field: 'quota.kind', message: `must be a component kind (a-z, 0-9, "-"), got ${JSON.stringify(kind)}` });
+    const cpu = Number(q?.cpuMillis ?? 0);
+    const mem = Number(q?.memoryMib ?? 0);
+    if (!Number.isInteger(cpu) || cpu < 0) v.push({ field: 'quota.cpuMillis', message: 'must be a whole number >= 0 (0: no limit)' });
+    if (!Number.isInteger(mem) || mem < 0) v.push({ field: 'quota.memoryMib', message: 'must be a whole number >= 0 (0: no limit)' });
+    if (!v.length && !cpu && !mem) v.push({ field: 'quota', message: 'set cpuMillis or memoryMib (or delete the quota)' });
+    if (v.length) throw new InvalidArgumentError(v);
+    const rec = { cpuMillis: cpu, memoryMib: mem };
+    await this.store.commit([{ type: 'put', key: this.keys.quota(kind), value: JSON.stringify(rec) }], [{
+      kind: 'quota.set', subject: kind, message: `quota of kind ${kind}: ${cpu || 'any'} millicores, ${mem || 'any'} MiB`, fields: { cpuMillis: String(cpu), memoryMib: String(mem) },
+    }]);
+    this.quotas.set(kind, rec);
+    this.kick();
+    return this.quotaOf(kind);
+  }
+
+  async deleteQuota(kind: string): Promise<Quota> {
+    if (!this.quotas.has(kind)) throw new NotFoundError('quota', kind);
+    const q = this.quotaOf(kind);
+    await this.store.commit([{ type: 'delete', key: this.keys.quota(kind) }], [{ kind: 'quota.deleted', subject: kind, message: `quota of kind ${kind} deleted` }]);
+    this.quotas.delete(kind);
+    this.kick();
+    return q;
+  }
+
+  listQuotas(): Quota[] {
+    return [...this.quotas.keys()].sort().map((k) => this.quotaOf(k));
+  }
+
+  private quotaOf(kind: string): Quota {
+    const q = this.quotas.get(kind)!;
+    const u = this.kindUsage().get(kind) ?? { cpuMillis: 0, memoryMib: 0 };
+    return { kind, cpuMillis: q.cpuMillis, memoryMib: q.memoryMib, used: { cpuMillis: u.cpuMillis, memoryMib: u.memoryMib } };
+  }
+
+  /** Desired-run instances with their kind, for the component manager. */
+  runningRecords(): InstanceRecord[] {
+    return [...this.instances.values()].filter((i) => i.desired === 'run');
+  }
+
+  /** The kind of a component in the version an instance runs. */
+  kindOfInstance(i: InstanceRecord): string {
+    if (i.kind) return i.kind;
+    const c = this.versions.get(i.app)?.get(i.version)?.spec.components.find((x) => x.name === i.component);
+    return c ? kindOf(c) : i.component;
   }
 
   private dryPlan(spec: NormalAppSpec): Plan {
@@ -487,7 +581,7 @@ export class Deployments {
           app: spec.name, component: c.name, slot, group: `${spec.name}/${c.name}`,
           resources: { cpuMillis: c.resources!.cpuMillis, memoryMib: c.resources!.memoryMib },
           ports: c.ports.map((p) => ({ name: p.name, port: p.port })), constraints: c.constraints,
-          placement: c.placement as 'spread' | 'binpack', distinctHosts: c.distinctHosts,
+          placement: c.placement as 'spread' | 'binpack', distinctHosts: c.distinctHosts, kind: kindOf(c),
         });
       }
     }

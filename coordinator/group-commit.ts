@@ -2,12 +2,14 @@
 // their ops, and whatever queues while one transaction is in flight goes out together in the
 // next one (at most maxOps per transaction, etcd's limit being 128). Each caller's promise
 // settles when its own ops are durable, or with the transaction's error (a FencedError when
-// leadership was lost: nothing of the batch is written). Measured on this kind of machine: one
+// leadership was lost: nothing of the batch is written). A transaction also stays under maxBytes
+// of values (etcd refuses requests over 1.5 MiB by default). Measured on this kind of machine: one
 // fenced put ~1,000/s one at a time, ~56,000 puts/s when 100 share a transaction.
 import type { Op, Store } from './store';
 
 interface Pending {
   ops: Op[];
+  bytes: number;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -18,13 +20,14 @@ export class GroupCommitter {
   /** Transactions sent so far (for tests and metrics). */
   transactions = 0;
 
-  constructor(private readonly store: Store, private readonly maxOps = 100) {}
+  constructor(private readonly store: Store, private readonly maxOps = 100, private readonly maxBytes = 1024 * 1024) {}
 
   /** Resolves once these ops are committed (fenced), together with whatever queued alongside. */
   commit(ops: Op[]): Promise<void> {
     if (ops.length > this.maxOps) return Promise.reject(new RangeError(`at most ${this.maxOps} ops per call, got ${ops.length}`));
+    const bytes = ops.reduce((n, op) => n + (op.type === 'put' ? op.key.length + op.value.length : 64), 0);
     return new Promise((resolve, reject) => {
-      this.queue.push({ ops, resolve, reject });
+      this.queue.push({ ops, bytes, resolve, reject });
       if (!this.inFlight) void this.flush();
     });
   }
@@ -35,10 +38,12 @@ export class GroupCommitter {
       while (this.queue.length) {
         const batch: Pending[] = [];
         let n = 0;
-        while (this.queue.length && n + this.queue[0].ops.length <= this.maxOps) {
+        let bytes = 0;
+        while (this.queue.length && n + this.queue[0].ops.length <= this.maxOps && (!batch.length || bytes + this.queue[0].bytes <= this.maxBytes)) {
           const p = this.queue.shift()!;
           batch.push(p);
           n += p.ops.length;
+          bytes += p.bytes;
         }
         this.transactions++;
         try {

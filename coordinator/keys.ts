@@ -14,6 +14,16 @@ export class Keys {
   appVersion(name: string, v: number): string { return `${this.appVersions(name)}${String(v).padStart(10, '0')}`; }
   get instances(): string { return `${this.prefix}instances/`; }
   instance(app: string, id: string): string { return `${this.instances}${app}/${id}`; }
+  get quotas(): string { return `${this.prefix}quotas/`; }
+  quota(kind: string): string { return `${this.quotas}${kind}`; }
+  get pipelines(): string { return `${this.prefix}pipelines/`; }
+  pipeline(name: string): string { return `${this.pipelines}${name}`; }
+  /** External component instances (registered through Admin, with an expiring lease). */
+  get externals(): string { return `${this.prefix}components/`; }
+  external(id: string): string { return `${this.externals}${id}`; }
+  get jobs(): string { return `${this.prefix}jobs/`; }
+  job(id: string): string { return `${this.jobs}${id}`; }
+  jobKey(key: string): string { return `${this.prefix}jobkeys/${key}`; }
   get events(): string { return `${this.prefix}events/`; }
   event(id: string): string { return `${this.events}${id}`; }
 }

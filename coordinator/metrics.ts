@@ -16,4 +16,11 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_fenced_writes_refused_total', help: 'leader writes refused by the fence', type: 'counter' },
   { name: 'tessera_scaling_decisions_total', help: 'scaling policy decisions recorded', type: 'counter', labels: ['action'] },
   { name: 'tessera_admin_denied_total', help: 'Admin calls refused for authentication or permission', type: 'counter', labels: ['code'] },
+  { name: 'tessera_job_seconds', help: 'job latency from submission to its end, by pipeline and final state', type: 'histogram', labels: ['pipeline', 'state'] },
+  { name: 'tessera_job_step_seconds', help: 'time of one step in its component (as the relay measured it), by stage', type: 'histogram', labels: ['pipeline', 'stage'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+  { name: 'tessera_jobs_total', help: 'jobs ended, by pipeline and final state', type: 'counter', labels: ['pipeline', 'state'] },
+  { name: 'tessera_job_retries_total', help: 'steps re-planned onto another instance after a failure', type: 'counter', labels: ['pipeline', 'stage'] },
+  { name: 'tessera_jobs_refused_total', help: 'submissions refused, by gRPC code', type: 'counter', labels: ['code'] },
+  { name: 'tessera_jobs_in_flight', help: 'accepted jobs not yet ended (running or queued)', type: 'gauge' },
+  { name: 'tessera_jobs_queued', help: 'jobs waiting for an instance that is not saturated', type: 'gauge' },
 ];

@@ -9,7 +9,7 @@ import type { Keys } from './keys';
 import type { Leadership } from './leadership';
 
 export type Op =
-  | { type: 'put'; key: string; value: string }
+  | { type: 'put'; key: string; value: string; lease?: string }
   | { type: 'delete'; key: string }
   | { type: 'deleteRange'; start: string; end: string };
 
@@ -49,7 +49,7 @@ export class Store {
     const all = [...ops, ...events.map((e) => this.eventOp(e, token.term))];
     const builders = all.map((op) => {
       switch (op.type) {
-        case 'put': return this.client.put(op.key).value(op.value);
+        case 'put': return op.lease ? this.client.put(op.key).value(op.value).lease(op.lease) : this.client.put(op.key).value(op.value);
         case 'delete': return this.client.delete().key(op.key);
         case 'deleteRange': return this.client.delete().range(new Range(op.start, op.end));
       }

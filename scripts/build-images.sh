@@ -4,6 +4,8 @@
 #   tessera/busybox:local   busybox-static with its applets (sh, httpd, nc, sleep, ...)
 #   tessera/node:local      the host's node binary and the libraries ldd lists, plus busybox,
 #                           for components written in TypeScript (code mounted or copied in)
+#   tessera/components:local  tessera/node plus the example components, each bundled into one
+#                           file by esbuild (/app/<name>.js) with the protos they load
 # An image is rebuilt only when its inputs changed (their hash is kept as a label).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,5 +55,32 @@ node_image() {
   rm -rf "$tmp"
 }
 
+components_image() {
+  local tmp; tmp=$(mktemp -d)
+  # The node image's root filesystem again, plus the bundles.
+  local node_bin; node_bin=$(readlink -f "$(command -v node)")
+  mkdir -p "$tmp/usr/local/bin" "$tmp/bin" "$tmp/tmp" "$tmp/etc" "$tmp/app/protos"
+  cp "$node_bin" "$tmp/usr/local/bin/node"
+  for lib in $(ldd "$node_bin" | grep -oE '/[^ ]+'); do
+    mkdir -p "$tmp$(dirname "$lib")"
+    cp -L "$lib" "$tmp$lib"
+  done
+  cp /bin/busybox "$tmp/bin/busybox"
+  for applet in sh ls cat echo sleep env wget nc kill; do ln -sf busybox "$tmp/bin/$applet"; done
+  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$tmp/etc/passwd"
+  chmod 1777 "$tmp/tmp"
+  cp -r protos/. "$tmp/app/protos/"
+  echo '{"name":"tessera-components","version":"0.1.0"}' > "$tmp/app/package.json"
+  for src in examples/*/components/*.ts; do
+    local name; name=$(basename "$src" .ts)
+    [ "$name" = delay ] && continue
+    node_modules/.bin/esbuild "$src" --bundle --platform=node --target=node20 --log-level=error --outfile="$tmp/app/$name.js"
+  done
+  local hash; hash=$( (sha256sum "$node_bin"; cat "$tmp"/app/*.js protos/tessera/v1/tessera.proto | sha256sum; echo v1) | sha256sum | cut -c1-16)
+  build tessera/components:local "$hash" "$tmp"
+  rm -rf "$tmp"
+}
+
 busybox_image
 node_image
+components_image

@@ -63,7 +63,7 @@ start() {
     [ "${TESSERA_SECURE:-0}" = 1 ] && agent_tls="--tls-ca $DIR/certs/ca.pem --tls-cert $DIR/certs/agent-node-$i.pem --tls-key $DIR/certs/agent-node-$i-key.pem"
     launch "agent-$i" node dist/agent/main.js --coordinators "$COORDINATORS" --state-dir "$DIR/agent-$i" \
       --node-id "node-$i" --labels "rack=r$(( (i - 1) % 2 + 1 ))" --log-level "$LOG_LEVEL" \
-      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" $agent_tls ${AGENT_FLAGS:-}
+      --port-range "$(( 20000 + i * 1000 ))-$(( 20999 + i * 1000 ))" --task-listen "127.0.0.1:748$i" --relay-listen "127.0.0.1:749$i" $agent_tls ${AGENT_FLAGS:-}
   done
   echo
   if [ "${TESSERA_SECURE:-0}" = 1 ]; then

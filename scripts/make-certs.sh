@@ -2,7 +2,7 @@
 # Makes a local CA and the certificates a Tessera cluster uses (openssl), into DIR:
 #   ca.pem / ca-key.pem                  the cluster CA (keep ca-key.pem offline on a real fleet)
 #   coordinator.pem / -key.pem           OU=coordinator; server and client (forwarding, etcd)
-#   agent-<node>.pem / -key.pem          OU=agent, CN=<node id>: an agent's identity is its cert
+#   agent-<node>.pem / -key.pem          OU=agent, CN=<node id>: an agent's identity is its cert; server (step relay) and client
 #   admin.pem / -key.pem                 OU=admin: for grpcurl and the tessera CLI
 #   etcd.pem / -key.pem                  etcd's server and peer certificate
 #   scripts/make-certs.sh DIR [--nodes node-1,node-2] [--hosts 127.0.0.1,localhost,10.0.0.11]
@@ -45,7 +45,9 @@ issue() { # name subject extended-key-usage [san]
 issue coordinator "/O=tessera/OU=coordinator/CN=coordinator" serverAuth,clientAuth "$(san)"
 issue etcd "/O=tessera/OU=etcd/CN=etcd" serverAuth,clientAuth "$(san)"
 issue admin "/O=tessera/OU=admin/CN=admin" clientAuth
-for n in ${NODES//,/ }; do issue "agent-$n" "/O=tessera/OU=agent/CN=$n" clientAuth "DNS:$n"; done
+# Agents serve the step relay too (job steps flow agent to agent), so their certificates are
+# servers as well as clients.
+for n in ${NODES//,/ }; do issue "agent-$n" "/O=tessera/OU=agent/CN=$n" serverAuth,clientAuth "DNS:$n,$(san)"; done
 chmod 0644 ./*.pem
 chmod 0600 ./*-key.pem
 echo "certificates in $DIR: ca, coordinator, etcd, admin, agent-{${NODES}}"

@@ -35,6 +35,8 @@ export interface InstanceRecord {
   id: string;
   app: string;
   component: string;
+  /** The kind it registers as (absent in records written before kinds existed: the component name). */
+  kind?: string;
   version: number;
   /** Hash of the component spec it runs: a new app version that leaves a component alone does not restart it. */
   specHash: string;

@@ -121,6 +121,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     volNames.add(vol.name);
     if (!vol.path?.startsWith('/') || vol.path.includes('..')) bad(`${at}.volumes[${j}].path`, 'must be an absolute path without ".."');
   });
+  if (c.kind && !NAME_RE.test(c.kind)) bad(`${at}.kind`, `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(c.kind)}`);
 
   return {
     name,
@@ -161,7 +162,15 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     readOnlyRoot: !!c.readOnlyRoot,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
-  };
+    // Present only when it differs from the name, so specs written before kinds existed keep
+    // their hash (and their instances are not restarted by an upgrade).
+    ...(c.kind && c.kind !== name ? { kind: c.kind } : {}),
+  } as NormalComponent;
+}
+
+/** The kind a component's instances register as: its kind, or its name. */
+export function kindOf(c: { name: string; kind?: string }): string {
+  return c.kind || c.name;
 }
 
 /** Stable JSON for comparing specs: "is this apply a change?" */

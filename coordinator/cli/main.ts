@@ -46,7 +46,7 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
     const code = se.code !== undefined ? grpc.status[se.code] : 'ERROR';
     const violations = se.violations ?? (se.metadata?.get('tessera-field-violations')?.[0] ? JSON.parse(String(se.metadata.get('tessera-field-violations')[0])) : undefined);
     if (violations?.length) {
-      process.stderr.write(`error: ${code}: the spec has ${violations.length} problem(s):\n`);
+      process.stderr.write(`error: ${code}: the request has ${violations.length} problem(s):\n`);
       for (const v of violations) process.stderr.write(`  ${v.field}: ${v.message}\n`);
     } else {
       process.stderr.write(`error: ${code}: ${se.details ?? se.message}\n`);
@@ -220,6 +220,134 @@ program.command('events').description('cluster events (placements, node states, 
       process.once('SIGINT', () => { stream.cancel(); resolve(); });
     });
   }));
+
+// ───────────────────────────── components, pipelines, jobs ─────────────────────────────
+
+const component = program.command('component').description('component instances the job scheduler routes to');
+component.command('list [kind]').description('registered instances: kind, version, where, state, latency, in flight').action((kind) => run(async (c) => {
+  const r = await c.listComponents(kind ?? '');
+  out(r.instances, () => r.instances.length ? table(['INSTANCE', 'KIND', 'VERSION', 'SOURCE', 'NODE', 'ENDPOINT', 'STATE', 'LATENCY', 'IN FLIGHT', 'QUEUE', 'OK', 'FAILED', 'LEASE'], r.instances.map((i) => [
+    i.instanceId, i.kind, i.version || '-', i.source, i.nodeId || '-', i.endpoint, i.state, `${i.latencyMs.toFixed(2)} ms`, i.inFlight, i.queueDepth, i.stepsOk, i.stepsFailed,
+    i.leaseExpiresAtMs ? `${Math.max(0, Math.round((Number(i.leaseExpiresAtMs) - Date.now()) / 1000))}s left` : '-',
+  ])) : 'no component instances registered');
+}));
+component.command('register <instance-id>').description('register an external instance (one running outside Tessera); run it again to renew the lease')
+  .requiredOption('--kind <kind>', 'component kind').requiredOption('--endpoint <host:port>', 'where it serves tessera.v1.Component')
+  .option('--version <semver>', 'its version', '').option('--operations <ops>', 'operations it offers, comma-separated', '')
+  .option('--ttl <ms>', 'lease; it is deregistered unless renewed within this', '30000')
+  .action((id, o) => run(async (c) => {
+    const i = await c.registerComponent({ instanceId: id, kind: o.kind, endpoint: o.endpoint, version: o.version, operations: o.operations ? String(o.operations).split(',') : [], ttlMs: Number(o.ttl) });
+    out(i, () => `registered ${i.kind} ${i.version || ''} instance ${i.instanceId} at ${i.endpoint}; lease until ${new Date(Number(i.leaseExpiresAtMs)).toISOString()}`);
+  }));
+component.command('deregister <instance-id>').description('remove an external instance from routing').action((id) => run(async (c) => {
+  const i = await c.deregisterComponent(id);
+  out(i, () => `deregistered ${i.kind} instance ${i.instanceId}`);
+}));
+
+const quota = program.command('quota').description('per-kind quotas: the CPU and memory all instances of a kind may reserve');
+quota.command('set <kind>').description('set a quota').option('--cpu <millicores>', 'total CPU', '0').option('--memory <mib>', 'total memory in MiB', '0').action((kind, o) => run(async (c) => {
+  const q = await c.setQuota({ kind, cpuMillis: Number(o.cpu), memoryMib: Number(o.memory) });
+  out(q, () => `quota of ${q.kind}: ${q.cpuMillis || 'any'} millicores, ${q.memoryMib || 'any'} MiB (used ${q.used?.cpuMillis}m, ${q.used?.memoryMib} MiB)`);
+}));
+quota.command('list').description('quotas and what each kind uses').action(() => run(async (c) => {
+  const r = await c.listQuotas();
+  out(r.quotas, () => r.quotas.length ? table(['KIND', 'CPU (USED/LIMIT)', 'MEMORY (USED/LIMIT)'], r.quotas.map((q) => [q.kind, `${q.used?.cpuMillis}/${q.cpuMillis || 'any'} m`, `${q.used?.memoryMib}/${q.memoryMib || 'any'} MiB`])) : 'no quotas');
+}));
+quota.command('delete <kind>').description('remove a quota').action((kind) => run(async (c) => {
+  await c.deleteQuota(kind);
+  out({}, () => `quota of ${kind} removed`);
+}));
+
+const pipeline = program.command('pipeline').description('pipelines: the stages a job runs through');
+pipeline.command('apply').description('apply a pipeline from a YAML or JSON file').requiredOption('-f, --file <file>', 'pipeline file, or -').option('--dry-run', 'validate only')
+  .action((o) => run(async (c) => {
+    const p = await c.applyPipeline(readSpecFile(o.file, 'Pipeline'), !!o.dryRun);
+    out(p, () => `${o.dryRun ? 'dry run: ' : ''}pipeline ${p.name}${o.dryRun ? ' is valid' : ` version ${p.version}`}: ${p.stages.map((st) => `${st.name}(${st.kind || st.alternatives.map((a) => a.kind).join('|')})`).join(' -> ')}`);
+  }));
+pipeline.command('list').description('list pipelines').action(() => run(async (c) => {
+  const r = await c.listPipelines();
+  out(r.pipelines, () => r.pipelines.length ? table(['NAME', 'VERSION', 'STAGES', 'TIMEOUT', 'MAX PAYLOAD'], r.pipelines.map((p) => [
+    p.name, p.version, p.stages.map((st) => `${st.name}(${st.kind || st.alternatives.map((a) => a.kind).join('|')})`).join(' -> '), `${p.defaultTimeoutMs} ms`, `${p.maxPayloadBytes} B`,
+  ])) : 'no pipelines');
+}));
+pipeline.command('get <name>').description('show a pipeline').action((name) => run(async (c) => {
+  const p = await c.getPipeline(name);
+  out(p, () => YAML.stringify(p));
+}));
+pipeline.command('delete <name>').description('remove a pipeline').action((name) => run(async (c) => {
+  await c.deletePipeline(name);
+  out({}, () => `pipeline ${name} removed`);
+}));
+
+type JobOut = import('../../common/generated/tessera/v1/Job').Job__Output;
+function renderJob(j: JobOut, explain = true): string {
+  const state = enumName(j.state, 'JOB_STATE_');
+  const lines = [`job ${j.id} (${j.pipeline}): ${state} in ${Number(j.durationMs).toFixed(0)} ms${j.plans > 1 ? `, ${j.plans} plans` : ''}${j.reason ? ` - ${j.reason}` : ''}`];
+  if (explain) {
+    lines.push(table(['STAGE', 'KIND', 'INSTANCE', 'NODE', 'PLANNED COST', 'ATTEMPT', 'TOOK', 'OUTCOME'], j.steps.map((st) => {
+      const planned = j.path.find((p) => p.stage === st.stage && p.instanceId === st.instanceId);
+      return [st.stage, st.kind, st.instanceId, st.nodeId || 'external', planned ? `${Number(planned.costMs).toFixed(2)} ms` : '-', st.attempt, `${Number(st.durationMs).toFixed(2)} ms`, st.ok ? 'ok' : st.error.slice(0, 80)];
+    })));
+  }
+  return lines.join('\n');
+}
+const job = program.command('job').description('jobs: submit to a pipeline, follow, cancel');
+job.command('submit <pipeline>').description('run a job and print its result and the path it took')
+  .option('-d, --data <data>', 'the payload: text, or @file (@- for standard input)', '')
+  .option('--timeout <ms>', 'the job deadline from now', '0')
+  .option('--key <idempotency-key>', 'submitting again with the same key returns the same job (default: a new random key, so a retry after a lost answer does not run it twice)')
+  .option('-H, --header <name=value...>', 'headers for the steps')
+  .option('--no-wait', 'print the job id once it is accepted, do not wait for the result')
+  .option('--explain', 'print the path and per-step timings', true)
+  .action((name, o) => run(async (c) => {
+    const data = String(o.data);
+    const payload = data.startsWith('@') ? require('node:fs').readFileSync(data === '@-' ? 0 : data.slice(1)) as Buffer : Buffer.from(data);
+    const headers = Object.fromEntries(((o.header ?? []) as string[]).map((h) => [h.slice(0, h.indexOf('=')), h.slice(h.indexOf('=') + 1)]));
+    const key = o.key ?? `cli-${require('node:crypto').randomUUID()}`;
+    const req = { pipeline: name, payload, timeoutMs: Number(o.timeout), idempotencyKey: key, headers, wait: o.wait !== false };
+    // An accepted job survives a leader change: submitting again with the same key finds it.
+    let j: JobOut | undefined;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        j = await c.submitJob(req);
+        break;
+      } catch (err) {
+        const se = err as grpc.ServiceError;
+        if (attempt >= 5 || se.code !== grpc.status.UNAVAILABLE || !se.metadata?.get('tessera-leader-address')) throw err;
+        await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+      }
+    }
+    out({ ...j, result: j!.result.toString('utf8') }, () => {
+      if (o.wait === false) return `job ${j!.id} accepted (${enumName(j!.state, 'JOB_STATE_')}); follow it with: tessera job watch ${j!.id}`;
+      const body = j!.state === 'JOB_STATE_SUCCEEDED' ? j!.result.toString('utf8') : '';
+      return [body, '', renderJob(j!, o.explain)].join('\n').replace(/^\n/, '');
+    });
+    if (o.wait !== false && j!.state !== 'JOB_STATE_SUCCEEDED') process.exitCode = 1;
+  }));
+job.command('get <id>').description('a job: state, result, path, steps').action((id) => run(async (c) => {
+  const j = await c.getJob(id);
+  out({ ...j, result: j.result.toString('utf8') }, () => [renderJob(j), j.result.length ? `result: ${j.result.toString('utf8').slice(0, 2000)}` : ''].filter(Boolean).join('\n'));
+}));
+job.command('list').description('recent jobs').option('--pipeline <name>', 'one pipeline').option('--state <state>', 'QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED').option('-n, --limit <n>', 'how many', '20')
+  .action((o) => run(async (c) => {
+    const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit) });
+    out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
+      j.id, j.pipeline, enumName(j.state, 'JOB_STATE_'), ago(Number(j.submittedAtMs)), `${Number(j.durationMs).toFixed(0)} ms`, j.plans,
+      j.path.map((p) => p.instanceId).join(' > ').slice(0, 60), j.reason.slice(0, 60) || '-',
+    ])) : 'no jobs');
+  }));
+job.command('cancel <id>').description('cancel a queued or running job').action((id) => run(async (c) => {
+  const j = await c.cancelJob(id);
+  out(j, () => `job ${j.id}: ${enumName(j.state, 'JOB_STATE_')}`);
+}));
+job.command('watch <id>').description('follow a job until it ends').action((id) => run(async (c) => {
+  const stream = c.watchJob(id);
+  await new Promise<void>((resolve, reject) => {
+    stream.on('data', (j: JobOut) => process.stdout.write((program.opts().json ? JSON.stringify({ ...j, result: j.result.toString('utf8') }) : renderJob(j, false)) + '\n'));
+    stream.on('end', resolve);
+    stream.on('error', reject);
+  });
+}));
 
 // grpc-js sets the TLS server name to an IP address, which Node flags as deprecated on every
 // call; it is not something an operator can act on.

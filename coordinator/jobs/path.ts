@@ -7,8 +7,8 @@
 //
 // The hop term couples neighbouring stages, so the path is solved as a whole (a Viterbi pass
 // over the stages), not stage by stage: a slightly slower instance next to the previous step
-// can beat a faster one across the network. This module is the start of issue 5; the job
-// runner, records and the Admin API build on it.
+// can beat a faster one across the network. The job
+// runner (jobs/scheduler.ts) builds on it.
 
 export interface Candidate {
   instanceId: string;
@@ -32,6 +32,8 @@ export interface StageAlternative {
 export interface Stage {
   name: string;
   alternatives: StageAlternative[];
+  /** Further conditions on an instance (a version range, an operation it must offer). */
+  accept?: (c: Candidate) => boolean;
 }
 
 export interface PathOptions {
@@ -73,7 +75,7 @@ export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOpti
   type Node = { c: Candidate; own: number; best: number; prev: number };
   const layers: Node[][] = stages.map((s) => {
     const kinds = new Map(s.alternatives.map((a) => [a.kind, a.costHint ?? 1]));
-    const pool = candidates.filter((c) => kinds.has(c.kind));
+    const pool = candidates.filter((c) => kinds.has(c.kind) && (!s.accept || s.accept(c)));
     const usable = pool.filter((c) => c.healthy && !c.saturated && !o.exclude?.has(c.instanceId));
     if (!usable.length) {
       const why = !pool.length

@@ -35,6 +35,8 @@ export interface PlacementRequest {
   distinctHosts: boolean;
   /** Nodes to avoid (e.g. where the instance being replaced failed), a soft preference. */
   avoid?: ReadonlySet<string>;
+  /** The component kind (per-kind quotas apply to it). */
+  kind?: string;
 }
 
 export interface Placement {

@@ -104,7 +104,7 @@ export class Fleet {
   agent(o: AgentOptions): Proc & { nodeId: string; stateDir: string } {
     const nodeId = o.nodeId ?? `n${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
     const stateDir = path.join(this.dir, `agent-${nodeId}`);
-    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []),
+    const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', '--relay-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []),
       ...(o.tls ? ['--tls-ca', o.tls[0], '--tls-cert', o.tls[1], '--tls-key', o.tls[2]] : ['--insecure-dev']), ...(o.extra ?? [])];
     const p = Object.assign(new Proc(nodeId, 'agent/main.js', args, path.join(this.dir, `agent-${nodeId}.log`), o.env), { nodeId, stateDir });
     this.procs.push(p.start());

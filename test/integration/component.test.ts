@@ -13,7 +13,7 @@ describe('component interface (common/component.ts)', function () {
   it('serves operations, maps errors to statuses, and reports task state to the agent', async () => {
     const agent = new TaskEndpoint((id) => id === 'inst-1');
     const endpoint = await agent.start('127.0.0.1:0');
-    const comp = await serveComponent({
+    const comp = await serveComponent({ handleSignals: false,
       kind: 'upper', version: '1.2.0', concurrency: 2, reportIntervalMs: 100,
       env: { TESSERA_AGENT_ENDPOINT: endpoint, TESSERA_INSTANCE_ID: 'inst-1' },
       operations: {

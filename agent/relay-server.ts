@@ -1,0 +1,51 @@
+// The agent's step relay: serves tessera.v1.StepRelay on --relay-listen. The leader (or the
+// agent of the previous hop) hands it a route; it runs the hops whose instances live on this
+// host over loopback and passes the output straight to the next host's agent, so at high rates
+// a job's data flows host to host and the coordinator only plans, admits and records.
+// With TLS, only coordinators and agents (by certificate role) may call it.
+import * as grpc from '@grpc/grpc-js';
+import { bind, clientCredentials, guardDeserializers, SERVER_OPTIONS, serverCredentials, unary } from '../common/grpc';
+import { PermissionDeniedError } from '../common/errors';
+import type { Logger } from '../common/logger';
+import { tesseraProto } from '../common/proto';
+import { StepRunner } from '../common/relay';
+import { peerIdentity, TlsMaterial } from '../common/tls';
+import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
+import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
+
+export class RelayServer {
+  readonly runner: StepRunner;
+  private server?: grpc.Server;
+  address = '';
+  relayed = 0;
+
+  constructor(private readonly nodeId: string, private readonly log: Logger, private readonly tls?: TlsMaterial) {
+    this.runner = new StepRunner({ selfNodeId: nodeId, relayCredentials: clientCredentials(tls), chain: true });
+  }
+
+  /** Listens; returns the address other hosts should use (advertise, or the bound address). */
+  async start(listen: string, advertise?: string): Promise<string> {
+    const server = new grpc.Server(SERVER_OPTIONS);
+    const tls = this.tls;
+    server.addService(guardDeserializers(tesseraProto().StepRelay.service), {
+      Relay: unary<RelayRequest__Output, RelayResult>(this.log, 'Relay', async (req, call) => {
+        if (tls) {
+          const peer = peerIdentity(call);
+          if (peer.role !== 'coordinator' && peer.role !== 'agent') throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
+        }
+        this.relayed++;
+        return this.runner.run(req);
+      }),
+    } as grpc.UntypedServiceImplementation);
+    const port = await bind(server, listen, serverCredentials(tls));
+    this.server = server;
+    const host = listen.slice(0, listen.lastIndexOf(':'));
+    this.address = advertise || `${host === '0.0.0.0' || host === '' ? '127.0.0.1' : host}:${port}`;
+    return this.address;
+  }
+
+  stop(): void {
+    this.server?.forceShutdown();
+    this.runner.close();
+  }
+}

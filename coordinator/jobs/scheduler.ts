@@ -1,0 +1,562 @@
+// The job scheduler (leader only): admits a job, records it, plans its path, runs it along the
+// path through the agents, re-plans around failures, and records how it ended.
+//
+//   SubmitJob ─ validate ─ plan (jobs/path.ts over the component manager's candidates)
+//       no healthy instance for a stage ──> UNAVAILABLE, nothing recorded
+//       every instance of a stage saturated ──> QUEUED (up to queueLimit) or RESOURCE_EXHAUSTED
+//     ─ record (group commit, fenced) ─ acknowledge ─ run:
+//       route ──> StepRunner (chain: agent to agent; per-stage: one relay call per hop)
+//       a hop failed with a transport error ──> that instance is suspect; re-plan from the failed
+//         stage without it, with the stage's input; within max attempts and the deadline
+//       a hop failed with an application error (bad input) ──> FAILED, the stage named
+//     ─ record the end (group commit; the record expires after the retention) ─ answer waiters
+//
+// A new leader reads the records of jobs that had not ended: each one is resumed from its first
+// stage (steps are at-least-once; components should be idempotent) or, when its deadline has
+// passed, failed with that reason. No accepted job is silently lost.
+import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
+import type { Logger } from '../../common/logger';
+import type { Metrics } from '../../common/metrics';
+import type { StepRunner } from '../../common/relay';
+import type { Job } from '../../common/generated/tessera/v1/Job';
+import type { JobState } from '../../common/generated/tessera/v1/JobState';
+import type { JobStep } from '../../common/generated/tessera/v1/JobStep';
+import type { PathHop } from '../../common/generated/tessera/v1/PathHop';
+import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
+import type { SubmitJobRequest__Output } from '../../common/generated/tessera/v1/SubmitJobRequest';
+import type { ListJobsRequest__Output } from '../../common/generated/tessera/v1/ListJobsRequest';
+import { ComponentManager, TRANSPORT_CODES, versionMatches } from '../components';
+import type { GroupCommitter } from '../group-commit';
+import type { Keys } from '../keys';
+import type { Store } from '../store';
+import { Candidate, choosePath, NoPathError, Stage } from './path';
+import type { NormalPipeline, Pipelines } from './pipelines';
+
+type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
+const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
+const KEY_RE = /^[\x21-\x7e]{1,128}$/;
+
+export interface JobOptions {
+  flow: 'chain' | 'per-stage';
+  queueLimit: number;
+  retentionMs: number;
+  hopMs: number;
+  sameHostHopMs: number;
+  /** Finished jobs kept in the leader's memory for GetJob/ListJobs/WatchJob. */
+  recentLimit: number;
+  coordinatorId: string;
+}
+
+/** What etcd holds for a job: under jobs/active/ until it ends, then under jobs/done/ with a lease. */
+interface JobRecord {
+  id: string;
+  pipeline: string;
+  pipelineVersion: number;
+  state: JobState;
+  reason: string;
+  failedStage: string;
+  submittedAtMs: number;
+  finishedAtMs: number;
+  deadlineMs: number;
+  idempotencyKey: string;
+  path: PathHop[];
+  steps: JobStep[];
+  plans: number;
+  payloadBytes: number;
+  flow: string;
+  durationMs: number;
+  headers: Record<string, string>;
+  /** The input (base64), kept while the job may have to be resumed. */
+  payload?: string;
+  result?: string;
+  resultHeaders?: Record<string, string>;
+}
+
+interface LiveJob {
+  rec: JobRecord;
+  pipeline: NormalPipeline;
+  input: Buffer;
+  result?: Buffer;
+  waiters: ((j: Job) => void)[];
+  watchers: Set<(j: Job) => void>;
+  route?: { hops: RouteHop[]; holding: string[] };
+  queuedWhy?: string;
+}
+
+interface Planned {
+  hops: RouteHop[];
+  path: PathHop[];
+  holding: string[];
+}
+
+export class JobScheduler {
+  private jobs = new Map<string, LiveJob>();
+  private recent: string[] = [];
+  private byKey = new Map<string, string>();
+  private queue: LiveJob[] = [];
+  private inFlight = 0;
+  private lease?: { id: string; grantedAtMs: number };
+  private leasePending?: Promise<string>;
+  private stopped = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly keys: Keys,
+    private readonly components: ComponentManager,
+    private readonly pipelines: Pipelines,
+    private readonly committer: GroupCommitter,
+    private readonly runner: StepRunner,
+    private readonly opts: JobOptions,
+    private readonly log: Logger,
+    private readonly metrics?: Metrics,
+  ) {}
+
+  private activeKey(id: string): string { return `${this.keys.jobs}active/${id}`; }
+  private doneKey(id: string): string { return `${this.keys.jobs}done/${id}`; }
+
+  /** Takes over the jobs a previous leader accepted and did not finish. */
+  async load(nowMs = Date.now()): Promise<void> {
+    const all = await this.store.client.getAll().prefix(`${this.keys.jobs}active/`).strings();
+    for (const v of Object.values(all)) {
+      const rec = JSON.parse(v) as JobRecord;
+      let pipeline: NormalPipeline;
+      try {
+        pipeline = this.pipelines.get(rec.pipeline);
+      } catch {
+        const job = this.adopt(rec, undefined);
+        void this.finish(job, 'JOB_STATE_FAILED', `pipeline ${rec.pipeline} was deleted before a new leader could resume the job`);
+        continue;
+      }
+      const job = this.adopt(rec, pipeline);
+      if (rec.deadlineMs <= nowMs) {
+        void this.finish(job, 'JOB_STATE_FAILED', `its leader stopped and the deadline passed before a new leader (${this.opts.coordinatorId}) could resume it`);
+        continue;
+      }
+      rec.reason = `resumed from its first stage by ${this.opts.coordinatorId} after a leader change (earlier stages may run again)`;
+      this.inFlight++;
+      // Agents re-attach to a new leader within a few seconds: wait in the queue for instances.
+      this.enqueue(job, 'waiting for instances after a leader change');
+    }
+    if (Object.keys(all).length) this.log.info({ jobs: Object.keys(all).length }, 'jobs of the previous leader taken over');
+  }
+
+  private adopt(rec: JobRecord, pipeline: NormalPipeline | undefined): LiveJob {
+    const job: LiveJob = {
+      rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, version: 0, updatedAtMs: 0 },
+      input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [], watchers: new Set(),
+    };
+    this.jobs.set(rec.id, job);
+    if (rec.idempotencyKey) this.byKey.set(rec.idempotencyKey, rec.id);
+    return job;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const j of this.jobs.values()) {
+      for (const w of j.waiters) w(this.toProto(j));
+      j.waiters = [];
+    }
+  }
+
+  // ─────────────────────────────────── submit ───────────────────────────────────
+
+  async submit(req: SubmitJobRequest__Output, nowMs = Date.now()): Promise<{ job: Job; done?: Promise<Job> }> {
+    try {
+      return await this.admit(req, nowMs);
+    } catch (err) {
+      const code = (err as { code?: number }).code;
+      this.metrics?.inc('tessera_jobs_refused_total', { code: grpc.status[code ?? grpc.status.UNKNOWN] ?? String(code) });
+      throw err;
+    }
+  }
+
+  private async admit(req: SubmitJobRequest__Output, nowMs: number): Promise<{ job: Job; done?: Promise<Job> }> {
+    const pipeline = this.pipelines.get(req.pipeline);
+    const payload = Buffer.from(req.payload ?? []);
+    if (payload.length > pipeline.maxPayloadBytes) {
+      throw InvalidArgumentError.field('payload', `is ${payload.length} bytes; pipeline ${pipeline.name} takes at most ${pipeline.maxPayloadBytes}`);
+    }
+    const timeout = Number(req.timeoutMs ?? 0);
+    if (timeout < 0 || timeout > 24 * 3_600_000) throw InvalidArgumentError.field('timeoutMs', 'must be 0..86400000 ms');
+    let deadlineMs: number;
+    if (Number(req.deadlineMs)) {
+      deadlineMs = Number(req.deadlineMs);
+      if (deadlineMs <= nowMs) throw InvalidArgumentError.field('deadlineMs', `is already past (${nowMs - deadlineMs} ms ago)`);
+    } else {
+      deadlineMs = nowMs + (timeout || pipeline.defaultTimeoutMs);
+    }
+    const key = req.idempotencyKey ?? '';
+    if (key && !KEY_RE.test(key)) throw InvalidArgumentError.field('idempotencyKey', 'must be 1-128 printable ASCII characters without spaces');
+    for (const h of Object.keys(req.headers ?? {})) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(h)) throw InvalidArgumentError.field(`headers.${h}`, 'header names are 1-64 characters of letters, digits, "_", "." or "-"');
+    if (key) {
+      const existing = await this.byIdempotencyKey(key);
+      if (existing) {
+        if (existing.pipeline !== pipeline.name) throw InvalidArgumentError.field('idempotencyKey', `already used by job ${existing.id} of pipeline ${existing.pipeline}`);
+        return { job: existing, done: req.wait ? this.whenDone(existing.id!) : undefined };
+      }
+    }
+
+    let planned: Planned | undefined;
+    let queuedWhy: string | undefined;
+    try {
+      planned = this.plan(pipeline, 0, new Set(), undefined, false);
+    } catch (err) {
+      if (!(err instanceof NoPathError)) throw err;
+      // Only saturation queues a job; a stage without healthy instances refuses it.
+      try {
+        this.plan(pipeline, 0, new Set(), undefined, true);
+      } catch (e2) {
+        if (e2 instanceof NoPathError) throw new UnavailableError(`pipeline ${pipeline.name}, ${e2.message}`);
+        throw e2;
+      }
+      if (this.queue.length >= this.opts.queueLimit) {
+        throw new ResourceExhaustedError(`pipeline ${pipeline.name}, ${err.message}; ${this.queue.length} jobs are queued already (the limit)`);
+      }
+      queuedWhy = err.message;
+    }
+
+    const id = `j-${nowMs.toString(36)}-${randomBytes(5).toString('hex')}`;
+    const rec: JobRecord = {
+      id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
+      failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
+      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) }, payload: payload.toString('base64'),
+    };
+    const job: LiveJob = { rec, pipeline, input: payload, waiters: [], watchers: new Set() };
+    if (planned) {
+      job.route = { hops: planned.hops, holding: planned.holding };
+      this.components.acquire(planned.holding);
+    }
+    this.jobs.set(id, job);
+    if (key) this.byKey.set(key, id);
+    this.inFlight++;
+    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(id), value: JSON.stringify(rec) }];
+    if (key) ops.push({ type: 'put', key: this.keys.jobKey(key), value: id });
+    try {
+      await this.committer.commit(ops);
+    } catch (err) {
+      if (planned) this.components.release(planned.holding);
+      this.jobs.delete(id);
+      if (key) this.byKey.delete(key);
+      this.inFlight--;
+      throw err;
+    }
+    const done = req.wait ? this.whenDone(id) : undefined;
+    if (planned) void this.execute(job, 0, job.input, rec.headers);
+    else this.enqueue(job, queuedWhy!);
+    return { job: this.toProto(job), done };
+  }
+
+  private async byIdempotencyKey(key: string): Promise<Job | undefined> {
+    const id = this.byKey.get(key) ?? (await this.store.client.get(this.keys.jobKey(key)).string()) ?? '';
+    if (!id) return undefined;
+    return this.get(id).catch(() => undefined);
+  }
+
+  private whenDone(id: string): Promise<Job> {
+    const job = this.jobs.get(id);
+    if (!job) return this.get(id);
+    if (TERMINAL.has(job.rec.state)) return Promise.resolve(this.toProto(job));
+    return new Promise((resolve) => job.waiters.push(resolve));
+  }
+
+  // ─────────────────────────────────── planning ───────────────────────────────────
+
+  /**
+   * The cheapest path for stages from..end (jobs/path.ts), as a route the relays can run: per hop
+   * the planned instance first, then for a stage with alternatives the best instance of each
+   * other kind (so a when_header rule can switch to it without a round trip).
+   */
+  private plan(p: NormalPipeline, from: number, exclude: ReadonlySet<string>, originNodeId: string | undefined, allowSaturated: boolean): Planned {
+    const cands = this.components.candidates();
+    const byId = new Map(cands.map((c) => [c.instanceId, c]));
+    const usable: Candidate[] = allowSaturated ? cands.map((c) => ({ ...c, saturated: false })) : cands;
+    const stages: Stage[] = p.stages.slice(from).map((s) => {
+      const byKind = new Map(s.options.map((o) => [o.kind, o]));
+      return {
+        name: s.name,
+        alternatives: s.options.map((o) => ({ kind: o.kind, costHint: o.costHint })),
+        accept: (c) => {
+          const o = byKind.get(c.kind);
+          const r = byId.get(c.instanceId)!.r;
+          return !!o && versionMatches(r.version, o.version) && (!o.operation || !r.operations.length || r.operations.includes(o.operation));
+        },
+      };
+    });
+    const choice = choosePath(stages, usable, { hopMs: this.opts.hopMs, sameHostHopMs: this.opts.sameHostHopMs, originNodeId, exclude, topK: 8 });
+    const hops: RouteHop[] = choice.steps.map((step, i) => {
+      const stage = p.stages[from + i];
+      const planned = byId.get(step.instanceId)!;
+      const opt = (c: typeof planned) => {
+        const o = stage.options.find((x) => x.kind === c.kind)!;
+        return { kind: c.kind, operation: o.operation, instanceId: c.instanceId, nodeId: c.r.nodeId, endpoint: c.r.endpoint, agentEndpoint: c.r.agentEndpoint, whenHeader: o.whenHeader };
+      };
+      const options = [opt(planned)];
+      if (stage.options.length > 1) {
+        for (const o of stage.options) {
+          if (o.kind === planned.kind) continue;
+          const best = usable
+            .filter((c) => c.kind === o.kind && c.healthy && !c.saturated && !exclude.has(c.instanceId) && stages[i].accept!(c))
+            .sort((a, b) => (a.nodeId === planned.nodeId ? 0 : 1) - (b.nodeId === planned.nodeId ? 0 : 1) || a.latencyMs * (1 + a.inFlight) - b.latencyMs * (1 + b.inFlight))[0];
+          if (best) options.push(opt(byId.get(best.instanceId)!));
+        }
+      }
+      return { stage: stage.name, options, timeoutMs: stage.timeoutMs };
+    });
+    return {
+      hops,
+      path: choice.steps.map((s) => ({ stage: s.stage, kind: s.kind, instanceId: s.instanceId, nodeId: s.nodeId.startsWith('external:') ? '' : s.nodeId, costMs: s.costMs })),
+      holding: choice.steps.map((s) => s.instanceId),
+    };
+  }
+
+  // ─────────────────────────────────── running ───────────────────────────────────
+
+  private async execute(job: LiveJob, from: number, input: Buffer, headers: Record<string, string>): Promise<void> {
+    const attempts = new Map<number, number>();
+    const exclude = new Set<string>();
+    for (;;) {
+      const route = job.route!;
+      const res = await this.runner.run({
+        jobId: job.rec.id, route: route.hops, payload: input, headers, deadlineMs: job.rec.deadlineMs, attempt: job.rec.plans, firstIndex: from,
+      } as never);
+      this.components.release(route.holding);
+      job.route = undefined;
+      for (const h of res.hops) {
+        this.components.observe(h.instanceId!, Number(h.durationMs), !!h.ok, Number(h.code ?? 0));
+        const step: JobStep = {
+          stage: h.stage, kind: h.kind, instanceId: h.instanceId, nodeId: h.nodeId, attempt: (attempts.get(Number(h.index)) ?? 0) + 1,
+          startedAtMs: h.startedAtMs, durationMs: Math.round(Number(h.durationMs) * 1000) / 1000, ok: h.ok, error: h.error,
+        };
+        job.rec.steps.push(step);
+        this.metrics?.observe('tessera_job_step_seconds', { pipeline: job.rec.pipeline, stage: String(h.stage) }, Number(h.durationMs) / 1000);
+      }
+      if (TERMINAL.has(job.rec.state)) return; // cancelled meanwhile
+      if (res.ok) {
+        await this.finish(job, 'JOB_STATE_SUCCEEDED', '', res.payload, res.headers);
+        return;
+      }
+      const i = res.failedIndex;
+      const stage = job.pipeline.stages[i];
+      const n = (attempts.get(i) ?? 0) + 1;
+      attempts.set(i, n);
+      const failedHop = res.hops.find((h) => h.index === i && !h.ok);
+      if (!TRANSPORT_CODES.has(res.errorCode)) {
+        await this.finish(job, 'JOB_STATE_FAILED', `stage ${stage.name}: ${res.error}`, undefined, undefined, stage.name);
+        return;
+      }
+      if (n >= stage.maxAttempts) {
+        await this.finish(job, 'JOB_STATE_FAILED', `stage ${stage.name} failed ${n} times; last: ${res.error}`, undefined, undefined, stage.name);
+        return;
+      }
+      if (Date.now() >= job.rec.deadlineMs) {
+        await this.finish(job, 'JOB_STATE_FAILED', `deadline passed at stage ${stage.name}; last error: ${res.error}`, undefined, undefined, stage.name);
+        return;
+      }
+      if (failedHop?.instanceId) exclude.add(failedHop.instanceId);
+      const origin = i > 0 ? job.rec.path[i - 1]?.nodeId || undefined : undefined;
+      let next: Planned;
+      try {
+        next = this.plan(job.pipeline, i, exclude, origin, true);
+      } catch (err) {
+        const why = err instanceof NoPathError ? err.message : (err as Error).message;
+        await this.finish(job, 'JOB_STATE_FAILED', `stage ${stage.name} failed (${res.error}) and no other instance can take it: ${why}`, undefined, undefined, stage.name);
+        return;
+      }
+      this.metrics?.inc('tessera_job_retries_total', { pipeline: job.rec.pipeline, stage: stage.name });
+      this.log.debug({ job: job.rec.id, stage: stage.name, failed: failedHop?.instanceId, next: next.path[0]?.instanceId, error: res.error }, 'step retried on another instance');
+      this.components.acquire(next.holding);
+      job.route = { hops: next.hops, holding: next.holding };
+      job.rec.path = [...job.rec.path.slice(0, i), ...next.path];
+      job.rec.plans++;
+      this.changed(job);
+      from = i;
+      input = res.failedInput;
+      headers = res.failedHeaders;
+    }
+  }
+
+  private enqueue(job: LiveJob, why: string): void {
+    job.queuedWhy = why;
+    job.rec.state = 'JOB_STATE_QUEUED';
+    this.queue.push(job);
+    this.changed(job);
+  }
+
+  /** Starts queued jobs that have a path now; fails those whose deadline passed. */
+  pump(nowMs = Date.now()): void {
+    if (!this.queue.length || this.stopped) return;
+    const keep: LiveJob[] = [];
+    for (const job of this.queue) {
+      if (TERMINAL.has(job.rec.state)) continue;
+      if (job.rec.deadlineMs <= nowMs) {
+        void this.finish(job, 'JOB_STATE_FAILED', `deadline passed while queued (${job.queuedWhy})`);
+        continue;
+      }
+      let planned: Planned;
+      try {
+        planned = this.plan(job.pipeline, 0, new Set(), undefined, false);
+      } catch (err) {
+        if (err instanceof NoPathError) job.queuedWhy = err.message;
+        keep.push(job);
+        continue;
+      }
+      this.components.acquire(planned.holding);
+      job.route = { hops: planned.hops, holding: planned.holding };
+      job.rec.state = 'JOB_STATE_RUNNING';
+      job.rec.path = planned.path;
+      job.rec.plans++;
+      this.changed(job);
+      void this.execute(job, 0, job.input, job.rec.headers);
+    }
+    this.queue = keep;
+  }
+
+  private async finish(job: LiveJob, state: Terminal, reason: string, result?: Buffer, resultHeaders?: Record<string, string>, failedStage = ''): Promise<void> {
+    if (TERMINAL.has(job.rec.state)) return;
+    const now = Date.now();
+    const rec = job.rec;
+    if (job.route) {
+      this.components.release(job.route.holding);
+      job.route = undefined;
+    }
+    rec.state = state;
+    rec.reason = reason || rec.reason;
+    if (state === 'JOB_STATE_SUCCEEDED') rec.reason = rec.reason.startsWith('resumed') ? rec.reason : '';
+    rec.failedStage = failedStage;
+    rec.finishedAtMs = now;
+    rec.durationMs = now - rec.submittedAtMs;
+    job.result = result;
+    rec.resultHeaders = resultHeaders ?? {};
+    this.inFlight--;
+    const stored: JobRecord = { ...rec, payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
+    try {
+      const lease = await this.retentionLease();
+      const ops: import('../store').Op[] = [
+        { type: 'delete', key: this.activeKey(rec.id) },
+        { type: 'put', key: this.doneKey(rec.id), value: JSON.stringify(stored), lease },
+      ];
+      if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
+      await this.committer.commit(ops);
+    } catch (err) {
+      // Not recorded (leadership lost, or etcd down): the record stays active and the next
+      // leader resumes the job. Its waiters still learn how it ended here.
+      this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; the next leader will resume it');
+    }
+    this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
+    this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
+    if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
+    const proto = this.toProto(job);
+    for (const w of job.waiters) w(proto);
+    job.waiters = [];
+    this.changed(job);
+    job.watchers.clear();
+    job.input = Buffer.alloc(0);
+    this.recent.push(rec.id);
+    while (this.recent.length > this.opts.recentLimit) {
+      const old = this.jobs.get(this.recent.shift()!);
+      if (old && TERMINAL.has(old.rec.state)) {
+        this.jobs.delete(old.rec.id);
+        if (old.rec.idempotencyKey) this.byKey.delete(old.rec.idempotencyKey);
+      }
+    }
+    if (this.queue.length) this.pump();
+  }
+
+  /** Finished records share a lease per tenth of the retention, so they expire on their own. */
+  private async retentionLease(nowMs = Date.now()): Promise<string> {
+    if (this.lease && nowMs - this.lease.grantedAtMs < this.opts.retentionMs / 10) return this.lease.id;
+    if (!this.leasePending) {
+      const ttl = Math.ceil((this.opts.retentionMs * 1.1) / 1000);
+      this.leasePending = this.store.client.lease(ttl, { autoKeepAlive: false }).grant().then((id) => {
+        this.lease = { id, grantedAtMs: Date.now() };
+        return id;
+      }).finally(() => (this.leasePending = undefined));
+    }
+    return this.leasePending;
+  }
+
+  private changed(job: LiveJob): void {
+    if (!job.watchers.size) return;
+    const p = this.toProto(job);
+    for (const w of job.watchers) w(p);
+  }
+
+  // ─────────────────────────────────── reads ───────────────────────────────────
+
+  async get(id: string): Promise<Job> {
+    if (!id) throw InvalidArgumentError.field('id', 'is required');
+    const live = this.jobs.get(id);
+    if (live) return this.toProto(live);
+    const c = this.store.client;
+    const v = (await c.get(this.doneKey(id)).string()) ?? (await c.get(this.activeKey(id)).string());
+    if (!v) throw new NotFoundError('job', id);
+    const rec = JSON.parse(v) as JobRecord;
+    return recordToProto(rec, rec.result ? Buffer.from(rec.result, 'base64') : undefined);
+  }
+
+  list(req: ListJobsRequest__Output): Job[] {
+    const limit = req.limit > 0 ? Math.min(req.limit, 10_000) : 50;
+    const out: Job[] = [];
+    const all = [...this.jobs.values()].sort((a, b) => b.rec.submittedAtMs - a.rec.submittedAtMs || b.rec.id.localeCompare(a.rec.id));
+    for (const j of all) {
+      if (req.pipeline && j.rec.pipeline !== req.pipeline) continue;
+      if (req.state !== 'JOB_STATE_UNSPECIFIED' && j.rec.state !== req.state) continue;
+      out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  async cancel(id: string): Promise<Job> {
+    const job = this.jobs.get(id);
+    if (!job) {
+      const j = await this.get(id);
+      return j; // ended long ago: cancelling is a no-op
+    }
+    if (!TERMINAL.has(job.rec.state)) {
+      this.queue = this.queue.filter((q) => q !== job);
+      await this.finish(job, 'JOB_STATE_CANCELLED', 'cancelled through Admin');
+    }
+    return this.toProto(job);
+  }
+
+  /** The job now, then every change until it ends. */
+  watch(id: string, send: (j: Job) => void): { done: Promise<void>; cancel: () => void } {
+    const job = this.jobs.get(id);
+    if (!job) {
+      return { done: this.get(id).then(send), cancel: () => {} };
+    }
+    send(this.toProto(job));
+    if (TERMINAL.has(job.rec.state)) return { done: Promise.resolve(), cancel: () => {} };
+    let resolve!: () => void;
+    const done = new Promise<void>((r) => (resolve = r));
+    const w = (j: Job) => {
+      send(j);
+      if (TERMINAL.has(j.state as JobState)) {
+        job.watchers.delete(w);
+        resolve();
+      }
+    };
+    job.watchers.add(w);
+    return { done, cancel: () => { job.watchers.delete(w); resolve(); } };
+  }
+
+  stats(): { inFlight: number; queued: number } {
+    return { inFlight: this.inFlight, queued: this.queue.length };
+  }
+
+  private toProto(j: LiveJob): Job {
+    return recordToProto(j.rec, j.result);
+  }
+}
+
+function recordToProto(r: JobRecord, result?: Buffer): Job {
+  return {
+    id: r.id, pipeline: r.pipeline, state: r.state, reason: r.reason, failedStage: r.failedStage, result: result ?? Buffer.alloc(0),
+    resultHeaders: r.resultHeaders ?? {}, submittedAtMs: r.submittedAtMs, finishedAtMs: r.finishedAtMs, deadlineMs: r.deadlineMs,
+    idempotencyKey: r.idempotencyKey, path: r.path, steps: r.steps, plans: r.plans, payloadBytes: r.payloadBytes, flow: r.flow,
+    durationMs: r.durationMs || (TERMINAL.has(r.state) ? 0 : Date.now() - r.submittedAtMs),
+  };
+}
