@@ -37,7 +37,7 @@ interface Local {
   memoryUsedMib: number;
   handledExitAt: number;
   /** What the instance answered to Component.Describe, for the start it answered in. */
-  described?: { info: import('../common/generated/tessera/v1/ComponentInfo').ComponentInfo; forStart: number };
+  described?: { info: import('../common/generated/tessera/v1/ComponentInfo').ComponentInfo; forContainer: string; restarts: number };
   describing: boolean;
   lastDescribeMs: number;
 }
@@ -281,12 +281,13 @@ export class InstanceManager extends EventEmitter {
   private maybeDescribe(l: Local, now: number): void {
     const port = l.spec.ports?.grpc;
     if (!this.steps || !port || l.health !== 'healthy' || l.describing) return;
-    if (l.described?.forStart === l.startedAtMs || now - l.lastDescribeMs < 500) return;
+    if (describedNow(l) || now - l.lastDescribeMs < 500) return;
     l.describing = true;
     l.lastDescribeMs = now;
-    const forStart = l.startedAtMs;
+    const forContainer = l.containerId;
+    const restarts = l.restarts;
     this.steps.describe(`127.0.0.1:${port}`).then((info) => {
-      l.described = { info: { kind: info.kind, version: info.version, operations: info.operations }, forStart };
+      l.described = { info: { kind: info.kind, version: info.version, operations: info.operations }, forContainer, restarts };
       this.emit('changed');
     }, (err) => this.log.debug({ instance: l.spec.instanceId, err: (err as Error).message }, 'component not answering Describe yet')).finally(() => (l.describing = false));
   }
@@ -441,11 +442,16 @@ function policy(l: Local) {
   return { attempts: r?.attempts ?? 3, windowMs: Number(r?.windowMs ?? 60_000), delayMs: Number(r?.delayMs ?? 1_000) };
 }
 
+/** The Describe answer holds for the container (and the start of it) it came from. */
+function describedNow(l: Local): boolean {
+  return !!l.described && l.described.forContainer === l.containerId && l.described.restarts === l.restarts;
+}
+
 function toStatus(l: Local): InstanceStatus {
   return {
     instanceId: l.spec.instanceId, app: l.spec.app, component: l.spec.component, specVersion: l.spec.specVersion,
     containerId: l.containerId, state: l.state, health: l.health, restarts: l.restarts, exitCode: l.exitCode, oomKilled: l.oomKilled,
     cpuPercent: l.cpuPercent, memoryUsedMib: l.memoryUsedMib, message: l.message, ports: l.spec.ports,
-    described: l.state === 'INSTANCE_STATE_RUNNING' && l.health === 'healthy' && l.described?.forStart === l.startedAtMs ? l.described.info : undefined,
+    described: l.state === 'INSTANCE_STATE_RUNNING' && l.health === 'healthy' && describedNow(l) ? l.described!.info : undefined,
   };
 }

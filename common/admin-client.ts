@@ -2,6 +2,7 @@
 // addresses it tries them in turn while a call fails with UNAVAILABLE (that coordinator is
 // down); any coordinator can answer, since followers forward writes to the leader.
 import * as grpc from '@grpc/grpc-js';
+import { MuxClient, statusError } from './mux';
 import { CHANNEL_OPTIONS, clientCredentials, deadline } from './grpc';
 import { tesseraProto } from './proto';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
@@ -103,6 +104,22 @@ export class AdminClient {
   cancelJob(id: string): Promise<import('./generated/tessera/v1/Job').Job__Output> { return this.unary('cancelJob', { id }); }
   watchJob(id: string): grpc.ClientReadableStream<import('./generated/tessera/v1/Job').Job__Output> {
     return this.clients[this.preferred].watchJob({ id }, this.metadata());
+  }
+
+  /**
+   * Submissions over one SubmitJobs stream to the first address (which must be the leader):
+   * for clients that submit many jobs. Resolves with the job (the result, when wait is set).
+   */
+  jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
+    const client = this.clients[this.preferred];
+    const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
+      () => client.submitJobs(this.metadata()),
+      (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined),
+    );
+    return {
+      submit: (request, deadlineMs) => mux.call({ request }, deadlineMs).then((o) => o.job!),
+      close: () => mux.close(),
+    };
   }
 
   /** Server stream of events from the first coordinator that answers. */

@@ -15,6 +15,7 @@ import { InvalidArgumentError, toServiceError } from './errors';
 import { bind, SERVER_OPTIONS } from './grpc';
 import { tesseraProto } from './proto';
 import { reportTaskState } from './task-reporter';
+import { serveMux } from './mux';
 import type { Step__Output } from './generated/tessera/v1/Step';
 import type { StepResult } from './generated/tessera/v1/StepResult';
 
@@ -66,32 +67,35 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
     return s[Math.min(s.length - 1, Math.ceil(0.95 * s.length) - 1)];
   };
 
+  /** Runs one step through the queue; rejects with a status error (a TesseraError keeps its code). */
+  const runStep = async (step: Step__Output): Promise<StepResult> => {
+    const op = step.operation || o.defaultOperation || names[0];
+    const fn = o.operations[op];
+    if (!fn) throw InvalidArgumentError.field('operation', `${o.kind} has no operation "${op}" (it has ${names.join(', ')})`);
+    await acquire();
+    const t0 = performance.now();
+    try {
+      const out = await fn(Buffer.from(step.payload ?? []), step);
+      processed++;
+      const r: OperationResult = typeof out === 'object' && out !== null && 'payload' in out && !(out instanceof Uint8Array) ? out : { payload: out as Buffer | string };
+      return { payload: Buffer.from(r.payload as Buffer), headers: r.headers ?? {} };
+    } catch (err) {
+      failed++;
+      throw err;
+    } finally {
+      latencies.push(performance.now() - t0);
+      if (latencies.length > 512) latencies.shift();
+      release();
+    }
+  };
+
   const server = new grpc.Server(SERVER_OPTIONS);
   server.addService(tesseraProto().Component.service, {
     Invoke: (call: grpc.ServerUnaryCall<Step__Output, StepResult>, cb: grpc.sendUnaryData<StepResult>) => {
-      const step = call.request;
-      const op = step.operation || o.defaultOperation || names[0];
-      const fn = o.operations[op];
-      if (!fn) {
-        cb(toServiceError(InvalidArgumentError.field('operation', `${o.kind} has no operation "${op}" (it has ${names.join(', ')})`)) as grpc.ServiceError);
-        return;
-      }
-      void acquire().then(async () => {
-        const t0 = performance.now();
-        try {
-          const out = await fn(Buffer.from(step.payload ?? []), step);
-          processed++;
-          const r: OperationResult = typeof out === 'object' && out !== null && 'payload' in out && !(out instanceof Uint8Array) ? out : { payload: out as Buffer | string };
-          cb(null, { payload: Buffer.from(r.payload as Buffer), headers: r.headers ?? {} });
-        } catch (err) {
-          failed++;
-          cb(toServiceError(err) as grpc.ServiceError);
-        } finally {
-          latencies.push(performance.now() - t0);
-          if (latencies.length > 512) latencies.shift();
-          release();
-        }
-      });
+      runStep(call.request).then((r) => cb(null, r), (err) => cb(toServiceError(err) as grpc.ServiceError));
+    },
+    Stream: (call: grpc.ServerDuplexStream<Step__Output, StepResult>) => {
+      serveMux(call, runStep, (code, error) => ({ errorCode: code, error }));
     },
     Describe: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { kind: o.kind, version: o.version ?? '', operations: names }),
   } as grpc.UntypedServiceImplementation);

@@ -19,6 +19,9 @@ import type { RelayRequest__Output } from './generated/tessera/v1/RelayRequest';
 import type { HopResult } from './generated/tessera/v1/HopResult';
 import type { StepResult__Output } from './generated/tessera/v1/StepResult';
 import type { ComponentInfo__Output } from './generated/tessera/v1/ComponentInfo';
+import type { Step } from './generated/tessera/v1/Step';
+import type { RelayResult__Output } from './generated/tessera/v1/RelayResult';
+import { MuxClient, statusError } from './mux';
 
 export interface RelayOutcome {
   ok: boolean;
@@ -61,6 +64,8 @@ export function pickOption(options: HopOption__Output[], headers: Record<string,
 export class StepRunner {
   private components = new Map<string, ComponentClient>();
   private relays = new Map<string, StepRelayClient>();
+  private componentStreams = new Map<string, MuxClient<Step, StepResult__Output>>();
+  private relayStreams = new Map<string, MuxClient<RelayRequest__Output, RelayResult__Output>>();
 
   constructor(private readonly o: RunnerOptions) {}
 
@@ -85,8 +90,30 @@ export class StepRunner {
 
   /** Drops the client of an endpoint that went away (an instance that stopped). */
   forget(endpoint: string): void {
+    this.componentStreams.get(endpoint)?.close();
+    this.componentStreams.delete(endpoint);
     this.components.get(endpoint)?.close();
     this.components.delete(endpoint);
+  }
+
+  private componentStream(endpoint: string): MuxClient<Step, StepResult__Output> {
+    let m = this.componentStreams.get(endpoint);
+    if (!m) {
+      const client = this.component(endpoint);
+      m = new MuxClient(() => client.Stream(), (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined));
+      this.componentStreams.set(endpoint, m);
+    }
+    return m;
+  }
+
+  private relayStream(endpoint: string): MuxClient<RelayRequest__Output, RelayResult__Output> {
+    let m = this.relayStreams.get(endpoint);
+    if (!m) {
+      const client = this.relay(endpoint);
+      m = new MuxClient(() => client.RelayStream());
+      this.relayStreams.set(endpoint, m);
+    }
+    return m;
   }
 
   describe(endpoint: string, timeoutMs = 1_000): Promise<ComponentInfo__Output> {
@@ -142,7 +169,16 @@ export class StepRunner {
     return { ok: true, payload, headers, hops, failedIndex: -1, failedInput: Buffer.alloc(0), failedHeaders: {}, errorCode: 0, error: '' };
   }
 
-  private invoke(endpoint: string, step: Parameters<ComponentClient['Invoke']>[0], deadline: number): Promise<StepResult__Output> {
+  /** One step on an instance: over its Stream, or unary Invoke for components that only serve that. */
+  private async invoke(endpoint: string, step: Step, deadline: number): Promise<StepResult__Output> {
+    const mux = this.componentStream(endpoint);
+    if (!mux.unimplemented) {
+      try {
+        return await mux.call(step, deadline);
+      } catch (err) {
+        if ((err as grpc.ServiceError).code !== grpc.status.UNIMPLEMENTED) throw err;
+      }
+    }
     return new Promise((resolve, reject) => {
       const opts: grpc.CallOptions = Number.isFinite(deadline) ? { deadline: new Date(deadline) } : {};
       this.component(endpoint).Invoke(step, opts, (err, res) => (err ? reject(err) : resolve(res!)));
@@ -151,8 +187,7 @@ export class StepRunner {
 
   private callRelay(opt: HopOption__Output, req: RelayRequest__Output): Promise<RelayOutcome> {
     return new Promise((resolve) => {
-      const opts: grpc.CallOptions = req.deadlineMs ? { deadline: new Date(Number(req.deadlineMs)) } : {};
-      this.relay(opt.agentEndpoint).Relay(req, opts, (err, res) => {
+      const done = (err: grpc.ServiceError | null, res?: RelayResult__Output) => {
         if (!err && res) {
           resolve({
             ok: res.ok, payload: Buffer.from(res.payload ?? []), headers: res.headers, hops: res.hops, failedIndex: res.failedIndex,
@@ -168,11 +203,17 @@ export class StepRunner {
           failedHeaders: req.headers, errorCode: code, error,
           hops: [{ index: req.firstIndex, stage: req.route[0].stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: Date.now(), durationMs: 0, ok: false, error, code }],
         });
-      });
+      };
+      const deadline = req.deadlineMs ? Number(req.deadlineMs) : undefined;
+      this.relayStream(opt.agentEndpoint).call(req, deadline).then((r) => done(null, r), (e) => done(e));
     });
   }
 
   close(): void {
+    for (const m of this.componentStreams.values()) m.close();
+    for (const m of this.relayStreams.values()) m.close();
+    this.componentStreams.clear();
+    this.relayStreams.clear();
     for (const c of this.components.values()) c.close();
     for (const c of this.relays.values()) c.close();
     this.components.clear();

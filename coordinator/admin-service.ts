@@ -7,7 +7,7 @@ import { InvalidArgumentError, NotLeaderError, isServiceError, PermissionDeniedE
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
-import { clientCredentials, CHANNEL_OPTIONS, deadline, serverStream, unary } from '../common/grpc';
+import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import { createEtcdClient, withTimeout } from '../common/etcd';
@@ -27,6 +27,9 @@ import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
 import type { JobRequest__Output } from '../common/generated/tessera/v1/JobRequest';
+import type { JobSubmission__Output } from '../common/generated/tessera/v1/JobSubmission';
+import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
+import { serveMux } from '../common/mux';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
 const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
@@ -166,6 +169,22 @@ export class AdminService {
         return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w) => w.jobs.cancel(req.id));
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
+      SubmitJobs: (call: grpc.ServerDuplexStream<JobSubmission__Output, JobOutcome>) => {
+        // Streams are not forwarded: a high-rate client talks to the leader itself.
+        if (!this.opts.leaderWork?.()) {
+          const l = this.leadership.leader;
+          call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
+          return;
+        }
+        serveMux(call, async (sub) => {
+          rejectMalformed(sub, 'submission');
+          if (!sub.request) throw InvalidArgumentError.field('request', 'is required');
+          const w = this.opts.leaderWork?.();
+          if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+          const { job, done } = await w.jobs.submit(sub.request);
+          return { job: done ? await done : job };
+        }, (code, error) => ({ errorCode: code, error }));
+      },
     };
   }
 

@@ -32,9 +32,13 @@ export interface NormalPipeline {
   stages: NormalStage[];
   defaultTimeoutMs: number;
   maxPayloadBytes: number;
+  routing: Routing;
   version: number;
   updatedAtMs: number;
 }
+
+export type Routing = 'path-cost' | 'least-loaded' | 'round-robin';
+const ROUTINGS = new Set<Routing>(['path-cost', 'least-loaded', 'round-robin']);
 
 const NAME_RE = /^[a-z][a-z0-9-]{0,62}$/;
 const OP_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,62}$/;
@@ -83,13 +87,15 @@ export function normalizePipeline(p: Pipeline | Pipeline__Output | null | undefi
   if (defaultTimeoutMs < 1 || defaultTimeoutMs > 24 * 3_600_000) bad('pipeline.defaultTimeoutMs', 'must be 1 ms..24 h (0: 30 s)');
   const maxPayloadBytes = Number(p.maxPayloadBytes ?? 0) || DEFAULT_MAX_PAYLOAD;
   if (maxPayloadBytes < 1 || maxPayloadBytes > MAX_PAYLOAD) bad('pipeline.maxPayloadBytes', `must be 1..${MAX_PAYLOAD} (0: ${DEFAULT_MAX_PAYLOAD})`);
+  const routing = (p.routing || 'path-cost') as Routing;
+  if (!ROUTINGS.has(routing)) bad('pipeline.routing', `must be one of ${[...ROUTINGS].join(', ')}, got ${JSON.stringify(p.routing)}`);
   if (v.length) throw new InvalidArgumentError(v);
-  return { name: p.name!, stages: out, defaultTimeoutMs, maxPayloadBytes, version: 0, updatedAtMs: 0 };
+  return { name: p.name!, stages: out, defaultTimeoutMs, maxPayloadBytes, routing, version: 0, updatedAtMs: 0 };
 }
 
 export function pipelineToProto(p: NormalPipeline): Pipeline {
   return {
-    name: p.name, defaultTimeoutMs: p.defaultTimeoutMs, maxPayloadBytes: p.maxPayloadBytes, version: p.version, updatedAtMs: p.updatedAtMs,
+    name: p.name, defaultTimeoutMs: p.defaultTimeoutMs, maxPayloadBytes: p.maxPayloadBytes, routing: p.routing ?? 'path-cost', version: p.version, updatedAtMs: p.updatedAtMs,
     stages: p.stages.map((s) => (s.options.length === 1 && !s.options[0].whenHeader && s.options[0].costHint === 1
       ? { name: s.name, kind: s.options[0].kind, operation: s.options[0].operation, version: s.options[0].version, timeoutMs: s.timeoutMs, maxAttempts: s.maxAttempts }
       : { name: s.name, alternatives: s.options, timeoutMs: s.timeoutMs, maxAttempts: s.maxAttempts })),

@@ -144,7 +144,7 @@ export class JobScheduler {
 
   private adopt(rec: JobRecord, pipeline: NormalPipeline | undefined): LiveJob {
     const job: LiveJob = {
-      rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, version: 0, updatedAtMs: 0 },
+      rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, routing: 'path-cost', version: 0, updatedAtMs: 0 },
       input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [], watchers: new Set(),
     };
     this.jobs.set(rec.id, job);
@@ -233,8 +233,21 @@ export class JobScheduler {
     this.inFlight++;
     const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(id), value: JSON.stringify(rec) }];
     if (key) ops.push({ type: 'put', key: this.keys.jobKey(key), value: id });
+    const recorded = this.committer.commit(ops);
+    if (req.wait && planned) {
+      // The answer is the job's end, so the job runs while its record is written; the answer
+      // waits for both (an answer always means "recorded"). A record that fails refuses the
+      // submission; the run then ends unrecorded and unanswered.
+      const ended = this.whenDone(id);
+      void this.execute(job, 0, job.input, rec.headers);
+      const done = recorded.then(() => ended, (err) => {
+        this.log.warn({ job: id, err: (err as Error).message }, 'job record not written; submission refused');
+        throw err;
+      });
+      return { job: this.toProto(job), done };
+    }
     try {
-      await this.committer.commit(ops);
+      await recorded;
     } catch (err) {
       if (planned) this.components.release(planned.holding);
       this.jobs.delete(id);
@@ -284,7 +297,9 @@ export class JobScheduler {
         },
       };
     });
-    const choice = choosePath(stages, usable, { hopMs: this.opts.hopMs, sameHostHopMs: this.opts.sameHostHopMs, originNodeId, exclude, topK: 8 });
+    const choice = (p.routing ?? 'path-cost') === 'path-cost'
+      ? choosePath(stages, usable, { hopMs: this.opts.hopMs, sameHostHopMs: this.opts.sameHostHopMs, originNodeId, exclude, topK: 8 })
+      : this.perStageChoice(p, from, stages, usable, exclude);
     const hops: RouteHop[] = choice.steps.map((step, i) => {
       const stage = p.stages[from + i];
       const planned = byId.get(step.instanceId)!;
@@ -309,6 +324,31 @@ export class JobScheduler {
       path: choice.steps.map((s) => ({ stage: s.stage, kind: s.kind, instanceId: s.instanceId, nodeId: s.nodeId.startsWith('external:') ? '' : s.nodeId, costMs: s.costMs })),
       holding: choice.steps.map((s) => s.instanceId),
     };
+  }
+
+  private rr = new Map<string, number>();
+
+  /** round-robin and least-loaded: each stage on its own, blind to latency and locality. */
+  private perStageChoice(p: NormalPipeline, from: number, stages: Stage[], cands: Candidate[], exclude: ReadonlySet<string>): ReturnType<typeof choosePath> {
+    const steps = stages.map((s, i) => {
+      const kinds = new Set(s.alternatives.map((a) => a.kind));
+      const pool = cands.filter((c) => kinds.has(c.kind) && s.accept!(c) && c.healthy && !c.saturated && !exclude.has(c.instanceId))
+        .sort((a, b) => a.instanceId.localeCompare(b.instanceId));
+      if (!pool.length) throw new NoPathError(s.name, `no instance of ${[...kinds].join(' or ')} can take work`);
+      let c: Candidate;
+      if (p.routing === 'round-robin') {
+        const key = `${p.name}/${from + i}`;
+        const n = this.rr.get(key) ?? 0;
+        this.rr.set(key, n + 1);
+        c = pool[n % pool.length];
+      } else {
+        const min = Math.min(...pool.map((x) => x.inFlight));
+        const least = pool.filter((x) => x.inFlight === min);
+        c = least[Math.floor(Math.random() * least.length)];
+      }
+      return { stage: s.name, kind: c.kind, instanceId: c.instanceId, nodeId: c.nodeId, costMs: 0 };
+    });
+    return { steps, totalMs: 0 };
   }
 
   // ─────────────────────────────────── running ───────────────────────────────────
@@ -430,6 +470,11 @@ export class JobScheduler {
     job.result = result;
     rec.resultHeaders = resultHeaders ?? {};
     this.inFlight--;
+    // Waiters hear the end at once; the end record follows in the next group commit (until it
+    // is durable the accepted record stands, and a new leader would run the job again).
+    const proto = this.toProto(job);
+    for (const w of job.waiters) w(proto);
+    job.waiters = [];
     const stored: JobRecord = { ...rec, payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
     try {
       const lease = await this.retentionLease();
@@ -447,9 +492,6 @@ export class JobScheduler {
     this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
     this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
     if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
-    const proto = this.toProto(job);
-    for (const w of job.waiters) w(proto);
-    job.waiters = [];
     this.changed(job);
     job.watchers.clear();
     job.input = Buffer.alloc(0);

@@ -14,7 +14,9 @@ export class Proc {
 
   start(): this {
     const fd = fs.openSync(this.logFile, 'a');
-    this.proc = spawn(process.execPath, [path.join(repoRoot(), 'dist', this.script), ...this.args], {
+    // NODE_FLAGS in a process's env: node options NODE_OPTIONS refuses (e.g. --cpu-prof).
+    const flags = (this.env.NODE_FLAGS ?? '').split(' ').filter(Boolean);
+    this.proc = spawn(process.execPath, [...flags, path.join(repoRoot(), 'dist', this.script), ...this.args], {
       stdio: ['ignore', fd, fd],
       env: { ...process.env, TESSERA_LOG_LEVEL: process.env.TESSERA_TEST_LOG_LEVEL ?? 'debug', ...this.env },
     });
@@ -65,6 +67,7 @@ export interface CoordinatorOptions {
   port?: number;
   /** Certificates dir (scripts/make-certs.sh); without it the process runs --insecure-dev. */
   certs?: string;
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface AgentOptions {
@@ -96,7 +99,7 @@ export class Fleet {
       ...(o.certs ? ['--tls-ca', path.join(o.certs, 'ca.pem'), '--tls-cert', path.join(o.certs, 'coordinator.pem'), '--tls-key', path.join(o.certs, 'coordinator-key.pem')] : ['--insecure-dev']),
       ...(o.extra ?? []),
     ];
-    const p = Object.assign(new Proc(id, 'coordinator/main.js', args, path.join(this.dir, `${id}.log`)), { address: `127.0.0.1:${port}`, id });
+    const p = Object.assign(new Proc(id, 'coordinator/main.js', args, path.join(this.dir, `${id}.log`), o.env), { address: `127.0.0.1:${port}`, id });
     this.procs.push(p.start());
     return p;
   }

@@ -1,0 +1,111 @@
+// Many request/response calls over one long-lived bidi stream, matched by call_id. On this kind
+// of machine a grpc-js stream message costs about a tenth of a unary call (measured: ~19,000
+// round trips/s on one stream against ~2,200 unary calls/s), so the job data plane (agent to
+// instance, coordinator to agent, agent to agent, client to leader) uses streams.
+//
+// Client: call() writes the request with a fresh call id and resolves with the response that
+// carries it; a per-call deadline rejects with DEADLINE_EXCEEDED (a late answer is dropped);
+// when the stream breaks every pending call is rejected with UNAVAILABLE and the next call
+// opens a new stream. Server: serveMux answers each message through the handler, in any order.
+import * as grpc from '@grpc/grpc-js';
+
+interface Pending<Res> {
+  resolve: (r: Res) => void;
+  reject: (e: grpc.ServiceError) => void;
+  timer?: NodeJS.Timeout;
+}
+
+type Duplex<Req, Res> = grpc.ClientDuplexStream<Req, Res>;
+
+export function statusError(code: number, details: string): grpc.ServiceError {
+  return Object.assign(new Error(`${code} ${grpc.status[code]}: ${details}`), { code, details, metadata: new grpc.Metadata() }) as grpc.ServiceError;
+}
+
+export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: unknown }> {
+  private stream?: Duplex<Req, Res>;
+  private pending = new Map<number, Pending<Res>>();
+  private next = 1;
+  /** Set when the server does not implement the stream method (fall back to unary). */
+  unimplemented = false;
+
+  constructor(private readonly open: () => Duplex<Req, Res>, private readonly errorOf: (r: Res) => grpc.ServiceError | undefined = () => undefined) {}
+
+  private ensure(): Duplex<Req, Res> {
+    if (this.stream) return this.stream;
+    const s = this.open();
+    this.stream = s;
+    s.on('data', (r: Res) => {
+      const id = Number(r.callId);
+      const p = this.pending.get(id);
+      if (!p) return;
+      this.pending.delete(id);
+      clearTimeout(p.timer);
+      const err = this.errorOf(r);
+      if (err) p.reject(err);
+      else p.resolve(r);
+    });
+    const broken = (err?: grpc.ServiceError) => {
+      if (this.stream !== s) return;
+      this.stream = undefined;
+      if (err?.code === grpc.status.UNIMPLEMENTED) this.unimplemented = true;
+      const e = statusError(err?.code === grpc.status.UNIMPLEMENTED ? grpc.status.UNIMPLEMENTED : grpc.status.UNAVAILABLE, `stream closed: ${err?.details ?? 'ended'}`);
+      for (const p of this.pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(e);
+      }
+      this.pending.clear();
+    };
+    s.on('error', (err: grpc.ServiceError) => broken(err));
+    s.on('end', () => broken());
+    s.on('close', () => broken());
+    return s;
+  }
+
+  call(req: Req, deadlineMs?: number): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      const id = this.next++;
+      const p: Pending<Res> = { resolve, reject };
+      if (deadlineMs !== undefined && Number.isFinite(deadlineMs)) {
+        const ms = deadlineMs - Date.now();
+        if (ms <= 0) return reject(statusError(grpc.status.DEADLINE_EXCEEDED, 'deadline already passed'));
+        p.timer = setTimeout(() => {
+          if (this.pending.delete(id)) reject(statusError(grpc.status.DEADLINE_EXCEEDED, `no answer within ${ms} ms`));
+        }, ms);
+      }
+      this.pending.set(id, p);
+      this.ensure().write({ ...req, callId: id });
+    });
+  }
+
+  close(): void {
+    const s = this.stream;
+    this.stream = undefined;
+    s?.cancel();
+    for (const p of this.pending.values()) clearTimeout(p.timer);
+    this.pending.clear();
+  }
+}
+
+/**
+ * Server side: each incoming message is handled on its own; its answer (or its error, as
+ * errorCode/error fields) goes back with its call id.
+ */
+export function serveMux<Req extends { callId?: unknown }, Res>(
+  call: grpc.ServerDuplexStream<Req, Res>,
+  handler: (req: Req) => Promise<Res>,
+  errorReply: (code: number, message: string) => Res,
+): void {
+  call.on('data', (req: Req) => {
+    const callId = req.callId;
+    handler(req).then(
+      (res) => { if (!call.destroyed) call.write({ ...res, callId }); },
+      (err: Error & { code?: number; details?: string }) => {
+        if (call.destroyed) return;
+        const code = typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN;
+        call.write({ ...errorReply(code, err.details ?? err.message), callId });
+      },
+    );
+  });
+  call.on('end', () => call.end());
+  call.on('error', () => {});
+}
