@@ -39,11 +39,16 @@ export class GroupCommitter {
         const batch: Pending[] = [];
         let n = 0;
         let bytes = 0;
-        while (this.queue.length && n + this.queue[0].ops.length <= this.maxOps && (!batch.length || bytes + this.queue[0].bytes <= this.maxBytes)) {
+        // etcd refuses a transaction that names a key twice: a caller whose ops touch a key
+        // already in this batch (a job's end right after its start) waits for the next one.
+        const keys = new Set<string>();
+        const touches = (p: Pending) => p.ops.some((op) => op.type !== 'deleteRange' && keys.has(op.key));
+        while (this.queue.length && n + this.queue[0].ops.length <= this.maxOps && (!batch.length || (bytes + this.queue[0].bytes <= this.maxBytes && !touches(this.queue[0])))) {
           const p = this.queue.shift()!;
           batch.push(p);
           n += p.ops.length;
           bytes += p.bytes;
+          for (const op of p.ops) if (op.type !== 'deleteRange') keys.add(op.key);
         }
         this.transactions++;
         try {

@@ -96,6 +96,8 @@ export class JobScheduler {
   private recent: string[] = [];
   private byKey = new Map<string, string>();
   private queue: LiveJob[] = [];
+  /** Queue places taken by submissions whose record is being written. */
+  private queueReserved = 0;
   private inFlight = 0;
   private lease?: { id: string; grantedAtMs: number };
   private leasePending?: Promise<string>;
@@ -211,7 +213,7 @@ export class JobScheduler {
         if (e2 instanceof NoPathError) throw new UnavailableError(`pipeline ${pipeline.name}, ${e2.message}`);
         throw e2;
       }
-      if (this.queue.length >= this.opts.queueLimit) {
+      if (this.queue.length + this.queueReserved >= this.opts.queueLimit) {
         throw new ResourceExhaustedError(`pipeline ${pipeline.name}, ${err.message}; ${this.queue.length} jobs are queued already (the limit)`);
       }
       queuedWhy = err.message;
@@ -246,6 +248,7 @@ export class JobScheduler {
       });
       return { job: this.toProto(job), done };
     }
+    if (!planned) this.queueReserved++;
     try {
       await recorded;
     } catch (err) {
@@ -254,6 +257,8 @@ export class JobScheduler {
       if (key) this.byKey.delete(key);
       this.inFlight--;
       throw err;
+    } finally {
+      if (!planned) this.queueReserved--;
     }
     const done = req.wait ? this.whenDone(id) : undefined;
     if (planned) void this.execute(job, 0, job.input, rec.headers);

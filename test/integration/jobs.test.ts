@@ -1,0 +1,321 @@
+// The component manager and the job scheduler end to end: real etcd, two coordinators, two
+// agents, the example components in real containers (tessera/components:local), jobs over real
+// gRPC through the agents' step relays. Docker is the witness where instances die.
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { fork, ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AdminClient } from '../../common/admin-client';
+import { repoRoot } from '../../common/version';
+import type { Job__Output } from '../../common/generated/tessera/v1/Job';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { statusOf, waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { containers, dockerKill, removeContainers } from '../helpers/docker';
+
+const RUN = randomBytes(3).toString('hex');
+const IMAGE = 'tessera/components:local';
+const TEXT = 'the cat and the dog and the bird saw the cat';
+
+const comp = (name: string, script: string, instances: number, env: Record<string, string> = {}, kind?: string) => ({
+  name, kind, image: IMAGE, command: ['node', `/app/${script}.js`], env, ports: [{ name: 'grpc' }], instances,
+  health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400, graceMs: 5000 },
+  resources: { cpuMillis: 50, memoryMib: 64 }, stopGraceMs: 3000,
+  update: { maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 30_000 },
+});
+const words = (counterVersion = '1.0.0', splitterDelay = '0') => ({
+  name: 'words',
+  components: [
+    comp('splitter', 'splitter', 2, { DELAY_MS: splitterDelay }),
+    comp('counter', 'counter', 2, { COMPONENT_VERSION: counterVersion }),
+    comp('formatter', 'formatter', 1),
+  ],
+});
+const PIPELINE = {
+  name: 'words', defaultTimeoutMs: 20_000,
+  stages: [
+    { name: 'split', kind: 'splitter', operation: 'split' },
+    { name: 'count', kind: 'counter', operation: 'count', version: '>=1.0.0 <3' },
+    { name: 'format', kind: 'formatter', operation: 'top' },
+  ],
+};
+
+function code(err: unknown): string {
+  return grpc.status[(err as grpc.ServiceError).code];
+}
+
+async function expectCode(p: Promise<unknown>, c: keyof typeof grpc.status, text?: RegExp): Promise<grpc.ServiceError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(code(err), (err as Error).message).to.equal(c);
+    if (text) expect((err as grpc.ServiceError).details).to.match(text);
+    return err as grpc.ServiceError;
+  }
+  throw new Error(`expected ${c}, the call succeeded`);
+}
+
+/**
+ * Runs jobs `conc` at a time: at least `n`, and while `during` (started after n/4 jobs) has not
+ * finished.
+ */
+async function loadJobs(admin: AdminClient, n: number, conc: number, during?: () => Promise<void>): Promise<Job__Output[]> {
+  const out: Job__Output[] = [];
+  let next = 0;
+  let duringDone = !during;
+  let duringP: Promise<void> | undefined;
+  await Promise.all(Array.from({ length: conc }, async () => {
+    while (next < n || !duringDone) {
+      const i = next++;
+      if (during && i === Math.floor(n / 4)) duringP = during().finally(() => (duringDone = true));
+      out.push(await admin.submitJob({ pipeline: 'words', payload: Buffer.from(`${TEXT} ${i}`), wait: true, timeoutMs: 20_000 }));
+    }
+  }));
+  await duringP;
+  return out;
+}
+
+describe('jobs through pipelines of registered components', function () {
+  this.timeout(240_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  let coords: Awaited<ReturnType<Fleet['coordinator']>>[];
+  const nodes = [`j${RUN}a`, `j${RUN}b`];
+  let external: ChildProcess | undefined;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3'];
+    coords = [await fleet.coordinator({ etcd: etcd.endpoints, id: 'j1', extra }), await fleet.coordinator({ etcd: etcd.endpoints, id: 'j2', extra })];
+    await waitForLeader(coords.map((c) => c.address));
+    const base = 24_000 + Math.floor(Math.random() * 40) * 100;
+    nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', `${base + i * 50}-${base + i * 50 + 49}`, '--cpu-millis', '8000'] }));
+    admin = new AdminClient(coords.map((c) => c.address), { timeoutMs: 20_000 });
+    await waitFor('two nodes', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000);
+    await admin.applyApp(words());
+    await admin.applyPipeline(PIPELINE);
+    await waitFor('5 instances registered', async () => (await admin.listComponents()).instances.length === 5, 90_000, 300);
+  });
+  after(async () => {
+    external?.kill('SIGKILL');
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    for (const n of nodes) removeContainers(`tessera.node=${n}`);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+
+  it('registers running healthy instances with kind, version, operations, node and endpoint', async () => {
+    const list = (await admin.listComponents()).instances;
+    expect(list.map((i) => i.kind).sort()).to.deep.equal(['counter', 'counter', 'formatter', 'splitter', 'splitter']);
+    for (const i of list) {
+      expect(i.source).to.equal('deployed');
+      expect(i.version).to.equal('1.0.0');
+      expect(nodes).to.include(i.nodeId);
+      expect(i.endpoint).to.match(/^127\.0\.0\.1:\d+$/);
+      expect(i.agentEndpoint).to.match(/^127\.0\.0\.1:\d+$/);
+    }
+    expect(list.find((i) => i.kind === 'counter')!.operations).to.deep.equal(['count']);
+  });
+
+  it('runs jobs through the three stages and shows the path and per-step timings', async () => {
+    const jobs = await loadJobs(admin, 12, 4);
+    for (const j of jobs) {
+      expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
+      expect(j.path.map((p) => p.stage)).to.deep.equal(['split', 'count', 'format']);
+      expect(j.steps.filter((s) => s.ok).map((s) => s.stage)).to.deep.equal(['split', 'count', 'format']);
+      expect(j.steps.every((s) => Number(s.durationMs) > 0 && s.instanceId && nodes.includes(s.nodeId))).to.equal(true);
+    }
+    expect(jobs[0].result.toString()).to.match(/^12 words; top 5: the=4 and=2 cat=2 /);
+    // Both splitter instances took work: the load was balanced.
+    expect(new Set(jobs.map((j) => j.path[0].instanceId)).size).to.equal(2);
+    const got = await admin.getJob(jobs[0].id);
+    expect(got.state).to.equal('JOB_STATE_SUCCEEDED');
+    expect(got.result.toString()).to.equal(jobs[0].result.toString());
+    const listed = (await admin.listJobs({ pipeline: 'words', limit: 100 })).jobs.map((j) => j.id);
+    for (const j of jobs) expect(listed).to.include(j.id);
+  });
+
+  it('streams a job with WatchJob until it ends, and answers an idempotent resubmission with the same job', async () => {
+    const key = `k-${RUN}`;
+    const j = await admin.submitJob({ pipeline: 'words', payload: Buffer.from(TEXT), idempotencyKey: key });
+    expect(['JOB_STATE_RUNNING', 'JOB_STATE_SUCCEEDED']).to.include(j.state);
+    const seen: string[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const s = admin.watchJob(j.id);
+      s.on('data', (x: Job__Output) => seen.push(x.state));
+      s.on('end', resolve);
+      s.on('error', reject);
+    });
+    expect(seen[seen.length - 1]).to.equal('JOB_STATE_SUCCEEDED');
+    const again = await admin.submitJob({ pipeline: 'words', payload: Buffer.from('something else'), idempotencyKey: key, wait: true });
+    expect(again.id).to.equal(j.id);
+    expect(again.result.toString()).to.match(/^11 words/);
+  });
+
+  it('refuses bad submissions with the right status and a clear reason, storing nothing', async () => {
+    const before = (await admin.listJobs({ limit: 1000 })).jobs.length;
+    await expectCode(admin.submitJob({ pipeline: 'nope', payload: Buffer.from('x') }), 'NOT_FOUND', /pipeline "nope"/);
+    const big = await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.alloc(300_000, 97) }), 'INVALID_ARGUMENT', /payload/);
+    expect(String(big.metadata.get('tessera-field-violations')[0])).to.contain('"field":"payload"');
+    await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), deadlineMs: Date.now() - 1000 }), 'INVALID_ARGUMENT', /deadlineMs.*already past/);
+    await admin.applyPipeline({ name: 'ghost', stages: [{ name: 'a', kind: 'splitter' }, { name: 'b', kind: 'nobody-runs-this' }] });
+    await expectCode(admin.submitJob({ pipeline: 'ghost', payload: Buffer.from('x') }), 'UNAVAILABLE', /stage "b": no instance of nobody-runs-this is registered/);
+    const bad = await expectCode(admin.applyPipeline({ name: 'Bad Name', stages: [{ name: 's', alternatives: [{ kind: 'a', version: 'not-a-range!' }] }] }), 'INVALID_ARGUMENT');
+    const fields = JSON.parse(String(bad.metadata.get('tessera-field-violations')[0])).map((v: { field: string }) => v.field);
+    expect(fields).to.include.members(['pipeline.name', 'pipeline.stages[0].alternatives[0].version']);
+    await expectCode(admin.getPipeline('Bad Name'), 'NOT_FOUND');
+    expect((await admin.listJobs({ limit: 1000 })).jobs.length).to.equal(before);
+  });
+
+  it('retries around an instance SIGKILLed under load: no job lost, the retries visible', async () => {
+    // Slow splitters keep steps in flight on them when one is killed.
+    await admin.applyApp(words('1.0.0', '40'));
+    await waitFor('slow splitters registered', async () => {
+      const s = (await admin.listInstances('words')).instances.filter((i) => i.component === 'splitter' && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.version === 2);
+      return s.length === 2 && (await admin.listComponents('splitter')).instances.length === 2;
+    }, 90_000, 300);
+    const victim = (await admin.listComponents('splitter')).instances[0];
+    let killed = false;
+    const jobs = await loadJobs(admin, 40, 6, async () => {
+      const c = containers(`tessera.instance=${victim.instanceId}`).find((x) => x.state === 'running');
+      if (c) {
+        dockerKill(c.id);
+        killed = true;
+      }
+      // Jobs keep coming while the instance is down and restarted.
+      await new Promise((r) => setTimeout(r, 3_000));
+    });
+    expect(killed).to.equal(true);
+    const failed = jobs.filter((j) => j.state !== 'JOB_STATE_SUCCEEDED');
+    expect(failed.map((j) => `${j.id}: ${j.reason}`)).to.deep.equal([]);
+    const retried = jobs.filter((j) => j.steps.some((s) => !s.ok));
+    expect(retried.length, 'some job shows a failed step and its retry').to.be.greaterThan(0);
+    for (const j of retried) {
+      const bad = j.steps.find((s) => !s.ok)!;
+      expect(bad.instanceId).to.equal(victim.instanceId);
+      expect(j.plans).to.be.greaterThan(1);
+      // The retry ran the stage on another instance.
+      expect(j.steps.filter((s) => s.stage === bad.stage && s.ok)[0].instanceId).to.not.equal(victim.instanceId);
+    }
+    // The killed instance is restarted and registered again.
+    await waitFor('victim back', async () => (await admin.listComponents('splitter')).instances.length === 2, 60_000, 300);
+  });
+
+  it('upgrades a kind while jobs run without a failed job; the new version registers', async () => {
+    const jobs = await loadJobs(admin, 60, 3, async () => {
+      await admin.applyApp(words('1.1.0', '40'));
+      await waitFor('counters upgraded', async () => {
+        const c = (await admin.listComponents('counter')).instances;
+        return c.length === 2 && c.every((i) => i.version === '1.1.0');
+      }, 90_000, 200);
+    });
+    expect(jobs.filter((j) => j.state !== 'JOB_STATE_SUCCEEDED').map((j) => j.reason)).to.deep.equal([]);
+    const versions = new Set((await Promise.all(jobs.map((j) => admin.getJob(j.id)))).map((j) => j.steps.find((s) => s.stage === 'count' && s.ok)!.instanceId));
+    expect(versions.size, 'old and new counter instances both served jobs').to.be.greaterThan(2);
+  });
+
+  it('queues jobs when every instance of a stage is saturated and refuses beyond the bound', async () => {
+    // One formatter, 6 jobs in flight per instance at most, 3 queued: the 10th at once is refused.
+    const applied = await admin.applyApp({ ...words('1.1.0', '40'), components: [...words('1.1.0', '40').components.slice(0, 2), comp('formatter', 'formatter', 1, { DELAY_MS: '1500' })] });
+    await waitFor('slow formatter', async () => {
+      const f = (await admin.listInstances('words')).instances.filter((i) => i.component === 'formatter' && i.desired === 'run');
+      const reg = (await admin.listComponents('formatter')).instances;
+      return f.length === 1 && f[0].version === applied.app!.version && f[0].state === 'INSTANCE_STATE_RUNNING' && reg.length === 1 && reg[0].instanceId === f[0].id;
+    }, 60_000, 300);
+    const results = await Promise.allSettled(Array.from({ length: 10 }, () => admin.submitJob({ pipeline: 'words', payload: Buffer.from(TEXT) })));
+    const refused = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    expect(refused.length).to.be.greaterThan(0);
+    for (const r of refused) expect(code(r.reason)).to.equal('RESOURCE_EXHAUSTED');
+    const accepted = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<Job__Output>).value);
+    expect(accepted.length).to.equal(9);
+    expect(accepted.some((j) => j.state === 'JOB_STATE_QUEUED')).to.equal(true);
+    // Every accepted job ends, queued ones too.
+    await waitFor('accepted jobs end', async () => (await Promise.all(accepted.map((j) => admin.getJob(j.id)))).every((j) => j.state === 'JOB_STATE_SUCCEEDED'), 60_000, 300);
+    await admin.applyApp(words('1.1.0', '0'));
+  });
+
+  it('registers an external instance with a lease, routes to it, and deregisters it (by call and by expiry)', async () => {
+    const port = await freePort();
+    external = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'ext-echo' }, stdio: 'ignore' });
+    await admin.applyPipeline({ name: 'ext', stages: [{ name: 'only', kind: 'ext-echo' }] });
+    const reg = await admin.registerComponent({ instanceId: `ext-${RUN}`, kind: 'ext-echo', version: '2.0.0', operations: ['echo'], endpoint: `127.0.0.1:${port}`, ttlMs: 30_000 });
+    expect(reg.source).to.equal('external');
+    const j = await waitFor('external answers', async () => {
+      const x = await admin.submitJob({ pipeline: 'ext', payload: Buffer.from('hello'), wait: true }).catch(() => undefined);
+      return x?.state === 'JOB_STATE_SUCCEEDED' ? x : undefined;
+    }, 10_000, 200);
+    expect(j.result.toString()).to.equal('hello');
+    expect(j.path[0].instanceId).to.equal(`ext-${RUN}`);
+    expect(j.path[0].nodeId).to.equal('');
+    await admin.deregisterComponent(`ext-${RUN}`);
+    await expectCode(admin.submitJob({ pipeline: 'ext', payload: Buffer.from('x') }), 'UNAVAILABLE', /no instance of ext-echo/);
+    await expectCode(admin.deregisterComponent(`ext-${RUN}`), 'NOT_FOUND');
+    // A lease that is not renewed runs out.
+    await admin.registerComponent({ instanceId: `ext-${RUN}`, kind: 'ext-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 2_000 });
+    expect((await admin.listComponents('ext-echo')).instances).to.have.length(1);
+    await waitFor('lease expired', async () => (await admin.listComponents('ext-echo')).instances.length === 0, 10_000, 200);
+    const bad = await expectCode(admin.registerComponent({ instanceId: 'x', kind: 'Bad', endpoint: 'nowhere', ttlMs: 5 }), 'INVALID_ARGUMENT');
+    const fields = JSON.parse(String(bad.metadata.get('tessera-field-violations')[0])).map((v: { field: string }) => v.field);
+    expect(fields).to.include.members(['kind', 'endpoint', 'ttlMs']);
+  });
+
+  it('enforces per-kind quotas at placement', async () => {
+    const q = await admin.setQuota({ kind: 'quota-kind', memoryMib: 100 });
+    expect(q.memoryMib).to.equal(100);
+    const spec = { name: 'quota-app', components: [{ ...comp('q', 'echo', 2, { KIND: 'quota-kind' }, 'quota-kind') }] };
+    const dry = await admin.applyApp(spec, true);
+    expect(dry.planned).to.equal(1);
+    expect(dry.unplaced).to.have.length(1);
+    expect(Object.values(dry.unplaced[0].reasons)[0]).to.match(/quota of kind quota-kind: memory 64\+64 > 100 MiB/);
+    await expectCode(admin.setQuota({ kind: 'quota-kind', memoryMib: -1 }), 'INVALID_ARGUMENT');
+    await admin.deleteQuota('quota-kind');
+    expect((await admin.listQuotas()).quotas.map((x) => x.kind)).to.not.include('quota-kind');
+  });
+
+  it('a leader SIGKILLed while jobs run: every accepted job ends SUCCEEDED or FAILED with a reason', async () => {
+    // A slow last stage (an external instance, 300 ms a step) keeps jobs in flight at the kill.
+    const port = await freePort();
+    external?.kill('SIGKILL');
+    external = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'slow-echo', DELAY_MS: '300' }, stdio: 'ignore' });
+    await admin.registerComponent({ instanceId: `slow-${RUN}`, kind: 'slow-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: 'slowp', stages: [{ name: 'split', kind: 'splitter' }, { name: 'slow', kind: 'slow-echo' }] });
+    await waitFor('slow echo answers', async () => (await admin.submitJob({ pipeline: 'slowp', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 10_000, 200);
+    const leaderId = (await statusOf(coords[0].address))?.leader?.id ?? (await statusOf(coords[1].address))?.leader?.id;
+    const leader = coords.find((c) => c.id === leaderId)!;
+    const accepted: string[] = [];
+    let stop = false;
+    const submitter = (async () => {
+      for (let i = 0; !stop; i++) {
+        try {
+          const j = await admin.submitJob({ pipeline: 'slowp', payload: Buffer.from(`${TEXT} ${i}`), idempotencyKey: `f-${RUN}-${i}`, timeoutMs: 30_000 });
+          accepted.push(j.id);
+        } catch { /* refused while there is no leader: not accepted */ }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    await waitFor('some accepted', () => accepted.length >= 10, 20_000, 50);
+    await leader.kill('SIGKILL');
+    const other = coords.find((c) => c !== leader)!;
+    await waitForLeader([other.address], 20_000);
+    await waitFor('jobs accepted by the new leader', () => accepted.length >= 30, 30_000, 100);
+    stop = true;
+    await submitter;
+    const final = await waitFor('every accepted job ended', async () => {
+      const all = await Promise.all(accepted.map((id) => admin.getJob(id)));
+      return all.every((j) => j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED') ? all : undefined;
+    }, 90_000, 500);
+    for (const j of final) if (j.state === 'JOB_STATE_FAILED') expect(j.reason, j.id).to.not.equal('');
+    expect(final.filter((j) => j.state === 'JOB_STATE_SUCCEEDED').length).to.be.greaterThan(accepted.length / 2);
+    // Jobs in flight at the kill were taken over by the next leader and say so.
+    const resumed = final.filter((j) => /resumed from its first stage/.test(j.reason));
+    expect(resumed.length, 'jobs resumed by the next leader').to.be.greaterThan(0);
+    expect(resumed.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+  });
+});
