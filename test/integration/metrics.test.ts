@@ -27,7 +27,7 @@ describe('Prometheus metrics', function () {
     removeContainers(`tessera.node=${node}`);
   });
 
-  it('exposes the leader, nodes, placements, instructions and host figures', async () => {
+  it('exposes the leader, nodes, placements, instructions, job latencies and host figures', async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
     const [cm, am] = [await freePort(), await freePort()];
@@ -37,8 +37,14 @@ describe('Prometheus metrics', function () {
     const admin = new AdminClient([c.address]);
     try {
       await waitFor('node READY', async () => (await admin.listNodes()).nodes.length === 1, 20_000);
-      await admin.applyApp({ name: 'm', components: [{ name: 'x', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
+      await admin.applyApp({ name: 'm', components: [{
+        name: 'x', kind: 'm-echo', image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: 'm-echo' }, ports: [{ name: 'grpc' }],
+        health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
+      }] });
       await waitFor('running', async () => (await admin.listInstances('m')).instances.some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 20_000, 200);
+      await admin.applyPipeline({ name: 'mp', stages: [{ name: 'one', kind: 'm-echo' }, { name: 'two', kind: 'm-echo' }] });
+      await waitFor('registered', async () => (await admin.listComponents('m-echo')).instances.length === 1, 20_000, 200);
+      for (let i = 0; i < 3; i++) expect((await admin.submitJob({ pipeline: 'mp', payload: Buffer.from('x'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
       const cmx = await waitFor('coordinator metrics', async () => {
         const m = await scrape(cm);
         return m.get('tessera_instances{state="RUNNING"}') === 1 ? m : undefined;
@@ -50,6 +56,11 @@ describe('Prometheus metrics', function () {
       expect(cmx.get('tessera_placements_total')).to.equal(1);
       expect(cmx.get('tessera_instructions_sent_total{action="RUN"}')).to.be.at.least(1);
       expect(cmx.get('tessera_fenced_write_seconds_count')).to.be.greaterThan(0);
+      // Job latencies, per pipeline and final state, and step latencies per stage.
+      expect(cmx.get('tessera_job_seconds_count{pipeline="mp",state="SUCCEEDED"}')).to.equal(3);
+      expect(cmx.get('tessera_jobs_total{pipeline="mp",state="SUCCEEDED"}')).to.equal(3);
+      expect(cmx.get('tessera_job_step_seconds_count{pipeline="mp",stage="two"}')).to.equal(3);
+      expect(cmx.get('tessera_jobs_in_flight')).to.equal(0);
       const amx = await waitFor('agent metrics', async () => {
         const m = await scrape(am);
         return m.get('tessera_agent_containers{state="RUNNING"}') === 1 ? m : undefined;

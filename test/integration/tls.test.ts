@@ -16,6 +16,7 @@ import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
 
 describe('mutual TLS', function () {
   this.timeout(90_000);
@@ -46,6 +47,7 @@ describe('mutual TLS', function () {
   });
   after(async () => {
     await fleet?.stop();
+    removeContainers('tessera.app=tlsjobs');
     await etcd?.stop();
     fs.rmSync(certs, { recursive: true, force: true });
     fs.rmSync(other, { recursive: true, force: true });
@@ -72,6 +74,31 @@ describe('mutual TLS', function () {
     const ops = admin('op-secret');
     expect((await ops.applyApp(spec)).app!.name).to.equal('tlsapp');
     ops.close();
+  });
+
+  it('runs a job through an agent step relay over mTLS; the relay refuses other certificates', async () => {
+    const a = admin();
+    try {
+      await a.applyApp({ name: 'tlsjobs', components: [{
+        name: 'e', kind: 'tls-echo', image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: 'tls-echo' }, ports: [{ name: 'grpc' }],
+        health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
+      }] });
+      await a.applyPipeline({ name: 'tlsp', stages: [{ name: 'a', kind: 'tls-echo' }, { name: 'b', kind: 'tls-echo' }] });
+      await waitFor('registered', async () => (await a.listComponents('tls-echo')).instances.length === 1, 30_000, 200);
+      const j = await a.submitJob({ pipeline: 'tlsp', payload: Buffer.from('over mTLS'), wait: true });
+      expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
+      expect(j.result.toString()).to.equal('over mTLS');
+      const relay = (await a.getNode('n1')).endpoint;
+      const call = (m: ReturnType<typeof material>) => new Promise<grpc.ServiceError | null>((resolve) => {
+        const c = new (tesseraProto().StepRelay)(relay, clientCredentials(m));
+        c.Relay({ jobId: 'x', route: [] }, { deadline: new Date(Date.now() + 3_000) }, (err) => { c.close(); resolve(err); });
+      });
+      expect((await call(material('admin')))?.code, 'an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await call(material('agent-n1', other)))?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
+      await a.deleteApp('tlsjobs');
+    } finally {
+      a.close();
+    }
   });
 
   it('refuses an agent without a certificate, or with one from another CA', async () => {
