@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Tessera's main job on one machine: set up, start a local HA cluster (3 etcd members,
 # 3 coordinators, 2 agents on loopback ports), deploy the example app (3 web instances in
-# Docker containers, each answering on a loopback port), roll out a new version, kill the
-# leader and watch the cluster and the app carry on. The cluster keeps running afterwards:
+# Docker containers, each answering on a loopback port), roll out a new version, deploy the
+# example pipeline's components and run jobs through them, kill the leader and watch the
+# cluster, the app and the jobs carry on. The cluster keeps running afterwards:
 # `scripts/cluster.sh stop` stops it, `scripts/cluster.sh clean` also removes its containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,20 @@ done
 tessera apps
 curl_all
 
+step "components and jobs: examples/pipeline (split -> count -> format; 2 splitters, 2 counters, 1 formatter)"
+tessera apply -f examples/pipeline/app.yaml
+tessera pipeline apply -f examples/pipeline/pipeline.yaml
+for _ in $(seq 1 300); do
+  n=$(tessera --json component list 2>/dev/null | json 'v.length' || true)
+  [ "${n:-0}" -ge 5 ] && break
+  sleep 0.2
+done
+tessera component list
+step "a job: the README's words through the pipeline, with the path it took (EXPLAIN)"
+tessera job submit words --data @README.md -H top=6
+tessera job submit words --data "the quick brown fox jumps over the lazy dog" -H top=3 >/dev/null
+tessera job list -n 5
+
 leader=$(tessera --json status | json 'v.leader.id')
 step "kill -9 the leader ($leader)"
 kill -9 "$(cat .tessera/cluster/pids/$leader)"
@@ -68,6 +83,8 @@ done
 echo "new leader: $now after $(( ($(date +%s%N) - start) / 1000000 )) ms; the app never stopped answering:"
 curl_all
 tessera nodes
+step "jobs run under the new leader"
+tessera job submit words --data "a new leader routes the job through the same instances" -H top=3
 
 step "bring $leader back (it rejoins as a follower)"
 bash scripts/cluster.sh start >/dev/null
@@ -85,5 +102,7 @@ The cluster and the app are still running. Try:
   node dist/coordinator/cli/main.js rollback hello
   node dist/coordinator/cli/main.js node drain node-1
   node dist/coordinator/cli/main.js events --follow
+  node dist/coordinator/cli/main.js job submit words --data @somefile.txt
+  node dist/coordinator/cli/main.js component list
 Stop it with scripts/cluster.sh stop, or scripts/cluster.sh clean to remove its containers too.
 MSG
