@@ -73,7 +73,7 @@ components_image() {
   echo '{"name":"tessera-components","version":"0.1.0"}' > "$tmp/app/package.json"
   for src in examples/*/components/*.ts; do
     local name; name=$(basename "$src" .ts)
-    [ "$name" = delay ] && continue
+    grep -q serveComponent "$src" || continue   # helpers, not components
     node_modules/.bin/esbuild "$src" --bundle --platform=node --target=node20 --log-level=error --outfile="$tmp/app/$name.js"
   done
   local hash; hash=$( (sha256sum "$node_bin"; cat "$tmp"/app/*.js protos/tessera/v1/tessera.proto | sha256sum; echo v1) | sha256sum | cut -c1-16)

@@ -349,6 +349,55 @@ job.command('watch <id>').description('follow a job until it ends').action((id) 
   });
 }));
 
+// ─────────────────────────────── sql (examples/db) ───────────────────────────────
+
+interface SqlResult { columns: string[]; rows: (string | number | null)[][]; changed?: number; explain?: string[]; executor?: string }
+async function runSql(c: AdminClient, statement: string, o: { pipeline: string; explain?: boolean; timeout: string }): Promise<boolean> {
+  const j = await c.submitJob({ pipeline: o.pipeline, payload: Buffer.from(statement), wait: true, timeoutMs: Number(o.timeout), idempotencyKey: `sql-${require('node:crypto').randomUUID()}` });
+  if (program.opts().json) {
+    process.stdout.write(JSON.stringify({ job: { ...j, result: undefined }, result: j.state === 'JOB_STATE_SUCCEEDED' ? JSON.parse(j.result.toString('utf8')) : undefined }, null, 2) + '\n');
+    return j.state === 'JOB_STATE_SUCCEEDED';
+  }
+  if (j.state !== 'JOB_STATE_SUCCEEDED') {
+    process.stderr.write(`error: ${j.reason}\n`);
+    if (o.explain) process.stderr.write(renderJob(j) + '\n');
+    return false;
+  }
+  const r = JSON.parse(j.result.toString('utf8')) as SqlResult;
+  const show = (v: unknown) => (v === null ? 'NULL' : typeof v === 'number' && !Number.isInteger(v) ? String(Math.round(v * 1e6) / 1e6) : String(v));
+  if (r.columns.length) {
+    process.stdout.write(table(r.columns.map((x) => x.toUpperCase()), r.rows.map((row) => row.map(show))) + '\n');
+    process.stdout.write(`(${r.rows.length} row${r.rows.length === 1 ? '' : 's'}, ${Number(j.durationMs).toFixed(0)} ms)\n`);
+  } else {
+    process.stdout.write(`OK${r.changed !== undefined ? `, ${r.changed} row(s)` : ''} (${Number(j.durationMs).toFixed(0)} ms)\n`);
+  }
+  if (o.explain) {
+    process.stdout.write(`\nplan:\n${(r.explain ?? []).map((l) => `  ${l}`).join('\n')}\n\npath:\n${renderJob(j)}\n`);
+  }
+  return true;
+}
+program.command('sql [statement...]').description('run SQL on the example component database (examples/db) as a job; no statement: a REPL')
+  .option('--explain', 'print the plan and the path the job took')
+  .option('--pipeline <name>', 'the pipeline that runs statements', 'sql')
+  .option('--timeout <ms>', 'statement deadline', '15000')
+  .action((words: string[], o) => run(async (c) => {
+    if (words.length) {
+      if (!(await runSql(c, words.join(' '), o))) process.exitCode = 1;
+      return;
+    }
+    const rl = require('node:readline').createInterface({ input: process.stdin, output: process.stdout, prompt: 'sql> ' }) as import('node:readline').Interface;
+    let buf = '';
+    rl.prompt();
+    for await (const line of rl) {
+      buf += `${line}\n`;
+      if (!buf.trim().endsWith(';') && line.trim() !== '') { process.stdout.write('...> '); continue; }
+      const stmt = buf.trim();
+      buf = '';
+      if (stmt && stmt !== ';') await runSql(c, stmt, o).catch((err) => process.stderr.write(`error: ${(err as grpc.ServiceError).details ?? (err as Error).message}\n`));
+      rl.prompt();
+    }
+  }));
+
 // grpc-js sets the TLS server name to an IP address, which Node flags as deprecated on every
 // call; it is not something an operator can act on.
 process.noDeprecation = true;
