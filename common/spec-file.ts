@@ -6,16 +6,19 @@ import YAML from 'yaml';
 import { InvalidArgumentError, FieldViolation } from './errors';
 import { tesseraPackageDefinition } from './proto';
 
-interface FieldDesc { name: string; label: string; type: string; typeName: string }
+interface FieldDesc { name: string; label: string; type: string; typeName: string; map?: boolean }
 
 function fieldsOf(message: string): Map<string, FieldDesc> | undefined {
-  const def = tesseraPackageDefinition()[`tessera.v1.${message}`] as unknown as { type?: { field: FieldDesc[] } } | undefined;
+  const def = tesseraPackageDefinition()[`tessera.v1.${message}`] as unknown as { type?: { field: FieldDesc[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } | undefined;
   if (!def?.type) return undefined;
+  // A map field is a repeated field of a nested entry type marked mapEntry (its name varies).
+  const maps = new Set((def.type.nestedType ?? []).filter((n) => n.options?.mapEntry).map((n) => n.name));
   const camel = (s: string) => s.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
   const m = new Map<string, FieldDesc>();
   for (const f of def.type.field) {
-    m.set(f.name, f);
-    m.set(camel(f.name), f);
+    const d = { ...f, map: maps.has(f.typeName) || maps.has(f.typeName.split('.').pop()!) };
+    m.set(f.name, d);
+    m.set(camel(f.name), d);
   }
   return m;
 }
@@ -30,7 +33,7 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
       out.push({ field: path, message: `unknown field (known: ${[...new Set([...fields.values()].map((x) => x.name.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase())))].join(', ')})` });
       continue;
     }
-    if (f.type !== 'TYPE_MESSAGE' || f.typeName.endsWith('Entry')) continue;
+    if (f.type !== 'TYPE_MESSAGE' || f.map || f.typeName.endsWith('Entry')) continue;
     if (f.label === 'LABEL_REPEATED') {
       if (Array.isArray(v)) v.forEach((item, i) => unknownFields(item, f.typeName, `${path}[${i}]`, out));
       else out.push({ field: path, message: 'must be a list' });

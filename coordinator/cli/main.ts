@@ -44,14 +44,15 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   } catch (err) {
     const se = err as grpc.ServiceError & { violations?: { field: string; message: string }[] };
     const code = se.code !== undefined ? grpc.status[se.code] : 'ERROR';
-    const violations = se.violations ?? (se.metadata?.get('tessera-field-violations')?.[0] ? JSON.parse(String(se.metadata.get('tessera-field-violations')[0])) : undefined);
+    const md = typeof se.metadata?.get === 'function' ? se.metadata : undefined;
+    const violations = se.violations ?? (md?.get('tessera-field-violations')?.[0] ? JSON.parse(String(md.get('tessera-field-violations')[0])) : undefined);
     if (violations?.length) {
       process.stderr.write(`error: ${code}: the request has ${violations.length} problem(s):\n`);
       for (const v of violations) process.stderr.write(`  ${v.field}: ${v.message}\n`);
     } else {
       process.stderr.write(`error: ${code}: ${se.details ?? se.message}\n`);
     }
-    const leader = se.metadata?.get('tessera-leader-address')?.[0];
+    const leader = md?.get('tessera-leader-address')?.[0];
     if (leader) process.stderr.write(`hint: the leader is at ${leader}\n`);
     process.exitCode = 1;
   } finally {

@@ -110,7 +110,7 @@ export function checkColumns(st: Statement, schema: TableSchema): void {
       for (const i of st.items) check(i.expr);
       check(st.where);
       for (const g of st.groupBy) if (!cols.has(g)) throw new SqlError(`no such column: ${g} in GROUP BY`);
-      for (const o of st.orderBy) check(o.expr);
+      for (const o of st.orderBy) if (!(o.expr.k === 'col' && st.items.some((i) => i.alias === (o.expr as { name: string }).name))) check(o.expr);
       break;
     case 'update':
       for (const s of st.set) {
@@ -323,7 +323,7 @@ export function executeRow(st: Select, schema: TableSchema, input: Row[]): Resul
     return { columns, rows: sortAndLimit(out, st.orderBy, st.limit) };
   }
   checkGrouping(st);
-  const aggs = [...st.items.flatMap((i) => aggregatesOf(i.expr)), ...orders.flatMap((e) => aggregatesOf(e))];
+  const aggs = [...new Set([...st.items.flatMap((i) => aggregatesOf(i.expr)), ...orders.flatMap((e) => aggregatesOf(e))])];
   const groups = new Map<string, { first: Row; accs: Map<Expr, Acc> }>();
   for (const r of rows) {
     const k = JSON.stringify(st.groupBy.map((g) => r[g]));
@@ -383,7 +383,7 @@ export function executeVector(st: Select, schema: TableSchema, input: Row[]): Re
     return { columns, rows: sortAndLimit(rows, st.orderBy, st.limit) };
   }
   checkGrouping(st);
-  const aggs = [...st.items.flatMap((i) => aggregatesOf(i.expr)), ...orders.flatMap((e) => aggregatesOf(e))];
+  const aggs = [...new Set([...st.items.flatMap((i) => aggregatesOf(i.expr)), ...orders.flatMap((e) => aggregatesOf(e))])];
   // Group ids per selected row, then each aggregate over its argument column in one pass.
   const groupCols = st.groupBy.map((g) => vec({ k: 'col', name: g }, sel));
   const ids = new Int32Array(sel.length);

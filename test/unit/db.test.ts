@@ -71,6 +71,7 @@ describe('db: planner and executors', () => {
       expect((await db.exec('SELECT name, age FROM people WHERE id = 7', ex)).rows).to.deep.equal([['p7', 27]]);
       expect((await db.exec('SELECT COUNT(*), MIN(age), MAX(age), SUM(age) FROM people', ex)).rows).to.deep.equal([[100, 20, 49, 3350]]);
       expect((await db.exec('SELECT city, COUNT(*) AS n FROM people GROUP BY city ORDER BY city', ex)).rows).to.deep.equal([['lima', 33], ['oslo', 34], ['rome', 33]]);
+      expect((await db.exec('SELECT city, COUNT(*) AS n FROM people GROUP BY city ORDER BY n DESC, city LIMIT 2', ex)).rows).to.deep.equal([['oslo', 34], ['lima', 33]]);
       expect((await db.exec('SELECT id FROM people WHERE age > 47 ORDER BY id DESC LIMIT 3', ex)).rows).to.deep.equal([[89], [88], [59]]);
       expect((await db.exec('SELECT AVG(age) FROM people WHERE id < 0', ex)).rows).to.deep.equal([[null]]);
     }

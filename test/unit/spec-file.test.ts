@@ -1,0 +1,29 @@
+// Every example file the README and the demo apply reads cleanly (no unknown field, maps as maps).
+import { expect } from 'chai';
+import * as path from 'node:path';
+import { readSpecFile } from '../../common/spec-file';
+import { InvalidArgumentError } from '../../common/errors';
+import { repoRoot } from '../../common/version';
+
+describe('example spec files', () => {
+  const files: [string, string][] = [
+    ['examples/hello/app.yaml', 'AppSpec'], ['examples/queue/app.yaml', 'AppSpec'], ['examples/queue/policy.yaml', 'ScalingPolicy'],
+    ['examples/pipeline/app.yaml', 'AppSpec'], ['examples/pipeline/pipeline.yaml', 'Pipeline'],
+    ['examples/db/app.yaml', 'AppSpec'], ['examples/db/pipeline.yaml', 'Pipeline'], ['examples/db/policy.yaml', 'ScalingPolicy'],
+  ];
+  for (const [file, message] of files) {
+    it(`${file} is a valid ${message}`, () => {
+      expect(readSpecFile(path.join(repoRoot(), file), message)).to.be.an('object');
+    });
+  }
+  it('still refuses an unknown field and a list given as a map', () => {
+    try {
+      readSpecFile(path.join(repoRoot(), 'examples/db/app.yaml').replace('app.yaml', 'nope.yaml'));
+    } catch (e) {
+      expect((e as Error).message).to.match(/ENOENT/);
+    }
+    const bad = () => (require('../../common/spec-file') as typeof import('../../common/spec-file')).unknownFields({ components: [{ imgae: 'x', env: { A: '1' }, ports: { name: 'x' } }] }, 'AppSpec', '');
+    expect(bad().map((v) => v.field)).to.deep.equal(['components[0].imgae', 'components[0].ports']);
+    expect(InvalidArgumentError).to.be.a('function');
+  });
+});
