@@ -5,6 +5,7 @@ import { serveComponent } from '../../../common/component';
 import type { Plan } from '../engine';
 import { executePlan } from '../db';
 import { asStatus, catalogApi, shardApi } from './remote';
+import { delay } from '../../pipeline/components/delay';
 
 const mode = process.env.EXECUTOR === 'vector' ? 'vector' : 'row';
 const catalog = catalogApi();
@@ -15,6 +16,7 @@ void serveComponent({
   operations: {
     execute: async (input) => {
       const { plan, shardEndpoints } = JSON.parse(input.toString('utf8')) as { plan: Plan; shardEndpoints: string[] };
+      await delay(); // DELAY_MS: a slow executor, for the crash tests
       try {
         const r = await executePlan(plan, shardEndpoints.map(shardApi), catalog, mode);
         return { payload: JSON.stringify({ ...r, executor: mode }), headers: { executor: mode } };
