@@ -88,6 +88,7 @@ for _ in $(seq 1 100); do
   sleep 0.3
 done
 tessera sql "CREATE TABLE sales (id INTEGER PRIMARY KEY, region TEXT, product TEXT, qty INTEGER, price REAL)"
+tessera policy set -f examples/db/policy.yaml     # the row executors scale on their queue depth (2..4)
 echo "loading 5,000 generated rows (10 INSERT jobs of 500 rows)"
 for b in $(seq 0 9); do
   node -e 'const b=+process.argv[1];const R=["north","south","east","west"],P=["tea","coffee","cocoa","mate","chai"];let v=[];for(let i=b*500;i<b*500+500;i++)v.push(`(${i}, '"'"'${R[i%4]}'"'"', '"'"'${P[(i*7)%5]}'"'"', ${1+(i*13)%9}, ${(2+((i*37)%300)/100).toFixed(2)})`);console.log("INSERT INTO sales VALUES "+v.join(", "))' "$b" | xargs -0 node dist/coordinator/cli/main.js sql >/dev/null
