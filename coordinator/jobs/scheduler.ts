@@ -37,6 +37,8 @@ import type { NormalPipeline, Pipelines } from './pipelines';
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 const KEY_RE = /^[\x21-\x7e]{1,128}$/;
+/** At most this many bytes of finished jobs' results stay in the leader's memory. */
+const RESULT_MEMORY = 64 * 1024 * 1024;
 
 export interface JobOptions {
   flow: 'chain' | 'per-stage';
@@ -96,6 +98,8 @@ export class JobScheduler {
   private recent: string[] = [];
   private byKey = new Map<string, string>();
   private queue: LiveJob[] = [];
+  /** Bytes of results held by finished jobs in memory. */
+  private resultBytes = 0;
   /** Queue places taken by submissions whose record is being written. */
   private queueReserved = 0;
   private inFlight = 0;
@@ -366,8 +370,11 @@ export class JobScheduler {
       const res = await this.runner.run({
         jobId: job.rec.id, route: route.hops, payload: input, headers, deadlineMs: job.rec.deadlineMs, attempt: job.rec.plans, firstIndex: from,
       } as never);
-      this.components.release(route.holding);
-      job.route = undefined;
+      // A cancel meanwhile released the route already (finish); release it only if still ours.
+      if (job.route === route) {
+        this.components.release(route.holding);
+        job.route = undefined;
+      }
       for (const h of res.hops) {
         this.components.observe(h.instanceId!, Number(h.durationMs), !!h.ok, Number(h.code ?? 0));
         const step: JobStep = {
@@ -501,9 +508,13 @@ export class JobScheduler {
     job.watchers.clear();
     job.input = Buffer.alloc(0);
     this.recent.push(rec.id);
-    while (this.recent.length > this.opts.recentLimit) {
+    this.resultBytes += result?.length ?? 0;
+    // Finished jobs stay in memory up to a count and a size (results can be large); older ones
+    // are read back from etcd by GetJob.
+    while (this.recent.length > this.opts.recentLimit || (this.resultBytes > RESULT_MEMORY && this.recent.length > 1)) {
       const old = this.jobs.get(this.recent.shift()!);
       if (old && TERMINAL.has(old.rec.state)) {
+        this.resultBytes -= old.result?.length ?? 0;
         this.jobs.delete(old.rec.id);
         if (old.rec.idempotencyKey) this.byKey.delete(old.rec.idempotencyKey);
       }

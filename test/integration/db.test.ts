@@ -4,6 +4,7 @@
 // executor-vector changes the paths aggregates take.
 import { expect } from 'chai';
 import * as fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import YAML from 'yaml';
@@ -25,6 +26,7 @@ describe('the component database through Tessera', function () {
   let fleet: Fleet;
   let admin: AdminClient;
   let spec: Spec;
+  let coordinator = '';
   const node = `d${RUN}`;
 
   const sql = (statement: string, wait = true) => admin.submitJob({ pipeline: 'sql', payload: Buffer.from(statement), wait, timeoutMs: 30_000 });
@@ -38,6 +40,7 @@ describe('the component database through Tessera', function () {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
     const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--reconcile-interval-ms', '200'] });
+    coordinator = c.address;
     await waitForLeader([c.address]);
     const base = 25_000 + Math.floor(Math.random() * 40) * 100;
     fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--port-range', `${base}-${base + 99}`, '--cpu-millis', '8000'] });
@@ -84,6 +87,16 @@ describe('the component database through Tessera', function () {
     const mismatch = await sql("INSERT INTO people VALUES (999, 'x', 'old')");
     expect(mismatch.reason).to.match(/type mismatch: column age is INTEGER/);
     expect((await sql('SELECT * FROM nobody')).reason).to.match(/no such table: nobody/);
+    // tessera sql prints the rows as a table, and with --explain the plan and the path.
+    const cli = (...a: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coordinator, 'sql', ...a]);
+    const ok = cli('--explain', 'SELECT name, age FROM people WHERE id = 5');
+    expect(ok.status, ok.stderr.toString()).to.equal(0);
+    expect(ok.stdout.toString()).to.match(/NAME\s+AGE\np5\s+25\n\(1 row, \d+ ms\)/);
+    expect(ok.stdout.toString()).to.match(/POINT LOOKUP people ON SHARD \d \(id = 5\)/);
+    expect(ok.stdout.toString()).to.match(/execute\s+executor-row/);
+    const err = cli('SELECT * FROM people WHERE name = 5');
+    expect(err.status).to.equal(1);
+    expect(err.stderr.toString()).to.match(/stage plan: INVALID_ARGUMENT: type mismatch: column name is TEXT, compared with 5/);
   });
 
   it('a storage shard SIGKILLed after acknowledged INSERTs is restarted with every acknowledged row', async () => {

@@ -3,7 +3,7 @@
 // gRPC through the agents' step relays. Docker is the witness where instances die.
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
-import { fork, ChildProcess } from 'node:child_process';
+import { execFileSync, fork, ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AdminClient } from '../../common/admin-client';
@@ -140,6 +140,11 @@ describe('jobs through pipelines of registered components', function () {
     expect(got.result.toString()).to.equal(jobs[0].result.toString());
     const listed = (await admin.listJobs({ pipeline: 'words', limit: 100 })).jobs.map((j) => j.id);
     for (const j of jobs) expect(listed).to.include(j.id);
+    // The CLI prints the result and the path it took.
+    const out = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coords.map((c) => c.address).join(','), 'job', 'submit', 'words', '--data', TEXT, '-H', 'top=2']).toString();
+    expect(out).to.match(/^11 words; top 2: the=4 and=2\n/);
+    expect(out).to.match(/STAGE\s+KIND\s+INSTANCE\s+NODE/);
+    expect(out).to.match(/\nformat\s+formatter\s+words-formatter-/);
   });
 
   it('streams a job with WatchJob until it ends, and answers an idempotent resubmission with the same job', async () => {
@@ -235,9 +240,17 @@ describe('jobs through pipelines of registered components', function () {
     for (const r of refused) expect(code(r.reason)).to.equal('RESOURCE_EXHAUSTED');
     const accepted = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<Job__Output>).value);
     expect(accepted.length).to.equal(9);
-    expect(accepted.some((j) => j.state === 'JOB_STATE_QUEUED')).to.equal(true);
-    // Every accepted job ends, queued ones too.
-    await waitFor('accepted jobs end', async () => (await Promise.all(accepted.map((j) => admin.getJob(j.id)))).every((j) => j.state === 'JOB_STATE_SUCCEEDED'), 60_000, 300);
+    const queued = accepted.filter((j) => j.state === 'JOB_STATE_QUEUED');
+    expect(queued.length).to.be.greaterThan(0);
+    // A queued job cancelled never runs.
+    const cancelled = await admin.cancelJob(queued[0].id);
+    expect(cancelled.state).to.equal('JOB_STATE_CANCELLED');
+    // Every other accepted job ends, queued ones too.
+    const rest = accepted.filter((j) => j.id !== queued[0].id);
+    await waitFor('accepted jobs end', async () => (await Promise.all(rest.map((j) => admin.getJob(j.id)))).every((j) => j.state === 'JOB_STATE_SUCCEEDED'), 60_000, 300);
+    const after = await admin.getJob(queued[0].id);
+    expect(after.state).to.equal('JOB_STATE_CANCELLED');
+    expect(after.steps).to.deep.equal([]);
     await admin.applyApp(words('1.1.0', '0'));
   });
 
