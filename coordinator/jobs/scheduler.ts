@@ -106,6 +106,8 @@ export class JobScheduler {
   private lease?: { id: string; grantedAtMs: number };
   private leasePending?: Promise<string>;
   private stopped = false;
+  private readonly idPrefix = randomBytes(3).toString('hex');
+  private idSeq = 0;
 
   constructor(
     private readonly store: Store,
@@ -223,7 +225,8 @@ export class JobScheduler {
       queuedWhy = err.message;
     }
 
-    const id = `j-${nowMs.toString(36)}-${randomBytes(5).toString('hex')}`;
+    // Unique without a syscall per job: this leader's random prefix and a counter.
+    const id = `j-${nowMs.toString(36)}-${this.idPrefix}${(this.idSeq++).toString(36)}`;
     const rec: JobRecord = {
       id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
