@@ -52,7 +52,7 @@ export class RelayServer {
         relayTraffic();
         return this.runner.run(req);
       }),
-      RelayStream: (call: grpc.ServerDuplexStream<RelayRequest__Output, RelayResult>) => {
+      RelayStream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         if (tls) {
           const peer = peerIdentity(call);
           if (peer.role !== 'coordinator' && peer.role !== 'agent') {
@@ -60,7 +60,7 @@ export class RelayServer {
             return;
           }
         }
-        serveMux(call, async (req) => {
+        serveMux<RelayRequest__Output, RelayResult>(call, { req: 'requests', res: 'results' }, async (req) => {
           if (malformedReason(req) !== undefined) return { ok: false, errorCode: grpc.status.INVALID_ARGUMENT, error: `malformed request: ${malformedReason(req)}`, failedIndex: -1 };
           this.relayed++;
           relayTraffic();

@@ -113,7 +113,8 @@ export class AdminClient {
   jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
     const client = this.clients[this.preferred];
     const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
-      () => client.submitJobs(this.metadata()),
+      () => client.submitJobs(this.metadata()) as never,
+      { req: 'submissions', res: 'outcomes' },
       (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined),
     );
     return {

@@ -94,8 +94,8 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
     Invoke: (call: grpc.ServerUnaryCall<Step__Output, StepResult>, cb: grpc.sendUnaryData<StepResult>) => {
       runStep(call.request).then((r) => cb(null, r), (err) => cb(toServiceError(err) as grpc.ServiceError));
     },
-    Stream: (call: grpc.ServerDuplexStream<Step__Output, StepResult>) => {
-      serveMux(call, runStep, (code, error) => ({ errorCode: code, error }));
+    Stream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
+      serveMux(call, { req: 'steps', res: 'results' }, runStep, (code, error) => ({ errorCode: code, error }));
     },
     Describe: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, { kind: o.kind, version: o.version ?? '', operations: names }),
   } as grpc.UntypedServiceImplementation);

@@ -1,13 +1,16 @@
 // Many request/response calls over one long-lived bidi stream, matched by call_id. On this kind
 // of machine a grpc-js stream message costs about a tenth of a unary call (measured: ~19,000
-// round trips/s on one stream against ~2,200 unary calls/s), so the job data plane (agent to
-// instance, coordinator to agent, agent to agent, client to leader) uses streams.
+// round trips/s on one stream against ~2,200 unary calls/s), and the calls made in one
+// event-loop turn travel as one batch message (measured on raw bytes: 8 per batch ~140,000
+// items/s, 16 ~270,000), so the job data plane (agent to instance, coordinator to agent, agent
+// to agent, client to leader) uses batched streams.
 //
 // Client: call() writes the request with a fresh call id and resolves with the response that
 // carries it; a per-call deadline rejects with DEADLINE_EXCEEDED (a late answer is dropped);
 // when the stream breaks every pending call is rejected with UNAVAILABLE and the next call
 // opens a new stream. Server: serveMux answers each message through the handler, in any order.
 import * as grpc from '@grpc/grpc-js';
+import { malformedReason } from './grpc';
 
 interface Pending<Res> {
   resolve: (r: Res) => void;
@@ -15,40 +18,52 @@ interface Pending<Res> {
   timer?: NodeJS.Timeout;
 }
 
-type Duplex<Req, Res> = grpc.ClientDuplexStream<Req, Res>;
+type Duplex = grpc.ClientDuplexStream<Record<string, unknown>, Record<string, unknown>>;
+
+/** Field names of the batch messages: e.g. StepBatch.steps and StepResultBatch.results. */
+export interface BatchFields { req: string; res: string }
 
 export function statusError(code: number, details: string): grpc.ServiceError {
   return Object.assign(new Error(`${code} ${grpc.status[code]}: ${details}`), { code, details, metadata: new grpc.Metadata() }) as grpc.ServiceError;
 }
 
 export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: unknown }> {
-  private stream?: Duplex<Req, Res>;
+  private stream?: Duplex;
   private pending = new Map<number, Pending<Res>>();
   private next = 1;
+  private outbox: Req[] = [];
+  private flushing = false;
   /** Set when the server does not implement the stream method (fall back to unary). */
   unimplemented = false;
 
-  constructor(private readonly open: () => Duplex<Req, Res>, private readonly errorOf: (r: Res) => grpc.ServiceError | undefined = () => undefined) {}
+  constructor(
+    private readonly open: () => Duplex,
+    private readonly fields: BatchFields,
+    private readonly errorOf: (r: Res) => grpc.ServiceError | undefined = () => undefined,
+  ) {}
 
-  private ensure(): Duplex<Req, Res> {
+  private ensure(): Duplex {
     if (this.stream) return this.stream;
     const s = this.open();
     this.stream = s;
-    s.on('data', (r: Res) => {
-      const id = Number(r.callId);
-      const p = this.pending.get(id);
-      if (!p) return;
-      this.pending.delete(id);
-      clearTimeout(p.timer);
-      const err = this.errorOf(r);
-      if (err) p.reject(err);
-      else p.resolve(r);
+    s.on('data', (batch: Record<string, unknown>) => {
+      for (const r of (batch[this.fields.res] ?? []) as Res[]) {
+        const id = Number(r.callId);
+        const p = this.pending.get(id);
+        if (!p) continue;
+        this.pending.delete(id);
+        clearTimeout(p.timer);
+        const err = this.errorOf(r);
+        if (err) p.reject(err);
+        else p.resolve(r);
+      }
     });
     const broken = (err?: grpc.ServiceError) => {
       if (this.stream !== s) return;
       this.stream = undefined;
       if (err?.code === grpc.status.UNIMPLEMENTED) this.unimplemented = true;
-      const e = statusError(err?.code === grpc.status.UNIMPLEMENTED ? grpc.status.UNIMPLEMENTED : grpc.status.UNAVAILABLE, `stream closed: ${err?.details ?? 'ended'}`);
+      const passThrough = err?.code === grpc.status.UNIMPLEMENTED || err?.code === grpc.status.INVALID_ARGUMENT || err?.code === grpc.status.PERMISSION_DENIED || err?.code === grpc.status.UNAUTHENTICATED;
+      const e = statusError(passThrough ? err!.code : grpc.status.UNAVAILABLE, `stream closed: ${err?.details ?? 'ended'}`);
       for (const p of this.pending.values()) {
         clearTimeout(p.timer);
         p.reject(e);
@@ -73,8 +88,20 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         }, ms);
       }
       this.pending.set(id, p);
-      this.ensure().write({ ...req, callId: id });
+      this.outbox.push({ ...req, callId: id });
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => this.flush());
+      }
     });
+  }
+
+  /** Everything called in this event-loop turn goes out as one batch. */
+  private flush(): void {
+    this.flushing = false;
+    const items = this.outbox;
+    this.outbox = [];
+    if (items.length) this.ensure().write({ [this.fields.req]: items });
   }
 
   close(): void {
@@ -91,20 +118,41 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
  * errorCode/error fields) goes back with its call id.
  */
 export function serveMux<Req extends { callId?: unknown }, Res>(
-  call: grpc.ServerDuplexStream<Req, Res>,
+  call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>,
+  fields: BatchFields,
   handler: (req: Req) => Promise<Res>,
   errorReply: (code: number, message: string) => Res,
 ): void {
-  call.on('data', (req: Req) => {
-    const callId = req.callId;
-    handler(req).then(
-      (res) => { if (!call.destroyed) call.write({ ...res, callId }); },
-      (err: Error & { code?: number; details?: string }) => {
-        if (call.destroyed) return;
-        const code = typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN;
-        call.write({ ...errorReply(code, err.details ?? err.message), callId });
-      },
-    );
+  let outbox: unknown[] = [];
+  let flushing = false;
+  const reply = (r: unknown) => {
+    outbox.push(r);
+    if (flushing) return;
+    flushing = true;
+    setImmediate(() => {
+      flushing = false;
+      const items = outbox;
+      outbox = [];
+      if (!call.destroyed && items.length) call.write({ [fields.res]: items });
+    });
+  };
+  call.on('data', (batch: Record<string, unknown>) => {
+    const bad = malformedReason(batch);
+    if (bad !== undefined) {
+      // Broken bytes cannot be matched to a call: the stream ends, saying why.
+      call.emit('error', statusError(grpc.status.INVALID_ARGUMENT, `malformed protobuf message: ${bad}`));
+      return;
+    }
+    for (const req of (batch[fields.req] ?? []) as Req[]) {
+      const callId = req.callId;
+      handler(req).then(
+        (res) => reply({ ...res, callId }),
+        (err: Error & { code?: number; details?: string }) => {
+          const code = typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN;
+          reply({ ...errorReply(code, err.details ?? err.message), callId });
+        },
+      );
+    }
   });
   call.on('end', () => call.end());
   call.on('error', () => {});

@@ -100,7 +100,7 @@ export class StepRunner {
     let m = this.componentStreams.get(endpoint);
     if (!m) {
       const client = this.component(endpoint);
-      m = new MuxClient(() => client.Stream(), (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined));
+      m = new MuxClient(() => client.Stream() as never, { req: 'steps', res: 'results' }, (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined));
       this.componentStreams.set(endpoint, m);
     }
     return m;
@@ -110,7 +110,7 @@ export class StepRunner {
     let m = this.relayStreams.get(endpoint);
     if (!m) {
       const client = this.relay(endpoint);
-      m = new MuxClient(() => client.RelayStream());
+      m = new MuxClient(() => client.RelayStream() as never, { req: 'requests', res: 'results' });
       this.relayStreams.set(endpoint, m);
     }
     return m;

@@ -169,14 +169,14 @@ export class AdminService {
         return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w) => w.jobs.cancel(req.id));
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
-      SubmitJobs: (call: grpc.ServerDuplexStream<JobSubmission__Output, JobOutcome>) => {
+      SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // Streams are not forwarded: a high-rate client talks to the leader itself.
         if (!this.opts.leaderWork?.()) {
           const l = this.leadership.leader;
           call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
           return;
         }
-        serveMux(call, async (sub) => {
+        serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
           rejectMalformed(sub, 'submission');
           if (!sub.request) throw InvalidArgumentError.field('request', 'is required');
           const w = this.opts.leaderWork?.();

@@ -186,9 +186,15 @@ describe('jobs through pipelines of registered components', function () {
       const s = (await admin.listInstances('words')).instances.filter((i) => i.component === 'splitter' && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.version === 2);
       return s.length === 2 && (await admin.listComponents('splitter')).instances.length === 2;
     }, 90_000, 300);
-    const victim = (await admin.listComponents('splitter')).instances[0];
+    let victim = (await admin.listComponents('splitter')).instances[0];
     let killed = false;
     const jobs = await loadJobs(admin, 40, 6, async () => {
+      // The victim: a splitter the leader has jobs in flight on right now.
+      await waitFor('a splitter with steps in flight', async () => {
+        const busy = (await admin.listComponents('splitter')).instances.find((i) => i.inFlight > 0);
+        if (busy) victim = busy;
+        return busy;
+      }, 5_000, 10);
       const c = containers(`tessera.instance=${victim.instanceId}`).find((x) => x.state === 'running');
       if (c) {
         dockerKill(c.id);
