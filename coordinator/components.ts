@@ -173,8 +173,13 @@ export class ComponentManager {
     });
   }
 
-  private decayed(f: Figures, nowMs: number): number {
-    return f.ewmaMs * Math.exp(-(nowMs - f.lastAtMs) / this.opts.decayMs) + 0.05;
+  /**
+   * The latency estimate: it moves only with new samples (as Finagle's peak EWMA does), so an
+   * instance that was slow stays expensive until the others' load makes it worth trying again
+   * (the cost multiplies latency by 1 + jobs in flight), and then its new samples count.
+   */
+  private decayed(f: Figures, _nowMs: number): number {
+    return f.ewmaMs + 0.05;
   }
 
   private fig(id: string): Figures {
@@ -202,8 +207,10 @@ export class ComponentManager {
     const f = this.fig(id);
     if (ok) {
       f.ok++;
-      const cur = this.decayed(f, nowMs);
-      f.ewmaMs = durationMs > cur ? durationMs : cur + (durationMs - cur) * (1 - Math.exp(-1 / 8));
+      // A slower sample counts at once; a faster one moves the estimate with a weight that
+      // grows with the time since the last sample (time constant decayMs).
+      const w = Math.exp(-Math.max(1, nowMs - f.lastAtMs) / this.opts.decayMs);
+      f.ewmaMs = durationMs > f.ewmaMs ? durationMs : f.ewmaMs * w + durationMs * (1 - w);
       f.lastAtMs = nowMs;
       return;
     }

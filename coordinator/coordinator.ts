@@ -59,7 +59,7 @@ export class LeaderWork {
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics }, c.log.child({ part: 'deployments' }));
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
     this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
-      maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 10_000,
+      maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,
     }, c.log.child({ part: 'components' }));
     this.pipelines = new Pipelines(c.store, c.keys);
     this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, new GroupCommitter(c.store), c.runner, {

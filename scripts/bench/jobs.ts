@@ -13,7 +13,7 @@
 //               set to round robin, least-loaded and path cost (the default), against path cost
 //               with the slow instances excluded by a version pin (the no-fault p99)
 //
-//   node dist/scripts/bench/jobs.js [--seconds 8] [--base-ms 5]
+//   node dist/scripts/bench/jobs.js [--seconds 8] [--base-ms 5] [--balancing-only]
 import { fork, ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -144,7 +144,8 @@ async function main(): Promise<void> {
     const submit = (pipeline: string) => stream.submit({ pipeline, payload, wait: true, timeoutMs: 10_000 }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
 
     const tess: Record<string, Run> = {};
-    for (const n of LEVELS) {
+    const balancingOnly = args.includes('--balancing-only');
+    for (const n of balancingOnly ? [] : LEVELS) {
       progress(`Tessera chain flow, ${n} in flight`);
       tess[`chain-${n}`] = await load(n, SECONDS, () => submit('chain4'));
     }
@@ -162,6 +163,11 @@ async function main(): Promise<void> {
       bal.push([name, fmt(r.p50, 1), fmt(r.p99, 1), (r.p99 / noFault.p99).toFixed(2), fmt(r.rate)]);
     }
 
+    if (balancingOnly) {
+      console.log(`\nBalancing: 4 instances per stage, one 10x slower (${BASE_MS * 10} ms vs ${BASE_MS} ms per step), ${BAL_N} in flight`);
+      console.log(table(['ROUTING', 'P50 MS', 'P99 MS', 'P99 VS NO FAULT', 'JOBS/S'], bal));
+      return;
+    }
     progress('per-stage flow: stopping the chain coordinator; the per-stage one leads');
     await c1.kill('SIGTERM');
     await waitForLeader([c2.address]);
