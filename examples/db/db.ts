@@ -1,12 +1,14 @@
 // Carrying out a plan against the shards and the catalog, whoever they are: remote components
 // (the executor components) or objects in this process (the tests' LocalDb).
-import { executeSelect, plan as makePlan, Plan, Result, Row, shardOf, TableSchema, insertRows } from './engine';
+import { executeSelect, mergePartials, partialAggregate, Partial, plan as makePlan, Plan, Result, Row, shardOf, TableSchema, insertRows } from './engine';
 import { Shard, ShardOp } from './shard';
-import { parse, Value, Expr } from './sql';
+import { parse, Value, Expr, Statement } from './sql';
 
 export interface ShardApi {
   run(op: ShardOp): Promise<number>;
   scan(table: string, where?: Expr, pk?: Value): Promise<Row[]>;
+  /** Partial aggregation on the shard: one partial per group instead of every row. */
+  aggregate?(statement: Statement): Promise<Partial[]>;
 }
 
 export interface CatalogState { tables: Record<string, TableSchema>; shards: number }
@@ -52,6 +54,11 @@ export async function executePlan(p: Plan, shards: ShardApi[], catalog: CatalogA
       return { columns: [], rows: [], changed: n, explain: p.explain };
     }
     case 'select': {
+      if (p.kind === 'aggregate' && shards.every((s) => s.aggregate)) {
+        // The shards fold their rows into one partial per group; only those travel.
+        const parts = await Promise.all(p.shards.map((s) => shards[s].aggregate!(st)));
+        return { ...mergePartials(st, p.schema!, parts.flat()), explain: [...p.explain, 'PARTIAL AGGREGATES ON THE SHARDS, MERGED IN THE EXECUTOR'] };
+      }
       const key = p.kind === 'point' ? p.key : undefined;
       const parts = await Promise.all(p.shards.map((s) => shards[s].scan(st.table, p.pushdown, key)));
       return { ...executeSelect(p, parts.flat(), executor), explain: p.explain };
@@ -64,14 +71,19 @@ export class LocalDb {
   readonly shards: Shard[];
   private state: CatalogState;
 
-  constructor(shardCount: number, dirs?: string[]) {
+  /** partials: let the shards pre-aggregate (as the deployed storage components do). */
+  constructor(shardCount: number, dirs?: string[], public partials = true) {
     this.shards = Array.from({ length: shardCount }, (_, i) => new Shard(dirs?.[i]));
     this.state = { tables: {}, shards: shardCount };
   }
 
   private api(): { shards: ShardApi[]; catalog: CatalogApi } {
     return {
-      shards: this.shards.map((s) => ({ run: (op) => s.run(op), scan: async (t, w, pk) => s.scan(t, w, pk).map((r) => ({ ...r })) })),
+      shards: this.shards.map((s) => ({
+        run: (op) => s.run(op),
+        scan: async (t, w, pk) => s.scan(t, w, pk).map((r) => ({ ...r })),
+        ...(this.partials ? { aggregate: async (st: Statement) => partialAggregate(st as never, s.scan(st.table, (st as { where?: Expr }).where)) } : {}),
+      })),
       catalog: {
         get: async () => this.state,
         create: async (schema) => { this.state.tables[schema.name] = schema; },

@@ -263,7 +263,7 @@ function orderExpr(o: OrderItem, st: Select): Expr {
   return o.expr;
 }
 
-interface Acc { fn: string; n: number; sum: number; allInt: boolean; best: Value }
+export interface Acc { fn: string; n: number; sum: number; allInt: boolean; best: Value }
 const newAcc = (fn: string): Acc => ({ fn, n: 0, sum: 0, allInt: true, best: null });
 function feed(a: Acc, v: Value | '*'): void {
   if (v === '*') { a.n++; return; }
@@ -409,6 +409,56 @@ export function executeVector(st: Select, schema: TableSchema, input: Row[]): Re
     return { key: orders.map((e) => evalGroup(e, m, first)), out: st.items.map((i) => evalGroup(i.expr as Expr, m, first)) };
   });
   return { columns, rows: sortAndLimit(out, st.orderBy, st.limit) };
+}
+
+// ───────────────────── partial aggregation on the shards ─────────────────────
+
+/** One group's partial state from one shard: its first row (for group columns) and an accumulator per aggregate. */
+export interface Partial { key: string; first: Row; accs: Acc[] }
+
+function aggList(st: Select): Extract<Expr, { k: 'agg' }>[] {
+  const orders = st.orderBy.map((o) => orderExpr(o, st));
+  return [...new Set([...st.items.flatMap((i) => aggregatesOf(i.expr)), ...orders.flatMap((e) => aggregatesOf(e))])];
+}
+
+/** On a shard: its rows that pass the WHERE, folded into one partial per group. */
+export function partialAggregate(st: Select, rows: Row[]): Partial[] {
+  checkGrouping(st);
+  const aggs = aggList(st);
+  const groups = new Map<string, Partial>();
+  for (const r of rows) {
+    if (!matches(st.where, r)) continue;
+    const k = JSON.stringify(st.groupBy.map((g) => r[g] ?? null));
+    let g = groups.get(k);
+    if (!g) { g = { key: k, first: r, accs: aggs.map((a) => newAcc(a.fn)) }; groups.set(k, g); }
+    aggs.forEach((a, i) => feed(g!.accs[i], a.arg === '*' ? '*' : evalExpr(a.arg, r)));
+  }
+  return [...groups.values()];
+}
+
+/** In the executor: the shards' partials merged per group, then the output, order and limit. */
+export function mergePartials(st: Select, schema: TableSchema, parts: Partial[]): Result {
+  checkGrouping(st);
+  const aggs = aggList(st);
+  const merged = new Map<string, Partial>();
+  for (const p of parts) {
+    const m = merged.get(p.key);
+    if (!m) { merged.set(p.key, { key: p.key, first: p.first, accs: p.accs.map((a) => ({ ...a })) }); continue; }
+    p.accs.forEach((a, i) => {
+      const t = m.accs[i];
+      t.n += a.n;
+      t.sum += a.sum;
+      t.allInt = t.allInt && a.allInt;
+      if (a.best !== null && (t.best === null || (t.fn === 'MIN' ? compare(a.best, t.best) < 0 : compare(a.best, t.best) > 0))) t.best = a.best;
+    });
+  }
+  if (!merged.size && !st.groupBy.length) merged.set('', { key: '', first: {}, accs: aggs.map((a) => newAcc(a.fn)) });
+  const orders = st.orderBy.map((o) => orderExpr(o, st));
+  const out = [...merged.values()].map((g) => {
+    const m = new Map<Expr, Acc>(aggs.map((a, i) => [a, g.accs[i]]));
+    return { key: orders.map((e) => evalGroup(e, m, g.first)), out: st.items.map((i) => evalGroup(i.expr as Expr, m, g.first)) };
+  });
+  return { columns: outputColumns(st, schema), rows: sortAndLimit(out, st.orderBy, st.limit) };
 }
 
 /** The SELECT result over rows already filtered by the shards. */

@@ -38,6 +38,7 @@ export function shardApi(endpoint: string): ShardApi {
   return {
     run: (op) => call<number>(endpoint, 'run', op),
     scan: (table, where, pk) => call(endpoint, 'scan', { table, where, pk }),
+    aggregate: (statement) => call(endpoint, 'aggregate', statement),
   };
 }
 

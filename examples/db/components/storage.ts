@@ -3,7 +3,8 @@
 // instance's volume (/data). It registers its address with the catalog.
 import { serveComponent } from '../../../common/component';
 import { Shard, ShardOp } from '../shard';
-import type { Expr, Value } from '../sql';
+import type { Expr, Statement, Value } from '../sql';
+import { partialAggregate } from '../engine';
 import { asStatus, call, CATALOG } from './remote';
 
 const shardNo = Number(process.env.TESSERA_SLOT ?? process.env.SHARD ?? 0);
@@ -17,6 +18,14 @@ void serveComponent({
     run: async (input) => {
       try {
         return JSON.stringify(await shard.run(JSON.parse(input.toString('utf8')) as ShardOp));
+      } catch (e) {
+        return asStatus(e);
+      }
+    },
+    aggregate: async (input) => {
+      const st = JSON.parse(input.toString('utf8')) as Extract<Statement, { type: 'select' }>;
+      try {
+        return JSON.stringify(partialAggregate(st, shard.scan(st.table, st.where ?? undefined)));
       } catch (e) {
         return asStatus(e);
       }
