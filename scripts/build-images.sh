@@ -35,40 +35,40 @@ busybox_image() {
   rm -rf "$tmp"
 }
 
+# The root filesystem of an image that runs node: the host's node binary and the shared
+# libraries ldd lists (at the same paths, the loader included), and a few busybox applets.
+node_rootfs() { # dir
+  local dir=$1
+  local node_bin; node_bin=$(readlink -f "$(command -v node)")
+  mkdir -p "$dir/usr/local/bin" "$dir/bin" "$dir/tmp" "$dir/etc" "$dir/app"
+  cp "$node_bin" "$dir/usr/local/bin/node"
+  for lib in $(ldd "$node_bin" | grep -oE '/[^ ]+'); do
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+  cp /bin/busybox "$dir/bin/busybox"
+  for applet in sh ls cat echo sleep mkdir rm env wget nc kill; do ln -sf busybox "$dir/bin/$applet"; done
+  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$dir/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$dir/etc/group"
+  chmod 1777 "$dir/tmp"
+}
+
 node_image() {
   local tmp; tmp=$(mktemp -d)
   local node_bin; node_bin=$(readlink -f "$(command -v node)")
-  mkdir -p "$tmp/usr/local/bin" "$tmp/bin" "$tmp/tmp" "$tmp/etc" "$tmp/app"
-  cp "$node_bin" "$tmp/usr/local/bin/node"
-  # The shared libraries node needs, at the same paths (the loader included).
-  for lib in $(ldd "$node_bin" | grep -oE '/[^ ]+'); do
-    mkdir -p "$tmp$(dirname "$lib")"
-    cp -L "$lib" "$tmp$lib"
-  done
-  cp /bin/busybox "$tmp/bin/busybox"
-  for applet in sh ls cat echo sleep mkdir rm env wget nc; do ln -sf busybox "$tmp/bin/$applet"; done
-  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$tmp/etc/passwd"
-  printf 'root:x:0:\nnogroup:x:65534:\n' > "$tmp/etc/group"
-  chmod 1777 "$tmp/tmp"
+  node_rootfs "$tmp"
   local hash; hash=$( (sha256sum "$node_bin" /bin/busybox; ldd "$node_bin"; echo v1) | sha256sum | cut -c1-16)
   build tessera/node:local "$hash" "$tmp"
   rm -rf "$tmp"
 }
 
+# tessera/node plus the example components, each bundled by esbuild into /app/<name>.js, and the
+# protos they load.
 components_image() {
   local tmp; tmp=$(mktemp -d)
-  # The node image's root filesystem again, plus the bundles.
   local node_bin; node_bin=$(readlink -f "$(command -v node)")
-  mkdir -p "$tmp/usr/local/bin" "$tmp/bin" "$tmp/tmp" "$tmp/etc" "$tmp/app/protos"
-  cp "$node_bin" "$tmp/usr/local/bin/node"
-  for lib in $(ldd "$node_bin" | grep -oE '/[^ ]+'); do
-    mkdir -p "$tmp$(dirname "$lib")"
-    cp -L "$lib" "$tmp$lib"
-  done
-  cp /bin/busybox "$tmp/bin/busybox"
-  for applet in sh ls cat echo sleep env wget nc kill; do ln -sf busybox "$tmp/bin/$applet"; done
-  printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$tmp/etc/passwd"
-  chmod 1777 "$tmp/tmp"
+  node_rootfs "$tmp"
+  mkdir -p "$tmp/app/protos"
   cp -r protos/. "$tmp/app/protos/"
   echo '{"name":"tessera-components","version":"0.1.0"}' > "$tmp/app/package.json"
   for src in examples/*/components/*.ts; do
