@@ -234,10 +234,10 @@ component.command('list [kind]').description('registered instances: kind, versio
 }));
 component.command('register <instance-id>').description('register an external instance (one running outside Tessera); run it again to renew the lease')
   .requiredOption('--kind <kind>', 'component kind').requiredOption('--endpoint <host:port>', 'where it serves tessera.v1.Component')
-  .option('--version <semver>', 'its version', '').option('--operations <ops>', 'operations it offers, comma-separated', '')
+  .option('--component-version <semver>', 'its version', '').option('--operations <ops>', 'operations it offers, comma-separated', '')
   .option('--ttl <ms>', 'lease; it is deregistered unless renewed within this', '30000')
   .action((id, o) => run(async (c) => {
-    const i = await c.registerComponent({ instanceId: id, kind: o.kind, endpoint: o.endpoint, version: o.version, operations: o.operations ? String(o.operations).split(',') : [], ttlMs: Number(o.ttl) });
+    const i = await c.registerComponent({ instanceId: id, kind: o.kind, endpoint: o.endpoint, version: o.componentVersion, operations: o.operations ? String(o.operations).split(',') : [], ttlMs: Number(o.ttl) });
     out(i, () => `registered ${i.kind} ${i.version || ''} instance ${i.instanceId} at ${i.endpoint}; lease until ${new Date(Number(i.leaseExpiresAtMs)).toISOString()}`);
   }));
 component.command('deregister <instance-id>').description('remove an external instance from routing').action((id) => run(async (c) => {
@@ -295,7 +295,7 @@ function renderJob(j: JobOut, explain = true): string {
 const job = program.command('job').description('jobs: submit to a pipeline, follow, cancel');
 job.command('submit <pipeline>').description('run a job and print its result and the path it took')
   .option('-d, --data <data>', 'the payload: text, or @file (@- for standard input)', '')
-  .option('--timeout <ms>', 'the job deadline from now', '0')
+  .option('--deadline <ms>', 'the job deadline, in ms from now (default: the pipeline\'s)', '0')
   .option('--key <idempotency-key>', 'submitting again with the same key returns the same job (default: a new random key, so a retry after a lost answer does not run it twice)')
   .option('-H, --header <name=value...>', 'headers for the steps')
   .option('--no-wait', 'print the job id once it is accepted, do not wait for the result')
@@ -305,7 +305,7 @@ job.command('submit <pipeline>').description('run a job and print its result and
     const payload = data.startsWith('@') ? require('node:fs').readFileSync(data === '@-' ? 0 : data.slice(1)) as Buffer : Buffer.from(data);
     const headers = Object.fromEntries(((o.header ?? []) as string[]).map((h) => [h.slice(0, h.indexOf('=')), h.slice(h.indexOf('=') + 1)]));
     const key = o.key ?? `cli-${require('node:crypto').randomUUID()}`;
-    const req = { pipeline: name, payload, timeoutMs: Number(o.timeout), idempotencyKey: key, headers, wait: o.wait !== false };
+    const req = { pipeline: name, payload, timeoutMs: Number(o.deadline), idempotencyKey: key, headers, wait: o.wait !== false };
     // An accepted job survives a leader change: submitting again with the same key finds it.
     let j: JobOut | undefined;
     for (let attempt = 0; ; attempt++) {
@@ -353,8 +353,8 @@ job.command('watch <id>').description('follow a job until it ends').action((id) 
 // ─────────────────────────────── sql (examples/db) ───────────────────────────────
 
 interface SqlResult { columns: string[]; rows: (string | number | null)[][]; changed?: number; explain?: string[]; executor?: string }
-async function runSql(c: AdminClient, statement: string, o: { pipeline: string; explain?: boolean; timeout: string }): Promise<boolean> {
-  const j = await c.submitJob({ pipeline: o.pipeline, payload: Buffer.from(statement), wait: true, timeoutMs: Number(o.timeout), idempotencyKey: `sql-${require('node:crypto').randomUUID()}` });
+async function runSql(c: AdminClient, statement: string, o: { pipeline: string; explain?: boolean; deadline: string }): Promise<boolean> {
+  const j = await c.submitJob({ pipeline: o.pipeline, payload: Buffer.from(statement), wait: true, timeoutMs: Number(o.deadline), idempotencyKey: `sql-${require('node:crypto').randomUUID()}` });
   if (program.opts().json) {
     process.stdout.write(JSON.stringify({ job: { ...j, result: undefined }, result: j.state === 'JOB_STATE_SUCCEEDED' ? JSON.parse(j.result.toString('utf8')) : undefined }, null, 2) + '\n');
     return j.state === 'JOB_STATE_SUCCEEDED';
@@ -380,7 +380,7 @@ async function runSql(c: AdminClient, statement: string, o: { pipeline: string; 
 program.command('sql [statement...]').description('run SQL on the example component database (examples/db) as a job; no statement: a REPL')
   .option('--explain', 'print the plan and the path the job took')
   .option('--pipeline <name>', 'the pipeline that runs statements', 'sql')
-  .option('--timeout <ms>', 'statement deadline', '15000')
+  .option('--deadline <ms>', 'statement deadline in ms', '15000')
   .action((words: string[], o) => run(async (c) => {
     if (words.length) {
       if (!(await runSql(c, words.join(' '), o))) process.exitCode = 1;
