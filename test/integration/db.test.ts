@@ -94,6 +94,11 @@ describe('the component database through Tessera', function () {
     expect(ok.stdout.toString()).to.match(/NAME\s+AGE\np5\s+25\n\(1 row, \d+ ms\)/);
     expect(ok.stdout.toString()).to.match(/POINT LOOKUP people ON SHARD \d \(id = 5\)/);
     expect(ok.stdout.toString()).to.match(/execute\s+executor-row/);
+    // The REPL: statements end with ";" and may span lines.
+    const repl = spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coordinator, 'sql'], { input: 'SELECT COUNT(*) AS n\nFROM people;\nSELECT name FROM people WHERE id = 9;\n' });
+    expect(repl.status, repl.stderr.toString()).to.equal(0);
+    expect(repl.stdout.toString()).to.match(/N\n200\n/);
+    expect(repl.stdout.toString()).to.match(/NAME\np9\n/);
     const err = cli('SELECT * FROM people WHERE name = 5');
     expect(err.status).to.equal(1);
     expect(err.stderr.toString()).to.match(/stage plan: INVALID_ARGUMENT: type mismatch: column name is TEXT, compared with 5/);
