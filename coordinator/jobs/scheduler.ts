@@ -143,7 +143,6 @@ export class JobScheduler {
         continue;
       }
       rec.reason = `resumed from its first stage by ${this.opts.coordinatorId} after a leader change (earlier stages may run again)`;
-      this.inFlight++;
       // Agents re-attach to a new leader within a few seconds: wait in the queue for instances.
       this.enqueue(job, 'waiting for instances after a leader change');
     }
@@ -157,6 +156,7 @@ export class JobScheduler {
     };
     this.jobs.set(rec.id, job);
     if (rec.idempotencyKey) this.byKey.set(rec.idempotencyKey, rec.id);
+    this.inFlight++; // until finish(), like an admitted job
     return job;
   }
 
