@@ -77,6 +77,8 @@ export class ComponentManager {
   private routable: Routable[] = [];
   private registered = new Map<string, Routable>();
   private rebuiltAtMs = 0;
+  /** Queue depth each deployed instance last reported, taken at the rebuild (not per job). */
+  private queueDepths = new Map<string, number>();
   private dirty = true;
 
   constructor(
@@ -114,6 +116,7 @@ export class ComponentManager {
     this.dirty = false;
     this.rebuiltAtMs = nowMs;
     const out: Routable[] = [];
+    this.queueDepths = new Map();
     const statusByNode = new Map<string, Map<string, import('../common/generated/tessera/v1/InstanceStatus').InstanceStatus__Output>>();
     const nodes = new Map([...this.registry.allRecords()].map((n) => [n.id, n]));
     for (const rec of this.deployments.runningRecords()) {
@@ -127,6 +130,7 @@ export class ComponentManager {
       const o = idx.get(rec.id);
       const port = rec.ports.grpc;
       if (!o || !port || o.state !== 'INSTANCE_STATE_RUNNING' || o.health !== 'healthy' || !o.described) continue;
+      this.queueDepths.set(rec.id, Number(o.task?.queueDepth ?? 0));
       out.push({
         instanceId: rec.id, kind: this.deployments.kindOfInstance(rec), version: o.described.version, operations: o.described.operations,
         nodeId: rec.nodeId, endpoint: `127.0.0.1:${port}`, agentEndpoint: node.endpoint, source: 'deployed', app: rec.app,
@@ -163,11 +167,10 @@ export class ComponentManager {
   candidates(nowMs = Date.now()): (Candidate & { r: Routable })[] {
     return this.list(nowMs).map((r) => {
       const f = this.figures.get(r.instanceId);
-      const task = r.source === 'deployed' ? this.deployments.taskOfOn(r.nodeId, r.instanceId) : undefined;
       const suspect = !!f && f.suspectUntilMs > nowMs;
       return {
         instanceId: r.instanceId, kind: r.kind, nodeId: r.nodeId || `external:${r.endpoint}`,
-        latencyMs: f ? this.decayed(f, nowMs) : 1, inFlight: f?.inFlight ?? 0, queueDepth: Number(task?.queueDepth ?? 0),
+        latencyMs: f ? this.estimate(f) : 1, inFlight: f?.inFlight ?? 0, queueDepth: this.queueDepths.get(r.instanceId) ?? 0,
         healthy: !suspect, saturated: (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance, r,
       };
     });
@@ -178,7 +181,7 @@ export class ComponentManager {
    * instance that was slow stays expensive until the others' load makes it worth trying again
    * (the cost multiplies latency by 1 + jobs in flight), and then its new samples count.
    */
-  private decayed(f: Figures, _nowMs: number): number {
+  private estimate(f: Figures): number {
     return f.ewmaMs + 0.05;
   }
 
@@ -290,12 +293,11 @@ export class ComponentManager {
 
   private toProto(r: Routable, nowMs = Date.now()): ComponentInstance {
     const f = this.figures.get(r.instanceId);
-    const task = r.source === 'deployed' ? this.deployments.taskOfOn(r.nodeId, r.instanceId) : undefined;
     const state = f && f.suspectUntilMs > nowMs ? 'suspect' : (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance ? 'saturated' : 'routable';
     return {
       instanceId: r.instanceId, kind: r.kind, version: r.version, operations: r.operations, nodeId: r.nodeId, endpoint: r.endpoint,
       agentEndpoint: r.agentEndpoint, source: r.source, app: r.app, state, registeredAtMs: r.registeredAtMs, leaseExpiresAtMs: r.leaseExpiresAtMs,
-      latencyMs: f ? Math.round(this.decayed(f, nowMs) * 100) / 100 : 0, inFlight: f?.inFlight ?? 0, queueDepth: Number(task?.queueDepth ?? 0),
+      latencyMs: f ? Math.round(this.estimate(f) * 100) / 100 : 0, inFlight: f?.inFlight ?? 0, queueDepth: this.queueDepths.get(r.instanceId) ?? 0,
       stepsOk: f?.ok ?? 0, stepsFailed: f?.failed ?? 0,
     };
   }

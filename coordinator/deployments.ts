@@ -211,11 +211,6 @@ export class Deployments {
     return undefined;
   }
 
-  /** The task state an instance last reported through its node's agent. */
-  taskOfOn(nodeId: string, id: string): import('../common/generated/tessera/v1/TaskState').TaskState__Output | undefined {
-    return this.registry.observed(nodeId).find((x) => x.instanceId === id)?.task ?? undefined;
-  }
-
   /** A policy's replica decision: kept beside the spec, so scaling does not make versions. */
   async setReplicas(app: string, component: string, n: number, reason: string): Promise<void> {
     const key = `${app}/${component}`;
