@@ -4,6 +4,7 @@
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import * as protobuf from 'protobufjs';
 import type { ProtoGrpcType } from './generated/tessera';
 import { repoRoot } from './version';
 
@@ -22,10 +23,44 @@ function load() {
   if (!cached) {
     const file = path.join(repoRoot(), 'protos', 'tessera', 'v1', 'tessera.proto');
     const definition = protoLoader.loadSync(file, LOADER_OPTIONS);
+    fastSerializers(definition, file);
     const tessera = grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
     cached = { definition, tessera };
   }
   return cached;
+}
+
+/**
+ * proto-loader serializes a message as encode(fromObject(obj)): fromObject copies the whole
+ * object tree into message instances first, which was the largest single cost of the job data
+ * plane (measured: 14% of the agent's CPU under load, 8% of the leader's). When the object is
+ * already encodable as it stands (verify() passes: numbers where numbers go, enum values as
+ * numbers, Buffers for bytes) it is encoded directly; anything else (enum names, int64 as
+ * strings) takes proto-loader's way. The bytes are the same either way.
+ */
+function fastSerializers(definition: protoLoader.PackageDefinition, file: string): void {
+  const root = new protobuf.Root().loadSync(file, { keepCase: LOADER_OPTIONS.keepCase });
+  root.resolveAll();
+  const fast = (type: protobuf.Type, slow: (v: unknown) => Buffer) => (arg: unknown): Buffer => {
+    if (arg === null || typeof arg !== 'object' || Array.isArray(arg) || type.verify(arg as Record<string, unknown>) !== null) return slow(arg);
+    return type.encode(arg as Record<string, unknown>).finish() as Buffer;
+  };
+  for (const [name, def] of Object.entries(definition)) {
+    if (!name.startsWith('tessera.')) continue;
+    for (const m of Object.values(def as Record<string, protoLoader.MethodDefinition<unknown, unknown>>)) {
+      if (typeof m !== 'object' || !m || typeof m.requestSerialize !== 'function') continue;
+      const reqType = lookup(root, m.requestType);
+      const resType = lookup(root, m.responseType);
+      if (reqType) (m as { requestSerialize: unknown }).requestSerialize = fast(reqType, m.requestSerialize);
+      if (resType) (m as { responseSerialize: unknown }).responseSerialize = fast(resType, m.responseSerialize);
+    }
+  }
+}
+
+/** A method's message type in the protobufjs root (tessera.proto imports nothing: all are tessera.v1). */
+function lookup(root: protobuf.Root, t: protoLoader.MessageTypeDefinition<unknown, unknown>): protobuf.Type | undefined {
+  const name = (t.type as unknown as { name?: string }).name;
+  return name ? root.lookupTypeOrEnum(`tessera.v1.${name}`) as protobuf.Type : undefined;
 }
 
 /** The loaded tessera.v1 package: service constructors and definitions. */
