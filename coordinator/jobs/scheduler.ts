@@ -5,6 +5,9 @@
 //       no healthy instance for a stage ──> UNAVAILABLE, nothing recorded
 //       every instance of a stage saturated ──> QUEUED (up to queueLimit) or RESOURCE_EXHAUSTED
 //     ─ record (group commit, fenced) ─ acknowledge ─ run:
+//       (a caller that waits for the end is acknowledged by the end itself: its job runs at once
+//        and is recorded once, when it ends, before the answer; one still running after
+//        recordAfterMs has its start recorded then, so that a new leader can resume it)
 //       route ──> StepRunner (chain: agent to agent; per-stage: one relay call per hop)
 //       a hop failed with a transport error ──> that instance is suspect; re-plan from the failed
 //         stage without it, with the stage's input; within max attempts and the deadline
@@ -44,6 +47,8 @@ export interface JobOptions {
   flow: 'chain' | 'per-stage';
   queueLimit: number;
   retentionMs: number;
+  /** A waited-for job still running at this age has its start recorded (see admit). */
+  recordAfterMs: number;
   hopMs: number;
   sameHostHopMs: number;
   /** Finished jobs kept in the leader's memory for GetJob/ListJobs/WatchJob. */
@@ -81,10 +86,17 @@ interface LiveJob {
   pipeline: NormalPipeline;
   input: Buffer;
   result?: Buffer;
-  waiters: ((j: Job) => void)[];
+  waiters: Waiter[];
   watchers: Set<(j: Job) => void>;
   route?: { hops: RouteHop[]; holding: string[] };
   queuedWhy?: string;
+  /** The write of the record of its start, once queued (a waited-for job may never have one). */
+  accepted?: Promise<void>;
+}
+
+interface Waiter {
+  resolve: (j: Job) => void;
+  reject: (err: Error) => void;
 }
 
 interface Planned {
@@ -98,6 +110,8 @@ export class JobScheduler {
   private recent: string[] = [];
   private byKey = new Map<string, string>();
   private queue: LiveJob[] = [];
+  /** Waited-for jobs running without a record of their start (see admit). */
+  private unrecorded = new Set<LiveJob>();
   /** Bytes of results held by finished jobs in memory. */
   private resultBytes = 0;
   /** Queue places taken by submissions whose record is being written. */
@@ -153,6 +167,7 @@ export class JobScheduler {
     const job: LiveJob = {
       rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, routing: 'path-cost', version: 0, updatedAtMs: 0 },
       input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [], watchers: new Set(),
+      accepted: Promise.resolve(), // read from its start record
     };
     this.jobs.set(rec.id, job);
     if (rec.idempotencyKey) this.byKey.set(rec.idempotencyKey, rec.id);
@@ -163,7 +178,7 @@ export class JobScheduler {
   stop(): void {
     this.stopped = true;
     for (const j of this.jobs.values()) {
-      for (const w of j.waiters) w(this.toProto(j));
+      for (const w of j.waiters) w.resolve(this.toProto(j));
       j.waiters = [];
     }
   }
@@ -230,7 +245,7 @@ export class JobScheduler {
     const rec: JobRecord = {
       id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
-      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) }, payload: payload.toString('base64'),
+      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) },
     };
     const job: LiveJob = { rec, pipeline, input: payload, waiters: [], watchers: new Set() };
     if (planned) {
@@ -240,21 +255,18 @@ export class JobScheduler {
     this.jobs.set(id, job);
     if (key) this.byKey.set(key, id);
     this.inFlight++;
-    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(id), value: JSON.stringify(rec) }];
-    if (key) ops.push({ type: 'put', key: this.keys.jobKey(key), value: id });
-    const recorded = this.committer.commit(ops);
     if (req.wait && planned) {
-      // The answer is the job's end, so the job runs while its record is written; the answer
-      // waits for both (an answer always means "recorded"). A record that fails refuses the
-      // submission; the run then ends unrecorded and unanswered.
-      const ended = this.whenDone(id);
+      // The answer is the job's end: that is its acknowledgement. It runs at once and is
+      // recorded once, when it ends, before the answer (one etcd write per job instead of
+      // three). Still running after recordAfterMs, its start is recorded too (recordRunning),
+      // so that a new leader resumes it. A leader that dies before either answered nothing:
+      // the caller sees its call fail and submits again (with its idempotency key).
+      this.unrecorded.add(job);
+      const done = this.whenDone(id);
       void this.execute(job, 0, job.input, rec.headers);
-      const done = recorded.then(() => ended, (err) => {
-        this.log.warn({ job: id, err: (err as Error).message }, 'job record not written; submission refused');
-        throw err;
-      });
       return { job: this.toProto(job), done };
     }
+    const recorded = this.recordStart(job);
     if (!planned) this.queueReserved++;
     try {
       await recorded;
@@ -283,7 +295,27 @@ export class JobScheduler {
     const job = this.jobs.get(id);
     if (!job) return this.get(id);
     if (TERMINAL.has(job.rec.state)) return Promise.resolve(this.toProto(job));
-    return new Promise((resolve) => job.waiters.push(resolve));
+    return new Promise((resolve, reject) => job.waiters.push({ resolve, reject }));
+  }
+
+  /** Queues the record of a job's start (jobs/active/, and its idempotency key). */
+  private recordStart(job: LiveJob): Promise<void> {
+    const rec = job.rec;
+    // The input goes with it: a new leader runs the job again from its first stage.
+    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(rec.id), value: JSON.stringify({ ...rec, payload: job.input.toString('base64') }) }];
+    if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id });
+    job.accepted = this.committer.commit(ops);
+    return job.accepted;
+  }
+
+  /** Records the start of waited-for jobs that have run for recordAfterMs (see admit). */
+  recordRunning(nowMs = Date.now()): void {
+    for (const job of this.unrecorded) {
+      if (nowMs - job.rec.submittedAtMs < this.opts.recordAfterMs) continue;
+      this.unrecorded.delete(job);
+      if (TERMINAL.has(job.rec.state)) continue;
+      this.recordStart(job).catch((err) => this.log.warn({ job: job.rec.id, err: (err as Error).message }, 'start of a long job not recorded; it ends unrecorded if this leader goes'));
+    }
   }
 
   // ─────────────────────────────────── planning ───────────────────────────────────
@@ -485,24 +517,38 @@ export class JobScheduler {
     job.result = result;
     rec.resultHeaders = resultHeaders ?? {};
     this.inFlight--;
-    // Waiters hear the end at once; the end record follows in the next group commit (until it
-    // is durable the accepted record stands, and a new leader would run the job again).
+    this.unrecorded.delete(job);
     const proto = this.toProto(job);
-    for (const w of job.waiters) w(proto);
-    job.waiters = [];
     const stored: JobRecord = { ...rec, payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
+    // A job whose start is recorded has been acknowledged: its waiters hear the end at once and
+    // the end record follows (until it is durable the start record stands, and a new leader
+    // would run the job again). A job without one is acknowledged by its end record: waiters
+    // hear the end once that is durable, or the error that kept it from being written.
+    const startDurable = job.accepted ? await job.accepted.then(() => true, () => false) : false;
+    const answer = (err?: Error) => {
+      for (const w of job.waiters) {
+        if (err) w.reject(err);
+        else w.resolve(proto);
+      }
+      job.waiters = [];
+    };
+    if (startDurable) answer();
     try {
       const lease = await this.retentionLease();
-      const ops: import('../store').Op[] = [
-        { type: 'delete', key: this.activeKey(rec.id) },
-        { type: 'put', key: this.doneKey(rec.id), value: JSON.stringify(stored), lease },
-      ];
+      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: JSON.stringify(stored), lease }];
+      if (job.accepted) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
       await this.committer.commit(ops);
+      answer();
     } catch (err) {
-      // Not recorded (leadership lost, or etcd down): the record stays active and the next
-      // leader resumes the job. Its waiters still learn how it ended here.
-      this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; the next leader will resume it');
+      if (startDurable) {
+        // Not recorded (leadership lost, or etcd down): the start record stays and the next
+        // leader resumes the job. Its waiters learnt how it ended here.
+        this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; the next leader will resume it');
+      } else {
+        this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; its caller is told so and nothing was acknowledged');
+        answer(err as Error);
+      }
     }
     this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
     this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import type { Job__Output } from '../../common/generated/tessera/v1/Job';
+import { Etcd3 } from 'etcd3';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { statusOf, waitForLeader } from '../helpers/cluster';
@@ -89,7 +90,7 @@ describe('jobs through pipelines of registered components', function () {
   before(async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3'];
+    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3', '--job-record-after-ms', '150'];
     coords = [await fleet.coordinator({ etcd: etcd.endpoints, id: 'j1', extra }), await fleet.coordinator({ etcd: etcd.endpoints, id: 'j2', extra })];
     await waitForLeader(coords.map((c) => c.address));
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
@@ -296,6 +297,40 @@ describe('jobs through pipelines of registered components', function () {
     await expectCode(admin.setQuota({ kind: 'quota-kind', memoryMib: -1 }), 'INVALID_ARGUMENT');
     await admin.deleteQuota('quota-kind');
     expect((await admin.listQuotas()).quotas.map((x) => x.kind)).to.not.include('quota-kind');
+  });
+
+  it('records a waited-for job once, at its end; one running past --job-record-after-ms also at its start', async () => {
+    const port = await freePort();
+    const slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'slow-once', DELAY_MS: '600' }, stdio: 'ignore' });
+    const client = new Etcd3({ hosts: etcd.endpoints });
+    try {
+      await admin.registerComponent({ instanceId: `once-${RUN}`, kind: 'slow-once', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
+      await admin.applyPipeline({ name: 'once', stages: [{ name: 'slow', kind: 'slow-once' }] });
+      await waitFor('slow-once answers', async () => (await admin.submitJob({ pipeline: 'once', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 10_000, 200);
+      // Every write under jobs/active/ while the jobs run, seen by a watch.
+      const activeWrites: { type: string; key: string }[] = [];
+      const watcher = await client.watch().prefix('/tessera/jobs/active/').create();
+      watcher.on('put', (kv) => activeWrites.push({ type: 'put', key: kv.key.toString() }));
+      watcher.on('delete', (kv) => activeWrites.push({ type: 'delete', key: kv.key.toString() }));
+      const quick = await loadJobs(admin, 8, 4);
+      const long = await admin.submitJob({ pipeline: 'once', payload: Buffer.from('y'), wait: true, timeoutMs: 10_000 });
+      await new Promise((r) => setTimeout(r, 300));
+      await watcher.cancel();
+      expect(quick.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+      expect(long.state, long.reason).to.equal('JOB_STATE_SUCCEEDED');
+      for (const j of quick) {
+        expect(activeWrites.filter((w) => w.key.endsWith(`/${j.id}`)), `start of ${j.id} (${j.durationMs} ms)`).to.deep.equal([]);
+        expect(await client.get(`/tessera/jobs/done/${j.id}`).string(), j.id).to.be.a('string');
+      }
+      // 600 ms > 150 ms: its start was recorded while it ran (a new leader would resume it), then removed.
+      expect(activeWrites.filter((w) => w.key.endsWith(`/${long.id}`)).map((w) => w.type)).to.deep.equal(['put', 'delete']);
+      const done = JSON.parse((await client.get(`/tessera/jobs/done/${long.id}`).string())!);
+      expect(done.state).to.equal('JOB_STATE_SUCCEEDED');
+    } finally {
+      slow.kill('SIGKILL');
+      client.close();
+      await admin.deregisterComponent(`once-${RUN}`).catch(() => undefined);
+    }
   });
 
   it('a leader SIGKILLed while jobs run: every accepted job ends SUCCEEDED or FAILED with a reason', async () => {
