@@ -9,10 +9,11 @@ import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
 import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
-import { tesseraProto } from '../common/proto';
+import { tesseraPackageDefinition, tesseraProto } from '../common/proto';
 import { createEtcdClient, withTimeout } from '../common/etcd';
 import type { AdminClient, AdminHandlers } from '../common/generated/tessera/v1/Admin';
 import type { ClusterStatus } from '../common/generated/tessera/v1/ClusterStatus';
+import type { JobView } from '../common/generated/tessera/v1/JobView';
 import type { EtcdMember } from '../common/generated/tessera/v1/EtcdMember';
 import type { Event } from '../common/generated/tessera/v1/Event';
 import type { WatchEventsRequest__Output } from '../common/generated/tessera/v1/WatchEventsRequest';
@@ -159,7 +160,7 @@ export class AdminService {
         const waitMs = req.wait ? Math.max(5_000, (Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000)) - Date.now() + 5_000) : 5_000;
         return this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
           const { job, done } = await w.jobs.submit(req);
-          return done ? done : job;
+          return inView(done ? await done : job, req.view);
         }, waitMs);
       }),
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
@@ -182,7 +183,7 @@ export class AdminService {
           const w = this.opts.leaderWork?.();
           if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
           const { job, done } = await w.jobs.submit(sub.request);
-          return { job: done ? await done : job };
+          return { job: inView(done ? await done : job, sub.request.view) };
         }, (code, error) => ({ errorCode: code, error }));
       },
     };
@@ -358,4 +359,18 @@ function validateNodeId(id: string): void {
 
 function toProtoEvent(e: StoredEvent): Event {
   return { id: e.id, atMs: e.atMs, kind: e.kind, subject: e.subject, message: e.message, fields: e.fields, coordinatorId: e.coordinatorId, leaderTerm: e.leaderTerm };
+}
+
+const JOB_STATE_NUMBER: Record<string, number> = Object.fromEntries(
+  ((tesseraPackageDefinition()['tessera.v1.JobState'] as unknown as { type: { value: { name: string; number: number }[] } }).type.value).map((v) => [v.name, v.number]),
+);
+
+/**
+ * A submission's answer in the view it asked for: BASIC leaves out the path and the steps.
+ * The state goes as its number, so the answer encodes without a conversion pass (common/proto.ts).
+ */
+function inView(job: Job, view: JobView | undefined): Job {
+  const state = (typeof job.state === 'string' ? JOB_STATE_NUMBER[job.state] ?? job.state : job.state) as Job['state'];
+  if (view === 'JOB_VIEW_BASIC') return { ...job, state, path: [], steps: [] };
+  return { ...job, state };
 }

@@ -148,6 +148,33 @@ describe('jobs through pipelines of registered components', function () {
     expect(out).to.match(/\nformat\s+formatter\s+words-formatter-/);
   });
 
+  it('answers a submission in the view it asks for: BASIC without path and steps, over SubmitJobs too', async () => {
+    // SubmitJobs streams go to the leader itself.
+    const leader = (await statusOf(coords[0].address))?.leader?.address ?? coords[0].address;
+    const stream = new AdminClient([leader]).jobStream();
+    try {
+      const [basic, full] = await Promise.all([
+        stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true, view: 'JOB_VIEW_BASIC' }),
+        stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true }),
+      ]);
+      for (const j of [basic, full]) {
+        expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
+        expect(j.result.toString()).to.match(/^11 words; top 5: the=4 /);
+      }
+      expect(basic.path).to.deep.equal([]);
+      expect(basic.steps).to.deep.equal([]);
+      expect(full.path.map((p) => p.stage)).to.deep.equal(['split', 'count', 'format']);
+      expect(full.steps.map((p) => p.stage)).to.deep.equal(['split', 'count', 'format']);
+      // GetJob still has all of it.
+      expect((await admin.getJob(basic.id)).path.map((p) => p.stage)).to.deep.equal(['split', 'count', 'format']);
+    } finally {
+      stream.close();
+    }
+    const unary = await admin.submitJob({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true, view: 'JOB_VIEW_BASIC' });
+    expect(unary.state).to.equal('JOB_STATE_SUCCEEDED');
+    expect(unary.steps).to.deep.equal([]);
+  });
+
   it('streams a job with WatchJob until it ends, and answers an idempotent resubmission with the same job', async () => {
     const key = `k-${RUN}`;
     const j = await admin.submitJob({ pipeline: 'words', payload: Buffer.from(TEXT), idempotencyKey: key });
