@@ -36,6 +36,7 @@ import type { Keys } from '../keys';
 import type { Store } from '../store';
 import { Candidate, choosePath, NoPathError, Stage } from './path';
 import type { NormalPipeline, Pipelines } from './pipelines';
+import { decodeRecord, encodeRecord, JobRecord } from './record';
 
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
@@ -54,31 +55,6 @@ export interface JobOptions {
   /** Finished jobs kept in the leader's memory for GetJob/ListJobs/WatchJob. */
   recentLimit: number;
   coordinatorId: string;
-}
-
-/** What etcd holds for a job: under jobs/active/ until it ends, then under jobs/done/ with a lease. */
-interface JobRecord {
-  id: string;
-  pipeline: string;
-  pipelineVersion: number;
-  state: JobState;
-  reason: string;
-  failedStage: string;
-  submittedAtMs: number;
-  finishedAtMs: number;
-  deadlineMs: number;
-  idempotencyKey: string;
-  path: PathHop[];
-  steps: JobStep[];
-  plans: number;
-  payloadBytes: number;
-  flow: string;
-  durationMs: number;
-  headers: Record<string, string>;
-  /** The input (base64), kept while the job may have to be resumed. */
-  payload?: string;
-  result?: string;
-  resultHeaders?: Record<string, string>;
 }
 
 interface LiveJob {
@@ -142,7 +118,7 @@ export class JobScheduler {
   async load(nowMs = Date.now()): Promise<void> {
     const all = await this.store.client.getAll().prefix(`${this.keys.jobs}active/`).strings();
     for (const v of Object.values(all)) {
-      const rec = JSON.parse(v) as JobRecord;
+      const rec = decodeRecord(v);
       let pipeline: NormalPipeline;
       try {
         pipeline = this.pipelines.get(rec.pipeline);
@@ -302,7 +278,7 @@ export class JobScheduler {
   private recordStart(job: LiveJob): Promise<void> {
     const rec = job.rec;
     // The input goes with it: a new leader runs the job again from its first stage.
-    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(rec.id), value: JSON.stringify({ ...rec, payload: job.input.toString('base64') }) }];
+    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(rec.id), value: encodeRecord({ ...rec, payload: job.input.toString('base64') }) }];
     if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id });
     job.accepted = this.committer.commit(ops);
     return job.accepted;
@@ -535,7 +511,7 @@ export class JobScheduler {
     if (startDurable) answer();
     try {
       const lease = await this.retentionLease();
-      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: JSON.stringify(stored), lease }];
+      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(stored), lease }];
       if (job.accepted) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
       await this.committer.commit(ops);
@@ -599,7 +575,7 @@ export class JobScheduler {
     const c = this.store.client;
     const v = (await c.get(this.doneKey(id)).string()) ?? (await c.get(this.activeKey(id)).string());
     if (!v) throw new NotFoundError('job', id);
-    const rec = JSON.parse(v) as JobRecord;
+    const rec = decodeRecord(v);
     return recordToProto(rec, rec.result ? Buffer.from(rec.result, 'base64') : undefined);
   }
 

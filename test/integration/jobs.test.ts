@@ -10,6 +10,7 @@ import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import type { Job__Output } from '../../common/generated/tessera/v1/Job';
 import { Etcd3 } from 'etcd3';
+import { decodeRecord } from '../../coordinator/jobs/record';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { statusOf, waitForLeader } from '../helpers/cluster';
@@ -351,8 +352,8 @@ describe('jobs through pipelines of registered components', function () {
       }
       // 600 ms > 150 ms: its start was recorded while it ran (a new leader would resume it), then removed.
       expect(activeWrites.filter((w) => w.key.endsWith(`/${long.id}`)).map((w) => w.type)).to.deep.equal(['put', 'delete']);
-      const done = JSON.parse((await client.get(`/tessera/jobs/done/${long.id}`).string())!);
-      expect(done.state).to.equal('JOB_STATE_SUCCEEDED');
+      const done = decodeRecord((await client.get(`/tessera/jobs/done/${long.id}`).string())!);
+      expect([done.id, done.state, done.steps.length]).to.deep.equal([long.id, 'JOB_STATE_SUCCEEDED', 1]);
     } finally {
       slow.kill('SIGKILL');
       client.close();
