@@ -12,7 +12,7 @@
 // keeps its own code.
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, toServiceError } from './errors';
-import { bind, SERVER_OPTIONS } from './grpc';
+import { bind, guardDeserializers, malformedReason, SERVER_OPTIONS } from './grpc';
 import { tesseraProto } from './proto';
 import { reportTaskState } from './task-reporter';
 import { serveMux } from './mux';
@@ -54,7 +54,9 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
   let processed = 0;
   let failed = 0;
   const waiting: (() => void)[] = [];
+  // The last 512 step latencies, as a ring.
   const latencies: number[] = [];
+  let nextLatency = 0;
 
   const acquire = () => (inFlight < concurrency ? (inFlight++, Promise.resolve()) : new Promise<void>((r) => waiting.push(() => { inFlight++; r(); })));
   const release = () => {
@@ -63,7 +65,7 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
   };
   const p95 = () => {
     if (!latencies.length) return 0;
-    const s = [...latencies].sort((a, b) => a - b);
+    const s = latencies.slice().sort((a, b) => a - b);
     return s[Math.min(s.length - 1, Math.ceil(0.95 * s.length) - 1)];
   };
 
@@ -75,23 +77,26 @@ export async function serveComponent(o: ComponentOptions): Promise<RunningCompon
     await acquire();
     const t0 = performance.now();
     try {
-      const out = await fn(Buffer.from(step.payload ?? []), step);
+      const out = await fn(step.payload ?? Buffer.alloc(0), step);
       processed++;
       const r: OperationResult = typeof out === 'object' && out !== null && 'payload' in out && !(out instanceof Uint8Array) ? out : { payload: out as Buffer | string };
-      return { payload: Buffer.from(r.payload as Buffer), headers: r.headers ?? {} };
+      return { payload: Buffer.isBuffer(r.payload) ? r.payload : Buffer.from(r.payload as string | Uint8Array), headers: r.headers ?? {} };
     } catch (err) {
       failed++;
       throw err;
     } finally {
-      latencies.push(performance.now() - t0);
-      if (latencies.length > 512) latencies.shift();
+      latencies[nextLatency] = performance.now() - t0;
+      nextLatency = (nextLatency + 1) % 512;
       release();
     }
   };
 
   const server = new grpc.Server(SERVER_OPTIONS);
-  server.addService(tesseraProto().Component.service, {
+  // Broken protobuf bytes end a Stream with INVALID_ARGUMENT (serveMux) instead of INTERNAL.
+  server.addService(guardDeserializers(tesseraProto().Component.service), {
     Invoke: (call: grpc.ServerUnaryCall<Step__Output, StepResult>, cb: grpc.sendUnaryData<StepResult>) => {
+      const bad = malformedReason(call.request);
+      if (bad !== undefined) return cb(toServiceError(InvalidArgumentError.field('step', `malformed protobuf message: ${bad}`)) as grpc.ServiceError);
       runStep(call.request).then((r) => cb(null, r), (err) => cb(toServiceError(err) as grpc.ServiceError));
     },
     Stream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {

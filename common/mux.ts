@@ -88,7 +88,9 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         }, ms);
       }
       this.pending.set(id, p);
-      this.outbox.push({ ...req, callId: id });
+      // The request is the caller's fresh object: it carries its call id as it stands.
+      (req as { callId?: unknown }).callId = id;
+      this.outbox.push(req);
       if (!this.flushing) {
         this.flushing = true;
         setImmediate(() => this.flush());
@@ -146,7 +148,10 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
     for (const req of (batch[fields.req] ?? []) as Req[]) {
       const callId = req.callId;
       handler(req).then(
-        (res) => reply({ ...res, callId }),
+        (res) => {
+          (res as { callId?: unknown }).callId = callId;
+          reply(res);
+        },
         (err: Error & { code?: number; details?: string }) => {
           const code = typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN;
           reply({ ...errorReply(code, err.details ?? err.message), callId });

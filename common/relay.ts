@@ -44,6 +44,13 @@ export interface RunnerOptions {
   chain: boolean;
 }
 
+const EMPTY = Buffer.alloc(0);
+
+function hasKeys(o: object): boolean {
+  for (const _ in o) return true;
+  return false;
+}
+
 /** Picks a hop's option: a matching when_header rule wins; else the planned (first) one that no header rules out. */
 export function pickOption(options: HopOption__Output[], headers: Record<string, string>): HopOption__Output {
   const rule = (o: HopOption__Output) => {
@@ -123,8 +130,8 @@ export class StepRunner {
   }
 
   async run(req: RelayRequest__Output): Promise<RelayOutcome> {
-    let payload: Buffer = Buffer.from(req.payload ?? []);
-    let headers: Record<string, string> = { ...req.headers };
+    let payload: Buffer = req.payload ?? EMPTY;
+    let headers: Record<string, string> = req.headers ?? {};
     const hops: HopResult[] = [];
     const fail = (index: number, code: number, error: string): RelayOutcome => ({
       ok: false, payload: Buffer.alloc(0), headers: {}, hops, failedIndex: index, failedInput: payload, failedHeaders: headers, errorCode: code, error,
@@ -156,8 +163,9 @@ export class StepRunner {
           jobId: req.jobId, stage: hop.stage, operation: opt.operation, payload, headers, deadlineMs: req.deadlineMs, attempt: req.attempt,
         }, deadline);
         hops.push({ ...base, durationMs: performance.now() - t0, ok: true });
-        payload = Buffer.from(out.payload ?? []);
-        headers = { ...headers, ...out.headers };
+        payload = out.payload ?? EMPTY;
+        // Headers a step sets are added for the steps after it (a new object: the caller's stays as it was).
+        if (out.headers && hasKeys(out.headers)) headers = { ...headers, ...out.headers };
       } catch (err) {
         const e = err as grpc.ServiceError;
         const code = typeof e.code === 'number' ? e.code : grpc.status.UNKNOWN;

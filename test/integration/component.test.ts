@@ -53,4 +53,30 @@ describe('component interface (common/component.ts)', function () {
       agent.stop();
     }
   });
+
+  it('answers broken protobuf bytes with INVALID_ARGUMENT, on Invoke and on Stream', async () => {
+    const comp = await serveComponent({ handleSignals: false, kind: 'echo', operations: { echo: async (p) => p }, env: {} });
+    const raw = (b: Buffer) => b;
+    const Raw = grpc.makeGenericClientConstructor({
+      Invoke: { path: '/tessera.v1.Component/Invoke', requestStream: false, responseStream: false, requestSerialize: raw, requestDeserialize: raw, responseSerialize: raw, responseDeserialize: raw },
+      Stream: { path: '/tessera.v1.Component/Stream', requestStream: true, responseStream: true, requestSerialize: raw, requestDeserialize: raw, responseSerialize: raw, responseDeserialize: raw },
+    }, 'RawComponent');
+    const client = new Raw(`127.0.0.1:${comp.port}`, grpc.credentials.createInsecure()) as any;
+    try {
+      const unary: grpc.ServiceError = await new Promise((resolve) => client.Invoke(Buffer.from([0xff, 0xff]), (e: grpc.ServiceError) => resolve(e)));
+      expect(unary.code).to.equal(grpc.status.INVALID_ARGUMENT);
+      expect(unary.details).to.match(/^step: malformed protobuf message/);
+      const stream: grpc.ServiceError = await new Promise((resolve) => {
+        const call = client.Stream();
+        call.on('error', resolve);
+        call.on('data', () => {});
+        call.write(Buffer.from([0xff, 0xff, 0xff])); // wire type 7 does not exist
+      });
+      expect(stream.code).to.equal(grpc.status.INVALID_ARGUMENT);
+      expect(stream.details).to.match(/malformed protobuf/);
+    } finally {
+      client.close();
+      await comp.stop();
+    }
+  });
 });
