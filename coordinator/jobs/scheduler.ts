@@ -237,7 +237,8 @@ export class JobScheduler {
       // three). Still running after recordAfterMs, its start is recorded too (recordRunning),
       // so that a new leader resumes it. A leader that dies before either answered nothing:
       // the caller sees its call fail and submits again (with its idempotency key).
-      this.unrecorded.add(job);
+      if (this.opts.recordAfterMs > 0) this.unrecorded.add(job);
+      else this.recordStart(job).catch((err) => this.log.warn({ job: id, err: (err as Error).message }, 'job start not recorded; its end record is its only one'));
       const done = this.whenDone(id);
       void this.execute(job, 0, job.input, rec.headers);
       return { job: this.toProto(job), done };
