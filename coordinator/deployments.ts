@@ -98,7 +98,24 @@ export class Deployments {
 
   // ───────────────────────────── API operations ─────────────────────────────
 
-  async apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  /**
+   * App records are written by reconcile (status, stable version, reverts) and by apply,
+   * rollback and delete. Each reads the record, then writes it after an await: run one at a
+   * time, or a reconcile round that read the app before a delete writes its stale copy over it
+   * and the delete is lost (seen: an app deleted while its instances failed kept running).
+   */
+  private appWrites: Promise<unknown> = Promise.resolve();
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.appWrites.then(fn, fn);
+    this.appWrites = run.catch(() => undefined);
+    return run;
+  }
+
+  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+    return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why));
+  }
+
+  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
@@ -124,7 +141,11 @@ export class Deployments {
     return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length };
   }
 
-  async rollback(name: string, to: number): Promise<App> {
+  rollback(name: string, to: number): Promise<App> {
+    return this.exclusive(() => this.rollbackNow(name, to));
+  }
+
+  private async rollbackNow(name: string, to: number): Promise<App> {
     const app = this.getRecord(name);
     const history = this.versions.get(name)!;
     const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
@@ -133,7 +154,11 @@ export class Deployments {
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
   }
 
-  async delete(name: string): Promise<App> {
+  delete(name: string): Promise<App> {
+    return this.exclusive(() => this.deleteNow(name));
+  }
+
+  private async deleteNow(name: string): Promise<App> {
     const app = this.getRecord(name);
     const next: AppRecord = { ...app, deleting: true, status: 'deleting', statusReason: 'stopping every instance', updatedAtMs: Date.now() };
     await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [{ kind: 'app.deleting', subject: name, message: `app ${name} is being deleted` }]);
@@ -246,7 +271,7 @@ export class Deployments {
     this.kicked = false;
     const t0 = performance.now();
     try {
-      await this.reconcile(nowMs);
+      await this.exclusive(() => this.reconcile(nowMs));
       this.dispatch(nowMs);
       this.opts.metrics?.observe('tessera_reconcile_seconds', {}, (performance.now() - t0) / 1000);
     } finally {
