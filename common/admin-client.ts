@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { MuxClient, statusError } from './mux';
 import { CHANNEL_OPTIONS, clientCredentials, deadline } from './grpc';
 import { tesseraProto } from './proto';
+import { LEADER_ADDRESS_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
 import type { ClusterStatus__Output } from './generated/tessera/v1/ClusterStatus';
 import type { DrainNodeRequest } from './generated/tessera/v1/DrainNodeRequest';
@@ -22,6 +23,8 @@ export interface AdminClientOptions {
 
 export class AdminClient {
   private clients: RawAdminClient[];
+  /** Clients made for addresses learnt from the cluster (a leader outside the list given). */
+  private extra: RawAdminClient[] = [];
   private preferred = 0;
 
   constructor(readonly addresses: string[], private readonly opts: AdminClientOptions = {}) {
@@ -31,7 +34,7 @@ export class AdminClient {
   }
 
   close(): void {
-    for (const c of this.clients) c.close();
+    for (const c of [...this.clients, ...this.extra]) c.close();
   }
 
   private metadata(): grpc.Metadata {
@@ -107,20 +110,72 @@ export class AdminClient {
   }
 
   /**
-   * Submissions over one SubmitJobs stream to the first address (which must be the leader):
-   * for clients that submit many jobs. Resolves with the job (the result, when wait is set).
+   * Submissions over one SubmitJobs stream, for clients that submit many jobs. Resolves with the
+   * job (the result, when wait is set). Streams are served by the leader only: a follower
+   * refuses the stream naming the leader, and the stream moves there and the refused
+   * submissions are sent again (a refusal means nothing was accepted). When the stream's
+   * coordinator goes away, the submissions in flight fail with UNAVAILABLE (they may have been
+   * accepted: submit again with an idempotency key) and the next one tries the next address.
    */
   jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
-    const client = this.clients[this.preferred];
+    const Admin = tesseraProto().Admin;
+    const byAddress = new Map(this.addresses.map((a, i) => [a, this.clients[i]]));
+    let target = this.addresses[this.preferred];
+    /** Bumped each time a coordinator refuses the stream and names the leader. */
+    let redirects = 0;
+    const clientFor = (address: string): RawAdminClient => {
+      let c = byAddress.get(address);
+      if (!c) {
+        c = new Admin(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS);
+        byAddress.set(address, c);
+        this.extra.push(c);
+      }
+      return c;
+    };
+    const open = () => {
+      const opened = target;
+      const stream = clientFor(opened).submitJobs(this.metadata());
+      stream.on('error', (err: grpc.ServiceError) => {
+        if (target !== opened) return;
+        const leader = err.code === grpc.status.UNAVAILABLE ? err.metadata?.get(LEADER_ADDRESS_KEY)[0] : undefined;
+        if (leader && String(leader) !== opened) {
+          target = String(leader);
+          redirects++;
+        } else if (err.code === grpc.status.UNAVAILABLE) {
+          target = this.addresses[(this.addresses.indexOf(opened) + 1) % this.addresses.length] ?? opened;
+        }
+      });
+      return stream;
+    };
     const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
-      () => client.submitJobs(this.metadata()) as never,
+      open as never,
       { req: 'submissions', res: 'outcomes' },
       (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined),
     );
-    return {
-      submit: (request, deadlineMs) => mux.call({ request }, deadlineMs).then((o) => o.job!),
-      close: () => mux.close(),
+    const submit = async (request: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number, tries = 4): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
+      const before = redirects;
+      const stale = target;
+      try {
+        return (await mux.call({ request }, deadlineMs)).job!;
+      } catch (err) {
+        const e = err as grpc.ServiceError;
+        if (tries <= 1 || e.code !== grpc.status.UNAVAILABLE) throw err;
+        // Refused at the stream's start by a follower that named the leader: moved there.
+        if (redirects !== before) return submit(request, deadlineMs, tries - 1);
+        // Refused on its own by a coordinator that stopped leading (the stream stays open to it):
+        // nothing was accepted; leave it and try the next address.
+        if (e.details?.includes(NOT_LEADER_TEXT) || e.details?.includes(NO_LEADER_TEXT)) {
+          if (target === stale) {
+            target = this.addresses[(this.addresses.indexOf(stale) + 1) % this.addresses.length] ?? stale;
+            mux.reset(`${stale} no longer leads`);
+          }
+          if (e.details.includes(NO_LEADER_TEXT)) await new Promise((r) => setTimeout(r, 200));
+          return submit(request, deadlineMs, tries - 1);
+        }
+        throw err;
+      }
     };
+    return { submit: (request, deadlineMs) => submit(request, deadlineMs), close: () => mux.close() };
   }
 
   /** Server stream of events from the first coordinator that answers. */

@@ -65,14 +65,18 @@ export class ResourceExhaustedError extends TesseraError {
 }
 
 /** A write reached a coordinator that is not the leader and could not be forwarded. */
+/** How a NotLeaderError reads: a refusal (nothing was done), recognisable where only the text travels. */
+export const NOT_LEADER_TEXT = 'this coordinator is not the leader';
+export const NO_LEADER_TEXT = 'no leader is elected right now; retry shortly';
+
 export class NotLeaderError extends TesseraError {
   override readonly code = grpc.status.UNAVAILABLE;
   override readonly retryable = true;
   constructor(readonly leaderId?: string, readonly leaderAddress?: string) {
     super(
       leaderAddress
-        ? `this coordinator is not the leader; the leader is ${leaderId} at ${leaderAddress}`
-        : 'no leader is elected right now; retry shortly',
+        ? `${NOT_LEADER_TEXT}; the leader is ${leaderId} at ${leaderAddress}`
+        : NO_LEADER_TEXT,
     );
   }
   override metadata(): grpc.Metadata {

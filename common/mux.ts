@@ -106,11 +106,23 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     if (items.length) this.ensure().write({ [this.fields.req]: items });
   }
 
+  /** Ends the stream: calls in flight fail with UNAVAILABLE, and the next call opens a new one. */
+  reset(why: string): void {
+    this.drop(statusError(grpc.status.UNAVAILABLE, why));
+  }
+
   close(): void {
+    this.drop(statusError(grpc.status.CANCELLED, 'client closed'));
+  }
+
+  private drop(err: grpc.ServiceError): void {
     const s = this.stream;
     this.stream = undefined;
     s?.cancel();
-    for (const p of this.pending.values()) clearTimeout(p.timer);
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
     this.pending.clear();
   }
 }

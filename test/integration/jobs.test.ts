@@ -361,6 +361,24 @@ describe('jobs through pipelines of registered components', function () {
     }
   });
 
+  it('moves a SubmitJobs stream opened on a follower to the leader, resending what the follower refused', async () => {
+    const leaderId = (await statusOf(coords[0].address))?.leader?.id;
+    const leader = coords.find((c) => c.id === leaderId)!;
+    const follower = coords.find((c) => c !== leader)!;
+    const client = new AdminClient([follower.address, leader.address]);
+    const stream = client.jobStream();
+    try {
+      const jobs = await Promise.all([0, 1, 2, 3].map((i) => stream.submit({ pipeline: 'words', payload: Buffer.from(`${TEXT} ${i}`), wait: true, view: 'JOB_VIEW_BASIC' })));
+      expect(jobs.map((j) => j.state)).to.deep.equal(Array(4).fill('JOB_STATE_SUCCEEDED'));
+      expect(new Set(jobs.map((j) => j.id)).size).to.equal(4);
+      const more = await stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true });
+      expect(more.state).to.equal('JOB_STATE_SUCCEEDED');
+    } finally {
+      stream.close();
+      client.close();
+    }
+  });
+
   it('a leader SIGKILLed while jobs run: every accepted job ends SUCCEEDED or FAILED with a reason', async () => {
     // A slow last stage (an external instance, 300 ms a step) keeps jobs in flight at the kill.
     const port = await freePort();
@@ -383,9 +401,20 @@ describe('jobs through pipelines of registered components', function () {
       }
     })();
     await waitFor('some accepted', () => accepted.length >= 10, 20_000, 50);
+    // A SubmitJobs stream on the leader, given every address: after the kill it finds the next leader.
+    const streamClient = new AdminClient([leader.address, ...coords.filter((c) => c !== leader).map((c) => c.address)]);
+    const stream = streamClient.jobStream();
+    expect((await stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
     await leader.kill('SIGKILL');
     const other = coords.find((c) => c !== leader)!;
     await waitForLeader([other.address], 20_000);
+    const viaStream = await waitFor('a stream submission accepted by the new leader', async () => {
+      const j = await stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true, idempotencyKey: `s-${RUN}` }).catch(() => undefined);
+      return j?.state === 'JOB_STATE_SUCCEEDED' ? j : undefined;
+    }, 30_000, 300);
+    expect((await admin.getJob(viaStream.id)).state).to.equal('JOB_STATE_SUCCEEDED');
+    stream.close();
+    streamClient.close();
     await waitFor('jobs accepted by the new leader', () => accepted.length >= 30, 30_000, 100);
     stop = true;
     await submitter;
