@@ -33,26 +33,40 @@ function load() {
 /**
  * proto-loader serializes a message as encode(fromObject(obj)): fromObject copies the whole
  * object tree into message instances first, which was the largest single cost of the job data
- * plane (measured: 14% of the agent's CPU under load, 8% of the leader's). When the object is
- * already encodable as it stands (verify() passes: numbers where numbers go, enum values as
- * numbers, Buffers for bytes) it is encoded directly; anything else (enum names, int64 as
- * strings) takes proto-loader's way. The bytes are the same either way.
+ * plane (measured: 14% of the agent's CPU under load, 8% of the leader's). For the data plane's
+ * methods (HOT), when the object is already encodable as it stands (verify() passes: numbers
+ * where numbers go, enum values as numbers, Buffers for bytes) it is encoded directly; anything
+ * else (enum names, int64 as strings) takes proto-loader's way. The bytes are the same either way.
+ * The protobufjs root this needs (~1.5 MB of heap, the .proto parsed a second time) is built at
+ * the first such message: an agent that relays no job steps never pays for it (its budget is
+ * 60 MB resident).
  */
+const HOT = new Set(['SubmitJob', 'SubmitJobs', 'Relay', 'RelayStream', 'Invoke', 'Stream']);
+
 function fastSerializers(definition: protoLoader.PackageDefinition, file: string): void {
-  const root = new protobuf.Root().loadSync(file, { keepCase: LOADER_OPTIONS.keepCase });
-  root.resolveAll();
-  const fast = (type: protobuf.Type, slow: (v: unknown) => Buffer) => (arg: unknown): Buffer => {
-    if (arg === null || typeof arg !== 'object' || Array.isArray(arg) || type.verify(arg as Record<string, unknown>) !== null) return slow(arg);
-    return type.encode(arg as Record<string, unknown>).finish() as Buffer;
+  let root: protobuf.Root | undefined;
+  const types = () => {
+    if (!root) {
+      root = new protobuf.Root().loadSync(file, { keepCase: LOADER_OPTIONS.keepCase });
+      root.resolveAll();
+    }
+    return root;
+  };
+  const fast = (t: protoLoader.MessageTypeDefinition<unknown, unknown>, slow: (v: unknown) => Buffer) => {
+    let type: protobuf.Type | undefined;
+    return (arg: unknown): Buffer => {
+      if (arg === null || typeof arg !== 'object' || Array.isArray(arg)) return slow(arg);
+      type ??= lookup(types(), t);
+      if (!type || type.verify(arg as Record<string, unknown>) !== null) return slow(arg);
+      return type.encode(arg as Record<string, unknown>).finish() as Buffer;
+    };
   };
   for (const [name, def] of Object.entries(definition)) {
     if (!name.startsWith('tessera.')) continue;
-    for (const m of Object.values(def as Record<string, protoLoader.MethodDefinition<unknown, unknown>>)) {
-      if (typeof m !== 'object' || !m || typeof m.requestSerialize !== 'function') continue;
-      const reqType = lookup(root, m.requestType);
-      const resType = lookup(root, m.responseType);
-      if (reqType) (m as { requestSerialize: unknown }).requestSerialize = fast(reqType, m.requestSerialize);
-      if (resType) (m as { responseSerialize: unknown }).responseSerialize = fast(resType, m.responseSerialize);
+    for (const [method, m] of Object.entries(def as Record<string, protoLoader.MethodDefinition<unknown, unknown>>)) {
+      if (!HOT.has(method) || typeof m !== 'object' || !m || typeof m.requestSerialize !== 'function') continue;
+      (m as { requestSerialize: unknown }).requestSerialize = fast(m.requestType, m.requestSerialize);
+      (m as { responseSerialize: unknown }).responseSerialize = fast(m.responseType, m.responseSerialize);
     }
   }
 }
