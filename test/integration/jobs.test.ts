@@ -91,7 +91,7 @@ describe('jobs through pipelines of registered components', function () {
   before(async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3', '--job-record-after-ms', '150'];
+    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3', '--job-record-after-ms', '400'];
     coords = [await fleet.coordinator({ etcd: etcd.endpoints, id: 'j1', extra }), await fleet.coordinator({ etcd: etcd.endpoints, id: 'j2', extra })];
     await waitForLeader(coords.map((c) => c.address));
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
@@ -328,13 +328,15 @@ describe('jobs through pipelines of registered components', function () {
   });
 
   it('records a waited-for job once, at its end; one running past --job-record-after-ms also at its start', async () => {
+    // (--job-record-after-ms is 400 for these coordinators.)
     const port = await freePort();
-    const slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'slow-once', DELAY_MS: '600' }, stdio: 'ignore' });
+    const slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'slow-once', DELAY_MS: '1200' }, stdio: 'ignore' });
     const client = new Etcd3({ hosts: etcd.endpoints });
     try {
       await admin.registerComponent({ instanceId: `once-${RUN}`, kind: 'slow-once', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
       await admin.applyPipeline({ name: 'once', stages: [{ name: 'slow', kind: 'slow-once' }] });
       await waitFor('slow-once answers', async () => (await admin.submitJob({ pipeline: 'once', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 10_000, 200);
+      await loadJobs(admin, 4, 4); // warm: the first jobs through fresh instances are slow
       // Every write under jobs/active/ while the jobs run, seen by a watch.
       const activeWrites: { type: string; key: string }[] = [];
       const watcher = await client.watch().prefix('/tessera/jobs/active/').create();
@@ -346,11 +348,15 @@ describe('jobs through pipelines of registered components', function () {
       await watcher.cancel();
       expect(quick.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
       expect(long.state, long.reason).to.equal('JOB_STATE_SUCCEEDED');
-      for (const j of quick) {
+      // A job that ended well within --job-record-after-ms has no start record (a loaded machine
+      // can stretch a few past it: those may have one, and are not what this checks).
+      const fast = quick.filter((j) => Number(j.durationMs) < 300);
+      expect(fast.length, quick.map((j) => j.durationMs).join(' ')).to.be.greaterThan(quick.length / 2);
+      for (const j of fast) {
         expect(activeWrites.filter((w) => w.key.endsWith(`/${j.id}`)), `start of ${j.id} (${j.durationMs} ms)`).to.deep.equal([]);
         expect(await client.get(`/tessera/jobs/done/${j.id}`).string(), j.id).to.be.a('string');
       }
-      // 600 ms > 150 ms: its start was recorded while it ran (a new leader would resume it), then removed.
+      // 1,200 ms > 400 ms: its start was recorded while it ran (a new leader would resume it), then removed.
       expect(activeWrites.filter((w) => w.key.endsWith(`/${long.id}`)).map((w) => w.type)).to.deep.equal(['put', 'delete']);
       const done = decodeRecord((await client.get(`/tessera/jobs/done/${long.id}`).string())!);
       expect([done.id, done.state, done.steps.length]).to.deep.equal([long.id, 'JOB_STATE_SUCCEEDED', 1]);
