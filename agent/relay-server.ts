@@ -9,7 +9,7 @@ import { serveMux } from '../common/mux';
 import { PermissionDeniedError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
-import { StepRunner } from '../common/relay';
+import { RouteTable, StepRunner } from '../common/relay';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
@@ -48,6 +48,9 @@ export class RelayServer {
           const peer = peerIdentity(call);
           if (peer.role !== 'coordinator' && peer.role !== 'agent') throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
         }
+        // A unary call has no stream to have named a route on: it must carry the route.
+        const unknown = new RouteTable().resolve(req);
+        if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: `${unknown} (a Relay call carries its route)`, failedIndex: req.firstIndex };
         this.relayed++;
         relayTraffic();
         return this.runner.run(req);
@@ -60,8 +63,11 @@ export class RelayServer {
             return;
           }
         }
+        const routes = new RouteTable();
         serveMux<RelayRequest__Output, RelayResult>(call, { req: 'requests', res: 'results' }, async (req) => {
           if (malformedReason(req) !== undefined) return { ok: false, errorCode: grpc.status.INVALID_ARGUMENT, error: `malformed request: ${malformedReason(req)}`, failedIndex: -1 };
+          const unknown = routes.resolve(req);
+          if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: unknown, failedIndex: req.firstIndex };
           this.relayed++;
           relayTraffic();
           return this.runner.run(req);

@@ -35,17 +35,22 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
   private flushing = false;
   /** Set when the server does not implement the stream method (fall back to unary). */
   unimplemented = false;
+  /** Counts the streams opened: state tied to one stream (what the server has been told) resets with it. */
+  generation = 0;
 
   constructor(
     private readonly open: () => Duplex,
     private readonly fields: BatchFields,
     private readonly errorOf: (r: Res) => grpc.ServiceError | undefined = () => undefined,
+    /** Sees (and may replace) each batch's items just before they go out on stream `generation`. */
+    private readonly beforeWrite?: (items: Req[], generation: number) => void,
   ) {}
 
   private ensure(): Duplex {
     if (this.stream) return this.stream;
     const s = this.open();
     this.stream = s;
+    this.generation++;
     s.on('data', (batch: Record<string, unknown>) => {
       for (const r of (batch[this.fields.res] ?? []) as Res[]) {
         const id = Number(r.callId);
@@ -103,7 +108,10 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     this.flushing = false;
     const items = this.outbox;
     this.outbox = [];
-    if (items.length) this.ensure().write({ [this.fields.req]: items });
+    if (!items.length) return;
+    const s = this.ensure();
+    this.beforeWrite?.(items, this.generation);
+    s.write({ [this.fields.req]: items });
   }
 
   /** Ends the stream: calls in flight fail with UNAVAILABLE, and the next call opens a new one. */

@@ -21,6 +21,7 @@ import type { StepResult__Output } from './generated/tessera/v1/StepResult';
 import type { ComponentInfo__Output } from './generated/tessera/v1/ComponentInfo';
 import type { Step } from './generated/tessera/v1/Step';
 import type { RelayResult__Output } from './generated/tessera/v1/RelayResult';
+import type { RouteHop__Output } from './generated/tessera/v1/RouteHop';
 import { MuxClient, statusError } from './mux';
 
 export interface RelayOutcome {
@@ -53,19 +54,110 @@ function hasKeys(o: object): boolean {
 
 /** Picks a hop's option: a matching when_header rule wins; else the planned (first) one that no header rules out. */
 export function pickOption(options: HopOption__Output[], headers: Record<string, string>): HopOption__Output {
+  return options[pickOptionIndex(options, headers)];
+}
+
+export function pickOptionIndex(options: HopOption__Output[], headers: Record<string, string>): number {
+  if (options.length === 1 && !options[0].whenHeader) return 0;
   const rule = (o: HopOption__Output) => {
     const eq = o.whenHeader.indexOf('=');
     return eq > 0 ? { k: o.whenHeader.slice(0, eq), v: o.whenHeader.slice(eq + 1) } : undefined;
   };
-  for (const o of options) {
-    const r = rule(o);
-    if (r && headers[r.k] === r.v) return o;
+  for (let i = 0; i < options.length; i++) {
+    const r = rule(options[i]);
+    if (r && headers[r.k] === r.v) return i;
   }
-  for (const o of options) {
-    const r = rule(o);
-    if (!r || headers[r.k] === undefined) return o;
+  for (let i = 0; i < options.length; i++) {
+    const r = rule(options[i]);
+    if (!r || headers[r.k] === undefined) return i;
   }
-  return options[0];
+  return 0;
+}
+
+// ─────────────── routes named once per stream (RelayRequest.route_id) ───────────────
+// Most jobs of a pipeline take one of a few routes, and a route is most of a relay request's
+// bytes (every hop's options with their names and endpoints): encoding it on the caller and
+// decoding it on the agent was a quarter of the agent's CPU at 64 jobs in flight. So a caller
+// sends each route once per stream with an id, and then only the id.
+
+const UNKNOWN_ROUTE = 'unknown route id';
+
+/** What defines a route: everything in it, so a route that changed in any way gets a new id. */
+export function routeKey(route: RouteHop__Output[]): string {
+  let k = '';
+  for (const h of route) {
+    k += `${h.stage}\u0001${h.timeoutMs}\u0001`;
+    for (const o of h.options) k += `${o.kind}\u0002${o.operation}\u0002${o.instanceId}\u0002${o.nodeId}\u0002${o.endpoint}\u0002${o.agentEndpoint}\u0002${o.whenHeader}\u0003`;
+    k += '\u0004';
+  }
+  return k;
+}
+
+/**
+ * Caller side, one per relay stream: gives each distinct route an id and leaves the route out of
+ * requests whose id this stream has already carried. At most `max` ids are live; past that all
+ * are forgotten and routes get fresh ids (the agent keeps twice as many, newest first, so every
+ * id in use is still there).
+ */
+export class RouteInterner {
+  private ids = new Map<string, number>();
+  private sent = new Set<number>();
+  private generation = -1;
+  private next = 1;
+
+  constructor(readonly max = 1024) {}
+
+  readonly apply = (items: RelayRequest__Output[], generation: number): void => {
+    if (generation !== this.generation) {
+      this.generation = generation;
+      this.sent.clear();
+    }
+    for (let i = 0; i < items.length; i++) {
+      const r = items[i];
+      if (!r.route.length) continue;
+      const key = routeKey(r.route);
+      let id = this.ids.get(key);
+      if (id === undefined) {
+        if (this.ids.size >= this.max) this.reset();
+        id = this.next++;
+        this.ids.set(key, id);
+      }
+      // A copy: the caller's request keeps its route (it names the hop if the relay fails).
+      if (this.sent.has(id)) items[i] = { ...r, route: [], routeId: id };
+      else {
+        this.sent.add(id);
+        items[i] = { ...r, routeId: id };
+      }
+    }
+  };
+
+  reset(): void {
+    this.ids.clear();
+    this.sent.clear();
+  }
+}
+
+/** Agent side, one per relay stream: the routes its caller named. */
+export class RouteTable {
+  private routes = new Map<number, RouteHop__Output[]>();
+
+  constructor(private readonly max = 2048) {}
+
+  /** Fills in a request's route from its id (or records it); an error text if the id is unknown. */
+  resolve(req: RelayRequest__Output): string | undefined {
+    const id = Number(req.routeId);
+    if (!id) return undefined;
+    if (req.route.length) {
+      this.routes.delete(id);
+      this.routes.set(id, req.route);
+      if (this.routes.size > this.max) this.routes.delete(this.routes.keys().next().value!);
+      return undefined;
+    }
+    const route = this.routes.get(id);
+    if (!route) return `${UNKNOWN_ROUTE} ${id}`;
+    req.route = route;
+    return undefined;
+  }
 }
 
 export class StepRunner {
@@ -73,6 +165,7 @@ export class StepRunner {
   private relays = new Map<string, StepRelayClient>();
   private componentStreams = new Map<string, MuxClient<Step, StepResult__Output>>();
   private relayStreams = new Map<string, MuxClient<RelayRequest__Output, RelayResult__Output>>();
+  private interners = new Map<string, RouteInterner>();
 
   constructor(private readonly o: RunnerOptions) {}
 
@@ -117,7 +210,9 @@ export class StepRunner {
     let m = this.relayStreams.get(endpoint);
     if (!m) {
       const client = this.relay(endpoint);
-      m = new MuxClient(() => client.RelayStream() as never, { req: 'requests', res: 'results' });
+      const interner = new RouteInterner();
+      this.interners.set(endpoint, interner);
+      m = new MuxClient(() => client.RelayStream() as never, { req: 'requests', res: 'results' }, undefined, interner.apply);
       this.relayStreams.set(endpoint, m);
     }
     return m;
@@ -140,14 +235,19 @@ export class StepRunner {
       const hop = req.route[i];
       const index = req.firstIndex + i;
       if (!hop.options.length) return fail(index, grpc.status.INVALID_ARGUMENT, `hop ${hop.stage}: no options`);
-      const opt = pickOption(hop.options, headers);
+      const k = pickOptionIndex(hop.options, headers);
+      const opt = hop.options[k];
       const local = !opt.nodeId || opt.nodeId === this.o.selfNodeId;
       if (!local) {
         const rest = this.o.chain ? req.route.slice(i) : [hop];
         const sub = await this.callRelay(opt, {
           ...req, route: [{ ...rest[0], options: [opt] }, ...rest.slice(1)], payload, headers, firstIndex: index,
         });
-        hops.push(...sub.hops);
+        // The next relay saw this hop with one option (the one picked here): say which it was.
+        for (const h of sub.hops) {
+          if (h.index === index && h.option) h.option = k + 1;
+          hops.push(h);
+        }
         if (!sub.ok) return { ...sub, hops };
         if (this.o.chain) return { ...sub, hops };
         payload = sub.payload;
@@ -157,12 +257,14 @@ export class StepRunner {
       const started = Date.now();
       const t0 = performance.now();
       const deadline = Math.min(Number(req.deadlineMs) || Infinity, hop.timeoutMs ? started + Number(hop.timeoutMs) : Infinity);
-      const base = { index, stage: hop.stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: started };
+      const named = () => ({ index, stage: hop.stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: started, option: k + 1 });
       try {
         const out = await this.invoke(opt.endpoint, {
           jobId: req.jobId, stage: hop.stage, operation: opt.operation, payload, headers, deadlineMs: req.deadlineMs, attempt: req.attempt,
         }, deadline);
-        hops.push({ ...base, durationMs: performance.now() - t0, ok: true });
+        hops.push(req.compactHops
+          ? { index, option: k + 1, startedAtMs: started, durationMs: performance.now() - t0, ok: true }
+          : { ...named(), durationMs: performance.now() - t0, ok: true });
         payload = out.payload ?? EMPTY;
         // Headers a step sets are added for the steps after it (a new object: the caller's stays as it was).
         if (out.headers && hasKeys(out.headers)) headers = { ...headers, ...out.headers };
@@ -170,7 +272,7 @@ export class StepRunner {
         const e = err as grpc.ServiceError;
         const code = typeof e.code === 'number' ? e.code : grpc.status.UNKNOWN;
         const error = `${grpc.status[code] ?? code}: ${e.details || e.message}`;
-        hops.push({ ...base, durationMs: performance.now() - t0, ok: false, error, code });
+        hops.push({ ...named(), durationMs: performance.now() - t0, ok: false, error, code });
         return fail(index, code, error);
       }
     }
@@ -209,11 +311,21 @@ export class StepRunner {
         resolve({
           ok: false, payload: Buffer.alloc(0), headers: {}, failedIndex: req.firstIndex, failedInput: Buffer.from(req.payload ?? []),
           failedHeaders: req.headers, errorCode: code, error,
-          hops: [{ index: req.firstIndex, stage: req.route[0].stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: Date.now(), durationMs: 0, ok: false, error, code }],
+          hops: [{ index: req.firstIndex, stage: req.route[0].stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: Date.now(), durationMs: 0, ok: false, error, code, option: 1 }],
         });
       };
       const deadline = req.deadlineMs ? Number(req.deadlineMs) : undefined;
-      this.relayStream(opt.agentEndpoint).call(req, deadline).then((r) => done(null, r), (e) => done(e));
+      const mux = this.relayStream(opt.agentEndpoint);
+      const interner = this.interners.get(opt.agentEndpoint);
+      mux.call(req, deadline).then((r) => {
+        // The agent lost track of a route id (it should not): forget them all and send it again in full.
+        if (r.errorCode === grpc.status.FAILED_PRECONDITION && r.error.startsWith(UNKNOWN_ROUTE) && interner) {
+          interner.reset();
+          mux.call(req, deadline).then((r2) => done(null, r2), (e) => done(e));
+          return;
+        }
+        done(null, r);
+      }, (e) => done(e));
     });
   }
 
@@ -222,6 +334,7 @@ export class StepRunner {
     for (const m of this.relayStreams.values()) m.close();
     this.componentStreams.clear();
     this.relayStreams.clear();
+    this.interners.clear();
     for (const c of this.components.values()) c.close();
     for (const c of this.relays.values()) c.close();
     this.components.clear();

@@ -380,8 +380,15 @@ export class JobScheduler {
     for (;;) {
       const route = job.route!;
       const res = await this.runner.run({
-        jobId: job.rec.id, route: route.hops, payload: input, headers, deadlineMs: job.rec.deadlineMs, attempt: job.rec.plans, firstIndex: from,
+        jobId: job.rec.id, route: route.hops, payload: input, headers, deadlineMs: job.rec.deadlineMs, attempt: job.rec.plans, firstIndex: from, compactHops: true,
       } as never);
+      // Hops reported by option (compact_hops) get their names back from the route they ran.
+      for (const h of res.hops) {
+        if (h.instanceId || !h.option) continue;
+        const rh = route.hops[Number(h.index) - from];
+        const o = rh?.options?.[h.option - 1];
+        if (o) Object.assign(h, { stage: rh.stage, kind: o.kind, instanceId: o.instanceId, nodeId: o.nodeId });
+      }
       // A cancel meanwhile released the route already (finish); release it only if still ours.
       if (job.route === route) {
         this.components.release(route.holding);

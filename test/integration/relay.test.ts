@@ -1,0 +1,112 @@
+// The step relay's wire protocol over real gRPC on loopback: an agent's relay server (the code
+// the agent runs) in front of a real component, driven by raw RelayStream messages and by the
+// coordinator's StepRunner. Routes are named once per stream; hops come back by option.
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { RelayServer } from '../../agent/relay-server';
+import { serveComponent, RunningComponent } from '../../common/component';
+import { createLogger } from '../../common/logger';
+import { tesseraProto } from '../../common/proto';
+import { StepRunner } from '../../common/relay';
+import type { RelayResult__Output } from '../../common/generated/tessera/v1/RelayResult';
+import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
+
+describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', function () {
+  this.timeout(20_000);
+  let comp: RunningComponent;
+  let relay: RelayServer;
+  let relayAddress: string;
+  let route: RouteHop[];
+
+  before(async () => {
+    comp = await serveComponent({ handleSignals: false, kind: 'upper', version: '1.0.0', env: {}, operations: { upper: async (p) => p.toString().toUpperCase() } });
+    relay = new RelayServer('n1', createLogger('test', 'silent'));
+    relayAddress = await relay.start('127.0.0.1:0');
+    const option = { kind: 'upper', operation: 'upper', instanceId: 'upper-1', nodeId: 'n1', endpoint: `127.0.0.1:${comp.port}`, agentEndpoint: relayAddress, whenHeader: '' };
+    route = [{ stage: 'a', options: [option], timeoutMs: 2000 }, { stage: 'b', options: [option], timeoutMs: 2000 }];
+  });
+  after(async () => {
+    relay?.stop();
+    await comp?.stop();
+  });
+
+  /** A raw RelayStream: send one batch, collect the answers by call id. */
+  function rawStream() {
+    const client = new (tesseraProto().StepRelay)(relayAddress, grpc.credentials.createInsecure());
+    const call = client.RelayStream();
+    const waiting = new Map<number, (r: RelayResult__Output) => void>();
+    call.on('data', (b: { results: RelayResult__Output[] }) => { for (const r of b.results) waiting.get(Number(r.callId))?.(r); });
+    call.on('error', () => {});
+    let next = 1;
+    return {
+      send: (reqs: Record<string, unknown>[]) => {
+        const ids = reqs.map(() => next++);
+        const answers = ids.map((id) => new Promise<RelayResult__Output>((resolve) => waiting.set(id, resolve)));
+        call.write({ requests: reqs.map((r, i) => ({ jobId: 'j', payload: Buffer.from('hi'), firstIndex: 0, attempt: 1, ...r, callId: ids[i] })) });
+        return Promise.all(answers);
+      },
+      close: () => { call.end(); client.close(); },
+    };
+  }
+
+  it('runs a route named earlier on the same stream by its id alone, and refuses an id it was never told', async () => {
+    const s = rawStream();
+    try {
+      const [named, byId] = await s.send([{ route, routeId: 7 }, { route: [], routeId: 7 }]);
+      expect(named).to.include({ ok: true, error: '' });
+      expect(named.payload.toString()).to.equal('HI');
+      expect(byId).to.include({ ok: true });
+      expect(byId.payload.toString()).to.equal('HI');
+      expect(byId.hops.map((h) => h.stage)).to.deep.equal(['a', 'b']);
+
+      const [unknown] = await s.send([{ route: [], routeId: 8 }]);
+      expect(unknown).to.include({ ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: 'unknown route id 8' });
+    } finally {
+      s.close();
+    }
+    // Route ids belong to their stream: a new stream has to be told again.
+    const other = rawStream();
+    try {
+      const [fresh] = await other.send([{ route: [], routeId: 7 }]);
+      expect(fresh).to.include({ ok: false, errorCode: grpc.status.FAILED_PRECONDITION });
+    } finally {
+      other.close();
+    }
+  });
+
+  it('reports hops by option when asked (compact_hops), with their names otherwise', async () => {
+    const s = rawStream();
+    try {
+      const [compact, named] = await s.send([{ route, compactHops: true }, { route }]);
+      expect(compact.hops.map((h) => [h.index, h.option, h.instanceId, h.stage, h.ok])).to.deep.equal([[0, 1, '', '', true], [1, 1, '', '', true]]);
+      expect(named.hops.map((h) => [h.index, h.option, h.instanceId, h.stage])).to.deep.equal([[0, 1, 'upper-1', 'a'], [1, 1, 'upper-1', 'b']]);
+    } finally {
+      s.close();
+    }
+  });
+
+  it("a caller's StepRunner names routes by id and carries on when the agent's relay restarts", async () => {
+    const runner = new StepRunner({ selfNodeId: '', relayCredentials: grpc.credentials.createInsecure(), chain: true });
+    const run = (text: string) => runner.run({ jobId: 'j', route, payload: Buffer.from(text), headers: {}, deadlineMs: Date.now() + 5_000, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true } as never);
+    try {
+      const outs = await Promise.all(['x', 'y', 'z'].map(run));
+      expect(outs.map((o) => [o.ok, o.payload.toString()])).to.deep.equal([[true, 'X'], [true, 'Y'], [true, 'Z']]);
+      expect((await run('again')).payload.toString()).to.equal('AGAIN');
+      // The agent restarts on the same address: its routes are gone with the old stream.
+      const port = relayAddress.split(':')[1];
+      relay.stop();
+      relay = new RelayServer('n1', createLogger('test', 'silent'));
+      await relay.start(`127.0.0.1:${port}`);
+      let out = await run('after');
+      for (let i = 0; !out.ok && i < 20; i++) {
+        expect(out.errorCode, out.error).to.equal(grpc.status.UNAVAILABLE);
+        await new Promise((r) => setTimeout(r, 100));
+        out = await run('after');
+      }
+      expect([out.ok, out.payload.toString()]).to.deep.equal([true, 'AFTER']);
+      expect(out.hops.map((h) => h.option)).to.deep.equal([1, 1]);
+    } finally {
+      runner.close();
+    }
+  });
+});

@@ -1,0 +1,75 @@
+// Routes named once per relay stream (RelayRequest.route_id): the caller's interner and the
+// agent's table, without a network (the wire is covered in test/integration/relay.test.ts).
+import { expect } from 'chai';
+import { routeKey, RouteInterner, RouteTable, pickOptionIndex } from '../../common/relay';
+import type { RelayRequest__Output } from '../../common/generated/tessera/v1/RelayRequest';
+import type { RouteHop__Output } from '../../common/generated/tessera/v1/RouteHop';
+
+const opt = (id: string, extra: Partial<RouteHop__Output['options'][number]> = {}) => ({
+  kind: 'k', operation: '', instanceId: id, nodeId: 'n1', endpoint: '127.0.0.1:1', agentEndpoint: '127.0.0.1:2', whenHeader: '', ...extra,
+});
+const route = (...ids: string[]): RouteHop__Output[] => ids.map((id, i) => ({ stage: `s${i}`, options: [opt(id)], timeoutMs: 1000 }));
+const req = (r: RouteHop__Output[]): RelayRequest__Output => ({
+  jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true,
+});
+
+describe('relay route ids', () => {
+  it('sends a route once per stream, then only its id; a change anywhere is a new route', () => {
+    const interner = new RouteInterner();
+    const batch = [req(route('a', 'b')), req(route('a', 'b')), req(route('a', 'c'))];
+    const callersOwn = batch[1];
+    interner.apply(batch, 1);
+    expect(batch[0].route).to.have.length(2);
+    expect(batch[1].route, 'same route, same stream: id only').to.deep.equal([]);
+    expect(batch[1].routeId).to.equal(batch[0].routeId);
+    expect(callersOwn.route, "the caller's request keeps its route").to.have.length(2);
+    expect(batch[2].routeId).to.not.equal(batch[0].routeId);
+    expect(batch[2].route).to.have.length(2);
+
+    const endpointMoved = route('a', 'b');
+    endpointMoved[1].options[0].endpoint = '127.0.0.1:3';
+    expect(routeKey(endpointMoved)).to.not.equal(routeKey(route('a', 'b')));
+
+    const later = [req(route('a', 'b'))];
+    interner.apply(later, 1);
+    expect(later[0].route).to.deep.equal([]);
+    const newStream = [req(route('a', 'b'))];
+    interner.apply(newStream, 2);
+    expect(newStream[0].route, 'a new stream is told the route again').to.have.length(2);
+    expect(newStream[0].routeId).to.equal(batch[0].routeId);
+  });
+
+  it('forgets every id past its bound, and the agent keeps every id still in use', () => {
+    const interner = new RouteInterner(4);
+    const table = new RouteTable(8);
+    const sendAndResolve = (ids: string[]) => {
+      const items = ids.map((id) => req(route(id)));
+      interner.apply(items, 1);
+      for (const it of items) expect(table.resolve(it), `route ${it.routeId}`).to.equal(undefined);
+      return items.map((it) => it.route[0].options[0].instanceId);
+    };
+    for (let round = 0; round < 5; round++) {
+      const ids = Array.from({ length: 6 }, (_, i) => `i${(i + round) % 7}`);
+      expect(sendAndResolve(ids)).to.deep.equal(ids);
+      expect(sendAndResolve(ids.slice(0, 3))).to.deep.equal(ids.slice(0, 3));
+    }
+  });
+
+  it('the agent refuses an id it was never told, and resolves one it was', () => {
+    const table = new RouteTable();
+    expect(table.resolve({ ...req([]), routeId: 9 })).to.equal('unknown route id 9');
+    const r = route('x');
+    expect(table.resolve({ ...req(r), routeId: 9 })).to.equal(undefined);
+    const byId = { ...req([]), routeId: 9 };
+    expect(table.resolve(byId)).to.equal(undefined);
+    expect(byId.route).to.equal(r);
+    expect(table.resolve(req(route('y'))), 'no id: the route as sent').to.equal(undefined);
+  });
+
+  it('picks the planned option unless a header rule says otherwise', () => {
+    const options = [opt('row'), opt('vec', { whenHeader: 'shape=wide' })];
+    expect(pickOptionIndex(options, {})).to.equal(0);
+    expect(pickOptionIndex(options, { shape: 'wide' })).to.equal(1);
+    expect(pickOptionIndex([opt('only')], { shape: 'wide' })).to.equal(0);
+  });
+});
