@@ -9,7 +9,7 @@ import { serveMux } from '../common/mux';
 import { PermissionDeniedError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
-import { RouteTable, StepRunner } from '../common/relay';
+import { RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
@@ -64,6 +64,10 @@ export class RelayServer {
           }
         }
         const routes = new RouteTable();
+        // Tells the caller this relay understands route ids (RelayRequest.route_id).
+        const md = new grpc.Metadata();
+        md.set(RELAY_FEATURES, ROUTE_IDS);
+        call.sendMetadata(md);
         serveMux<RelayRequest__Output, RelayResult>(call, { req: 'requests', res: 'results' }, async (req) => {
           if (malformedReason(req) !== undefined) return { ok: false, errorCode: grpc.status.INVALID_ARGUMENT, error: `malformed request: ${malformedReason(req)}`, failedIndex: -1 };
           const unknown = routes.resolve(req);

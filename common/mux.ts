@@ -42,15 +42,20 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     private readonly open: () => Duplex,
     private readonly fields: BatchFields,
     private readonly errorOf: (r: Res) => grpc.ServiceError | undefined = () => undefined,
-    /** Sees (and may replace) each batch's items just before they go out on stream `generation`. */
-    private readonly beforeWrite?: (items: Req[], generation: number) => void,
+    private readonly hooks: {
+      /** Sees (and may replace) each batch's items just before they go out on stream `generation`. */
+      beforeWrite?: (items: Req[], generation: number) => void;
+      /** The server's response headers on stream `generation` (what it says it supports). */
+      onMetadata?: (md: grpc.Metadata, generation: number) => void;
+    } = {},
   ) {}
 
   private ensure(): Duplex {
     if (this.stream) return this.stream;
     const s = this.open();
     this.stream = s;
-    this.generation++;
+    const generation = ++this.generation;
+    if (this.hooks.onMetadata) s.on('metadata', (md: grpc.Metadata) => this.hooks.onMetadata!(md, generation));
     s.on('data', (batch: Record<string, unknown>) => {
       for (const r of (batch[this.fields.res] ?? []) as Res[]) {
         const id = Number(r.callId);
@@ -110,7 +115,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     this.outbox = [];
     if (!items.length) return;
     const s = this.ensure();
-    this.beforeWrite?.(items, this.generation);
+    this.hooks.beforeWrite?.(items, this.generation);
     s.write({ [this.fields.req]: items });
   }
 

@@ -81,6 +81,9 @@ export function pickOptionIndex(options: HopOption__Output[], headers: Record<st
 // sends each route once per stream with an id, and then only the id.
 
 const UNKNOWN_ROUTE = 'unknown route id';
+/** Response header of a RelayStream whose server understands route ids (agents before it do not). */
+export const RELAY_FEATURES = 'tessera-relay-features';
+export const ROUTE_IDS = 'route-id';
 
 /** What defines a route: everything in it, so a route that changed in any way gets a new id. */
 export function routeKey(route: RouteHop__Output[]): string {
@@ -97,17 +100,25 @@ export function routeKey(route: RouteHop__Output[]): string {
  * Caller side, one per relay stream: gives each distinct route an id and leaves the route out of
  * requests whose id this stream has already carried. At most `max` ids are live; past that all
  * are forgotten and routes get fresh ids (the agent keeps twice as many, newest first, so every
- * id in use is still there).
+ * id in use is still there). Only on a stream whose server said it understands route ids (an
+ * older agent would run an empty route): until then, and with older agents, every request
+ * carries its route.
  */
 export class RouteInterner {
   private ids = new Map<string, number>();
   private sent = new Set<number>();
   private generation = -1;
+  private supported = -1;
   private next = 1;
 
   constructor(readonly max = 1024) {}
 
+  readonly onMetadata = (md: grpc.Metadata, generation: number): void => {
+    if (String(md.get(RELAY_FEATURES)[0] ?? '').split(',').includes(ROUTE_IDS)) this.supported = generation;
+  };
+
   readonly apply = (items: RelayRequest__Output[], generation: number): void => {
+    if (generation !== this.supported) return;
     if (generation !== this.generation) {
       this.generation = generation;
       this.sent.clear();
@@ -212,7 +223,7 @@ export class StepRunner {
       const client = this.relay(endpoint);
       const interner = new RouteInterner();
       this.interners.set(endpoint, interner);
-      m = new MuxClient(() => client.RelayStream() as never, { req: 'requests', res: 'results' }, undefined, interner.apply);
+      m = new MuxClient(() => client.RelayStream() as never, { req: 'requests', res: 'results' }, undefined, { beforeWrite: interner.apply, onMetadata: interner.onMetadata });
       this.relayStreams.set(endpoint, m);
     }
     return m;

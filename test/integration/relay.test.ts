@@ -7,7 +7,7 @@ import { RelayServer } from '../../agent/relay-server';
 import { serveComponent, RunningComponent } from '../../common/component';
 import { createLogger } from '../../common/logger';
 import { tesseraProto } from '../../common/proto';
-import { StepRunner } from '../../common/relay';
+import { RELAY_FEATURES, ROUTE_IDS, StepRunner } from '../../common/relay';
 import type { RelayResult__Output } from '../../common/generated/tessera/v1/RelayResult';
 import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
 
@@ -29,6 +29,8 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
     relay?.stop();
     await comp?.stop();
   });
+
+  type Seen = { route: unknown[]; routeId: number; callId: number; payload: Buffer };
 
   /** A raw RelayStream: send one batch, collect the answers by call id. */
   function rawStream() {
@@ -82,6 +84,49 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
       expect(named.hops.map((h) => [h.index, h.option, h.instanceId, h.stage])).to.deep.equal([[0, 1, 'upper-1', 'a'], [1, 1, 'upper-1', 'b']]);
     } finally {
       s.close();
+    }
+  });
+
+  it('names routes by id only to relays that say they understand them (an older agent gets every route)', async () => {
+    for (const advertises of [false, true]) {
+      // A stand-in relay that records what arrives and answers each request as done.
+      const seen: { route: number; routeId: number }[] = [];
+      const server = new grpc.Server();
+      server.addService(tesseraProto().StepRelay.service, {
+        Relay: (_c: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+        RelayStream: (call: grpc.ServerDuplexStream<{ requests: Seen[] }, unknown>) => {
+          if (advertises) {
+            const md = new grpc.Metadata();
+            md.set(RELAY_FEATURES, ROUTE_IDS);
+            call.sendMetadata(md);
+          }
+          call.on('data', (b: { requests: Seen[] }) => {
+            for (const r of b.requests) seen.push({ route: r.route.length, routeId: Number(r.routeId) });
+            call.write({ results: b.requests.map((r) => ({ ok: true, payload: r.payload, callId: r.callId, failedIndex: -1 })) });
+          });
+          call.on('end', () => call.end());
+        },
+      });
+      const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+      const remote = route.map((h) => ({ ...h, options: h.options!.map((o) => ({ ...o, agentEndpoint: `127.0.0.1:${port}` })) }));
+      const runner = new StepRunner({ selfNodeId: '', relayCredentials: grpc.credentials.createInsecure(), chain: true });
+      try {
+        for (let i = 0; i < 4; i++) {
+          const out = await runner.run({ jobId: 'j', route: remote, payload: Buffer.from('p'), headers: {}, deadlineMs: Date.now() + 5_000, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true } as never);
+          expect(out.ok, out.error).to.equal(true);
+        }
+      } finally {
+        runner.close();
+        server.forceShutdown();
+      }
+      if (!advertises) expect(seen, 'an older agent').to.deep.equal(Array(4).fill({ route: 2, routeId: 0 }));
+      else {
+        // The first request may go before the relay's headers arrive; once they have, the route goes once.
+        const named = seen.filter((r) => r.routeId);
+        expect(named.length).to.be.greaterThan(0);
+        expect(named.filter((r) => r.route).length, JSON.stringify(seen)).to.equal(1);
+        expect(new Set(named.map((r) => r.routeId)).size).to.equal(1);
+      }
     }
   });
 

@@ -1,7 +1,8 @@
 // Routes named once per relay stream (RelayRequest.route_id): the caller's interner and the
 // agent's table, without a network (the wire is covered in test/integration/relay.test.ts).
 import { expect } from 'chai';
-import { routeKey, RouteInterner, RouteTable, pickOptionIndex } from '../../common/relay';
+import * as grpc from '@grpc/grpc-js';
+import { RELAY_FEATURES, ROUTE_IDS, routeKey, RouteInterner, RouteTable, pickOptionIndex } from '../../common/relay';
 import type { RelayRequest__Output } from '../../common/generated/tessera/v1/RelayRequest';
 import type { RouteHop__Output } from '../../common/generated/tessera/v1/RouteHop';
 
@@ -13,11 +14,32 @@ const req = (r: RouteHop__Output[]): RelayRequest__Output => ({
   jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true,
 });
 
+/** The response headers of a stream whose relay understands route ids. */
+function understands(interner: RouteInterner, generation: number): void {
+  const md = new grpc.Metadata();
+  md.set(RELAY_FEATURES, ROUTE_IDS);
+  interner.onMetadata(md, generation);
+}
+
 describe('relay route ids', () => {
+  it('leaves every route in place on a stream whose relay has not said it understands ids', () => {
+    const interner = new RouteInterner();
+    const batch = [req(route('a')), req(route('a'))];
+    interner.apply(batch, 1);
+    expect(batch.map((r) => [r.route.length, r.routeId])).to.deep.equal([[1, 0], [1, 0]]);
+    interner.onMetadata(new grpc.Metadata(), 1);
+    interner.apply(batch, 1);
+    expect(batch.map((r) => [r.route.length, r.routeId])).to.deep.equal([[1, 0], [1, 0]]);
+    understands(interner, 1);
+    interner.apply(batch, 2);
+    expect(batch.map((r) => [r.route.length, r.routeId]), 'the next stream has not said so yet').to.deep.equal([[1, 0], [1, 0]]);
+  });
+
   it('sends a route once per stream, then only its id; a change anywhere is a new route', () => {
     const interner = new RouteInterner();
     const batch = [req(route('a', 'b')), req(route('a', 'b')), req(route('a', 'c'))];
     const callersOwn = batch[1];
+    understands(interner, 1);
     interner.apply(batch, 1);
     expect(batch[0].route).to.have.length(2);
     expect(batch[1].route, 'same route, same stream: id only').to.deep.equal([]);
@@ -34,6 +56,7 @@ describe('relay route ids', () => {
     interner.apply(later, 1);
     expect(later[0].route).to.deep.equal([]);
     const newStream = [req(route('a', 'b'))];
+    understands(interner, 2);
     interner.apply(newStream, 2);
     expect(newStream[0].route, 'a new stream is told the route again').to.have.length(2);
     expect(newStream[0].routeId).to.equal(batch[0].routeId);
@@ -42,6 +65,7 @@ describe('relay route ids', () => {
   it('forgets every id past its bound, and the agent keeps every id still in use', () => {
     const interner = new RouteInterner(4);
     const table = new RouteTable(8);
+    understands(interner, 1);
     const sendAndResolve = (ids: string[]) => {
       const items = ids.map((id) => req(route(id)));
       interner.apply(items, 1);
