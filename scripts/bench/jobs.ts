@@ -13,7 +13,12 @@
 //               set to round robin, least-loaded and path cost (the default), against path cost
 //               with the slow instances excluded by a version pin (the no-fault p99)
 //
-//   node dist/scripts/bench/jobs.js [--seconds 8] [--base-ms 5] [--balancing-only]
+// This machine's speed drifts by tens of percent within minutes (a shared host), so Tessera and
+// the peer take turns: each round runs Tessera at a level and then the peer at the same level,
+// the ratio is taken within the round, and the table gives medians over the rounds (and the
+// range of the rates). The direct calls take turns with Tessera at 1 in flight the same way.
+//
+//   node dist/scripts/bench/jobs.js [--seconds 5] [--rounds 3] [--base-ms 5] [--balancing-only]
 import { fork, ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,13 +36,14 @@ import { fmt, median, p99, progress } from './stats';
 
 const args = process.argv.slice(2);
 const arg = (n: string, d: number) => (args.includes(`--${n}`) ? Number(args[args.indexOf(`--${n}`) + 1]) : d);
-const SECONDS = arg('seconds', 8);
+const SECONDS = arg('seconds', 5);
+const ROUNDS = arg('rounds', 3);
 const BASE_MS = arg('base-ms', 5);
 const LEVELS = [1, 16, 64];
 const IMAGE = 'tessera/components:local';
 const QUIET = { TESSERA_LOG_LEVEL: 'warn' };
 
-interface Run { rate: number; p50: number; p99: number; n: number; failed: number }
+interface Run { rate: number; p50: number; p99: number; n: number; failed: number; lat: number[] }
 
 /** Runs `one` from `inflight` loops for `seconds`; latency per call. */
 async function load(inflight: number, seconds: number, one: () => Promise<boolean>): Promise<Run> {
@@ -56,7 +62,15 @@ async function load(inflight: number, seconds: number, one: () => Promise<boolea
     }
   }));
   const s = (performance.now() - t0) / 1000;
-  return { rate: lat.length / s, p50: median(lat), p99: p99(lat), n: lat.length, failed };
+  return { rate: lat.length / s, p50: median(lat), p99: p99(lat), n: lat.length, failed, lat };
+}
+
+/** Several runs as one row: rates by median (and their range), latencies pooled. */
+interface Rounds { rate: number; min: number; max: number; p50: number; p99: number; failed: number }
+function pool(runs: Run[]): Rounds {
+  const lat = runs.flatMap((r) => r.lat);
+  const rates = runs.map((r) => r.rate);
+  return { rate: median(rates), min: Math.min(...rates), max: Math.max(...rates), p50: median(lat), p99: p99(lat), failed: runs.reduce((n, r) => n + r.failed, 0) };
 }
 
 function app(): unknown {
@@ -109,6 +123,7 @@ async function main(): Promise<void> {
   const runner = new StepRunner({ selfNodeId: '', relayCredentials: grpc.credentials.createInsecure(), chain: true });
   const rows: (string | number)[][] = [];
   const bal: (string | number)[][] = [];
+  let mol: Awaited<ReturnType<typeof moleculer>> | undefined;
   try {
     progress('starting etcd, two coordinators (chain and per-stage flow) and an agent');
     const common = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '256'];
@@ -137,18 +152,38 @@ async function main(): Promise<void> {
       route: eps.map((e, i) => ({ stage: `s${i}`, timeoutMs: 0, options: [{ kind: '', operation: '', instanceId: e, nodeId: '', endpoint: e, agentEndpoint: '', whenHeader: '' }] })),
     } as never).then((r) => r.ok);
     const tEps = [1, 2, 3, 4].map((i) => endpoint(`t${i}`)[0]);
-    progress('direct calls (4 stages, 1 in flight)');
-    const floor = await load(1, SECONDS, () => direct(tEps));
     // Jobs go over one SubmitJobs stream to the leader (as a high-rate client would send them).
     let stream = new AdminClient([c1.address]).jobStream();
     const submit = (pipeline: string) => stream.submit({ pipeline, payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
 
-    const tess: Record<string, Run> = {};
+    progress('Moleculer 0.14.36 peer: 4 service processes, TCP transporter');
+    const peerChain = await moleculer();
+    mol = peerChain;
+    const molecule = () => peerChain.call({ hello: 'tessera' }).then(() => true);
+    // Per flow and level: a Tessera run and a peer run per round; at 1 in flight also the direct calls.
+    const tess: Record<string, Run[]> = {};
+    const peer: Record<string, Run[]> = {};
+    const floor: Record<string, Run[]> = {};
+    const rounds = async (flow: string): Promise<void> => {
+      for (const n of LEVELS) {
+        const key = `${flow}-${n}`;
+        tess[key] = [];
+        peer[key] = [];
+        floor[key] = [];
+        for (let r = 1; r <= ROUNDS; r++) {
+          if (n === 1) {
+            progress(`direct calls (4 stages, 1 in flight), round ${r}/${ROUNDS}`);
+            floor[key].push(await load(1, SECONDS, () => direct(tEps)));
+          }
+          progress(`Tessera ${flow} flow, ${n} in flight, round ${r}/${ROUNDS}`);
+          tess[key].push(await load(n, SECONDS, () => submit('chain4')));
+          progress(`Moleculer, ${n} in flight, round ${r}/${ROUNDS}`);
+          peer[key].push(await load(n, SECONDS, molecule));
+        }
+      }
+    };
     const balancingOnly = args.includes('--balancing-only');
-    for (const n of balancingOnly ? [] : LEVELS) {
-      progress(`Tessera chain flow, ${n} in flight`);
-      tess[`chain-${n}`] = await load(n, SECONDS, () => submit('chain4'));
-    }
+    if (!balancingOnly) await rounds('chain');
 
     // Balancing: the same jobs routed round robin, least-loaded and by path cost (a pipeline's
     // routing setting), against path cost with the slow instances pinned out (the no-fault p99).
@@ -174,41 +209,37 @@ async function main(): Promise<void> {
     await waitFor('instances registered with the new leader', async () => (await admin.listComponents()).instances.length === 20, 60_000, 500);
     stream.close();
     stream = new AdminClient([c2.address]).jobStream();
-    for (const n of LEVELS) {
-      progress(`Tessera per-stage flow, ${n} in flight`);
-      tess[`per-stage-${n}`] = await load(n, SECONDS, () => submit('chain4'));
-    }
+    await rounds('per-stage');
 
-    progress('Moleculer 0.14.36 peer: 4 service processes, TCP transporter');
-    const mol = await moleculer();
-    const peer: Record<number, Run> = {};
-    for (const n of LEVELS) {
-      progress(`Moleculer, ${n} in flight`);
-      peer[n] = await load(n, SECONDS, () => mol.call({ hello: 'tessera' }).then(() => true));
-    }
-    await mol.stop();
-
+    const range = (r: Rounds): string => `${fmt(r.min)}-${fmt(r.max)}`;
     for (const n of LEVELS) {
       for (const flow of ['chain', 'per-stage']) {
-        const t = tess[`${flow}-${n}`];
-        rows.push([`${n}`, `Tessera (${flow})`, fmt(t.rate), fmt(t.p50, 2), fmt(t.p99, 2), (t.rate / peer[n].rate).toFixed(2), t.failed]);
+        const key = `${flow}-${n}`;
+        const t = pool(tess[key]);
+        const ratios = tess[key].map((run, i) => run.rate / peer[key][i].rate);
+        rows.push([`${n}`, `Tessera (${flow})`, fmt(t.rate), range(t), fmt(t.p50, 2), fmt(t.p99, 2), median(ratios).toFixed(2), t.failed]);
       }
-      rows.push([`${n}`, 'Moleculer 0.14.36 (peer)', fmt(peer[n].rate), fmt(peer[n].p50, 2), fmt(peer[n].p99, 2), '1.00', peer[n].failed]);
+      const m = pool([...peer[`chain-${n}`], ...peer[`per-stage-${n}`]]);
+      rows.push([`${n}`, 'Moleculer 0.14.36 (peer)', fmt(m.rate), range(m), fmt(m.p50, 2), fmt(m.p99, 2), '1.00', m.failed]);
     }
-    const c = tess['chain-1'];
-    const ps = tess['per-stage-1'];
-    console.log(`\nJobs through a 4-stage pipeline of trivial components (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}), ${SECONDS} s per row`);
+    // Routing overhead per stage: Tessera's latency less the direct calls' of the same round, over 4 stages.
+    const overhead = (flow: string, q: (xs: number[]) => number): number =>
+      median(tess[`${flow}-1`].map((run, i) => (q(run.lat) - q(floor[`${flow}-1`][i].lat)) / 4));
+    const direct1 = pool([...floor['chain-1'], ...floor['per-stage-1']]);
+    console.log(`\nJobs through a 4-stage pipeline of trivial components (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}), ${ROUNDS} rounds of ${SECONDS} s per row, Tessera and the peer taking turns`);
     console.log('every Tessera job recorded in etcd (group commit, fsynced) before it is answered: once, at its end (jobs here take well under --job-record-after-ms)');
-    console.log(table(['IN FLIGHT', 'SYSTEM', 'JOBS/S', 'P50 MS', 'P99 MS', 'RATE VS PEER', 'FAILED'], rows));
-    console.log(`\nRouting overhead per stage at 1 in flight, against the same 4 calls made directly (direct: p50 ${fmt(floor.p50, 2)} ms, p99 ${fmt(floor.p99, 2)} ms per chain)`);
+    console.log('JOBS/S is the median over the rounds, RANGE the lowest and highest, RATE VS PEER the median of each round\'s ratio');
+    console.log(table(['IN FLIGHT', 'SYSTEM', 'JOBS/S', 'RANGE', 'P50 MS', 'P99 MS', 'RATE VS PEER', 'FAILED'], rows));
+    console.log(`\nRouting overhead per stage at 1 in flight, against the same 4 calls made directly in the same round (direct: p50 ${fmt(direct1.p50, 2)} ms, p99 ${fmt(direct1.p99, 2)} ms per chain)`);
     console.log(table(['FLOW', 'P50 MS/STAGE', 'P99 MS/STAGE'], [
-      ['chain', fmt((c.p50 - floor.p50) / 4, 3), fmt((c.p99 - floor.p99) / 4, 3)],
-      ['per-stage', fmt((ps.p50 - floor.p50) / 4, 3), fmt((ps.p99 - floor.p99) / 4, 3)],
+      ['chain', fmt(overhead('chain', median), 3), fmt(overhead('chain', p99), 3)],
+      ['per-stage', fmt(overhead('per-stage', median), 3), fmt(overhead('per-stage', p99), 3)],
     ]));
     console.log(`\nBalancing: 4 instances per stage, one 10x slower (${BASE_MS * 10} ms vs ${BASE_MS} ms per step), ${BAL_N} in flight`);
     console.log(table(['ROUTING', 'P50 MS', 'P99 MS', 'P99 VS NO FAULT', 'JOBS/S'], bal));
     admin.close();
   } finally {
+    await mol?.stop();
     runner.close();
     // The agent first: alive, it would start the containers again.
     await fleet.stop();
