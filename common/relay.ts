@@ -251,8 +251,9 @@ export class StepRunner {
       const local = !opt.nodeId || opt.nodeId === this.o.selfNodeId;
       if (!local) {
         const rest = this.o.chain ? req.route.slice(i) : [hop];
+        // routeId 0: the id this request came with names a route on the stream it came by.
         const sub = await this.callRelay(opt, {
-          ...req, route: [{ ...rest[0], options: [opt] }, ...rest.slice(1)], payload, headers, firstIndex: index,
+          ...req, route: [{ ...rest[0], options: [opt] }, ...rest.slice(1)], payload, headers, firstIndex: index, routeId: 0,
         });
         // The next relay saw this hop with one option (the one picked here): say which it was.
         for (const h of sub.hops) {

@@ -130,6 +130,34 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
     }
   });
 
+  it('passes a route on from host to host, and the hops say which option ran (a header rule picked the second)', async () => {
+    // Host n2: its own relay and two instances; host n1's first hop sets the header that picks.
+    const tag = await serveComponent({ handleSignals: false, kind: 'tag', version: '1.0.0', env: {}, operations: { tag: async (p) => ({ payload: p, headers: { case: 'lower' } }) } });
+    const lower = await serveComponent({ handleSignals: false, kind: 'lower', version: '1.0.0', env: {}, operations: { lower: async (p) => p.toString().toLowerCase() } });
+    const relay2 = new RelayServer('n2', createLogger('test', 'silent'));
+    const relay2Address = await relay2.start('127.0.0.1:0');
+    const on = (node: string, relayAt: string, kind: string, port: number, whenHeader = '') => ({ kind, operation: kind, instanceId: `${kind}-${node}`, nodeId: node, endpoint: `127.0.0.1:${port}`, agentEndpoint: relayAt, whenHeader });
+    const twoHosts: RouteHop[] = [
+      { stage: 'a', options: [on('n1', relayAddress, 'tag', tag.port)], timeoutMs: 2000 },
+      { stage: 'b', options: [on('n2', relay2Address, 'upper', comp.port), on('n2', relay2Address, 'lower', lower.port, 'case=lower')], timeoutMs: 2000 },
+    ];
+    const runner = new StepRunner({ selfNodeId: '', relayCredentials: grpc.credentials.createInsecure(), chain: true });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const out = await runner.run({ jobId: 'j', route: twoHosts, payload: Buffer.from('MiXeD'), headers: {}, deadlineMs: Date.now() + 5_000, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true } as never);
+        expect([out.ok, out.error, out.payload.toString()]).to.deep.equal([true, '', 'mixed']);
+        expect(out.hops.map((h) => [h.index, h.option, h.ok])).to.deep.equal([[0, 1, true], [1, 2, true]]);
+      }
+      expect(relay2.relayed, 'the second host ran its hop for every job').to.equal(3);
+    } finally {
+      runner.close();
+      relay2.stop();
+      relay.runner.forget(`127.0.0.1:${tag.port}`); // host n1's stream to it, else stop() waits for it to end
+      await tag.stop();
+      await lower.stop();
+    }
+  });
+
   it("a caller's StepRunner names routes by id and carries on when the agent's relay restarts", async () => {
     const runner = new StepRunner({ selfNodeId: '', relayCredentials: grpc.credentials.createInsecure(), chain: true });
     const run = (text: string) => runner.run({ jobId: 'j', route, payload: Buffer.from(text), headers: {}, deadlineMs: Date.now() + 5_000, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true } as never);
