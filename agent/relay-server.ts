@@ -25,7 +25,11 @@ function relayTraffic(): void {
   optimizing = true;
   if (process.env.TESSERA_AGENT_V8_OPT === '0') return;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  (require('node:v8') as typeof import('node:v8')).setFlagsFromString('--opt');
+  const v8 = require('node:v8') as typeof import('node:v8');
+  v8.setFlagsFromString('--opt');
+  // And code for speed again: with --optimize-for-size left on, a relaying agent spent 2.2x the
+  // CPU per job (measured at 64 jobs in flight: 177 us against 79 us with both flags off).
+  v8.setFlagsFromString('--no-optimize-for-size');
 }
 
 export class RelayServer {
