@@ -21,6 +21,16 @@ export interface CatalogApi {
   addRows(table: string, delta: number): Promise<void>;
 }
 
+/**
+ * The plan's EXPLAIN as the executor that ran it tells it: the planner names the executor it
+ * prefers, and the job's route runs it there only if an instance of that kind is on the route
+ * (e.g. before any executor-vector is deployed, a scan it prefers for vector runs on a row one).
+ */
+export function explainAsRun(explain: string[] | undefined, preferred: Plan['executor'], ran: Plan['executor']): string[] | undefined {
+  if (!explain || preferred === ran) return explain;
+  return [...explain, `RAN ON executor-${ran}: no executor-${preferred} instance was on the route`];
+}
+
 export async function executePlan(p: Plan, shards: ShardApi[], catalog: CatalogApi, executor = p.executor): Promise<Result> {
   const st = p.statement;
   switch (st.type) {

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parse, SqlError } from '../../examples/db/sql';
-import { LocalDb } from '../../examples/db/db';
+import { explainAsRun, LocalDb } from '../../examples/db/db';
 import { Shard } from '../../examples/db/shard';
 
 async function errorOf(p: Promise<unknown> | (() => unknown)): Promise<SqlError> {
@@ -64,6 +64,13 @@ describe('db: planner and executors', () => {
     expect(agg.shards).to.deep.equal([0, 1, 2, 3]);
     expect(agg.executor).to.equal('vector');
     expect(agg.explain.join('\n')).to.match(/SCAN people ON 4 SHARD\(S\)\nAGGREGATE AVG\(age\) GROUP BY city\nEXECUTOR vector/);
+  });
+
+  it("tells in the EXPLAIN when the executor that ran is not the one the planner preferred", () => {
+    const explain = ['SCAN sales ON 2 SHARD(S)', 'EXECUTOR vector (estimated 5000 row(s))'];
+    expect(explainAsRun(explain, 'vector', 'vector')).to.equal(explain);
+    expect(explainAsRun(explain, 'vector', 'row')).to.deep.equal([...explain, 'RAN ON executor-row: no executor-vector instance was on the route']);
+    expect(explainAsRun(undefined, 'vector', 'row')).to.equal(undefined);
   });
 
   it('answers known queries the same with both executors', async () => {

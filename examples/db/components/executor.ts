@@ -3,7 +3,7 @@
 // time: scans, aggregates). Both fetch from the storage shards the plan names.
 import { serveComponent } from '../../../common/component';
 import type { Plan } from '../engine';
-import { executePlan } from '../db';
+import { executePlan, explainAsRun } from '../db';
 import { asStatus, catalogApi, shardApi } from './remote';
 import { delay } from '../../pipeline/components/delay';
 
@@ -19,7 +19,7 @@ void serveComponent({
       await delay(); // DELAY_MS: a slow executor, for the crash tests
       try {
         const r = await executePlan(plan, shardEndpoints.map(shardApi), catalog, mode);
-        return { payload: JSON.stringify({ ...r, executor: mode }), headers: { executor: mode } };
+        return { payload: JSON.stringify({ ...r, explain: explainAsRun(r.explain, plan.executor, mode), executor: mode }), headers: { executor: mode } };
       } catch (e) {
         return asStatus(e);
       }
