@@ -87,8 +87,10 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
     }
   });
 
-  it('names routes by id only to relays that say they understand them (an older agent gets every route)', async () => {
-    for (const advertises of [false, true]) {
+  it('names routes by id only to relays that say they understand them (an older agent gets every route); an id a relay refuses is sent again in full', async () => {
+    for (const mode of ['older', 'current', 'forgets'] as const) {
+      const advertises = mode !== 'older';
+      let refused = 0;
       // A stand-in relay that records what arrives and answers each request as done.
       const seen: { route: number; routeId: number }[] = [];
       const server = new grpc.Server();
@@ -102,7 +104,14 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
           }
           call.on('data', (b: { requests: Seen[] }) => {
             for (const r of b.requests) seen.push({ route: r.route.length, routeId: Number(r.routeId) });
-            call.write({ results: b.requests.map((r) => ({ ok: true, payload: r.payload, callId: r.callId, failedIndex: -1 })) });
+            call.write({ results: b.requests.map((r) => {
+              // 'forgets': the first request naming a route by id alone is refused, as an agent that lost it would.
+              if (mode === 'forgets' && !refused && Number(r.routeId) && !r.route.length) {
+                refused++;
+                return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: `unknown route id ${r.routeId}`, callId: r.callId, failedIndex: 0 };
+              }
+              return { ok: true, payload: r.payload, callId: r.callId, failedIndex: -1 };
+            }) });
           });
           call.on('end', () => call.end());
         },
@@ -119,8 +128,13 @@ describe('step relay protocol (agent/relay-server.ts, common/relay.ts)', functio
         runner.close();
         server.forceShutdown();
       }
-      if (!advertises) expect(seen, 'an older agent').to.deep.equal(Array(4).fill({ route: 2, routeId: 0 }));
-      else {
+      if (mode === 'older') expect(seen, 'an older agent').to.deep.equal(Array(4).fill({ route: 2, routeId: 0 }));
+      else if (mode === 'forgets') {
+        expect(refused, 'the stand-in refused an id').to.equal(1);
+        const i = seen.findIndex((r) => r.routeId && !r.route);
+        expect(seen[i + 1], `the refused request went again with its route: ${JSON.stringify(seen)}`).to.include({ route: 2 });
+        expect(seen[i + 1].routeId).to.not.equal(seen[i].routeId);
+      } else {
         // The first request may go before the relay's headers arrive; once they have, the route goes once.
         const named = seen.filter((r) => r.routeId);
         expect(named.length).to.be.greaterThan(0);
