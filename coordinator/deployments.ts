@@ -9,6 +9,7 @@
 //
 // Everything is keyed by instance id, so a failover or an agent reconnect never starts an
 // instance twice: the agent treats a RUN for an id it already runs as done.
+import { Serial } from '../common/serial';
 import type { Logger } from '../common/logger';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError } from '../common/errors';
 import type { Instruction } from '../common/generated/tessera/v1/Instruction';
@@ -104,11 +105,9 @@ export class Deployments {
    * time, or a reconcile round that read the app before a delete writes its stale copy over it
    * and the delete is lost (seen: an app deleted while its instances failed kept running).
    */
-  private appWrites: Promise<unknown> = Promise.resolve();
+  private appWrites = new Serial();
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.appWrites.then(fn, fn);
-    this.appWrites = run.catch(() => undefined);
-    return run;
+    return this.appWrites.run(fn);
   }
 
   apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {

@@ -2,6 +2,7 @@
 // state are durable in etcd; liveness (last report, usage, which stream) lives in memory and is
 // written to etcd in one batched transaction every statusPersistIntervalMs, so followers can
 // serve reads without the leader. State changes are committed with their events.
+import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
 import { NotFoundError } from '../common/errors';
 import type { Logger } from '../common/logger';
@@ -116,8 +117,20 @@ export class NodeRegistry {
     return { ...r, lastSeenMs: l.lastSeenMs, usage: l.usage ?? r.usage, connectedTo: l.connectedTo, instanceCount: l.instances.length };
   }
 
+  /**
+   * Node records are written by hello, drain, tick and persistStatus, each reading the record and
+   * storing its copy after the write's await: they run one at a time, or a status write that read
+   * a node before a drain stored its stale copy over it and the acknowledged drain was lost (seen
+   * in CI: a drain through a follower answered DRAINING and the leader kept the node READY).
+   */
+  private writes = new Serial();
+
   /** An agent said hello on a stream to this leader: register or refresh it, durably. */
-  async hello(h: AgentHello__Output, nowMs = Date.now()): Promise<NodeRecord> {
+  hello(h: AgentHello__Output, nowMs = Date.now()): Promise<NodeRecord> {
+    return this.writes.run(() => this.helloNow(h, nowMs));
+  }
+
+  private async helloNow(h: AgentHello__Output, nowMs: number): Promise<NodeRecord> {
     const prev = this.records.get(h.nodeId);
     const capacity = { cpuMillis: h.capacity?.cpuMillis ?? 0, memoryMib: h.capacity?.memoryMib ?? 0, diskMib: h.capacity?.diskMib ?? 0 };
     const base: NodeRecord = prev ?? {
@@ -185,7 +198,11 @@ export class NodeRegistry {
     return !!this.live.get(nodeId)?.connectedTo;
   }
 
-  async drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
+  drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
+    return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs));
+  }
+
+  private async drainNow(nodeId: string, undo: boolean, reason: string, nowMs: number): Promise<NodeRecord> {
     const prev = this.records.get(nodeId);
     if (!prev) throw new NotFoundError('node', nodeId);
     const next: NodeRecord = { ...prev, drain: !undo, drainReason: undo ? '' : reason || 'requested by operator' };
@@ -209,7 +226,12 @@ export class NodeRegistry {
   }
 
   /** Evaluates liveness for every node and commits all state changes in one transaction. */
-  async tick(nowMs = Date.now()): Promise<number> {
+  tick(nowMs = Date.now()): Promise<number> {
+    if (this.ticking) return Promise.resolve(0);
+    return this.writes.run(() => this.tickNow(nowMs));
+  }
+
+  private async tickNow(nowMs: number): Promise<number> {
     if (this.ticking) return 0;
     this.ticking = true;
     try {
@@ -233,7 +255,11 @@ export class NodeRegistry {
   }
 
   /** Writes usage and last-seen for nodes that changed since the last call, in one transaction. */
-  async persistStatus(): Promise<number> {
+  persistStatus(): Promise<number> {
+    return this.writes.run(() => this.persistStatusNow());
+  }
+
+  private async persistStatusNow(): Promise<number> {
     const ops: Op[] = [];
     const written: NodeRecord[] = [];
     for (const [id, l] of this.live) {

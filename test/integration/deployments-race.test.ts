@@ -1,7 +1,9 @@
-// App records have several writers on the leader (reconcile, apply, rollback, delete), each
-// reading the record and writing it after an await. Against a real etcd and the real
-// Deployments and Store: a delete racing a reconcile round that updates the app's status must
-// not be undone by the round's stale copy (a CI run once kept a deleted app running this way).
+// App and node records have several writers on the leader (apps: reconcile, apply, rollback,
+// delete; nodes: hello, drain, liveness ticks, status writes), each reading the record and
+// writing it after an await. Against a real etcd and the real Deployments, NodeRegistry and
+// Store: a delete racing a reconcile round that updates the app's status must not be undone by
+// the round's stale copy (a CI run once kept a deleted app running this way), nor a drain by a
+// status write (a CI run once answered a drain DRAINING and kept the node READY).
 // The agent gateway is a stand-in: no agents are attached, so nothing is ever sent through it.
 import { expect } from 'chai';
 import { createEtcdClient } from '../../common/etcd';
@@ -14,13 +16,43 @@ import { NodeRegistry } from '../../coordinator/node-registry';
 import { Store } from '../../coordinator/store';
 import { EtcdCluster } from '../helpers/etcd';
 
-describe('app records under concurrent writers', function () {
+describe('app and node records under concurrent writers', function () {
   this.timeout(30_000);
   let etcd: EtcdCluster;
   const log = createLogger('test', 'silent');
 
   before(async () => { etcd = await EtcdCluster.start(1); });
   after(async () => etcd?.stop());
+
+  it('keeps a drain that lands while the node status is written', async () => {
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const keys = new Keys('/race-nodes/');
+    const l = new Leadership(client, keys, { id: 'a', address: 'a:1' }, { ttlSeconds: 5, marginMs: 700 }, log);
+    const elected = new Promise<FenceToken>((r) => l.once('elected', r));
+    l.start();
+    await elected;
+    try {
+      const registry = new NodeRegistry(new Store(client, keys, l, log), keys, { heartbeatTimeoutMs: 10_000, failoverGraceMs: 0, coordinatorId: 'a' }, log);
+      await registry.load();
+      await registry.hello({ nodeId: 'n1', hostname: 'h1', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 }, agentVersion: '0', endpoint: '', instances: [], sessionId: 's' } as never);
+      for (let round = 0; round < 6; round++) {
+        const drain = round % 2 === 0;
+        // A report makes the node's status due for writing; the drain (called first) is being
+        // written when the status write reads the node.
+        registry.report('n1', { host: { cpuPercent: round }, instances: [] } as never);
+        const drained = registry.drain('n1', !drain, 'kernel upgrade');
+        const persisted = registry.persistStatus();
+        await Promise.all([drained, persisted]);
+        const want = drain ? 'DRAINING' : 'READY';
+        expect(registry.get('n1').state, `round ${round}: the leader's copy`).to.equal(want);
+        const stored = JSON.parse((await client.get(keys.node('n1')).string())!);
+        expect([stored.state, stored.drain], `round ${round}: etcd`).to.deep.equal([want, drain]);
+      }
+    } finally {
+      await l.stop();
+      client.close();
+    }
+  });
 
   it('keeps a delete that lands while a reconcile round writes the app status', async () => {
     const client = createEtcdClient({ endpoints: etcd.endpoints });
