@@ -209,8 +209,9 @@ describe('jobs through pipelines of registered components', function () {
   });
 
   it('retries around an instance SIGKILLed under load: no job lost, the retries visible', async () => {
-    // Slow splitters keep steps in flight on them when one is killed.
-    await admin.applyApp(words('1.0.0', '40'));
+    // Slow splitters (150 ms a step, the rest of the path a few ms) keep steps in flight on both
+    // when one is killed (with 40 ms a CI run once saw no failed step: likely an idle moment on the victim).
+    await admin.applyApp(words('1.0.0', '150'));
     await waitFor('slow splitters registered', async () => {
       const s = (await admin.listInstances('words')).instances.filter((i) => i.component === 'splitter' && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.version === 2);
       return s.length === 2 && (await admin.listComponents('splitter')).instances.length === 2;
@@ -250,7 +251,7 @@ describe('jobs through pipelines of registered components', function () {
 
   it('upgrades a kind while jobs run without a failed job; the new version registers', async () => {
     const jobs = await loadJobs(admin, 60, 3, async () => {
-      await admin.applyApp(words('1.1.0', '40'));
+      await admin.applyApp(words('1.1.0', '150'));
       await waitFor('counters upgraded', async () => {
         const c = (await admin.listComponents('counter')).instances;
         return c.length === 2 && c.every((i) => i.version === '1.1.0');
@@ -263,7 +264,7 @@ describe('jobs through pipelines of registered components', function () {
 
   it('queues jobs when every instance of a stage is saturated and refuses beyond the bound', async () => {
     // One formatter, 6 jobs in flight per instance at most, 3 queued: the 10th at once is refused.
-    const applied = await admin.applyApp({ ...words('1.1.0', '40'), components: [...words('1.1.0', '40').components.slice(0, 2), comp('formatter', 'formatter', 1, { DELAY_MS: '1500' })] });
+    const applied = await admin.applyApp({ ...words('1.1.0', '150'), components: [...words('1.1.0', '150').components.slice(0, 2), comp('formatter', 'formatter', 1, { DELAY_MS: '1500' })] });
     await waitFor('slow formatter', async () => {
       const f = (await admin.listInstances('words')).instances.filter((i) => i.component === 'formatter' && i.desired === 'run');
       const reg = (await admin.listComponents('formatter')).instances;
