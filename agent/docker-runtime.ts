@@ -4,6 +4,7 @@
 // built on the host (scripts/build-images.sh), and no registry is contacted.
 import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
+import * as os from 'node:os';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
 export const LABEL = {
@@ -114,8 +115,11 @@ export class DockerRuntime {
         Memory: Number(spec.resources?.memoryMib ?? 0) * MIB || undefined,
         // CPU is a weight in proportion to the reservation (Kubernetes' "requests"): a hard
         // CFS quota at a small reservation (10m = 1% of a core) makes even the start of a
-        // container take seconds. Memory is a hard limit, so an OOM kill is seen and reported.
+        // container take seconds, so a quota is only set when the spec asks (cpuHardLimit),
+        // at most this host's cores (the Engine refuses more). Memory is a hard limit, so an
+        // OOM kill is seen and reported.
         CpuShares: Math.max(2, Math.round((Number(spec.resources?.cpuMillis ?? 0) * 1024) / 1000)),
+        NanoCpus: spec.cpuHardLimit ? cpuQuotaNanos(Number(spec.resources?.cpuMillis ?? 0)) : undefined,
         Binds: binds.length ? binds : undefined,
         RestartPolicy: { Name: 'no' }, // restarts are the agent's, by the spec's policy
         // Defaults that limit harm: never privileged, every capability dropped but those the
@@ -197,6 +201,11 @@ export class DockerRuntime {
 
 export function containerName(instanceId: string): string {
   return `tessera-${instanceId}`;
+}
+
+/** The CFS quota for a hard CPU limit, in the Engine's NanoCpus: 10m to this host's cores. */
+export function cpuQuotaNanos(cpuMillis: number, hostCores = os.cpus().length): number {
+  return Math.round(Math.min(Math.max(cpuMillis, 10), Math.max(1, hostCores) * 1000)) * 1_000_000;
 }
 
 function encodeSpec(spec: InstanceSpec__Output): string {

@@ -5,7 +5,9 @@ import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1
 import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
 
 /** A component with every default filled in: nested settings are never null. */
-export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update'> & {
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit'> & {
+  /** Set only when on (see normalizeComponent). */
+  cpuHardLimit?: boolean;
   resources: NonNullable<ComponentSpec__Output['resources']>;
   health: NonNullable<ComponentSpec__Output['health']>;
   restart: NonNullable<ComponentSpec__Output['restart']>;
@@ -57,6 +59,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   if (!(cpu > 0)) bad(`${at}.resources.cpuMillis`, `must be > 0, got ${cpu}`);
   if (!(mem > 0)) bad(`${at}.resources.memoryMib`, `must be > 0, got ${mem}`);
   else if (mem < 6) bad(`${at}.resources.memoryMib`, 'must be at least 6 (the Docker Engine minimum)');
+  if (c.cpuHardLimit && cpu > 0 && cpu < 10) bad(`${at}.resources.cpuMillis`, `must be at least 10 with cpuHardLimit (the Docker Engine's smallest quota, 0.01 CPU), got ${cpu}`);
   const instances = c.instances ?? 0;
   if (instances < 0 || instances > MAX_INSTANCES || !Number.isInteger(instances)) bad(`${at}.instances`, `must be an integer from 0 to ${MAX_INSTANCES}, got ${instances}`);
 
@@ -160,6 +163,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
     capabilities: [...(c.capabilities ?? [])].map((x) => x.replace(/^CAP_/, '')),
     readOnlyRoot: !!c.readOnlyRoot,
+    // Left out when off, so that specs from before the field hash as they did (no restarts).
+    cpuHardLimit: c.cpuHardLimit ? true : undefined,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
     // Present only when it differs from the name, so specs written before kinds existed keep

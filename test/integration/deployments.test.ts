@@ -125,6 +125,26 @@ describe('deployments on the real Docker Engine', function () {
     await waitFor('hard gone', () => appContainers('hard').length === 0, 20_000, 200);
   });
 
+  it('caps CPU with a CFS quota only when the spec asks (cpuHardLimit); otherwise CPU is a weight', async () => {
+    const sleeper = (name: string, cpuHardLimit: boolean) => ({
+      name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 250, memoryMib: 16 }, instances: 1, stopGraceMs: 100, cpuHardLimit,
+    });
+    await admin.applyApp({ name: 'cpu', components: [sleeper('cpu-capped', true), sleeper('cpu-shared', false)] });
+    await waitFor('both running', async () => appContainers('cpu').filter((c) => c.state === 'running').length === 2, 20_000, 200);
+    const hostConfig = (component: string) => {
+      const c = containers(`tessera.component=${component}`).find((x) => nodeIds.includes(x.node))!;
+      return JSON.parse(execFileSync('docker', ['inspect', c.id]).toString())[0].HostConfig;
+    };
+    expect(hostConfig('cpu-capped').NanoCpus).to.equal(250_000_000); // a quarter of a core, hard
+    expect(hostConfig('cpu-shared').NanoCpus).to.equal(0);
+    expect(hostConfig('cpu-capped').CpuShares).to.equal(256);
+    expect(hostConfig('cpu-shared').CpuShares).to.equal(256);
+    const app = await admin.getApp('cpu');
+    expect(app.spec!.components!.find((c) => c.name === 'cpu-capped')!.cpuHardLimit).to.equal(true);
+    await admin.deleteApp('cpu');
+    await waitFor('cpu gone', () => appContainers('cpu').length === 0, 20_000, 200);
+  });
+
   it('runs a component written for Node.js from the tessera/node image', async () => {
     await admin.applyApp({ name: 'nodeapp', components: [{
       name: 'api', image: 'tessera/node:local', command: ['node', '-e'],

@@ -1,6 +1,8 @@
 import { expect } from 'chai';
 import { InvalidArgumentError } from '../../common/errors';
 import { normalizeAppSpec } from '../../coordinator/apps/spec';
+import { componentHash } from '../../coordinator/apps/records';
+import { cpuQuotaNanos } from '../../agent/docker-runtime';
 
 const good = () => ({
   name: 'shop',
@@ -48,6 +50,7 @@ describe('app spec validation', () => {
     ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
     ['a tunable without a numeric starting value', (s) => (s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]), ['components[1].env.BATCH']],
     ['a tunable whose value is outside its range', (s) => { s.components[1].env = { BATCH: '9' }; s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]; }, ['components[1].env.BATCH']],
+    ['a hard CPU limit under the Engine\'s smallest quota', (s) => { s.components[1].cpuHardLimit = true; s.components[1].resources.cpuMillis = 5; }, ['components[1].resources.cpuMillis']],
     ['several problems at once', (s) => { s.components[0].resources.cpuMillis = 0; s.components[1].image = ''; }, ['components[0].resources.cpuMillis', 'components[1].image']],
   ];
   for (const [name, mutate, fields] of cases) {
@@ -61,5 +64,24 @@ describe('app spec validation', () => {
     const s: any = good();
     s.components[1].resources.memoryMib = 0;
     expect(() => normalizeAppSpec(s)).to.throw('components[1].resources.memoryMib: must be > 0');
+  });
+
+  it('keeps cpuHardLimit out of the normal form when off, so older specs hash as before (no restarts)', () => {
+    const plain = normalizeAppSpec(good() as never).components[1];
+    const off: any = good();
+    off.components[1].cpuHardLimit = false;
+    const on: any = good();
+    on.components[1].cpuHardLimit = true;
+    expect(plain.cpuHardLimit).to.equal(undefined);
+    expect(componentHash(normalizeAppSpec(off).components[1])).to.equal(componentHash(plain));
+    const capped = normalizeAppSpec(on).components[1];
+    expect(capped.cpuHardLimit).to.equal(true);
+    expect(componentHash(capped)).to.not.equal(componentHash(plain)); // turning it on rolls the instances
+  });
+
+  it('turns a hard CPU limit into a CFS quota between 10m and the host\'s cores', () => {
+    expect(cpuQuotaNanos(250, 2)).to.equal(250_000_000);
+    expect(cpuQuotaNanos(5, 2)).to.equal(10_000_000);
+    expect(cpuQuotaNanos(64_000, 2)).to.equal(2_000_000_000);
   });
 });
