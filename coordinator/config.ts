@@ -32,7 +32,6 @@ export const COORDINATOR_SCHEMA = {
   jobFlow: { type: 'string', doc: 'how a job\'s data moves: chain (agent to agent along the route) or per-stage (each step through the leader)', env: 'TESSERA_JOB_FLOW', default: 'chain', oneOf: ['chain', 'per-stage'] },
   jobQueueLimit: { type: 'int', doc: 'jobs that may wait for a saturated stage before submissions are refused (RESOURCE_EXHAUSTED)', env: 'TESSERA_JOB_QUEUE_LIMIT', default: 1_000, min: 0 },
   jobMaxInFlightPerInstance: { type: 'int', doc: 'jobs routed through one component instance at once before it counts as saturated', env: 'TESSERA_JOB_MAX_IN_FLIGHT', default: 128, min: 1 },
-  jobRecordAfterMs: { type: 'int', doc: 'a job whose caller waits for its end is recorded once, when it ends, if it ends within this; else its start is recorded at this age too, so that a new leader can resume it (0: every start at once)', env: 'TESSERA_JOB_RECORD_AFTER_MS', default: 250, min: 0 },
   jobRetentionMs: { type: 'int', doc: 'how long records of finished jobs are kept in etcd', env: 'TESSERA_JOB_RETENTION_MS', default: 3_600_000, min: 10_000 },
   jobHopUs: { type: 'int', doc: 'path cost of a hop between hosts, in microseconds', env: 'TESSERA_JOB_HOP_US', default: 1_000, min: 0 },
   jobSameHostHopUs: { type: 'int', doc: 'path cost of a hop that stays on one host, in microseconds', env: 'TESSERA_JOB_SAME_HOST_HOP_US', default: 100, min: 0 },
@@ -70,7 +69,6 @@ export interface CoordinatorConfig {
   jobFlow: 'chain' | 'per-stage';
   jobQueueLimit: number;
   jobMaxInFlightPerInstance: number;
-  jobRecordAfterMs: number;
   jobRetentionMs: number;
   jobHopUs: number;
   jobSameHostHopUs: number;

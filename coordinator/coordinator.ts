@@ -63,7 +63,7 @@ export class LeaderWork {
     }, c.log.child({ part: 'components' }));
     this.pipelines = new Pipelines(c.store, c.keys);
     this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, new GroupCommitter(c.store), c.runner, {
-      flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, recordAfterMs: c.config.jobRecordAfterMs, hopMs: c.config.jobHopUs / 1000,
+      flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, hopMs: c.config.jobHopUs / 1000,
       sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: 10_000, coordinatorId: c.config.id,
     }, c.log.child({ part: 'jobs' }), c.metrics);
   }
@@ -82,7 +82,7 @@ export class LeaderWork {
     this.every(200, () => this.scaler.tick());
     this.every(250, () => this.components.tick());
     this.every(100, async () => this.jobs.pump());
-    this.every(Math.max(10, Math.min(100, this.c.config.jobRecordAfterMs / 2)), async () => this.jobs.recordRunning());
+    this.every(1_000, async () => this.jobs.sweepStarts());
     // Reconcile every reconcileIntervalMs, and within 20 ms of anything that asks for it (an
     // apply, an agent attaching, an instance event).
     let lastReconcile = 0;

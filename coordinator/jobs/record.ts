@@ -84,8 +84,9 @@ export function encodeRecord(r: JobRecord): string {
   return JSON.stringify(c);
 }
 
-export function decodeRecord(text: string): JobRecord {
-  const o = JSON.parse(text) as Compact | JobRecord;
+/** Reads a record: its JSON text, or an entry of a shared start record (already parsed). */
+export function decodeRecord(text: string | unknown): JobRecord {
+  const o = (typeof text === 'string' ? JSON.parse(text) : text) as Compact | JobRecord;
   if ((o as Compact).v !== 2) return o as JobRecord;
   const c = o as Compact;
   const path: PathHop[] = c.path.map(([stage, kind, instanceId, nodeId, costMs]) => ({ stage, kind, instanceId, nodeId, costMs }));
@@ -100,4 +101,16 @@ export function decodeRecord(text: string): JobRecord {
     }),
     plans: c.n, payloadBytes: c.b, flow: c.fl, durationMs: c.du, headers: c.h ?? {}, payload: c.in, result: c.out, resultHeaders: c.rh ?? {},
   };
+}
+
+/**
+ * A waited-for job's start as an entry of a shared start record: what a new leader needs to run
+ * it again (decodeRecord reads it: a record with no path and no steps yet).
+ */
+export function encodeStart(r: JobRecord, payload: Buffer): string {
+  const c: Compact = {
+    v: 2, id: r.id, p: r.pipeline, pv: r.pipelineVersion, s: String(r.state).replace('JOB_STATE_', ''), t: r.submittedAtMs, d: r.deadlineMs - r.submittedAtMs,
+    k: r.idempotencyKey || undefined, path: [], steps: [], n: r.plans, b: r.payloadBytes, fl: r.flow, du: 0, h: nonEmpty(r.headers), in: payload.toString('base64'),
+  };
+  return JSON.stringify(c);
 }

@@ -4,17 +4,19 @@
 //   SubmitJob ─ validate ─ plan (jobs/path.ts over the component manager's candidates)
 //       no healthy instance for a stage ──> UNAVAILABLE, nothing recorded
 //       every instance of a stage saturated ──> QUEUED (up to queueLimit) or RESOURCE_EXHAUSTED
-//     ─ record (group commit, fenced) ─ acknowledge ─ run:
-//       (a caller that waits for the end is acknowledged by the end itself: its job runs at once
-//        and is recorded once, when it ends, before the answer; one still running after
-//        recordAfterMs has its start recorded then, so that a new leader can resume it)
+//     ─ record its start (the starts of one event-loop turn share one etcd value, in one group
+//       commit, fenced) ─ acknowledge ─ run:
+//       (a caller that waits for the end runs at once, while its start is written: its answer,
+//        the job's end, waits for that record, never for the record of the end)
 //       route ──> StepRunner (chain: agent to agent; per-stage: one relay call per hop)
 //       a hop failed with a transport error ──> that instance is suspect; re-plan from the failed
 //         stage without it, with the stage's input; within max attempts and the deadline
 //       a hop failed with an application error (bad input) ──> FAILED, the stage named
-//     ─ record the end (group commit; the record expires after the retention) ─ answer waiters
+//     ─ answer waiters ─ record the end (it rides along with the next transaction, e.g. the next
+//       turn's starts; the record expires after the retention; the shared start record goes
+//       once every job in it has its end recorded)
 //
-// A new leader reads the records of jobs that had not ended: each one is resumed from its first
+// A new leader reads the start records of jobs without an end record: each one is resumed from its first
 // stage (steps are at-least-once; components should be idempotent) or, when its deadline has
 // passed, failed with that reason. No accepted job is silently lost.
 import * as grpc from '@grpc/grpc-js';
@@ -36,7 +38,10 @@ import type { Keys } from '../keys';
 import type { Store } from '../store';
 import { Candidate, choosePath, NoPathError, Stage } from './path';
 import type { NormalPipeline, Pipelines } from './pipelines';
-import { decodeRecord, encodeRecord, JobRecord } from './record';
+import { decodeRecord, encodeRecord, encodeStart, JobRecord } from './record';
+
+/** A shared start record stays well under etcd's request limit (1.5 MiB by default). */
+const START_BATCH_BYTES = 512 * 1024;
 
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
@@ -48,8 +53,6 @@ export interface JobOptions {
   flow: 'chain' | 'per-stage';
   queueLimit: number;
   retentionMs: number;
-  /** A waited-for job still running at this age has its start recorded (see admit). */
-  recordAfterMs: number;
   hopMs: number;
   sameHostHopMs: number;
   /** Finished jobs kept in the leader's memory for GetJob/ListJobs/WatchJob. */
@@ -68,6 +71,24 @@ interface LiveJob {
   queuedWhy?: string;
   /** The write of the record of its start, once queued (a waited-for job may never have one). */
   accepted?: Promise<void>;
+  /** The shared start record its start is in (see StartBatch), until its end record is durable. */
+  batch?: StartBatch;
+}
+
+/**
+ * The starts of the jobs admitted in one event-loop turn, written as one etcd value
+ * (jobs/started/<id>) instead of a key per job: deleted once every job in it has its end record,
+ * and written again without the ended ones when it lives long (their end records expire).
+ */
+interface StartBatch {
+  key: string;
+  /** Start entries (JSON) of its jobs whose end is not durable yet, by job id. */
+  entries: Map<string, string>;
+  bytes: number;
+  /** Entries in etcd's copy. */
+  written: number;
+  writtenAtMs: number;
+  durable: Promise<void>;
 }
 
 interface Waiter {
@@ -86,8 +107,6 @@ export class JobScheduler {
   private recent: string[] = [];
   private byKey = new Map<string, string>();
   private queue: LiveJob[] = [];
-  /** Waited-for jobs running without a record of their start (see admit). */
-  private unrecorded = new Set<LiveJob>();
   /** Bytes of results held by finished jobs in memory. */
   private resultBytes = 0;
   /** Queue places taken by submissions whose record is being written. */
@@ -112,22 +131,50 @@ export class JobScheduler {
   ) {}
 
   private activeKey(id: string): string { return `${this.keys.jobs}active/${id}`; }
+  private startedKey(batchId: string): string { return `${this.keys.jobs}started/${batchId}`; }
+  private openBatch?: StartBatch;
+  /** Shared start records with jobs whose end is not durable yet. */
+  private batches = new Set<StartBatch>();
+  private batchSeq = 0;
   private doneKey(id: string): string { return `${this.keys.jobs}done/${id}`; }
 
-  /** Takes over the jobs a previous leader accepted and did not finish. */
+  /**
+   * Takes over the jobs a previous leader accepted and did not finish: those in shared start
+   * records without an end record, and those with a start record of their own (jobs/active/,
+   * written by leaders before shared start records).
+   */
   async load(nowMs = Date.now()): Promise<void> {
-    const all = await this.store.client.getAll().prefix(`${this.keys.jobs}active/`).strings();
-    for (const v of Object.values(all)) {
-      const rec = decodeRecord(v);
+    const c = this.store.client;
+    const taken: { rec: JobRecord; batch?: StartBatch }[] = [];
+    const own = await c.getAll().prefix(`${this.keys.jobs}active/`).strings();
+    for (const v of Object.values(own)) taken.push({ rec: decodeRecord(v) });
+    const shared = await c.getAll().prefix(`${this.keys.jobs}started/`).strings();
+    for (const [key, v] of Object.entries(shared)) {
+      const raw = JSON.parse(v) as unknown[];
+      const recs = raw.map((e) => decodeRecord(e));
+      // Jobs that ended have their end record (the start record goes with the last of them,
+      // unless the leader stopped in between).
+      const ended = await Promise.all(recs.map(async (r) => (await c.get(this.doneKey(r.id)).string()) !== null));
+      const entries = new Map<string, string>();
+      recs.forEach((r, i) => { if (!ended[i]) entries.set(r.id, JSON.stringify(raw[i])); });
+      if (!entries.size) {
+        this.committer.commit([{ type: 'delete', key }], { lazy: true }).catch(() => {});
+        continue;
+      }
+      const batch: StartBatch = { key, entries, bytes: 0, written: recs.length, writtenAtMs: nowMs, durable: Promise.resolve() };
+      this.batches.add(batch);
+      for (const rec of recs.filter((r) => entries.has(r.id))) taken.push({ rec, batch });
+    }
+    for (const { rec, batch } of taken) {
       let pipeline: NormalPipeline;
       try {
         pipeline = this.pipelines.get(rec.pipeline);
       } catch {
-        const job = this.adopt(rec, undefined);
+        const job = this.adopt(rec, undefined, batch);
         void this.finish(job, 'JOB_STATE_FAILED', `pipeline ${rec.pipeline} was deleted before a new leader could resume the job`);
         continue;
       }
-      const job = this.adopt(rec, pipeline);
+      const job = this.adopt(rec, pipeline, batch);
       if (rec.deadlineMs <= nowMs) {
         void this.finish(job, 'JOB_STATE_FAILED', `its leader stopped and the deadline passed before a new leader (${this.opts.coordinatorId}) could resume it`);
         continue;
@@ -136,14 +183,15 @@ export class JobScheduler {
       // Agents re-attach to a new leader within a few seconds: wait in the queue for instances.
       this.enqueue(job, 'waiting for instances after a leader change');
     }
-    if (Object.keys(all).length) this.log.info({ jobs: Object.keys(all).length }, 'jobs of the previous leader taken over');
+    if (taken.length) this.log.info({ jobs: taken.length }, 'jobs of the previous leader taken over');
   }
 
-  private adopt(rec: JobRecord, pipeline: NormalPipeline | undefined): LiveJob {
+  private adopt(rec: JobRecord, pipeline: NormalPipeline | undefined, batch?: StartBatch): LiveJob {
     const job: LiveJob = {
       rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, routing: 'path-cost', version: 0, updatedAtMs: 0 },
       input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [], watchers: new Set(),
       accepted: Promise.resolve(), // read from its start record
+      batch,
     };
     this.jobs.set(rec.id, job);
     if (rec.idempotencyKey) this.byKey.set(rec.idempotencyKey, rec.id);
@@ -231,27 +279,23 @@ export class JobScheduler {
     this.jobs.set(id, job);
     if (key) this.byKey.set(key, id);
     this.inFlight++;
+    // Its start goes into this turn's shared start record. A waited-for job runs meanwhile (its
+    // answer, the job's end, waits for that record); any other is acknowledged once it is durable.
+    this.recordStart(job);
     if (req.wait && planned) {
-      // The answer is the job's end: that is its acknowledgement. It runs at once and is
-      // recorded once, when it ends, before the answer (one etcd write per job instead of
-      // three). Still running after recordAfterMs, its start is recorded too (recordRunning),
-      // so that a new leader resumes it. A leader that dies before either answered nothing:
-      // the caller sees its call fail and submits again (with its idempotency key).
-      if (this.opts.recordAfterMs > 0) this.unrecorded.add(job);
-      else this.recordStart(job).catch((err) => this.log.warn({ job: id, err: (err as Error).message }, 'job start not recorded; its end record is its only one'));
       const done = this.whenDone(id);
       void this.execute(job, 0, job.input, rec.headers);
       return { job: this.toProto(job), done };
     }
-    const recorded = this.recordStart(job);
     if (!planned) this.queueReserved++;
     try {
-      await recorded;
+      await job.accepted;
     } catch (err) {
       if (planned) this.components.release(planned.holding);
       this.jobs.delete(id);
       if (key) this.byKey.delete(key);
       this.inFlight--;
+      this.endedInBatch(job);
       throw err;
     } finally {
       if (!planned) this.queueReserved--;
@@ -275,23 +319,67 @@ export class JobScheduler {
     return new Promise((resolve, reject) => job.waiters.push({ resolve, reject }));
   }
 
-  /** Queues the record of a job's start (jobs/active/, and its idempotency key). */
-  private recordStart(job: LiveJob): Promise<void> {
-    const rec = job.rec;
-    // The input goes with it: a new leader runs the job again from its first stage.
-    const ops: import('../store').Op[] = [{ type: 'put', key: this.activeKey(rec.id), value: encodeRecord({ ...rec, payload: job.input.toString('base64') }) }];
-    if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id });
-    job.accepted = this.committer.commit(ops);
-    return job.accepted;
+  /**
+   * Puts a job's start (with its input: a new leader runs it again from its first stage) in this
+   * event-loop turn's shared start record: the jobs a client's batch brings in one message cost
+   * one etcd key and one transaction together, not one each. job.accepted settles with it.
+   */
+  private recordStart(job: LiveJob): void {
+    const entry = encodeStart(job.rec, job.input);
+    let b = this.openBatch;
+    if (!b || b.bytes + entry.length > START_BATCH_BYTES) {
+      let settle!: { resolve: () => void; reject: (e: unknown) => void };
+      const durable = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+      durable.catch(() => {}); // each job's finish() or admit() reads the outcome
+      const nb: StartBatch = { key: this.startedKey(`${this.idPrefix}-${(this.batchSeq++).toString(36)}`), entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable };
+      this.openBatch = b = nb;
+      this.batches.add(nb);
+      setImmediate(() => {
+        if (this.openBatch === nb) this.openBatch = undefined;
+        if (!nb.entries.size) {
+          this.batches.delete(nb);
+          settle.resolve();
+          return;
+        }
+        nb.written = nb.entries.size;
+        nb.writtenAtMs = Date.now();
+        this.committer.commit([{ type: 'put', key: nb.key, value: `[${[...nb.entries.values()].join(',')}]` }]).then(settle.resolve, (err) => {
+          // Not written: nothing to delete or write again later (its jobs answer with the error).
+          this.batches.delete(nb);
+          nb.entries.clear();
+          settle.reject(err);
+        });
+      });
+    }
+    b.entries.set(job.rec.id, entry);
+    b.bytes += entry.length;
+    job.batch = b;
+    job.accepted = b.durable;
   }
 
-  /** Records the start of waited-for jobs that have run for recordAfterMs (see admit). */
-  recordRunning(nowMs = Date.now()): void {
-    for (const job of this.unrecorded) {
-      if (nowMs - job.rec.submittedAtMs < this.opts.recordAfterMs) continue;
-      this.unrecorded.delete(job);
-      if (TERMINAL.has(job.rec.state)) continue;
-      this.recordStart(job).catch((err) => this.log.warn({ job: job.rec.id, err: (err as Error).message }, 'start of a long job not recorded; it ends unrecorded if this leader goes'));
+  /** A job's end is durable (or it was never acknowledged): its shared start record goes with the last one. */
+  private endedInBatch(job: LiveJob): void {
+    const b = job.batch;
+    if (!b) return;
+    job.batch = undefined;
+    b.entries.delete(job.rec.id);
+    if (b.entries.size || this.openBatch === b || !this.batches.has(b)) return;
+    this.batches.delete(b);
+    this.committer.commit([{ type: 'delete', key: b.key }], { lazy: true }).catch((err) => this.log.debug({ key: b.key, err: (err as Error).message }, 'shared start record not deleted; the next leader deletes it'));
+  }
+
+  /**
+   * Writes again, without their ended jobs, shared start records that have lived a while: an
+   * ended job is told apart by its end record, which expires after the retention.
+   */
+  sweepStarts(nowMs = Date.now()): void {
+    const after = Math.min(60_000, this.opts.retentionMs / 4);
+    for (const b of this.batches) {
+      if (b.written === b.entries.size || !b.writtenAtMs || nowMs - b.writtenAtMs < after) continue;
+      b.written = b.entries.size;
+      b.writtenAtMs = nowMs;
+      this.committer.commit([{ type: 'put', key: b.key, value: `[${[...b.entries.values()].join(',')}]` }], { lazy: true })
+        .catch((err) => this.log.debug({ key: b.key, err: (err as Error).message }, 'shared start record not rewritten'));
     }
   }
 
@@ -501,7 +589,6 @@ export class JobScheduler {
     job.result = result;
     rec.resultHeaders = resultHeaders ?? {};
     this.inFlight--;
-    this.unrecorded.delete(job);
     const proto = this.toProto(job);
     const stored: JobRecord = { ...rec, payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
     // A job whose start is recorded has been acknowledged: its waiters hear the end at once and
@@ -520,10 +607,11 @@ export class JobScheduler {
     try {
       const lease = await this.retentionLease();
       const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(stored), lease }];
-      if (job.accepted) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
+      if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
-      await this.committer.commit(ops);
+      await this.committer.commit(ops, { lazy: startDurable });
       answer();
+      this.endedInBatch(job);
     } catch (err) {
       if (startDurable) {
         // Not recorded (leadership lost, or etcd down): the start record stays and the next

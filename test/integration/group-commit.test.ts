@@ -51,6 +51,26 @@ describe('group commit of leader records', function () {
       expect(await client.getAll().prefix('/gc/active/').count()).to.equal(0);
       expect(await client.getAll().prefix('/gc/done/').count()).to.equal(50);
 
+      // Lazy ops wait for a transaction someone else needs, and ride along with it: a job's end
+      // record goes with the next starts instead of a transaction of its own.
+      const patient = new GroupCommitter(new Store(client, keys, l, log), 100, 1024 * 1024, 600_000); // lazy ops wait 10 min
+      const lazy = Promise.all(Array.from({ length: 10 }, (_, i) => patient.commit([{ type: 'put', key: `/gc/lazy/${i}`, value: 'end' }], { lazy: true })));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(patient.transactions, 'lazy ops alone start no transaction at once').to.equal(0);
+      await patient.commit([{ type: 'put', key: '/gc/eager', value: 'start' }]);
+      await lazy;
+      expect(patient.transactions, 'lazy ops ride with the eager one').to.equal(1);
+      expect(await client.getAll().prefix('/gc/lazy/').count()).to.equal(10);
+      // Alone, they go after a short while.
+      await gc.commit([{ type: 'put', key: '/gc/lazy-alone', value: 'x' }], { lazy: true });
+      expect(await client.get('/gc/lazy-alone').string()).to.equal('x');
+      // An eager op goes first, but never ahead of a lazy op on the same key queued before it.
+      await Promise.all([
+        gc.commit([{ type: 'put', key: '/gc/order', value: 'first' }], { lazy: true }),
+        gc.commit([{ type: 'put', key: '/gc/order', value: 'second' }]),
+      ]);
+      expect(await client.get('/gc/order').string()).to.equal('second');
+
       // Leadership gone: the batch is refused and nothing of it is written.
       await client.delete().key(token.key);
       const results = await Promise.allSettled([0, 1, 2].map((i) => gc.commit([{ type: 'put', key: `/gc/late/${i}`, value: 'x' }])));

@@ -4,6 +4,7 @@
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync, fork, ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AdminClient } from '../../common/admin-client';
@@ -87,11 +88,12 @@ describe('jobs through pipelines of registered components', function () {
   let coords: Awaited<ReturnType<Fleet['coordinator']>>[];
   const nodes = [`j${RUN}a`, `j${RUN}b`];
   let external: ChildProcess | undefined;
+  let four: ChildProcess | undefined;
 
   before(async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3', '--job-record-after-ms', '400'];
+    const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3'];
     coords = [await fleet.coordinator({ etcd: etcd.endpoints, id: 'j1', extra }), await fleet.coordinator({ etcd: etcd.endpoints, id: 'j2', extra })];
     await waitForLeader(coords.map((c) => c.address));
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
@@ -104,6 +106,7 @@ describe('jobs through pipelines of registered components', function () {
   });
   after(async () => {
     external?.kill('SIGKILL');
+    four?.kill('SIGKILL');
     admin?.close();
     await fleet?.stop();
     await etcd?.stop();
@@ -328,40 +331,48 @@ describe('jobs through pipelines of registered components', function () {
     expect((await admin.listQuotas()).quotas.map((x) => x.kind)).to.not.include('quota-kind');
   });
 
-  it('records a waited-for job once, at its end; one running past --job-record-after-ms also at its start', async () => {
-    // (--job-record-after-ms is 400 for these coordinators.)
+  it('records every start before the answer, the starts of one turn in one shared record, gone once their ends are recorded', async () => {
     const port = await freePort();
     const slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'slow-once', DELAY_MS: '1200' }, stdio: 'ignore' });
     const client = new Etcd3({ hosts: etcd.endpoints });
+    const stream = admin.jobStream();
     try {
       await admin.registerComponent({ instanceId: `once-${RUN}`, kind: 'slow-once', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
       await admin.applyPipeline({ name: 'once', stages: [{ name: 'slow', kind: 'slow-once' }] });
       await waitFor('slow-once answers', async () => (await admin.submitJob({ pipeline: 'once', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 10_000, 200);
-      await loadJobs(admin, 4, 4); // warm: the first jobs through fresh instances are slow
-      // Every write under jobs/active/ while the jobs run, seen by a watch.
-      const activeWrites: { type: string; key: string }[] = [];
-      const watcher = await client.watch().prefix('/tessera/jobs/active/').create();
-      watcher.on('put', (kv) => activeWrites.push({ type: 'put', key: kv.key.toString() }));
-      watcher.on('delete', (kv) => activeWrites.push({ type: 'delete', key: kv.key.toString() }));
-      const quick = await loadJobs(admin, 8, 4);
-      const long = await admin.submitJob({ pipeline: 'once', payload: Buffer.from('y'), wait: true, timeoutMs: 10_000 });
-      await new Promise((r) => setTimeout(r, 300));
-      await watcher.cancel();
-      expect(quick.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
-      expect(long.state, long.reason).to.equal('JOB_STATE_SUCCEEDED');
-      // A job that ended well within --job-record-after-ms has no start record (a loaded machine
-      // can stretch a few past it: those may have one, and are not what this checks).
-      const fast = quick.filter((j) => Number(j.durationMs) < 300);
-      expect(fast.length, quick.map((j) => j.durationMs).join(' ')).to.be.greaterThan(quick.length / 2);
-      for (const j of fast) {
-        expect(activeWrites.filter((w) => w.key.endsWith(`/${j.id}`)), `start of ${j.id} (${j.durationMs} ms)`).to.deep.equal([]);
-        expect(await client.get(`/tessera/jobs/done/${j.id}`).string(), j.id).to.be.a('string');
+      await stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true }); // the stream is on the leader
+      // Every write under jobs/started/ while the jobs run, seen by a watch.
+      const writes: { type: string; key: string; value: string }[] = [];
+      const watcher = await client.watch().prefix('/tessera/jobs/started/').create();
+      watcher.on('put', (kv) => writes.push({ type: 'put', key: kv.key.toString(), value: kv.value.toString() }));
+      watcher.on('delete', (kv) => writes.push({ type: 'delete', key: kv.key.toString(), value: '' }));
+      // Eight submissions in one stream message (one event-loop turn of the client) and a long job.
+      const quick = Promise.all(Array.from({ length: 8 }, (_, i) => stream.submit({ pipeline: 'words', payload: Buffer.from(`${TEXT} ${i}`), wait: true, timeoutMs: 20_000 })));
+      const long = stream.submit({ pipeline: 'once', payload: Buffer.from('a long-running job'), wait: true, timeoutMs: 10_000 });
+      const jobs = await quick;
+      expect(jobs.map((j) => j.state)).to.deep.equal(Array(8).fill('JOB_STATE_SUCCEEDED'));
+      // The long job is still running: its start is in etcd (a new leader would resume it).
+      const running = Object.values(await client.getAll().prefix('/tessera/jobs/started/').strings()).join('\n');
+      // (its id is not known until it ends: its input is)
+      expect(running).to.include(Buffer.from('a long-running job').toString('base64'));
+      const longJob = await long;
+      expect(longJob.state, longJob.reason).to.equal('JOB_STATE_SUCCEEDED');
+      // Once every end is recorded, no start record is left, and every job has its end record.
+      await waitFor('start records removed', async () => (await client.getAll().prefix('/tessera/jobs/started/').count()) === 0, 5_000, 50);
+      for (const j of [...jobs, longJob]) {
+        const done = decodeRecord((await client.get(`/tessera/jobs/done/${j.id}`).string())!);
+        expect([done.id, done.state]).to.deep.equal([j.id, 'JOB_STATE_SUCCEEDED']);
       }
-      // 1,200 ms > 400 ms: its start was recorded while it ran (a new leader would resume it), then removed.
-      expect(activeWrites.filter((w) => w.key.endsWith(`/${long.id}`)).map((w) => w.type)).to.deep.equal(['put', 'delete']);
-      const done = decodeRecord((await client.get(`/tessera/jobs/done/${long.id}`).string())!);
-      expect([done.id, done.state, done.steps.length]).to.deep.equal([long.id, 'JOB_STATE_SUCCEEDED', 1]);
+      await watcher.cancel();
+      // Each job's start was written (before its answer: the answer waits for it) ...
+      const puts = writes.filter((w) => w.type === 'put');
+      for (const j of [...jobs, longJob]) expect(puts.some((w) => w.value.includes(`"id":"${j.id}"`)), `start of ${j.id}`).to.equal(true);
+      // ... the eight of one message together, in fewer records than jobs, each record deleted once.
+      expect(puts.length, puts.map((w) => w.value.length).join(' ')).to.be.lessThan(jobs.length);
+      const deleted = writes.filter((w) => w.type === 'delete').map((w) => w.key);
+      for (const k of new Set(puts.map((w) => w.key))) expect(deleted.filter((d) => d === k), k).to.have.length(1);
     } finally {
+      stream.close();
       slow.kill('SIGKILL');
       client.close();
       await admin.deregisterComponent(`once-${RUN}`).catch(() => undefined);
@@ -412,6 +423,25 @@ describe('jobs through pipelines of registered components', function () {
     const streamClient = new AdminClient([leader.address, ...coords.filter((c) => c !== leader).map((c) => c.address)]);
     const stream = streamClient.jobStream();
     expect((await stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
+    // A quick job and a 4 s one in one stream message share a start record: at the kill the
+    // quick one has ended (the next leader must leave it be) and the slow one runs (it must resume it).
+    const fourPort = await freePort();
+    four = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(fourPort), KIND: 'slow-four', DELAY_MS: '4000' }, stdio: 'ignore' });
+    await waitFor('slow-four listening', () => new Promise<boolean>((resolve) => {
+      const sock = net.connect(fourPort, '127.0.0.1', () => { sock.destroy(); resolve(true); }).on('error', () => resolve(false));
+    }), 10_000, 100);
+    await admin.registerComponent({ instanceId: `four-${RUN}`, kind: 'slow-four', endpoint: `127.0.0.1:${fourPort}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: 'fourp', stages: [{ name: 'slow', kind: 'slow-four' }] });
+    // (no idempotency key: looking one up would admit it a turn later, in a record of its own)
+    const fourReq = { pipeline: 'fourp', payload: Buffer.from('four'), wait: true, timeoutMs: 60_000 };
+    const quickOne = stream.submit({ pipeline: 'words', payload: Buffer.from(TEXT), wait: true });
+    void stream.submit(fourReq).catch(() => undefined); // its answer is lost with the leader
+    const quickJob = await quickOne;
+    expect(quickJob.state).to.equal('JOB_STATE_SUCCEEDED');
+    // Jobs that ended a while before the kill have their end recorded: the next leader leaves them be.
+    const early = accepted.slice(0, 5);
+    await waitFor('the first jobs ended', async () => (await Promise.all(early.map((id) => admin.getJob(id)))).every((j) => j.state === 'JOB_STATE_SUCCEEDED'), 20_000, 100);
+    await new Promise((r) => setTimeout(r, 500));
     await leader.kill('SIGKILL');
     const other = coords.find((c) => c !== leader)!;
     await waitForLeader([other.address], 20_000);
@@ -420,6 +450,14 @@ describe('jobs through pipelines of registered components', function () {
       return j?.state === 'JOB_STATE_SUCCEEDED' ? j : undefined;
     }, 30_000, 300);
     expect((await admin.getJob(viaStream.id)).state).to.equal('JOB_STATE_SUCCEEDED');
+    const fourJob = await waitFor('the slow job, resumed by the new leader', async () => {
+      const [j] = (await admin.listJobs({ pipeline: 'fourp' }).catch(() => undefined))?.jobs ?? [];
+      return j && (j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED') ? j : undefined;
+    }, 60_000, 500);
+    expect(fourJob.reason).to.match(/resumed from its first stage/);
+    expect(fourJob.state).to.equal('JOB_STATE_SUCCEEDED');
+    const quickAfter = await admin.getJob(quickJob.id);
+    expect([quickAfter.state, quickAfter.reason], 'the quick job of the same start record').to.deep.equal(['JOB_STATE_SUCCEEDED', '']);
     stream.close();
     streamClient.close();
     await waitFor('jobs accepted by the new leader', () => accepted.length >= 30, 30_000, 100);
@@ -435,5 +473,6 @@ describe('jobs through pipelines of registered components', function () {
     const resumed = final.filter((j) => /resumed from its first stage/.test(j.reason));
     expect(resumed.length, 'jobs resumed by the next leader').to.be.greaterThan(0);
     expect(resumed.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+    for (const id of early) expect(final.find((j) => j.id === id)!.reason, `${id} ended before the kill`).to.equal('');
   });
 });
