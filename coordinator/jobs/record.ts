@@ -65,7 +65,8 @@ interface Compact {
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 const nonEmpty = (o: Record<string, string> | undefined) => (o && Object.keys(o).length ? o : undefined);
 
-export function encodeRecord(r: JobRecord): string {
+/** `over` replaces the record's payload and result (the end record: no input, the result if kept). */
+export function encodeRecord(r: JobRecord, over?: { payload: string | undefined; result: string | undefined }): string {
   const t = r.submittedAtMs;
   const c: Compact = {
     v: 2, id: r.id, p: r.pipeline, pv: r.pipelineVersion, s: String(r.state).replace('JOB_STATE_', ''),
@@ -79,7 +80,7 @@ export function encodeRecord(r: JobRecord): string {
       return s.ok ? ref : [...ref, s.error ?? ''] as StepRef;
     }),
     n: r.plans, b: r.payloadBytes, fl: r.flow, du: r.durationMs,
-    h: nonEmpty(r.headers), in: r.payload, out: r.result, rh: nonEmpty(r.resultHeaders),
+    h: nonEmpty(r.headers), in: over ? over.payload : r.payload, out: over ? over.result : r.result, rh: nonEmpty(r.resultHeaders),
   };
   return JSON.stringify(c);
 }

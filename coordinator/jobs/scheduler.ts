@@ -32,7 +32,7 @@ import type { PathHop } from '../../common/generated/tessera/v1/PathHop';
 import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
 import type { SubmitJobRequest__Output } from '../../common/generated/tessera/v1/SubmitJobRequest';
 import type { ListJobsRequest__Output } from '../../common/generated/tessera/v1/ListJobsRequest';
-import { ComponentManager, TRANSPORT_CODES, versionMatches } from '../components';
+import { ComponentManager, Routable, TRANSPORT_CODES, versionMatches } from '../components';
 import type { GroupCommitter } from '../group-commit';
 import type { Keys } from '../keys';
 import type { Store } from '../store';
@@ -104,7 +104,9 @@ interface Planned {
 
 export class JobScheduler {
   private jobs = new Map<string, LiveJob>();
+  /** Ids of finished jobs still in memory, oldest first from recentHead (a queue without shift()). */
   private recent: string[] = [];
+  private recentHead = 0;
   private byKey = new Map<string, string>();
   private queue: LiveJob[] = [];
   /** Bytes of results held by finished jobs in memory. */
@@ -394,18 +396,7 @@ export class JobScheduler {
     const cands = this.components.candidates();
     const byId = new Map(cands.map((c) => [c.instanceId, c]));
     const usable: Candidate[] = allowSaturated ? cands.map((c) => ({ ...c, saturated: false })) : cands;
-    const stages: Stage[] = p.stages.slice(from).map((s) => {
-      const byKind = new Map(s.options.map((o) => [o.kind, o]));
-      return {
-        name: s.name,
-        alternatives: s.options.map((o) => ({ kind: o.kind, costHint: o.costHint })),
-        accept: (c) => {
-          const o = byKind.get(c.kind);
-          const r = byId.get(c.instanceId)!.r;
-          return !!o && versionMatches(r.version, o.version) && (!o.operation || !r.operations.length || r.operations.includes(o.operation));
-        },
-      };
-    });
+    const stages = this.stagesOf(p, from);
     const choice = (p.routing ?? 'path-cost') === 'path-cost'
       ? choosePath(stages, usable, { hopMs: this.opts.hopMs, sameHostHopMs: this.opts.sameHostHopMs, originNodeId, exclude, topK: 8 })
       : this.perStageChoice(p, from, stages, usable, exclude);
@@ -435,6 +426,30 @@ export class JobScheduler {
     };
   }
 
+  /** The path search's view of a pipeline's stages from one index on (built once per pipeline version). */
+  private stagesOf(p: NormalPipeline, from: number): Stage[] {
+    let byFrom = this.stageCache.get(p);
+    if (!byFrom) this.stageCache.set(p, (byFrom = new Map()));
+    let stages = byFrom.get(from);
+    if (!stages) {
+      stages = p.stages.slice(from).map((s) => {
+        const byKind = new Map(s.options.map((o) => [o.kind, o]));
+        return {
+          name: s.name,
+          alternatives: s.options.map((o) => ({ kind: o.kind, costHint: o.costHint })),
+          accept: (c: Candidate) => {
+            const o = byKind.get(c.kind);
+            const r = (c as Candidate & { r: Routable }).r;
+            return !!o && versionMatches(r.version, o.version) && (!o.operation || !r.operations.length || r.operations.includes(o.operation));
+          },
+        };
+      });
+      byFrom.set(from, stages);
+    }
+    return stages;
+  }
+
+  private stageCache = new WeakMap<NormalPipeline, Map<number, Stage[]>>();
   private rr = new Map<string, number>();
 
   /** round-robin and least-loaded: each stage on its own, blind to latency and locality. */
@@ -590,7 +605,8 @@ export class JobScheduler {
     rec.resultHeaders = resultHeaders ?? {};
     this.inFlight--;
     const proto = this.toProto(job);
-    const stored: JobRecord = { ...rec, payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
+    // Stored with the result (if within the pipeline's payload limit), without the input.
+    const stored = { payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
     // A job whose start is recorded has been acknowledged: its waiters hear the end at once and
     // the end record follows (until it is durable the start record stands, and a new leader
     // would run the job again). A job without one is acknowledged by its end record: waiters
@@ -606,7 +622,7 @@ export class JobScheduler {
     if (startDurable) answer();
     try {
       const lease = await this.retentionLease();
-      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(stored), lease }];
+      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(rec, stored), lease }];
       if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
       await this.committer.commit(ops, { lazy: startDurable });
@@ -632,13 +648,17 @@ export class JobScheduler {
     this.resultBytes += result?.length ?? 0;
     // Finished jobs stay in memory up to a count and a size (results can be large); older ones
     // are read back from etcd by GetJob.
-    while (this.recent.length > this.opts.recentLimit || (this.resultBytes > RESULT_MEMORY && this.recent.length > 1)) {
-      const old = this.jobs.get(this.recent.shift()!);
+    while (this.recent.length - this.recentHead > this.opts.recentLimit || (this.resultBytes > RESULT_MEMORY && this.recent.length - this.recentHead > 1)) {
+      const old = this.jobs.get(this.recent[this.recentHead++]);
       if (old && TERMINAL.has(old.rec.state)) {
         this.resultBytes -= old.result?.length ?? 0;
         this.jobs.delete(old.rec.id);
         if (old.rec.idempotencyKey) this.byKey.delete(old.rec.idempotencyKey);
       }
+    }
+    if (this.recentHead > 4096 && this.recentHead * 2 > this.recent.length) {
+      this.recent = this.recent.slice(this.recentHead);
+      this.recentHead = 0;
     }
     if (this.queue.length) this.pump();
   }
