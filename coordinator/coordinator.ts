@@ -28,6 +28,7 @@ import { Authorizer, loadTokens } from './auth';
 import { loadTls, TlsMaterial } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
 import { ComponentManager } from './components';
+import { Compactor } from './compactor';
 import { GroupCommitter } from './group-commit';
 import { Pipelines } from './jobs/pipelines';
 import { JobScheduler } from './jobs/scheduler';
@@ -93,6 +94,10 @@ export class LeaderWork {
     });
     this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
     this.every(30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
+    if (this.c.config.etcdCompactionIntervalMs > 0) {
+      const compactor = new Compactor(this.c.etcd, this.c.keys.prefix, this.c.config.etcdCompactionIntervalMs, this.c.log.child({ part: 'compactor' }));
+      this.every(this.c.config.etcdCompactionIntervalMs, () => compactor.tick());
+    }
   }
 
   private every(ms: number, fn: () => Promise<unknown>): void {

@@ -1,0 +1,48 @@
+// The leader compacts etcd's history (kube-apiserver's way): without it etcd's database grows
+// with every status write and job record until its quota turns the cluster read-only.
+import { expect } from 'chai';
+import { createEtcdClient } from '../../common/etcd';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+
+describe('etcd history compaction by the leader', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+  });
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  it('compacts to the revision it noted an interval earlier, keeping at least one interval of history', async () => {
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'k1', extra: ['--etcd-compaction-interval-ms', '1000'] });
+    await waitForLeader([c.address]);
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      await client.put('/probe').value('old');
+      const old = Number((await client.get('/probe').exec()).header.revision);
+      await client.put('/probe').value('new');
+      // The old revision reads until the leader compacts past it (noted at one tick, compacted at the next).
+      expect(await client.get('/probe').revision(String(old)).string()).to.equal('old');
+      await waitFor('the old revision compacted', async () => {
+        try {
+          await client.get('/probe').revision(String(old)).string();
+          return false;
+        } catch (err) {
+          return /compacted/.test((err as Error).message);
+        }
+      }, 20_000, 200);
+      expect(await client.get('/probe').string()).to.equal('new');
+      expect(fleet.dump()).to.match(/etcd history compacted/);
+    } finally {
+      client.close();
+    }
+  });
+});
