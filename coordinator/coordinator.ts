@@ -47,6 +47,8 @@ export class LeaderWork {
   readonly components: ComponentManager;
   readonly pipelines: Pipelines;
   readonly jobs: JobScheduler;
+  /** The job records' group commit (its lazy end records are written before a graceful step-down). */
+  readonly records: GroupCommitter;
   private timers: NodeJS.Timeout[] = [];
   ready = false;
   stopped = false;
@@ -63,7 +65,8 @@ export class LeaderWork {
       maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,
     }, c.log.child({ part: 'components' }));
     this.pipelines = new Pipelines(c.store, c.keys);
-    this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, new GroupCommitter(c.store), c.runner, {
+    this.records = new GroupCommitter(c.store);
+    this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, this.records, c.runner, {
       flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, hopMs: c.config.jobHopUs / 1000,
       sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: 10_000, coordinatorId: c.config.id,
     }, c.log.child({ part: 'jobs' }), c.metrics);
@@ -292,8 +295,12 @@ export class Coordinator {
     this.stopping = true;
     clearInterval(this.healthTimer);
     this.setHealth('NOT_SERVING');
-    this.work?.stop();
+    const work = this.work;
+    work?.stop();
     this.work = undefined;
+    // Job ends answered but not yet recorded go out before the lease does (else the next leader
+    // would run those jobs again).
+    await work?.records.drain(2_000);
     if (this.leadership) {
       // Resign first (the lease is revoked, so a successor is elected in milliseconds), wait
       // briefly to learn who it is, and send every agent straight there.

@@ -53,6 +53,18 @@ export class GroupCommitter {
     });
   }
 
+  /** Sends everything queued now, lazy ops too, and waits (up to timeoutMs) until it is written. */
+  async drain(timeoutMs = 2_000): Promise<void> {
+    for (const p of this.queue) p.lazy = false;
+    if (this.lazyTimer) {
+      clearTimeout(this.lazyTimer);
+      this.lazyTimer = undefined;
+    }
+    this.kick();
+    const until = Date.now() + timeoutMs;
+    while ((this.queue.length || this.inFlight || this.scheduled) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+  }
+
   private kick(): void {
     if (this.inFlight || this.scheduled) return;
     // Wait out this event-loop turn first: the jobs that end together (a relay batch's

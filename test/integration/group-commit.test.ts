@@ -61,6 +61,10 @@ describe('group commit of leader records', function () {
       await lazy;
       expect(patient.transactions, 'lazy ops ride with the eager one').to.equal(1);
       expect(await client.getAll().prefix('/gc/lazy/').count()).to.equal(10);
+      // A graceful step-down drains them: written at once, not after their wait.
+      void patient.commit([{ type: 'put', key: '/gc/drained', value: 'end' }], { lazy: true });
+      await patient.drain();
+      expect(await client.get('/gc/drained').string()).to.equal('end');
       // Alone, they go after a short while.
       await gc.commit([{ type: 'put', key: '/gc/lazy-alone', value: 'x' }], { lazy: true });
       expect(await client.get('/gc/lazy-alone').string()).to.equal('x');
