@@ -619,7 +619,21 @@ export class JobScheduler {
       }
       job.waiters = [];
     };
-    if (startDurable) answer();
+    // Metrics, the log and watchers learn the end with the waiters.
+    let told = false;
+    const tell = () => {
+      if (told) return;
+      told = true;
+      this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
+      this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
+      if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
+      this.changed(job);
+      job.watchers.clear();
+    };
+    if (startDurable) {
+      answer();
+      tell();
+    }
     try {
       const lease = await this.retentionLease();
       const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(rec, stored), lease }];
@@ -627,6 +641,7 @@ export class JobScheduler {
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
       await this.committer.commit(ops, { lazy: startDurable });
       answer();
+      tell();
       this.endedInBatch(job);
     } catch (err) {
       if (startDurable) {
@@ -637,12 +652,8 @@ export class JobScheduler {
         this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; its caller is told so and nothing was acknowledged');
         answer(err as Error);
       }
+      tell();
     }
-    this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
-    this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
-    if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
-    this.changed(job);
-    job.watchers.clear();
     job.input = Buffer.alloc(0);
     this.recent.push(rec.id);
     this.resultBytes += result?.length ?? 0;
