@@ -76,6 +76,8 @@ export class ComponentManager {
   private figures = new Map<string, Figures>();
   private routable: Routable[] = [];
   private registered = new Map<string, Routable>();
+  /** Deployed instances that ran when this leader took over, not yet routable under it (see rebuild). */
+  private inherited = new Set<string>();
   private rebuiltAtMs = 0;
   /** Queue depth each deployed instance last reported, taken at the rebuild (not per job). */
   private queueDepths = new Map<string, number>();
@@ -91,6 +93,7 @@ export class ComponentManager {
   ) {}
 
   async load(nowMs = Date.now()): Promise<void> {
+    this.inherited = new Set(this.deployments.runningRecords().map((r) => r.id));
     const all = await this.store.client.getAll().prefix(this.keys.externals).strings();
     for (const v of Object.values(all)) {
       const r = JSON.parse(v) as ExternalRecord;
@@ -148,8 +151,16 @@ export class ComponentManager {
     // Registration events for deployed instances (externals have theirs at register/expire).
     const now = new Map(out.map((r) => [r.instanceId, r]));
     const events: EventDraft[] = [];
+    // Instances that ran before this leader took over were registered and announced by the one
+    // before it (or were about to be): they come back into routing as agents re-attach, without
+    // an event each (a failover used to repeat every registration in the event log).
+    let inherited = 0;
     for (const [id, r] of now) {
       if (!this.registered.has(id) && r.source === 'deployed') {
+        if (this.inherited.delete(id)) {
+          inherited++;
+          continue;
+        }
         events.push({ kind: 'component.registered', subject: id, message: `${r.kind} ${r.version} instance ${id} on ${r.nodeId} registered (${r.operations.join(', ')})`, fields: { kind: r.kind, version: r.version, node: r.nodeId } });
       }
     }
@@ -160,6 +171,7 @@ export class ComponentManager {
       }
     }
     this.registered = now;
+    if (inherited) this.log.info({ instances: inherited }, 'instances running before this leader took over are routable again');
     if (events.length) this.store.commit([], events).catch((err) => this.log.debug({ err: (err as Error).message }, 'registration events not recorded'));
   }
 

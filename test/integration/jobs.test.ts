@@ -456,6 +456,17 @@ describe('jobs through pipelines of registered components', function () {
     }, 60_000, 500);
     expect(fourJob.reason).to.match(/resumed from its first stage/);
     expect(fourJob.state).to.equal('JOB_STATE_SUCCEEDED');
+    // The words instances ran before the kill: the new leader routes to them again without
+    // announcing each as newly registered.
+    const evs = await new Promise<{ kind: string; subject: string; leaderTerm: number }[]>((resolve) => {
+      const out: { kind: string; subject: string; leaderTerm: number }[] = [];
+      const s = admin.watchEvents({ history: 1000, kinds: ['component.registered', 'leader.elected'] });
+      s.on('data', (e) => out.push({ kind: e.kind, subject: e.subject, leaderTerm: Number(e.leaderTerm) }));
+      s.on('end', () => resolve(out));
+      s.on('error', () => resolve(out));
+    });
+    const term = Math.max(...evs.filter((e) => e.kind === 'leader.elected').map((e) => e.leaderTerm));
+    expect(evs.filter((e) => e.kind === 'component.registered' && e.leaderTerm >= term && e.subject.startsWith('words-')).map((e) => e.subject)).to.deep.equal([]);
     const quickAfter = await admin.getJob(quickJob.id);
     expect([quickAfter.state, quickAfter.reason], 'the quick job of the same start record').to.deep.equal(['JOB_STATE_SUCCEEDED', '']);
     stream.close();
