@@ -21,8 +21,12 @@ export class Keys {
   /** External component instances (registered through Admin, with an expiring lease). */
   get externals(): string { return `${this.prefix}components/`; }
   external(id: string): string { return `${this.externals}${id}`; }
+  /**
+   * Jobs: started/<batch> (the starts of one event-loop turn's jobs, until each has its end),
+   * done/<id> (a finished job, under a retention lease), active/<id> (a job's own start record,
+   * written by versions before shared start records; still read by a new leader).
+   */
   get jobs(): string { return `${this.prefix}jobs/`; }
-  job(id: string): string { return `${this.jobs}${id}`; }
   jobKey(key: string): string { return `${this.prefix}jobkeys/${key}`; }
   get events(): string { return `${this.prefix}events/`; }
   event(id: string): string { return `${this.events}${id}`; }
