@@ -69,7 +69,7 @@ interface LiveJob {
   watchers: Set<(j: Job) => void>;
   route?: { hops: RouteHop[]; holding: string[] };
   queuedWhy?: string;
-  /** The write of the record of its start, once queued (a waited-for job may never have one). */
+  /** The write of the record of its start (settles with its shared start record, see recordStart). */
   accepted?: Promise<void>;
   /** The shared start record its start is in (see StartBatch), until its end record is durable. */
   batch?: StartBatch;
@@ -629,6 +629,8 @@ export class JobScheduler {
       if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
       this.changed(job);
       job.watchers.clear();
+      // Its instances are free: a queued job may start now, not when the end record is written.
+      if (this.queue.length) this.pump();
     };
     if (startDurable) {
       answer();
@@ -671,7 +673,6 @@ export class JobScheduler {
       this.recent = this.recent.slice(this.recentHead);
       this.recentHead = 0;
     }
-    if (this.queue.length) this.pump();
   }
 
   /**
