@@ -35,6 +35,7 @@ export const COORDINATOR_SCHEMA = {
   jobRetentionMs: { type: 'int', doc: 'how long records of finished jobs are kept in etcd', env: 'TESSERA_JOB_RETENTION_MS', default: 3_600_000, min: 10_000 },
   jobHopUs: { type: 'int', doc: 'path cost of a hop between hosts, in microseconds', env: 'TESSERA_JOB_HOP_US', default: 1_000, min: 0 },
   jobSameHostHopUs: { type: 'int', doc: 'path cost of a hop that stays on one host, in microseconds', env: 'TESSERA_JOB_SAME_HOST_HOP_US', default: 100, min: 0 },
+  jobRecordBudgetMb: { type: 'int', doc: 'the most megabytes of finished-job records the leader keeps in etcd: beyond it the oldest are deleted before their retention (etcd\'s default quota is 2 GiB)', env: 'TESSERA_JOB_RECORD_BUDGET_MB', default: 512, min: 1 },
   etcdCompactionIntervalMs: { type: 'int', doc: 'how often the leader compacts etcd\'s history, keeping at least this long of it (0: never, when etcd compacts itself with --auto-compaction-retention)', env: 'TESSERA_ETCD_COMPACTION_INTERVAL_MS', default: 300_000, min: 0 },
   etcdBinary: { type: 'string', doc: 'etcd binary for the embedded default', env: 'TESSERA_ETCD_BINARY', default: 'etcd' },
   embeddedEtcdClientPort: { type: 'int', doc: 'client port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PORT', default: 2379, min: 1, max: 65535 },
@@ -72,6 +73,7 @@ export interface CoordinatorConfig {
   jobMaxInFlightPerInstance: number;
   jobRetentionMs: number;
   etcdCompactionIntervalMs: number;
+  jobRecordBudgetMb: number;
   jobHopUs: number;
   jobSameHostHopUs: number;
   etcdBinary: string;

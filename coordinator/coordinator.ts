@@ -67,7 +67,7 @@ export class LeaderWork {
     this.pipelines = new Pipelines(c.store, c.keys);
     this.records = new GroupCommitter(c.store);
     this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, this.records, c.runner, {
-      flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, hopMs: c.config.jobHopUs / 1000,
+      flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, recordBudgetBytes: c.config.jobRecordBudgetMb * 1024 * 1024, hopMs: c.config.jobHopUs / 1000,
       sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: 10_000, coordinatorId: c.config.id,
     }, c.log.child({ part: 'jobs' }), c.metrics);
   }

@@ -53,6 +53,8 @@ export interface JobOptions {
   flow: 'chain' | 'per-stage';
   queueLimit: number;
   retentionMs: number;
+  /** Finished-job records this leader keeps in etcd at most (bytes); the oldest window goes first. */
+  recordBudgetBytes: number;
   hopMs: number;
   sameHostHopMs: number;
   /** Finished jobs kept in the leader's memory for GetJob/ListJobs/WatchJob. */
@@ -115,6 +117,10 @@ export class JobScheduler {
   private queueReserved = 0;
   private inFlight = 0;
   private lease?: { id: string; grantedAtMs: number };
+  /** The retention leases this leader granted, oldest first, with the bytes of records under each. */
+  private windows: { id: string; grantedAtMs: number; bytes: number }[] = [];
+  private recordBytes = 0;
+  private budgetWarnedAtMs = 0;
   private leasePending?: Promise<string>;
   private stopped = false;
   private readonly idPrefix = randomBytes(3).toString('hex');
@@ -641,6 +647,7 @@ export class JobScheduler {
       const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(rec, stored), lease }];
       if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
       if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
+      this.account(lease, ops);
       await this.committer.commit(ops, { lazy: startDurable });
       answer();
       tell();
@@ -686,10 +693,39 @@ export class JobScheduler {
       const ttl = Math.ceil((this.opts.retentionMs * 1.1) / 1000);
       this.leasePending = this.store.client.lease(ttl, { autoKeepAlive: false }).grant().then((id) => {
         this.lease = { id, grantedAtMs: Date.now() };
+        this.windows.push({ id, grantedAtMs: this.lease.grantedAtMs, bytes: 0 });
         return id;
       }).finally(() => (this.leasePending = undefined));
     }
     return this.leasePending;
+  }
+
+  /**
+   * Counts a finished job's record against the budget. Over it, the oldest window's lease is
+   * revoked: etcd deletes its records at once, before their retention (at thousands of jobs a
+   * second an hour of records would outgrow etcd's 2 GiB quota, and a full etcd is read-only).
+   */
+  private account(lease: string, ops: import('../store').Op[], nowMs = Date.now()): void {
+    let n = 0;
+    for (const op of ops) if (op.type === 'put') n += op.key.length + op.value.length;
+    const w = this.windows[this.windows.length - 1]?.id === lease ? this.windows[this.windows.length - 1] : this.windows.find((x) => x.id === lease);
+    if (w) w.bytes += n;
+    this.recordBytes += n;
+    // Windows past their lease's ttl are gone already.
+    const ttlMs = this.opts.retentionMs * 1.1 + 1_000;
+    while (this.windows.length && nowMs - this.windows[0].grantedAtMs > ttlMs) this.recordBytes -= this.windows.shift()!.bytes;
+    while (this.recordBytes > this.opts.recordBudgetBytes && this.windows.length > 1) {
+      const old = this.windows.shift()!;
+      this.recordBytes -= old.bytes;
+      this.metrics?.inc('tessera_job_records_expired_early_total');
+      this.store.client.leaseClient.leaseRevoke({ ID: old.id }).catch((err) => this.log.warn({ err: (err as Error).message }, 'job records over the budget not deleted'));
+      if (nowMs - this.budgetWarnedAtMs > 60_000) {
+        this.budgetWarnedAtMs = nowMs;
+        this.log.warn({ budgetMb: Math.round(this.opts.recordBudgetBytes / 1048576), windowAgeS: Math.round((nowMs - old.grantedAtMs) / 1000) },
+          'finished-job records over --job-record-budget-mb: the oldest are deleted before their retention (raise the budget and etcd\'s quota, or shorten --job-retention-ms)');
+      }
+    }
+    this.metrics?.set('tessera_job_records_bytes', {}, this.recordBytes);
   }
 
   private changed(job: LiveJob): void {

@@ -1,0 +1,69 @@
+// Finished-job records are bounded in bytes (--job-record-budget-mb), not only in time: at high
+// rates an hour of records would outgrow etcd's quota, and a full etcd turns the cluster read-only.
+// Over the budget the leader revokes the oldest window's lease and etcd deletes those records.
+import { expect } from 'chai';
+import { fork, ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { AdminClient } from '../../common/admin-client';
+import { createEtcdClient } from '../../common/etcd';
+import { repoRoot } from '../../common/version';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+
+describe('finished-job records within a byte budget', function () {
+  this.timeout(90_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let echo: ChildProcess | undefined;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+  });
+  after(async () => {
+    echo?.kill('SIGKILL');
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  it('deletes the oldest window of records before its retention once the records exceed the budget', async () => {
+    // 1 MiB of records at most; a retention of 20 s makes a window (one lease) 2 s.
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'b1', extra: ['--job-record-budget-mb', '1', '--job-retention-ms', '20000'] });
+    await waitForLeader([c.address]);
+    const port = await freePort();
+    echo = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'big-echo' }, stdio: 'ignore' });
+    await waitFor('echo listening', () => new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); }).on('error', () => resolve(false));
+    }), 10_000, 100);
+    const admin = new AdminClient([c.address], { timeoutMs: 20_000 });
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      await admin.registerComponent({ instanceId: 'big-echo-1', kind: 'big-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
+      await admin.applyPipeline({ name: 'big', stages: [{ name: 'echo', kind: 'big-echo' }] });
+      // Each record keeps its 200 KB result (base64: ~270 KB).
+      const run = async (n: number) => {
+        const ids: string[] = [];
+        for (let i = 0; i < n; i++) {
+          const j = await admin.submitJob({ pipeline: 'big', payload: Buffer.alloc(200_000, 65 + i), wait: true });
+          expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
+          ids.push(j.id);
+        }
+        return ids;
+      };
+      const has = async (id: string) => (await client.get(`/tessera/jobs/done/${id}`).string()) !== null;
+      const first = await run(3); // ~0.8 MB: within the budget
+      await waitFor('first records written', async () => (await Promise.all(first.map(has))).every(Boolean), 5_000, 100);
+      await new Promise((r) => setTimeout(r, 2_500)); // the next records go under a new lease
+      const second = await run(2); // ~1.35 MB in all: over it
+      await waitFor('the oldest window deleted', async () => (await Promise.all(first.map(has))).every((x) => !x), 10_000, 200);
+      expect(await Promise.all(second.map(has))).to.deep.equal([true, true]);
+      expect(fleet.dump()).to.match(/over --job-record-budget-mb/);
+    } finally {
+      client.close();
+      admin.close();
+    }
+  });
+});
