@@ -150,7 +150,7 @@ export class AdminClient {
     const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
       open as never,
       { req: 'submissions', res: 'outcomes' },
-      (r) => (r.errorCode ? statusError(r.errorCode, r.error) : undefined),
+      (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '' }) : undefined),
     );
     const submit = async (request: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number, tries = 4): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
       const before = redirects;
@@ -158,18 +158,19 @@ export class AdminClient {
       try {
         return (await mux.call({ request }, deadlineMs)).job!;
       } catch (err) {
-        const e = err as grpc.ServiceError;
+        const e = err as grpc.ServiceError & { notLeader?: boolean; leaderAddress?: string };
         if (tries <= 1 || e.code !== grpc.status.UNAVAILABLE) throw err;
         // Refused at the stream's start by a follower that named the leader: moved there.
         if (redirects !== before) return submit(request, deadlineMs, tries - 1);
         // Refused on its own by a coordinator that stopped leading (the stream stays open to it):
-        // nothing was accepted; leave it and try the next address.
-        if (e.details?.includes(NOT_LEADER_TEXT) || e.details?.includes(NO_LEADER_TEXT)) {
+        // nothing was accepted; leave it for the leader it names, or the next address. (Text
+        // match: coordinators from before JobOutcome.not_leader.)
+        if (e.notLeader || e.details?.includes(NOT_LEADER_TEXT) || e.details?.includes(NO_LEADER_TEXT)) {
           if (target === stale) {
-            target = this.addresses[(this.addresses.indexOf(stale) + 1) % this.addresses.length] ?? stale;
+            target = e.leaderAddress && e.leaderAddress !== stale ? e.leaderAddress : this.addresses[(this.addresses.indexOf(stale) + 1) % this.addresses.length] ?? stale;
             mux.reset(`${stale} no longer leads`);
           }
-          if (e.details.includes(NO_LEADER_TEXT)) await new Promise((r) => setTimeout(r, 200));
+          if (!e.leaderAddress) await new Promise((r) => setTimeout(r, 200));
           return submit(request, deadlineMs, tries - 1);
         }
         throw err;

@@ -148,7 +148,7 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
   call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>,
   fields: BatchFields,
   handler: (req: Req) => Promise<Res>,
-  errorReply: (code: number, message: string) => Res,
+  errorReply: (code: number, message: string, err: Error) => Res,
 ): void {
   let outbox: unknown[] = [];
   let flushing = false;
@@ -179,7 +179,7 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
         },
         (err: Error & { code?: number; details?: string }) => {
           const code = typeof err.code === 'number' ? err.code : grpc.status.UNKNOWN;
-          reply({ ...errorReply(code, err.details ?? err.message), callId });
+          reply({ ...errorReply(code, err.details ?? err.message, err), callId });
         },
       );
     }

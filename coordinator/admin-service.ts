@@ -3,7 +3,7 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { InvalidArgumentError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { FencedError, InvalidArgumentError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
@@ -184,7 +184,12 @@ export class AdminService {
           if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
           const { job, done } = await w.jobs.submit(sub.request);
           return { job: inView(done ? await done : job, sub.request.view) };
-        }, (code, error) => ({ errorCode: code, error }));
+        }, (code, error, err) => {
+          // A refusal because this coordinator does not lead (or its write was fenced: it just
+          // lost the lead) accepted nothing: the client may send it to the leader.
+          const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
+          return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
+        });
       },
     };
   }

@@ -125,6 +125,17 @@ describe('leadership fencing against a real etcd', function () {
     const check = (service: string) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
     expect(await check('')).to.equal('SERVING');
     expect(await check('tessera.v1.Leader')).to.equal('SERVING');
+    // A SubmitJobs stream open on it: each submission is answered on its own.
+    const jobs = new (tesseraProto().Admin)(cut.address, grpc.credentials.createInsecure());
+    cleanup.push(() => jobs.close());
+    const stream = jobs.submitJobs();
+    cleanup.push(() => stream.cancel());
+    const outcomes: Record<string, unknown>[] = [];
+    stream.on('data', (b: { outcomes: Record<string, unknown>[] }) => outcomes.push(...b.outcomes));
+    stream.on('error', () => {});
+    stream.write({ submissions: [{ callId: 1, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    await waitFor('the first outcome', () => outcomes.length === 1, 5_000, 50);
+    expect([outcomes[0].errorCode, outcomes[0].notLeader]).to.deep.equal([grpc.status.NOT_FOUND, false]); // refused on its merits
 
     proxy.cutLink();
     await waitFor('other to lead', async () => (await statusOf(other.address))?.leader?.id === 'other', 10_000);
@@ -136,6 +147,11 @@ describe('leadership fencing against a real etcd', function () {
     const err = await new Promise<grpc.ServiceError | null>((resolve) => admin.drainNode({ nodeId: 'n1' }, { deadline: Date.now() + 8_000 }, (e) => resolve(e)));
     expect(err?.code).to.equal(grpc.status.UNAVAILABLE);
     expect(err?.details).to.match(/no leader/);
+    // A submission on the stream opened while it led is refused as not led here, machine-readably:
+    // nothing was accepted, so a client sends it to the leader.
+    stream.write({ submissions: [{ callId: 2, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    await waitFor('the second outcome', () => outcomes.length === 2, 5_000, 50);
+    expect([outcomes[1].errorCode, outcomes[1].notLeader]).to.deep.equal([grpc.status.UNAVAILABLE, true]);
     // Once etcd has been silent for a TTL, it no longer claims to know who leads.
     await waitFor('cut to say no leader is known', async () => (await statusOf(cut.address))?.leader?.id === '', 10_000);
 
