@@ -10,27 +10,28 @@ import type { Etcd3 } from 'etcd3';
 import type { Logger } from '../common/logger';
 
 export class Compactor {
-  private noted?: { revision: number; atMs: number };
+  /** etcd's revision at the previous tick: the next tick compacts to it. */
+  private noted?: number;
   /** The last revision compacted to (for tests and logs). */
   compactedTo = 0;
 
-  constructor(private readonly client: Etcd3, private readonly key: string, private readonly intervalMs: number, private readonly log: Logger) {}
+  constructor(private readonly client: Etcd3, private readonly key: string, private readonly log: Logger) {}
 
-  /** Called by the leader's loop every intervalMs. */
-  async tick(nowMs = Date.now()): Promise<void> {
+  /** Called by the leader's loop every interval. */
+  async tick(): Promise<void> {
     const res = await this.client.get(this.key).exec();
     const current = Number(res.header.revision);
     const prev = this.noted;
-    this.noted = { revision: current, atMs: nowMs };
-    if (!prev || prev.revision <= this.compactedTo) return;
+    this.noted = current;
+    if (!prev || prev <= this.compactedTo) return;
     try {
-      await this.client.kv.compact({ revision: String(prev.revision), physical: false });
-      this.compactedTo = prev.revision;
-      this.log.info({ revision: prev.revision, current }, 'etcd history compacted');
+      await this.client.kv.compact({ revision: String(prev), physical: false });
+      this.compactedTo = prev;
+      this.log.info({ revision: prev, current }, 'etcd history compacted');
     } catch (err) {
       // Compacted further already (etcd's own --auto-compaction, or an operator): nothing to do.
       if (/compacted/.test((err as Error).message)) {
-        this.compactedTo = prev.revision;
+        this.compactedTo = prev;
         return;
       }
       throw err;

@@ -98,7 +98,7 @@ export class LeaderWork {
     this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
     this.every(30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
     if (this.c.config.etcdCompactionIntervalMs > 0) {
-      const compactor = new Compactor(this.c.etcd, this.c.keys.prefix, this.c.config.etcdCompactionIntervalMs, this.c.log.child({ part: 'compactor' }));
+      const compactor = new Compactor(this.c.etcd, this.c.keys.prefix, this.c.log.child({ part: 'compactor' }));
       this.every(this.c.config.etcdCompactionIntervalMs, () => compactor.tick());
     }
   }

@@ -714,7 +714,10 @@ export class JobScheduler {
     // Windows past their lease's ttl are gone already.
     const ttlMs = this.opts.retentionMs * 1.1 + 1_000;
     while (this.windows.length && nowMs - this.windows[0].grantedAtMs > ttlMs) this.recordBytes -= this.windows.shift()!.bytes;
-    while (this.recordBytes > this.opts.recordBudgetBytes && this.windows.length > 1) {
+    // Only a window whose lease stopped taking records a while ago: etcd refuses a transaction
+    // that names a revoked lease, and the end records of the window just closed may still be
+    // queued (with other jobs' start records in the same transaction).
+    while (this.recordBytes > this.opts.recordBudgetBytes && this.windows.length > 1 && nowMs - this.windows[1].grantedAtMs > 5_000) {
       const old = this.windows.shift()!;
       this.recordBytes -= old.bytes;
       this.metrics?.inc('tessera_job_records_expired_early_total');
