@@ -106,12 +106,13 @@ export function decodeRecord(text: string | unknown): JobRecord {
 
 /**
  * A waited-for job's start as an entry of a shared start record: what a new leader needs to run
- * it again (decodeRecord reads it: a record with no path and no steps yet).
+ * it again (decodeRecord reads it: a record with no path and no steps yet); `state` and `plans`
+ * as they were at admission.
  */
-export function encodeStart(r: JobRecord, payload: Buffer): string {
+export function encodeStart(r: JobRecord, payload: Buffer, state: JobState = r.state, plans = r.plans): string {
   const c: Compact = {
-    v: 2, id: r.id, p: r.pipeline, pv: r.pipelineVersion, s: String(r.state).replace('JOB_STATE_', ''), t: r.submittedAtMs, d: r.deadlineMs - r.submittedAtMs,
-    k: r.idempotencyKey || undefined, path: [], steps: [], n: r.plans, b: r.payloadBytes, fl: r.flow, du: 0, h: nonEmpty(r.headers), in: payload.toString('base64'),
+    v: 2, id: r.id, p: r.pipeline, pv: r.pipelineVersion, s: String(state).replace('JOB_STATE_', ''), t: r.submittedAtMs, d: r.deadlineMs - r.submittedAtMs,
+    k: r.idempotencyKey || undefined, path: [], steps: [], n: plans, b: r.payloadBytes, fl: r.flow, du: 0, h: nonEmpty(r.headers), in: payload.toString('base64'),
   };
   return JSON.stringify(c);
 }

@@ -39,6 +39,7 @@ import type { Store } from '../store';
 import { Candidate, choosePath, NoPathError, Stage } from './path';
 import type { NormalPipeline, Pipelines } from './pipelines';
 import { decodeRecord, encodeRecord, encodeStart, JobRecord } from './record';
+import { afterWrites } from '../../common/mux';
 
 /** A shared start record stays well under etcd's request limit (1.5 MiB by default). */
 const START_BATCH_BYTES = 512 * 1024;
@@ -84,8 +85,10 @@ interface LiveJob {
  */
 interface StartBatch {
   key: string;
-  /** Start entries (JSON) of its jobs whose end is not durable yet, by job id. */
+  /** Start entries (JSON) of its jobs whose end is not durable yet, by job id ('' until encoded). */
   entries: Map<string, string>;
+  /** Its jobs as admitted, encoded when the record is written (after the turn's relays went out). */
+  admitted?: { job: LiveJob; state: JobState; plans: number }[];
   bytes: number;
   /** Entries in etcd's copy. */
   written: number;
@@ -333,17 +336,22 @@ export class JobScheduler {
    * one etcd key and one transaction together, not one each. job.accepted settles with it.
    */
   private recordStart(job: LiveJob): void {
-    const entry = encodeStart(job.rec, job.input);
+    // Encoded with the record, after this turn's relays and answers have gone out (afterWrites):
+    // nothing waits for the record's bytes before its transaction, and the jobs' first stages
+    // run meanwhile. The size is an upper bound (base64 input and the fields around it).
+    const size = Math.ceil(job.input.length / 3) * 4 + 512;
     let b = this.openBatch;
-    if (!b || b.bytes + entry.length > START_BATCH_BYTES) {
+    if (!b || b.bytes + size > START_BATCH_BYTES) {
       let settle!: { resolve: () => void; reject: (e: unknown) => void };
       const durable = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
       durable.catch(() => {}); // each job's finish() or admit() reads the outcome
-      const nb: StartBatch = { key: this.startedKey(`${this.idPrefix}-${(this.batchSeq++).toString(36)}`), entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable };
+      const nb: StartBatch = { key: this.startedKey(`${this.idPrefix}-${(this.batchSeq++).toString(36)}`), entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable, admitted: [] };
       this.openBatch = b = nb;
       this.batches.add(nb);
-      setImmediate(() => {
+      afterWrites(() => {
         if (this.openBatch === nb) this.openBatch = undefined;
+        for (const a of nb.admitted!) if (nb.entries.has(a.job.rec.id)) nb.entries.set(a.job.rec.id, encodeStart(a.job.rec, a.job.input, a.state, a.plans));
+        nb.admitted = undefined;
         if (!nb.entries.size) {
           this.batches.delete(nb);
           settle.resolve();
@@ -359,8 +367,9 @@ export class JobScheduler {
         });
       });
     }
-    b.entries.set(job.rec.id, entry);
-    b.bytes += entry.length;
+    b.entries.set(job.rec.id, '');
+    b.admitted!.push({ job, state: job.rec.state, plans: job.rec.plans });
+    b.bytes += size;
     job.batch = b;
     job.accepted = b.durable;
   }
@@ -640,6 +649,8 @@ export class JobScheduler {
     };
     if (startDurable) {
       answer();
+      // The rest waits until the answers of this turn have gone out: nothing waits for it.
+      await new Promise<void>((r) => afterWrites(r));
       tell();
     }
     try {
