@@ -44,10 +44,12 @@ function load() {
 const HOT = new Set(['SubmitJob', 'SubmitJobs', 'Relay', 'RelayStream', 'Invoke', 'Stream']);
 /**
  * Messages only Tessera's own code builds (coordinator and agents relaying routes and hop
- * reports): typed at compile time, so they skip verify() (it cost as much as the encoding).
- * Anything that encodes a user's object (a component's result, a client's submission) is verified.
+ * reports; the steps an agent hands an instance): typed at compile time, so they skip verify()
+ * (it cost as much as the encoding). Anything that encodes a user's object (a component's
+ * result, a client's submission) is verified.
  */
-const TRUSTED = new Set(['Relay', 'RelayStream']);
+const TRUSTED_REQUESTS = new Set(['Relay', 'RelayStream', 'Invoke', 'Stream']);
+const TRUSTED_RESPONSES = new Set(['Relay', 'RelayStream']);
 
 function fastSerializers(definition: protoLoader.PackageDefinition, file: string): void {
   let root: protobuf.Root | undefined;
@@ -71,8 +73,8 @@ function fastSerializers(definition: protoLoader.PackageDefinition, file: string
     if (!name.startsWith('tessera.')) continue;
     for (const [method, m] of Object.entries(def as Record<string, protoLoader.MethodDefinition<unknown, unknown>>)) {
       if (!HOT.has(method) || typeof m !== 'object' || !m || typeof m.requestSerialize !== 'function') continue;
-      (m as { requestSerialize: unknown }).requestSerialize = fast(m.requestType, m.requestSerialize, TRUSTED.has(method));
-      (m as { responseSerialize: unknown }).responseSerialize = fast(m.responseType, m.responseSerialize, TRUSTED.has(method));
+      (m as { requestSerialize: unknown }).requestSerialize = fast(m.requestType, m.requestSerialize, TRUSTED_REQUESTS.has(method));
+      (m as { responseSerialize: unknown }).responseSerialize = fast(m.responseType, m.responseSerialize, TRUSTED_RESPONSES.has(method));
     }
   }
 }
