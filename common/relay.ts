@@ -102,10 +102,13 @@ export function routeKey(route: RouteHop__Output[]): string {
  * are forgotten and routes get fresh ids (the agent keeps twice as many, newest first, so every
  * id in use is still there). Only on a stream whose server said it understands route ids (an
  * older agent would run an empty route): until then, and with older agents, every request
- * carries its route.
+ * carries its route. A route object is keyed once: callers never change a route they have sent
+ * (the leader reuses a planned route for every job that takes it).
  */
 export class RouteInterner {
   private ids = new Map<string, number>();
+  /** Route objects seen before: a caller that reuses a route object is spared keying it again. */
+  private keys = new WeakMap<object, string>();
   private sent = new Set<number>();
   private generation = -1;
   private supported = -1;
@@ -126,7 +129,11 @@ export class RouteInterner {
     for (let i = 0; i < items.length; i++) {
       const r = items[i];
       if (!r.route.length) continue;
-      const key = routeKey(r.route);
+      let key = this.keys.get(r.route);
+      if (key === undefined) {
+        key = routeKey(r.route);
+        this.keys.set(r.route, key);
+      }
       let id = this.ids.get(key);
       if (id === undefined) {
         if (this.ids.size >= this.max) this.reset();
@@ -250,11 +257,12 @@ export class StepRunner {
       const opt = hop.options[k];
       const local = !opt.nodeId || opt.nodeId === this.o.selfNodeId;
       if (!local) {
-        const rest = this.o.chain ? req.route.slice(i) : [hop];
+        const rest = !this.o.chain ? [hop] : i === 0 ? req.route : req.route.slice(i);
+        // The next relay gets this hop with the option picked here; the caller's route object
+        // itself when it has only that one (so a route object a caller reuses stays the same).
+        const route = hop.options.length === 1 ? rest : [{ ...rest[0], options: [opt] }, ...rest.slice(1)];
         // routeId 0: the id this request came with names a route on the stream it came by.
-        const sub = await this.callRelay(opt, {
-          ...req, route: [{ ...rest[0], options: [opt] }, ...rest.slice(1)], payload, headers, firstIndex: index, routeId: 0,
-        });
+        const sub = await this.callRelay(opt, { ...req, route, payload, headers, firstIndex: index, routeId: 0 });
         // The next relay saw this hop with one option (the one picked here): say which it was.
         for (const h of sub.hops) {
           if (h.index === index && h.option) h.option = k + 1;

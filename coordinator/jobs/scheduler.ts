@@ -415,25 +415,47 @@ export class JobScheduler {
     const choice = (p.routing ?? 'path-cost') === 'path-cost'
       ? choosePath(stages, usable, { hopMs: this.opts.hopMs, sameHostHopMs: this.opts.sameHostHopMs, originNodeId, exclude, topK: 8 })
       : this.perStageChoice(p, from, stages, usable, exclude);
-    const hops: RouteHop[] = choice.steps.map((step, i) => {
+    // The same route object for the same choice (until the registry is rebuilt): the relay
+    // stream names a route by id once it has carried it, and tells routes apart by identity
+    // first (common/relay.ts), instead of keying every job's route by its text.
+    const list = this.components.list();
+    if (this.routeCacheOf !== list) {
+      this.routeCacheOf = list;
+      this.routeCache = new WeakMap();
+    }
+    let byChoice = this.routeCache.get(p);
+    if (!byChoice) this.routeCache.set(p, (byChoice = new Map()));
+    let key = String(from);
+    const picks = choice.steps.map((step, i) => {
       const stage = p.stages[from + i];
       const planned = byId.get(step.instanceId)!;
-      const opt = (c: typeof planned) => {
-        const o = stage.options.find((x) => x.kind === c.kind)!;
-        return { kind: c.kind, operation: o.operation, instanceId: c.instanceId, nodeId: c.r.nodeId, endpoint: c.r.endpoint, agentEndpoint: c.r.agentEndpoint, whenHeader: o.whenHeader };
-      };
-      const options = [opt(planned)];
+      const picked = [planned];
       if (stage.options.length > 1) {
         for (const o of stage.options) {
           if (o.kind === planned.kind) continue;
           const best = usable
             .filter((c) => c.kind === o.kind && c.healthy && !c.saturated && !exclude.has(c.instanceId) && stages[i].accept!(c))
             .sort((a, b) => (a.nodeId === planned.nodeId ? 0 : 1) - (b.nodeId === planned.nodeId ? 0 : 1) || a.latencyMs * (1 + a.inFlight) - b.latencyMs * (1 + b.inFlight))[0];
-          if (best) options.push(opt(byId.get(best.instanceId)!));
+          if (best) picked.push(byId.get(best.instanceId)!);
         }
       }
-      return { stage: stage.name, options, timeoutMs: stage.timeoutMs };
+      for (const c of picked) key += `\u0001${c.instanceId}`;
+      key += '\u0002';
+      return picked;
     });
+    let hops = byChoice.get(key);
+    if (!hops) {
+      hops = picks.map((picked, i) => {
+        const stage = p.stages[from + i];
+        const opt = (c: (typeof picked)[number]) => {
+          const o = stage.options.find((x) => x.kind === c.kind)!;
+          return { kind: c.kind, operation: o.operation, instanceId: c.instanceId, nodeId: c.r.nodeId, endpoint: c.r.endpoint, agentEndpoint: c.r.agentEndpoint, whenHeader: o.whenHeader };
+        };
+        return { stage: stage.name, options: picked.map(opt), timeoutMs: stage.timeoutMs };
+      });
+      if (byChoice.size >= 1024) byChoice.clear();
+      byChoice.set(key, hops);
+    }
     return {
       hops,
       path: choice.steps.map((s) => ({ stage: s.stage, kind: s.kind, instanceId: s.instanceId, nodeId: s.nodeId.startsWith('external:') ? '' : s.nodeId, costMs: s.costMs })),
@@ -465,6 +487,9 @@ export class JobScheduler {
   }
 
   private stageCache = new WeakMap<NormalPipeline, Map<number, Stage[]>>();
+  /** Routes by pipeline version and choice, for the registry list they were built from. */
+  private routeCache = new WeakMap<NormalPipeline, Map<string, RouteHop[]>>();
+  private routeCacheOf?: unknown;
   private rr = new Map<string, number>();
 
   /** round-robin and least-loaded: each stage on its own, blind to latency and locality. */

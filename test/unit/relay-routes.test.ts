@@ -35,6 +35,19 @@ describe('relay route ids', () => {
     expect(batch.map((r) => [r.route.length, r.routeId]), 'the next stream has not said so yet').to.deep.equal([[1, 0], [1, 0]]);
   });
 
+  it('names a route object the caller uses again (the leader reuses planned routes) by the id of its text', () => {
+    const interner = new RouteInterner();
+    understands(interner, 1);
+    const shared = route('a', 'b');
+    const batch = [req(shared), req(shared), req(route('a', 'b')), req(route('a', 'c'))];
+    interner.apply(batch, 1);
+    expect(batch.map((r) => r.route.length)).to.deep.equal([2, 0, 0, 2]);
+    expect(batch[1].routeId).to.equal(batch[0].routeId);
+    expect(batch[2].routeId, 'an equal copy is the same route').to.equal(batch[0].routeId);
+    expect(batch[3].routeId).to.not.equal(batch[0].routeId);
+    expect(shared, 'the shared route object is left as it was').to.have.length(2);
+  });
+
   it('sends a route once per stream, then only its id; a change anywhere is a new route', () => {
     const interner = new RouteInterner();
     const batch = [req(route('a', 'b')), req(route('a', 'b')), req(route('a', 'c'))];
