@@ -148,6 +148,10 @@ export class JobScheduler {
   private batches = new Set<StartBatch>();
   private batchSeq = 0;
   private doneKey(id: string): string { return `${this.keys.jobs}done/${id}`; }
+  /** The record budget's windows (leases and their bytes), carried from leader to leader. */
+  private windowsKey(): string { return `${this.keys.jobs}windows`; }
+  private windowsSavedAtMs = 0;
+  private windowsTimer?: NodeJS.Timeout;
 
   /**
    * Takes over the jobs a previous leader accepted and did not finish: those in shared start
@@ -156,6 +160,7 @@ export class JobScheduler {
    */
   async load(nowMs = Date.now()): Promise<void> {
     const c = this.store.client;
+    await this.loadWindows(nowMs);
     const taken: { rec: JobRecord; batch?: StartBatch }[] = [];
     const own = await c.getAll().prefix(`${this.keys.jobs}active/`).strings();
     for (const v of Object.values(own)) taken.push({ rec: decodeRecord(v) });
@@ -210,8 +215,57 @@ export class JobScheduler {
     return job;
   }
 
+  /**
+   * The budget's windows as the leaders before this one left them: their records count against
+   * the budget here (and their leases are the first revoked), or every failover would start
+   * from zero and a few of them within the retention could fill etcd.
+   */
+  private async loadWindows(nowMs: number): Promise<void> {
+    const text = await this.store.client.get(this.windowsKey()).string();
+    if (!text) return;
+    let saved: unknown;
+    try {
+      saved = JSON.parse(text);
+    } catch {
+      saved = undefined;
+    }
+    if (!Array.isArray(saved) || !saved.every((w) => w && typeof w.id === 'string' && Number.isFinite(w.grantedAtMs) && Number.isFinite(w.bytes))) {
+      this.log.warn({ key: this.windowsKey() }, 'job record budget: the saved windows are unreadable; counting from zero');
+      return;
+    }
+    const ttlMs = this.opts.retentionMs * 1.1 + 1_000;
+    const live = (saved as { id: string; grantedAtMs: number; bytes: number }[]).filter((w) => nowMs - w.grantedAtMs <= ttlMs && !this.windows.some((x) => x.id === w.id));
+    this.windows = [...live, ...this.windows].sort((a, b) => a.grantedAtMs - b.grantedAtMs);
+    this.recordBytes = this.windows.reduce((n, w) => n + w.bytes, 0);
+    this.metrics?.set('tessera_job_records_bytes', {}, this.recordBytes);
+    if (live.length) this.log.info({ windows: live.length, mb: Math.round(this.recordBytes / 104857.6) / 10 }, 'job record budget: the previous leaders\' records counted');
+  }
+
+  /** Saves the windows at most once a second (lazily, with the next transaction), and once more after the last change. */
+  private saveWindows(nowMs = Date.now()): void {
+    if (this.stopped) return;
+    const wait = this.windowsSavedAtMs + 1_000 - nowMs;
+    if (wait > 0) {
+      this.windowsTimer ??= setTimeout(() => {
+        this.windowsTimer = undefined;
+        this.saveWindows();
+      }, wait);
+      this.windowsTimer.unref?.();
+      return;
+    }
+    this.windowsSavedAtMs = nowMs;
+    this.committer.commit([{ type: 'put', key: this.windowsKey(), value: JSON.stringify(this.windows) }], { lazy: true })
+      .catch((err) => this.log.debug({ err: (err as Error).message }, 'job record budget windows not saved'));
+  }
+
   stop(): void {
     this.stopped = true;
+    if (this.windowsTimer) {
+      // The last changes go with the records a graceful step-down drains (a fenced write fails harmlessly).
+      clearTimeout(this.windowsTimer);
+      this.windowsTimer = undefined;
+      this.committer.commit([{ type: 'put', key: this.windowsKey(), value: JSON.stringify(this.windows) }], { lazy: true }).catch(() => {});
+    }
     for (const j of this.jobs.values()) {
       for (const w of j.waiters) w.resolve(this.toProto(j));
       j.waiters = [];
@@ -765,6 +819,7 @@ export class JobScheduler {
       }
     }
     this.metrics?.set('tessera_job_records_bytes', {}, this.recordBytes);
+    this.saveWindows(nowMs);
   }
 
   private changed(job: LiveJob): void {
