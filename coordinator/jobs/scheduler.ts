@@ -151,6 +151,10 @@ export class JobScheduler {
   /** The record budget's windows (leases and their bytes), carried from leader to leader. */
   private windowsKey(): string { return `${this.keys.jobs}windows`; }
   private windowsSavedAtMs = 0;
+  /** Idempotency keys with an admission under way (see admitOnce). */
+  private keyAdmissions = new Map<string, Promise<void>>();
+  /** This turn's idempotency-key lookups, by key (see lookupKey). */
+  private keyLookups?: Map<string, { resolve: (v: string | null) => void; reject: (e: unknown) => void }[]>;
   private windowsTimer?: NodeJS.Timeout;
 
   /**
@@ -276,11 +280,30 @@ export class JobScheduler {
 
   async submit(req: SubmitJobRequest__Output, nowMs = Date.now()): Promise<{ job: Job; done?: Promise<Job> }> {
     try {
-      return await this.admit(req, nowMs);
+      return await this.admitOnce(req, nowMs);
     } catch (err) {
       const code = (err as { code?: number }).code;
       this.metrics?.inc('tessera_jobs_refused_total', { code: grpc.status[code ?? grpc.status.UNKNOWN] ?? String(code) });
       throw err;
+    }
+  }
+
+  /**
+   * One admission at a time per idempotency key: a submission whose key another one is being
+   * admitted with (a client's retry racing its first try, or both in one message) waits for it
+   * and then finds its job, instead of both missing the lookup and both being admitted.
+   */
+  private async admitOnce(req: SubmitJobRequest__Output, nowMs: number): Promise<{ job: Job; done?: Promise<Job> }> {
+    const key = req.idempotencyKey ?? '';
+    if (!key) return this.admit(req, nowMs);
+    for (let held = this.keyAdmissions.get(key); held; held = this.keyAdmissions.get(key)) await held;
+    let release!: () => void;
+    this.keyAdmissions.set(key, new Promise<void>((r) => (release = r)));
+    try {
+      return await this.admit(req, nowMs);
+    } finally {
+      this.keyAdmissions.delete(key);
+      release();
     }
   }
 
@@ -372,9 +395,42 @@ export class JobScheduler {
   }
 
   private async byIdempotencyKey(key: string): Promise<Job | undefined> {
-    const id = this.byKey.get(key) ?? (await this.store.client.get(this.keys.jobKey(key)).string()) ?? '';
+    const id = this.byKey.get(key) ?? (await this.lookupKey(key)) ?? '';
     if (!id) return undefined;
     return this.get(id).catch(() => undefined);
+  }
+
+  /**
+   * A key not in memory is looked up in etcd: the lookups of one event-loop turn in one
+   * transaction of reads (a client that keys every job, as it should, costs etcd a request per
+   * batch instead of one per job).
+   */
+  private lookupKey(key: string): Promise<string | null> {
+    return new Promise((resolve, reject) => {
+      if (!this.keyLookups) {
+        const batch = new Map<string, { resolve: (v: string | null) => void; reject: (e: unknown) => void }[]>();
+        this.keyLookups = batch;
+        setImmediate(() => {
+          this.keyLookups = undefined;
+          const keys = [...batch.keys()];
+          // etcd takes at most 128 operations in a transaction (--max-txn-ops).
+          for (let i = 0; i < keys.length; i += 100) {
+            const chunk = keys.slice(i, i + 100);
+            this.store.client.kv.txn({ success: chunk.map((k) => ({ request_range: { key: Buffer.from(this.keys.jobKey(k)) } })) }).then((res) => {
+              chunk.forEach((k, j) => {
+                const kv = res.responses[j]?.response_range?.kvs?.[0];
+                for (const w of batch.get(k)!) w.resolve(kv ? kv.value.toString() : null);
+              });
+            }, (err) => {
+              for (const k of chunk) for (const w of batch.get(k)!) w.reject(err);
+            });
+          }
+        });
+      }
+      const waiting = this.keyLookups.get(key);
+      if (waiting) waiting.push({ resolve, reject });
+      else this.keyLookups.set(key, [{ resolve, reject }]);
+    });
   }
 
   private whenDone(id: string): Promise<Job> {

@@ -1,0 +1,88 @@
+// Idempotency keys under concurrency: one job per key even when a key arrives twice at once, and
+// the keys of a batch looked up in etcd together (a client that keys every job, as it should,
+// costs etcd one request per batch, not one per job).
+import { expect } from 'chai';
+import { fork, ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { AdminClient } from '../../common/admin-client';
+import { repoRoot } from '../../common/version';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+
+/** etcd's count of Range requests served (its /metrics, on the client URL). */
+async function ranges(endpoint: string): Promise<number> {
+  const text = await (await fetch(`http://${endpoint}/metrics`)).text();
+  return text.split('\n').filter((l) => l.startsWith('grpc_server_handled_total') && l.includes('grpc_method="Range"'))
+    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+}
+
+describe('idempotency keys under concurrency', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let echo: ChildProcess | undefined;
+  let admin: AdminClient;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'k1' });
+    await waitForLeader([c.address]);
+    const port = await freePort();
+    echo = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'key-echo' }, stdio: 'ignore' });
+    await waitFor('echo listening', () => new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); }).on('error', () => resolve(false));
+    }), 10_000, 100);
+    admin = new AdminClient([c.address], { timeoutMs: 20_000 });
+    await admin.registerComponent({ instanceId: 'key-echo-1', kind: 'key-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
+    await admin.applyPipeline({ name: 'keyed', stages: [{ name: 'echo', kind: 'key-echo' }] });
+  });
+  after(async () => {
+    admin?.close();
+    echo?.kill('SIGKILL');
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  it('admits one job for a key sent twice in one message, and for a retry while the first is being admitted', async () => {
+    const js = admin.jobStream();
+    try {
+      // Both in one SubmitJobs message: neither is in memory or in etcd when they arrive.
+      const [a, b] = await Promise.all([1, 2].map((i) => js.submit({ pipeline: 'keyed', payload: Buffer.from(`try ${i}`), idempotencyKey: 'same-key', wait: true })));
+      expect(b.id).to.equal(a.id);
+      expect(b.result.toString()).to.equal(a.result.toString());
+      // A unary retry racing a streamed first try.
+      const [c, d] = await Promise.all([
+        js.submit({ pipeline: 'keyed', payload: Buffer.from('first'), idempotencyKey: 'other-key', wait: true }),
+        admin.submitJob({ pipeline: 'keyed', payload: Buffer.from('retry'), idempotencyKey: 'other-key', wait: true }),
+      ]);
+      expect(d.id).to.equal(c.id);
+      const listed = (await admin.listJobs({ pipeline: 'keyed', limit: 100 })).jobs;
+      expect(listed.map((j) => j.id).sort()).to.deep.equal([a.id, c.id].sort());
+    } finally {
+      js.close();
+    }
+  });
+
+  it('looks up the new keys of one message in one etcd request', async () => {
+    const js = admin.jobStream();
+    try {
+      await js.submit({ pipeline: 'keyed', payload: Buffer.from('warm'), idempotencyKey: 'warm-key', wait: true });
+      const before = await ranges(etcd.endpoints[0]);
+      const jobs = await Promise.all(Array.from({ length: 32 }, (_, i) => js.submit({ pipeline: 'keyed', payload: Buffer.from(`job ${i}`), idempotencyKey: `fresh-${i}`, wait: true })));
+      const after = await ranges(etcd.endpoints[0]);
+      expect(new Set(jobs.map((j) => j.id)).size).to.equal(32);
+      expect(jobs.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+      // One per key before (32); now the lookups are one transaction. A few other reads may fall in.
+      expect(after - before).to.be.below(8);
+      // A key seen before still finds its job.
+      const again = await js.submit({ pipeline: 'keyed', payload: Buffer.from('again'), idempotencyKey: 'fresh-7', wait: true });
+      expect(again.id).to.equal(jobs[7].id);
+    } finally {
+      js.close();
+    }
+  });
+});
