@@ -300,6 +300,7 @@ export class Coordinator {
     this.work = undefined;
     // Job ends answered but not yet recorded go out before the lease does (else the next leader
     // would run those jobs again).
+    await work?.jobs.settle();
     await work?.records.drain(2_000);
     if (this.leadership) {
       // Resign first (the lease is revoked, so a successor is elected in milliseconds), wait

@@ -262,6 +262,22 @@ export class JobScheduler {
       .catch((err) => this.log.debug({ err: (err as Error).message }, 'job record budget windows not saved'));
   }
 
+  /**
+   * Resolves once the end records of jobs answered so far are queued with the group commit: a
+   * job's end record is queued after its answer has gone out (afterWrites) and, at a window's
+   * start, after its retention lease is granted. A graceful step-down waits for this, then drains.
+   */
+  async settle(): Promise<void> {
+    await new Promise<void>((r) => afterWrites(r));
+    // The continuations of the jobs released above run as microtasks: one more turn and they have
+    // queued their records, unless they wait for a lease being granted (then once more after it).
+    await new Promise<void>((r) => setImmediate(r));
+    for (let i = 0; i < 3 && this.leasePending; i++) {
+      await this.leasePending.catch(() => {});
+      await new Promise<void>((r) => setImmediate(r));
+    }
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.windowsTimer) {
