@@ -18,18 +18,43 @@ export interface EtcdMemberProc {
 export class EtcdCluster {
   private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string, readonly certs?: string) {}
 
-  /** size members; with certs (scripts/make-certs.sh output) clients must use TLS with a CA-signed certificate. */
+  /**
+   * size members; with certs (scripts/make-certs.sh output) clients must use TLS with a
+   * CA-signed certificate. A member that exits while starting (a port taken between freePort()
+   * and etcd's bind, by another test's process or container) is tried again on fresh ports.
+   */
   static async start(size = 1, certs?: string): Promise<EtcdCluster> {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-etcd-'));
-    const members: EtcdMemberProc[] = [];
-    for (let i = 0; i < size; i++) {
-      members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: path.join(root, `m${i}`) });
+    let lastErr: Error | undefined;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-etcd-'));
+      const members: EtcdMemberProc[] = [];
+      for (let i = 0; i < size; i++) {
+        members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: path.join(root, `m${i}`) });
+      }
+      const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
+      const c = new EtcdCluster(members, initialCluster, root, certs);
+      for (let i = 0; i < size; i++) c.spawn(i);
+      const exited = () => members.find((m) => m.proc && (m.proc.exitCode !== null || m.proc.signalCode !== null));
+      try {
+        await waitFor('etcd to answer', async () => (exited() ? true : c.healthy()), 30_000, 200);
+        const dead = exited();
+        if (!dead) return c;
+        lastErr = new Error(`etcd member ${dead.name} exited while starting (attempt ${attempt}): ${c.logTail(dead)}`);
+      } catch (err) {
+        lastErr = new Error(`${(err as Error).message}: ${members.map((m) => c.logTail(m)).join(' | ')}`);
+      }
+      await c.stop();
     }
-    const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
-    const c = new EtcdCluster(members, initialCluster, root, certs);
-    for (let i = 0; i < size; i++) c.spawn(i);
-    await waitFor('etcd to answer', () => c.healthy(), 30_000, 200);
-    return c;
+    throw lastErr;
+  }
+
+  /** The last lines of a member's log (kept in the cluster's temp folder). */
+  private logTail(m: EtcdMemberProc, lines = 3): string {
+    try {
+      return fs.readFileSync(path.join(this.root, `${m.name}.log`), 'utf8').trim().split('\n').slice(-lines).join(' / ');
+    } catch {
+      return '(no log)';
+    }
   }
 
   get endpoints(): string[] {
