@@ -2,17 +2,15 @@
 // rates an hour of records would outgrow etcd's quota, and a full etcd turns the cluster read-only.
 // Over the budget the leader revokes the oldest window's lease and etcd deletes those records.
 import { expect } from 'chai';
-import { fork, ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as path from 'node:path';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
-import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
-import { freePort, waitFor } from '../helpers/ports';
+import { waitFor } from '../helpers/ports';
+import { startEcho } from '../helpers/echo';
 
 describe('finished-job records within a byte budget', function () {
   this.timeout(90_000);
@@ -32,12 +30,10 @@ describe('finished-job records within a byte budget', function () {
 
   /** An external echo instance and a one-stage pipeline on it; each job's record keeps its 200 KB result (~270 KB). */
   async function bigPipeline(admin: AdminClient, id: string): Promise<(n: number) => Promise<string[]>> {
-    const port = await freePort();
     echo?.kill('SIGKILL');
-    echo = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'big-echo' }, stdio: 'ignore' });
-    await waitFor('echo listening', () => new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); }).on('error', () => resolve(false));
-    }), 10_000, 100);
+    const started = await startEcho('big-echo');
+    echo = started.proc;
+    const port = started.port;
     await admin.registerComponent({ instanceId: id, kind: 'big-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
     await admin.applyPipeline({ name: 'big', stages: [{ name: 'echo', kind: 'big-echo' }] });
     return async (n: number) => {

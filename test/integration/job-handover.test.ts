@@ -1,15 +1,13 @@
 // A graceful leader stop under load: the end records of the jobs it answered are written before
 // it resigns, so the next leader runs none of them again (a SIGKILL may: see jobs.test.ts).
 import { expect } from 'chai';
-import { fork, ChildProcess } from 'node:child_process';
-import * as net from 'node:net';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
-import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
-import { freePort, waitFor } from '../helpers/ports';
+import { waitFor } from '../helpers/ports';
+import { startEcho } from '../helpers/echo';
 
 describe('a graceful leader stop with jobs in flight', function () {
   this.timeout(90_000);
@@ -31,11 +29,9 @@ describe('a graceful leader stop with jobs in flight', function () {
     const a = await fleet.coordinator({ etcd: etcd.endpoints, id: 'h1' });
     await waitForLeader([a.address]);
     const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 'h2' });
-    const port = await freePort();
-    echo = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'hand-echo', DELAY_MS: '2' }, stdio: 'ignore' });
-    await waitFor('echo listening', () => new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); }).on('error', () => resolve(false));
-    }), 10_000, 100);
+    const started = await startEcho('hand-echo', { DELAY_MS: '2' });
+    echo = started.proc;
+    const port = started.port;
     const admin = new AdminClient([a.address, b.address], { timeoutMs: 20_000 });
     await admin.registerComponent({ instanceId: 'hand-echo-1', kind: 'hand-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
     await admin.applyPipeline({ name: 'hand', stages: [{ name: 'one', kind: 'hand-echo' }, { name: 'two', kind: 'hand-echo' }] });

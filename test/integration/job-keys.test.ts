@@ -2,15 +2,12 @@
 // the keys of a batch looked up in etcd together (a client that keys every job, as it should,
 // costs etcd one request per batch, not one per job).
 import { expect } from 'chai';
-import { fork, ChildProcess } from 'node:child_process';
-import * as net from 'node:net';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
-import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
-import { freePort, waitFor } from '../helpers/ports';
+import { startEcho } from '../helpers/echo';
 
 /** etcd's count of Range requests served (its /metrics, on the client URL). */
 async function ranges(endpoint: string): Promise<number> {
@@ -31,11 +28,9 @@ describe('idempotency keys under concurrency', function () {
     fleet = new Fleet();
     const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'k1' });
     await waitForLeader([c.address]);
-    const port = await freePort();
-    echo = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'key-echo' }, stdio: 'ignore' });
-    await waitFor('echo listening', () => new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); }).on('error', () => resolve(false));
-    }), 10_000, 100);
+    const started = await startEcho('key-echo');
+    echo = started.proc;
+    const port = started.port;
     admin = new AdminClient([c.address], { timeoutMs: 20_000 });
     await admin.registerComponent({ instanceId: 'key-echo-1', kind: 'key-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
     await admin.applyPipeline({ name: 'keyed', stages: [{ name: 'echo', kind: 'key-echo' }] });
