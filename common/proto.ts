@@ -48,8 +48,8 @@ const HOT = new Set(['SubmitJob', 'SubmitJobs', 'Relay', 'RelayStream', 'Invoke'
  * (it cost as much as the encoding). Anything that encodes a user's object (a component's
  * result, a client's submission) is verified.
  */
-const TRUSTED_REQUESTS = new Set(['Relay', 'RelayStream', 'Invoke', 'Stream']);
-const TRUSTED_RESPONSES = new Set(['Relay', 'RelayStream']);
+const TRUSTED_REQUESTS = new Set(['StepRelay.Relay', 'StepRelay.RelayStream', 'Component.Invoke', 'Component.Stream']);
+const TRUSTED_RESPONSES = new Set(['StepRelay.Relay', 'StepRelay.RelayStream']);
 
 function fastSerializers(definition: protoLoader.PackageDefinition, file: string): void {
   let root: protobuf.Root | undefined;
@@ -73,8 +73,10 @@ function fastSerializers(definition: protoLoader.PackageDefinition, file: string
     if (!name.startsWith('tessera.')) continue;
     for (const [method, m] of Object.entries(def as Record<string, protoLoader.MethodDefinition<unknown, unknown>>)) {
       if (!HOT.has(method) || typeof m !== 'object' || !m || typeof m.requestSerialize !== 'function') continue;
-      (m as { requestSerialize: unknown }).requestSerialize = fast(m.requestType, m.requestSerialize, TRUSTED_REQUESTS.has(method));
-      (m as { responseSerialize: unknown }).responseSerialize = fast(m.responseType, m.responseSerialize, TRUSTED_RESPONSES.has(method));
+      // Trust is by service and method: another service's method of the same name is verified.
+      const qualified = `${name.slice(name.lastIndexOf('.') + 1)}.${method}`;
+      (m as { requestSerialize: unknown }).requestSerialize = fast(m.requestType, m.requestSerialize, TRUSTED_REQUESTS.has(qualified));
+      (m as { responseSerialize: unknown }).responseSerialize = fast(m.responseType, m.responseSerialize, TRUSTED_RESPONSES.has(qualified));
     }
   }
 }
