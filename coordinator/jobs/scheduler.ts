@@ -258,8 +258,12 @@ export class JobScheduler {
       return;
     }
     this.windowsSavedAtMs = nowMs;
-    this.committer.commit([{ type: 'put', key: this.windowsKey(), value: JSON.stringify(this.windows) }], { lazy: true })
+    this.committer.commit([this.windowsOp()], { lazy: true })
       .catch((err) => this.log.debug({ err: (err as Error).message }, 'job record budget windows not saved'));
+  }
+
+  private windowsOp(): import('../store').Op {
+    return { type: 'put', key: this.windowsKey(), value: JSON.stringify(this.windows) };
   }
 
   /**
