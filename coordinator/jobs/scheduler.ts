@@ -288,7 +288,7 @@ export class JobScheduler {
       // The last changes go with the records a graceful step-down drains (a fenced write fails harmlessly).
       clearTimeout(this.windowsTimer);
       this.windowsTimer = undefined;
-      this.committer.commit([{ type: 'put', key: this.windowsKey(), value: JSON.stringify(this.windows) }], { lazy: true }).catch(() => {});
+      this.committer.commit([this.windowsOp()], { lazy: true }).catch(() => {});
     }
     for (const j of this.jobs.values()) {
       for (const w of j.waiters) w.resolve(this.toProto(j));
@@ -442,7 +442,9 @@ export class JobScheduler {
                 for (const w of batch.get(k)!) w.resolve(kv ? kv.value.toString() : null);
               });
             }, (err) => {
-              for (const k of chunk) for (const w of batch.get(k)!) w.reject(err);
+              // Nothing admitted: the client may retry with the same key.
+              const e = new UnavailableError(`idempotency key lookup in etcd failed: ${(err as Error).message}`);
+              for (const k of chunk) for (const w of batch.get(k)!) w.reject(e);
             });
           }
         });
