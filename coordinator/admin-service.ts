@@ -49,6 +49,8 @@ export class AdminService {
     private readonly opts: {
       coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: TlsMaterial; etcdTls?: TlsMaterial;
       leaderWork?: () => LeaderWork | undefined;
+      /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
+      leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;
     },
     private readonly log: Logger,
   ) {}
@@ -173,25 +175,40 @@ export class AdminService {
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // Streams are not forwarded: a high-rate client talks to the leader itself.
         if (!this.opts.leaderWork?.()) {
-          const l = this.leadership.leader;
-          call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
+          // Just elected and still loading: open the stream once ready, rather than refuse it.
+          void this.leaderReady().then((w) => {
+            if (w) return this.serveSubmissions(call);
+            const l = this.leadership.leader;
+            call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
+          });
           return;
         }
-        serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
-          rejectMalformed(sub, 'submission');
-          if (!sub.request) throw InvalidArgumentError.field('request', 'is required');
-          const w = this.opts.leaderWork?.();
-          if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
-          const { job, done } = await w.jobs.submit(sub.request);
-          return { job: inView(done ? await done : job, sub.request.view) };
-        }, (code, error, err) => {
-          // A refusal because this coordinator does not lead (or its write was fenced: it just
-          // lost the lead) accepted nothing: the client may send it to the leader.
-          const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
-          return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
-        });
+        this.serveSubmissions(call);
       },
     };
+  }
+
+  /** The leader's work; while this coordinator has just been elected and loads its state, waits for it (up to 5 s). */
+  private async leaderReady(): Promise<LeaderWork | undefined> {
+    const w = this.opts.leaderWork?.();
+    if (w || !this.leadership.isLeader || !this.opts.leaderWorkReady) return w;
+    return this.opts.leaderWorkReady(5_000);
+  }
+
+  private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>): void {
+    serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
+      rejectMalformed(sub, 'submission');
+      if (!sub.request) throw InvalidArgumentError.field('request', 'is required');
+      const w = this.opts.leaderWork?.();
+      if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+      const { job, done } = await w.jobs.submit(sub.request);
+      return { job: inView(done ? await done : job, sub.request.view) };
+    }, (code, error, err) => {
+      // A refusal because this coordinator does not lead (or its write was fenced: it just
+      // lost the lead) accepted nothing: the client may send it to the leader.
+      const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
+      return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
+    });
   }
 
   /**
@@ -215,6 +232,11 @@ export class AdminService {
     };
     const here = local();
     if (here) return here();
+    if (await this.leaderReady()) {
+      // Elected a moment ago: served once this term's state is loaded, not refused.
+      const ready = local();
+      if (ready) return ready();
+    }
     if (call.metadata.get(FORWARDED_KEY).length) {
       // Never forward twice: the leader we forwarded to no longer leads.
       throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
@@ -222,6 +244,7 @@ export class AdminService {
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
     if (leader.id === this.opts.coordinatorId) {
+      await this.leaderReady();
       const again = local();
       if (again) return again();
       throw new NotLeaderError();
@@ -312,7 +335,7 @@ export class AdminService {
   private async watchJob(call: grpc.ServerWritableStream<JobRequest__Output, Job>): Promise<void> {
     const id = call.request.id;
     if (!id) throw InvalidArgumentError.field('id', 'is required');
-    const w = this.opts.leaderWork?.();
+    const w = await this.leaderReady();
     if (w) {
       const { done, cancel } = w.jobs.watch(id, (j) => call.write(j));
       call.on('cancelled', cancel);

@@ -5,6 +5,7 @@
 //                                  elected ──> LeaderWork.start (load nodes, grace, loops)
 //                                  demoted ──> LeaderWork.stop, agents redirected
 //   stop  ──> LeaderWork.stop ──> resign (lease revoked: successor elected at once) ──> close
+import { activeFailpoints, failpoint } from '../common/failpoints';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
@@ -52,6 +53,10 @@ export class LeaderWork {
   private timers: NodeJS.Timeout[] = [];
   ready = false;
   stopped = false;
+  /** Called once: when start() has loaded everything (ready) or the term ended first. */
+  private settled?: () => void;
+  /** Resolves once this term's work is ready to serve, or has stopped before it was. */
+  readonly started = new Promise<void>((resolve) => (this.settled = resolve));
 
   constructor(private readonly c: Coordinator, private readonly term: number) {
     this.registry = new NodeRegistry(c.store, c.keys, {
@@ -73,6 +78,7 @@ export class LeaderWork {
   }
 
   async start(): Promise<void> {
+    await failpoint('leaderStart');
     await this.registry.load();
     await this.deployments.load();
     await this.scaler.load();
@@ -82,6 +88,7 @@ export class LeaderWork {
     await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
     if (this.stopped) return;
     this.ready = true;
+    this.settled?.();
     this.every(250, () => this.registry.tick());
     this.every(200, () => this.scaler.tick());
     this.every(250, () => this.components.tick());
@@ -117,6 +124,7 @@ export class LeaderWork {
   stop(): void {
     this.stopped = true;
     this.ready = false;
+    this.settled?.();
     this.jobs.stop();
     for (const t of this.timers) clearInterval(t);
   }
@@ -151,6 +159,20 @@ export class Coordinator {
     return this.work?.ready ? this.work : undefined;
   }
 
+  /**
+   * The leader's work once it is ready, waiting up to timeoutMs while a term that has just
+   * begun loads its state (a request that arrives in the first moments after an election is
+   * served, not refused); undefined on followers and when the wait runs out.
+   */
+  async leaderWorkReady(timeoutMs: number): Promise<LeaderWork | undefined> {
+    const work = this.work;
+    if (!work || work.ready) return this.leaderWork();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([work.started, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    return this.leaderWork();
+  }
+
   /** The leader's node registry, once loaded; undefined on followers. */
   registry(): NodeRegistry | undefined {
     return this.work?.ready ? this.work.registry : undefined;
@@ -175,6 +197,7 @@ export class Coordinator {
     this.tls = cfg.insecureDev ? undefined : loadTls(cfg);
     const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
+    if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
     this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
     this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
@@ -189,7 +212,7 @@ export class Coordinator {
     });
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork() }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);

@@ -1,0 +1,27 @@
+// Failpoints, after etcd's gofail: named places in the code where a test can inject a delay
+// through the environment, to make a race that takes microseconds in production take seconds
+// in a test. Off unless TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)".
+// Never set it on a real fleet.
+
+const parsed = parse(process.env.TESSERA_FAILPOINTS ?? '');
+
+function parse(spec: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const part of spec.split(/[;,]/).map((s) => s.trim()).filter(Boolean)) {
+    const m = /^([A-Za-z][\w.-]*)=sleep\((\d+)\)$/.exec(part);
+    if (!m) throw new Error(`TESSERA_FAILPOINTS: cannot read "${part}" (expected name=sleep(ms))`);
+    out.set(m[1], Number(m[2]));
+  }
+  return out;
+}
+
+/** Names of the failpoints set in this process (for a start-up warning). */
+export function activeFailpoints(): string[] {
+  return [...parsed.keys()];
+}
+
+/** Waits as the failpoint says when it is set; resolves at once (no timer) when it is not. */
+export async function failpoint(name: string): Promise<void> {
+  const ms = parsed.get(name);
+  if (ms !== undefined) await new Promise((r) => setTimeout(r, ms));
+}

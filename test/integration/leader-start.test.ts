@@ -1,0 +1,64 @@
+// The first moments of a term: a coordinator that has just won the election still loads the
+// cluster state (nodes, apps, components, pipelines, job records) before it can serve. A request
+// that reaches it then waits for the load and is served; it is not refused with "no leader". A
+// failpoint (common/failpoints.ts) stretches the load to 2 s so the window can be hit on purpose.
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { statusOf, waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
+
+describe('a leader that is still loading its state', function () {
+  this.timeout(60_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+  });
+  after(async () => {
+    await fleet?.stop();
+    await etcd?.stop();
+  });
+
+  it('serves requests that arrive between its election and the end of its load, instead of refusing them', async () => {
+    const a = await fleet.coordinator({ etcd: etcd.endpoints, id: 's1' });
+    await waitForLeader([a.address]);
+    const slow = { TESSERA_FAILPOINTS: 'leaderStart=sleep(2000)' };
+    const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 's2', env: slow });
+    const admin = new AdminClient([a.address, b.address], { timeoutMs: 10_000 });
+    const direct = new AdminClient([b.address], { timeoutMs: 10_000 });
+    await admin.applyPipeline({ name: 'kept', stages: [{ name: 'one', kind: 'any-kind' }] });
+    const health = new Health.grpc.health.v1.Health(b.address, grpc.credentials.createInsecure());
+    const leaderHealth = () => new Promise<string>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+    try {
+      await a.kill('SIGKILL');
+      // b is elected (etcd names it) but has not loaded yet: its leader health says so.
+      await waitFor('b elected', async () => (await statusOf(b.address))?.leader?.id === 's2', 20_000, 20);
+      expect(await leaderHealth(), 'the request must arrive while b still loads').to.equal('NOT_SERVING');
+      const [pipeline, jobs, stream] = await Promise.all([
+        admin.getPipeline('kept'),
+        admin.listJobs(),
+        // A SubmitJobs stream opened now is served too: a job to a kind with no instance is
+        // refused for that reason, not for want of a leader.
+        direct.jobStream().submit({ pipeline: 'kept', payload: Buffer.from('x') }).then((j) => `accepted ${j.state}`, (e: grpc.ServiceError) => `${e.code} ${e.details}`),
+      ]);
+      expect(pipeline.name).to.equal('kept');
+      expect(jobs.jobs).to.be.an('array');
+      expect(stream).to.not.match(/no leader|not the leader/);
+      expect(stream).to.match(/pipeline kept, stage "one": no instance/);
+      expect(await leaderHealth()).to.equal('SERVING');
+      expect(b.tail(400)).to.match(/TESSERA_FAILPOINTS is set/);
+    } finally {
+      health.close();
+      admin.close();
+      direct.close();
+    }
+  });
+});
