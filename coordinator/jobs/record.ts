@@ -116,3 +116,27 @@ export function encodeStart(r: JobRecord, payload: Buffer, state: JobState = r.s
   };
   return JSON.stringify(c);
 }
+
+/**
+ * The shared record a job's end goes into: the name of the start batch it was admitted in, read
+ * from its id (`j-<ms>-<leader prefix><batch>.<n>`). Ids from before shared end records (no
+ * `.<n>`) have none: their end is under done/<id> alone.
+ */
+export function endBatchOf(id: string): string | undefined {
+  const m = /^j-[0-9a-z]+-([0-9a-f]{6})([0-9a-z]+)\.[0-9a-z]+$/.exec(id);
+  return m ? `${m[1]}-${m[2]}` : undefined;
+}
+
+/** The ids of the end records in a shared end record's value (a JSON array of records). */
+export function endedIds(value: string | null): Set<string> {
+  if (!value) return new Set();
+  return new Set((JSON.parse(value) as { id: string }[]).map((e) => e.id));
+}
+
+/** A job's end record, found in its own key's value or in a shared end record's. */
+export function findEnd(own: string | null, shared: string | null, id: string): JobRecord | undefined {
+  if (own) return decodeRecord(own);
+  if (!shared) return undefined;
+  const e = (JSON.parse(shared) as { id: string }[]).find((x) => x.id === id);
+  return e ? decodeRecord(e) : undefined;
+}

@@ -12,9 +12,10 @@
 //       a hop failed with a transport error ──> that instance is suspect; re-plan from the failed
 //         stage without it, with the stage's input; within max attempts and the deadline
 //       a hop failed with an application error (bad input) ──> FAILED, the stage named
-//     ─ answer waiters ─ record the end (it rides along with the next transaction, e.g. the next
-//       turn's starts; the record expires after the retention; the shared start record goes
-//       once every job in it has its end recorded)
+//     ─ answer waiters ─ record the end (in the shared end record of the jobs admitted with it,
+//       which rides along with the next transaction, e.g. the next turn's starts; it expires
+//       after the retention; the shared start record goes once every job in it has its end
+//       recorded)
 //
 // A new leader reads the start records of jobs without an end record: each one is resumed from its first
 // stage (steps are at-least-once; components should be idempotent) or, when its deadline has
@@ -38,11 +39,21 @@ import type { Keys } from '../keys';
 import type { Store } from '../store';
 import { Candidate, choosePath, NoPathError, Stage } from './path';
 import type { NormalPipeline, Pipelines } from './pipelines';
-import { decodeRecord, encodeRecord, encodeStart, JobRecord } from './record';
+import { decodeRecord, encodeRecord, encodeStart, endBatchOf, endedIds, findEnd, JobRecord } from './record';
 import { afterWrites } from '../../common/mux';
 
 /** A shared start record stays well under etcd's request limit (1.5 MiB by default). */
 const START_BATCH_BYTES = 512 * 1024;
+/**
+ * Shared end records: the ends of a batch's jobs that have not all ended are written within this
+ * long, together (a batch whose jobs have all ended is written at once). An end larger than
+ * END_OWN_BYTES, or one that would take the batch's ends past END_BATCH_BYTES or that comes after
+ * END_REWRITES writes of them, gets a key of its own (done/<id>) instead.
+ */
+const END_FLUSH_MS = 50;
+const END_OWN_BYTES = 64 * 1024;
+const END_BATCH_BYTES = 512 * 1024;
+const END_REWRITES = 8;
 
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
@@ -85,6 +96,19 @@ interface LiveJob {
  */
 interface StartBatch {
   key: string;
+  /** Its name (started/<name>, ended/<name>), which this leader's job ids carry; none for a batch taken over from another leader. */
+  name?: string;
+  /** Job ids handed out in it. */
+  n: number;
+  /** End records of its jobs (encoded), written together as ended/<name> (see recordEnd). */
+  ends?: Map<string, string>;
+  endBytes: number;
+  /** Jobs whose end is in `ends` and not yet written. */
+  endsPending: { job: LiveJob; resolve: () => void; reject: (e: unknown) => void }[];
+  /** A write of the pending ends is scheduled (after this turn's writes, or by endTimer). */
+  endFlushSoon?: boolean;
+  endTimer?: NodeJS.Timeout;
+  endWrites: number;
   /** Start entries (JSON) of its jobs whose end is not durable yet, by job id ('' until encoded). */
   entries: Map<string, string>;
   /** Its jobs as admitted, encoded when the record is written (after the turn's relays went out). */
@@ -127,7 +151,6 @@ export class JobScheduler {
   private leasePending?: Promise<string>;
   private stopped = false;
   private readonly idPrefix = randomBytes(3).toString('hex');
-  private idSeq = 0;
 
   constructor(
     private readonly store: Store,
@@ -143,11 +166,12 @@ export class JobScheduler {
 
   private activeKey(id: string): string { return `${this.keys.jobs}active/${id}`; }
   private startedKey(batchId: string): string { return `${this.keys.jobs}started/${batchId}`; }
-  private openBatch?: StartBatch;
+  private openBatch?: StartBatch & { seq: string };
   /** Shared start records with jobs whose end is not durable yet. */
   private batches = new Set<StartBatch>();
   private batchSeq = 0;
   private doneKey(id: string): string { return `${this.keys.jobs}done/${id}`; }
+  private endedKey(name: string): string { return `${this.keys.jobs}ended/${name}`; }
   /** The record budget's windows (leases and their bytes), carried from leader to leader. */
   private windowsKey(): string { return `${this.keys.jobs}windows`; }
   private windowsSavedAtMs = 0;
@@ -172,16 +196,18 @@ export class JobScheduler {
     for (const [key, v] of Object.entries(shared)) {
       const raw = JSON.parse(v) as unknown[];
       const recs = raw.map((e) => decodeRecord(e));
-      // Jobs that ended have their end record (the start record goes with the last of them,
-      // unless the leader stopped in between).
-      const ended = await Promise.all(recs.map(async (r) => (await c.get(this.doneKey(r.id)).string()) !== null));
+      // Jobs that ended have their end record: in the batch's shared end record, or one of
+      // their own (the start record goes with the last of them, unless the leader stopped in
+      // between).
+      const endedTogether = endedIds(await c.get(this.endedKey(key.slice(this.startedKey('').length))).string());
+      const ended = await Promise.all(recs.map(async (r) => endedTogether.has(r.id) || (await c.get(this.doneKey(r.id)).string()) !== null));
       const entries = new Map<string, string>();
       recs.forEach((r, i) => { if (!ended[i]) entries.set(r.id, JSON.stringify(raw[i])); });
       if (!entries.size) {
         this.committer.commit([{ type: 'delete', key }], { lazy: true }).catch(() => {});
         continue;
       }
-      const batch: StartBatch = { key, entries, bytes: 0, written: recs.length, writtenAtMs: nowMs, durable: Promise.resolve() };
+      const batch: StartBatch = { key, n: recs.length, entries, bytes: 0, written: recs.length, writtenAtMs: nowMs, durable: Promise.resolve(), endBytes: 0, endsPending: [], endWrites: 0 };
       this.batches.add(batch);
       for (const rec of recs.filter((r) => entries.has(r.id))) taken.push({ rec, batch });
     }
@@ -276,6 +302,9 @@ export class JobScheduler {
     // The continuations of the jobs released above run as microtasks: one more turn and they have
     // queued their records, unless they wait for a lease being granted (then once more after it).
     await new Promise<void>((r) => setImmediate(r));
+    // Shared end records waiting for more of their batch's ends go now.
+    for (const b of this.batches) if (b.endsPending.length) void this.flushEnds(b);
+    await new Promise<void>((r) => setImmediate(r));
     for (let i = 0; i < 3 && this.leasePending; i++) {
       await this.leasePending.catch(() => {});
       await new Promise<void>((r) => setImmediate(r));
@@ -284,6 +313,11 @@ export class JobScheduler {
 
   stop(): void {
     this.stopped = true;
+    for (const b of this.batches) {
+      // settle() writes what they held on a graceful stop.
+      clearTimeout(b.endTimer);
+      b.endTimer = undefined;
+    }
     if (this.windowsTimer) {
       // The last changes go with the records a graceful step-down drains (a fenced write fails harmlessly).
       clearTimeout(this.windowsTimer);
@@ -372,8 +406,11 @@ export class JobScheduler {
       queuedWhy = err.message;
     }
 
-    // Unique without a syscall per job: this leader's random prefix and a counter.
-    const id = `j-${nowMs.toString(36)}-${this.idPrefix}${(this.idSeq++).toString(36)}`;
+    // Unique without a syscall per job: this leader's random prefix, the start batch and a
+    // counter in it (the batch's name in the id finds the job's shared end record).
+    const size = Math.ceil(payload.length / 3) * 4 + 512;
+    const batch = this.startBatch(size);
+    const id = `j-${nowMs.toString(36)}-${this.idPrefix}${batch.seq}.${(batch.n++).toString(36)}`;
     const rec: JobRecord = {
       id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
@@ -389,7 +426,7 @@ export class JobScheduler {
     this.inFlight++;
     // Its start goes into this turn's shared start record. A waited-for job runs meanwhile (its
     // answer, the job's end, waits for that record); any other is acknowledged once it is durable.
-    this.recordStart(job);
+    this.recordStart(job, batch, size);
     if (req.wait && planned) {
       const done = this.whenDone(id);
       void this.execute(job, 0, job.input, rec.headers);
@@ -467,17 +504,33 @@ export class JobScheduler {
    * event-loop turn's shared start record: the jobs a client's batch brings in one message cost
    * one etcd key and one transaction together, not one each. job.accepted settles with it.
    */
-  private recordStart(job: LiveJob): void {
-    // Encoded with the record, after this turn's relays and answers have gone out (afterWrites):
-    // nothing waits for the record's bytes before its transaction, and the jobs' first stages
-    // run meanwhile. The size is an upper bound (base64 input and the fields around it).
-    const size = Math.ceil(job.input.length / 3) * 4 + 512;
+  private recordStart(job: LiveJob, b: StartBatch & { seq: string }, size: number): void {
+    b.entries.set(job.rec.id, '');
+    b.admitted!.push({ job, state: job.rec.state, plans: job.rec.plans });
+    b.bytes += size;
+    job.batch = b;
+    job.accepted = b.durable;
+  }
+
+  /**
+   * This turn's start batch, or a new one when there is none or the job (size: an upper bound
+   * of its entry, base64 input and the fields around it) would take it past START_BATCH_BYTES.
+   * Its entries are encoded after this turn's relays and answers have gone out (afterWrites):
+   * nothing waits for the record's bytes before its transaction, and the jobs' first stages run
+   * meanwhile.
+   */
+  private startBatch(size: number): StartBatch & { seq: string } {
     let b = this.openBatch;
     if (!b || b.bytes + size > START_BATCH_BYTES) {
       let settle!: { resolve: () => void; reject: (e: unknown) => void };
       const durable = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
       durable.catch(() => {}); // each job's finish() or admit() reads the outcome
-      const nb: StartBatch = { key: this.startedKey(`${this.idPrefix}-${(this.batchSeq++).toString(36)}`), entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable, admitted: [] };
+      const seq = (this.batchSeq++).toString(36);
+      const name = `${this.idPrefix}-${seq}`;
+      const nb: StartBatch & { seq: string } = {
+        key: this.startedKey(name), name, seq, n: 0, entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable, admitted: [],
+        ends: new Map(), endBytes: 0, endsPending: [], endWrites: 0,
+      };
       this.openBatch = b = nb;
       this.batches.add(nb);
       afterWrites(() => {
@@ -499,11 +552,7 @@ export class JobScheduler {
         });
       });
     }
-    b.entries.set(job.rec.id, '');
-    b.admitted!.push({ job, state: job.rec.state, plans: job.rec.plans });
-    b.bytes += size;
-    job.batch = b;
-    job.accepted = b.durable;
+    return b as StartBatch & { seq: string };
   }
 
   /** A job's end is durable (or it was never acknowledged): its shared start record goes with the last one. */
@@ -811,12 +860,18 @@ export class JobScheduler {
       tell();
     }
     try {
-      const lease = await this.retentionLease();
-      const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value: encodeRecord(rec, stored), lease }];
-      if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
-      if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
-      this.account(lease, ops);
-      await this.committer.commit(ops, { lazy: startDurable });
+      const value = encodeRecord(rec, stored);
+      const b = job.batch;
+      if (startDurable && b?.ends && this.batches.has(b) && value.length <= END_OWN_BYTES && b.endBytes + value.length <= END_BATCH_BYTES && b.endWrites < END_REWRITES) {
+        await this.recordEnd(b, job, value);
+      } else {
+        const lease = await this.retentionLease();
+        const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value, lease }];
+        if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
+        if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
+        this.account(lease, ops);
+        await this.committer.commit(ops, { lazy: startDurable });
+      }
       answer();
       tell();
       this.endedInBatch(job);
@@ -851,6 +906,62 @@ export class JobScheduler {
   }
 
   /**
+   * Puts a job's end in its start batch's shared end record (ended/<name>: one etcd key for the
+   * ends of the jobs admitted together, instead of a key each). Written after this turn's writes
+   * once every job of the batch has ended, else within END_FLUSH_MS with the ends that come
+   * meanwhile; each write holds every end of the batch so far. Resolves once it is durable.
+   */
+  private recordEnd(b: StartBatch, job: LiveJob, value: string): Promise<void> {
+    b.ends!.set(job.rec.id, value);
+    b.endBytes += value.length;
+    return new Promise<void>((resolve, reject) => {
+      b.endsPending.push({ job, resolve, reject });
+      // Every job whose end is not durable yet has its end here: nothing more to wait for.
+      const all = this.openBatch !== b && b.entries.size === b.endsPending.length;
+      if (all && !b.endFlushSoon) {
+        b.endFlushSoon = true;
+        clearTimeout(b.endTimer);
+        b.endTimer = undefined;
+        afterWrites(() => void this.flushEnds(b));
+      } else if (!b.endFlushSoon && !b.endTimer && !this.stopped) {
+        b.endTimer = setTimeout(() => void this.flushEnds(b), END_FLUSH_MS);
+        b.endTimer.unref?.();
+      }
+    });
+  }
+
+  private async flushEnds(b: StartBatch): Promise<void> {
+    clearTimeout(b.endTimer);
+    b.endTimer = undefined;
+    b.endFlushSoon = false;
+    const pending = b.endsPending;
+    b.endsPending = [];
+    if (!pending.length) return;
+    b.endWrites++;
+    try {
+      const lease = await this.retentionLease();
+      const key = this.endedKey(b.name!);
+      const ops: import('../store').Op[] = [{ type: 'put', key, value: `[${[...b.ends!.values()].join(',')}]`, lease }];
+      // The budget counts what is new: the earlier ends move to this lease with the rewrite.
+      let added = key.length;
+      for (const p of pending) {
+        added += b.ends!.get(p.job.rec.id)!.length + 1;
+        const k = p.job.rec.idempotencyKey;
+        if (k) {
+          const op: import('../store').Op = { type: 'put', key: this.keys.jobKey(k), value: p.job.rec.id, lease };
+          ops.push(op);
+          added += op.key.length + op.value.length;
+        }
+      }
+      this.account(lease, ops, added);
+      await this.committer.commit(ops, { lazy: true });
+      for (const p of pending) p.resolve();
+    } catch (err) {
+      for (const p of pending) p.reject(err);
+    }
+  }
+
+  /**
    * Finished records share a lease per window (a tenth of the retention, at most 10 s), so they
    * expire on their own. etcd deletes a lease's keys in one go when it expires: a window of 10 s
    * keeps that to 10 s of records (30,000 at 3,000 jobs/s) instead of minutes of them.
@@ -873,9 +984,9 @@ export class JobScheduler {
    * revoked: etcd deletes its records at once, before their retention (at thousands of jobs a
    * second an hour of records would outgrow etcd's 2 GiB quota, and a full etcd is read-only).
    */
-  private account(lease: string, ops: import('../store').Op[], nowMs = Date.now()): void {
-    let n = 0;
-    for (const op of ops) if (op.type === 'put') n += op.key.length + op.value.length;
+  private account(lease: string, ops: import('../store').Op[], bytes?: number, nowMs = Date.now()): void {
+    let n = bytes ?? 0;
+    if (bytes === undefined) for (const op of ops) if (op.type === 'put') n += op.key.length + op.value.length;
     const w = this.windows[this.windows.length - 1]?.id === lease ? this.windows[this.windows.length - 1] : this.windows.find((x) => x.id === lease);
     if (w) w.bytes += n;
     this.recordBytes += n;
@@ -913,9 +1024,14 @@ export class JobScheduler {
     const live = this.jobs.get(id);
     if (live) return this.toProto(live);
     const c = this.store.client;
-    const v = (await c.get(this.doneKey(id)).string()) ?? (await c.get(this.activeKey(id)).string());
-    if (!v) throw new NotFoundError('job', id);
-    const rec = decodeRecord(v);
+    const name = endBatchOf(id);
+    const [own, shared] = await Promise.all([c.get(this.doneKey(id)).string(), name ? c.get(this.endedKey(name)).string() : Promise.resolve(null)]);
+    let rec = findEnd(own, shared, id);
+    if (!rec) {
+      const active = await c.get(this.activeKey(id)).string();
+      if (!active) throw new NotFoundError('job', id);
+      rec = decodeRecord(active);
+    }
     return recordToProto(rec, rec.result ? Buffer.from(rec.result, 'base64') : undefined);
   }
 

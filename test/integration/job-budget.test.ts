@@ -11,6 +11,7 @@ import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { startEcho } from '../helpers/echo';
+import { endRecordOf } from '../helpers/job-records';
 
 describe('finished-job records within a byte budget', function () {
   this.timeout(90_000);
@@ -55,7 +56,7 @@ describe('finished-job records within a byte budget', function () {
     const client = createEtcdClient({ endpoints: etcd.endpoints });
     try {
       const run = await bigPipeline(admin, 'big-echo-1');
-      const has = async (id: string) => (await client.get(`/tessera/jobs/done/${id}`).string()) !== null;
+      const has = async (id: string) => (await endRecordOf(client, '/tessera/', id)) !== undefined;
       const first = await run(3); // ~0.8 MB: within the budget
       await waitFor('first records written', async () => (await Promise.all(first.map(has))).every(Boolean), 5_000, 100);
       await new Promise((r) => setTimeout(r, 2_500)); // the next records go under a new lease
@@ -85,7 +86,7 @@ describe('finished-job records within a byte budget', function () {
     const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 'w2', extra: flags });
     const admin = new AdminClient([a.address, b.address], { timeoutMs: 20_000 });
     const client = createEtcdClient({ endpoints: etcd.endpoints });
-    const has = async (id: string) => (await client.get(`/tessera-w/jobs/done/${id}`).string()) !== null;
+    const has = async (id: string) => (await endRecordOf(client, '/tessera-w/', id)) !== undefined;
     const savedBytes = async () => ((JSON.parse((await client.get('/tessera-w/jobs/windows').string()) ?? '[]') as { bytes: number }[])).reduce((n, w) => n + w.bytes, 0);
     try {
       const run = await bigPipeline(admin, 'big-echo-w');

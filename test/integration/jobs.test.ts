@@ -1,6 +1,7 @@
 // The component manager and the job scheduler end to end: real etcd, two coordinators, two
 // agents, the example components in real containers (tessera/components:local), jobs over real
 // gRPC through the agents' step relays. Docker is the witness where instances die.
+import { endRecordOf } from '../helpers/job-records';
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync, fork, ChildProcess } from 'node:child_process';
@@ -11,7 +12,6 @@ import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import type { Job__Output } from '../../common/generated/tessera/v1/Job';
 import { Etcd3 } from 'etcd3';
-import { decodeRecord } from '../../coordinator/jobs/record';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { statusOf, waitForLeader } from '../helpers/cluster';
@@ -360,9 +360,16 @@ describe('jobs through pipelines of registered components', function () {
       // Once every end is recorded, no start record is left, and every job has its end record.
       await waitFor('start records removed', async () => (await client.getAll().prefix('/tessera/jobs/started/').count()) === 0, 5_000, 50);
       for (const j of [...jobs, longJob]) {
-        const done = decodeRecord((await client.get(`/tessera/jobs/done/${j.id}`).string())!);
-        expect([done.id, done.state]).to.deep.equal([j.id, 'JOB_STATE_SUCCEEDED']);
+        const done = await endRecordOf(client, '/tessera/', j.id);
+        expect([done?.id, done?.state], j.id).to.deep.equal([j.id, 'JOB_STATE_SUCCEEDED']);
       }
+      // The ends of jobs admitted together share one record (under jobs/ended/, named in their
+      // ids), not a key each; the long job's end was added to its batch's when it came.
+      const ended = await client.getAll().prefix('/tessera/jobs/ended/').strings();
+      const holding = (id: string) => Object.keys(ended).filter((k) => ended[k].includes(`"id":"${id}"`));
+      for (const j of [...jobs, longJob]) expect(holding(j.id), j.id).to.have.length(1);
+      expect(new Set([...jobs, longJob].map((j) => holding(j.id)[0])).size).to.be.lessThan(jobs.length);
+      for (const j of [...jobs, longJob]) expect(await client.get(`/tessera/jobs/done/${j.id}`).string(), j.id).to.equal(null);
       await watcher.cancel();
       // Each job's start was written (before its answer: the answer waits for it) ...
       const puts = writes.filter((w) => w.type === 'put');

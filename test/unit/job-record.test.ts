@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { decodeRecord, encodeRecord, JobRecord } from '../../coordinator/jobs/record';
+import { decodeRecord, encodeRecord, endBatchOf, endedIds, findEnd, JobRecord } from '../../coordinator/jobs/record';
 
 const T = 1_795_000_000_000;
 const hop = (i: number, node = 'n1') => ({ stage: `s${i}`, kind: `k${i}`, instanceId: `app-k${i}-abcdefgh${i}`, nodeId: node, costMs: 1.2345 + i });
@@ -47,5 +47,22 @@ describe('job records in etcd', () => {
   it('reads records written as plain JSON before this format', () => {
     const r = base();
     expect(decodeRecord(JSON.stringify(r))).to.deep.equal(r);
+  });
+
+  it('finds the shared end record of a job by the start batch its id names', () => {
+    expect(endBatchOf('j-mwx1k2-a1b2c3f.1a')).to.equal('a1b2c3-f');
+    expect(endBatchOf('j-mwx1k2-a1b2c310.0')).to.equal('a1b2c3-10');
+    // Ids from before shared end records name none: their end is under done/<id> alone.
+    expect(endBatchOf('j-mwx1k2-a1b2c31a')).to.equal(undefined);
+    expect(endBatchOf('not-a-job')).to.equal(undefined);
+    const a = base({ id: 'j-mwx1k2-a1b2c3f.0' });
+    const b = base({ id: 'j-mwx1k2-a1b2c3f.1', state: 'JOB_STATE_FAILED', reason: 'stage s2: boom', failedStage: 's2' });
+    const shared = `[${encodeRecord(a)},${encodeRecord(b)}]`;
+    expect([...endedIds(shared)]).to.deep.equal([a.id, b.id]);
+    expect(endedIds(null).size).to.equal(0);
+    expect(findEnd(null, shared, b.id)).to.deep.include({ id: b.id, state: 'JOB_STATE_FAILED', reason: 'stage s2: boom', failedStage: 's2' });
+    expect(findEnd(null, shared, 'j-mwx1k2-a1b2c3f.2')).to.equal(undefined);
+    // A key of its own wins (a job too large to share, or resumed by another leader).
+    expect(findEnd(encodeRecord(base({ id: a.id, reason: 'own' })), shared, a.id)?.reason).to.equal('own');
   });
 });
