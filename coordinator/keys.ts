@@ -23,7 +23,7 @@ export class Keys {
   external(id: string): string { return `${this.externals}${id}`; }
   /**
    * Jobs: started/<batch> (the starts of one event-loop turn's jobs, until each has its end),
-   * ended/<batch> (the ends of those jobs, one value, under a retention lease), done/<id> (a
+   * ended/<batch>/<n> (the ends of those jobs, one value per write, under a retention lease), done/<id> (a
    * finished job's own end record: a job resumed by a new leader, an end too large to share, or
    * one written by versions before shared end records), active/<id> (a job's own start record,
    * written by versions before shared start records; still read by a new leader).

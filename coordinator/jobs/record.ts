@@ -127,16 +127,19 @@ export function endBatchOf(id: string): string | undefined {
   return m ? `${m[1]}-${m[2]}` : undefined;
 }
 
-/** The ids of the end records in a shared end record's value (a JSON array of records). */
-export function endedIds(value: string | null): Set<string> {
-  if (!value) return new Set();
-  return new Set((JSON.parse(value) as { id: string }[]).map((e) => e.id));
+/** The ids of the end records in a batch's shared end records (values: JSON arrays of records). */
+export function endedIds(values: string[]): Set<string> {
+  const ids = new Set<string>();
+  for (const v of values) for (const e of JSON.parse(v) as { id: string }[]) ids.add(e.id);
+  return ids;
 }
 
-/** A job's end record, found in its own key's value or in a shared end record's. */
-export function findEnd(own: string | null, shared: string | null, id: string): JobRecord | undefined {
+/** A job's end record, found in its own key's value or in its batch's shared end records. */
+export function findEnd(own: string | null, shared: string[], id: string): JobRecord | undefined {
   if (own) return decodeRecord(own);
-  if (!shared) return undefined;
-  const e = (JSON.parse(shared) as { id: string }[]).find((x) => x.id === id);
-  return e ? decodeRecord(e) : undefined;
+  for (const v of shared) {
+    const e = (JSON.parse(v) as { id: string }[]).find((x) => x.id === id);
+    if (e) return decodeRecord(e);
+  }
+  return undefined;
 }

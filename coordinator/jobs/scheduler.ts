@@ -46,14 +46,12 @@ import { afterWrites } from '../../common/mux';
 const START_BATCH_BYTES = 512 * 1024;
 /**
  * Shared end records: the ends of a batch's jobs that have not all ended are written within this
- * long, together (a batch whose jobs have all ended is written at once). An end larger than
- * END_OWN_BYTES, or one that would take the batch's ends past END_BATCH_BYTES or that comes after
- * END_REWRITES writes of them, gets a key of its own (done/<id>) instead.
+ * long, together (a batch whose jobs have all ended is written at once, and so are ends reaching
+ * END_BATCH_BYTES). An end larger than END_OWN_BYTES gets a key of its own (done/<id>) instead.
  */
 const END_FLUSH_MS = 50;
 const END_OWN_BYTES = 64 * 1024;
 const END_BATCH_BYTES = 512 * 1024;
-const END_REWRITES = 8;
 
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
@@ -100,14 +98,15 @@ interface StartBatch {
   name?: string;
   /** Job ids handed out in it. */
   n: number;
-  /** End records of its jobs (encoded), written together as ended/<name> (see recordEnd). */
-  ends?: Map<string, string>;
-  endBytes: number;
-  /** Jobs whose end is in `ends` and not yet written. */
-  endsPending: { job: LiveJob; resolve: () => void; reject: (e: unknown) => void }[];
+  /** Its jobs' ends are written together under ended/<name>/ (see recordEnd): this leader's batches. */
+  sharesEnds: boolean;
+  /** Ended jobs whose end record (encoded) is not written yet, and their bytes. */
+  endsPending: { job: LiveJob; value: string; resolve: () => void; reject: (e: unknown) => void }[];
+  pendingBytes: number;
   /** A write of the pending ends is scheduled (after this turn's writes, or by endTimer). */
   endFlushSoon?: boolean;
   endTimer?: NodeJS.Timeout;
+  /** Writes of its ends so far: each is a key of its own, ended/<name>/<n>. */
   endWrites: number;
   /** Start entries (JSON) of its jobs whose end is not durable yet, by job id ('' until encoded). */
   entries: Map<string, string>;
@@ -171,7 +170,8 @@ export class JobScheduler {
   private batches = new Set<StartBatch>();
   private batchSeq = 0;
   private doneKey(id: string): string { return `${this.keys.jobs}done/${id}`; }
-  private endedKey(name: string): string { return `${this.keys.jobs}ended/${name}`; }
+  /** The prefix of a start batch's shared end records (ended/<name>/<n>, one per write). */
+  private endedPrefix(name: string): string { return `${this.keys.jobs}ended/${name}/`; }
   /** The record budget's windows (leases and their bytes), carried from leader to leader. */
   private windowsKey(): string { return `${this.keys.jobs}windows`; }
   private windowsSavedAtMs = 0;
@@ -199,7 +199,7 @@ export class JobScheduler {
       // Jobs that ended have their end record: in the batch's shared end record, or one of
       // their own (the start record goes with the last of them, unless the leader stopped in
       // between).
-      const endedTogether = endedIds(await c.get(this.endedKey(key.slice(this.startedKey('').length))).string());
+      const endedTogether = endedIds(Object.values(await c.getAll().prefix(this.endedPrefix(key.slice(this.startedKey('').length))).strings()));
       const ended = await Promise.all(recs.map(async (r) => endedTogether.has(r.id) || (await c.get(this.doneKey(r.id)).string()) !== null));
       const entries = new Map<string, string>();
       recs.forEach((r, i) => { if (!ended[i]) entries.set(r.id, JSON.stringify(raw[i])); });
@@ -207,7 +207,7 @@ export class JobScheduler {
         this.committer.commit([{ type: 'delete', key }], { lazy: true }).catch(() => {});
         continue;
       }
-      const batch: StartBatch = { key, n: recs.length, entries, bytes: 0, written: recs.length, writtenAtMs: nowMs, durable: Promise.resolve(), endBytes: 0, endsPending: [], endWrites: 0 };
+      const batch: StartBatch = { key, n: recs.length, entries, bytes: 0, written: recs.length, writtenAtMs: nowMs, durable: Promise.resolve(), sharesEnds: false, endsPending: [], pendingBytes: 0, endWrites: 0 };
       this.batches.add(batch);
       for (const rec of recs.filter((r) => entries.has(r.id))) taken.push({ rec, batch });
     }
@@ -529,7 +529,7 @@ export class JobScheduler {
       const name = `${this.idPrefix}-${seq}`;
       const nb: StartBatch & { seq: string } = {
         key: this.startedKey(name), name, seq, n: 0, entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable, admitted: [],
-        ends: new Map(), endBytes: 0, endsPending: [], endWrites: 0,
+        sharesEnds: true, endsPending: [], pendingBytes: 0, endWrites: 0,
       };
       this.openBatch = b = nb;
       this.batches.add(nb);
@@ -862,7 +862,7 @@ export class JobScheduler {
     try {
       const value = encodeRecord(rec, stored);
       const b = job.batch;
-      if (startDurable && b?.ends && this.batches.has(b) && value.length <= END_OWN_BYTES && b.endBytes + value.length <= END_BATCH_BYTES && b.endWrites < END_REWRITES) {
+      if (startDurable && b?.sharesEnds && this.batches.has(b) && value.length <= END_OWN_BYTES) {
         await this.recordEnd(b, job, value);
       } else {
         const lease = await this.retentionLease();
@@ -906,19 +906,19 @@ export class JobScheduler {
   }
 
   /**
-   * Puts a job's end in its start batch's shared end record (ended/<name>: one etcd key for the
-   * ends of the jobs admitted together, instead of a key each). Written after this turn's writes
-   * once every job of the batch has ended, else within END_FLUSH_MS with the ends that come
-   * meanwhile; each write holds every end of the batch so far. Resolves once it is durable.
+   * Puts a job's end with the ends of the jobs admitted with it: they are written together, one
+   * etcd key per write (ended/<name>/<n>) instead of a key per job. Written after this turn's
+   * writes once every job of the batch has ended (or the ends waiting reach END_BATCH_BYTES),
+   * else within END_FLUSH_MS with the ends that come meanwhile. Resolves once it is durable.
    */
   private recordEnd(b: StartBatch, job: LiveJob, value: string): Promise<void> {
-    b.ends!.set(job.rec.id, value);
-    b.endBytes += value.length;
+    if (b.pendingBytes + value.length > END_BATCH_BYTES) void this.flushEnds(b);
     return new Promise<void>((resolve, reject) => {
-      b.endsPending.push({ job, resolve, reject });
+      b.endsPending.push({ job, value, resolve, reject });
+      b.pendingBytes += value.length;
       // Every job whose end is not durable yet has its end here: nothing more to wait for.
       const all = this.openBatch !== b && b.entries.size === b.endsPending.length;
-      if (all && !b.endFlushSoon) {
+      if ((all || b.pendingBytes >= END_BATCH_BYTES) && !b.endFlushSoon) {
         b.endFlushSoon = true;
         clearTimeout(b.endTimer);
         b.endTimer = undefined;
@@ -936,24 +936,17 @@ export class JobScheduler {
     b.endFlushSoon = false;
     const pending = b.endsPending;
     b.endsPending = [];
+    b.pendingBytes = 0;
     if (!pending.length) return;
-    b.endWrites++;
+    const key = `${this.endedPrefix(b.name!)}${(b.endWrites++).toString(36)}`;
     try {
       const lease = await this.retentionLease();
-      const key = this.endedKey(b.name!);
-      const ops: import('../store').Op[] = [{ type: 'put', key, value: `[${[...b.ends!.values()].join(',')}]`, lease }];
-      // The budget counts what is new: the earlier ends move to this lease with the rewrite.
-      let added = key.length;
+      const ops: import('../store').Op[] = [{ type: 'put', key, value: `[${pending.map((p) => p.value).join(',')}]`, lease }];
       for (const p of pending) {
-        added += b.ends!.get(p.job.rec.id)!.length + 1;
         const k = p.job.rec.idempotencyKey;
-        if (k) {
-          const op: import('../store').Op = { type: 'put', key: this.keys.jobKey(k), value: p.job.rec.id, lease };
-          ops.push(op);
-          added += op.key.length + op.value.length;
-        }
+        if (k) ops.push({ type: 'put', key: this.keys.jobKey(k), value: p.job.rec.id, lease });
       }
-      this.account(lease, ops, added);
+      this.account(lease, ops);
       await this.committer.commit(ops, { lazy: true });
       for (const p of pending) p.resolve();
     } catch (err) {
@@ -984,9 +977,9 @@ export class JobScheduler {
    * revoked: etcd deletes its records at once, before their retention (at thousands of jobs a
    * second an hour of records would outgrow etcd's 2 GiB quota, and a full etcd is read-only).
    */
-  private account(lease: string, ops: import('../store').Op[], bytes?: number, nowMs = Date.now()): void {
-    let n = bytes ?? 0;
-    if (bytes === undefined) for (const op of ops) if (op.type === 'put') n += op.key.length + op.value.length;
+  private account(lease: string, ops: import('../store').Op[], nowMs = Date.now()): void {
+    let n = 0;
+    for (const op of ops) if (op.type === 'put') n += op.key.length + op.value.length;
     const w = this.windows[this.windows.length - 1]?.id === lease ? this.windows[this.windows.length - 1] : this.windows.find((x) => x.id === lease);
     if (w) w.bytes += n;
     this.recordBytes += n;
@@ -1025,8 +1018,8 @@ export class JobScheduler {
     if (live) return this.toProto(live);
     const c = this.store.client;
     const name = endBatchOf(id);
-    const [own, shared] = await Promise.all([c.get(this.doneKey(id)).string(), name ? c.get(this.endedKey(name)).string() : Promise.resolve(null)]);
-    let rec = findEnd(own, shared, id);
+    const [own, shared] = await Promise.all([c.get(this.doneKey(id)).string(), name ? c.getAll().prefix(this.endedPrefix(name)).strings() : Promise.resolve({})]);
+    let rec = findEnd(own, Object.values(shared), id);
     if (!rec) {
       const active = await c.get(this.activeKey(id)).string();
       if (!active) throw new NotFoundError('job', id);

@@ -363,8 +363,8 @@ describe('jobs through pipelines of registered components', function () {
         const done = await endRecordOf(client, '/tessera/', j.id);
         expect([done?.id, done?.state], j.id).to.deep.equal([j.id, 'JOB_STATE_SUCCEEDED']);
       }
-      // The ends of jobs admitted together share one record (under jobs/ended/, named in their
-      // ids), not a key each; the long job's end was added to its batch's when it came.
+      // The ends of jobs admitted together share a record (under jobs/ended/<batch>/, the batch
+      // named in their ids), not a key each; the long job's end came later, in a write of its own.
       const ended = await client.getAll().prefix('/tessera/jobs/ended/').strings();
       const holding = (id: string) => Object.keys(ended).filter((k) => ended[k].includes(`"id":"${id}"`));
       for (const j of [...jobs, longJob]) expect(holding(j.id), j.id).to.have.length(1);

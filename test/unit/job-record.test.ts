@@ -57,9 +57,10 @@ describe('job records in etcd', () => {
     expect(endBatchOf('not-a-job')).to.equal(undefined);
     const a = base({ id: 'j-mwx1k2-a1b2c3f.0' });
     const b = base({ id: 'j-mwx1k2-a1b2c3f.1', state: 'JOB_STATE_FAILED', reason: 'stage s2: boom', failedStage: 's2' });
-    const shared = `[${encodeRecord(a)},${encodeRecord(b)}]`;
+    // One value per write of the batch's ends: the first with a, a later one with b.
+    const shared = [`[${encodeRecord(a)}]`, `[${encodeRecord(b)}]`];
     expect([...endedIds(shared)]).to.deep.equal([a.id, b.id]);
-    expect(endedIds(null).size).to.equal(0);
+    expect(endedIds([]).size).to.equal(0);
     expect(findEnd(null, shared, b.id)).to.deep.include({ id: b.id, state: 'JOB_STATE_FAILED', reason: 'stage s2: boom', failedStage: 's2' });
     expect(findEnd(null, shared, 'j-mwx1k2-a1b2c3f.2')).to.equal(undefined);
     // A key of its own wins (a job too large to share, or resumed by another leader).
