@@ -3,9 +3,10 @@
 // in a test. Off unless TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)".
 // Never set it on a real fleet.
 
-const parsed = parse(process.env.TESSERA_FAILPOINTS ?? '');
+const parsed = parseFailpoints(process.env.TESSERA_FAILPOINTS ?? '');
 
-function parse(spec: string): Map<string, number> {
+/** name=sleep(ms) entries, separated by ';' or ','; anything else is refused with what it could not read. */
+export function parseFailpoints(spec: string): Map<string, number> {
   const out = new Map<string, number>();
   for (const part of spec.split(/[;,]/).map((s) => s.trim()).filter(Boolean)) {
     const m = /^([A-Za-z][\w.-]*)=sleep\((\d+)\)$/.exec(part);

@@ -1,0 +1,21 @@
+import { expect } from 'chai';
+import { activeFailpoints, failpoint, parseFailpoints } from '../../common/failpoints';
+
+describe('failpoints (TESSERA_FAILPOINTS)', () => {
+  it('reads name=sleep(ms) entries and refuses anything else, naming it', () => {
+    expect([...parseFailpoints('leaderStart=sleep(2000); other.point=sleep(5)')]).to.deep.equal([['leaderStart', 2000], ['other.point', 5]]);
+    expect(parseFailpoints('').size).to.equal(0);
+    expect(() => parseFailpoints('leaderStart=panic')).to.throw(/cannot read "leaderStart=panic" \(expected name=sleep\(ms\)\)/);
+    expect(() => parseFailpoints('sleep(10)')).to.throw(/cannot read "sleep\(10\)"/);
+  });
+
+  it('is off unless set: a failpoint resolves at once', async () => {
+    expect(activeFailpoints()).to.deep.equal([]);
+    let done = false;
+    const p = failpoint('leaderStart').then(() => (done = true));
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(done).to.equal(true);
+    await p;
+  });
+});
