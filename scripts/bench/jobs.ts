@@ -18,7 +18,10 @@
 // the ratio is taken within the round, and the table gives medians over the rounds (and the
 // range of the rates). The direct calls take turns with Tessera at 1 in flight the same way.
 //
-//   node dist/scripts/bench/jobs.js [--seconds 5] [--rounds 3] [--base-ms 5] [--balancing-only]
+// Each flow starts with every process warmed up at 64 in flight (--warm-seconds, 8 each), so that
+// the 1-in-flight rounds measure optimised code, not V8's interpreter.
+//
+//   node dist/scripts/bench/jobs.js [--seconds 5] [--rounds 3] [--base-ms 5] [--warm-seconds 8] [--balancing-only]
 import { fork, ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -39,6 +42,7 @@ const arg = (n: string, d: number) => (args.includes(`--${n}`) ? Number(args[arg
 const SECONDS = arg('seconds', 5);
 const ROUNDS = arg('rounds', 3);
 const BASE_MS = arg('base-ms', 5);
+const WARM_S = arg('warm-seconds', 8);
 const LEVELS = [1, 16, 64];
 const IMAGE = 'tessera/components:local';
 const QUIET = { TESSERA_LOG_LEVEL: 'warn' };
@@ -165,6 +169,14 @@ async function main(): Promise<void> {
     const peer: Record<string, Run[]> = {};
     const floor: Record<string, Run[]> = {};
     const rounds = async (flow: string): Promise<void> => {
+      // Every process warm before the first round: V8 optimises a function after thousands of
+      // calls, and at 1 in flight (about 100 jobs/s here at first) the 2 s warm-up of a run left
+      // Tessera's six processes half interpreted (their rate rose 2-3x over the first 40 s). The
+      // peer and the direct calls get the same.
+      progress(`warming up: Tessera ${flow} flow, the peer and the direct calls, ${WARM_S} s each at 64 in flight`);
+      await load(64, WARM_S, () => submit('chain4'));
+      await load(64, WARM_S, molecule);
+      await load(64, WARM_S, () => direct(tEps));
       for (const n of LEVELS) {
         const key = `${flow}-${n}`;
         tess[key] = [];
