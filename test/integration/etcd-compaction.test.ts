@@ -2,29 +2,19 @@
 // with every status write and job record until its quota turns the cluster read-only.
 import { expect } from 'chai';
 import { createEtcdClient } from '../../common/etcd';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
+import { etcdAndFleet } from '../helpers/suite';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 
 describe('etcd history compaction by the leader', function () {
   this.timeout(60_000);
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
 
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-  });
-  after(async () => {
-    await fleet?.stop();
-    await etcd?.stop();
-  });
+  const suite = etcdAndFleet();
 
   it('compacts to the revision it noted an interval earlier, keeping at least one interval of history', async () => {
-    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'k1', extra: ['--etcd-compaction-interval-ms', '1000'] });
+    const c = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'k1', extra: ['--etcd-compaction-interval-ms', '1000'] });
     await waitForLeader([c.address]);
-    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const client = createEtcdClient({ endpoints: suite.etcd.endpoints });
     try {
       await client.put('/probe').value('old');
       const old = Number((await client.get('/probe').exec()).header.revision);
@@ -40,7 +30,7 @@ describe('etcd history compaction by the leader', function () {
         }
       }, 20_000, 200);
       expect(await client.get('/probe').string()).to.equal('new');
-      expect(fleet.dump()).to.match(/etcd history compacted/);
+      expect(suite.fleet.dump()).to.match(/etcd history compacted/);
     } finally {
       client.close();
     }

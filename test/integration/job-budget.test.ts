@@ -6,8 +6,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
+import { etcdAndFleet } from '../helpers/suite';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { startEcho } from '../helpers/echo';
@@ -15,19 +14,8 @@ import { endRecordOf } from '../helpers/job-records';
 
 describe('finished-job records within a byte budget', function () {
   this.timeout(90_000);
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
   let echo: ChildProcess | undefined;
-
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-  });
-  after(async () => {
-    echo?.kill('SIGKILL');
-    await fleet?.stop();
-    await etcd?.stop();
-  });
+  const suite = etcdAndFleet({ cleanup: () => void echo?.kill('SIGKILL') });
 
   /** An external echo instance and a one-stage pipeline on it; each job's record keeps its 200 KB result (~270 KB). */
   async function bigPipeline(admin: AdminClient, id: string): Promise<(n: number) => Promise<string[]>> {
@@ -50,10 +38,10 @@ describe('finished-job records within a byte budget', function () {
 
   it('deletes the oldest window of records before its retention once the records exceed the budget', async () => {
     // 1 MiB of records at most; a retention of 20 s makes a window (one lease) 2 s.
-    const c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'b1', extra: ['--job-record-budget-mb', '1', '--job-retention-ms', '20000'] });
+    const c = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'b1', extra: ['--job-record-budget-mb', '1', '--job-retention-ms', '20000'] });
     await waitForLeader([c.address]);
     const admin = new AdminClient([c.address], { timeoutMs: 20_000 });
-    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const client = createEtcdClient({ endpoints: suite.etcd.endpoints });
     try {
       const run = await bigPipeline(admin, 'big-echo-1');
       const has = async (id: string) => (await endRecordOf(client, '/tessera/', id)) !== undefined;
@@ -69,7 +57,7 @@ describe('finished-job records within a byte budget', function () {
       const third = await run(1); // a third window: the first has been closed over 5 s
       await waitFor('the oldest window deleted', async () => (await Promise.all(first.map(has))).every((x) => !x), 10_000, 200);
       await waitFor('the newer records kept', async () => (await Promise.all([...second, ...third].map(has))).every(Boolean), 5_000, 100);
-      expect(fleet.dump()).to.match(/over --job-record-budget-mb/);
+      expect(suite.fleet.dump()).to.match(/over --job-record-budget-mb/);
     } finally {
       client.close();
       admin.close();
@@ -81,11 +69,11 @@ describe('finished-job records within a byte budget', function () {
     // budget on both; a retention of 40 s makes a window 4 s, and records expire on their own
     // only after 44 s: their deletion within this test is the budget's doing.
     const flags = ['--etcd-prefix', '/tessera-w/', '--job-record-budget-mb', '1', '--job-retention-ms', '40000'];
-    const a = await fleet.coordinator({ etcd: etcd.endpoints, id: 'w1', extra: flags });
+    const a = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'w1', extra: flags });
     await waitForLeader([a.address]);
-    const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 'w2', extra: flags });
+    const b = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'w2', extra: flags });
     const admin = new AdminClient([a.address, b.address], { timeoutMs: 20_000 });
-    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    const client = createEtcdClient({ endpoints: suite.etcd.endpoints });
     const has = async (id: string) => (await endRecordOf(client, '/tessera-w/', id)) !== undefined;
     const savedBytes = async () => ((JSON.parse((await client.get('/tessera-w/jobs/windows').string()) ?? '[]') as { bytes: number }[])).reduce((n, w) => n + w.bytes, 0);
     try {

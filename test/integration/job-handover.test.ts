@@ -3,32 +3,20 @@
 import { expect } from 'chai';
 import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
+import { etcdAndFleet } from '../helpers/suite';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { startEcho } from '../helpers/echo';
 
 describe('a graceful leader stop with jobs in flight', function () {
   this.timeout(90_000);
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
   let echo: ChildProcess | undefined;
-
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-  });
-  after(async () => {
-    echo?.kill('SIGKILL');
-    await fleet?.stop();
-    await etcd?.stop();
-  });
+  const suite = etcdAndFleet({ cleanup: () => void echo?.kill('SIGKILL') });
 
   it('writes the end of every job it answered before it resigns: the next leader resumes none of them', async () => {
-    const a = await fleet.coordinator({ etcd: etcd.endpoints, id: 'h1' });
+    const a = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'h1' });
     await waitForLeader([a.address]);
-    const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 'h2' });
+    const b = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 'h2' });
     const started = await startEcho('hand-echo', { DELAY_MS: '2' });
     echo = started.proc;
     const port = started.port;

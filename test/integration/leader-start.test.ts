@@ -5,8 +5,7 @@
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
+import { etcdAndFleet } from '../helpers/suite';
 import { statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 
@@ -15,23 +14,14 @@ const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync
 
 describe('a leader that is still loading its state', function () {
   this.timeout(60_000);
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
 
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-  });
-  after(async () => {
-    await fleet?.stop();
-    await etcd?.stop();
-  });
+  const suite = etcdAndFleet();
 
   it('serves requests that arrive between its election and the end of its load, instead of refusing them', async () => {
-    const a = await fleet.coordinator({ etcd: etcd.endpoints, id: 's1' });
+    const a = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 's1' });
     await waitForLeader([a.address]);
     const slow = { TESSERA_FAILPOINTS: 'leaderStart=sleep(2000)' };
-    const b = await fleet.coordinator({ etcd: etcd.endpoints, id: 's2', env: slow });
+    const b = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 's2', env: slow });
     const admin = new AdminClient([a.address, b.address], { timeoutMs: 10_000 });
     const direct = new AdminClient([b.address], { timeoutMs: 10_000 });
     await admin.applyPipeline({ name: 'kept', stages: [{ name: 'one', kind: 'any-kind' }] });
