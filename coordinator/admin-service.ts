@@ -35,6 +35,10 @@ import { serveMux } from '../common/mux';
 const FORWARDED_KEY = 'tessera-forwarded-by';
 const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
 
+/** How long a request waits for a leader elected a moment ago to load the cluster state. */
+const LOAD_WAIT_MS = 5_000;
+const LOADING_TEXT = `this coordinator was elected leader and is still loading the cluster state after ${LOAD_WAIT_MS / 1000} s (nodes, apps, components, pipelines, jobs); retry shortly`;
+
 export class AdminService {
   private leaderClients = new Map<string, AdminClient>();
   private memberClients = new Map<string, Etcd3>();
@@ -188,11 +192,11 @@ export class AdminService {
     };
   }
 
-  /** The leader's work; while this coordinator has just been elected and loads its state, waits for it (up to 5 s). */
+  /** The leader's work; while this coordinator has just been elected and loads its state, waits for it (up to LOAD_WAIT_MS). */
   private async leaderReady(): Promise<LeaderWork | undefined> {
     const w = this.opts.leaderWork?.();
     if (w || !this.leadership.isLeader || !this.opts.leaderWorkReady) return w;
-    return this.opts.leaderWorkReady(5_000);
+    return this.opts.leaderWorkReady(LOAD_WAIT_MS);
   }
 
   private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>): void {
@@ -232,10 +236,15 @@ export class AdminService {
     };
     const here = local();
     if (here) return here();
-    if (await this.leaderReady()) {
-      // Elected a moment ago: served once this term's state is loaded, not refused.
+    // Elected a moment ago: served once this term's state is loaded, not refused (and not
+    // forwarded: this coordinator is the leader).
+    let waited = false;
+    if (this.leadership.isLeader) {
+      waited = true;
+      await this.leaderReady();
       const ready = local();
       if (ready) return ready();
+      if (this.leadership.isLeader) throw new UnavailableError(LOADING_TEXT);
     }
     if (call.metadata.get(FORWARDED_KEY).length) {
       // Never forward twice: the leader we forwarded to no longer leads.
@@ -244,10 +253,10 @@ export class AdminService {
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
     if (leader.id === this.opts.coordinatorId) {
-      await this.leaderReady();
+      if (!waited) await this.leaderReady();
       const again = local();
       if (again) return again();
-      throw new NotLeaderError();
+      throw new UnavailableError(LOADING_TEXT);
     }
     const client = this.leaderClient(leader.address);
     const md = call.metadata.clone();
@@ -345,7 +354,8 @@ export class AdminService {
     }
     if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
     const leader = await this.leadership.waitForLeader(3_000);
-    if (!leader || leader.id === this.opts.coordinatorId) throw new NotLeaderError();
+    if (!leader) throw new NotLeaderError();
+    if (leader.id === this.opts.coordinatorId) throw new UnavailableError(LOADING_TEXT);
     const md = call.metadata.clone();
     md.set(FORWARDED_KEY, this.opts.coordinatorId);
     const upstream = this.leaderClient(leader.address).watchJob({ id }, md);

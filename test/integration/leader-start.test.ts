@@ -16,6 +16,11 @@ describe('a leader that is still loading its state', function () {
   this.timeout(60_000);
 
   const suite = etcdAndFleet();
+  const leaderHealthOf = (address: string) => {
+    const health = new Health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+    const check = () => new Promise<string>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+    return { check, close: () => health.close() };
+  };
 
   it('serves requests that arrive between its election and the end of its load, instead of refusing them', async () => {
     const a = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 's1' });
@@ -25,8 +30,8 @@ describe('a leader that is still loading its state', function () {
     const admin = new AdminClient([a.address, b.address], { timeoutMs: 10_000 });
     const direct = new AdminClient([b.address], { timeoutMs: 10_000 });
     await admin.applyPipeline({ name: 'kept', stages: [{ name: 'one', kind: 'any-kind' }] });
-    const health = new Health.grpc.health.v1.Health(b.address, grpc.credentials.createInsecure());
-    const leaderHealth = () => new Promise<string>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+    const health = leaderHealthOf(b.address);
+    const leaderHealth = health.check;
     try {
       await a.kill('SIGKILL');
       // b is elected (etcd names it) but has not loaded yet: its leader health says so.
@@ -48,6 +53,29 @@ describe('a leader that is still loading its state', function () {
     } finally {
       health.close();
       admin.close();
+      direct.close();
+    }
+  });
+
+  it('answers UNAVAILABLE saying it is still loading when the load outlasts the wait (5 s), and serves once loaded', async () => {
+    // The leader now is s2 (the test before). s3 takes 8 s to load.
+    const b = suite.fleet.procs.find((p) => p.name === 's2')!;
+    const c = await suite.fleet.coordinator({ etcd: suite.etcd.endpoints, id: 's3', env: { TESSERA_FAILPOINTS: 'leaderStart=sleep(8000)' } });
+    const direct = new AdminClient([c.address], { timeoutMs: 15_000 });
+    const health = leaderHealthOf(c.address);
+    try {
+      await b.kill('SIGKILL');
+      await waitFor('c elected', async () => (await statusOf(c.address))?.leader?.id === 's3', 20_000, 20);
+      const t0 = Date.now();
+      // (ListJobs is the leader's: the jobs live in its memory.)
+      const err = await direct.listJobs().then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code, `${String(err?.details)} after ${Date.now() - t0} ms`).to.equal(grpc.status.UNAVAILABLE);
+      expect(err?.details).to.match(/elected leader and is still loading the cluster state/);
+      expect(Date.now() - t0, 'it waited for the load first').to.be.greaterThan(4_000);
+      await waitFor('c loaded', async () => (await health.check()) === 'SERVING', 10_000, 100);
+      expect((await direct.listJobs()).jobs).to.be.an('array');
+    } finally {
+      health.close();
       direct.close();
     }
   });
