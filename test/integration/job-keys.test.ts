@@ -8,6 +8,10 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
+import { TcpProxy } from '../helpers/tcp-proxy';
+import { waitFor } from '../helpers/ports';
+import { createEtcdClient } from '../../common/etcd';
+import * as grpc from '@grpc/grpc-js';
 
 /** etcd's count of Range requests served (its /metrics, on the client URL). */
 async function ranges(endpoint: string): Promise<number> {
@@ -22,6 +26,7 @@ describe('idempotency keys under concurrency', function () {
   let fleet: Fleet;
   let echo: ChildProcess | undefined;
   let admin: AdminClient;
+  let echoEndpoint = '';
 
   before(async () => {
     etcd = await EtcdCluster.start(1);
@@ -31,6 +36,7 @@ describe('idempotency keys under concurrency', function () {
     const started = await startEcho('key-echo');
     echo = started.proc;
     const port = started.port;
+    echoEndpoint = `127.0.0.1:${port}`;
     admin = new AdminClient([c.address], { timeoutMs: 20_000 });
     await admin.registerComponent({ instanceId: 'key-echo-1', kind: 'key-echo', endpoint: `127.0.0.1:${port}`, ttlMs: 60_000 });
     await admin.applyPipeline({ name: 'keyed', stages: [{ name: 'echo', kind: 'key-echo' }] });
@@ -78,6 +84,45 @@ describe('idempotency keys under concurrency', function () {
       expect(again.id).to.equal(jobs[7].id);
     } finally {
       js.close();
+    }
+  });
+
+  it('refuses a keyed submission whose key lookup etcd cannot answer (UNAVAILABLE, nothing admitted); the key later runs one job', async () => {
+    // A cluster of its own (its own prefix) whose only coordinator reaches etcd through a proxy.
+    const proxy = new TcpProxy(Number(etcd.endpoints[0].split(':')[1]));
+    await proxy.start();
+    const c = await fleet.coordinator({ etcd: [proxy.address], id: 'kp', extra: ['--etcd-prefix', '/tessera-p/'] });
+    await waitForLeader([c.address]);
+    const own = new AdminClient([c.address], { timeoutMs: 20_000 });
+    const client = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      await own.registerComponent({ instanceId: 'key-echo-p', kind: 'key-echo', endpoint: echoEndpoint, ttlMs: 60_000 });
+      await own.applyPipeline({ name: 'keyed', stages: [{ name: 'echo', kind: 'key-echo' }] });
+      expect((await own.submitJob({ pipeline: 'keyed', payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
+      // etcd out of reach: the lookup of a key not in memory stalls, then fails.
+      proxy.cutLink();
+      const err = await own.submitJob({ pipeline: 'keyed', payload: Buffer.from('x'), idempotencyKey: 'lookup-key', wait: true }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code, err?.details).to.equal(grpc.status.UNAVAILABLE);
+      expect(err?.details).to.match(/idempotency key lookup in etcd failed/);
+      proxy.restore();
+      await waitForLeader([c.address], 20_000);
+      // Sent again with its key: it runs, once.
+      const j = await waitFor('the keyed job accepted after the outage', async () => {
+        const r = await own.submitJob({ pipeline: 'keyed', payload: Buffer.from('x'), idempotencyKey: 'lookup-key', wait: true }).catch(() => undefined);
+        return r?.state === 'JOB_STATE_SUCCEEDED' ? r : undefined;
+      }, 20_000, 200);
+      // The key's record goes with the job's end record, just after the answer.
+      await waitFor('the key recorded', async () => (await client.get('/tessera-p/jobkeys/lookup-key').string()) === j.id, 5_000, 50);
+      // Every record with the key in etcd (start and end, shared or not) is of that one job.
+      const records = Object.values(await client.getAll().prefix('/tessera-p/jobs/').strings()).flatMap((v) => {
+        const o = JSON.parse(v) as unknown;
+        return (Array.isArray(o) ? o : [o]) as { id?: string; k?: string }[];
+      });
+      expect([...new Set(records.filter((r) => r?.k === 'lookup-key').map((r) => r.id))]).to.deep.equal([j.id]);
+    } finally {
+      client.close();
+      own.close();
+      await proxy.stop();
     }
   });
 });
