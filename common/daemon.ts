@@ -3,6 +3,7 @@
 // then stop cleanly (exit 0), and log instead of crash on a stray rejection.
 import { Command } from 'commander';
 import { addSchemaOptions, Layer, layersFromCommand, Schema } from './config';
+import { activeFailpoints } from './failpoints';
 import { ConfigError } from './errors';
 import { createLogger, Logger } from './logger';
 import { VERSION } from './version';
@@ -29,9 +30,14 @@ export async function runDaemon<C extends { logLevel: string }>(spec: DaemonSpec
   let config: C;
   try {
     config = spec.compile(layersFromCommand(spec.schema, cmd.opts()));
+    activeFailpoints(); // a test-only setting in the environment, refused here when unreadable
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(err.message + '\n');
+      process.exit(2);
+    }
+    if ((err as Error).message?.startsWith('TESSERA_FAILPOINTS')) {
+      process.stderr.write(`invalid environment:\n  ${(err as Error).message}\n`);
       process.exit(2);
     }
     throw err;

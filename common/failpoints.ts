@@ -3,7 +3,9 @@
 // in a test. Off unless TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)".
 // Never set it on a real fleet.
 
-const parsed = parseFailpoints(process.env.TESSERA_FAILPOINTS ?? '');
+/** Read on first use (a daemon reads it with its settings, so a bad value stops it there, exit 2). */
+let parsed: Map<string, number> | undefined;
+const points = (): Map<string, number> => (parsed ??= parseFailpoints(process.env.TESSERA_FAILPOINTS ?? ''));
 
 /** name=sleep(ms) entries, separated by ';' or ','; anything else is refused with what it could not read. */
 export function parseFailpoints(spec: string): Map<string, number> {
@@ -18,11 +20,11 @@ export function parseFailpoints(spec: string): Map<string, number> {
 
 /** Names of the failpoints set in this process (for a start-up warning). */
 export function activeFailpoints(): string[] {
-  return [...parsed.keys()];
+  return [...points().keys()];
 }
 
 /** Waits as the failpoint says when it is set; resolves at once (no timer) when it is not. */
 export async function failpoint(name: string): Promise<void> {
-  const ms = parsed.get(name);
+  const ms = points().get(name);
   if (ms !== undefined) await new Promise((r) => setTimeout(r, ms));
 }

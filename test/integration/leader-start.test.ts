@@ -6,6 +6,9 @@ import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { etcdAndFleet } from '../helpers/suite';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { repoRoot } from '../../common/version';
 import { statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 
@@ -77,6 +80,14 @@ describe('a leader that is still loading its state', function () {
     } finally {
       health.close();
       direct.close();
+    }
+  });
+
+  it('refuses to start (exit 2, saying why) when TESSERA_FAILPOINTS cannot be read', () => {
+    for (const bin of ['dist/coordinator/main.js', 'dist/agent/main.js']) {
+      const r = spawnSync(process.execPath, [path.join(repoRoot(), bin), '--insecure-dev'], { encoding: 'utf8', env: { ...process.env, TESSERA_FAILPOINTS: 'leaderStart=panic' }, timeout: 20_000 });
+      expect(r.status, `${bin}: ${r.stderr}`).to.equal(2);
+      expect(r.stderr).to.contain('invalid environment:\n  TESSERA_FAILPOINTS: cannot read "leaderStart=panic" (expected name=sleep(ms))');
     }
   });
 });
