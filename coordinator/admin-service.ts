@@ -256,7 +256,9 @@ export class AdminService {
       if (!waited) await this.leaderReady();
       const again = local();
       if (again) return again();
-      throw new UnavailableError(LOADING_TEXT);
+      // Still loading if it leads; else its view of etcd is stale (e.g. cut off from it): it
+      // does not lead and cannot know who does.
+      throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
     }
     const client = this.leaderClient(leader.address);
     const md = call.metadata.clone();
@@ -355,7 +357,7 @@ export class AdminService {
     if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
-    if (leader.id === this.opts.coordinatorId) throw new UnavailableError(LOADING_TEXT);
+    if (leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
     const md = call.metadata.clone();
     md.set(FORWARDED_KEY, this.opts.coordinatorId);
     const upstream = this.leaderClient(leader.address).watchJob({ id }, md);
