@@ -23,6 +23,7 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_jobs_refused_total', help: 'submissions refused, by gRPC code', type: 'counter', labels: ['code'] },
   { name: 'tessera_jobs_in_flight', help: 'accepted jobs not yet ended (running or queued)', type: 'gauge' },
   { name: 'tessera_job_records_bytes', help: 'bytes of finished-job records this leader holds in etcd (bounded by --job-record-budget-mb)', type: 'gauge' },
+  { name: 'tessera_job_end_record_retries_total', help: 'end records of answered jobs that etcd did not take, written again', type: 'counter' },
   { name: 'tessera_job_records_expired_early_total', help: 'windows of finished-job records deleted before their retention to stay within the budget', type: 'counter' },
   { name: 'tessera_jobs_queued', help: 'jobs waiting for an instance that is not saturated', type: 'gauge' },
 ];

@@ -22,7 +22,8 @@
 // passed, failed with that reason. No accepted job is silently lost.
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
+import { FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
+import { Backoff, sleep } from '../../common/backoff';
 import type { Logger } from '../../common/logger';
 import type { Metrics } from '../../common/metrics';
 import type { StepRunner } from '../../common/relay';
@@ -52,6 +53,13 @@ const START_BATCH_BYTES = 512 * 1024;
 const END_FLUSH_MS = 50;
 const END_OWN_BYTES = 64 * 1024;
 const END_BATCH_BYTES = 512 * 1024;
+/**
+ * The end record of a job that was answered (its start is durable) is written again while etcd
+ * does not take it (unreachable, a timeout), for up to this long and while this coordinator
+ * leads: otherwise its start record stays and the next leader runs the job again.
+ */
+const END_RETRY_MS = 30_000;
+const END_RETRY_BACKOFF = { initialMs: 250, maxMs: 4_000, multiplier: 2, jitter: 0.2 };
 
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
@@ -563,7 +571,10 @@ export class JobScheduler {
     b.entries.delete(job.rec.id);
     if (b.entries.size || this.openBatch === b || !this.batches.has(b)) return;
     this.batches.delete(b);
-    this.committer.commit([{ type: 'delete', key: b.key }], { lazy: true }).catch((err) => this.log.debug({ key: b.key, err: (err as Error).message }, 'shared start record not deleted; the next leader deletes it'));
+    // Tried again as end records are: left behind, it would outlive the end records (they expire),
+    // and a next leader would run its jobs again.
+    this.writeAgain(() => this.committer.commit([{ type: 'delete', key: b.key }], { lazy: true }), 'shared start record deletion', { key: b.key })
+      .catch((err) => this.log.warn({ key: b.key, err: (err as Error).message }, 'shared start record not deleted; the next leader deletes it'));
   }
 
   /**
@@ -865,12 +876,16 @@ export class JobScheduler {
       if (startDurable && b?.sharesEnds && this.batches.has(b) && value.length <= END_OWN_BYTES) {
         await this.recordEnd(b, job, value);
       } else {
-        const lease = await this.retentionLease();
-        const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value, lease }];
-        if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
-        if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
-        this.account(lease, ops);
-        await this.committer.commit(ops, { lazy: startDurable });
+        const write = async () => {
+          const lease = await this.retentionLease();
+          const ops: import('../store').Op[] = [{ type: 'put', key: this.doneKey(rec.id), value, lease }];
+          if (job.accepted && !job.batch) ops.unshift({ type: 'delete', key: this.activeKey(rec.id) });
+          if (rec.idempotencyKey) ops.push({ type: 'put', key: this.keys.jobKey(rec.idempotencyKey), value: rec.id, lease });
+          await this.committer.commit(ops, { lazy: startDurable });
+          this.account(lease, ops);
+        };
+        // Answered already: written again until etcd takes it. Else its caller waits for this one try.
+        await (startDurable ? this.writeAgain(write, 'job end record', { job: rec.id }) : write());
       }
       answer();
       tell();
@@ -939,18 +954,47 @@ export class JobScheduler {
     b.pendingBytes = 0;
     if (!pending.length) return;
     const key = `${this.endedPrefix(b.name!)}${(b.endWrites++).toString(36)}`;
+    const value = `[${pending.map((p) => p.value).join(',')}]`;
     try {
-      const lease = await this.retentionLease();
-      const ops: import('../store').Op[] = [{ type: 'put', key, value: `[${pending.map((p) => p.value).join(',')}]`, lease }];
-      for (const p of pending) {
-        const k = p.job.rec.idempotencyKey;
-        if (k) ops.push({ type: 'put', key: this.keys.jobKey(k), value: p.job.rec.id, lease });
-      }
-      this.account(lease, ops);
-      await this.committer.commit(ops, { lazy: true });
+      // The same key and value every try: a try whose answer was lost but that etcd applied is harmless.
+      await this.writeAgain(async () => {
+        const lease = await this.retentionLease();
+        const ops: import('../store').Op[] = [{ type: 'put', key, value, lease }];
+        for (const p of pending) {
+          const k = p.job.rec.idempotencyKey;
+          if (k) ops.push({ type: 'put', key: this.keys.jobKey(k), value: p.job.rec.id, lease });
+        }
+        await this.committer.commit(ops, { lazy: true });
+        this.account(lease, ops);
+      }, 'job end records', { key, jobs: pending.length });
       for (const p of pending) p.resolve();
     } catch (err) {
       for (const p of pending) p.reject(err);
+    }
+  }
+
+  /**
+   * Writes what records the end of answered jobs (`write`, one try: their end records, or the
+   * deletion of a start record all of whose jobs have ended), trying again with backoff while
+   * etcd does not take it, for up to END_RETRY_MS. A fenced write, a coordinator that no longer
+   * leads or has stopped, or the time running out ends it with the error: the jobs' start records
+   * stay, and the next leader runs them again.
+   */
+  private async writeAgain(write: () => Promise<unknown>, what: string, fields: Record<string, unknown>): Promise<void> {
+    const backoff = new Backoff(END_RETRY_BACKOFF);
+    const until = Date.now() + END_RETRY_MS;
+    for (;;) {
+      try {
+        await write();
+        if (backoff.attempts) this.log.info({ ...fields, tries: backoff.attempts + 1 }, `${what} written after etcd failed to take it`);
+        return;
+      } catch (err) {
+        const delay = backoff.next();
+        if (this.stopped || err instanceof FencedError || err instanceof NotLeaderError || Date.now() + delay >= until) throw err;
+        this.metrics?.inc('tessera_job_end_record_retries_total');
+        if (backoff.attempts === 1) this.log.warn({ ...fields, err: (err as Error).message }, `${what} not written; trying again while this coordinator leads`);
+        await sleep(delay);
+      }
     }
   }
 

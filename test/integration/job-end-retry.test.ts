@@ -1,0 +1,72 @@
+// etcd out of reach for a moment while jobs end: their answers go out (their starts are durable)
+// and the leader writes their end records again once etcd takes them, so that a next leader does
+// not run them a second time. The coordinator reaches etcd through a proxy the test cuts.
+import { expect } from 'chai';
+import type { ChildProcess } from 'node:child_process';
+import { AdminClient } from '../../common/admin-client';
+import { createEtcdClient } from '../../common/etcd';
+import { parseMetrics } from '../../common/metrics';
+import { waitForLeader } from '../helpers/cluster';
+import { startEcho } from '../helpers/echo';
+import { endRecordOf } from '../helpers/job-records';
+import { freePort, waitFor } from '../helpers/ports';
+import { etcdAndFleet } from '../helpers/suite';
+import { TcpProxy } from '../helpers/tcp-proxy';
+
+describe('job end records while etcd is out of reach', function () {
+  this.timeout(90_000);
+  let echo: ChildProcess | undefined;
+  let proxy: TcpProxy | undefined;
+  const s = etcdAndFleet({
+    cleanup: async () => {
+      echo?.kill('SIGKILL');
+      await proxy?.stop();
+    },
+  });
+
+  it('writes the end records of jobs answered during the outage once etcd is back; their start records go', async () => {
+    proxy = new TcpProxy(Number(s.etcd.endpoints[0].split(':')[1]));
+    await proxy.start();
+    const metricsPort = await freePort();
+    // A lease TTL well over the cut: the coordinator stays leader through it.
+    const c = await s.fleet.coordinator({ etcd: [proxy.address], id: 'er', ttl: 8, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    await waitForLeader([c.address]);
+    const started = await startEcho('slow-echo', { DELAY_MS: '1200' });
+    echo = started.proc;
+    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
+    const client = createEtcdClient({ endpoints: s.etcd.endpoints });
+    const js = admin.jobStream();
+    try {
+      await admin.registerComponent({ instanceId: 'slow-echo-1', kind: 'slow-echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'slow', stages: [{ name: 'echo', kind: 'slow-echo' }] });
+      expect((await admin.submitJob({ pipeline: 'slow', payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
+
+      // Eight jobs in one message: one shared start record, durable before the cut.
+      const answers = Array.from({ length: 8 }, (_, i) => js.submit({ pipeline: 'slow', payload: Buffer.from(`job ${i}`), wait: true }));
+      await waitFor('their start record', async () => Object.values(await client.getAll().prefix('/tessera/jobs/started/').strings())
+        .some((v) => (JSON.parse(v) as unknown[]).length === 8), 1_000, 20);
+      proxy.cutLink();
+      // The jobs end while etcd is out of reach: their callers still get their answers.
+      const jobs = await Promise.all(answers);
+      expect(jobs.map((j) => j.state)).to.deep.equal(Array(8).fill('JOB_STATE_SUCCEEDED'));
+      // The end records' write is under way, stalled; the restore breaks its connection.
+      await new Promise((r) => setTimeout(r, 1_000));
+      proxy.restore();
+
+      // Written after all, and the start record (that a next leader would run again) is gone.
+      for (const j of jobs) {
+        const end = await waitFor(`the end record of ${j.id}`, () => endRecordOf(client, '/tessera/', j.id), 20_000, 100);
+        expect(end.state).to.equal('JOB_STATE_SUCCEEDED');
+      }
+      await waitFor('no start record left', async () => Object.keys(await client.getAll().prefix('/tessera/jobs/started/').strings()).length === 0, 10_000, 100);
+      const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+      expect(m.get('tessera_job_end_record_retries_total') ?? 0).to.be.greaterThan(0);
+      // Still the leader: the outage was shorter than its lease.
+      expect((await admin.getClusterStatus()).leader?.id).to.equal('er');
+    } finally {
+      js.close();
+      client.close();
+      admin.close();
+    }
+  });
+});
