@@ -49,7 +49,7 @@ export class Deployments {
   /** Replica counts set by scaling policies, beside the spec (app/component -> count). */
   private replicas = new Map<string, number>();
   private sent = new Map<string, number>();
-  private slotFailures = new Map<string, { count: number; lastAtMs: number }>();
+  private slotFailures = new Map<string, SlotFailures>();
   private ticking = false;
   private kicked = false;
   /** Per-kind quotas: the total CPU and memory a kind's instances may reserve. */
@@ -87,6 +87,8 @@ export class Deployments {
       const i = JSON.parse(v) as InstanceRecord;
       this.instances.set(i.id, i);
     }
+    // The backoff of failing slots carries over a change of leader: their failures' tombstones say it.
+    this.slotFailures = slotFailuresOf(this.instances.values());
     for (const [k, v] of Object.entries(await c.getAll().prefix(`${this.keys.prefix}replicas/`).strings())) {
       this.replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
     }
@@ -467,10 +469,15 @@ export class Deployments {
   private lastUnplaced = new Map<string, string>();
 
   private slotReady(app: string, comp: string, slot: number, delayMs: number, nowMs: number): boolean {
-    const f = this.slotFailures.get(`${app}/${comp}/${slot}`);
+    const k = `${app}/${comp}/${slot}`;
+    const f = this.slotFailures.get(k);
     if (!f) return true;
-    const wait = Math.min(60_000, delayMs * Math.pow(2, Math.max(0, f.count - 1)));
-    return nowMs - f.lastAtMs >= wait;
+    // Quiet for as long as failures are remembered (their tombstones' life): the count starts over.
+    if (nowMs - f.lastAtMs > TOMBSTONE_TTL_MS) {
+      this.slotFailures.delete(k);
+      return true;
+    }
+    return nowMs - f.lastAtMs >= slotBackoffMs(f.count, delayMs);
   }
 
   /** Commits ops in transactions of at most MAX_TXN_OPS (events ride with the first one). */
@@ -760,3 +767,22 @@ function toProtoFailure(f: import('./scheduler/types').PlacementFailure): ProtoP
 }
 
 export { isHealthy };
+
+export interface SlotFailures { count: number; lastAtMs: number }
+
+/** How long a slot whose instances failed `count` times waits before its next instance: doubling from the restart delay, at most a minute. */
+export function slotBackoffMs(count: number, delayMs: number): number {
+  return Math.min(60_000, delayMs * Math.pow(2, Math.max(0, count - 1)));
+}
+
+/** The failures per slot (app/component/slot) that the tombstones of failed instances record. Pure. */
+export function slotFailuresOf(instances: Iterable<InstanceRecord>): Map<string, SlotFailures> {
+  const out = new Map<string, SlotFailures>();
+  for (const i of instances) {
+    if (i.desired !== 'stop' || !i.failure) continue;
+    const k = `${i.app}/${i.component}/${i.slot}`;
+    const f = out.get(k);
+    out.set(k, { count: (f?.count ?? 0) + 1, lastAtMs: Math.max(f?.lastAtMs ?? 0, i.stoppedAtMs ?? 0) });
+  }
+  return out;
+}

@@ -105,8 +105,11 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     missing = Math.min(missing, Math.max(0, c.update.maxParallel - inFlight));
   }
   if (missing > 0) {
+    // Slots 0..n-1 only (a slot is an instance's identity: a storage shard is its slot). A slot
+    // backing off after a failure stays empty until its delay has passed, as a crash-looping pod
+    // waits out its CrashLoopBackOff: a free slot above n would restart the loop at once.
     const used = new Set(current.map((x) => x.slot));
-    for (let slot = 0; create.length < missing && slot < n + i.instances.length + 1; slot++) {
+    for (let slot = 0; create.length < missing && slot < n; slot++) {
       if (used.has(slot)) continue;
       if (!i.slotReady(slot)) continue;
       create.push({ slot, avoid: avoidBySlot.get(slot) ?? [] });

@@ -190,6 +190,28 @@ describe('deployments on the real Docker Engine', function () {
     await waitFor('ghost deleted', async () => !(await admin.listApps()).apps.some((a) => a.name === 'ghost'), 20_000, 200);
   });
 
+  it('replaces a crash-looping instance in its own slot after a growing delay, not at once through other slots', async () => {
+    await admin.applyApp({ name: 'loop', components: [{
+      name: 'x', image: 'tessera/busybox:local', command: ['sh', '-c'], args: ['exit 3'],
+      resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, restart: { attempts: 1, windowMs: 30_000, delayMs: 500 }, stopGraceMs: 500,
+    }] });
+    // Every instance record seen (tombstones included) for 10 s.
+    const seen = new Map<string, Instance__Output>();
+    const until = Date.now() + 10_000;
+    while (Date.now() < until) {
+      for (const i of await ps('loop')) seen.set(i.id, i);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const all = [...seen.values()];
+    expect(all.filter((i) => i.state === 'INSTANCE_STATE_FAILED').length, 'some failed').to.be.greaterThan(1);
+    // Two slots, each waiting 0.5 s, 1 s, 2 s, 4 s after its failures: a handful of instances,
+    // never a third slot (borrowing free slots restarted the loop at once: ~n+2 per delay).
+    expect([...new Set(all.map((i) => i.slot))].sort(), JSON.stringify(all.map((i) => [i.id, i.slot, i.state]))).to.deep.equal([0, 1]);
+    expect(all.length, JSON.stringify(all.map((i) => [i.id, i.slot, i.state, Number(i.createdAtMs)]))).to.be.at.most(10);
+    await admin.deleteApp('loop');
+    await waitFor('loop deleted', async () => !(await admin.listApps()).apps.some((a) => a.name === 'loop'), 20_000, 200);
+  });
+
   it('rolls out a good version one at a time, keeping the app answering', async () => {
     let served = 0;
     let missed = 0;

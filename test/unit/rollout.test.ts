@@ -60,8 +60,15 @@ describe('rollout decisions per component', () => {
     const d = run({ app: { version: 2, stableVersion: 2 }, component: comp(1), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: starting, n2: healthy } });
     expect(d.stop.map((s) => s.inst.id).sort()).to.deep.equal(['n1', 'n2']);
   });
-  it('waits out a failing slot\'s backoff before replacing it', () => {
+  it('waits out a failing slot\'s backoff before replacing it, and takes no other slot meanwhile', () => {
     const d = run({ app: { version: 1, stableVersion: 0 }, slotReady: (s) => s !== 1 });
-    expect(d.create.map((c) => c.slot)).to.deep.equal([0, 2, 3]);
+    expect(d.create.map((c) => c.slot)).to.deep.equal([0, 2]);
+    // Slot 1's instance failed; while it backs off the component runs one short.
+    const e = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: failed, n2: healthy }, slotReady: (s) => s !== 1 });
+    expect(e.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['n1', 'failed']]);
+    expect(e.create).to.deep.equal([]);
+    // Once its delay has passed, the replacement takes slot 1, away from the node it failed on.
+    const f = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: failed, n2: healthy } });
+    expect(f.create).to.deep.equal([{ slot: 1, avoid: ['n1'] }]);
   });
 });
