@@ -19,3 +19,14 @@ export const VERSION: string = (() => {
     return '0.0.0';
   }
 })();
+
+/**
+ * The format of what a leader writes in etcd, raised when a coordinator writes something an older
+ * one would misread. A leader records it (`<prefix>cluster/storage-format`, never lowered); a
+ * coordinator whose format is lower does not lead that cluster (etcd refuses a member older than
+ * its cluster version the same way): an older leader would, for one, not see the shared end
+ * records and would run ended jobs again.
+ *   1  everything before shared end records
+ *   2  shared end records of jobs (jobs/ended/<batch>/<n>)
+ */
+export const STORAGE_FORMAT = 2;

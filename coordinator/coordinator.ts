@@ -13,6 +13,7 @@ import type { Etcd3 } from 'etcd3';
 import { createEtcdClient, withTimeout } from '../common/etcd';
 import { bind, guardDeserializers, SERVER_OPTIONS, serverCredentials } from '../common/grpc';
 import type { Logger } from '../common/logger';
+import { formatOps, formatRefusal, StorageFormatError, storedFormat } from './storage-format';
 import { reflectablePackageDefinition, tesseraProto } from '../common/proto';
 import { AdminService } from './admin-service';
 import { AgentGateway } from './agent-gateway';
@@ -79,13 +80,17 @@ export class LeaderWork {
 
   async start(): Promise<void> {
     await failpoint('leaderStart');
+    // Read again now that it leads: a newer leader may have recorded its format since the candidacy began.
+    const format = await storedFormat(this.c.store.client, this.c.keys);
+    const refusal = formatRefusal(format, this.c.keys);
+    if (refusal) throw new StorageFormatError(refusal);
     await this.registry.load();
     await this.deployments.load();
     await this.scaler.load();
     await this.components.load();
     await this.pipelines.load();
     await this.jobs.load();
-    await this.c.store.commit([], [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
+    await this.c.store.commit(formatOps(format, this.c.keys), [{ kind: 'leader.elected', subject: this.c.config.id, message: `coordinator ${this.c.config.id} leads (term ${this.term})`, fields: { address: this.c.config.advertise, term: String(this.term) } }]);
     if (this.stopped) return;
     this.ready = true;
     this.settled?.();
@@ -200,7 +205,17 @@ export class Coordinator {
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
     this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
-    this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, { ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs }, this.log.child({ part: 'leadership' }));
+    this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, {
+      ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs,
+      mayLead: async () => {
+        try {
+          return formatRefusal(await storedFormat(this.etcd, this.keys), this.keys);
+        } catch (err) {
+          if (err instanceof StorageFormatError) return err.message;
+          throw err; // etcd did not answer: a failed campaign, tried again
+        }
+      },
+    }, this.log.child({ part: 'leadership' }));
     this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
       coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls,
@@ -245,6 +260,10 @@ export class Coordinator {
       await work.start();
       if (!work.stopped) this.health.setStatus(LEADER_HEALTH_SERVICE, 'SERVING');
     } catch (err) {
+      if (err instanceof StorageFormatError) {
+        await this.leadership.refuse(err.message);
+        return;
+      }
       this.log.error({ err: (err as Error).message }, 'leader start-up failed; stepping down');
       this.leadership.demote('leader start-up failed');
     }

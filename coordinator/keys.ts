@@ -30,6 +30,8 @@ export class Keys {
    */
   get jobs(): string { return `${this.prefix}jobs/`; }
   jobKey(key: string): string { return `${this.prefix}jobkeys/${key}`; }
+  /** The highest storage format a leader of this cluster has written (common/version.ts STORAGE_FORMAT). */
+  get storageFormat(): string { return `${this.prefix}cluster/storage-format`; }
   get events(): string { return `${this.prefix}events/`; }
   event(id: string): string { return `${this.events}${id}`; }
 }

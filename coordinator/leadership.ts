@@ -41,6 +41,8 @@ export type Role = 'follower' | 'leader' | 'stopped';
 export interface LeadershipOptions {
   ttlSeconds: number;
   marginMs: number;
+  /** Asked before each candidacy: a reason not to lead this cluster at all (then no candidacy, for good). */
+  mayLead?: () => Promise<string | undefined>;
 }
 
 export declare interface Leadership {
@@ -72,6 +74,7 @@ export class Leadership extends EventEmitter {
   private loop?: Promise<void>;
   private lastRefreshOk = Date.now();
   private resigned = false;
+  private refusedWhy?: string;
 
   constructor(
     private readonly client: Etcd3,
@@ -87,6 +90,8 @@ export class Leadership extends EventEmitter {
   get leader(): CandidateInfo | undefined { return this.currentLeader; }
   get allCandidates(): CandidateInfo[] { return this.candidates; }
   get selfId(): string { return this.self.id; }
+  /** Set when this coordinator does not lead this cluster for good (refuse()), with the reason. */
+  get refusal(): string | undefined { return this.refusedWhy; }
 
   /** The fencing token, or undefined when this process does not lead. */
   fence(): FenceToken | undefined { return this.role === 'leader' ? this.token : undefined; }
@@ -156,6 +161,18 @@ export class Leadership extends EventEmitter {
   }
 
   /**
+   * Does not lead this cluster for good: steps down if it leads, drops its candidacy and never
+   * campaigns again (it still observes the election and forwards to the leader). For a reason
+   * only a restart can change, e.g. a storage format newer than this coordinator knows.
+   */
+  async refuse(why: string): Promise<void> {
+    if (this.refusedWhy) return;
+    this.refusedWhy = why;
+    this.log.error({ reason: why }, 'not leading this cluster');
+    await this.resign();
+  }
+
+  /**
    * Steps down for good (graceful shutdown) while still observing the election, so the caller
    * can tell its agents who leads next. stop() finishes the teardown.
    */
@@ -181,6 +198,11 @@ export class Leadership extends EventEmitter {
       if (this.resigned) return;
       if (!this.candidacy) {
         try {
+          const why = await this.opts.mayLead?.();
+          if (why) {
+            await this.refuse(why);
+            return;
+          }
           await this.becomeCandidate();
           backoff.reset();
           await this.refreshLeader();
