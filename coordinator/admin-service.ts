@@ -9,6 +9,7 @@ import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
 import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
+import { storedFormat } from './storage-format';
 import { tesseraPackageDefinition, tesseraProto } from '../common/proto';
 import { createEtcdClient, withTimeout } from '../common/etcd';
 import type { AdminClient, AdminHandlers } from '../common/generated/tessera/v1/Admin';
@@ -298,9 +299,10 @@ export class AdminService {
   async clusterStatus(): Promise<ClusterStatus> {
     const leader = this.leadership.leader;
     const reg = this.registry();
-    const [members, records] = await Promise.all([
+    const [members, records, storageFormat] = await Promise.all([
       this.etcdMembers(),
       reg ? Promise.resolve(reg.list()) : withTimeout(readNodes(this.client, this.keys), 1_000, 'node read').catch(() => []),
+      storedFormat(this.client, this.keys).catch(() => 0),
     ]);
     const nodesByState: Record<string, number> = {};
     for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;
@@ -311,6 +313,8 @@ export class AdminService {
       etcd: members,
       answeredBy: this.opts.coordinatorId,
       nodesByState,
+      storageFormat,
+      refusal: this.leadership.refusal ?? '',
     };
   }
 

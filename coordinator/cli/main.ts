@@ -78,7 +78,8 @@ program.command('status').description('leader, coordinators, etcd members and no
   const s = await c.getClusterStatus();
   out(s, () => [
     `leader:      ${s.leader?.id ? `${s.leader.id} at ${s.leader.address} (term ${s.leaderTerm})` : 'NONE (no leader elected)'}`,
-    `answered by: ${s.answeredBy}`,
+    `answered by: ${s.answeredBy}${s.refusal ? ` (NOT A CANDIDATE: ${s.refusal})` : ''}`,
+    `storage:     format ${s.storageFormat || 'not recorded yet'}`,
     `nodes:       ${Object.entries(s.nodesByState).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}`,
     '',
     table(['COORDINATOR', 'ADDRESS', 'ROLE', 'VERSION', 'UP'], s.coordinators.map((x) => [x.id, x.address, x.leader ? 'leader' : 'follower', x.version, ago(x.startedAtMs)])),

@@ -3,8 +3,10 @@
 // says why, and keeps running as a follower. A "newer Tessera" is played by writing a higher
 // format into etcd by hand.
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as path from 'node:path';
 import { createEtcdClient } from '../../common/etcd';
-import { STORAGE_FORMAT } from '../../common/version';
+import { repoRoot, STORAGE_FORMAT } from '../../common/version';
 import { statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
@@ -21,6 +23,8 @@ describe('storage format (downgrade guard)', function () {
       const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'r1', extra: ['--etcd-prefix', '/tessera-r/'] });
       await waitForLeader([c.address]);
       await waitFor('the format recorded', async () => (await client.get('/tessera-r/cluster/storage-format').string()) === String(STORAGE_FORMAT), 5_000, 50);
+      const st = await statusOf(c.address);
+      expect([st?.storageFormat, st?.refusal]).to.deep.equal([STORAGE_FORMAT, '']);
       await c.kill('SIGTERM');
     } finally {
       client.close();
@@ -37,7 +41,14 @@ describe('storage format (downgrade guard)', function () {
       // No leader; it answers as a follower; no candidacy in etcd; the format is as it was.
       await new Promise((r) => setTimeout(r, 2_000));
       expect(c.running).to.equal(true);
-      expect((await statusOf(c.address))?.leader?.id ?? '').to.equal('');
+      const st = await statusOf(c.address);
+      expect(st?.leader?.id ?? '').to.equal('');
+      // `tessera status` asked of it says so.
+      expect(st?.storageFormat).to.equal(STORAGE_FORMAT + 1);
+      expect(st?.refusal).to.match(/newer Tessera .*upgrade it/);
+      const out = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, 'status']).toString();
+      expect(out).to.match(/answered by: n1 \(NOT A CANDIDATE: .*storage format \d+.*upgrade it\)/);
+      expect(out).to.include(`storage:     format ${STORAGE_FORMAT + 1}`);
       expect(Object.keys(await client.getAll().prefix('/tessera-n/election/').strings())).to.deep.equal([]);
       expect(await client.get('/tessera-n/cluster/storage-format').string()).to.equal(String(STORAGE_FORMAT + 1));
     } finally {
