@@ -350,18 +350,23 @@ export class AdminService {
   private async watchJob(call: grpc.ServerWritableStream<JobRequest__Output, Job>): Promise<void> {
     const id = call.request.id;
     if (!id) throw InvalidArgumentError.field('id', 'is required');
-    const w = await this.leaderReady();
-    if (w) {
+    const serve = async (w: LeaderWork) => {
       const { done, cancel } = w.jobs.watch(id, (j) => call.write(j));
       call.on('cancelled', cancel);
       call.on('close', cancel);
       await done;
-      return;
-    }
+    };
+    const w = await this.leaderReady();
+    if (w) return serve(w);
     if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
-    if (leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+    if (leader.id === this.opts.coordinatorId) {
+      // Elected since the first look: served once its state is loaded, as any other call.
+      const ready = this.leadership.isLeader ? await this.leaderReady() : undefined;
+      if (ready) return serve(ready);
+      throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+    }
     const md = call.metadata.clone();
     md.set(FORWARDED_KEY, this.opts.coordinatorId);
     const upstream = this.leaderClient(leader.address).watchJob({ id }, md);
