@@ -18,8 +18,12 @@
 // the ratio is taken within the round, and the table gives medians over the rounds (and the
 // range of the rates). The direct calls take turns with Tessera at 1 in flight the same way.
 //
-// Each flow starts with every process warmed up at 64 in flight (--warm-seconds, 8 each), so that
-// the 1-in-flight rounds measure optimised code, not V8's interpreter.
+// Each flow starts with every process warmed up at 64 in flight (--warm-seconds, 8 each), and
+// each level's rounds start with Tessera, the peer (and at 1 in flight the direct calls) warmed
+// up at that level as long again: the rounds measure optimised code, not V8's interpreter. A
+// 64-in-flight warm-up optimises the per-job code but runs the per-message code (streams, http2,
+// grpc-js: one message carries 64 jobs) too rarely; after it Tessera at 1 in flight still sped up
+// from ~125 to ~210 jobs/s over 15 s.
 //
 //   node dist/scripts/bench/jobs.js [--seconds 5] [--rounds 3] [--base-ms 5] [--warm-seconds 8] [--balancing-only]
 import { fork, ChildProcess } from 'node:child_process';
@@ -182,6 +186,10 @@ async function main(): Promise<void> {
         tess[key] = [];
         peer[key] = [];
         floor[key] = [];
+        progress(`warming up at ${n} in flight: Tessera ${flow} flow, the peer${n === 1 ? ' and the direct calls' : ''}, ${WARM_S} s each`);
+        await load(n, WARM_S, () => submit('chain4'));
+        await load(n, WARM_S, molecule);
+        if (n === 1) await load(1, WARM_S, () => direct(tEps));
         for (let r = 1; r <= ROUNDS; r++) {
           if (n === 1) {
             progress(`direct calls (4 stages, 1 in flight), round ${r}/${ROUNDS}`);
