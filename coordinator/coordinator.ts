@@ -209,7 +209,8 @@ export class Coordinator {
       ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs,
       mayLead: async () => {
         try {
-          return formatRefusal(await storedFormat(this.etcd, this.keys), this.keys);
+          // Bounded like the candidacy's own steps: etcd out of reach fails the campaign within a TTL.
+          return formatRefusal(await storedFormat(this.etcd, this.keys, cfg.leaseTtlSeconds * 1000), this.keys);
         } catch (err) {
           if (err instanceof StorageFormatError) return err.message;
           throw err; // etcd did not answer: a failed campaign, tried again

@@ -11,8 +11,8 @@ import type { Op } from './store';
 export class StorageFormatError extends Error {}
 
 /** The format recorded in etcd (0: none yet, a cluster older than the record). */
-export async function storedFormat(client: Etcd3, keys: Keys): Promise<number> {
-  const v = await withTimeout(client.get(keys.storageFormat).string(), 5_000, 'storage format read');
+export async function storedFormat(client: Etcd3, keys: Keys, timeoutMs = 5_000): Promise<number> {
+  const v = await withTimeout(client.get(keys.storageFormat).string(), timeoutMs, 'storage format read');
   if (v === null) return 0;
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new StorageFormatError(`${keys.storageFormat} holds "${v.slice(0, 40)}", not a storage format: not leading a cluster whose state cannot be told apart`);
