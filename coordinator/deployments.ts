@@ -338,6 +338,8 @@ export class Deployments {
       let allSettled = true;
       let allHealthy = true;
       let failedReason: string | undefined;
+      // Slots waiting out their backoff after failures (a crash loop), for the app's status.
+      const backingOff: string[] = [];
       for (const comp of spec.components) {
         const hash = componentHash(comp);
         const scaled = this.replicas.get(`${app.name}/${comp.name}`);
@@ -348,7 +350,14 @@ export class Deployments {
           instances: mine.filter((i) => i.component === comp.name),
           observed: view,
           nodeState: (id) => nodeStates.get(id),
-          slotReady: (slot) => this.slotReady(app.name, comp.name, slot, comp.restart.delayMs, nowMs),
+          slotReady: (slot, failingNow) => {
+            if (!failingNow && this.slotReady(app.name, comp.name, slot, comp.restart.delayMs, nowMs)) return true;
+            // A failure of this decision is counted with the stops below: it waits from now.
+            const count = (this.slotFailures.get(`${app.name}/${comp.name}/${slot}`)?.count ?? 0) + (failingNow ? 1 : 0);
+            backingOff.push(`${comp.name} slot ${slot} after ${count} failure${count === 1 ? '' : 's'} (${slotBackoffMs(count, comp.restart.delayMs) / 1000} s)`);
+            return false;
+          },
+          failedOn: (slot) => this.slotFailures.get(`${app.name}/${comp.name}/${slot}`)?.nodes ?? [],
         });
         appStops.push(...d.stop);
         for (const c of d.create) {
@@ -390,7 +399,9 @@ export class Deployments {
         events.push({ kind: 'rollout.complete', subject: app.name, message: `version ${app.version} of ${app.name} is running on every instance`, fields: { version: String(app.version) } });
       } else if (app.version === app.stableVersion) {
         const status = allHealthy && allSettled ? 'running' : 'degraded';
-        if (status !== app.status) appUpdates.set(app.name, { ...app, status, statusReason: status === 'running' ? `version ${app.version} running` : 'some instances are not healthy or not placed', updatedAtMs: nowMs });
+        const statusReason = status === 'running' ? `version ${app.version} running`
+          : `some instances are not healthy or not placed${backingOff.length ? `; backing off: ${backingOff.join(', ')}` : ''}`;
+        if (status !== app.status || statusReason !== app.statusReason) appUpdates.set(app.name, { ...app, status, statusReason, updatedAtMs: nowMs });
       }
     }
 
@@ -403,8 +414,7 @@ export class Deployments {
       ops.push({ type: 'put', key: this.keys.instance(tomb.app, tomb.id), value: JSON.stringify(tomb) });
       if (s.kind === 'failed') {
         const k = `${s.inst.app}/${s.inst.component}/${s.inst.slot}`;
-        const f = this.slotFailures.get(k);
-        this.slotFailures.set(k, { count: (f?.count ?? 0) + 1, lastAtMs: nowMs });
+        this.slotFailures.set(k, addFailure(this.slotFailures.get(k), s.inst.nodeId, nowMs));
       }
       events.push({ kind: `instance.${s.kind}`, subject: s.inst.id, message: `${s.inst.app}/${s.inst.component} instance ${s.inst.id} on ${s.inst.nodeId}: ${s.reason}`, fields: { app: s.inst.app, component: s.inst.component, node: s.inst.nodeId } });
     }
@@ -768,7 +778,12 @@ function toProtoFailure(f: import('./scheduler/types').PlacementFailure): ProtoP
 
 export { isHealthy };
 
-export interface SlotFailures { count: number; lastAtMs: number }
+export interface SlotFailures { count: number; lastAtMs: number; /** where, the latest last (at most 5) */ nodes: string[] }
+
+function addFailure(f: SlotFailures | undefined, nodeId: string, atMs: number): SlotFailures {
+  const nodes = [...(f?.nodes ?? []).filter((n) => n !== nodeId), nodeId].slice(-5);
+  return { count: (f?.count ?? 0) + 1, lastAtMs: Math.max(f?.lastAtMs ?? 0, atMs), nodes };
+}
 
 /** How long a slot whose instances failed `count` times waits before its next instance: doubling from the restart delay, at most a minute. */
 export function slotBackoffMs(count: number, delayMs: number): number {
@@ -778,11 +793,10 @@ export function slotBackoffMs(count: number, delayMs: number): number {
 /** The failures per slot (app/component/slot) that the tombstones of failed instances record. Pure. */
 export function slotFailuresOf(instances: Iterable<InstanceRecord>): Map<string, SlotFailures> {
   const out = new Map<string, SlotFailures>();
-  for (const i of instances) {
-    if (i.desired !== 'stop' || !i.failure) continue;
+  const failed = [...instances].filter((i) => i.desired === 'stop' && i.failure).sort((a, b) => (a.stoppedAtMs ?? 0) - (b.stoppedAtMs ?? 0));
+  for (const i of failed) {
     const k = `${i.app}/${i.component}/${i.slot}`;
-    const f = out.get(k);
-    out.set(k, { count: (f?.count ?? 0) + 1, lastAtMs: Math.max(f?.lastAtMs ?? 0, i.stoppedAtMs ?? 0) });
+    out.set(k, addFailure(out.get(k), i.nodeId, i.stoppedAtMs ?? 0));
   }
   return out;
 }

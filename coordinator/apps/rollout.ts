@@ -21,8 +21,13 @@ export interface ComponentInputs {
   instances: InstanceRecord[];
   observed(id: string): ObservedView | undefined;
   nodeState(nodeId: string): 'READY' | 'DOWN' | 'DRAINING' | undefined;
-  /** False while a slot that failed recently is backing off before its replacement. */
-  slotReady(slot: number): boolean;
+  /**
+   * False while a slot that failed recently is backing off before its replacement. `failingNow`:
+   * an instance of the slot fails in this very decision (its failure is not counted yet).
+   */
+  slotReady(slot: number, failingNow: boolean): boolean;
+  /** Nodes where the slot's instances failed recently: its replacement avoids them if it can. */
+  failedOn?(slot: number): string[];
   /** Work an instance holds (queue + in flight): scale-down removes the least busy first. */
   busy?(id: string): number;
   nowMs: number;
@@ -111,8 +116,8 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     const used = new Set(current.map((x) => x.slot));
     for (let slot = 0; create.length < missing && slot < n; slot++) {
       if (used.has(slot)) continue;
-      if (!i.slotReady(slot)) continue;
-      create.push({ slot, avoid: avoidBySlot.get(slot) ?? [] });
+      if (!i.slotReady(slot, avoidBySlot.has(slot))) continue;
+      create.push({ slot, avoid: [...new Set([...(avoidBySlot.get(slot) ?? []), ...(i.failedOn?.(slot) ?? [])])] });
     }
   }
 

@@ -192,22 +192,35 @@ describe('deployments on the real Docker Engine', function () {
 
   it('replaces a crash-looping instance in its own slot after a growing delay, not at once through other slots', async () => {
     await admin.applyApp({ name: 'loop', components: [{
-      name: 'x', image: 'tessera/busybox:local', command: ['sh', '-c'], args: ['exit 3'],
-      resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, restart: { attempts: 1, windowMs: 30_000, delayMs: 500 }, stopGraceMs: 500,
+      // Runs (healthy: no check) for 2 s, then exits; restarted once, then FAILED.
+      name: 'x', image: 'tessera/busybox:local', command: ['sh', '-c'], args: ['sleep 2; exit 3'],
+      resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, restart: { attempts: 1, windowMs: 30_000, delayMs: 1_000 }, stopGraceMs: 500,
+      update: { minHealthyMs: 200 },
     }] });
-    // Every instance record seen (tombstones included) for 10 s.
+    // Every instance record seen (tombstones included) and the app's status, for 12 s.
     const seen = new Map<string, Instance__Output>();
-    const until = Date.now() + 10_000;
+    const reasons = new Set<string>();
+    const until = Date.now() + 12_000;
     while (Date.now() < until) {
       for (const i of await ps('loop')) seen.set(i.id, i);
+      const a = await admin.getApp('loop');
+      reasons.add(`${a.status}: ${a.statusReason}`);
       await new Promise((r) => setTimeout(r, 200));
     }
+    // The app says which slots wait, as a pod's status says CrashLoopBackOff.
+    expect([...reasons].some((r) => /^degraded: .*backing off: x slot [01] after [1-9]\d* failures? \(\d+(\.\d+)? s\)/.test(r)), [...reasons].join(' | ')).to.equal(true);
     const all = [...seen.values()];
     expect(all.filter((i) => i.state === 'INSTANCE_STATE_FAILED').length, 'some failed').to.be.greaterThan(1);
-    // Two slots, each waiting 0.5 s, 1 s, 2 s, 4 s after its failures: a handful of instances,
+    // Two slots, each waiting 1 s, then 2 s after its failures: a handful of instances,
     // never a third slot (borrowing free slots restarted the loop at once: ~n+2 per delay).
     expect([...new Set(all.map((i) => i.slot))].sort(), JSON.stringify(all.map((i) => [i.id, i.slot, i.state]))).to.deep.equal([0, 1]);
     expect(all.length, JSON.stringify(all.map((i) => [i.id, i.slot, i.state, Number(i.createdAtMs)]))).to.be.at.most(10);
+    // A slot's replacement goes to the other node (of two) than the one its instance failed on.
+    for (const slot of [0, 1]) {
+      const bySlot = all.filter((i) => i.slot === slot).sort((a, b) => Number(a.createdAtMs) - Number(b.createdAtMs));
+      expect(bySlot.length, `slot ${slot}`).to.be.at.least(2);
+      expect(bySlot[1].nodeId, JSON.stringify(bySlot.map((i) => [i.id, i.nodeId, i.state]))).to.not.equal(bySlot[0].nodeId);
+    }
     await admin.deleteApp('loop');
     await waitFor('loop deleted', async () => !(await admin.listApps()).apps.some((a) => a.name === 'loop'), 20_000, 200);
   });

@@ -67,8 +67,14 @@ describe('rollout decisions per component', () => {
     const e = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: failed, n2: healthy }, slotReady: (s) => s !== 1 });
     expect(e.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['n1', 'failed']]);
     expect(e.create).to.deep.equal([]);
-    // Once its delay has passed, the replacement takes slot 1, away from the node it failed on.
-    const f = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: failed, n2: healthy } });
-    expect(f.create).to.deep.equal([{ slot: 1, avoid: ['n1'] }]);
+    // Nor in the decision that sees it fail: the slot is asked with failingNow (its first delay starts now).
+    const asked: [number, boolean][] = [];
+    const g = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: failed, n2: healthy }, slotReady: (s, now) => { asked.push([s, now]); return !now; } });
+    expect(asked).to.deep.equal([[1, true]]);
+    expect(g.create).to.deep.equal([]);
+    // Once its delay has passed (the failed instance is a tombstone by then), the replacement
+    // takes slot 1, away from the nodes where the slot failed.
+    const f = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n2: healthy }, failedOn: (s) => (s === 1 ? ['n1', 'n3'] : []) });
+    expect(f.create).to.deep.equal([{ slot: 1, avoid: ['n1', 'n3'] }]);
   });
 });

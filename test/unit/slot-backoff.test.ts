@@ -24,9 +24,13 @@ describe('backoff of failing slots', () => {
       rec('i7', 0, { component: 'other', desired: 'stop', stoppedAtMs: 600, failure }),
     ]);
     expect([...f.entries()].sort()).to.deep.equal([
-      ['a/c/0', { count: 3, lastAtMs: 300 }],
-      ['a/c/1', { count: 1, lastAtMs: 400 }],
-      ['a/other/0', { count: 1, lastAtMs: 600 }],
+      ['a/c/0', { count: 3, lastAtMs: 300, nodes: ['n1'] }],
+      ['a/c/1', { count: 1, lastAtMs: 400, nodes: ['n1'] }],
+      ['a/other/0', { count: 1, lastAtMs: 600, nodes: ['n1'] }],
     ]);
+  });
+  it('remembers the nodes a slot failed on, the latest last, at most five', () => {
+    const f = slotFailuresOf(['n1', 'n2', 'n1', 'n3', 'n4', 'n5', 'n6'].map((node, i) => rec(`i${i}`, 0, { nodeId: node, desired: 'stop', stoppedAtMs: 100 + i, failure })));
+    expect(f.get('a/c/0')).to.deep.equal({ count: 7, lastAtMs: 106, nodes: ['n1', 'n3', 'n4', 'n5', 'n6'] });
   });
 });
