@@ -302,7 +302,8 @@ export class AdminService {
     const [members, records, storageFormat] = await Promise.all([
       this.etcdMembers(),
       reg ? Promise.resolve(reg.list()) : withTimeout(readNodes(this.client, this.keys), 1_000, 'node read').catch(() => []),
-      storedFormat(this.client, this.keys).catch(() => 0),
+      // Bounded like the member reads: `tessera status` answers promptly while etcd is out of reach.
+      storedFormat(this.client, this.keys, 800).catch(() => -1),
     ]);
     const nodesByState: Record<string, number> = {};
     for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;

@@ -79,7 +79,7 @@ program.command('status').description('leader, coordinators, etcd members and no
   out(s, () => [
     `leader:      ${s.leader?.id ? `${s.leader.id} at ${s.leader.address} (term ${s.leaderTerm})` : 'NONE (no leader elected)'}`,
     `answered by: ${s.answeredBy}${s.refusal ? ` (NOT A CANDIDATE: ${s.refusal})` : ''}`,
-    `storage:     format ${s.storageFormat || 'not recorded yet'}`,
+    `storage:     ${s.storageFormat < 0 ? 'format unknown (etcd did not answer)' : `format ${s.storageFormat || 'not recorded yet'}`}`,
     `nodes:       ${Object.entries(s.nodesByState).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}`,
     '',
     table(['COORDINATOR', 'ADDRESS', 'ROLE', 'VERSION', 'UP'], s.coordinators.map((x) => [x.id, x.address, x.leader ? 'leader' : 'follower', x.version, ago(x.startedAtMs)])),

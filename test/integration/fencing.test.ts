@@ -141,6 +141,11 @@ describe('leadership fencing against a real etcd', function () {
     await waitFor('other to lead', async () => (await statusOf(other.address))?.leader?.id === 'other', 10_000);
     await waitFor('cut to report NOT_SERVING', async () => (await check('')) === 'NOT_SERVING', 10_000);
     expect(await check('tessera.v1.Leader')).to.equal('NOT_SERVING');
+    // `tessera status` asked of it still answers, promptly, naming the etcd members it cannot reach.
+    const t0 = Date.now();
+    const st = await statusOf(cut.address);
+    expect([st?.answeredBy, st?.storageFormat]).to.deep.equal(['cut', -1]);
+    expect(Date.now() - t0, 'GetClusterStatus while cut off').to.be.lessThan(2_500);
     // A write sent to the cut-off coordinator is refused: it does not lead and cannot know who does.
     const admin = new (tesseraProto().Admin)(cut.address, grpc.credentials.createInsecure());
     cleanup.push(() => admin.close());
