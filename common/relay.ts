@@ -245,14 +245,11 @@ export class StepRunner {
   async run(req: RelayRequest__Output): Promise<RelayOutcome> {
     let payload: Buffer = req.payload ?? EMPTY;
     let headers: Record<string, string> = req.headers ?? {};
-    const hops: HopResult[] = [];
-    const fail = (index: number, code: number, error: string): RelayOutcome => ({
-      ok: false, payload: Buffer.alloc(0), headers: {}, hops, failedIndex: index, failedInput: payload, failedHeaders: headers, errorCode: code, error,
-    });
+    let hops: HopResult[] = [];
     for (let i = 0; i < req.route.length; i++) {
       const hop = req.route[i];
       const index = req.firstIndex + i;
-      if (!hop.options.length) return fail(index, grpc.status.INVALID_ARGUMENT, `hop ${hop.stage}: no options`);
+      if (!hop.options.length) return failed(hops, index, payload, headers, grpc.status.INVALID_ARGUMENT, `hop ${hop.stage}: no options`);
       const k = pickOptionIndex(hop.options, headers);
       const opt = hop.options[k];
       const local = !opt.nodeId || opt.nodeId === this.o.selfNodeId;
@@ -264,12 +261,12 @@ export class StepRunner {
         // routeId 0: the id this request came with names a route on the stream it came by.
         const sub = await this.callRelay(opt, { ...req, route, payload, headers, firstIndex: index, routeId: 0 });
         // The next relay saw this hop with one option (the one picked here): say which it was.
-        for (const h of sub.hops) {
-          if (h.index === index && h.option) h.option = k + 1;
-          hops.push(h);
+        for (const h of sub.hops) if (h.index === index && h.option) h.option = k + 1;
+        hops = hops.length ? hops.concat(sub.hops) : sub.hops;
+        if (!sub.ok || this.o.chain) {
+          sub.hops = hops;
+          return sub;
         }
-        if (!sub.ok) return { ...sub, hops };
-        if (this.o.chain) return { ...sub, hops };
         payload = sub.payload;
         headers = sub.headers;
         continue;
@@ -277,14 +274,13 @@ export class StepRunner {
       const started = Date.now();
       const t0 = performance.now();
       const deadline = Math.min(Number(req.deadlineMs) || Infinity, hop.timeoutMs ? started + Number(hop.timeoutMs) : Infinity);
-      const named = () => ({ index, stage: hop.stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: started, option: k + 1 });
       try {
         const out = await this.invoke(opt.endpoint, {
           jobId: req.jobId, stage: hop.stage, operation: opt.operation, payload, headers, deadlineMs: req.deadlineMs, attempt: req.attempt,
         }, deadline);
         hops.push(req.compactHops
           ? { index, option: k + 1, startedAtMs: started, durationMs: performance.now() - t0, ok: true }
-          : { ...named(), durationMs: performance.now() - t0, ok: true });
+          : { index, stage: hop.stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: started, option: k + 1, durationMs: performance.now() - t0, ok: true });
         payload = out.payload ?? EMPTY;
         // Headers a step sets are added for the steps after it (a new object: the caller's stays as it was).
         if (out.headers && hasKeys(out.headers)) headers = { ...headers, ...out.headers };
@@ -292,11 +288,11 @@ export class StepRunner {
         const e = err as grpc.ServiceError;
         const code = typeof e.code === 'number' ? e.code : grpc.status.UNKNOWN;
         const error = `${grpc.status[code] ?? code}: ${e.details || e.message}`;
-        hops.push({ ...named(), durationMs: performance.now() - t0, ok: false, error, code });
-        return fail(index, code, error);
+        hops.push({ index, stage: hop.stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: started, option: k + 1, durationMs: performance.now() - t0, ok: false, error, code });
+        return failed(hops, index, payload, headers, code, error);
       }
     }
-    return { ok: true, payload, headers, hops, failedIndex: -1, failedInput: Buffer.alloc(0), failedHeaders: {}, errorCode: 0, error: '' };
+    return { ok: true, payload, headers, hops, failedIndex: -1, failedInput: EMPTY, failedHeaders: {}, errorCode: 0, error: '' };
   }
 
   /** One step on an instance: over its Stream, or unary Invoke for components that only serve that. */
@@ -315,38 +311,34 @@ export class StepRunner {
     });
   }
 
-  private callRelay(opt: HopOption__Output, req: RelayRequest__Output): Promise<RelayOutcome> {
-    return new Promise((resolve) => {
-      const done = (err: grpc.ServiceError | null, res?: RelayResult__Output) => {
-        if (!err && res) {
-          resolve({
-            ok: res.ok, payload: Buffer.from(res.payload ?? []), headers: res.headers, hops: res.hops, failedIndex: res.failedIndex,
-            failedInput: Buffer.from(res.failedInput ?? []), failedHeaders: res.failedHeaders, errorCode: res.errorCode, error: res.error,
-          });
-          return;
-        }
-        // The host could not be reached (or broke the call): the hop failed on the chosen instance.
-        const code = err?.code ?? grpc.status.UNKNOWN;
-        const error = `relay ${opt.agentEndpoint} (${opt.nodeId}): ${grpc.status[code]}: ${err?.details ?? 'no result'}`;
-        resolve({
-          ok: false, payload: Buffer.alloc(0), headers: {}, failedIndex: req.firstIndex, failedInput: Buffer.from(req.payload ?? []),
-          failedHeaders: req.headers, errorCode: code, error,
-          hops: [{ index: req.firstIndex, stage: req.route[0].stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: Date.now(), durationMs: 0, ok: false, error, code, option: 1 }],
-        });
-      };
-      const deadline = req.deadlineMs ? Number(req.deadlineMs) : undefined;
-      const mux = this.relayStream(opt.agentEndpoint);
+  private async callRelay(opt: HopOption__Output, req: RelayRequest__Output): Promise<RelayOutcome> {
+    const deadline = req.deadlineMs ? Number(req.deadlineMs) : undefined;
+    const mux = this.relayStream(opt.agentEndpoint);
+    let res: RelayResult__Output;
+    try {
+      res = await mux.call(req, deadline);
+      // The agent lost track of a route id (it should not): forget them all and send it again in full.
       const interner = this.interners.get(opt.agentEndpoint);
-      mux.call(req, deadline).then((r) => {
-        // The agent lost track of a route id (it should not): forget them all and send it again in full.
-        if (r.errorCode === grpc.status.FAILED_PRECONDITION && r.error.startsWith(UNKNOWN_ROUTE) && interner) {
-          interner.reset();
-          mux.call(req, deadline).then((r2) => done(null, r2), (e) => done(e));
-          return;
-        }
-        done(null, r);
-      }, (e) => done(e));
-    });
+      if (res.errorCode === grpc.status.FAILED_PRECONDITION && res.error.startsWith(UNKNOWN_ROUTE) && interner) {
+        interner.reset();
+        res = await mux.call(req, deadline);
+      }
+    } catch (e) {
+      // The host could not be reached (or broke the call): the hop failed on the chosen instance.
+      const err = e as grpc.ServiceError;
+      const code = err?.code ?? grpc.status.UNKNOWN;
+      const error = `relay ${opt.agentEndpoint} (${opt.nodeId}): ${grpc.status[code]}: ${err?.details ?? 'no result'}`;
+      return {
+        ok: false, payload: EMPTY, headers: {}, failedIndex: req.firstIndex, failedInput: Buffer.from(req.payload ?? []),
+        failedHeaders: req.headers, errorCode: code, error,
+        hops: [{ index: req.firstIndex, stage: req.route[0].stage, kind: opt.kind, instanceId: opt.instanceId, nodeId: opt.nodeId, startedAtMs: Date.now(), durationMs: 0, ok: false, error, code, option: 1 }],
+      };
+    }
+    // Copies: a slice would keep the whole batch message it came in alive.
+    return {
+      ok: res.ok, payload: Buffer.from(res.payload ?? EMPTY), headers: res.headers, hops: res.hops, failedIndex: res.failedIndex,
+      failedInput: res.failedInput?.length ? Buffer.from(res.failedInput) : EMPTY, failedHeaders: res.failedHeaders, errorCode: res.errorCode, error: res.error,
+    };
   }
 
   close(): void {
@@ -360,4 +352,9 @@ export class StepRunner {
     this.components.clear();
     this.relays.clear();
   }
+}
+
+/** A run that stopped at hop `index`: its input there, for a retry elsewhere. */
+function failed(hops: HopResult[], index: number, payload: Buffer, headers: Record<string, string>, code: number, error: string): RelayOutcome {
+  return { ok: false, payload: EMPTY, headers: {}, hops, failedIndex: index, failedInput: payload, failedHeaders: headers, errorCode: code, error };
 }

@@ -37,6 +37,9 @@ export interface Routable {
   leaseExpiresAtMs: number;
 }
 
+/** A path-planner candidate with the instance it stands for. */
+export type LiveCandidate = Candidate & { r: Routable };
+
 interface ExternalRecord {
   instanceId: string;
   kind: string;
@@ -175,18 +178,39 @@ export class ComponentManager {
     if (events.length) this.store.commit([], events).catch((err) => this.log.debug({ err: (err as Error).message }, 'registration events not recorded'));
   }
 
-  /** Path-planner candidates, with the live routing figures. */
-  candidates(nowMs = Date.now()): (Candidate & { r: Routable })[] {
-    return this.list(nowMs).map((r) => {
-      const f = this.figures.get(r.instanceId);
-      const suspect = !!f && f.suspectUntilMs > nowMs;
-      return {
+  /**
+   * Path-planner candidates, with the live routing figures. The same objects (and array) on
+   * every call while the registry list stands, their figures refreshed in place: the scheduler
+   * plans every job, and a fresh copy per job was most of what planning allocated. Valid until
+   * the next call; nobody keeps them.
+   */
+  candidates(nowMs = Date.now()): LiveCandidate[] {
+    const list = this.list(nowMs);
+    let c = this.cands;
+    if (!c || c.of !== list) {
+      const objs = list.map((r): LiveCandidate => ({
         instanceId: r.instanceId, kind: r.kind, nodeId: r.nodeId || `external:${r.endpoint}`,
-        latencyMs: f ? this.estimate(f) : 1, inFlight: f?.inFlight ?? 0, queueDepth: this.queueDepths.get(r.instanceId) ?? 0,
-        healthy: !suspect, saturated: (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance, r,
-      };
-    });
+        latencyMs: 1, inFlight: 0, queueDepth: 0, healthy: true, saturated: false, r,
+      }));
+      c = this.cands = { of: list, list: objs, byId: new Map(objs.map((o) => [o.instanceId, o])) };
+    }
+    for (const x of c.list) {
+      const f = this.figures.get(x.instanceId);
+      x.latencyMs = f ? this.estimate(f) : 1;
+      x.inFlight = f?.inFlight ?? 0;
+      x.queueDepth = this.queueDepths.get(x.instanceId) ?? 0;
+      x.healthy = !(f && f.suspectUntilMs > nowMs);
+      x.saturated = x.inFlight >= this.opts.maxInFlightPerInstance;
+    }
+    return c.list;
   }
+
+  /** The candidate of an instance from the last candidates() call. */
+  candidate(instanceId: string): LiveCandidate | undefined {
+    return this.cands?.byId.get(instanceId);
+  }
+
+  private cands?: { of: Routable[]; list: LiveCandidate[]; byId: Map<string, LiveCandidate> };
 
   /**
    * The latency estimate: it moves only with new samples (as Finagle's peak EWMA does), so an

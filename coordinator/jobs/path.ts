@@ -71,12 +71,32 @@ export function instanceCost(c: Candidate, hint = 1): number {
   return Math.max(0.001, c.latencyMs) * hint * (1 + c.inFlight + c.queueDepth);
 }
 
+/**
+ * A stage's pool (the candidates of its kinds that it accepts), kept while the same candidate
+ * list is passed again: the scheduler plans every job, and the list (its live figures refreshed
+ * in place) is rebuilt only when the registry changes.
+ */
+const pools = new WeakMap<Stage, { of: Candidate[]; kinds: Map<string, number>; pool: Candidate[] }>();
+
+function poolOf(s: Stage, candidates: Candidate[]): { kinds: Map<string, number>; pool: Candidate[] } {
+  const memo = pools.get(s);
+  if (memo && memo.of === candidates) return memo;
+  const kinds = new Map(s.alternatives.map((a) => [a.kind, a.costHint ?? 1]));
+  const fresh = { of: candidates, kinds, pool: candidates.filter((c) => kinds.has(c.kind) && (!s.accept || s.accept(c))) };
+  pools.set(s, fresh);
+  return fresh;
+}
+
 export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOptions): PathChoice {
   type Node = { c: Candidate; own: number; best: number; prev: number };
   const layers: Node[][] = stages.map((s) => {
-    const kinds = new Map(s.alternatives.map((a) => [a.kind, a.costHint ?? 1]));
-    const pool = candidates.filter((c) => kinds.has(c.kind) && (!s.accept || s.accept(c)));
-    const usable = pool.filter((c) => c.healthy && !c.saturated && !o.exclude?.has(c.instanceId));
+    const { kinds, pool } = poolOf(s, candidates);
+    let usable = pool;
+    for (const c of pool) {
+      if (c.healthy && !c.saturated && !o.exclude?.has(c.instanceId)) continue;
+      usable = pool.filter((x) => x.healthy && !x.saturated && !o.exclude?.has(x.instanceId));
+      break;
+    }
     if (!usable.length) {
       const why = !pool.length
         ? `no instance of ${s.alternatives.map((a) => a.kind).join(' or ')} is registered`
@@ -115,6 +135,7 @@ export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOpti
 
 /** Keeps the k cheapest, plus the cheapest on every node among them (locality options). */
 function keepLocalOptions<T extends { c: Candidate; own: number }>(sorted: T[], k: number): T[] {
+  if (sorted.length <= k) return sorted;
   const keep = sorted.slice(0, k);
   const nodes = new Set(keep.map((n) => n.c.nodeId));
   for (const n of sorted.slice(k)) {

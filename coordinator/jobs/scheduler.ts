@@ -34,7 +34,7 @@ import type { PathHop } from '../../common/generated/tessera/v1/PathHop';
 import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
 import type { SubmitJobRequest__Output } from '../../common/generated/tessera/v1/SubmitJobRequest';
 import type { ListJobsRequest__Output } from '../../common/generated/tessera/v1/ListJobsRequest';
-import { ComponentManager, Routable, TRANSPORT_CODES, versionMatches } from '../components';
+import { ComponentManager, LiveCandidate, Routable, TRANSPORT_CODES, versionMatches } from '../components';
 import type { GroupCommitter } from '../group-commit';
 import type { Keys } from '../keys';
 import type { Store } from '../store';
@@ -61,6 +61,21 @@ const END_BATCH_BYTES = 512 * 1024;
 const END_RETRY_MS = 30_000;
 const END_RETRY_BACKOFF = { initialMs: 250, maxMs: 4_000, multiplier: 2, jitter: 0.2 };
 
+/** The route cache's tree (see plan): a node per prefix of a choice, the route at its leaf. */
+type RouteNode = Map<string | number | symbol, RouteNode | RouteHop[]>;
+const HOP_END = Symbol('hop end');
+const ROUTE = Symbol('route');
+function step(node: RouteNode, key: string | number | symbol): RouteNode {
+  let next = node.get(key) as RouteNode | undefined;
+  if (!next) node.set(key, (next = new Map()));
+  return next;
+}
+
+/** What an admission answers: the job as admitted, or (the caller waits) the promise of its end. */
+export type Admission = { job: Job; done?: undefined } | { job?: undefined; done: Promise<Job> };
+/** No instance excluded (a first plan). */
+const NONE: ReadonlySet<string> = new Set();
+
 type Terminal = 'JOB_STATE_SUCCEEDED' | 'JOB_STATE_FAILED' | 'JOB_STATE_CANCELLED';
 const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 const KEY_RE = /^[\x21-\x7e]{1,128}$/;
@@ -86,7 +101,8 @@ interface LiveJob {
   input: Buffer;
   result?: Buffer;
   waiters: Waiter[];
-  watchers: Set<(j: Job) => void>;
+  /** WatchJob streams following it (made by the first). */
+  watchers?: Set<(j: Job) => void>;
   route?: { hops: RouteHop[]; holding: string[] };
   queuedWhy?: string;
   /** The write of the record of its start (settles with its shared start record, see recordStart). */
@@ -243,7 +259,7 @@ export class JobScheduler {
   private adopt(rec: JobRecord, pipeline: NormalPipeline | undefined, batch?: StartBatch): LiveJob {
     const job: LiveJob = {
       rec, pipeline: pipeline ?? { name: rec.pipeline, stages: [], defaultTimeoutMs: 0, maxPayloadBytes: 0, routing: 'path-cost', version: 0, updatedAtMs: 0 },
-      input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [], watchers: new Set(),
+      input: Buffer.from(rec.payload ?? '', 'base64'), waiters: [],
       accepted: Promise.resolve(), // read from its start record
       batch,
     };
@@ -340,7 +356,7 @@ export class JobScheduler {
 
   // ─────────────────────────────────── submit ───────────────────────────────────
 
-  async submit(req: SubmitJobRequest__Output, nowMs = Date.now()): Promise<{ job: Job; done?: Promise<Job> }> {
+  async submit(req: SubmitJobRequest__Output, nowMs = Date.now()): Promise<Admission> {
     try {
       return await this.admitOnce(req, nowMs);
     } catch (err) {
@@ -355,7 +371,7 @@ export class JobScheduler {
    * admitted with (a client's retry racing its first try, or both in one message) waits for it
    * and then finds its job, instead of both missing the lookup and both being admitted.
    */
-  private async admitOnce(req: SubmitJobRequest__Output, nowMs: number): Promise<{ job: Job; done?: Promise<Job> }> {
+  private async admitOnce(req: SubmitJobRequest__Output, nowMs: number): Promise<Admission> {
     const key = req.idempotencyKey ?? '';
     if (!key) return this.admit(req, nowMs);
     for (let held = this.keyAdmissions.get(key); held; held = this.keyAdmissions.get(key)) await held;
@@ -369,7 +385,7 @@ export class JobScheduler {
     }
   }
 
-  private async admit(req: SubmitJobRequest__Output, nowMs: number): Promise<{ job: Job; done?: Promise<Job> }> {
+  private async admit(req: SubmitJobRequest__Output, nowMs: number): Promise<Admission> {
     const pipeline = this.pipelines.get(req.pipeline);
     const payload = Buffer.from(req.payload ?? []);
     if (payload.length > pipeline.maxPayloadBytes) {
@@ -391,19 +407,19 @@ export class JobScheduler {
       const existing = await this.byIdempotencyKey(key);
       if (existing) {
         if (existing.pipeline !== pipeline.name) throw InvalidArgumentError.field('idempotencyKey', `already used by job ${existing.id} of pipeline ${existing.pipeline}`);
-        return { job: existing, done: req.wait ? this.whenDone(existing.id!) : undefined };
+        return req.wait ? { done: this.whenDone(existing.id!) } : { job: existing };
       }
     }
 
     let planned: Planned | undefined;
     let queuedWhy: string | undefined;
     try {
-      planned = this.plan(pipeline, 0, new Set(), undefined, false);
+      planned = this.plan(pipeline, 0, NONE, undefined, false);
     } catch (err) {
       if (!(err instanceof NoPathError)) throw err;
       // Only saturation queues a job; a stage without healthy instances refuses it.
       try {
-        this.plan(pipeline, 0, new Set(), undefined, true);
+        this.plan(pipeline, 0, NONE, undefined, true);
       } catch (e2) {
         if (e2 instanceof NoPathError) throw new UnavailableError(`pipeline ${pipeline.name}, ${e2.message}`);
         throw e2;
@@ -424,7 +440,7 @@ export class JobScheduler {
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
       payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) },
     };
-    const job: LiveJob = { rec, pipeline, input: payload, waiters: [], watchers: new Set() };
+    const job: LiveJob = { rec, pipeline, input: payload, waiters: [] };
     if (planned) {
       job.route = { hops: planned.hops, holding: planned.holding };
       this.components.acquire(planned.holding);
@@ -438,7 +454,7 @@ export class JobScheduler {
     if (req.wait && planned) {
       const done = this.whenDone(id);
       void this.execute(job, 0, job.input, rec.headers);
-      return { job: this.toProto(job), done };
+      return { done };
     }
     if (!planned) this.queueReserved++;
     try {
@@ -456,7 +472,7 @@ export class JobScheduler {
     const done = req.wait ? this.whenDone(id) : undefined;
     if (planned) void this.execute(job, 0, job.input, rec.headers);
     else this.enqueue(job, queuedWhy!);
-    return { job: this.toProto(job), done };
+    return done ? { done } : { job: this.toProto(job) };
   }
 
   private async byIdempotencyKey(key: string): Promise<Job | undefined> {
@@ -601,7 +617,6 @@ export class JobScheduler {
    */
   private plan(p: NormalPipeline, from: number, exclude: ReadonlySet<string>, originNodeId: string | undefined, allowSaturated: boolean): Planned {
     const cands = this.components.candidates();
-    const byId = new Map(cands.map((c) => [c.instanceId, c]));
     const usable: Candidate[] = allowSaturated ? cands.map((c) => ({ ...c, saturated: false })) : cands;
     const stages = this.stagesOf(p, from);
     const choice = (p.routing ?? 'path-cost') === 'path-cost'
@@ -609,18 +624,20 @@ export class JobScheduler {
       : this.perStageChoice(p, from, stages, usable, exclude);
     // The same route object for the same choice (until the registry is rebuilt): the relay
     // stream names a route by id once it has carried it, and tells routes apart by identity
-    // first (common/relay.ts), instead of keying every job's route by its text.
-    const list = this.components.list();
-    if (this.routeCacheOf !== list) {
-      this.routeCacheOf = list;
+    // first (common/relay.ts), instead of keying every job's route by its text. Routes are
+    // found through a tree of the picked instances, hop by hop (no key built per job).
+    if (this.routeCacheOf !== cands) {
+      this.routeCacheOf = cands;
       this.routeCache = new WeakMap();
     }
-    let byChoice = this.routeCache.get(p);
-    if (!byChoice) this.routeCache.set(p, (byChoice = new Map()));
-    let key = String(from);
-    const picks = choice.steps.map((step, i) => {
+    let node = this.routeCache.get(p);
+    if (!node) this.routeCache.set(p, (node = new Map()));
+    node = step(node, from);
+    const steps = choice.steps;
+    const picks: LiveCandidate[][] = [];
+    for (let i = 0; i < steps.length; i++) {
       const stage = p.stages[from + i];
-      const planned = byId.get(step.instanceId)!;
+      const planned = this.components.candidate(steps[i].instanceId)!;
       const picked = [planned];
       if (stage.options.length > 1) {
         for (const o of stage.options) {
@@ -628,31 +645,35 @@ export class JobScheduler {
           const best = usable
             .filter((c) => c.kind === o.kind && c.healthy && !c.saturated && !exclude.has(c.instanceId) && stages[i].accept!(c))
             .sort((a, b) => (a.nodeId === planned.nodeId ? 0 : 1) - (b.nodeId === planned.nodeId ? 0 : 1) || a.latencyMs * (1 + a.inFlight) - b.latencyMs * (1 + b.inFlight))[0];
-          if (best) picked.push(byId.get(best.instanceId)!);
+          if (best) picked.push(this.components.candidate(best.instanceId)!);
         }
       }
-      for (const c of picked) key += `\u0001${c.instanceId}`;
-      key += '\u0002';
-      return picked;
-    });
-    let hops = byChoice.get(key);
+      for (const c of picked) node = step(node, c.instanceId);
+      node = step(node, HOP_END);
+      picks.push(picked);
+    }
+    let hops = node.get(ROUTE) as RouteHop[] | undefined;
     if (!hops) {
       hops = picks.map((picked, i) => {
         const stage = p.stages[from + i];
-        const opt = (c: (typeof picked)[number]) => {
+        const opt = (c: LiveCandidate) => {
           const o = stage.options.find((x) => x.kind === c.kind)!;
           return { kind: c.kind, operation: o.operation, instanceId: c.instanceId, nodeId: c.r.nodeId, endpoint: c.r.endpoint, agentEndpoint: c.r.agentEndpoint, whenHeader: o.whenHeader };
         };
         return { stage: stage.name, options: picked.map(opt), timeoutMs: stage.timeoutMs };
       });
-      if (byChoice.size >= 1024) byChoice.clear();
-      byChoice.set(key, hops);
+      if (++this.routesCached > 1024) {
+        this.routeCache = new WeakMap();
+        this.routesCached = 0;
+      }
+      node.set(ROUTE, hops);
     }
-    return {
-      hops,
-      path: choice.steps.map((s) => ({ stage: s.stage, kind: s.kind, instanceId: s.instanceId, nodeId: s.nodeId.startsWith('external:') ? '' : s.nodeId, costMs: s.costMs })),
-      holding: choice.steps.map((s) => s.instanceId),
-    };
+    const holding: string[] = [];
+    for (const s of steps) {
+      holding.push(s.instanceId);
+      if (s.nodeId.startsWith('external:')) s.nodeId = '';
+    }
+    return { hops, path: steps, holding };
   }
 
   /** The path search's view of a pipeline's stages from one index on (built once per pipeline version). */
@@ -679,8 +700,9 @@ export class JobScheduler {
   }
 
   private stageCache = new WeakMap<NormalPipeline, Map<number, Stage[]>>();
-  /** Routes by pipeline version and choice, for the registry list they were built from. */
-  private routeCache = new WeakMap<NormalPipeline, Map<string, RouteHop[]>>();
+  /** Routes by pipeline version and choice (a tree: first stage index, then per hop the picked instances and HOP_END), for the candidate list (a registry list) they were built from. */
+  private routeCache = new WeakMap<NormalPipeline, RouteNode>();
+  private routesCached = 0;
   private routeCacheOf?: unknown;
   private rr = new Map<string, number>();
 
@@ -710,8 +732,9 @@ export class JobScheduler {
   // ─────────────────────────────────── running ───────────────────────────────────
 
   private async execute(job: LiveJob, from: number, input: Buffer, headers: Record<string, string>): Promise<void> {
-    const attempts = new Map<number, number>();
-    const exclude = new Set<string>();
+    // Made on a first failure (most jobs have none).
+    let attempts: Map<number, number> | undefined;
+    let exclude: Set<string> | undefined;
     for (;;) {
       const route = job.route!;
       const res = await this.runner.run({
@@ -722,21 +745,27 @@ export class JobScheduler {
         if (h.instanceId || !h.option) continue;
         const rh = route.hops[Number(h.index) - from];
         const o = rh?.options?.[h.option - 1];
-        if (o) Object.assign(h, { stage: rh.stage, kind: o.kind, instanceId: o.instanceId, nodeId: o.nodeId });
+        if (o) {
+          h.stage = rh.stage;
+          h.kind = o.kind;
+          h.instanceId = o.instanceId;
+          h.nodeId = o.nodeId;
+        }
       }
       // A cancel meanwhile released the route already (finish); release it only if still ours.
       if (job.route === route) {
         this.components.release(route.holding);
         job.route = undefined;
       }
+      const metrics = this.metrics?.enabled ? this.metrics : undefined;
       for (const h of res.hops) {
         this.components.observe(h.instanceId!, Number(h.durationMs), !!h.ok, Number(h.code ?? 0));
         const step: JobStep = {
-          stage: h.stage, kind: h.kind, instanceId: h.instanceId, nodeId: h.nodeId, attempt: (attempts.get(Number(h.index)) ?? 0) + 1,
+          stage: h.stage, kind: h.kind, instanceId: h.instanceId, nodeId: h.nodeId, attempt: (attempts?.get(Number(h.index)) ?? 0) + 1,
           startedAtMs: h.startedAtMs, durationMs: Math.round(Number(h.durationMs) * 1000) / 1000, ok: h.ok, error: h.error,
         };
         job.rec.steps.push(step);
-        this.metrics?.observe('tessera_job_step_seconds', { pipeline: job.rec.pipeline, stage: String(h.stage) }, Number(h.durationMs) / 1000);
+        metrics?.observe('tessera_job_step_seconds', { pipeline: job.rec.pipeline, stage: String(h.stage) }, Number(h.durationMs) / 1000);
       }
       if (TERMINAL.has(job.rec.state)) return; // cancelled meanwhile
       if (res.ok) {
@@ -745,6 +774,7 @@ export class JobScheduler {
       }
       const i = res.failedIndex;
       const stage = job.pipeline.stages[i];
+      attempts ??= new Map();
       const n = (attempts.get(i) ?? 0) + 1;
       attempts.set(i, n);
       const failedHop = res.hops.find((h) => h.index === i && !h.ok);
@@ -760,6 +790,7 @@ export class JobScheduler {
         await this.finish(job, 'JOB_STATE_FAILED', `deadline passed at stage ${stage.name}; last error: ${res.error}`, undefined, undefined, stage.name);
         return;
       }
+      exclude ??= new Set();
       if (failedHop?.instanceId) exclude.add(failedHop.instanceId);
       const origin = i > 0 ? job.rec.path[i - 1]?.nodeId || undefined : undefined;
       let next: Planned;
@@ -802,7 +833,7 @@ export class JobScheduler {
       }
       let planned: Planned;
       try {
-        planned = this.plan(job.pipeline, 0, new Set(), undefined, false);
+        planned = this.plan(job.pipeline, 0, NONE, undefined, false);
       } catch (err) {
         if (err instanceof NoPathError) job.queuedWhy = err.message;
         keep.push(job);
@@ -856,11 +887,13 @@ export class JobScheduler {
     const tell = () => {
       if (told) return;
       told = true;
-      this.metrics?.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
-      this.metrics?.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
+      if (this.metrics?.enabled) {
+        this.metrics.observe('tessera_job_seconds', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') }, rec.durationMs / 1000);
+        this.metrics.inc('tessera_jobs_total', { pipeline: rec.pipeline, state: state.replace('JOB_STATE_', '') });
+      }
       if (state !== 'JOB_STATE_SUCCEEDED') this.log.info({ job: rec.id, pipeline: rec.pipeline, state, reason: rec.reason }, 'job did not succeed');
       this.changed(job);
-      job.watchers.clear();
+      job.watchers?.clear();
       // Its instances are free: a queued job may start now, not when the end record is written.
       if (this.queue.length) this.pump();
     };
@@ -1049,7 +1082,7 @@ export class JobScheduler {
   }
 
   private changed(job: LiveJob): void {
-    if (!job.watchers.size) return;
+    if (!job.watchers?.size) return;
     const p = this.toProto(job);
     for (const w of job.watchers) w(p);
   }
@@ -1111,12 +1144,12 @@ export class JobScheduler {
     const w = (j: Job) => {
       send(j);
       if (TERMINAL.has(j.state as JobState)) {
-        job.watchers.delete(w);
+        job.watchers?.delete(w);
         resolve();
       }
     };
-    job.watchers.add(w);
-    return { done, cancel: () => { job.watchers.delete(w); resolve(); } };
+    (job.watchers ??= new Set()).add(w);
+    return { done, cancel: () => { job.watchers?.delete(w); resolve(); } };
   }
 
   stats(): { inFlight: number; queued: number } {

@@ -35,6 +35,20 @@ describe('job path choice', () => {
     const cands = [c('sick', 'A', 'h1', 0.1, { healthy: false }), c('full', 'A', 'h1', 0.1, { saturated: true }), c('failed-before', 'A', 'h1', 0.1), c('ok', 'A', 'h2', 5)];
     expect(ids(choosePath([stage('a', 'A')], cands, { ...opts, exclude: new Set(['failed-before']) }))).to.deep.equal(['ok']);
   });
+  it('follows figures changed in place on the same candidate list (the scheduler reuses it)', () => {
+    // The stage's pool is kept while the same list comes back; health, load and latency are read anew.
+    const st = [stage('a', 'A')];
+    const cands = [c('x', 'A', 'h1', 1), c('y', 'A', 'h1', 2)];
+    expect(ids(choosePath(st, cands, opts))).to.deep.equal(['x']);
+    cands[0].inFlight = 3;
+    expect(ids(choosePath(st, cands, opts))).to.deep.equal(['y']);
+    cands[1].healthy = false;
+    expect(ids(choosePath(st, cands, opts))).to.deep.equal(['x']);
+    cands[0].saturated = true;
+    expect(() => choosePath(st, cands, opts)).to.throw(NoPathError, /1 unhealthy, 1 saturated/);
+    // A new list (the registry changed) is filtered again.
+    expect(ids(choosePath(st, [c('z', 'A', 'h1', 1)], opts))).to.deep.equal(['z']);
+  });
   it('names the stage that has no usable instance', () => {
     expect(() => choosePath([stage('parse', 'parser'), stage('plan', 'planner')], [c('p', 'parser', 'h1', 1)], opts)).to.throw(NoPathError, 'stage "plan": no instance of planner is registered');
     expect(() => choosePath([stage('plan', 'planner')], [c('x', 'planner', 'h1', 1, { healthy: false })], opts)).to.throw(NoPathError, /none of 1 instance\(s\) of planner can take work \(1 unhealthy/);
