@@ -109,7 +109,21 @@ interface LiveJob {
   accepted?: Promise<void>;
   /** The shared start record its start is in (see StartBatch), until its end record is durable. */
   batch?: StartBatch;
+  /**
+   * A finished job kept in memory for reads: its end record as written (compact JSON, with the
+   * result when that was stored); rec keeps the fields lists filter on, without path and steps.
+   * Ten thousand finished jobs as object graphs were most of what the leader's young-generation
+   * collections copied and promoted.
+   */
+  ended?: string;
+  /** Bytes it holds while finished (its result, its end record), counted against RESULT_MEMORY. */
+  heldBytes?: number;
 }
+
+/** A finished job's path and steps once it keeps its end record instead (see LiveJob.ended). */
+const DROPPED: never[] = Object.freeze([]) as never;
+/** An input no longer needed. */
+const NO_INPUT = Buffer.alloc(0);
 
 /**
  * The starts of the jobs admitted in one event-loop turn, written as one etcd value
@@ -758,8 +772,11 @@ export class JobScheduler {
         job.route = undefined;
       }
       const metrics = this.metrics?.enabled ? this.metrics : undefined;
+      // Cancelled meanwhile: its record was written without these steps (the instances' figures still learn from them).
+      const cancelled = TERMINAL.has(job.rec.state);
       for (const h of res.hops) {
         this.components.observe(h.instanceId!, Number(h.durationMs), !!h.ok, Number(h.code ?? 0));
+        if (cancelled) continue;
         const step: JobStep = {
           stage: h.stage, kind: h.kind, instanceId: h.instanceId, nodeId: h.nodeId, attempt: (attempts?.get(Number(h.index)) ?? 0) + 1,
           startedAtMs: h.startedAtMs, durationMs: Math.round(Number(h.durationMs) * 1000) / 1000, ok: h.ok, error: h.error,
@@ -767,7 +784,7 @@ export class JobScheduler {
         job.rec.steps.push(step);
         metrics?.observe('tessera_job_step_seconds', { pipeline: job.rec.pipeline, stage: String(h.stage) }, Number(h.durationMs) / 1000);
       }
-      if (TERMINAL.has(job.rec.state)) return; // cancelled meanwhile
+      if (cancelled) return;
       if (res.ok) {
         await this.finish(job, 'JOB_STATE_SUCCEEDED', '', res.payload, res.headers);
         return;
@@ -903,8 +920,10 @@ export class JobScheduler {
       await new Promise<void>((r) => afterWrites(r));
       tell();
     }
+    let ended: string | undefined;
     try {
       const value = encodeRecord(rec, stored);
+      ended = value;
       const b = job.batch;
       if (startDurable && b?.sharesEnds && this.batches.has(b) && value.length <= END_OWN_BYTES) {
         await this.recordEnd(b, job, value);
@@ -934,15 +953,23 @@ export class JobScheduler {
       }
       tell();
     }
-    job.input = Buffer.alloc(0);
+    job.input = NO_INPUT;
+    if (ended !== undefined) {
+      // Kept as its record: a result stored in it is read back from there.
+      job.ended = ended;
+      if (stored.result !== undefined) job.result = undefined;
+      rec.path = DROPPED;
+      rec.steps = DROPPED;
+    }
+    job.heldBytes = (job.result?.length ?? 0) + (ended?.length ?? 0);
     this.recent.push(rec.id);
-    this.resultBytes += result?.length ?? 0;
+    this.resultBytes += job.heldBytes;
     // Finished jobs stay in memory up to a count and a size (results can be large); older ones
     // are read back from etcd by GetJob.
     while (this.recent.length - this.recentHead > this.opts.recentLimit || (this.resultBytes > RESULT_MEMORY && this.recent.length - this.recentHead > 1)) {
       const old = this.jobs.get(this.recent[this.recentHead++]);
       if (old && TERMINAL.has(old.rec.state)) {
-        this.resultBytes -= old.result?.length ?? 0;
+        this.resultBytes -= old.heldBytes ?? 0;
         this.jobs.delete(old.rec.id);
         if (old.rec.idempotencyKey) this.byKey.delete(old.rec.idempotencyKey);
       }
@@ -1157,7 +1184,9 @@ export class JobScheduler {
   }
 
   private toProto(j: LiveJob): Job {
-    return recordToProto(j.rec, j.result);
+    if (j.ended === undefined) return recordToProto(j.rec, j.result);
+    const full = decodeRecord(j.ended);
+    return recordToProto(full, j.result ?? (full.result ? Buffer.from(full.result, 'base64') : undefined));
   }
 }
 

@@ -143,6 +143,10 @@ describe('jobs through pipelines of registered components', function () {
     const got = await admin.getJob(jobs[0].id);
     expect(got.state).to.equal('JOB_STATE_SUCCEEDED');
     expect(got.result.toString()).to.equal(jobs[0].result.toString());
+    // A finished job is kept as its end record: read back, it has the path and steps it was answered with.
+    expect(got.path).to.deep.equal(jobs[0].path);
+    expect(got.steps).to.deep.equal(jobs[0].steps);
+    expect(got.durationMs).to.equal(jobs[0].durationMs);
     const listed = (await admin.listJobs({ pipeline: 'words', limit: 100 })).jobs.map((j) => j.id);
     for (const j of jobs) expect(listed).to.include(j.id);
     // The CLI prints the result and the path it took.
