@@ -5,6 +5,7 @@
 import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
 import * as os from 'node:os';
+import { NotFoundError } from '../common/errors';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
 export const LABEL = {
@@ -184,6 +185,48 @@ export class DockerRuntime {
     }
   }
 
+  /**
+   * An instance's container output, demultiplexed into stdout and stderr chunks (see LogFrames).
+   * Without follow it ends at the end of the log; with it, when the container stops or `signal`
+   * aborts. `write` returning false pauses the engine's stream until `drained` resolves.
+   */
+  async logs(
+    instanceId: string,
+    o: { tailLines: number; follow: boolean; timestamps: boolean },
+    write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
+    drained: () => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const c = this.docker.getContainer(containerName(instanceId));
+    const frames = new LogFrames(write);
+    const opts = { stdout: true, stderr: true, timestamps: o.timestamps, ...(o.tailLines > 0 ? { tail: o.tailLines } : {}) }; // no tail: the whole log
+    let out: unknown;
+    try {
+      out = o.follow ? await c.logs({ ...opts, follow: true }) : await c.logs({ ...opts, follow: false });
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404) throw new NotFoundError('container of instance', instanceId);
+      throw err;
+    }
+    if (Buffer.isBuffer(out)) {
+      frames.push(out);
+      return;
+    }
+    const stream = out as NodeJS.ReadableStream & { destroy: () => void };
+    await new Promise<void>((resolve, reject) => {
+      const stop = () => { stream.destroy(); resolve(); };
+      if (signal.aborted) return stop();
+      signal.addEventListener('abort', stop, { once: true });
+      stream.on('data', (chunk: Buffer) => {
+        if (frames.push(chunk)) return;
+        stream.pause();
+        void drained().then(() => stream.resume());
+      });
+      stream.on('end', resolve);
+      stream.on('close', resolve);
+      stream.on('error', reject);
+    });
+  }
+
   async exec(nameOrId: string, cmd: string[], timeoutMs: number): Promise<number> {
     const c = this.docker.getContainer(nameOrId);
     const ex = await c.exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
@@ -218,6 +261,30 @@ function decodeSpec(label: string | undefined): InstanceSpec__Output | undefined
     return JSON.parse(Buffer.from(label, 'base64').toString()) as InstanceSpec__Output;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Docker's multiplexed log stream, read incrementally: each frame is an 8-byte header
+ * ([stream, 0, 0, 0, size32 big-endian]) and its bytes; a frame may arrive split over chunks.
+ * push() returns false once a write did (the reader should wait for its drain).
+ */
+export class LogFrames {
+  private rest: Buffer = Buffer.alloc(0);
+
+  constructor(private readonly write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean) {}
+
+  push(chunk: Buffer): boolean {
+    let buf = this.rest.length ? Buffer.concat([this.rest, chunk]) : chunk;
+    let ok = true;
+    while (buf.length >= 8) {
+      const size = buf.readUInt32BE(4);
+      if (buf.length < 8 + size) break;
+      if (size) ok = this.write(buf[0] === 2 ? 'stderr' : 'stdout', buf.subarray(8, 8 + size)) && ok;
+      buf = buf.subarray(8 + size);
+    }
+    this.rest = buf;
+    return ok;
   }
 }
 

@@ -2,17 +2,21 @@
 // agent of the previous hop) hands it a route; it runs the hops whose instances live on this
 // host over loopback and passes the output straight to the next host's agent, so at high rates
 // a job's data flows host to host and the coordinator only plans, admits and records.
-// With TLS, only coordinators and agents (by certificate role) may call it.
+// With TLS, only coordinators and agents (by certificate role) may call it. The same server
+// serves AgentLogs (an instance's container output) to coordinators.
 import * as grpc from '@grpc/grpc-js';
-import { bind, clientCredentials, guardDeserializers, malformedReason, SERVER_OPTIONS, serverCredentials, unary } from '../common/grpc';
+import { bind, clientCredentials, guardDeserializers, malformedReason, SERVER_OPTIONS, serverCredentials, serverStream, unary } from '../common/grpc';
 import { serveMux } from '../common/mux';
-import { PermissionDeniedError } from '../common/errors';
+import { InvalidArgumentError, PermissionDeniedError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import { RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
+import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
+import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
+import type { DockerRuntime } from './docker-runtime';
 
 /**
  * The agent starts with V8's optimizing compiler off (it saves ~7 MB on a host that only runs
@@ -38,7 +42,13 @@ export class RelayServer {
   address = '';
   relayed = 0;
 
-  constructor(private readonly nodeId: string, private readonly log: Logger, private readonly tls?: TlsMaterial) {
+  constructor(
+    private readonly nodeId: string,
+    private readonly log: Logger,
+    private readonly tls?: TlsMaterial,
+    /** The engine's output of this host's instances, for AgentLogs (see DockerRuntime.logs). */
+    private readonly logs?: DockerRuntime['logs'],
+  ) {
     this.runner = new StepRunner({ selfNodeId: nodeId, relayCredentials: clientCredentials(tls), chain: true });
   }
 
@@ -82,6 +92,24 @@ export class RelayServer {
         }, (code, error) => ({ ok: false, errorCode: code, error, failedIndex: -1 }));
       },
     } as grpc.UntypedServiceImplementation);
+    if (this.logs) {
+      const logs = this.logs;
+      server.addService(guardDeserializers(tesseraProto().AgentLogs.service), {
+        InstanceLogs: serverStream<InstanceLogsRequest__Output, LogChunk>(this.log, 'InstanceLogs', async (call) => {
+          // Logs may hold what an app would not show anyone: coordinators only (they check the caller's token).
+          if (tls && peerIdentity(call).role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${peerIdentity(call).role} may not read logs`);
+          const req = call.request;
+          if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');
+          const ac = new AbortController();
+          call.on('cancelled', () => ac.abort());
+          call.on('close', () => ac.abort());
+          await logs(req.instanceId, { tailLines: req.tailLines, follow: req.follow, timestamps: req.timestamps },
+            (stream, data) => call.write({ stream, data }),
+            () => new Promise<void>((r) => call.once('drain', r)),
+            ac.signal);
+        }),
+      } as grpc.UntypedServiceImplementation);
+    }
     const port = await bind(server, listen, serverCredentials(tls));
     this.server = server;
     const host = listen.slice(0, listen.lastIndexOf(':'));

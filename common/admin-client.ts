@@ -183,4 +183,9 @@ export class AdminClient {
   watchEvents(req: WatchEventsRequest): grpc.ClientReadableStream<Event__Output> {
     return this.clients[this.preferred].watchEvents(req, this.metadata());
   }
+
+  /** An instance's container output (any coordinator relays the leader's). */
+  instanceLogs(req: import('./generated/tessera/v1/InstanceLogsRequest').InstanceLogsRequest): grpc.ClientReadableStream<import('./generated/tessera/v1/LogChunk').LogChunk__Output> {
+    return this.clients[this.preferred].instanceLogs(req, this.metadata());
+  }
 }

@@ -3,7 +3,7 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { FencedError, InvalidArgumentError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
@@ -28,6 +28,9 @@ import type { StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
+import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
+import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
+import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
 import type { JobRequest__Output } from '../common/generated/tessera/v1/JobRequest';
 import type { JobSubmission__Output } from '../common/generated/tessera/v1/JobSubmission';
 import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
@@ -42,6 +45,7 @@ const LOADING_TEXT = `this coordinator was elected leader and is still loading t
 
 export class AdminService {
   private leaderClients = new Map<string, AdminClient>();
+  private agentClients = new Map<string, AgentLogsClient>();
   private memberClients = new Map<string, Etcd3>();
 
   constructor(
@@ -89,6 +93,7 @@ export class AdminService {
 
   close(): void {
     for (const c of this.leaderClients.values()) c.close();
+    for (const c of this.agentClients.values()) c.close();
     for (const c of this.memberClients.values()) void c.close();
   }
 
@@ -177,6 +182,7 @@ export class AdminService {
         return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w) => w.jobs.cancel(req.id));
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
+      InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // Streams are not forwarded: a high-rate client talks to the leader itself.
         if (!this.opts.leaderWork?.()) {
@@ -377,6 +383,57 @@ export class AdminService {
       upstream.on('error', (err) => reject(err));
       call.on('cancelled', () => { upstream.cancel(); resolve(); });
     });
+  }
+
+  /**
+   * InstanceLogs: the leader knows where an instance runs and asks that host's agent (AgentLogs,
+   * on its relay address); a follower relays the leader's stream. Chunks pass through as the
+   * caller reads them (a slow reader pauses the engine's stream on the agent).
+   */
+  private async instanceLogs(call: grpc.ServerWritableStream<InstanceLogsRequest__Output, LogChunk>): Promise<void> {
+    const req = call.request;
+    if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');
+    const w = await this.leaderReady();
+    const dep = this.deployments();
+    const reg = this.registry();
+    let upstream: grpc.ClientReadableStream<LogChunk>;
+    if (w && dep && reg) {
+      const inst = dep.instance(req.instanceId);
+      if (!inst) throw new NotFoundError('instance', req.instanceId);
+      const node = reg.get(inst.nodeId);
+      if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked for the logs now`);
+      upstream = this.agentLogsClient(node.endpoint).instanceLogs(req, { deadline: req.follow ? Infinity : deadline(30_000) });
+    } else {
+      if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+      const leader = await this.leadership.waitForLeader(3_000);
+      if (!leader || leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+      const md = call.metadata.clone();
+      md.set(FORWARDED_KEY, this.opts.coordinatorId);
+      upstream = this.leaderClient(leader.address).instanceLogs(req, md);
+    }
+    await new Promise<void>((resolve, reject) => {
+      upstream.on('data', (c: LogChunk) => {
+        if (call.write(c)) return;
+        upstream.pause();
+        call.once('drain', () => upstream.resume());
+      });
+      upstream.on('end', () => resolve());
+      upstream.on('error', (err: grpc.ServiceError) => {
+        // The caller went away (it cancelled): nothing to report to it.
+        if (call.cancelled) return resolve();
+        reject(err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`the agent holding the instance did not answer: ${err.details}`) : err);
+      });
+      call.on('cancelled', () => { upstream.cancel(); resolve(); });
+    });
+  }
+
+  private agentLogsClient(address: string): AgentLogsClient {
+    let c = this.agentClients.get(address);
+    if (!c) {
+      c = new (tesseraProto().AgentLogs)(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS);
+      this.agentClients.set(address, c);
+    }
+    return c;
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

@@ -201,6 +201,11 @@ export class Deployments {
       });
   }
 
+  /** An instance this leader knows (running, stopping or kept as a failed tombstone). */
+  instance(id: string): InstanceRecord | undefined {
+    return this.instances.get(id);
+  }
+
   /** Reserved resources per node, for the Node view. */
   allocatedOn(nodeId: string): { cpuMillis: number; memoryMib: number } {
     let cpu = 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // tessera: the operator's CLI. Talks to any coordinator's Admin API; prints tables, or JSON
 // with --json for scripts.
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { ago, enumName, table } from '../../common/table';
@@ -160,6 +160,25 @@ program.command('ps [app]').description('list instances: node, state, health, re
     ago(Number(i.createdAtMs)), (i.message || '').slice(0, 80),
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
+
+program.command('logs <instance-id>').description("an instance's container output (stdout and stderr), from the agent running it")
+  .option('-f, --follow', 'then what it writes next, until it stops (Ctrl-C to leave)')
+  .option('--tail <n>', 'only the last n lines', (v) => {
+    if (!/^\d+$/.test(v)) throw new InvalidArgumentError('--tail takes a whole number of lines');
+    return Number(v);
+  })
+  .option('-t, --timestamps', "prefix each line with the engine's time")
+  .action((id, o) => run(async (c) => {
+    const stream = c.instanceLogs({ instanceId: id, tailLines: o.tail ?? 0, follow: !!o.follow, timestamps: !!o.timestamps });
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (ch: { stream: string; data: Buffer }) => {
+        if (program.opts().json) process.stdout.write(JSON.stringify({ stream: ch.stream, data: ch.data.toString('utf8') }) + '\n');
+        else (ch.stream === 'stderr' ? process.stderr : process.stdout).write(ch.data);
+      });
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+  }));
 
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');
 policy.command('set').description('set a policy from a YAML or JSON file').requiredOption('-f, --file <file>', 'policy file, or -').action((o) => run(async (c) => {

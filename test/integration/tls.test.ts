@@ -95,6 +95,26 @@ describe('mutual TLS', function () {
       });
       expect((await call(material('admin')))?.code, 'an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
       expect((await call(material('agent-n1', other)))?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
+      // Instance logs: the coordinator asks the agent over mTLS; the agent serves them to coordinator certificates only.
+      const inst = (await a.listInstances('tlsjobs')).instances[0].id;
+      const logs = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const s = a.instanceLogs({ instanceId: inst });
+        s.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
+        s.on('end', () => resolve(out));
+        s.on('error', reject);
+      });
+      // (The echo component writes nothing: the stream ending without an error is the check.)
+      expect(logs).to.be.a('string');
+      const direct = (m: ReturnType<typeof material>) => new Promise<grpc.ServiceError | undefined>((resolve) => {
+        const c = new (tesseraProto().AgentLogs)(relay, clientCredentials(m));
+        const s = c.InstanceLogs({ instanceId: inst }, { deadline: new Date(Date.now() + 3_000) });
+        s.on('data', () => {});
+        s.on('end', () => { c.close(); resolve(undefined); });
+        s.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
+      });
+      expect((await direct(material('admin')))?.code, 'logs with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await direct(material('agent-n1')))?.code, 'logs with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       await a.deleteApp('tlsjobs');
     } finally {
       a.close();
