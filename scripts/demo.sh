@@ -56,6 +56,9 @@ for _ in $(seq 1 300); do
 done
 tessera apps
 curl_all
+step "an instance's output, as kubectl logs shows a pod's (httpd -v: a line per request, health checks included)"
+first=$(tessera --json ps hello | json 'v.filter(i=>i.desired==="run")[0].id')
+tessera logs "$first" --tail 3 2>&1
 
 step "components and jobs: examples/pipeline (split -> count -> format; 2 splitters, 2 counters, 1 formatter)"
 tessera apply -f examples/pipeline/app.yaml
