@@ -197,21 +197,22 @@ export class DockerRuntime {
     drained: () => Promise<void>,
     signal: AbortSignal,
   ): Promise<void> {
-    const c = this.docker.getContainer(containerName(instanceId));
     const frames = new LogFrames(write);
-    const opts = { stdout: true, stderr: true, timestamps: o.timestamps, ...(o.tailLines > 0 ? { tail: o.tailLines } : {}) }; // no tail: the whole log
-    let out: unknown;
+    // Streamed from the engine in both modes (dockerode's logs() reads a whole non-following
+    // log into one buffer: a log of weeks would sit in the agent's memory).
+    let stream: NodeJS.ReadableStream & { destroy: () => void };
     try {
-      out = o.follow ? await c.logs({ ...opts, follow: true }) : await c.logs({ ...opts, follow: false });
+      stream = await new Promise((resolve, reject) => {
+        (this.docker.modem as { dial: (o: unknown, cb: (err: Error | null, data: unknown) => void) => void }).dial({
+          path: `/containers/${containerName(instanceId)}/logs?`, method: 'GET', isStream: true, abortSignal: signal,
+          statusCodes: { 200: true, 404: 'no such container', 500: 'server error' },
+          options: { stdout: true, stderr: true, follow: o.follow, timestamps: o.timestamps, ...(o.tailLines > 0 ? { tail: o.tailLines } : {}) }, // no tail: the whole log
+        }, (err, data) => (err ? reject(err) : resolve(data as typeof stream)));
+      });
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) throw new NotFoundError('container of instance', instanceId);
       throw err;
     }
-    if (Buffer.isBuffer(out)) {
-      frames.push(out);
-      return;
-    }
-    const stream = out as NodeJS.ReadableStream & { destroy: () => void };
     await new Promise<void>((resolve, reject) => {
       const stop = () => { stream.destroy(); resolve(); };
       if (signal.aborted) return stop();

@@ -285,11 +285,13 @@ export class AdminService {
   }
 
   private leaderClient(address: string): AdminClient {
-    let c = this.leaderClients.get(address);
-    if (!c) {
-      c = new (tesseraProto().Admin)(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS);
-      this.leaderClients.set(address, c);
-    }
+    return this.cached(this.leaderClients, address, () => new (tesseraProto().Admin)(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS));
+  }
+
+  /** One client per address, kept (closed in close()). */
+  private cached<C>(clients: Map<string, C>, address: string, make: () => C): C {
+    let c = clients.get(address);
+    if (!c) clients.set(address, (c = make()));
     return c;
   }
 
@@ -402,13 +404,16 @@ export class AdminService {
       if (!inst) throw new NotFoundError('instance', req.instanceId);
       const node = reg.get(inst.nodeId);
       if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked for the logs now`);
-      upstream = this.agentLogsClient(node.endpoint).instanceLogs(req, { deadline: req.follow ? Infinity : deadline(30_000) });
+      // No deadline: a whole log may take long to read; the caller's cancel reaches the agent.
+      if (call.cancelled) return;
+      upstream = this.cached(this.agentClients, node.endpoint, () => new (tesseraProto().AgentLogs)(node.endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).instanceLogs(req);
     } else {
       if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
       const leader = await this.leadership.waitForLeader(3_000);
       if (!leader || leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
       const md = call.metadata.clone();
       md.set(FORWARDED_KEY, this.opts.coordinatorId);
+      if (call.cancelled) return;
       upstream = this.leaderClient(leader.address).instanceLogs(req, md);
     }
     await new Promise<void>((resolve, reject) => {
@@ -425,15 +430,6 @@ export class AdminService {
       });
       call.on('cancelled', () => { upstream.cancel(); resolve(); });
     });
-  }
-
-  private agentLogsClient(address: string): AgentLogsClient {
-    let c = this.agentClients.get(address);
-    if (!c) {
-      c = new (tesseraProto().AgentLogs)(address, clientCredentials(this.opts.tls), CHANNEL_OPTIONS);
-      this.agentClients.set(address, c);
-    }
-    return c;
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {
