@@ -161,23 +161,45 @@ program.command('ps [app]').description('list instances: node, state, health, re
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 
-program.command('logs <instance-id>').description("an instance's container output (stdout and stderr), from the agent running it")
+program.command('logs [instance-id]').description("an instance's container output (stdout and stderr), from the agent running it; or every running instance of an app (--app), each line prefixed with its instance")
   .option('-f, --follow', 'then what it writes next, until it stops (Ctrl-C to leave)')
-  .option('--tail <n>', 'only the last n lines', (v) => {
+  .option('--tail <n>', 'only the last n lines (of each instance)', (v) => {
     if (!/^\d+$/.test(v)) throw new InvalidArgumentError('--tail takes a whole number of lines');
     return Number(v);
   })
   .option('-t, --timestamps', "prefix each line with the engine's time")
-  .action((id, o) => run(async (c) => {
-    const stream = c.instanceLogs({ instanceId: id, tailLines: o.tail ?? 0, follow: !!o.follow, timestamps: !!o.timestamps });
-    await new Promise<void>((resolve, reject) => {
+  .option('--app <name>', 'every running instance of this app (as kubectl logs -l)')
+  .option('--component <name>', 'with --app: only this component')
+  .action((id: string | undefined, o) => run(async (c) => {
+    if (!id === !o.app) program.error('error: give an instance id, or --app (with --component to narrow it)');
+    if (o.component && !o.app) program.error('error: --component goes with --app');
+    let ids = [id ?? ''];
+    if (o.app) {
+      ids = (await c.listInstances(o.app, '')).instances.filter((i) => i.desired === 'run' && (!o.component || i.component === o.component)).map((i) => i.id);
+      if (!ids.length) program.error(`error: app ${o.app} has no running instances${o.component ? ` of component ${o.component}` : ''}`);
+    }
+    // One instance: its bytes as they come. Several: whole lines, each prefixed with its instance.
+    const prefix = !!o.app;
+    await Promise.all(ids.map((instanceId) => new Promise<void>((resolve, reject) => {
+      const stream = c.instanceLogs({ instanceId, tailLines: o.tail ?? 0, follow: !!o.follow, timestamps: !!o.timestamps });
+      const partial: Record<string, string> = { stdout: '', stderr: '' };
+      const emit = (which: string, text: string) => {
+        if (program.opts().json) process.stdout.write(JSON.stringify({ instance: instanceId, stream: which, data: text }) + '\n');
+        else (which === 'stderr' ? process.stderr : process.stdout).write(prefix ? text.slice(0, -1).split('\n').map((l) => `[${instanceId}] ${l}\n`).join('') : text);
+      };
       stream.on('data', (ch: { stream: string; data: Buffer }) => {
-        if (program.opts().json) process.stdout.write(JSON.stringify({ stream: ch.stream, data: ch.data.toString('utf8') }) + '\n');
-        else (ch.stream === 'stderr' ? process.stderr : process.stdout).write(ch.data);
+        if (!prefix) return emit(ch.stream, ch.data.toString('utf8'));
+        const text = partial[ch.stream] + ch.data.toString('utf8');
+        const cut = text.lastIndexOf('\n') + 1;
+        partial[ch.stream] = text.slice(cut);
+        if (cut) emit(ch.stream, text.slice(0, cut));
       });
-      stream.on('end', resolve);
+      stream.on('end', () => {
+        for (const [which, rest] of Object.entries(partial)) if (rest) emit(which, rest + '\n');
+        resolve();
+      });
       stream.on('error', reject);
-    });
+    })));
   }));
 
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');

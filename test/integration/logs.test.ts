@@ -109,6 +109,14 @@ describe('instance logs', function () {
     const bad = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', id, '--tail', 'ten']).then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(bad?.code).to.not.equal(0);
     expect(bad?.stderr).to.match(/--tail takes a whole number of lines/);
+    // Every running instance of an app (as kubectl logs -l), each line prefixed with its instance.
+    const byApp = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', '--app', 'chatty', '--component', 'talker', '--tail', '2']);
+    expect(byApp.stdout).to.match(new RegExp(`^\\[${id}\\] tick \\d+\n\\[${id}\\] tick \\d+\n$`));
+    const none = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', '--app', 'chatty', '--component', 'nope']).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(none?.code).to.equal(1);
+    expect(none?.stderr).to.equal('error: app chatty has no running instances of component nope\n');
+    const both = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', id, '--app', 'chatty']).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(both?.stderr).to.match(/give an instance id, or --app/);
   });
 
   it('refuses an unknown instance with NOT_FOUND and a missing id with INVALID_ARGUMENT', async () => {
