@@ -399,6 +399,7 @@ export class AdminService {
     const dep = this.deployments();
     const reg = this.registry();
     let upstream: grpc.ClientReadableStream<LogChunk>;
+    let source: string;
     if (w && dep && reg) {
       const inst = dep.instance(req.instanceId);
       if (!inst) throw new NotFoundError('instance', req.instanceId);
@@ -406,6 +407,7 @@ export class AdminService {
       if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked for the logs now`);
       // No deadline: a whole log may take long to read; the caller's cancel reaches the agent.
       if (call.cancelled) return;
+      source = `the agent of node ${node.id} (${node.endpoint})`;
       upstream = this.cached(this.agentClients, node.endpoint, () => new (tesseraProto().AgentLogs)(node.endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).instanceLogs(req);
     } else {
       if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
@@ -414,6 +416,7 @@ export class AdminService {
       const md = call.metadata.clone();
       md.set(FORWARDED_KEY, this.opts.coordinatorId);
       if (call.cancelled) return;
+      source = `the leader ${leader.id} (${leader.address})`;
       upstream = this.leaderClient(leader.address).instanceLogs(req, md);
     }
     await new Promise<void>((resolve, reject) => {
@@ -426,7 +429,7 @@ export class AdminService {
       upstream.on('error', (err: grpc.ServiceError) => {
         // The caller went away (it cancelled): nothing to report to it.
         if (call.cancelled) return resolve();
-        reject(err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`the agent holding the instance did not answer: ${err.details}`) : err);
+        reject(err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err);
       });
       call.on('cancelled', () => { upstream.cancel(); resolve(); });
     });

@@ -132,6 +132,10 @@ describe('instance logs', function () {
 
   it('says UNAVAILABLE when the instance\'s node is down', async () => {
     await agent.kill('SIGKILL');
+    // At once, before the node is marked DOWN: the agent does not answer.
+    const early = await read(leader, { instanceId: id }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(early?.code).to.equal(grpc.status.UNAVAILABLE);
+    expect(early?.details).to.match(new RegExp(`the agent of node ${node} \\(127\\.0\\.0\\.1:\\d+\\) did not answer|on node ${node}, which is DOWN`));
     await waitFor('node DOWN', async () => (await leader.listNodes()).nodes[0].state === 'NODE_STATE_DOWN', 30_000, 300);
     const err = await read(leader, { instanceId: id }).then(() => undefined, (e: grpc.ServiceError) => e);
     expect(err?.code).to.equal(grpc.status.UNAVAILABLE);
