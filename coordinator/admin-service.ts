@@ -3,7 +3,7 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { FailedPreconditionError, FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
@@ -402,6 +402,8 @@ export class AdminService {
     let source: string;
     if (w && dep && reg) {
       const inst = dep.instance(req.instanceId);
+      const ext = inst ? undefined : w.components.external(req.instanceId);
+      if (ext) throw new FailedPreconditionError(`instance ${req.instanceId} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and keeps no logs of it`);
       if (!inst) throw new NotFoundError('instance', req.instanceId);
       const node = reg.get(inst.nodeId);
       if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked for the logs now`);

@@ -205,6 +205,11 @@ export class ComponentManager {
     return c.list;
   }
 
+  /** An external instance (registered through the Admin API, run by someone else), if this is one. */
+  external(instanceId: string): { kind: string; endpoint: string } | undefined {
+    return this.externals.get(instanceId);
+  }
+
   /** The candidate of an instance from the last candidates() call. */
   candidate(instanceId: string): LiveCandidate | undefined {
     return this.cands?.byId.get(instanceId);

@@ -119,6 +119,14 @@ describe('instance logs', function () {
     expect(both?.stderr).to.match(/give an instance id, or --app/);
   });
 
+  it('refuses an external instance with FAILED_PRECONDITION: Tessera does not run it', async () => {
+    await leader.registerComponent({ instanceId: 'ext-1', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 60_000 });
+    const err = await read(follower, { instanceId: 'ext-1' }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(err?.details).to.match(/instance ext-1 is external \(a outside at 127\.0\.0\.1:1, registered through the Admin API\)/);
+    await leader.deregisterComponent('ext-1');
+  });
+
   it('refuses an unknown instance with NOT_FOUND and a missing id with INVALID_ARGUMENT', async () => {
     for (const admin of [leader, follower]) {
       const nf = await read(admin, { instanceId: 'no-such-instance' }).then(() => undefined, (e: grpc.ServiceError) => e);
