@@ -97,7 +97,8 @@ export class RelayServer {
       server.addService(guardDeserializers(tesseraProto().AgentLogs.service), {
         InstanceLogs: serverStream<InstanceLogsRequest__Output, LogChunk>(this.log, 'InstanceLogs', async (call) => {
           // Logs may hold what an app would not show anyone: coordinators only (they check the caller's token).
-          if (tls && peerIdentity(call).role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${peerIdentity(call).role} may not read logs`);
+          const role = tls ? peerIdentity(call).role : 'coordinator';
+          if (role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${role} may not read logs`);
           const req = call.request;
           if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');
           const ac = new AbortController();

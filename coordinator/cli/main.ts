@@ -164,7 +164,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
 program.command('logs [instance-id]').description("an instance's container output (stdout and stderr), from the agent running it; or every running instance of an app (--app), each line prefixed with its instance")
   .option('-f, --follow', 'then what it writes next, until it stops (Ctrl-C to leave)')
   .option('--tail <n>', 'only the last n lines (of each instance)', (v) => {
-    if (!/^\d+$/.test(v)) throw new InvalidArgumentError('--tail takes a whole number of lines');
+    if (!/^[1-9]\d*$/.test(v)) throw new InvalidArgumentError('--tail takes a whole number of lines, 1 or more (without it: the whole log)');
     return Number(v);
   })
   .option('-t, --timestamps', "prefix each line with the engine's time")

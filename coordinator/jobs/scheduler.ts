@@ -643,6 +643,7 @@ export class JobScheduler {
     if (this.routeCacheOf !== cands) {
       this.routeCacheOf = cands;
       this.routeCache = new WeakMap();
+      this.routesCached = 0;
     }
     let node = this.routeCache.get(p);
     if (!node) this.routeCache.set(p, (node = new Map()));

@@ -39,12 +39,19 @@ describe('Admin API tokens', function () {
   });
 
   const client = (token?: string) => new AdminClient([address], { metadata: token ? { authorization: `Bearer ${token}` } : {} });
+  const logs = (c: AdminClient, instanceId: string) => new Promise<void>((resolve, reject) => {
+    const s = c.instanceLogs({ instanceId });
+    s.on('data', () => {});
+    s.on('end', resolve);
+    s.on('error', reject);
+  });
   const codeOf = async (p: Promise<unknown>) => (await p.then(() => grpc.status.OK, (e: grpc.ServiceError) => e.code));
 
   it('refuses a call without a token, or with an unknown one, as UNAUTHENTICATED', async () => {
     for (const c of [client(), client('wrong')]) {
       expect(await codeOf(c.listNodes())).to.equal(grpc.status.UNAUTHENTICATED);
       expect(await codeOf(c.applyApp(spec))).to.equal(grpc.status.UNAUTHENTICATED);
+      expect(await codeOf(logs(c, 'any-instance')), 'instance logs (a stream)').to.equal(grpc.status.UNAUTHENTICATED);
       c.close();
     }
   });
@@ -53,6 +60,8 @@ describe('Admin API tokens', function () {
     const c = client('view-secret');
     expect(await codeOf(c.getClusterStatus())).to.equal(grpc.status.OK);
     expect(await codeOf(c.listApps())).to.equal(grpc.status.OK);
+    // Logs are a read (as Kubernetes' view role reads pod logs): past the token check, the instance is unknown.
+    expect(await codeOf(logs(c, 'no-such-instance'))).to.equal(grpc.status.NOT_FOUND);
     const err = await c.applyApp(spec).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
     expect(err.details).to.match(/token "viewer" is read-only; ApplyApp needs the operator role/);

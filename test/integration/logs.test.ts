@@ -108,7 +108,9 @@ describe('instance logs', function () {
     expect(all.stderr).to.equal('to stderr\n');
     const bad = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', id, '--tail', 'ten']).then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(bad?.code).to.not.equal(0);
-    expect(bad?.stderr).to.match(/--tail takes a whole number of lines/);
+    expect(bad?.stderr).to.match(/--tail takes a whole number of lines, 1 or more/);
+    const zero = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', id, '--tail', '0']).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(zero?.stderr).to.match(/1 or more \(without it: the whole log\)/);
     // Every running instance of an app (as kubectl logs -l), each line prefixed with its instance.
     const byApp = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'logs', '--app', 'chatty', '--component', 'talker', '--tail', '2']);
     expect(byApp.stdout).to.match(new RegExp(`^\\[${id}\\] tick \\d+\n\\[${id}\\] tick \\d+\n$`));
