@@ -37,6 +37,17 @@ export interface Routable {
   leaseExpiresAtMs: number;
 }
 
+/**
+ * The instances a job's planned path holds while it runs, with the share of the path's latency
+ * each stands for (they add up to 1): a 4-stage job on instances of like latency is about a
+ * quarter of a step in progress on each at any moment, and one 10x slower than the others holds
+ * most of it. The path cost counts load this way; saturation counts whole jobs.
+ */
+export interface Holding {
+  ids: string[];
+  shares: number[];
+}
+
 /** A path-planner candidate with the instance it stands for. */
 export type LiveCandidate = Candidate & { r: Routable };
 
@@ -55,6 +66,8 @@ interface Figures {
   ewmaMs: number;
   lastAtMs: number;
   inFlight: number;
+  /** The jobs in flight each weighted by this instance's share of its path (see Holding). */
+  load: number;
   ok: number;
   failed: number;
   suspectUntilMs: number;
@@ -190,7 +203,7 @@ export class ComponentManager {
     if (!c || c.of !== list) {
       const objs = list.map((r): LiveCandidate => ({
         instanceId: r.instanceId, kind: r.kind, nodeId: r.nodeId || `external:${r.endpoint}`,
-        latencyMs: 1, inFlight: 0, queueDepth: 0, healthy: true, saturated: false, r,
+        latencyMs: 1, inFlight: 0, load: 0, queueDepth: 0, healthy: true, saturated: false, r,
       }));
       c = this.cands = { of: list, list: objs, byId: new Map(objs.map((o) => [o.instanceId, o])) };
     }
@@ -198,6 +211,7 @@ export class ComponentManager {
       const f = this.figures.get(x.instanceId);
       x.latencyMs = f ? this.estimate(f) : 1;
       x.inFlight = f?.inFlight ?? 0;
+      x.load = f?.load ?? 0;
       x.queueDepth = this.queueDepths.get(x.instanceId) ?? 0;
       x.healthy = !(f && f.suspectUntilMs > nowMs);
       x.saturated = x.inFlight >= this.opts.maxInFlightPerInstance;
@@ -229,20 +243,28 @@ export class ComponentManager {
   private fig(id: string): Figures {
     let f = this.figures.get(id);
     if (!f) {
-      f = { ewmaMs: 1, lastAtMs: Date.now(), inFlight: 0, ok: 0, failed: 0, suspectUntilMs: 0 };
+      f = { ewmaMs: 1, lastAtMs: Date.now(), inFlight: 0, load: 0, ok: 0, failed: 0, suspectUntilMs: 0 };
       this.figures.set(id, f);
     }
     return f;
   }
 
-  acquire(ids: string[]): void {
-    for (const id of ids) this.fig(id).inFlight++;
+  /** A job's planned path takes these instances until release(). */
+  acquire(h: Holding): void {
+    for (let i = 0; i < h.ids.length; i++) {
+      const f = this.fig(h.ids[i]);
+      f.inFlight++;
+      f.load += h.shares[i];
+    }
   }
 
-  release(ids: string[]): void {
-    for (const id of ids) {
-      const f = this.figures.get(id);
-      if (f && f.inFlight > 0) f.inFlight--;
+  release(h: Holding): void {
+    for (let i = 0; i < h.ids.length; i++) {
+      const f = this.figures.get(h.ids[i]);
+      if (!f || f.inFlight <= 0) continue;
+      f.inFlight--;
+      // Back to exactly 0 with the last job (no drift from adding and taking fractions).
+      f.load = f.inFlight ? Math.max(0, f.load - h.shares[i]) : 0;
     }
   }
 

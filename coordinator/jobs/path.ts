@@ -2,7 +2,9 @@
 // function: for a pipeline of stages, pick one instance per stage (and, where a stage offers
 // alternative kinds, the kind) minimising the cost of the whole path:
 //
-//   instance cost = measured latency (peak EWMA) x its cost hint x (1 + in flight + queued)
+//   instance cost = measured latency (peak EWMA) x its cost hint x (1 + load + queued)
+//   load          = the steps expected on it now: each job holding it counts with its step's
+//                   share of its path's latency (Little's law), not as a whole job
 //   hop cost      = sameHostHopMs when two consecutive steps share a host, else hopMs
 //
 // The hop term couples neighbouring stages, so the path is solved as a whole (a Viterbi pass
@@ -16,7 +18,13 @@ export interface Candidate {
   nodeId: string;
   /** Peak-EWMA latency of one step on this instance, ms. */
   latencyMs: number;
+  /** Jobs whose planned path holds this instance (for saturation and display). */
   inFlight: number;
+  /**
+   * The steps expected on it at a moment: each job holding it weighted by this instance's share
+   * of its path's latency (a job spends about that share of its time here). inFlight when absent.
+   */
+  load?: number;
   queueDepth: number;
   healthy: boolean;
   /** At its admission bound: takes no more work now. */
@@ -68,7 +76,7 @@ export class NoPathError extends Error {
 }
 
 export function instanceCost(c: Candidate, hint = 1): number {
-  return Math.max(0.001, c.latencyMs) * hint * (1 + c.inFlight + c.queueDepth);
+  return Math.max(0.001, c.latencyMs) * hint * (1 + (c.load ?? c.inFlight) + c.queueDepth);
 }
 
 /**

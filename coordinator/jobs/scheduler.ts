@@ -34,11 +34,11 @@ import type { PathHop } from '../../common/generated/tessera/v1/PathHop';
 import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
 import type { SubmitJobRequest__Output } from '../../common/generated/tessera/v1/SubmitJobRequest';
 import type { ListJobsRequest__Output } from '../../common/generated/tessera/v1/ListJobsRequest';
-import { ComponentManager, LiveCandidate, Routable, TRANSPORT_CODES, versionMatches } from '../components';
+import { ComponentManager, Holding, LiveCandidate, Routable, TRANSPORT_CODES, versionMatches } from '../components';
 import type { GroupCommitter } from '../group-commit';
 import type { Keys } from '../keys';
 import type { Store } from '../store';
-import { Candidate, choosePath, NoPathError, Stage } from './path';
+import { Candidate, choosePath, instanceCost, NoPathError, Stage } from './path';
 import type { NormalPipeline, Pipelines } from './pipelines';
 import { decodeRecord, encodeRecord, encodeStart, endBatchOf, endedIds, findEnd, JobRecord } from './record';
 import { afterWrites } from '../../common/mux';
@@ -103,7 +103,7 @@ interface LiveJob {
   waiters: Waiter[];
   /** WatchJob streams following it (made by the first). */
   watchers?: Set<(j: Job) => void>;
-  route?: { hops: RouteHop[]; holding: string[] };
+  route?: { hops: RouteHop[]; holding: Holding };
   queuedWhy?: string;
   /** The write of the record of its start (settles with its shared start record, see recordStart). */
   accepted?: Promise<void>;
@@ -165,7 +165,7 @@ interface Waiter {
 interface Planned {
   hops: RouteHop[];
   path: PathHop[];
-  holding: string[];
+  holding: Holding;
 }
 
 export class JobScheduler {
@@ -659,7 +659,7 @@ export class JobScheduler {
           if (o.kind === planned.kind) continue;
           const best = usable
             .filter((c) => c.kind === o.kind && c.healthy && !c.saturated && !exclude.has(c.instanceId) && stages[i].accept!(c))
-            .sort((a, b) => (a.nodeId === planned.nodeId ? 0 : 1) - (b.nodeId === planned.nodeId ? 0 : 1) || a.latencyMs * (1 + a.inFlight) - b.latencyMs * (1 + b.inFlight))[0];
+            .sort((a, b) => (a.nodeId === planned.nodeId ? 0 : 1) - (b.nodeId === planned.nodeId ? 0 : 1) || instanceCost(a) - instanceCost(b))[0];
           if (best) picked.push(this.components.candidate(best.instanceId)!);
         }
       }
@@ -683,11 +683,16 @@ export class JobScheduler {
       }
       node.set(ROUTE, hops);
     }
-    const holding: string[] = [];
+    const holding: Holding = { ids: [], shares: [] };
+    let total = 0;
     for (const s of steps) {
-      holding.push(s.instanceId);
+      holding.ids.push(s.instanceId);
+      const lat = Math.max(0.001, this.components.candidate(s.instanceId)!.latencyMs);
+      holding.shares.push(lat);
+      total += lat;
       if (s.nodeId.startsWith('external:')) s.nodeId = '';
     }
+    for (let i = 0; i < holding.shares.length; i++) holding.shares[i] /= total;
     return { hops, path: steps, holding };
   }
 

@@ -15,6 +15,16 @@ describe('job path choice', () => {
     const p = choosePath([stage('a', 'A')], [c('busy', 'A', 'h1', 1, { inFlight: 5 }), c('idle', 'A', 'h1', 2)], opts);
     expect(ids(p)).to.deep.equal(['idle']);
   });
+  it('counts load as the jobs holding an instance weighted by its share of their paths', () => {
+    // Three fast instances each held by 8 four-stage jobs (a quarter of each job's time is spent
+    // here: load 2) and one 10x slower, idle. Counted as whole jobs (8 each) the fast ones would
+    // cost 6 x 9 = 54 against the slow one's 50, and jobs would go to the slow one.
+    const fast = (id: string) => c(id, 'A', 'h1', 6, { inFlight: 8, load: 2 });
+    const cands = [fast('f1'), fast('f2'), fast('f3'), c('slow', 'A', 'h1', 50)];
+    expect(ids(choosePath([stage('a', 'A')], cands, opts))).to.deep.equal(['f1']);
+    for (const x of cands) delete x.load;
+    expect(ids(choosePath([stage('a', 'A')], cands, opts))).to.deep.equal(['slow']);
+  });
   it('prefers locality when the hop costs more than the difference', () => {
     const p = choosePath([stage('a', 'A'), stage('b', 'B')], [c('a1', 'A', 'h1', 1), c('b-far', 'B', 'h2', 1), c('b-near', 'B', 'h1', 1.5)], opts);
     expect(ids(p)).to.deep.equal(['a1', 'b-near']);
