@@ -59,7 +59,7 @@ export class Agent {
       void this.report();
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
-    const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket);
+    const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a));
     this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner);
     if (this.config.metricsListen) {

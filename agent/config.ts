@@ -4,6 +4,7 @@ import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
 import { ConfigError, FieldViolation } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
 import { tlsSchema, tlsViolations } from '../common/tls';
+import { readAuthFile } from './images';
 
 export const AGENT_SCHEMA = {
   coordinators: { type: 'list', doc: 'coordinator addresses host:port, comma-separated; any one will do, the agent follows redirects to the leader', env: 'TESSERA_COORDINATORS', default: ['127.0.0.1:7400'] },
@@ -17,6 +18,7 @@ export const AGENT_SCHEMA = {
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
   portRange: { type: 'string', doc: 'host ports for instances with dynamic ports, START-END', env: 'TESSERA_PORT_RANGE', default: '20000-32000' },
   dockerSocket: { type: 'string', doc: 'Docker Engine socket', env: 'TESSERA_DOCKER_SOCKET', default: '/var/run/docker.sock' },
+  registryAuth: { type: 'string', doc: 'Docker config file (JSON with "auths", as docker login writes) with credentials for private registries; read at each pull', env: 'TESSERA_REGISTRY_AUTH', default: '' },
   ...tlsSchema("this agent's certificate (OU=agent, CN=node id): its identity"),
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off; costs about 11 MB)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   relayListen: { type: 'string', doc: 'address of the step relay other hosts send job steps to (port 0: any free port)', env: 'TESSERA_RELAY_LISTEN', default: '127.0.0.1:7490' },
@@ -36,6 +38,7 @@ export interface AgentConfig {
   logLevel: string;
   portRange: string;
   dockerSocket: string;
+  registryAuth: string;
   taskListen: string;
   relayListen: string;
   relayAdvertise: string;
@@ -69,6 +72,13 @@ export function compileAgentConfig(layers: Layer[]): AgentConfig {
   if (!isHostPort(raw.relayListen ?? '')) v.push({ field: 'relayListen', message: `must be host:port, got ${JSON.stringify(raw.relayListen)}` });
   if (raw.relayAdvertise && !isHostPort(raw.relayAdvertise)) v.push({ field: 'relayAdvertise', message: `must be host:port, got ${JSON.stringify(raw.relayAdvertise)}` });
   if (!isHostPort(raw.taskListen ?? '') || !/^(127\.|localhost:|\[::1\])/.test(raw.taskListen ?? '')) v.push({ field: 'taskListen', message: `must be a loopback host:port, got ${JSON.stringify(raw.taskListen)}` });
+  if (raw.registryAuth) {
+    try {
+      readAuthFile(raw.registryAuth);
+    } catch (err) {
+      v.push({ field: 'registryAuth', message: (err as Error).message });
+    }
+  }
   if (v.length) throw new ConfigError(v);
   return { ...(raw as AgentConfig), hostname: raw.hostname ?? os.hostname(), ports };
 }

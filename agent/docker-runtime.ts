@@ -1,11 +1,12 @@
 // The Docker Engine, through dockerode. Containers carry their whole instance spec in labels,
 // so a restarted agent finds them by label and adopts them with everything it needs (restart
-// policy, health check) even before a coordinator answers. No image is ever pulled: images are
-// built on the host (scripts/build-images.sh), and no registry is contacted.
+// policy, health check) even before a coordinator answers. Images come from their registry by
+// the spec's pull policy (agent/images.ts).
 import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
 import * as os from 'node:os';
 import { NotFoundError } from '../common/errors';
+import { ImagePuller, ImagePullError } from './images';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
 export const LABEL = {
@@ -31,15 +32,17 @@ export interface ObservedContainer {
   spec?: InstanceSpec__Output;
 }
 
-export class ImageMissingError extends Error {}
+export { ImageMissingError, ImagePullError } from './images';
 
 const MIB = 1024 * 1024;
 
 export class DockerRuntime {
   readonly docker: Docker;
+  readonly images: ImagePuller;
 
-  constructor(private readonly nodeId: string, private readonly volumeRoot: string, socketPath = '/var/run/docker.sock') {
+  constructor(private readonly nodeId: string, private readonly volumeRoot: string, socketPath = '/var/run/docker.sock', registryAuthFile?: string) {
     this.docker = new Docker({ socketPath });
+    this.images = new ImagePuller(this.docker, registryAuthFile);
   }
 
   async ping(): Promise<boolean> {
@@ -141,7 +144,8 @@ export class DockerRuntime {
       container = await this.docker.createContainer(opts);
     } catch (err) {
       const e = err as { statusCode?: number; message: string };
-      if (e.statusCode === 404 && /image/i.test(e.message)) throw new ImageMissingError(`image ${spec.image} is not on this host (the agent never pulls; build it locally)`);
+      // Gone since it was found or pulled (removed meanwhile): a failed start, tried again.
+      if (e.statusCode === 404 && /image/i.test(e.message)) throw new ImagePullError(`image ${spec.image} is not on this host`);
       if (e.statusCode !== 409) throw err;
       // A leftover container with this name (not ours to adopt: no running spec): replace it.
       await this.remove(name);

@@ -13,6 +13,7 @@ import type { InstanceStatus } from '../common/generated/tessera/v1/InstanceStat
 import type { InstanceEvent } from '../common/generated/tessera/v1/InstanceEvent';
 import type { InstanceState } from '../common/generated/tessera/v1/InstanceState';
 import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } from './docker-runtime';
+import type { PullPolicy } from './images';
 import { diffInstances, restartDecision } from './diff';
 import { runCheck } from './health';
 import { parseTaskReport, TaskEndpoint } from './task-endpoint';
@@ -36,6 +37,10 @@ interface Local {
   cpuPercent: number;
   memoryUsedMib: number;
   handledExitAt: number;
+  /** Its image is being pulled (beginPull); then pulled (for a policy of Always: this start's pull is done) or the pull's error. */
+  pulling?: boolean;
+  pulled?: boolean;
+  pullError?: Error;
   /** What the instance answered to Component.Describe, for the start it answered in. */
   described?: { info: import('../common/generated/tessera/v1/ComponentInfo').ComponentInfo; forContainer: string; restarts: number };
   describing: boolean;
@@ -164,10 +169,12 @@ export class InstanceManager extends EventEmitter {
 
     const failed = new Set([...this.desired.values()].filter((l) => l.state === 'INSTANCE_STATE_FAILED').map((l) => l.spec.instanceId));
     const d = diffInstances({ desired: new Set(this.desired.keys()), observed, stopping: new Set(this.stopping.keys()), failed });
-    const counts = { start: d.start.length, restart: d.restart.length, stop: d.stop.length };
+    // Those whose image is being pulled start on the pass after the pull (beginPull).
+    const start = d.start.filter((id) => !this.desired.get(id)!.pulling);
+    const counts = { start: start.length, restart: d.restart.length, stop: d.stop.length };
 
     await Promise.all([
-      ...d.start.map((id) => this.startOne(this.desired.get(id)!, now)),
+      ...start.map((id) => this.startOne(this.desired.get(id)!, now)),
       ...d.restart.map((id) => this.restartOne(this.desired.get(id)!, observed.get(id)!, now)),
       ...d.stop.map((id) => this.stopOne(id, observed.get(id)!)),
     ]);
@@ -203,7 +210,20 @@ export class InstanceManager extends EventEmitter {
 
   private async startOne(l: Local, now: number): Promise<void> {
     l.state = 'INSTANCE_STATE_STARTING';
+    if (l.pulling) return; // its image is on the way: started on the pass after the pull
+    const image = l.spec.image;
     try {
+      if (l.pullError) {
+        const e = l.pullError;
+        l.pullError = undefined;
+        throw e;
+      }
+      const policy = (l.spec.imagePullPolicy || 'IfNotPresent') as PullPolicy;
+      if (!l.pulled && (policy === 'Always' || !(await this.runtime.images.present(image)))) {
+        if (policy === 'Never') throw new ImageMissingError(`image ${image} is not on this host and its imagePullPolicy is Never (load or build it there, or let the agent pull it: IfNotPresent)`);
+        return this.beginPull(l, image);
+      }
+      l.pulled = false;
       l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }), this.tasks.address ? { TESSERA_AGENT_ENDPOINT: this.tasks.address } : {});
       l.startedAtMs = Date.now();
       l.state = 'INSTANCE_STATE_RUNNING'; // the Engine has started its process
@@ -219,6 +239,39 @@ export class InstanceManager extends EventEmitter {
       l.restartTimes.push(now);
       if (restartDecision(l.restartTimes, now, policy(l), now) === 'give-up') return this.fail(l, l.message);
     }
+  }
+
+  /**
+   * Pulls an instance's image in the background (a pull may take minutes: the reconcile loop,
+   * and with it every other instance's health checks, goes on). Its progress is the instance's
+   * message; the next pass creates the container, or counts a failed pull as a failed start.
+   */
+  private beginPull(l: Local, image: string): void {
+    const t0 = Date.now();
+    l.pulling = true;
+    l.message = `pulling image ${image}`;
+    this.log.info({ instance: l.spec.instanceId, image }, 'pulling image');
+    this.emitEvent(l.spec.instanceId, 'pulling', { message: l.message });
+    let shownAt = 0;
+    this.runtime.images.pull(image, (p) => {
+      l.message = `pulling image ${image}: ${(p.currentBytes / 1048576).toFixed(1)} of ${(p.totalBytes / 1048576).toFixed(1)} MiB`;
+      if (Date.now() - shownAt < 1_000) return;
+      shownAt = Date.now();
+      this.emit('changed');
+    }).then(() => {
+      l.pulled = true;
+      l.message = '';
+      const s = ((Date.now() - t0) / 1000).toFixed(1);
+      this.log.info({ instance: l.spec.instanceId, image, seconds: Number(s) }, 'image pulled');
+      this.emitEvent(l.spec.instanceId, 'pulled', { message: `image ${image} pulled in ${s} s` });
+    }, (err: Error) => {
+      l.pullError = err;
+      this.log.warn({ instance: l.spec.instanceId, image, err: err.message }, 'image pull failed');
+      this.emitEvent(l.spec.instanceId, 'pull_failed', { message: err.message });
+    }).finally(() => {
+      l.pulling = false;
+      this.kick();
+    });
   }
 
   private async restartOne(l: Local, c: ObservedContainer, now: number): Promise<void> {

@@ -295,7 +295,7 @@ export class Coordinator {
     this.deployments()?.kick();
     // An instance that died or failed its checks leaves every routing table now, not at the next rebuild.
     this.work?.components.invalidate();
-    if (!['died', 'oom', 'health_failed', 'failed', 'restarted', 'adopted'].includes(e.kind)) return;
+    if (!['died', 'oom', 'health_failed', 'failed', 'restarted', 'adopted', 'pulling', 'pulled', 'pull_failed'].includes(e.kind)) return;
     const tail = e.lastLogLines.length ? ` | last lines: ${e.lastLogLines.slice(-5).join(' / ')}` : '';
     this.store.commit([], [{
       kind: `instance.${e.kind}`, subject: e.instanceId,

@@ -704,7 +704,7 @@ export class Deployments {
       image: comp.image, command: comp.command, args: comp.args, env, ports: w.ports,
       resources: comp.resources, health: comp.health, restart: comp.restart, volumes: comp.volumes, stopGraceMs: comp.stopGraceMs,
       taskStatePoll: comp.taskStatePoll, capabilities: comp.capabilities, readOnlyRoot: comp.readOnlyRoot,
-      cpuHardLimit: !!comp.cpuHardLimit,
+      cpuHardLimit: !!comp.cpuHardLimit, imagePullPolicy: comp.imagePullPolicy ?? '',
     };
     return {
       id: `run-${w.id}`, action: 'INSTRUCTION_ACTION_RUN', target: { app: w.app, component: w.component, instanceId: w.id, nodeId: w.nodeId },

@@ -73,6 +73,8 @@ tlsCert: /etc/tessera/tls/agent.pem
 tlsKey: /etc/tessera/tls/agent-key.pem
 # labels: { rack: r1 }
 # portRange: 20000-32000
+# Private registries: a Docker config file (what docker login writes), mode 0640 root:tessera.
+# registryAuth: /etc/tessera/registry-auth.json
 CFG
   else
     cat > "$CONF" <<CFG

@@ -5,9 +5,11 @@ import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1
 import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
 
 /** A component with every default filled in: nested settings are never null. */
-export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit'> & {
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy'> & {
   /** Set only when on (see normalizeComponent). */
   cpuHardLimit?: boolean;
+  /** Set only when not IfNotPresent (see normalizeComponent). */
+  imagePullPolicy?: 'Always' | 'Never';
   resources: NonNullable<ComponentSpec__Output['resources']>;
   health: NonNullable<ComponentSpec__Output['health']>;
   restart: NonNullable<ComponentSpec__Output['restart']>;
@@ -17,9 +19,13 @@ export type NormalAppSpec = Omit<AppSpec__Output, 'components'> & { components: 
 
 const NAME_RE = /^[a-z][a-z0-9-]{0,62}$/;
 const ENV_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+// Docker's image reference grammar, loosely: [host[:port]/]path[:tag][@digest], lower-case path.
+const IMAGE_RE = /^(?:[A-Za-z0-9.-]+(?::\d{1,5})?\/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$/;
 const OPS = new Set(['=', '!=', 'in', 'not_in', 'exists']);
 export const HEALTH_TYPES = new Set(['none', 'http', 'tcp', 'grpc', 'exec']);
 export const MAX_INSTANCES = 1000;
+/** Kubernetes' image pull policies, by their lower-case spelling. */
+export const PULL_POLICIES: ReadonlyMap<string, 'IfNotPresent' | 'Always' | 'Never'> = new Map([['ifnotpresent', 'IfNotPresent'], ['always', 'Always'], ['never', 'Never']]);
 
 export const DEFAULTS = {
   health: { intervalMs: 5_000, timeoutMs: 2_000, failureThreshold: 3, graceMs: 10_000, path: '/' },
@@ -54,6 +60,9 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   else if (seen.has(name)) bad(`${at}.name`, `duplicate component name "${name}"`);
   seen.add(name);
   if (!c.image) bad(`${at}.image`, 'is required');
+  else if (!IMAGE_RE.test(c.image)) bad(`${at}.image`, `must be an image reference such as registry.example:5000/team/name:1.2 or name@sha256:<digest>, got ${JSON.stringify(c.image)}`);
+  const pull = c.imagePullPolicy ? PULL_POLICIES.get(c.imagePullPolicy.toLowerCase()) : 'IfNotPresent';
+  if (!pull) bad(`${at}.imagePullPolicy`, `must be IfNotPresent (the default), Always or Never, got ${JSON.stringify(c.imagePullPolicy)}`);
   const cpu = Number(c.resources?.cpuMillis ?? 0);
   const mem = Number(c.resources?.memoryMib ?? 0);
   if (!(cpu > 0)) bad(`${at}.resources.cpuMillis`, `must be > 0, got ${cpu}`);
@@ -165,6 +174,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     readOnlyRoot: !!c.readOnlyRoot,
     // Left out when off, so that specs from before the field hash as they did (no restarts).
     cpuHardLimit: c.cpuHardLimit ? true : undefined,
+    // Likewise left out at the default.
+    imagePullPolicy: pull && pull !== 'IfNotPresent' ? pull : undefined,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
     // Present only when it differs from the name, so specs written before kinds existed keep

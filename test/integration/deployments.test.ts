@@ -183,8 +183,8 @@ describe('deployments on the real Docker Engine', function () {
 
   it('shows an instance FAILED with its reason when the image does not exist, and leaves other apps alone', async () => {
     const webBefore = appContainers('web').map((c) => c.id).sort();
-    await admin.applyApp({ name: 'ghost', components: [{ name: 'x', image: 'tessera/does-not-exist:1', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1 }] });
-    await waitFor('ghost FAILED with the reason', async () => (await ps('ghost')).some((i) => i.state === 'INSTANCE_STATE_FAILED' && /image tessera\/does-not-exist:1 is not on this host/.test(i.message)), 20_000, 200);
+    await admin.applyApp({ name: 'ghost', components: [{ name: 'x', image: 'tessera/does-not-exist:1', imagePullPolicy: 'Never', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1 }] });
+    await waitFor('ghost FAILED with the reason', async () => (await ps('ghost')).some((i) => i.state === 'INSTANCE_STATE_FAILED' && /image tessera\/does-not-exist:1 is not on this host and its imagePullPolicy is Never/.test(i.message)), 20_000, 200);
     expect(appContainers('web').map((c) => c.id).sort()).to.deep.equal(webBefore);
     await admin.deleteApp('ghost');
     await waitFor('ghost deleted', async () => !(await admin.listApps()).apps.some((a) => a.name === 'ghost'), 20_000, 200);

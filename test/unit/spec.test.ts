@@ -66,6 +66,25 @@ describe('app spec validation', () => {
     expect(() => normalizeAppSpec(s)).to.throw('components[1].resources.memoryMib: must be > 0');
   });
 
+  it('keeps imagePullPolicy out of the normal form at IfNotPresent (older specs hash as before), and spells it as Kubernetes does', () => {
+    const plain = normalizeAppSpec(good() as never).components[1];
+    const spelled: any = good();
+    spelled.components[1].imagePullPolicy = 'ifnotpresent';
+    expect(plain.imagePullPolicy).to.equal(undefined);
+    expect(componentHash(normalizeAppSpec(spelled).components[1])).to.equal(componentHash(plain));
+    const always: any = good();
+    always.components[1].imagePullPolicy = 'always';
+    const a = normalizeAppSpec(always).components[1];
+    expect(a.imagePullPolicy).to.equal('Always');
+    expect(componentHash(a)).to.not.equal(componentHash(plain));
+    const bad: any = good();
+    bad.components[1].imagePullPolicy = 'Sometimes';
+    bad.components[0].image = 'Upper/Case:1';
+    expect(() => normalizeAppSpec(bad)).to.throw(InvalidArgumentError).with.property('violations').that.deep.include.members([
+      { field: 'components[1].imagePullPolicy', message: 'must be IfNotPresent (the default), Always or Never, got "Sometimes"' },
+      { field: 'components[0].image', message: 'must be an image reference such as registry.example:5000/team/name:1.2 or name@sha256:<digest>, got "Upper/Case:1"' },
+    ]);
+  });
   it('keeps cpuHardLimit out of the normal form when off, so older specs hash as before (no restarts)', () => {
     const plain = normalizeAppSpec(good() as never).components[1];
     const off: any = good();

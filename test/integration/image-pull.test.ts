@@ -1,0 +1,171 @@
+// Image pulls: the agent pulls an instance's image from its registry by the spec's
+// imagePullPolicy, with credentials from a Docker config file for a private registry. Real etcd,
+// coordinator and agent processes, the real Docker Engine pulling from registries on 127.0.0.1
+// (test/helpers/registry.ts: the registry API's pull side, serving a local image).
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import type { Event__Output } from '../../common/generated/tessera/v1/Event';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
+import { TestRegistry } from '../helpers/registry';
+
+const BASE = 'tessera/busybox:local';
+
+function events(admin: AdminClient, kinds: string[]): Promise<Event__Output[]> {
+  return new Promise((resolve) => {
+    const out: Event__Output[] = [];
+    const s = admin.watchEvents({ history: 1000, kinds });
+    s.on('data', (e: Event__Output) => out.push(e));
+    s.on('end', () => resolve(out));
+    s.on('error', () => resolve(out));
+  });
+}
+
+function removeImage(ref: string): void {
+  try {
+    execFileSync('docker', ['rmi', '-f', ref], { stdio: 'ignore' });
+  } catch {
+    /* not there */
+  }
+}
+
+describe('image pulls', function () {
+  this.timeout(120_000);
+  const tag = randomBytes(3).toString('hex');
+  const plain = `p${tag}`;
+  const withAuth = `a${tag}`;
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  let registry: TestRegistry;
+  let privateRegistry: TestRegistry;
+  let dir: string;
+  const refs: string[] = [];
+
+  const comp = (name: string, image: string, over: Record<string, unknown> = {}) => ({
+    name, image, command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
+    restart: { attempts: 2, windowMs: 60_000, delayMs: 200 }, ...over,
+  });
+  const instances = async (app: string) => (await admin.listInstances(app)).instances;
+
+  before(async () => {
+    registry = await TestRegistry.start();
+    privateRegistry = await TestRegistry.start({ auth: { username: 'ops', password: 's3cret' } });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-pull-'));
+    // What `docker login` writes: base64 of user:password under the registry's host:port.
+    const authFile = path.join(dir, 'config.json');
+    fs.writeFileSync(authFile, JSON.stringify({ auths: { [privateRegistry.address]: { auth: Buffer.from('ops:s3cret').toString('base64') } } }));
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    const c1 = await fleet.coordinator({ etcd: etcd.endpoints });
+    await waitForLeader([c1.address]);
+    fleet.agent({ coordinators: [c1.address], nodeId: plain, extra: ['--port-range', '30300-30349', '--labels', 'creds=none'] });
+    fleet.agent({ coordinators: [c1.address], nodeId: withAuth, extra: ['--port-range', '30350-30399', '--labels', 'creds=private', '--registry-auth', authFile] });
+    admin = new AdminClient([c1.address]);
+    await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 200);
+  });
+
+  after(async () => {
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${plain}`);
+    removeContainers(`tessera.node=${withAuth}`);
+    for (const r of refs) removeImage(r);
+    await registry?.stop();
+    await privateRegistry?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('pulls an image the host lacks (IfNotPresent, the default), once: a second instance finds it there', async () => {
+    const ref = registry.publish(BASE, 'tessera/pulled', tag);
+    refs.push(ref);
+    removeImage(ref);
+    const pin = [{ label: 'creds', op: '=', value: 'none' }];
+    await admin.applyApp({ name: 'pulled', components: [comp('web', ref, { constraints: pin })] });
+    await waitFor('RUNNING from the pulled image', async () => (await instances('pulled')).some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 60_000, 200);
+    expect(registry.manifestRequests('tessera/pulled', tag)).to.have.length(1);
+    const pulled = await events(admin, ['instance.pulling', 'instance.pulled']);
+    expect(pulled.map((e) => e.kind)).to.include.members(['instance.pulling', 'instance.pulled']);
+    expect(pulled.find((e) => e.kind === 'instance.pulled')!.message).to.match(new RegExp(`image ${ref.replace(/[.]/g, '\\.')} pulled in [0-9.]+ s`));
+
+    await admin.applyApp({ name: 'pulled', components: [comp('web', ref, { constraints: pin, instances: 2 })] });
+    await waitFor('two RUNNING', async () => (await instances('pulled')).filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 2, 60_000, 200);
+    expect(registry.manifestRequests('tessera/pulled', tag)).to.have.length(1);
+  });
+
+  it('pulls before every container it creates with Always', async () => {
+    const ref = registry.publish(BASE, 'tessera/always', tag);
+    refs.push(ref);
+    const spec = (env: Record<string, string>) => comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'none' }], imagePullPolicy: 'Always', env });
+    await admin.applyApp({ name: 'always', components: [spec({ V: '1' })] });
+    await waitFor('RUNNING', async () => (await instances('always')).some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 60_000, 200);
+    expect(registry.manifestRequests('tessera/always', tag)).to.have.length(1);
+    // A new version: a new container, so a new pull (the image is on the host already).
+    await admin.applyApp({ name: 'always', components: [spec({ V: '2' })] });
+    await waitFor('the new version RUNNING', async () => (await instances('always')).some((i) => i.state === 'INSTANCE_STATE_RUNNING' && Number(i.version) === 2), 60_000, 200);
+    expect(registry.manifestRequests('tessera/always', tag)).to.have.length(2);
+    expect((await admin.getApp('always')).spec!.components[0].imagePullPolicy).to.equal('Always');
+  });
+
+  it('fails an instance whose image is missing with Never, without asking any registry', async () => {
+    const ref = `${registry.address}/tessera/never:${tag}`;
+    const before = registry.requests.length;
+    await admin.applyApp({ name: 'never', components: [comp('web', ref, { imagePullPolicy: 'never' })] });
+    await waitFor('FAILED with the reason', async () => (await instances('never')).some((i) => i.state === 'INSTANCE_STATE_FAILED' && i.message.includes(`image ${ref} is not on this host and its imagePullPolicy is Never`)), 30_000, 200);
+    expect(registry.requests.length).to.equal(before);
+    await admin.deleteApp('never');
+  });
+
+  it('counts a failed pull as a failed start, with the registry\'s reason, until the restart policy gives up', async () => {
+    const ref = `${registry.address}/tessera/unknown:${tag}`;
+    await admin.applyApp({ name: 'unknown', components: [comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'none' }] })] });
+    const failed = await waitFor('FAILED', async () => (await instances('unknown')).find((i) => i.state === 'INSTANCE_STATE_FAILED'), 60_000, 200);
+    expect(failed.message).to.match(new RegExp(`image pull failed for ${ref.replace(/[.]/g, '\\.')}: .*manifest unknown`));
+    // Tried by the restart policy (2 attempts), each a request for the manifest.
+    expect(registry.manifestRequests('tessera/unknown', tag).length).to.be.at.least(2);
+    const ev = await events(admin, ['instance.pull_failed']);
+    expect(ev.some((e) => e.subject === failed.id && /manifest unknown/.test(e.message))).to.equal(true);
+    await admin.deleteApp('unknown');
+  });
+
+  it('says why a private registry refuses a node without credentials, and pulls with those of --registry-auth', async () => {
+    const ref = privateRegistry.publish(BASE, 'tessera/private', tag);
+    refs.push(ref);
+    removeImage(ref);
+    // First the node without credentials (both agents share this machine's Engine: once one has
+    // pulled the image, it is there for the other too).
+    await admin.applyApp({ name: 'nocreds', components: [comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'none' }] })] });
+    const refused = await waitFor('a refused pull', async () => (await events(admin, ['instance.pull_failed'])).find((e) => e.message.includes(ref)), 60_000, 300);
+    expect(refused.message).to.match(/no basic auth credentials|unauthorized|authentication required/);
+    expect(privateRegistry.requests.some((r) => !r.authorized)).to.equal(true);
+    await admin.deleteApp('nocreds');
+    await admin.applyApp({ name: 'creds', components: [comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'private' }] })] });
+    await waitFor('RUNNING on the node with credentials', async () => (await instances('creds')).some((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === withAuth), 60_000, 200);
+    expect(privateRegistry.manifestRequests('tessera/private', tag).length).to.be.at.least(1);
+  });
+
+  it('refuses a bad pull policy or image reference, naming the field, and stores nothing', async () => {
+    const bad = async (c: Record<string, unknown>) => {
+      try {
+        await admin.applyApp({ name: 'badpull', components: [c] });
+        expect.fail('applied');
+      } catch (err) {
+        expect((err as grpc.ServiceError).code).to.equal(grpc.status.INVALID_ARGUMENT);
+        return (err as grpc.ServiceError).details;
+      }
+    };
+    expect(await bad(comp('web', BASE, { imagePullPolicy: 'Sometimes' }))).to.match(/components\[0\]\.imagePullPolicy: must be IfNotPresent \(the default\), Always or Never, got "Sometimes"/);
+    expect(await bad(comp('web', 'Tessera/Busybox:local'))).to.match(/components\[0\]\.image: must be an image reference/);
+    expect((await admin.listApps()).apps.some((a) => a.name === 'badpull')).to.equal(false);
+  });
+});
