@@ -136,6 +136,10 @@ export class AdminService {
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep) => dep.delete(req.name))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
       RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
+      RestartApp: unary(log, 'RestartApp', (req, call) => {
+        if (!req.name) throw InvalidArgumentError.field('name', 'is required');
+        return this.onLeader(call, 'restartApp', req, (_r, dep) => dep.restart(req.name, req.component));
+      }),
       SetPolicy: unary(log, 'SetPolicy', (req, call) => this.onLeader(call, 'setPolicy', req, (_r, _d, sc) => sc.set(req.policy ?? undefined))),
       GetPolicy: unary(log, 'GetPolicy', (req, call) => this.onLeader(call, 'getPolicy', req, async (_r, _d, sc) => sc.get(req.app, req.component))),
       DeletePolicy: unary(log, 'DeletePolicy', (req, call) => this.onLeader(call, 'deletePolicy', req, (_r, _d, sc) => sc.delete(req.app, req.component))),

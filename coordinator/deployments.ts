@@ -121,6 +121,13 @@ export class Deployments {
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
     const current = prev ? this.versions.get(spec.name)?.get(prev.version) : undefined;
+    // A restart's mark stays unless the applied spec sets one (as kubectl apply keeps the
+    // restartedAt annotation kubectl rollout restart set): applying the same file again after a
+    // restart changes nothing.
+    for (const c of spec.components) {
+      const was = current?.spec.components.find((x) => x.name === c.name)?.restartedAtMs;
+      if (c.restartedAtMs === undefined && was !== undefined) c.restartedAtMs = was;
+    }
     const changed = !current || specKey(current.spec) !== specKey(spec);
     // What would the cluster do with it now? (For a dry run, and to warn on apply.)
     const plan = this.dryPlan(spec);
@@ -153,6 +160,27 @@ export class Deployments {
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
+  }
+
+  /**
+   * A rolling restart (kubectl rollout restart): a new version with the same spec but for the
+   * component's restart mark, so its instances are replaced by the update strategy (one at a
+   * time by default, each new one healthy before the next old one stops).
+   */
+  restart(name: string, component: string): Promise<App> {
+    return this.exclusive(async () => {
+      const app = this.getRecord(name);
+      const spec = this.versions.get(name)?.get(app.version)?.spec;
+      if (!spec) throw new NotFoundError('app', name);
+      if (component && !spec.components.some((c) => c.name === component)) {
+        throw InvalidArgumentError.field('component', `app "${name}" has no component "${component}" (it has ${spec.components.map((c) => c.name).join(', ')})`);
+      }
+      const now = Date.now();
+      const next = { ...spec, components: spec.components.map((c) => (!component || c.name === component ? { ...c, restartedAtMs: now } : c)) };
+      const which = component ? `component ${component}` : 'every component';
+      const r = await this.applyNow(next as never, false, `restart of ${which} requested`);
+      return r.app;
+    });
   }
 
   delete(name: string): Promise<App> {

@@ -5,7 +5,9 @@ import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1
 import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
 
 /** A component with every default filled in: nested settings are never null. */
-export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy'> & {
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy' | 'restartedAtMs'> & {
+  /** Set only when a restart was asked for (see normalizeComponent). */
+  restartedAtMs?: number;
   /** Set only when on (see normalizeComponent). */
   cpuHardLimit?: boolean;
   /** Set only when not IfNotPresent (see normalizeComponent). */
@@ -176,6 +178,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     cpuHardLimit: c.cpuHardLimit ? true : undefined,
     // Likewise left out at the default.
     imagePullPolicy: pull && pull !== 'IfNotPresent' ? pull : undefined,
+    restartedAtMs: Number(c.restartedAtMs) > 0 ? Number(c.restartedAtMs) : undefined,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
     // Present only when it differs from the name, so specs written before kinds existed keep

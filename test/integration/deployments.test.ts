@@ -274,6 +274,31 @@ describe('deployments on the real Docker Engine', function () {
     expect(err.details).to.match(/^version: version 99 of "web" is not kept/);
   });
 
+  it('restarts an app by rolling out its instances anew with the spec unchanged; applying the same spec after it changes nothing', async () => {
+    const before = (await running('web')).map((i) => i.id).sort();
+    const from = Number((await admin.getApp('web')).version);
+    const res = await admin.restartApp('web');
+    expect(Number(res.version)).to.equal(from + 1);
+    await waitStable('web', from + 1);
+    const after = await running('web');
+    expect(after.map((i) => i.id).filter((id) => before.includes(id))).to.deep.equal([]);
+    for (const i of after) expect(await httpGet(i.ports.http)).to.equal(`v1 ${i.id}\n`); // same spec: still v1
+    const h = await admin.appHistory('web');
+    expect(h.versions[0].reason).to.equal('restart of every component requested');
+    // The spec an operator applies again (without the restart mark) is the running one.
+    const again = await admin.applyApp(webSpec('web', {}, 'v1'));
+    expect(again.changed).to.equal(false);
+    const refusals: [string, string, number, RegExp][] = [
+      ['nope', '', grpc.status.NOT_FOUND, /nope/],
+      ['web', 'db', grpc.status.INVALID_ARGUMENT, /^component: app "web" has no component "db" \(it has web\)/],
+    ];
+    for (const [name, component, code, text] of refusals) {
+      const err = await admin.restartApp(name, component).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+      expect(err.code).to.equal(code);
+      expect(err.details).to.match(text);
+    }
+  });
+
   it('moves instances off a drained node, then back onto it when made eligible and needed', async () => {
     await admin.drainNode({ nodeId: nodeIds[0], reason: 'test' });
     await waitFor('no instance of web on the drained node', async () => {

@@ -103,17 +103,20 @@ describe('image pulls', function () {
     expect(registry.manifestRequests('tessera/pulled', tag)).to.have.length(1);
   });
 
-  it('pulls before every container it creates with Always', async () => {
+  it('pulls before every container it creates with Always: an app restart of one component pulls again, the others stay', async () => {
     const ref = registry.publish(BASE, 'tessera/always', tag);
     refs.push(ref);
-    const spec = (env: Record<string, string>) => comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'none' }], imagePullPolicy: 'Always', env });
-    await admin.applyApp({ name: 'always', components: [spec({ V: '1' })] });
-    await waitFor('RUNNING', async () => (await instances('always')).some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 60_000, 200);
+    const pin = [{ label: 'creds', op: '=', value: 'none' }];
+    await admin.applyApp({ name: 'always', components: [comp('web', ref, { constraints: pin, imagePullPolicy: 'Always' }), comp('side', BASE, { constraints: pin })] });
+    await waitFor('both RUNNING', async () => (await instances('always')).filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 2, 60_000, 200);
     expect(registry.manifestRequests('tessera/always', tag)).to.have.length(1);
-    // A new version: a new container, so a new pull (the image is on the host already).
-    await admin.applyApp({ name: 'always', components: [spec({ V: '2' })] });
-    await waitFor('the new version RUNNING', async () => (await instances('always')).some((i) => i.state === 'INSTANCE_STATE_RUNNING' && Number(i.version) === 2), 60_000, 200);
+    const side = (await instances('always')).find((i) => i.component === 'side')!.id;
+    // The same tag may name a new image now: a rolling restart makes new containers, each pulled first.
+    const res = await admin.restartApp('always', 'web');
+    expect(Number(res.version)).to.equal(2);
+    await waitFor('web of version 2 RUNNING', async () => (await instances('always')).some((i) => i.component === 'web' && i.state === 'INSTANCE_STATE_RUNNING' && Number(i.version) === 2), 60_000, 200);
     expect(registry.manifestRequests('tessera/always', tag)).to.have.length(2);
+    expect((await instances('always')).filter((i) => i.component === 'side' && i.desired === 'run').map((i) => i.id)).to.deep.equal([side]);
     expect((await admin.getApp('always')).spec!.components[0].imagePullPolicy).to.equal('Always');
   });
 
