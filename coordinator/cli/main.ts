@@ -144,7 +144,7 @@ app.command('history <name>').description('kept versions of an app').action((nam
 app.command('restart <name>').description("replace an app's instances by its update strategy, spec unchanged (as kubectl rollout restart): e.g. to pull an image again with imagePullPolicy Always")
   .option('--component <name>', 'only this component').action((name, o) => run(async (c) => {
     const a = await c.restartApp(name, o.component ?? '');
-    out(a, () => `app ${a.name}: version ${a.version} rolling out (${a.statusReason}); follow it with: tessera ps ${a.name}`);
+    out(a, () => `app ${a.name}: version ${a.version} replaces ${o.component ? `the instances of ${o.component}` : 'every instance'}, spec unchanged; follow it with: tessera ps ${a.name}`);
   }));
 app.command('delete <name>').description('stop every instance of an app and remove it').action((name) => run(async (c) => {
   const a = await c.deleteApp(name);
