@@ -60,6 +60,50 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   }
 }
 
+const waitOption = (v: string) => {
+  if (!/^[1-9]\d*$/.test(v)) throw new InvalidArgumentError('--wait takes whole seconds, 1 or more');
+  return Number(v);
+};
+
+/**
+ * Follows a rollout until its version runs healthy on every instance (as kubectl rollout status
+ * and nomad job run do): progress on stderr, the outcome on stdout. Exit code 0 when it runs,
+ * 2 when the version failed or was replaced (an auto-revert), 1 when the time ran out.
+ */
+async function waitRollout(c: AdminClient, name: string, version: number, seconds: number): Promise<void> {
+  const t0 = Date.now();
+  let shown = '';
+  for (;;) {
+    const a = await c.getApp(name);
+    const took = `${((Date.now() - t0) / 1000).toFixed(1)} s`;
+    if (Number(a.version) !== version || a.status === 'failed') {
+      // Why, from the version's own record (an auto-revert has made a newer version already).
+      const v = (await c.appHistory(name)).versions.find((x) => Number(x.version) === version);
+      const what = v?.status === 'failed' ? 'failed' : 'was replaced';
+      const now = Number(a.version) !== version ? `; now version ${a.version}: ${a.statusReason}` : '';
+      process.stderr.write(`error: version ${version} of ${name} ${what} after ${took}: ${v?.reason || a.statusReason}${now}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    const run = (await c.listInstances(name)).instances.filter((i) => i.desired === 'run');
+    const mine = run.filter((i) => Number(i.version) === version);
+    const healthy = mine.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy').length;
+    if (Number(a.stableVersion) === version && a.status === 'running') {
+      out(a, () => `app ${name} version ${version} is running on every instance (${healthy} healthy) after ${took}`);
+      return;
+    }
+    const line = `waiting: version ${version} of ${name}: ${healthy} of ${mine.length} new instance(s) running and healthy, ${run.length - mine.length} old left`;
+    if (line !== shown) process.stderr.write(`${line}\n`);
+    shown = line;
+    if (Date.now() - t0 > seconds * 1000) {
+      process.stderr.write(`error: version ${version} of ${name} still rolling out after ${seconds} s (${a.status}: ${a.statusReason})\n`);
+      process.exitCode = 1;
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 function nodeRows(nodes: Node__Output[]): string {
   return table(
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
@@ -110,9 +154,15 @@ node.command('undrain <id>').description('make a drained node eligible again').a
 program.command('apply').description('apply an app spec (YAML or JSON); prints what changed and what cannot be placed')
   .requiredOption('-f, --file <file>', 'spec file, or - for standard input')
   .option('--dry-run', 'validate and plan only; store nothing')
+  .option('--wait <seconds>', 'then follow the rollout until the version runs healthy everywhere (exit 0), fails (exit 2) or the time runs out (exit 1)', waitOption)
   .action((o) => run(async (c) => {
     const spec = readSpecFile(o.file);
     const res = await c.applyApp(spec, !!o.dryRun);
+    if (o.wait && !o.dryRun && res.app) {
+      process.stderr.write(res.changed ? `app ${res.app.name} version ${res.app.version} applied; rolling out\n` : `app ${res.app.name} unchanged (version ${res.app.version})\n`);
+      for (const u of res.unplaced) process.stderr.write(`  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}\n`);
+      return waitRollout(c, res.app.name, Number(res.app.version), o.wait);
+    }
     out(res, () => {
       const lines = [o.dryRun ? `dry run: app ${res.app?.name} is valid; ${res.planned} instance(s) would be placed` : res.changed ? `app ${res.app?.name} version ${res.app?.version} applied; rolling out` : `app ${res.app?.name} unchanged (version ${res.app?.version})`];
       for (const u of res.unplaced) {
@@ -142,8 +192,10 @@ app.command('history <name>').description('kept versions of an app').action((nam
   ])));
 }));
 app.command('restart <name>').description("replace an app's instances by its update strategy, spec unchanged (as kubectl rollout restart): e.g. to pull an image again with imagePullPolicy Always")
-  .option('--component <name>', 'only this component').action((name, o) => run(async (c) => {
+  .option('--component <name>', 'only this component')
+  .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
     const a = await c.restartApp(name, o.component ?? '');
+    if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
     out(a, () => `app ${a.name}: version ${a.version} replaces ${o.component ? `the instances of ${o.component}` : 'every instance'}, spec unchanged; follow it with: tessera ps ${a.name}`);
   }));
 app.command('delete <name>').description('stop every instance of an app and remove it').action((name) => run(async (c) => {
@@ -152,8 +204,10 @@ app.command('delete <name>').description('stop every instance of an app and remo
 }));
 
 program.command('rollback <app>').description('go back to an earlier version (default: the last stable one)')
-  .option('--to <version>', 'version to go back to').action((name, o) => run(async (c) => {
+  .option('--to <version>', 'version to go back to')
+  .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
     const a = await c.rollbackApp(name, Number(o.to ?? 0));
+    if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
     out(a, () => `app ${a.name}: version ${a.version} rolling out (${a.statusReason})`);
   }));
 

@@ -3,7 +3,12 @@
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { repoRoot } from '../../common/version';
 import { AdminClient } from '../../common/admin-client';
 import type { Instance__Output } from '../../common/generated/tessera/v1/Instance';
 import { EtcdCluster } from '../helpers/etcd';
@@ -296,6 +301,33 @@ describe('deployments on the real Docker Engine', function () {
       const err = await admin.restartApp(name, component).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
       expect(err.code).to.equal(code);
       expect(err.details).to.match(text);
+    }
+  });
+
+  it('follows a rollout from the CLI with --wait: exit 0 once it runs everywhere, 2 when the version fails', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-wait-'));
+    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
+      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+    try {
+      const good = path.join(dir, 'good.json');
+      fs.writeFileSync(good, JSON.stringify(webSpec('waited', { instances: 2 }, 'v1')));
+      const ok = await cli('apply', '-f', good, '--wait', '60');
+      expect(ok.code, ok.stderr).to.equal(0);
+      expect(ok.stdout).to.match(/^app waited version 1 is running on every instance \(2 healthy\) after [0-9.]+ s\n$/);
+      expect(ok.stderr).to.match(/app waited version 1 applied; rolling out\nwaiting: version 1 of waited: /);
+      expect(await running('waited', 1)).to.have.length(2);
+      // A version whose instances exit at once: it fails after the restart policy's attempts.
+      const bad = path.join(dir, 'bad.json');
+      fs.writeFileSync(bad, JSON.stringify(webSpec('waited', { instances: 2, args: ['exit 3'] }, 'v2')));
+      const failed = await cli('apply', '-f', bad, '--wait', '60');
+      expect(failed.code, failed.stdout + failed.stderr).to.equal(2);
+      expect(failed.stderr, failed.stderr).to.match(/error: version 2 of waited failed after [0-9.]+ s: .*exit.*(; now version 3: .*)?\n$/);
+      const slow = await cli('app', 'restart', 'waited', '--wait', 'soon');
+      expect(slow.code).to.not.equal(0);
+      expect(slow.stderr).to.include('--wait takes whole seconds, 1 or more');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+      await admin.deleteApp('waited').catch(() => undefined);
     }
   });
 
