@@ -24,7 +24,7 @@ import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
 import type { EventDraft, Op, Store } from './store';
-import { AppRecord, componentHash, InstanceRecord, newInstanceId, VersionRecord } from './apps/records';
+import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
 import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
 import { Placer } from './scheduler/placer';
@@ -160,6 +160,20 @@ export class Deployments {
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
+  }
+
+  /**
+   * The hashes instances created before the count left the hash would carry for this spec: one
+   * per count their versions had (see legacyComponentHash). Empty once none is left.
+   */
+  private legacyHashes(app: string, comp: NormalComponent, mine: InstanceRecord[]): ReadonlySet<string> | undefined {
+    let counts: Set<number> | undefined;
+    for (const i of mine) {
+      if (i.component !== comp.name || i.specHash.startsWith('s')) continue;
+      const n = this.versions.get(app)?.get(i.version)?.spec.components.find((c) => c.name === comp.name)?.instances;
+      (counts ??= new Set()).add(n ?? comp.instances);
+    }
+    return counts && new Set([...counts].map((n) => legacyComponentHash(comp, n)));
   }
 
   /**
@@ -378,7 +392,7 @@ export class Deployments {
         const scaled = this.replicas.get(`${app.name}/${comp.name}`);
         const effective = scaled === undefined ? comp : { ...comp, instances: scaled };
         const d = planComponent({
-          app, component: effective, hash, nowMs,
+          app, component: effective, hash, nowMs, sameSpec: this.legacyHashes(app.name, comp, mine),
           busy: (id) => { const t = observed.get(id)?.task; return t ? Number(t.queueDepth ?? 0) + Number(t.inFlight ?? 0) : 0; },
           instances: mine.filter((i) => i.component === comp.name),
           observed: view,

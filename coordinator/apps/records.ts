@@ -51,8 +51,22 @@ export interface InstanceRecord {
   failure?: { exitCode: number; oomKilled: boolean; message: string };
 }
 
+/**
+ * What an instance runs, as a hash of its component's spec without the instance count: scaling
+ * a component (by apply, as by a policy) adds or removes instances and leaves the others
+ * running, as a Kubernetes replica count or a Nomad group count does.
+ */
 export function componentHash(c: NormalComponent): string {
-  return createHash('sha256').update(specKey({ name: '', components: [c], labels: {} })).digest('hex').slice(0, 12);
+  return `s${createHash('sha256').update(specKey({ name: '', components: [{ ...c, instances: 0 }], labels: {} })).digest('hex').slice(0, 12)}`;
+}
+
+/**
+ * The hash instances created before session 10 carry: over the whole component, its count
+ * included. An instance of an unchanged spec whose hash is this for some count it had is
+ * current too (an upgrade restarts nothing).
+ */
+export function legacyComponentHash(c: NormalComponent, instances: number): string {
+  return createHash('sha256').update(specKey({ name: '', components: [{ ...c, instances }], labels: {} })).digest('hex').slice(0, 12);
 }
 
 export function newInstanceId(app: string, component: string): string {

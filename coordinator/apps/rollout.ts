@@ -17,6 +17,8 @@ export interface ComponentInputs {
   app: Pick<AppRecord, 'version' | 'stableVersion'>;
   component: NormalComponent;
   hash: string;
+  /** Further hashes that mean the same spec (instances created with an older hash: see legacyComponentHash). */
+  sameSpec?: ReadonlySet<string>;
   /** desired=run records of this component. */
   instances: InstanceRecord[];
   observed(id: string): ObservedView | undefined;
@@ -60,6 +62,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   const avoidBySlot = new Map<number, string[]>();
   const live: InstanceRecord[] = [];
   let rolloutFailed: string | undefined;
+  const isCurrent = (x: InstanceRecord) => x.specHash === i.hash || !!i.sameSpec?.has(x.specHash);
 
   for (const inst of i.instances) {
     const ns = i.nodeState(inst.nodeId);
@@ -72,7 +75,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
       const failure = { exitCode: o.exitCode, oomKilled: o.oomKilled, message: o.message };
       stop.push({ inst, kind: 'failed', reason: `failed on ${inst.nodeId}: ${o.message || `exit ${o.exitCode}`}${o.oomKilled ? ' (OOM killed)' : ''}`, failure });
       avoidBySlot.set(inst.slot, [...(avoidBySlot.get(inst.slot) ?? []), inst.nodeId]);
-      if (inst.specHash === i.hash && i.app.version !== i.app.stableVersion) {
+      if (isCurrent(inst) && i.app.version !== i.app.stableVersion) {
         rolloutFailed = `instance ${inst.id} of the new version failed: ${o.message || `exit ${o.exitCode}`}`;
       }
       continue;
@@ -80,7 +83,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     live.push(inst);
   }
 
-  const current = live.filter((x) => x.specHash === i.hash && i.nodeState(x.nodeId) !== 'DRAINING');
+  const current = live.filter((x) => isCurrent(x) && i.nodeState(x.nodeId) !== 'DRAINING');
   const outdated = live.filter((x) => !current.includes(x));
   const healthy = (x: InstanceRecord) => isHealthy(i.observed(x.id), i.nowMs, c.update.minHealthyMs);
   const healthyCurrent = current.filter(healthy);

@@ -343,9 +343,14 @@ describe('deployments on the real Docker Engine', function () {
 
   it('places the app again elsewhere when a node stops for good', async () => {
     // Put one instance on node a by scaling up, then stop a for good.
+    const before = (await running('web')).map((i) => i.id);
+    expect(before).to.have.length(3);
     const spec = webSpec('web', { instances: 4 }, 'v1');
-    await admin.applyApp(spec);
+    const scaled = await admin.applyApp(spec);
     await waitFor('an instance on node a', async () => (await running('web')).some((i) => i.nodeId === nodeIds[0]), 30_000, 200);
+    // A new count is not a new spec: once the version is stable, the three still run beside one more.
+    await waitStable('web', Number(scaled.app!.version), 40_000, 4);
+    expect((await running('web')).map((i) => i.id)).to.include.members(before);
     await agents[0].kill('SIGKILL');
     removeContainers(`tessera.node=${nodeIds[0]}`); // the host is gone, and its containers with it
     await waitFor('all 4 instances running on node b', async () => {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { planComponent, ComponentInputs, ObservedView } from '../../coordinator/apps/rollout';
 import { normalizeAppSpec } from '../../coordinator/apps/spec';
-import type { InstanceRecord } from '../../coordinator/apps/records';
+import { componentHash, InstanceRecord, legacyComponentHash } from '../../coordinator/apps/records';
 
 const comp = (instances: number, over: Record<string, unknown> = {}) => normalizeAppSpec({ name: 'a', components: [{ name: 'c', image: 'i', resources: { cpuMillis: 100, memoryMib: 64 }, instances, update: { maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000, autoRevert: true }, ...over }] } as never).components[0];
 const inst = (id: string, slot: number, hash: string, nodeId = 'n1', createdAtMs = 0): InstanceRecord => ({ id, app: 'a', component: 'c', version: hash === 'new' ? 2 : 1, specHash: hash, slot, nodeId, ports: {}, resources: { cpuMillis: 100, memoryMib: 64 }, createdAtMs, desired: 'run' });
@@ -17,6 +17,25 @@ function run(over: Partial<ComponentInputs> & { obs?: Record<string, ObservedVie
 }
 
 describe('rollout decisions per component', () => {
+  it('leaves running instances alone when only the count changes (the hash leaves it out); older hashes of the same spec count as current', () => {
+    const three = comp(3);
+    const five = comp(5);
+    expect(componentHash(three)).to.equal(componentHash(five));
+    expect(componentHash(three)).to.not.equal(componentHash(comp(3, { env: { X: '1' } })));
+    // Scaled up from 3 to 5: two more, none replaced.
+    const up = run({ component: five, hash: componentHash(five), instances: [0, 1, 2].map((s) => inst(`i${s}`, s, componentHash(three))), obs: { i0: healthy, i1: healthy, i2: healthy } });
+    expect(up.create.map((c) => c.slot)).to.deep.equal([3, 4]);
+    expect(up.stop).to.deep.equal([]);
+    expect(up.outdated).to.equal(0);
+    // Instances hashed the old way (count included) under a 3-instance version: current at 5.
+    const legacy = [0, 1, 2].map((s) => inst(`l${s}`, s, legacyComponentHash(three, 3)));
+    const obs = { obs: { l0: healthy, l1: healthy, l2: healthy } };
+    const kept = run({ component: five, hash: componentHash(five), sameSpec: new Set([legacyComponentHash(five, 3)]), instances: legacy, ...obs });
+    expect(kept.stop).to.deep.equal([]);
+    expect(kept.create.map((c) => c.slot)).to.deep.equal([3, 4]);
+    // Without that, they would all be replaced.
+    expect(run({ component: five, hash: componentHash(five), instances: legacy, ...obs }).outdated).to.equal(3);
+  });
   it('creates every instance at once on a first deploy', () => {
     const d = run({ app: { version: 1, stableVersion: 0 } });
     expect(d.create.map((c) => c.slot)).to.deep.equal([0, 1, 2]);
