@@ -136,6 +136,13 @@ export class AdminService {
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep) => dep.delete(req.name))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
       RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
+      ScaleApp: unary(log, 'ScaleApp', (req, call) => {
+        if (!req.name) throw InvalidArgumentError.field('name', 'is required');
+        return this.onLeader(call, 'scaleApp', req, async (_r, dep, sc) => {
+          const p = sc.list(req.name).find((x) => x.component === req.component);
+          return dep.scale(req.name, req.component, req.instances, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined);
+        });
+      }),
       RestartApp: unary(log, 'RestartApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
         return this.onLeader(call, 'restartApp', req, (_r, dep) => dep.restart(req.name, req.component));

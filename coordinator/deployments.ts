@@ -26,7 +26,7 @@ import { DEFAULT_PORT_RANGE } from './node-registry';
 import type { EventDraft, Op, Store } from './store';
 import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
 import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
-import { kindOf, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
+import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
 import { Placer } from './scheduler/placer';
 import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
 
@@ -160,6 +160,29 @@ export class Deployments {
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
+  }
+
+  /**
+   * kubectl scale: a new version with one component's instance count changed (the running
+   * instances stay; see componentHash). A component a scaling policy sizes is refused: the
+   * policy owns its count (change the policy's range instead), as Nomad refuses a count outside
+   * a scaling policy's bounds and as an HPA would undo a manual scale.
+   */
+  scale(name: string, component: string, instances: number, policy?: { min: number; max: number }): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+    return this.exclusive(async () => {
+      const app = this.getRecord(name);
+      const spec = this.versions.get(name)?.get(app.version)?.spec;
+      if (!spec) throw new NotFoundError('app', name);
+      if (!component) throw InvalidArgumentError.field('component', 'is required');
+      const comp = spec.components.find((c) => c.name === component);
+      if (!comp) throw InvalidArgumentError.field('component', `app "${name}" has no component "${component}" (it has ${spec.components.map((c) => c.name).join(', ')})`);
+      if (!Number.isInteger(instances) || instances < 0 || instances > MAX_INSTANCES) throw InvalidArgumentError.field('instances', `must be an integer from 0 to ${MAX_INSTANCES}, got ${instances}`);
+      if (policy) {
+        throw new FailedPreconditionError(`component ${component} of app ${name} is sized by its scaling policy (${policy.min}..${policy.max} instances, now ${this.replicas.get(`${name}/${component}`) ?? comp.instances}): change the policy's range (tessera policy set) or delete the policy first`);
+      }
+      const next = { ...spec, components: spec.components.map((c) => (c.name === component ? { ...c, instances } : c)) };
+      return this.applyNow(next as never, false, `scaled ${component} from ${comp.instances} to ${instances}`);
+    });
   }
 
   /**

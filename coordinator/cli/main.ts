@@ -191,6 +191,17 @@ app.command('history <name>').description('kept versions of an app').action((nam
     v.version, v.status, ago(Number(v.createdAtMs)), (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
   ])));
 }));
+program.command('scale <app> <component> <instances>').description("set a component's instance count: a new version, the running instances kept (as kubectl scale)")
+  .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption)
+  .action((name: string, component: string, n: string, o) => run(async (c) => {
+    if (!/^\d+$/.test(n)) program.error('error: <instances> is a whole number, 0 or more');
+    const res = await c.scaleApp(name, component, Number(n));
+    if (o.wait && res.app) return waitRollout(c, name, Number(res.app.version), o.wait);
+    out(res, () => [
+      res.changed ? `app ${name} version ${res.app?.version}: ${component} scaled to ${n}` : `app ${name} unchanged: ${component} has ${n} instance(s) already`,
+      ...res.unplaced.map((u) => `  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`),
+    ].join('\n'));
+  }));
 app.command('restart <name>').description("replace an app's instances by its update strategy, spec unchanged (as kubectl rollout restart): e.g. to pull an image again with imagePullPolicy Always")
   .option('--component <name>', 'only this component')
   .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {

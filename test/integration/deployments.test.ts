@@ -331,6 +331,31 @@ describe('deployments on the real Docker Engine', function () {
     }
   });
 
+  it('scales a component up and down (tessera scale), keeping the instances that run', async () => {
+    const before = (await running('web')).map((i) => i.id);
+    expect(before).to.have.length(3);
+    const up = await admin.scaleApp('web', 'web', 5);
+    expect(up.changed).to.equal(true);
+    await waitStable('web', Number(up.app!.version), 40_000, 5);
+    const five = (await running('web')).map((i) => i.id);
+    expect(five).to.include.members(before);
+    expect((await admin.appHistory('web')).versions[0].reason).to.equal('scaled web from 3 to 5');
+    const down = await admin.scaleApp('web', 'web', 3);
+    await waitStable('web', Number(down.app!.version), 40_000, 3);
+    expect(five).to.include.members((await running('web')).map((i) => i.id));
+    expect((await admin.scaleApp('web', 'web', 3)).changed).to.equal(false);
+    const refusals: [string, string, number, number, RegExp][] = [
+      ['nope', 'web', 2, grpc.status.NOT_FOUND, /nope/],
+      ['web', 'db', 2, grpc.status.INVALID_ARGUMENT, /^component: app "web" has no component "db"/],
+      ['web', 'web', -1, grpc.status.INVALID_ARGUMENT, /^instances: must be an integer from 0 to 1000, got -1/],
+    ];
+    for (const [name, component, n, code, text] of refusals) {
+      const err = await admin.scaleApp(name, component, n).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+      expect(err.code).to.equal(code);
+      expect(err.details).to.match(text);
+    }
+  });
+
   it('moves instances off a drained node, then back onto it when made eligible and needed', async () => {
     await admin.drainNode({ nodeId: nodeIds[0], reason: 'test' });
     await waitFor('no instance of web on the drained node', async () => {

@@ -120,6 +120,11 @@ describe('scaling policies end to end', function () {
     // Up steps respect the rate limit (2 per 5 s).
     for (const d of ups) expect(Number(d.instruction!.attributes![0].value) - Number(d.inputs.current)).to.be.at.most(2);
     expect(downs.every((d) => d.reason.startsWith('scale-down'))).to.equal(true);
+
+    // The policy owns the count: a manual scale is refused, saying so.
+    const err = await admin.scaleApp('queue', 'worker', 3).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(err.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(err.details).to.match(/^component worker of app queue is sized by its scaling policy \(1\.\.5 instances, now 1\): change the policy's range/);
   });
 
   it('resizes memory within its vertical range through a rolling update', async () => {
