@@ -76,7 +76,8 @@ export class AdminClient {
   deleteApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('deleteApp', { name }); }
   appHistory(name: string): Promise<{ versions: import('./generated/tessera/v1/AppVersion').AppVersion__Output[] }> { return this.unary('appHistory', { name }); }
   rollbackApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version }); }
-  scaleApp(name: string, component: string, instances: number): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('scaleApp', { name, component, instances }); }
+  /** instances undefined sends no count (refused: a forgotten count must not stop every instance). */
+  scaleApp(name: string, component: string, instances: number | undefined): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('scaleApp', { name, component, instances }); }
   restartApp(name: string, component = ''): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('restartApp', { name, component }); }
   listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
 

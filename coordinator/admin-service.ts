@@ -138,9 +138,12 @@ export class AdminService {
       RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
       ScaleApp: unary(log, 'ScaleApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
+        // Present or not is told apart (proto3 optional): a request that forgets the count must
+        // not stop every instance.
+        if (req.instances === undefined || req.instances === null) throw InvalidArgumentError.field('instances', 'is required (0 stops every instance of the component)');
         return this.onLeader(call, 'scaleApp', req, async (_r, dep, sc) => {
           const p = sc.list(req.name).find((x) => x.component === req.component);
-          return dep.scale(req.name, req.component, req.instances, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined);
+          return dep.scale(req.name, req.component, req.instances!, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined);
         });
       }),
       RestartApp: unary(log, 'RestartApp', (req, call) => {

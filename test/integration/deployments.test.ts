@@ -354,6 +354,11 @@ describe('deployments on the real Docker Engine', function () {
       expect(err.code).to.equal(code);
       expect(err.details).to.match(text);
     }
+    // A request without the count (grpcurl -d '{"name":"web","component":"web"}') stops nothing.
+    const missing = await admin.scaleApp('web', 'web', undefined).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(missing.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(missing.details).to.match(/^instances: is required \(0 stops every instance of the component\)/);
+    expect(await running('web')).to.have.length(3);
   });
 
   it('moves instances off a drained node, then back onto it when made eligible and needed', async () => {
