@@ -114,8 +114,10 @@ export class Leadership extends EventEmitter {
     clearInterval(this.staleTimer);
     clearInterval(this.pollTimer);
     await this.dropCandidacy('resign');
-    await this.watcher?.cancel().catch(() => {});
-    await this.loop?.catch(() => {});
+    // Bounded: cancelling a watch waits for etcd's answer, and a stop while etcd is out of reach
+    // (or its connection is being re-made) must not hang on it (seen: a test's cleanup stuck 60 s).
+    if (this.watcher) await withTimeout(this.watcher.cancel(), 1_000, 'election watch cancel').catch(() => {});
+    if (this.loop) await withTimeout(this.loop, 2_000, 'campaign loop').catch(() => {});
   }
 
   /** Called by the store when etcd refused a fenced write: we are not the leader any more. */
