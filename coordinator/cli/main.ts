@@ -60,6 +60,11 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   }
 }
 
+/** An instance the cluster cannot place now, with the count of nodes per reason. */
+function unplacedLine(u: { component: string; slot: number; reasonCounts: Record<string, number> }): string {
+  return `  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`;
+}
+
 const waitOption = (v: string) => {
   if (!/^[1-9]\d*$/.test(v)) throw new InvalidArgumentError('--wait takes whole seconds, 1 or more');
   return Number(v);
@@ -160,13 +165,13 @@ program.command('apply').description('apply an app spec (YAML or JSON); prints w
     const res = await c.applyApp(spec, !!o.dryRun);
     if (o.wait && !o.dryRun && res.app) {
       process.stderr.write(res.changed ? `app ${res.app.name} version ${res.app.version} applied; rolling out\n` : `app ${res.app.name} unchanged (version ${res.app.version})\n`);
-      for (const u of res.unplaced) process.stderr.write(`  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}\n`);
+      for (const u of res.unplaced) process.stderr.write(`${unplacedLine(u)}\n`);
       return waitRollout(c, res.app.name, Number(res.app.version), o.wait);
     }
     out(res, () => {
       const lines = [o.dryRun ? `dry run: app ${res.app?.name} is valid; ${res.planned} instance(s) would be placed` : res.changed ? `app ${res.app?.name} version ${res.app?.version} applied; rolling out` : `app ${res.app?.name} unchanged (version ${res.app?.version})`];
       for (const u of res.unplaced) {
-        lines.push(`  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`);
+        lines.push(unplacedLine(u));
         for (const [node, why] of Object.entries(u.reasons).slice(0, 5)) lines.push(`    ${node}: ${why}`);
       }
       return lines.join('\n');
@@ -199,7 +204,7 @@ program.command('scale <app> <component> <instances>').description("set a compon
     if (o.wait && res.app) return waitRollout(c, name, Number(res.app.version), o.wait);
     out(res, () => [
       res.changed ? `app ${name} version ${res.app?.version}: ${component} scaled to ${n}` : `app ${name} unchanged: ${component} has ${n} instance(s) already`,
-      ...res.unplaced.map((u) => `  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`),
+      ...res.unplaced.map(unplacedLine),
     ].join('\n'));
   }));
 app.command('restart <name>').description("replace an app's instances by its update strategy, spec unchanged (as kubectl rollout restart): e.g. to pull an image again with imagePullPolicy Always")

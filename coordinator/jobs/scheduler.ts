@@ -650,9 +650,16 @@ export class JobScheduler {
     node = step(node, from);
     const steps = choice.steps;
     const picks: LiveCandidate[][] = [];
+    // The instances the job holds while it runs, each with its share of the path's latency.
+    const holding: Holding = { ids: [], shares: [] };
+    let total = 0;
     for (let i = 0; i < steps.length; i++) {
       const stage = p.stages[from + i];
       const planned = this.components.candidate(steps[i].instanceId)!;
+      const lat = Math.max(0.001, planned.latencyMs);
+      holding.ids.push(planned.instanceId);
+      holding.shares.push(lat);
+      total += lat;
       const picked = [planned];
       if (stage.options.length > 1) {
         for (const o of stage.options) {
@@ -683,15 +690,7 @@ export class JobScheduler {
       }
       node.set(ROUTE, hops);
     }
-    const holding: Holding = { ids: [], shares: [] };
-    let total = 0;
-    for (const s of steps) {
-      holding.ids.push(s.instanceId);
-      const lat = Math.max(0.001, this.components.candidate(s.instanceId)!.latencyMs);
-      holding.shares.push(lat);
-      total += lat;
-      if (s.nodeId.startsWith('external:')) s.nodeId = '';
-    }
+    for (const s of steps) if (s.nodeId.startsWith('external:')) s.nodeId = '';
     for (let i = 0; i < holding.shares.length; i++) holding.shares[i] /= total;
     return { hops, path: steps, holding };
   }
