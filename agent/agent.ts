@@ -18,6 +18,7 @@ import { Metrics } from '../common/metrics';
 import { certCommonName, loadTls, TlsMaterial } from '../common/tls';
 import { AGENT_METRICS } from './metrics';
 import { RelayServer } from './relay-server';
+import { ImageGc } from './image-gc';
 
 export class Agent {
   readonly nodeId: string;
@@ -36,6 +37,8 @@ export class Agent {
 
   private readonly tls?: TlsMaterial;
   private relay?: RelayServer;
+  private imageGc?: ImageGc;
+  private gcTimer?: NodeJS.Timeout;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.tls = config.insecureDev ? undefined : loadTls(config);
@@ -61,7 +64,19 @@ export class Agent {
     this.conn.on('instruction', (i) => this.onInstruction(i));
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a));
-    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner);
+    const c = this.config;
+    const gc = new ImageGc(runtime.docker, { highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir }, this.log.child({ part: 'image-gc' }));
+    this.imageGc = gc;
+    runtime.images.onPulled = (image) => gc.notePulled(image);
+    this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner, (images, now) => {
+      for (const image of images) gc.noteUsed(image, now);
+    });
+    this.gcTimer = setInterval(() => {
+      gc.sweep().then((removed) => {
+        if (removed.length) this.metrics.inc('tessera_agent_images_removed_total', {}, removed.length);
+      }, (err) => this.log.warn({ err: (err as Error).message }, 'image garbage collection failed'));
+    }, c.imageGcIntervalMs);
+    this.gcTimer.unref();
     if (this.config.metricsListen) {
       const at = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
@@ -178,6 +193,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     clearInterval(this.reportTimer);
+    clearInterval(this.gcTimer);
     this.instances?.stop();
     this.relay?.stop();
     this.metrics.stop();

@@ -19,6 +19,10 @@ export const AGENT_SCHEMA = {
   portRange: { type: 'string', doc: 'host ports for instances with dynamic ports, START-END', env: 'TESSERA_PORT_RANGE', default: '20000-32000' },
   dockerSocket: { type: 'string', doc: 'Docker Engine socket', env: 'TESSERA_DOCKER_SOCKET', default: '/var/run/docker.sock' },
   registryAuth: { type: 'string', doc: 'Docker config file (JSON with "auths", as docker login writes) with credentials for private registries; read at each pull', env: 'TESSERA_REGISTRY_AUTH', default: '' },
+  imageGcHighPercent: { type: 'int', doc: 'image garbage collection: when the filesystem holding the Engine\'s images is fuller than this (percent), unused images this agent pulled are removed, longest unused first (100: off)', env: 'TESSERA_IMAGE_GC_HIGH_PERCENT', default: 85, min: 0, max: 100 },
+  imageGcLowPercent: { type: 'int', doc: 'image garbage collection stops once the filesystem is this full (percent) or less', env: 'TESSERA_IMAGE_GC_LOW_PERCENT', default: 80, min: 0, max: 100 },
+  imageGcMinAgeMs: { type: 'int', doc: 'an image is removed only after it has gone unused this long (no container uses it)', env: 'TESSERA_IMAGE_GC_MIN_AGE_MS', default: 120_000, min: 0 },
+  imageGcIntervalMs: { type: 'int', doc: 'how often the image filesystem is checked', env: 'TESSERA_IMAGE_GC_INTERVAL_MS', default: 60_000, min: 100 },
   ...tlsSchema("this agent's certificate (OU=agent, CN=node id): its identity"),
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off; costs about 11 MB)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   relayListen: { type: 'string', doc: 'address of the step relay other hosts send job steps to (port 0: any free port)', env: 'TESSERA_RELAY_LISTEN', default: '127.0.0.1:7490' },
@@ -39,6 +43,10 @@ export interface AgentConfig {
   portRange: string;
   dockerSocket: string;
   registryAuth: string;
+  imageGcHighPercent: number;
+  imageGcLowPercent: number;
+  imageGcMinAgeMs: number;
+  imageGcIntervalMs: number;
   taskListen: string;
   relayListen: string;
   relayAdvertise: string;
@@ -72,6 +80,7 @@ export function compileAgentConfig(layers: Layer[]): AgentConfig {
   if (!isHostPort(raw.relayListen ?? '')) v.push({ field: 'relayListen', message: `must be host:port, got ${JSON.stringify(raw.relayListen)}` });
   if (raw.relayAdvertise && !isHostPort(raw.relayAdvertise)) v.push({ field: 'relayAdvertise', message: `must be host:port, got ${JSON.stringify(raw.relayAdvertise)}` });
   if (!isHostPort(raw.taskListen ?? '') || !/^(127\.|localhost:|\[::1\])/.test(raw.taskListen ?? '')) v.push({ field: 'taskListen', message: `must be a loopback host:port, got ${JSON.stringify(raw.taskListen)}` });
+  if (raw.imageGcLowPercent! > raw.imageGcHighPercent!) v.push({ field: 'imageGcLowPercent', message: `must be at most imageGcHighPercent (${raw.imageGcHighPercent}), got ${raw.imageGcLowPercent}` });
   if (raw.registryAuth) {
     try {
       readAuthFile(raw.registryAuth);

@@ -80,6 +80,8 @@ export function readAuthFile(file: string): unknown {
 
 export class ImagePuller {
   private pulls = new Map<string, Promise<void>>();
+  /** Told of each image pulled (image garbage collection tracks what the agent brought). */
+  onPulled?: (image: string) => void;
 
   constructor(private readonly docker: Docker, private readonly authFile?: string) {}
 
@@ -102,7 +104,7 @@ export class ImagePuller {
   pull(image: string, onProgress?: (p: PullProgress) => void): Promise<void> {
     let p = this.pulls.get(image);
     if (!p) {
-      p = this.pullNow(image, onProgress).finally(() => this.pulls.delete(image));
+      p = this.pullNow(image, onProgress).then(() => this.onPulled?.(image)).finally(() => this.pulls.delete(image));
       this.pulls.set(image, p);
     }
     return p;

@@ -71,6 +71,8 @@ export class InstanceManager extends EventEmitter {
     private readonly log: Logger,
     private readonly metrics?: import('../common/metrics').Metrics,
     private readonly steps?: import('../common/relay').StepRunner,
+    /** Told which images this node's containers (any state) use, at every pass. */
+    private readonly imagesInUse?: (images: string[], now: number) => void,
   ) {
     super();
   }
@@ -154,6 +156,7 @@ export class InstanceManager extends EventEmitter {
     this.dockerOk = true;
     const observed = new Map<string, ObservedContainer>(list.filter((c) => c.instanceId).map((c) => [c.instanceId, c]));
     const now = Date.now();
+    this.imagesInUse?.(list.map((c) => c.spec?.image ?? '').filter(Boolean), now);
 
     // Adopt what runs here from before (an agent restart): the spec travels in the labels.
     for (const c of observed.values()) {

@@ -10,5 +10,6 @@ export const AGENT_METRICS: MetricDef[] = [
   { name: 'tessera_agent_host_load1', help: 'load average over 1 minute', type: 'gauge' },
   { name: 'tessera_agent_containers', help: 'instances on this node by state', type: 'gauge', labels: ['state'] },
   { name: 'tessera_agent_health_check_failures_total', help: 'failed health checks', type: 'counter' },
+  { name: 'tessera_agent_images_removed_total', help: 'unused images removed by image garbage collection', type: 'counter' },
   { name: 'tessera_agent_restarts_total', help: 'container restarts by the restart policy', type: 'counter' },
 ];

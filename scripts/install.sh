@@ -75,6 +75,9 @@ tlsKey: /etc/tessera/tls/agent-key.pem
 # portRange: 20000-32000
 # Private registries: a Docker config file (what docker login writes), mode 0640 root:tessera.
 # registryAuth: /etc/tessera/registry-auth.json
+# Image garbage collection: unused images this agent pulled go when the disk is this full (100: off).
+# imageGcHighPercent: 85
+# imageGcLowPercent: 80
 CFG
   else
     cat > "$CONF" <<CFG

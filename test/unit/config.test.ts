@@ -110,4 +110,10 @@ describe('agent config', () => {
     const v = violations(() => compileAgentConfig([{ source: 'flag', values: { nodeId: '-x', coordinators: 'nope', insecureDev: true } }]));
     expect(v.map((s) => s.split(':')[0]).sort()).to.deep.equal(['coordinators[0]', 'nodeId']);
   });
+  it('takes image garbage collection thresholds within 0-100, the low one at most the high one', () => {
+    const c = compileAgentConfig([{ source: 'flag', values: { insecureDev: true } }]);
+    expect([c.imageGcHighPercent, c.imageGcLowPercent, c.imageGcMinAgeMs]).to.deep.equal([85, 80, 120_000]);
+    expect(violations(() => compileAgentConfig([{ source: 'flag', values: { insecureDev: true, imageGcHighPercent: 70 } }]))).to.deep.equal(['imageGcLowPercent: must be at most imageGcHighPercent (70), got 80']);
+    expect(violations(() => compileAgentConfig([{ source: 'env', values: { insecureDev: 'true', imageGcHighPercent: '101' } }])).map((x) => x.split(':')[0])).to.deep.equal(['imageGcHighPercent']);
+  });
 });
