@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { MuxClient, statusError } from './mux';
 import { CHANNEL_OPTIONS, clientCredentials, deadline } from './grpc';
 import { tesseraProto } from './proto';
-import { LEADER_ADDRESS_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
+import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
 import type { ClusterStatus__Output } from './generated/tessera/v1/ClusterStatus';
 import type { DrainNodeRequest } from './generated/tessera/v1/DrainNodeRequest';
@@ -114,9 +114,10 @@ export class AdminClient {
 
   /**
    * Submissions over one SubmitJobs stream, for clients that submit many jobs. Resolves with the
-   * job (the result, when wait is set). Streams are served by the leader only: a follower
-   * refuses the stream naming the leader, and the stream moves there and the refused
-   * submissions are sent again (a refusal means nothing was accepted). When the stream's
+   * job (the result, when wait is set). This client's streams go to the leader: it asks a
+   * follower not to forward (NO_FORWARD_KEY), the follower refuses the stream naming the leader,
+   * and the stream moves there and the refused submissions are sent again (a refusal means
+   * nothing was accepted). When the stream's
    * coordinator goes away, the submissions in flight fail with UNAVAILABLE (they may have been
    * accepted: submit again with an idempotency key) and the next one tries the next address.
    */
@@ -137,7 +138,9 @@ export class AdminClient {
     };
     const open = () => {
       const opened = target;
-      const stream = clientFor(opened).submitJobs(this.metadata());
+      const md = this.metadata();
+      md.set(NO_FORWARD_KEY, '1');
+      const stream = clientFor(opened).submitJobs(md);
       stream.on('error', (err: grpc.ServiceError) => {
         if (target !== opened) return;
         const leader = err.code === grpc.status.UNAVAILABLE ? err.metadata?.get(LEADER_ADDRESS_KEY)[0] : undefined;

@@ -10,6 +10,11 @@ export interface FieldViolation {
 }
 
 export const LEADER_ADDRESS_KEY = 'tessera-leader-address';
+/**
+ * Request metadata of a SubmitJobs stream whose client moves to the leader itself: a follower
+ * refuses such a stream naming the leader, instead of forwarding each submission there.
+ */
+export const NO_FORWARD_KEY = 'tessera-no-forward';
 export const LEADER_ID_KEY = 'tessera-leader-id';
 export const ERROR_KIND_KEY = 'tessera-error-kind';
 export const VIOLATIONS_KEY = 'tessera-field-violations';

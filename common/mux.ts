@@ -152,7 +152,15 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
 ): void {
   let outbox: unknown[] = [];
   let flushing = false;
+  // A client that half-closes (grpcurl does, once it has sent its input) still gets the answers
+  // of the calls in flight: the stream ends after the last of them.
+  let inFlight = 0;
+  let clientEnded = false;
+  const endIfDone = () => {
+    if (clientEnded && !inFlight && !flushing && !call.destroyed) call.end();
+  };
   const reply = (r: unknown) => {
+    inFlight--;
     outbox.push(r);
     if (flushing) return;
     flushing = true;
@@ -161,6 +169,7 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
       const items = outbox;
       outbox = [];
       if (!call.destroyed && items.length) call.write({ [fields.res]: items });
+      endIfDone();
     });
   };
   call.on('data', (batch: Record<string, unknown>) => {
@@ -172,6 +181,7 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
     }
     for (const req of (batch[fields.req] ?? []) as Req[]) {
       const callId = req.callId;
+      inFlight++;
       handler(req).then(
         (res) => {
           (res as { callId?: unknown }).callId = callId;
@@ -184,7 +194,10 @@ export function serveMux<Req extends { callId?: unknown }, Res>(
       );
     }
   });
-  call.on('end', () => call.end());
+  call.on('end', () => {
+    clientEnded = true;
+    endIfDone();
+  });
   call.on('error', () => {});
 }
 

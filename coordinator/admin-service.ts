@@ -3,7 +3,7 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { FailedPreconditionError, FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { FailedPreconditionError, FencedError, InvalidArgumentError, NO_FORWARD_KEY, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
@@ -37,6 +37,11 @@ import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
 import { serveMux } from '../common/mux';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
+
+/** How long a forwarded SubmitJob may take: a waiting one as long as the job (plus a margin). */
+function forwardBudgetMs(req: { wait?: boolean; deadlineMs?: unknown; timeoutMs?: unknown }): number {
+  return req.wait ? Math.max(5_000, (Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000)) - Date.now() + 5_000) : 5_000;
+}
 const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
 
 /** How long a request waits for a leader elected a moment ago to load the cluster state. */
@@ -181,14 +186,10 @@ export class AdminService {
       ListPipelines: unary(log, 'ListPipelines', (req, call) => this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => ({ pipelines: w.pipelines.list().map(pipelineToProto) }))),
       DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w) => pipelineToProto(await w.pipelines.delete(req.name)))),
 
-      SubmitJob: unary(log, 'SubmitJob', (req, call) => {
-        // A waiting submission may take as long as the job: forward with the job's own deadline.
-        const waitMs = req.wait ? Math.max(5_000, (Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000)) - Date.now() + 5_000) : 5_000;
-        return this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
-          const { job, done } = await w.jobs.submit(req);
-          return inView(done ? await done : job, req.view);
-        }, waitMs);
-      }),
+      SubmitJob: unary(log, 'SubmitJob', (req, call) => this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
+        const { job, done } = await w.jobs.submit(req);
+        return inView(done ? await done : job, req.view);
+      }, forwardBudgetMs(req))),
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
       ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: w.jobs.list(req) }))),
       CancelJob: unary(log, 'CancelJob', (req, call) => {
@@ -198,17 +199,21 @@ export class AdminService {
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
-        // Streams are not forwarded: a high-rate client talks to the leader itself.
-        if (!this.opts.leaderWork?.()) {
+        // On a follower, each submission is forwarded to the leader (as a SubmitJob), so that a
+        // grpcurl user may open the stream on any coordinator; a client that moves to the leader
+        // itself (AdminClient.jobStream, for high rates) asks not to be forwarded and is refused,
+        // naming the leader. Never forwarded twice.
+        const forward = !call.metadata.get(NO_FORWARD_KEY).length && !call.metadata.get(FORWARDED_KEY).length;
+        if (!this.opts.leaderWork?.() && !forward) {
           // Just elected and still loading: open the stream once ready, rather than refuse it.
           void this.leaderReady().then((w) => {
-            if (w) return this.serveSubmissions(call);
+            if (w) return this.serveSubmissions(call, false);
             const l = this.leadership.leader;
             call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
           });
           return;
         }
-        this.serveSubmissions(call);
+        this.serveSubmissions(call, forward);
       },
     };
   }
@@ -220,14 +225,23 @@ export class AdminService {
     return this.opts.leaderWorkReady(LOAD_WAIT_MS);
   }
 
-  private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>): void {
+  private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>, forward: boolean): void {
     serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
       rejectMalformed(sub, 'submission');
-      if (!sub.request) throw InvalidArgumentError.field('request', 'is required');
+      const req = sub.request;
+      if (!req) throw InvalidArgumentError.field('request', 'is required');
       const w = this.opts.leaderWork?.();
-      if (!w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
-      const { job, done } = await w.jobs.submit(sub.request);
-      return { job: inView(done ? await done : job, sub.request.view) };
+      if (!w) {
+        if (!forward) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+        // Here if this coordinator leads by now (or is loading), else on the leader.
+        const job = await this.onLeader<typeof req, Job>(call as unknown as grpc.ServerUnaryCall<typeof req, Job>, 'submitJob', req, async (_r, _d, _s, lw) => {
+          const { job: j, done } = await lw.jobs.submit(req);
+          return inView(done ? await done : j, req.view);
+        }, forwardBudgetMs(req));
+        return { job };
+      }
+      const { job, done } = await w.jobs.submit(req);
+      return { job: inView(done ? await done : job, req.view) };
     }, (code, error, err) => {
       // A refusal because this coordinator does not lead (or its write was fenced: it just
       // lost the lead) accepted nothing: the client may send it to the leader.

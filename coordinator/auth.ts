@@ -16,7 +16,7 @@ export type Role = 'read-only' | 'operator';
 /** The Admin methods that change something: operators only. */
 export const WRITE_METHODS = new Set([
   'DrainNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'RestartApp', 'ScaleApp', 'SetPolicy', 'DeletePolicy',
-  'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'CancelJob',
+  'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'CancelJob',
 ]);
 
 interface TokenEntry { name: string; role: Role; hash: Buffer }

@@ -68,6 +68,11 @@ describe('Admin API tokens', function () {
     expect(await codeOf(c.drainNode({ nodeId: 'n1' }))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.restartApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.scaleApp('x', 'y', 1))).to.equal(grpc.status.PERMISSION_DENIED);
+    // Jobs are writes, one at a time or over a SubmitJobs stream.
+    expect(await codeOf(c.submitJob({ pipeline: 'x', payload: Buffer.from('x') }))).to.equal(grpc.status.PERMISSION_DENIED);
+    const js = c.jobStream();
+    expect(await codeOf(js.submit({ pipeline: 'x', payload: Buffer.from('x') }))).to.equal(grpc.status.PERMISSION_DENIED);
+    js.close();
     c.close();
   });
 

@@ -9,6 +9,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AdminClient } from '../../common/admin-client';
+import { tesseraProto } from '../../common/proto';
+import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY } from '../../common/errors';
 import { repoRoot } from '../../common/version';
 import type { Job__Output } from '../../common/generated/tessera/v1/Job';
 import { Etcd3 } from 'etcd3';
@@ -405,6 +407,56 @@ describe('jobs through pipelines of registered components', function () {
     } finally {
       stream.close();
       client.close();
+    }
+  });
+
+  it('serves a SubmitJobs stream opened on a follower (as grpcurl would open it) by forwarding each submission to the leader', async () => {
+    const leaderId = (await statusOf(coords[0].address))?.leader?.id;
+    const leader = coords.find((c) => c.id === leaderId)!;
+    const follower = coords.find((c) => c !== leader)!;
+    const raw = new (tesseraProto().Admin)(follower.address, grpc.credentials.createInsecure());
+    try {
+      // A plain client, as grpcurl: no header, one message of three submissions (one to an
+      // unknown pipeline), then its half of the stream closed; the answers still come, and
+      // then the stream's end.
+      const stream = raw.submitJobs();
+      const outcomes: Record<string, unknown>[] = [];
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on('data', (m: { outcomes: Record<string, unknown>[] }) => outcomes.push(...m.outcomes));
+        stream.on('end', resolve);
+        stream.on('error', reject);
+      });
+      stream.write({ submissions: [
+        { callId: 1, request: { pipeline: 'words', payload: Buffer.from(TEXT), wait: true } },
+        { callId: 2, request: { pipeline: 'words', payload: Buffer.from(`${TEXT} again`), wait: true, view: 'JOB_VIEW_BASIC' } },
+        { callId: 3, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x') } },
+      ] });
+      stream.end();
+      await ended;
+      expect(outcomes.map((o) => Number(o.callId)).sort()).to.deep.equal([1, 2, 3]);
+      const by = new Map(outcomes.map((o) => [Number(o.callId), o as { job?: Job__Output; errorCode?: number; error?: string; notLeader?: boolean }]));
+      expect(by.get(1)!.job?.state, JSON.stringify(by.get(1))).to.equal('JOB_STATE_SUCCEEDED');
+      expect(by.get(1)!.job?.path?.length, 'the full view: the path taken').to.equal(3);
+      expect(by.get(2)!.job?.path, 'the basic view, as asked').to.deep.equal([]);
+      expect(by.get(2)!.job?.state).to.equal('JOB_STATE_SUCCEEDED');
+      expect(by.get(3)!.errorCode).to.equal(grpc.status.NOT_FOUND);
+      expect(by.get(3)!.error).to.match(/no-such-pipeline/);
+      // Run by the leader: it has the jobs.
+      expect((await new AdminClient([leader.address]).getJob(by.get(1)!.job!.id)).state).to.equal('JOB_STATE_SUCCEEDED');
+
+      // A client that moves to the leader itself asks not to be forwarded: refused, naming the leader.
+      const md = new grpc.Metadata();
+      md.set(NO_FORWARD_KEY, '1');
+      const refused = raw.submitJobs(md);
+      const err = await new Promise<grpc.ServiceError>((resolve) => {
+        refused.on('error', resolve);
+        refused.on('data', () => undefined);
+        refused.write({ submissions: [{ callId: 1, request: { pipeline: 'words', payload: Buffer.from(TEXT) } }] });
+      });
+      expect(err.code).to.equal(grpc.status.UNAVAILABLE);
+      expect(String(err.metadata.get(LEADER_ADDRESS_KEY)[0])).to.equal(leader.address);
+    } finally {
+      raw.close();
     }
   });
 
