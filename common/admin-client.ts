@@ -69,6 +69,7 @@ export class AdminClient {
   listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[] }> { return this.unary('listNodes', req); }
   getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
   drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }
+  removeNode(nodeId: string, reason = ''): Promise<Node__Output> { return this.unary('removeNode', { nodeId, reason }); }
 
   applyApp(spec: unknown, dryRun = false): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('applyApp', { spec, dryRun }); }
   getApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('getApp', { name }); }

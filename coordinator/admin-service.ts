@@ -135,6 +135,14 @@ export class AdminService {
           return n;
         });
       }),
+      RemoveNode: unary(log, 'RemoveNode', async (req, call) => {
+        validateNodeId(req.nodeId);
+        return this.onLeader(call, 'removeNode', req, async (reg, dep) => {
+          const n = recordToProto(await reg.remove(req.nodeId, req.reason));
+          dep.kick();
+          return n;
+        });
+      }),
       ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep) => dep.apply(req.spec ?? undefined, req.dryRun))),
       GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
       ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),

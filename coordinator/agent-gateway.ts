@@ -5,7 +5,7 @@
 // a malformed message closes that stream alone with INVALID_ARGUMENT.
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { InvalidArgumentError, NotLeaderError, PermissionDeniedError, TesseraError, toServiceError } from '../common/errors';
+import { InvalidArgumentError, NotLeaderError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import { peerIdentity } from '../common/tls';
 import { malformedReason } from '../common/grpc';
 import type { Logger } from '../common/logger';
@@ -148,6 +148,12 @@ export class AgentGateway {
     }
     const registry = this.registry();
     if (!registry) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    if (!registry.known(s.nodeId)) {
+      // Removed (tessera node remove, node GC) while its stream stayed open: it registers again
+      // with the hello of its next stream.
+      this.close(s, undefined, new UnavailableError(`node ${s.nodeId} was removed; connect again to register`));
+      return;
+    }
     registry.touch(s.nodeId);
     switch (msg.msg) {
       case 'report':

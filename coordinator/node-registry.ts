@@ -4,7 +4,7 @@
 // serve reads without the leader. State changes are committed with their events.
 import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
-import { NotFoundError } from '../common/errors';
+import { FailedPreconditionError, NotFoundError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
 import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentReport';
@@ -194,6 +194,11 @@ export class NodeRegistry {
     return this.records.values();
   }
 
+  /** Whether the node is registered (false once removed). */
+  known(nodeId: string): boolean {
+    return this.records.has(nodeId);
+  }
+
   isConnected(nodeId: string): boolean {
     return !!this.live.get(nodeId)?.connectedTo;
   }
@@ -223,6 +228,54 @@ export class NodeRegistry {
     await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], events);
     this.records.set(nodeId, next);
     return this.withLive(next);
+  }
+
+  /**
+   * Forgets a DOWN node (an operator's `tessera node remove`): its record goes from etcd, with an
+   * event. A node that is not DOWN is refused: drain it and stop its agent first. (DOWN is
+   * decided by silence, so an agent whose stream the leader still holds may be DOWN: if it
+   * speaks again, the gateway closes its stream and it registers anew.)
+   */
+  remove(nodeId: string, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
+    return this.writes.run(async () => {
+      const r = this.records.get(nodeId);
+      if (!r) throw new NotFoundError('node', nodeId);
+      const why = this.unremovable(r);
+      if (why) throw new FailedPreconditionError(`node ${nodeId} ${why}: only a DOWN node can be removed (drain it and stop its agent first)`);
+      await this.forget([r], reason || 'removed by operator', nowMs);
+      return this.withLive(r);
+    });
+  }
+
+  /**
+   * Node garbage collection (Nomad's node_gc_threshold): forgets nodes DOWN for longer than
+   * thresholdMs, in one transaction. Returns how many went.
+   */
+  collect(thresholdMs: number, nowMs = Date.now()): Promise<number> {
+    if (thresholdMs <= 0) return Promise.resolve(0);
+    const due = () => [...this.records.values()].filter((r) => !this.unremovable(r) && nowMs - r.stateChangedAtMs >= thresholdMs);
+    if (!due().length) return Promise.resolve(0);
+    return this.writes.run(async () => {
+      const gone = due().slice(0, 100);
+      if (gone.length) await this.forget(gone, `DOWN for more than ${Math.round(thresholdMs / 1000)} s (node garbage collection)`, nowMs);
+      return gone.length;
+    });
+  }
+
+  private unremovable(r: NodeRecord): string | undefined {
+    return r.state !== 'DOWN' ? `is ${r.state}` : undefined;
+  }
+
+  private async forget(nodes: NodeRecord[], reason: string, nowMs: number): Promise<void> {
+    await this.store.commit(nodes.map((r) => ({ type: 'delete', key: this.keys.node(r.id) })), nodes.map((r) => ({
+      kind: 'node.removed', subject: r.id, message: `node ${r.id} (${r.hostname}) removed: ${reason}`,
+      fields: { reason, downForS: String(Math.round((nowMs - r.stateChangedAtMs) / 1000)) },
+    })));
+    for (const r of nodes) {
+      this.records.delete(r.id);
+      this.live.delete(r.id);
+    }
+    this.log.info({ nodes: nodes.map((r) => r.id), reason }, 'nodes removed');
   }
 
   /** Evaluates liveness for every node and commits all state changes in one transaction. */

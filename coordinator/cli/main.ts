@@ -156,6 +156,11 @@ node.command('undrain <id>').description('make a drained node eligible again').a
   out(n, () => `node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}`);
 }));
 
+node.command('remove <id>').description('forget a DOWN node (its agent stopped for good): as nomad node purge or kubectl delete node').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
+  const n = await c.removeNode(id, o.reason);
+  out(n, () => `node ${n.id} removed`);
+}));
+
 program.command('apply').description('apply an app spec (YAML or JSON); prints what changed and what cannot be placed')
   .requiredOption('-f, --file <file>', 'spec file, or - for standard input')
   .option('--dry-run', 'validate and plan only; store nothing')

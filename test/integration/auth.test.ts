@@ -66,6 +66,7 @@ describe('Admin API tokens', function () {
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
     expect(err.details).to.match(/token "viewer" is read-only; ApplyApp needs the operator role/);
     expect(await codeOf(c.drainNode({ nodeId: 'n1' }))).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(await codeOf(c.removeNode('n1'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.restartApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.scaleApp('x', 'y', 1))).to.equal(grpc.status.PERMISSION_DENIED);
     // Jobs are writes, one at a time or over a SubmitJobs stream.
