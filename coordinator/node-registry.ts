@@ -249,14 +249,15 @@ export class NodeRegistry {
 
   /**
    * Node garbage collection (Nomad's node_gc_threshold): forgets nodes DOWN for longer than
-   * thresholdMs, in one transaction. Returns how many went.
+   * thresholdMs, up to 50 a transaction (a delete and an event each: etcd takes 128 operations
+   * a transaction); the rest at the next call. Returns how many went.
    */
   collect(thresholdMs: number, nowMs = Date.now()): Promise<number> {
     if (thresholdMs <= 0) return Promise.resolve(0);
     const due = () => [...this.records.values()].filter((r) => !this.unremovable(r) && nowMs - r.stateChangedAtMs >= thresholdMs);
     if (!due().length) return Promise.resolve(0);
     return this.writes.run(async () => {
-      const gone = due().slice(0, 100);
+      const gone = due().slice(0, 50);
       if (gone.length) await this.forget(gone, `DOWN for more than ${Math.round(thresholdMs / 1000)} s (node garbage collection)`, nowMs);
       return gone.length;
     });
