@@ -37,6 +37,13 @@ import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
 import { serveMux } from '../common/mux';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
+/**
+ * Who made a write (a token's name, an admin certificate's CN), for the `by` field of its events:
+ * set by the guard on the coordinator the call reached (what a client sends under this key is
+ * dropped), and taken from a forwarding coordinator only when its certificate says it is one
+ * (with tokens the leader checks the token again and names it itself).
+ */
+const CALLER_KEY = 'tessera-caller';
 
 /** How long a forwarded SubmitJob may take: a waiting one as long as the job (plus a margin). */
 function forwardBudgetMs(req: { wait?: boolean; deadlineMs?: unknown; timeoutMs?: unknown }): number {
@@ -78,12 +85,17 @@ export class AdminService {
     const metrics = this.opts.metrics;
     return ((call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
       try {
+        const forwardedCaller = String(call.metadata.get(CALLER_KEY)[0] ?? '');
+        call.metadata.remove(CALLER_KEY);
+        let caller = '';
         if (tls) {
           const peer = peerIdentity(call);
           if (peer.role === 'agent') throw new PermissionDeniedError(`agent certificates cannot call Admin (${peer.cn})`);
           if (peer.role !== 'admin' && peer.role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${peer.role} may not call Admin`);
+          caller = peer.role === 'admin' ? peer.cn : forwardedCaller;
         }
-        auth?.check(call.metadata, method);
+        if (auth?.enabled) caller = auth.check(call.metadata, method);
+        if (caller) call.metadata.set(CALLER_KEY, caller);
       } catch (err) {
         const se = toServiceError(err);
         log.warn({ method, peer: call.getPeer(), code: grpc.status[se.code!], err: se.details }, 'admin call denied');
@@ -129,43 +141,43 @@ export class AdminService {
       }),
       DrainNode: unary(log, 'DrainNode', async (req, call) => {
         validateNodeId(req.nodeId);
-        return this.onLeader(call, 'drainNode', req, async (reg, dep) => {
-          const n = recordToProto(await reg.drain(req.nodeId, req.undo, req.reason));
+        return this.onLeader(call, 'drainNode', req, async (reg, dep, _s, _w, by) => {
+          const n = recordToProto(await reg.drain(req.nodeId, req.undo, req.reason, undefined, by));
           dep.kick();
           return n;
         });
       }),
       RemoveNode: unary(log, 'RemoveNode', async (req, call) => {
         validateNodeId(req.nodeId);
-        return this.onLeader(call, 'removeNode', req, async (reg, dep) => {
-          const n = recordToProto(await reg.remove(req.nodeId, req.reason));
+        return this.onLeader(call, 'removeNode', req, async (reg, dep, _s, _w, by) => {
+          const n = recordToProto(await reg.remove(req.nodeId, req.reason, undefined, by));
           dep.kick();
           return n;
         });
       }),
-      ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep) => dep.apply(req.spec ?? undefined, req.dryRun))),
+      ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by))),
       GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
       ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
-      DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep) => dep.delete(req.name))),
+      DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep, _s, _w, by) => dep.delete(req.name, by))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
-      RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep) => dep.rollback(req.name, req.version))),
+      RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep, _s, _w, by) => dep.rollback(req.name, req.version, by))),
       ScaleApp: unary(log, 'ScaleApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
         // Present or not is told apart (proto3 optional): a request that forgets the count must
         // not stop every instance.
         if (req.instances === undefined || req.instances === null) throw InvalidArgumentError.field('instances', 'is required (0 stops every instance of the component)');
-        return this.onLeader(call, 'scaleApp', req, async (_r, dep, sc) => {
+        return this.onLeader(call, 'scaleApp', req, async (_r, dep, sc, _w, by) => {
           const p = sc.list(req.name).find((x) => x.component === req.component);
-          return dep.scale(req.name, req.component, req.instances!, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined);
+          return dep.scale(req.name, req.component, req.instances!, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined, by);
         });
       }),
       RestartApp: unary(log, 'RestartApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
-        return this.onLeader(call, 'restartApp', req, (_r, dep) => dep.restart(req.name, req.component));
+        return this.onLeader(call, 'restartApp', req, (_r, dep, _s, _w, by) => dep.restart(req.name, req.component, by));
       }),
-      SetPolicy: unary(log, 'SetPolicy', (req, call) => this.onLeader(call, 'setPolicy', req, (_r, _d, sc) => sc.set(req.policy ?? undefined))),
+      SetPolicy: unary(log, 'SetPolicy', (req, call) => this.onLeader(call, 'setPolicy', req, (_r, _d, sc, _w, by) => sc.set(req.policy ?? undefined, by))),
       GetPolicy: unary(log, 'GetPolicy', (req, call) => this.onLeader(call, 'getPolicy', req, async (_r, _d, sc) => sc.get(req.app, req.component))),
-      DeletePolicy: unary(log, 'DeletePolicy', (req, call) => this.onLeader(call, 'deletePolicy', req, (_r, _d, sc) => sc.delete(req.app, req.component))),
+      DeletePolicy: unary(log, 'DeletePolicy', (req, call) => this.onLeader(call, 'deletePolicy', req, (_r, _d, sc, _w, by) => sc.delete(req.app, req.component, by))),
       ListPolicies: unary(log, 'ListPolicies', (req, call) => this.onLeader(call, 'listPolicies', req, async (_r, _d, sc) => ({ policies: sc.list(req.app) }))),
       ScalingHistory: unary(log, 'ScalingHistory', (req, call) => this.onLeader(call, 'scalingHistory', req, async (_r, dep, sc) => {
         if (!req.app) throw InvalidArgumentError.field('app', 'is required');
@@ -176,23 +188,23 @@ export class AdminService {
       ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
 
-      RegisterComponent: unary(log, 'RegisterComponent', (req, call) => this.onLeader(call, 'registerComponent', req, (_r, _d, _s, w) => w.components.register(req))),
+      RegisterComponent: unary(log, 'RegisterComponent', (req, call) => this.onLeader(call, 'registerComponent', req, (_r, _d, _s, w, by) => w.components.register(req, undefined, by))),
       DeregisterComponent: unary(log, 'DeregisterComponent', (req, call) => {
         if (!req.instanceId) throw InvalidArgumentError.field('instanceId', 'is required');
-        return this.onLeader(call, 'deregisterComponent', req, (_r, _d, _s, w) => w.components.deregister(req.instanceId));
+        return this.onLeader(call, 'deregisterComponent', req, (_r, _d, _s, w, by) => w.components.deregister(req.instanceId, undefined, by));
       }),
       ListComponents: unary(log, 'ListComponents', (req, call) => this.onLeader(call, 'listComponents', req, async (_r, _d, _s, w) => ({ instances: w.components.describe(req.kind) }))),
-      SetQuota: unary(log, 'SetQuota', (req, call) => this.onLeader(call, 'setQuota', req, (_r, dep) => dep.setQuota(req.quota))),
+      SetQuota: unary(log, 'SetQuota', (req, call) => this.onLeader(call, 'setQuota', req, (_r, dep, _s, _w, by) => dep.setQuota(req.quota, by))),
       DeleteQuota: unary(log, 'DeleteQuota', (req, call) => {
         if (!req.kind) throw InvalidArgumentError.field('kind', 'is required');
-        return this.onLeader(call, 'deleteQuota', req, (_r, dep) => dep.deleteQuota(req.kind));
+        return this.onLeader(call, 'deleteQuota', req, (_r, dep, _s, _w, by) => dep.deleteQuota(req.kind, by));
       }),
       ListQuotas: unary(log, 'ListQuotas', (req, call) => this.onLeader(call, 'listQuotas', req, async (_r, dep) => ({ quotas: dep.listQuotas().filter((q) => !req.kind || q.kind === req.kind) }))),
 
-      ApplyPipeline: unary(log, 'ApplyPipeline', (req, call) => this.onLeader(call, 'applyPipeline', req, async (_r, _d, _s, w) => pipelineToProto(await w.pipelines.apply(req.pipeline, req.dryRun)))),
+      ApplyPipeline: unary(log, 'ApplyPipeline', (req, call) => this.onLeader(call, 'applyPipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.apply(req.pipeline, req.dryRun, by)))),
       GetPipeline: unary(log, 'GetPipeline', (req, call) => this.onLeader(call, 'getPipeline', req, async (_r, _d, _s, w) => pipelineToProto(w.pipelines.get(req.name)))),
       ListPipelines: unary(log, 'ListPipelines', (req, call) => this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => ({ pipelines: w.pipelines.list().map(pipelineToProto) }))),
-      DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w) => pipelineToProto(await w.pipelines.delete(req.name)))),
+      DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.delete(req.name, by)))),
 
       SubmitJob: unary(log, 'SubmitJob', (req, call) => this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
         const { job, done } = await w.jobs.submit(req);
@@ -267,15 +279,18 @@ export class AdminService {
     call: grpc.ServerUnaryCall<Req, Res>,
     method: string,
     req: Req,
-    fn: (reg: NodeRegistry, dep: Deployments, sc: Scaler, work: LeaderWork) => Promise<Res>,
+    fn: (reg: NodeRegistry, dep: Deployments, sc: Scaler, work: LeaderWork, by: string) => Promise<Res>,
     forwardTimeoutMs = 5_000,
   ): Promise<Res> {
+    // Set by the guard when callers are identified (tokens or TLS); an open Admin API has no
+    // guard, so what a client sent under the key is not believed.
+    const by = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
     const local = () => {
       const reg = this.registry();
       const dep = this.deployments();
       const sc = this.scaler();
       const w = this.opts.leaderWork?.();
-      return reg && dep && sc && w ? () => fn(reg, dep, sc, w) : undefined;
+      return reg && dep && sc && w ? () => fn(reg, dep, sc, w, by) : undefined;
     };
     const here = local();
     if (here) return here();

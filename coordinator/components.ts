@@ -20,7 +20,7 @@ import type { RegisterComponentRequest__Output } from '../common/generated/tesse
 import type { Deployments } from './deployments';
 import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
-import type { EventDraft, Store } from './store';
+import { attributed, EventDraft, Store } from './store';
 import type { Candidate } from './jobs/path';
 
 export interface Routable {
@@ -290,7 +290,7 @@ export class ComponentManager {
 
   // ───────────────────────────── external instances ─────────────────────────────
 
-  async register(req: RegisterComponentRequest__Output, nowMs = Date.now()): Promise<ComponentInstance> {
+  async register(req: RegisterComponentRequest__Output, nowMs = Date.now(), by = ''): Promise<ComponentInstance> {
     const v: import('../common/errors').FieldViolation[] = [];
     if (!ID_RE.test(req.instanceId)) v.push({ field: 'instanceId', message: 'must be 1-128 characters of letters, digits, ".", "_" or "-"' });
     if (!KIND_RE.test(req.kind)) v.push({ field: 'kind', message: `must be a component kind (a-z, 0-9, "-"), got ${JSON.stringify(req.kind)}` });
@@ -308,24 +308,24 @@ export class ComponentManager {
       registeredAtMs: prev && prev.kind === req.kind && prev.endpoint === req.endpoint ? prev.registeredAtMs : nowMs, expiresAtMs: nowMs + ttl,
     };
     const renewal = !!prev && prev.kind === rec.kind && prev.endpoint === rec.endpoint && prev.version === rec.version;
-    await this.store.commit([{ type: 'put', key: this.keys.external(rec.instanceId), value: JSON.stringify(rec) }], renewal ? [] : [{
+    await this.store.commit([{ type: 'put', key: this.keys.external(rec.instanceId), value: JSON.stringify(rec) }], renewal ? [] : [attributed({
       kind: 'component.registered', subject: rec.instanceId, message: `external ${rec.kind} ${rec.version} instance ${rec.instanceId} at ${rec.endpoint} registered (lease ${ttl} ms)`,
       fields: { kind: rec.kind, version: rec.version, endpoint: rec.endpoint, source: 'external' },
-    }]);
+    }, by)]);
     this.externals.set(rec.instanceId, rec);
     this.dirty = true;
     return this.toProto(this.externalRoutable(rec), nowMs);
   }
 
-  async deregister(id: string, reason = 'deregistered through Admin'): Promise<ComponentInstance> {
+  async deregister(id: string, reason = 'deregistered through Admin', by = ''): Promise<ComponentInstance> {
     const rec = this.externals.get(id);
     if (!rec) {
       if (this.registered.get(id)?.source === 'deployed') throw InvalidArgumentError.field('instanceId', `${id} is deployed by Tessera: stop it by scaling or deleting its app`);
       throw new NotFoundError('component instance', id);
     }
-    await this.store.commit([{ type: 'delete', key: this.keys.external(id) }], [{
+    await this.store.commit([{ type: 'delete', key: this.keys.external(id) }], [attributed({
       kind: 'component.deregistered', subject: id, message: `external ${rec.kind} instance ${id} at ${rec.endpoint}: ${reason}`, fields: { kind: rec.kind, source: 'external' },
-    }]);
+    }, by)]);
     this.externals.delete(id);
     this.figures.delete(id);
     this.dirty = true;

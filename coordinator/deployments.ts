@@ -23,7 +23,7 @@ import type { AgentGateway } from './agent-gateway';
 import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
-import type { EventDraft, Op, Store } from './store';
+import { attributed, EventDraft, Op, Store } from './store';
 import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
 import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
@@ -112,11 +112,11 @@ export class Deployments {
     return this.appWrites.run(fn);
   }
 
-  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
-    return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why));
+  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = '', by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+    return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why, by));
   }
 
-  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
@@ -142,24 +142,24 @@ export class Deployments {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
       statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
     };
-    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec }, [{
-      kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
-    }]);
+    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec }, [attributed({
+      kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied${why ? ` (${why})` : ''}`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
+    }, by)]);
     this.kick();
     return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length };
   }
 
-  rollback(name: string, to: number): Promise<App> {
-    return this.exclusive(() => this.rollbackNow(name, to));
+  rollback(name: string, to: number, by = ''): Promise<App> {
+    return this.exclusive(() => this.rollbackNow(name, to, by));
   }
 
-  private async rollbackNow(name: string, to: number): Promise<App> {
+  private async rollbackNow(name: string, to: number, by: string): Promise<App> {
     const app = this.getRecord(name);
     const history = this.versions.get(name)!;
     const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
-    return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`));
+    return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by));
   }
 
   /**
@@ -168,7 +168,7 @@ export class Deployments {
    * policy owns its count (change the policy's range instead), as Nomad refuses a count outside
    * a scaling policy's bounds and as an HPA would undo a manual scale.
    */
-  scale(name: string, component: string, instances: number, policy?: { min: number; max: number }): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  scale(name: string, component: string, instances: number, policy?: { min: number; max: number }, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     return this.exclusive(async () => {
       const app = this.getRecord(name);
       const spec = this.versions.get(name)?.get(app.version)?.spec;
@@ -181,7 +181,7 @@ export class Deployments {
         throw new FailedPreconditionError(`component ${component} of app ${name} is sized by its scaling policy (${policy.min}..${policy.max} instances, now ${this.replicas.get(`${name}/${component}`) ?? comp.instances}): change the policy's range (tessera policy set) or delete the policy first`);
       }
       const next = { ...spec, components: spec.components.map((c) => (c.name === component ? { ...c, instances } : c)) };
-      return this.applyNow(next as never, false, `scaled ${component} from ${comp.instances} to ${instances}`);
+      return this.applyNow(next as never, false, `scaled ${component} from ${comp.instances} to ${instances}`, by);
     });
   }
 
@@ -204,7 +204,7 @@ export class Deployments {
    * component's restart mark, so its instances are replaced by the update strategy (one at a
    * time by default, each new one healthy before the next old one stops).
    */
-  restart(name: string, component: string): Promise<App> {
+  restart(name: string, component: string, by = ''): Promise<App> {
     return this.exclusive(async () => {
       const app = this.getRecord(name);
       const spec = this.versions.get(name)?.get(app.version)?.spec;
@@ -215,19 +215,19 @@ export class Deployments {
       const now = Date.now();
       const next = { ...spec, components: spec.components.map((c) => (!component || c.name === component ? { ...c, restartedAtMs: now } : c)) };
       const which = component ? `component ${component}` : 'every component';
-      const r = await this.applyNow(next as never, false, `restart of ${which} requested`);
+      const r = await this.applyNow(next as never, false, `restart of ${which} requested`, by);
       return r.app;
     });
   }
 
-  delete(name: string): Promise<App> {
-    return this.exclusive(() => this.deleteNow(name));
+  delete(name: string, by = ''): Promise<App> {
+    return this.exclusive(() => this.deleteNow(name, by));
   }
 
-  private async deleteNow(name: string): Promise<App> {
+  private async deleteNow(name: string, by: string): Promise<App> {
     const app = this.getRecord(name);
     const next: AppRecord = { ...app, deleting: true, status: 'deleting', statusReason: 'stopping every instance', updatedAtMs: Date.now() };
-    await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [{ kind: 'app.deleting', subject: name, message: `app ${name} is being deleted` }]);
+    await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [attributed({ kind: 'app.deleting', subject: name, message: `app ${name} is being deleted` }, by)]);
     this.apps.set(name, next);
     this.kick();
     return this.toProto(next);
@@ -628,7 +628,7 @@ export class Deployments {
 
   // ─────────────────────────────── quotas ───────────────────────────────
 
-  async setQuota(q: { kind?: string; cpuMillis?: number | string; memoryMib?: number | string } | null | undefined): Promise<Quota> {
+  async setQuota(q: { kind?: string; cpuMillis?: number | string; memoryMib?: number | string } | null | undefined, by = ''): Promise<Quota> {
     const kind = q?.kind ?? '';
     const v: import('../common/errors').FieldViolation[] = [];
     if (!/^[a-z][a-z0-9-]{0,62}$/.test(kind)) v.push({ field: 'quota.kind', message: `must be a component kind (a-z, 0-9, "-"), got ${JSON.stringify(kind)}` });
@@ -639,18 +639,18 @@ export class Deployments {
     if (!v.length && !cpu && !mem) v.push({ field: 'quota', message: 'set cpuMillis or memoryMib (or delete the quota)' });
     if (v.length) throw new InvalidArgumentError(v);
     const rec = { cpuMillis: cpu, memoryMib: mem };
-    await this.store.commit([{ type: 'put', key: this.keys.quota(kind), value: JSON.stringify(rec) }], [{
+    await this.store.commit([{ type: 'put', key: this.keys.quota(kind), value: JSON.stringify(rec) }], [attributed({
       kind: 'quota.set', subject: kind, message: `quota of kind ${kind}: ${cpu || 'any'} millicores, ${mem || 'any'} MiB`, fields: { cpuMillis: String(cpu), memoryMib: String(mem) },
-    }]);
+    }, by)]);
     this.quotas.set(kind, rec);
     this.kick();
     return this.quotaOf(kind);
   }
 
-  async deleteQuota(kind: string): Promise<Quota> {
+  async deleteQuota(kind: string, by = ''): Promise<Quota> {
     if (!this.quotas.has(kind)) throw new NotFoundError('quota', kind);
     const q = this.quotaOf(kind);
-    await this.store.commit([{ type: 'delete', key: this.keys.quota(kind) }], [{ kind: 'quota.deleted', subject: kind, message: `quota of kind ${kind} deleted` }]);
+    await this.store.commit([{ type: 'delete', key: this.keys.quota(kind) }], [attributed({ kind: 'quota.deleted', subject: kind, message: `quota of kind ${kind} deleted` }, by)]);
     this.quotas.delete(kind);
     this.kick();
     return q;
@@ -795,13 +795,13 @@ export class Deployments {
     return [...(this.versions.get(name)?.keys() ?? [])];
   }
 
-  private async revertTo(app: AppRecord, target: VersionRecord, reason: string): Promise<AppRecord> {
+  private async revertTo(app: AppRecord, target: VersionRecord, reason: string, by = ''): Promise<AppRecord> {
     const now = Date.now();
     const version = Math.max(...this.versionNumbers(app.name)) + 1;
     const next: AppRecord = { ...app, version, status: 'reverting', statusReason: reason, updatedAtMs: now, rolloutStartedAtMs: now, deleting: false };
-    await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec }, [{
+    await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec }, [attributed({
       kind: 'app.reverted', subject: app.name, message: `app ${app.name}: ${reason}; version ${version} has the spec of version ${target.version}`, fields: { from: String(app.version), to: String(target.version), version: String(version) },
-    }]);
+    }, by)]);
     this.kick();
     return next;
   }

@@ -13,7 +13,7 @@ import type { Node } from '../common/generated/tessera/v1/Node';
 import type { InstanceStatus__Output } from '../common/generated/tessera/v1/InstanceStatus';
 import type { Keys } from './keys';
 import { decideNodeState, NodeState, transition } from './node-state';
-import type { EventDraft, Op, Store } from './store';
+import { attributed, EventDraft, Op, Store } from './store';
 
 /** What etcd holds for a node. */
 export interface NodeRecord {
@@ -203,19 +203,19 @@ export class NodeRegistry {
     return !!this.live.get(nodeId)?.connectedTo;
   }
 
-  drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
-    return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs));
+  drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
+    return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs, by));
   }
 
-  private async drainNow(nodeId: string, undo: boolean, reason: string, nowMs: number): Promise<NodeRecord> {
+  private async drainNow(nodeId: string, undo: boolean, reason: string, nowMs: number, by: string): Promise<NodeRecord> {
     const prev = this.records.get(nodeId);
     if (!prev) throw new NotFoundError('node', nodeId);
     const next: NodeRecord = { ...prev, drain: !undo, drainReason: undo ? '' : reason || 'requested by operator' };
-    const events: EventDraft[] = [{
+    const events: EventDraft[] = [attributed({
       kind: undo ? 'node.eligible' : 'node.drain',
       subject: nodeId,
       message: undo ? `node ${nodeId} is eligible for placement again` : `drain requested for node ${nodeId}: ${next.drainReason}`,
-    }];
+    }, by)];
     if (prev.state !== 'DOWN') {
       const to: NodeState = undo ? 'READY' : 'DRAINING';
       if (to !== prev.state) {
@@ -236,13 +236,13 @@ export class NodeRegistry {
    * decided by silence, so an agent whose stream the leader still holds may be DOWN: if it
    * speaks again, the gateway closes its stream and it registers anew.)
    */
-  remove(nodeId: string, reason: string, nowMs = Date.now()): Promise<NodeRecord> {
+  remove(nodeId: string, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
     return this.writes.run(async () => {
       const r = this.records.get(nodeId);
       if (!r) throw new NotFoundError('node', nodeId);
       const why = this.unremovable(r);
       if (why) throw new FailedPreconditionError(`node ${nodeId} ${why}: only a DOWN node can be removed (drain it and stop its agent first)`);
-      await this.forget([r], reason || 'removed by operator', nowMs);
+      await this.forget([r], reason || 'removed by operator', nowMs, by);
       return this.withLive(r);
     });
   }
@@ -267,11 +267,11 @@ export class NodeRegistry {
     return r.state !== 'DOWN' ? `is ${r.state}` : undefined;
   }
 
-  private async forget(nodes: NodeRecord[], reason: string, nowMs: number): Promise<void> {
-    await this.store.commit(nodes.map((r) => ({ type: 'delete', key: this.keys.node(r.id) })), nodes.map((r) => ({
+  private async forget(nodes: NodeRecord[], reason: string, nowMs: number, by = ''): Promise<void> {
+    await this.store.commit(nodes.map((r) => ({ type: 'delete', key: this.keys.node(r.id) })), nodes.map((r) => attributed({
       kind: 'node.removed', subject: r.id, message: `node ${r.id} (${r.hostname}) removed: ${reason}`,
       fields: { reason, downForS: String(Math.round((nowMs - r.stateChangedAtMs) / 1000)) },
-    })));
+    }, by)));
     for (const r of nodes) {
       this.records.delete(r.id);
       this.live.delete(r.id);

@@ -20,6 +20,11 @@ export interface EventDraft {
   fields?: Record<string, string>;
 }
 
+/** The event with who made the write (`by`, from an Admin call's token or certificate), when known. */
+export function attributed(e: EventDraft, by?: string): EventDraft {
+  return by ? { ...e, fields: { ...e.fields, by } } : e;
+}
+
 export interface StoredEvent extends EventDraft {
   id: string;
   atMs: number;

@@ -336,7 +336,7 @@ program.command('events').description('cluster events (placements, node states, 
     const json = program.opts().json;
     await new Promise<void>((resolve, reject) => {
       stream.on('data', (e: Event__Output) => {
-        process.stdout.write(json ? JSON.stringify(e) + '\n' : `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(18)} ${e.subject.padEnd(20)} ${e.message}\n`);
+        process.stdout.write(json ? JSON.stringify(e) + '\n' : `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(18)} ${e.subject.padEnd(20)} ${e.message}${e.fields?.by ? ` (by ${e.fields.by})` : ''}\n`);
       });
       stream.on('end', resolve);
       stream.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve() : reject(err)));

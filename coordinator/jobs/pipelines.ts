@@ -5,7 +5,7 @@ import * as semver from 'semver';
 import { FieldViolation, InvalidArgumentError, NotFoundError } from '../../common/errors';
 import type { Pipeline, Pipeline__Output } from '../../common/generated/tessera/v1/Pipeline';
 import type { Keys } from '../keys';
-import type { Store } from '../store';
+import { attributed, Store } from '../store';
 
 export const MAX_STAGES = 32;
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -127,23 +127,23 @@ export class Pipelines {
     return [...this.byName.values()].sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  async apply(raw: Pipeline__Output | null | undefined, dryRun: boolean): Promise<NormalPipeline> {
+  async apply(raw: Pipeline__Output | null | undefined, dryRun: boolean, by = ''): Promise<NormalPipeline> {
     const p = normalizePipeline(raw);
     const prev = this.byName.get(p.name);
     const same = prev && JSON.stringify({ ...prev, version: 0, updatedAtMs: 0 }) === JSON.stringify(p);
     if (dryRun || same) return prev && same ? prev : p;
     const rec = { ...p, version: (prev?.version ?? 0) + 1, updatedAtMs: Date.now() };
-    await this.store.commit([{ type: 'put', key: this.keys.pipeline(p.name), value: JSON.stringify(rec) }], [{
+    await this.store.commit([{ type: 'put', key: this.keys.pipeline(p.name), value: JSON.stringify(rec) }], [attributed({
       kind: 'pipeline.applied', subject: p.name, message: `pipeline ${p.name} version ${rec.version}: ${p.stages.map((s) => `${s.name}(${s.options.map((o) => o.kind).join('|')})`).join(' -> ')}`,
       fields: { version: String(rec.version) },
-    }]);
+    }, by)]);
     this.byName.set(p.name, rec);
     return rec;
   }
 
-  async delete(name: string): Promise<NormalPipeline> {
+  async delete(name: string, by = ''): Promise<NormalPipeline> {
     const p = this.get(name);
-    await this.store.commit([{ type: 'delete', key: this.keys.pipeline(name) }], [{ kind: 'pipeline.deleted', subject: name, message: `pipeline ${name} deleted` }]);
+    await this.store.commit([{ type: 'delete', key: this.keys.pipeline(name) }], [attributed({ kind: 'pipeline.deleted', subject: name, message: `pipeline ${name} deleted` }, by)]);
     this.byName.delete(name);
     return p;
   }

@@ -11,7 +11,7 @@ import type { ScalingDecision } from '../../common/generated/tessera/v1/ScalingD
 import type { Deployments } from '../deployments';
 import type { Keys } from '../keys';
 import type { NodeRegistry } from '../node-registry';
-import type { Store } from '../store';
+import { attributed, Store } from '../store';
 import { decide, decideEnv, decideVertical, InstanceFigures } from './engine';
 import { normalizePolicy, policyToProto, StoredPolicy } from './policy';
 
@@ -87,7 +87,7 @@ export class Scaler {
     return { cpuMillis: cpu, memoryMib: mem };
   }
 
-  async set(p: ScalingPolicy | undefined): Promise<ScalingPolicy> {
+  async set(p: ScalingPolicy | undefined, by = ''): Promise<ScalingPolicy> {
     if (!p) throw new FailedPreconditionError('policy is required');
     const spec = this.deployments.currentSpec(p.app ?? '');
     if (!spec) throw new NotFoundError('app', p.app ?? '');
@@ -98,7 +98,7 @@ export class Scaler {
     const comp = spec.components.find((c) => c.name === p.component)!;
     const stored = normalizePolicy(p, this.largestNode(), (comp.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })));
     await this.store.commit([{ type: 'put', key: this.policyKey(stored.app, stored.component), value: JSON.stringify(stored) }], [
-      { kind: 'policy.set', subject: `${stored.app}/${stored.component}`, message: `scaling policy set for ${stored.app}/${stored.component}: ${stored.policy.min}..${stored.policy.max} on ${stored.policy.checks.map((c) => `${c.metric}=${c.target}`).join(', ') || 'schedules/vertical only'}` },
+      attributed({ kind: 'policy.set', subject: `${stored.app}/${stored.component}`, message: `scaling policy set for ${stored.app}/${stored.component}: ${stored.policy.min}..${stored.policy.max} on ${stored.policy.checks.map((c) => `${c.metric}=${c.target}`).join(', ') || 'schedules/vertical only'}` }, by),
     ]);
     this.policies.set(this.key(stored.app, stored.component), stored);
     return policyToProto(stored);
@@ -114,9 +114,9 @@ export class Scaler {
     return [...this.policies.values()].filter((p) => !app || p.app === app).map(policyToProto);
   }
 
-  async delete(app: string, component: string): Promise<ScalingPolicy> {
+  async delete(app: string, component: string, by = ''): Promise<ScalingPolicy> {
     const p = this.get(app, component);
-    await this.store.commit([{ type: 'delete', key: this.policyKey(app, component) }], [{ kind: 'policy.deleted', subject: `${app}/${component}`, message: `scaling policy removed for ${app}/${component}; the replica count stays where it is` }]);
+    await this.store.commit([{ type: 'delete', key: this.policyKey(app, component) }], [attributed({ kind: 'policy.deleted', subject: `${app}/${component}`, message: `scaling policy removed for ${app}/${component}; the replica count stays where it is` }, by)]);
     this.policies.delete(this.key(app, component));
     return p;
   }

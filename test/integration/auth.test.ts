@@ -1,5 +1,6 @@
 // Admin API tokens: no token is UNAUTHENTICATED, a read-only token cannot write
-// (PERMISSION_DENIED), an operator can; every denial is logged; the CLI sends the token.
+// (PERMISSION_DENIED), an operator can; every denial is logged; the CLI sends the token; each
+// write's events name the token that made it.
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -12,6 +13,7 @@ import { sha256 } from '../../coordinator/auth';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitFor } from '../helpers/ports';
+import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 
 const run = promisify(execFile);
 
@@ -20,6 +22,7 @@ describe('Admin API tokens', function () {
   let etcd: EtcdCluster;
   let fleet: Fleet;
   let address = '';
+  let follower = '';
   const spec = { name: 'authz', components: [{ name: 'x', image: 'tessera/busybox:local', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] };
 
   before(async () => {
@@ -32,6 +35,11 @@ describe('Admin API tokens', function () {
     const viewer = new AdminClient([address], { metadata: { authorization: 'Bearer view-secret' }, timeoutMs: 2_000 });
     await waitFor('a leader', async () => !!(await viewer.getClusterStatus()).leader?.id, 15_000, 200);
     viewer.close();
+    // A second coordinator (a follower, the first leads): writes through it are forwarded.
+    follower = (await fleet.coordinator({ etcd: etcd.endpoints, id: 'auth-2', extra: ['--tokens-file', file] })).address;
+    const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer view-secret' }, timeoutMs: 2_000 });
+    await waitFor('the follower answering', async () => !!(await viaFollower.getClusterStatus().catch(() => undefined))?.leader?.id, 15_000, 200);
+    viaFollower.close();
   });
   after(async () => {
     await fleet?.stop();
@@ -87,6 +95,33 @@ describe('Admin API tokens', function () {
     expect(out.stdout).to.contain('authz');
     const denied = await run(process.execPath, [cli, '-c', address, 'apps']).then(() => '', (e: { stderr: string }) => e.stderr);
     expect(denied).to.contain('UNAUTHENTICATED');
+  });
+
+  it('names who made each write in its event (by), through a follower too, whatever a client claims', async () => {
+    const history = (c: AdminClient) => new Promise<Event__Output[]>((resolve) => {
+      const out: Event__Output[] = [];
+      const s = c.watchEvents({ history: 1000, kinds: ['app.', 'quota.'] });
+      s.on('data', (e: Event__Output) => out.push(e));
+      s.on('end', () => resolve(out));
+      s.on('error', () => resolve(out));
+    });
+    const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
+    const spoofed = new AdminClient([address], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
+    try {
+      await viaFollower.applyApp({ ...spec, name: 'by-follower' });
+      await spoofed.setQuota({ kind: 'by-kind', cpuMillis: 100 });
+      const events = await history(spoofed);
+      const applied = events.find((e) => e.kind === 'app.applied' && e.subject === 'by-follower');
+      expect(applied?.fields?.by, JSON.stringify(applied)).to.equal('ops');
+      expect(events.find((e) => e.kind === 'quota.set' && e.subject === 'by-kind')?.fields?.by).to.equal('ops');
+      expect(events.some((e) => e.fields?.by === 'mallory')).to.equal(false);
+      const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+      const out = await run(process.execPath, [cli, '-c', follower, '--token', 'op-secret', 'events', '--kind', 'quota.']);
+      expect(out.stdout).to.match(/quota of kind by-kind: 100 millicores, any MiB \(by ops\)/);
+    } finally {
+      viaFollower.close();
+      spoofed.close();
+    }
   });
 
   it('logs every denied call', () => {
