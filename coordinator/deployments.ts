@@ -142,7 +142,7 @@ export class Deployments {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
       statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
     };
-    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec }, [attributed({
+    await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec, ...(by ? { by } : {}) }, [attributed({
       kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied${why ? ` (${why})` : ''}`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
     }, by)]);
     this.kick();
@@ -799,7 +799,7 @@ export class Deployments {
     const now = Date.now();
     const version = Math.max(...this.versionNumbers(app.name)) + 1;
     const next: AppRecord = { ...app, version, status: 'reverting', statusReason: reason, updatedAtMs: now, rolloutStartedAtMs: now, deleting: false };
-    await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec }, [attributed({
+    await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec, ...(by ? { by } : {}) }, [attributed({
       kind: 'app.reverted', subject: app.name, message: `app ${app.name}: ${reason}; version ${version} has the spec of version ${target.version}`, fields: { from: String(app.version), to: String(target.version), version: String(version) },
     }, by)]);
     this.kick();

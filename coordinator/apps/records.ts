@@ -25,6 +25,8 @@ export interface VersionRecord {
   status: VersionStatus;
   reason: string;
   spec: NormalAppSpec;
+  /** Who made it (the Admin caller), when known. */
+  by?: string;
 }
 
 /**

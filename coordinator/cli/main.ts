@@ -197,8 +197,8 @@ app.command('get <name>').description('show an app and its spec').action((name) 
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
   const h = await c.appHistory(name);
-  out(h.versions, () => table(['VERSION', 'STATUS', 'CREATED', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
-    v.version, v.status, ago(Number(v.createdAtMs)), (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
+  out(h.versions, () => table(['VERSION', 'STATUS', 'CREATED', 'BY', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
+    v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
   ])));
 }));
 program.command('scale <app> <component> <instances>').description("set a component's instance count: a new version, the running instances kept (as kubectl scale)")

@@ -115,6 +115,8 @@ describe('Admin API tokens', function () {
       expect(applied?.fields?.by, JSON.stringify(applied)).to.equal('ops');
       expect(events.find((e) => e.kind === 'quota.set' && e.subject === 'by-kind')?.fields?.by).to.equal('ops');
       expect(events.some((e) => e.fields?.by === 'mallory')).to.equal(false);
+      // And the version it made says so (tessera app history's BY).
+      expect((await spoofed.appHistory('by-follower')).versions.map((v) => v.by)).to.deep.equal(['ops']);
       const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
       const out = await run(process.execPath, [cli, '-c', follower, '--token', 'op-secret', 'events', '--kind', 'quota.']);
       expect(out.stdout).to.match(/quota of kind by-kind: 100 millicores, any MiB \(by ops\)/);
