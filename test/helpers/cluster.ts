@@ -1,6 +1,7 @@
 // Admin-side helpers for cluster tests: who leads, what each coordinator sees.
 import { AdminClient } from '../../common/admin-client';
 import type { ClusterStatus__Output } from '../../common/generated/tessera/v1/ClusterStatus';
+import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 import { waitFor } from './ports';
 
 export async function statusOf(address: string): Promise<ClusterStatus__Output | undefined> {
@@ -23,4 +24,15 @@ export async function waitForLeader(addresses: string[], timeoutMs = 15_000, not
     const id = [...ids][0];
     return id && id !== notId ? id : undefined;
   }, timeoutMs);
+}
+
+/** The event log so far (up to 1,000 events) of the kinds given (prefixes), oldest first. */
+export function pastEvents(admin: AdminClient, kinds: string[]): Promise<Event__Output[]> {
+  return new Promise((resolve) => {
+    const out: Event__Output[] = [];
+    const s = admin.watchEvents({ history: 1000, kinds });
+    s.on('data', (e: Event__Output) => out.push(e));
+    s.on('end', () => resolve(out));
+    s.on('error', () => resolve(out));
+  });
 }

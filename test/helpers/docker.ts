@@ -30,3 +30,12 @@ export async function httpGet(port: number): Promise<string | undefined> {
     return undefined;
   }
 }
+
+/** docker rmi -f, if the image is there. */
+export function removeImage(ref: string): void {
+  try {
+    execFileSync('docker', ['rmi', '-f', ref], { stdio: 'ignore' });
+  } catch {
+    /* not there */
+  }
+}

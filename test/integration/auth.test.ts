@@ -13,7 +13,7 @@ import { sha256 } from '../../coordinator/auth';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitFor } from '../helpers/ports';
-import type { Event__Output } from '../../common/generated/tessera/v1/Event';
+import { pastEvents } from '../helpers/cluster';
 
 const run = promisify(execFile);
 
@@ -98,19 +98,12 @@ describe('Admin API tokens', function () {
   });
 
   it('names who made each write in its event (by), through a follower too, whatever a client claims', async () => {
-    const history = (c: AdminClient) => new Promise<Event__Output[]>((resolve) => {
-      const out: Event__Output[] = [];
-      const s = c.watchEvents({ history: 1000, kinds: ['app.', 'quota.'] });
-      s.on('data', (e: Event__Output) => out.push(e));
-      s.on('end', () => resolve(out));
-      s.on('error', () => resolve(out));
-    });
     const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
     const spoofed = new AdminClient([address], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
     try {
       await viaFollower.applyApp({ ...spec, name: 'by-follower' });
       await spoofed.setQuota({ kind: 'by-kind', cpuMillis: 100 });
-      const events = await history(spoofed);
+      const events = await pastEvents(spoofed, ['app.', 'quota.']);
       const applied = events.find((e) => e.kind === 'app.applied' && e.subject === 'by-follower');
       expect(applied?.fields?.by, JSON.stringify(applied)).to.equal('ops');
       expect(events.find((e) => e.kind === 'quota.set' && e.subject === 'by-kind')?.fields?.by).to.equal('ops');

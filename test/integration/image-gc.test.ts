@@ -12,7 +12,7 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
-import { removeContainers } from '../helpers/docker';
+import { removeContainers, removeImage } from '../helpers/docker';
 import { TestRegistry } from '../helpers/registry';
 
 const BASE = 'tessera/busybox:local';
@@ -22,14 +22,6 @@ function imageId(ref: string): string | undefined {
     return execFileSync('docker', ['image', 'inspect', '-f', '{{.Id}}', ref], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
   } catch {
     return undefined;
-  }
-}
-
-function removeImage(ref: string): void {
-  try {
-    execFileSync('docker', ['rmi', '-f', ref], { stdio: 'ignore' });
-  } catch {
-    /* not there */
   }
 }
 

@@ -10,33 +10,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
-import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader } from '../helpers/cluster';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
-import { removeContainers } from '../helpers/docker';
+import { removeContainers, removeImage } from '../helpers/docker';
 import { TestRegistry } from '../helpers/registry';
 
 const BASE = 'tessera/busybox:local';
-
-function events(admin: AdminClient, kinds: string[]): Promise<Event__Output[]> {
-  return new Promise((resolve) => {
-    const out: Event__Output[] = [];
-    const s = admin.watchEvents({ history: 1000, kinds });
-    s.on('data', (e: Event__Output) => out.push(e));
-    s.on('end', () => resolve(out));
-    s.on('error', () => resolve(out));
-  });
-}
-
-function removeImage(ref: string): void {
-  try {
-    execFileSync('docker', ['rmi', '-f', ref], { stdio: 'ignore' });
-  } catch {
-    /* not there */
-  }
-}
 
 describe('image pulls', function () {
   this.timeout(120_000);
@@ -94,7 +75,7 @@ describe('image pulls', function () {
     await admin.applyApp({ name: 'pulled', components: [comp('web', ref, { constraints: pin })] });
     await waitFor('RUNNING from the pulled image', async () => (await instances('pulled')).some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 60_000, 200);
     expect(registry.manifestRequests('tessera/pulled', tag)).to.have.length(1);
-    const pulled = await events(admin, ['instance.pulling', 'instance.pulled']);
+    const pulled = await pastEvents(admin, ['instance.pulling', 'instance.pulled']);
     expect(pulled.map((e) => e.kind)).to.include.members(['instance.pulling', 'instance.pulled']);
     expect(pulled.find((e) => e.kind === 'instance.pulled')!.message).to.match(new RegExp(`image ${ref.replace(/[.]/g, '\\.')} pulled in [0-9.]+ s`));
 
@@ -136,7 +117,7 @@ describe('image pulls', function () {
     expect(failed.message).to.match(new RegExp(`image pull failed for ${ref.replace(/[.]/g, '\\.')}: .*manifest unknown`));
     // Tried by the restart policy (2 attempts), each a request for the manifest.
     expect(registry.manifestRequests('tessera/unknown', tag).length).to.be.at.least(2);
-    const ev = await events(admin, ['instance.pull_failed']);
+    const ev = await pastEvents(admin, ['instance.pull_failed']);
     expect(ev.some((e) => e.subject === failed.id && /manifest unknown/.test(e.message))).to.equal(true);
     await admin.deleteApp('unknown');
   });
@@ -148,7 +129,7 @@ describe('image pulls', function () {
     // First the node without credentials (both agents share this machine's Engine: once one has
     // pulled the image, it is there for the other too).
     await admin.applyApp({ name: 'nocreds', components: [comp('web', ref, { constraints: [{ label: 'creds', op: '=', value: 'none' }] })] });
-    const refused = await waitFor('a refused pull', async () => (await events(admin, ['instance.pull_failed'])).find((e) => e.message.includes(ref)), 60_000, 300);
+    const refused = await waitFor('a refused pull', async () => (await pastEvents(admin, ['instance.pull_failed'])).find((e) => e.message.includes(ref)), 60_000, 300);
     expect(refused.message).to.match(/no basic auth credentials|unauthorized|authentication required/);
     expect(privateRegistry.requests.some((r) => !r.authorized)).to.equal(true);
     await admin.deleteApp('nocreds');

@@ -7,25 +7,14 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
-import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader } from '../helpers/cluster';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 
 const run = promisify(execFile);
-
-function events(admin: AdminClient, kinds: string[]): Promise<Event__Output[]> {
-  return new Promise((resolve) => {
-    const out: Event__Output[] = [];
-    const s = admin.watchEvents({ history: 1000, kinds });
-    s.on('data', (e: Event__Output) => out.push(e));
-    s.on('end', () => resolve(out));
-    s.on('error', () => resolve(out));
-  });
-}
 
 describe('removing nodes', function () {
   this.timeout(120_000);
@@ -81,7 +70,7 @@ describe('removing nodes', function () {
     const out = await run(process.execPath, [cli, '-c', address, 'node', 'remove', 'rm-kept', '--reason', 'host decommissioned']);
     expect(out.stdout.trim()).to.equal('node rm-kept removed');
     expect(await state('rm-kept')).to.equal(undefined);
-    const removed = (await events(admin, ['node.removed'])).filter((e) => e.subject === 'rm-kept');
+    const removed = (await pastEvents(admin, ['node.removed'])).filter((e) => e.subject === 'rm-kept');
     expect(removed).to.have.length(1);
     expect(removed[0].message).to.match(/^node rm-kept \(.+\) removed: host decommissioned$/);
     expect((await run(process.execPath, [cli, '-c', address, 'node', 'remove', 'rm-kept']).catch((e: { stderr: string }) => e)).stderr).to.match(/NOT_FOUND/);
@@ -90,7 +79,7 @@ describe('removing nodes', function () {
     // its node) runs there again, one of it: the old container is not kept beside a new one.
     fleet.agent({ coordinators: [address], nodeId: 'rm-kept', extra: ['--port-range', '30470-30489', '--labels', 'role=kept'] });
     await waitFor('rm-kept READY again', async () => (await state('rm-kept')) === 'NODE_STATE_READY', 20_000, 100);
-    expect((await events(admin, ['node.registered'])).filter((e) => e.subject === 'rm-kept')).to.have.length(2);
+    expect((await pastEvents(admin, ['node.registered'])).filter((e) => e.subject === 'rm-kept')).to.have.length(2);
     await waitFor('the pinned instance RUNNING again', async () => (await running()).length === 1, 60_000, 200);
     await waitFor('one container for it', async () => {
       const { stdout } = await run('docker', ['ps', '-q', '--filter', 'label=tessera.app=pinned', '--filter', 'label=tessera.node=rm-kept']);
@@ -106,7 +95,7 @@ describe('removing nodes', function () {
     const downAt = Date.now();
     await waitFor('rm-gc forgotten', async () => (await state('rm-gc')) === undefined, 20_000, 200);
     expect(Date.now() - downAt, 'not before the threshold').to.be.at.least(3_000);
-    const [e] = (await events(admin, ['node.removed'])).filter((x) => x.subject === 'rm-gc');
+    const [e] = (await pastEvents(admin, ['node.removed'])).filter((x) => x.subject === 'rm-gc');
     expect(e.message).to.match(/removed: DOWN for more than 4 s \(node garbage collection\)/);
     // A READY node is never collected.
     expect(await state('rm-ready')).to.equal('NODE_STATE_READY');
@@ -122,6 +111,6 @@ describe('removing nodes', function () {
       agent.resume();
     }
     await waitFor('rm-frozen READY again', async () => (await state('rm-frozen')) === 'NODE_STATE_READY', 30_000, 200);
-    expect((await events(admin, ['node.registered'])).filter((e) => e.subject === 'rm-frozen')).to.have.length(2);
+    expect((await pastEvents(admin, ['node.registered'])).filter((e) => e.subject === 'rm-frozen')).to.have.length(2);
   });
 });
