@@ -118,9 +118,9 @@ export class AdminClient {
    * job (the result, when wait is set). This client's streams go to the leader: it asks a
    * follower not to forward (NO_FORWARD_KEY), the follower refuses the stream naming the leader,
    * and the stream moves there and the refused submissions are sent again (a refusal means
-   * nothing was accepted). When the stream's
-   * coordinator goes away, the submissions in flight fail with UNAVAILABLE (they may have been
-   * accepted: submit again with an idempotency key) and the next one tries the next address.
+   * nothing was accepted). When the stream's coordinator goes away, the submissions in flight
+   * fail with UNAVAILABLE (they may have been accepted: submit again with an idempotency key) and
+   * the next one tries the next address.
    */
   jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
     const Admin = tesseraProto().Admin;
