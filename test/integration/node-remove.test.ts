@@ -64,9 +64,12 @@ describe('removing nodes', function () {
     await admin.applyApp(app);
     const running = async () => (await admin.listInstances('pinned')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === 'rm-kept');
     await waitFor('the pinned instance RUNNING', async () => (await running()).length === 1, 60_000, 200);
+    const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+    // What runs on the node (as nomad node status ID): the instance, with its app and component.
+    const shown = (await run(process.execPath, [cli, '-c', address, 'node', 'get', 'rm-kept'])).stdout;
+    expect(shown).to.match(new RegExp(`${(await running())[0].id}\\s+pinned\\s+web\\s+\\d+\\s+RUNNING`));
     await agent.kill('SIGKILL'); // the agent goes; its container stays (static stability)
     await waitFor('rm-kept DOWN', async () => (await state('rm-kept')) === 'NODE_STATE_DOWN', 20_000, 50);
-    const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
     const out = await run(process.execPath, [cli, '-c', address, 'node', 'remove', 'rm-kept', '--reason', 'host decommissioned']);
     expect(out.stdout.trim()).to.equal('node rm-kept removed');
     expect(await state('rm-kept')).to.equal(undefined);
