@@ -820,6 +820,15 @@ export class Deployments {
       ops.push({ type: 'delete', key: this.keys.appVersion(app.name, v) });
       history.delete(v);
     }
+    // A version still rolling out when a newer one comes is replaced before it finished: it
+    // will never run everywhere, so its history says so instead of "deploying" for good.
+    // (After the trim: a key is named once in a transaction.)
+    for (const v of [...history.values()]) {
+      if (v.version === rec.version || (v.status !== 'deploying' && v.status !== 'pending')) continue;
+      const done: VersionRecord = { ...v, status: 'superseded', reason: `${v.reason}; replaced by version ${rec.version} before it finished rolling out` };
+      history.set(v.version, done);
+      ops.push({ type: 'put', key: this.keys.appVersion(app.name, v.version), value: JSON.stringify(done) });
+    }
     await this.store.commit(ops, events);
     this.versions.set(app.name, history);
     this.apps.set(app.name, app);

@@ -361,6 +361,17 @@ describe('deployments on the real Docker Engine', function () {
     expect(await running('web')).to.have.length(3);
   });
 
+  it('marks a version replaced before it finished rolling out as superseded in the history', async () => {
+    const a = await admin.scaleApp('web', 'web', 4);
+    const b = await admin.scaleApp('web', 'web', 3); // at once: version a never runs everywhere
+    await waitStable('web', Number(b.app!.version), 40_000, 3);
+    const h = (await admin.appHistory('web')).versions;
+    const va = h.find((v) => Number(v.version) === Number(a.app!.version))!;
+    expect(va.status).to.equal('superseded');
+    expect(va.reason).to.match(new RegExp(`^scaled web from 3 to 4; replaced by version ${Number(b.app!.version)} before it finished rolling out$`));
+    expect(h.filter((v) => v.status === 'deploying' || v.status === 'pending').map((v) => Number(v.version))).to.deep.equal([]);
+  });
+
   it('moves instances off a drained node, then back onto it when made eligible and needed', async () => {
     await admin.drainNode({ nodeId: nodeIds[0], reason: 'test' });
     await waitFor('no instance of web on the drained node', async () => {
