@@ -45,6 +45,8 @@ export class ImageGc {
   /** Last-used times changed since the record was saved. */
   private dirty = false;
   private rootDir?: string;
+  /** Why the image filesystem could not be read last time (warned once). */
+  private unreadable?: string;
   /** Images removed so far (for metrics). */
   removed = 0;
 
@@ -153,9 +155,14 @@ export class ImageGc {
   private async percentUsed(): Promise<number | undefined> {
     try {
       const u = this.usage ? await this.usage() : await this.statRoot();
+      this.unreadable = undefined;
       return u.totalBytes > 0 ? (u.usedBytes / u.totalBytes) * 100 : undefined;
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'image filesystem usage unreadable; image garbage collection skipped');
+      // Said once per cause, not at every interval (an agent that cannot see the Engine's root
+      // dir, e.g. in another mount namespace, would repeat it forever).
+      const why = (err as Error).message;
+      if (why !== this.unreadable) this.log.warn({ err: why }, 'image filesystem usage unreadable; image garbage collection skipped');
+      this.unreadable = why;
       return undefined;
     }
   }

@@ -157,6 +157,21 @@ describe('image garbage collection (rules)', () => {
     expect(JSON.parse(fs.readFileSync(path.join(dir, 'images.json'), 'utf8'))).to.deep.equal({});
   });
 
+  it('says once, not at every sweep, that the image filesystem cannot be read', async () => {
+    const lines: string[] = [];
+    engine.images.set('r/a:1', { id: 'A', bytes: 1 });
+    let fail = true;
+    const g = new ImageGc(engine.docker(), { highPercent: 0, lowPercent: 0, minAgeMs: 0, stateDir: dir }, createLogger('test', 'warn', {}, (l) => lines.push(l)), async () => {
+      if (fail) throw new Error('ENOENT: /var/lib/docker');
+      return { usedBytes: 1, totalBytes: 1 };
+    });
+    g.notePulled('r/a:1', T);
+    for (let i = 0; i < 3; i++) expect(await g.sweep(T + i)).to.deep.equal([]);
+    expect(lines.filter((l) => l.includes('image filesystem usage unreadable'))).to.have.length(1);
+    fail = false;
+    expect((await g.sweep(T + 10)).map((r) => r.image)).to.deep.equal(['r/a:1']);
+  });
+
   it('starts a new record when the old one is unreadable', () => {
     fs.writeFileSync(path.join(dir, 'images.json'), '{not json');
     expect(gc().tracked().size).to.equal(0);
