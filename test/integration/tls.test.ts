@@ -17,6 +17,7 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
+import { pastEvents } from '../helpers/cluster';
 
 describe('mutual TLS', function () {
   this.timeout(90_000);
@@ -155,6 +156,31 @@ describe('mutual TLS', function () {
     c.close();
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
     expect(err.details).to.match(/agent certificates cannot call Admin/);
+  });
+
+  it('without tokens names the admin certificate (its CN) as who made a write, through a follower too, whatever the client claims', async () => {
+    // A second cluster on the same etcd (its own prefix), without a tokens file.
+    const extra = ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--etcd-prefix', '/tessera-cn/'];
+    const lead = await fleet.coordinator({ etcd: etcd.endpoints, certs, id: 'cn-1', extra });
+    const claim = { 'tessera-caller': 'mallory' };
+    const direct = new AdminClient([lead.address], { tls: material('admin'), timeoutMs: 3_000, metadata: claim });
+    await waitFor('cn-1 leads', async () => (await direct.getClusterStatus().catch(() => undefined))?.leader?.id === 'cn-1', 20_000, 200);
+    const follower = await fleet.coordinator({ etcd: etcd.endpoints, certs, id: 'cn-2', extra });
+    const forwarded = new AdminClient([follower.address], { tls: material('admin'), timeoutMs: 3_000, metadata: claim });
+    try {
+      await waitFor('cn-2 answering', async () => (await forwarded.getClusterStatus().catch(() => undefined))?.leader?.id === 'cn-1', 20_000, 200);
+      const app = (name: string) => ({ name, components: [{ name: 'x', image: 'tessera/busybox:local', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] });
+      await direct.applyApp(app('cn-direct'));
+      await forwarded.applyApp(app('cn-forwarded'));
+      const by = new Map((await pastEvents(direct, ['app.applied'])).map((e) => [e.subject, e.fields?.by]));
+      expect(by.get('cn-direct')).to.equal('admin');
+      expect(by.get('cn-forwarded')).to.equal('admin');
+    } finally {
+      direct.close();
+      forwarded.close();
+      await follower.kill('SIGTERM');
+      await lead.kill('SIGTERM');
+    }
   });
 
   it('refuses to start without certificates unless told --insecure-dev, and warns when told', () => {
