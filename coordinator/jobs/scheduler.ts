@@ -583,10 +583,18 @@ export class JobScheduler {
         nb.written = nb.entries.size;
         nb.writtenAtMs = Date.now();
         this.committer.commit([{ type: 'put', key: nb.key, value: `[${[...nb.entries.values()].join(',')}]` }]).then(settle.resolve, (err) => {
-          // Not written: nothing to delete or write again later (its jobs answer with the error).
+          // Not acknowledged: its jobs answer with the error.
           this.batches.delete(nb);
           nb.entries.clear();
           settle.reject(err);
+          // Yet etcd may have taken it before the connection broke (the outcome of a write whose
+          // answer was lost is unknown): deleted, tried again as end records are, so that a next
+          // leader does not run jobs whose callers were told they were not accepted. A write the
+          // fence refused was not taken, and a coordinator that no longer leads cannot delete.
+          if (err instanceof FencedError || err instanceof NotLeaderError) return;
+          this.writeAgain(() => this.committer.commit([{ type: 'delete', key: nb.key }]), 'unacknowledged start record deletion', { key: nb.key })
+            .then(() => this.log.info({ key: nb.key, jobs: nb.written }, 'start record of jobs not acknowledged deleted (etcd may have taken it)'))
+            .catch((e) => this.log.warn({ key: nb.key, err: (e as Error).message }, 'start record of jobs not acknowledged not deleted; a next leader may run them'));
         });
       });
     }

@@ -6,6 +6,9 @@ export class TcpProxy {
   private server: net.Server;
   private sockets = new Set<net.Socket>();
   private cut = false;
+  private holding = false;
+  /** Each upstream connection and the client its replies go to. */
+  private replies = new Map<net.Socket, net.Socket>();
   port = 0;
 
   constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
@@ -18,7 +21,10 @@ export class TcpProxy {
       this.track(client);
       this.track(upstream);
       client.pipe(upstream);
-      upstream.pipe(client);
+      if (this.holding) upstream.pause();
+      else upstream.pipe(client);
+      this.replies.set(upstream, client);
+      upstream.on('close', () => this.replies.delete(upstream));
       const kill = () => { client.destroy(); upstream.destroy(); };
       client.on('error', kill).on('close', kill);
       upstream.on('error', kill).on('close', kill);
@@ -52,9 +58,28 @@ export class TcpProxy {
     }
   }
 
+  /**
+   * Requests still reach the target, their replies do not (held back, never delivered): the
+   * target acts on a write whose answer the client never gets.
+   */
+  holdReplies(): void {
+    this.holding = true;
+    for (const [upstream, client] of this.replies) {
+      upstream.unpipe(client);
+      upstream.pause();
+    }
+  }
+
+  /** Tears the open connections down and refuses new ones: calls under way fail at once. */
+  breakLink(): void {
+    this.cut = true;
+    for (const s of this.sockets) s.destroy();
+  }
+
   /** New connections go through again; stalled ones are torn down so clients reconnect. */
   restore(): void {
     this.cut = false;
+    this.holding = false;
     for (const s of this.sockets) s.destroy();
   }
 

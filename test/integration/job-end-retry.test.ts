@@ -31,7 +31,7 @@ describe('job end records while etcd is out of reach', function () {
     // A lease TTL well over the cut: the coordinator stays leader through it.
     const c = await s.fleet.coordinator({ etcd: [proxy.address], id: 'er', ttl: 8, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
     await waitForLeader([c.address]);
-    const started = await startEcho('slow-echo', { DELAY_MS: '1200' });
+    const started = await startEcho('slow-echo', { DELAY_MS: '2000' });
     echo = started.proc;
     const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
     const client = createEtcdClient({ endpoints: s.etcd.endpoints });
@@ -45,6 +45,10 @@ describe('job end records while etcd is out of reach', function () {
       const answers = Array.from({ length: 8 }, (_, i) => js.submit({ pipeline: 'slow', payload: Buffer.from(`job ${i}`), wait: true }));
       await waitFor('their start record', async () => Object.values(await client.getAll().prefix('/tessera/jobs/started/').strings())
         .some((v) => (JSON.parse(v) as unknown[]).length === 8), 1_000, 20);
+      // etcd took it; its answer reaches the coordinator through the proxy, in this process: give
+      // it time to get there (cut before, the write's outcome is unknown to the coordinator and its
+      // jobs are refused: the next test's case).
+      await new Promise((r) => setTimeout(r, 300));
       proxy.cutLink();
       // The jobs end while etcd is out of reach: their callers still get their answers.
       const jobs = await Promise.all(answers);
@@ -63,6 +67,63 @@ describe('job end records while etcd is out of reach', function () {
       expect(m.get('tessera_job_end_record_retries_total') ?? 0).to.be.greaterThan(0);
       // Still the leader: the outage was shorter than its lease.
       expect((await admin.getClusterStatus()).leader?.id).to.equal('er');
+    } finally {
+      js.close();
+      client.close();
+      admin.close();
+    }
+  });
+});
+
+describe('a start record etcd took but whose answer was lost', function () {
+  this.timeout(90_000);
+  let echo: ChildProcess | undefined;
+  let proxy: TcpProxy | undefined;
+  const s = etcdAndFleet({
+    cleanup: async () => {
+      echo?.kill('SIGKILL');
+      await proxy?.stop();
+    },
+  });
+
+  it('is deleted once etcd is back: its jobs were refused and no next leader runs them', async () => {
+    proxy = new TcpProxy(Number(s.etcd.endpoints[0].split(':')[1]));
+    await proxy.start();
+    const c = await s.fleet.coordinator({ etcd: [proxy.address], id: 'lost', ttl: 8 });
+    await waitForLeader([c.address]);
+    const started = await startEcho('echo');
+    echo = started.proc;
+    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
+    const client = createEtcdClient({ endpoints: s.etcd.endpoints });
+    const js = admin.jobStream();
+    try {
+      await admin.registerComponent({ instanceId: 'echo-1', kind: 'echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'p', stages: [{ name: 'echo', kind: 'echo' }] });
+      expect((await admin.submitJob({ pipeline: 'p', payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
+
+      // etcd takes the jobs' start record; its answer never reaches the coordinator.
+      proxy.holdReplies();
+      const answers = Array.from({ length: 3 }, (_, i) => js.submit({ pipeline: 'p', payload: Buffer.from(`job ${i}`) }).then(
+        () => { throw new Error('acknowledged'); },
+        (err: Error & { code?: number }) => err,
+      ));
+      // Theirs: the one with three jobs (the warm-up job's may still stand, its end record lazy).
+      const theirs = async () => Object.entries(await client.getAll().prefix('/tessera/jobs/started/').strings())
+        .filter(([, v]) => (JSON.parse(v) as unknown[]).length === 3).map(([k]) => k);
+      await waitFor('their start record in etcd', async () => (await theirs()).length === 1, 10_000, 20);
+      proxy.breakLink();
+      // Refused: the coordinator cannot know the record was written.
+      for (const err of await Promise.all(answers)) {
+        expect(err.code, err.message).to.equal(14);
+        expect(err.message).to.match(/etcd write failed/);
+      }
+      expect(await theirs()).to.have.length(1);
+      proxy.restore();
+
+      // Deleted once etcd answers again: a next leader would otherwise run jobs refused here.
+      await waitFor('their start record deleted', async () => (await theirs()).length === 0, 30_000, 100);
+      expect((await admin.getClusterStatus()).leader?.id).to.equal('lost');
+      expect((await admin.submitJob({ pipeline: 'p', payload: Buffer.from('after'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
     } finally {
       js.close();
       client.close();
