@@ -214,7 +214,7 @@ export class AdminService {
       ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: w.jobs.list(req) }))),
       CancelJob: unary(log, 'CancelJob', (req, call) => {
         if (!req.id) throw InvalidArgumentError.field('id', 'is required');
-        return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w) => w.jobs.cancel(req.id));
+        return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w, by) => w.jobs.cancel(req.id, by));
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),

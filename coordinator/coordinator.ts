@@ -95,7 +95,7 @@ export class LeaderWork {
     this.ready = true;
     this.settled?.();
     this.every(250, () => this.registry.tick());
-    this.every(Math.min(60_000, Math.max(250, this.c.config.nodeGcThresholdMs / 4)), () => this.registry.collect(this.c.config.nodeGcThresholdMs));
+    if (this.c.config.nodeGcThresholdMs > 0) this.every(Math.min(60_000, Math.max(250, this.c.config.nodeGcThresholdMs / 4)), () => this.registry.collect(this.c.config.nodeGcThresholdMs));
     this.every(200, () => this.scaler.tick());
     this.every(250, () => this.components.tick());
     this.every(100, async () => this.jobs.pump());

@@ -1158,7 +1158,8 @@ export class JobScheduler {
     return out;
   }
 
-  async cancel(id: string): Promise<Job> {
+  /** by: who cancelled it (a token's name or a certificate's CN, when callers are identified), named in its reason. */
+  async cancel(id: string, by = ''): Promise<Job> {
     const job = this.jobs.get(id);
     if (!job) {
       const j = await this.get(id);
@@ -1166,7 +1167,7 @@ export class JobScheduler {
     }
     if (!TERMINAL.has(job.rec.state)) {
       this.queue = this.queue.filter((q) => q !== job);
-      await this.finish(job, 'JOB_STATE_CANCELLED', 'cancelled through Admin');
+      await this.finish(job, 'JOB_STATE_CANCELLED', by ? `cancelled through Admin by ${by}` : 'cancelled through Admin');
     }
     return this.toProto(job);
   }

@@ -1,6 +1,6 @@
 // Admin API tokens: no token is UNAUTHENTICATED, a read-only token cannot write
 // (PERMISSION_DENIED), an operator can; every denial is logged; the CLI sends the token; each
-// write's events name the token that made it.
+// write's events name the token that made it, and a cancelled job's reason who cancelled it.
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -14,6 +14,7 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitFor } from '../helpers/ports';
 import { pastEvents } from '../helpers/cluster';
+import { startEcho } from '../helpers/echo';
 
 const run = promisify(execFile);
 
@@ -116,6 +117,21 @@ describe('Admin API tokens', function () {
     } finally {
       viaFollower.close();
       spoofed.close();
+    }
+  });
+
+  it('names who cancelled a job in its reason, through a follower too', async () => {
+    const started = await startEcho('slow-auth', { DELAY_MS: '30000' });
+    const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
+    try {
+      await viaFollower.registerComponent({ instanceId: 'slow-auth-1', kind: 'slow-auth', endpoint: `127.0.0.1:${started.port}`, ttlMs: 60_000 });
+      await viaFollower.applyPipeline({ name: 'slow-auth', stages: [{ name: 'wait', kind: 'slow-auth' }] });
+      const job = await viaFollower.submitJob({ pipeline: 'slow-auth', payload: Buffer.from('x') });
+      const cancelled = await viaFollower.cancelJob(job.id);
+      expect([cancelled.state, cancelled.reason]).to.deep.equal(['JOB_STATE_CANCELLED', 'cancelled through Admin by ops']);
+    } finally {
+      viaFollower.close();
+      started.proc.kill('SIGKILL');
     }
   });
 

@@ -13,7 +13,7 @@ import { AdminClient } from '../../common/admin-client';
 import type { Instance__Output } from '../../common/generated/tessera/v1/Instance';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader, statusOf } from '../helpers/cluster';
+import { pastEvents, waitForLeader, statusOf } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { containers, dockerKill, httpGet, removeContainers } from '../helpers/docker';
 
@@ -398,13 +398,7 @@ describe('deployments on the real Docker Engine', function () {
       const r = await running('web');
       return r.length === 4 && r.every((i) => i.nodeId === nodeIds[1]);
     }, 40_000, 200);
-    const events = (await new Promise<string[]>((resolve) => {
-      const kinds: string[] = [];
-      const s = admin.watchEvents({ history: 200, kinds: ['instance.lost', 'node.down'] });
-      s.on('data', (e) => kinds.push(e.kind));
-      s.on('end', () => resolve(kinds));
-      s.on('error', () => resolve(kinds));
-    }));
+    const events = (await pastEvents(admin, ['instance.lost', 'node.down'])).map((e) => e.kind);
     expect(events).to.include('node.down');
     expect(events).to.include('instance.lost');
   });

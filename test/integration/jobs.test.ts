@@ -16,7 +16,7 @@ import type { Job__Output } from '../../common/generated/tessera/v1/Job';
 import { Etcd3 } from 'etcd3';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { statusOf, waitForLeader } from '../helpers/cluster';
+import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containers, dockerKill, removeContainers } from '../helpers/docker';
 
@@ -521,13 +521,7 @@ describe('jobs through pipelines of registered components', function () {
     expect(fourJob.state).to.equal('JOB_STATE_SUCCEEDED');
     // The words instances ran before the kill: the new leader routes to them again without
     // announcing each as newly registered.
-    const evs = await new Promise<{ kind: string; subject: string; leaderTerm: number }[]>((resolve) => {
-      const out: { kind: string; subject: string; leaderTerm: number }[] = [];
-      const s = admin.watchEvents({ history: 1000, kinds: ['component.registered', 'leader.elected'] });
-      s.on('data', (e) => out.push({ kind: e.kind, subject: e.subject, leaderTerm: Number(e.leaderTerm) }));
-      s.on('end', () => resolve(out));
-      s.on('error', () => resolve(out));
-    });
+    const evs = (await pastEvents(admin, ['component.registered', 'leader.elected'])).map((e) => ({ kind: e.kind, subject: e.subject, leaderTerm: Number(e.leaderTerm) }));
     const term = Math.max(...evs.filter((e) => e.kind === 'leader.elected').map((e) => e.leaderTerm));
     expect(evs.filter((e) => e.kind === 'component.registered' && e.leaderTerm >= term && e.subject.startsWith('words-')).map((e) => e.subject)).to.deep.equal([]);
     const quickAfter = await admin.getJob(quickJob.id);
