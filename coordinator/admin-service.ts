@@ -211,7 +211,7 @@ export class AdminService {
         return inView(done ? await done : job, req.view);
       }, forwardBudgetMs(req))),
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
-      ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: w.jobs.list(req) }))),
+      ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: await w.jobs.list(req) }))),
       CancelJob: unary(log, 'CancelJob', (req, call) => {
         if (!req.id) throw InvalidArgumentError.field('id', 'is required');
         return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w, by) => w.jobs.cancel(req.id, by));

@@ -81,6 +81,10 @@ const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', '
 const KEY_RE = /^[\x21-\x7e]{1,128}$/;
 /** At most this many bytes of finished jobs' results stay in the leader's memory. */
 const RESULT_MEMORY = 64 * 1024 * 1024;
+/** ListJobs beyond memory: end records read per page, pages per prefix, and bytes in all. */
+const LIST_SCAN_PAGE = 256;
+const LIST_SCAN_PAGES = 8;
+const LIST_SCAN_BYTES = 4 * 1024 * 1024;
 
 export interface JobOptions {
   flow: 'chain' | 'per-stage';
@@ -1145,17 +1149,70 @@ export class JobScheduler {
     return recordToProto(rec, rec.result ? Buffer.from(rec.result, 'base64') : undefined);
   }
 
-  list(req: ListJobsRequest__Output): Job[] {
+  /**
+   * The most recent jobs, newest first: those in memory (running, queued, and the last
+   * recentLimit finished here), then, when they are fewer than the limit, the finished jobs
+   * recorded in etcd, so that jobs that ended under an earlier leader (or left this one's
+   * memory) are listed too, as GetJob finds them.
+   */
+  async list(req: ListJobsRequest__Output): Promise<Job[]> {
     const limit = req.limit > 0 ? Math.min(req.limit, 10_000) : 50;
+    const wanted = (pipeline: string, state: string) => (!req.pipeline || pipeline === req.pipeline) && (req.state === 'JOB_STATE_UNSPECIFIED' || state === req.state);
     const out: Job[] = [];
     const all = [...this.jobs.values()].sort((a, b) => b.rec.submittedAtMs - a.rec.submittedAtMs || b.rec.id.localeCompare(a.rec.id));
     for (const j of all) {
-      if (req.pipeline && j.rec.pipeline !== req.pipeline) continue;
-      if (req.state !== 'JOB_STATE_UNSPECIFIED' && j.rec.state !== req.state) continue;
+      if (!wanted(j.rec.pipeline, String(j.rec.state))) continue;
       out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
-      if (out.length >= limit) break;
+      if (out.length >= limit) return out;
     }
-    return out;
+    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), wanted, limit - out.length);
+    out.push(...recorded.map((r) => ({ ...recordToProto({ ...r, steps: [] }), result: Buffer.alloc(0) })));
+    return out
+      .sort((a, b) => Number(b.submittedAtMs) - Number(a.submittedAtMs) || String(b.id).localeCompare(String(a.id)))
+      .slice(0, limit);
+  }
+
+  /**
+   * Up to `want` finished jobs from their end records in etcd (shared ones under ended/, own ones
+   * under done/), read from the most recently written back, a page at a time and at most
+   * LIST_SCAN_BYTES: those `fresh` keeps (not in memory) and `wanted` matches, newest first.
+   */
+  private async recordedEnds(fresh: (id: string) => boolean, wanted: (pipeline: string, state: string) => boolean, want: number): Promise<JobRecord[]> {
+    const found = new Map<string, JobRecord>();
+    let bytes = 0;
+    let revision: string | undefined;
+    const take = (e: { id?: string; p?: string; s?: string; pipeline?: string; state?: string }) => {
+      const id = String(e.id ?? '');
+      if (!id || found.has(id) || !fresh(id)) return;
+      // Compact records name the state without its prefix; older ones are whole JobRecords.
+      const state = e.s !== undefined ? `JOB_STATE_${e.s}` : String(e.state ?? '');
+      if (wanted(String(e.p ?? e.pipeline ?? ''), state)) found.set(id, decodeRecord(e));
+    };
+    for (const prefix of [`${this.keys.jobs}ended/`, `${this.keys.jobs}done/`]) {
+      const seen = new Set<string>();
+      let maxMod: string | undefined;
+      for (let page = 0; page < LIST_SCAN_PAGES && bytes < LIST_SCAN_BYTES; page++) {
+        let q = this.store.client.getAll().prefix(prefix).sort('Mod', 'Descend').limit(LIST_SCAN_PAGE);
+        if (revision) q = q.revision(revision);
+        if (maxMod) q = q.maxModRevision(maxMod);
+        const res = await q.exec();
+        revision ??= res.header.revision;
+        let newKeys = 0;
+        for (const kv of res.kvs) {
+          const key = kv.key.toString();
+          if (seen.has(key)) continue;
+          seen.add(key);
+          newKeys++;
+          bytes += kv.value.length;
+          const v = JSON.parse(kv.value.toString()) as unknown;
+          for (const e of Array.isArray(v) ? v : [v]) take(e as { id?: string });
+          // Keys written by one transaction share a revision: the next page starts at it again.
+          maxMod = kv.mod_revision;
+        }
+        if (!res.more || !newKeys || found.size >= want) break;
+      }
+    }
+    return [...found.values()].sort((a, b) => b.submittedAtMs - a.submittedAtMs || b.id.localeCompare(a.id)).slice(0, want);
   }
 
   /** by: who cancelled it (a token's name or a certificate's CN, when callers are identified), named in its reason. */

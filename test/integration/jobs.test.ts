@@ -542,5 +542,14 @@ describe('jobs through pipelines of registered components', function () {
     expect(resumed.length, 'jobs resumed by the next leader').to.be.greaterThan(0);
     expect(resumed.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
     for (const id of early) expect(final.find((j) => j.id === id)!.reason, `${id} ended before the kill`).to.equal('');
+    // Listed by the new leader too, from their end records (as GetJob finds them), newest first.
+    const listed = (await admin.listJobs({ limit: 1000 })).jobs;
+    expect(listed.map((j) => j.id)).to.include.members([...early, quickJob.id, viaStream.id]);
+    const times = listed.map((j) => Number(j.submittedAtMs));
+    expect(times).to.deep.equal([...times].sort((a, b) => b - a));
+    expect(new Set(listed.map((j) => j.id)).size).to.equal(listed.length);
+    const words = (await admin.listJobs({ pipeline: 'words', state: 'JOB_STATE_SUCCEEDED', limit: 1000 })).jobs;
+    expect(words.map((j) => j.id)).to.include.members([quickJob.id, viaStream.id]);
+    expect(words.every((j) => j.pipeline === 'words' && j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
   });
 });

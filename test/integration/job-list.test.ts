@@ -1,0 +1,56 @@
+// ListJobs after a leader change: the new leader holds none of the jobs that ended before it
+// led, yet lists them from their end records in etcd (as GetJob finds them), newest first, more
+// of them than one page of the records' scan, with the pipeline and state filters applied.
+import { expect } from 'chai';
+import type { ChildProcess } from 'node:child_process';
+import { AdminClient } from '../../common/admin-client';
+import { waitForLeader } from '../helpers/cluster';
+import { startEcho } from '../helpers/echo';
+import { etcdAndFleet } from '../helpers/suite';
+
+describe('listing jobs that ended under an earlier leader', function () {
+  this.timeout(90_000);
+  let echo: ChildProcess | undefined;
+  const s = etcdAndFleet({ cleanup: () => { echo?.kill('SIGKILL'); } });
+
+  it('lists them from their end records, past one page of the scan, filtered and newest first', async () => {
+    const first = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'list-1' });
+    await waitForLeader([first.address]);
+    const started = await startEcho('list-echo');
+    echo = started.proc;
+    let admin = new AdminClient([first.address], { timeoutMs: 20_000 });
+    await admin.registerComponent({ instanceId: 'list-echo-1', kind: 'list-echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: 'a', stages: [{ name: 'echo', kind: 'list-echo' }] });
+    await admin.applyPipeline({ name: 'b', stages: [{ name: 'echo', kind: 'list-echo' }] });
+    // One at a time: each job's end is a record (an etcd key) of its own, 300 keys in all (the
+    // scan reads 256 a page).
+    const ids: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const j = await admin.submitJob({ pipeline: i % 3 ? 'a' : 'b', payload: Buffer.from(`job ${i}`), wait: true });
+      expect(j.state).to.equal('JOB_STATE_SUCCEEDED');
+      ids.push(j.id);
+    }
+    // The first leader stops (gracefully: its end records are written) and a second one leads.
+    const second = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'list-2' });
+    await first.kill('SIGTERM');
+    await waitForLeader([second.address], 20_000, 'list-1');
+    admin.close();
+    admin = new AdminClient([second.address], { timeoutMs: 20_000 });
+    try {
+      const all = (await admin.listJobs({ limit: 1000 })).jobs;
+      expect(all.map((j) => j.id)).to.have.members(ids);
+      const times = all.map((j) => Number(j.submittedAtMs));
+      expect(times).to.deep.equal([...times].sort((x, y) => y - x));
+      expect(all[0].id).to.equal(ids[299]);
+      // The default limit, 50: the newest.
+      expect((await admin.listJobs({})).jobs.map((j) => j.id)).to.deep.equal(all.slice(0, 50).map((j) => j.id));
+      // Filters: pipeline b (every third job), and a state none of them is in.
+      expect((await admin.listJobs({ pipeline: 'b', limit: 1000 })).jobs.map((j) => j.id)).to.have.members(ids.filter((_, i) => i % 3 === 0));
+      expect((await admin.listJobs({ state: 'JOB_STATE_FAILED', limit: 1000 })).jobs).to.deep.equal([]);
+      // And a listed job reads back whole.
+      expect((await admin.getJob(ids[0])).state).to.equal('JOB_STATE_SUCCEEDED');
+    } finally {
+      admin.close();
+    }
+  });
+});
