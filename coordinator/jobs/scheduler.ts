@@ -1165,6 +1165,8 @@ export class JobScheduler {
       out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
       if (out.length >= limit) return out;
     }
+    // End records hold finished jobs only: the leader holds every queued and running one.
+    if (req.state !== 'JOB_STATE_UNSPECIFIED' && !TERMINAL.has(req.state as JobState)) return out;
     const recorded = await this.recordedEnds((id) => !this.jobs.has(id), wanted, limit - out.length);
     out.push(...recorded.map((r) => ({ ...recordToProto({ ...r, steps: [] }), result: Buffer.alloc(0) })));
     return out
