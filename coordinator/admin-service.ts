@@ -50,6 +50,7 @@ function forwardBudgetMs(req: { wait?: boolean; deadlineMs?: unknown; timeoutMs?
   return req.wait ? Math.max(5_000, (Number(req.deadlineMs) || Date.now() + (Number(req.timeoutMs) || 30_000)) - Date.now() + 5_000) : 5_000;
 }
 const NODE_STATES = new Set(['NODE_STATE_UNSPECIFIED', 'NODE_STATE_READY', 'NODE_STATE_DOWN', 'NODE_STATE_DRAINING']);
+const JOB_STATES = new Set<unknown>(['JOB_STATE_UNSPECIFIED', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING', 'JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 
 /** How long a request waits for a leader elected a moment ago to load the cluster state. */
 const LOAD_WAIT_MS = 5_000;
@@ -211,7 +212,10 @@ export class AdminService {
         return inView(done ? await done : job, req.view);
       }, forwardBudgetMs(req))),
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
-      ListJobs: unary(log, 'ListJobs', (req, call) => this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: await w.jobs.list(req) }))),
+      ListJobs: unary(log, 'ListJobs', (req, call) => {
+        if (!JOB_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown job state ${JSON.stringify(req.state)}`);
+        return this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: await w.jobs.list(req) }));
+      }),
       CancelJob: unary(log, 'CancelJob', (req, call) => {
         if (!req.id) throw InvalidArgumentError.field('id', 'is required');
         return this.onLeader(call, 'cancelJob', req, (_r, _d, _s, w, by) => w.jobs.cancel(req.id, by));

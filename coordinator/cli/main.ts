@@ -12,12 +12,24 @@ import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
 import type { Event__Output } from '../../common/generated/tessera/v1/Event';
 
+/** An option that takes a whole number (at least min): a typo is refused instead of read as 0. */
+const wholeNumber = (flag: string, min: number, unit = '') => (v: string) => {
+  if (!/^\d+$/.test(v.trim()) || Number(v) < min) throw new InvalidArgumentError(`${flag} takes a whole number${unit ? ` of ${unit}` : ''}, ${min} or more`);
+  return Number(v);
+};
+/** An option naming one of an enum's values (case-insensitive, without its prefix): an unknown one is refused. */
+const oneOf = (flag: string, values: string[]) => (v: string) => {
+  const u = v.trim().toUpperCase();
+  if (!values.includes(u)) throw new InvalidArgumentError(`${flag} is one of ${values.join(', ')}`);
+  return u;
+};
+
 const program = new Command('tessera')
   .version(VERSION)
   .description('Administer a Tessera cluster')
   .option('-c, --coordinator <addresses>', 'coordinator address(es), comma-separated [env TESSERA_COORDINATOR]', process.env.TESSERA_COORDINATOR ?? '127.0.0.1:7400')
   .option('--json', 'print JSON instead of tables')
-  .option('--timeout <ms>', 'per-call timeout in ms', '10000')
+  .option('--timeout <ms>', 'per-call timeout in ms', wholeNumber('--timeout', 1, 'ms'), 10000)
   .option('--token <token>', 'Admin API token, sent as "authorization: Bearer" [env TESSERA_TOKEN]')
   .option('--ca <file>', 'cluster CA for TLS [env TESSERA_CA]')
   .option('--cert <file>', 'admin certificate for TLS [env TESSERA_CERT]')
@@ -43,7 +55,7 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
     await fn(c);
   } catch (err) {
     const se = err as grpc.ServiceError & { violations?: { field: string; message: string }[] };
-    const code = se.code !== undefined ? grpc.status[se.code] : 'ERROR';
+    const code = typeof se.code === 'number' ? grpc.status[se.code] : 'ERROR';
     const md = typeof se.metadata?.get === 'function' ? se.metadata : undefined;
     const violations = se.violations ?? (md?.get('tessera-field-violations')?.[0] ? JSON.parse(String(md.get('tessera-field-violations')[0])) : undefined);
     if (violations?.length) {
@@ -137,7 +149,7 @@ program.command('status').description('leader, coordinators, etcd members and no
   ].join('\n'));
 }));
 
-program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING').action((o) => run(async (c) => {
+program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
   const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });
   out(res.nodes, () => (res.nodes.length ? nodeRows(res.nodes) : 'no nodes'));
 }));
@@ -232,7 +244,7 @@ app.command('delete <name>').description('stop every instance of an app and remo
 }));
 
 program.command('rollback <app>').description('go back to an earlier version (default: the last stable one)')
-  .option('--to <version>', 'version to go back to')
+  .option('--to <version>', 'version to go back to', wholeNumber('--to', 1))
   .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
     const a = await c.rollbackApp(name, Number(o.to ?? 0));
     if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
@@ -326,7 +338,7 @@ function renderDecision(d: import('../../common/generated/tessera/v1/ScalingDeci
 }
 
 program.command('scaling').description('scaling decisions').command('history <app>').description('each decision: its inputs, reason and instruction')
-  .option('--component <name>', 'one component').option('-n, --limit <n>', 'how many', '20').action((app, o) => run(async (c) => {
+  .option('--component <name>', 'one component').option('-n, --limit <n>', 'how many', wholeNumber('--limit', 1), 20).action((app, o) => run(async (c) => {
     const r = await c.scalingHistory(app, o.component ?? '', Number(o.limit));
     out(r.decisions, () => r.decisions.length ? table(['TIME', 'COMPONENT', 'ACTION', 'INSTRUCTION', 'APPLIED', 'REASON'], r.decisions.map((d) => {
       const a = d.instruction?.attributes?.[0];
@@ -336,7 +348,7 @@ program.command('scaling').description('scaling decisions').command('history <ap
 
 program.command('events').description('cluster events (placements, node states, leadership)')
   .option('-f, --follow', 'keep streaming new events')
-  .option('-n, --history <count>', 'how many past events to show', '20')
+  .option('-n, --history <count>', 'how many past events to show', wholeNumber('--history', 0), 20)
   .option('--kind <prefix...>', 'only events whose kind starts with this, e.g. node.')
   .action((o) => run(async (c) => {
     const stream = c.watchEvents({ history: Number(o.history), follow: !!o.follow, kinds: o.kind ?? [] });
@@ -364,7 +376,7 @@ component.command('list [kind]').description('registered instances: kind, versio
 component.command('register <instance-id>').description('register an external instance (one running outside Tessera); run it again to renew the lease')
   .requiredOption('--kind <kind>', 'component kind').requiredOption('--endpoint <host:port>', 'where it serves tessera.v1.Component')
   .option('--component-version <semver>', 'its version', '').option('--operations <ops>', 'operations it offers, comma-separated', '')
-  .option('--ttl <ms>', 'lease; it is deregistered unless renewed within this', '30000')
+  .option('--ttl <ms>', 'lease; it is deregistered unless renewed within this', wholeNumber('--ttl', 1, 'ms'), 30000)
   .action((id, o) => run(async (c) => {
     const i = await c.registerComponent({ instanceId: id, kind: o.kind, endpoint: o.endpoint, version: o.componentVersion, operations: o.operations ? String(o.operations).split(',') : [], ttlMs: Number(o.ttl) });
     out(i, () => `registered ${i.kind} ${i.version || ''} instance ${i.instanceId} at ${i.endpoint}; lease until ${new Date(Number(i.leaseExpiresAtMs)).toISOString()}`);
@@ -375,7 +387,7 @@ component.command('deregister <instance-id>').description('remove an external in
 }));
 
 const quota = program.command('quota').description('per-kind quotas: the CPU and memory all instances of a kind may reserve');
-quota.command('set <kind>').description('set a quota').option('--cpu <millicores>', 'total CPU', '0').option('--memory <mib>', 'total memory in MiB', '0').action((kind, o) => run(async (c) => {
+quota.command('set <kind>').description('set a quota').option('--cpu <millicores>', 'total CPU (0: any)', wholeNumber('--cpu', 0, 'millicores'), 0).option('--memory <mib>', 'total memory in MiB (0: any)', wholeNumber('--memory', 0, 'MiB'), 0).action((kind, o) => run(async (c) => {
   const q = await c.setQuota({ kind, cpuMillis: Number(o.cpu), memoryMib: Number(o.memory) });
   out(q, () => `quota of ${q.kind}: ${q.cpuMillis || 'any'} millicores, ${q.memoryMib || 'any'} MiB (used ${q.used?.cpuMillis}m, ${q.used?.memoryMib} MiB)`);
 }));
@@ -424,14 +436,19 @@ function renderJob(j: JobOut, explain = true): string {
 const job = program.command('job').description('jobs: submit to a pipeline, follow, cancel');
 job.command('submit <pipeline>').description('run a job and print its result and the path it took')
   .option('-d, --data <data>', 'the payload: text, or @file (@- for standard input)', '')
-  .option('--deadline <ms>', 'the job deadline, in ms from now (default: the pipeline\'s)', '0')
+  .option('--deadline <ms>', 'the job deadline, in ms from now (default: the pipeline\'s)', wholeNumber('--deadline', 1, 'ms'), 0)
   .option('--key <idempotency-key>', 'submitting again with the same key returns the same job (default: a new random key, so a retry after a lost answer does not run it twice)')
   .option('-H, --header <name=value...>', 'headers for the steps')
   .option('--no-wait', 'print the job id once it is accepted, do not wait for the result')
   .option('--explain', 'print the path and per-step timings', true)
   .action((name, o) => run(async (c) => {
     const data = String(o.data);
-    const payload = data.startsWith('@') ? require('node:fs').readFileSync(data === '@-' ? 0 : data.slice(1)) as Buffer : Buffer.from(data);
+    let payload: Buffer;
+    try {
+      payload = data.startsWith('@') ? require('node:fs').readFileSync(data === '@-' ? 0 : data.slice(1)) as Buffer : Buffer.from(data);
+    } catch (err) {
+      return program.error(`error: --data ${data}: ${(err as Error).message}`);
+    }
     const headers = Object.fromEntries(((o.header ?? []) as string[]).map((h) => [h.slice(0, h.indexOf('=')), h.slice(h.indexOf('=') + 1)]));
     const key = o.key ?? `cli-${require('node:crypto').randomUUID()}`;
     const req = { pipeline: name, payload, timeoutMs: Number(o.deadline), idempotencyKey: key, headers, wait: o.wait !== false };
@@ -458,7 +475,7 @@ job.command('get <id>').description('a job: state, result, path, steps').action(
   const j = await c.getJob(id);
   out({ ...j, result: j.result.toString('utf8') }, () => [renderJob(j), j.result.length ? `result: ${j.result.toString('utf8').slice(0, 2000)}` : ''].filter(Boolean).join('\n'));
 }));
-job.command('list').description('recent jobs').option('--pipeline <name>', 'one pipeline').option('--state <state>', 'QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED').option('-n, --limit <n>', 'how many', '20')
+job.command('list').description('recent jobs').option('--pipeline <name>', 'one pipeline').option('--state <state>', 'QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED', oneOf('--state', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'])).option('-n, --limit <n>', 'how many', wholeNumber('--limit', 1), 20)
   .action((o) => run(async (c) => {
     const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit) });
     out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
@@ -482,7 +499,7 @@ job.command('watch <id>').description('follow a job until it ends').action((id) 
 // ─────────────────────────────── sql (examples/db) ───────────────────────────────
 
 interface SqlResult { columns: string[]; rows: (string | number | null)[][]; changed?: number; explain?: string[]; executor?: string }
-async function runSql(c: AdminClient, statement: string, o: { pipeline: string; explain?: boolean; deadline: string }): Promise<boolean> {
+async function runSql(c: AdminClient, statement: string, o: { pipeline: string; explain?: boolean; deadline: string | number }): Promise<boolean> {
   const j = await c.submitJob({ pipeline: o.pipeline, payload: Buffer.from(statement), wait: true, timeoutMs: Number(o.deadline), idempotencyKey: `sql-${require('node:crypto').randomUUID()}` });
   if (program.opts().json) {
     process.stdout.write(JSON.stringify({ job: { ...j, result: undefined }, result: j.state === 'JOB_STATE_SUCCEEDED' ? JSON.parse(j.result.toString('utf8')) : undefined }, null, 2) + '\n');
@@ -509,7 +526,7 @@ async function runSql(c: AdminClient, statement: string, o: { pipeline: string; 
 program.command('sql [statement...]').description('run SQL on the example component database (examples/db) as a job; no statement: a REPL')
   .option('--explain', 'print the plan and the path the job took')
   .option('--pipeline <name>', 'the pipeline that runs statements', 'sql')
-  .option('--deadline <ms>', 'statement deadline in ms', '15000')
+  .option('--deadline <ms>', 'statement deadline in ms', wholeNumber('--deadline', 1, 'ms'), 15000)
   .action((words: string[], o) => run(async (c) => {
     if (words.length) {
       if (!(await runSql(c, words.join(' '), o))) process.exitCode = 1;

@@ -10,6 +10,11 @@ import { statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { AdminClient } from '../../common/admin-client';
 import { tesseraProto } from '../../common/proto';
+import { repoRoot } from '../../common/version';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
 
 const REFLECTION_PROTO = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
 
@@ -93,6 +98,40 @@ describe('Admin API through server reflection, and bad input', function () {
     expect(bad.details).to.equal('components[0].resources.memoryMib: must be > 0, got 0');
     expect(JSON.parse(String(bad.metadata.get('tessera-field-violations')[0]))).to.deep.equal([{ field: 'components[0].resources.memoryMib', message: 'must be > 0, got 0' }]);
     admin.close();
+  });
+
+  it('refuses a filter on a state that does not exist (a number grpcurl may send) with INVALID_ARGUMENT naming the field', async () => {
+    const admin = new AdminClient([coord.address]);
+    try {
+      for (const [call, what] of [[() => admin.listJobs({ state: 99 as never }), 'job'], [() => admin.listNodes({ state: 99 as never }), 'node']] as const) {
+        const err = await call().then(() => undefined, (e: grpc.ServiceError) => e);
+        expect(err?.code, what).to.equal(grpc.status.INVALID_ARGUMENT);
+        expect(err?.details).to.equal(`state: unknown ${what} state 99`);
+      }
+    } finally {
+      admin.close();
+    }
+  });
+
+  it('the CLI refuses a malformed number or state in an option before calling (a typo is not read as 0)', async () => {
+    const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+    for (const [args, message] of [
+      [['quota', 'set', 'k', '--cpu', '2000m'], /--cpu takes a whole number of millicores, 0 or more/],
+      [['job', 'list', '--state', 'bogus'], /--state is one of QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED/],
+      [['job', 'submit', 'p', '--deadline', '5s'], /--deadline takes a whole number of ms, 1 or more/],
+      [['job', 'submit', 'p', '--data', '@/nonexistent/file'], /--data @\/nonexistent\/file: ENOENT/],
+    ] as const) {
+      const r = await run(process.execPath, [cli, '-c', coord.address, ...args]).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(r?.code, args.join(' ')).to.equal(1);
+      expect(r?.stderr).to.match(message);
+    }
+    // Nothing was set.
+    const admin = new AdminClient([coord.address]);
+    try {
+      expect((await admin.listQuotas()).quotas.map((q) => q.kind)).to.not.include('k');
+    } finally {
+      admin.close();
+    }
   });
 
   it('answers broken protobuf bytes on a unary call with INVALID_ARGUMENT', async () => {
