@@ -1,6 +1,7 @@
 // Reading an app spec file (YAML or JSON) for the CLI: parse it, and refuse fields the
-// protocol does not have, by path (`components[0].imgae: unknown field`), since protobuf would
-// drop them silently and the operator would never know their setting did nothing.
+// protocol does not have, by path (`components[0].imgae: unknown field`), and values of the
+// wrong type (`components[0].resources.cpuMillis: must be a number, got "100m"`), since protobuf
+// would drop or coerce them silently and the operator would never know their setting did nothing.
 import * as fs from 'node:fs';
 import YAML from 'yaml';
 import { InvalidArgumentError, FieldViolation } from './errors';
@@ -33,7 +34,16 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
       out.push({ field: path, message: `unknown field (known: ${[...new Set([...fields.values()].map((x) => x.name.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase())))].join(', ')})` });
       continue;
     }
-    if (f.type !== 'TYPE_MESSAGE' || f.map || f.typeName.endsWith('Entry')) continue;
+    if (f.type !== 'TYPE_MESSAGE') {
+      if (f.label === 'LABEL_REPEATED') {
+        if (Array.isArray(v)) v.forEach((item, i) => badScalar(f, item, `${path}[${i}]`, out));
+        else out.push({ field: path, message: 'must be a list' });
+      } else {
+        badScalar(f, v, path, out);
+      }
+      continue;
+    }
+    if (f.map || f.typeName.endsWith('Entry')) continue;
     if (f.label === 'LABEL_REPEATED') {
       if (Array.isArray(v)) v.forEach((item, i) => unknownFields(item, f.typeName, `${path}[${i}]`, out));
       else out.push({ field: path, message: 'must be a list' });
@@ -42,6 +52,30 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
     }
   }
   return out;
+}
+
+const NUMBERS = new Set(['TYPE_INT32', 'TYPE_UINT32', 'TYPE_SINT32', 'TYPE_FIXED32', 'TYPE_SFIXED32', 'TYPE_INT64', 'TYPE_UINT64', 'TYPE_SINT64', 'TYPE_FIXED64', 'TYPE_SFIXED64', 'TYPE_DOUBLE', 'TYPE_FLOAT']);
+
+/**
+ * A scalar of the wrong type, which protobuf would coerce without a word: `cpuMillis: 100m`
+ * to 0, `readOnlyRoot: "false"` to true, a map or list to a string. A number where a string is
+ * due is taken (YAML reads `3600` in a command as one); null is taken as the default.
+ */
+function badScalar(f: FieldDesc, v: unknown, path: string, out: FieldViolation[]): void {
+  if (v === null || v === undefined) return;
+  if (NUMBERS.has(f.type)) {
+    const whole = f.type !== 'TYPE_DOUBLE' && f.type !== 'TYPE_FLOAT';
+    const ok = typeof v === 'number' ? (whole ? Number.isInteger(v) : Number.isFinite(v)) : typeof v === 'string' && f.type.endsWith('64') && /^-?\d+$/.test(v);
+    if (!ok) out.push({ field: path, message: `must be a ${whole ? 'whole ' : ''}number, got ${JSON.stringify(v)}` });
+  } else if (f.type === 'TYPE_BOOL') {
+    if (typeof v !== 'boolean') out.push({ field: path, message: `must be true or false, got ${JSON.stringify(v)}` });
+  } else if (f.type === 'TYPE_STRING') {
+    if (typeof v !== 'string' && typeof v !== 'number') out.push({ field: path, message: `must be a string, got ${JSON.stringify(v)}` });
+  } else if (f.type === 'TYPE_ENUM') {
+    if (typeof v !== 'string' && typeof v !== 'number') out.push({ field: path, message: `must be one of the enum's names, got ${JSON.stringify(v)}` });
+  } else if (f.type === 'TYPE_BYTES') {
+    if (typeof v !== 'string') out.push({ field: path, message: `must be a base64 string, got ${JSON.stringify(v)}` });
+  }
 }
 
 /** Reads and checks a spec file; `-` reads standard input. */

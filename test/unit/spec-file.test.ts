@@ -26,4 +26,17 @@ describe('example spec files', () => {
     expect(bad().map((v) => v.field)).to.deep.equal(['components[0].imgae', 'components[0].ports']);
     expect(InvalidArgumentError).to.be.a('function');
   });
+  it('refuses a value of the wrong type, which protobuf would coerce (100m to 0, "false" to true)', () => {
+    const { unknownFields } = require('../../common/spec-file') as typeof import('../../common/spec-file');
+    const bad = unknownFields({
+      name: 'x',
+      components: [{ name: 'a', image: 'i', command: ['sleep', 3600], resources: { cpuMillis: '100m', memoryMib: 64 }, readOnlyRoot: 'false', instances: 2.5, env: { PORT: 8080 }, args: 'one' }],
+    }, 'AppSpec', '');
+    expect(bad).to.deep.equal([
+      { field: 'components[0].resources.cpuMillis', message: 'must be a whole number, got "100m"' },
+      { field: 'components[0].readOnlyRoot', message: 'must be true or false, got "false"' },
+      { field: 'components[0].instances', message: 'must be a whole number, got 2.5' },
+      { field: 'components[0].args', message: 'must be a list' },
+    ]);
+  });
 });
