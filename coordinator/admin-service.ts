@@ -31,6 +31,7 @@ import type { Job } from '../common/generated/tessera/v1/Job';
 import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
 import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
+import type { SnapshotChunk } from '../common/generated/tessera/v1/SnapshotChunk';
 import type { JobRequest__Output } from '../common/generated/tessera/v1/JobRequest';
 import type { JobSubmission__Output } from '../common/generated/tessera/v1/JobSubmission';
 import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
@@ -222,6 +223,7 @@ export class AdminService {
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
+      SaveSnapshot: serverStream(log, 'SaveSnapshot', (call) => this.saveSnapshot(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // On a follower, each submission is forwarded to the leader (as a SubmitJob), so that a
         // grpcurl user may open the stream on any coordinator; a client that moves to the leader
@@ -447,6 +449,40 @@ export class AdminService {
    * on its relay address); a follower relays the leader's stream. Chunks pass through as the
    * caller reads them (a slow reader pauses the engine's stream on the agent).
    */
+  /**
+   * etcd's snapshot of its whole database, passed through chunk by chunk as etcd sends it (a
+   * slow reader holds etcd's stream back instead of filling memory). Not forwarded: any
+   * coordinator reads it from the member its client picks.
+   */
+  private async saveSnapshot(call: grpc.ServerWritableStream<unknown, SnapshotChunk>): Promise<void> {
+    let upstream: grpc.ClientReadableStream<{ blob: Buffer; remaining_bytes: string; header?: { revision?: string } }>;
+    try {
+      upstream = (await this.client.maintenance.snapshot()) as unknown as typeof upstream;
+    } catch (err) {
+      throw new UnavailableError(`etcd did not start a snapshot: ${(err as Error).message}`);
+    }
+    const t0 = Date.now();
+    let bytes = 0;
+    let first = true;
+    await new Promise<void>((resolve, reject) => {
+      call.on('cancelled', () => upstream.cancel());
+      upstream.on('data', (r) => {
+        bytes += r.blob.length;
+        const chunk: SnapshotChunk = { data: r.blob, remainingBytes: r.remaining_bytes, revision: first ? r.header?.revision ?? 0 : 0 };
+        first = false;
+        if (call.write(chunk)) return;
+        upstream.pause();
+        call.once('drain', () => upstream.resume());
+      });
+      upstream.on('end', () => resolve());
+      upstream.on('error', (err: grpc.ServiceError) => {
+        if (call.cancelled) return resolve();
+        reject(new UnavailableError(`etcd's snapshot stream failed after ${bytes} bytes: ${err.details ?? err.message}`));
+      });
+    });
+    this.log.info({ bytes, ms: Date.now() - t0, caller: String(call.metadata.get(CALLER_KEY)[0] ?? '') || undefined }, 'etcd snapshot sent');
+  }
+
   private async instanceLogs(call: grpc.ServerWritableStream<InstanceLogsRequest__Output, LogChunk>): Promise<void> {
     const req = call.request;
     if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');

@@ -13,10 +13,11 @@ import { ConfigError, FieldViolation, PermissionDeniedError, UnauthenticatedErro
 
 export type Role = 'read-only' | 'operator';
 
-/** The Admin methods that change something: operators only. */
+/** The Admin methods that change something, or read everything at once (a snapshot): operators only. */
 export const WRITE_METHODS = new Set([
   'DrainNode', 'RemoveNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'RestartApp', 'ScaleApp', 'SetPolicy', 'DeletePolicy',
   'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'CancelJob',
+  'SaveSnapshot',
 ]);
 
 interface TokenEntry { name: string; role: Role; hash: Buffer }

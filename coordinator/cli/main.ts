@@ -496,6 +496,60 @@ job.command('watch <id>').description('follow a job until it ends').action((id) 
   });
 }));
 
+// ─────────────────────────────── operator ───────────────────────────────
+
+const operator = program.command('operator').description('cluster operations: snapshots of the cluster state');
+operator.command('snapshot').description("etcd snapshots: Tessera's whole state, to back up and restore (as nomad operator snapshot)")
+  .command('save <file>').description('save a snapshot of etcd through a coordinator (restore it with etcdctl snapshot restore: see the README, Backup and restore)')
+  .action((file: string) => run(async (c) => {
+    const fs = require('node:fs') as typeof import('node:fs');
+    const tmp = `${file}.part`;
+    // Written aside and renamed once whole: an interrupted save leaves no file that looks good.
+    // 0600: it holds every spec and every job's payload.
+    const fd = fs.openSync(tmp, 'w', 0o600);
+    const hash = require('node:crypto').createHash('sha256') as import('node:crypto').Hash;
+    let bytes = 0;
+    let total = 0;
+    let revision = '';
+    let shown = 0;
+    const progress = process.stderr.isTTY && !program.opts().json;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const stream = c.saveSnapshot();
+        stream.on('data', (ch: { data: Buffer; remainingBytes: string | number; revision: string | number }) => {
+          if (!revision) {
+            revision = String(ch.revision);
+            total = ch.data.length + Number(ch.remainingBytes);
+          }
+          fs.writeSync(fd, ch.data);
+          hash.update(ch.data);
+          bytes += ch.data.length;
+          if (progress && Date.now() - shown > 500) {
+            shown = Date.now();
+            process.stderr.write(`\r${(bytes / 1048576).toFixed(1)} of ${(total / 1048576).toFixed(1)} MiB`);
+          }
+        });
+        stream.on('end', () => resolve());
+        stream.on('error', reject);
+      });
+      if (!bytes) throw new Error('the coordinator sent an empty snapshot');
+      fs.fsyncSync(fd);
+    } catch (err) {
+      fs.closeSync(fd);
+      fs.rmSync(tmp, { force: true });
+      throw err;
+    } finally {
+      if (progress && shown) process.stderr.write('\n');
+    }
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+    const sha256 = hash.digest('hex');
+    out({ file, bytes, revision: Number(revision), sha256 }, () => [
+      `saved ${file}: ${(bytes / 1048576).toFixed(2)} MiB${Number(revision) ? `, etcd revision ${revision}` : ''}, sha256 ${sha256}`,
+      `check it with: etcdctl snapshot status ${file}; restore it with etcdctl snapshot restore (README: Backup and restore)`,
+    ].join('\n'));
+  }));
+
 // ─────────────────────────────── sql (examples/db) ───────────────────────────────
 
 interface SqlResult { columns: string[]; rows: (string | number | null)[][]; changed?: number; explain?: string[]; executor?: string }
