@@ -125,6 +125,11 @@ tessera nodes
 step "jobs run under the new leader"
 tessera job submit words --data "a new leader routes the job through the same instances" -H top=3
 tessera sql "SELECT COUNT(*) AS rows, SUM(qty) AS units FROM sales"
+echo "the jobs that ended under the old leader are still listed (from their records in etcd):"
+tessera job list -n 5
+
+step "a backup of the whole cluster state (an etcd snapshot, through any coordinator)"
+tessera operator snapshot save .tessera/backup.db
 
 step "bring $leader back (it rejoins as a follower)"
 bash scripts/cluster.sh start >/dev/null
