@@ -26,20 +26,18 @@
 // from ~125 to ~210 jobs/s over 15 s.
 //
 //   node dist/scripts/bench/jobs.js [--seconds 5] [--rounds 3] [--base-ms 5] [--warm-seconds 8] [--balancing-only]
-import { fork, ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { ServiceBroker } from 'moleculer';
 import { AdminClient } from '../../common/admin-client';
 import { StepRunner } from '../../common/relay';
 import { table } from '../../common/table';
 import { EtcdCluster } from '../../test/helpers/etcd';
 import { Fleet } from '../../test/helpers/processes';
 import { waitForLeader } from '../../test/helpers/cluster';
-import { freePort, waitFor } from '../../test/helpers/ports';
+import { waitFor } from '../../test/helpers/ports';
 import { removeContainers } from '../../test/helpers/docker';
 import { fmt, median, p99, progress } from './stats';
+import { moleculer } from './peer-moleculer';
 
 const args = process.argv.slice(2);
 const arg = (n: string, d: number) => (args.includes(`--${n}`) ? Number(args[args.indexOf(`--${n}`) + 1]) : d);
@@ -95,33 +93,6 @@ function app(): unknown {
         comp(`b${i}-slow`, `b${i}`, 1, { DELAY_MS: String(BASE_MS * 10), COMPONENT_VERSION: '1.1.0' }),
       ]),
     ],
-  };
-}
-
-async function moleculer(): Promise<{ call: (p: unknown) => Promise<unknown>; stop: () => Promise<void> }> {
-  const ports = await Promise.all([0, 1, 2, 3, 4].map(() => freePort()));
-  const ids = ['client', 's1', 's2', 's3', 's4'];
-  const peers = ids.map((id, i) => `${id}=${ports[i]}`).join(',');
-  const children: ChildProcess[] = [];
-  for (let i = 1; i <= 4; i++) {
-    const child = fork(path.join(__dirname, 'moleculer-node.js'), [ids[i], String(ports[i]), `s${i}`, peers], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-    children.push(child);
-    await new Promise<void>((r) => child.once('message', () => r()));
-  }
-  const urls = peers.split(',').map((p) => { const [id, pt] = p.split('='); return `127.0.0.1:${pt}/${id}`; });
-  const broker = new ServiceBroker({ nodeID: 'client', logger: false, transporter: { type: 'TCP', options: { udpDiscovery: false, port: ports[0], urls } } });
-  await broker.start();
-  await broker.waitForServices(['s1', 's2', 's3', 's4'], 20_000);
-  return {
-    call: async (p) => {
-      let x = p;
-      for (let i = 1; i <= 4; i++) x = await broker.call(`s${i}.echo`, x);
-      return x;
-    },
-    stop: async () => {
-      await broker.stop();
-      for (const c of children) c.kill('SIGTERM');
-    },
   };
 }
 
