@@ -81,9 +81,8 @@ const TERMINAL = new Set<JobState>(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', '
 const KEY_RE = /^[\x21-\x7e]{1,128}$/;
 /** At most this many bytes of finished jobs' results stay in the leader's memory. */
 const RESULT_MEMORY = 64 * 1024 * 1024;
-/** ListJobs beyond memory: end records read per page, pages per prefix, and bytes in all. */
-const LIST_SCAN_PAGE = 256;
-const LIST_SCAN_PAGES = 8;
+/** ListJobs beyond memory: end record keys read at once, and bytes read in all. */
+const LIST_SCAN_CHUNK = 64;
 const LIST_SCAN_BYTES = 4 * 1024 * 1024;
 
 export interface JobOptions {
@@ -1176,13 +1175,18 @@ export class JobScheduler {
 
   /**
    * Up to `want` finished jobs from their end records in etcd (shared ones under ended/, own ones
-   * under done/), read from the most recently written back, a page at a time and at most
-   * LIST_SCAN_BYTES: those `fresh` keeps (not in memory) and `wanted` matches, newest first.
+   * under done/) that `fresh` keeps (not in memory) and `wanted` matches, newest first. Found
+   * through the record budget's windows, newest first: each window's lease names the keys written
+   * under it (etcd keeps that list in memory), so nothing reads or sorts the whole records prefix
+   * (etcd would read every value of a sorted or filtered range: up to --job-record-budget-mb).
+   * At most LIST_SCAN_BYTES of records are read per call: past it, the newest first holds to
+   * within a window (10 s of records).
    */
   private async recordedEnds(fresh: (id: string) => boolean, wanted: (pipeline: string, state: string) => boolean, want: number): Promise<JobRecord[]> {
+    const c = this.store.client;
+    const prefixes = [`${this.keys.jobs}ended/`, `${this.keys.jobs}done/`];
     const found = new Map<string, JobRecord>();
     let bytes = 0;
-    let revision: string | undefined;
     const take = (e: { id?: string; p?: string; s?: string; pipeline?: string; state?: string }) => {
       const id = String(e.id ?? '');
       if (!id || found.has(id) || !fresh(id)) return;
@@ -1190,28 +1194,30 @@ export class JobScheduler {
       const state = e.s !== undefined ? `JOB_STATE_${e.s}` : String(e.state ?? '');
       if (wanted(String(e.p ?? e.pipeline ?? ''), state)) found.set(id, decodeRecord(e));
     };
-    for (const prefix of [`${this.keys.jobs}ended/`, `${this.keys.jobs}done/`]) {
-      const seen = new Set<string>();
-      let maxMod: string | undefined;
-      for (let page = 0; page < LIST_SCAN_PAGES && bytes < LIST_SCAN_BYTES; page++) {
-        let q = this.store.client.getAll().prefix(prefix).sort('Mod', 'Descend').limit(LIST_SCAN_PAGE);
-        if (revision) q = q.revision(revision);
-        if (maxMod) q = q.maxModRevision(maxMod);
-        const res = await q.exec();
-        revision ??= res.header.revision;
-        let newKeys = 0;
-        for (const kv of res.kvs) {
-          const key = kv.key.toString();
-          if (seen.has(key)) continue;
-          seen.add(key);
-          newKeys++;
-          bytes += kv.value.length;
-          const v = JSON.parse(kv.value.toString()) as unknown;
-          for (const e of Array.isArray(v) ? v : [v]) take(e as { id?: string });
-          // Keys written by one transaction share a revision: the next page starts at it again.
-          maxMod = kv.mod_revision;
+    for (const w of [...this.windows].sort((a, b) => b.grantedAtMs - a.grantedAtMs)) {
+      if (found.size >= want || bytes >= LIST_SCAN_BYTES) break;
+      let keys: string[];
+      try {
+        const res = await c.leaseClient.leaseTimeToLive({ ID: w.id, keys: true });
+        keys = (res.keys ?? []).map((k) => k.toString()).filter((k) => prefixes.some((p) => k.startsWith(p)));
+      } catch {
+        continue; // expired or revoked meanwhile: its records are gone
+      }
+      // The whole window (the jobs in it are not in order), newest batches first (a batch's name
+      // counts up within a leader), in case the byte bound cuts it short.
+      const seq = (k: string) => {
+        const m = /-([0-9a-z]+)\/([0-9a-z]+)$/.exec(k);
+        return m ? parseInt(m[1], 36) * 1e4 + parseInt(m[2], 36) : -1;
+      };
+      keys.sort((a, b) => seq(b) - seq(a));
+      for (let i = 0; i < keys.length && bytes < LIST_SCAN_BYTES; i += LIST_SCAN_CHUNK) {
+        const values = await Promise.all(keys.slice(i, i + LIST_SCAN_CHUNK).map((k) => c.get(k).string()));
+        for (const v of values) {
+          if (v === null) continue;
+          bytes += v.length;
+          const parsed = JSON.parse(v) as unknown;
+          for (const e of Array.isArray(parsed) ? parsed : [parsed]) take(e as { id?: string });
         }
-        if (!res.more || !newKeys || found.size >= want) break;
       }
     }
     return [...found.values()].sort((a, b) => b.submittedAtMs - a.submittedAtMs || b.id.localeCompare(a.id)).slice(0, want);

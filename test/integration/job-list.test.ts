@@ -1,6 +1,6 @@
 // ListJobs after a leader change: the new leader holds none of the jobs that ended before it
 // led, yet lists them from their end records in etcd (as GetJob finds them), newest first, more
-// of them than one page of the records' scan, with the pipeline and state filters applied.
+// of them than one read of keys (64), with the pipeline and state filters applied.
 import { expect } from 'chai';
 import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
@@ -13,7 +13,7 @@ describe('listing jobs that ended under an earlier leader', function () {
   let echo: ChildProcess | undefined;
   const s = etcdAndFleet({ cleanup: () => { echo?.kill('SIGKILL'); } });
 
-  it('lists them from their end records, past one page of the scan, filtered and newest first', async () => {
+  it('lists them from their end records, past one read of keys, filtered and newest first', async () => {
     const first = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'list-1' });
     await waitForLeader([first.address]);
     const started = await startEcho('list-echo');
@@ -22,8 +22,8 @@ describe('listing jobs that ended under an earlier leader', function () {
     await admin.registerComponent({ instanceId: 'list-echo-1', kind: 'list-echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
     await admin.applyPipeline({ name: 'a', stages: [{ name: 'echo', kind: 'list-echo' }] });
     await admin.applyPipeline({ name: 'b', stages: [{ name: 'echo', kind: 'list-echo' }] });
-    // One at a time: each job's end is a record (an etcd key) of its own, 300 keys in all (the
-    // scan reads 256 a page).
+    // One at a time: each job's end is a record (an etcd key) of its own, 300 keys in all (read
+    // 64 at a time).
     const ids: string[] = [];
     for (let i = 0; i < 300; i++) {
       const j = await admin.submitJob({ pipeline: i % 3 ? 'a' : 'b', payload: Buffer.from(`job ${i}`), wait: true });
