@@ -191,12 +191,12 @@ export class AdminClient {
     return this.clients[this.preferred].watchEvents(req, this.metadata());
   }
 
-  /** An instance's container output (any coordinator relays the leader's). */
   /** etcd's snapshot of its whole database, in chunks (any coordinator serves it). */
   saveSnapshot(): grpc.ClientReadableStream<import('./generated/tessera/v1/SnapshotChunk').SnapshotChunk__Output> {
     return this.clients[this.preferred].saveSnapshot({}, this.metadata());
   }
 
+  /** An instance's container output (any coordinator relays the leader's). */
   instanceLogs(req: import('./generated/tessera/v1/InstanceLogsRequest').InstanceLogsRequest): grpc.ClientReadableStream<import('./generated/tessera/v1/LogChunk').LogChunk__Output> {
     return this.clients[this.preferred].instanceLogs(req, this.metadata());
   }

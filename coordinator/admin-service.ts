@@ -445,11 +445,6 @@ export class AdminService {
   }
 
   /**
-   * InstanceLogs: the leader knows where an instance runs and asks that host's agent (AgentLogs,
-   * on its relay address); a follower relays the leader's stream. Chunks pass through as the
-   * caller reads them (a slow reader pauses the engine's stream on the agent).
-   */
-  /**
    * etcd's snapshot of its whole database, passed through chunk by chunk as etcd sends it (a
    * slow reader holds etcd's stream back instead of filling memory). Not forwarded: any
    * coordinator reads it from the member its client picks.
@@ -483,6 +478,11 @@ export class AdminService {
     this.log.info({ bytes, ms: Date.now() - t0, caller: String(call.metadata.get(CALLER_KEY)[0] ?? '') || undefined }, 'etcd snapshot sent');
   }
 
+  /**
+   * InstanceLogs: the leader knows where an instance runs and asks that host's agent (AgentLogs,
+   * on its relay address); a follower relays the leader's stream. Chunks pass through as the
+   * caller reads them (a slow reader pauses the engine's stream on the agent).
+   */
   private async instanceLogs(call: grpc.ServerWritableStream<InstanceLogsRequest__Output, LogChunk>): Promise<void> {
     const req = call.request;
     if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');

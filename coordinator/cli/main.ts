@@ -521,7 +521,13 @@ operator.command('snapshot').description("etcd snapshots: Tessera's whole state,
             revision = String(ch.revision);
             total = ch.data.length + Number(ch.remainingBytes);
           }
-          fs.writeSync(fd, ch.data);
+          try {
+            fs.writeSync(fd, ch.data);
+          } catch (err) {
+            stream.cancel(); // the disk is full, say: stop the coordinator reading etcd for nothing
+            reject(err);
+            return;
+          }
           hash.update(ch.data);
           bytes += ch.data.length;
           if (progress && Date.now() - shown > 500) {
