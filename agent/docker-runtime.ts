@@ -256,8 +256,9 @@ export function cpuQuotaNanos(cpuMillis: number, hostCores = os.cpus().length): 
   return Math.round(Math.min(Math.max(cpuMillis, 10), Math.max(1, hostCores) * 1000)) * 1_000_000;
 }
 
+/** The spec a container's label keeps (for adoption): never the registry login it was pulled with. */
 function encodeSpec(spec: InstanceSpec__Output): string {
-  return Buffer.from(JSON.stringify(spec)).toString('base64');
+  return Buffer.from(JSON.stringify({ ...spec, pullAuth: null })).toString('base64');
 }
 
 function decodeSpec(label: string | undefined): InstanceSpec__Output | undefined {

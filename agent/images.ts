@@ -2,6 +2,7 @@
 // (Kubernetes' imagePullPolicy, Nomad's docker driver pulling what the host lacks), with the
 // credentials of a Docker config file (--registry-auth) for private registries. One pull per
 // image at a time: instances that need the same image wait for the same pull.
+import { registryOf } from '../common/image-ref';
 import * as fs from 'node:fs';
 import type Docker from 'dockerode';
 
@@ -25,16 +26,7 @@ export interface PullProgress {
   totalBytes: number;
 }
 
-/**
- * The registry an image reference names, as Docker reads it: the first path component when it
- * has a "." or ":" or is "localhost"; otherwise Docker Hub.
- */
-export function registryOf(image: string): string {
-  const slash = image.indexOf('/');
-  if (slash < 0) return 'docker.io';
-  const first = image.slice(0, slash);
-  return first.includes('.') || first.includes(':') || first === 'localhost' ? first : 'docker.io';
-}
+export { registryOf };
 
 const HUB_KEYS = ['https://index.docker.io/v1/', 'index.docker.io', 'docker.io', 'registry-1.docker.io'];
 
@@ -101,19 +93,25 @@ export class ImagePuller {
    * created): one pull per image at a time, callers of the same image share it. A pull that
    * fails rejects with ImagePullError and the registry's reason.
    */
-  pull(image: string, onProgress?: (p: PullProgress) => void): Promise<void> {
-    let p = this.pulls.get(image);
+  pull(image: string, onProgress?: (p: PullProgress) => void, credential?: { server: string; username: string; password: string } | null): Promise<void> {
+    // Shared by callers with the same login only: one with a wrong password must not spoil a pull
+    // that another's would have made.
+    const key = `${image}\u0000${credential?.server ?? ''}\u0000${credential?.username ?? ''}\u0000${credential?.password ?? ''}`;
+    let p = this.pulls.get(key);
     if (!p) {
-      p = this.pullNow(image, onProgress).then(() => this.onPulled?.(image)).finally(() => this.pulls.delete(image));
-      this.pulls.set(image, p);
+      p = this.pullNow(image, onProgress, credential ?? undefined).then(() => this.onPulled?.(image)).finally(() => this.pulls.delete(key));
+      this.pulls.set(key, p);
     }
     return p;
   }
 
-  private async pullNow(image: string, onProgress?: (p: PullProgress) => void): Promise<void> {
+  /** credential: the one the instance's spec names (the leader sends it); else the --registry-auth file's. */
+  private async pullNow(image: string, onProgress?: (p: PullProgress) => void, credential?: { server: string; username: string; password: string }): Promise<void> {
     let auth: RegistryAuth | undefined;
     try {
-      auth = this.authFile ? authFor(image, readAuthFile(this.authFile)) : undefined;
+      auth = credential
+        ? { username: credential.username, password: credential.password, serveraddress: credential.server === 'docker.io' ? HUB_KEYS[0] : credential.server }
+        : this.authFile ? authFor(image, readAuthFile(this.authFile)) : undefined;
     } catch (err) {
       throw new ImagePullError(`image pull failed for ${image}: ${(err as Error).message}`);
     }

@@ -261,7 +261,7 @@ export class InstanceManager extends EventEmitter {
       if (Date.now() - shownAt < 1_000) return;
       shownAt = Date.now();
       this.emit('changed');
-    }).then(() => {
+    }, l.spec.pullAuth).then(() => {
       l.pulled = true;
       l.message = '';
       const s = ((Date.now() - t0) / 1000).toFixed(1);

@@ -95,6 +95,9 @@ export class AdminClient {
   setQuota(quota: unknown): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('setQuota', { quota }); }
   deleteQuota(kind: string): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('deleteQuota', { kind }); }
   listQuotas(kind = ''): Promise<{ quotas: import('./generated/tessera/v1/Quota').Quota__Output[] }> { return this.unary('listQuotas', { kind }); }
+  setRegistryCredential(credential: import('./generated/tessera/v1/RegistryCredential').RegistryCredential): Promise<import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output> { return this.unary('setRegistryCredential', { credential }); }
+  deleteRegistryCredential(name: string): Promise<import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output> { return this.unary('deleteRegistryCredential', { name }); }
+  listRegistryCredentials(name = ''): Promise<{ credentials: import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output[] }> { return this.unary('listRegistryCredentials', { name }); }
 
   applyPipeline(pipeline: unknown, dryRun = false): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('applyPipeline', { pipeline, dryRun }); }
   getPipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('getPipeline', { name }); }

@@ -17,6 +17,11 @@ import type { InstanceSpec } from '../common/generated/tessera/v1/InstanceSpec';
 import type { App } from '../common/generated/tessera/v1/App';
 import type { Instance } from '../common/generated/tessera/v1/Instance';
 import type { Quota } from '../common/generated/tessera/v1/Quota';
+import type { RegistryCredential } from '../common/generated/tessera/v1/RegistryCredential';
+import { registryOf } from '../common/image-ref';
+
+/** A registry credential as stored in etcd. */
+interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string }
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
 import type { AgentGateway } from './agent-gateway';
@@ -52,6 +57,8 @@ export class Deployments {
   private slotFailures = new Map<string, SlotFailures>();
   private ticking = false;
   private kicked = false;
+  /** Registry credentials by name (the password included: it goes to the agents that pull with it). */
+  private credentials = new Map<string, CredentialRecord>();
   /** Per-kind quotas: the total CPU and memory a kind's instances may reserve. */
   private quotas = new Map<string, { cpuMillis: number; memoryMib: number }>();
 
@@ -66,12 +73,14 @@ export class Deployments {
 
   async load(): Promise<void> {
     const c = this.store.client;
-    const [apps, versions, instances, quotas] = await Promise.all([
+    const [apps, versions, instances, quotas, credentials] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
       c.getAll().prefix(`${this.keys.prefix}appversions/`).strings(),
       c.getAll().prefix(this.keys.instances).strings(),
       c.getAll().prefix(this.keys.quotas).strings(),
+      c.getAll().prefix(this.keys.registryCredentials).strings(),
     ]);
+    for (const [k, v] of Object.entries(credentials)) this.credentials.set(k.slice(this.keys.registryCredentials.length), JSON.parse(v));
     for (const [k, v] of Object.entries(quotas)) this.quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
     for (const v of Object.values(apps)) {
       const a = JSON.parse(v) as AppRecord;
@@ -118,6 +127,7 @@ export class Deployments {
 
   private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
+    this.checkCredentials(spec);
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
     const current = prev ? this.versions.get(spec.name)?.get(prev.version) : undefined;
@@ -159,6 +169,7 @@ export class Deployments {
     const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
+    this.checkCredentials(rec.spec, `version ${target}: components`);
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by));
   }
 
@@ -626,6 +637,63 @@ export class Deployments {
     return used;
   }
 
+  // ─────────────────────────── registry credentials ───────────────────────────
+
+  /** Each registry credential a spec names exists and is for its image's registry. */
+  private checkCredentials(spec: NormalAppSpec, at = 'components'): void {
+    const v: import('../common/errors').FieldViolation[] = [];
+    spec.components.forEach((c, i) => {
+      if (!c.imagePullCredential) return;
+      const cred = this.credentials.get(c.imagePullCredential);
+      const field = `${at}[${i}].imagePullCredential`;
+      if (!cred) v.push({ field, message: `no registry credential "${c.imagePullCredential}" (set one with tessera registry-auth set)` });
+      else if (cred.server !== registryOf(c.image)) v.push({ field, message: `registry credential "${c.imagePullCredential}" is for ${cred.server}, and the image ${c.image} is from ${registryOf(c.image)}` });
+    });
+    if (v.length) throw new InvalidArgumentError(v);
+  }
+
+  async setRegistryCredential(c: Partial<RegistryCredential> | null | undefined, by = ''): Promise<RegistryCredential> {
+    const name = c?.name ?? '';
+    const v: import('../common/errors').FieldViolation[] = [];
+    if (!/^[a-z][a-z0-9-]{0,62}$/.test(name)) v.push({ field: 'credential.name', message: `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(name)}` });
+    const server = (c?.server ?? '').trim();
+    if (!/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(server)) v.push({ field: 'credential.server', message: `must be a registry as image references name it (host[:port], or docker.io), without a scheme or path; got ${JSON.stringify(c?.server ?? '')}` });
+    if (!c?.username) v.push({ field: 'credential.username', message: 'is required' });
+    if (!c?.password) v.push({ field: 'credential.password', message: 'is required' });
+    if (v.length) throw new InvalidArgumentError(v);
+    const rec: CredentialRecord = { server, username: c!.username!, password: c!.password!, updatedAtMs: Date.now(), ...(by ? { by } : {}) };
+    await this.store.commit([{ type: 'put', key: this.keys.registryCredential(name), value: JSON.stringify(rec) }], [attributed({
+      kind: 'registry-credential.set', subject: name, message: `registry credential ${name}: ${rec.username} at ${server}`, fields: { server, username: rec.username },
+    }, by)]);
+    this.credentials.set(name, rec);
+    return this.credentialOf(name);
+  }
+
+  async deleteRegistryCredential(name: string, by = ''): Promise<RegistryCredential> {
+    if (!this.credentials.has(name)) throw new NotFoundError('registry credential', name);
+    const cred = this.credentialOf(name);
+    // A credential an app runs with stays: its instances would fail their next pull.
+    if (cred.usedBy?.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${cred.usedBy.join(', ')}: apply those without it first`);
+    await this.store.commit([{ type: 'delete', key: this.keys.registryCredential(name) }], [attributed({ kind: 'registry-credential.deleted', subject: name, message: `registry credential ${name} deleted` }, by)]);
+    this.credentials.delete(name);
+    return cred;
+  }
+
+  listRegistryCredentials(name = ''): RegistryCredential[] {
+    return [...this.credentials.keys()].filter((n) => !name || n === name).sort().map((n) => this.credentialOf(n));
+  }
+
+  /** The credential as the API shows it: never its password. */
+  private credentialOf(name: string): RegistryCredential {
+    const c = this.credentials.get(name)!;
+    const usedBy: string[] = [];
+    for (const app of this.apps.values()) {
+      const spec = this.versions.get(app.name)?.get(app.version)?.spec;
+      for (const comp of spec?.components ?? []) if (comp.imagePullCredential === name) usedBy.push(`${app.name}/${comp.name}`);
+    }
+    return { name, server: c.server, username: c.username, password: '', updatedAtMs: c.updatedAtMs, by: c.by ?? '', usedBy };
+  }
+
   // ─────────────────────────────── quotas ───────────────────────────────
 
   async setQuota(q: { kind?: string; cpuMillis?: number | string; memoryMib?: number | string } | null | undefined, by = ''): Promise<Quota> {
@@ -764,12 +832,16 @@ export class Deployments {
       const k = name.toUpperCase().replace(/-/g, '_');
       env[`PORT_${k}`] = String(port);
     }
+    const cred = comp.imagePullCredential ? this.credentials.get(comp.imagePullCredential) : undefined;
     const instance: InstanceSpec = {
       instanceId: w.id, app: w.app, component: w.component, specVersion: w.version, slot: w.slot,
       image: comp.image, command: comp.command, args: comp.args, env, ports: w.ports,
       resources: comp.resources, health: comp.health, restart: comp.restart, volumes: comp.volumes, stopGraceMs: comp.stopGraceMs,
       taskStatePoll: comp.taskStatePoll, capabilities: comp.capabilities, readOnlyRoot: comp.readOnlyRoot,
       cpuHardLimit: !!comp.cpuHardLimit, imagePullPolicy: comp.imagePullPolicy ?? '',
+      // For the pull only (the agent keeps it out of labels and off disk); a credential deleted
+      // meanwhile leaves the pull to the agent's own credentials.
+      pullAuth: cred ? { server: cred.server, username: cred.username, password: cred.password } : undefined,
     };
     return {
       id: `run-${w.id}`, action: 'INSTRUCTION_ACTION_RUN', target: { app: w.app, component: w.component, instanceId: w.id, nodeId: w.nodeId },

@@ -16,6 +16,8 @@ export class Keys {
   instance(app: string, id: string): string { return `${this.instances}${app}/${id}`; }
   get quotas(): string { return `${this.prefix}quotas/`; }
   quota(kind: string): string { return `${this.quotas}${kind}`; }
+  get registryCredentials(): string { return `${this.prefix}registry-credentials/`; }
+  registryCredential(name: string): string { return `${this.registryCredentials}${name}`; }
   get pipelines(): string { return `${this.prefix}pipelines/`; }
   pipeline(name: string): string { return `${this.pipelines}${name}`; }
   /** External component instances (registered through Admin, with an expiring lease). */

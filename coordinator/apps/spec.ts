@@ -5,7 +5,9 @@ import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1
 import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
 
 /** A component with every default filled in: nested settings are never null. */
-export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy' | 'restartedAtMs'> & {
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy' | 'restartedAtMs' | 'imagePullCredential'> & {
+  /** Set only when named (see normalizeComponent). */
+  imagePullCredential?: string;
   /** Set only when a restart was asked for (see normalizeComponent). */
   restartedAtMs?: number;
   /** Set only when on (see normalizeComponent). */
@@ -65,6 +67,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   else if (!IMAGE_RE.test(c.image)) bad(`${at}.image`, `must be an image reference such as registry.example:5000/team/name:1.2 or name@sha256:<digest>, got ${JSON.stringify(c.image)}`);
   const pull = c.imagePullPolicy ? PULL_POLICIES.get(c.imagePullPolicy.toLowerCase()) : 'IfNotPresent';
   if (!pull) bad(`${at}.imagePullPolicy`, `must be IfNotPresent (the default), Always or Never, got ${JSON.stringify(c.imagePullPolicy)}`);
+  if (c.imagePullCredential && !NAME_RE.test(c.imagePullCredential)) bad(`${at}.imagePullCredential`, `must name a registry credential (a-z, 0-9, "-"), got ${JSON.stringify(c.imagePullCredential)}`);
   const cpu = Number(c.resources?.cpuMillis ?? 0);
   const mem = Number(c.resources?.memoryMib ?? 0);
   if (!(cpu > 0)) bad(`${at}.resources.cpuMillis`, `must be > 0, got ${cpu}`);
@@ -178,6 +181,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     cpuHardLimit: c.cpuHardLimit ? true : undefined,
     // Likewise left out at the default.
     imagePullPolicy: pull && pull !== 'IfNotPresent' ? pull : undefined,
+    ...(c.imagePullCredential ? { imagePullCredential: c.imagePullCredential } : {}),
     restartedAtMs: Number(c.restartedAtMs) > 0 ? Number(c.restartedAtMs) : undefined,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,

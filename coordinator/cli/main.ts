@@ -400,6 +400,27 @@ quota.command('delete <kind>').description('remove a quota').action((kind) => ru
   out({}, () => `quota of ${kind} removed`);
 }));
 
+const registryAuth = program.command('registry-auth').description('registry credentials: the logins agents pull private images with, named by components (imagePullCredential)');
+registryAuth.command('set <name>').description('set a registry credential (the password from standard input, as docker login --password-stdin)')
+  .requiredOption('--server <host[:port]>', 'the registry as image references name it, e.g. registry.example.com:5000 (docker.io for Docker Hub)')
+  .requiredOption('--username <name>', 'the login')
+  .option('--password-stdin', 'read the password from standard input (the default)', true)
+  .action((name: string, o) => run(async (c) => {
+    const password = require('node:fs').readFileSync(0, 'utf8').replace(/\r?\n$/, '') as string;
+    const r = await c.setRegistryCredential({ name, server: o.server, username: o.username, password });
+    out(r, () => `registry credential ${r.name}: ${r.username} at ${r.server}`);
+  }));
+registryAuth.command('list').description('registry credentials (never their passwords) and the components that name them').action(() => run(async (c) => {
+  const r = await c.listRegistryCredentials();
+  out(r.credentials, () => r.credentials.length ? table(['NAME', 'SERVER', 'USERNAME', 'UPDATED', 'BY', 'USED BY'], r.credentials.map((x) => [
+    x.name, x.server, x.username, ago(Number(x.updatedAtMs)), x.by || '-', x.usedBy.join(', ') || '-',
+  ])) : 'no registry credentials');
+}));
+registryAuth.command('delete <name>').description('remove a registry credential (refused while an app names it)').action((name: string) => run(async (c) => {
+  await c.deleteRegistryCredential(name);
+  out({}, () => `registry credential ${name} removed`);
+}));
+
 const pipeline = program.command('pipeline').description('pipelines: the stages a job runs through');
 pipeline.command('apply').description('apply a pipeline from a YAML or JSON file').requiredOption('-f, --file <file>', 'pipeline file, or -').option('--dry-run', 'validate only')
   .action((o) => run(async (c) => {

@@ -138,6 +138,47 @@ describe('image pulls', function () {
     expect(privateRegistry.manifestRequests('tessera/private', tag).length).to.be.at.least(1);
   });
 
+  it('pulls with a registry credential the component names (imagePullCredential) on a node without any, and never shows its password', async () => {
+    const ref = privateRegistry.publish(BASE, 'tessera/named', tag);
+    refs.push(ref);
+    removeImage(ref);
+    const noCreds = [{ label: 'creds', op: '=', value: 'none' }];
+    const good = await admin.setRegistryCredential({ name: 'private-ops', server: privateRegistry.address, username: 'ops', password: 's3cret' });
+    expect([good.name, good.server, good.username, good.password]).to.deep.equal(['private-ops', privateRegistry.address, 'ops', '']);
+    await admin.setRegistryCredential({ name: 'private-wrong', server: privateRegistry.address, username: 'ops', password: 'nope' });
+    // Refused at apply, by field path: a credential that does not exist, or is for another registry.
+    const refusal = async (name: string, image: string) => {
+      const err = await admin.applyApp({ name: 'credapp', components: [comp('web', image, { imagePullCredential: name, constraints: noCreds })] }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).to.equal(grpc.status.INVALID_ARGUMENT);
+      return err!.details;
+    };
+    expect(await refusal('missing', ref)).to.equal('components[0].imagePullCredential: no registry credential "missing" (set one with tessera registry-auth set)');
+    expect(await refusal('private-ops', `${registry.address}/tessera/named:${tag}`)).to.match(/^components\[0\]\.imagePullCredential: registry credential "private-ops" is for 127\.0\.0\.1:\d+, and the image .* is from 127\.0\.0\.1:\d+$/);
+    // A wrong password: the registry's refusal, on the node without credentials of its own.
+    await admin.applyApp({ name: 'wrongcred', components: [comp('web', ref, { imagePullCredential: 'private-wrong', constraints: noCreds })] });
+    const refused = await waitFor('a refused pull', async () => (await pastEvents(admin, ['instance.pull_failed'])).find((e) => e.message.includes(ref)), 60_000, 300);
+    expect(refused.message).to.match(/unauthorized|authentication required|no basic auth credentials/);
+    await admin.deleteApp('wrongcred');
+    // The right one: the node that has no --registry-auth pulls and runs it.
+    await admin.applyApp({ name: 'credapp', components: [comp('web', ref, { imagePullCredential: 'private-ops', constraints: noCreds })] });
+    const inst = await waitFor('RUNNING on the node without credentials', async () => (await instances('credapp')).find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === plain), 60_000, 200);
+    expect(privateRegistry.manifestRequests('tessera/named', tag).length).to.be.at.least(1);
+    // The password shows nowhere: not in the list, the app, the container's labels or its env.
+    const listed = (await admin.listRegistryCredentials()).credentials.find((c) => c.name === 'private-ops')!;
+    expect([listed.password, listed.usedBy]).to.deep.equal(['', ['credapp/web']]);
+    expect(JSON.stringify(await admin.getApp('credapp'))).to.not.include('s3cret');
+    const inspect = execFileSync('docker', ['inspect', `tessera-${inst.id}`]).toString();
+    const labels = JSON.parse(inspect)[0].Config.Labels as Record<string, string>;
+    expect(Buffer.from(labels['tessera.spec'], 'base64').toString()).to.include('"pullAuth":null').and.not.include('s3cret');
+    expect(inspect).to.not.include('s3cret');
+    // Named by a running app: not deleted; unused: deleted.
+    const inUse = await admin.deleteRegistryCredential('private-ops').then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(inUse?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(inUse?.details).to.match(/named by credapp\/web/);
+    await admin.deleteRegistryCredential('private-wrong');
+    expect((await admin.listRegistryCredentials()).credentials.map((c) => c.name)).to.deep.equal(['private-ops']);
+  });
+
   it('refuses a bad pull policy or image reference, naming the field, and stores nothing', async () => {
     const bad = async (c: Record<string, unknown>) => {
       try {
