@@ -1083,9 +1083,18 @@ export class JobScheduler {
     if (this.lease && nowMs - this.lease.grantedAtMs < Math.min(this.opts.retentionMs / 10, 10_000)) return this.lease.id;
     if (!this.leasePending) {
       const ttl = Math.ceil((this.opts.retentionMs * 1.1) / 1000);
-      this.leasePending = this.store.client.lease(ttl, { autoKeepAlive: false }).grant().then((id) => {
+      this.leasePending = this.store.client.lease(ttl, { autoKeepAlive: false }).grant().then(async (id) => {
         this.lease = { id, grantedAtMs: Date.now() };
         this.windows.push({ id, grantedAtMs: this.lease.grantedAtMs, bytes: 0 });
+        // The window is saved before any record goes under its lease (one transaction per
+        // window): a next leader then knows every window with records, to count them against
+        // the budget and to list their jobs, even if this one dies a moment later.
+        try {
+          await this.committer.commit([this.windowsOp()]);
+          this.windowsSavedAtMs = Date.now();
+        } catch (err) {
+          this.log.debug({ err: (err as Error).message }, 'job record budget windows not saved');
+        }
         return id;
       }).finally(() => (this.leasePending = undefined));
     }

@@ -7,11 +7,14 @@ import { AdminClient } from '../../common/admin-client';
 import { waitForLeader } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
 import { etcdAndFleet } from '../helpers/suite';
+import { createEtcdClient } from '../../common/etcd';
+import { waitFor } from '../helpers/ports';
 
 describe('listing jobs that ended under an earlier leader', function () {
   this.timeout(90_000);
   let echo: ChildProcess | undefined;
   const s = etcdAndFleet({ cleanup: () => { echo?.kill('SIGKILL'); } });
+  let leaderAddress = '';
 
   it('lists them from their end records, past one read of keys, filtered and newest first', async () => {
     const first = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'list-1' });
@@ -34,6 +37,7 @@ describe('listing jobs that ended under an earlier leader', function () {
     const second = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'list-2' });
     await first.kill('SIGTERM');
     await waitForLeader([second.address], 20_000, 'list-1');
+    leaderAddress = second.address;
     admin.close();
     admin = new AdminClient([second.address], { timeoutMs: 20_000 });
     try {
@@ -50,6 +54,31 @@ describe('listing jobs that ended under an earlier leader', function () {
       // And a listed job reads back whole.
       expect((await admin.getJob(ids[0])).state).to.equal('JOB_STATE_SUCCEEDED');
     } finally {
+      admin.close();
+    }
+  });
+
+  it('saves a record window before any record goes under its lease, so a next leader knows every window', async () => {
+    // The second coordinator of the test before leads; its first record opened a window.
+    const admin = new AdminClient([leaderAddress], { timeoutMs: 20_000 });
+    const client = createEtcdClient({ endpoints: s.etcd.endpoints });
+    try {
+      const j = await admin.submitJob({ pipeline: 'a', payload: Buffer.from('windowed'), wait: true });
+      // Its end record, with its lease and the revision that created it.
+      const kv = await waitFor('its end record', async () => {
+        for (const prefix of ['/tessera/jobs/ended/', '/tessera/jobs/done/']) {
+          const res = await client.getAll().prefix(prefix).exec();
+          const hit = res.kvs.find((x) => x.value.toString().includes(j.id));
+          if (hit) return hit;
+        }
+        return undefined;
+      }, 10_000, 50);
+      expect(kv.lease).to.not.equal('0');
+      // The windows as etcd held them when that record was written: its lease among them.
+      const saved = await client.get('/tessera/jobs/windows').revision(kv.create_revision).string();
+      expect((JSON.parse(saved ?? '[]') as { id: string }[]).map((w) => String(w.id))).to.include(String(kv.lease));
+    } finally {
+      client.close();
       admin.close();
     }
   });
