@@ -127,3 +127,33 @@ export function bind(server: grpc.Server, address: string, creds: grpc.ServerCre
 export function deadline(ms: number): Date {
   return new Date(Date.now() + ms);
 }
+
+/**
+ * Passes a client stream's messages on to a server stream as the caller reads them (a slow caller
+ * pauses the upstream instead of filling memory), each through `map`; settles when the upstream
+ * ends, or with `failed(err)` when it fails. A caller that goes away cancels the upstream.
+ */
+export function relayStream<In, Out>(
+  upstream: grpc.ClientReadableStream<In>,
+  call: grpc.ServerWritableStream<unknown, Out>,
+  map: (m: In) => Out,
+  failed: (err: grpc.ServiceError) => Error,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    upstream.on('data', (m: In) => {
+      if (call.write(map(m))) return;
+      upstream.pause();
+      call.once('drain', () => upstream.resume());
+    });
+    upstream.on('end', () => resolve());
+    upstream.on('error', (err: grpc.ServiceError) => {
+      // The caller went away (it cancelled): nothing to report to it.
+      if (call.cancelled) return resolve();
+      reject(failed(err));
+    });
+    call.on('cancelled', () => {
+      upstream.cancel();
+      resolve();
+    });
+  });
+}

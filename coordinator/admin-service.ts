@@ -7,7 +7,7 @@ import { FailedPreconditionError, FencedError, InvalidArgumentError, NO_FORWARD_
 import type { Authorizer } from './auth';
 import { peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
-import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, serverStream, unary } from '../common/grpc';
+import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, relayStream, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { storedFormat } from './storage-format';
 import { tesseraPackageDefinition, tesseraProto } from '../common/proto';
@@ -465,22 +465,12 @@ export class AdminService {
     const t0 = Date.now();
     let bytes = 0;
     let first = true;
-    await new Promise<void>((resolve, reject) => {
-      call.on('cancelled', () => upstream.cancel());
-      upstream.on('data', (r) => {
-        bytes += r.blob.length;
-        const chunk: SnapshotChunk = { data: r.blob, remainingBytes: r.remaining_bytes, revision: first ? r.header?.revision ?? 0 : 0 };
-        first = false;
-        if (call.write(chunk)) return;
-        upstream.pause();
-        call.once('drain', () => upstream.resume());
-      });
-      upstream.on('end', () => resolve());
-      upstream.on('error', (err: grpc.ServiceError) => {
-        if (call.cancelled) return resolve();
-        reject(new UnavailableError(`etcd's snapshot stream failed after ${bytes} bytes: ${err.details ?? err.message}`));
-      });
-    });
+    await relayStream(upstream, call, (r): SnapshotChunk => {
+      bytes += r.blob.length;
+      const chunk = { data: r.blob, remainingBytes: r.remaining_bytes, revision: first ? r.header?.revision ?? 0 : 0 };
+      first = false;
+      return chunk;
+    }, (err) => new UnavailableError(`etcd's snapshot stream failed after ${bytes} bytes: ${err.details ?? err.message}`));
     this.log.info({ bytes, ms: Date.now() - t0, caller: String(call.metadata.get(CALLER_KEY)[0] ?? '') || undefined }, 'etcd snapshot sent');
   }
 
@@ -518,20 +508,8 @@ export class AdminService {
       source = `the leader ${leader.id} (${leader.address})`;
       upstream = this.leaderClient(leader.address).instanceLogs(req, md);
     }
-    await new Promise<void>((resolve, reject) => {
-      upstream.on('data', (c: LogChunk) => {
-        if (call.write(c)) return;
-        upstream.pause();
-        call.once('drain', () => upstream.resume());
-      });
-      upstream.on('end', () => resolve());
-      upstream.on('error', (err: grpc.ServiceError) => {
-        // The caller went away (it cancelled): nothing to report to it.
-        if (call.cancelled) return resolve();
-        reject(err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err);
-      });
-      call.on('cancelled', () => { upstream.cancel(); resolve(); });
-    });
+    await relayStream(upstream, call, (c: LogChunk) => c,
+      (err) => (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

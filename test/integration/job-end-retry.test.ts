@@ -13,34 +13,44 @@ import { freePort, waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
 import { TcpProxy } from '../helpers/tcp-proxy';
 
-describe('job end records while etcd is out of reach', function () {
-  this.timeout(90_000);
-  let echo: ChildProcess | undefined;
-  let proxy: TcpProxy | undefined;
+/**
+ * A suite's etcd, and a coordinator reaching it through a TcpProxy the test cuts (a lease TTL
+ * well over the cuts: it stays leader through them), with an echo instance of `kind` registered
+ * and a one-stage pipeline of it, warmed up.
+ */
+function proxiedSuite() {
+  const state: { echo?: ChildProcess; proxy?: TcpProxy } = {};
   const s = etcdAndFleet({
     cleanup: async () => {
-      echo?.kill('SIGKILL');
-      await proxy?.stop();
+      state.echo?.kill('SIGKILL');
+      await state.proxy?.stop();
     },
   });
+  const start = async (o: { id: string; kind: string; pipeline: string; env?: Record<string, string>; extra?: string[] }) => {
+    const proxy = (state.proxy = new TcpProxy(Number(s.etcd.endpoints[0].split(':')[1])));
+    await proxy.start();
+    const c = await s.fleet.coordinator({ etcd: [proxy.address], id: o.id, ttl: 8, extra: o.extra ?? [] });
+    await waitForLeader([c.address]);
+    const started = await startEcho(o.kind, o.env ?? {});
+    state.echo = started.proc;
+    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
+    await admin.registerComponent({ instanceId: `${o.kind}-1`, kind: o.kind, endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: o.pipeline, stages: [{ name: 'echo', kind: o.kind }] });
+    expect((await admin.submitJob({ pipeline: o.pipeline, payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
+    return { proxy, admin, client: createEtcdClient({ endpoints: s.etcd.endpoints }) };
+  };
+  return { start };
+}
+
+describe('job end records while etcd is out of reach', function () {
+  this.timeout(90_000);
+  const suite = proxiedSuite();
 
   it('writes the end records of jobs answered during the outage once etcd is back; their start records go', async () => {
-    proxy = new TcpProxy(Number(s.etcd.endpoints[0].split(':')[1]));
-    await proxy.start();
     const metricsPort = await freePort();
-    // A lease TTL well over the cut: the coordinator stays leader through it.
-    const c = await s.fleet.coordinator({ etcd: [proxy.address], id: 'er', ttl: 8, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
-    await waitForLeader([c.address]);
-    const started = await startEcho('slow-echo', { DELAY_MS: '2000' });
-    echo = started.proc;
-    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
-    const client = createEtcdClient({ endpoints: s.etcd.endpoints });
+    const { proxy, admin, client } = await suite.start({ id: 'er', kind: 'slow-echo', pipeline: 'slow', env: { DELAY_MS: '2000' }, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
     const js = admin.jobStream();
     try {
-      await admin.registerComponent({ instanceId: 'slow-echo-1', kind: 'slow-echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
-      await admin.applyPipeline({ name: 'slow', stages: [{ name: 'echo', kind: 'slow-echo' }] });
-      expect((await admin.submitJob({ pipeline: 'slow', payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
-
       // Eight jobs in one message: one shared start record, durable before the cut.
       const answers = Array.from({ length: 8 }, (_, i) => js.submit({ pipeline: 'slow', payload: Buffer.from(`job ${i}`), wait: true }));
       await waitFor('their start record', async () => Object.values(await client.getAll().prefix('/tessera/jobs/started/').strings())
@@ -77,30 +87,12 @@ describe('job end records while etcd is out of reach', function () {
 
 describe('a start record etcd took but whose answer was lost', function () {
   this.timeout(90_000);
-  let echo: ChildProcess | undefined;
-  let proxy: TcpProxy | undefined;
-  const s = etcdAndFleet({
-    cleanup: async () => {
-      echo?.kill('SIGKILL');
-      await proxy?.stop();
-    },
-  });
+  const suite = proxiedSuite();
 
   it('is deleted once etcd is back: its jobs were refused and no next leader runs them', async () => {
-    proxy = new TcpProxy(Number(s.etcd.endpoints[0].split(':')[1]));
-    await proxy.start();
-    const c = await s.fleet.coordinator({ etcd: [proxy.address], id: 'lost', ttl: 8 });
-    await waitForLeader([c.address]);
-    const started = await startEcho('echo');
-    echo = started.proc;
-    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
-    const client = createEtcdClient({ endpoints: s.etcd.endpoints });
+    const { proxy, admin, client } = await suite.start({ id: 'lost', kind: 'echo', pipeline: 'p' });
     const js = admin.jobStream();
     try {
-      await admin.registerComponent({ instanceId: 'echo-1', kind: 'echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 120_000 });
-      await admin.applyPipeline({ name: 'p', stages: [{ name: 'echo', kind: 'echo' }] });
-      expect((await admin.submitJob({ pipeline: 'p', payload: Buffer.from('warm'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
-
       // etcd takes the jobs' start record; its answer never reaches the coordinator.
       proxy.holdReplies();
       const answers = Array.from({ length: 3 }, (_, i) => js.submit({ pipeline: 'p', payload: Buffer.from(`job ${i}`) }).then(
