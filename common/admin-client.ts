@@ -66,6 +66,12 @@ export class AdminClient {
   }
 
   getClusterStatus(): Promise<ClusterStatus__Output> { return this.unary('getClusterStatus', {}); }
+  /**
+   * Points the stream methods (which do not move on to the next address by themselves) at the
+   * first coordinator in the list that answers: call it before opening a stream when the first
+   * address may be down.
+   */
+  async reachable(): Promise<void> { await this.unary('getClusterStatus', {}); }
   listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[] }> { return this.unary('listNodes', req); }
   getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
   drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }

@@ -279,6 +279,7 @@ program.command('logs [instance-id]').description("an instance's container outpu
     }
     // One instance: its bytes as they come. Several: whole lines, each prefixed with its instance.
     const prefix = !!o.app;
+    await c.reachable(); // streams stay on one coordinator: one that answers
     await Promise.all(ids.map((instanceId) => new Promise<void>((resolve, reject) => {
       const stream = c.instanceLogs({ instanceId, tailLines: o.tail ?? 0, follow: !!o.follow, timestamps: !!o.timestamps });
       const partial: Record<string, string> = { stdout: '', stderr: '' };
@@ -351,6 +352,7 @@ program.command('events').description('cluster events (placements, node states, 
   .option('-n, --history <count>', 'how many past events to show', wholeNumber('--history', 0), 20)
   .option('--kind <prefix...>', 'only events whose kind starts with this, e.g. node.')
   .action((o) => run(async (c) => {
+    await c.reachable();
     const stream = c.watchEvents({ history: Number(o.history), follow: !!o.follow, kinds: o.kind ?? [] });
     const json = program.opts().json;
     await new Promise<void>((resolve, reject) => {
@@ -509,6 +511,7 @@ job.command('cancel <id>').description('cancel a queued or running job').action(
   out(j, () => `job ${j.id}: ${enumName(j.state, 'JOB_STATE_')}`);
 }));
 job.command('watch <id>').description('follow a job until it ends').action((id) => run(async (c) => {
+  await c.reachable();
   const stream = c.watchJob(id);
   await new Promise<void>((resolve, reject) => {
     stream.on('data', (j: JobOut) => process.stdout.write((program.opts().json ? JSON.stringify({ ...j, result: j.result.toString('utf8') }) : renderJob(j, false)) + '\n'));
@@ -535,6 +538,7 @@ operator.command('snapshot').description("etcd snapshots: Tessera's whole state,
     let shown = 0;
     const progress = process.stderr.isTTY && !program.opts().json;
     try {
+      await c.reachable();
       await new Promise<void>((resolve, reject) => {
         const stream = c.saveSnapshot();
         stream.on('data', (ch: { data: Buffer; remainingBytes: string | number; revision: string | number }) => {

@@ -51,9 +51,10 @@ describe('backup and restore (etcd snapshots)', function () {
       await admin.applyApp(app('snap-kept', 2));
       await waitFor('2 snap-kept containers running', () => running('snap-kept').length === 2, 60_000, 200);
 
-      // Saved through the CLI, as an operator would; etcdctl reads it back (its hash checks out).
+      // Saved through the CLI, as an operator would, given a list whose first coordinator is down
+      // (the stream goes to the first that answers); etcdctl reads it back (its hash checks out).
       const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
-      const saved = await run(process.execPath, [cli, '-c', c.address, 'operator', 'snapshot', 'save', file]);
+      const saved = await run(process.execPath, [cli, '-c', `127.0.0.1:${await freePort()},${c.address}`, 'operator', 'snapshot', 'save', file]);
       expect(saved.stdout).to.match(/^saved .*tessera\.snapshot: [\d.]+ MiB, sha256 [0-9a-f]{64}/);
       expect(fs.statSync(file).mode & 0o777).to.equal(0o600);
       expect(fs.existsSync(`${file}.part`)).to.equal(false);
