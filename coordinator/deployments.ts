@@ -661,6 +661,10 @@ export class Deployments {
     if (!c?.username) v.push({ field: 'credential.username', message: 'is required' });
     if (!c?.password) v.push({ field: 'credential.password', message: 'is required' });
     if (v.length) throw new InvalidArgumentError(v);
+    // Moving a credential in use to another registry would leave its components' images without
+    // it (and fail the next apply, a scaling policy's included).
+    const elsewhere = this.credentials.has(name) ? this.componentsNaming(name).filter((x) => registryOf(x.image) !== server) : [];
+    if (elsewhere.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${elsewhere.map((x) => `${x.app}/${x.component} (image from ${registryOf(x.image)})`).join(', ')}: it cannot move to ${server}`);
     const rec: CredentialRecord = { server, username: c!.username!, password: c!.password!, updatedAtMs: Date.now(), ...(by ? { by } : {}) };
     await this.store.commit([{ type: 'put', key: this.keys.registryCredential(name), value: JSON.stringify(rec) }], [attributed({
       kind: 'registry-credential.set', subject: name, message: `registry credential ${name}: ${rec.username} at ${server}`, fields: { server, username: rec.username },
@@ -683,14 +687,20 @@ export class Deployments {
     return [...this.credentials.keys()].filter((n) => !name || n === name).sort().map((n) => this.credentialOf(n));
   }
 
+  /** The components whose app's current version names the credential. */
+  private componentsNaming(name: string): { app: string; component: string; image: string }[] {
+    const out: { app: string; component: string; image: string }[] = [];
+    for (const app of this.apps.values()) {
+      const spec = this.versions.get(app.name)?.get(app.version)?.spec;
+      for (const comp of spec?.components ?? []) if (comp.imagePullCredential === name) out.push({ app: app.name, component: comp.name, image: comp.image });
+    }
+    return out;
+  }
+
   /** The credential as the API shows it: never its password. */
   private credentialOf(name: string): RegistryCredential {
     const c = this.credentials.get(name)!;
-    const usedBy: string[] = [];
-    for (const app of this.apps.values()) {
-      const spec = this.versions.get(app.name)?.get(app.version)?.spec;
-      for (const comp of spec?.components ?? []) if (comp.imagePullCredential === name) usedBy.push(`${app.name}/${comp.name}`);
-    }
+    const usedBy = this.componentsNaming(name).map((x) => `${x.app}/${x.component}`);
     return { name, server: c.server, username: c.username, password: '', updatedAtMs: c.updatedAtMs, by: c.by ?? '', usedBy };
   }
 

@@ -406,8 +406,9 @@ const registryAuth = program.command('registry-auth').description('registry cred
 registryAuth.command('set <name>').description('set a registry credential (the password from standard input, as docker login --password-stdin)')
   .requiredOption('--server <host[:port]>', 'the registry as image references name it, e.g. registry.example.com:5000 (docker.io for Docker Hub)')
   .requiredOption('--username <name>', 'the login')
-  .option('--password-stdin', 'read the password from standard input (the default)', true)
   .action((name: string, o) => run(async (c) => {
+    // Never a flag: it would stay in the shell's history and show in ps.
+    if (process.stdin.isTTY) process.stderr.write('password (then Enter and Ctrl-D): ');
     const password = require('node:fs').readFileSync(0, 'utf8').replace(/\r?\n$/, '') as string;
     const r = await c.setRegistryCredential({ name, server: o.server, username: o.username, password });
     out(r, () => `registry credential ${r.name}: ${r.username} at ${r.server}`);

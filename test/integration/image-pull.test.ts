@@ -175,6 +175,10 @@ describe('image pulls', function () {
     const inUse = await admin.deleteRegistryCredential('private-ops').then(() => undefined, (e: grpc.ServiceError) => e);
     expect(inUse?.code).to.equal(grpc.status.FAILED_PRECONDITION);
     expect(inUse?.details).to.match(/named by credapp\/web/);
+    const moved = await admin.setRegistryCredential({ name: 'private-ops', server: registry.address, username: 'ops', password: 's3cret' }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(moved?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(moved?.details).to.match(/named by credapp\/web \(image from 127\.0\.0\.1:\d+\): it cannot move to 127\.0\.0\.1:\d+$/);
+    expect((await admin.listRegistryCredentials('private-ops')).credentials[0].server).to.equal(privateRegistry.address);
     await admin.deleteRegistryCredential('private-wrong');
     expect((await admin.listRegistryCredentials()).credentials.map((c) => c.name)).to.deep.equal(['private-ops']);
   });
