@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
+import { tesseraProto } from '../../common/proto';
 import type { LogChunk__Output } from '../../common/generated/tessera/v1/LogChunk';
 import type { InstanceLogsRequest } from '../../common/generated/tessera/v1/InstanceLogsRequest';
 import { EtcdCluster } from '../helpers/etcd';
@@ -137,6 +138,25 @@ describe('instance logs', function () {
       const missing = await read(admin, { instanceId: '' }).then(() => undefined, (e: grpc.ServiceError) => e);
       expect(missing?.code).to.equal(grpc.status.INVALID_ARGUMENT);
       expect(missing?.details).to.match(/instance_id/);
+    }
+  });
+
+  it('says NOT_FOUND when the node has no container for the instance (removed outside Tessera)', async () => {
+    // Asked directly (as the leader asks it), the agent answers from the Docker Engine's 404;
+    // the leader passes any status but UNAVAILABLE on as it is (relayStream).
+    const endpoint = (await leader.listNodes()).nodes[0].endpoint;
+    const direct = new (tesseraProto().AgentLogs)(endpoint, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+        const s = direct.instanceLogs({ instanceId: 'i-removed-outside' });
+        s.on('data', () => {});
+        s.on('end', () => resolve(undefined));
+        s.on('error', resolve);
+      });
+      expect(err?.code).to.equal(grpc.status.NOT_FOUND);
+      expect(err?.details).to.equal('container of instance "i-removed-outside" not found');
+    } finally {
+      direct.close();
     }
   });
 
