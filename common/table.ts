@@ -5,6 +5,11 @@ export function table(headers: string[], rows: (string | number)[][]): string {
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd()).join('\n');
 }
 
+/** A cell cut to `n` characters, its end marked when it was cut (a table shows whole cells). */
+export function clip(s: string, n: number): string {
+  return s.length <= n ? s : `${s.slice(0, n - 1)}…`;
+}
+
 export function ago(ms: number, now = Date.now()): string {
   if (!ms) return '-';
   const s = Math.max(0, Math.round((now - ms) / 1000));

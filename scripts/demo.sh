@@ -133,8 +133,11 @@ tessera operator snapshot save .tessera/backup.db
 
 step "bring $leader back (it rejoins as a follower)"
 bash scripts/cluster.sh start >/dev/null
-sleep 2
-tessera status | head -8
+for _ in $(seq 1 20); do
+  tessera status 2>/dev/null | grep -q "^$leader .*follower" && break
+  sleep 0.5
+done
+tessera status
 
 step "recent events"
 tessera events -n 15

@@ -4,7 +4,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
-import { ago, enumName, table } from '../../common/table';
+import { ago, clip, enumName, table } from '../../common/table';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
 import { loadTls } from '../../common/tls';
@@ -256,7 +256,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
-    ago(Number(i.createdAtMs)), (i.message || '').slice(0, 80),
+    ago(Number(i.createdAtMs)), clip(i.message || '', 80),
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 
@@ -343,7 +343,7 @@ program.command('scaling').description('scaling decisions').command('history <ap
     const r = await c.scalingHistory(app, o.component ?? '', Number(o.limit));
     out(r.decisions, () => r.decisions.length ? table(['TIME', 'COMPONENT', 'ACTION', 'INSTRUCTION', 'APPLIED', 'REASON'], r.decisions.map((d) => {
       const a = d.instruction?.attributes?.[0];
-      return [new Date(Number(d.atMs)).toISOString().slice(11, 19), d.component, d.action, `${a?.name} ${a?.min}..${a?.max} -> ${a?.value}`, d.applied ? 'yes' : 'no', d.reason.slice(0, 110)];
+      return [new Date(Number(d.atMs)).toISOString().slice(11, 19), d.component, d.action, `${a?.name} ${a?.min}..${a?.max} -> ${a?.value}`, d.applied ? 'yes' : 'no', clip(d.reason, 110)];
     })) : 'no decisions yet');
   }));
 
@@ -452,7 +452,7 @@ function renderJob(j: JobOut, explain = true): string {
   if (explain) {
     lines.push(table(['STAGE', 'KIND', 'INSTANCE', 'NODE', 'PLANNED COST', 'ATTEMPT', 'TOOK', 'OUTCOME'], j.steps.map((st) => {
       const planned = j.path.find((p) => p.stage === st.stage && p.instanceId === st.instanceId);
-      return [st.stage, st.kind, st.instanceId, st.nodeId || 'external', planned ? `${Number(planned.costMs).toFixed(2)} ms` : '-', st.attempt, `${Number(st.durationMs).toFixed(2)} ms`, st.ok ? 'ok' : st.error.slice(0, 80)];
+      return [st.stage, st.kind, st.instanceId, st.nodeId || 'external', planned ? `${Number(planned.costMs).toFixed(2)} ms` : '-', st.attempt, `${Number(st.durationMs).toFixed(2)} ms`, st.ok ? 'ok' : clip(st.error, 80)];
     })));
   }
   return lines.join('\n');
@@ -504,7 +504,7 @@ job.command('list').description('recent jobs').option('--pipeline <name>', 'one 
     const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit) });
     out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
       j.id, j.pipeline, enumName(j.state, 'JOB_STATE_'), ago(Number(j.submittedAtMs)), `${Number(j.durationMs).toFixed(0)} ms`, j.plans,
-      j.path.map((p) => p.instanceId).join(' > ').slice(0, 60), j.reason.slice(0, 60) || '-',
+      clip(j.path.map((p) => p.instanceId).join(' > '), 60), clip(j.reason, 60) || '-',
     ])) : 'no jobs');
   }));
 job.command('cancel <id>').description('cancel a queued or running job').action((id) => run(async (c) => {
