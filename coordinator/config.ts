@@ -5,6 +5,7 @@ import { ConfigError, FieldViolation } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
 import { tlsSchema, tlsViolations } from '../common/tls';
 import { loadTokens } from './auth';
+import { loadKeyring } from './secrets';
 
 export const COORDINATOR_SCHEMA = {
   id: { type: 'string', doc: 'unique coordinator id (default: hostname-port)', env: 'TESSERA_COORDINATOR_ID' },
@@ -27,6 +28,7 @@ export const COORDINATOR_SCHEMA = {
   etcdCert: { type: 'string', doc: 'client certificate for etcd', env: 'TESSERA_ETCD_CERT' },
   etcdKey: { type: 'string', doc: 'client key for etcd', env: 'TESSERA_ETCD_KEY' },
   tokensFile: { type: 'string', doc: 'Admin API tokens (YAML: tokens: [{name, role: read-only|operator, sha256|token}]); empty: Admin is open', env: 'TESSERA_TOKENS_FILE', default: '' },
+  secretsKeyFile: { type: 'string', doc: 'keys that seal registry passwords before they are stored in etcd (AES-256-GCM; a line per key, name:base64 of 32 bytes, the first seals, all open; mode 600; tessera operator keygen makes a line); empty: stored in the clear. Every coordinator needs the same file', env: 'TESSERA_SECRETS_KEY_FILE', default: '' },
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   reconcileIntervalMs: { type: 'int', doc: 'how often the leader reconciles desired against observed instances', env: 'TESSERA_RECONCILE_INTERVAL_MS', default: 500, min: 50 },
   schedulerSampleSize: { type: 'int', doc: 'feasible nodes the scheduler scores per placement (0 = adaptive: max(50, 2% of nodes))', env: 'TESSERA_SCHEDULER_SAMPLE', default: 0, min: 0 },
@@ -63,6 +65,7 @@ export interface CoordinatorConfig {
   schedulerSampleSize: number;
   metricsListen: string;
   tokensFile: string;
+  secretsKeyFile: string;
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -108,6 +111,14 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
     // Checked here so a bad tokens file is a configuration error (exit 2), not a failed start.
     try {
       loadTokens(raw.tokensFile);
+    } catch (e) {
+      if (e instanceof ConfigError) v.push(...e.violations);
+      else throw e;
+    }
+  }
+  if (raw.secretsKeyFile) {
+    try {
+      loadKeyring(raw.secretsKeyFile);
     } catch (e) {
       if (e instanceof ConfigError) v.push(...e.violations);
       else throw e;

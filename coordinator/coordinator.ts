@@ -27,6 +27,7 @@ import { Deployments } from './deployments';
 import { Scaler } from './scaling/scaler';
 import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
+import { loadKeyring } from './secrets';
 import { loadTls, TlsMaterial } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
 import { ComponentManager } from './components';
@@ -65,7 +66,7 @@ export class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
-    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics }, c.log.child({ part: 'deployments' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.config.secretsKeyFile ? loadKeyring(c.config.secretsKeyFile) : undefined }, c.log.child({ part: 'deployments' }));
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
     this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
       maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,

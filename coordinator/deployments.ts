@@ -19,9 +19,12 @@ import type { Instance } from '../common/generated/tessera/v1/Instance';
 import type { Quota } from '../common/generated/tessera/v1/Quota';
 import type { RegistryCredential } from '../common/generated/tessera/v1/RegistryCredential';
 import { registryOf } from '../common/image-ref';
+import { isSealed, Keyring, noKeyring, Sealed } from './secrets';
 
-/** A registry credential as stored in etcd. */
-interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string }
+/** A registry credential as stored in etcd: its password in the clear, or sealed (--secrets-key-file). */
+interface StoredCredential { server: string; username: string; password?: string; sealed?: Sealed; updatedAtMs: number; by?: string }
+/** A registry credential as the leader holds it: how it is stored, and why it cannot be used if it cannot. */
+interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string }
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
 import type { AgentGateway } from './agent-gateway';
@@ -44,6 +47,8 @@ export interface DeploymentOptions {
   sampleSize: number;
   coordinatorId: string;
   metrics?: import('../common/metrics').Metrics;
+  /** Seals registry passwords before they are stored (--secrets-key-file); none: stored in the clear. */
+  keyring?: Keyring;
 }
 
 export class Deployments {
@@ -80,7 +85,10 @@ export class Deployments {
       c.getAll().prefix(this.keys.quotas).strings(),
       c.getAll().prefix(this.keys.registryCredentials).strings(),
     ]);
-    for (const [k, v] of Object.entries(credentials)) this.credentials.set(k.slice(this.keys.registryCredentials.length), JSON.parse(v));
+    for (const [k, v] of Object.entries(credentials)) {
+      const name = k.slice(this.keys.registryCredentials.length);
+      this.credentials.set(name, this.openCredential(name, JSON.parse(v) as StoredCredential));
+    }
     for (const [k, v] of Object.entries(quotas)) this.quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
     for (const v of Object.values(apps)) {
       const a = JSON.parse(v) as AppRecord;
@@ -98,6 +106,7 @@ export class Deployments {
     }
     // The backoff of failing slots carries over a change of leader: their failures' tombstones say it.
     this.slotFailures = slotFailuresOf(this.instances.values());
+    await this.resealCredentials();
     for (const [k, v] of Object.entries(await c.getAll().prefix(`${this.keys.prefix}replicas/`).strings())) {
       this.replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
     }
@@ -642,14 +651,18 @@ export class Deployments {
   /** Each registry credential a spec names exists and is for its image's registry. */
   private checkCredentials(spec: NormalAppSpec, at = 'components'): void {
     const v: import('../common/errors').FieldViolation[] = [];
+    const unreadable: string[] = [];
     spec.components.forEach((c, i) => {
       if (!c.imagePullCredential) return;
       const cred = this.credentials.get(c.imagePullCredential);
       const field = `${at}[${i}].imagePullCredential`;
       if (!cred) v.push({ field, message: `no registry credential "${c.imagePullCredential}" (set one with tessera registry-auth set)` });
+      else if (cred.unreadable) unreadable.push(`registry credential ${c.imagePullCredential} (${field}) cannot be opened: ${cred.unreadable}`);
       else if (cred.server !== registryOf(c.image)) v.push({ field, message: `registry credential "${c.imagePullCredential}" is for ${cred.server}, and the image ${c.image} is from ${registryOf(c.image)}` });
     });
     if (v.length) throw new InvalidArgumentError(v);
+    // Not the spec's fault: this leader lacks the key (set the credential again, or give the key).
+    if (unreadable.length) throw new FailedPreconditionError(unreadable.join('; '));
   }
 
   async setRegistryCredential(c: Partial<RegistryCredential> | null | undefined, by = ''): Promise<RegistryCredential> {
@@ -665,8 +678,8 @@ export class Deployments {
     // it (and fail the next apply, a scaling policy's included).
     const elsewhere = this.credentials.has(name) ? this.componentsNaming(name).filter((x) => registryOf(x.image) !== server) : [];
     if (elsewhere.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${elsewhere.map((x) => `${x.app}/${x.component} (image from ${registryOf(x.image)})`).join(', ')}: it cannot move to ${server}`);
-    const rec: CredentialRecord = { server, username: c!.username!, password: c!.password!, updatedAtMs: Date.now(), ...(by ? { by } : {}) };
-    await this.store.commit([{ type: 'put', key: this.keys.registryCredential(name), value: JSON.stringify(rec) }], [attributed({
+    const rec: CredentialRecord = { server, username: c!.username!, password: c!.password!, updatedAtMs: Date.now(), ...(by ? { by } : {}), storedWith: this.opts.keyring?.primary ?? '' };
+    await this.store.commit([{ type: 'put', key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, rec)) }], [attributed({
       kind: 'registry-credential.set', subject: name, message: `registry credential ${name}: ${rec.username} at ${server}`, fields: { server, username: rec.username },
     }, by)]);
     this.credentials.set(name, rec);
@@ -701,7 +714,50 @@ export class Deployments {
   private credentialOf(name: string): RegistryCredential {
     const c = this.credentials.get(name)!;
     const usedBy = this.componentsNaming(name).map((x) => `${x.app}/${x.component}`);
-    return { name, server: c.server, username: c.username, password: '', updatedAtMs: c.updatedAtMs, by: c.by ?? '', usedBy };
+    const atRest = c.unreadable ? `unreadable: ${c.unreadable}` : c.storedWith ? `aes-256-gcm, key ${c.storedWith}` : 'plaintext';
+    return { name, server: c.server, username: c.username, password: '', updatedAtMs: c.updatedAtMs, by: c.by ?? '', usedBy, atRest };
+  }
+
+  /** What etcd holds of a credential: the password sealed with the primary key when there is a keyring. */
+  private storedCredential(name: string, c: CredentialRecord): StoredCredential {
+    const { server, username, updatedAtMs, by } = c;
+    const k = this.opts.keyring;
+    return { server, username, ...(k ? { sealed: k.seal(c.password, this.keys.registryCredential(name)) } : { password: c.password }), updatedAtMs, ...(by ? { by } : {}) };
+  }
+
+  /** A stored credential as the leader holds it; one whose password does not open says why, and is not used. */
+  private openCredential(name: string, s: StoredCredential): CredentialRecord {
+    const base = { server: s.server, username: s.username, updatedAtMs: s.updatedAtMs, ...(s.by ? { by: s.by } : {}) };
+    if (!isSealed(s.sealed)) return { ...base, password: s.password ?? '', storedWith: '' };
+    try {
+      if (!this.opts.keyring) throw noKeyring(s.sealed);
+      return { ...base, password: this.opts.keyring.open(s.sealed, this.keys.registryCredential(name)), storedWith: s.sealed.k };
+    } catch (e) {
+      const why = (e as Error).message;
+      this.log.error({ credential: name, reason: why }, 'registry credential cannot be opened: components naming it pull without it');
+      return { ...base, password: '', storedWith: s.sealed.k, unreadable: why };
+    }
+  }
+
+  /**
+   * With a keyring, a new leader seals what is stored in the clear or with a key other than the
+   * primary one (key rotation: the new key first in every coordinator's file, then restart them;
+   * once every credential says the new key, the old one can go). One transaction.
+   */
+  private async resealCredentials(): Promise<void> {
+    const k = this.opts.keyring;
+    if (!k) return;
+    const stale = [...this.credentials].filter(([, c]) => !c.unreadable && c.storedWith !== k.primary);
+    if (!stale.length) return;
+    try {
+      await this.store.commit(stale.map(([name, c]) => ({ type: 'put' as const, key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, c)) })), stale.map(([name, c]) => ({
+        kind: 'registry-credential.resealed', subject: name, message: `registry credential ${name} sealed with key ${k.primary} (was ${c.storedWith ? `key ${c.storedWith}` : 'plaintext'})`,
+      })));
+      for (const [, c] of stale) c.storedWith = k.primary;
+      this.log.info({ credentials: stale.map(([n]) => n), key: k.primary }, 'registry credentials resealed');
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'resealing registry credentials failed: the next leader tries again');
+    }
   }
 
   // ─────────────────────────────── quotas ───────────────────────────────
@@ -842,7 +898,8 @@ export class Deployments {
       const k = name.toUpperCase().replace(/-/g, '_');
       env[`PORT_${k}`] = String(port);
     }
-    const cred = comp.imagePullCredential ? this.credentials.get(comp.imagePullCredential) : undefined;
+    const named = comp.imagePullCredential ? this.credentials.get(comp.imagePullCredential) : undefined;
+    const cred = named?.unreadable ? undefined : named;
     const instance: InstanceSpec = {
       instanceId: w.id, app: w.app, component: w.component, specVersion: w.version, slot: w.slot,
       image: comp.image, command: comp.command, args: comp.args, env, ports: w.ports,
@@ -850,7 +907,7 @@ export class Deployments {
       taskStatePoll: comp.taskStatePoll, capabilities: comp.capabilities, readOnlyRoot: comp.readOnlyRoot,
       cpuHardLimit: !!comp.cpuHardLimit, imagePullPolicy: comp.imagePullPolicy ?? '',
       // For the pull only (the agent keeps it out of labels and off disk); a credential deleted
-      // meanwhile leaves the pull to the agent's own credentials.
+      // meanwhile, or one this leader cannot open, leaves the pull to the agent's own credentials.
       pullAuth: cred ? { server: cred.server, username: cred.username, password: cred.password } : undefined,
     };
     return {

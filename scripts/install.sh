@@ -91,6 +91,9 @@ tlsCert: /etc/tessera/tls/coordinator.pem
 tlsKey: /etc/tessera/tls/coordinator-key.pem
 # etcd over TLS: etcdCa, etcdCert, etcdKey (and https:// endpoints)
 # tokensFile: /etc/tessera/tokens.yaml
+# Registry passwords sealed at rest: tessera operator keygen k1 > /etc/tessera/secrets.keys,
+# mode 0640 root:tessera, the same file on every coordinator (README: Security).
+# secretsKeyFile: /etc/tessera/secrets.keys
 CFG
   fi
   chmod 0640 "$CONF"

@@ -5,6 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { ago, clip, enumName, table } from '../../common/table';
+import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
 import { loadTls } from '../../common/tls';
@@ -415,8 +416,8 @@ registryAuth.command('set <name>').description('set a registry credential (the p
   }));
 registryAuth.command('list').description('registry credentials (never their passwords) and the components that name them').action(() => run(async (c) => {
   const r = await c.listRegistryCredentials();
-  out(r.credentials, () => r.credentials.length ? table(['NAME', 'SERVER', 'USERNAME', 'UPDATED', 'BY', 'USED BY'], r.credentials.map((x) => [
-    x.name, x.server, x.username, ago(Number(x.updatedAtMs)), x.by || '-', x.usedBy.join(', ') || '-',
+  out(r.credentials, () => r.credentials.length ? table(['NAME', 'SERVER', 'USERNAME', 'UPDATED', 'BY', 'AT REST', 'USED BY'], r.credentials.map((x) => [
+    x.name, x.server, x.username, ago(Number(x.updatedAtMs)), x.by || '-', x.atRest || '-', x.usedBy.join(', ') || '-',
   ])) : 'no registry credentials');
 }));
 registryAuth.command('delete <name>').description('remove a registry credential (refused while an app names it)').action((name: string) => run(async (c) => {
@@ -523,7 +524,16 @@ job.command('watch <id>').description('follow a job until it ends').action((id) 
 
 // ─────────────────────────────── operator ───────────────────────────────
 
-const operator = program.command('operator').description('cluster operations: snapshots of the cluster state');
+const operator = program.command('operator').description('cluster operations: snapshots of the cluster state, keys for secrets at rest');
+operator.command('keygen [name]').description('print a new line for the coordinators\' --secrets-key-file (name:base64 of 32 random bytes; made here, sent nowhere)')
+  .action((name = `k${new Date().toISOString().slice(0, 10).replace(/-/g, '')}`) => {
+    try {
+      process.stdout.write(`${newKeyLine(name)}\n`);
+    } catch (e) {
+      process.stderr.write(`error: ${(e as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  });
 operator.command('snapshot').description("etcd snapshots: Tessera's whole state, to back up and restore (as nomad operator snapshot)")
   .command('save <file>').description('save a snapshot of etcd through a coordinator (restore it with etcdctl snapshot restore: see the README, Backup and restore)')
   .action((file: string) => run(async (c) => {

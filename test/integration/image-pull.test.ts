@@ -16,6 +16,8 @@ import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers, removeImage } from '../helpers/docker';
 import { TestRegistry } from '../helpers/registry';
+import { createEtcdClient } from '../../common/etcd';
+import { newKeyLine } from '../../coordinator/secrets';
 
 const BASE = 'tessera/busybox:local';
 
@@ -47,7 +49,10 @@ describe('image pulls', function () {
     fs.writeFileSync(authFile, JSON.stringify({ auths: { [privateRegistry.address]: { auth: Buffer.from('ops:s3cret').toString('base64') } } }));
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const c1 = await fleet.coordinator({ etcd: etcd.endpoints });
+    // Registry passwords sealed at rest (secrets.test.ts has the key file's rules and rotation).
+    const keyFile = path.join(dir, 'secrets.keys');
+    fs.writeFileSync(keyFile, `${newKeyLine('k1')}\n`, { mode: 0o600 });
+    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile] });
     await waitForLeader([c1.address]);
     fleet.agent({ coordinators: [c1.address], nodeId: plain, extra: ['--port-range', '30300-30349', '--labels', 'creds=none'] });
     fleet.agent({ coordinators: [c1.address], nodeId: withAuth, extra: ['--port-range', '30350-30399', '--labels', 'creds=private', '--registry-auth', authFile] });
@@ -165,7 +170,15 @@ describe('image pulls', function () {
     expect(privateRegistry.manifestRequests('tessera/named', tag).length).to.be.at.least(1);
     // The password shows nowhere: not in the list, the app, the container's labels or its env.
     const listed = (await admin.listRegistryCredentials()).credentials.find((c) => c.name === 'private-ops')!;
-    expect([listed.password, listed.usedBy]).to.deep.equal(['', ['credapp/web']]);
+    expect([listed.password, listed.usedBy, listed.atRest]).to.deep.equal(['', ['credapp/web'], 'aes-256-gcm, key k1']);
+    // Nor in etcd (or a snapshot of it): the leader sealed it, and opened it for the run instruction.
+    const raw = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      expect(JSON.parse((await raw.get('/tessera/registry-credentials/private-ops').string())!).sealed.k).to.equal('k1');
+      expect(JSON.stringify(await raw.getAll().prefix('/tessera/').strings())).to.not.include('s3cret');
+    } finally {
+      raw.close();
+    }
     expect(JSON.stringify(await admin.getApp('credapp'))).to.not.include('s3cret');
     const inspect = execFileSync('docker', ['inspect', `tessera-${inst.id}`]).toString();
     const labels = JSON.parse(inspect)[0].Config.Labels as Record<string, string>;

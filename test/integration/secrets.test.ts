@@ -1,0 +1,127 @@
+// Registry passwords at rest (--secrets-key-file): sealed before they reach etcd, resealed by a
+// new leader when keys rotate, and refused clearly by a leader that lacks their key. Real etcd
+// and coordinator processes, one after another on the same etcd (each a new leader); the etcd
+// values are read raw. The pull with a sealed credential is in image-pull.test.ts.
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import { createEtcdClient } from '../../common/etcd';
+import { repoRoot } from '../../common/version';
+import { newKeyLine } from '../../coordinator/secrets';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+
+describe('registry passwords at rest', function () {
+  this.timeout(120_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let dir: string;
+  const keys = { k1: newKeyLine('k1'), k2: newKeyLine('k2'), k3: newKeyLine('k3') };
+  const keyFile = (name: string, ...lines: string[]) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, `${lines.join('\n')}\n`, { mode: 0o600 });
+    return f;
+  };
+  const SERVER = 'registry.example.com:5000';
+  const IMAGE = `${SERVER}/team/web:1`;
+
+  /** One coordinator at a time: the one before it steps down (SIGTERM), and this one leads. */
+  let current: Awaited<ReturnType<Fleet['coordinator']>> | undefined;
+  let admin: AdminClient | undefined;
+  async function lead(keyFileArg?: string): Promise<AdminClient> {
+    admin?.close();
+    await current?.kill('SIGTERM');
+    current = await fleet.coordinator({ etcd: etcd.endpoints, extra: keyFileArg ? ['--secrets-key-file', keyFileArg] : [] });
+    await waitForLeader([current.address]);
+    admin = new AdminClient([current.address]);
+    return admin;
+  }
+  /** What etcd holds for a credential, as any reader of etcd (or of a snapshot) sees it. */
+  async function stored(name: string): Promise<string> {
+    const c = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      return (await c.get(`/tessera/registry-credentials/${name}`).string()) ?? '';
+    } finally {
+      c.close();
+    }
+  }
+  const atRest = async (a: AdminClient, name: string) => (await a.listRegistryCredentials(name)).credentials[0].atRest;
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-keys-'));
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+  });
+
+  after(async () => {
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('stores a password in the clear without a key file, and sealed with one; a new leader seals what it finds in the clear', async () => {
+    let a = await lead();
+    await a.setRegistryCredential({ name: 'early', server: SERVER, username: 'ops', password: 'pl4in-s3cret' });
+    expect(await stored('early')).to.include('pl4in-s3cret');
+    expect(await atRest(a, 'early')).to.equal('plaintext');
+
+    a = await lead(keyFile('one', keys.k1));
+    // The new leader resealed it as it loaded: etcd no longer holds the password.
+    const raw = await stored('early');
+    expect(raw).to.not.include('pl4in-s3cret');
+    expect(JSON.parse(raw).sealed.k).to.equal('k1');
+    expect(await atRest(a, 'early')).to.equal('aes-256-gcm, key k1');
+    const ev = await pastEvents(a, ['registry-credential.resealed']);
+    expect(ev.map((e) => e.message)).to.include('registry credential early sealed with key k1 (was plaintext)');
+    // Set under a key file: sealed from the start; the API never shows the password either way.
+    const set = await a.setRegistryCredential({ name: 'later', server: SERVER, username: 'ci', password: 'l4ter-s3cret' });
+    expect([set.password, set.atRest]).to.deep.equal(['', 'aes-256-gcm, key k1']);
+    expect(await stored('later')).to.not.include('l4ter-s3cret');
+  });
+
+  it('rotates keys: a leader with a new key first reseals, and the old key can then go', async () => {
+    let a = await lead(keyFile('rotating', keys.k2, keys.k1));
+    for (const name of ['early', 'later']) {
+      expect(JSON.parse(await stored(name)).sealed.k, name).to.equal('k2');
+      expect(await atRest(a, name)).to.equal('aes-256-gcm, key k2');
+    }
+    a = await lead(keyFile('rotated', keys.k2));
+    expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k2');
+    // Opened, so an app may name it (the apply checks it; nothing here places instances).
+    const res = await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, imagePullCredential: 'later', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1 }] });
+    expect(Number(res.app?.version)).to.equal(1);
+  });
+
+  it('refuses an app naming a credential the leader cannot open (FAILED_PRECONDITION, saying why), until it is set again', async () => {
+    const a = await lead(keyFile('other', keys.k3));
+    const why = 'sealed with key "k2", which this coordinator\'s --secrets-key-file does not hold (it has k3)';
+    expect(await atRest(a, 'later')).to.equal(`unreadable: ${why}`);
+    // Not resealed (it cannot be opened) and not lost: etcd keeps the k2 value for a leader that has k2.
+    expect(JSON.parse(await stored('later')).sealed.k).to.equal('k2');
+    const err = await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, imagePullCredential: 'later', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2 }] })
+      .then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(err?.details).to.equal(`registry credential later (components[0].imagePullCredential) cannot be opened: ${why}`);
+    expect(Number((await a.getApp('sealedapp')).version), 'nothing stored').to.equal(1);
+    await a.setRegistryCredential({ name: 'later', server: SERVER, username: 'ci', password: 'n3w-s3cret' });
+    expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k3');
+    await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, imagePullCredential: 'later', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2 }] });
+  });
+
+  it('refuses to start (exit 2) with a key file others may read, or a key of the wrong size', () => {
+    const open = keyFile('readable', keys.k1);
+    fs.chmodSync(open, 0o644);
+    const short = keyFile('short', `k1:${Buffer.alloc(31).toString('base64')}`);
+    for (const [f, msg] of [[open, /secretsKeyFile: .*readable may be read or changed by others than its owner and group \(mode 644\): chmod 600 it/], [short, /secretsKeyFile: .*short line 1: key "k1" must be 32 bytes in base64 \(44 characters\), got 31 bytes/]] as const) {
+      const r = spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/main.js'), '--insecure-dev', '--etcd-endpoints', etcd.endpoints[0], '--secrets-key-file', f], { encoding: 'utf8', timeout: 20_000 });
+      expect(r.status, r.stderr).to.equal(2);
+      expect(r.stderr).to.match(msg);
+    }
+  });
+});
