@@ -93,6 +93,11 @@ describe('registry passwords at rest', function () {
     }
     a = await lead(keyFile('rotated', keys.k2));
     expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k2');
+    // What the operator checks before dropping the old key.
+    const cli = spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', current!.address, 'registry-auth', 'list'], { encoding: 'utf8', timeout: 20_000 });
+    const lines = cli.stdout.trimEnd().split('\n');
+    expect(lines[0]).to.match(/^NAME +SERVER +USERNAME +UPDATED +BY +AT REST +USED BY$/);
+    expect(lines.slice(1).map((l) => /aes-256-gcm, key (\w+)/.exec(l)?.[1])).to.deep.equal(['k2', 'k2']);
     // Opened, so an app may name it (the apply checks it; nothing here places instances).
     const res = await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, imagePullCredential: 'later', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1 }] });
     expect(Number(res.app?.version)).to.equal(1);
