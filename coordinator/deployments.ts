@@ -21,10 +21,6 @@ import type { RegistryCredential } from '../common/generated/tessera/v1/Registry
 import { registryOf } from '../common/image-ref';
 import { isSealed, Keyring, noKeyring, Sealed } from './secrets';
 
-/** A registry credential as stored in etcd: its password in the clear, or sealed (--secrets-key-file). */
-interface StoredCredential { server: string; username: string; password?: string; sealed?: Sealed; updatedAtMs: number; by?: string }
-/** A registry credential as the leader holds it: how it is stored, and why it cannot be used if it cannot. */
-interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string }
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
 import type { AgentGateway } from './agent-gateway';
@@ -42,6 +38,11 @@ export const KEEP_VERSIONS = 10;
 const TOMBSTONE_TTL_MS = 10 * 60_000;
 const RESEND_AFTER_MS = 5_000;
 const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by default
+
+/** A registry credential as stored in etcd: its password in the clear, or sealed (--secrets-key-file). */
+interface StoredCredential { server: string; username: string; password?: string; sealed?: Sealed; updatedAtMs: number; by?: string }
+/** A registry credential as the leader holds it: how it is stored, and why it cannot be used if it cannot. */
+interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string }
 
 export interface DeploymentOptions {
   sampleSize: number;
@@ -742,21 +743,25 @@ export class Deployments {
   /**
    * With a keyring, a new leader seals what is stored in the clear or with a key other than the
    * primary one (key rotation: the new key first in every coordinator's file, then restart them;
-   * once every credential says the new key, the old one can go). One transaction.
+   * once every credential says the new key, the old one can go).
    */
   private async resealCredentials(): Promise<void> {
     const k = this.opts.keyring;
     if (!k) return;
     const stale = [...this.credentials].filter(([, c]) => !c.unreadable && c.storedWith !== k.primary);
-    if (!stale.length) return;
-    try {
-      await this.store.commit(stale.map(([name, c]) => ({ type: 'put' as const, key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, c)) })), stale.map(([name, c]) => ({
-        kind: 'registry-credential.resealed', subject: name, message: `registry credential ${name} sealed with key ${k.primary} (was ${c.storedWith ? `key ${c.storedWith}` : 'plaintext'})`,
-      })));
-      for (const [, c] of stale) c.storedWith = k.primary;
-      this.log.info({ credentials: stale.map(([n]) => n), key: k.primary }, 'registry credentials resealed');
-    } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'resealing registry credentials failed: the next leader tries again');
+    // A transaction each 40 (with their events: 80 ops, under etcd's 128).
+    for (let i = 0; i < stale.length; i += 40) {
+      const part = stale.slice(i, i + 40);
+      try {
+        await this.store.commit(part.map(([name, c]) => ({ type: 'put' as const, key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, c)) })), part.map(([name, c]) => ({
+          kind: 'registry-credential.resealed', subject: name, message: `registry credential ${name} sealed with key ${k.primary} (was ${c.storedWith ? `key ${c.storedWith}` : 'plaintext'})`,
+        })));
+        for (const [, c] of part) c.storedWith = k.primary;
+        this.log.info({ credentials: part.map(([n]) => n), key: k.primary }, 'registry credentials resealed');
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, 'resealing registry credentials failed: the next leader tries again');
+        return;
+      }
     }
   }
 
