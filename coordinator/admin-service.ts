@@ -214,8 +214,8 @@ export class AdminService {
       ListPipelines: unary(log, 'ListPipelines', (req, call) => this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => ({ pipelines: w.pipelines.list().map(pipelineToProto) }))),
       DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.delete(req.name, by)))),
 
-      SubmitJob: unary(log, 'SubmitJob', (req, call) => this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w) => {
-        const { job, done } = await w.jobs.submit(req);
+      SubmitJob: unary(log, 'SubmitJob', (req, call) => this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w, by) => {
+        const { job, done } = await w.jobs.submit(req, by);
         return inView(done ? await done : job, req.view);
       }, forwardBudgetMs(req))),
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
@@ -258,6 +258,8 @@ export class AdminService {
   }
 
   private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>, forward: boolean): void {
+    // Set by the guard for the stream when callers are identified (see onLeader).
+    const caller = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
     serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
       rejectMalformed(sub, 'submission');
       const req = sub.request;
@@ -266,13 +268,13 @@ export class AdminService {
       if (!w) {
         if (!forward) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
         // Here if this coordinator leads by now (or is loading), else on the leader.
-        const job = await this.onLeader<typeof req, Job>(call as unknown as grpc.ServerUnaryCall<typeof req, Job>, 'submitJob', req, async (_r, _d, _s, lw) => {
-          const { job: j, done } = await lw.jobs.submit(req);
+        const job = await this.onLeader<typeof req, Job>(call as unknown as grpc.ServerUnaryCall<typeof req, Job>, 'submitJob', req, async (_r, _d, _s, lw, by) => {
+          const { job: j, done } = await lw.jobs.submit(req, by);
           return inView(done ? await done : j, req.view);
         }, forwardBudgetMs(req));
         return { job };
       }
-      const { job, done } = await w.jobs.submit(req);
+      const { job, done } = await w.jobs.submit(req, caller);
       return { job: inView(done ? await done : job, req.view) };
     }, (code, error, err) => {
       // A refusal because this coordinator does not lead (or its write was fenced: it just

@@ -449,7 +449,7 @@ pipeline.command('delete <name>').description('remove a pipeline').action((name)
 type JobOut = import('../../common/generated/tessera/v1/Job').Job__Output;
 function renderJob(j: JobOut, explain = true): string {
   const state = enumName(j.state, 'JOB_STATE_');
-  const lines = [`job ${j.id} (${j.pipeline}): ${state} in ${Number(j.durationMs).toFixed(0)} ms${j.plans > 1 ? `, ${j.plans} plans` : ''}${j.reason ? ` - ${j.reason}` : ''}`];
+  const lines = [`job ${j.id} (${j.pipeline}): ${state} in ${Number(j.durationMs).toFixed(0)} ms${j.plans > 1 ? `, ${j.plans} plans` : ''}${j.submittedBy ? `, submitted by ${j.submittedBy}` : ''}${j.reason ? ` - ${j.reason}` : ''}`];
   if (explain) {
     lines.push(table(['STAGE', 'KIND', 'INSTANCE', 'NODE', 'PLANNED COST', 'ATTEMPT', 'TOOK', 'OUTCOME'], j.steps.map((st) => {
       const planned = j.path.find((p) => p.stage === st.stage && p.instanceId === st.instanceId);

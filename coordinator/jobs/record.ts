@@ -32,6 +32,8 @@ export interface JobRecord {
   payload?: string;
   result?: string;
   resultHeaders?: Record<string, string>;
+  /** Who submitted it (a token's name or a certificate's CN), when callers are identified. */
+  submittedBy?: string;
 }
 
 type Hop = [stage: string, kind: string, instanceId: string, nodeId: string, costMs: number];
@@ -60,6 +62,7 @@ interface Compact {
   in?: string;
   out?: string;
   rh?: Record<string, string>;
+  by?: string;
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
@@ -81,6 +84,7 @@ export function encodeRecord(r: JobRecord, over?: { payload: string | undefined;
     }),
     n: r.plans, b: r.payloadBytes, fl: r.flow, du: r.durationMs,
     h: nonEmpty(r.headers), in: over ? over.payload : r.payload, out: over ? over.result : r.result, rh: nonEmpty(r.resultHeaders),
+    by: r.submittedBy || undefined,
   };
   return JSON.stringify(c);
 }
@@ -101,6 +105,7 @@ export function decodeRecord(text: string | unknown): JobRecord {
       return { stage: h.stage, kind: h.kind, instanceId: h.instanceId, nodeId: h.nodeId, attempt: s[1], startedAtMs: c.t + s[2], durationMs: s[3], ok: s.length < 5, error: s[4] ?? '' };
     }),
     plans: c.n, payloadBytes: c.b, flow: c.fl, durationMs: c.du, headers: c.h ?? {}, payload: c.in, result: c.out, resultHeaders: c.rh ?? {},
+    ...(c.by ? { submittedBy: c.by } : {}),
   };
 }
 
@@ -113,6 +118,7 @@ export function encodeStart(r: JobRecord, payload: Buffer, state: JobState = r.s
   const c: Compact = {
     v: 2, id: r.id, p: r.pipeline, pv: r.pipelineVersion, s: String(state).replace('JOB_STATE_', ''), t: r.submittedAtMs, d: r.deadlineMs - r.submittedAtMs,
     k: r.idempotencyKey || undefined, path: [], steps: [], n: plans, b: r.payloadBytes, fl: r.flow, du: 0, h: nonEmpty(r.headers), in: payload.toString('base64'),
+    by: r.submittedBy || undefined,
   };
   return JSON.stringify(c);
 }

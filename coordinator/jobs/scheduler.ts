@@ -373,9 +373,10 @@ export class JobScheduler {
 
   // ─────────────────────────────────── submit ───────────────────────────────────
 
-  async submit(req: SubmitJobRequest__Output, nowMs = Date.now()): Promise<Admission> {
+  /** by: who submits it (a token's name or a certificate's CN, when callers are identified), kept in its record. */
+  async submit(req: SubmitJobRequest__Output, by = '', nowMs = Date.now()): Promise<Admission> {
     try {
-      return await this.admitOnce(req, nowMs);
+      return await this.admitOnce(req, nowMs, by);
     } catch (err) {
       const code = (err as { code?: number }).code;
       this.metrics?.inc('tessera_jobs_refused_total', { code: grpc.status[code ?? grpc.status.UNKNOWN] ?? String(code) });
@@ -388,21 +389,21 @@ export class JobScheduler {
    * admitted with (a client's retry racing its first try, or both in one message) waits for it
    * and then finds its job, instead of both missing the lookup and both being admitted.
    */
-  private async admitOnce(req: SubmitJobRequest__Output, nowMs: number): Promise<Admission> {
+  private async admitOnce(req: SubmitJobRequest__Output, nowMs: number, by: string): Promise<Admission> {
     const key = req.idempotencyKey ?? '';
-    if (!key) return this.admit(req, nowMs);
+    if (!key) return this.admit(req, nowMs, by);
     for (let held = this.keyAdmissions.get(key); held; held = this.keyAdmissions.get(key)) await held;
     let release!: () => void;
     this.keyAdmissions.set(key, new Promise<void>((r) => (release = r)));
     try {
-      return await this.admit(req, nowMs);
+      return await this.admit(req, nowMs, by);
     } finally {
       this.keyAdmissions.delete(key);
       release();
     }
   }
 
-  private async admit(req: SubmitJobRequest__Output, nowMs: number): Promise<Admission> {
+  private async admit(req: SubmitJobRequest__Output, nowMs: number, by: string): Promise<Admission> {
     const pipeline = this.pipelines.get(req.pipeline);
     const payload = Buffer.from(req.payload ?? []);
     if (payload.length > pipeline.maxPayloadBytes) {
@@ -455,7 +456,7 @@ export class JobScheduler {
     const rec: JobRecord = {
       id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
-      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) },
+      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) }, ...(by ? { submittedBy: by } : {}),
     };
     const job: LiveJob = { rec, pipeline, input: payload, waiters: [] };
     if (planned) {
@@ -1283,6 +1284,6 @@ function recordToProto(r: JobRecord, result?: Buffer): Job {
     id: r.id, pipeline: r.pipeline, state: r.state, reason: r.reason, failedStage: r.failedStage, result: result ?? Buffer.alloc(0),
     resultHeaders: r.resultHeaders ?? {}, submittedAtMs: r.submittedAtMs, finishedAtMs: r.finishedAtMs, deadlineMs: r.deadlineMs,
     idempotencyKey: r.idempotencyKey, path: r.path, steps: r.steps, plans: r.plans, payloadBytes: r.payloadBytes, flow: r.flow,
-    durationMs: r.durationMs || (TERMINAL.has(r.state) ? 0 : Date.now() - r.submittedAtMs),
+    durationMs: r.durationMs || (TERMINAL.has(r.state) ? 0 : Date.now() - r.submittedAtMs), submittedBy: r.submittedBy ?? '',
   };
 }

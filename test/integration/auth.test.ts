@@ -120,15 +120,30 @@ describe('Admin API tokens', function () {
     }
   });
 
-  it('names who cancelled a job in its reason, through a follower too', async () => {
+  it('names who submitted a job and who cancelled it, through a follower and a submission stream too', async () => {
     const started = await startEcho('slow-auth', { DELAY_MS: '30000' });
     const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer op-secret', 'tessera-caller': 'mallory' } });
     try {
       await viaFollower.registerComponent({ instanceId: 'slow-auth-1', kind: 'slow-auth', endpoint: `127.0.0.1:${started.port}`, ttlMs: 60_000 });
       await viaFollower.applyPipeline({ name: 'slow-auth', stages: [{ name: 'wait', kind: 'slow-auth' }] });
       const job = await viaFollower.submitJob({ pipeline: 'slow-auth', payload: Buffer.from('x') });
+      expect(job.submittedBy, 'the token\'s name, not what the client claims').to.equal('ops');
       const cancelled = await viaFollower.cancelJob(job.id);
-      expect([cancelled.state, cancelled.reason]).to.deep.equal(['JOB_STATE_CANCELLED', 'cancelled through Admin by ops']);
+      expect([cancelled.state, cancelled.reason, cancelled.submittedBy]).to.deep.equal(['JOB_STATE_CANCELLED', 'cancelled through Admin by ops', 'ops']);
+      // A SubmitJobs stream: each submission is the stream's caller's (its token's name).
+      const streamClient = new AdminClient([address], { metadata: { authorization: 'Bearer op-secret' } });
+      const stream = streamClient.jobStream();
+      try {
+        const streamed = await stream.submit({ pipeline: 'slow-auth', payload: Buffer.from('y') });
+        expect(streamed.submittedBy).to.equal('ops');
+        expect((await viaFollower.cancelJob(streamed.id)).submittedBy).to.equal('ops');
+      } finally {
+        stream.close();
+        streamClient.close();
+      }
+      const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+      const got = await run(process.execPath, [cli, '-c', follower, '--token', 'op-secret', 'job', 'get', job.id]);
+      expect(got.stdout).to.match(new RegExp(`^job ${job.id} \\(slow-auth\\): CANCELLED in \\d+ ms, submitted by ops - cancelled through Admin by ops`));
     } finally {
       viaFollower.close();
       started.proc.kill('SIGKILL');

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { decodeRecord, encodeRecord, endBatchOf, endedIds, findEnd, JobRecord } from '../../coordinator/jobs/record';
+import { decodeRecord, encodeRecord, encodeStart, endBatchOf, endedIds, findEnd, JobRecord } from '../../coordinator/jobs/record';
 
 const T = 1_795_000_000_000;
 const hop = (i: number, node = 'n1') => ({ stage: `s${i}`, kind: `k${i}`, instanceId: `app-k${i}-abcdefgh${i}`, nodeId: node, costMs: 1.2345 + i });
@@ -42,6 +42,14 @@ describe('job records in etcd', () => {
     expect(back.state).to.equal('JOB_STATE_RUNNING');
     expect(back.finishedAtMs).to.equal(0);
     expect(Buffer.from(back.payload!, 'base64').toString()).to.equal('hello');
+  });
+
+  it('keeps who submitted a job, in its start record and its end record, and nothing when no one is named', () => {
+    const r = base({ submittedBy: 'ops' });
+    expect(decodeRecord(encodeRecord(r)).submittedBy).to.equal('ops');
+    expect(decodeRecord(JSON.parse(encodeStart(r, Buffer.from('x')))).submittedBy).to.equal('ops');
+    expect(encodeRecord(base())).to.not.include('"by"');
+    expect(decodeRecord(encodeRecord(base()))).to.not.have.property('submittedBy');
   });
 
   it('reads records written as plain JSON before this format', () => {
