@@ -383,7 +383,7 @@ export class AdminService {
     return {
       leader: leader ? { id: leader.id, address: leader.address, leader: true, version: leader.version, startedAtMs: leader.startedAtMs } : { id: '' },
       leaderTerm: leader ? Number(leader.createRevision) : 0,
-      coordinators: this.leadership.allCandidates.map((c) => ({ id: c.id, address: c.address, leader: c.key === leader?.key, version: c.version, startedAtMs: c.startedAtMs })),
+      coordinators: this.leadership.allCandidates.map((c) => ({ id: c.id, address: c.address, leader: c.key === leader?.key, version: c.version, startedAtMs: c.startedAtMs, secretsKeys: c.secretsKeys ?? [] })),
       etcd: members,
       answeredBy: this.opts.coordinatorId,
       nodesByState,

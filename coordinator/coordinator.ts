@@ -27,7 +27,7 @@ import { Deployments } from './deployments';
 import { Scaler } from './scaling/scaler';
 import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
-import { loadKeyring } from './secrets';
+import { Keyring, loadKeyring } from './secrets';
 import { loadTls, TlsMaterial } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
 import { ComponentManager } from './components';
@@ -66,7 +66,7 @@ export class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
-    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.config.secretsKeyFile ? loadKeyring(c.config.secretsKeyFile) : undefined }, c.log.child({ part: 'deployments' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring }, c.log.child({ part: 'deployments' }));
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
     this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
       maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,
@@ -153,6 +153,8 @@ export class Coordinator {
   private stopping = false;
   port = 0;
   readonly metrics = new Metrics(COORDINATOR_METRICS);
+  /** The keys that seal secrets at rest (--secrets-key-file), read once at start. */
+  keyring?: Keyring;
   private tls?: TlsMaterial;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
@@ -207,7 +209,10 @@ export class Coordinator {
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
     this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
-    this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise }, {
+    this.keyring = cfg.secretsKeyFile ? loadKeyring(cfg.secretsKeyFile) : undefined;
+    // The keys' names and fingerprints go in the candidacy, so that status shows coordinators
+    // that could not open what the leader seals before one of them leads.
+    this.leadership = new Leadership(this.etcd, this.keys, { id: cfg.id, address: cfg.advertise, secretsKeys: this.keyring?.fingerprints() ?? [] }, {
       ttlSeconds: cfg.leaseTtlSeconds, marginMs: cfg.leaseMarginMs,
       mayLead: async () => {
         try {

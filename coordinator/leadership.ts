@@ -24,6 +24,8 @@ export interface CandidateInfo {
   version: string;
   nonce: string;
   startedAtMs: number;
+  /** Its --secrets-key-file keys as name:fingerprint, the sealing one first (none: secrets stored in the clear). */
+  secretsKeys?: string[];
   /** etcd key and create revision: the fencing token when this candidate leads. */
   key: string;
   createRevision: string;
@@ -79,7 +81,7 @@ export class Leadership extends EventEmitter {
   constructor(
     private readonly client: Etcd3,
     private readonly keys: Keys,
-    private readonly self: { id: string; address: string },
+    private readonly self: { id: string; address: string; secretsKeys?: string[] },
     private readonly opts: LeadershipOptions,
     private readonly log: Logger,
   ) {
@@ -233,7 +235,7 @@ export class Leadership extends EventEmitter {
       this.log.warn({ err: err.message }, 'election lease lost');
       this.loseCandidacy('election lease lost');
     });
-    const value = JSON.stringify({ id: this.self.id, address: this.self.address, version: VERSION, nonce: this.nonce, startedAtMs: this.startedAtMs });
+    const value = JSON.stringify({ id: this.self.id, address: this.self.address, version: VERSION, nonce: this.nonce, startedAtMs: this.startedAtMs, ...(this.self.secretsKeys?.length ? { secretsKeys: this.self.secretsKeys } : {}) });
     await withTimeout(lease.put(key).value(value).exec(), this.opts.ttlSeconds * 1000, 'candidate put');
     const res = await withTimeout(this.client.get(key).exec(), this.opts.ttlSeconds * 1000, 'candidate read');
     if (!res.kvs.length) throw new Error('candidate key vanished right after it was written');

@@ -7,7 +7,7 @@
 //
 // A sealed value names its key and is bound to where it belongs (the additional data: e.g. the
 // credential's name), so a value copied to another credential does not open.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { ConfigError } from '../common/errors';
 
@@ -31,6 +31,10 @@ export class Keyring {
   get primary(): string { return this.keys[0].name; }
   get names(): string[] { return this.keys.map((k) => k.name); }
   has(name: string): boolean { return this.keys.some((k) => k.name === name); }
+  /** Each key as name:fingerprint (8 hex digits of a hash of it: tells keys apart, gives nothing of them away), the sealing one first. */
+  fingerprints(): string[] {
+    return this.keys.map((k) => `${k.name}:${createHash('sha256').update('tessera secrets key\0').update(k.key).digest('hex').slice(0, 8)}`);
+  }
 
   seal(plaintext: string, aad: string): Sealed {
     const { name, key } = this.keys[0];

@@ -144,11 +144,24 @@ program.command('status').description('leader, coordinators, etcd members and no
     `storage:     ${s.storageFormat < 0 ? 'format unknown (etcd did not answer)' : `format ${s.storageFormat || 'not recorded yet'}`}`,
     `nodes:       ${Object.entries(s.nodesByState).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}`,
     '',
-    table(['COORDINATOR', 'ADDRESS', 'ROLE', 'VERSION', 'UP'], s.coordinators.map((x) => [x.id, x.address, x.leader ? 'leader' : 'follower', x.version, ago(x.startedAtMs)])),
+    ...coordinatorRows(s.coordinators),
     '',
     table(['ETCD MEMBER', 'ENDPOINT', 'HEALTHY', 'LEADER', 'VERSION', 'DB SIZE', 'ERROR'], s.etcd.map((m) => [m.name || '-', m.endpoint, m.healthy ? 'yes' : 'NO', m.leader ? 'yes' : '', m.version || '-', m.dbSizeBytes ? `${(m.dbSizeBytes / 1024 / 1024).toFixed(1)} MiB` : '-', m.error || ''])),
   ].join('\n'));
 }));
+
+/** The coordinators' table, with their secrets keys when any has some, and a warning when they differ. */
+function coordinatorRows(cs: import('../../common/generated/tessera/v1/CoordinatorInfo').CoordinatorInfo__Output[]): string[] {
+  const keyed = cs.some((x) => x.secretsKeys.length);
+  const rows = [table(['COORDINATOR', 'ADDRESS', 'ROLE', 'VERSION', 'UP', ...(keyed ? ['SECRETS KEYS'] : [])], cs.map((x) => [
+    x.id, x.address, x.leader ? 'leader' : 'follower', x.version, ago(x.startedAtMs), ...(keyed ? [x.secretsKeys.join(', ') || 'none (in the clear)'] : []),
+  ]))];
+  // Any of them may lead next: one that lacks the leader's sealing key could not open what it sealed.
+  if (keyed && new Set(cs.map((x) => [...x.secretsKeys].sort().join(','))).size > 1) {
+    rows.push('', 'warning: the coordinators hold different --secrets-key-file keys (a key rotation not finished on all of them?): a leader that lacks the key a registry password was sealed with cannot open it (README: Security)');
+  }
+  return rows;
+}
 
 program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
   const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });

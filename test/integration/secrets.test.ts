@@ -4,6 +4,7 @@
 // values are read raw. The pull with a sealed credential is in image-pull.test.ts.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,6 +16,7 @@ import { newKeyLine } from '../../coordinator/secrets';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
 
 describe('registry passwords at rest', function () {
   this.timeout(120_000);
@@ -117,6 +119,33 @@ describe('registry passwords at rest', function () {
     await a.setRegistryCredential({ name: 'later', server: SERVER, username: 'ci', password: 'n3w-s3cret' });
     expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k3');
     await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, imagePullCredential: 'later', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2 }] });
+  });
+
+  it('shows each coordinator\'s keys in status, and warns when they differ (the next leader might not open what this one sealed)', async () => {
+    const fingerprint = (line: string) => `${line.slice(0, line.indexOf(':'))}:${createHash('sha256').update('tessera secrets key\0').update(Buffer.from(line.slice(line.indexOf(':') + 1), 'base64')).digest('hex').slice(0, 8)}`;
+    const same = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile('same', keys.k3)] });
+    const status = async () => {
+      const s = await admin!.getClusterStatus();
+      return Object.fromEntries(s.coordinators.map((c) => [c.id, c.secretsKeys]));
+    };
+    const cli = () => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', current!.address, 'status'], { encoding: 'utf8', timeout: 20_000 }).stdout;
+    try {
+      await waitFor('the follower listed', async () => Object.keys(await status()).length === 2, 10_000, 100);
+      expect(await status()).to.deep.equal({ [current!.id]: [fingerprint(keys.k3)], [same.id]: [fingerprint(keys.k3)] });
+      expect(cli()).to.match(/COORDINATOR .* SECRETS KEYS/).and.not.match(/warning/);
+      const other = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile('differs', keys.k2, keys.k3)] });
+      try {
+        await waitFor('the second follower listed', async () => Object.keys(await status()).length === 3, 10_000, 100);
+        expect((await status())[other.id]).to.deep.equal([fingerprint(keys.k2), fingerprint(keys.k3)]);
+        const out = cli();
+        expect(out).to.match(new RegExp(`${other.id} .*k2:[0-9a-f]{8}, k3:[0-9a-f]{8}`));
+        expect(out).to.match(/warning: the coordinators hold different --secrets-key-file keys/);
+      } finally {
+        await other.kill('SIGTERM');
+      }
+    } finally {
+      await same.kill('SIGTERM');
+    }
   });
 
   it('refuses to start (exit 2) with a key file others may read, or a key of the wrong size', () => {

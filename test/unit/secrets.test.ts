@@ -46,6 +46,11 @@ describe('secrets at rest', () => {
     expect([both.primary, both.names]).to.deep.equal(['k2', ['k2', 'k1']]);
     expect(both.open(sealed, '/t/registry-credentials/ops')).to.equal('s3cret');
     expect(both.seal('x', 'a').k).to.equal('k2');
+    // Fingerprints tell keys apart (the same key in two files matches) and give nothing away.
+    const [f2, f1] = both.fingerprints();
+    expect(f1).to.equal(old.fingerprints()[0]).and.match(/^k1:[0-9a-f]{8}$/);
+    expect(f2).to.match(/^k2:[0-9a-f]{8}$/).and.not.equal(`k2:${f1.slice(3)}`);
+    expect(k1).to.not.include(f1.slice(3));
 
     // Moved to another credential's key, altered, or sealed with a key this file lacks: refused, saying why.
     expect(() => old.open(sealed, '/t/registry-credentials/other')).to.throw(/does not open with key "k1": the stored value was altered, or belongs elsewhere/);
