@@ -1,16 +1,24 @@
 // What every Tessera daemon does around its own work: compile its settings from flags, env and
 // a file (exit 2 with every problem on bad config), log JSON, stay up until SIGTERM or SIGINT,
-// then stop cleanly (exit 0), and log instead of crash on a stray rejection.
+// then stop cleanly (exit 0), reload what it can on SIGHUP (as Nomad and Consul do; node's
+// default for SIGHUP would end the process without a clean stop), and log instead of crash on
+// a stray rejection.
 import { Command } from 'commander';
 import { addSchemaOptions, Layer, layersFromCommand, Schema } from './config';
 import { activeFailpoints } from './failpoints';
 import { ConfigError } from './errors';
-import { createLogger, Logger } from './logger';
+import { createLogger, Logger, parseLevel } from './logger';
 import { VERSION } from './version';
 
 export interface Daemon {
   start(): Promise<void>;
   stop(): Promise<void>;
+  /**
+   * SIGHUP: the settings compiled again (the --config file and the files it names read anew).
+   * Applies what can change while running and returns the names of those it applied; the log
+   * level is applied before. Throws (a ConfigError) to keep the running settings.
+   */
+  reload?(next: unknown): string[];
 }
 
 export interface DaemonSpec<C extends { logLevel: string }> {
@@ -58,6 +66,29 @@ export async function runDaemon<C extends { logLevel: string }>(spec: DaemonSpec
       process.exit(1);
     });
   };
+  let current = config;
+  process.on('SIGHUP', () => {
+    let next: C;
+    try {
+      next = spec.compile(layersFromCommand(spec.schema, cmd.opts()));
+    } catch (err) {
+      const v = err instanceof ConfigError ? err.violations : [{ field: '', message: (err as Error).message }];
+      log.error({ violations: v }, 'SIGHUP: the settings do not compile; the running ones stay');
+      return;
+    }
+    try {
+      const level = next.logLevel !== current.logLevel;
+      if (level) log.setLevel(parseLevel(next.logLevel));
+      const applied = [...(level ? ['logLevel'] : []), ...(daemon.reload?.(next) ?? [])];
+      // What changed and cannot change while running (listen addresses, etcd, TLS files, ...).
+      const later = Object.keys(spec.schema).filter((k) => !applied.includes(k) && k !== 'logLevel' && JSON.stringify((next as Record<string, unknown>)[k]) !== JSON.stringify((current as Record<string, unknown>)[k]));
+      log.info({ applied, needRestart: later }, later.length ? 'SIGHUP: settings reloaded; the ones in needRestart take effect at the next start' : 'SIGHUP: settings reloaded');
+      current = { ...next, ...Object.fromEntries(later.map((k) => [k, (current as Record<string, unknown>)[k]])) } as C;
+    } catch (err) {
+      const v = err instanceof ConfigError ? err.violations : [{ field: '', message: (err as Error).message }];
+      log.error({ violations: v }, 'SIGHUP: not reloaded; the running settings stay');
+    }
+  });
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('unhandledRejection', (err) => log.error({ err: (err as Error)?.message ?? String(err) }, 'unhandled rejection'));

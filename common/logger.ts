@@ -14,6 +14,8 @@ type LogFn = {
 
 export interface Logger {
   readonly level: LogLevel;
+  /** Sets the level of this logger, its parent and every child of either (one level a process: SIGHUP reloads it). */
+  setLevel(level: LogLevel): void;
   trace: LogFn;
   debug: LogFn;
   info: LogFn;
@@ -39,19 +41,27 @@ class JsonLogger implements Logger {
   error: LogFn = this.method('error');
   fatal: LogFn = this.method('fatal');
 
-  constructor(readonly level: LogLevel, private readonly bindings: Record<string, unknown>, private readonly sink: Sink) {}
+  /** Shared by a logger and all its children. */
+  constructor(private readonly shared: { level: LogLevel; rank: number }, private readonly bindings: Record<string, unknown>, private readonly sink: Sink) {}
+
+  get level(): LogLevel { return this.shared.level; }
+
+  setLevel(level: LogLevel): void {
+    this.shared.level = level;
+    this.shared.rank = RANK[level];
+  }
 
   isLevelEnabled(level: LogLevel): boolean {
-    return RANK[level] >= RANK[this.level];
+    return RANK[level] >= this.shared.rank;
   }
 
   child(bindings: Record<string, unknown>): Logger {
-    return new JsonLogger(this.level, { ...this.bindings, ...bindings }, this.sink);
+    return new JsonLogger(this.shared, { ...this.bindings, ...bindings }, this.sink);
   }
 
   private method(level: LogLevel): LogFn {
     return ((a: string | Record<string, unknown>, b?: string) => {
-      if (RANK[level] < RANK[this.level]) return;
+      if (RANK[level] < this.shared.rank) return;
       const fields = typeof a === 'string' ? {} : a;
       const msg = typeof a === 'string' ? a : b;
       const rec: Record<string, unknown> = { level, time: new Date().toISOString(), ...this.bindings };
@@ -73,5 +83,6 @@ export function parseLevel(level: string | undefined): LogLevel {
 }
 
 export function createLogger(name: string, level: string = process.env.TESSERA_LOG_LEVEL ?? 'info', bindings: Record<string, unknown> = {}, sink: Sink = stdoutSink): Logger {
-  return new JsonLogger(parseLevel(level), { pid: process.pid, name, ...bindings }, sink);
+  const l = parseLevel(level);
+  return new JsonLogger({ level: l, rank: RANK[l] }, { pid: process.pid, name, ...bindings }, sink);
 }

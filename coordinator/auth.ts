@@ -49,7 +49,13 @@ export function loadTokens(file: string): TokenEntry[] {
 }
 
 export class Authorizer {
-  constructor(private readonly tokens: TokenEntry[] | undefined) {}
+  constructor(private tokens: TokenEntry[] | undefined) {}
+
+  /** New tokens in place of the old (SIGHUP: the tokens file read again); on or off stays as it started. */
+  replace(tokens: TokenEntry[]): void {
+    if (!this.tokens) throw new RangeError('tokens were off at start');
+    this.tokens = tokens;
+  }
 
   get enabled(): boolean {
     return !!this.tokens;

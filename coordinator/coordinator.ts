@@ -153,6 +153,7 @@ export class Coordinator {
   private stopping = false;
   port = 0;
   readonly metrics = new Metrics(COORDINATOR_METRICS);
+  private auth?: Authorizer;
   /** The keys that seal secrets at rest (--secrets-key-file), read once at start. */
   keyring?: Keyring;
   private tls?: TlsMaterial;
@@ -234,6 +235,7 @@ export class Coordinator {
       onInstanceEvent: (node, e) => this.onInstanceEvent(node, e),
     });
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
+    this.auth = auth;
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
     this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
 
@@ -341,6 +343,19 @@ export class Coordinator {
   }
 
   /** Graceful stop: step down first (successor elected at once), then close. */
+  /**
+   * SIGHUP: the Admin API tokens read again from the tokens file (a token added or revoked
+   * without a restart); the log level is the daemon's. Turning tokens on or off, and everything
+   * else, takes a restart.
+   */
+  reload(next: CoordinatorConfig): string[] {
+    if (!this.auth?.enabled || !next.tokensFile) return [];
+    const tokens = loadTokens(next.tokensFile);
+    this.auth.replace(tokens);
+    this.log.info({ file: next.tokensFile, tokens: tokens.map((t) => `${t.name} (${t.role})`) }, 'Admin API tokens reloaded');
+    return ['tokensFile'];
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.healthTimer);

@@ -1,6 +1,7 @@
 // Admin API tokens: no token is UNAUTHENTICATED, a read-only token cannot write
 // (PERMISSION_DENIED), an operator can; every denial is logged; the CLI sends the token; each
-// write's events name the token that made it, and a cancelled job's reason who cancelled it.
+// write's events name the token that made it, and a cancelled job's reason who cancelled it;
+// SIGHUP reads the tokens file again.
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -154,5 +155,39 @@ describe('Admin API tokens', function () {
     const log = fs.readFileSync(fleet.procs[0].logFile, 'utf8').split('\n').filter((l) => l.includes('admin call denied'));
     expect(log.length).to.be.at.least(5);
     expect(log.some((l) => l.includes('PERMISSION_DENIED') && l.includes('ApplyApp'))).to.equal(true);
+  });
+
+  it('reads the tokens file again on SIGHUP (systemctl reload): a new token works, a revoked one is refused, a broken file changes nothing', async () => {
+    const file = path.join(fleet.dir, 'tokens.yaml');
+    const [leader, second] = fleet.procs;
+    const logOf = (p: typeof leader) => fs.readFileSync(p.logFile, 'utf8');
+    const hup = () => { for (const p of [leader, second]) process.kill(p.pid, 'SIGHUP'); };
+    // viewer revoked, ci added.
+    fs.writeFileSync(file, `tokens:\n  - { name: ops, role: operator, sha256: ${sha256('op-secret').toString('hex')} }\n  - { name: ci, role: operator, token: ci-secret }\n`);
+    hup();
+    const ci = client('ci-secret');
+    const viewer = client('view-secret');
+    try {
+      await waitFor('the new token accepted', async () => (await codeOf(ci.listNodes())) === grpc.status.OK, 10_000, 100);
+      expect(await codeOf(viewer.listNodes())).to.equal(grpc.status.UNAUTHENTICATED);
+      // Through the follower too (each coordinator checks the token).
+      const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer ci-secret' } });
+      expect(await codeOf(viaFollower.applyApp({ ...spec, name: 'by-ci' }))).to.equal(grpc.status.OK);
+      viaFollower.close();
+      expect(logOf(leader)).to.match(/"msg":"Admin API tokens reloaded"/).and.match(/"applied":\["tokensFile"\]/);
+      // Still up, still leading: SIGHUP is not the end of the process (node's default).
+      expect(leader.running).to.equal(true);
+      expect((await ci.getClusterStatus()).leader?.id).to.equal('auth');
+
+      // A broken file: logged, and the running tokens stay.
+      fs.writeFileSync(file, 'tokens: [ { name: broken\n');
+      hup();
+      await waitFor('the refusal logged', async () => /SIGHUP: the settings do not compile; the running ones stay/.test(logOf(leader)), 10_000, 100);
+      expect(await codeOf(ci.listNodes())).to.equal(grpc.status.OK);
+      expect(await codeOf(viewer.listNodes())).to.equal(grpc.status.UNAUTHENTICATED);
+    } finally {
+      ci.close();
+      viewer.close();
+    }
   });
 });
