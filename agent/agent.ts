@@ -15,7 +15,7 @@ import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
 import { Metrics } from '../common/metrics';
-import { certCommonName, loadTls, TlsMaterial } from '../common/tls';
+import { certCommonName, loadTls, reportExpiry, TlsMaterial } from '../common/tls';
 import { AGENT_METRICS } from './metrics';
 import { RelayServer } from './relay-server';
 import { ImageGc } from './image-gc';
@@ -42,6 +42,7 @@ export class Agent {
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.tls = config.insecureDev ? undefined : loadTls(config);
+    if (this.tls) reportExpiry({ cert: this.tls.certNotAfterMs, ca: this.tls.caNotAfterMs }, log, this.metrics);
     // With TLS an agent's identity is its certificate: the node id is its CN.
     const certId = this.tls ? certCommonName(this.tls.cert) : undefined;
     if (certId && config.nodeId && config.nodeId !== certId) log.warn({ nodeId: config.nodeId, certificate: certId }, 'nodeId differs from the certificate; the coordinators will refuse it');

@@ -1,5 +1,6 @@
 // The agent's Prometheus metrics (served with --metrics-listen; off by default: see common/metrics.ts).
 import type { MetricDef } from '../common/metrics';
+import { TLS_EXPIRY_METRIC } from '../common/tls';
 
 export const AGENT_METRICS: MetricDef[] = [
   { name: 'tessera_agent_connected', help: '1 while attached to the leader', type: 'gauge' },
@@ -12,4 +13,5 @@ export const AGENT_METRICS: MetricDef[] = [
   { name: 'tessera_agent_health_check_failures_total', help: 'failed health checks', type: 'counter' },
   { name: 'tessera_agent_images_removed_total', help: 'unused images removed by image garbage collection', type: 'counter' },
   { name: 'tessera_agent_restarts_total', help: 'container restarts by the restart policy', type: 'counter' },
+  { ...TLS_EXPIRY_METRIC, labels: [...TLS_EXPIRY_METRIC.labels] },
 ];

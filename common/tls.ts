@@ -1,6 +1,7 @@
 // TLS material and peer identity. Every Tessera connection is mutual TLS unless a process runs
 // with --insecure-dev: an agent's identity is its certificate (CN = node id, OU = agent), a
 // coordinator's OU is coordinator, an operator's OU is admin (scripts/make-certs.sh).
+import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import { ConfigError, FieldViolation } from './errors';
 
@@ -16,12 +17,33 @@ export function tlsSchema(certDoc: string) {
   } as const;
 }
 
-/** Certificates are required unless the process runs --insecure-dev. */
+/**
+ * Certificates are required unless the process runs --insecure-dev, and they must be readable
+ * and valid now (checked with the settings, so a process with an expired certificate exits 2
+ * saying so instead of failing every handshake).
+ */
 export function tlsViolations(raw: TlsFiles & { insecureDev?: boolean }): FieldViolation[] {
-  if (raw.insecureDev || (raw.tlsCa && raw.tlsCert && raw.tlsKey)) return [];
-  return [{ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' }];
+  if (raw.insecureDev) return [];
+  if (!(raw.tlsCa && raw.tlsCert && raw.tlsKey)) return [{ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' }];
+  try {
+    loadTls(raw);
+    return [];
+  } catch (e) {
+    if (e instanceof ConfigError) return e.violations;
+    throw e;
+  }
 }
-export interface TlsMaterial { ca: Buffer; cert: Buffer; key: Buffer }
+export interface TlsMaterial {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  /** When the certificate and the CA certificate stop being valid (ms since the epoch). */
+  certNotAfterMs: number;
+  caNotAfterMs: number;
+}
+
+/** A certificate's validity in days left at which a daemon warns at start (metrics show it all along). */
+export const EXPIRY_WARNING_DAYS = 30;
 
 export type PeerRole = 'agent' | 'coordinator' | 'admin' | 'unknown' | 'plaintext';
 
@@ -40,10 +62,54 @@ export function loadTls(f: TlsFiles, prefix = 'tls'): TlsMaterial {
       return Buffer.alloc(0);
     }
   };
-  const out = { ca: read(`${prefix}Ca`, f.tlsCa), cert: read(`${prefix}Cert`, f.tlsCert), key: read(`${prefix}Key`, f.tlsKey) };
+  const ca = read(`${prefix}Ca`, f.tlsCa);
+  const cert = read(`${prefix}Cert`, f.tlsCert);
+  const key = read(`${prefix}Key`, f.tlsKey);
+  const now = Date.now();
+  /** The certificate's end of validity, or a violation: not a certificate, expired, or not valid yet. */
+  const validity = (field: string, file: string | undefined, pem: Buffer): number => {
+    if (!pem.length) return 0;
+    let from: number;
+    let to: number;
+    try {
+      const x = new X509Certificate(pem); // a CA bundle: its first certificate
+      from = Date.parse(x.validFrom);
+      to = Date.parse(x.validTo);
+    } catch {
+      v.push({ field, message: `${file} holds no PEM certificate` });
+      return 0;
+    }
+    if (to <= now) v.push({ field, message: `the certificate in ${file} expired on ${new Date(to).toISOString()} (renew it: scripts/make-certs.sh)` });
+    else if (from > now) v.push({ field, message: `the certificate in ${file} is not valid before ${new Date(from).toISOString()} (is this host's clock right?)` });
+    return to;
+  };
+  const caNotAfterMs = validity(`${prefix}Ca`, f.tlsCa, ca);
+  const certNotAfterMs = validity(`${prefix}Cert`, f.tlsCert, cert);
   if (v.length) throw new ConfigError(v);
-  return out;
+  return { ca, cert, key, certNotAfterMs, caNotAfterMs };
 }
+
+/**
+ * Publishes when each certificate stops being valid (tessera_tls_certificate_expiry_timestamp_seconds,
+ * for an alert well before) and warns at start when one has EXPIRY_WARNING_DAYS or fewer left.
+ */
+export function reportExpiry(
+  certs: Record<string, number>,
+  log: { warn(o: Record<string, unknown>, msg: string): void },
+  metrics: { set(name: string, labels: Record<string, string>, v: number): void; onCollect(fn: () => void): void },
+  nowMs = Date.now(),
+): void {
+  for (const [certificate, notAfterMs] of Object.entries(certs)) {
+    if (!notAfterMs) continue;
+    // Set at each scrape (the metrics may start serving after this).
+    metrics.onCollect(() => metrics.set('tessera_tls_certificate_expiry_timestamp_seconds', { certificate }, Math.floor(notAfterMs / 1000)));
+    const days = (notAfterMs - nowMs) / 86_400_000;
+    if (days <= EXPIRY_WARNING_DAYS) log.warn({ certificate, notAfter: new Date(notAfterMs).toISOString(), daysLeft: Math.floor(days) }, 'TLS certificate expires soon: renew it (scripts/make-certs.sh) and restart the process');
+  }
+}
+
+/** The expiry metric's definition, for both daemons' metric lists. */
+export const TLS_EXPIRY_METRIC = { name: 'tessera_tls_certificate_expiry_timestamp_seconds', help: 'when a TLS certificate this process uses stops being valid (unix seconds), by certificate (cert, ca, etcd-cert, etcd-ca)', type: 'gauge', labels: ['certificate'] } as const;
 
 /** Who is calling, from the verified client certificate of this call. */
 export function peerIdentity(call: { getAuthContext(): { transportSecurityType?: string; sslPeerCertificate?: { subject?: unknown } } }): { role: PeerRole; cn: string } {
@@ -57,8 +123,6 @@ export function peerIdentity(call: { getAuthContext(): { transportSecurityType?:
 
 /** The CN of a certificate file (an agent's node id), without extra dependencies. */
 export function certCommonName(pem: Buffer): string {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { X509Certificate } = require('node:crypto') as typeof import('node:crypto');
   const subject = new X509Certificate(pem).subject; // "O=tessera\nOU=agent\nCN=node-1"
   return /(?:^|\n)CN=([^\n]+)/.exec(subject)?.[1] ?? '';
 }

@@ -125,6 +125,7 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
     }
   }
   if ((raw.etcdCa || raw.etcdCert || raw.etcdKey) && !(raw.etcdCa && raw.etcdCert && raw.etcdKey)) v.push({ field: 'etcdCa', message: 'etcd TLS needs etcdCa, etcdCert and etcdKey together' });
+  else if (raw.etcdCa) v.push(...tlsViolations({ tlsCa: raw.etcdCa, tlsCert: raw.etcdCert, tlsKey: raw.etcdKey }).map((x) => ({ ...x, field: x.field.replace(/^tls/, 'etcd') })));
   if (v.length) throw new ConfigError(v);
   const port = listen.slice(listen.lastIndexOf(':') + 1);
   return { ...(raw as CoordinatorConfig), advertise, id: raw.id ?? `${os.hostname()}-${port}` };

@@ -1,5 +1,6 @@
 // The coordinator's Prometheus metrics (served with --metrics-listen).
 import type { MetricDef } from '../common/metrics';
+import { TLS_EXPIRY_METRIC } from '../common/tls';
 
 export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_coordinator_leader', help: '1 while this coordinator leads', type: 'gauge' },
@@ -26,4 +27,5 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_job_end_record_retries_total', help: 'end records of answered jobs that etcd did not take, written again', type: 'counter' },
   { name: 'tessera_job_records_expired_early_total', help: 'windows of finished-job records deleted before their retention to stay within the budget', type: 'counter' },
   { name: 'tessera_jobs_queued', help: 'jobs waiting for an instance that is not saturated', type: 'gauge' },
+  { ...TLS_EXPIRY_METRIC, labels: [...TLS_EXPIRY_METRIC.labels] },
 ];

@@ -5,14 +5,17 @@
 #   agent-<node>.pem / -key.pem          OU=agent, CN=<node id>: an agent's identity is its cert; server (step relay) and client
 #   admin.pem / -key.pem                 OU=admin: for grpcurl and the tessera CLI
 #   etcd.pem / -key.pem                  etcd's server and peer certificate
-#   scripts/make-certs.sh DIR [--nodes node-1,node-2] [--hosts 127.0.0.1,localhost,10.0.0.11]
+#   scripts/make-certs.sh DIR [--nodes node-1,node-2] [--hosts 127.0.0.1,localhost,10.0.0.11] [--days 825]
+# A CA already in DIR is kept, so running it again renews the certificates under the same CA
+# (then restart each process: see the README, Security).
 set -euo pipefail
-DIR=${1:?usage: $0 DIR [--nodes a,b] [--hosts h1,h2]}; shift
-NODES=node-1,node-2 ; HOSTS=127.0.0.1,localhost
+DIR=${1:?usage: $0 DIR [--nodes a,b] [--hosts h1,h2] [--days N]}; shift
+NODES=node-1,node-2 ; HOSTS=127.0.0.1,localhost ; DAYS=825
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
     --hosts) HOSTS=$2; shift 2 ;;
+    --days) DAYS=$2; shift 2 ;;   # how long the certificates (not the CA) are valid
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +42,7 @@ issue() { # name subject extended-key-usage [san]
     echo "extendedKeyUsage=$eku"
     [ -n "$alt" ] && echo "subjectAltName=$alt"
   } > "$name.ext"
-  openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 -extfile "$name.ext" -out "$name.pem" 2>/dev/null
+  openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days "$DAYS" -extfile "$name.ext" -out "$name.pem" 2>/dev/null
   rm -f "$name.csr" "$name.ext"
 }
 issue coordinator "/O=tessera/OU=coordinator/CN=coordinator" serverAuth,clientAuth "$(san)"

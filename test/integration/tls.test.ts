@@ -4,6 +4,7 @@
 // told --insecure-dev.
 import { expect } from 'chai';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,7 +16,7 @@ import { loadTls } from '../../common/tls';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitFor } from '../helpers/ports';
+import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { pastEvents } from '../helpers/cluster';
 
@@ -180,6 +181,37 @@ describe('mutual TLS', function () {
       forwarded.close();
       await follower.kill('SIGTERM');
       await lead.kill('SIGTERM');
+    }
+  });
+
+  it('refuses to start with an expired certificate (exit 2, saying which and when); one near its end starts with a warning and its expiry as a metric', async () => {
+    // Certificates from the same CA, reissued with make-certs.sh --days in a copy of the CA dir.
+    const reissue = (days: string, node: string) => {
+      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+      for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
+      return d;
+    };
+    const expired = reissue('-1', 'n8');
+    const soon = reissue('10', 'n7');
+    try {
+      for (const [bin, cert, other] of [['agent', 'agent-n8', '--coordinators'], ['coordinator', 'coordinator', '--etcd-endpoints']]) {
+        const r = spawnSync(process.execPath, [path.join(repoRoot(), `dist/${bin}/main.js`), '--tls-ca', f('ca.pem'), '--tls-cert', path.join(expired, `${cert}.pem`),
+          '--tls-key', path.join(expired, `${cert}-key.pem`), other, '127.0.0.1:1'], { encoding: 'utf8', timeout: 20_000 });
+        expect(r.status, `${bin}: ${r.stderr}`).to.equal(2);
+        expect(r.stderr).to.match(new RegExp(`tlsCert: the certificate in ${expired}/${cert}\\.pem expired on \\d{4}-\\d\\d-\\d\\dT`));
+      }
+      const port = await freePort();
+      const agent = fleet.agent({ coordinators: [address], nodeId: 'n7', tls: [f('ca.pem'), path.join(soon, 'agent-n7.pem'), path.join(soon, 'agent-n7-key.pem')], extra: ['--metrics-listen', `127.0.0.1:${port}`] });
+      const warning = await waitFor('the warning', async () => fs.readFileSync(agent.logFile, 'utf8').split('\n').find((l) => l.includes('TLS certificate expires soon')), 15_000, 100);
+      expect(JSON.parse(warning)).to.include({ level: 'warn', certificate: 'cert', daysLeft: 9 });
+      const notAfter = Date.parse(new X509Certificate(fs.readFileSync(path.join(soon, 'agent-n7.pem'))).validTo) / 1000;
+      const metrics = await waitFor('metrics served', async () => (await fetch(`http://127.0.0.1:${port}/metrics`).then((res) => res.text()).catch(() => undefined)), 15_000, 100);
+      expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="cert"} ${notAfter}`);
+      expect(metrics).to.match(/tessera_tls_certificate_expiry_timestamp_seconds\{certificate="ca"\} \d+/);
+      await agent.kill('SIGTERM');
+    } finally {
+      for (const d of [expired, soon]) fs.rmSync(d, { recursive: true, force: true });
     }
   });
 
