@@ -15,8 +15,8 @@ export interface Daemon {
   stop(): Promise<void>;
   /**
    * SIGHUP: the settings compiled again (the --config file and the files it names read anew).
-   * Applies what can change while running and returns the names of those it applied; the log
-   * level is applied before. Throws (a ConfigError) to keep the running settings.
+   * Applies what can change while running and returns the names of those it applied (the log
+   * level is the caller's, applied first). Throws to keep the rest of the running settings.
    */
   reload?(next: unknown): string[];
 }
