@@ -691,7 +691,7 @@ export class Deployments {
     if (!this.credentials.has(name)) throw new NotFoundError('registry credential', name);
     const cred = this.credentialOf(name);
     // A credential an app runs with stays: its instances would fail their next pull.
-    if (cred.usedBy?.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${cred.usedBy.join(', ')}: apply those without it first`);
+    if (cred.usedBy?.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${cred.usedBy.join(', ')} (the current or the stable version): apply those without it first, and let the rollout finish`);
     await this.store.commit([{ type: 'delete', key: this.keys.registryCredential(name) }], [attributed({ kind: 'registry-credential.deleted', subject: name, message: `registry credential ${name} deleted` }, by)]);
     this.credentials.delete(name);
     return cred;
@@ -701,12 +701,19 @@ export class Deployments {
     return [...this.credentials.keys()].filter((n) => !name || n === name).sort().map((n) => this.credentialOf(n));
   }
 
-  /** The components whose app's current version names the credential. */
+  /** The components whose app's current version, or its stable one (an auto-revert's target), names the credential. */
   private componentsNaming(name: string): { app: string; component: string; image: string }[] {
     const out: { app: string; component: string; image: string }[] = [];
     for (const app of this.apps.values()) {
-      const spec = this.versions.get(app.name)?.get(app.version)?.spec;
-      for (const comp of spec?.components ?? []) if (comp.imagePullCredential === name) out.push({ app: app.name, component: comp.name, image: comp.image });
+      // The current version, and the stable one an auto-revert would go back to.
+      const seen = new Set<string>();
+      for (const v of new Set([app.version, app.stableVersion])) {
+        for (const comp of this.versions.get(app.name)?.get(v)?.spec?.components ?? []) {
+          if (comp.imagePullCredential !== name || seen.has(comp.name)) continue;
+          seen.add(comp.name);
+          out.push({ app: app.name, component: comp.name, image: comp.image });
+        }
+      }
     }
     return out;
   }

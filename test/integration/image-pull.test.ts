@@ -194,6 +194,14 @@ describe('image pulls', function () {
     expect((await admin.listRegistryCredentials('private-ops')).credentials[0].server).to.equal(privateRegistry.address);
     await admin.deleteRegistryCredential('private-wrong');
     expect((await admin.listRegistryCredentials()).credentials.map((c) => c.name)).to.deep.equal(['private-ops']);
+    // Named only by the stable version (what an auto-revert goes back to) while a version
+    // without it rolls out (held for a minute by minHealthyMs): still refused.
+    await waitFor('version 1 stable', async () => Number((await admin.getApp('credapp')).stableVersion) === 1, 30_000, 200);
+    await admin.applyApp({ name: 'credapp', components: [comp('web', BASE, { constraints: noCreds, update: { minHealthyMs: 60_000 } })] });
+    const stable = await admin.deleteRegistryCredential('private-ops').then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(stable?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(stable?.details).to.match(/named by credapp\/web \(the current or the stable version\)/);
+    await admin.deleteApp('credapp');
   });
 
   it('refuses a bad pull policy or image reference, naming the field, and stores nothing', async () => {
