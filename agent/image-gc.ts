@@ -146,7 +146,10 @@ export class ImageGc {
       }
       return removals;
     } finally {
-      if (this.dirty) this.save();
+      // Off: last uses stay in memory, and go to disk with the next pull's save, not once a
+      // sweep (an agent restarted with GC turned on then counts an image unused from an older
+      // use: collected sooner, never while a container uses it).
+      if (this.dirty && this.enabled) this.save();
       this.sweeping = false;
     }
   }

@@ -130,7 +130,13 @@ describe('image garbage collection (rules)', () => {
     const g = gc({ highPercent: 100, lowPercent: 0, minAgeMs: 0 });
     g.notePulled('r/a:1', T);
     expect(g.enabled).to.equal(false);
+    const file = path.join(dir, 'images.json');
+    const saved = fs.statSync(file).mtimeMs;
+    g.noteUsed('r/a:1', T + 60_000);
     expect(await g.sweep(T + 3_600_000)).to.deep.equal([]);
+    // Its record is not rewritten at every sweep while it is off (only a pull saves it).
+    expect([fs.statSync(file).mtimeMs, JSON.parse(fs.readFileSync(file, 'utf8'))['r/a:1']]).to.deep.equal([saved, T]);
+    expect(g.tracked().get('r/a:1')).to.equal(T + 60_000);
   });
 
   it('forgets images removed by hand, and keeps one a container took meanwhile (409)', async () => {
