@@ -55,10 +55,12 @@ const END_OWN_BYTES = 64 * 1024;
 const END_BATCH_BYTES = 512 * 1024;
 /**
  * The end record of a job that was answered (its start is durable) is written again while etcd
- * does not take it (unreachable, a timeout), for up to this long and while this coordinator
- * leads: otherwise its start record stays and the next leader runs the job again.
+ * does not take it (unreachable, a timeout, a full etcd's NOSPACE alarm) and this coordinator
+ * leads, at most every few seconds: otherwise its start record stays and the next leader runs the
+ * job again. There is no time limit: etcd out of reach ends the leadership within its lease,
+ * and while etcd refuses writes no job starts, so the ends waiting are the jobs that were in
+ * flight then.
  */
-const END_RETRY_MS = 30_000;
 const END_RETRY_BACKOFF = { initialMs: 250, maxMs: 4_000, multiplier: 2, jitter: 0.2 };
 
 /** The route cache's tree (see plan): a node per prefix of a choice, the route at its leaf. */
@@ -1053,13 +1055,12 @@ export class JobScheduler {
   /**
    * Writes what records the end of answered jobs (`write`, one try: their end records, or the
    * deletion of a start record all of whose jobs have ended), trying again with backoff while
-   * etcd does not take it, for up to END_RETRY_MS. A fenced write, a coordinator that no longer
-   * leads or has stopped, or the time running out ends it with the error: the jobs' start records
-   * stay, and the next leader runs them again.
+   * etcd does not take it (see END_RETRY_BACKOFF). A fenced write, or a coordinator that no
+   * longer leads or has stopped, ends it with the error: the jobs' start records stay, and the
+   * next leader runs them again.
    */
   private async writeAgain(write: () => Promise<unknown>, what: string, fields: Record<string, unknown>): Promise<void> {
     const backoff = new Backoff(END_RETRY_BACKOFF);
-    const until = Date.now() + END_RETRY_MS;
     for (;;) {
       try {
         await write();
@@ -1067,7 +1068,7 @@ export class JobScheduler {
         return;
       } catch (err) {
         const delay = backoff.next();
-        if (this.stopped || err instanceof FencedError || err instanceof NotLeaderError || Date.now() + delay >= until) throw err;
+        if (this.stopped || err instanceof FencedError || err instanceof NotLeaderError) throw err;
         this.metrics?.inc('tessera_job_end_record_retries_total');
         if (backoff.attempts === 1) this.log.warn({ ...fields, err: (err as Error).message }, `${what} not written; trying again while this coordinator leads`);
         await sleep(delay);
