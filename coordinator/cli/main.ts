@@ -516,8 +516,10 @@ job.command('get <id>').description('a job: state, result, path, steps').action(
 job.command('list').description('recent jobs').option('--pipeline <name>', 'one pipeline').option('--state <state>', 'QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED', oneOf('--state', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'])).option('-n, --limit <n>', 'how many', wholeNumber('--limit', 1), 20)
   .action((o) => run(async (c) => {
     const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit) });
-    out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
-      j.id, j.pipeline, enumName(j.state, 'JOB_STATE_'), ago(Number(j.submittedAtMs)), `${Number(j.durationMs).toFixed(0)} ms`, j.plans,
+    // BY when callers are identified (tokens or TLS), as app history shows it.
+    const by = r.jobs.some((j) => j.submittedBy);
+    out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', ...(by ? ['BY'] : []), 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
+      j.id, j.pipeline, enumName(j.state, 'JOB_STATE_'), ago(Number(j.submittedAtMs)), ...(by ? [j.submittedBy || '-'] : []), `${Number(j.durationMs).toFixed(0)} ms`, j.plans,
       clip(j.path.map((p) => p.instanceId).join(' > '), 60), clip(j.reason, 60) || '-',
     ])) : 'no jobs');
   }));

@@ -145,6 +145,9 @@ describe('Admin API tokens', function () {
       const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
       const got = await run(process.execPath, [cli, '-c', follower, '--token', 'op-secret', 'job', 'get', job.id]);
       expect(got.stdout).to.match(new RegExp(`^job ${job.id} \\(slow-auth\\): CANCELLED in \\d+ ms, submitted by ops - cancelled through Admin by ops`));
+      const listed = await run(process.execPath, [cli, '-c', follower, '--token', 'op-secret', 'job', 'list', '--pipeline', 'slow-auth']);
+      expect(listed.stdout).to.match(/^ID +PIPELINE +STATE +SUBMITTED +BY +TOOK/);
+      expect(listed.stdout).to.match(new RegExp(`${job.id} +slow-auth +CANCELLED +\\S+ +ops `));
     } finally {
       viaFollower.close();
       started.proc.kill('SIGKILL');
