@@ -97,9 +97,19 @@ export class InstanceManager extends EventEmitter {
     for (const s of this.stats.values()) (s.stream as unknown as { destroy?: () => void }).destroy?.();
   }
 
-  /** RUN: idempotent by instance id. */
+  /**
+   * RUN: idempotent by instance id. For an instance already here (adopted after a restart: its
+   * label keeps no registry login) it only takes the login, for the pulls to come.
+   */
   run(spec: InstanceSpec__Output): void {
-    if (this.desired.has(spec.instanceId)) return;
+    const known = this.desired.get(spec.instanceId);
+    if (known) {
+      if (spec.pullAuth && !known.spec.pullAuth) {
+        known.spec = { ...known.spec, pullAuth: spec.pullAuth };
+        this.log.debug({ instance: spec.instanceId }, 'registry login taken for an instance already here');
+      }
+      return;
+    }
     this.stopping.delete(spec.instanceId);
     this.desired.set(spec.instanceId, newLocal(spec));
     this.log.info({ instance: spec.instanceId, image: spec.image }, 'instance desired');

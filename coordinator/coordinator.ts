@@ -232,7 +232,10 @@ export class Coordinator {
     }, this.log.child({ part: 'gateway' }));
     this.gateway.addListener({
       onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
-      onAttached: () => this.deployments()?.kick(),
+      onAttached: (nodeId) => {
+        this.deployments()?.agentAttached(nodeId);
+        this.deployments()?.kick();
+      },
       onInstanceEvent: (node, e) => this.onInstanceEvent(node, e),
     });
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);

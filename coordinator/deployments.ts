@@ -60,6 +60,8 @@ export class Deployments {
   /** Replica counts set by scaling policies, beside the spec (app/component -> count). */
   private replicas = new Map<string, number>();
   private sent = new Map<string, number>();
+  /** Nodes whose agent attached since their instances' registry logins were last handed over (see dispatch). */
+  private attached = new Map<string, { seq: number; atMs: number }>();
   private slotFailures = new Map<string, SlotFailures>();
   private ticking = false;
   private kicked = false;
@@ -867,8 +869,29 @@ export class Deployments {
         }));
       }
     }
+    // An agent that attached (after a restart, or to a new leader) gets the RUN of each running
+    // instance whose component names a registry credential once more: an adopted container's
+    // label keeps no login, and the agent takes only the login from it (for the next pull).
+    for (const [nodeId, { seq, atMs }] of this.attached) {
+      if (!this.gateway.connectedNodes().includes(nodeId)) continue;
+      const observed = new Set(this.registry.observed(nodeId).map((o) => o.instanceId));
+      // A restarted agent may say hello before it has adopted its containers: its first report names them.
+      if (!observed.size && nowMs - atMs < 30_000) continue;
+      this.attached.delete(nodeId);
+      for (const w of byNode.get(nodeId) ?? []) {
+        const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
+        if (!comp?.imagePullCredential || !observed.has(w.id)) continue;
+        this.send(nodeId, `login-${w.id}-${seq}`, nowMs, () => this.runInstruction(w, term));
+      }
+    }
     for (const [k, at] of this.sent) if (nowMs - at > 10 * RESEND_AFTER_MS) this.sent.delete(k);
   }
+
+  /** An agent attached: its instances' registry logins go to it again with the next dispatch. */
+  agentAttached(nodeId: string, nowMs = Date.now()): void {
+    this.attached.set(nodeId, { seq: ++this.attachSeq, atMs: nowMs });
+  }
+  private attachSeq = 0;
 
   private send(nodeId: string, id: string, nowMs: number, build: () => Instruction): void {
     const last = this.sent.get(id);

@@ -204,6 +204,26 @@ describe('image pulls', function () {
     await admin.deleteApp('credapp');
   });
 
+  it('hands a restarted agent the registry login of the instances it adopted: a container it makes again pulls with it (Always)', async () => {
+    const ref = privateRegistry.publish(BASE, 'tessera/adopted', tag);
+    refs.push(ref);
+    const noCreds = [{ label: 'creds', op: '=', value: 'none' }];
+    await admin.applyApp({ name: 'adoptcred', components: [comp('web', ref, { imagePullCredential: 'private-ops', imagePullPolicy: 'Always', constraints: noCreds })] });
+    const inst = await waitFor('RUNNING on the node without credentials', async () => (await instances('adoptcred')).find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === plain), 60_000, 200);
+    // The agent restarts: its container is adopted from the label, which keeps no login.
+    const agent = fleet.procs.find((p) => p.name === plain)!;
+    await agent.kill('SIGKILL');
+    agent.start();
+    await waitFor('the login handed over again', async () => fs.readFileSync(agent.logFile, 'utf8').includes('registry login taken for an instance already here'), 30_000, 200);
+    const pulls = privateRegistry.manifestRequests('tessera/adopted', tag).length;
+    // Its container goes (removed by hand): the agent makes it again, pulling first (Always).
+    execFileSync('docker', ['rm', '-f', `tessera-${inst.id}`]);
+    await waitFor('pulled with the login again', async () => privateRegistry.manifestRequests('tessera/adopted', tag).length > pulls, 30_000, 200);
+    await waitFor('the same instance RUNNING again', async () => (await instances('adoptcred')).some((i) => i.id === inst.id && i.state === 'INSTANCE_STATE_RUNNING'), 30_000, 200);
+    expect((await pastEvents(admin, ['instance.pull_failed'])).filter((e) => e.subject === inst.id)).to.deep.equal([]);
+    await admin.deleteApp('adoptcred');
+  });
+
   it('refuses a bad pull policy or image reference, naming the field, and stores nothing', async () => {
     const bad = async (c: Record<string, unknown>) => {
       try {
