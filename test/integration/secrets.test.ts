@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
 import { repoRoot } from '../../common/version';
-import { newKeyLine } from '../../coordinator/secrets';
+import { loadKeyring, newKeyLine } from '../../coordinator/secrets';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
@@ -146,6 +146,18 @@ describe('registry passwords at rest', function () {
     } finally {
       await same.kill('SIGTERM');
     }
+  });
+
+  it('makes key file lines with tessera operator keygen (named, or named after the date)', () => {
+    const cli = (...a: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), 'operator', 'keygen', ...a], { encoding: 'utf8', timeout: 20_000 });
+    const named = cli('k9');
+    expect(named.status).to.equal(0);
+    expect(named.stdout).to.match(/^k9:[A-Za-z0-9+/]{43}=\n$/);
+    expect(cli().stdout).to.match(/^k\d{8}:/);
+    expect(cli('k9').stdout, 'a new key each time').to.not.equal(named.stdout);
+    expect(loadKeyring(keyFile('generated', named.stdout.trim())).primary).to.equal('k9');
+    const bad = cli('no spaces');
+    expect([bad.status, bad.stderr]).to.deep.equal([1, 'error: a key name is letters, digits, ".", "_" or "-", got "no spaces"\n']);
   });
 
   it('refuses to start (exit 2) with a key file others may read, or a key of the wrong size', () => {
