@@ -132,6 +132,20 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The problems of a file a setting names, read with the settings (so that a bad file is a
+ * configuration error, exit 2, not a failed start): `load`'s ConfigError, or none.
+ */
+export function fileViolations(load: () => unknown): FieldViolation[] {
+  try {
+    load();
+    return [];
+  } catch (e) {
+    if (e instanceof ConfigError) return e.violations;
+    throw e;
+  }
+}
+
 /** The codes a client may retry on its own: in one set, not scattered. */
 export const RETRYABLE_CODES: ReadonlySet<grpc.status> = new Set([
   grpc.status.UNAVAILABLE,

@@ -3,7 +3,7 @@
 // coordinator's OU is coordinator, an operator's OU is admin (scripts/make-certs.sh).
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
-import { ConfigError, FieldViolation } from './errors';
+import { ConfigError, FieldViolation, fileViolations } from './errors';
 
 export interface TlsFiles { tlsCa?: string; tlsCert?: string; tlsKey?: string }
 
@@ -25,13 +25,7 @@ export function tlsSchema(certDoc: string) {
 export function tlsViolations(raw: TlsFiles & { insecureDev?: boolean }): FieldViolation[] {
   if (raw.insecureDev) return [];
   if (!(raw.tlsCa && raw.tlsCert && raw.tlsKey)) return [{ field: 'tlsCert', message: 'TLS is required: give tlsCa, tlsCert and tlsKey (scripts/make-certs.sh makes them), or --insecure-dev for plaintext on a trial' }];
-  try {
-    loadTls(raw);
-    return [];
-  } catch (e) {
-    if (e instanceof ConfigError) return e.violations;
-    throw e;
-  }
+  return fileViolations(() => loadTls(raw));
 }
 export interface TlsMaterial {
   ca: Buffer;

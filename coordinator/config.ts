@@ -1,7 +1,7 @@
 // The coordinator's settings: one schema (type, doc, env name, default) compiled once.
 import * as os from 'node:os';
 import { compileLayers, isHostPort, Layer, Schema } from '../common/config';
-import { ConfigError, FieldViolation } from '../common/errors';
+import { ConfigError, FieldViolation, fileViolations } from '../common/errors';
 import { LOG_LEVELS } from '../common/logger';
 import { tlsSchema, tlsViolations } from '../common/tls';
 import { loadTokens } from './auth';
@@ -107,23 +107,8 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
   }
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
   v.push(...tlsViolations(raw));
-  if (raw.tokensFile) {
-    // Checked here so a bad tokens file is a configuration error (exit 2), not a failed start.
-    try {
-      loadTokens(raw.tokensFile);
-    } catch (e) {
-      if (e instanceof ConfigError) v.push(...e.violations);
-      else throw e;
-    }
-  }
-  if (raw.secretsKeyFile) {
-    try {
-      loadKeyring(raw.secretsKeyFile);
-    } catch (e) {
-      if (e instanceof ConfigError) v.push(...e.violations);
-      else throw e;
-    }
-  }
+  if (raw.tokensFile) v.push(...fileViolations(() => loadTokens(raw.tokensFile!)));
+  if (raw.secretsKeyFile) v.push(...fileViolations(() => loadKeyring(raw.secretsKeyFile!)));
   if ((raw.etcdCa || raw.etcdCert || raw.etcdKey) && !(raw.etcdCa && raw.etcdCert && raw.etcdKey)) v.push({ field: 'etcdCa', message: 'etcd TLS needs etcdCa, etcdCert and etcdKey together' });
   else if (raw.etcdCa) v.push(...tlsViolations({ tlsCa: raw.etcdCa, tlsCert: raw.etcdCert, tlsKey: raw.etcdKey }).map((x) => ({ ...x, field: x.field.replace(/^tls/, 'etcd') })));
   if (v.length) throw new ConfigError(v);
