@@ -458,8 +458,9 @@ export class JobScheduler {
     const rec: JobRecord = {
       id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: planned ? 'JOB_STATE_RUNNING' : 'JOB_STATE_QUEUED', reason: queuedWhy ? `queued: ${queuedWhy}` : '',
       failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0, deadlineMs, idempotencyKey: key, path: planned?.path ?? [], steps: [], plans: planned ? 1 : 0,
-      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) }, ...(by ? { submittedBy: by } : {}),
+      payloadBytes: payload.length, flow: this.opts.flow, durationMs: 0, headers: { ...(req.headers ?? {}) },
     };
+    if (by) rec.submittedBy = by;
     const job: LiveJob = { rec, pipeline, input: payload, waiters: [] };
     if (planned) {
       job.route = { hops: planned.hops, holding: planned.holding };
