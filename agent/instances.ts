@@ -310,6 +310,16 @@ export class InstanceManager extends EventEmitter {
     l.restarts++;
     this.metrics?.inc('tessera_agent_restarts_total');
     try {
+      if (l.spec.imagePullPolicy === 'Always') {
+        // As the kubelet and Nomad's docker driver do: a new container, its image pulled first
+        // (the start path, on the next passes), so a tag that moved runs its new image.
+        await this.runtime.remove(c.containerId);
+        this.dropStats(c.containerId);
+        l.pulled = false;
+        this.emitEvent(l.spec.instanceId, 'restarted', { message: `restart ${l.restarts} after ${l.message}: a new container, its image pulled first (imagePullPolicy Always)` });
+        this.kick();
+        return;
+      }
       await this.runtime.restart(c.containerId);
       this.emitEvent(l.spec.instanceId, 'restarted', { message: `restart ${l.restarts} after ${l.message}` });
     } catch (err) {

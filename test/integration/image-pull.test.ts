@@ -106,6 +106,36 @@ describe('image pulls', function () {
     expect((await admin.getApp('always')).spec!.components[0].imagePullPolicy).to.equal('Always');
   });
 
+  it('makes a new container, pulled first, when an instance with Always exits: a tag that moved runs its new image', async () => {
+    const ref = registry.publish(BASE, 'tessera/moving', tag);
+    refs.push(ref);
+    const pin = [{ label: 'creds', op: '=', value: 'none' }];
+    await admin.applyApp({ name: 'moving', components: [comp('web', ref, { constraints: pin, imagePullPolicy: 'Always', restart: { attempts: 5, windowMs: 60_000, delayMs: 100 } })] });
+    const inst = await waitFor('RUNNING', async () => (await instances('moving')).find((i) => i.state === 'INSTANCE_STATE_RUNNING'), 60_000, 200);
+    const container = `tessera-${inst.id}`;
+    const imageOf = (name: string) => execFileSync('docker', ['inspect', '-f', '{{.Image}}', name]).toString().trim();
+    const before = imageOf(container);
+    // The tag moves to another image (busybox with a file added), then the process dies.
+    const marked = `tessera/busybox-marked:${tag}`;
+    execFileSync('docker', ['run', '--name', `mark-${tag}`, '--network', 'none', BASE, 'sh', '-c', 'echo v2 > /marker']);
+    execFileSync('docker', ['commit', `mark-${tag}`, marked]);
+    execFileSync('docker', ['rm', '-f', `mark-${tag}`]);
+    refs.push(marked);
+    registry.publish(marked, 'tessera/moving', tag);
+    const newImage = execFileSync('docker', ['image', 'inspect', '-f', '{{.Id}}', marked]).toString().trim();
+    expect(newImage).to.not.equal(before);
+    const pulls = registry.manifestRequests('tessera/moving', tag).length;
+    execFileSync('docker', ['kill', container]);
+    await waitFor('the same instance RUNNING on the moved tag\'s image', async () => {
+      const now = (await instances('moving')).find((i) => i.id === inst.id);
+      return now?.state === 'INSTANCE_STATE_RUNNING' && imageOf(container) === newImage;
+    }, 60_000, 200);
+    expect(registry.manifestRequests('tessera/moving', tag).length).to.be.greaterThan(pulls);
+    const restarted = (await pastEvents(admin, ['instance.restarted'])).filter((e) => e.subject === inst.id);
+    expect(restarted.map((e) => e.message)).to.satisfy((m: string[]) => m.some((x) => /a new container, its image pulled first \(imagePullPolicy Always\)/.test(x)));
+    await admin.deleteApp('moving');
+  });
+
   it('fails an instance whose image is missing with Never, without asking any registry', async () => {
     const ref = `${registry.address}/tessera/never:${tag}`;
     const before = registry.requests.length;
