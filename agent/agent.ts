@@ -66,7 +66,10 @@ export class Agent {
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a));
     const c = this.config;
-    const gc = new ImageGc(runtime.docker, { highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir }, this.log.child({ part: 'image-gc' }));
+    const gc = new ImageGc(runtime.docker, {
+      highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir,
+      wanted: () => this.instances.wantedImages(),
+    }, this.log.child({ part: 'image-gc' }));
     this.imageGc = gc;
     runtime.images.onPulled = (image) => gc.notePulled(image);
     this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner, (images, now) => {

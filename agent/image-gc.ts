@@ -27,6 +27,11 @@ export interface ImageGcOptions {
   minAgeMs: number;
   /** The state dir, where the record of used images is kept. */
   stateDir: string;
+  /**
+   * The images the agent's instances name (running, or pulled and not yet started): never
+   * removed, whatever their age (between a pull and its container, the image is in no container).
+   */
+  wanted?: () => Set<string>;
 }
 
 /** Used and total bytes of the filesystem that holds the Engine's images. */
@@ -98,8 +103,16 @@ export class ImageGc {
       // In use: every container on the host, any state, Tessera's or not.
       const containers = await this.docker.listContainers({ all: true });
       const inUse = new Set(containers.map((c) => c.ImageID));
+      const wanted = this.opts.wanted?.() ?? new Set<string>();
       const candidates: { image: string; lastUsed: number }[] = [];
       for (const [image, lastUsed] of this.used) {
+        if (wanted.has(image)) {
+          if (now > lastUsed) {
+            this.used.set(image, now);
+            this.dirty = true;
+          }
+          continue;
+        }
         let id: string;
         try {
           id = (await this.docker.getImage(image).inspect()).Id;

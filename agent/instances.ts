@@ -125,6 +125,11 @@ export class InstanceManager extends EventEmitter {
     this.kick();
   }
 
+  /** The images of the instances this agent runs or is about to (image GC keeps them). */
+  wantedImages(): Set<string> {
+    return new Set([...this.desired.values()].map((l) => l.spec.image));
+  }
+
   statuses(): InstanceStatus[] {
     const out: InstanceStatus[] = [];
     for (const l of this.desired.values()) out.push(toStatus(l));

@@ -114,6 +114,20 @@ describe('image garbage collection (rules)', () => {
     expect((await g.sweep(T + 160_000)).map((r) => r.image)).to.deep.equal(['r/a:1']);
   });
 
+  it('never removes an image an instance wants (pulled, its container not made yet), even at a minimum age of 0', async () => {
+    engine.base = 900;
+    engine.images.set('r/pulled:1', { id: 'P', bytes: 50 });
+    engine.images.set('r/other:1', { id: 'O', bytes: 50 });
+    let wanted = new Set(['r/pulled:1']);
+    const g = gc({ lowPercent: 0, minAgeMs: 0, wanted: () => wanted });
+    g.notePulled('r/pulled:1', T);
+    g.notePulled('r/other:1', T);
+    expect((await g.sweep(T + 1)).map((r) => r.image)).to.deep.equal(['r/other:1']);
+    expect(g.tracked().get('r/pulled:1'), 'counted as used now').to.equal(T + 1);
+    wanted = new Set();
+    expect((await g.sweep(T + 2)).map((r) => r.image)).to.deep.equal(['r/pulled:1']);
+  });
+
   it('never touches images it did not pull, even when an instance ran them', async () => {
     engine.base = 900;
     engine.images.set('local/built:1', { id: 'L', bytes: 100 });
