@@ -215,6 +215,38 @@ describe('mutual TLS', function () {
     }
   });
 
+  it('trusts a CA bundle (old and new CA in one file), as a CA change goes: agents of either CA attach', async () => {
+    // Certificates for two more nodes: n6 from the cluster's CA, n5 from the other (the new) CA.
+    const oldDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    const newDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    try {
+      for (const [dir, from, node] of [[oldDir, certs, 'n6'], [newDir, other, 'n5']]) {
+        for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(path.join(from, n), path.join(dir, n));
+        execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), dir, '--nodes', node]);
+      }
+      const bundle = path.join(oldDir, 'bundle.pem');
+      fs.writeFileSync(bundle, Buffer.concat([fs.readFileSync(f('ca.pem')), fs.readFileSync(path.join(other, 'ca.pem'))]));
+      // A coordinator that trusts both (its own certificate still from the old CA) takes the lead.
+      const c2 = await fleet.coordinator({ etcd: etcd.endpoints, certs, id: 'bundle', extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--tls-ca', bundle] });
+      const byBundle = new AdminClient([c2.address], { tls: { ...material('admin'), ca: fs.readFileSync(bundle) }, timeoutMs: 3_000, metadata: { authorization: 'Bearer op-secret' } });
+      try {
+        await fleet.procs.find((p) => p.name === 'c1')!.kill('SIGTERM');
+        await waitFor('the bundle coordinator leads', async () => (await byBundle.getClusterStatus().catch(() => undefined))?.leader?.id === 'bundle', 20_000, 200);
+        for (const [dir, node] of [[oldDir, 'n6'], [newDir, 'n5']]) {
+          fleet.agent({ coordinators: [c2.address], nodeId: node, tls: [bundle, path.join(dir, `agent-${node}.pem`), path.join(dir, `agent-${node}-key.pem`)], extra: ['--port-range', node === 'n6' ? '30460-30469' : '30470-30479'] });
+        }
+        await waitFor('both agents READY', async () => {
+          const nodes = (await byBundle.listNodes()).nodes;
+          return ['n5', 'n6'].every((n) => nodes.some((x) => x.id === n && x.state === 'NODE_STATE_READY'));
+        }, 20_000, 200);
+      } finally {
+        byBundle.close();
+      }
+    } finally {
+      for (const d of [oldDir, newDir]) fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
+
   it('refuses to start without certificates unless told --insecure-dev, and warns when told', () => {
     const bin = path.join(repoRoot(), 'dist/coordinator/main.js');
     const r = spawnSync(process.execPath, [bin, '--etcd-endpoints', '127.0.0.1:1'], { encoding: 'utf8' });
