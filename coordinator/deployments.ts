@@ -62,6 +62,7 @@ export class Deployments {
   private sent = new Map<string, number>();
   /** Nodes whose agent attached since their instances' registry logins were last handed over (see dispatch). */
   private attached = new Map<string, { seq: number; atMs: number }>();
+  private attachSeq = 0;
   private slotFailures = new Map<string, SlotFailures>();
   private ticking = false;
   private kicked = false;
@@ -891,7 +892,6 @@ export class Deployments {
   agentAttached(nodeId: string, nowMs = Date.now()): void {
     this.attached.set(nodeId, { seq: ++this.attachSeq, atMs: nowMs });
   }
-  private attachSeq = 0;
 
   private send(nodeId: string, id: string, nowMs: number, build: () => Instruction): void {
     const last = this.sent.get(id);

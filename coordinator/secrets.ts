@@ -30,7 +30,6 @@ export class Keyring {
   /** The key that seals: the first of the file. */
   get primary(): string { return this.keys[0].name; }
   get names(): string[] { return this.keys.map((k) => k.name); }
-  has(name: string): boolean { return this.keys.some((k) => k.name === name); }
   /** Each key as name:fingerprint (8 hex digits of a hash of it: tells keys apart, gives nothing of them away), the sealing one first. */
   fingerprints(): string[] {
     return this.keys.map((k) => `${k.name}:${createHash('sha256').update('tessera secrets key\0').update(k.key).digest('hex').slice(0, 8)}`);
