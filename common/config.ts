@@ -23,6 +23,19 @@ export type Schema = Record<string, FieldSpec>;
 export interface Layer {
   source: string; // "default", "file /etc/tessera/agent.yaml", "env", "flag"
   values: Record<string, unknown>;
+  /** A file's values as the text written (YAML's failsafe schema): `node-id: 010` is "010", not "8". */
+  text?: Record<string, unknown>;
+}
+
+/** A number given for a string (or a map of strings' value) is taken as the text written. */
+function asWritten(spec: FieldSpec, value: unknown, text: unknown): unknown {
+  if (spec.type === 'string' && typeof value === 'number' && typeof text === 'string') return text;
+  if (spec.type === 'list' && Array.isArray(value) && Array.isArray(text)) return value.map((v, i) => (typeof v === 'number' && typeof text[i] === 'string' ? text[i] : v));
+  if (spec.type === 'map' && value && typeof value === 'object' && !Array.isArray(value) && text && typeof text === 'object') {
+    const t = text as Record<string, unknown>;
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, typeof v === 'number' && typeof t[k] === 'string' ? t[k] : v]));
+  }
+  return value;
 }
 
 export function kebab(key: string): string {
@@ -91,7 +104,7 @@ export function compileLayers<T>(schema: Schema, layers: Layer[]): T {
         violations.push({ field: key, message: `unknown setting (from ${layer.source})` });
         continue;
       }
-      const parsed = parseValue(spec, raw);
+      const parsed = parseValue(spec, layer.text ? asWritten(spec, raw, layer.text[key]) : raw);
       if (!parsed.ok) {
         violations.push({ field: key, message: `${parsed.message} (from ${layer.source})` });
         continue;
@@ -125,18 +138,20 @@ export function fileLayer(file: string): Layer {
     throw new ConfigError([{ field: 'config', message: `cannot read ${file}: ${(e as Error).message}` }]);
   }
   let values: unknown;
+  let written: unknown;
   try {
     // Loaded on demand: most processes take no config file, and yaml costs memory.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const YAML = require('yaml') as typeof import('yaml');
     values = YAML.parse(text) ?? {};
+    written = YAML.parse(text, { schema: 'failsafe' });
   } catch (e) {
     throw new ConfigError([{ field: 'config', message: `${file} is not valid YAML/JSON: ${(e as Error).message}` }]);
   }
   if (typeof values !== 'object' || values === null || Array.isArray(values)) {
     throw new ConfigError([{ field: 'config', message: `${file} must hold a map of settings` }]);
   }
-  return { source: `file ${file}`, values: values as Record<string, unknown> };
+  return { source: `file ${file}`, values: values as Record<string, unknown>, text: written && typeof written === 'object' ? written as Record<string, unknown> : undefined };
 }
 
 /** Adds one flag per schema field (`--lease-ttl-seconds <value>`) plus `--config FILE`. */

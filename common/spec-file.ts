@@ -7,26 +7,40 @@ import YAML from 'yaml';
 import { InvalidArgumentError, FieldViolation } from './errors';
 import { tesseraPackageDefinition } from './proto';
 
-interface FieldDesc { name: string; label: string; type: string; typeName: string; map?: boolean }
+interface FieldDesc { name: string; label: string; type: string; typeName: string; map?: boolean; mapValueType?: string }
 
 function fieldsOf(message: string): Map<string, FieldDesc> | undefined {
-  const def = tesseraPackageDefinition()[`tessera.v1.${message}`] as unknown as { type?: { field: FieldDesc[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } | undefined;
+  const def = tesseraPackageDefinition()[`tessera.v1.${message}`] as unknown as { type?: { field: FieldDesc[]; nestedType?: { name: string; field?: FieldDesc[]; options?: { mapEntry?: boolean } }[] } } | undefined;
   if (!def?.type) return undefined;
   // A map field is a repeated field of a nested entry type marked mapEntry (its name varies).
-  const maps = new Set((def.type.nestedType ?? []).filter((n) => n.options?.mapEntry).map((n) => n.name));
+  const entries = (def.type.nestedType ?? []).filter((n) => n.options?.mapEntry);
+  const maps = new Set(entries.map((n) => n.name));
+  const valueType = (typeName: string) => entries.find((n) => n.name === typeName || n.name === typeName.split('.').pop())?.field?.find((x) => x.name === 'value')?.type;
   const camel = (s: string) => s.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
   const m = new Map<string, FieldDesc>();
   for (const f of def.type.field) {
-    const d = { ...f, map: maps.has(f.typeName) || maps.has(f.typeName.split('.').pop()!) };
+    const d = { ...f, map: maps.has(f.typeName) || maps.has(f.typeName.split('.').pop()!), mapValueType: valueType(f.typeName) };
     m.set(f.name, d);
     m.set(camel(f.name), d);
   }
   return m;
 }
 
-export function unknownFields(value: unknown, message: string, at: string, out: FieldViolation[] = []): FieldViolation[] {
+/**
+ * Refused fields and values by path. With `raw` (the same document read with every scalar as
+ * its text), a number given where a string is due is replaced in `value` by the text written:
+ * `version: 1.0` stays "1.0" and `tag: 1.10` stays "1.10" (read as numbers they would be "1" and
+ * "1.1"), and so does a number among a list of strings or as a value of a map of strings.
+ */
+export function unknownFields(value: unknown, message: string, at: string, out: FieldViolation[] = [], raw?: unknown): FieldViolation[] {
   const fields = fieldsOf(message);
   if (!fields || typeof value !== 'object' || value === null || Array.isArray(value)) return out;
+  const src = (raw && typeof raw === 'object' ? raw : {}) as Record<string, unknown>;
+  const asText = (holder: Record<string, unknown> | unknown[], key: string | number, rawHolder: unknown): void => {
+    const v = (holder as Record<string, unknown>)[key as string];
+    const text = rawHolder && typeof rawHolder === 'object' ? (rawHolder as Record<string, unknown>)[key as string] : undefined;
+    if (typeof v === 'number' && typeof text === 'string') (holder as Record<string, unknown>)[key as string] = text;
+  };
   for (const [k, v] of Object.entries(value)) {
     const f = fields.get(k);
     const path = at ? `${at}.${k}` : k;
@@ -36,19 +50,32 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
     }
     if (f.type !== 'TYPE_MESSAGE') {
       if (f.label === 'LABEL_REPEATED') {
-        if (Array.isArray(v)) v.forEach((item, i) => badScalar(f, item, `${path}[${i}]`, out));
-        else out.push({ field: path, message: 'must be a list' });
+        if (Array.isArray(v)) {
+          v.forEach((item, i) => {
+            if (raw && f.type === 'TYPE_STRING') asText(v, i, src[k]);
+            badScalar(f, v[i], `${path}[${i}]`, out);
+          });
+        } else {
+          out.push({ field: path, message: 'must be a list' });
+        }
       } else {
-        badScalar(f, v, path, out);
+        if (raw && f.type === 'TYPE_STRING') asText(value as Record<string, unknown>, k, src);
+        badScalar(f, (value as Record<string, unknown>)[k], path, out);
       }
       continue;
     }
-    if (f.map || f.typeName.endsWith('Entry')) continue;
+    if (f.map || f.typeName.endsWith('Entry')) {
+      // map<string, string> (env, labels, headers): a number's text, as for a string field.
+      if (raw && f.mapValueType === 'TYPE_STRING' && v && typeof v === 'object' && !Array.isArray(v)) {
+        for (const mk of Object.keys(v)) asText(v as Record<string, unknown>, mk, src[k]);
+      }
+      continue;
+    }
     if (f.label === 'LABEL_REPEATED') {
-      if (Array.isArray(v)) v.forEach((item, i) => unknownFields(item, f.typeName, `${path}[${i}]`, out));
+      if (Array.isArray(v)) v.forEach((item, i) => unknownFields(item, f.typeName, `${path}[${i}]`, out, (src[k] as unknown[] | undefined)?.[i]));
       else out.push({ field: path, message: 'must be a list' });
     } else {
-      unknownFields(v, f.typeName, path, out);
+      unknownFields(v, f.typeName, path, out, src[k]);
     }
   }
   return out;
@@ -82,13 +109,16 @@ function badScalar(f: FieldDesc, v: unknown, path: string, out: FieldViolation[]
 export function readSpecFile(file: string, message = 'AppSpec'): Record<string, unknown> {
   const text = file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8');
   let value: unknown;
+  let raw: unknown;
   try {
     value = YAML.parse(text);
+    // The same document with every scalar as the text written (YAML's failsafe schema).
+    raw = YAML.parse(text, { schema: 'failsafe' });
   } catch (e) {
     throw InvalidArgumentError.field(file, `not valid YAML or JSON: ${(e as Error).message}`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw InvalidArgumentError.field(file, 'must hold a map');
-  const bad = unknownFields(value, message, '');
+  const bad = unknownFields(value, message, '', [], raw);
   if (bad.length) throw new InvalidArgumentError(bad);
   return value as Record<string, unknown>;
 }

@@ -29,7 +29,9 @@ export function sha256(s: string): Buffer {
 export function loadTokens(file: string): TokenEntry[] {
   let doc: unknown;
   try {
-    doc = YAML.parse(fs.readFileSync(file, 'utf8'));
+    // Every value as the text written (YAML's failsafe schema): a token of digits such as
+    // 0123456789 stays that, where YAML's default reading would make it the number 123456789.
+    doc = YAML.parse(fs.readFileSync(file, 'utf8'), { schema: 'failsafe' });
   } catch (e) {
     throw new ConfigError([{ field: 'tokensFile', message: `cannot read ${file}: ${(e as Error).message}` }]);
   }

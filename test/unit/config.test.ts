@@ -1,5 +1,9 @@
 import { expect } from 'chai';
-import { compileLayers, envLayer, Schema } from '../../common/config';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { compileLayers, envLayer, fileLayer, Schema } from '../../common/config';
+import { loadTokens, sha256 } from '../../coordinator/auth';
 import { ConfigError } from '../../common/errors';
 import { compileCoordinatorConfig } from '../../coordinator/config';
 import { compileAgentConfig } from '../../agent/config';
@@ -53,6 +57,18 @@ describe('config compilation', () => {
     expect(violations(() => compileLayers(schema, [{ source: 'flag', values: { count: 0, on: 'x' } }]))).to.have.length(2);
   });
 
+  it('takes a number written in a file for a string setting as the text written', () => {
+    const file = path.join(os.tmpdir(), `config-${process.pid}.yaml`);
+    fs.writeFileSync(file, 'name: 010\nlist: [a, 1.10]\nmap: { rack: 01, zone: 2.0 }\ncount: 3\n');
+    try {
+      const cfg = compileLayers<Record<string, unknown>>(schema, [fileLayer(file)]);
+      // YAML reads them as 10, 1.1, 1 and 2: the setting would differ from the file.
+      expect(cfg).to.deep.include({ name: '010', list: ['a', '1.10'], map: { rack: '01', zone: '2.0' }, count: 3 });
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
   it('parses lists and maps from strings', () => {
     const cfg = compileLayers<Record<string, unknown>>(schema, [{ source: 'env', values: { list: 'a, b,,c', map: 'zone=a,disk=ssd' } }]);
     expect(cfg.list).to.deep.equal(['a', 'b', 'c']);
@@ -95,6 +111,17 @@ describe('TLS is the default', () => {
     const file = require('node:path').join(require('node:os').tmpdir(), `tokens-${process.pid}.yaml`);
     require('node:fs').writeFileSync(file, 'tokens:\n  - { name: x, role: admin, token: t }\n');
     expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, tokensFile: file } }]))).to.deep.equal(['tokens[0].role: must be read-only or operator, got "admin"']);
+  });
+  it('reads a token of digits as written (YAML would read 0123456789 as the number 123456789)', () => {
+    const file = path.join(os.tmpdir(), `tokens-digits-${process.pid}.yaml`);
+    fs.writeFileSync(file, 'tokens:\n  - { name: pin, role: read-only, token: 0123456789 }\n  - { name: long, role: operator, token: 12345678901234567890123 }\n');
+    try {
+      const [pin, long] = loadTokens(file);
+      expect(pin.hash.equals(sha256('0123456789'))).to.equal(true);
+      expect(long.hash.equals(sha256('12345678901234567890123'))).to.equal(true);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
   });
   it('wants the three etcd TLS files together', () => {
     expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, etcdCa: 'ca.pem' } }])).map((x) => x.split(':')[0])).to.deep.equal(['etcdCa']);

@@ -26,6 +26,23 @@ describe('example spec files', () => {
     expect(bad().map((v) => v.field)).to.deep.equal(['components[0].imgae', 'components[0].ports']);
     expect(InvalidArgumentError).to.be.a('function');
   });
+  it('keeps a number written where a string is due as the text written (version: 1.0 stays "1.0")', () => {
+    const fs = require('node:fs') as typeof import('node:fs');
+    const os = require('node:os') as typeof import('node:os');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'spec-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'p.yaml'), 'name: p\nstages:\n  - { name: a, kind: k, version: 1.0 }\n  - { name: b, kind: k2, version: 1.10 }\n');
+      // As numbers they would be "1" (any 1.x) and "1.1": another range than the one written.
+      expect((readSpecFile(path.join(dir, 'p.yaml'), 'Pipeline').stages as { version: string }[]).map((s) => s.version)).to.deep.equal(['1.0', '1.10']);
+      fs.writeFileSync(path.join(dir, 'a.json'), '{"name":"x","components":[{"name":"a","image":"i","command":["sleep",3600,1.50],"env":{"RATIO":0.50,"HEX":"0x1F"},"resources":{"cpuMillis":100}}]}');
+      const c = (readSpecFile(path.join(dir, 'a.json')).components as Record<string, unknown>[])[0];
+      expect(c.command).to.deep.equal(['sleep', '3600', '1.50']);
+      expect(c.env).to.deep.equal({ RATIO: '0.50', HEX: '0x1F' });
+      expect(c.resources).to.deep.equal({ cpuMillis: 100 });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
   it('refuses a value of the wrong type, which protobuf would coerce (100m to 0, "false" to true)', () => {
     const { unknownFields } = require('../../common/spec-file') as typeof import('../../common/spec-file');
     const bad = unknownFields({
