@@ -42,7 +42,7 @@ export class Agent {
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.tls = config.insecureDev ? undefined : loadTls(config);
-    if (this.tls) reportExpiry({ cert: this.tls.certNotAfterMs, ca: this.tls.caNotAfterMs }, log, this.metrics);
+    if (this.tls) reportExpiry({ cert: this.tls.certNotAfterMs, ca: this.tls.caNotAfterMs }, log, this.metrics, Date.now(), { ca: this.tls.caExpired });
     // With TLS an agent's identity is its certificate: the node id is its CN.
     const certId = this.tls ? certCommonName(this.tls.cert) : undefined;
     if (certId && config.nodeId && config.nodeId !== certId) log.warn({ nodeId: config.nodeId, certificate: certId }, 'nodeId differs from the certificate; the coordinators will refuse it');

@@ -34,6 +34,8 @@ export interface TlsMaterial {
   /** When the certificate and the CA certificate stop being valid (ms since the epoch). */
   certNotAfterMs: number;
   caNotAfterMs: number;
+  /** Certificates of a CA bundle that have expired while others in it are valid: harmless, to be removed. */
+  caExpired: { subject: string; notAfterMs: number }[];
 }
 
 /** A certificate's validity in days left at which a daemon warns at start (metrics show it all along). */
@@ -66,7 +68,7 @@ export function loadTls(f: TlsFiles, prefix = 'tls'): TlsMaterial {
     let from: number;
     let to: number;
     try {
-      const x = new X509Certificate(pem); // a CA bundle: its first certificate
+      const x = new X509Certificate(pem);
       from = Date.parse(x.validFrom);
       to = Date.parse(x.validTo);
     } catch {
@@ -77,10 +79,32 @@ export function loadTls(f: TlsFiles, prefix = 'tls'): TlsMaterial {
     else if (from > now) v.push({ field, message: `the certificate in ${file} is not valid before ${new Date(from).toISOString()} (is this host's clock right?)` });
     return to;
   };
-  const caNotAfterMs = validity(`${prefix}Ca`, f.tlsCa, ca);
+  // A CA file may be a bundle (during a CA change, the old CA and the new): every certificate in
+  // it is checked. It is usable while one of them is valid; its end of validity is that of the
+  // first to expire among the valid ones (the certificates it signed stop working then).
+  const caExpired: TlsMaterial['caExpired'] = [];
+  let caNotAfterMs = 0;
+  const blocks = ca.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length <= 1) {
+    caNotAfterMs = validity(`${prefix}Ca`, f.tlsCa, ca);
+  } else {
+    const certs = blocks.map((b) => {
+      try {
+        const x = new X509Certificate(b);
+        return { subject: x.subject.replace(/\n/g, ','), from: Date.parse(x.validFrom), to: Date.parse(x.validTo) };
+      } catch {
+        return undefined;
+      }
+    });
+    const valid = certs.filter((c) => c && c.from <= now && c.to > now) as { subject: string; to: number }[];
+    if (certs.some((c) => !c)) v.push({ field: `${prefix}Ca`, message: `${f.tlsCa} holds a block that is not a PEM certificate` });
+    else if (!valid.length) v.push({ field: `${prefix}Ca`, message: `no certificate in the CA bundle ${f.tlsCa} is valid now (${certs.map((c) => `${c!.subject}: ${new Date(c!.to).toISOString()}`).join('; ')}): renew it (scripts/make-certs.sh)` });
+    else caNotAfterMs = Math.min(...valid.map((c) => c.to));
+    for (const c of certs) if (c && c.to <= now) caExpired.push({ subject: c.subject, notAfterMs: c.to });
+  }
   const certNotAfterMs = validity(`${prefix}Cert`, f.tlsCert, cert);
   if (v.length) throw new ConfigError(v);
-  return { ca, cert, key, certNotAfterMs, caNotAfterMs };
+  return { ca, cert, key, certNotAfterMs, caNotAfterMs, caExpired };
 }
 
 /**
@@ -92,7 +116,11 @@ export function reportExpiry(
   log: { warn(o: Record<string, unknown>, msg: string): void },
   metrics: { set(name: string, labels: Record<string, string>, v: number): void; onCollect(fn: () => void): void },
   nowMs = Date.now(),
+  expiredInBundles: Record<string, TlsMaterial['caExpired'] | undefined> = {},
 ): void {
+  for (const [certificate, expired] of Object.entries(expiredInBundles)) {
+    for (const c of expired ?? []) log.warn({ certificate, subject: c.subject, notAfter: new Date(c.notAfterMs).toISOString() }, 'a certificate in the CA bundle has expired (the others are valid): remove it from the bundle');
+  }
   for (const [certificate, notAfterMs] of Object.entries(certs)) {
     if (!notAfterMs) continue;
     // Set at each scrape (the metrics may start serving after this).

@@ -206,7 +206,7 @@ export class Coordinator {
     }
     this.tls = cfg.insecureDev ? undefined : loadTls(cfg);
     const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
-    reportExpiry({ cert: this.tls?.certNotAfterMs ?? 0, ca: this.tls?.caNotAfterMs ?? 0, 'etcd-cert': etcdTls?.certNotAfterMs ?? 0, 'etcd-ca': etcdTls?.caNotAfterMs ?? 0 }, this.log, this.metrics);
+    reportExpiry({ cert: this.tls?.certNotAfterMs ?? 0, ca: this.tls?.caNotAfterMs ?? 0, 'etcd-cert': etcdTls?.certNotAfterMs ?? 0, 'etcd-ca': etcdTls?.caNotAfterMs ?? 0 }, this.log, this.metrics, Date.now(), { ca: this.tls?.caExpired, 'etcd-ca': etcdTls?.caExpired });
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
