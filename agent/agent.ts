@@ -15,7 +15,8 @@ import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
 import { Metrics } from '../common/metrics';
-import { certCommonName, loadTls, reportExpiry, TlsMaterial } from '../common/tls';
+import { certCommonName, LiveTls, reloadTls, reportExpiry } from '../common/tls';
+import { ConfigError } from '../common/errors';
 import { AGENT_METRICS } from './metrics';
 import { RelayServer } from './relay-server';
 import { ImageGc } from './image-gc';
@@ -35,20 +36,35 @@ export class Agent {
   private reportSoon?: NodeJS.Timeout;
   readonly metrics = new Metrics(AGENT_METRICS);
 
-  private readonly tls?: TlsMaterial;
+  private readonly tls?: LiveTls;
   private relay?: RelayServer;
   private imageGc?: ImageGc;
   private gcTimer?: NodeJS.Timeout;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
-    this.tls = config.insecureDev ? undefined : loadTls(config);
-    if (this.tls) reportExpiry({ cert: this.tls.certNotAfterMs, ca: this.tls.caNotAfterMs }, log, this.metrics, Date.now(), { ca: this.tls.caExpired });
+    const live = config.insecureDev ? undefined : LiveTls.load(config);
+    this.tls = live;
+    if (live) reportExpiry({ cert: () => live.material.certNotAfterMs, ca: () => live.material.caNotAfterMs }, log, this.metrics, Date.now(), { ca: live.material.caExpired });
     // With TLS an agent's identity is its certificate: the node id is its CN.
-    const certId = this.tls ? certCommonName(this.tls.cert) : undefined;
+    const certId = live ? certCommonName(live.material.cert) : undefined;
     if (certId && config.nodeId && config.nodeId !== certId) log.warn({ nodeId: config.nodeId, certificate: certId }, 'nodeId differs from the certificate; the coordinators will refuse it');
     this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId ?? certId);
     if (config.insecureDev) log.warn('--insecure-dev: plaintext gRPC, no certificate: for a trial on loopback only');
     this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
+  }
+
+  /**
+   * SIGHUP: the TLS files read again (a renewed certificate without a restart: new connections
+   * to the coordinators and new relay handshakes use it). One issued for another node is refused
+   * (the coordinators would refuse this agent), keeping the running one. The log level is the
+   * daemon's; everything else takes a restart.
+   */
+  reload(next: AgentConfig): string[] {
+    if (!this.tls || next.insecureDev) return [];
+    return reloadTls(this.tls, next, this.log, (m) => {
+      const cn = certCommonName(m.cert);
+      if (cn !== this.nodeId) throw new ConfigError([{ field: 'tlsCert', message: `the certificate in ${next.tlsCert} is for node ${JSON.stringify(cn)}, and this agent is ${JSON.stringify(this.nodeId)}: not loaded` }]);
+    });
   }
 
   async start(): Promise<void> {

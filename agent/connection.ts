@@ -55,7 +55,7 @@ export class CoordinatorConnection extends EventEmitter {
     private readonly hello: (unreachableLeader: string) => AgentHello,
     private readonly log: Logger,
     private readonly backoffOpts: BackoffOptions | undefined,
-    private readonly tls?: import('../common/tls').TlsMaterial,
+    private readonly tls?: import('../common/tls').LiveTls,
   ) {
     super();
   }

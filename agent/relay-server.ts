@@ -11,7 +11,7 @@ import { InvalidArgumentError, PermissionDeniedError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import { RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
-import { peerIdentity, TlsMaterial } from '../common/tls';
+import { LiveTls, peerIdentity } from '../common/tls';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
@@ -45,7 +45,7 @@ export class RelayServer {
   constructor(
     private readonly nodeId: string,
     private readonly log: Logger,
-    private readonly tls?: TlsMaterial,
+    private readonly tls?: LiveTls,
     /** The engine's output of this host's instances, for AgentLogs (see DockerRuntime.logs). */
     private readonly logs?: DockerRuntime['logs'],
   ) {

@@ -107,14 +107,30 @@ export function serverStream<Req, Res>(
   };
 }
 
-/** Mutual TLS when material is given; plaintext only when a process runs with --insecure-dev. */
-export function clientCredentials(tls?: import('./tls').TlsMaterial): grpc.ChannelCredentials {
-  return tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert) : grpc.credentials.createInsecure();
+/**
+ * Mutual TLS when material is given; plaintext only when a process runs with --insecure-dev.
+ * A daemon's LiveTls gives credentials whose new connections use the material SIGHUP loaded.
+ */
+export function clientCredentials(tls?: import('./tls').TlsMaterial | import('./tls').LiveTls): grpc.ChannelCredentials {
+  if (!tls) return grpc.credentials.createInsecure();
+  if ('reload' in tls) return grpc.experimental.createCertificateProviderChannelCredentials(tls, tls);
+  return grpc.credentials.createSsl(tls.ca, tls.key, tls.cert);
 }
 
 /** Servers ask every client for a certificate signed by the cluster CA. */
-export function serverCredentials(tls?: import('./tls').TlsMaterial): grpc.ServerCredentials {
-  return tls ? grpc.ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true) : grpc.ServerCredentials.createInsecure();
+export function serverCredentials(tls?: import('./tls').TlsMaterial | import('./tls').LiveTls): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  if ('reload' in tls) {
+    // One provider for both the CA and the identity (the function's two first parameters).
+    const creds = grpc.experimental.createCertificateProviderServerCredentials(tls, tls, true);
+    // Primed with a watcher of our own: grpc-js (1.14) reads a server's first certificate before it
+    // registers its watcher, and the provider's first update, given when its listener is added,
+    // goes to the watchers registered then. Unprimed, the server starts without a certificate and
+    // drops every connection. Later updates (SIGHUP) reach the server's own watcher.
+    creds._addWatcher(() => {});
+    return creds;
+  }
+  return grpc.ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true);
 }
 
 /** Binds a server and resolves to the port it got (port 0 picks a free one). */

@@ -3,6 +3,8 @@
 // coordinator's OU is coordinator, an operator's OU is admin (scripts/make-certs.sh).
 import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
+import { createSecureContext } from 'node:tls';
+import type { experimental } from '@grpc/grpc-js';
 import { ConfigError, FieldViolation, fileViolations } from './errors';
 
 export interface TlsFiles { tlsCa?: string; tlsCert?: string; tlsKey?: string }
@@ -103,8 +105,66 @@ export function loadTls(f: TlsFiles, prefix = 'tls'): TlsMaterial {
     for (const c of certs) if (c && c.to <= now) caExpired.push({ subject: c.subject, notAfterMs: c.to });
   }
   const certNotAfterMs = validity(`${prefix}Cert`, f.tlsCert, cert);
+  if (!v.length) {
+    // The key must be the certificate's (a renewal that copied one of the two files): else the
+    // handshakes fail, or a server given them while running drops every new connection.
+    try {
+      createSecureContext({ key, cert });
+    } catch (e) {
+      v.push({ field: `${prefix}Key`, message: `${f.tlsKey} is not the private key of the certificate in ${f.tlsCert} (${(e as Error).message})` });
+    }
+  }
   if (v.length) throw new ConfigError(v);
   return { ca, cert, key, certNotAfterMs, caNotAfterMs, caExpired };
+}
+
+/**
+ * The TLS material a daemon serves and dials with, which SIGHUP can replace while it runs (as
+ * Nomad reloads its TLS configuration): servers take the new certificate for new handshakes and
+ * channels for new connections (connections up keep theirs until they close). It is a grpc-js
+ * certificate provider for both the CA and the identity.
+ */
+export class LiveTls implements experimental.CertificateProvider {
+  private caListeners = new Set<experimental.CaCertificateUpdateListener>();
+  private identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
+
+  constructor(public material: TlsMaterial, private files: TlsFiles) {}
+
+  static load(files: TlsFiles): LiveTls {
+    return new LiveTls(loadTls(files), files);
+  }
+
+  /**
+   * Reads the files again (`files`: the settings compiled again, which may name others). Throws
+   * ConfigError, keeping the material in use, when they do not load (unreadable, expired, a key
+   * that is not the certificate's) or `check` refuses them. True when something changed.
+   */
+  reload(files: TlsFiles = this.files, check?: (m: TlsMaterial) => void): boolean {
+    const m = loadTls(files);
+    check?.(m);
+    const same = m.ca.equals(this.material.ca) && m.cert.equals(this.material.cert) && m.key.equals(this.material.key);
+    this.files = files;
+    this.material = m;
+    if (same) return false;
+    for (const l of this.caListeners) l({ caCertificate: m.ca });
+    for (const l of this.identityListeners) l({ certificate: m.cert, privateKey: m.key });
+    return true;
+  }
+
+  addCaCertificateListener(l: experimental.CaCertificateUpdateListener): void {
+    this.caListeners.add(l);
+    l({ caCertificate: this.material.ca });
+  }
+  removeCaCertificateListener(l: experimental.CaCertificateUpdateListener): void {
+    this.caListeners.delete(l);
+  }
+  addIdentityCertificateListener(l: experimental.IdentityCertificateUpdateListener): void {
+    this.identityListeners.add(l);
+    l({ certificate: this.material.cert, privateKey: this.material.key });
+  }
+  removeIdentityCertificateListener(l: experimental.IdentityCertificateUpdateListener): void {
+    this.identityListeners.delete(l);
+  }
 }
 
 /**
@@ -112,22 +172,38 @@ export function loadTls(f: TlsFiles, prefix = 'tls'): TlsMaterial {
  * for an alert well before) and warns at start when one has EXPIRY_WARNING_DAYS or fewer left.
  */
 export function reportExpiry(
-  certs: Record<string, number>,
+  certs: Record<string, number | (() => number)>,
   log: { warn(o: Record<string, unknown>, msg: string): void },
-  metrics: { set(name: string, labels: Record<string, string>, v: number): void; onCollect(fn: () => void): void },
+  metrics: { set(name: string, labels: Record<string, string>, v: number): void; onCollect(fn: () => void): void } | undefined,
   nowMs = Date.now(),
   expiredInBundles: Record<string, TlsMaterial['caExpired'] | undefined> = {},
 ): void {
   for (const [certificate, expired] of Object.entries(expiredInBundles)) {
     for (const c of expired ?? []) log.warn({ certificate, subject: c.subject, notAfter: new Date(c.notAfterMs).toISOString() }, 'a certificate in the CA bundle has expired (the others are valid): remove it from the bundle');
   }
-  for (const [certificate, notAfterMs] of Object.entries(certs)) {
+  for (const [certificate, value] of Object.entries(certs)) {
+    const at = typeof value === 'function' ? value : () => value;
+    const notAfterMs = at();
     if (!notAfterMs) continue;
-    // Set at each scrape (the metrics may start serving after this).
-    metrics.onCollect(() => metrics.set('tessera_tls_certificate_expiry_timestamp_seconds', { certificate }, Math.floor(notAfterMs / 1000)));
+    // Set at each scrape (the metrics may start serving after this), from the material in use
+    // (a getter: SIGHUP may replace it). Without metrics: the warnings only (a reload).
+    metrics?.onCollect(() => metrics.set('tessera_tls_certificate_expiry_timestamp_seconds', { certificate }, Math.floor(at() / 1000)));
     const days = (notAfterMs - nowMs) / 86_400_000;
     if (days <= EXPIRY_WARNING_DAYS) log.warn({ certificate, notAfter: new Date(notAfterMs).toISOString(), daysLeft: Math.floor(days) }, 'TLS certificate expires soon: renew it (scripts/make-certs.sh) and restart the process');
   }
+}
+
+/**
+ * SIGHUP's part for TLS, for both daemons: the certificate, key and CA files read again (those
+ * the settings name now); new handshakes use them. The running material stays if they do not
+ * load (the settings' compile refused them already) or `check` refuses them.
+ */
+export function reloadTls(live: LiveTls, files: { tlsCa?: string; tlsCert?: string; tlsKey?: string }, log: { info(o: Record<string, unknown>, m: string): void; warn(o: Record<string, unknown>, m: string): void }, check?: (m: TlsMaterial) => void): string[] {
+  if (!live.reload(files, check)) return ['tlsCa', 'tlsCert', 'tlsKey'];
+  const m = live.material;
+  log.info({ cert: files.tlsCert, notAfter: new Date(m.certNotAfterMs).toISOString(), caNotAfter: new Date(m.caNotAfterMs).toISOString() }, 'TLS certificates reloaded: new connections use them');
+  reportExpiry({ cert: m.certNotAfterMs, ca: m.caNotAfterMs }, log, undefined, Date.now(), { ca: m.caExpired });
+  return ['tlsCa', 'tlsCert', 'tlsKey'];
 }
 
 /** The expiry metric's definition, for both daemons' metric lists. */

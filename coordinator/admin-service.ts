@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
 import { FailedPreconditionError, FencedError, InvalidArgumentError, NO_FORWARD_KEY, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
-import { peerIdentity, TlsMaterial } from '../common/tls';
+import { LiveTls, peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
 import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, relayStream, serverStream, unary } from '../common/grpc';
 import type { Logger } from '../common/logger';
@@ -70,7 +70,7 @@ export class AdminService {
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
     private readonly opts: {
-      coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: TlsMaterial; etcdTls?: TlsMaterial;
+      coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
       leaderWork?: () => LeaderWork | undefined;
       /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
       leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;

@@ -28,7 +28,7 @@ import { Scaler } from './scaling/scaler';
 import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
 import { Keyring, loadKeyring } from './secrets';
-import { loadTls, reportExpiry, TlsMaterial } from '../common/tls';
+import { LiveTls, loadTls, reloadTls, reportExpiry } from '../common/tls';
 import { COORDINATOR_METRICS } from './metrics';
 import { ComponentManager } from './components';
 import { Compactor } from './compactor';
@@ -156,7 +156,7 @@ export class Coordinator {
   private auth?: Authorizer;
   /** The keys that seal secrets at rest (--secrets-key-file), read once at start. */
   keyring?: Keyring;
-  private tls?: TlsMaterial;
+  private tls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
 
@@ -204,9 +204,10 @@ export class Coordinator {
       this.embedded = await startEmbeddedEtcd({ dataDir: cfg.dataDir, binary: cfg.etcdBinary, clientPort: cfg.embeddedEtcdClientPort, peerPort: cfg.embeddedEtcdPeerPort, log: this.log });
       endpoints = [this.embedded.endpoint];
     }
-    this.tls = cfg.insecureDev ? undefined : loadTls(cfg);
+    this.tls = cfg.insecureDev ? undefined : LiveTls.load(cfg);
     const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
-    reportExpiry({ cert: this.tls?.certNotAfterMs ?? 0, ca: this.tls?.caNotAfterMs ?? 0, 'etcd-cert': etcdTls?.certNotAfterMs ?? 0, 'etcd-ca': etcdTls?.caNotAfterMs ?? 0 }, this.log, this.metrics, Date.now(), { ca: this.tls?.caExpired, 'etcd-ca': etcdTls?.caExpired });
+    const live = this.tls;
+    reportExpiry({ cert: () => live?.material.certNotAfterMs ?? 0, ca: () => live?.material.caNotAfterMs ?? 0, 'etcd-cert': etcdTls?.certNotAfterMs ?? 0, 'etcd-ca': etcdTls?.caNotAfterMs ?? 0 }, this.log, this.metrics, Date.now(), { ca: live?.material.caExpired, 'etcd-ca': etcdTls?.caExpired });
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
@@ -353,11 +354,18 @@ export class Coordinator {
    * else, takes a restart.
    */
   reload(next: CoordinatorConfig): string[] {
-    if (!this.auth?.enabled || !next.tokensFile) return [];
-    const tokens = loadTokens(next.tokensFile);
-    this.auth.replace(tokens);
-    this.log.info({ file: next.tokensFile, tokens: tokens.map((t) => `${t.name} (${t.role})`) }, 'Admin API tokens reloaded');
-    return ['tokensFile'];
+    const applied: string[] = [];
+    // Both read before either applies: a file that does not load changes nothing.
+    const tokens = this.auth?.enabled && next.tokensFile ? loadTokens(next.tokensFile) : undefined;
+    if (this.tls && !next.insecureDev) {
+      applied.push(...reloadTls(this.tls, next, this.log));
+    }
+    if (tokens) {
+      this.auth!.replace(tokens);
+      this.log.info({ file: next.tokensFile, tokens: tokens.map((t) => `${t.name} (${t.role})`) }, 'Admin API tokens reloaded');
+      applied.push('tokensFile');
+    }
+    return applied;
   }
 
   async stop(): Promise<void> {
@@ -394,3 +402,4 @@ export class Coordinator {
     await this.embedded?.stop();
   }
 }
+

@@ -8,11 +8,12 @@ import { X509Certificate } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as tlsSocket from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { clientCredentials } from '../../common/grpc';
 import { tesseraProto } from '../../common/proto';
-import { loadTls } from '../../common/tls';
+import { LiveTls, loadTls } from '../../common/tls';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
@@ -244,6 +245,127 @@ describe('mutual TLS', function () {
       }
     } finally {
       for (const d of [oldDir, newDir]) fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('SIGHUP loads renewed certificates without a restart: new handshakes get them; a key that is not the certificate\'s, or a certificate for another node, is refused and the running ones stay', async () => {
+    const reissue = (days: string, node: string) => {
+      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+      for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
+      return d;
+    };
+    const first = reissue('10', 'n9');
+    const renewed = reissue('825', 'n9');
+    const stranger = reissue('825', 'n5');
+    const live = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    const put = (from: string, name: string, as = name) => {
+      for (const ext of ['.pem', '-key.pem']) fs.copyFileSync(path.join(from, `${name}${ext}`), path.join(live, `${as}${ext}`));
+    };
+    fs.copyFileSync(f('ca.pem'), path.join(live, 'ca.pem'));
+    put(first, 'coordinator');
+    put(first, 'agent-n9');
+    const notAfter = (dir: string, name: string) => new X509Certificate(fs.readFileSync(path.join(dir, `${name}.pem`))).validTo;
+    // The certificate a server presents to a new connection.
+    const presented = (port: number) => new Promise<string>((resolve, reject) => {
+      const s = tlsSocket.connect({ host: '127.0.0.1', port, ca: fs.readFileSync(f('ca.pem')), cert: fs.readFileSync(f('admin.pem')), key: fs.readFileSync(f('admin-key.pem')), ALPNProtocols: ['h2'], checkServerIdentity: () => undefined }, () => {
+        resolve(s.getPeerCertificate().valid_to);
+        s.destroy();
+      });
+      s.on('error', reject);
+    });
+    const metricsPort = await freePort();
+    // A cluster of its own on the same etcd (its own prefix): it leads, and n9 attaches to it.
+    const c2 = await fleet.coordinator({ etcd: etcd.endpoints, certs: live, id: 'renew', extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--etcd-prefix', '/tessera-renew/', '--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    const agent = fleet.agent({ coordinators: [c2.address], nodeId: 'n9', tls: [path.join(live, 'ca.pem'), path.join(live, 'agent-n9.pem'), path.join(live, 'agent-n9-key.pem')], extra: ['--port-range', '30480-30489'] });
+    const a = new AdminClient([c2.address], { tls: material('admin'), timeoutMs: 3_000 });
+    const logOf = (p: { logFile: string }) => fs.readFileSync(p.logFile, 'utf8');
+    try {
+      const n9 = await waitFor('n9 READY', async () => { const n = await a.getNode('n9').catch(() => undefined); return n?.state === 'NODE_STATE_READY' ? n : undefined; }, 20_000, 200);
+      const relayPort = Number(String(n9.endpoint).split(':').pop());
+      const coordinatorPort = Number(c2.address.split(':').pop());
+      expect(await presented(coordinatorPort)).to.equal(notAfter(first, 'coordinator'));
+      expect(await presented(relayPort)).to.equal(notAfter(first, 'agent-n9'));
+
+      // Renewed in place (make-certs.sh again, the files copied over), then systemctl reload.
+      put(renewed, 'coordinator');
+      put(renewed, 'agent-n9');
+      process.kill(c2.pid, 'SIGHUP');
+      process.kill(agent.pid, 'SIGHUP');
+      await waitFor('both reloaded', async () => [c2, agent].every((p) => logOf(p).includes('TLS certificates reloaded')), 10_000, 100);
+      expect(await presented(coordinatorPort)).to.equal(notAfter(renewed, 'coordinator'));
+      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-n9'));
+      const reloaded = logOf(c2).split('\n').find((l) => l.includes('SIGHUP: settings reloaded'))!;
+      expect(JSON.parse(reloaded).applied).to.include.members(['tlsCa', 'tlsCert', 'tlsKey']);
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="cert"} ${Date.parse(notAfter(renewed, 'coordinator')) / 1000}`);
+      // The agent stays attached and runs instructions over its connection (not cut by the reload).
+      await waitFor('n9 still READY', async () => (await a.getNode('n9')).state === 'NODE_STATE_READY', 5_000, 200);
+
+      // A key copied without its certificate: the settings do not compile, the running ones stay.
+      fs.copyFileSync(path.join(first, 'coordinator-key.pem'), path.join(live, 'coordinator-key.pem'));
+      process.kill(c2.pid, 'SIGHUP');
+      const line = (p: { logFile: string }, msg: string) => logOf(p).split('\n').find((l) => l.includes(msg));
+      const refused = await waitFor('the refusal', async () => line(c2, 'SIGHUP: the settings do not compile; the running ones stay'), 10_000, 100);
+      expect(JSON.parse(refused).violations[0]).to.include({ field: 'tlsKey' });
+      expect(JSON.parse(refused).violations[0].message).to.match(/is not the private key of the certificate in .*coordinator\.pem \(.*key values mismatch\)/);
+      expect(await presented(coordinatorPort)).to.equal(notAfter(renewed, 'coordinator'));
+      // A certificate issued for another node: refused by the agent, which keeps its own.
+      put(stranger, 'agent-n5', 'agent-n9');
+      process.kill(agent.pid, 'SIGHUP');
+      const refusedByAgent = await waitFor('the agent\'s refusal', async () => line(agent, 'SIGHUP: not reloaded; the running settings stay'), 10_000, 100);
+      expect(JSON.parse(refusedByAgent).violations[0].message).to.match(/is for node "n5", and this agent is "n9": not loaded/);
+      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-n9'));
+      expect((await a.getNode('n9')).state).to.equal('NODE_STATE_READY');
+    } finally {
+      a.close();
+      await agent.kill('SIGTERM');
+      await c2.kill('SIGTERM');
+      for (const d of [first, renewed, stranger, live]) fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('a channel from a LiveTls makes its next connection with the certificate loaded since (real gRPC over loopback)', async () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
+    const liveDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    const server = new grpc.Server();
+    try {
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'n4', '--days', '10']);
+      const copy = () => {
+        fs.copyFileSync(path.join(d, 'agent-n4.pem'), path.join(liveDir, 'a.pem'));
+        fs.copyFileSync(path.join(d, 'agent-n4-key.pem'), path.join(liveDir, 'a-key.pem'));
+      };
+      copy();
+      const files = { tlsCa: f('ca.pem'), tlsCert: path.join(liveDir, 'a.pem'), tlsKey: path.join(liveDir, 'a-key.pem') };
+      const liveTls = LiveTls.load(files);
+      // A server that answers with the end of validity of the client certificate it was shown.
+      const seen: string[] = [];
+      server.addService(tesseraProto().Admin.service, {
+        getClusterStatus: (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+          seen.push(String((call.getAuthContext().sslPeerCertificate as { valid_to?: string } | undefined)?.valid_to));
+          cb(null, {});
+        },
+      } as never);
+      const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createSsl(fs.readFileSync(f('ca.pem')), [{ private_key: fs.readFileSync(f('coordinator-key.pem')), cert_chain: fs.readFileSync(f('coordinator.pem')) }], true), (e, p) => (e ? reject(e) : resolve(p))));
+      const call = async () => {
+        // A channel of its own (no shared subchannel): a new connection.
+        const c = new (tesseraProto().Admin)(`127.0.0.1:${port}`, clientCredentials(liveTls), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as grpc.Client & { getClusterStatus(r: object, cb: (e: Error | null) => void): void };
+        await new Promise<void>((resolve, reject) => c.getClusterStatus({}, (e) => (e ? reject(e) : resolve())));
+        c.close();
+      };
+      await call();
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'n4', '--days', '825']);
+      copy();
+      expect(liveTls.reload()).to.equal(true);
+      await call();
+      expect(seen).to.have.length(2);
+      expect(Date.parse(seen[1]) - Date.parse(seen[0])).to.be.greaterThan(800 * 86_400_000);
+      expect(liveTls.reload()).to.equal(false); // the same files: nothing to tell the channels
+    } finally {
+      server.forceShutdown();
+      fs.rmSync(d, { recursive: true, force: true });
+      fs.rmSync(liveDir, { recursive: true, force: true });
     }
   });
 
