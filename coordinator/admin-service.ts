@@ -35,7 +35,8 @@ import type { SnapshotChunk } from '../common/generated/tessera/v1/SnapshotChunk
 import type { JobRequest__Output } from '../common/generated/tessera/v1/JobRequest';
 import type { JobSubmission__Output } from '../common/generated/tessera/v1/JobSubmission';
 import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
-import { serveMux } from '../common/mux';
+import { MuxClient, serveMux } from '../common/mux';
+import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/SubmitJobRequest';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
 /**
@@ -231,7 +232,7 @@ export class AdminService {
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
       SaveSnapshot: serverStream(log, 'SaveSnapshot', (call) => this.saveSnapshot(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
-        // On a follower, each submission is forwarded to the leader (as a SubmitJob), so that a
+        // On a follower, the submissions are forwarded to the leader (over a stream of its own), so that a
         // grpcurl user may open the stream on any coordinator; a client that moves to the leader
         // itself (AdminClient.jobStream, for high rates) asks not to be forwarded and is refused,
         // naming the leader. Never forwarded twice.
@@ -260,6 +261,39 @@ export class AdminService {
   private serveSubmissions(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>, forward: boolean): void {
     // Set by the guard for the stream when callers are identified (see onLeader).
     const caller = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
+    // A follower forwards this stream's submissions over one SubmitJobs stream of its own to the
+    // leader (opened with this stream's metadata: the leader checks the same token and learns
+    // the same caller), batched per event-loop turn as the client's were, instead of a unary
+    // SubmitJob each (measured through a follower: see the README's Jobs section).
+    let upstream: { leaderId: string; mux: MuxClient<JobSubmission__Output, JobOutcome> } | undefined;
+    const closeUpstream = () => {
+      upstream?.mux.close();
+      upstream = undefined;
+    };
+    call.on('close', closeUpstream);
+    call.on('error', closeUpstream);
+    const viaLeader = async (req: SubmitJobRequest__Output): Promise<JobOutcome | undefined> => {
+      const leader = await this.leadership.waitForLeader(3_000);
+      // No leader known, or this coordinator by now: onLeader's ways (wait for the load, refuse).
+      if (!leader || leader.id === this.opts.coordinatorId) return undefined;
+      if (upstream?.leaderId !== leader.id) {
+        closeUpstream();
+        const client = this.leaderClient(leader.address);
+        const md = call.metadata.clone();
+        md.set(FORWARDED_KEY, this.opts.coordinatorId);
+        upstream = { leaderId: leader.id, mux: new MuxClient(() => client.SubmitJobs(md) as never, { req: 'submissions', res: 'outcomes' }) };
+      }
+      this.opts.metrics?.inc('tessera_jobs_forwarded_total');
+      try {
+        // The leader's outcome as it is: a job, or its refusal (a NotLeader one names the leader).
+        return await upstream.mux.call({ request: req } as JobSubmission__Output, Date.now() + forwardBudgetMs(req));
+      } catch (err) {
+        // The stream to the leader broke: whether it took the job is not known (the client may
+        // send it again with its idempotency key).
+        const e = err as grpc.ServiceError;
+        return { errorCode: e.code === grpc.status.DEADLINE_EXCEEDED ? e.code : grpc.status.UNAVAILABLE, error: `forwarded to the leader ${leader.id} (${leader.address}): ${e.details ?? e.message}`, notLeader: false, leaderAddress: '' };
+      }
+    };
     serveMux<JobSubmission__Output, JobOutcome>(call, { req: 'submissions', res: 'outcomes' }, async (sub) => {
       rejectMalformed(sub, 'submission');
       const req = sub.request;
@@ -267,7 +301,11 @@ export class AdminService {
       const w = this.opts.leaderWork?.();
       if (!w) {
         if (!forward) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
-        // Here if this coordinator leads by now (or is loading), else on the leader.
+        if (!this.leadership.isLeader) {
+          const out = await viaLeader(req);
+          if (out) return out;
+        }
+        // Here if this coordinator leads by now (or is loading), else refused as onLeader does.
         const job = await this.onLeader<typeof req, Job>(call as unknown as grpc.ServerUnaryCall<typeof req, Job>, 'submitJob', req, async (_r, _d, _s, lw, by) => {
           const { job: j, done } = await lw.jobs.submit(req, by);
           return inView(done ? await done : j, req.view);

@@ -22,6 +22,7 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_jobs_total', help: 'jobs ended, by pipeline and final state', type: 'counter', labels: ['pipeline', 'state'] },
   { name: 'tessera_job_retries_total', help: 'steps re-planned onto another instance after a failure', type: 'counter', labels: ['pipeline', 'stage'] },
   { name: 'tessera_jobs_refused_total', help: 'submissions refused, by gRPC code', type: 'counter', labels: ['code'] },
+  { name: 'tessera_jobs_forwarded_total', help: 'submissions a follower forwarded to the leader over a SubmitJobs stream of its own (clients that reach the leader directly save a hop)', type: 'counter', labels: [] },
   { name: 'tessera_jobs_in_flight', help: 'accepted jobs not yet ended (running or queued)', type: 'gauge' },
   { name: 'tessera_job_records_bytes', help: 'bytes of finished-job records this leader holds in etcd (bounded by --job-record-budget-mb)', type: 'gauge' },
   { name: 'tessera_job_end_record_retries_total', help: 'end records of answered jobs that etcd did not take, written again', type: 'counter' },

@@ -91,12 +91,15 @@ describe('jobs through pipelines of registered components', function () {
   const nodes = [`j${RUN}a`, `j${RUN}b`];
   let external: ChildProcess | undefined;
   let four: ChildProcess | undefined;
+  const metricsPorts: Record<string, number> = {};
 
   before(async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
     const extra = ['--reconcile-interval-ms', '200', '--job-max-in-flight-per-instance', '6', '--job-queue-limit', '3'];
-    coords = [await fleet.coordinator({ etcd: etcd.endpoints, id: 'j1', extra }), await fleet.coordinator({ etcd: etcd.endpoints, id: 'j2', extra })];
+    for (const id of ['j1', 'j2']) metricsPorts[id] = await freePort();
+    coords = [];
+    for (const id of ['j1', 'j2']) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, id, extra: [...extra, '--metrics-listen', `127.0.0.1:${metricsPorts[id]}`] }));
     await waitForLeader(coords.map((c) => c.address));
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
     nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', `${base + i * 50}-${base + i * 50 + 49}`, '--cpu-millis', '8000'] }));
@@ -443,6 +446,10 @@ describe('jobs through pipelines of registered components', function () {
       expect(by.get(3)!.error).to.match(/no-such-pipeline/);
       // Run by the leader: it has the jobs.
       expect((await new AdminClient([leader.address]).getJob(by.get(1)!.job!.id)).state).to.equal('JOB_STATE_SUCCEEDED');
+      // Over the follower's own SubmitJobs stream to the leader, one per client stream (not a
+      // unary SubmitJob each): counted by the follower.
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPorts[follower.id!]}/metrics`)).text();
+      expect(metrics).to.match(/^tessera_jobs_forwarded_total 3$/m);
 
       // A client that moves to the leader itself asks not to be forwarded: refused, naming the leader.
       const md = new grpc.Metadata();
