@@ -274,8 +274,10 @@ export class AdminService {
     call.on('error', closeUpstream);
     const viaLeader = async (req: SubmitJobRequest__Output): Promise<JobOutcome | undefined> => {
       const leader = await this.leadership.waitForLeader(3_000);
-      // No leader known, or this coordinator by now: onLeader's ways (wait for the load, refuse).
-      if (!leader || leader.id === this.opts.coordinatorId) return undefined;
+      // No leader known (after the same wait as onLeader's): refused, nothing accepted.
+      if (!leader) throw new NotLeaderError();
+      // This coordinator by now: onLeader's ways (served once loaded).
+      if (leader.id === this.opts.coordinatorId) return undefined;
       if (upstream?.leaderId !== leader.id) {
         closeUpstream();
         const client = this.leaderClient(leader.address);
