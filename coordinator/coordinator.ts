@@ -350,15 +350,28 @@ export class Coordinator {
   /** Graceful stop: step down first (successor elected at once), then close. */
   /**
    * SIGHUP: the Admin API tokens read again from the tokens file (a token added or revoked
-   * without a restart); the log level is the daemon's. Turning tokens on or off, and everything
-   * else, takes a restart.
+   * without a restart), the TLS files (a renewed certificate), and the secrets key file (a key
+   * rotation: the leader reseals the stored passwords with the new first key). The log level is
+   * the daemon's. Turning tokens, TLS or the key file on or off, and everything else, takes a
+   * restart.
    */
   reload(next: CoordinatorConfig): string[] {
     const applied: string[] = [];
-    // Both read before either applies: a file that does not load changes nothing.
+    // Everything read before anything applies: a file that does not load changes nothing.
     const tokens = this.auth?.enabled && next.tokensFile ? loadTokens(next.tokensFile) : undefined;
+    const ring = this.keyring && next.secretsKeyFile ? loadKeyring(next.secretsKeyFile) : undefined;
     if (this.tls && !next.insecureDev) {
       applied.push(...reloadTls(this.tls, next, this.log));
+    }
+    if (ring) {
+      const before = this.keyring!.fingerprints().join(',');
+      this.keyring!.replace(ring);
+      applied.push('secretsKeyFile');
+      if (ring.fingerprints().join(',') !== before) {
+        this.log.info({ file: next.secretsKeyFile, keys: ring.fingerprints() }, 'secrets keys reloaded: new passwords are sealed with the first; a leader reseals the stored ones');
+        this.leadership.setSecretsKeys(ring.fingerprints()).catch((e) => this.log.warn({ err: (e as Error).message }, 'candidacy not updated with the reloaded secrets keys; the next one carries them'));
+        this.leaderWork()?.deployments.rekeyed().catch((e) => this.log.warn({ err: (e as Error).message }, 'registry credentials not resealed; the next leader tries again'));
+      }
     }
     if (tokens) {
       this.auth!.replace(tokens);

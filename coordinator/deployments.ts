@@ -42,7 +42,7 @@ const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by def
 /** A registry credential as stored in etcd: its password in the clear, or sealed (--secrets-key-file). */
 interface StoredCredential { server: string; username: string; password?: string; sealed?: Sealed; updatedAtMs: number; by?: string }
 /** A registry credential as the leader holds it: how it is stored, and why it cannot be used if it cannot. */
-interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string }
+interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string; stored?: StoredCredential }
 
 export interface DeploymentOptions {
   sampleSize: number;
@@ -746,7 +746,8 @@ export class Deployments {
     } catch (e) {
       const why = (e as Error).message;
       this.log.error({ credential: name, reason: why }, 'registry credential cannot be opened: components naming it pull without it');
-      return { ...base, password: '', storedWith: s.sealed.k, unreadable: why };
+      // The stored value is kept: a key file reloaded with its key opens it (rekeyed()).
+      return { ...base, password: '', storedWith: s.sealed.k, unreadable: why, stored: s };
     }
   }
 
@@ -755,6 +756,22 @@ export class Deployments {
    * primary one (key rotation: the new key first in every coordinator's file, then restart them;
    * once every credential says the new key, the old one can go).
    */
+  /**
+   * The keyring's keys changed (SIGHUP read the key file again): credentials that could not be
+   * opened are tried again, and those stored with another key than the new first one are
+   * resealed with it, as a new leader does (rotation without a restart).
+   */
+  async rekeyed(): Promise<void> {
+    for (const [name, c] of this.credentials) {
+      if (c.unreadable && c.stored) {
+        const again = this.openCredential(name, c.stored);
+        if (!again.unreadable) this.log.info({ credential: name, key: again.storedWith }, 'registry credential opens with the reloaded key file');
+        this.credentials.set(name, again);
+      }
+    }
+    await this.resealCredentials();
+  }
+
   private async resealCredentials(): Promise<void> {
     const k = this.opts.keyring;
     if (!k) return;

@@ -235,12 +235,27 @@ export class Leadership extends EventEmitter {
       this.log.warn({ err: err.message }, 'election lease lost');
       this.loseCandidacy('election lease lost');
     });
-    const value = JSON.stringify({ id: this.self.id, address: this.self.address, version: VERSION, nonce: this.nonce, startedAtMs: this.startedAtMs, ...(this.self.secretsKeys?.length ? { secretsKeys: this.self.secretsKeys } : {}) });
-    await withTimeout(lease.put(key).value(value).exec(), this.opts.ttlSeconds * 1000, 'candidate put');
+    await withTimeout(lease.put(key).value(this.candidacyValue()).exec(), this.opts.ttlSeconds * 1000, 'candidate put');
     const res = await withTimeout(this.client.get(key).exec(), this.opts.ttlSeconds * 1000, 'candidate read');
     if (!res.kvs.length) throw new Error('candidate key vanished right after it was written');
     candidacy.createRevision = String(res.kvs[0].create_revision);
     this.log.debug({ key, createRevision: candidacy.createRevision }, 'campaigning');
+  }
+
+  private candidacyValue(): string {
+    return JSON.stringify({ id: this.self.id, address: this.self.address, version: VERSION, nonce: this.nonce, startedAtMs: this.startedAtMs, ...(this.self.secretsKeys?.length ? { secretsKeys: this.self.secretsKeys } : {}) });
+  }
+
+  /**
+   * This coordinator's secrets keys changed (SIGHUP): its candidacy says so at once (tessera
+   * status compares every coordinator's). Written again under the same key and lease: the
+   * create revision, which orders the election and fences the leader's writes, stays.
+   */
+  async setSecretsKeys(fingerprints: string[]): Promise<void> {
+    this.self.secretsKeys = fingerprints;
+    const c = this.candidacy;
+    if (!c) return; // the next candidacy carries them
+    await withTimeout(c.lease.put(c.key).value(this.candidacyValue()).exec(), this.opts.ttlSeconds * 1000, 'candidate put');
   }
 
   private loseCandidacy(reason: string): void {

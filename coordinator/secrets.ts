@@ -23,8 +23,13 @@ const ALG = 'aes-256-gcm';
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 export class Keyring {
-  constructor(private readonly keys: { name: string; key: Buffer }[]) {
+  constructor(private keys: { name: string; key: Buffer }[]) {
     if (!keys.length) throw new RangeError('a keyring needs a key');
+  }
+
+  /** Takes the keys of another keyring (SIGHUP: the key file read again); those holding this one see them. */
+  replace(from: Keyring): void {
+    this.keys = from.keys;
   }
 
   /** The key that seals: the first of the file. */

@@ -148,6 +148,31 @@ describe('registry passwords at rest', function () {
     }
   });
 
+  it('reads the key file again on SIGHUP: a key added opens what could not be opened, the leader reseals with the new first key, and status shows the keys at once', async () => {
+    const fingerprints = async () => (await admin!.getClusterStatus()).coordinators.find((c) => c.id === current!.id)?.secretsKeys?.map((k) => k.split(':')[0]);
+    // The leader has k3 only (the test before): "early" is sealed with k2 and cannot be opened.
+    expect(await atRest(admin!, 'early')).to.match(/^unreadable: sealed with key "k2"/);
+    // The operator's rotation without restarts: the new key first, the others kept, then reload.
+    keyFile('other', keys.k1, keys.k2, keys.k3);
+    process.kill(current!.pid, 'SIGHUP');
+    await waitFor('both resealed with k1', async () => (await atRest(admin!, 'early')) === 'aes-256-gcm, key k1' && (await atRest(admin!, 'later')) === 'aes-256-gcm, key k1', 10_000, 100);
+    expect(JSON.parse(await stored('early')).sealed.k).to.equal('k1');
+    expect(JSON.parse(await stored('later')).sealed.k).to.equal('k1');
+    await waitFor('status shows the new keys', async () => (await fingerprints())?.join(',') === 'k1,k2,k3', 10_000, 100);
+    const resealed = (await pastEvents(admin!, ['registry-credential.resealed'])).filter((e) => /sealed with key k1 \(was key k/.test(e.message ?? ''));
+    expect(resealed.map((e) => e.subject).sort()).to.deep.equal(['early', 'later']);
+    // The old keys go once nothing is sealed with them; a file that does not load changes nothing.
+    keyFile('other', keys.k1);
+    process.kill(current!.pid, 'SIGHUP');
+    await waitFor('status shows k1 only', async () => (await fingerprints())?.join(',') === 'k1', 10_000, 100);
+    expect(await atRest(admin!, 'early')).to.equal('aes-256-gcm, key k1');
+    fs.writeFileSync(path.join(dir, 'other'), 'k9:c2hvcnQ=\n');
+    process.kill(current!.pid, 'SIGHUP');
+    await waitFor('the refusal logged', async () => /SIGHUP: the settings do not compile; the running ones stay/.test(fs.readFileSync(current!.logFile, 'utf8')), 10_000, 100);
+    expect((await fingerprints())?.join(',')).to.equal('k1');
+    expect(await atRest(admin!, 'later')).to.equal('aes-256-gcm, key k1');
+  });
+
   it('makes key file lines with tessera operator keygen (named, or named after the date)', () => {
     const cli = (...a: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), 'operator', 'keygen', ...a], { encoding: 'utf8', timeout: 20_000 });
     const named = cli('k9');
