@@ -116,7 +116,7 @@ export class AdminClient {
     return this.unary('submitJob', req, req.wait ? Math.max(this.opts.timeoutMs ?? 10_000, until - Date.now() + 10_000) : undefined);
   }
   getJob(id: string): Promise<import('./generated/tessera/v1/Job').Job__Output> { return this.unary('getJob', { id }); }
-  listJobs(req: import('./generated/tessera/v1/ListJobsRequest').ListJobsRequest = {}): Promise<{ jobs: import('./generated/tessera/v1/Job').Job__Output[] }> { return this.unary('listJobs', req); }
+  listJobs(req: import('./generated/tessera/v1/ListJobsRequest').ListJobsRequest = {}): Promise<{ jobs: import('./generated/tessera/v1/Job').Job__Output[]; nextPageToken: string }> { return this.unary('listJobs', req); }
   cancelJob(id: string): Promise<import('./generated/tessera/v1/Job').Job__Output> { return this.unary('cancelJob', { id }); }
   watchJob(id: string): grpc.ClientReadableStream<import('./generated/tessera/v1/Job').Job__Output> {
     return this.clients[this.preferred].watchJob({ id }, this.metadata());

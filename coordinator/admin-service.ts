@@ -222,7 +222,7 @@ export class AdminService {
       GetJob: unary(log, 'GetJob', (req, call) => this.onLeader(call, 'getJob', req, (_r, _d, _s, w) => w.jobs.get(req.id))),
       ListJobs: unary(log, 'ListJobs', (req, call) => {
         if (!JOB_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown job state ${JSON.stringify(req.state)}`);
-        return this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => ({ jobs: await w.jobs.list(req) }));
+        return this.onLeader(call, 'listJobs', req, async (_r, _d, _s, w) => w.jobs.list(req));
       }),
       CancelJob: unary(log, 'CancelJob', (req, call) => {
         if (!req.id) throw InvalidArgumentError.field('id', 'is required');

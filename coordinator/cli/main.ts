@@ -514,14 +514,17 @@ job.command('get <id>').description('a job: state, result, path, steps').action(
   out({ ...j, result: j.result.toString('utf8') }, () => [renderJob(j), j.result.length ? `result: ${j.result.toString('utf8').slice(0, 2000)}` : ''].filter(Boolean).join('\n'));
 }));
 job.command('list').description('recent jobs').option('--pipeline <name>', 'one pipeline').option('--state <state>', 'QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED', oneOf('--state', ['QUEUED', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELLED'])).option('-n, --limit <n>', 'how many', wholeNumber('--limit', 1), 20)
+  .option('--page-token <token>', 'the next page: the token the page before printed (same --pipeline and --state)')
   .action((o) => run(async (c) => {
-    const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit) });
+    const r = await c.listJobs({ pipeline: o.pipeline ?? '', state: o.state ? `JOB_STATE_${String(o.state).toUpperCase()}` as never : 'JOB_STATE_UNSPECIFIED', limit: Number(o.limit), pageToken: o.pageToken ?? '' });
     // BY when callers are identified (tokens or TLS), as app history shows it.
     const by = r.jobs.some((j) => j.submittedBy);
     out(r.jobs, () => r.jobs.length ? table(['ID', 'PIPELINE', 'STATE', 'SUBMITTED', ...(by ? ['BY'] : []), 'TOOK', 'PLANS', 'PATH', 'REASON'], r.jobs.map((j) => [
       j.id, j.pipeline, enumName(j.state, 'JOB_STATE_'), ago(Number(j.submittedAtMs)), ...(by ? [j.submittedBy || '-'] : []), `${Number(j.durationMs).toFixed(0)} ms`, j.plans,
       clip(j.path.map((p) => p.instanceId).join(' > '), 60), clip(j.reason, 60) || '-',
-    ])) : 'no jobs');
+    ])) + (r.nextPageToken ? `\nmore: --page-token ${r.nextPageToken}` : '') : 'no jobs');
+    // With --json the output stays the list; the next page's token goes to stderr.
+    if (program.opts().json && r.nextPageToken) process.stderr.write(`more: --page-token ${r.nextPageToken}\n`);
   }));
 job.command('cancel <id>').description('cancel a queued or running job').action((id) => run(async (c) => {
   const j = await c.cancelJob(id);

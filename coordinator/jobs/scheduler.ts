@@ -1166,45 +1166,51 @@ export class JobScheduler {
    * recorded in etcd, so that jobs that ended under an earlier leader (or left this one's
    * memory) are listed too, as GetJob finds them.
    */
-  async list(req: ListJobsRequest__Output): Promise<Job[]> {
+  async list(req: ListJobsRequest__Output): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const limit = req.limit > 0 ? Math.min(req.limit, 10_000) : 50;
-    const wanted = (pipeline: string, state: string) => (!req.pipeline || pipeline === req.pipeline) && (req.state === 'JOB_STATE_UNSPECIFIED' || state === req.state);
+    const state = String(req.state);
+    // A page goes on after the last job of the page before (newest first: submitted before it).
+    const cursor = req.pageToken ? decodePageToken(req.pageToken, req.pipeline, state) : undefined;
+    const onPage = (t: number, id: string) => !cursor || listOrder(cursor.t, cursor.id, t, id) < 0;
+    const wanted = (pipeline: string, st: string) => (!req.pipeline || pipeline === req.pipeline) && (state === 'JOB_STATE_UNSPECIFIED' || st === state);
+    const page = (jobs: Job[]) => {
+      const last = jobs.length >= limit ? jobs[limit - 1] : undefined;
+      return { jobs: jobs.slice(0, limit), nextPageToken: last ? encodePageToken(Number(last.submittedAtMs), String(last.id), req.pipeline, state) : '' };
+    };
     const out: Job[] = [];
-    const all = [...this.jobs.values()].sort((a, b) => b.rec.submittedAtMs - a.rec.submittedAtMs || b.rec.id.localeCompare(a.rec.id));
+    const all = [...this.jobs.values()].sort((a, b) => listOrder(a.rec.submittedAtMs, a.rec.id, b.rec.submittedAtMs, b.rec.id));
     for (const j of all) {
-      if (!wanted(j.rec.pipeline, String(j.rec.state))) continue;
+      if (!wanted(j.rec.pipeline, String(j.rec.state)) || !onPage(j.rec.submittedAtMs, j.rec.id)) continue;
       out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
-      if (out.length >= limit) return out;
+      if (out.length >= limit) return page(out);
     }
     // End records hold finished jobs only: the leader holds every queued and running one.
-    if (req.state !== 'JOB_STATE_UNSPECIFIED' && !TERMINAL.has(req.state as JobState)) return out;
-    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), wanted, limit - out.length);
+    if (state !== 'JOB_STATE_UNSPECIFIED' && !TERMINAL.has(state as JobState)) return page(out);
+    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), (r) => wanted(r.pipeline, String(r.state)) && onPage(r.submittedAtMs, r.id), limit - out.length);
     out.push(...recorded.map((r) => ({ ...recordToProto({ ...r, steps: [] }), result: Buffer.alloc(0) })));
-    return out
-      .sort((a, b) => Number(b.submittedAtMs) - Number(a.submittedAtMs) || String(b.id).localeCompare(String(a.id)))
-      .slice(0, limit);
+    return page(out.sort((a, b) => listOrder(Number(a.submittedAtMs), String(a.id), Number(b.submittedAtMs), String(b.id))));
   }
 
   /**
    * Up to `want` finished jobs from their end records in etcd (shared ones under ended/, own ones
-   * under done/) that `fresh` keeps (not in memory) and `wanted` matches, newest first. Found
+   * under done/) that `fresh` keeps (not in memory) and `wanted` matches (its filters and page),
+   * newest first. Found
    * through the record budget's windows, newest first: each window's lease names the keys written
    * under it (etcd keeps that list in memory), so nothing reads or sorts the whole records prefix
    * (etcd would read every value of a sorted or filtered range: up to --job-record-budget-mb).
    * At most LIST_SCAN_BYTES of records are read per call: past it, the newest first holds to
    * within a window (10 s of records).
    */
-  private async recordedEnds(fresh: (id: string) => boolean, wanted: (pipeline: string, state: string) => boolean, want: number): Promise<JobRecord[]> {
+  private async recordedEnds(fresh: (id: string) => boolean, wanted: (r: JobRecord) => boolean, want: number): Promise<JobRecord[]> {
     const c = this.store.client;
     const prefixes = [`${this.keys.jobs}ended/`, `${this.keys.jobs}done/`];
     const found = new Map<string, JobRecord>();
     let bytes = 0;
-    const take = (e: { id?: string; p?: string; s?: string; pipeline?: string; state?: string }) => {
+    const take = (e: { id?: string }) => {
       const id = String(e.id ?? '');
       if (!id || found.has(id) || !fresh(id)) return;
-      // Compact records name the state without its prefix; older ones are whole JobRecords.
-      const state = e.s !== undefined ? `JOB_STATE_${e.s}` : String(e.state ?? '');
-      if (wanted(String(e.p ?? e.pipeline ?? ''), state)) found.set(id, decodeRecord(e));
+      const rec = decodeRecord(e);
+      if (wanted(rec)) found.set(id, rec);
     };
     for (const w of [...this.windows].sort((a, b) => b.grantedAtMs - a.grantedAtMs)) {
       if (found.size >= want || bytes >= LIST_SCAN_BYTES) break;
@@ -1232,7 +1238,7 @@ export class JobScheduler {
         }
       }
     }
-    return [...found.values()].sort((a, b) => b.submittedAtMs - a.submittedAtMs || b.id.localeCompare(a.id)).slice(0, want);
+    return [...found.values()].sort((a, b) => listOrder(a.submittedAtMs, a.id, b.submittedAtMs, b.id)).slice(0, want);
   }
 
   /** by: who cancelled it (a token's name or a certificate's CN, when callers are identified), named in its reason. */
@@ -1288,4 +1294,34 @@ function recordToProto(r: JobRecord, result?: Buffer): Job {
     idempotencyKey: r.idempotencyKey, path: r.path, steps: r.steps, plans: r.plans, payloadBytes: r.payloadBytes, flow: r.flow,
     durationMs: r.durationMs || (TERMINAL.has(r.state) ? 0 : Date.now() - r.submittedAtMs), submittedBy: r.submittedBy ?? '',
   };
+}
+
+/** ListJobs' order: newest first, then by id (negative: job a comes before job b). */
+function listOrder(aT: number, aId: string, bT: number, bId: string): number {
+  return bT - aT || bId.localeCompare(aId);
+}
+
+/**
+ * A ListJobs page token: where the page before ended (its last job's submission time and id),
+ * and the filters it was made with, so that one made for another filter is refused rather than
+ * quietly giving a page of something else. Opaque to clients (base64url of JSON).
+ */
+function encodePageToken(t: number, id: string, pipeline: string, state: string): string {
+  return Buffer.from(JSON.stringify({ t, id, p: pipeline, s: state })).toString('base64url');
+}
+
+function decodePageToken(token: string, pipeline: string, state: string): { t: number; id: string } {
+  let v: { t?: unknown; id?: unknown; p?: unknown; s?: unknown };
+  try {
+    v = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as typeof v;
+  } catch {
+    v = {};
+  }
+  if (typeof v !== 'object' || v === null || typeof v.t !== 'number' || typeof v.id !== 'string' || typeof v.p !== 'string' || typeof v.s !== 'string') {
+    throw InvalidArgumentError.field('pageToken', 'is not a token ListJobs gave (pass next_page_token as it came)');
+  }
+  if (v.p !== pipeline || v.s !== state) {
+    throw InvalidArgumentError.field('pageToken', `was given for pipeline ${JSON.stringify(v.p)} and state ${v.s}, not ${JSON.stringify(pipeline)} and ${state}: a page goes on with the filters of the first`);
+  }
+  return { t: v.t, id: v.id };
 }

@@ -2,6 +2,9 @@
 // led, yet lists them from their end records in etcd (as GetJob finds them), newest first, more
 // of them than one read of keys (64), with the pipeline and state filters applied.
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { repoRoot } from '../../common/version';
 import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
 import { waitForLeader } from '../helpers/cluster';
@@ -53,6 +56,55 @@ describe('listing jobs that ended under an earlier leader', function () {
       expect((await admin.listJobs({ state: 'JOB_STATE_FAILED', limit: 1000 })).jobs).to.deep.equal([]);
       // And a listed job reads back whole.
       expect((await admin.getJob(ids[0])).state).to.equal('JOB_STATE_SUCCEEDED');
+    } finally {
+      admin.close();
+    }
+  });
+
+  it('pages through them with page tokens: newest first, every job once, from memory and from etcd; a token for another filter, or a made-up one, refused', async () => {
+    const admin = new AdminClient([leaderAddress], { timeoutMs: 20_000 });
+    try {
+      // Five more under this leader: in its memory, the 300 of the test before in etcd only.
+      for (let i = 0; i < 5; i++) await admin.submitJob({ pipeline: 'b', payload: Buffer.from(`new ${i}`), wait: true });
+      const whole = (await admin.listJobs({ limit: 1000 })).jobs.map((j) => j.id);
+      expect(whole).to.have.length(305);
+      const pages: string[][] = [];
+      let token = '';
+      for (;;) {
+        const r = await admin.listJobs({ limit: 70, pageToken: token });
+        pages.push(r.jobs.map((j) => j.id));
+        if (!r.nextPageToken) break;
+        token = r.nextPageToken;
+        expect(pages.length, 'pages end').to.be.lessThan(10);
+      }
+      // 70, 70, 70, 70, 25: the same jobs in the same order as one long page.
+      expect(pages.map((p) => p.length)).to.deep.equal([70, 70, 70, 70, 25]);
+      expect(pages.flat()).to.deep.equal(whole);
+      // Filtered: the 100 + 5 jobs of pipeline b, in pages of 40.
+      const b: string[] = [];
+      token = '';
+      do {
+        const r = await admin.listJobs({ pipeline: 'b', limit: 40, pageToken: token });
+        b.push(...r.jobs.map((j) => j.id));
+        token = r.nextPageToken;
+      } while (token);
+      expect(b).to.deep.equal((await admin.listJobs({ pipeline: 'b', limit: 1000 })).jobs.map((j) => j.id));
+      expect(b).to.have.length(105);
+      // A page goes on with the filters of the first.
+      const first = await admin.listJobs({ pipeline: 'b', limit: 10 });
+      const other = await admin.listJobs({ pipeline: 'a', limit: 10, pageToken: first.nextPageToken }).catch((e: Error & { code?: number }) => e) as Error & { code?: number };
+      expect(other.code).to.equal(3);
+      expect(other.message).to.match(/pageToken: was given for pipeline "b" and state JOB_STATE_UNSPECIFIED, not "a"/);
+      const made = await admin.listJobs({ pageToken: 'not-a-token' }).catch((e: Error & { code?: number }) => e) as Error & { code?: number };
+      expect(made.code).to.equal(3);
+      expect(made.message).to.match(/pageToken: is not a token ListJobs gave/);
+      // The CLI prints the token after the table, and takes it back.
+      const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', leaderAddress, 'job', 'list', ...args], { encoding: 'utf8', timeout: 20_000 }).stdout;
+      const one = cli('-n', '2');
+      const more = /^more: --page-token (\S+)$/m.exec(one)?.[1];
+      expect(more, one).to.be.a('string');
+      const two = cli('-n', '2', '--page-token', more!);
+      expect(two).to.contain(whole[2]).and.contain(whole[3]).and.not.contain(whole[1]);
     } finally {
       admin.close();
     }
