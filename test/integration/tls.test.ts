@@ -20,6 +20,8 @@ import { Fleet } from '../helpers/processes';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { pastEvents } from '../helpers/cluster';
+import { startEcho } from '../helpers/echo';
+import type { ChildProcess } from 'node:child_process';
 
 describe('mutual TLS', function () {
   this.timeout(90_000);
@@ -28,6 +30,7 @@ describe('mutual TLS', function () {
   let etcd: EtcdCluster;
   let fleet: Fleet;
   let address = '';
+  let echo: ChildProcess | undefined;
   const f = (n: string) => path.join(certs, n);
   const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
   const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
@@ -177,7 +180,28 @@ describe('mutual TLS', function () {
       const by = new Map((await pastEvents(direct, ['app.applied'])).map((e) => [e.subject, e.fields?.by]));
       expect(by.get('cn-direct')).to.equal('admin');
       expect(by.get('cn-forwarded')).to.equal('admin');
+      // A SubmitJobs stream on the follower, forwarded over mTLS on the follower's own stream:
+      // the job runs on the leader and names the admin certificate as its submitter.
+      const started = await startEcho('cn-echo');
+      echo = started.proc;
+      await direct.registerComponent({ instanceId: 'cn-echo-1', kind: 'cn-echo', endpoint: `127.0.0.1:${started.port}`, ttlMs: 60_000 });
+      await direct.applyPipeline({ name: 'cn-p', stages: [{ name: 'echo', kind: 'cn-echo' }] });
+      const raw = new (tesseraProto().Admin)(follower.address, clientCredentials(material('admin')));
+      try {
+        const stream = raw.submitJobs(new grpc.Metadata({}), {});
+        const outcome = await new Promise<{ job?: { state?: string; submittedBy?: string }; error?: string }>((resolve, reject) => {
+          stream.on('data', (m: { outcomes: { job?: { state?: string; submittedBy?: string }; error?: string }[] }) => resolve(m.outcomes[0]));
+          stream.on('error', reject);
+          stream.write({ submissions: [{ callId: 1, request: { pipeline: 'cn-p', payload: Buffer.from('x'), wait: true } }] });
+        });
+        stream.cancel();
+        expect(outcome.job?.state, JSON.stringify(outcome)).to.equal('JOB_STATE_SUCCEEDED');
+        expect(outcome.job?.submittedBy).to.equal('admin');
+      } finally {
+        raw.close();
+      }
     } finally {
+      echo?.kill('SIGKILL');
       direct.close();
       forwarded.close();
       await follower.kill('SIGTERM');
