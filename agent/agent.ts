@@ -37,11 +37,16 @@ export class Agent {
   readonly metrics = new Metrics(AGENT_METRICS);
 
   private readonly tls?: LiveTls;
+  /** The node's labels: from the settings, and again from them on SIGHUP. */
+  private labels: Record<string, string>;
+  /** Those the current stream's hello carried: reports carry the labels while they differ. */
+  private helloLabels = '';
   private relay?: RelayServer;
   private imageGc?: ImageGc;
   private gcTimer?: NodeJS.Timeout;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
+    this.labels = { ...config.labels };
     const live = config.insecureDev ? undefined : LiveTls.load(config);
     this.tls = live;
     if (live) reportExpiry({ cert: () => live.material.certNotAfterMs, ca: () => live.material.caNotAfterMs }, log, this.metrics, Date.now(), { ca: live.material.caExpired });
@@ -60,11 +65,18 @@ export class Agent {
    * daemon's; everything else takes a restart.
    */
   reload(next: AgentConfig): string[] {
-    if (!this.tls || next.insecureDev) return [];
-    return reloadTls(this.tls, next, this.log, (m) => {
+    const applied = this.tls && !next.insecureDev ? reloadTls(this.tls, next, this.log, (m) => {
       const cn = certCommonName(m.cert);
       if (cn !== this.nodeId) throw new ConfigError([{ field: 'tlsCert', message: `the certificate in ${next.tlsCert} is for node ${JSON.stringify(cn)}, and this agent is ${JSON.stringify(this.nodeId)}: not loaded` }]);
-    });
+    }) : [];
+    // New labels go to the leader with the next report (sent now), as kubectl label node would
+    // set them: placements from then on see them; instances placed already stay where they are.
+    if (JSON.stringify(next.labels) !== JSON.stringify(this.labels)) {
+      this.log.info({ from: this.labels, to: next.labels }, 'node labels reloaded');
+      this.labels = { ...next.labels };
+      if (this.conn && this.instances) void this.report(false);
+    }
+    return [...applied, 'labels'];
   }
 
   async start(): Promise<void> {
@@ -142,11 +154,12 @@ export class Agent {
   }
 
   private hello(unreachableLeader: string): AgentHello {
+    this.helloLabels = JSON.stringify(this.labels);
     return {
       unreachableLeader,
       nodeId: this.nodeId,
       hostname: this.config.hostname,
-      labels: this.config.labels,
+      labels: this.labels,
       capacity: this.capacity,
       agentVersion: VERSION,
       instances: this.instances?.statuses() ?? [],
@@ -182,7 +195,8 @@ export class Agent {
             return this.lastUsage;
           });
         }
-        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses() } });
+        const labels = JSON.stringify(this.labels) !== this.helloLabels ? { values: this.labels } : undefined;
+        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), ...(labels ? { labels } : {}) } });
         sample = false;
       } while (this.reportAgain);
     } finally {

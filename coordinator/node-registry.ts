@@ -123,6 +123,8 @@ export class NodeRegistry {
    * a node before a drain stored its stale copy over it and the acknowledged drain was lost (seen
    * in CI: a drain through a follower answered DRAINING and the leader kept the node READY).
    */
+  /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
+  private relabeling = new Map<string, string>();
   private writes = new Serial();
 
   /** An agent said hello on a stream to this leader: register or refresh it, durably. */
@@ -167,6 +169,31 @@ export class NodeRegistry {
     if (r.host) l.usage = r.host;
     l.instances = r.instances;
     l.dirty = true;
+    if (r.labels) this.relabel(nodeId, r.labels.values ?? {});
+  }
+
+  /**
+   * New labels from the agent (its settings reloaded): recorded durably with an event, once
+   * (reports carry them until the next hello). Placements from then on see them; instances
+   * placed already stay (as Kubernetes' IgnoredDuringExecution and Nomad's node metadata).
+   */
+  private relabel(nodeId: string, labels: Record<string, string>): void {
+    const same = (a: Record<string, string>) => JSON.stringify(Object.entries(a).sort()) === JSON.stringify(Object.entries(labels).sort());
+    const rec = this.records.get(nodeId);
+    if (!rec || same(rec.labels) || this.relabeling.get(nodeId) === JSON.stringify(labels)) return;
+    this.relabeling.set(nodeId, JSON.stringify(labels));
+    void this.writes.run(async () => {
+      const cur = this.records.get(nodeId);
+      if (!cur || same(cur.labels)) return;
+      const show = (x: Record<string, string>) => Object.entries(x).map(([k, v]) => `${k}=${v}`).sort().join(',') || '(none)';
+      const next: NodeRecord = { ...cur, labels: { ...labels } };
+      await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], [
+        { kind: 'node.labels_changed', subject: nodeId, message: `labels of node ${nodeId}: ${show(cur.labels)} -> ${show(labels)}`, fields: { from: show(cur.labels), to: show(labels) } },
+      ]);
+      this.records.set(nodeId, next);
+      this.log.info({ node: nodeId, labels }, 'node labels changed');
+    }).catch((err) => this.log.warn({ node: nodeId, err: (err as Error).message }, 'node labels not recorded; the next report tries again'))
+      .finally(() => this.relabeling.delete(nodeId));
   }
 
   /** Any message from the agent counts as a heartbeat. */
