@@ -117,14 +117,14 @@ export class NodeRegistry {
     return { ...r, lastSeenMs: l.lastSeenMs, usage: l.usage ?? r.usage, connectedTo: l.connectedTo, instanceCount: l.instances.length };
   }
 
+  /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
+  private relabeling = new Map<string, string>();
   /**
-   * Node records are written by hello, drain, tick and persistStatus, each reading the record and
+   * Node records are written by hello, relabel, drain, tick and persistStatus, each reading the record and
    * storing its copy after the write's await: they run one at a time, or a status write that read
    * a node before a drain stored its stale copy over it and the acknowledged drain was lost (seen
    * in CI: a drain through a follower answered DRAINING and the leader kept the node READY).
    */
-  /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
-  private relabeling = new Map<string, string>();
   private writes = new Serial();
 
   /** An agent said hello on a stream to this leader: register or refresh it, durably. */
