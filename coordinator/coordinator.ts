@@ -154,7 +154,7 @@ export class Coordinator {
   port = 0;
   readonly metrics = new Metrics(COORDINATOR_METRICS);
   private auth?: Authorizer;
-  /** The keys that seal secrets at rest (--secrets-key-file), read once at start. */
+  /** The keys that seal secrets at rest (--secrets-key-file), read at start and on SIGHUP. */
   keyring?: Keyring;
   private tls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
@@ -347,7 +347,6 @@ export class Coordinator {
     if (status === 'NOT_SERVING' || !this.registry()) this.health.setStatus(LEADER_HEALTH_SERVICE, this.registry() && status === 'SERVING' ? 'SERVING' : 'NOT_SERVING');
   }
 
-  /** Graceful stop: step down first (successor elected at once), then close. */
   /**
    * SIGHUP: the Admin API tokens read again from the tokens file (a token added or revoked
    * without a restart), the TLS files (a renewed certificate), and the secrets key file (a key
@@ -381,6 +380,7 @@ export class Coordinator {
     return applied;
   }
 
+  /** Graceful stop: step down first (successor elected at once), then close. */
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.healthTimer);
@@ -415,4 +415,3 @@ export class Coordinator {
     await this.embedded?.stop();
   }
 }
-

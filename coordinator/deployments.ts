@@ -752,11 +752,6 @@ export class Deployments {
   }
 
   /**
-   * With a keyring, a new leader seals what is stored in the clear or with a key other than the
-   * primary one (key rotation: the new key first in every coordinator's file, then restart them;
-   * once every credential says the new key, the old one can go).
-   */
-  /**
    * The keyring's keys changed (SIGHUP read the key file again): credentials that could not be
    * opened are tried again, and those stored with another key than the new first one are
    * resealed with it, as a new leader does (rotation without a restart).
@@ -772,6 +767,12 @@ export class Deployments {
     await this.resealCredentials();
   }
 
+  /**
+   * With a keyring, a new leader seals what is stored in the clear or with a key other than the
+   * primary one (key rotation: the new key first in every coordinator's file, then reload them
+   * (SIGHUP: rekeyed()) or restart them; once every credential says the new key, the old one can
+   * go).
+   */
   private async resealCredentials(): Promise<void> {
     const k = this.opts.keyring;
     if (!k) return;
