@@ -223,6 +223,8 @@ export class JobScheduler {
   /** This turn's idempotency-key lookups, by key (see lookupKey). */
   private keyLookups?: Map<string, { resolve: (v: string | null) => void; reject: (e: unknown) => void }[]>;
   private windowsTimer?: NodeJS.Timeout;
+  /** When this leader took the jobs over: every job it admitted was submitted after it. */
+  private loadedAtMs = 0;
 
   /**
    * Takes over the jobs a previous leader accepted and did not finish: those in shared start
@@ -231,6 +233,7 @@ export class JobScheduler {
    */
   async load(nowMs = Date.now()): Promise<void> {
     const c = this.store.client;
+    this.loadedAtMs = nowMs;
     await this.loadWindows(nowMs);
     const taken: { rec: JobRecord; batch?: StartBatch }[] = [];
     const own = await c.getAll().prefix(`${this.keys.jobs}active/`).strings();
@@ -1182,11 +1185,18 @@ export class JobScheduler {
     for (const j of all) {
       if (!wanted(j.rec.pipeline, String(j.rec.state)) || !onPage(j.rec.submittedAtMs, j.rec.id)) continue;
       out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
-      if (out.length >= limit) return page(out);
+      // A page of jobs all submitted under this leader: none only in etcd is newer than them
+      // (those ended under an earlier leader were submitted before it). A page that reaches
+      // jobs it resumed goes on to the end records, which may hold newer ones.
+      if (out.length >= limit && j.rec.submittedAtMs >= this.loadedAtMs) return page(out);
+      if (out.length >= limit) break;
     }
     // End records hold finished jobs only: the leader holds every queued and running one.
     if (state !== 'JOB_STATE_UNSPECIFIED' && !TERMINAL.has(state as JobState)) return page(out);
-    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), (r) => wanted(r.pipeline, String(r.state)) && onPage(r.submittedAtMs, r.id), limit - out.length);
+    // Jobs only in etcd are older than those this leader admitted: the rest of the page, or a
+    // whole page to merge with when the page holds jobs it resumed.
+    const resumed = out.some((j) => Number(j.submittedAtMs) < this.loadedAtMs);
+    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), (r) => wanted(r.pipeline, String(r.state)) && onPage(r.submittedAtMs, r.id), resumed ? limit : limit - out.length);
     out.push(...recorded.map((r) => ({ ...recordToProto({ ...r, steps: [] }), result: Buffer.alloc(0) })));
     return page(out.sort((a, b) => listOrder(Number(a.submittedAtMs), String(a.id), Number(b.submittedAtMs), String(b.id))));
   }

@@ -110,6 +110,49 @@ describe('listing jobs that ended under an earlier leader', function () {
     }
   });
 
+  it('pages past a job the new leader resumed to the newer ones that ended under the old leader (only in etcd)', async () => {
+    // A cluster of its own on the same etcd: r1 accepts a slow job A, then five quick ones (B)
+    // end; r1 is SIGKILLed; r2 resumes A (submitted before the Bs) and runs three more (C).
+    const extra = ['--etcd-prefix', '/tessera-resume/'];
+    const r1 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'resume-1', extra });
+    await waitForLeader([r1.address]);
+    const slow = await startEcho('res-slow', { DELAY_MS: '4000' });
+    const fast = await startEcho('res-fast');
+    const procs = [slow.proc, fast.proc];
+    let a1 = new AdminClient([r1.address], { timeoutMs: 20_000 });
+    try {
+      await a1.registerComponent({ instanceId: 'res-slow-1', kind: 'res-slow', endpoint: `127.0.0.1:${slow.port}`, ttlMs: 120_000 });
+      await a1.registerComponent({ instanceId: 'res-fast-1', kind: 'res-fast', endpoint: `127.0.0.1:${fast.port}`, ttlMs: 120_000 });
+      await a1.applyPipeline({ name: 'slowp', stages: [{ name: 'echo', kind: 'res-slow' }] });
+      await a1.applyPipeline({ name: 'fastp', stages: [{ name: 'echo', kind: 'res-fast' }] });
+      const a = await a1.submitJob({ pipeline: 'slowp', payload: Buffer.from('A') });
+      const bs: string[] = [];
+      for (let i = 0; i < 5; i++) bs.push((await a1.submitJob({ pipeline: 'fastp', payload: Buffer.from(`B${i}`), wait: true })).id);
+      await new Promise((r) => setTimeout(r, 500)); // the Bs' end records written (lazily)
+      const r2 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'resume-2', extra });
+      await r1.kill('SIGKILL');
+      await waitForLeader([r2.address], 20_000, 'resume-1');
+      a1.close();
+      a1 = new AdminClient([r2.address], { timeoutMs: 20_000 });
+      const cs: string[] = [];
+      for (let i = 0; i < 3; i++) cs.push((await a1.submitJob({ pipeline: 'fastp', payload: Buffer.from(`C${i}`), wait: true })).id);
+      const whole = (await a1.listJobs({ limit: 1000 })).jobs.map((j) => j.id);
+      expect(whole).to.deep.equal([...cs.reverse(), ...bs.reverse(), a.id]);
+      const paged: string[] = [];
+      let token = '';
+      do {
+        const r = await a1.listJobs({ limit: 4, pageToken: token });
+        paged.push(...r.jobs.map((j) => j.id));
+        token = r.nextPageToken;
+      } while (token);
+      // The first page is C, C, C and the newest B, not the resumed A: every B is listed.
+      expect(paged).to.deep.equal(whole);
+    } finally {
+      a1.close();
+      for (const p of procs) p.kill('SIGKILL');
+    }
+  });
+
   it('saves a record window before any record goes under its lease, so a next leader knows every window', async () => {
     // The second coordinator of the test before leads; its first record opened a window.
     const admin = new AdminClient([leaderAddress], { timeoutMs: 20_000 });
