@@ -44,6 +44,7 @@ export class Agent {
   private relay?: RelayServer;
   private imageGc?: ImageGc;
   private gcTimer?: NodeJS.Timeout;
+  private gcIntervalMs = 0;
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.labels = { ...config.labels };
@@ -60,9 +61,10 @@ export class Agent {
 
   /**
    * SIGHUP: the TLS files read again (a renewed certificate without a restart: new connections
-   * to the coordinators and new relay handshakes use it). One issued for another node is refused
-   * (the coordinators would refuse this agent), keeping the running one. The log level is the
-   * daemon's; everything else takes a restart.
+   * to the coordinators and new relay handshakes use it; one issued for another node is refused,
+   * as the coordinators would refuse this agent, keeping the running one), the node's labels,
+   * and image garbage collection's thresholds and interval. The log level is the daemon's;
+   * everything else takes a restart.
    */
   reload(next: AgentConfig): string[] {
     const applied = this.tls && !next.insecureDev ? reloadTls(this.tls, next, this.log, (m) => {
@@ -76,7 +78,13 @@ export class Agent {
       this.labels = { ...next.labels };
       if (this.conn && this.instances) void this.report(false);
     }
-    return [...applied, 'labels'];
+    // Image garbage collection's thresholds and interval, from the next sweep on.
+    const gcApplied = ['imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs'];
+    if (this.imageGc) {
+      this.imageGc.configure({ highPercent: next.imageGcHighPercent, lowPercent: next.imageGcLowPercent, minAgeMs: next.imageGcMinAgeMs });
+      if (next.imageGcIntervalMs !== this.gcIntervalMs) this.scheduleGc(next.imageGcIntervalMs);
+    }
+    return [...applied, 'labels', ...(this.imageGc ? gcApplied : [])];
   }
 
   async start(): Promise<void> {
@@ -103,12 +111,7 @@ export class Agent {
     this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner, (images, now) => {
       for (const image of images) gc.noteUsed(image, now);
     });
-    this.gcTimer = setInterval(() => {
-      gc.sweep().then((removed) => {
-        if (removed.length) this.metrics.inc('tessera_agent_images_removed_total', {}, removed.length);
-      }, (err) => this.log.warn({ err: (err as Error).message }, 'image garbage collection failed'));
-    }, c.imageGcIntervalMs);
-    this.gcTimer.unref();
+    this.scheduleGc(c.imageGcIntervalMs);
     if (this.config.metricsListen) {
       const at = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
@@ -151,6 +154,17 @@ export class Agent {
     this.conn.start();
     this.scheduleReports();
     this.log.info({ node: this.nodeId, coordinators: this.config.coordinators, capacity: this.capacity }, 'agent started');
+  }
+
+  private scheduleGc(intervalMs: number): void {
+    clearInterval(this.gcTimer);
+    this.gcIntervalMs = intervalMs;
+    this.gcTimer = setInterval(() => {
+      this.imageGc?.sweep().then((removed) => {
+        if (removed.length) this.metrics.inc('tessera_agent_images_removed_total', {}, removed.length);
+      }, (err) => this.log.warn({ err: (err as Error).message }, 'image garbage collection failed'));
+    }, intervalMs);
+    this.gcTimer.unref();
   }
 
   private hello(unreachableLeader: string): AgentHello {

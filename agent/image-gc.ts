@@ -69,6 +69,13 @@ export class ImageGc {
     return this.opts.highPercent < 100;
   }
 
+  /** New thresholds (SIGHUP: the agent's settings read again), from the next sweep on; 100 turns it off, lower on. */
+  configure(o: Pick<ImageGcOptions, 'highPercent' | 'lowPercent' | 'minAgeMs'>): void {
+    this.opts.highPercent = o.highPercent;
+    this.opts.lowPercent = o.lowPercent;
+    this.opts.minAgeMs = o.minAgeMs;
+  }
+
   /** The agent pulled this image for an instance: from now on it is this agent's to collect. */
   notePulled(image: string, at = Date.now()): void {
     if (!image) return;

@@ -17,10 +17,10 @@ describe('SIGHUP reloads settings', function () {
   let agent: ChildProcess | undefined;
   let out = '';
 
-  const settings = (level: string, rack: string, cpuMillis = 2000) => [
+  const settings = (level: string, rack: string, cpuMillis = 2000, gcHigh = 85) => [
     'coordinators: [127.0.0.1:1]', // nothing there: the agent keeps trying, which is all this needs
     `stateDir: ${path.join(dir, 'state')}`, 'insecureDev: true', 'taskListen: 127.0.0.1:0', 'relayListen: 127.0.0.1:0',
-    `logLevel: ${level}`, `labels: { rack: ${rack} }`, `cpuMillis: ${cpuMillis}`, '',
+    `logLevel: ${level}`, `labels: { rack: ${rack} }`, `cpuMillis: ${cpuMillis}`, `imageGcHighPercent: ${gcHigh}`, '',
   ].join('\n');
   const lines = () => out.split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return { raw: l }; } });
 
@@ -41,10 +41,10 @@ describe('SIGHUP reloads settings', function () {
     await waitFor('the agent started (its --insecure-dev warning)', async () => /insecure-dev/.test(out), 20_000, 100);
     expect(lines().filter((l) => l.level === 'info' || l.level === 'debug'), 'nothing under warn yet').to.deep.equal([]);
 
-    fs.writeFileSync(file, settings('debug', 'r2', 3000));
+    fs.writeFileSync(file, settings('debug', 'r2', 3000, 90));
     agent.kill('SIGHUP');
     const reloaded = await waitFor('the reload logged', async () => lines().find((l) => String(l.msg).startsWith('SIGHUP: settings reloaded')), 10_000, 100);
-    expect(reloaded.applied).to.deep.equal(['logLevel', 'labels']);
+    expect(reloaded.applied).to.deep.equal(['logLevel', 'labels', 'imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs']);
     expect(reloaded.needRestart).to.deep.equal(['cpuMillis']);
     await waitFor('debug lines from then on', async () => lines().some((l) => l.level === 'debug'), 15_000, 100);
 

@@ -153,6 +153,20 @@ describe('image garbage collection (rules)', () => {
     expect(g.tracked().get('r/a:1')).to.equal(T + 60_000);
   });
 
+  it('takes new thresholds from the next sweep on (SIGHUP): turned on from off, then off again', async () => {
+    engine.base = 600;
+    engine.images.set('r/a:1', { id: 'A', bytes: 300 });
+    const g = gc({ highPercent: 100, lowPercent: 0, minAgeMs: 0 });
+    g.notePulled('r/a:1', T);
+    expect(await g.sweep(T + 60_000)).to.deep.equal([]); // off: 90% used
+    g.configure({ highPercent: 85, lowPercent: 80, minAgeMs: 120_000 });
+    expect(g.enabled).to.equal(true);
+    expect(await g.sweep(T + 60_000)).to.deep.equal([]); // on, but unused for 60 s only
+    expect((await g.sweep(T + 120_000)).map((r) => r.image)).to.deep.equal(['r/a:1']);
+    g.configure({ highPercent: 100, lowPercent: 0, minAgeMs: 0 });
+    expect(g.enabled).to.equal(false);
+  });
+
   it('forgets images removed by hand, and keeps one a container took meanwhile (409)', async () => {
     engine.base = 900;
     engine.images.set('r/busy:1', { id: 'B', bytes: 50 });
