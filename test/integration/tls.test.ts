@@ -33,6 +33,13 @@ describe('mutual TLS', function () {
   let echo: ChildProcess | undefined;
   const f = (n: string) => path.join(certs, n);
   const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
+  /** Certificates from the cluster's CA, reissued with make-certs.sh --days in a copy of the CA dir. */
+  const reissue = (days: string, node: string) => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
+    return d;
+  };
   const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
 
   before(async () => {
@@ -210,13 +217,6 @@ describe('mutual TLS', function () {
   });
 
   it('refuses to start with an expired certificate (exit 2, saying which and when); one near its end starts with a warning and its expiry as a metric', async () => {
-    // Certificates from the same CA, reissued with make-certs.sh --days in a copy of the CA dir.
-    const reissue = (days: string, node: string) => {
-      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
-      for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
-      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
-      return d;
-    };
     const expired = reissue('-1', 'n8');
     const soon = reissue('10', 'n7');
     try {
@@ -273,12 +273,6 @@ describe('mutual TLS', function () {
   });
 
   it('SIGHUP loads renewed certificates without a restart: new handshakes get them; a key that is not the certificate\'s, or a certificate for another node, is refused and the running ones stay', async () => {
-    const reissue = (days: string, node: string) => {
-      const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
-      for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
-      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
-      return d;
-    };
     const first = reissue('10', 'n9');
     const renewed = reissue('825', 'n9');
     const stranger = reissue('825', 'n5');
