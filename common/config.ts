@@ -23,7 +23,7 @@ export type Schema = Record<string, FieldSpec>;
 export interface Layer {
   source: string; // "default", "file /etc/tessera/agent.yaml", "env", "flag"
   values: Record<string, unknown>;
-  /** A file's values as the text written (YAML's failsafe schema): `node-id: 010` is "010", not "8". */
+  /** A file's values as the text written (YAML's failsafe schema): `node-id: 010` is "010", not "10". */
   text?: Record<string, unknown>;
 }
 
