@@ -37,6 +37,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
   unimplemented = false;
   /** Counts the streams opened: state tied to one stream (what the server has been told) resets with it. */
   generation = 0;
+  private retiring = false;
 
   constructor(
     private readonly open: () => Duplex,
@@ -67,6 +68,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         if (err) p.reject(err);
         else p.resolve(r);
       }
+      if (this.retiring && !this.pending.size) this.close();
     });
     const broken = (err?: grpc.ServiceError) => {
       if (this.stream !== s) return;
@@ -95,6 +97,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         if (ms <= 0) return reject(statusError(grpc.status.DEADLINE_EXCEEDED, 'deadline already passed'));
         p.timer = setTimeout(() => {
           if (this.pending.delete(id)) reject(statusError(grpc.status.DEADLINE_EXCEEDED, `no answer within ${ms} ms`));
+          if (this.retiring && !this.pending.size) this.close();
         }, ms);
       }
       this.pending.set(id, p);
@@ -126,6 +129,12 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
 
   close(): void {
     this.drop(statusError(grpc.status.CANCELLED, 'client closed'));
+  }
+
+  /** Closes the stream once the calls in flight have their answers (no new call may be made). */
+  retire(): void {
+    this.retiring = true;
+    if (!this.pending.size) this.close();
   }
 
   private drop(err: grpc.ServiceError): void {

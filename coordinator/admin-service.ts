@@ -266,20 +266,30 @@ export class AdminService {
     // the same caller), batched per event-loop turn as the client's were, instead of a unary
     // SubmitJob each (measured through a follower: see the README's Jobs section).
     let upstream: { leaderId: string; mux: MuxClient<JobSubmission__Output, JobOutcome> } | undefined;
+    // A stream to a leader that no longer leads is retired, not cut: the jobs it accepted
+    // before it lost the lead still send their outcomes back on it.
+    const retired = new Set<MuxClient<JobSubmission__Output, JobOutcome>>();
     const closeUpstream = () => {
       upstream?.mux.close();
       upstream = undefined;
+      for (const m of retired) m.close();
+      retired.clear();
     };
     call.on('close', closeUpstream);
     call.on('error', closeUpstream);
-    const viaLeader = async (req: SubmitJobRequest__Output): Promise<JobOutcome | undefined> => {
-      const leader = await this.leadership.waitForLeader(3_000);
+    const viaLeader = async (req: SubmitJobRequest__Output, endMs: number, refusedBy?: string): Promise<JobOutcome | undefined> => {
+      // After a refusal by a leader that no longer leads: the next one, within the submission's budget.
+      const leader = refusedBy ? await this.leadership.waitForLeaderOtherThan(refusedBy, Math.max(0, endMs - Date.now() - 1_000)) : await this.leadership.waitForLeader(3_000);
       // No leader known (after the same wait as onLeader's): refused, nothing accepted.
       if (!leader) throw new NotLeaderError();
       // This coordinator by now: onLeader's ways (served once loaded).
       if (leader.id === this.opts.coordinatorId) return undefined;
       if (upstream?.leaderId !== leader.id) {
-        closeUpstream();
+        if (upstream) {
+          const old = upstream.mux;
+          retired.add(old);
+          old.retire();
+        }
         const client = this.leaderClient(leader.address);
         const md = call.metadata.clone();
         md.set(FORWARDED_KEY, this.opts.coordinatorId);
@@ -287,9 +297,15 @@ export class AdminService {
       }
       this.opts.metrics?.inc('tessera_jobs_forwarded_total');
       try {
-        // The leader's outcome as it is: a job, or its refusal (a NotLeader one names the leader).
-        return await upstream.mux.call({ request: req } as JobSubmission__Output, Date.now() + forwardBudgetMs(req));
+        // The leader's outcome as it is (a job, or its refusal), but for a refusal because it no
+        // longer leads: that accepted nothing, so it goes to the next leader (as a client would
+        // after a not_leader outcome), for as long as the submission's budget lasts.
+        const out = await upstream.mux.call({ request: req } as JobSubmission__Output, endMs);
+        if (!out.notLeader || Date.now() >= endMs - 1_000) return out;
+        this.log.debug({ leader: leader.id }, 'forwarded submission refused: the leader no longer leads; forwarding it to the next one');
+        return await viaLeader(req, endMs, leader.key);
       } catch (err) {
+        if (err instanceof NotLeaderError) throw err;
         // The stream to the leader broke: whether it took the job is not known (the client may
         // send it again with its idempotency key).
         const e = err as grpc.ServiceError;
@@ -304,7 +320,7 @@ export class AdminService {
       if (!w) {
         if (!forward) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
         if (!this.leadership.isLeader) {
-          const out = await viaLeader(req);
+          const out = await viaLeader(req, Date.now() + forwardBudgetMs(req));
           if (out) return out;
         }
         // Here if this coordinator leads by now (or is loading), else refused as onLeader does.

@@ -108,6 +108,50 @@ describe('leadership fencing against a real etcd', function () {
     await waitFor('a to step down', () => !a.l.isLeader, 3_000);
   });
 
+  it('a follower forwards again to the next leader a submission the leader refused because it no longer leads', async () => {
+    const proxy = new TcpProxy(Number(etcd.endpoints[0].split(':')[1]));
+    await proxy.start();
+    cleanup.push(() => proxy.stop());
+    const fleet = new Fleet();
+    cleanup.push(() => fleet.stop());
+    // A long TTL and margin: the leader steps down 1.5 s after its last keepalive, while its
+    // election key lives 6 s, so the followers still see it lead for seconds after it stopped.
+    const slow = { ttl: 6, extra: ['--lease-margin-ms', '4500'] };
+    const cut = await fleet.coordinator({ etcd: [proxy.address], id: 'cut', ...slow });
+    await waitForLeader([cut.address]);
+    const other = await fleet.coordinator({ etcd: etcd.endpoints, id: 'other', ...slow });
+    const third = await fleet.coordinator({ etcd: etcd.endpoints, id: 'third', ...slow });
+    for (const c of [other, third]) await waitFor(`${c.id} to follow cut`, async () => (await statusOf(c.address))?.leader?.id === 'cut');
+
+    const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
+    const health = new Health.grpc.health.v1.Health(cut.address, grpc.credentials.createInsecure());
+    cleanup.push(() => health.close());
+    const leads = () => new Promise<boolean>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(!err && res.status === 'SERVING')));
+    // A stream opened on a follower, as grpcurl would: its submissions are forwarded.
+    const jobs = new (tesseraProto().Admin)(third.address, grpc.credentials.createInsecure());
+    cleanup.push(() => jobs.close());
+    const stream = jobs.submitJobs();
+    cleanup.push(() => stream.cancel());
+    const outcomes: Record<string, unknown>[] = [];
+    stream.on('data', (b: { outcomes: Record<string, unknown>[] }) => outcomes.push(...b.outcomes));
+    stream.on('error', () => {});
+    const submit = (callId: number) => stream.write({ submissions: [{ callId, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    submit(1);
+    await waitFor('the first outcome', () => outcomes.length === 1, 5_000, 50);
+    // Served by the leader (it knows no such pipeline), through the follower.
+    expect([outcomes[0].errorCode, outcomes[0].notLeader]).to.deep.equal([grpc.status.NOT_FOUND, false]);
+
+    proxy.cutLink();
+    await waitFor('cut to step down', async () => !(await leads()), 10_000, 100);
+    // The follower still sees cut lead (its key has not expired): it forwards there and is
+    // refused as not led, then waits for the next leader and forwards there.
+    expect((await statusOf(third.address))?.leader?.id).to.equal('cut');
+    submit(2);
+    await waitFor('the second outcome', () => outcomes.length === 2, 15_000, 50);
+    expect([outcomes[1].errorCode, outcomes[1].notLeader], String(outcomes[1].error)).to.deep.equal([grpc.status.NOT_FOUND, false]);
+    expect((await statusOf(third.address))?.leader?.id).to.be.oneOf(['other', 'third']);
+  });
+
   it('a coordinator process cut off from etcd reports NOT_SERVING, stops leading, and recovers on its own', async () => {
     const proxy = new TcpProxy(Number(etcd.endpoints[0].split(':')[1]));
     await proxy.start();
@@ -124,7 +168,8 @@ describe('leadership fencing against a real etcd', function () {
     cleanup.push(() => health.close());
     const check = (service: string) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
     expect(await check('')).to.equal('SERVING');
-    expect(await check('tessera.v1.Leader')).to.equal('SERVING');
+    // Elected (what waitForLeader saw) comes before loaded (what the Leader service reports).
+    await waitFor('cut to serve as the leader', async () => (await check('tessera.v1.Leader')) === 'SERVING', 10_000, 100);
     // A SubmitJobs stream open on it: each submission is answered on its own.
     const jobs = new (tesseraProto().Admin)(cut.address, grpc.credentials.createInsecure());
     cleanup.push(() => jobs.close());
