@@ -131,12 +131,15 @@ export class Agent {
       });
     }
     this.instances.on('event', (e) => this.conn.send({ event: e }));
-    this.instances.on('changed', () => {
+    const reportSoon = () => {
       // A change is worth telling the leader now, not at the next interval (debounced).
       if (this.reportSoon) return;
       this.reportSoon = setTimeout(() => { this.reportSoon = undefined; void this.report(false); }, 20);
       this.reportSoon.unref();
-    });
+    };
+    this.instances.on('changed', reportSoon);
+    // The Engine stopped (or started again) answering: the leader stops (or resumes) placing here.
+    this.instances.on('runtime', reportSoon);
     try {
       const addr = await this.instances.tasks.start(this.config.taskListen);
       this.log.info({ endpoint: addr }, 'task-state endpoint listening');
@@ -210,7 +213,7 @@ export class Agent {
           });
         }
         const labels = JSON.stringify(this.labels) !== this.helloLabels ? { values: this.labels } : undefined;
-        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), ...(labels ? { labels } : {}) } });
+        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), runtime: this.instances.runtimeState(), ...(labels ? { labels } : {}) } });
         sample = false;
       } while (this.reportAgain);
     } finally {

@@ -6,6 +6,7 @@ import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
 import * as os from 'node:os';
 import { NotFoundError } from '../common/errors';
+import { withTimeout } from '../common/timeout';
 import { ImagePuller, ImagePullError } from './images';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
@@ -36,6 +37,9 @@ export { ImageMissingError, ImagePullError } from './images';
 
 const MIB = 1024 * 1024;
 
+/** How long the Engine may take to list this node's containers before it counts as unreachable. */
+const LIST_TIMEOUT_MS = 10_000;
+
 export class DockerRuntime {
   readonly docker: Docker;
   readonly images: ImagePuller;
@@ -54,8 +58,19 @@ export class DockerRuntime {
     }
   }
 
-  /** Every container this node manages, found by label: what actually runs. */
-  async list(): Promise<ObservedContainer[]> {
+  private listing?: Promise<ObservedContainer[]>;
+
+  /**
+   * Every container this node manages, found by label: what actually runs. An Engine that does
+   * not answer within timeoutMs fails the call (the runtime is then reported unreachable); the
+   * request it left hanging is shared by the next calls rather than joined by one more each.
+   */
+  list(timeoutMs = LIST_TIMEOUT_MS): Promise<ObservedContainer[]> {
+    this.listing ??= this.listNow().finally(() => (this.listing = undefined));
+    return withTimeout(this.listing, timeoutMs, 'Docker Engine container list');
+  }
+
+  private async listNow(): Promise<ObservedContainer[]> {
     const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL.node}=${this.nodeId}`] } });
     return Promise.all(list.map(async (c) => {
       const labels = c.Labels ?? {};

@@ -12,6 +12,7 @@ import type { InstanceSpec__Output } from '../common/generated/tessera/v1/Instan
 import type { InstanceStatus } from '../common/generated/tessera/v1/InstanceStatus';
 import type { InstanceEvent } from '../common/generated/tessera/v1/InstanceEvent';
 import type { InstanceState } from '../common/generated/tessera/v1/InstanceState';
+import type { RuntimeStatus } from '../common/generated/tessera/v1/RuntimeStatus';
 import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } from './docker-runtime';
 import type { PullPolicy } from './images';
 import { diffInstances, restartDecision } from './diff';
@@ -50,6 +51,7 @@ interface Local {
 export declare interface InstanceManager {
   on(event: 'event', fn: (e: InstanceEvent) => void): this;
   on(event: 'changed', fn: () => void): this;
+  on(event: 'runtime', fn: (s: RuntimeStatus) => void): this;
 }
 
 export class InstanceManager extends EventEmitter {
@@ -62,6 +64,8 @@ export class InstanceManager extends EventEmitter {
   private events?: NodeJS.ReadableStream;
   private closed = false;
   dockerOk = false;
+  /** The Engine as the last container list found it (reports carry it; see RuntimeStatus). */
+  private runtimeStatus: RuntimeStatus = { unreachable: false, message: '', sinceMs: 0 };
 
   /** Task-state reports from instances (and polls of those that do not report). */
   readonly tasks = new TaskEndpoint((id) => this.desired.has(id) || this.stopping.has(id));
@@ -165,8 +169,34 @@ export class InstanceManager extends EventEmitter {
     }
   }
 
+  /** Whether the last container list reached the Engine (for the leader: a node without it takes no new instances). */
+  runtimeState(): RuntimeStatus {
+    return { ...this.runtimeStatus };
+  }
+
+  private runtimeReached(err?: Error): void {
+    const was = this.runtimeStatus.unreachable;
+    if (!err) {
+      if (!was) return;
+      this.log.info({ downForMs: Date.now() - Number(this.runtimeStatus.sinceMs) }, 'docker engine reachable again');
+      this.runtimeStatus = { unreachable: false, message: '', sinceMs: 0 };
+    } else {
+      if (was) return;
+      this.runtimeStatus = { unreachable: true, message: err.message, sinceMs: Date.now() };
+      this.log.warn({ err: err.message }, 'docker engine unreachable: this node takes no new instances until it answers');
+    }
+    this.emit('runtime', this.runtimeState());
+  }
+
   private async reconcile(): Promise<void> {
-    const list = await this.runtime.list();
+    let list: ObservedContainer[];
+    try {
+      list = await this.runtime.list();
+    } catch (err) {
+      this.runtimeReached(err as Error);
+      throw err;
+    }
+    this.runtimeReached();
     if (!this.dockerOk) this.log.info({ containers: list.length }, 'docker engine reachable');
     this.dockerOk = true;
     const observed = new Map<string, ObservedContainer>(list.filter((c) => c.instanceId).map((c) => [c.instanceId, c]));

@@ -41,14 +41,5 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
   return new Etcd3(options);
 }
 
-/** Resolves or rejects within ms: guards calls that must not hang a control loop. */
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    t.unref();
-    p.then(
-      (v) => { clearTimeout(t); resolve(v); },
-      (e) => { clearTimeout(t); reject(e); },
-    );
-  });
-}
+// Kept importable from here: the coordinator's etcd calls use it (the agent, which loads no etcd client, imports ./timeout).
+export { withTimeout } from './timeout';

@@ -11,6 +11,7 @@ import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentRe
 import type { HostUsage__Output } from '../common/generated/tessera/v1/HostUsage';
 import type { Node } from '../common/generated/tessera/v1/Node';
 import type { InstanceStatus__Output } from '../common/generated/tessera/v1/InstanceStatus';
+import type { RuntimeStatus__Output } from '../common/generated/tessera/v1/RuntimeStatus';
 import type { Keys } from './keys';
 import { decideNodeState, NodeState, transition } from './node-state';
 import { attributed, EventDraft, Op, Store } from './store';
@@ -34,6 +35,8 @@ export interface NodeRecord {
   connectedTo: string;
   instanceCount: number;
   portRange?: { start: number; end: number };
+  /** Set while the agent's container runtime does not answer (from its reports): no new instances here. */
+  runtimeDown?: { message: string; sinceMs: number };
 }
 
 interface Liveness {
@@ -63,6 +66,7 @@ export function recordToProto(r: NodeRecord): Node {
     instanceCount: r.instanceCount,
     endpoint: r.endpoint,
     portRange: r.portRange,
+    runtime: r.runtimeDown ? { unreachable: true, message: r.runtimeDown.message, sinceMs: r.runtimeDown.sinceMs } : { unreachable: false, message: '', sinceMs: 0 },
   };
 }
 
@@ -119,6 +123,10 @@ export class NodeRegistry {
 
   /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
   private relabeling = new Map<string, string>();
+  /** Nodes whose runtime state (down: true) is being written. */
+  private runtimeWriting = new Map<string, boolean>();
+  /** Told when a node's runtime state changed (the leader reconciles: placements may now fit, or not). */
+  onRuntimeChange?: (nodeId: string, down: boolean) => void;
   /**
    * Node records are written by hello, relabel, drain, tick and persistStatus, each reading the record and
    * storing its copy after the write's await: they run one at a time, or a status write that read
@@ -170,6 +178,34 @@ export class NodeRegistry {
     l.instances = r.instances;
     l.dirty = true;
     if (r.labels) this.relabel(nodeId, r.labels.values ?? {});
+    if (r.runtime) this.runtimeReported(nodeId, r.runtime);
+  }
+
+  /**
+   * The agent's container runtime stopped or started answering: recorded durably with an event,
+   * once per change (every report carries the runtime's state; a new leader compares with the
+   * record). While it is down the node takes no new instances (the placer's runtime-down reason).
+   */
+  private runtimeReported(nodeId: string, rt: RuntimeStatus__Output): void {
+    const down = !!rt.unreachable;
+    const rec = this.records.get(nodeId);
+    if (!rec || !!rec.runtimeDown === down || this.runtimeWriting.get(nodeId) === down) return;
+    this.runtimeWriting.set(nodeId, down);
+    void this.writes.run(async () => {
+      const cur = this.records.get(nodeId);
+      if (!cur || !!cur.runtimeDown === down) return;
+      const next: NodeRecord = { ...cur };
+      if (down) next.runtimeDown = { message: rt.message || 'unreachable', sinceMs: Number(rt.sinceMs) || Date.now() };
+      else delete next.runtimeDown;
+      const event: EventDraft = down
+        ? { kind: 'node.runtime_down', subject: nodeId, message: `node ${nodeId}: container runtime unreachable (${next.runtimeDown!.message}); no new instances are placed there`, fields: { error: next.runtimeDown!.message } }
+        : { kind: 'node.runtime_up', subject: nodeId, message: `node ${nodeId}: container runtime reachable again after ${Math.round((Date.now() - cur.runtimeDown!.sinceMs) / 1000)} s`, fields: { downForS: String(Math.round((Date.now() - cur.runtimeDown!.sinceMs) / 1000)) } };
+      await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], [event]);
+      this.records.set(nodeId, next);
+      this.log[down ? 'warn' : 'info']({ node: nodeId, error: down ? next.runtimeDown!.message : undefined }, down ? 'node container runtime unreachable' : 'node container runtime reachable again');
+      this.onRuntimeChange?.(nodeId, down);
+    }).catch((err) => this.log.warn({ node: nodeId, err: (err as Error).message }, 'node runtime state not recorded; the next report tries again'))
+      .finally(() => this.runtimeWriting.delete(nodeId));
   }
 
   /**

@@ -5,6 +5,7 @@ import type { NodeView, PlacementRequest } from './types';
 export const Reason = {
   NODE_NOT_READY: 'node-not-ready',
   NODE_DRAINING: 'node-draining',
+  RUNTIME_DOWN: 'runtime-down',
   CONSTRAINT: 'constraint',
   DISTINCT_HOSTS: 'distinct-hosts',
   INSUFFICIENT_CPU: 'insufficient-cpu',
@@ -24,6 +25,7 @@ export type Filter = (node: NodeView, req: PlacementRequest) => Rejection | unde
 const nodeReady: Filter = (n) => {
   if (n.state === 'DRAINING') return { code: Reason.NODE_DRAINING, detail: 'node is draining' };
   if (n.state !== 'READY') return { code: Reason.NODE_NOT_READY, detail: `node is ${n.state}` };
+  if (n.runtimeDown !== undefined) return { code: Reason.RUNTIME_DOWN, detail: `container runtime unreachable: ${n.runtimeDown}` };
   return undefined;
 };
 

@@ -1,5 +1,6 @@
 // A small TCP proxy that a test can cut and restore, to put a process out of reach of etcd
-// (or of a coordinator) without touching either side.
+// (or of a coordinator) without touching either side. Given a path as its target it proxies a
+// unix socket (e.g. the Docker Engine's) and listens on one (start(path)).
 import * as net from 'node:net';
 
 export class TcpProxy {
@@ -11,13 +12,13 @@ export class TcpProxy {
   private replies = new Map<net.Socket, net.Socket>();
   port = 0;
 
-  constructor(private readonly targetPort: number, private readonly targetHost = '127.0.0.1') {
+  constructor(private readonly target: number | string, private readonly targetHost = '127.0.0.1') {
     this.server = net.createServer((client) => {
       if (this.cut) {
         client.destroy();
         return;
       }
-      const upstream = net.connect(this.targetPort, this.targetHost);
+      const upstream = typeof this.target === 'string' ? net.connect(this.target) : net.connect(this.target, this.targetHost);
       this.track(client);
       this.track(upstream);
       client.pipe(upstream);
@@ -36,7 +37,12 @@ export class TcpProxy {
     s.on('close', () => this.sockets.delete(s));
   }
 
-  async start(): Promise<number> {
+  /** Listens on a free loopback port, or on the unix socket path given. */
+  async start(socketPath?: string): Promise<number> {
+    if (socketPath) {
+      await new Promise<void>((r) => this.server.listen(socketPath, r));
+      return 0;
+    }
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     this.port = (this.server.address() as net.AddressInfo).port;
     return this.port;

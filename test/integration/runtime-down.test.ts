@@ -1,0 +1,70 @@
+// A host whose Docker Engine stops answering (dockerd stopped, crashed or hung), as a Kubernetes
+// node whose container runtime is down turns NotReady: its agent says so in its reports, the
+// leader records it with an event and places nothing new there, and all of it undone when the
+// Engine answers again. The agent reaches the real Engine through a unix-socket proxy the test
+// cuts. Real etcd, coordinator and agent processes, real containers.
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as path from 'node:path';
+import { AdminClient } from '../../common/admin-client';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
+import { etcdAndFleet } from '../helpers/suite';
+import { TcpProxy } from '../helpers/tcp-proxy';
+import { repoRoot } from '../../common/version';
+
+describe('a node whose container runtime does not answer', function () {
+  this.timeout(120_000);
+  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=rtdown') });
+
+  it('is reported RUNTIME-DOWN with an event, takes no new instances, and takes them again once the Engine answers', async () => {
+    const engine = new TcpProxy('/var/run/docker.sock');
+    const socket = path.join(s.fleet.dir, 'engine.sock');
+    await engine.start(socket);
+    const metricsPort = await freePort();
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200', '--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    const runtimeDownGauge = async () => /^tessera_nodes_runtime_down (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())?.[1];
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address]);
+    try {
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'rt-a', reportIntervalMs: 500, extra: ['--docker-socket', socket, '--cpu-millis', '1000'] });
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'rt-b', reportIntervalMs: 500, extra: ['--cpu-millis', '1000'] });
+      await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 100);
+      expect((await admin.getNode('rt-a')).runtime?.unreachable).to.equal(false);
+
+      engine.breakLink();
+      await waitFor('rt-a reported with its runtime down', async () => (await admin.getNode('rt-a')).runtime?.unreachable === true, 10_000, 100);
+      const down = await admin.getNode('rt-a');
+      expect(down.state, 'the node itself stays READY: its agent reports').to.equal('NODE_STATE_READY');
+      expect(down.runtime?.message).to.be.a('string').and.not.equal('');
+      expect((await pastEvents(admin, ['node.runtime_'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.runtime_down rt-a']);
+      // The CLI shows it as kubectl shows Ready,SchedulingDisabled.
+      const cli = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, 'nodes'], { encoding: 'utf8' });
+      expect(cli).to.match(/rt-a\s+\S+\s+READY,RUNTIME-DOWN/);
+      expect(cli).to.match(/rt-b\s+\S+\s+READY\s/);
+      expect(await runtimeDownGauge()).to.equal('1');
+
+      // Spread would put one of two instances on each node: both go to rt-b.
+      const comp = (instances: number) => ({ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances, stopGraceMs: 100 });
+      await admin.applyApp({ name: 'rtdown', components: [comp(2)] });
+      const running = async () => (await admin.listInstances('rtdown')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING');
+      await waitFor('2 instances running', async () => (await running()).length === 2, 30_000, 200);
+      expect((await running()).map((i) => i.nodeId)).to.deep.equal(['rt-b', 'rt-b']);
+      // More than rt-b can take alone (10 of 100 millicores): the rest cannot be placed, and say why.
+      const res = await admin.applyApp({ name: 'rtdown', components: [comp(12)] });
+      expect(JSON.stringify(res)).to.contain('container runtime unreachable');
+
+      engine.restore();
+      await waitFor('rt-a reported with its runtime reachable', async () => (await admin.getNode('rt-a')).runtime?.unreachable === false, 10_000, 100);
+      expect((await pastEvents(admin, ['node.runtime_'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.runtime_down rt-a', 'node.runtime_up rt-a']);
+      expect(await runtimeDownGauge()).to.equal('0');
+      // What could not be placed goes to rt-a now.
+      await waitFor('12 instances running', async () => (await running()).length === 12, 60_000, 200);
+      expect((await running()).filter((i) => i.nodeId === 'rt-a').length).to.equal(2);
+    } finally {
+      admin.close();
+      await engine.stop();
+    }
+  });
+});
