@@ -16,7 +16,11 @@ import { repoRoot } from '../../common/version';
 
 describe('a node whose container runtime does not answer', function () {
   this.timeout(120_000);
-  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=rtdown') });
+  // The agents first: one still running would start again the containers removed under it.
+  const s = etcdAndFleet({ cleanup: async () => {
+    for (const p of s.fleet.procs) await p.kill('SIGTERM');
+    removeContainers('tessera.app=rtdown');
+  } });
 
   it('is reported RUNTIME-DOWN with an event, takes no new instances, and takes them again once the Engine answers', async () => {
     const engine = new TcpProxy('/var/run/docker.sock');

@@ -16,6 +16,7 @@ describe('placement filters: every rejection has a named reason', () => {
   const cases: [string, NodeView, PlacementRequest, string][] = [
     ['a DOWN node', node('n', { state: 'DOWN' }), req(), Reason.NODE_NOT_READY],
     ['a draining node', node('n', { state: 'DRAINING' }), req(), Reason.NODE_DRAINING],
+    ['a node whose container runtime does not answer', node('n', { runtimeDown: 'connect ENOENT /var/run/docker.sock' }), req(), Reason.RUNTIME_DOWN],
     ['an unmet constraint', node('n', { labels: { zone: 'b' } }), req({ constraints: [{ label: 'zone', op: '=', value: 'a', values: [] }] }), Reason.CONSTRAINT],
     ['a missing label for "exists"', node('n'), req({ constraints: [{ label: 'gpu', op: 'exists', value: '', values: [] }] }), Reason.CONSTRAINT],
     ['too little cpu', node('n', { allocated: { cpuMillis: 1950, memoryMib: 0 } }), req(), Reason.INSUFFICIENT_CPU],
