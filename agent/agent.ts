@@ -5,6 +5,7 @@ import type { Logger } from '../common/logger';
 import { VERSION } from '../common/version';
 import type { AgentHello } from '../common/generated/tessera/v1/AgentHello';
 import type { HostUsage } from '../common/generated/tessera/v1/HostUsage';
+import type { NodeCondition } from '../common/generated/tessera/v1/NodeCondition';
 import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
 import type { Resources } from '../common/generated/tessera/v1/Resources';
 import type { AgentConfig } from './config';
@@ -43,6 +44,10 @@ export class Agent {
   private helloLabels = '';
   private relay?: RelayServer;
   private imageGc?: ImageGc;
+  /** Set while the image filesystem is over --disk-pressure-percent (reports carry it). */
+  private diskPressure?: NodeCondition;
+  /** --disk-pressure-percent, as SIGHUP last read it. */
+  private diskPressurePercent: number;
   private gcTimer?: NodeJS.Timeout;
   private gcIntervalMs = 0;
 
@@ -57,6 +62,7 @@ export class Agent {
     this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId ?? certId);
     if (config.insecureDev) log.warn('--insecure-dev: plaintext gRPC, no certificate: for a trial on loopback only');
     this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
+    this.diskPressurePercent = config.diskPressurePercent;
   }
 
   /**
@@ -78,13 +84,18 @@ export class Agent {
       this.labels = { ...next.labels };
       if (this.conn && this.instances) void this.report(false);
     }
+    // The disk-pressure threshold, checked now (the condition goes with the report sent at once).
+    if (next.diskPressurePercent !== this.diskPressurePercent) {
+      this.diskPressurePercent = next.diskPressurePercent;
+      if (this.conn && this.instances) void this.report();
+    }
     // Image garbage collection's thresholds and interval, from the next sweep on.
     const gcApplied = ['imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs'];
     if (this.imageGc) {
       this.imageGc.configure({ highPercent: next.imageGcHighPercent, lowPercent: next.imageGcLowPercent, minAgeMs: next.imageGcMinAgeMs });
       if (next.imageGcIntervalMs !== this.gcIntervalMs) this.scheduleGc(next.imageGcIntervalMs);
     }
-    return [...applied, 'labels', ...(this.imageGc ? gcApplied : [])];
+    return [...applied, 'labels', 'diskPressurePercent', ...(this.imageGc ? gcApplied : [])];
   }
 
   async start(): Promise<void> {
@@ -159,6 +170,25 @@ export class Agent {
     this.log.info({ node: this.nodeId, coordinators: this.config.coordinators, capacity: this.capacity }, 'agent started');
   }
 
+  /**
+   * The disk-pressure condition: set while the image filesystem is fuller than
+   * --disk-pressure-percent (after image garbage collection has had its turn: it starts lower),
+   * cleared once it is not. Unreadable (the Engine down, or its root dir not visible here):
+   * left as it was.
+   */
+  private async checkDisk(): Promise<void> {
+    const limit = this.diskPressurePercent;
+    const pct = limit < 100 ? await this.imageGc?.percentUsed() : 0;
+    if (pct === undefined) return;
+    if (pct > limit && !this.diskPressure) {
+      this.diskPressure = { type: 'disk-pressure', message: `image filesystem ${pct.toFixed(1)}% full (over --disk-pressure-percent ${limit})`, sinceMs: Date.now() };
+      this.log.warn({ diskUsedPercent: Number(pct.toFixed(1)), diskPressurePercent: limit }, 'disk pressure: this node takes no new instances until its image filesystem has room');
+    } else if (pct <= limit && this.diskPressure) {
+      this.log.info({ diskUsedPercent: Number(pct.toFixed(1)), diskPressurePercent: limit }, 'disk pressure over');
+      this.diskPressure = undefined;
+    }
+  }
+
   private scheduleGc(intervalMs: number): void {
     clearInterval(this.gcTimer);
     this.gcIntervalMs = intervalMs;
@@ -212,8 +242,10 @@ export class Agent {
             return this.lastUsage;
           });
         }
+        if (sample) await this.checkDisk();
         const labels = JSON.stringify(this.labels) !== this.helloLabels ? { values: this.labels } : undefined;
-        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), runtime: this.instances.runtimeState(), ...(labels ? { labels } : {}) } });
+        const conditions = [this.instances.runtimeCondition(), this.diskPressure].filter((c): c is NodeCondition => !!c);
+        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), conditions, ...(labels ? { labels } : {}) } });
         sample = false;
       } while (this.reportAgain);
     } finally {

@@ -23,6 +23,7 @@ export const AGENT_SCHEMA = {
   imageGcLowPercent: { type: 'int', doc: 'image garbage collection stops once the filesystem is this full (percent) or less', env: 'TESSERA_IMAGE_GC_LOW_PERCENT', default: 80, min: 0, max: 100 },
   imageGcMinAgeMs: { type: 'int', doc: 'an image is removed only after it has gone unused this long (no container uses it)', env: 'TESSERA_IMAGE_GC_MIN_AGE_MS', default: 120_000, min: 0 },
   imageGcIntervalMs: { type: 'int', doc: 'how often the image filesystem is checked', env: 'TESSERA_IMAGE_GC_INTERVAL_MS', default: 60_000, min: 100 },
+  diskPressurePercent: { type: 'int', doc: 'while the filesystem holding the Engine\'s images is fuller than this (percent), the node takes no new instances (its disk-pressure condition, as Kubernetes\' DiskPressure; checked at each report; 100: off)', env: 'TESSERA_DISK_PRESSURE_PERCENT', default: 95, min: 1, max: 100 },
   ...tlsSchema("this agent's certificate (OU=agent, CN=node id): its identity"),
   metricsListen: { type: 'string', doc: 'host:port for Prometheus /metrics (empty: off; costs about 11 MB)', env: 'TESSERA_METRICS_LISTEN', default: '' },
   relayListen: { type: 'string', doc: 'address of the step relay other hosts send job steps to (port 0: any free port)', env: 'TESSERA_RELAY_LISTEN', default: '127.0.0.1:7490' },
@@ -47,6 +48,7 @@ export interface AgentConfig {
   imageGcLowPercent: number;
   imageGcMinAgeMs: number;
   imageGcIntervalMs: number;
+  diskPressurePercent: number;
   taskListen: string;
   relayListen: string;
   relayAdvertise: string;

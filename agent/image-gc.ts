@@ -174,8 +174,8 @@ export class ImageGc {
     }
   }
 
-  /** Percent of the image filesystem in use; undefined when it cannot be read here. */
-  private async percentUsed(): Promise<number | undefined> {
+  /** Percent of the image filesystem in use (for the sweeps, and the agent's disk-pressure condition); undefined when it cannot be read here. */
+  async percentUsed(): Promise<number | undefined> {
     try {
       const u = this.usage ? await this.usage() : await this.statRoot();
       this.unreadable = undefined;
@@ -184,7 +184,7 @@ export class ImageGc {
       // Said once per cause, not at every interval (an agent that cannot see the Engine's root
       // dir, e.g. in another mount namespace, would repeat it forever).
       const why = (err as Error).message;
-      if (why !== this.unreadable) this.log.warn({ err: why }, 'image filesystem usage unreadable; image garbage collection skipped');
+      if (why !== this.unreadable) this.log.warn({ err: why }, 'image filesystem usage unreadable; image garbage collection and the disk-pressure check skipped');
       this.unreadable = why;
       return undefined;
     }

@@ -12,7 +12,7 @@ import type { InstanceSpec__Output } from '../common/generated/tessera/v1/Instan
 import type { InstanceStatus } from '../common/generated/tessera/v1/InstanceStatus';
 import type { InstanceEvent } from '../common/generated/tessera/v1/InstanceEvent';
 import type { InstanceState } from '../common/generated/tessera/v1/InstanceState';
-import type { RuntimeStatus } from '../common/generated/tessera/v1/RuntimeStatus';
+import type { NodeCondition } from '../common/generated/tessera/v1/NodeCondition';
 import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } from './docker-runtime';
 import type { PullPolicy } from './images';
 import { diffInstances, restartDecision } from './diff';
@@ -51,7 +51,7 @@ interface Local {
 export declare interface InstanceManager {
   on(event: 'event', fn: (e: InstanceEvent) => void): this;
   on(event: 'changed', fn: () => void): this;
-  on(event: 'runtime', fn: (s: RuntimeStatus) => void): this;
+  on(event: 'runtime', fn: (down: NodeCondition | undefined) => void): this;
 }
 
 export class InstanceManager extends EventEmitter {
@@ -64,8 +64,8 @@ export class InstanceManager extends EventEmitter {
   private events?: NodeJS.ReadableStream;
   private closed = false;
   dockerOk = false;
-  /** The Engine as the last container list found it (reports carry it; see RuntimeStatus). */
-  private runtimeStatus: RuntimeStatus = { unreachable: false, message: '', sinceMs: 0 };
+  /** Set while the last container list did not reach the Engine (reports carry it: the runtime-down condition). */
+  private runtimeDown?: NodeCondition;
 
   /** Task-state reports from instances (and polls of those that do not report). */
   readonly tasks = new TaskEndpoint((id) => this.desired.has(id) || this.stopping.has(id));
@@ -169,23 +169,22 @@ export class InstanceManager extends EventEmitter {
     }
   }
 
-  /** Whether the last container list reached the Engine (for the leader: a node without it takes no new instances). */
-  runtimeState(): RuntimeStatus {
-    return { ...this.runtimeStatus };
+  /** The runtime-down condition while the Engine does not answer (the leader places nothing new here meanwhile). */
+  runtimeCondition(): NodeCondition | undefined {
+    return this.runtimeDown;
   }
 
   private runtimeReached(err?: Error): void {
-    const was = this.runtimeStatus.unreachable;
     if (!err) {
-      if (!was) return;
-      this.log.info({ downForMs: Date.now() - Number(this.runtimeStatus.sinceMs) }, 'docker engine reachable again');
-      this.runtimeStatus = { unreachable: false, message: '', sinceMs: 0 };
+      if (!this.runtimeDown) return;
+      this.log.info({ downForMs: Date.now() - Number(this.runtimeDown.sinceMs) }, 'docker engine reachable again');
+      this.runtimeDown = undefined;
     } else {
-      if (was) return;
-      this.runtimeStatus = { unreachable: true, message: err.message, sinceMs: Date.now() };
+      if (this.runtimeDown) return;
+      this.runtimeDown = { type: 'runtime-down', message: `Docker Engine: ${err.message}`, sinceMs: Date.now() };
       this.log.warn({ err: err.message }, 'docker engine unreachable: this node takes no new instances until it answers');
     }
-    this.emit('runtime', this.runtimeState());
+    this.emit('runtime', this.runtimeDown);
   }
 
   private async reconcile(): Promise<void> {

@@ -67,8 +67,8 @@ export class LeaderWork {
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring }, c.log.child({ part: 'deployments' }));
-    // A node whose runtime answers again may take what could not be placed.
-    this.registry.onRuntimeChange = () => this.deployments.kick();
+    // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.
+    this.registry.onConditionsChange = () => this.deployments.kick();
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
     this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
       maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,
@@ -297,7 +297,10 @@ export class Coordinator {
     const reg = this.registry();
     const dep = this.deployments();
     if (reg) for (const n of reg.list()) m.inc('tessera_nodes', { state: n.state });
-    m.set('tessera_nodes_runtime_down', {}, reg ? reg.list().filter((n) => n.runtimeDown).length : 0);
+    m.reset('tessera_node_conditions');
+    // The known types always have a series (0 when no node has them): an alert on > 0 resolves.
+    for (const type of ['runtime-down', 'disk-pressure']) m.set('tessera_node_conditions', { type }, 0);
+    if (reg) for (const n of reg.list()) for (const type of Object.keys(n.conditions ?? {})) m.inc('tessera_node_conditions', { type });
     if (dep) {
       for (const i of dep.listInstances('', '')) if (i.desired === 'run') m.inc('tessera_instances', { state: String(i.state).replace('INSTANCE_STATE_', '') });
       m.set('tessera_instructions_pending', {}, dep.pendingInstructions());

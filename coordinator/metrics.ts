@@ -7,7 +7,7 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_coordinator_leader_term', help: 'the leader term (campaign key create revision) this coordinator holds, 0 when following', type: 'gauge' },
   { name: 'tessera_coordinator_etcd_up', help: '1 while etcd answers linearizable reads', type: 'gauge' },
   { name: 'tessera_nodes', help: 'nodes by state (on the leader)', type: 'gauge', labels: ['state'] },
-  { name: 'tessera_nodes_runtime_down', help: 'nodes whose agent does not reach its container runtime: they take no new instances (on the leader)', type: 'gauge', labels: [] },
+  { name: 'tessera_node_conditions', help: 'nodes with a condition that keeps new instances off them, by type (runtime-down, disk-pressure; on the leader)', type: 'gauge', labels: ['type'] },
   { name: 'tessera_instances', help: 'desired instances by observed state (on the leader)', type: 'gauge', labels: ['state'] },
   { name: 'tessera_instructions_sent_total', help: 'deployment instructions sent to agents', type: 'counter', labels: ['action'] },
   { name: 'tessera_instructions_pending', help: 'instructions sent and not yet reflected in what agents report', type: 'gauge' },

@@ -11,7 +11,7 @@ import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentRe
 import type { HostUsage__Output } from '../common/generated/tessera/v1/HostUsage';
 import type { Node } from '../common/generated/tessera/v1/Node';
 import type { InstanceStatus__Output } from '../common/generated/tessera/v1/InstanceStatus';
-import type { RuntimeStatus__Output } from '../common/generated/tessera/v1/RuntimeStatus';
+import type { NodeCondition__Output } from '../common/generated/tessera/v1/NodeCondition';
 import type { Keys } from './keys';
 import { decideNodeState, NodeState, transition } from './node-state';
 import { attributed, EventDraft, Op, Store } from './store';
@@ -35,8 +35,8 @@ export interface NodeRecord {
   connectedTo: string;
   instanceCount: number;
   portRange?: { start: number; end: number };
-  /** Set while the agent's container runtime does not answer (from its reports): no new instances here. */
-  runtimeDown?: { message: string; sinceMs: number };
+  /** The conditions that hold on the node (from its agent's reports; see NodeCondition) by type: no new instances here while any does. */
+  conditions?: Record<string, { message: string; sinceMs: number }>;
 }
 
 interface Liveness {
@@ -66,7 +66,7 @@ export function recordToProto(r: NodeRecord): Node {
     instanceCount: r.instanceCount,
     endpoint: r.endpoint,
     portRange: r.portRange,
-    runtime: r.runtimeDown ? { unreachable: true, message: r.runtimeDown.message, sinceMs: r.runtimeDown.sinceMs } : { unreachable: false, message: '', sinceMs: 0 },
+    conditions: Object.entries(r.conditions ?? {}).map(([type, c]) => ({ type, message: c.message, sinceMs: c.sinceMs })),
   };
 }
 
@@ -123,10 +123,10 @@ export class NodeRegistry {
 
   /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
   private relabeling = new Map<string, string>();
-  /** Nodes whose runtime state (down: true) is being written. */
-  private runtimeWriting = new Map<string, boolean>();
-  /** Told when a node's runtime state changed (the leader reconciles: placements may now fit, or not). */
-  onRuntimeChange?: (nodeId: string, down: boolean) => void;
+  /** Nodes whose conditions (their types, sorted) are being written. */
+  private conditionsWriting = new Map<string, string>();
+  /** Told when a node's conditions changed (the leader reconciles: placements may now fit, or not). */
+  onConditionsChange?: (nodeId: string) => void;
   /**
    * Node records are written by hello, relabel, drain, tick and persistStatus, each reading the record and
    * storing its copy after the write's await: they run one at a time, or a status write that read
@@ -178,34 +178,47 @@ export class NodeRegistry {
     l.instances = r.instances;
     l.dirty = true;
     if (r.labels) this.relabel(nodeId, r.labels.values ?? {});
-    if (r.runtime) this.runtimeReported(nodeId, r.runtime);
+    this.conditionsReported(nodeId, r.conditions ?? []);
   }
 
   /**
-   * The agent's container runtime stopped or started answering: recorded durably with an event,
-   * once per change (every report carries the runtime's state; a new leader compares with the
-   * record). While it is down the node takes no new instances (the placer's runtime-down reason).
+   * Conditions that began or ended on a node (its agent sends the whole set in every report):
+   * recorded durably with an event each (node.runtime_down and node.runtime_up, node.disk_pressure
+   * and node.disk_pressure_over), once per change; a new leader compares with the record. While
+   * any holds the node takes no new instances (the placer names it as the reason).
    */
-  private runtimeReported(nodeId: string, rt: RuntimeStatus__Output): void {
-    const down = !!rt.unreachable;
+  private conditionsReported(nodeId: string, reported: NodeCondition__Output[]): void {
     const rec = this.records.get(nodeId);
-    if (!rec || !!rec.runtimeDown === down || this.runtimeWriting.get(nodeId) === down) return;
-    this.runtimeWriting.set(nodeId, down);
+    if (!rec) return;
+    const now = new Map(reported.filter((c) => c.type).map((c) => [c.type, c]));
+    const had = rec.conditions ?? {};
+    const key = [...now.keys()].sort().join(',');
+    if (key === Object.keys(had).sort().join(',') || this.conditionsWriting.get(nodeId) === key) return;
+    this.conditionsWriting.set(nodeId, key);
     void this.writes.run(async () => {
       const cur = this.records.get(nodeId);
-      if (!cur || !!cur.runtimeDown === down) return;
+      if (!cur) return;
+      const before = cur.conditions ?? {};
+      const after: NonNullable<NodeRecord['conditions']> = {};
+      const began: EventDraft[] = [];
+      const ended: EventDraft[] = [];
+      for (const [type, c] of now) {
+        after[type] = before[type] ?? { message: c.message || type, sinceMs: Number(c.sinceMs) || Date.now() };
+        if (!before[type]) began.push(conditionEvent(nodeId, type, true, after[type]));
+      }
+      for (const [type, c] of Object.entries(before)) if (!now.has(type)) ended.push(conditionEvent(nodeId, type, false, c));
+      const events = [...began, ...ended];
+      if (!events.length) return;
       const next: NodeRecord = { ...cur };
-      if (down) next.runtimeDown = { message: rt.message || 'unreachable', sinceMs: Number(rt.sinceMs) || Date.now() };
-      else delete next.runtimeDown;
-      const event: EventDraft = down
-        ? { kind: 'node.runtime_down', subject: nodeId, message: `node ${nodeId}: container runtime unreachable (${next.runtimeDown!.message}); no new instances are placed there`, fields: { error: next.runtimeDown!.message } }
-        : { kind: 'node.runtime_up', subject: nodeId, message: `node ${nodeId}: container runtime reachable again after ${Math.round((Date.now() - cur.runtimeDown!.sinceMs) / 1000)} s`, fields: { downForS: String(Math.round((Date.now() - cur.runtimeDown!.sinceMs) / 1000)) } };
-      await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], [event]);
+      if (Object.keys(after).length) next.conditions = after;
+      else delete next.conditions;
+      await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], events);
       this.records.set(nodeId, next);
-      this.log[down ? 'warn' : 'info']({ node: nodeId, error: down ? next.runtimeDown!.message : undefined }, down ? 'node container runtime unreachable' : 'node container runtime reachable again');
-      this.onRuntimeChange?.(nodeId, down);
-    }).catch((err) => this.log.warn({ node: nodeId, err: (err as Error).message }, 'node runtime state not recorded; the next report tries again'))
-      .finally(() => this.runtimeWriting.delete(nodeId));
+      for (const e of began) this.log.warn({ node: nodeId }, e.message);
+      for (const e of ended) this.log.info({ node: nodeId }, e.message);
+      this.onConditionsChange?.(nodeId);
+    }).catch((err) => this.log.warn({ node: nodeId, err: (err as Error).message }, 'node conditions not recorded; the next report tries again'))
+      .finally(() => this.conditionsWriting.delete(nodeId));
   }
 
   /**
@@ -404,4 +417,19 @@ export class NodeRegistry {
       fields: { from, to: r.state, reason: r.stateReason },
     };
   }
+}
+
+/** Event kinds when a condition begins and when it ends (a type a newer agent reports: the generic pair). */
+const CONDITION_KINDS: Record<string, [string, string]> = {
+  'runtime-down': ['node.runtime_down', 'node.runtime_up'],
+  'disk-pressure': ['node.disk_pressure', 'node.disk_pressure_over'],
+  default: ['node.condition', 'node.condition_over'],
+};
+
+function conditionEvent(nodeId: string, type: string, begins: boolean, c: { message: string; sinceMs: number }): EventDraft {
+  const [on, off] = CONDITION_KINDS[type] ?? CONDITION_KINDS.default;
+  const forS = String(Math.round((Date.now() - c.sinceMs) / 1000));
+  return begins
+    ? { kind: on, subject: nodeId, message: `node ${nodeId}: ${type}: ${c.message}; no new instances are placed there`, fields: { type, message: c.message } }
+    : { kind: off, subject: nodeId, message: `node ${nodeId}: ${type} over after ${forS} s`, fields: { type, forS } };
 }

@@ -78,6 +78,8 @@ tlsKey: /etc/tessera/tls/agent-key.pem
 # Image garbage collection: unused images this agent pulled go when the disk is this full (100: off).
 # imageGcHighPercent: 85
 # imageGcLowPercent: 80
+# Disk pressure: no new instances on this node while the disk is fuller than this (100: off).
+# diskPressurePercent: 95
 CFG
   else
     cat > "$CONF" <<CFG

@@ -127,7 +127,7 @@ function nodeRows(nodes: Node__Output[]): string {
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
     nodes.map((n) => [
       // As kubectl shows Ready,SchedulingDisabled: a node whose runtime does not answer takes nothing new.
-      n.id, n.hostname, enumName(n.state, 'NODE_STATE_') + (n.runtime?.unreachable ? ',RUNTIME-DOWN' : ''),
+      n.id, n.hostname, [enumName(n.state, 'NODE_STATE_'), ...n.conditions.map((c) => c.type.toUpperCase())].join(','),
       n.usage ? n.usage.cpuPercent.toFixed(1) : '-',
       n.usage ? `${n.usage.memoryUsedMib}/${n.usage.memoryTotalMib} MiB` : '-',
       n.usage ? n.usage.load1.toFixed(2) : '-',
@@ -175,7 +175,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
   const { instances } = await c.listInstances('', id);
   out({ ...n, instances }, () => [
     nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
-    `runtime:      ${n.runtime?.unreachable ? `unreachable for ${ago(Number(n.runtime.sinceMs))}: ${n.runtime.message} (no new instances are placed here)` : 'reachable'}`, '',
+    `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
     instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], instances.map((i) => [
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
       i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-', ago(Number(i.createdAtMs)),

@@ -6,6 +6,8 @@ export const Reason = {
   NODE_NOT_READY: 'node-not-ready',
   NODE_DRAINING: 'node-draining',
   RUNTIME_DOWN: 'runtime-down',
+  DISK_PRESSURE: 'disk-pressure',
+  NODE_CONDITION: 'node-condition',
   CONSTRAINT: 'constraint',
   DISTINCT_HOSTS: 'distinct-hosts',
   INSUFFICIENT_CPU: 'insufficient-cpu',
@@ -25,7 +27,10 @@ export type Filter = (node: NodeView, req: PlacementRequest) => Rejection | unde
 const nodeReady: Filter = (n) => {
   if (n.state === 'DRAINING') return { code: Reason.NODE_DRAINING, detail: 'node is draining' };
   if (n.state !== 'READY') return { code: Reason.NODE_NOT_READY, detail: `node is ${n.state}` };
-  if (n.runtimeDown !== undefined) return { code: Reason.RUNTIME_DOWN, detail: `container runtime unreachable: ${n.runtimeDown}` };
+  for (const [type, why] of Object.entries(n.conditions ?? {})) {
+    const code = type === Reason.RUNTIME_DOWN || type === Reason.DISK_PRESSURE ? type : Reason.NODE_CONDITION;
+    return { code, detail: code === Reason.NODE_CONDITION ? `${type}: ${why}` : why };
+  }
   return undefined;
 };
 

@@ -12,8 +12,8 @@ export interface NodeView {
   usedPorts: Set<number>;
   /** "app/component" -> instances of that component on this node. */
   groups: Map<string, number>;
-  /** Set (the runtime's error) while the node's agent does not reach its container runtime. */
-  runtimeDown?: string;
+  /** The conditions that hold on the node (type -> why): while any does, it takes no new instances. */
+  conditions?: Readonly<Record<string, string>>;
 }
 
 export interface ConstraintSpec {

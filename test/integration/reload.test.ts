@@ -44,7 +44,7 @@ describe('SIGHUP reloads settings', function () {
     fs.writeFileSync(file, settings('debug', 'r2', 3000, 90));
     agent.kill('SIGHUP');
     const reloaded = await waitFor('the reload logged', async () => lines().find((l) => String(l.msg).startsWith('SIGHUP: settings reloaded')), 10_000, 100);
-    expect(reloaded.applied).to.deep.equal(['logLevel', 'labels', 'imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs']);
+    expect(reloaded.applied).to.deep.equal(['logLevel', 'labels', 'diskPressurePercent', 'imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs']);
     expect(reloaded.needRestart).to.deep.equal(['cpuMillis']);
     await waitFor('debug lines from then on', async () => lines().some((l) => l.level === 'debug'), 15_000, 100);
 

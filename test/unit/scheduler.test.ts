@@ -16,7 +16,9 @@ describe('placement filters: every rejection has a named reason', () => {
   const cases: [string, NodeView, PlacementRequest, string][] = [
     ['a DOWN node', node('n', { state: 'DOWN' }), req(), Reason.NODE_NOT_READY],
     ['a draining node', node('n', { state: 'DRAINING' }), req(), Reason.NODE_DRAINING],
-    ['a node whose container runtime does not answer', node('n', { runtimeDown: 'connect ENOENT /var/run/docker.sock' }), req(), Reason.RUNTIME_DOWN],
+    ['a node whose container runtime does not answer', node('n', { conditions: { 'runtime-down': 'Docker Engine: connect ENOENT /var/run/docker.sock' } }), req(), Reason.RUNTIME_DOWN],
+    ['a node under disk pressure', node('n', { conditions: { 'disk-pressure': 'image filesystem 97.0% full (over --disk-pressure-percent 95)' } }), req(), Reason.DISK_PRESSURE],
+    ['a node with a condition of a newer agent', node('n', { conditions: { 'pid-pressure': 'too many processes' } }), req(), Reason.NODE_CONDITION],
     ['an unmet constraint', node('n', { labels: { zone: 'b' } }), req({ constraints: [{ label: 'zone', op: '=', value: 'a', values: [] }] }), Reason.CONSTRAINT],
     ['a missing label for "exists"', node('n'), req({ constraints: [{ label: 'gpu', op: 'exists', value: '', values: [] }] }), Reason.CONSTRAINT],
     ['too little cpu', node('n', { allocated: { cpuMillis: 1950, memoryMib: 0 } }), req(), Reason.INSUFFICIENT_CPU],

@@ -1,0 +1,106 @@
+// Node conditions, as Kubernetes' (a node whose container runtime is down turns NotReady;
+// DiskPressure): a host whose Docker Engine stops answering (dockerd stopped, crashed or hung),
+// and one whose image filesystem is fuller than its agent's --disk-pressure-percent. The agent
+// says so in its reports, the leader records it with an event and places nothing new there, and
+// all of it is undone when the condition is over. The agent reaches the real Engine through a
+// unix-socket proxy the test cuts. Real etcd, coordinator and agent processes, real containers.
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { AdminClient } from '../../common/admin-client';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { removeContainers } from '../helpers/docker';
+import { etcdAndFleet } from '../helpers/suite';
+import { TcpProxy } from '../helpers/tcp-proxy';
+import { repoRoot } from '../../common/version';
+
+describe('node conditions: no new instances while one holds', function () {
+  this.timeout(120_000);
+  // The agents first: one still running would start again the containers removed under it.
+  const s = etcdAndFleet({ cleanup: async () => {
+    for (const p of s.fleet.procs) await p.kill('SIGTERM');
+    removeContainers('tessera.app=rtdown');
+    removeContainers('tessera.app=dp');
+  } });
+  const comp = (instances: number) => ({ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances, stopGraceMs: 100 });
+  const conditions = async (admin: AdminClient, id: string) => (await admin.getNode(id)).conditions.map((c) => c.type);
+
+  it('a node whose Docker Engine does not answer is RUNTIME-DOWN with an event, takes no new instances, and takes them again once the Engine answers', async () => {
+    const engine = new TcpProxy('/var/run/docker.sock');
+    const socket = path.join(s.fleet.dir, 'engine.sock');
+    await engine.start(socket);
+    const metricsPort = await freePort();
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200', '--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    const runtimeDownGauge = async () => /^tessera_node_conditions\{type="runtime-down"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())?.[1];
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address]);
+    try {
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'rt-a', reportIntervalMs: 500, extra: ['--docker-socket', socket, '--cpu-millis', '1000'] });
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'rt-b', reportIntervalMs: 500, extra: ['--cpu-millis', '1000'] });
+      await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 100);
+      expect(await conditions(admin, 'rt-a')).to.deep.equal([]);
+
+      engine.breakLink();
+      await waitFor('rt-a reported with its runtime down', async () => (await conditions(admin, 'rt-a')).includes('runtime-down'), 10_000, 100);
+      const down = await admin.getNode('rt-a');
+      expect(down.state, 'the node itself stays READY: its agent reports').to.equal('NODE_STATE_READY');
+      expect(down.conditions[0].message).to.match(/^Docker Engine: ./);
+      expect((await pastEvents(admin, ['node.runtime_'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.runtime_down rt-a']);
+      // The CLI shows it as kubectl shows Ready,SchedulingDisabled.
+      const cli = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, 'nodes'], { encoding: 'utf8' });
+      expect(cli).to.match(/rt-a\s+\S+\s+READY,RUNTIME-DOWN/);
+      expect(cli).to.match(/rt-b\s+\S+\s+READY\s/);
+      expect(await runtimeDownGauge()).to.equal('1');
+
+      // Spread would put one of two instances on each node: both go to rt-b.
+      await admin.applyApp({ name: 'rtdown', components: [comp(2)] });
+      const running = async () => (await admin.listInstances('rtdown')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING');
+      await waitFor('2 instances running', async () => (await running()).length === 2, 30_000, 200);
+      expect((await running()).map((i) => i.nodeId)).to.deep.equal(['rt-b', 'rt-b']);
+      // More than rt-b can take alone (10 of 100 millicores): the rest cannot be placed, and say why.
+      const res = await admin.applyApp({ name: 'rtdown', components: [comp(12)] });
+      expect(JSON.stringify(res)).to.contain('runtime-down: Docker Engine: ');
+
+      engine.restore();
+      await waitFor('rt-a reported with its runtime reachable', async () => (await conditions(admin, 'rt-a')).length === 0, 10_000, 100);
+      expect((await pastEvents(admin, ['node.runtime_'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.runtime_down rt-a', 'node.runtime_up rt-a']);
+      expect(await runtimeDownGauge()).to.equal('0');
+      // What could not be placed goes to rt-a now.
+      await waitFor('12 instances running', async () => (await running()).length === 12, 60_000, 200);
+      expect((await running()).filter((i) => i.nodeId === 'rt-a').length).to.equal(2);
+    } finally {
+      admin.close();
+      await engine.stop();
+    }
+  });
+
+  it('a node over its --disk-pressure-percent is DISK-PRESSURE with an event and takes no new instances; SIGHUP with the threshold off ends it', async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200'] });
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address]);
+    const file = path.join(s.fleet.dir, 'agent-dp.yaml');
+    try {
+      // Any disk in use is over 1%.
+      fs.writeFileSync(file, 'diskPressurePercent: 1\n');
+      const agent = s.fleet.agent({ coordinators: [c.address], nodeId: 'dp', reportIntervalMs: 500, extra: ['--config', file] });
+      await waitFor('dp reported under disk pressure', async () => (await conditions(admin, 'dp').catch((): string[] => [])).includes('disk-pressure'), 20_000, 100);
+      const n = await admin.getNode('dp');
+      expect(n.conditions[0].message).to.match(/^image filesystem \d+\.\d% full \(over --disk-pressure-percent 1\)$/);
+      const res = await admin.applyApp({ name: 'dp', components: [comp(1)] });
+      expect(res.unplaced, 'the only node is under pressure').to.have.length(1);
+      expect(JSON.stringify(res.unplaced)).to.contain('disk-pressure: image filesystem');
+      const cli = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, 'nodes'], { encoding: 'utf8' });
+      expect(cli).to.match(/dp\s+\S+\s+READY,DISK-PRESSURE/);
+
+      fs.writeFileSync(file, 'diskPressurePercent: 100\n');
+      process.kill(agent.pid, 'SIGHUP');
+      await waitFor('the pressure over', async () => (await conditions(admin, 'dp')).length === 0, 10_000, 100);
+      expect((await pastEvents(admin, ['node.disk_pressure'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.disk_pressure dp', 'node.disk_pressure_over dp']);
+      await waitFor('the instance placed and running on dp', async () => (await admin.listInstances('dp')).instances.some((i) => i.nodeId === 'dp' && i.state === 'INSTANCE_STATE_RUNNING'), 30_000, 200);
+    } finally {
+      admin.close();
+    }
+  });
+});
