@@ -37,7 +37,8 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
   unimplemented = false;
   /** Counts the streams opened: state tied to one stream (what the server has been told) resets with it. */
   generation = 0;
-  private retiring = false;
+  /** Set by retire(): the stream closes once the calls in flight have their answers, and this resolves retire()'s promise. */
+  private retired?: () => void;
 
   constructor(
     private readonly open: () => Duplex,
@@ -68,7 +69,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         if (err) p.reject(err);
         else p.resolve(r);
       }
-      if (this.retiring && !this.pending.size) this.close();
+      if (this.retired && !this.pending.size) this.close();
     });
     const broken = (err?: grpc.ServiceError) => {
       if (this.stream !== s) return;
@@ -81,6 +82,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         p.reject(e);
       }
       this.pending.clear();
+      if (this.retired) this.close();
     };
     s.on('error', (err: grpc.ServiceError) => broken(err));
     s.on('end', () => broken());
@@ -97,7 +99,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
         if (ms <= 0) return reject(statusError(grpc.status.DEADLINE_EXCEEDED, 'deadline already passed'));
         p.timer = setTimeout(() => {
           if (this.pending.delete(id)) reject(statusError(grpc.status.DEADLINE_EXCEEDED, `no answer within ${ms} ms`));
-          if (this.retiring && !this.pending.size) this.close();
+          if (this.retired && !this.pending.size) this.close();
         }, ms);
       }
       this.pending.set(id, p);
@@ -131,10 +133,15 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     this.drop(statusError(grpc.status.CANCELLED, 'client closed'));
   }
 
-  /** Closes the stream once the calls in flight have their answers (no new call may be made). */
-  retire(): void {
-    this.retiring = true;
-    if (!this.pending.size) this.close();
+  /**
+   * Closes the stream once the calls in flight have their answers (no new call may be made);
+   * resolves once it is closed (by this, by close(), or by the stream breaking).
+   */
+  retire(): Promise<void> {
+    return new Promise((resolve) => {
+      this.retired = resolve;
+      if (!this.pending.size) this.close();
+    });
   }
 
   private drop(err: grpc.ServiceError): void {
@@ -146,6 +153,9 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
       p.reject(err);
     }
     this.pending.clear();
+    const retired = this.retired;
+    this.retired = undefined;
+    retired?.();
   }
 }
 

@@ -288,7 +288,7 @@ export class AdminService {
         if (upstream) {
           const old = upstream.mux;
           retired.add(old);
-          old.retire();
+          void old.retire().then(() => retired.delete(old));
         }
         const client = this.leaderClient(leader.address);
         const md = call.metadata.clone();

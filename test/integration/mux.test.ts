@@ -38,9 +38,11 @@ describe('MuxClient over a real gRPC stream', function () {
     const a = mux.call({ request: { pipeline: 'a' } }).then((o) => answers.push(String(o.job?.id)));
     const b = mux.call({ request: { pipeline: 'b' } }).then((o) => answers.push(String(o.job?.id)));
     await waitFor('both calls at the server', () => held.length === 2, 5_000, 10);
-    mux.retire();
+    let retired = false;
+    const closed = mux.retire().then(() => (retired = true));
     await new Promise((r) => setTimeout(r, 100));
     expect(cancelled, 'closed with calls in flight').to.equal(0);
+    expect(retired).to.equal(false);
     held.shift()!();
     await a;
     expect(answers).to.deep.equal(['a']);
@@ -49,7 +51,19 @@ describe('MuxClient over a real gRPC stream', function () {
     held.shift()!();
     await b;
     expect(answers).to.deep.equal(['a', 'b']);
+    await closed;
     await waitFor('the stream to be closed', () => cancelled === 1, 5_000, 10);
+  });
+
+  it('a retired stream that breaks: its calls fail and retire() resolves', async () => {
+    const mux = new MuxClient<Sub, Out>(() => client.SubmitJobs(), { req: 'submissions', res: 'outcomes' });
+    const p = mux.call({ request: { pipeline: 'd' } }).then(() => 'answered', (e: grpc.ServiceError) => e.code);
+    await waitFor('the call at the server', () => held.length === 1, 5_000, 10);
+    const closed = mux.retire();
+    mux.reset('broken under it');
+    expect(await p).to.equal(grpc.status.UNAVAILABLE);
+    await closed;
+    held.shift()!();
   });
 
   it('close(): the calls in flight fail at once with CANCELLED', async () => {
