@@ -67,7 +67,7 @@ export class DockerRuntime {
    */
   list(timeoutMs = LIST_TIMEOUT_MS): Promise<ObservedContainer[]> {
     this.listing ??= this.listNow().finally(() => (this.listing = undefined));
-    return withTimeout(this.listing, timeoutMs, 'Docker Engine container list');
+    return withTimeout(this.listing, timeoutMs, 'container list');
   }
 
   private async listNow(): Promise<ObservedContainer[]> {

@@ -126,7 +126,7 @@ function nodeRows(nodes: Node__Output[]): string {
   return table(
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
     nodes.map((n) => [
-      // As kubectl shows Ready,SchedulingDisabled: a node whose runtime does not answer takes nothing new.
+      // Its conditions after the state, as kubectl shows Ready,SchedulingDisabled: such a node takes nothing new.
       n.id, n.hostname, [enumName(n.state, 'NODE_STATE_'), ...n.conditions.map((c) => c.type.toUpperCase())].join(','),
       n.usage ? n.usage.cpuPercent.toFixed(1) : '-',
       n.usage ? `${n.usage.memoryUsedMib}/${n.usage.memoryTotalMib} MiB` : '-',

@@ -27,11 +27,11 @@ export type Filter = (node: NodeView, req: PlacementRequest) => Rejection | unde
 const nodeReady: Filter = (n) => {
   if (n.state === 'DRAINING') return { code: Reason.NODE_DRAINING, detail: 'node is draining' };
   if (n.state !== 'READY') return { code: Reason.NODE_NOT_READY, detail: `node is ${n.state}` };
-  for (const [type, why] of Object.entries(n.conditions ?? {})) {
-    const code = type === Reason.RUNTIME_DOWN || type === Reason.DISK_PRESSURE ? type : Reason.NODE_CONDITION;
-    return { code, detail: code === Reason.NODE_CONDITION ? `${type}: ${why}` : why };
-  }
-  return undefined;
+  // A condition (the first, if several hold) keeps new instances off the node.
+  const [type, why] = Object.entries(n.conditions ?? {})[0] ?? [];
+  if (type === undefined) return undefined;
+  if (type === Reason.RUNTIME_DOWN || type === Reason.DISK_PRESSURE) return { code: type, detail: why };
+  return { code: Reason.NODE_CONDITION, detail: `${type}: ${why}` };
 };
 
 const constraints: Filter = (n, r) => {
