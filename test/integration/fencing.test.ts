@@ -31,6 +31,27 @@ describe('leadership fencing against a real etcd', function () {
   });
   after(async () => etcd?.stop());
 
+  /** grpc.health.v1 on a coordinator: the status of a service, or the error's code. */
+  function healthOf(address: string): (service: string) => Promise<string> {
+    const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
+    const health = new Health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+    cleanup.push(() => health.close());
+    return (service) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+  }
+
+  /** A SubmitJobs stream on a coordinator, as grpcurl opens it: submit() sends one for a pipeline that does not exist; outcomes collects the answers. */
+  function submissionStream(address: string) {
+    const jobs = new (tesseraProto().Admin)(address, grpc.credentials.createInsecure());
+    cleanup.push(() => jobs.close());
+    const stream = jobs.submitJobs();
+    cleanup.push(() => stream.cancel());
+    const outcomes: Record<string, unknown>[] = [];
+    stream.on('data', (b: { outcomes: Record<string, unknown>[] }) => outcomes.push(...b.outcomes));
+    stream.on('error', () => {});
+    const submit = (callId: number) => stream.write({ submissions: [{ callId, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    return { submit, outcomes };
+  }
+
   function candidate(client: Etcd3, id: string, prefix: string) {
     const keys = new Keys(prefix);
     const l = new Leadership(client, keys, { id, address: `${id}:1` }, { ttlSeconds: 2, marginMs: 700 }, log.child({ id }));
@@ -123,19 +144,10 @@ describe('leadership fencing against a real etcd', function () {
     const third = await fleet.coordinator({ etcd: etcd.endpoints, id: 'third', ...slow });
     for (const c of [other, third]) await waitFor(`${c.id} to follow cut`, async () => (await statusOf(c.address))?.leader?.id === 'cut');
 
-    const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
-    const health = new Health.grpc.health.v1.Health(cut.address, grpc.credentials.createInsecure());
-    cleanup.push(() => health.close());
-    const leads = () => new Promise<boolean>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(!err && res.status === 'SERVING')));
+    const check = healthOf(cut.address);
+    const leads = async () => (await check('tessera.v1.Leader')) === 'SERVING';
     // A stream opened on a follower, as grpcurl would: its submissions are forwarded.
-    const jobs = new (tesseraProto().Admin)(third.address, grpc.credentials.createInsecure());
-    cleanup.push(() => jobs.close());
-    const stream = jobs.submitJobs();
-    cleanup.push(() => stream.cancel());
-    const outcomes: Record<string, unknown>[] = [];
-    stream.on('data', (b: { outcomes: Record<string, unknown>[] }) => outcomes.push(...b.outcomes));
-    stream.on('error', () => {});
-    const submit = (callId: number) => stream.write({ submissions: [{ callId, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    const { submit, outcomes } = submissionStream(third.address);
     submit(1);
     await waitFor('the first outcome', () => outcomes.length === 1, 5_000, 50);
     // Served by the leader (it knows no such pipeline), through the follower.
@@ -163,22 +175,13 @@ describe('leadership fencing against a real etcd', function () {
     const other = await fleet.coordinator({ etcd: etcd.endpoints, id: 'other' });
     await waitFor('other to follow cut', async () => (await statusOf(other.address))?.leader?.id === 'cut');
 
-    const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
-    const health = new Health.grpc.health.v1.Health(cut.address, grpc.credentials.createInsecure());
-    cleanup.push(() => health.close());
-    const check = (service: string) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+    const check = healthOf(cut.address);
     expect(await check('')).to.equal('SERVING');
     // Elected (what waitForLeader saw) comes before loaded (what the Leader service reports).
     await waitFor('cut to serve as the leader', async () => (await check('tessera.v1.Leader')) === 'SERVING', 10_000, 100);
     // A SubmitJobs stream open on it: each submission is answered on its own.
-    const jobs = new (tesseraProto().Admin)(cut.address, grpc.credentials.createInsecure());
-    cleanup.push(() => jobs.close());
-    const stream = jobs.submitJobs();
-    cleanup.push(() => stream.cancel());
-    const outcomes: Record<string, unknown>[] = [];
-    stream.on('data', (b: { outcomes: Record<string, unknown>[] }) => outcomes.push(...b.outcomes));
-    stream.on('error', () => {});
-    stream.write({ submissions: [{ callId: 1, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    const { submit, outcomes } = submissionStream(cut.address);
+    submit(1);
     await waitFor('the first outcome', () => outcomes.length === 1, 5_000, 50);
     expect([outcomes[0].errorCode, outcomes[0].notLeader]).to.deep.equal([grpc.status.NOT_FOUND, false]); // refused on its merits
 
@@ -199,7 +202,7 @@ describe('leadership fencing against a real etcd', function () {
     expect(err?.details).to.match(/no leader/);
     // A submission on the stream opened while it led is refused as not led here, machine-readably:
     // nothing was accepted, so a client sends it to the leader.
-    stream.write({ submissions: [{ callId: 2, request: { pipeline: 'no-such-pipeline', payload: Buffer.from('x'), wait: true } }] });
+    submit(2);
     await waitFor('the second outcome', () => outcomes.length === 2, 5_000, 50);
     expect([outcomes[1].errorCode, outcomes[1].notLeader]).to.deep.equal([grpc.status.UNAVAILABLE, true]);
     // Once etcd has been silent for a TTL, it no longer claims to know who leads.
