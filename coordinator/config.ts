@@ -18,6 +18,7 @@ export const COORDINATOR_SCHEMA = {
   leaseMarginMs: { type: 'int', doc: 'a leader steps down when its lease keepalive has not succeeded for TTL minus this margin', env: 'TESSERA_LEASE_MARGIN_MS', default: 1000, min: 100 },
   heartbeatTimeoutMs: { type: 'int', doc: 'a node with no report for this long goes DOWN', env: 'TESSERA_HEARTBEAT_TIMEOUT_MS', default: 10_000, min: 500 },
   nodeGcThresholdMs: { type: 'int', doc: 'node garbage collection: a node DOWN for longer than this is removed from the node list (as Nomad\'s node_gc_threshold; 0: never)', env: 'TESSERA_NODE_GC_THRESHOLD_MS', default: 86_400_000, min: 0 },
+  runtimeDownGraceMs: { type: 'int', doc: 'a node whose container runtime has not answered for this long (its runtime-down condition) has its instances replaced on other nodes, as a Kubernetes node NotReady for 5 minutes has its pods evicted (0: never)', env: 'TESSERA_RUNTIME_DOWN_GRACE_MS', default: 300_000, min: 0 },
   failoverGraceMs: { type: 'int', doc: 'after winning an election, wait this long for agents to reconnect before marking any node DOWN', env: 'TESSERA_FAILOVER_GRACE_MS', default: 15_000, min: 0 },
   reportIntervalMs: { type: 'int', doc: 'how often agents report (sent to them in the welcome)', env: 'TESSERA_REPORT_INTERVAL_MS', default: 5_000, min: 100 },
   statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (one transaction for all nodes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
@@ -56,6 +57,7 @@ export interface CoordinatorConfig {
   leaseMarginMs: number;
   heartbeatTimeoutMs: number;
   failoverGraceMs: number;
+  runtimeDownGraceMs: number;
   nodeGcThresholdMs: number;
   reportIntervalMs: number;
   statusPersistIntervalMs: number;

@@ -66,7 +66,7 @@ export class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
-    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring }, c.log.child({ part: 'deployments' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs }, c.log.child({ part: 'deployments' }));
     // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.
     this.registry.onConditionsChange = () => this.deployments.kick();
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);

@@ -29,7 +29,7 @@ import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
 import { attributed, EventDraft, Op, Store } from './store';
 import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
-import { isHealthy, ObservedView, planComponent, StopDecision } from './apps/rollout';
+import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
 import { Placer } from './scheduler/placer';
 import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
@@ -50,6 +50,8 @@ export interface DeploymentOptions {
   metrics?: import('../common/metrics').Metrics;
   /** Seals registry passwords before they are stored (--secrets-key-file); none: stored in the clear. */
   keyring?: Keyring;
+  /** A node runtime-down this long has its instances replaced elsewhere (--runtime-down-grace-ms; 0 or absent: never). */
+  runtimeDownGraceMs?: number;
 }
 
 export class Deployments {
@@ -400,8 +402,14 @@ export class Deployments {
       if (!o || (rec && o.nodeId !== rec.nodeId)) return undefined;
       return { state: o.state, health: o.health, healthySinceMs: this.healthySince.get(id) ?? 0, exitCode: o.exitCode, oomKilled: o.oomKilled, message: o.message };
     };
-    const nodeStates = new Map<string, 'READY' | 'DOWN' | 'DRAINING'>();
-    for (const n of this.registry.allRecords()) nodeStates.set(n.id, n.state);
+    const nodeStates = new Map<string, NodeStateForPlan>();
+    const grace = this.opts.runtimeDownGraceMs ?? 0;
+    for (const n of this.registry.allRecords()) {
+      // Its runtime silent past the grace: its instances are lost (their containers may have died
+      // with the Engine, unseen), replaced elsewhere; stopped there if the Engine comes back.
+      const since = n.conditions?.['runtime-down']?.sinceMs;
+      nodeStates.set(n.id, n.state !== 'DOWN' && grace > 0 && since !== undefined && nowMs - since >= grace ? 'RUNTIME-DOWN' : n.state);
+    }
 
     const ops: Op[] = [];
     const events: EventDraft[] = [];

@@ -4,6 +4,9 @@
 import type { AppRecord, InstanceRecord } from './records';
 import type { NormalComponent } from './spec';
 
+/** A node's state as the planner sees it: RUNTIME-DOWN is a READY node whose runtime has not answered past the grace (its instances are lost). */
+export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN';
+
 export interface ObservedView {
   state: string; // INSTANCE_STATE_*
   health: string;
@@ -22,7 +25,7 @@ export interface ComponentInputs {
   /** desired=run records of this component. */
   instances: InstanceRecord[];
   observed(id: string): ObservedView | undefined;
-  nodeState(nodeId: string): 'READY' | 'DOWN' | 'DRAINING' | undefined;
+  nodeState(nodeId: string): NodeStateForPlan | undefined;
   /**
    * False while a slot that failed recently is backing off before its replacement. `failingNow`:
    * an instance of the slot fails in this very decision (its failure is not counted yet).
@@ -66,7 +69,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
 
   for (const inst of i.instances) {
     const ns = i.nodeState(inst.nodeId);
-    if (ns === 'DOWN' || ns === undefined) {
+    if (ns === 'DOWN' || ns === 'RUNTIME-DOWN' || ns === undefined) {
       stop.push({ inst, kind: 'lost', reason: `node ${inst.nodeId} is ${ns ?? 'gone'}` });
       continue;
     }

@@ -23,6 +23,7 @@ describe('node conditions: no new instances while one holds', function () {
     for (const p of s.fleet.procs) await p.kill('SIGTERM');
     removeContainers('tessera.app=rtdown');
     removeContainers('tessera.app=dp');
+    removeContainers('tessera.app=evict');
   } });
   const comp = (instances: number) => ({ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances, stopGraceMs: 100 });
   const conditions = async (admin: AdminClient, id: string) => (await admin.getNode(id)).conditions.map((c) => c.type);
@@ -77,7 +78,8 @@ describe('node conditions: no new instances while one holds', function () {
   });
 
   it('a node over its --disk-pressure-percent is DISK-PRESSURE with an event and takes no new instances; SIGHUP with the threshold off ends it', async () => {
-    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200'] });
+    // A cluster of its own on the same etcd (the first test's is still up).
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200', '--etcd-prefix', '/tessera-dp/'] });
     await waitForLeader([c.address]);
     const admin = new AdminClient([c.address]);
     const file = path.join(s.fleet.dir, 'agent-dp.yaml');
@@ -101,6 +103,40 @@ describe('node conditions: no new instances while one holds', function () {
       await waitFor('the instance placed and running on dp', async () => (await admin.listInstances('dp')).instances.some((i) => i.nodeId === 'dp' && i.state === 'INSTANCE_STATE_RUNNING'), 30_000, 200);
     } finally {
       admin.close();
+    }
+  });
+
+  it('a node RUNTIME-DOWN past --runtime-down-grace-ms has its instances replaced elsewhere, and their containers stopped once the Engine answers', async () => {
+    const engine = new TcpProxy('/var/run/docker.sock');
+    const socket = path.join(s.fleet.dir, 'engine-2.sock');
+    await engine.start(socket);
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200', '--runtime-down-grace-ms', '1500', '--etcd-prefix', '/tessera-evict/'] });
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address]);
+    try {
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'ev-a', reportIntervalMs: 500, extra: ['--docker-socket', socket] });
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'ev-b', reportIntervalMs: 500 });
+      await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 100);
+      await admin.applyApp({ name: 'evict', components: [{ ...comp(2), name: 'e' }] });
+      const running = async () => (await admin.listInstances('evict')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.desired === 'run');
+      await waitFor('one instance on each node', async () => (await running()).map((i) => i.nodeId).sort().join() === 'ev-a,ev-b', 30_000, 200);
+      const onA = (await running()).find((i) => i.nodeId === 'ev-a')!;
+
+      engine.breakLink();
+      // Past the grace, the instance on ev-a is lost (its container may have died with the Engine) and replaced on ev-b.
+      await waitFor('the instance replaced on ev-b', async () => (await running()).map((i) => i.nodeId).join() === 'ev-b,ev-b', 20_000, 200);
+      const lost = (await pastEvents(admin, ['instance.lost'])).filter((e) => e.subject === onA.id);
+      expect(lost.map((e) => e.message)).to.deep.equal([`evict/e instance ${onA.id} on ev-a: node ev-a is RUNTIME-DOWN`]);
+      // Its container still runs on the host (the Engine is up; the agent cannot reach it).
+      const containerOf = (id: string) => execFileSync('docker', ['ps', '-aq', '--filter', `label=tessera.instance=${id}`]).toString().trim();
+      expect(containerOf(onA.id)).to.not.equal('');
+
+      engine.restore();
+      await waitFor('the lost instance\'s container stopped and removed once the Engine answers', async () => containerOf(onA.id) === '', 20_000, 200);
+      expect((await running()).map((i) => i.nodeId)).to.deep.equal(['ev-b', 'ev-b']);
+    } finally {
+      admin.close();
+      await engine.stop();
     }
   });
 });

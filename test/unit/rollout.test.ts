@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { planComponent, ComponentInputs, ObservedView } from '../../coordinator/apps/rollout';
+import { planComponent, ComponentInputs, NodeStateForPlan, ObservedView } from '../../coordinator/apps/rollout';
 import { normalizeAppSpec } from '../../coordinator/apps/spec';
 import { componentHash, InstanceRecord, legacyComponentHash } from '../../coordinator/apps/records';
 
@@ -9,7 +9,7 @@ const healthy: ObservedView = { state: 'INSTANCE_STATE_RUNNING', health: 'health
 const starting: ObservedView = { state: 'INSTANCE_STATE_STARTING', health: 'unknown', healthySinceMs: 0, exitCode: 0, oomKilled: false, message: '' };
 const failed: ObservedView = { state: 'INSTANCE_STATE_FAILED', health: 'unhealthy', healthySinceMs: 0, exitCode: 3, oomKilled: false, message: 'exited with code 3' };
 
-function run(over: Partial<ComponentInputs> & { obs?: Record<string, ObservedView>; nodes?: Record<string, 'READY' | 'DOWN' | 'DRAINING'> }) {
+function run(over: Partial<ComponentInputs> & { obs?: Record<string, ObservedView>; nodes?: Record<string, NodeStateForPlan> }) {
   return planComponent({
     app: { version: 2, stableVersion: 1 }, component: comp(3), hash: 'new', instances: [], nowMs: 5_000,
     observed: (id) => over.obs?.[id], nodeState: (n) => over.nodes?.[n] ?? 'READY', slotReady: () => true, ...over,
@@ -65,6 +65,11 @@ describe('rollout decisions per component', () => {
   it('replaces instances lost with a DOWN node', () => {
     const d = run({ app: { version: 2, stableVersion: 2 }, instances: [inst('n0', 0, 'new', 'dead'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n1: healthy, n2: healthy }, nodes: { dead: 'DOWN' } });
     expect(d.stop.map((s) => s.kind)).to.deep.equal(['lost']);
+    expect(d.create.map((c) => c.slot)).to.deep.equal([0]);
+  });
+  it('replaces instances on a node whose runtime has not answered past the grace (RUNTIME-DOWN), saying so', () => {
+    const d = run({ app: { version: 2, stableVersion: 2 }, instances: [inst('n0', 0, 'new', 'silent'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: healthy, n2: healthy }, nodes: { silent: 'RUNTIME-DOWN' } });
+    expect(d.stop.map((s) => [s.kind, s.reason])).to.deep.equal([['lost', 'node silent is RUNTIME-DOWN']]);
     expect(d.create.map((c) => c.slot)).to.deep.equal([0]);
   });
   it('moves instances off a draining node: new one first, then the old one', () => {
