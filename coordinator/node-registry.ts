@@ -203,7 +203,8 @@ export class NodeRegistry {
       const began: EventDraft[] = [];
       const ended: EventDraft[] = [];
       for (const [type, c] of now) {
-        after[type] = before[type] ?? { message: c.message || type, sinceMs: Number(c.sinceMs) || Date.now() };
+        // Since when by this leader's clock (an agent's may be off: the runtime-down grace counts from this).
+        after[type] = before[type] ?? { message: c.message || type, sinceMs: Date.now() };
         if (!before[type]) began.push(conditionEvent(nodeId, type, true, after[type]));
       }
       for (const [type, c] of Object.entries(before)) if (!now.has(type)) ended.push(conditionEvent(nodeId, type, false, c));
