@@ -9,6 +9,7 @@ import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } f
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
 import type { ClusterStatus__Output } from './generated/tessera/v1/ClusterStatus';
 import type { DrainNodeRequest } from './generated/tessera/v1/DrainNodeRequest';
+import type { CordonNodeRequest } from './generated/tessera/v1/CordonNodeRequest';
 import type { Event__Output } from './generated/tessera/v1/Event';
 import type { ListNodesRequest } from './generated/tessera/v1/ListNodesRequest';
 import type { Node__Output } from './generated/tessera/v1/Node';
@@ -75,6 +76,7 @@ export class AdminClient {
   listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[] }> { return this.unary('listNodes', req); }
   getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
   drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }
+  cordonNode(req: CordonNodeRequest): Promise<Node__Output> { return this.unary('cordonNode', req); }
   removeNode(nodeId: string, reason = ''): Promise<Node__Output> { return this.unary('removeNode', { nodeId, reason }); }
 
   applyApp(spec: unknown, dryRun = false): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('applyApp', { spec, dryRun }); }

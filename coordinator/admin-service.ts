@@ -20,7 +20,7 @@ import type { Event } from '../common/generated/tessera/v1/Event';
 import type { WatchEventsRequest__Output } from '../common/generated/tessera/v1/WatchEventsRequest';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
-import { NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
+import { NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { Scaler } from './scaling/scaler';
@@ -28,6 +28,7 @@ import type { StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
+import type { Node } from '../common/generated/tessera/v1/Node';
 import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
 import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
@@ -142,22 +143,9 @@ export class AdminService {
         const reg = this.registry();
         return recordToProto(reg ? reg.get(req.nodeId) : await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
       }),
-      DrainNode: unary(log, 'DrainNode', async (req, call) => {
-        validateNodeId(req.nodeId);
-        return this.onLeader(call, 'drainNode', req, async (reg, dep, _s, _w, by) => {
-          const n = recordToProto(await reg.drain(req.nodeId, req.undo, req.reason, undefined, by));
-          dep.kick();
-          return n;
-        });
-      }),
-      RemoveNode: unary(log, 'RemoveNode', async (req, call) => {
-        validateNodeId(req.nodeId);
-        return this.onLeader(call, 'removeNode', req, async (reg, dep, _s, _w, by) => {
-          const n = recordToProto(await reg.remove(req.nodeId, req.reason, undefined, by));
-          dep.kick();
-          return n;
-        });
-      }),
+      DrainNode: unary(log, 'DrainNode', (req, call) => this.nodeWrite(call, 'drainNode', req, (reg, by) => reg.drain(req.nodeId, req.undo, req.reason, undefined, by))),
+      CordonNode: unary(log, 'CordonNode', (req, call) => this.nodeWrite(call, 'cordonNode', req, (reg, by) => reg.cordon(req.nodeId, req.undo, req.reason, undefined, by))),
+      RemoveNode: unary(log, 'RemoveNode', (req, call) => this.nodeWrite(call, 'removeNode', req, (reg, by) => reg.remove(req.nodeId, req.reason, undefined, by))),
       ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by))),
       GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
       ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
@@ -249,6 +237,16 @@ export class AdminService {
         this.serveSubmissions(call, forward);
       },
     };
+  }
+
+  /** A write to one node on the leader (drain, cordon, remove): its id checked first, placements reconsidered after. */
+  private nodeWrite<Req extends { nodeId: string }>(call: grpc.ServerUnaryCall<Req, Node>, method: string, req: Req, act: (reg: NodeRegistry, by: string) => Promise<NodeRecord>): Promise<Node> {
+    validateNodeId(req.nodeId);
+    return this.onLeader(call, method, req, async (reg, dep, _s, _w, by) => {
+      const n = recordToProto(await act(reg, by));
+      dep.kick();
+      return n;
+    });
   }
 
   /** The leader's work; while this coordinator has just been elected and loads its state, waits for it (up to LOAD_WAIT_MS). */

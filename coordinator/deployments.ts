@@ -603,7 +603,7 @@ export class Deployments {
     const views = new Map<string, NodeView>();
     for (const n of this.registry.allRecords()) {
       views.set(n.id, {
-        id: n.id, state: n.state, labels: n.labels, ...(n.conditions ? { conditions: Object.fromEntries(Object.entries(n.conditions).map(([t, c]) => [t, c.message])) } : {}),
+        id: n.id, state: n.state, labels: n.labels, ...(n.conditions ? { conditions: Object.fromEntries(Object.entries(n.conditions).map(([t, c]) => [t, c.message])) } : {}), ...(n.cordon ? { cordoned: n.cordon.reason } : {}),
         capacity: { cpuMillis: n.capacity.cpuMillis, memoryMib: n.capacity.memoryMib },
         allocated: { cpuMillis: 0, memoryMib: 0 },
         portRange: n.portRange ?? DEFAULT_PORT_RANGE, usedPorts: new Set(), groups: new Map(),

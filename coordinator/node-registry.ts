@@ -37,6 +37,8 @@ export interface NodeRecord {
   portRange?: { start: number; end: number };
   /** The conditions that hold on the node (from its agent's reports; see NodeCondition) by type: no new instances here while any does. */
   conditions?: Record<string, { message: string; sinceMs: number }>;
+  /** Set by CordonNode: no new instances here; those it runs stay. */
+  cordon?: { reason: string; atMs: number };
 }
 
 interface Liveness {
@@ -67,6 +69,8 @@ export function recordToProto(r: NodeRecord): Node {
     endpoint: r.endpoint,
     portRange: r.portRange,
     conditions: Object.entries(r.conditions ?? {}).map(([type, c]) => ({ type, message: c.message, sinceMs: c.sinceMs })),
+    cordoned: !!r.cordon,
+    cordonReason: r.cordon?.reason ?? '',
   };
 }
 
@@ -278,6 +282,24 @@ export class NodeRegistry {
 
   isConnected(nodeId: string): boolean {
     return !!this.live.get(nodeId)?.connectedTo;
+  }
+
+  /** CordonNode: no new instances on the node (undo: placements may go there again); what it runs stays. Recorded with an event when it changes. */
+  cordon(nodeId: string, undo: boolean, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
+    return this.writes.run(async () => {
+      const prev = this.records.get(nodeId);
+      if (!prev) throw new NotFoundError('node', nodeId);
+      const why = reason || 'requested by operator';
+      if (undo ? !prev.cordon : prev.cordon?.reason === why) return this.withLive(prev);
+      const next: NodeRecord = { ...prev };
+      if (undo) delete next.cordon;
+      else next.cordon = { reason: why, atMs: nowMs };
+      await this.store.commit([{ type: 'put', key: this.keys.node(nodeId), value: JSON.stringify(next) }], [attributed(undo
+        ? { kind: 'node.uncordoned', subject: nodeId, message: `node ${nodeId} uncordoned: new instances may be placed there` }
+        : { kind: 'node.cordoned', subject: nodeId, message: `node ${nodeId} cordoned (${why}): no new instances are placed there; those it runs stay`, fields: { reason: why } }, by)]);
+      this.records.set(nodeId, next);
+      return this.withLive(next);
+    });
   }
 
   drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {

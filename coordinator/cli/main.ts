@@ -127,7 +127,7 @@ function nodeRows(nodes: Node__Output[]): string {
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
     nodes.map((n) => [
       // Its conditions after the state, as kubectl shows Ready,SchedulingDisabled: such a node takes nothing new.
-      n.id, n.hostname, [enumName(n.state, 'NODE_STATE_'), ...n.conditions.map((c) => c.type.toUpperCase())].join(','),
+      n.id, n.hostname, [enumName(n.state, 'NODE_STATE_'), ...(n.cordoned ? ['CORDONED'] : []), ...n.conditions.map((c) => c.type.toUpperCase())].join(','),
       n.usage ? n.usage.cpuPercent.toFixed(1) : '-',
       n.usage ? `${n.usage.memoryUsedMib}/${n.usage.memoryTotalMib} MiB` : '-',
       n.usage ? n.usage.load1.toFixed(2) : '-',
@@ -175,6 +175,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
   const { instances } = await c.listInstances('', id);
   out({ ...n, instances }, () => [
     nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
+    ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
     instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], instances.map((i) => [
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
@@ -185,6 +186,14 @@ node.command('get <id>').description('show a node and the instances on it (as no
 node.command('drain <id>').description('stop placing work on a node and move its instances off').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
   const n = await c.drainNode({ nodeId: id, reason: o.reason });
   out(n, () => `node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}`);
+}));
+node.command('cordon <id>').description('place no new instances on a node; those it runs stay (as kubectl cordon; drain moves them off)').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
+  const n = await c.cordonNode({ nodeId: id, reason: o.reason });
+  out(n, () => `node ${n.id} is cordoned: ${n.cordonReason}`);
+}));
+node.command('uncordon <id>').description('let new instances be placed on a cordoned node again').action((id) => run(async (c) => {
+  const n = await c.cordonNode({ nodeId: id, undo: true });
+  out(n, () => `node ${n.id} is uncordoned`);
 }));
 node.command('undrain <id>').description('make a drained node eligible again').action((id) => run(async (c) => {
   const n = await c.drainNode({ nodeId: id, undo: true });

@@ -8,6 +8,7 @@ export const Reason = {
   RUNTIME_DOWN: 'runtime-down',
   DISK_PRESSURE: 'disk-pressure',
   NODE_CONDITION: 'node-condition',
+  CORDONED: 'cordoned',
   CONSTRAINT: 'constraint',
   DISTINCT_HOSTS: 'distinct-hosts',
   INSUFFICIENT_CPU: 'insufficient-cpu',
@@ -27,6 +28,7 @@ export type Filter = (node: NodeView, req: PlacementRequest) => Rejection | unde
 const nodeReady: Filter = (n) => {
   if (n.state === 'DRAINING') return { code: Reason.NODE_DRAINING, detail: 'node is draining' };
   if (n.state !== 'READY') return { code: Reason.NODE_NOT_READY, detail: `node is ${n.state}` };
+  if (n.cordoned !== undefined) return { code: Reason.CORDONED, detail: `node is cordoned: ${n.cordoned}` };
   // A condition (the first, if several hold) keeps new instances off the node.
   const [type, why] = Object.entries(n.conditions ?? {})[0] ?? [];
   if (type === undefined) return undefined;

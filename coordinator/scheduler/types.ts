@@ -14,6 +14,8 @@ export interface NodeView {
   groups: Map<string, number>;
   /** The conditions that hold on the node (type -> why): while any does, it takes no new instances. */
   conditions?: Readonly<Record<string, string>>;
+  /** Set (the reason) while an operator has cordoned the node: no new instances. */
+  cordoned?: string;
 }
 
 export interface ConstraintSpec {

@@ -16,7 +16,7 @@ import { etcdAndFleet } from '../helpers/suite';
 import { TcpProxy } from '../helpers/tcp-proxy';
 import { repoRoot } from '../../common/version';
 
-describe('node conditions: no new instances while one holds', function () {
+describe('nodes that take no new instances: conditions, and a cordon', function () {
   this.timeout(120_000);
   // The agents first: one still running would start again the containers removed under it.
   const s = etcdAndFleet({ cleanup: async () => {
@@ -24,6 +24,7 @@ describe('node conditions: no new instances while one holds', function () {
     removeContainers('tessera.app=rtdown');
     removeContainers('tessera.app=dp');
     removeContainers('tessera.app=evict');
+    removeContainers('tessera.app=cordon');
   } });
   const comp = (instances: number) => ({ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances, stopGraceMs: 100 });
   const conditions = async (admin: AdminClient, id: string) => (await admin.getNode(id)).conditions.map((c) => c.type);
@@ -137,6 +138,46 @@ describe('node conditions: no new instances while one holds', function () {
     } finally {
       admin.close();
       await engine.stop();
+    }
+  });
+
+  it('a cordoned node (tessera node cordon, as kubectl cordon) takes no new instances and keeps those it runs; uncordoned, it takes them again', async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--reconcile-interval-ms', '200', '--etcd-prefix', '/tessera-cordon/'] });
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address]);
+    const cli = (...args: string[]) => execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, ...args], { encoding: 'utf8' });
+    try {
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'co-a', reportIntervalMs: 500 });
+      s.fleet.agent({ coordinators: [c.address], nodeId: 'co-b', reportIntervalMs: 500 });
+      await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 100);
+      const app = (n: number) => admin.applyApp({ name: 'cordon', components: [comp(n)] });
+      const running = async () => (await admin.listInstances('cordon')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.desired === 'run').map((i) => i.nodeId).sort();
+      await app(2);
+      await waitFor('one instance on each node', async () => (await running()).join() === 'co-a,co-b', 30_000, 200);
+
+      expect(cli('node', 'cordon', 'co-a', '--reason', 'kernel upgrade').trim()).to.equal('node co-a is cordoned: kernel upgrade');
+      expect(cli('nodes')).to.match(/co-a\s+\S+\s+READY,CORDONED/);
+      expect(cli('node', 'get', 'co-a')).to.contain('cordoned:     kernel upgrade');
+      const n = await admin.getNode('co-a');
+      expect([n.state, n.cordoned, n.cordonReason]).to.deep.equal(['NODE_STATE_READY', true, 'kernel upgrade']);
+      // Two more: both on co-b; the one on co-a stays.
+      await app(4);
+      await waitFor('4 instances running', async () => (await running()).length === 4, 30_000, 200);
+      expect(await running()).to.deep.equal(['co-a', 'co-b', 'co-b', 'co-b']);
+
+      expect(cli('node', 'uncordon', 'co-a').trim()).to.equal('node co-a is uncordoned');
+      await app(5);
+      await waitFor('5 instances running', async () => (await running()).length === 5, 30_000, 200);
+      expect(await running()).to.deep.equal(['co-a', 'co-a', 'co-b', 'co-b', 'co-b']);
+      expect((await pastEvents(admin, ['node.cordoned', 'node.uncordoned'])).map((e) => `${e.kind} ${e.subject}`)).to.deep.equal(['node.cordoned co-a', 'node.uncordoned co-a']);
+      // Bad input: the status and the field.
+      const err = await admin.cordonNode({ nodeId: 'no-such-node' }).catch((e: { code: number; details: string }) => e);
+      expect([(err as { code: number }).code, (err as { details: string }).details]).to.deep.equal([5, 'node "no-such-node" not found']);
+      const bad = await admin.cordonNode({ nodeId: 'bad id!' }).catch((e: { code: number; details: string }) => e);
+      expect((bad as { code: number }).code).to.equal(3);
+      expect((bad as { details: string }).details).to.match(/^nodeId: /);
+    } finally {
+      admin.close();
     }
   });
 });

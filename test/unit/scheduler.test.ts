@@ -18,6 +18,7 @@ describe('placement filters: every rejection has a named reason', () => {
     ['a draining node', node('n', { state: 'DRAINING' }), req(), Reason.NODE_DRAINING],
     ['a node whose container runtime does not answer', node('n', { conditions: { 'runtime-down': 'Docker Engine: connect ENOENT /var/run/docker.sock' } }), req(), Reason.RUNTIME_DOWN],
     ['a node under disk pressure', node('n', { conditions: { 'disk-pressure': 'image filesystem 97.0% full (over --disk-pressure-percent 95)' } }), req(), Reason.DISK_PRESSURE],
+    ['a cordoned node', node('n', { cordoned: 'kernel upgrade' }), req(), Reason.CORDONED],
     ['a node with a condition of a newer agent', node('n', { conditions: { 'pid-pressure': 'too many processes' } }), req(), Reason.NODE_CONDITION],
     ['an unmet constraint', node('n', { labels: { zone: 'b' } }), req({ constraints: [{ label: 'zone', op: '=', value: 'a', values: [] }] }), Reason.CONSTRAINT],
     ['a missing label for "exists"', node('n'), req({ constraints: [{ label: 'gpu', op: 'exists', value: '', values: [] }] }), Reason.CONSTRAINT],
