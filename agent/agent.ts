@@ -111,7 +111,7 @@ export class Agent {
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
-    this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a));
+    this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a));
     const c = this.config;
     const gc = new ImageGc(runtime.docker, {
       highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir,

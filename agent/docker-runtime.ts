@@ -5,7 +5,7 @@
 import './lean-dockerode'; // must come before dockerode: see the file
 import Docker from 'dockerode';
 import * as os from 'node:os';
-import { NotFoundError } from '../common/errors';
+import { DeadlineExceededError, FailedPreconditionError, NotFoundError } from '../common/errors';
 import { withTimeout } from '../common/timeout';
 import { ImagePuller, ImagePullError } from './images';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
@@ -245,6 +245,76 @@ export class DockerRuntime {
       stream.on('close', resolve);
       stream.on('error', reject);
     });
+  }
+
+  /**
+   * Runs a command in an instance's running container without a terminal (ExecInstance):
+   * stdin written and closed, the output demultiplexed to `write` as it comes (pausing while
+   * `drained` is pending), and the command's exit code once it ends. Past timeoutMs, or when
+   * `signal` aborts (the caller went away), the command's process is killed: the Engine has no
+   * call to stop an exec, so the agent (root, in the host's PID namespace) signals the PID the
+   * Engine reports for it.
+   */
+  async execInstance(
+    instanceId: string,
+    o: { command: string[]; stdin: Buffer; timeoutMs: number },
+    write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
+    drained: () => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<number> {
+    const c = this.docker.getContainer(containerName(instanceId));
+    let ex: Docker.Exec;
+    try {
+      ex = await c.exec({ Cmd: o.command, AttachStdout: true, AttachStderr: true, AttachStdin: o.stdin.length > 0 });
+    } catch (err) {
+      const code = (err as { statusCode?: number }).statusCode;
+      if (code === 404) throw new NotFoundError('container of instance', instanceId);
+      if (code === 409) throw new FailedPreconditionError(`the container of instance ${instanceId} is not running: a command runs only in a running container`);
+      throw err;
+    }
+    const stream = (await ex.start({ hijack: true, stdin: o.stdin.length > 0 })) as unknown as NodeJS.ReadWriteStream & { destroy: () => void };
+    const frames = new LogFrames(write);
+    const kill = async () => {
+      const info = await ex.inspect().catch(() => undefined);
+      if (info?.Running && info.Pid > 0) {
+        try {
+          process.kill(info.Pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    };
+    let timedOut = false;
+    await new Promise<void>((resolve, reject) => {
+      const stop = (why: 'timeout' | 'abort') => {
+        timedOut = why === 'timeout';
+        clearTimeout(timer);
+        void kill().finally(() => { stream.destroy(); resolve(); });
+      };
+      const timer = setTimeout(() => stop('timeout'), o.timeoutMs);
+      if (signal.aborted) return stop('abort');
+      signal.addEventListener('abort', () => stop('abort'), { once: true });
+      stream.on('data', (chunk: Buffer) => {
+        if (frames.push(chunk)) return;
+        stream.pause();
+        void drained().then(() => stream.resume());
+      });
+      const done = () => { clearTimeout(timer); resolve(); };
+      stream.on('end', done);
+      stream.on('close', done);
+      stream.on('error', (err) => { clearTimeout(timer); reject(err); });
+      // Standard input, then its end (a half-close of the hijacked connection closes the command's stdin).
+      if (o.stdin.length) stream.end(o.stdin);
+    });
+    if (timedOut) throw new DeadlineExceededError(`the command ran past its timeout of ${o.timeoutMs} ms and was killed`);
+    if (signal.aborted) return -1;
+    // The stream ends as the process exits; the Engine may report it running a moment longer.
+    for (let i = 0; i < 50; i++) {
+      const info = await ex.inspect();
+      if (!info.Running && info.ExitCode !== null) return info.ExitCode;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new DeadlineExceededError('the command\'s output ended but the Docker Engine did not report its exit code within 1 s');
   }
 
   async exec(nameOrId: string, cmd: string[], timeoutMs: number): Promise<number> {

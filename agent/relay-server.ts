@@ -16,6 +16,9 @@ import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayR
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
 import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
+import type { ExecInstanceRequest__Output } from '../common/generated/tessera/v1/ExecInstanceRequest';
+import { validateExec } from '../common/exec';
+import type { ExecChunk } from '../common/generated/tessera/v1/ExecChunk';
 import type { DockerRuntime } from './docker-runtime';
 
 /**
@@ -48,6 +51,8 @@ export class RelayServer {
     private readonly tls?: LiveTls,
     /** The engine's output of this host's instances, for AgentLogs (see DockerRuntime.logs). */
     private readonly logs?: DockerRuntime['logs'],
+    /** Commands in this host's instances, for AgentExec (see DockerRuntime.execInstance). */
+    private readonly exec?: DockerRuntime['execInstance'],
   ) {
     this.runner = new StepRunner({ selfNodeId: nodeId, relayCredentials: clientCredentials(tls), chain: true });
   }
@@ -111,6 +116,26 @@ export class RelayServer {
         }),
       } as grpc.UntypedServiceImplementation);
     }
+    if (this.exec) {
+      const exec = this.exec;
+      server.addService(guardDeserializers(tesseraProto().AgentExec.service), {
+        ExecInstance: serverStream<ExecInstanceRequest__Output, ExecChunk>(this.log, 'ExecInstance', async (call) => {
+          // A command in an instance is everything its container can do: coordinators only (they
+          // check that the caller is an operator and record who ran what).
+          const role = tls ? peerIdentity(call).role : 'coordinator';
+          if (role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${role} may not run commands in instances`);
+          const req = validateExec(call.request);
+          const ac = new AbortController();
+          call.on('cancelled', () => ac.abort());
+          this.log.info({ instance: req.instanceId, command: req.command }, 'exec in instance');
+          const exitCode = await exec(req.instanceId, { command: req.command, stdin: req.stdin, timeoutMs: req.timeoutMs },
+            (stream, data) => call.write({ stream, data }),
+            () => new Promise<void>((r) => call.once('drain', r)),
+            ac.signal);
+          if (!ac.signal.aborted) call.write({ exited: true, exitCode });
+        }),
+      } as grpc.UntypedServiceImplementation);
+    }
     const port = await bind(server, listen, serverCredentials(tls));
     this.server = server;
     const host = listen.slice(0, listen.lastIndexOf(':'));
@@ -123,3 +148,4 @@ export class RelayServer {
     this.runner.close();
   }
 }
+

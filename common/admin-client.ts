@@ -211,4 +211,9 @@ export class AdminClient {
   instanceLogs(req: import('./generated/tessera/v1/InstanceLogsRequest').InstanceLogsRequest): grpc.ClientReadableStream<import('./generated/tessera/v1/LogChunk').LogChunk__Output> {
     return this.clients[this.preferred].instanceLogs(req, this.metadata());
   }
+
+  /** A command run in an instance's container: its output, then its exit code (operators only; any coordinator relays the leader's). */
+  execInstance(req: import('./generated/tessera/v1/ExecInstanceRequest').ExecInstanceRequest): grpc.ClientReadableStream<import('./generated/tessera/v1/ExecChunk').ExecChunk__Output> {
+    return this.clients[this.preferred].execInstance(req, this.metadata());
+  }
 }

@@ -24,12 +24,16 @@ import { NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { Scaler } from './scaling/scaler';
-import type { StoredEvent } from './store';
+import { attributed, type StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
 import type { Node } from '../common/generated/tessera/v1/Node';
 import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
+import type { AgentExecClient } from '../common/generated/tessera/v1/AgentExec';
+import type { ExecInstanceRequest__Output } from '../common/generated/tessera/v1/ExecInstanceRequest';
+import type { ExecChunk } from '../common/generated/tessera/v1/ExecChunk';
+import { validateExec } from '../common/exec';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
 import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
 import type { SnapshotChunk } from '../common/generated/tessera/v1/SnapshotChunk';
@@ -61,7 +65,8 @@ const LOADING_TEXT = `this coordinator was elected leader and is still loading t
 
 export class AdminService {
   private leaderClients = new Map<string, AdminClient>();
-  private agentClients = new Map<string, AgentLogsClient>();
+  private agentLogs = new Map<string, AgentLogsClient>();
+  private agentExec = new Map<string, AgentExecClient>();
   private memberClients = new Map<string, Etcd3>();
 
   constructor(
@@ -114,7 +119,7 @@ export class AdminService {
 
   close(): void {
     for (const c of this.leaderClients.values()) c.close();
-    for (const c of this.agentClients.values()) c.close();
+    for (const c of [...this.agentLogs.values(), ...this.agentExec.values()]) c.close();
     for (const c of this.memberClients.values()) void c.close();
   }
 
@@ -218,6 +223,7 @@ export class AdminService {
       }),
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
+      ExecInstance: serverStream(log, 'ExecInstance', (call) => this.execInstance(call)),
       SaveSnapshot: serverStream(log, 'SaveSnapshot', (call) => this.saveSnapshot(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // On a follower, the submissions are forwarded to the leader (over a stream of its own), so that a
@@ -538,22 +544,68 @@ export class AdminService {
   private async instanceLogs(call: grpc.ServerWritableStream<InstanceLogsRequest__Output, LogChunk>): Promise<void> {
     const req = call.request;
     if (!req.instanceId) throw InvalidArgumentError.field('instance_id', 'is required');
+    await this.viaInstanceAgent(call, 'keeps no logs of it',
+      (endpoint) => this.cached(this.agentLogs, endpoint, () => new (tesseraProto().AgentLogs)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).instanceLogs(req),
+      (leader, md) => leader.instanceLogs(req, md));
+  }
+
+  /**
+   * ExecInstance (operators only: see WRITE_METHODS): on the leader, an instance.exec event
+   * naming the caller and the command is committed first (an audit trail of who ran what,
+   * whatever the command then does), then the instance's agent runs it (AgentExec); a follower
+   * relays the leader's stream.
+   */
+  private async execInstance(call: grpc.ServerWritableStream<ExecInstanceRequest__Output, ExecChunk>): Promise<void> {
+    const req = validateExec(call.request);
+    await this.viaInstanceAgent(call, 'cannot run commands in it',
+      (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).execInstance(req),
+      (leader, md) => leader.execInstance(req, md),
+      async (inst, nodeId, by, dep) => {
+        const shown = req.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
+        await dep.recordEvent(attributed({
+          kind: 'instance.exec', subject: inst,
+          message: `command run in instance ${inst} on node ${nodeId}${by ? ` by ${by}` : ''}: ${shown.length > 200 ? `${shown.slice(0, 200)}...` : shown}`,
+          fields: { node: nodeId, command: JSON.stringify(req.command).slice(0, 1000), stdinBytes: String(req.stdin.length), timeoutMs: String(req.timeoutMs) },
+        }, by));
+      },
+      (err) => (err.code === grpc.status.UNIMPLEMENTED ? new FailedPreconditionError(`${err.details}: the agent predates ExecInstance; upgrade it`) : undefined));
+  }
+
+  /**
+   * A server stream from the agent of the node an instance runs on, passed through to the
+   * caller: on the leader (which knows where instances run) straight from that agent, on a
+   * follower through the leader. `before` runs on the leader once the instance is found, with
+   * the caller's name (for an event); `agentError` may turn an agent's error into another one
+   * (not a leader's: a follower passes the leader's answer on).
+   */
+  private async viaInstanceAgent<Req extends { instanceId: string }, Chunk>(
+    call: grpc.ServerWritableStream<Req, Chunk>,
+    externalText: string,
+    fromAgent: (endpoint: string) => grpc.ClientReadableStream<Chunk>,
+    fromLeader: (leader: AdminClient, md: grpc.Metadata) => grpc.ClientReadableStream<Chunk>,
+    before?: (instanceId: string, nodeId: string, by: string, dep: Deployments) => Promise<void>,
+    agentError?: (err: grpc.ServiceError) => Error | undefined,
+  ): Promise<void> {
+    const id = call.request.instanceId;
     const w = await this.leaderReady();
     const dep = this.deployments();
     const reg = this.registry();
-    let upstream: grpc.ClientReadableStream<LogChunk>;
+    let upstream: grpc.ClientReadableStream<Chunk>;
     let source: string;
+    let ofAgent = agentError;
     if (w && dep && reg) {
-      const inst = dep.instance(req.instanceId);
-      const ext = inst ? undefined : w.components.external(req.instanceId);
-      if (ext) throw new FailedPreconditionError(`instance ${req.instanceId} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and keeps no logs of it`);
-      if (!inst) throw new NotFoundError('instance', req.instanceId);
+      const inst = dep.instance(id);
+      const ext = inst ? undefined : w.components.external(id);
+      if (ext) throw new FailedPreconditionError(`instance ${id} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and ${externalText}`);
+      if (!inst) throw new NotFoundError('instance', id);
       const node = reg.get(inst.nodeId);
-      if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked for the logs now`);
-      // No deadline: a whole log may take long to read; the caller's cancel reaches the agent.
+      if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked now`);
+      const by = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
+      await before?.(inst.id, node.id, by, dep);
+      // No deadline: a whole log (or a command) may take long; the caller's cancel reaches the agent.
       if (call.cancelled) return;
       source = `the agent of node ${node.id} (${node.endpoint})`;
-      upstream = this.cached(this.agentClients, node.endpoint, () => new (tesseraProto().AgentLogs)(node.endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).instanceLogs(req);
+      upstream = fromAgent(node.endpoint);
     } else {
       if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
       const leader = await this.leadership.waitForLeader(3_000);
@@ -562,10 +614,11 @@ export class AdminService {
       md.set(FORWARDED_KEY, this.opts.coordinatorId);
       if (call.cancelled) return;
       source = `the leader ${leader.id} (${leader.address})`;
-      upstream = this.leaderClient(leader.address).instanceLogs(req, md);
+      ofAgent = undefined;
+      upstream = fromLeader(this.leaderClient(leader.address), md);
     }
-    await relayStream(upstream, call, (c: LogChunk) => c,
-      (err) => (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
+    await relayStream(upstream, call, (c: Chunk) => c,
+      (err) => ofAgent?.(err) ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

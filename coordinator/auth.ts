@@ -13,11 +13,11 @@ import { ConfigError, FieldViolation, PermissionDeniedError, UnauthenticatedErro
 
 export type Role = 'read-only' | 'operator';
 
-/** The Admin methods that change something, or read everything at once (a snapshot): operators only. */
+/** The Admin methods that change something, read everything at once (a snapshot) or run a command in an instance: operators only. */
 export const WRITE_METHODS = new Set([
   'DrainNode', 'CordonNode', 'RemoveNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'RestartApp', 'ScaleApp', 'SetPolicy', 'DeletePolicy',
   'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'CancelJob',
-  'SaveSnapshot', 'SetRegistryCredential', 'DeleteRegistryCredential',
+  'SaveSnapshot', 'SetRegistryCredential', 'DeleteRegistryCredential', 'ExecInstance',
 ]);
 
 interface TokenEntry { name: string; role: Role; hash: Buffer }

@@ -297,6 +297,11 @@ export class Deployments {
     return this.instances.get(id);
   }
 
+  /** An event of something done to the cluster outside a change to its state (an exec in an instance), fenced like every write. */
+  async recordEvent(e: EventDraft): Promise<void> {
+    await this.store.commit([], [e]);
+  }
+
   /** Reserved resources per node, for the Node view. */
   allocatedOn(nodeId: string): { cpuMillis: number; memoryMib: number } {
     let cpu = 0;

@@ -3,11 +3,13 @@
 // with --json for scripts.
 import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
+import * as fs from 'node:fs';
 import { AdminClient } from '../../common/admin-client';
 import { ago, clip, enumName, table } from '../../common/table';
 import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
+import { EXEC_STDIN_MAX } from '../../common/exec';
 import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
@@ -325,6 +327,31 @@ program.command('logs [instance-id]').description("an instance's container outpu
       });
       stream.on('error', reject);
     })));
+  }));
+
+program.command('exec <instance-id> <command...>').description("run a command in an instance's container and print its output, without a terminal (as kubectl exec): put -- before the command; exits with the command's exit code; operators only, recorded as an instance.exec event")
+  .option('-i, --stdin', 'send what this command reads on its standard input (at most 1 MiB) to the command')
+  .option('--command-timeout <seconds>', 'kill the command if it runs longer (at most 3600)', (v) => {
+    if (!/^[1-9]\d*$/.test(v) || Number(v) > 3600) throw new InvalidArgumentError('--command-timeout takes whole seconds, 1 to 3600');
+    return Number(v);
+  }, 60)
+  .action((instanceId: string, command: string[], o) => run(async (c) => {
+    const stdin = o.stdin ? fs.readFileSync(0) : Buffer.alloc(0);
+    if (stdin.length > EXEC_STDIN_MAX) throw new Error(`standard input is ${stdin.length} bytes; a command takes at most ${EXEC_STDIN_MAX} (1 MiB)`);
+    await c.reachable(); // a stream stays on one coordinator: one that answers
+    const exitCode = await new Promise<number>((resolve, reject) => {
+      const stream = c.execInstance({ instanceId, command, stdin, timeoutMs: o.commandTimeout * 1000 });
+      let code = -1;
+      stream.on('data', (ch: { stream: string; data: Buffer; exited: boolean; exitCode: number }) => {
+        if (ch.exited) code = ch.exitCode;
+        if (program.opts().json) process.stdout.write(JSON.stringify(ch.exited ? { exitCode: ch.exitCode } : { stream: ch.stream, data: ch.data.toString('utf8') }) + '\n');
+        else if (!ch.exited) (ch.stream === 'stderr' ? process.stderr : process.stdout).write(ch.data);
+      });
+      stream.on('end', () => resolve(code));
+      stream.on('error', reject);
+    });
+    if (exitCode < 0) throw new Error('the stream ended without the exit code of the command');
+    process.exitCode = exitCode;
   }));
 
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');

@@ -79,6 +79,15 @@ describe('Admin API tokens', function () {
     expect(await codeOf(c.removeNode('n1'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.restartApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.scaleApp('x', 'y', 1))).to.equal(grpc.status.PERMISSION_DENIED);
+    // A command in an instance is not a read (a stream): refused before the instance is looked up.
+    const exec = await new Promise<void>((resolve, reject) => {
+      const s = c.execInstance({ instanceId: 'no-such-instance', command: ['true'] });
+      s.on('data', () => {});
+      s.on('end', resolve);
+      s.on('error', reject);
+    }).catch((e: grpc.ServiceError) => e);
+    expect((exec as grpc.ServiceError).code).to.equal(grpc.status.PERMISSION_DENIED);
+    expect((exec as grpc.ServiceError).details).to.match(/token "viewer" is read-only; ExecInstance needs the operator role/);
     // Jobs are writes, one at a time or over a SubmitJobs stream.
     expect(await codeOf(c.submitJob({ pipeline: 'x', payload: Buffer.from('x') }))).to.equal(grpc.status.PERMISSION_DENIED);
     const js = c.jobStream();

@@ -1,5 +1,6 @@
 // Instance logs (Admin.InstanceLogs, `tessera logs`): an instance's container output, read from
-// the agent that runs it (AgentLogs), through the leader or relayed by a follower. Real etcd,
+// the agent that runs it (AgentLogs), through the leader or relayed by a follower; and commands
+// run in an instance (Admin.ExecInstance, `tessera exec`) the same way (AgentExec). Real etcd,
 // coordinator and agent processes, a real container writing to stdout and stderr.
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
@@ -12,6 +13,8 @@ import { repoRoot } from '../../common/version';
 import { tesseraProto } from '../../common/proto';
 import type { LogChunk__Output } from '../../common/generated/tessera/v1/LogChunk';
 import type { InstanceLogsRequest } from '../../common/generated/tessera/v1/InstanceLogsRequest';
+import type { ExecInstanceRequest } from '../../common/generated/tessera/v1/ExecInstanceRequest';
+import type { ExecChunk__Output } from '../../common/generated/tessera/v1/ExecChunk';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
@@ -32,6 +35,20 @@ function read(admin: AdminClient, req: InstanceLogsRequest, until?: (chunks: Log
     });
     s.on('end', () => resolve(chunks));
     s.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve(chunks) : reject(err)));
+  });
+}
+/** Runs a command through ExecInstance: its output by stream and its exit code (-1: the stream ended without one). */
+function exec(admin: AdminClient, req: ExecInstanceRequest, cancelAfterMs?: number): Promise<{ stdout: string; stderr: string; exitCode: number }> {
+  return new Promise((resolve, reject) => {
+    const out = { stdout: '', stderr: '', exitCode: -1 };
+    const s = admin.execInstance(req);
+    if (cancelAfterMs) setTimeout(() => s.cancel(), cancelAfterMs);
+    s.on('data', (c: ExecChunk__Output) => {
+      if (c.exited) out.exitCode = c.exitCode;
+      else out[c.stream as 'stdout' | 'stderr'] += c.data.toString();
+    });
+    s.on('end', () => resolve(out));
+    s.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve(out) : reject(err)));
   });
 }
 const text = (chunks: LogChunk__Output[], stream?: string) => chunks.filter((c) => !stream || c.stream === stream).map((c) => c.data.toString()).join('');
@@ -157,6 +174,125 @@ describe('instance logs', function () {
       expect(err?.details).to.equal('container of instance "i-removed-outside" not found');
     } finally {
       direct.close();
+    }
+  });
+
+  it('runs a command in the instance: its output by stream and its exit code, from the leader and through a follower', async () => {
+    for (const admin of [leader, follower]) {
+      const r = await exec(admin, { instanceId: id, command: ['sh', '-c', 'echo out; echo err >&2; echo "$0"; exit 3', 'arg zero'] });
+      expect(r).to.deep.equal({ stdout: 'out\narg zero\n', stderr: 'err\n', exitCode: 3 });
+    }
+    // Standard input, then its end (cat ends when its input does).
+    const cat = await exec(follower, { instanceId: id, command: ['cat'], stdin: Buffer.from('line one\nline two\n') });
+    expect(cat).to.deep.equal({ stdout: 'line one\nline two\n', stderr: '', exitCode: 0 });
+    // A program that does not exist: the runtime's answer, as docker exec gives it.
+    const missing = await exec(leader, { instanceId: id, command: ['no-such-program'] });
+    expect(missing.exitCode).to.be.oneOf([126, 127]); // runc's answer varies by version
+    expect(missing.stdout + missing.stderr).to.match(/no-such-program/);
+  });
+
+  it('records each command as an instance.exec event', async () => {
+    await exec(leader, { instanceId: id, command: ['echo', 'audited', 'two words'] });
+    const events = await new Promise<{ kind: string; subject: string; message: string; fields: Record<string, string> }[]>((resolve, reject) => {
+      const got: { kind: string; subject: string; message: string; fields: Record<string, string> }[] = [];
+      const s = leader.watchEvents({ kinds: ['instance.exec'], history: 50 });
+      s.on('data', (e: (typeof got)[number]) => got.push(e));
+      s.on('end', () => resolve(got));
+      s.on('error', reject);
+    });
+    const e = events.find((x) => x.fields.command === JSON.stringify(['echo', 'audited', 'two words']));
+    expect(e, JSON.stringify(events)).to.not.equal(undefined);
+    expect(e!.subject).to.equal(id);
+    expect(e!.message).to.equal(`command run in instance ${id} on node ${node}: echo audited "two words"`);
+    expect(e!.fields.node).to.equal(node);
+  });
+
+  it('kills a command past its timeout (DEADLINE_EXCEEDED) or when the caller leaves', async () => {
+    const err = await exec(leader, { instanceId: id, command: ['sleep', '41'], timeoutMs: 500 }).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).to.equal(grpc.status.DEADLINE_EXCEEDED);
+    expect(err?.details).to.equal('the command ran past its timeout of 500 ms and was killed');
+    // The caller cancels through a follower: the leader's call to the agent is cancelled too.
+    const left = await exec(follower, { instanceId: id, command: ['sleep', '42'] }, 1_000);
+    expect(left.exitCode).to.equal(-1);
+    const ps = async () => (await exec(leader, { instanceId: id, command: ['ps', '-o', 'args'] })).stdout;
+    await waitFor('both sleeps killed', async () => !/sleep 4[12]/.test(await ps()), 5_000, 200);
+  });
+
+  it('refuses bad requests with the field named, and a stopped or external instance', async () => {
+    const fails = (admin: AdminClient, req: ExecInstanceRequest) => exec(admin, req).then(() => undefined, (e: grpc.ServiceError) => e);
+    for (const admin of [leader, follower]) {
+      const noCmd = await fails(admin, { instanceId: id });
+      expect([noCmd?.code, noCmd?.details]).to.deep.equal([grpc.status.INVALID_ARGUMENT, 'command: is required: the program to run and its arguments']);
+      const empty = await fails(admin, { instanceId: id, command: [''] });
+      expect(empty?.details).to.equal('command[0]: is empty: name the program to run');
+      const long = await fails(admin, { instanceId: id, command: ['true'], timeoutMs: 3_600_001 });
+      expect([long?.code, long?.details]).to.deep.equal([grpc.status.INVALID_ARGUMENT, 'timeout_ms: is 3600001; at most 3600000 (an hour)']);
+      const big = await fails(admin, { instanceId: id, command: ['true'], stdin: Buffer.alloc(1024 * 1024 + 1) });
+      expect(big?.details).to.equal('stdin: is 1048577 bytes; at most 1048576');
+      const nf = await fails(admin, { instanceId: 'no-such-instance', command: ['true'] });
+      expect([nf?.code, nf?.details]).to.deep.equal([grpc.status.NOT_FOUND, 'instance "no-such-instance" not found']);
+    }
+    await leader.registerComponent({ instanceId: 'ext-2', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 60_000 });
+    const ext = await fails(follower, { instanceId: 'ext-2', command: ['true'] });
+    expect([ext?.code, ext?.details]).to.deep.equal([grpc.status.FAILED_PRECONDITION, 'instance ext-2 is external (a outside at 127.0.0.1:1, registered through the Admin API): Tessera does not run it and cannot run commands in it']);
+    await leader.deregisterComponent('ext-2');
+    // The agent asked directly for a container that exists but does not run.
+    const endpoint = (await leader.listNodes()).nodes[0].endpoint;
+    const stopped = `i-stopped-${randomBytes(3).toString('hex')}`;
+    await promisify(execFile)('docker', ['create', '--name', `tessera-${stopped}`, '--label', `tessera.node=${node}`, 'tessera/busybox:local', 'true']);
+    const direct = new (tesseraProto().AgentExec)(endpoint, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+        const s = direct.execInstance({ instanceId: stopped, command: ['true'] });
+        s.on('data', () => {});
+        s.on('end', () => resolve(undefined));
+        s.on('error', resolve);
+      });
+      expect([err?.code, err?.details]).to.deep.equal([grpc.status.FAILED_PRECONDITION, `the container of instance ${stopped} is not running: a command runs only in a running container`]);
+    } finally {
+      direct.close();
+      await promisify(execFile)('docker', ['rm', '-f', `tessera-${stopped}`]);
+    }
+  });
+
+  it('runs it with the CLI: output on stdout and stderr, the exit code passed on, stdin with -i', async () => {
+    const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+    const r = await promisify(execFile)(process.execPath, [cli, '-c', coords[1], 'exec', id, '--', 'sh', '-c', 'echo hi; echo there >&2']);
+    expect([r.stdout, r.stderr]).to.deep.equal(['hi\n', 'there\n']);
+    const seven = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'exec', id, '--', 'sh', '-c', 'exit 7']).then(() => undefined, (e: { code: number }) => e);
+    expect(seven?.code).to.equal(7);
+    const piped = await new Promise<string>((resolve, reject) => {
+      const child = execFile(process.execPath, [cli, '-c', coords[0], 'exec', '-i', id, '--', 'wc', '-l'], (err, stdout) => (err ? reject(err) : resolve(stdout)));
+      child.stdin!.end('a\nb\nc\n');
+    });
+    expect(piped.trim()).to.equal('3');
+    const json = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], '--json', 'exec', id, '--', 'echo', 'x']);
+    expect(json.stdout.trim().split('\n').map((l) => JSON.parse(l))).to.deep.equal([{ stream: 'stdout', data: 'x\n' }, { exitCode: 0 }]);
+    const timeout = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'exec', '--command-timeout', '0', id, '--', 'true']).then(() => undefined, (e: { code: number; stderr: string }) => e);
+    expect(timeout?.stderr).to.match(/--command-timeout takes whole seconds, 1 to 3600/);
+  });
+
+  it('asks for an upgrade when the instance\'s agent predates ExecInstance (FAILED_PRECONDITION)', async () => {
+    // An agent whose advertised relay address is a gRPC server without AgentExec (as an older agent's).
+    const bare = new grpc.Server();
+    const port = await new Promise<number>((resolve, reject) => bare.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const oldNode = `${node}-old`;
+    const old = fleet.agent({ coordinators: coords, nodeId: oldNode, extra: ['--port-range', '30300-30399', '--labels', 'generation=old', '--relay-advertise', `127.0.0.1:${port}`] });
+    try {
+      await waitFor('two nodes READY', async () => (await leader.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000);
+      await leader.applyApp({ name: 'oldhost', components: [{
+        name: 'sleeper', image: 'tessera/busybox:local', command: ['sleep', '3600'], constraints: [{ label: 'generation', op: '=', value: 'old' }],
+        resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
+      }] });
+      const oldId = await waitFor('running on the old node', async () => (await leader.listInstances('oldhost')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === oldNode)?.id, 30_000, 200);
+      const err = await exec(follower, { instanceId: oldId, command: ['true'] }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+      expect(err?.details).to.match(/the agent predates ExecInstance; upgrade it$/);
+      await leader.deleteApp('oldhost');
+    } finally {
+      await old.kill('SIGTERM');
+      bare.forceShutdown();
+      removeContainers(`tessera.node=${oldNode}`);
     }
   });
 

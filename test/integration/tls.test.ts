@@ -119,15 +119,28 @@ describe('mutual TLS', function () {
       });
       // (The echo component writes nothing: the stream ending without an error is the check.)
       expect(logs).to.be.a('string');
-      const direct = (m: ReturnType<typeof material>) => new Promise<grpc.ServiceError | undefined>((resolve) => {
-        const c = new (tesseraProto().AgentLogs)(relay, clientCredentials(m));
-        const s = c.InstanceLogs({ instanceId: inst }, { deadline: new Date(Date.now() + 3_000) });
+      // And a command in it (ExecInstance), the same way; AgentExec serves coordinator certificates only.
+      const ran = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const s = a.execInstance({ instanceId: inst, command: ['node', '-e', 'process.stdout.write("exec over mTLS")'] });
+        s.on('data', (c: { data: Buffer; exited: boolean; exitCode: number }) => (out += c.exited ? ` exit ${c.exitCode}` : c.data.toString()));
+        s.on('end', () => resolve(out));
+        s.on('error', reject);
+      });
+      expect(ran).to.equal('exec over mTLS exit 0');
+      const direct = (m: ReturnType<typeof material>, exec = false) => new Promise<grpc.ServiceError | undefined>((resolve) => {
+        const c = exec ? new (tesseraProto().AgentExec)(relay, clientCredentials(m)) : new (tesseraProto().AgentLogs)(relay, clientCredentials(m));
+        const opts = { deadline: new Date(Date.now() + 3_000) };
+        const s = exec ? (c as InstanceType<ReturnType<typeof tesseraProto>['AgentExec']>).ExecInstance({ instanceId: inst, command: ['true'] }, opts)
+          : (c as InstanceType<ReturnType<typeof tesseraProto>['AgentLogs']>).InstanceLogs({ instanceId: inst }, opts);
         s.on('data', () => {});
         s.on('end', () => { c.close(); resolve(undefined); });
         s.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
       });
       expect((await direct(material('admin')))?.code, 'logs with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
       expect((await direct(material('agent-n1')))?.code, 'logs with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await direct(material('admin'), true))?.code, 'exec with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await direct(material('agent-n1'), true))?.code, 'exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       await a.deleteApp('tlsjobs');
     } finally {
       a.close();
