@@ -86,6 +86,12 @@ const RESULT_MEMORY = 64 * 1024 * 1024;
 /** ListJobs beyond memory: end record keys read at once, and bytes read in all. */
 const LIST_SCAN_CHUNK = 64;
 const LIST_SCAN_BYTES = 4 * 1024 * 1024;
+/**
+ * A window takes end records for at most 10 s after its lease is granted (retentionLease), so a
+ * job in it was submitted before that (plus a margin for the clocks of the leaders that wrote
+ * it): a bound ListJobs uses to know that no older window holds a newer job.
+ */
+const WINDOW_SPAN_BOUND_MS = 10_000 + 2_000;
 
 export interface JobOptions {
   flow: 'chain' | 'per-stage';
@@ -1208,6 +1214,9 @@ export class JobScheduler {
    * through the record budget's windows, newest first: each window's lease names the keys written
    * under it (etcd keeps that list in memory), so nothing reads or sorts the whole records prefix
    * (etcd would read every value of a sorted or filtered range: up to --job-record-budget-mb).
+   * A window holds the jobs that ended while it was current, so a job that ran long can sit in
+   * a newer window than jobs submitted after it: the scan goes on past `want` found until the
+   * next window can hold nothing newer than the want-th (see WINDOW_SPAN_BOUND_MS).
    * At most LIST_SCAN_BYTES of records are read per call: past it, the newest first holds to
    * within a window (10 s of records).
    */
@@ -1222,8 +1231,15 @@ export class JobScheduler {
       const rec = decodeRecord(e);
       if (wanted(rec)) found.set(id, rec);
     };
+    // The submission time of the want-th newest found so far (-Infinity while fewer are found).
+    let memo = { size: -1, t: -Infinity };
+    const wantth = () => {
+      if (found.size < want) return -Infinity;
+      if (memo.size !== found.size) memo = { size: found.size, t: [...found.values()].map((r) => r.submittedAtMs).sort((x, y) => y - x)[want - 1] };
+      return memo.t;
+    };
     for (const w of [...this.windows].sort((a, b) => b.grantedAtMs - a.grantedAtMs)) {
-      if (found.size >= want || bytes >= LIST_SCAN_BYTES) break;
+      if (bytes >= LIST_SCAN_BYTES || wantth() >= w.grantedAtMs + WINDOW_SPAN_BOUND_MS) break;
       let keys: string[];
       try {
         const res = await c.leaseClient.leaseTimeToLive({ ID: w.id, keys: true });

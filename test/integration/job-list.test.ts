@@ -153,6 +153,48 @@ describe('listing jobs that ended under an earlier leader', function () {
     }
   });
 
+  it('lists a job that ended in an older record window before a longer one submitted earlier that ended in a newer window', async () => {
+    // Windows of 2 s (a tenth of a 20 s retention): A, slow, is submitted first and ends 3 s
+    // later in a newer window than B, submitted after A and ended at once. Newest first by
+    // submission, B comes before A, though A's window is read first.
+    const extra = ['--etcd-prefix', '/tessera-windows/', '--job-retention-ms', '20000'];
+    const w1 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'win-1', extra });
+    await waitForLeader([w1.address]);
+    const slow = await startEcho('win-slow', { DELAY_MS: '3000' });
+    const fast = await startEcho('win-fast');
+    let admin = new AdminClient([w1.address], { timeoutMs: 20_000 });
+    try {
+      await admin.registerComponent({ instanceId: 'win-slow-1', kind: 'win-slow', endpoint: `127.0.0.1:${slow.port}`, ttlMs: 120_000 });
+      await admin.registerComponent({ instanceId: 'win-fast-1', kind: 'win-fast', endpoint: `127.0.0.1:${fast.port}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'slowp', stages: [{ name: 'echo', kind: 'win-slow' }] });
+      await admin.applyPipeline({ name: 'fastp', stages: [{ name: 'echo', kind: 'win-fast' }] });
+      const a = admin.submitJob({ pipeline: 'slowp', payload: Buffer.from('A'), wait: true });
+      await new Promise((r) => setTimeout(r, 100));
+      const b = await admin.submitJob({ pipeline: 'fastp', payload: Buffer.from('B'), wait: true });
+      const aDone = await a;
+      expect(aDone.state).to.equal('JOB_STATE_SUCCEEDED');
+      expect(Number(aDone.submittedAtMs)).to.be.below(Number(b.submittedAtMs));
+      // Graceful: the end records are written; the next leader has them only in etcd.
+      const w2 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'win-2', extra });
+      await w1.kill('SIGTERM');
+      await waitForLeader([w2.address], 20_000, 'win-1');
+      admin.close();
+      admin = new AdminClient([w2.address], { timeoutMs: 20_000 });
+      const pages: string[][] = [];
+      let token = '';
+      do {
+        const r = await admin.listJobs({ limit: 1, pageToken: token });
+        pages.push(r.jobs.map((j) => j.id));
+        token = r.nextPageToken;
+      } while (token && pages.length < 5);
+      expect(pages.flat()).to.deep.equal([b.id, aDone.id]);
+    } finally {
+      admin.close();
+      slow.proc.kill('SIGKILL');
+      fast.proc.kill('SIGKILL');
+    }
+  });
+
   it('saves a record window before any record goes under its lease, so a next leader knows every window', async () => {
     // The second coordinator of the test before leads; its first record opened a window.
     const admin = new AdminClient([leaderAddress], { timeoutMs: 20_000 });
