@@ -17,7 +17,7 @@ import type { ExecInstanceRequest } from '../../common/generated/tessera/v1/Exec
 import type { ExecChunk__Output } from '../../common/generated/tessera/v1/ExecChunk';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader } from '../helpers/cluster';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 
@@ -193,13 +193,7 @@ describe('instance logs', function () {
 
   it('records each command as an instance.exec event', async () => {
     await exec(leader, { instanceId: id, command: ['echo', 'audited', 'two words'] });
-    const events = await new Promise<{ kind: string; subject: string; message: string; fields: Record<string, string> }[]>((resolve, reject) => {
-      const got: { kind: string; subject: string; message: string; fields: Record<string, string> }[] = [];
-      const s = leader.watchEvents({ kinds: ['instance.exec'], history: 50 });
-      s.on('data', (e: (typeof got)[number]) => got.push(e));
-      s.on('end', () => resolve(got));
-      s.on('error', reject);
-    });
+    const events = await pastEvents(leader, ['instance.exec']);
     const e = events.find((x) => x.fields.command === JSON.stringify(['echo', 'audited', 'two words']));
     expect(e, JSON.stringify(events)).to.not.equal(undefined);
     expect(e!.subject).to.equal(id);
