@@ -89,6 +89,7 @@ export class AdminClient {
   scaleApp(name: string, component: string, instances: number | undefined): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('scaleApp', { name, component, instances }); }
   restartApp(name: string, component = ''): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('restartApp', { name, component }); }
   listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
+  replaceInstance(instanceId: string, reason = ''): Promise<import('./generated/tessera/v1/Instance').Instance__Output> { return this.unary('replaceInstance', { instanceId, reason }); }
 
   setPolicy(policy: unknown): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('setPolicy', { policy }); }
   getPolicy(app: string, component: string): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('getPolicy', { app, component }); }

@@ -183,6 +183,15 @@ export class AdminService {
       EvaluatePolicy: unary(log, 'EvaluatePolicy', (req, call) => this.onLeader(call, 'evaluatePolicy', req, (_r, _d, sc) => sc.dryRun(req.app, req.component))),
       ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
+      ReplaceInstance: unary(log, 'ReplaceInstance', (req, call) => {
+        if (!req.instanceId) throw InvalidArgumentError.field('instanceId', 'is required');
+        if (req.reason.length > 200) throw InvalidArgumentError.field('reason', `is ${req.reason.length} characters; at most 200`);
+        return this.onLeader(call, 'replaceInstance', req, async (_r, dep, _s, w, by) => {
+          const ext = dep.instance(req.instanceId) ? undefined : w.components.external(req.instanceId);
+          if (ext) throw new FailedPreconditionError(`instance ${req.instanceId} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and cannot replace it (deregister it instead)`);
+          return dep.replaceInstance(req.instanceId, req.reason, by);
+        });
+      }),
 
       RegisterComponent: unary(log, 'RegisterComponent', (req, call) => this.onLeader(call, 'registerComponent', req, (_r, _d, _s, w, by) => w.components.register(req, undefined, by))),
       DeregisterComponent: unary(log, 'DeregisterComponent', (req, call) => {

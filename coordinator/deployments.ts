@@ -288,8 +288,34 @@ export class Deployments {
           message: i.desired === 'stop' ? `${i.stopReason ?? ''}` : o?.message ?? '',
           containerId: o?.containerId ?? '', createdAtMs: i.createdAtMs, desired: i.desired,
           cpuPercent: o?.cpuPercent ?? 0, memoryUsedMib: o?.memoryUsedMib ?? 0,
+          replacing: i.replace && i.desired === 'run' ? `${i.replace.reason}${i.replace.by ? ` (by ${i.replace.by})` : ''}` : '',
         };
       });
+  }
+
+  /**
+   * ReplaceInstance: marks a running instance to be replaced; the next reconciliation places a
+   * new one in its slot and stops it once the new one is healthy (planComponent counts it
+   * outdated). Asking again while it is being replaced changes nothing.
+   */
+  replaceInstance(id: string, reason: string, by = ''): Promise<Instance> {
+    return this.exclusive(async () => {
+      const inst = this.instances.get(id);
+      if (!inst) throw new NotFoundError('instance', id);
+      if (inst.desired !== 'run') throw new FailedPreconditionError(`instance ${id} is already stopped or stopping (${inst.stopReason || 'no longer wanted'}): nothing to replace`);
+      if (this.apps.get(inst.app)?.deleting) throw new FailedPreconditionError(`app ${inst.app} is being deleted: its instances are not replaced`);
+      if (!inst.replace) {
+        const next: InstanceRecord = { ...inst, replace: { atMs: Date.now(), by, reason: reason || 'requested by operator' } };
+        await this.store.commit([{ type: 'put', key: this.keys.instance(inst.app, inst.id), value: JSON.stringify(next) }], [attributed({
+          kind: 'instance.replace_requested', subject: inst.id,
+          message: `${inst.app}/${inst.component} instance ${inst.id} on ${inst.nodeId}: a replacement asked for (${next.replace!.reason}); it stops once the new one is healthy`,
+          fields: { app: inst.app, component: inst.component, node: inst.nodeId, reason: next.replace!.reason },
+        }, by)]);
+        this.instances.set(id, next);
+        this.kick();
+      }
+      return this.listInstances(inst.app, '').find((x) => x.id === id)!;
+    });
   }
 
   /** An instance this leader knows (running, stopping or kept as a failed tombstone). */
@@ -506,8 +532,10 @@ export class Deployments {
         events.push({ kind: 'rollout.complete', subject: app.name, message: `version ${app.version} of ${app.name} is running on every instance`, fields: { version: String(app.version) } });
       } else if (app.version === app.stableVersion) {
         const status = allHealthy && allSettled ? 'running' : 'degraded';
+        const replacing = mine.filter((x) => x.replace).map((x) => x.id);
         const statusReason = status === 'running' ? `version ${app.version} running`
-          : `some instances are not healthy or not placed${backingOff.length ? `; backing off: ${backingOff.join(', ')}` : ''}`;
+          : replacing.length && allHealthy ? `replacing ${replacing.join(', ')} as requested`
+          : `some instances are not healthy or not placed${replacing.length ? ` (replacing ${replacing.join(', ')} as requested)` : ''}${backingOff.length ? `; backing off: ${backingOff.join(', ')}` : ''}`;
         if (status !== app.status || statusReason !== app.statusReason) appUpdates.set(app.name, { ...app, status, statusReason, updatedAtMs: nowMs });
       }
     }

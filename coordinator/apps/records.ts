@@ -51,6 +51,8 @@ export interface InstanceRecord {
   stoppedAtMs?: number;
   stopReason?: string;
   failure?: { exitCode: number; oomKilled: boolean; message: string };
+  /** Asked to be replaced (ReplaceInstance): a new instance takes its slot, then it stops. */
+  replace?: { atMs: number; by: string; reason: string };
 }
 
 /**

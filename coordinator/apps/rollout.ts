@@ -65,7 +65,8 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   const avoidBySlot = new Map<number, string[]>();
   const live: InstanceRecord[] = [];
   let rolloutFailed: string | undefined;
-  const isCurrent = (x: InstanceRecord) => x.specHash === i.hash || !!i.sameSpec?.has(x.specHash);
+  // One asked to be replaced is outdated whatever it runs: a new one takes its slot first.
+  const isCurrent = (x: InstanceRecord) => !x.replace && (x.specHash === i.hash || !!i.sameSpec?.has(x.specHash));
 
   for (const inst of i.instances) {
     const ns = i.nodeState(inst.nodeId);
@@ -132,7 +133,8 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   const byPreference = [...outdated].sort((a, b) => Number(i.nodeState(b.nodeId) === 'DRAINING') - Number(i.nodeState(a.nodeId) === 'DRAINING'));
   for (const x of byPreference.slice(0, removable)) {
     const drained = i.nodeState(x.nodeId) === 'DRAINING';
-    stop.push({ inst: x, kind: drained ? 'drained' : 'replaced', reason: drained ? `node ${x.nodeId} is draining` : `replaced by version ${i.app.version}` });
+    const asked = x.replace ? `replaced as requested${x.replace.by ? ` by ${x.replace.by}` : ''}: ${x.replace.reason}` : `replaced by version ${i.app.version}`;
+    stop.push({ inst: x, kind: drained ? 'drained' : 'replaced', reason: drained ? `node ${x.nodeId} is draining` : asked });
   }
 
   return { create, stop, current: current.length, healthyCurrent: healthyCurrent.length, outdated: outdated.length, rolloutFailed };

@@ -283,7 +283,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
-    ago(Number(i.createdAtMs)), clip(i.message || '', 80),
+    ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : ''), 80),
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 
@@ -327,6 +327,14 @@ program.command('logs [instance-id]').description("an instance's container outpu
       });
       stream.on('error', reject);
     })));
+  }));
+
+const instance = program.command('instance').description('one instance');
+instance.command('replace <instance-id>').description('place a new instance in its slot, then stop this one once the new one is healthy (as kubectl delete pod under a Deployment, new one first)')
+  .option('--reason <text>', 'why, recorded in the events and the stop reason')
+  .action((id: string, o) => run(async (c) => {
+    const i = await c.replaceInstance(id, o.reason ?? '');
+    out(i, () => `instance ${i.id} (${i.app}/${i.component}[${i.slot}] on ${i.nodeId}) is being replaced (${i.replacing}): a new instance takes slot ${i.slot}, then it stops (follow with tessera ps ${i.app})`);
   }));
 
 program.command('exec <instance-id> <command...>').description("run a command in an instance's container and print its output, without a terminal (as kubectl exec): put -- before the command; exits with the command's exit code; operators only, recorded as an instance.exec event")

@@ -304,6 +304,53 @@ describe('deployments on the real Docker Engine', function () {
     }
   });
 
+  it('replaces one instance on request (tessera instance replace): a new one in its slot first, then the old one stopped; the others and the version untouched', async () => {
+    const before = await running('web');
+    const version = Number((await admin.getApp('web')).version);
+    const old = before[0];
+    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
+      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+    const r = await cli('instance', 'replace', old.id, '--reason', 'wedged worker');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.equal(`instance ${old.id} (web/web[${old.slot}] on ${old.nodeId}) is being replaced (wedged worker): a new instance takes slot ${old.slot}, then it stops (follow with tessera ps web)\n`);
+    // Asked again while it is being replaced: nothing more happens. (The new one takes a second
+    // or more to start and pass its health check.)
+    expect((await admin.replaceInstance(old.id, 'again')).replacing).to.equal('wedged worker');
+    expect((await cli('ps', 'web')).stdout).to.match(new RegExp(`^${old.id} .* replacing: wedged worker$`, 'm'));
+    await waitFor('a new instance healthy in its slot, the old one stopped', async () => {
+      const now = await ps('web');
+      const o = now.find((i) => i.id === old.id);
+      return (!o || o.desired === 'stop') && (await running('web')).filter((i) => i.slot === old.slot && i.id !== old.id).length === 1;
+    }, 40_000, 200);
+    const after = await running('web');
+    expect(after.filter((i) => i.slot !== old.slot).map((i) => i.id).sort(), 'the others untouched').to.deep.equal(before.filter((i) => i.slot !== old.slot).map((i) => i.id).sort());
+    expect(Number((await admin.getApp('web')).version), 'no new version').to.equal(version);
+    const events = await pastEvents(admin, ['instance.replace_requested', 'instance.replaced']);
+    expect(events.filter((e) => e.kind === 'instance.replace_requested' && e.subject === old.id)).to.have.length(1);
+    const stopped = events.find((e) => e.kind === 'instance.replaced' && e.subject === old.id);
+    expect(stopped?.message).to.match(/: replaced as requested: wedged worker$/);
+    await waitStable('web', version);
+    // Refusals: the old one (stopped), an unknown one, none named, an external one.
+    const gone = await admin.replaceInstance(old.id).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    if (gone.code !== grpc.status.NOT_FOUND) { // its tombstone may be gone already
+      expect(gone.code).to.equal(grpc.status.FAILED_PRECONDITION);
+      expect(gone.details).to.match(new RegExp(`^instance ${old.id} is already stopped or stopping \\(replaced as requested: wedged worker\\): nothing to replace$`));
+    }
+    const refusals: [string, number, string][] = [
+      ['no-such', grpc.status.NOT_FOUND, 'instance "no-such" not found'],
+      ['', grpc.status.INVALID_ARGUMENT, 'instanceId: is required'],
+    ];
+    for (const [id, code, text] of refusals) {
+      const err = await admin.replaceInstance(id).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+      expect([err.code, err.details]).to.deep.equal([code, text]);
+    }
+    await admin.registerComponent({ instanceId: 'ext-r', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 60_000 });
+    const ext = await admin.replaceInstance('ext-r').catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(ext.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(ext.details).to.match(/cannot replace it \(deregister it instead\)$/);
+    await admin.deregisterComponent('ext-r');
+  });
+
   it('follows a rollout from the CLI with --wait: exit 0 once it runs everywhere, 2 when the version fails', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-wait-'));
     const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])

@@ -80,6 +80,19 @@ describe('rollout decisions per component', () => {
     const then = run({ ...base, instances: [inst('d0', 0, 'new', 'drained'), inst('x0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { d0: healthy, x0: healthy, n1: healthy, n2: healthy } });
     expect(then.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['d0', 'drained']]);
   });
+  it('replaces an instance asked to be replaced: a new one in its slot first, then it stops with the reason and who asked', () => {
+    const base = { app: { version: 2, stableVersion: 2 } };
+    const asked = { ...inst('n1', 1, 'new'), replace: { atMs: 1, by: 'ops', reason: 'wedged' } };
+    const first = run({ ...base, instances: [inst('n0', 0, 'new'), asked, inst('n2', 2, 'new')], obs: { n0: healthy, n1: healthy, n2: healthy } });
+    expect(first.create.map((c) => c.slot)).to.deep.equal([1]);
+    expect(first.stop).to.deep.equal([]);
+    expect(first.outdated).to.equal(1);
+    const waiting = run({ ...base, instances: [inst('n0', 0, 'new'), asked, inst('x1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: healthy, x1: starting, n2: healthy } });
+    expect([waiting.create, waiting.stop]).to.deep.equal([[], []]);
+    const then = run({ ...base, instances: [inst('n0', 0, 'new'), asked, inst('x1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: healthy, x1: healthy, n2: healthy } });
+    expect(then.stop.map((s) => [s.inst.id, s.kind, s.reason])).to.deep.equal([['n1', 'replaced', 'replaced as requested by ops: wedged']]);
+    expect(then.create).to.deep.equal([]);
+  });
   it('scales down unhealthy and high slots first', () => {
     const d = run({ app: { version: 2, stableVersion: 2 }, component: comp(1), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: starting, n2: healthy } });
     expect(d.stop.map((s) => s.inst.id).sort()).to.deep.equal(['n1', 'n2']);
