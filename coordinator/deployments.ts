@@ -912,16 +912,25 @@ export class Deployments {
       byNode.get(i.nodeId)!.push(i);
     }
     const term = 0;
+    // An instruction whose effect agents report leaves `sent` (it is no longer pending).
+    const reported = new Set<string>();
     for (const nodeId of this.gateway.connectedNodes()) {
       const want = byNode.get(nodeId) ?? [];
       const have = new Map(this.registry.observed(nodeId).map((o) => [o.instanceId, o]));
       const wantIds = new Set(want.map((w) => w.id));
       for (const w of want) {
-        if (have.has(w.id)) continue;
+        if (have.has(w.id)) {
+          this.sent.delete(`run-${w.id}`);
+          continue;
+        }
         this.send(nodeId, `run-${w.id}`, nowMs, () => this.runInstruction(w, term));
       }
       for (const [id, o] of have) {
-        if (wantIds.has(id) || o.state === 'INSTANCE_STATE_STOPPED') continue;
+        if (wantIds.has(id) || o.state === 'INSTANCE_STATE_STOPPED') {
+          this.sent.delete(`stop-${id}`);
+          continue;
+        }
+        reported.add(id);
         const rec = this.instances.get(id);
         this.send(nodeId, `stop-${id}`, nowMs, () => ({
           id: `stop-${id}`, action: 'INSTRUCTION_ACTION_STOP', target: { app: o.app, component: o.component, instanceId: id, nodeId },
@@ -944,7 +953,10 @@ export class Deployments {
         this.send(nodeId, `login-${w.id}-${seq}`, nowMs, () => this.runInstruction(w, term));
       }
     }
-    for (const [k, at] of this.sent) if (nowMs - at > 10 * RESEND_AFTER_MS) this.sent.delete(k);
+    for (const [k, at] of this.sent) {
+      // A STOP whose container the agent no longer reports (removed) is done too.
+      if (nowMs - at > 10 * RESEND_AFTER_MS || (k.startsWith('stop-') && !reported.has(k.slice(5)))) this.sent.delete(k);
+    }
   }
 
   /** An agent attached: its instances' registry logins go to it again with the next dispatch. */
@@ -963,7 +975,7 @@ export class Deployments {
     }
   }
 
-  /** Instructions sent within the resend window whose effect agents do not report yet. */
+  /** Instructions sent within the resend window whose effect agents do not report yet (or, for a login RUN, not yet acknowledged). */
   pendingInstructions(nowMs = Date.now()): number {
     let n = 0;
     for (const at of this.sent.values()) if (nowMs - at < RESEND_AFTER_MS) n++;
@@ -971,6 +983,8 @@ export class Deployments {
   }
 
   onAck(nodeId: string, instructionId: string, ok: boolean, message: string): void {
+    // A login RUN changes nothing an agent reports (the instance runs already): taken is done.
+    if (ok && instructionId.startsWith('login-')) this.sent.delete(instructionId);
     if (!ok) this.log.warn({ node: nodeId, instruction: instructionId, message }, 'instruction refused by agent');
   }
 

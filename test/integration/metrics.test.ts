@@ -42,6 +42,11 @@ describe('Prometheus metrics', function () {
         health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
       }] });
       await waitFor('running', async () => (await admin.listInstances('m')).instances.some((i) => i.state === 'INSTANCE_STATE_RUNNING'), 20_000, 200);
+      // The RUN is no longer pending once the agent reports the instance (within a dispatch
+      // round or two, not the 5 s resend window after it was sent).
+      const t0 = Date.now();
+      await waitFor('no instruction pending', async () => (await scrape(cm)).get('tessera_instructions_pending') === 0, 5_000, 100);
+      expect(Date.now() - t0, 'pending for the resend window').to.be.below(2_500);
       await admin.applyPipeline({ name: 'mp', stages: [{ name: 'one', kind: 'm-echo' }, { name: 'two', kind: 'm-echo' }] });
       await waitFor('registered', async () => (await admin.listComponents('m-echo')).instances.length === 1, 20_000, 200);
       for (let i = 0; i < 3; i++) expect((await admin.submitJob({ pipeline: 'mp', payload: Buffer.from('x'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
