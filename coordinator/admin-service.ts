@@ -634,8 +634,10 @@ export class AdminService {
     const req = call.request;
     const history = req.history === 0 ? 20 : req.history;
     if (history < -1) throw InvalidArgumentError.field('history', 'must be -1 (none), 0 (default 20) or a positive count');
-    const match = (e: StoredEvent) => !req.kinds.length || req.kinds.some((k) => e.kind.startsWith(k));
-    const res = await this.etcdRead(() => this.client.getAll().prefix(this.keys.events).sort('Key', 'Descend').limit(history > 0 ? Math.min(history * (req.kinds.length ? 20 : 1), 10_000) : 1).exec());
+    const match = (e: StoredEvent) => (!req.kinds.length || req.kinds.some((k) => e.kind.startsWith(k))) && (!req.involving || involves(e, req.involving));
+    // A filter reads further back for its history (newest first, at most 10,000 events).
+    const reach = (req.kinds.length ? 20 : 1) * (req.involving ? 50 : 1);
+    const res = await this.etcdRead(() => this.client.getAll().prefix(this.keys.events).sort('Key', 'Descend').limit(history > 0 ? Math.min(history * reach, 10_000) : 1).exec());
     const past = res.kvs.map((kv) => JSON.parse(kv.value.toString()) as StoredEvent).filter(match).slice(0, Math.max(history, 0)).reverse();
     for (const e of past) call.write(toProtoEvent(e));
     if (!req.follow) return;
@@ -656,6 +658,11 @@ export class AdminService {
 function validateNodeId(id: string): void {
   if (!id) throw InvalidArgumentError.field('nodeId', 'is required');
   if (!NODE_ID_RE.test(id)) throw InvalidArgumentError.field('nodeId', `must match ${NODE_ID_RE.source}`);
+}
+
+/** An event about an app, node or instance (WatchEventsRequest.involving). */
+function involves(e: StoredEvent, name: string): boolean {
+  return e.subject === name || e.subject.startsWith(`${name}/`) || e.fields?.app === name || e.fields?.node === name;
 }
 
 function toProtoEvent(e: StoredEvent): Event {

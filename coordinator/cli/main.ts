@@ -75,6 +75,22 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   }
 }
 
+/** One event as `tessera events` prints it. */
+function eventLine(e: Event__Output): string {
+  return `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(26)} ${e.subject.padEnd(20)} ${e.message}${e.fields?.by ? ` (by ${e.fields.by})` : ''}`;
+}
+
+/** The last n events about an app, node or instance, oldest first (for get, as kubectl describe ends with its events). */
+function recentEvents(c: AdminClient, involving: string, n = 10): Promise<Event__Output[]> {
+  return new Promise((resolve, reject) => {
+    const out: Event__Output[] = [];
+    const s = c.watchEvents({ history: n, involving });
+    s.on('data', (e: Event__Output) => out.push(e));
+    s.on('end', () => resolve(out));
+    s.on('error', reject);
+  });
+}
+
 /** An instance the cluster cannot place now, with the count of nodes per reason. */
 function unplacedLine(u: { component: string; slot: number; reasonCounts: Record<string, number> }): string {
   return `  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`;
@@ -175,7 +191,8 @@ const node = program.command('node').description('one node');
 node.command('get <id>').description('show a node and the instances on it (as nomad node status ID)').action((id) => run(async (c) => {
   const n = await c.getNode(id);
   const { instances } = await c.listInstances('', id);
-  out({ ...n, instances }, () => [
+  const events = await recentEvents(c, id);
+  out({ ...n, instances, events }, () => [
     nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
@@ -183,6 +200,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
       i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-', ago(Number(i.createdAtMs)),
     ])) : 'no instances on this node',
+    '', `events (the last ${events.length}; tessera events --for ${n.id}):`, ...(events.length ? events.map(eventLine) : ['  none']),
   ].join('\n'));
 }));
 node.command('drain <id>').description('stop placing work on a node and move its instances off').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
@@ -239,7 +257,9 @@ program.command('apps').description('list apps').action(() => run(async (c) => {
 const app = program.command('app').description('one app');
 app.command('get <name>').description('show an app and its spec').action((name) => run(async (c) => {
   const a = await c.getApp(name);
-  out(a, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec)].join('\n'));
+  const events = await recentEvents(c, name);
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec).trimEnd(), '',
+    `events (the last ${events.length}; tessera events --for ${a.name}):`, ...(events.length ? events.map(eventLine) : ['  none'])].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
   const h = await c.appHistory(name);
@@ -411,13 +431,14 @@ program.command('events').description('cluster events (placements, node states, 
   .option('-f, --follow', 'keep streaming new events')
   .option('-n, --history <count>', 'how many past events to show', wholeNumber('--history', 0), 20)
   .option('--kind <prefix...>', 'only events whose kind starts with this, e.g. node.')
+  .option('--for <name>', 'only events about this app, node or instance (as kubectl events --for)')
   .action((o) => run(async (c) => {
     await c.reachable();
-    const stream = c.watchEvents({ history: Number(o.history), follow: !!o.follow, kinds: o.kind ?? [] });
+    const stream = c.watchEvents({ history: Number(o.history), follow: !!o.follow, kinds: o.kind ?? [], involving: o.for ?? '' });
     const json = program.opts().json;
     await new Promise<void>((resolve, reject) => {
       stream.on('data', (e: Event__Output) => {
-        process.stdout.write(json ? JSON.stringify(e) + '\n' : `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(18)} ${e.subject.padEnd(20)} ${e.message}${e.fields?.by ? ` (by ${e.fields.by})` : ''}\n`);
+        process.stdout.write(json ? JSON.stringify(e) + '\n' : `${eventLine(e)}\n`);
       });
       stream.on('end', resolve);
       stream.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? resolve() : reject(err)));

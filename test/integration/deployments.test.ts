@@ -330,6 +330,18 @@ describe('deployments on the real Docker Engine', function () {
     const stopped = events.find((e) => e.kind === 'instance.replaced' && e.subject === old.id);
     expect(stopped?.message).to.match(/: replaced as requested: wedged worker$/);
     await waitStable('web', version);
+    // The events about it, its app and its node (as kubectl events --for, and describe's list).
+    const about = (await cli('events', '--for', old.id, '-n', '50')).stdout.trim().split('\n');
+    expect(about.map((l) => l.split(/\s+/)[1])).to.include.members(['instance.placed', 'instance.replace_requested', 'instance.replaced']);
+    expect(about.every((l) => l.split(/\s+/)[2] === old.id), about.join('\n')).to.equal(true);
+    const appShown = (await cli('app', 'get', 'web')).stdout;
+    expect(appShown).to.match(/\nevents \(the last \d+; tessera events --for web\):\n/);
+    expect(appShown).to.match(new RegExp(`\\binstance\\.replaced +${old.id} `));
+    const nodeShown = (await cli('node', 'get', old.nodeId)).stdout;
+    expect(nodeShown).to.match(new RegExp(`\nevents \\(the last \\d+; tessera events --for ${old.nodeId}\\):\n`));
+    expect(nodeShown).to.match(new RegExp(`\\binstance\\.replaced +${old.id} `));
+    const other = nodeIds.find((n) => n !== old.nodeId)!;
+    expect((await cli('events', '--for', other, '-n', '50')).stdout).to.not.contain(old.id);
     // Refusals: the old one (stopped), an unknown one, none named, an external one.
     const gone = await admin.replaceInstance(old.id).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     if (gone.code !== grpc.status.NOT_FOUND) { // its tombstone may be gone already
