@@ -80,15 +80,23 @@ function eventLine(e: Event__Output): string {
   return `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(26)} ${e.subject.padEnd(20)} ${e.message}${e.fields?.by ? ` (by ${e.fields.by})` : ''}`;
 }
 
-/** The last n events about an app, node or instance, oldest first (for get, as kubectl describe ends with its events). */
-function recentEvents(c: AdminClient, involving: string, n = 10): Promise<Event__Output[]> {
-  return new Promise((resolve, reject) => {
-    const out: Event__Output[] = [];
-    const s = c.watchEvents({ history: n, involving });
-    s.on('data', (e: Event__Output) => out.push(e));
-    s.on('end', () => resolve(out));
-    s.on('error', reject);
-  });
+/**
+ * The last n events about an app, node or instance, oldest first, as lines (for get, as kubectl
+ * describe ends with its events); a failed read is a line saying so, not a failed get.
+ */
+async function recentEvents(c: AdminClient, involving: string, n = 10): Promise<{ events: Event__Output[]; lines: string[] }> {
+  try {
+    const events = await new Promise<Event__Output[]>((resolve, reject) => {
+      const out: Event__Output[] = [];
+      const s = c.watchEvents({ history: n, involving });
+      s.on('data', (e: Event__Output) => out.push(e));
+      s.on('end', () => resolve(out));
+      s.on('error', reject);
+    });
+    return { events, lines: [`events (the last ${events.length}; tessera events --for ${involving}):`, ...(events.length ? events.map(eventLine) : ['  none'])] };
+  } catch (err) {
+    return { events: [], lines: [`events: not read (${(err as grpc.ServiceError).details ?? (err as Error).message})`] };
+  }
 }
 
 /** An instance the cluster cannot place now, with the count of nodes per reason. */
@@ -191,7 +199,7 @@ const node = program.command('node').description('one node');
 node.command('get <id>').description('show a node and the instances on it (as nomad node status ID)').action((id) => run(async (c) => {
   const n = await c.getNode(id);
   const { instances } = await c.listInstances('', id);
-  const events = await recentEvents(c, id);
+  const { events, lines } = await recentEvents(c, id);
   out({ ...n, instances, events }, () => [
     nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
@@ -200,7 +208,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
       i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-', ago(Number(i.createdAtMs)),
     ])) : 'no instances on this node',
-    '', `events (the last ${events.length}; tessera events --for ${n.id}):`, ...(events.length ? events.map(eventLine) : ['  none']),
+    '', ...lines,
   ].join('\n'));
 }));
 node.command('drain <id>').description('stop placing work on a node and move its instances off').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
@@ -257,9 +265,8 @@ program.command('apps').description('list apps').action(() => run(async (c) => {
 const app = program.command('app').description('one app');
 app.command('get <name>').description('show an app and its spec').action((name) => run(async (c) => {
   const a = await c.getApp(name);
-  const events = await recentEvents(c, name);
-  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec).trimEnd(), '',
-    `events (the last ${events.length}; tessera events --for ${a.name}):`, ...(events.length ? events.map(eventLine) : ['  none'])].join('\n'));
+  const { events, lines } = await recentEvents(c, name);
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
   const h = await c.appHistory(name);
