@@ -23,6 +23,7 @@ import type { Leadership } from './leadership';
 import { NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
+import type { InstanceRecord } from './apps/records';
 import type { Scaler } from './scaling/scaler';
 import { attributed, type StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
@@ -569,12 +570,12 @@ export class AdminService {
     await this.viaInstanceAgent(call, 'cannot run commands in it',
       (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).execInstance(req),
       (leader, md) => leader.execInstance(req, md),
-      async (inst, nodeId, by, dep) => {
+      async (inst, by, dep) => {
         const shown = req.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
         await dep.recordEvent(attributed({
-          kind: 'instance.exec', subject: inst,
-          message: `command run in instance ${inst} on node ${nodeId}${by ? ` by ${by}` : ''}: ${shown.length > 200 ? `${shown.slice(0, 200)}...` : shown}`,
-          fields: { node: nodeId, command: JSON.stringify(req.command).slice(0, 1000), stdinBytes: String(req.stdin.length), timeoutMs: String(req.timeoutMs) },
+          kind: 'instance.exec', subject: inst.id,
+          message: `command run in instance ${inst.id} on node ${inst.nodeId}${by ? ` by ${by}` : ''}: ${shown.length > 200 ? `${shown.slice(0, 200)}...` : shown}`,
+          fields: { app: inst.app, component: inst.component, node: inst.nodeId, command: JSON.stringify(req.command).slice(0, 1000), stdinBytes: String(req.stdin.length), timeoutMs: String(req.timeoutMs) },
         }, by));
       },
       (err) => (err.code === grpc.status.UNIMPLEMENTED ? new FailedPreconditionError(`${err.details}: the agent predates ExecInstance; upgrade it`) : undefined));
@@ -592,7 +593,7 @@ export class AdminService {
     externalText: string,
     fromAgent: (endpoint: string) => grpc.ClientReadableStream<Chunk>,
     fromLeader: (leader: AdminClient, md: grpc.Metadata) => grpc.ClientReadableStream<Chunk>,
-    before?: (instanceId: string, nodeId: string, by: string, dep: Deployments) => Promise<void>,
+    before?: (inst: InstanceRecord, by: string, dep: Deployments) => Promise<void>,
     agentError?: (err: grpc.ServiceError) => Error | undefined,
   ): Promise<void> {
     const id = call.request.instanceId;
@@ -610,7 +611,7 @@ export class AdminService {
       const node = reg.get(inst.nodeId);
       if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked now`);
       const by = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
-      await before?.(inst.id, node.id, by, dep);
+      await before?.(inst, by, dep);
       // No deadline: a whole log (or a command) may take long; the caller's cancel reaches the agent.
       if (call.cancelled) return;
       source = `the agent of node ${node.id} (${node.endpoint})`;

@@ -198,7 +198,7 @@ describe('instance logs', function () {
     expect(e, JSON.stringify(events)).to.not.equal(undefined);
     expect(e!.subject).to.equal(id);
     expect(e!.message).to.equal(`command run in instance ${id} on node ${node}: echo audited "two words"`);
-    expect(e!.fields.node).to.equal(node);
+    expect([e!.fields.node, e!.fields.app, e!.fields.component]).to.deep.equal([node, 'chatty', 'talker']);
   });
 
   it('kills a command past its timeout (DEADLINE_EXCEEDED) or when the caller leaves', async () => {
