@@ -59,6 +59,8 @@ curl_all
 step "an instance's output, as kubectl logs shows a pod's (httpd -v: a line per request, health checks included)"
 first=$(tessera --json ps hello | json 'v.filter(i=>i.desired==="run")[0].id')
 tessera logs "$first" --tail 3 2>&1
+step "a command in that instance, as kubectl exec runs one in a pod (recorded as an instance.exec event)"
+tessera exec "$first" -- sh -c 'echo "$TESSERA_INSTANCE_ID serves $(cat /tmp/www/index.html)"' 2>&1
 
 step "components and jobs: examples/pipeline (split -> count -> format; 2 splitters, 2 counters, 1 formatter)"
 tessera apply -f examples/pipeline/app.yaml
@@ -147,6 +149,8 @@ cat <<MSG
 The cluster and the app are still running. Try:
   node dist/coordinator/cli/main.js ps              (TESSERA_COORDINATOR=$TESSERA_COORDINATOR)
   node dist/coordinator/cli/main.js app history hello
+  node dist/coordinator/cli/main.js instance replace $first --reason "try it"
+  node dist/coordinator/cli/main.js events --for hello
   node dist/coordinator/cli/main.js rollback hello
   node dist/coordinator/cli/main.js node drain node-1
   node dist/coordinator/cli/main.js events --follow
