@@ -441,6 +441,18 @@ export class Deployments {
       const since = n.conditions?.['runtime-down']?.sinceMs;
       nodeStates.set(n.id, n.state !== 'DOWN' && grace > 0 && since !== undefined && nowMs - since >= grace ? 'RUNTIME-DOWN' : n.state);
     }
+    // Per app/component/slot: the node of its latest instance (where its volumes are), and
+    // whether an instance no longer wanted still runs there (stop-first waits for it).
+    const slotNode = new Map<string, { at: number; node: string }>();
+    const slotStopping = new Set<string>();
+    for (const x of this.instances.values()) {
+      const k = `${x.app}/${x.component}/${x.slot}`;
+      const prev = slotNode.get(k);
+      if (!prev || x.createdAtMs >= prev.at) slotNode.set(k, { at: x.createdAtMs, node: x.nodeId });
+      const o = x.desired === 'stop' ? view(x.id) : undefined;
+      const gone = nodeStates.get(x.nodeId) === 'DOWN' || nodeStates.get(x.nodeId) === 'RUNTIME-DOWN' || !nodeStates.has(x.nodeId);
+      if (o && !gone && o.state !== 'INSTANCE_STATE_STOPPED' && o.state !== 'INSTANCE_STATE_FAILED') slotStopping.add(k);
+    }
 
     const ops: Op[] = [];
     const events: EventDraft[] = [];
@@ -491,6 +503,8 @@ export class Deployments {
             return false;
           },
           failedOn: (slot) => this.slotFailures.get(`${app.name}/${comp.name}/${slot}`)?.nodes ?? [],
+          stopping: (slot) => slotStopping.has(`${app.name}/${comp.name}/${slot}`),
+          lastNode: (slot) => slotNode.get(`${app.name}/${comp.name}/${slot}`)?.node,
         });
         appStops.push(...d.stop);
         for (const c of d.create) {
@@ -499,7 +513,7 @@ export class Deployments {
             resources: { cpuMillis: comp.resources!.cpuMillis, memoryMib: comp.resources!.memoryMib },
             ports: comp.ports.map((p) => ({ name: p.name, port: p.port })),
             constraints: comp.constraints, placement: comp.placement as 'spread' | 'binpack', distinctHosts: comp.distinctHosts,
-            avoid: new Set(c.avoid), version: app.version, hash, comp, kind: kindOf(comp),
+            avoid: new Set(c.avoid), ...(c.prefer ? { prefer: c.prefer } : {}), version: app.version, hash, comp, kind: kindOf(comp),
           });
         }
         if (d.outdated || d.current !== effective.instances || d.create.length) allSettled = false;

@@ -2,7 +2,7 @@
 // instance records, what agents observe and the nodes' states, say which instances to create
 // and which to stop, and whether a rollout has failed. No I/O; tested in tables.
 import type { AppRecord, InstanceRecord } from './records';
-import type { NormalComponent } from './spec';
+import { updateOrder, type NormalComponent } from './spec';
 
 /** A node's state as the planner sees it: RUNTIME-DOWN is a READY node whose runtime has not answered past the grace (its instances are lost). */
 export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN';
@@ -35,6 +35,10 @@ export interface ComponentInputs {
   failedOn?(slot: number): string[];
   /** Work an instance holds (queue + in flight): scale-down removes the least busy first. */
   busy?(id: string): number;
+  /** An instance of the slot that is no longer wanted still runs (stop-first waits for it to go). */
+  stopping?(slot: number): boolean;
+  /** The node the slot's last instance ran on: where its volumes' data is. */
+  lastNode?(slot: number): string | undefined;
   nowMs: number;
 }
 
@@ -46,7 +50,8 @@ export interface StopDecision {
 }
 
 export interface ComponentDecision {
-  create: { slot: number; avoid: string[] }[];
+  /** prefer: the node that holds the slot's volumes (a component with volumes). */
+  create: { slot: number; avoid: string[]; prefer?: string }[];
   stop: StopDecision[];
   current: number;
   healthyCurrent: number;
@@ -109,8 +114,10 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
   }
 
+  if (updateOrder(c) === 'stop-first') return stopFirst(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed });
+
   // Missing ones: all at once on a fresh deploy, maxParallel at a time while replacing.
-  const create: { slot: number; avoid: string[] }[] = [];
+  const create: ComponentDecision['create'] = [];
   let missing = n - current.length;
   if (missing > 0 && outdated.length) {
     const inFlight = current.length - healthyCurrent.length;
@@ -124,18 +131,71 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     for (let slot = 0; create.length < missing && slot < n; slot++) {
       if (used.has(slot)) continue;
       if (!i.slotReady(slot, avoidBySlot.has(slot))) continue;
-      create.push({ slot, avoid: [...new Set([...(avoidBySlot.get(slot) ?? []), ...(i.failedOn?.(slot) ?? [])])] });
+      create.push(slotCreate(i, slot, avoidBySlot));
     }
   }
 
   // Old ones go as new ones prove healthy: never fewer than n healthy-or-old at a time.
   const removable = Math.max(0, healthyCurrent.length + outdated.length - n);
   const byPreference = [...outdated].sort((a, b) => Number(i.nodeState(b.nodeId) === 'DRAINING') - Number(i.nodeState(a.nodeId) === 'DRAINING'));
-  for (const x of byPreference.slice(0, removable)) {
-    const drained = i.nodeState(x.nodeId) === 'DRAINING';
-    const asked = x.replace ? `replaced as requested${x.replace.by ? ` by ${x.replace.by}` : ''}: ${x.replace.reason}` : `replaced by version ${i.app.version}`;
-    stop.push({ inst: x, kind: drained ? 'drained' : 'replaced', reason: drained ? `node ${x.nodeId} is draining` : asked });
-  }
+  for (const x of byPreference.slice(0, removable)) stop.push(replacedStop(i, x));
 
   return { create, stop, current: current.length, healthyCurrent: healthyCurrent.length, outdated: outdated.length, rolloutFailed };
+}
+
+/** An outdated instance's stop: moved off a draining node, asked to be replaced, or replaced by the version rolling out. */
+function replacedStop(i: ComponentInputs, x: InstanceRecord, note = ''): StopDecision {
+  if (i.nodeState(x.nodeId) === 'DRAINING') return { inst: x, kind: 'drained', reason: `node ${x.nodeId} is draining${note}` };
+  const why = x.replace ? `replaced as requested${x.replace.by ? ` by ${x.replace.by}` : ''}: ${x.replace.reason}` : `replaced by version ${i.app.version}`;
+  return { inst: x, kind: 'replaced', reason: why + note };
+}
+
+/** A new instance for a slot: away from where it failed; for a component with volumes, on the node that holds them if it can. */
+function slotCreate(i: ComponentInputs, slot: number, avoidBySlot: Map<number, string[]>): ComponentDecision['create'][number] {
+  const prefer = i.component.volumes.length ? i.lastNode?.(slot) : undefined;
+  return { slot, avoid: [...new Set([...(avoidBySlot.get(slot) ?? []), ...(i.failedOn?.(slot) ?? [])])], ...(prefer ? { prefer } : {}) };
+}
+
+/**
+ * Stop-first replacement (update.order, the default for a component with volumes): a slot's old
+ * instance is stopped, and its new one created only once no instance of the slot runs any
+ * more, so two processes never share the slot's volume; maxParallel slots at a time. As a
+ * StatefulSet's rolling update and Docker Swarm's stop-first order. A fresh deploy, a scale-up
+ * and a failed or lost instance's slot are filled at once, as in start-first.
+ */
+function stopFirst(i: ComponentInputs, s: {
+  stop: StopDecision[]; avoidBySlot: Map<number, string[]>; current: InstanceRecord[]; outdated: InstanceRecord[];
+  healthyCurrent: InstanceRecord[]; healthy: (x: InstanceRecord) => boolean; rolloutFailed?: string;
+}): ComponentDecision {
+  const c = i.component;
+  const n = c.instances;
+  const { stop, current, outdated } = s;
+  if (current.length > n) {
+    const busy = (x: InstanceRecord) => i.busy?.(x.id) ?? 0;
+    const extra = [...current].sort((a, b) => Number(s.healthy(a)) - Number(s.healthy(b)) || busy(a) - busy(b) || b.slot - a.slot).slice(0, current.length - n);
+    for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
+  }
+  const currentSlots = new Set(current.map((x) => x.slot));
+  // Outdated instances of slots above the count, or of a slot a current one holds: no gap to wait for.
+  const spare = outdated.filter((x) => x.slot >= n || currentSlots.has(x.slot));
+  const inSlot = outdated.filter((x) => !spare.includes(x));
+  // Slots not serving now (their old one stopping or gone, their new one not yet placed or not
+  // yet healthy): at most maxParallel of them. A new instance that cannot be placed keeps its
+  // slot not serving, and so stops the rollout taking down the next.
+  let inFlight = 0;
+  for (let slot = 0; slot < n; slot++) {
+    if (!current.some((x) => x.slot === slot && s.healthy(x)) && !inSlot.some((x) => x.slot === slot)) inFlight++;
+  }
+  const stopNow = [...inSlot].sort((a, b) => Number(i.nodeState(b.nodeId) === 'DRAINING') - Number(i.nodeState(a.nodeId) === 'DRAINING') || a.slot - b.slot)
+    .slice(0, Math.max(0, c.update.maxParallel - inFlight));
+  for (const x of [...spare, ...stopNow]) stop.push(replacedStop(i, x, ' (stop-first: the new one starts once it is gone)'));
+  // A slot is filled once nothing of it runs: no current or old instance, none still stopping.
+  const create: ComponentDecision['create'] = [];
+  const held = new Set([...currentSlots, ...inSlot.map((x) => x.slot)]);
+  for (let slot = 0; slot < n; slot++) {
+    if (held.has(slot) || i.stopping?.(slot)) continue;
+    if (!i.slotReady(slot, s.avoidBySlot.has(slot))) continue;
+    create.push(slotCreate(i, slot, s.avoidBySlot));
+  }
+  return { create, stop, current: current.length, healthyCurrent: s.healthyCurrent.length, outdated: outdated.length, rolloutFailed: s.rolloutFailed };
 }

@@ -17,7 +17,8 @@ export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health'
   resources: NonNullable<ComponentSpec__Output['resources']>;
   health: NonNullable<ComponentSpec__Output['health']>;
   restart: NonNullable<ComponentSpec__Output['restart']>;
-  update: NonNullable<ComponentSpec__Output['update']>;
+  /** order: set only when named (see normalizeComponent); updateOrder() gives the one in effect. */
+  update: Omit<NonNullable<ComponentSpec__Output['update']>, 'order'> & { order?: 'start-first' | 'stop-first' };
 };
 export type NormalAppSpec = Omit<AppSpec__Output, 'components'> & { components: NormalComponent[] };
 
@@ -119,6 +120,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   if ((r?.attempts ?? 0) < 0) bad(`${at}.restart.attempts`, 'must be >= 0');
   const u = c.update;
   if ((u?.maxParallel ?? 0) < 0) bad(`${at}.update.maxParallel`, 'must be >= 0');
+  if (u?.order && u.order !== 'start-first' && u.order !== 'stop-first') bad(`${at}.update.order`, `must be start-first or stop-first (or left out: stop-first with volumes), got ${JSON.stringify(u.order)}`);
 
   if (c.taskStatePoll?.port && !portNames.has(c.taskStatePoll.port)) bad(`${at}.taskStatePoll.port`, `must name one of the component's ports, got ${JSON.stringify(c.taskStatePoll.port)}`);
   (c.tunables ?? []).forEach((t, j) => {
@@ -172,6 +174,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
       minHealthyMs: Number(u?.minHealthyMs) || DEFAULTS.update.minHealthyMs,
       healthyDeadlineMs: Number(u?.healthyDeadlineMs) || DEFAULTS.update.healthyDeadlineMs,
       autoRevert: !!u?.autoRevert,
+      // Left out unless named, so that specs from before the field hash as they did (no restarts).
+      ...(u?.order ? { order: u.order } : {}),
     },
     volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
@@ -189,6 +193,11 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     // their hash (and their instances are not restarted by an upgrade).
     ...(c.kind && c.kind !== name ? { kind: c.kind } : {}),
   } as NormalComponent;
+}
+
+/** The update order in effect: as named, else stop-first for a component with volumes (its slots' data). */
+export function updateOrder(c: Pick<NormalComponent, 'update' | 'volumes'>): 'start-first' | 'stop-first' {
+  return c.update.order ?? (c.volumes.length ? 'stop-first' : 'start-first');
 }
 
 /** The kind a component's instances register as: its kind, or its name. */

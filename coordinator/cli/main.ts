@@ -361,7 +361,7 @@ instance.command('replace <instance-id>').description('place a new instance in i
   .option('--reason <text>', 'why, recorded in the events and the stop reason')
   .action((id: string, o) => run(async (c) => {
     const i = await c.replaceInstance(id, o.reason ?? '');
-    out(i, () => `instance ${i.id} (${i.app}/${i.component}[${i.slot}] on ${i.nodeId}) is being replaced (${i.replacing}): a new instance takes slot ${i.slot}, then it stops (follow with tessera ps ${i.app})`);
+    out(i, () => `instance ${i.id} (${i.app}/${i.component}[${i.slot}] on ${i.nodeId}) is being replaced (${i.replacing}): a new instance takes slot ${i.slot}, before it stops (start-first) or after (stop-first: a component with volumes); follow with tessera ps ${i.app}`);
   }));
 
 program.command('exec <instance-id> <command...>').description("run a command in an instance's container and print its output, without a terminal (as kubectl exec): put -- before the command; exits with the command's exit code; operators only, recorded as an instance.exec event")

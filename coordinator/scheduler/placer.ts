@@ -45,6 +45,9 @@ export class Placer {
   placeOne(r: PlacementRequest): Placement | PlacementFailure {
     const n = this.nodes.length;
     if (!n) return { request: r, reasons: {}, counts: { 'no-nodes': 1 } };
+    // A slot's volumes are on one node: back there whenever it can take the instance.
+    const home = r.prefer !== undefined ? this.nodes.find((x) => x.id === r.prefer) : undefined;
+    if (home && !firstRejection(home, r)) return this.take(home, r, score(home, r));
     const start = Math.floor(this.opts.random() * n);
     let best: NodeView | undefined;
     let bestScore = -1;
@@ -60,11 +63,15 @@ export class Placer {
       }
     }
     if (!best) return this.explain(r);
-    const ports = this.allocatePorts(best, r);
-    best.allocated.cpuMillis += r.resources.cpuMillis;
-    best.allocated.memoryMib += r.resources.memoryMib;
-    best.groups.set(r.group, (best.groups.get(r.group) ?? 0) + 1);
-    return { request: r, nodeId: best.id, ports, score: Math.round(bestScore) };
+    return this.take(best, r, bestScore);
+  }
+
+  private take(node: NodeView, r: PlacementRequest, s: number): Placement {
+    const ports = this.allocatePorts(node, r);
+    node.allocated.cpuMillis += r.resources.cpuMillis;
+    node.allocated.memoryMib += r.resources.memoryMib;
+    node.groups.set(r.group, (node.groups.get(r.group) ?? 0) + 1);
+    return { request: r, nodeId: node.id, ports, score: Math.round(s) };
   }
 
   private explain(r: PlacementRequest): PlacementFailure {

@@ -39,6 +39,8 @@ export interface PlacementRequest {
   distinctHosts: boolean;
   /** Nodes to avoid (e.g. where the instance being replaced failed), a soft preference. */
   avoid?: ReadonlySet<string>;
+  /** The node that holds the slot's volumes: taken whenever it passes every filter (before avoid and scores). */
+  prefer?: string;
   /** The component kind (per-kind quotas apply to it). */
   kind?: string;
 }

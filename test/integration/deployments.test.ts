@@ -304,6 +304,37 @@ describe('deployments on the real Docker Engine', function () {
     }
   });
 
+  it('restarts a component with a volume stop-first: each slot\'s old instance gone before its new one starts, on the node that holds the slot\'s data', async () => {
+    // Each instance notes its start and its stop (on SIGTERM) in the slot's volume.
+    await admin.applyApp({ name: 'keeper', components: [{
+      name: 'keeper', image: 'tessera/busybox:local', command: ['sh', '-c'],
+      args: ['echo "start $TESSERA_INSTANCE_ID" >> /data/log; trap \'echo "stop $TESSERA_INSTANCE_ID" >> /data/log; exit 0\' TERM; while true; do sleep 0.1; done'],
+      volumes: [{ name: 'data', path: '/data' }], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, health: { type: 'none' },
+      update: { maxParallel: 1, minHealthyMs: 300, healthyDeadlineMs: 8_000 }, stopGraceMs: 3_000,
+    }] });
+    await waitStable('keeper', 1, 40_000, 2);
+    const before = await running('keeper');
+    await admin.restartApp('keeper');
+    await waitStable('keeper', 2, 40_000, 2);
+    const after = await running('keeper');
+    for (const b of before) {
+      const a = after.find((x) => x.slot === b.slot)!;
+      expect(a.nodeId, `slot ${b.slot} back on the node with its volume`).to.equal(b.nodeId);
+      const log = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const st = admin.execInstance({ instanceId: a.id, command: ['cat', '/data/log'] });
+        st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
+        st.on('end', () => resolve(out));
+        st.on('error', reject);
+      });
+      // Start-first would read start old, start new (or only start new, on the other node), stop old.
+      expect(log).to.equal(`start ${b.id}\nstop ${b.id}\nstart ${a.id}\n`);
+    }
+    const stops = (await pastEvents(admin, ['instance.replaced'])).filter((e) => before.some((b) => b.id === e.subject));
+    expect(stops.map((e) => e.message)).to.satisfy((m: string[]) => m.length === 2 && m.every((x) => x.endsWith('replaced by version 2 (stop-first: the new one starts once it is gone)')));
+    await admin.deleteApp('keeper');
+  });
+
   it('replaces one instance on request (tessera instance replace): a new one in its slot first, then the old one stopped; the others and the version untouched', async () => {
     const before = await running('web');
     const version = Number((await admin.getApp('web')).version);
@@ -312,7 +343,7 @@ describe('deployments on the real Docker Engine', function () {
       .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
     const r = await cli('instance', 'replace', old.id, '--reason', 'wedged worker');
     expect(r.code, r.stderr).to.equal(0);
-    expect(r.stdout).to.equal(`instance ${old.id} (web/web[${old.slot}] on ${old.nodeId}) is being replaced (wedged worker): a new instance takes slot ${old.slot}, then it stops (follow with tessera ps web)\n`);
+    expect(r.stdout).to.equal(`instance ${old.id} (web/web[${old.slot}] on ${old.nodeId}) is being replaced (wedged worker): a new instance takes slot ${old.slot}, before it stops (start-first) or after (stop-first: a component with volumes); follow with tessera ps web\n`);
     // Asked again while it is being replaced: nothing more happens. (The new one takes a second
     // or more to start and pass its health check.)
     expect((await admin.replaceInstance(old.id, 'again')).replacing).to.equal('wedged worker');

@@ -93,6 +93,40 @@ describe('rollout decisions per component', () => {
     expect(then.stop.map((s) => [s.inst.id, s.kind, s.reason])).to.deep.equal([['n1', 'replaced', 'replaced as requested by ops: wedged']]);
     expect(then.create).to.deep.equal([]);
   });
+  it('replaces the slots of a component with volumes stop-first: the old one gone before the new one starts, on the node that holds the slot\'s data; maxParallel slots at a time', () => {
+    const vol = comp(3, { volumes: [{ name: 'data', path: '/data' }] });
+    const base = { component: vol, lastNode: (s: number) => `home${s}` };
+    const old = [inst('o0', 0, 'old', 'home0'), inst('o1', 1, 'old', 'home1'), inst('o2', 2, 'old', 'home2')];
+    // First the old instance of one slot stops (no new one yet: it would share the volume).
+    const first = run({ ...base, instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
+    expect(first.stop.map((s) => [s.inst.id, s.kind, s.reason])).to.deep.equal([['o0', 'replaced', 'replaced by version 2 (stop-first: the new one starts once it is gone)']]);
+    expect(first.create).to.deep.equal([]);
+    // While it still runs (stopping), its slot waits, and no other slot is taken down.
+    const stopping = run({ ...base, instances: old.slice(1), obs: { o1: healthy, o2: healthy }, stopping: (s) => s === 0 });
+    expect([stopping.create, stopping.stop]).to.deep.equal([[], []]);
+    // Once it is gone: the new one, on the node with the slot's data.
+    const gone = run({ ...base, instances: old.slice(1), obs: { o1: healthy, o2: healthy } });
+    expect(gone.create).to.deep.equal([{ slot: 0, avoid: [], prefer: 'home0' }]);
+    expect(gone.stop).to.deep.equal([]);
+    // The next slot only once the new one is healthy.
+    const startingNew = run({ ...base, instances: [inst('n0', 0, 'new', 'home0'), ...old.slice(1)], obs: { n0: starting, o1: healthy, o2: healthy } });
+    expect([startingNew.create, startingNew.stop]).to.deep.equal([[], []]);
+    const next = run({ ...base, instances: [inst('n0', 0, 'new', 'home0'), ...old.slice(1)], obs: { n0: healthy, o1: healthy, o2: healthy } });
+    expect(next.stop.map((s) => s.inst.id)).to.deep.equal(['o1']);
+    // A new one that cannot be placed keeps its slot not serving: nothing more is stopped.
+    expect(run({ ...base, instances: old.slice(1), obs: { o1: healthy, o2: healthy } }).stop).to.deep.equal([]);
+    // maxParallel 2: two slots at a time.
+    const two = run({ ...base, component: comp(3, { volumes: [{ name: 'data', path: '/data' }], update: { maxParallel: 2, minHealthyMs: 1000, healthyDeadlineMs: 10_000 } }), instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
+    expect(two.stop.map((s) => s.inst.id)).to.deep.equal(['o0', 'o1']);
+    // A fresh deploy fills every slot at once; start-first named for a component with volumes keeps the overlap.
+    expect(run({ ...base, app: { version: 1, stableVersion: 0 } }).create.map((c) => [c.slot, c.prefer])).to.deep.equal([[0, 'home0'], [1, 'home1'], [2, 'home2']]);
+    const startFirst = run({ ...base, component: comp(3, { volumes: [{ name: 'data', path: '/data' }], update: { order: 'start-first', maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000 } }), instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
+    expect([startFirst.create.length, startFirst.stop.length]).to.deep.equal([1, 0]);
+    // Without volumes, start-first stays the default; stop-first may be named.
+    expect(run({ instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } }).stop).to.deep.equal([]);
+    const named = run({ component: comp(3, { update: { order: 'stop-first', maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000 } }), instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
+    expect([named.create.length, named.stop.map((s) => s.inst.id)]).to.deep.equal([0, ['o0']]);
+  });
   it('scales down unhealthy and high slots first', () => {
     const d = run({ app: { version: 2, stableVersion: 2 }, component: comp(1), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: starting, n2: healthy } });
     expect(d.stop.map((s) => s.inst.id).sort()).to.deep.equal(['n1', 'n2']);

@@ -58,6 +58,16 @@ describe('placement scores', () => {
     const plan = place([node('a'), node('b')], [req({ avoid: new Set(['a']) })], opts);
     expect(plan.placements[0].nodeId).to.equal('b');
   });
+  it('goes back to the node that holds the slot\'s volumes whenever it can take the instance, even a busier one, a node to avoid or one of a sample that leaves it out', () => {
+    const busy = { allocated: { cpuMillis: 1800, memoryMib: 3000 }, groups: new Map([['a/c', 2]]) };
+    const nodes = () => [node('home', busy), ...Array.from({ length: 200 }, (_, k) => node(`n${k}`))];
+    expect(place(nodes(), [req({ prefer: 'home', avoid: new Set(['home']) })], { sampleSize: 3, random: fixed(7) }).placements[0].nodeId).to.equal('home');
+    // It cannot take it (full, cordoned, gone): placed as any other.
+    const full = place([node('home', { allocated: { cpuMillis: 2000, memoryMib: 4096 } }), node('b')], [req({ prefer: 'home' })], opts);
+    expect(full.placements[0].nodeId).to.equal('b');
+    expect(place([node('home', { cordoned: 'maintenance' }), node('b')], [req({ prefer: 'home' })], opts).placements[0].nodeId).to.equal('b');
+    expect(place([node('b')], [req({ prefer: 'gone' })], opts).placements[0].nodeId).to.equal('b');
+  });
   it('hands out distinct dynamic ports on one node', () => {
     const plan = place([node('a')], [0, 1, 2].map((slot) => req({ slot, ports: [{ name: 'http', port: 0 }] })), opts);
     const ports = plan.placements.map((p) => p.ports.http);

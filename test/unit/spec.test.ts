@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { InvalidArgumentError } from '../../common/errors';
-import { normalizeAppSpec } from '../../coordinator/apps/spec';
+import { normalizeAppSpec, updateOrder } from '../../coordinator/apps/spec';
 import { componentHash } from '../../coordinator/apps/records';
 import { cpuQuotaNanos } from '../../agent/docker-runtime';
 
@@ -32,6 +32,16 @@ describe('app spec validation', () => {
     expect(s.components[0].update.maxParallel).to.equal(1);
   });
 
+  it('replaces a component with volumes stop-first unless told otherwise, and leaves the order out of the spec until named (no restarts on upgrade)', () => {
+    const s = good() as any; // eslint-disable-line @typescript-eslint/no-explicit-any
+    s.components[1].volumes = [{ name: 'data', path: '/data' }];
+    const n = normalizeAppSpec(s as never);
+    expect([updateOrder(n.components[0]), updateOrder(n.components[1])]).to.deep.equal(['start-first', 'stop-first']);
+    expect(n.components[1].update).to.not.have.property('order');
+    s.components[1].update = { order: 'start-first' };
+    expect(updateOrder(normalizeAppSpec(s as never).components[1])).to.equal('start-first');
+  });
+
   const cases: [string, (s: any) => void, string[]][] = [
     ['a zero memory limit', (s) => (s.components[1].resources.memoryMib = 0), ['components[1].resources.memoryMib']],
     ['a missing image', (s) => delete s.components[0].image, ['components[0].image']],
@@ -48,6 +58,7 @@ describe('app spec validation', () => {
     ['a relative volume path', (s) => (s.components[1].volumes = [{ name: 'data', path: 'data' }]), ['components[1].volumes[0].path']],
     ['a bad env name', (s) => (s.components[1].env = { 'A-B': '1' }), ['components[1].env.A-B']],
     ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
+    ['an unknown update order', (s) => (s.components[0].update = { order: 'blue-green' }), ['components[0].update.order']],
     ['a tunable without a numeric starting value', (s) => (s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]), ['components[1].env.BATCH']],
     ['a tunable whose value is outside its range', (s) => { s.components[1].env = { BATCH: '9' }; s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]; }, ['components[1].env.BATCH']],
     ['a hard CPU limit under the Engine\'s smallest quota', (s) => { s.components[1].cpuHardLimit = true; s.components[1].resources.cpuMillis = 5; }, ['components[1].resources.cpuMillis']],
