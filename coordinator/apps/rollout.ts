@@ -169,12 +169,8 @@ function stopFirst(i: ComponentInputs, s: {
 }): ComponentDecision {
   const c = i.component;
   const n = c.instances;
+  // (Too many current ones were scaled down before: planComponent.)
   const { stop, current, outdated } = s;
-  if (current.length > n) {
-    const busy = (x: InstanceRecord) => i.busy?.(x.id) ?? 0;
-    const extra = [...current].sort((a, b) => Number(s.healthy(a)) - Number(s.healthy(b)) || busy(a) - busy(b) || b.slot - a.slot).slice(0, current.length - n);
-    for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
-  }
   const currentSlots = new Set(current.map((x) => x.slot));
   // Outdated instances of slots above the count, or of a slot a current one holds: no gap to wait for.
   const spare = outdated.filter((x) => x.slot >= n || currentSlots.has(x.slot));

@@ -118,6 +118,10 @@ describe('rollout decisions per component', () => {
     // maxParallel 2: two slots at a time.
     const two = run({ ...base, component: comp(3, { volumes: [{ name: 'data', path: '/data' }], update: { maxParallel: 2, minHealthyMs: 1000, healthyDeadlineMs: 10_000 } }), instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
     expect(two.stop.map((s) => s.inst.id)).to.deep.equal(['o0', 'o1']);
+    // Scaled down: the extra ones stop once each.
+    const down = run({ ...base, app: { version: 2, stableVersion: 2 }, component: comp(1, { volumes: [{ name: 'data', path: '/data' }] }), instances: [inst('n0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n1: healthy, n2: healthy } });
+    expect(down.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['n2', 'scaled-down'], ['n1', 'scaled-down']]);
+    expect(down.create).to.deep.equal([]);
     // A fresh deploy fills every slot at once; start-first named for a component with volumes keeps the overlap.
     expect(run({ ...base, app: { version: 1, stableVersion: 0 } }).create.map((c) => [c.slot, c.prefer])).to.deep.equal([[0, 'home0'], [1, 'home1'], [2, 'home2']]);
     const startFirst = run({ ...base, component: comp(3, { volumes: [{ name: 'data', path: '/data' }], update: { order: 'start-first', maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000 } }), instances: old, obs: { o0: healthy, o1: healthy, o2: healthy } });
