@@ -13,6 +13,20 @@ import { etcdAndFleet } from '../helpers/suite';
 import { createEtcdClient } from '../../common/etcd';
 import { waitFor } from '../helpers/ports';
 
+/**
+ * Two echo components registered as external instances, PREFIX-slow (each step takes delayMs)
+ * and PREFIX-fast, and the one-stage pipelines slowp and fastp through them; their processes.
+ */
+async function slowAndFast(admin: AdminClient, prefix: string, delayMs: number): Promise<ChildProcess[]> {
+  const slow = await startEcho(`${prefix}-slow`, { DELAY_MS: String(delayMs) });
+  const fast = await startEcho(`${prefix}-fast`);
+  for (const [kind, port] of [[`${prefix}-slow`, slow.port], [`${prefix}-fast`, fast.port]] as const) {
+    await admin.registerComponent({ instanceId: `${kind}-1`, kind, endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: kind.endsWith('slow') ? 'slowp' : 'fastp', stages: [{ name: 'echo', kind }] });
+  }
+  return [slow.proc, fast.proc];
+}
+
 describe('listing jobs that ended under an earlier leader', function () {
   this.timeout(90_000);
   let echo: ChildProcess | undefined;
@@ -116,15 +130,9 @@ describe('listing jobs that ended under an earlier leader', function () {
     const extra = ['--etcd-prefix', '/tessera-resume/'];
     const r1 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'resume-1', extra });
     await waitForLeader([r1.address]);
-    const slow = await startEcho('res-slow', { DELAY_MS: '4000' });
-    const fast = await startEcho('res-fast');
-    const procs = [slow.proc, fast.proc];
     let a1 = new AdminClient([r1.address], { timeoutMs: 20_000 });
+    const procs = await slowAndFast(a1, 'res', 4_000);
     try {
-      await a1.registerComponent({ instanceId: 'res-slow-1', kind: 'res-slow', endpoint: `127.0.0.1:${slow.port}`, ttlMs: 120_000 });
-      await a1.registerComponent({ instanceId: 'res-fast-1', kind: 'res-fast', endpoint: `127.0.0.1:${fast.port}`, ttlMs: 120_000 });
-      await a1.applyPipeline({ name: 'slowp', stages: [{ name: 'echo', kind: 'res-slow' }] });
-      await a1.applyPipeline({ name: 'fastp', stages: [{ name: 'echo', kind: 'res-fast' }] });
       const a = await a1.submitJob({ pipeline: 'slowp', payload: Buffer.from('A') });
       const bs: string[] = [];
       for (let i = 0; i < 5; i++) bs.push((await a1.submitJob({ pipeline: 'fastp', payload: Buffer.from(`B${i}`), wait: true })).id);
@@ -160,14 +168,9 @@ describe('listing jobs that ended under an earlier leader', function () {
     const extra = ['--etcd-prefix', '/tessera-windows/', '--job-retention-ms', '20000'];
     const w1 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'win-1', extra });
     await waitForLeader([w1.address]);
-    const slow = await startEcho('win-slow', { DELAY_MS: '3000' });
-    const fast = await startEcho('win-fast');
     let admin = new AdminClient([w1.address], { timeoutMs: 20_000 });
+    const procs = await slowAndFast(admin, 'win', 3_000);
     try {
-      await admin.registerComponent({ instanceId: 'win-slow-1', kind: 'win-slow', endpoint: `127.0.0.1:${slow.port}`, ttlMs: 120_000 });
-      await admin.registerComponent({ instanceId: 'win-fast-1', kind: 'win-fast', endpoint: `127.0.0.1:${fast.port}`, ttlMs: 120_000 });
-      await admin.applyPipeline({ name: 'slowp', stages: [{ name: 'echo', kind: 'win-slow' }] });
-      await admin.applyPipeline({ name: 'fastp', stages: [{ name: 'echo', kind: 'win-fast' }] });
       const a = admin.submitJob({ pipeline: 'slowp', payload: Buffer.from('A'), wait: true });
       await new Promise((r) => setTimeout(r, 100));
       const b = await admin.submitJob({ pipeline: 'fastp', payload: Buffer.from('B'), wait: true });
@@ -190,8 +193,7 @@ describe('listing jobs that ended under an earlier leader', function () {
       expect(pages.flat()).to.deep.equal([b.id, aDone.id]);
     } finally {
       admin.close();
-      slow.proc.kill('SIGKILL');
-      fast.proc.kill('SIGKILL');
+      for (const p of procs) p.kill('SIGKILL');
     }
   });
 
