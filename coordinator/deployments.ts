@@ -585,6 +585,10 @@ export class Deployments {
         created.push(rec);
         ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
         events.push({ kind: 'instance.placed', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] v${rec.version} placed on ${rec.nodeId} (score ${p.score})`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, ports: JSON.stringify(rec.ports) } });
+        // A slot with volumes placed away from the node that holds them starts with empty ones.
+        if (r.prefer && r.prefer !== rec.nodeId) {
+          events.push({ kind: 'instance.volumes_left', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; the data stays on ${r.prefer}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer } });
+        }
       }
       this.opts.metrics?.inc('tessera_placements_total', {}, plan.placements.length);
       this.opts.metrics?.inc('tessera_placement_failures_total', {}, plan.failures.length);

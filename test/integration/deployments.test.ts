@@ -332,6 +332,17 @@ describe('deployments on the real Docker Engine', function () {
     }
     const stops = (await pastEvents(admin, ['instance.replaced'])).filter((e) => before.some((b) => b.id === e.subject));
     expect(stops.map((e) => e.message)).to.satisfy((m: string[]) => m.length === 2 && m.every((x) => x.endsWith('replaced by version 2 (stop-first: the new one starts once it is gone)')));
+    // Its node cordoned, a slot replaced goes elsewhere, with empty volumes: an event says so.
+    const home = after[0];
+    await admin.cordonNode({ nodeId: home.nodeId, reason: 'volumes test' });
+    try {
+      await admin.replaceInstance(home.id, 'move it');
+      const moved = await waitFor('slot moved', async () => (await running('keeper')).find((x) => x.slot === home.slot && x.nodeId !== home.nodeId), 30_000, 200);
+      const left = (await pastEvents(admin, ['instance.volumes_left'])).find((e) => e.subject === moved.id);
+      expect(left?.message).to.equal(`keeper/keeper[${home.slot}] placed on ${moved.nodeId}, not on ${home.nodeId}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; the data stays on ${home.nodeId}`);
+    } finally {
+      await admin.cordonNode({ nodeId: home.nodeId, undo: true });
+    }
     await admin.deleteApp('keeper');
   });
 
