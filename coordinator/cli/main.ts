@@ -75,6 +75,42 @@ async function run(fn: (c: AdminClient) => Promise<void>): Promise<void> {
   }
 }
 
+/**
+ * A bash completion script from the command tree: each command path's subcommands and options
+ * (global ones everywhere), and the options that take a value (their value is not a command).
+ */
+function bashCompletion(root: Command): string {
+  const tree: [string, string[]][] = [];
+  const valued = new Set<string>();
+  const globals = root.options.flatMap((o) => [o.short, o.long].filter(Boolean) as string[]).filter((g) => g !== '--version' && g !== '-V');
+  const walk = (c: Command, path: string) => {
+    for (const o of c.options) if (o.required || o.optional) for (const f of [o.short, o.long]) if (f) valued.add(f);
+    const subs = c.commands.map((x) => x.name()).filter((x) => x !== 'help');
+    tree.push([path, [...subs, ...c.options.flatMap((o) => [o.long].filter(Boolean) as string[]), ...(path ? globals.filter((g) => g.startsWith('--')) : [])]]);
+    for (const x of c.commands) if (x.name() !== 'help') walk(x, `${path} ${x.name()}`.trim());
+  };
+  walk(root, '');
+  const q = (w: string) => `'${w.replace(/'/g, "'\\''")}'`;
+  return [
+    '# bash completion for tessera (tessera completion bash)',
+    'declare -gA _tessera_tree=(',
+    ...tree.map(([path, words]) => `  [${q(path || '.')}]=${q(words.join(' '))}`),
+    ')',
+    `_tessera_valued=' ${[...valued].join(' ')} '`,
+    '_tessera() {',
+    '  local cur=${COMP_WORDS[COMP_CWORD]} path="" w i',
+    '  for ((i = 1; i < COMP_CWORD; i++)); do',
+    '    w=${COMP_WORDS[i]}',
+    '    if [[ $w == -* ]]; then [[ $_tessera_valued == *" $w "* ]] && ((i++)); continue; fi',
+    '    [[ -n ${_tessera_tree["${path:+$path }$w"]+x} ]] && path="${path:+$path }$w"',
+    '  done',
+    '  COMPREPLY=($(compgen -W "${_tessera_tree[${path:-.}]}" -- "$cur"))',
+    '}',
+    'complete -F _tessera tessera',
+    '',
+  ].join('\n');
+}
+
 /** One event as `tessera events` prints it. */
 function eventLine(e: Event__Output): string {
   return `${new Date(Number(e.atMs)).toISOString()}  ${e.kind.padEnd(26)} ${e.subject.padEnd(20)} ${e.message}${e.fields?.by ? ` (by ${e.fields.by})` : ''}`;
@@ -736,4 +772,10 @@ program.command('sql [statement...]').description('run SQL on the example compon
 // grpc-js sets the TLS server name to an IP address, which Node flags as deprecated on every
 // call; it is not something an operator can act on.
 process.noDeprecation = true;
+program.command('completion [shell]').description('print a bash completion script for commands and options: source <(tessera completion bash), or save it under /etc/bash_completion.d/tessera')
+  .action((shell: string | undefined) => {
+    if (shell && shell !== 'bash') program.error(`error: completion is written for bash only, not ${shell}`);
+    process.stdout.write(bashCompletion(program));
+  });
+
 program.parseAsync(process.argv);
