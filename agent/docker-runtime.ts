@@ -255,21 +255,37 @@ export class DockerRuntime {
    * call to stop an exec, so the agent (root, in the host's PID namespace) signals the PID the
    * Engine reports for it.
    */
-  async execInstance(
+  execInstance(
     instanceId: string,
     o: { command: string[]; stdin: Buffer; timeoutMs: number },
     write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
     drained: () => Promise<void>,
     signal: AbortSignal,
   ): Promise<number> {
-    const c = this.docker.getContainer(containerName(instanceId));
+    return this.runExec(containerName(instanceId), `instance ${instanceId}`, o, write, drained, signal);
+  }
+
+  /** An exec health check: its exit code; its output is not kept. Killed past its timeout, as ExecInstance is. */
+  exec(nameOrId: string, cmd: string[], timeoutMs: number): Promise<number> {
+    return this.runExec(nameOrId, nameOrId, { command: cmd, stdin: Buffer.alloc(0), timeoutMs }, () => true, async () => {}, new AbortController().signal);
+  }
+
+  private async runExec(
+    container: string,
+    what: string,
+    o: { command: string[]; stdin: Buffer; timeoutMs: number },
+    write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
+    drained: () => Promise<void>,
+    signal: AbortSignal,
+  ): Promise<number> {
+    const c = this.docker.getContainer(container);
     let ex: Docker.Exec;
     try {
       ex = await c.exec({ Cmd: o.command, AttachStdout: true, AttachStderr: true, AttachStdin: o.stdin.length > 0 });
     } catch (err) {
       const code = (err as { statusCode?: number }).statusCode;
-      if (code === 404) throw new NotFoundError('container of instance', instanceId);
-      if (code === 409) throw new FailedPreconditionError(`the container of instance ${instanceId} is not running: a command runs only in a running container`);
+      if (code === 404) throw new NotFoundError('container of instance', what.replace(/^instance /, ''));
+      if (code === 409) throw new FailedPreconditionError(`the container of ${what} is not running: a command runs only in a running container`);
       throw err;
     }
     const stream = (await ex.start({ hijack: true, stdin: o.stdin.length > 0 })) as unknown as NodeJS.ReadWriteStream & { destroy: () => void };
@@ -315,20 +331,6 @@ export class DockerRuntime {
       await new Promise((r) => setTimeout(r, 20));
     }
     throw new DeadlineExceededError('the command\'s output ended but the Docker Engine did not report its exit code within 1 s');
-  }
-
-  async exec(nameOrId: string, cmd: string[], timeoutMs: number): Promise<number> {
-    const c = this.docker.getContainer(nameOrId);
-    const ex = await c.exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
-    const stream = await ex.start({ hijack: true, stdin: false });
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { stream.destroy(); resolve(); }, timeoutMs);
-      stream.on('end', () => { clearTimeout(t); resolve(); });
-      stream.on('error', () => { clearTimeout(t); resolve(); });
-      stream.resume();
-    });
-    const info = await ex.inspect();
-    return info.ExitCode ?? -1;
   }
 }
 

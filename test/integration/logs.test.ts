@@ -266,6 +266,28 @@ describe('instance logs', function () {
     expect(timeout?.stderr).to.match(/--command-timeout takes whole seconds, 1 to 3600/);
   });
 
+  it('runs exec health checks in the container: healthy once the command exits 0, restarted when it fails; a check past its timeout killed, not piled up', async () => {
+    const checked = (name: string, command: string[], intervalMs: number, timeoutMs: number) => ({
+      name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
+      health: { type: 'exec', command, intervalMs, timeoutMs, graceMs: 60_000, failureThreshold: 1 },
+    });
+    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 300, 250), checked('hung', ['sleep', '31'], 400, 300)] });
+    const inst = async (c: string) => (await leader.listInstances('probed')).instances.find((i) => i.component === c && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
+    const file = await waitFor('file running', () => inst('file'), 30_000, 200);
+    const hung = await waitFor('hung running', () => inst('hung'), 30_000, 200);
+    expect(file.health).to.not.equal('healthy');
+    await exec(leader, { instanceId: file.id, command: ['touch', '/tmp/ready'] });
+    await waitFor('healthy once the check passes', async () => (await inst('file'))?.health === 'healthy', 10_000, 200);
+    await exec(leader, { instanceId: file.id, command: ['rm', '/tmp/ready'] });
+    await waitFor('restarted once it fails', async () => ((await leader.listInstances('probed')).instances.find((i) => i.id === file.id)?.restarts ?? 0) >= 1, 10_000, 200);
+    // Seven checks or more of the hung one have run (each killed at 300 ms): never more than one at a time.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const ps = (await exec(leader, { instanceId: hung.id, command: ['ps', '-o', 'args'] })).stdout;
+    expect(ps.split('\n').filter((l) => l.trim() === 'sleep 31').length, ps).to.be.at.most(1);
+    expect((await inst('hung'))?.health).to.not.equal('healthy');
+    await leader.deleteApp('probed');
+  });
+
   it('asks for an upgrade when the instance\'s agent predates ExecInstance (FAILED_PRECONDITION)', async () => {
     // An agent whose advertised relay address is a gRPC server without AgentExec (as an older agent's).
     const bare = new grpc.Server();
