@@ -30,7 +30,7 @@ import { DEFAULT_PORT_RANGE } from './node-registry';
 import { attributed, EventDraft, Op, Store } from './store';
 import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
 import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
-import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey } from './apps/spec';
+import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey, updateOrder } from './apps/spec';
 import { Placer } from './scheduler/placer';
 import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
 
@@ -294,9 +294,9 @@ export class Deployments {
   }
 
   /**
-   * ReplaceInstance: marks a running instance to be replaced; the next reconciliation places a
-   * new one in its slot and stops it once the new one is healthy (planComponent counts it
-   * outdated). Asking again while it is being replaced changes nothing.
+   * ReplaceInstance: marks a running instance to be replaced; the next reconciliation counts it
+   * outdated (planComponent): a new one takes its slot by the component's update order.
+   * Asking again while it is being replaced changes nothing.
    */
   replaceInstance(id: string, reason: string, by = ''): Promise<Instance> {
     return this.exclusive(async () => {
@@ -306,9 +306,11 @@ export class Deployments {
       if (this.apps.get(inst.app)?.deleting) throw new FailedPreconditionError(`app ${inst.app} is being deleted: its instances are not replaced`);
       if (!inst.replace) {
         const next: InstanceRecord = { ...inst, replace: { atMs: Date.now(), by, reason: reason || 'requested by operator' } };
+        const comp = this.versions.get(inst.app)?.get(inst.version)?.spec.components.find((c) => c.name === inst.component);
+        const how = comp && updateOrder(comp) === 'stop-first' ? 'it stops first, then a new one starts on its node (stop-first)' : 'it stops once the new one is healthy';
         await this.store.commit([{ type: 'put', key: this.keys.instance(inst.app, inst.id), value: JSON.stringify(next) }], [attributed({
           kind: 'instance.replace_requested', subject: inst.id,
-          message: `${inst.app}/${inst.component} instance ${inst.id} on ${inst.nodeId}: a replacement asked for (${next.replace!.reason}); it stops once the new one is healthy`,
+          message: `${inst.app}/${inst.component} instance ${inst.id} on ${inst.nodeId}: a replacement asked for (${next.replace!.reason}); ${how}`,
           fields: { app: inst.app, component: inst.component, node: inst.nodeId, reason: next.replace!.reason },
         }, by)]);
         this.instances.set(id, next);

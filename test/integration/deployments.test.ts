@@ -338,6 +338,8 @@ describe('deployments on the real Docker Engine', function () {
     try {
       await admin.replaceInstance(home.id, 'move it');
       const moved = await waitFor('slot moved', async () => (await running('keeper')).find((x) => x.slot === home.slot && x.nodeId !== home.nodeId), 30_000, 200);
+      const asked = (await pastEvents(admin, ['instance.replace_requested'])).find((e) => e.subject === home.id);
+      expect(asked?.message).to.match(/; it stops first, then a new one starts on its node \(stop-first\)$/);
       const left = (await pastEvents(admin, ['instance.volumes_left'])).find((e) => e.subject === moved.id);
       expect(left?.message).to.equal(`keeper/keeper[${home.slot}] placed on ${moved.nodeId}, not on ${home.nodeId}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; the data stays on ${home.nodeId}`);
     } finally {
@@ -368,7 +370,8 @@ describe('deployments on the real Docker Engine', function () {
     expect(after.filter((i) => i.slot !== old.slot).map((i) => i.id).sort(), 'the others untouched').to.deep.equal(before.filter((i) => i.slot !== old.slot).map((i) => i.id).sort());
     expect(Number((await admin.getApp('web')).version), 'no new version').to.equal(version);
     const events = await pastEvents(admin, ['instance.replace_requested', 'instance.replaced']);
-    expect(events.filter((e) => e.kind === 'instance.replace_requested' && e.subject === old.id)).to.have.length(1);
+    const asked = events.filter((e) => e.kind === 'instance.replace_requested' && e.subject === old.id);
+    expect(asked.map((e) => e.message)).to.deep.equal([`web/web instance ${old.id} on ${old.nodeId}: a replacement asked for (wedged worker); it stops once the new one is healthy`]);
     const stopped = events.find((e) => e.kind === 'instance.replaced' && e.subject === old.id);
     expect(stopped?.message).to.match(/: replaced as requested: wedged worker$/);
     await waitStable('web', version);
