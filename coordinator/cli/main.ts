@@ -393,7 +393,7 @@ program.command('logs [instance-id]').description("an instance's container outpu
   }));
 
 const instance = program.command('instance').description('one instance');
-instance.command('replace <instance-id>').description('place a new instance in its slot, then stop this one once the new one is healthy (as kubectl delete pod under a Deployment, new one first)')
+instance.command('replace <instance-id>').description("a new instance in its slot, by the component's update order: start-first, this one stops once the new one is healthy (as kubectl delete pod under a Deployment, new one first); stop-first (a component with volumes), it stops first and the new one starts on its node")
   .option('--reason <text>', 'why, recorded in the events and the stop reason')
   .action((id: string, o) => run(async (c) => {
     const i = await c.replaceInstance(id, o.reason ?? '');
