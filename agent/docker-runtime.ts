@@ -255,14 +255,8 @@ export class DockerRuntime {
    * call to stop an exec, so the agent (root, in the host's PID namespace) signals the PID the
    * Engine reports for it.
    */
-  execInstance(
-    instanceId: string,
-    o: { command: string[]; stdin: Buffer; timeoutMs: number },
-    write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
-    drained: () => Promise<void>,
-    signal: AbortSignal,
-  ): Promise<number> {
-    return this.runExec(containerName(instanceId), `instance ${instanceId}`, o, write, drained, signal);
+  execInstance(instanceId: string, ...args: ExecArgs): Promise<number> {
+    return this.runExec(containerName(instanceId), `instance ${instanceId}`, ...args);
   }
 
   /** An exec health check: its exit code; its output is not kept. Killed past its timeout, as ExecInstance is. */
@@ -270,14 +264,7 @@ export class DockerRuntime {
     return this.runExec(nameOrId, nameOrId, { command: cmd, stdin: Buffer.alloc(0), timeoutMs }, () => true, async () => {}, new AbortController().signal);
   }
 
-  private async runExec(
-    container: string,
-    what: string,
-    o: { command: string[]; stdin: Buffer; timeoutMs: number },
-    write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
-    drained: () => Promise<void>,
-    signal: AbortSignal,
-  ): Promise<number> {
+  private async runExec(container: string, what: string, ...[o, write, drained, signal]: ExecArgs): Promise<number> {
     const c = this.docker.getContainer(container);
     let ex: Docker.Exec;
     try {
@@ -333,6 +320,14 @@ export class DockerRuntime {
     throw new DeadlineExceededError('the command\'s output ended but the Docker Engine did not report its exit code within 1 s');
   }
 }
+
+/** A command's request, where its output goes (write returns false: wait for drained), and its caller's abort. */
+type ExecArgs = [
+  o: { command: string[]; stdin: Buffer; timeoutMs: number },
+  write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
+  drained: () => Promise<void>,
+  signal: AbortSignal,
+];
 
 export function containerName(instanceId: string): string {
   return `tessera-${instanceId}`;
