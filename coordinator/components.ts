@@ -332,12 +332,17 @@ export class ComponentManager {
     return this.toProto(this.externalRoutable(rec));
   }
 
-  /** Deletes external registrations whose lease ran out. */
+  /**
+   * Deletes external registrations whose lease ran out, and rebuilds the routing table if no job
+   * has since (at most every 100 ms anyway): its registration events come when an instance
+   * changes, not at the next job.
+   */
   async tick(nowMs = Date.now()): Promise<void> {
     for (const e of [...this.externals.values()]) {
       if (e.expiresAtMs > nowMs) continue;
       await this.deregister(e.instanceId, `lease of ${e.ttlMs} ms expired without renewal`);
     }
+    this.list(nowMs);
   }
 
   private externalRoutable(e: ExternalRecord): Routable {

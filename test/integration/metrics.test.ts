@@ -5,7 +5,7 @@ import { AdminClient } from '../../common/admin-client';
 import { parseMetrics } from '../../common/metrics';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader } from '../helpers/cluster';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 
@@ -73,7 +73,10 @@ describe('Prometheus metrics', function () {
       expect(amx.get('tessera_agent_connected')).to.equal(1);
       expect(amx.get('tessera_agent_host_memory_total_mib')).to.be.greaterThan(0);
       expect(amx.has('tessera_agent_restarts_total')).to.equal(true);
+      // Deregistered with its app's deletion, with no job or listing to rebuild the routing table.
+      const id = (await admin.listInstances('m')).instances[0].id;
       await admin.deleteApp('m');
+      await waitFor('component.deregistered', async () => (await pastEvents(admin, ['component.deregistered'])).some((e) => e.subject === id), 5_000, 200);
     } finally {
       admin.close();
     }
