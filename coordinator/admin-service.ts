@@ -3,7 +3,7 @@
 // them there, so an operator may talk to whichever coordinator they like.
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
-import { FailedPreconditionError, FencedError, InvalidArgumentError, NO_FORWARD_KEY, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { DeadlineExceededError, ERROR_KIND_KEY, FailedPreconditionError, FencedError, InvalidArgumentError, NO_FORWARD_KEY, NotFoundError, NotLeaderError, isServiceError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import type { Authorizer } from './auth';
 import { LiveTls, peerIdentity, TlsMaterial } from '../common/tls';
 import type { Metrics } from '../common/metrics';
@@ -62,6 +62,8 @@ const JOB_STATES = new Set<unknown>(['JOB_STATE_UNSPECIFIED', 'JOB_STATE_QUEUED'
 
 /** How long a request waits for a leader elected a moment ago to load the cluster state. */
 const LOAD_WAIT_MS = 5_000;
+/** How long past a command's timeout the leader waits for the agent running it. */
+const EXEC_AGENT_MARGIN_MS = 5_000;
 const LOADING_TEXT = `this coordinator was elected leader and is still loading the cluster state after ${LOAD_WAIT_MS / 1000} s (nodes, apps, components, pipelines, jobs); retry shortly`;
 
 export class AdminService {
@@ -563,12 +565,14 @@ export class AdminService {
    * ExecInstance (operators only: see WRITE_METHODS): on the leader, an instance.exec event
    * naming the caller and the command is committed first (an audit trail of who ran what,
    * whatever the command then does), then the instance's agent runs it (AgentExec); a follower
-   * relays the leader's stream.
+   * relays the leader's stream. The agent enforces the command's timeout; the call to it gives up
+   * EXEC_AGENT_MARGIN_MS later (a frozen agent answers nothing, and its connection stays open).
    */
   private async execInstance(call: grpc.ServerWritableStream<ExecInstanceRequest__Output, ExecChunk>): Promise<void> {
     const req = validateExec(call.request);
     await this.viaInstanceAgent(call, 'cannot run commands in it',
-      (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS)).execInstance(req),
+      (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS))
+        .execInstance(req, { deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS }),
       (leader, md) => leader.execInstance(req, md),
       async (inst, by, dep) => {
         const shown = req.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
@@ -578,7 +582,14 @@ export class AdminService {
           fields: { app: inst.app, component: inst.component, node: inst.nodeId, command: JSON.stringify(req.command).slice(0, 1000), stdinBytes: String(req.stdin.length), timeoutMs: String(req.timeoutMs) },
         }, by));
       },
-      (err) => (err.code === grpc.status.UNIMPLEMENTED ? new FailedPreconditionError(`${err.details}: the agent predates ExecInstance; upgrade it`) : undefined));
+      (err, source) => {
+        if (err.code === grpc.status.UNIMPLEMENTED) return new FailedPreconditionError(`${err.details}: the agent predates ExecInstance; upgrade it`);
+        // The call's own deadline (the agent's timeout comes with its error kind).
+        if (err.code === grpc.status.DEADLINE_EXCEEDED && !err.metadata?.get(ERROR_KIND_KEY).length) {
+          return new DeadlineExceededError(`${source} did not answer within the command's timeout (${req.timeoutMs} ms) and ${EXEC_AGENT_MARGIN_MS / 1000} s more: the command may still run there`);
+        }
+        return undefined;
+      });
   }
 
   /**
@@ -594,7 +605,7 @@ export class AdminService {
     fromAgent: (endpoint: string) => grpc.ClientReadableStream<Chunk>,
     fromLeader: (leader: AdminClient, md: grpc.Metadata) => grpc.ClientReadableStream<Chunk>,
     before?: (inst: InstanceRecord, by: string, dep: Deployments) => Promise<void>,
-    agentError?: (err: grpc.ServiceError) => Error | undefined,
+    agentError?: (err: grpc.ServiceError, source: string) => Error | undefined,
   ): Promise<void> {
     const id = call.request.instanceId;
     const w = await this.leaderReady();
@@ -628,7 +639,7 @@ export class AdminService {
       upstream = fromLeader(this.leaderClient(leader.address), md);
     }
     await relayStream(upstream, call, (c: Chunk) => c,
-      (err) => ofAgent?.(err) ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
+      (err) => ofAgent?.(err, source) ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

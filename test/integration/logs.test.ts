@@ -312,6 +312,19 @@ describe('instance logs', function () {
     }
   });
 
+  it('ends a command whose agent stops answering (frozen) with DEADLINE_EXCEEDED soon after its timeout, naming the agent', async () => {
+    agent.pause(); // SIGSTOP: its connections stay open, it answers nothing
+    try {
+      const t0 = Date.now();
+      const err = await exec(follower, { instanceId: id, command: ['true'], timeoutMs: 500 }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).to.equal(grpc.status.DEADLINE_EXCEEDED);
+      expect(err?.details).to.match(new RegExp(`^the agent of node ${node} \\(127\\.0\\.0\\.1:\\d+\\) did not answer within the command's timeout \\(500 ms\\) and 5 s more`));
+      expect(Date.now() - t0).to.be.below(10_000);
+    } finally {
+      agent.resume();
+    }
+  });
+
   it('says UNAVAILABLE when the instance\'s node is down', async () => {
     await agent.kill('SIGKILL');
     // At once, before the node is marked DOWN: the agent does not answer.
