@@ -338,12 +338,19 @@ export function cpuQuotaNanos(cpuMillis: number, hostCores = os.cpus().length): 
   return Math.round(Math.min(Math.max(cpuMillis, 10), Math.max(1, hostCores) * 1000)) * 1_000_000;
 }
 
-/** The spec a container's label keeps (for adoption): never the registry login it was pulled with. */
-function encodeSpec(spec: InstanceSpec__Output): string {
-  return Buffer.from(JSON.stringify({ ...spec, pullAuth: null })).toString('base64');
+/**
+ * The spec a container's label keeps (for adoption): never the registry login it was pulled
+ * with, nor the values of env settings that came from secrets (labels are listed by any Engine
+ * client, and exported by tools such as cAdvisor). The leader hands both over again to an agent
+ * that adopted the container (Instances.run).
+ */
+export function encodeSpec(spec: InstanceSpec__Output): string {
+  const secret = new Set(spec.secretEnv ?? []);
+  const env = secret.size ? Object.fromEntries(Object.entries(spec.env ?? {}).filter(([k]) => !secret.has(k))) : spec.env;
+  return Buffer.from(JSON.stringify({ ...spec, env, pullAuth: null })).toString('base64');
 }
 
-function decodeSpec(label: string | undefined): InstanceSpec__Output | undefined {
+export function decodeSpec(label: string | undefined): InstanceSpec__Output | undefined {
   if (!label) return undefined;
   try {
     return JSON.parse(Buffer.from(label, 'base64').toString()) as InstanceSpec__Output;

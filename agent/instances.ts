@@ -112,6 +112,11 @@ export class InstanceManager extends EventEmitter {
         known.spec = { ...known.spec, pullAuth: spec.pullAuth };
         this.log.debug({ instance: spec.instanceId }, 'registry login taken for an instance already here');
       }
+      const lacking = (spec.secretEnv ?? []).filter((k) => !(k in (known.spec.env ?? {})) && k in (spec.env ?? {}));
+      if (lacking.length) {
+        known.spec = { ...known.spec, env: { ...known.spec.env, ...Object.fromEntries(lacking.map((k) => [k, spec.env[k]])) } };
+        this.log.debug({ instance: spec.instanceId, names: lacking }, 'secret env values taken for an instance already here');
+      }
       return;
     }
     this.stopping.delete(spec.instanceId);
@@ -258,6 +263,13 @@ export class InstanceManager extends EventEmitter {
   private async startOne(l: Local, now: number): Promise<void> {
     l.state = 'INSTANCE_STATE_STARTING';
     if (l.pulling) return; // its image is on the way: started on the pass after the pull
+    // Adopted after an agent restart, its label kept no secret values: a container made again
+    // (imagePullPolicy Always) waits for the leader's RUN to hand them over, never runs without.
+    const lacking = (l.spec.secretEnv ?? []).filter((k) => !(k in (l.spec.env ?? {})));
+    if (lacking.length) {
+      l.message = `waiting for the leader to hand over the values of ${lacking.join(', ')} (secretEnv)`;
+      return;
+    }
     const image = l.spec.image;
     try {
       if (l.pullError) {

@@ -107,6 +107,9 @@ export class AdminClient {
   setRegistryCredential(credential: import('./generated/tessera/v1/RegistryCredential').RegistryCredential): Promise<import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output> { return this.unary('setRegistryCredential', { credential }); }
   deleteRegistryCredential(name: string): Promise<import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output> { return this.unary('deleteRegistryCredential', { name }); }
   listRegistryCredentials(name = ''): Promise<{ credentials: import('./generated/tessera/v1/RegistryCredential').RegistryCredential__Output[] }> { return this.unary('listRegistryCredentials', { name }); }
+  setSecret(secret: import('./generated/tessera/v1/Secret').Secret): Promise<import('./generated/tessera/v1/Secret').Secret__Output> { return this.unary('setSecret', { secret }); }
+  deleteSecret(name: string): Promise<import('./generated/tessera/v1/Secret').Secret__Output> { return this.unary('deleteSecret', { name }); }
+  listSecrets(name = ''): Promise<{ secrets: import('./generated/tessera/v1/Secret').Secret__Output[] }> { return this.unary('listSecrets', { name }); }
 
   applyPipeline(pipeline: unknown, dryRun = false): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('applyPipeline', { pipeline, dryRun }); }
   getPipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('getPipeline', { name }); }

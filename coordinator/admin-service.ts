@@ -207,12 +207,18 @@ export class AdminService {
         if (!req.kind) throw InvalidArgumentError.field('kind', 'is required');
         return this.onLeader(call, 'deleteQuota', req, (_r, dep, _s, _w, by) => dep.deleteQuota(req.kind, by));
       }),
-      SetRegistryCredential: unary(log, 'SetRegistryCredential', (req, call) => this.onLeader(call, 'setRegistryCredential', req, (_r, dep, _s, _w, by) => dep.setRegistryCredential(req.credential, by))),
+      SetRegistryCredential: unary(log, 'SetRegistryCredential', (req, call) => this.onLeader(call, 'setRegistryCredential', req, (_r, dep, _s, _w, by) => dep.sealed.setRegistryCredential(req.credential, by))),
       DeleteRegistryCredential: unary(log, 'DeleteRegistryCredential', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
-        return this.onLeader(call, 'deleteRegistryCredential', req, (_r, dep, _s, _w, by) => dep.deleteRegistryCredential(req.name, by));
+        return this.onLeader(call, 'deleteRegistryCredential', req, (_r, dep, _s, _w, by) => dep.sealed.deleteRegistryCredential(req.name, by));
       }),
-      ListRegistryCredentials: unary(log, 'ListRegistryCredentials', (req, call) => this.onLeader(call, 'listRegistryCredentials', req, async (_r, dep) => ({ credentials: dep.listRegistryCredentials(req.name) }))),
+      ListRegistryCredentials: unary(log, 'ListRegistryCredentials', (req, call) => this.onLeader(call, 'listRegistryCredentials', req, async (_r, dep) => ({ credentials: dep.sealed.listRegistryCredentials(req.name) }))),
+      SetSecret: unary(log, 'SetSecret', (req, call) => this.onLeader(call, 'setSecret', req, (_r, dep, _s, _w, by) => dep.sealed.setSecret(req.secret, by))),
+      DeleteSecret: unary(log, 'DeleteSecret', (req, call) => {
+        if (!req.name) throw InvalidArgumentError.field('name', 'is required');
+        return this.onLeader(call, 'deleteSecret', req, (_r, dep, _s, _w, by) => dep.sealed.deleteSecret(req.name, by));
+      }),
+      ListSecrets: unary(log, 'ListSecrets', (req, call) => this.onLeader(call, 'listSecrets', req, async (_r, dep) => ({ secrets: dep.sealed.listSecrets(req.name) }))),
       ListQuotas: unary(log, 'ListQuotas', (req, call) => this.onLeader(call, 'listQuotas', req, async (_r, dep) => ({ quotas: dep.listQuotas().filter((q) => !req.kind || q.kind === req.kind) }))),
 
       ApplyPipeline: unary(log, 'ApplyPipeline', (req, call) => this.onLeader(call, 'applyPipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.apply(req.pipeline, req.dryRun, by)))),

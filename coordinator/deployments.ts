@@ -17,9 +17,8 @@ import type { InstanceSpec } from '../common/generated/tessera/v1/InstanceSpec';
 import type { App } from '../common/generated/tessera/v1/App';
 import type { Instance } from '../common/generated/tessera/v1/Instance';
 import type { Quota } from '../common/generated/tessera/v1/Quota';
-import type { RegistryCredential } from '../common/generated/tessera/v1/RegistryCredential';
-import { registryOf } from '../common/image-ref';
-import { isSealed, Keyring, noKeyring, Sealed } from './secrets';
+import type { Keyring } from './secrets';
+import { ConfigSecrets } from './apps/config-secrets';
 
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
@@ -38,11 +37,6 @@ export const KEEP_VERSIONS = 10;
 const TOMBSTONE_TTL_MS = 10 * 60_000;
 const RESEND_AFTER_MS = 5_000;
 const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by default
-
-/** A registry credential as stored in etcd: its password in the clear, or sealed (--secrets-key-file). */
-interface StoredCredential { server: string; username: string; password?: string; sealed?: Sealed; updatedAtMs: number; by?: string }
-/** A registry credential as the leader holds it: how it is stored, and why it cannot be used if it cannot. */
-interface CredentialRecord { server: string; username: string; password: string; updatedAtMs: number; by?: string; storedWith: string; unreadable?: string; stored?: StoredCredential }
 
 export interface DeploymentOptions {
   sampleSize: number;
@@ -68,8 +62,10 @@ export class Deployments {
   private slotFailures = new Map<string, SlotFailures>();
   private ticking = false;
   private kicked = false;
-  /** Registry credentials by name (the password included: it goes to the agents that pull with it). */
-  private credentials = new Map<string, CredentialRecord>();
+  /** Registry credentials and secrets (their values included: they go to the agents that use them). */
+  readonly sealed: ConfigSecrets;
+  /** Instances whose RUN waits for a secret this leader cannot give (each said once in an event). */
+  private secretWaits = new Set<string>();
   /** Per-kind quotas: the total CPU and memory a kind's instances may reserve. */
   private quotas = new Map<string, { cpuMillis: number; memoryMib: number }>();
 
@@ -80,21 +76,18 @@ export class Deployments {
     private readonly gateway: AgentGateway,
     private readonly opts: DeploymentOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.sealed = new ConfigSecrets(store, keys, () => opts.keyring, () => this.componentsInUse(), log);
+  }
 
   async load(): Promise<void> {
     const c = this.store.client;
-    const [apps, versions, instances, quotas, credentials] = await Promise.all([
+    const [apps, versions, instances, quotas] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
       c.getAll().prefix(`${this.keys.prefix}appversions/`).strings(),
       c.getAll().prefix(this.keys.instances).strings(),
       c.getAll().prefix(this.keys.quotas).strings(),
-      c.getAll().prefix(this.keys.registryCredentials).strings(),
     ]);
-    for (const [k, v] of Object.entries(credentials)) {
-      const name = k.slice(this.keys.registryCredentials.length);
-      this.credentials.set(name, this.openCredential(name, JSON.parse(v) as StoredCredential));
-    }
     for (const [k, v] of Object.entries(quotas)) this.quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
     for (const v of Object.values(apps)) {
       const a = JSON.parse(v) as AppRecord;
@@ -112,7 +105,7 @@ export class Deployments {
     }
     // The backoff of failing slots carries over a change of leader: their failures' tombstones say it.
     this.slotFailures = slotFailuresOf(this.instances.values());
-    await this.resealCredentials();
+    await this.sealed.load();
     for (const [k, v] of Object.entries(await c.getAll().prefix(`${this.keys.prefix}replicas/`).strings())) {
       this.replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
     }
@@ -142,7 +135,7 @@ export class Deployments {
 
   private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
-    this.checkCredentials(spec);
+    this.sealed.check(spec);
     const prev = this.apps.get(spec.name);
     if (prev?.deleting) throw new FailedPreconditionError(`app "${spec.name}" is being deleted; apply again once it is gone`);
     const current = prev ? this.versions.get(spec.name)?.get(prev.version) : undefined;
@@ -184,7 +177,7 @@ export class Deployments {
     const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
-    this.checkCredentials(rec.spec, `version ${target}: components`);
+    this.sealed.check(rec.spec, `version ${target}: components`);
     return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by));
   }
 
@@ -711,145 +704,18 @@ export class Deployments {
     return used;
   }
 
-  // ─────────────────────────── registry credentials ───────────────────────────
+  // ──────────────────────── registry credentials, secrets ────────────────────────
 
-  /** Each registry credential a spec names exists and is for its image's registry. */
-  private checkCredentials(spec: NormalAppSpec, at = 'components'): void {
-    const v: import('../common/errors').FieldViolation[] = [];
-    const unreadable: string[] = [];
-    spec.components.forEach((c, i) => {
-      if (!c.imagePullCredential) return;
-      const cred = this.credentials.get(c.imagePullCredential);
-      const field = `${at}[${i}].imagePullCredential`;
-      if (!cred) v.push({ field, message: `no registry credential "${c.imagePullCredential}" (set one with tessera registry-auth set)` });
-      else if (cred.unreadable) unreadable.push(`registry credential ${c.imagePullCredential} (${field}) cannot be opened: ${cred.unreadable}`);
-      else if (cred.server !== registryOf(c.image)) v.push({ field, message: `registry credential "${c.imagePullCredential}" is for ${cred.server}, and the image ${c.image} is from ${registryOf(c.image)}` });
-    });
-    if (v.length) throw new InvalidArgumentError(v);
-    // Not the spec's fault: this leader lacks the key (set the credential again, or give the key).
-    if (unreadable.length) throw new FailedPreconditionError(unreadable.join('; '));
+  /** The key file was read again (SIGHUP): what could not be opened is tried again, and resealed with its first key. */
+  rekeyed(): Promise<void> {
+    return this.sealed.rekeyed();
   }
 
-  async setRegistryCredential(c: Partial<RegistryCredential> | null | undefined, by = ''): Promise<RegistryCredential> {
-    const name = c?.name ?? '';
-    const v: import('../common/errors').FieldViolation[] = [];
-    if (!/^[a-z][a-z0-9-]{0,62}$/.test(name)) v.push({ field: 'credential.name', message: `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(name)}` });
-    const server = (c?.server ?? '').trim();
-    if (!/^[A-Za-z0-9.-]+(:\d{1,5})?$/.test(server)) v.push({ field: 'credential.server', message: `must be a registry as image references name it (host[:port], or docker.io), without a scheme or path; got ${JSON.stringify(c?.server ?? '')}` });
-    if (!c?.username) v.push({ field: 'credential.username', message: 'is required' });
-    if (!c?.password) v.push({ field: 'credential.password', message: 'is required' });
-    if (v.length) throw new InvalidArgumentError(v);
-    // Moving a credential in use to another registry would leave its components' images without
-    // it (and fail the next apply, a scaling policy's included).
-    const elsewhere = this.credentials.has(name) ? this.componentsNaming(name).filter((x) => registryOf(x.image) !== server) : [];
-    if (elsewhere.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${elsewhere.map((x) => `${x.app}/${x.component} (image from ${registryOf(x.image)})`).join(', ')}: it cannot move to ${server}`);
-    const rec: CredentialRecord = { server, username: c!.username!, password: c!.password!, updatedAtMs: Date.now(), ...(by ? { by } : {}), storedWith: this.opts.keyring?.primary ?? '' };
-    await this.store.commit([{ type: 'put', key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, rec)) }], [attributed({
-      kind: 'registry-credential.set', subject: name, message: `registry credential ${name}: ${rec.username} at ${server}`, fields: { server, username: rec.username },
-    }, by)]);
-    this.credentials.set(name, rec);
-    return this.credentialOf(name);
-  }
-
-  async deleteRegistryCredential(name: string, by = ''): Promise<RegistryCredential> {
-    if (!this.credentials.has(name)) throw new NotFoundError('registry credential', name);
-    const cred = this.credentialOf(name);
-    // A credential an app runs with stays: its instances would fail their next pull.
-    if (cred.usedBy?.length) throw new FailedPreconditionError(`registry credential ${name} is named by ${cred.usedBy.join(', ')} (the current or the stable version): apply those without it first, and let the rollout finish`);
-    await this.store.commit([{ type: 'delete', key: this.keys.registryCredential(name) }], [attributed({ kind: 'registry-credential.deleted', subject: name, message: `registry credential ${name} deleted` }, by)]);
-    this.credentials.delete(name);
-    return cred;
-  }
-
-  listRegistryCredentials(name = ''): RegistryCredential[] {
-    return [...this.credentials.keys()].filter((n) => !name || n === name).sort().map((n) => this.credentialOf(n));
-  }
-
-  /** The components whose app's current version, or its stable one (an auto-revert's target), names the credential. */
-  private componentsNaming(name: string): { app: string; component: string; image: string }[] {
-    const out: { app: string; component: string; image: string }[] = [];
+  /** The components of each app's current version and of its stable one (an auto-revert's target). */
+  private *componentsInUse(): Generator<{ app: string; component: NormalComponent }> {
     for (const app of this.apps.values()) {
-      // The current version, and the stable one an auto-revert would go back to.
-      const seen = new Set<string>();
       for (const v of new Set([app.version, app.stableVersion])) {
-        for (const comp of this.versions.get(app.name)?.get(v)?.spec?.components ?? []) {
-          if (comp.imagePullCredential !== name || seen.has(comp.name)) continue;
-          seen.add(comp.name);
-          out.push({ app: app.name, component: comp.name, image: comp.image });
-        }
-      }
-    }
-    return out;
-  }
-
-  /** The credential as the API shows it: never its password. */
-  private credentialOf(name: string): RegistryCredential {
-    const c = this.credentials.get(name)!;
-    const usedBy = this.componentsNaming(name).map((x) => `${x.app}/${x.component}`);
-    const atRest = c.unreadable ? `unreadable: ${c.unreadable}` : c.storedWith ? `aes-256-gcm, key ${c.storedWith}` : 'plaintext';
-    return { name, server: c.server, username: c.username, password: '', updatedAtMs: c.updatedAtMs, by: c.by ?? '', usedBy, atRest };
-  }
-
-  /** What etcd holds of a credential: the password sealed with the primary key when there is a keyring. */
-  private storedCredential(name: string, c: CredentialRecord): StoredCredential {
-    const { server, username, updatedAtMs, by } = c;
-    const k = this.opts.keyring;
-    return { server, username, ...(k ? { sealed: k.seal(c.password, this.keys.registryCredential(name)) } : { password: c.password }), updatedAtMs, ...(by ? { by } : {}) };
-  }
-
-  /** A stored credential as the leader holds it; one whose password does not open says why, and is not used. */
-  private openCredential(name: string, s: StoredCredential): CredentialRecord {
-    const base = { server: s.server, username: s.username, updatedAtMs: s.updatedAtMs, ...(s.by ? { by: s.by } : {}) };
-    if (!isSealed(s.sealed)) return { ...base, password: s.password ?? '', storedWith: '' };
-    try {
-      if (!this.opts.keyring) throw noKeyring(s.sealed);
-      return { ...base, password: this.opts.keyring.open(s.sealed, this.keys.registryCredential(name)), storedWith: s.sealed.k };
-    } catch (e) {
-      const why = (e as Error).message;
-      this.log.error({ credential: name, reason: why }, 'registry credential cannot be opened: components naming it pull without it');
-      // The stored value is kept: a key file reloaded with its key opens it (rekeyed()).
-      return { ...base, password: '', storedWith: s.sealed.k, unreadable: why, stored: s };
-    }
-  }
-
-  /**
-   * The keyring's keys changed (SIGHUP read the key file again): credentials that could not be
-   * opened are tried again, and those stored with another key than the new first one are
-   * resealed with it, as a new leader does (rotation without a restart).
-   */
-  async rekeyed(): Promise<void> {
-    for (const [name, c] of this.credentials) {
-      if (c.unreadable && c.stored) {
-        const again = this.openCredential(name, c.stored);
-        if (!again.unreadable) this.log.info({ credential: name, key: again.storedWith }, 'registry credential opens with the reloaded key file');
-        this.credentials.set(name, again);
-      }
-    }
-    await this.resealCredentials();
-  }
-
-  /**
-   * With a keyring, a new leader seals what is stored in the clear or with a key other than the
-   * primary one (key rotation: the new key first in every coordinator's file, then reload them
-   * (SIGHUP: rekeyed()) or restart them; once every credential says the new key, the old one can
-   * go).
-   */
-  private async resealCredentials(): Promise<void> {
-    const k = this.opts.keyring;
-    if (!k) return;
-    const stale = [...this.credentials].filter(([, c]) => !c.unreadable && c.storedWith !== k.primary);
-    // A transaction each 40 (with their events: 80 ops, under etcd's 128).
-    for (let i = 0; i < stale.length; i += 40) {
-      const part = stale.slice(i, i + 40);
-      try {
-        await this.store.commit(part.map(([name, c]) => ({ type: 'put' as const, key: this.keys.registryCredential(name), value: JSON.stringify(this.storedCredential(name, c)) })), part.map(([name, c]) => ({
-          kind: 'registry-credential.resealed', subject: name, message: `registry credential ${name} sealed with key ${k.primary} (was ${c.storedWith ? `key ${c.storedWith}` : 'plaintext'})`,
-        })));
-        for (const [, c] of part) c.storedWith = k.primary;
-        this.log.info({ credentials: part.map(([n]) => n), key: k.primary }, 'registry credentials resealed');
-      } catch (e) {
-        this.log.warn({ err: (e as Error).message }, 'resealing registry credentials failed: the next leader tries again');
-        return;
+        for (const component of this.versions.get(app.name)?.get(v)?.spec?.components ?? []) yield { app: app.name, component };
       }
     }
   }
@@ -932,6 +798,7 @@ export class Deployments {
       byNode.get(i.nodeId)!.push(i);
     }
     const term = 0;
+    for (const id of this.secretWaits) if (this.instances.get(id)?.desired !== 'run') this.secretWaits.delete(id);
     // An instruction whose effect agents report leaves `sent` (it is no longer pending).
     const reported = new Set<string>();
     for (const nodeId of this.gateway.connectedNodes()) {
@@ -959,8 +826,9 @@ export class Deployments {
       }
     }
     // An agent that attached (after a restart, or to a new leader) gets the RUN of each running
-    // instance whose component names a registry credential once more: an adopted container's
-    // label keeps no login, and the agent takes only the login from it (for the next pull).
+    // instance whose component names a registry credential or secrets once more: an adopted
+    // container's label keeps neither the login nor the secret values, and the agent takes only
+    // those from it (for the next pull, and a container it makes again).
     for (const [nodeId, { seq, atMs }] of this.attached) {
       if (!this.gateway.connectedNodes().includes(nodeId)) continue;
       const observed = new Set(this.registry.observed(nodeId).map((o) => o.instanceId));
@@ -969,7 +837,7 @@ export class Deployments {
       this.attached.delete(nodeId);
       for (const w of byNode.get(nodeId) ?? []) {
         const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
-        if (!comp?.imagePullCredential || !observed.has(w.id)) continue;
+        if (!(comp?.imagePullCredential || comp?.secretEnv) || !observed.has(w.id)) continue;
         this.send(nodeId, `login-${w.id}-${seq}`, nowMs, () => this.runInstruction(w, term));
       }
     }
@@ -984,10 +852,11 @@ export class Deployments {
     this.attached.set(nodeId, { seq: ++this.attachSeq, atMs: nowMs });
   }
 
-  private send(nodeId: string, id: string, nowMs: number, build: () => Instruction): void {
+  private send(nodeId: string, id: string, nowMs: number, build: () => Instruction | undefined): void {
     const last = this.sent.get(id);
     if (last && nowMs - last < RESEND_AFTER_MS) return;
     const instruction = build();
+    if (!instruction) return;
     if (this.gateway.send(nodeId, instruction)) {
       this.sent.set(id, nowMs);
       this.opts.metrics?.inc('tessera_instructions_sent_total', { action: String(instruction.action).replace('INSTRUCTION_ACTION_', '') });
@@ -1014,11 +883,28 @@ export class Deployments {
     return comp?.stopGraceMs ?? 10_000;
   }
 
-  private runInstruction(w: InstanceRecord, term: number): Instruction {
+  /**
+   * The RUN of an instance; none while a secret it names cannot be given (deleted meanwhile
+   * from a version the apply checked, or one this leader cannot open): it is not started without
+   * its environment, and an event says why once.
+   */
+  private runInstruction(w: InstanceRecord, term: number): Instruction | undefined {
     const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
     if (!comp) throw new Error(`no spec for ${w.app} v${w.version} component ${w.component}`);
+    const secrets = this.sealed.secretEnv(comp);
+    if (secrets.missing !== undefined) {
+      this.log.warn({ instance: w.id, reason: secrets.missing }, 'instance not started: a secret it names cannot be given');
+      if (!this.secretWaits.has(w.id)) {
+        this.secretWaits.add(w.id);
+        void this.store.commit([], [{ kind: 'instance.secret_unavailable', subject: w.id, message: `not started: ${secrets.missing}`, fields: { app: w.app, component: w.component, node: w.nodeId } }])
+          .catch((e) => this.log.debug({ err: (e as Error).message }, 'secret_unavailable event not written'));
+      }
+      return undefined;
+    }
+    this.secretWaits.delete(w.id);
     const env: Record<string, string> = {
       ...comp.env,
+      ...secrets.env,
       TESSERA_APP: w.app, TESSERA_COMPONENT: w.component, TESSERA_INSTANCE_ID: w.id,
       TESSERA_SLOT: String(w.slot), TESSERA_NODE_ID: w.nodeId, TESSERA_VERSION: String(w.version),
     };
@@ -1026,8 +912,6 @@ export class Deployments {
       const k = name.toUpperCase().replace(/-/g, '_');
       env[`PORT_${k}`] = String(port);
     }
-    const named = comp.imagePullCredential ? this.credentials.get(comp.imagePullCredential) : undefined;
-    const cred = named?.unreadable ? undefined : named;
     const instance: InstanceSpec = {
       instanceId: w.id, app: w.app, component: w.component, specVersion: w.version, slot: w.slot,
       image: comp.image, command: comp.command, args: comp.args, env, ports: w.ports,
@@ -1036,7 +920,8 @@ export class Deployments {
       cpuHardLimit: !!comp.cpuHardLimit, imagePullPolicy: comp.imagePullPolicy ?? '',
       // For the pull only (the agent keeps it out of labels and off disk); a credential deleted
       // meanwhile, or one this leader cannot open, leaves the pull to the agent's own credentials.
-      pullAuth: cred ? { server: cred.server, username: cred.username, password: cred.password } : undefined,
+      pullAuth: this.sealed.pullAuth(comp),
+      secretEnv: secrets.names,
     };
     return {
       id: `run-${w.id}`, action: 'INSTRUCTION_ACTION_RUN', target: { app: w.app, component: w.component, instanceId: w.id, nodeId: w.nodeId },

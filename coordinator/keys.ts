@@ -18,6 +18,9 @@ export class Keys {
   quota(kind: string): string { return `${this.quotas}${kind}`; }
   get registryCredentials(): string { return `${this.prefix}registry-credentials/`; }
   registryCredential(name: string): string { return `${this.registryCredentials}${name}`; }
+  /** Secrets for components' environments (SetSecret), sealed with --secrets-key-file. */
+  get secrets(): string { return `${this.prefix}secrets/`; }
+  secret(name: string): string { return `${this.secrets}${name}`; }
   get pipelines(): string { return `${this.prefix}pipelines/`; }
   pipeline(name: string): string { return `${this.pipelines}${name}`; }
   /** External component instances (registered through Admin, with an expiring lease). */

@@ -5,9 +5,11 @@ import type { AppSpec, AppSpec__Output } from '../../common/generated/tessera/v1
 import type { ComponentSpec__Output } from '../../common/generated/tessera/v1/ComponentSpec';
 
 /** A component with every default filled in: nested settings are never null. */
-export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy' | 'restartedAtMs' | 'imagePullCredential'> & {
+export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health' | 'restart' | 'update' | 'cpuHardLimit' | 'imagePullPolicy' | 'restartedAtMs' | 'imagePullCredential' | 'secretEnv'> & {
   /** Set only when named (see normalizeComponent). */
   imagePullCredential?: string;
+  /** VAR -> "SECRET/KEY"; set only when not empty (see normalizeComponent). */
+  secretEnv?: Record<string, string>;
   /** Set only when a restart was asked for (see normalizeComponent). */
   restartedAtMs?: number;
   /** Set only when on (see normalizeComponent). */
@@ -93,6 +95,12 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     bad(`${at}.distinctHosts`, 'must be true when a fixed port is asked for more than one instance (two instances cannot bind one host port)');
   }
   for (const k of Object.keys(c.env ?? {})) if (!ENV_RE.test(k)) bad(`${at}.env.${k}`, 'is not a valid environment variable name');
+  for (const [k, ref] of Object.entries(c.secretEnv ?? {})) {
+    if (!ENV_RE.test(k)) bad(`${at}.secretEnv.${k}`, 'is not a valid environment variable name');
+    else if (Object.prototype.hasOwnProperty.call(c.env ?? {}, k)) bad(`${at}.secretEnv.${k}`, 'is set in env too: name it in one of the two');
+    else if (/^(TESSERA_|PORT_)/.test(k)) bad(`${at}.secretEnv.${k}`, 'TESSERA_* and PORT_* are set by Tessera');
+    if (!parseSecretRef(ref)) bad(`${at}.secretEnv.${k}`, `must be SECRET/KEY (a secret's name, a key in it), got ${JSON.stringify(ref)}`);
+  }
 
   (c.constraints ?? []).forEach((k, j) => {
     if (!k.label) bad(`${at}.constraints[${j}].label`, 'is required');
@@ -186,6 +194,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     // Likewise left out at the default.
     imagePullPolicy: pull && pull !== 'IfNotPresent' ? pull : undefined,
     ...(c.imagePullCredential ? { imagePullCredential: c.imagePullCredential } : {}),
+    // Left out when empty, so that specs from before the field hash as they did (no restarts).
+    ...(Object.keys(c.secretEnv ?? {}).length ? { secretEnv: { ...c.secretEnv } } : {}),
     restartedAtMs: Number(c.restartedAtMs) > 0 ? Number(c.restartedAtMs) : undefined,
     tunables: (c.tunables ?? []).map((t) => ({ env: t.env, min: Number(t.min), max: Number(t.max) })),
     taskStatePoll: c.taskStatePoll?.port ? { port: c.taskStatePoll.port, path: c.taskStatePoll.path || '/', intervalMs: Number(c.taskStatePoll.intervalMs) || 2_000 } : null,
@@ -193,6 +203,18 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     // their hash (and their instances are not restarted by an upgrade).
     ...(c.kind && c.kind !== name ? { kind: c.kind } : {}),
   } as NormalComponent;
+}
+
+export const SECRET_NAME_RE = NAME_RE;
+export const SECRET_KEY_RE = /^[A-Za-z0-9_.-]{1,253}$/;
+
+/** A secret_env value, "SECRET/KEY", split; undefined when it is not one. */
+export function parseSecretRef(ref: string | undefined): { secret: string; key: string } | undefined {
+  const i = (ref ?? '').indexOf('/');
+  if (i < 0) return undefined;
+  const secret = ref!.slice(0, i);
+  const key = ref!.slice(i + 1);
+  return SECRET_NAME_RE.test(secret) && SECRET_KEY_RE.test(key) ? { secret, key } : undefined;
 }
 
 /** The update order in effect: as named, else stop-first for a component with volumes (its slots' data). */

@@ -548,6 +548,52 @@ registryAuth.command('delete <name>').description('remove a registry credential 
   out({}, () => `registry credential ${name} removed`);
 }));
 
+const secret = program.command('secret').description('secrets: values for components\' environments (secretEnv VAR: SECRET/KEY), never shown once set');
+secret.command('set <name> <key=value...>').description('set a secret\'s whole data (a key left out is removed). KEY=@FILE reads a file, KEY=- standard input; a literal KEY=VALUE stays in the shell\'s history')
+  .action((name: string, pairs: string[]) => {
+    const fs = require('node:fs') as typeof import('node:fs');
+    const data: Record<string, string> = {};
+    let stdinTaken = '';
+    for (const p of pairs) {
+      const i = p.indexOf('=');
+      if (i < 1) program.error(`error: "${p}" is not KEY=VALUE, KEY=@FILE or KEY=-`);
+      const key = p.slice(0, i);
+      const v = p.slice(i + 1);
+      if (key in data) program.error(`error: key ${key} is given twice`);
+      if (v === '-') {
+        if (stdinTaken) program.error(`error: standard input is read once: for ${stdinTaken}, not again for ${key}`);
+        stdinTaken = key;
+        if (process.stdin.isTTY) process.stderr.write(`${key} (then Enter and Ctrl-D): `);
+        data[key] = fs.readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+      } else if (v.startsWith('@')) {
+        try {
+          data[key] = fs.readFileSync(v.slice(1), 'utf8');
+        } catch (e) {
+          program.error(`error: ${key}: ${(e as Error).message}`);
+        }
+      } else {
+        data[key] = v;
+      }
+    }
+    return run(async (c) => {
+      const r = await c.setSecret({ name, data });
+      out(r, () => [
+        `secret ${r.name} version ${r.version}: ${r.keys.join(', ')}`,
+        ...(r.usedBy.length ? [`used by ${r.usedBy.join(', ')}: running instances keep the values they started with; tessera app restart APP rolls the new ones out`] : []),
+      ].join('\n'));
+    });
+  });
+secret.command('list').description('secrets (their keys, never their values) and the components that name them').action(() => run(async (c) => {
+  const r = await c.listSecrets();
+  out(r.secrets, () => r.secrets.length ? table(['NAME', 'KEYS', 'VERSION', 'UPDATED', 'BY', 'AT REST', 'USED BY'], r.secrets.map((x) => [
+    x.name, x.keys.join(','), x.version, ago(Number(x.updatedAtMs)), x.by || '-', x.atRest || '-', x.usedBy.join(', ') || '-',
+  ])) : 'no secrets');
+}));
+secret.command('delete <name>').description('remove a secret (refused while an app names it)').action((name: string) => run(async (c) => {
+  await c.deleteSecret(name);
+  out({}, () => `secret ${name} removed`);
+}));
+
 const pipeline = program.command('pipeline').description('pipelines: the stages a job runs through');
 pipeline.command('apply').description('apply a pipeline from a YAML or JSON file').requiredOption('-f, --file <file>', 'pipeline file, or -').option('--dry-run', 'validate only')
   .action((o) => run(async (c) => {

@@ -79,6 +79,10 @@ describe('Admin API tokens', function () {
     expect(await codeOf(c.removeNode('n1'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.restartApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.scaleApp('x', 'y', 1))).to.equal(grpc.status.PERMISSION_DENIED);
+    // Secrets: their keys are a read, setting and deleting them are not.
+    expect(await codeOf(c.listSecrets())).to.equal(grpc.status.OK);
+    expect(await codeOf(c.setSecret({ name: 'x', data: { k: 'v' } }))).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(await codeOf(c.deleteSecret('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     // A command in an instance is not a read (a stream): refused before the instance is looked up.
     const exec = await new Promise<void>((resolve, reject) => {
       const s = c.execInstance({ instanceId: 'no-such-instance', command: ['true'] });

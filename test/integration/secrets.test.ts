@@ -1,5 +1,5 @@
-// Registry passwords at rest (--secrets-key-file): sealed before they reach etcd, resealed by a
-// new leader when keys rotate, and refused clearly by a leader that lacks their key. Real etcd
+// Registry passwords and secrets at rest (--secrets-key-file): sealed before they reach etcd,
+// resealed by a new leader when keys rotate, and refused clearly by a leader that lacks their key. Real etcd
 // and coordinator processes, one after another on the same etcd (each a new leader); the etcd
 // values are read raw. The pull with a sealed credential is in image-pull.test.ts.
 import { expect } from 'chai';
@@ -44,15 +44,17 @@ describe('registry passwords at rest', function () {
     return admin;
   }
   /** What etcd holds for a credential, as any reader of etcd (or of a snapshot) sees it. */
-  async function stored(name: string): Promise<string> {
+  async function stored(name: string, under = 'registry-credentials'): Promise<string> {
     const c = createEtcdClient({ endpoints: etcd.endpoints });
     try {
-      return (await c.get(`/tessera/registry-credentials/${name}`).string()) ?? '';
+      return (await c.get(`/tessera/${under}/${name}`).string()) ?? '';
     } finally {
       c.close();
     }
   }
   const atRest = async (a: AdminClient, name: string) => (await a.listRegistryCredentials(name)).credentials[0].atRest;
+  /** The secret "env" (for components' environments), sealed and resealed alongside. */
+  const secretAtRest = async (a: AdminClient) => (await a.listSecrets('env')).secrets[0].atRest;
 
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-keys-'));
@@ -72,6 +74,9 @@ describe('registry passwords at rest', function () {
     await a.setRegistryCredential({ name: 'early', server: SERVER, username: 'ops', password: 'pl4in-s3cret' });
     expect(await stored('early')).to.include('pl4in-s3cret');
     expect(await atRest(a, 'early')).to.equal('plaintext');
+    await a.setSecret({ name: 'env', data: { token: 'pl4in-t0ken' } });
+    expect(await stored('env', 'secrets')).to.include('pl4in-t0ken');
+    expect(await secretAtRest(a)).to.equal('plaintext');
 
     a = await lead(keyFile('one', keys.k1));
     // The new leader resealed it as it loaded: etcd no longer holds the password.
@@ -81,6 +86,10 @@ describe('registry passwords at rest', function () {
     expect(await atRest(a, 'early')).to.equal('aes-256-gcm, key k1');
     const ev = await pastEvents(a, ['registry-credential.resealed']);
     expect(ev.map((e) => e.message)).to.include('registry credential early sealed with key k1 (was plaintext)');
+    expect(await stored('env', 'secrets')).to.not.include('pl4in-t0ken');
+    expect(JSON.parse(await stored('env', 'secrets')).sealed.k).to.equal('k1');
+    expect(await secretAtRest(a)).to.equal('aes-256-gcm, key k1');
+    expect((await pastEvents(a, ['secret.resealed'])).map((e) => e.message)).to.include('secret env sealed with key k1 (was plaintext)');
     // Set under a key file: sealed from the start; the API never shows the password either way.
     const set = await a.setRegistryCredential({ name: 'later', server: SERVER, username: 'ci', password: 'l4ter-s3cret' });
     expect([set.password, set.atRest]).to.deep.equal(['', 'aes-256-gcm, key k1']);
@@ -93,6 +102,7 @@ describe('registry passwords at rest', function () {
       expect(JSON.parse(await stored(name)).sealed.k, name).to.equal('k2');
       expect(await atRest(a, name)).to.equal('aes-256-gcm, key k2');
     }
+    expect(JSON.parse(await stored('env', 'secrets')).sealed.k).to.equal('k2');
     a = await lead(keyFile('rotated', keys.k2));
     expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k2');
     // What the operator checks before dropping the old key.
@@ -115,6 +125,11 @@ describe('registry passwords at rest', function () {
       .then(() => undefined, (e: grpc.ServiceError) => e);
     expect(err?.code).to.equal(grpc.status.FAILED_PRECONDITION);
     expect(err?.details).to.equal(`registry credential later (components[0].imagePullCredential) cannot be opened: ${why}`);
+    expect(await secretAtRest(a)).to.equal(`unreadable: ${why}`);
+    const envErr = await a.applyApp({ name: 'sealedapp', components: [{ name: 'web', image: IMAGE, secretEnv: { TOKEN: 'env/token' }, resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2 }] })
+      .then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(envErr?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(envErr?.details).to.equal(`secret env (components[0].secretEnv.TOKEN) cannot be opened: ${why}`);
     expect(Number((await a.getApp('sealedapp')).version), 'nothing stored').to.equal(1);
     await a.setRegistryCredential({ name: 'later', server: SERVER, username: 'ci', password: 'n3w-s3cret' });
     expect(await atRest(a, 'later')).to.equal('aes-256-gcm, key k3');
@@ -158,6 +173,8 @@ describe('registry passwords at rest', function () {
     await waitFor('both resealed with k1', async () => (await atRest(admin!, 'early')) === 'aes-256-gcm, key k1' && (await atRest(admin!, 'later')) === 'aes-256-gcm, key k1', 10_000, 100);
     expect(JSON.parse(await stored('early')).sealed.k).to.equal('k1');
     expect(JSON.parse(await stored('later')).sealed.k).to.equal('k1');
+    await waitFor('the secret resealed with k1 too', async () => (await secretAtRest(admin!)) === 'aes-256-gcm, key k1', 10_000, 100);
+    expect(JSON.parse(await stored('env', 'secrets')).sealed.k).to.equal('k1');
     await waitFor('status shows the new keys', async () => (await fingerprints())?.join(',') === 'k1,k2,k3', 10_000, 100);
     const resealed = (await pastEvents(admin!, ['registry-credential.resealed'])).filter((e) => /sealed with key k1 \(was key k/.test(e.message ?? ''));
     expect(resealed.map((e) => e.subject).sort()).to.deep.equal(['early', 'later']);

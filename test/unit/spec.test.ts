@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { InvalidArgumentError } from '../../common/errors';
-import { normalizeAppSpec, updateOrder } from '../../coordinator/apps/spec';
+import { normalizeAppSpec, parseSecretRef, updateOrder } from '../../coordinator/apps/spec';
 import { componentHash } from '../../coordinator/apps/records';
 import { cpuQuotaNanos } from '../../agent/docker-runtime';
 
@@ -57,6 +57,10 @@ describe('app spec validation', () => {
     ['an "in" constraint without values', (s) => (s.components[0].constraints = [{ label: 'zone', op: 'in' }]), ['components[0].constraints[0].values']],
     ['a relative volume path', (s) => (s.components[1].volumes = [{ name: 'data', path: 'data' }]), ['components[1].volumes[0].path']],
     ['a bad env name', (s) => (s.components[1].env = { 'A-B': '1' }), ['components[1].env.A-B']],
+    ['a secretEnv value that is not SECRET/KEY', (s) => (s.components[1].secretEnv = { DB_PASSWORD: 'dbcreds' }), ['components[1].secretEnv.DB_PASSWORD']],
+    ['a secretEnv name also set in env', (s) => { s.components[1].env = { TOKEN: 'x' }; s.components[1].secretEnv = { TOKEN: 'api/token' }; }, ['components[1].secretEnv.TOKEN']],
+    ['a secretEnv name Tessera sets', (s) => (s.components[1].secretEnv = { PORT_HTTP: 'api/port' }), ['components[1].secretEnv.PORT_HTTP']],
+    ['a bad secretEnv name', (s) => (s.components[1].secretEnv = { '1X': 'api/token' }), ['components[1].secretEnv.1X']],
     ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
     ['an unknown update order', (s) => (s.components[0].update = { order: 'blue-green' }), ['components[0].update.order']],
     ['a tunable without a numeric starting value', (s) => (s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]), ['components[1].env.BATCH']],
@@ -96,6 +100,21 @@ describe('app spec validation', () => {
       { field: 'components[0].image', message: 'must be an image reference such as registry.example:5000/team/name:1.2 or name@sha256:<digest>, got "Upper/Case:1"' },
     ]);
   });
+  it('keeps secretEnv out of the normal form when empty (older specs hash as before), and in it, references only, when named', () => {
+    const plain = normalizeAppSpec(good() as never).components[1];
+    const empty: any = good();
+    empty.components[1].secretEnv = {};
+    expect(plain).to.not.have.property('secretEnv');
+    expect(componentHash(normalizeAppSpec(empty).components[1])).to.equal(componentHash(plain));
+    const named: any = good();
+    named.components[1].secretEnv = { DB_PASSWORD: 'db-creds/pass.word_1' };
+    const n = normalizeAppSpec(named).components[1];
+    expect(n.secretEnv).to.deep.equal({ DB_PASSWORD: 'db-creds/pass.word_1' });
+    expect(componentHash(n)).to.not.equal(componentHash(plain));
+    expect(parseSecretRef('db-creds/pass.word_1')).to.deep.equal({ secret: 'db-creds', key: 'pass.word_1' });
+    expect([parseSecretRef('Db/x'), parseSecretRef('db/'), parseSecretRef('db'), parseSecretRef('db/a/b')]).to.deep.equal([undefined, undefined, undefined, undefined]);
+  });
+
   it('keeps cpuHardLimit out of the normal form when off, so older specs hash as before (no restarts)', () => {
     const plain = normalizeAppSpec(good() as never).components[1];
     const off: any = good();
