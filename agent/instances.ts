@@ -20,6 +20,9 @@ import { runCheck } from './health';
 import { parseTaskReport, TaskEndpoint } from './task-endpoint';
 import * as http from 'node:http';
 
+/** How long a container to make again for an adopted instance waits for its secret values from the leader. */
+export const SECRET_HANDOVER_WAIT_MS = 30_000;
+
 interface Local {
   spec: InstanceSpec__Output;
   state: InstanceState;
@@ -40,6 +43,8 @@ interface Local {
   handledExitAt: number;
   /** Its image is being pulled (beginPull); then pulled (for a policy of Always: this start's pull is done) or the pull's error. */
   pulling?: boolean;
+  /** Since when a container to make again waits for secret values (see startOne). */
+  secretWaitSince?: number;
   pulled?: boolean;
   pullError?: Error;
   /** What the instance answered to Component.Describe, for the start it answered in. */
@@ -267,9 +272,13 @@ export class InstanceManager extends EventEmitter {
     // (imagePullPolicy Always) waits for the leader's RUN to hand them over, never runs without.
     const lacking = (l.spec.secretEnv ?? []).filter((k) => !(k in (l.spec.env ?? {})));
     if (lacking.length) {
+      l.secretWaitSince ??= now;
+      // Not for good: failed, the instance is replaced in its slot, and its new RUN carries them.
+      if (now - l.secretWaitSince > SECRET_HANDOVER_WAIT_MS) return this.fail(l, `the leader did not hand over the values of ${lacking.join(', ')} (secretEnv) within ${SECRET_HANDOVER_WAIT_MS / 1000} s`);
       l.message = `waiting for the leader to hand over the values of ${lacking.join(', ')} (secretEnv)`;
       return;
     }
+    l.secretWaitSince = undefined;
     const image = l.spec.image;
     try {
       if (l.pullError) {

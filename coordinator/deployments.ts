@@ -838,7 +838,7 @@ export class Deployments {
       for (const w of byNode.get(nodeId) ?? []) {
         const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
         if (!(comp?.imagePullCredential || comp?.secretEnv) || !observed.has(w.id)) continue;
-        this.send(nodeId, `login-${w.id}-${seq}`, nowMs, () => this.runInstruction(w, term));
+        this.send(nodeId, `login-${w.id}-${seq}`, nowMs, () => this.runInstruction(w, term, true));
       }
     }
     for (const [k, at] of this.sent) {
@@ -886,12 +886,18 @@ export class Deployments {
   /**
    * The RUN of an instance; none while a secret it names cannot be given (deleted meanwhile
    * from a version the apply checked, or one this leader cannot open): it is not started without
-   * its environment, and an event says why once.
+   * its environment, and an event says why once. A hand-over (the RUN again for an instance an
+   * agent adopted) is left out quietly: the instance runs already (the agent fails one it would
+   * have to make again without its values, and its replacement asks again).
    */
-  private runInstruction(w: InstanceRecord, term: number): Instruction | undefined {
+  private runInstruction(w: InstanceRecord, term: number, handover = false): Instruction | undefined {
     const comp = this.versions.get(w.app)?.get(w.version)?.spec.components.find((c) => c.name === w.component);
     if (!comp) throw new Error(`no spec for ${w.app} v${w.version} component ${w.component}`);
     const secrets = this.sealed.secretEnv(comp);
+    if (secrets.missing !== undefined && handover) {
+      this.log.warn({ instance: w.id, reason: secrets.missing }, 'secret values not handed over again to the agent that adopted the instance');
+      return undefined;
+    }
     if (secrets.missing !== undefined) {
       this.log.warn({ instance: w.id, reason: secrets.missing }, 'instance not started: a secret it names cannot be given');
       if (!this.secretWaits.has(w.id)) {

@@ -25,6 +25,8 @@ import { waitFor } from '../helpers/ports';
 describe('secrets for components\' environments', function () {
   this.timeout(120_000);
   const node = `s${randomBytes(3).toString('hex')}`;
+  const k1 = newKeyLine('k1');
+  const k2 = newKeyLine('k2');
   const FIRST = `first-${randomBytes(6).toString('hex')}`;
   const SECOND = `second-${randomBytes(6).toString('hex')}`;
   let etcd: EtcdCluster;
@@ -33,6 +35,9 @@ describe('secrets for components\' environments', function () {
   let coordinator: string;
   let dir: string;
   let agent: ReturnType<Fleet['agent']>;
+  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  let c2: Awaited<ReturnType<Fleet['coordinator']>>;
+  let otherKeys: string;
   const cliPath = () => path.join(repoRoot(), 'dist/coordinator/cli/main.js');
   const cli = (args: string[], input?: string) => new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
     const child = execFile(process.execPath, [cliPath(), '-c', coordinator, ...args], (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
@@ -43,7 +48,7 @@ describe('secrets for components\' environments', function () {
     env: { PLAIN: 'visible' }, secretEnv: { DB_PASSWORD: 'db-creds/password', DB_USER: 'db-creds/user' }, ...over,
   });
   const running = async (app: string) => (await admin.listInstances(app)).instances.filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
-  const envOf = (instanceId: string): string[] => JSON.parse(execFileSync('docker', ['inspect', '-f', '{{json .Config.Env}}', `tessera-${instanceId}`]).toString());
+  const envOf = (instanceId: string): string[] => JSON.parse(execFileSync('docker', ['inspect', '-f', '{{json .Config.Env}}', `tessera-${instanceId}`], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
   /** The error a call ends with, its field violations read from the trailers. */
   const refused = (p: Promise<unknown>) => p.then(() => undefined, (e: grpc.ServiceError) => {
     const v = e.metadata?.get('tessera-field-violations')?.[0];
@@ -62,14 +67,18 @@ describe('secrets for components\' environments', function () {
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-appsecrets-'));
     const keyFile = path.join(dir, 'secrets.keys');
-    fs.writeFileSync(keyFile, `${newKeyLine('k1')}\n`, { mode: 0o600 });
+    fs.writeFileSync(keyFile, `${k1}\n`, { mode: 0o600 });
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile] });
+    c1 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile] });
     coordinator = c1.address;
     await waitForLeader([c1.address]);
-    agent = fleet.agent({ coordinators: [c1.address], nodeId: node, extra: ['--port-range', '30600-30619'] });
-    admin = new AdminClient([c1.address]);
+    // A follower whose key file lacks k1 (until a test reloads it): leading, it cannot open what c1 sealed.
+    otherKeys = path.join(dir, 'other.keys');
+    fs.writeFileSync(otherKeys, `${k2}\n`, { mode: 0o600 });
+    c2 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', otherKeys] });
+    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', '30600-30619'] });
+    admin = new AdminClient([c1.address, c2.address]);
     await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
   });
 
@@ -165,6 +174,7 @@ describe('secrets for components\' environments', function () {
     await admin.restartApp('vault');
     const after = await waitFor('a new instance running', async () => (await running('vault')).find((i) => i.id !== before.id), 60_000, 200);
     expect(envOf(after.id)).to.include(`DB_PASSWORD=${SECOND}`);
+    await waitFor('the rollout done: the old one stopped', async () => (await running('vault')).map((i) => i.id).join() === after.id, 60_000, 200);
     expect(await everythingStored()).to.not.include(SECOND);
   });
 
@@ -183,6 +193,30 @@ describe('secrets for components\' environments', function () {
       }
     }, 30_000, 200);
     expect(envOf(inst.id)).to.include('DB_USER=app-user');
+    await waitFor('the same instance RUNNING again', async () => (await running('vault')).some((i) => i.id === inst.id), 30_000, 200);
+  });
+
+  it('starts no instance whose secret the leader cannot open: an event says why, the old one serves on, and it starts once the key is back', async () => {
+    const [old] = await running('vault');
+    // c2 leads: its key file lacks k1, which sealed db-creds.
+    await c1.kill('SIGTERM');
+    coordinator = c2.address;
+    await waitForLeader([c2.address]);
+    expect((await admin.listSecrets('db-creds')).secrets[0].atRest).to.match(/^unreadable: sealed with key "k1"/);
+    await admin.replaceInstance(old.id, 'a new one with the rotated password');
+    const ev = await waitFor('the event', async () => (await pastEvents(admin, ['instance.secret_unavailable']))[0], 20_000, 200);
+    expect(ev.message).to.match(/^not started: secret db-creds \(secretEnv.DB_PASSWORD\) cannot be opened: sealed with key "k1", which this coordinator's --secrets-key-file does not hold/);
+    // Said once, for the new instance only (the RUN handed over for the running one is left out quietly).
+    expect(ev.subject).to.not.equal(old.id);
+    await new Promise((r) => setTimeout(r, 6_000)); // past the RUN's resend window
+    expect((await pastEvents(admin, ['instance.secret_unavailable'])).map((e) => e.subject)).to.deep.equal([ev.subject]);
+    expect((await running('vault')).map((i) => i.id)).to.deep.equal([old.id]);
+    // The key back (reloaded, no restart): the secret opens, the new instance starts with it, the old one goes.
+    fs.writeFileSync(otherKeys, `${k2}\n${k1}\n`, { mode: 0o600 });
+    process.kill(c2.pid, 'SIGHUP');
+    const fresh = await waitFor('the new instance running', async () => (await running('vault')).find((i) => i.id === ev.subject), 30_000, 200);
+    expect(envOf(fresh.id)).to.include(`DB_PASSWORD=${SECOND}`);
+    await waitFor('the old one stopped', async () => !(await running('vault')).some((i) => i.id === old.id), 30_000, 200);
   });
 
   it('deletes a secret no app names any more', async () => {
