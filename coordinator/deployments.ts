@@ -27,7 +27,7 @@ import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
 import { attributed, EventDraft, Op, Store } from './store';
-import { AppRecord, componentHash, InstanceRecord, legacyComponentHash, newInstanceId, VersionRecord } from './apps/records';
+import { AppRecord, componentHash, InstanceRecord, newInstanceId, olderComponentHashes, VersionRecord } from './apps/records';
 import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey, updateOrder } from './apps/spec';
 import { Placer } from './scheduler/placer';
@@ -205,17 +205,22 @@ export class Deployments {
   }
 
   /**
-   * The hashes instances created before the count left the hash would carry for this spec: one
-   * per count their versions had (see legacyComponentHash). Empty once none is left.
+   * The older hashes (olderComponentHashes) of instances that run what this spec runs: an
+   * instance created by an older coordinator is current when the component of the version it was
+   * created for hashes as this one does now (so an upgrade restarts nothing, and a change of the
+   * update strategy afterwards does not either); when that version is no longer kept, when its
+   * older hash is this spec's. Empty once none is left.
    */
   private legacyHashes(app: string, comp: NormalComponent, mine: InstanceRecord[]): ReadonlySet<string> | undefined {
-    let counts: Set<number> | undefined;
+    let same: Set<string> | undefined;
+    let hash: string | undefined;
     for (const i of mine) {
-      if (i.component !== comp.name || i.specHash.startsWith('s')) continue;
-      const n = this.versions.get(app)?.get(i.version)?.spec.components.find((c) => c.name === comp.name)?.instances;
-      (counts ??= new Set()).add(n ?? comp.instances);
+      if (i.component !== comp.name || i.specHash.startsWith('u')) continue;
+      const created = this.versions.get(app)?.get(i.version)?.spec.components.find((c) => c.name === comp.name);
+      const current = created ? componentHash(created) === (hash ??= componentHash(comp)) : olderComponentHashes(comp, comp.instances).includes(i.specHash);
+      if (current) (same ??= new Set()).add(i.specHash);
     }
-    return counts && new Set([...counts].map((n) => legacyComponentHash(comp, n)));
+    return same;
   }
 
   /**

@@ -56,21 +56,26 @@ export interface InstanceRecord {
 }
 
 /**
- * What an instance runs, as a hash of its component's spec without the instance count: scaling
- * a component (by apply, as by a policy) adds or removes instances and leaves the others
- * running, as a Kubernetes replica count or a Nomad group count does.
+ * What an instance runs, as a hash of its component's spec without what only the leader reads:
+ * the instance count (scaling a component, by apply as by a policy, adds or removes instances
+ * and leaves the others running, as a Kubernetes replica count or a Nomad group count does), the
+ * update strategy (how instances are replaced, as a Deployment's strategy is outside its pod
+ * template, and Nomad's update block is an in-place change) and the tunables' ranges (what a
+ * scaling policy may set; the setting itself is in env).
  */
 export function componentHash(c: NormalComponent): string {
-  return `s${createHash('sha256').update(specKey({ name: '', components: [{ ...c, instances: 0 }], labels: {} })).digest('hex').slice(0, 12)}`;
+  const { update: _update, tunables: _tunables, ...runs } = c;
+  return `u${createHash('sha256').update(specKey({ name: '', components: [{ ...runs, instances: 0 } as NormalComponent], labels: {} })).digest('hex').slice(0, 12)}`;
 }
 
 /**
- * The hash instances created before session 10 carry: over the whole component, its count
- * included. An instance of an unchanged spec whose hash is this for some count it had is
- * current too (an upgrade restarts nothing).
+ * The hashes instances created by older coordinators carry: from session 10 to 16 ("s") over the
+ * whole component but its count; before session 10 (no prefix) over the whole component, its
+ * count included.
  */
-export function legacyComponentHash(c: NormalComponent, instances: number): string {
-  return createHash('sha256').update(specKey({ name: '', components: [{ ...c, instances }], labels: {} })).digest('hex').slice(0, 12);
+export function olderComponentHashes(c: NormalComponent, instances: number): string[] {
+  const key = (n: number) => specKey({ name: '', components: [{ ...c, instances: n }], labels: {} });
+  return [`s${createHash('sha256').update(key(0)).digest('hex').slice(0, 12)}`, createHash('sha256').update(key(instances)).digest('hex').slice(0, 12)];
 }
 
 export function newInstanceId(app: string, component: string): string {

@@ -20,7 +20,7 @@ export interface ComponentInputs {
   app: Pick<AppRecord, 'version' | 'stableVersion'>;
   component: NormalComponent;
   hash: string;
-  /** Further hashes that mean the same spec (instances created with an older hash: see legacyComponentHash). */
+  /** Further hashes that mean the same spec (instances created by older coordinators: see olderComponentHashes). */
   sameSpec?: ReadonlySet<string>;
   /** desired=run records of this component. */
   instances: InstanceRecord[];

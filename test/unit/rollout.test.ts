@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { planComponent, ComponentInputs, NodeStateForPlan, ObservedView } from '../../coordinator/apps/rollout';
 import { normalizeAppSpec } from '../../coordinator/apps/spec';
-import { componentHash, InstanceRecord, legacyComponentHash } from '../../coordinator/apps/records';
+import { componentHash, InstanceRecord, olderComponentHashes } from '../../coordinator/apps/records';
 
 const comp = (instances: number, over: Record<string, unknown> = {}) => normalizeAppSpec({ name: 'a', components: [{ name: 'c', image: 'i', resources: { cpuMillis: 100, memoryMib: 64 }, instances, update: { maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000, autoRevert: true }, ...over }] } as never).components[0];
 const inst = (id: string, slot: number, hash: string, nodeId = 'n1', createdAtMs = 0): InstanceRecord => ({ id, app: 'a', component: 'c', version: hash === 'new' ? 2 : 1, specHash: hash, slot, nodeId, ports: {}, resources: { cpuMillis: 100, memoryMib: 64 }, createdAtMs, desired: 'run' });
@@ -17,20 +17,28 @@ function run(over: Partial<ComponentInputs> & { obs?: Record<string, ObservedVie
 }
 
 describe('rollout decisions per component', () => {
-  it('leaves running instances alone when only the count changes (the hash leaves it out); older hashes of the same spec count as current', () => {
+  it('leaves running instances alone when only the count, the update strategy or a tunable\'s range changes (the hash leaves them out); older hashes of the same spec count as current', () => {
     const three = comp(3);
     const five = comp(5);
     expect(componentHash(three)).to.equal(componentHash(five));
     expect(componentHash(three)).to.not.equal(componentHash(comp(3, { env: { X: '1' } })));
+    // As a Deployment's strategy and Nomad's update block: how instances are replaced is not what they run.
+    expect(componentHash(comp(3, { update: { maxParallel: 3, minHealthyMs: 0, healthyDeadlineMs: 60_000, autoRevert: false, order: 'stop-first' } }))).to.equal(componentHash(three));
+    const tuned = (max: number) => comp(3, { env: { WORKERS: '4' }, tunables: [{ env: 'WORKERS', min: 1, max }] });
+    expect(componentHash(tuned(8))).to.equal(componentHash(tuned(16)));
+    expect(componentHash(tuned(8))).to.not.equal(componentHash(comp(3, { env: { WORKERS: '5' }, tunables: [{ env: 'WORKERS', min: 1, max: 8 }] })));
+    expect(componentHash(comp(3, { restart: { attempts: 9 } }))).to.not.equal(componentHash(three));
     // Scaled up from 3 to 5: two more, none replaced.
     const up = run({ component: five, hash: componentHash(five), instances: [0, 1, 2].map((s) => inst(`i${s}`, s, componentHash(three))), obs: { i0: healthy, i1: healthy, i2: healthy } });
     expect(up.create.map((c) => c.slot)).to.deep.equal([3, 4]);
     expect(up.stop).to.deep.equal([]);
     expect(up.outdated).to.equal(0);
-    // Instances hashed the old way (count included) under a 3-instance version: current at 5.
-    const legacy = [0, 1, 2].map((s) => inst(`l${s}`, s, legacyComponentHash(three, 3)));
+    // Instances hashed the oldest way (count included) under a 3-instance version: current at 5.
+    const legacy = [0, 1, 2].map((s) => inst(`l${s}`, s, olderComponentHashes(three, 3)[1]));
     const obs = { obs: { l0: healthy, l1: healthy, l2: healthy } };
-    const kept = run({ component: five, hash: componentHash(five), sameSpec: new Set([legacyComponentHash(five, 3)]), instances: legacy, ...obs });
+    expect(olderComponentHashes(five, 3)[1]).to.equal(legacy[0].specHash);
+    expect(olderComponentHashes(three, 3)[0]).to.match(/^s[0-9a-f]{12}$/);
+    const kept = run({ component: five, hash: componentHash(five), sameSpec: new Set([legacy[0].specHash]), instances: legacy, ...obs });
     expect(kept.stop).to.deep.equal([]);
     expect(kept.create.map((c) => c.slot)).to.deep.equal([3, 4]);
     // Without that, they would all be replaced.

@@ -1,0 +1,107 @@
+// What restarts an instance and what does not: a change of the update strategy or of a tunable's
+// range is a new version that replaces nothing (as a Deployment's strategy, or Nomad's update
+// block); instances an older coordinator created (their records carrying its hash) are current
+// for a coordinator of this version, and stay so through such a change. Real etcd, a coordinator
+// restarted on the same address, an agent and busybox containers.
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { AdminClient } from '../../common/admin-client';
+import { createEtcdClient } from '../../common/etcd';
+import { olderComponentHashes, type InstanceRecord, type VersionRecord } from '../../coordinator/apps/records';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { removeContainers } from '../helpers/docker';
+import { waitFor } from '../helpers/ports';
+
+describe('instance hashes: what rolls an app', function () {
+  this.timeout(120_000);
+  const node = `h${randomBytes(3).toString('hex')}`;
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  const comp = (over: Record<string, unknown> = {}) => ({
+    name: 'worker', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, stopGraceMs: 100,
+    env: { WORKERS: '4' }, tunables: [{ env: 'WORKERS', min: 1, max: 8 }], update: { maxParallel: 1, minHealthyMs: 200 }, ...over,
+  });
+  const running = async () => (await admin.listInstances('steady')).instances.filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING').map((i) => i.id).sort();
+  /** The app at its latest version, running on every instance, and which instances those are. */
+  async function settled(version: number): Promise<string[]> {
+    await waitFor(`version ${version} running`, async () => { const a = await admin.getApp('steady'); return Number(a.version) === version && a.status === 'running'; }, 30_000, 200);
+    return running();
+  }
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    c1 = await fleet.coordinator({ etcd: etcd.endpoints });
+    await waitForLeader([c1.address]);
+    fleet.agent({ coordinators: [c1.address], nodeId: node, extra: ['--port-range', '30620-30639'] });
+    admin = new AdminClient([c1.address]);
+    await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
+  });
+
+  after(async () => {
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${node}`);
+  });
+
+  it('replaces nothing when only the update strategy or a tunable\'s range changes, and rolls the app when what runs changes', async () => {
+    await admin.applyApp({ name: 'steady', components: [comp()] });
+    await waitFor('2 running', async () => (await running()).length === 2, 30_000, 200);
+    const first = await settled(1);
+    const v2 = await admin.applyApp({ name: 'steady', components: [comp({ update: { maxParallel: 2, minHealthyMs: 0, autoRevert: true, order: 'stop-first' }, tunables: [{ env: 'WORKERS', min: 2, max: 16 }] })] });
+    expect(Number(v2.app?.version)).to.equal(2);
+    expect(await settled(2)).to.deep.equal(first);
+    // A reconcile or two later, still the same instances, and none was asked to stop.
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await running()).to.deep.equal(first);
+    expect((await pastEvents(admin, ['instance.'])).filter((e) => /stop|replac/.test(e.kind ?? ''))).to.deep.equal([]);
+    // What the instances run (their env) is a rollout, by the strategy just set.
+    await admin.applyApp({ name: 'steady', components: [comp({ env: { WORKERS: '5' }, update: { maxParallel: 2, minHealthyMs: 0 } })] });
+    const third = await waitFor('both replaced', async () => { const r = await running(); return r.length === 2 && r.every((id) => !first.includes(id)) ? r : undefined; }, 30_000, 200);
+    expect(await settled(3)).to.deep.equal(third);
+  });
+
+  it('keeps the instances an older coordinator created (its hash in their records), through an upgrade and a strategy change after it', async () => {
+    const before = await running();
+    // The coordinator stops; its records are rewritten as session 10-16's coordinators wrote
+    // them (the "s" hash of the version each instance was created for); this version takes over.
+    await c1.kill('SIGTERM');
+    const etc = createEtcdClient({ endpoints: etcd.endpoints });
+    try {
+      const versions = new Map<number, VersionRecord>();
+      for (const v of Object.values(await etc.getAll().prefix('/tessera/appversions/steady/').strings())) {
+        const r = JSON.parse(v) as VersionRecord;
+        versions.set(r.version, r);
+      }
+      const records = await etc.getAll().prefix('/tessera/instances/steady/').strings();
+      let rewritten = 0;
+      for (const [k, v] of Object.entries(records)) {
+        const i = JSON.parse(v) as InstanceRecord;
+        if (i.desired !== 'run') continue;
+        const created = versions.get(i.version)!.spec.components[0];
+        expect(i.specHash, 'this version\'s hash').to.match(/^u[0-9a-f]{12}$/);
+        await etc.put(k).value(JSON.stringify({ ...i, specHash: olderComponentHashes(created, created.instances)[0] }));
+        rewritten++;
+      }
+      expect(rewritten).to.equal(2);
+    } finally {
+      etc.close();
+    }
+    c1.start();
+    await waitForLeader([c1.address]);
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect(await running(), 'none replaced by the upgrade').to.deep.equal(before);
+    const v4 = await admin.applyApp({ name: 'steady', components: [comp({ env: { WORKERS: '5' }, update: { maxParallel: 1, minHealthyMs: 100 } })] });
+    expect(await settled(Number(v4.app?.version))).to.deep.equal(before);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await running(), 'none replaced by the strategy change').to.deep.equal(before);
+    // And what they run changing still rolls them.
+    await admin.applyApp({ name: 'steady', components: [comp({ env: { WORKERS: '6' }, update: { maxParallel: 2, minHealthyMs: 0 } })] });
+    await waitFor('both replaced', async () => { const r = await running(); return r.length === 2 && r.every((id) => !before.includes(id)); }, 30_000, 200);
+  });
+});
