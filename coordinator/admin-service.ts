@@ -45,6 +45,8 @@ import { MuxClient, serveMux } from '../common/mux';
 import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/SubmitJobRequest';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
+/** How often a stream relayed from an agent (logs, exec) checks that the agent's node is not DOWN. */
+const NODE_WATCH_MS = 500;
 /**
  * Who made a write (a token's name, an admin certificate's CN), for the `by` field of its events:
  * set by the guard on the coordinator the call reached (what a client sends under this key is
@@ -620,6 +622,9 @@ export class AdminService {
     let upstream: grpc.ClientReadableStream<Chunk>;
     let source: string;
     let ofAgent = agentError;
+    /** Why the leader cut the agent's stream: its node went DOWN (a frozen or cut-off agent keeps its connection open). */
+    let cut: string | undefined;
+    let watch: NodeJS.Timeout | undefined;
     if (w && dep && reg) {
       const inst = dep.instance(id);
       const ext = inst ? undefined : w.components.external(id);
@@ -633,6 +638,13 @@ export class AdminService {
       if (call.cancelled) return;
       source = `the agent of node ${node.id} (${node.endpoint})`;
       upstream = fromAgent(node.endpoint);
+      const stream = upstream;
+      watch = setInterval(() => {
+        const state = reg.stateOf(inst.nodeId);
+        if (state && state !== 'DOWN') return;
+        cut = `node ${inst.nodeId} went ${state ? 'DOWN (its agent stopped reporting)' : 'out of the node list'} during the stream from instance ${inst.id}: its agent cannot be asked now`;
+        stream.cancel();
+      }, NODE_WATCH_MS);
     } else {
       if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
       const leader = await this.leadership.waitForLeader(3_000);
@@ -644,8 +656,12 @@ export class AdminService {
       ofAgent = undefined;
       upstream = fromLeader(this.leaderClient(leader.address), md);
     }
-    await relayStream(upstream, call, (c: Chunk) => c,
-      (err) => ofAgent?.(err, source) ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
+    try {
+      await relayStream(upstream, call, (c: Chunk) => c,
+        (err) => (cut ? new UnavailableError(cut) : undefined) ?? ofAgent?.(err, source) ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get('tessera-error-kind').length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
+    } finally {
+      clearInterval(watch);
+    }
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

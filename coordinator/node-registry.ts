@@ -113,6 +113,11 @@ export class NodeRegistry {
     return [...this.records.values()].map((r) => this.withLive(r)).sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  /** A node's state, or undefined when it is not (or no longer) in the list: cheap, for watches. */
+  stateOf(id: string): NodeRecord['state'] | undefined {
+    return this.records.get(id)?.state;
+  }
+
   get(id: string): NodeRecord {
     const r = this.records.get(id);
     if (!r) throw new NotFoundError('node', id);

@@ -53,6 +53,8 @@ function exec(admin: AdminClient, req: ExecInstanceRequest, cancelAfterMs?: numb
 }
 const text = (chunks: LogChunk__Output[], stream?: string) => chunks.filter((c) => !stream || c.stream === stream).map((c) => c.data.toString()).join('');
 
+const HEARTBEAT_MS = 8_000;
+
 describe('instance logs', function () {
   this.timeout(120_000);
   const node = `l${randomBytes(3).toString('hex')}`;
@@ -67,9 +69,11 @@ describe('instance logs', function () {
   before(async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const c1 = await fleet.coordinator({ etcd: etcd.endpoints });
+    // A heartbeat timeout longer than a frozen exec's deadline (500 ms and 5 s): the exec test sees
+    // the deadline, not the node going DOWN (the describe below sees that).
+    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: HEARTBEAT_MS });
     await waitForLeader([c1.address]);
-    const c2 = await fleet.coordinator({ etcd: etcd.endpoints });
+    const c2 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: HEARTBEAT_MS });
     coords = [c1.address, c2.address];
     agent = fleet.agent({ coordinators: coords, nodeId: node, extra: ['--port-range', '30200-30299'] });
     leader = new AdminClient([c1.address]);
@@ -336,4 +340,68 @@ describe('instance logs', function () {
     expect(err?.code).to.equal(grpc.status.UNAVAILABLE);
     expect(err?.details).to.match(new RegExp(`on node ${node}, which is DOWN`));
   });
+});
+
+describe('streams from a frozen agent', function () {
+  this.timeout(60_000);
+  const node = `f${randomBytes(3).toString('hex')}`;
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let leader: AdminClient;
+  let follower: AdminClient;
+  let id = '';
+  let agent: ReturnType<Fleet['agent']>;
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    // A heartbeat timeout (3 s) shorter than the gRPC keepalive's (10 s pings, 5 s to answer):
+    // the node goes DOWN before the connection to the frozen agent is given up.
+    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000 });
+    await waitForLeader([c1.address]);
+    const c2 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000 });
+    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', '30640-30659'] });
+    leader = new AdminClient([c1.address]);
+    follower = new AdminClient([c2.address]);
+    await waitFor('node READY', async () => (await leader.listNodes()).nodes.length === 1, 20_000);
+    await leader.applyApp({ name: 'ticker', components: [{
+      name: 'talker', image: 'tessera/busybox:local', command: ['sh', '-c'], args: ['while true; do echo tick; sleep 0.2; done'],
+      resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
+    }] });
+    id = await waitFor('running', async () => (await leader.listInstances('ticker')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING')?.id, 30_000, 200);
+  });
+
+  after(async () => {
+    leader?.close();
+    follower?.close();
+    agent?.resume();
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${node}`);
+  });
+
+  it('ends a followed log whose agent stops answering (frozen) once its node goes DOWN, with UNAVAILABLE naming it, through a follower too', async () => {
+    const errorOf = (admin: AdminClient) => new Promise<grpc.ServiceError | undefined>((resolve) => {
+      const s = admin.instanceLogs({ instanceId: id, tailLines: 1, follow: true });
+      s.on('data', () => {});
+      s.on('end', () => resolve(undefined));
+      s.on('error', (e: grpc.ServiceError) => resolve(e));
+    });
+    const viaLeader = errorOf(leader);
+    const viaFollower = errorOf(follower);
+    await new Promise((r) => setTimeout(r, 500));
+    agent.pause(); // SIGSTOP: its connections stay open, it answers nothing
+    try {
+      const t0 = Date.now();
+      for (const err of await Promise.all([viaLeader, viaFollower])) {
+        expect(err?.code).to.equal(grpc.status.UNAVAILABLE);
+        expect(err?.details).to.equal(`node ${node} went DOWN (its agent stopped reporting) during the stream from instance ${id}: its agent cannot be asked now`);
+      }
+      // The heartbeat timeout (3 s) and the watch's half second.
+      expect(Date.now() - t0).to.be.within(2_000, 4_900);
+    } finally {
+      agent.resume();
+    }
+  });
+
 });
