@@ -19,6 +19,7 @@ import { Metrics } from '../common/metrics';
 import { certCommonName, LiveTls, reloadTls, reportExpiry } from '../common/tls';
 import { ConfigError } from '../common/errors';
 import { AGENT_METRICS } from './metrics';
+import { VolumeTransfer } from './volumes';
 import { RelayServer } from './relay-server';
 import { ImageGc } from './image-gc';
 
@@ -111,7 +112,8 @@ export class Agent {
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
-    this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a));
+    const volumes = new VolumeTransfer(runtime.volumeRoot, (app, component, slot) => this.instances.holdsSlot(app, component, slot), this.log.child({ part: 'volumes' }));
+    this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a), volumes);
     const c = this.config;
     const gc = new ImageGc(runtime.docker, {
       highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir,

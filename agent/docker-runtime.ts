@@ -44,7 +44,7 @@ export class DockerRuntime {
   readonly docker: Docker;
   readonly images: ImagePuller;
 
-  constructor(private readonly nodeId: string, private readonly volumeRoot: string, socketPath = '/var/run/docker.sock', registryAuthFile?: string) {
+  constructor(private readonly nodeId: string, readonly volumeRoot: string, socketPath = '/var/run/docker.sock', registryAuthFile?: string) {
     this.docker = new Docker({ socketPath });
     this.images = new ImagePuller(this.docker, registryAuthFile);
   }

@@ -139,6 +139,14 @@ export class InstanceManager extends EventEmitter {
     this.kick();
   }
 
+  /** Whether an instance of the slot is desired here or still stopping (its volume is in use). */
+  holdsSlot(app: string, component: string, slot: number): boolean {
+    const of = (l?: Local) => !!l && l.spec.app === app && l.spec.component === component && Number(l.spec.slot) === slot;
+    for (const l of this.desired.values()) if (of(l)) return true;
+    for (const s of this.stopping.values()) if (of(s.local)) return true;
+    return false;
+  }
+
   /** The images of the instances this agent runs or is about to (image GC keeps them). */
   wantedImages(): Set<string> {
     return new Set([...this.desired.values()].map((l) => l.spec.image));

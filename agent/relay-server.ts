@@ -7,7 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { bind, clientCredentials, guardDeserializers, malformedReason, SERVER_OPTIONS, serverCredentials, serverStream, unary } from '../common/grpc';
 import { serveMux } from '../common/mux';
-import { InvalidArgumentError, PermissionDeniedError } from '../common/errors';
+import { InvalidArgumentError, PermissionDeniedError, toServiceError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import { RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
@@ -20,6 +20,10 @@ import type { ExecInstanceRequest__Output } from '../common/generated/tessera/v1
 import { validateExec } from '../common/exec';
 import type { ExecChunk } from '../common/generated/tessera/v1/ExecChunk';
 import type { DockerRuntime } from './docker-runtime';
+import type { VolumeTransfer } from './volumes';
+import type { VolumeRef__Output } from '../common/generated/tessera/v1/VolumeRef';
+import type { VolumeChunk, VolumeChunk__Output } from '../common/generated/tessera/v1/VolumeChunk';
+import type { VolumeWritten } from '../common/generated/tessera/v1/VolumeWritten';
 
 /**
  * The agent starts with V8's optimizing compiler off (it saves ~7 MB on a host that only runs
@@ -53,6 +57,8 @@ export class RelayServer {
     private readonly logs?: DockerRuntime['logs'],
     /** Commands in this host's instances, for AgentExec (see DockerRuntime.execInstance). */
     private readonly exec?: DockerRuntime['execInstance'],
+    /** Slots' volumes read and written whole, for AgentVolumes (a migration the leader drives). */
+    private readonly volumes?: VolumeTransfer,
   ) {
     this.runner = new StepRunner({ selfNodeId: nodeId, relayCredentials: clientCredentials(tls), chain: true });
   }
@@ -134,6 +140,41 @@ export class RelayServer {
             ac.signal);
           if (!ac.signal.aborted) call.write({ exited: true, exitCode });
         }),
+      } as grpc.UntypedServiceImplementation);
+    }
+    if (this.volumes) {
+      const volumes = this.volumes;
+      // A volume holds an app's data: coordinators only, as logs and exec.
+      const coordinatorOnly = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, what: string) => {
+        const role = tls ? peerIdentity(call as grpc.ServerUnaryCall<unknown, unknown>).role : 'coordinator';
+        if (role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${role} may not ${what}`);
+      };
+      server.addService(guardDeserializers(tesseraProto().AgentVolumes.service), {
+        FetchVolume: serverStream<VolumeRef__Output, VolumeChunk>(this.log, 'FetchVolume', async (call) => {
+          coordinatorOnly(call, 'read volumes');
+          const ac = new AbortController();
+          call.on('cancelled', () => ac.abort());
+          await volumes.fetch(call.request, (data) => call.write({ data }), () => new Promise<void>((r) => call.once('drain', r)), ac.signal);
+        }),
+        DropVolume: unary<VolumeRef__Output, VolumeWritten>(this.log, 'DropVolume', async (req, call) => {
+          coordinatorOnly(call, 'remove volumes');
+          volumes.drop(req);
+          return { bytes: 0 };
+        }),
+        PutVolume: (call: grpc.ServerReadableStream<VolumeChunk__Output, VolumeWritten>, callback: grpc.sendUnaryData<VolumeWritten>) => {
+          void (async () => {
+            coordinatorOnly(call, 'write volumes');
+            const it = call[Symbol.asyncIterator]() as AsyncIterator<VolumeChunk__Output>;
+            const first = await it.next();
+            if (first.done) throw InvalidArgumentError.field('ref', 'the first chunk names the volume; the stream had none');
+            const ref = first.value.ref;
+            async function* data(): AsyncIterable<Buffer> {
+              if (first.value.data?.length) yield first.value.data;
+              for (let n = await it.next(); !n.done; n = await it.next()) if (n.value.data?.length) yield n.value.data;
+            }
+            return { bytes: await volumes.put(ref, data()) };
+          })().then((res) => callback(null, res), (err) => callback(toServiceError(err)));
+        },
       } as grpc.UntypedServiceImplementation);
     }
     const port = await bind(server, listen, serverCredentials(tls));

@@ -29,6 +29,7 @@ import { Metrics } from '../common/metrics';
 import { Authorizer, loadTokens } from './auth';
 import { Keyring, loadKeyring } from './secrets';
 import { LiveTls, loadTls, reloadTls, reportExpiry } from '../common/tls';
+import { VolumeCopier } from './volume-copy';
 import { COORDINATOR_METRICS } from './metrics';
 import { ComponentManager } from './components';
 import { Compactor } from './compactor';
@@ -66,7 +67,7 @@ export class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
     }, c.log.child({ part: 'nodes' }));
-    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs }, c.log.child({ part: 'deployments' }));
+    this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs, volumeCopier: new VolumeCopier(c.tls) }, c.log.child({ part: 'deployments' }));
     // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.
     this.registry.onConditionsChange = () => this.deployments.kick();
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
@@ -135,6 +136,7 @@ export class LeaderWork {
     this.ready = false;
     this.settled?.();
     this.jobs.stop();
+    this.deployments.stop();
     for (const t of this.timers) clearInterval(t);
   }
 }
@@ -158,7 +160,7 @@ export class Coordinator {
   private auth?: Authorizer;
   /** The keys that seal secrets at rest (--secrets-key-file), read at start and on SIGHUP. */
   keyring?: Keyring;
-  private tls?: LiveTls;
+  tls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
 

@@ -19,6 +19,7 @@ import type { Instance } from '../common/generated/tessera/v1/Instance';
 import type { Quota } from '../common/generated/tessera/v1/Quota';
 import type { Keyring } from './secrets';
 import { ConfigSecrets } from './apps/config-secrets';
+import type { VolumeCopier } from './volume-copy';
 
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
@@ -36,6 +37,9 @@ import type { NodeView, PlacementRequest, Plan } from './scheduler/types';
 export const KEEP_VERSIONS = 10;
 const TOMBSTONE_TTL_MS = 10 * 60_000;
 const RESEND_AFTER_MS = 5_000;
+/** A volume migration is tried this many times, this long apart, before the instance starts without the data. */
+const MIGRATE_ATTEMPTS = 5;
+const MIGRATE_RETRY_MS = 2_000;
 const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by default
 
 export interface DeploymentOptions {
@@ -46,6 +50,8 @@ export interface DeploymentOptions {
   keyring?: Keyring;
   /** A node runtime-down this long has its instances replaced elsewhere (--runtime-down-grace-ms; 0 or absent: never). */
   runtimeDownGraceMs?: number;
+  /** Copies a slot's volumes between agents (VolumeSpec.migrate); none: they are left behind. */
+  volumeCopier?: VolumeCopier;
 }
 
 export class Deployments {
@@ -66,6 +72,8 @@ export class Deployments {
   readonly sealed: ConfigSecrets;
   /** Instances whose RUN waits for a secret this leader cannot give (each said once in an event). */
   private secretWaits = new Set<string>();
+  /** Volume migrations of pending instances (InstanceRecord.migrate): their copies, and outcomes for the next reconcile to record. */
+  private migrations = new Map<string, { running: boolean; attempts: number; nextAtMs: number; outcome?: { bytes?: number; failed?: string; ms: number } }>();
   /** Per-kind quotas: the total CPU and memory a kind's instances may reserve. */
   private quotas = new Map<string, { cpuMillis: number; memoryMib: number }>();
 
@@ -283,7 +291,7 @@ export class Deployments {
           state: i.desired === 'stop' && i.failure ? 'INSTANCE_STATE_FAILED' : o?.state ?? (i.desired === 'stop' ? 'INSTANCE_STATE_STOPPED' : 'INSTANCE_STATE_PENDING'),
           health: o?.health ?? '', restarts: o?.restarts ?? 0,
           exitCode: i.failure?.exitCode ?? o?.exitCode ?? 0, oomKilled: i.failure?.oomKilled ?? o?.oomKilled ?? false,
-          message: i.desired === 'stop' ? `${i.stopReason ?? ''}` : o?.message ?? '',
+          message: i.desired === 'stop' ? `${i.stopReason ?? ''}` : i.migrate?.state === 'pending' ? `copying volumes ${i.migrate.volumes.join(', ')} from ${i.migrate.from}` : o?.message ?? '',
           containerId: o?.containerId ?? '', createdAtMs: i.createdAtMs, desired: i.desired,
           cpuPercent: o?.cpuPercent ?? 0, memoryUsedMib: o?.memoryUsedMib ?? 0,
           replacing: i.replace && i.desired === 'run' ? `${i.replace.reason}${i.replace.by ? ` (by ${i.replace.by})` : ''}` : '',
@@ -582,12 +590,21 @@ export class Deployments {
           id: newInstanceId(r.app, r.component), app: r.app, component: r.component, kind: r.kind, version: r.version, specHash: r.hash, slot: r.slot,
           nodeId: p.nodeId, ports: p.ports, resources: r.resources, createdAtMs: nowMs, desired: 'run',
         };
+        // Away from the node that holds the slot's volumes: those that migrate are copied first, if that node answers.
+        const moving = r.prefer && r.prefer !== rec.nodeId ? r.comp.volumes.filter((v) => v.migrate).map((v) => v.name) : [];
+        const from = moving.length ? this.migrationSource(r.prefer!) : undefined;
+        if (from) rec.migrate = { from: r.prefer!, volumes: moving, state: 'pending' };
         created.push(rec);
         ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
         events.push({ kind: 'instance.placed', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] v${rec.version} placed on ${rec.nodeId} (score ${p.score})`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, ports: JSON.stringify(rec.ports) } });
-        // A slot with volumes placed away from the node that holds them starts with empty ones.
-        if (r.prefer && r.prefer !== rec.nodeId) {
-          events.push({ kind: 'instance.volumes_left', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; the data stays on ${r.prefer}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer } });
+        // A slot with volumes placed away from the node that holds them starts with empty ones,
+        // but for those that migrate from a node that answers.
+        if (rec.migrate) {
+          const left = r.comp.volumes.filter((v) => !v.migrate).map((v) => v.name);
+          events.push({ kind: 'instance.volumes_migrating', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: copying ${rec.migrate.volumes.join(', ')} from ${r.prefer} before it starts${left.length ? ` (${left.join(', ')}, without migrate, start empty)` : ''}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer!, volumes: rec.migrate.volumes.join(',') } });
+        } else if (r.prefer && r.prefer !== rec.nodeId) {
+          const why = moving.length ? `; ${r.prefer} cannot give them (${this.registry.stateOf(r.prefer) ?? 'gone'}, its agent not attached)` : '';
+          events.push({ kind: 'instance.volumes_left', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: it starts with empty volumes${why}; the data stays on ${r.prefer}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer } });
         }
       }
       this.opts.metrics?.inc('tessera_placements_total', {}, plan.placements.length);
@@ -598,6 +615,24 @@ export class Deployments {
         this.lastUnplaced.set(key, JSON.stringify(f.counts));
         events.push({ kind: 'instance.unplaced', subject: key, message: `${key} cannot be placed: ${Object.entries(f.counts).map(([k, v]) => `${v} x ${k}`).join(', ') || 'no nodes'}`, fields: f.reasons });
       }
+    }
+    // Volume migrations that ended since the last round: recorded here, with this round's other
+    // writes of instance records (an instance stopped this round keeps its record as stopped).
+    const migrated: InstanceRecord[] = [];
+    for (const [id, m] of this.migrations) {
+      if (!m.outcome) continue;
+      const cur = this.instances.get(id);
+      if (stoppedIds.has(id)) continue;
+      this.migrations.delete(id);
+      if (!cur || cur.desired !== 'run' || cur.migrate?.state !== 'pending') continue;
+      const o = m.outcome;
+      const rec: InstanceRecord = { ...cur, migrate: { ...cur.migrate, state: 'done', ...(o.failed ? { failed: o.failed } : { bytes: o.bytes ?? 0 }) } };
+      migrated.push(rec);
+      ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
+      const what = `${rec.app}/${rec.component}[${rec.slot}]`;
+      events.push(o.failed
+        ? { kind: 'instance.volumes_left', subject: id, message: `${what}: copying ${cur.migrate.volumes.join(', ')} from ${cur.migrate.from} to ${rec.nodeId} failed ${MIGRATE_ATTEMPTS} times (${o.failed}): it starts with empty volumes; the data stays on ${cur.migrate.from}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: cur.migrate.from } }
+        : { kind: 'instance.volumes_migrated', subject: id, message: `${what}: ${cur.migrate.volumes.join(', ')} copied from ${cur.migrate.from} to ${rec.nodeId} (${o.bytes ?? 0} bytes in ${o.ms} ms): it starts`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: cur.migrate.from, bytes: String(o.bytes ?? 0) } });
     }
     for (const [name, a] of appUpdates) ops.push({ type: 'put', key: this.keys.app(name), value: JSON.stringify(a) });
     for (const v of versionUpdates) ops.push({ type: 'put', key: this.keys.appVersion(v.app, v.rec.version), value: JSON.stringify(v.rec) });
@@ -611,6 +646,8 @@ export class Deployments {
     }
     for (const op of ops) if (op.type === 'delete' && op.key.startsWith(this.keys.instances)) this.instances.delete(op.key.split('/').pop()!);
     for (const rec of created) this.instances.set(rec.id, rec);
+    for (const rec of migrated) if (this.instances.get(rec.id)?.desired === 'run') this.instances.set(rec.id, rec);
+    if (migrated.length) this.kick();
     for (const [name, a] of appUpdates) this.apps.set(name, a);
     for (const v of versionUpdates) this.versions.get(v.app)?.set(v.rec.version, v.rec);
     for (const op of ops) {
@@ -804,6 +841,7 @@ export class Deployments {
     }
     const term = 0;
     for (const id of this.secretWaits) if (this.instances.get(id)?.desired !== 'run') this.secretWaits.delete(id);
+    for (const [id, m] of this.migrations) if (!m.running && !m.outcome && this.instances.get(id)?.migrate?.state !== 'pending') this.migrations.delete(id);
     // An instruction whose effect agents report leaves `sent` (it is no longer pending).
     const reported = new Set<string>();
     for (const nodeId of this.gateway.connectedNodes()) {
@@ -813,6 +851,11 @@ export class Deployments {
       for (const w of want) {
         if (have.has(w.id)) {
           this.sent.delete(`run-${w.id}`);
+          continue;
+        }
+        // Its volumes first: the RUN goes once they are copied (or given up).
+        if (w.migrate?.state === 'pending') {
+          this.migrateVolumes(w, nowMs);
           continue;
         }
         this.send(nodeId, `run-${w.id}`, nowMs, () => this.runInstruction(w, term));
@@ -850,6 +893,62 @@ export class Deployments {
       // A STOP whose container the agent no longer reports (removed) is done too.
       if (nowMs - at > 10 * RESEND_AFTER_MS || (k.startsWith('stop-') && !reported.has(k.slice(5)))) this.sent.delete(k);
     }
+  }
+
+  /** The node a migrating volume can be copied from: one not DOWN whose agent is attached, with its relay's address. */
+  private migrationSource(nodeId: string): string | undefined {
+    const state = this.registry.stateOf(nodeId);
+    if (!state || state === 'DOWN' || !this.gateway.connectedNodes().includes(nodeId)) return undefined;
+    return this.registry.get(nodeId).endpoint || undefined;
+  }
+
+  /**
+   * Copies a pending instance's migrating volumes from the node that held them to its own
+   * (the agents' AgentVolumes, through the leader), one copy at a time per instance; a failed
+   * copy is tried again MIGRATE_RETRY_MS later, MIGRATE_ATTEMPTS times, then given up (the
+   * instance starts with empty volumes). The outcome is recorded by the next reconcile.
+   */
+  private migrateVolumes(w: InstanceRecord, nowMs: number): void {
+    const m = this.migrations.get(w.id) ?? { running: false, attempts: 0, nextAtMs: 0 };
+    this.migrations.set(w.id, m);
+    if (m.running || m.outcome || nowMs < m.nextAtMs) return;
+    const mig = w.migrate!;
+    const from = this.migrationSource(mig.from);
+    const to = this.migrationSource(w.nodeId);
+    const copier = this.opts.volumeCopier;
+    const giveUp = (why: string) => { m.outcome = { failed: why, ms: 0 }; this.kick(); };
+    if (!copier) return giveUp('this coordinator cannot copy volumes');
+    if (!from) return giveUp(`node ${mig.from} is ${this.registry.stateOf(mig.from) ?? 'gone'} or its agent is not attached`);
+    if (!to) return; // its own node's agent is away: tried when it is back
+    m.running = true;
+    const t0 = Date.now();
+    void (async () => {
+      let bytes = 0;
+      for (const volume of mig.volumes) bytes += await copier.copy(from, to, { app: w.app, component: w.component, slot: w.slot, volume });
+      return bytes;
+    })().then((bytes) => {
+      m.outcome = { bytes, ms: Date.now() - t0 };
+      this.log.info({ instance: w.id, from: mig.from, to: w.nodeId, bytes }, 'volumes migrated');
+      // The old copy goes: were the slot to come back to that node empty-handed, it must not find stale data.
+      for (const volume of mig.volumes) {
+        copier.drop(from, { app: w.app, component: w.component, slot: w.slot, volume })
+          .catch((e) => this.log.warn({ instance: w.id, node: mig.from, volume, err: (e as Error).message }, 'the old copy of a migrated volume was not removed'));
+      }
+    }, (err) => {
+      m.attempts++;
+      const why = (err as Error).message;
+      this.log.warn({ instance: w.id, from: mig.from, to: w.nodeId, attempt: m.attempts, err: why }, 'volume migration failed');
+      if (m.attempts >= MIGRATE_ATTEMPTS) m.outcome = { failed: why, ms: Date.now() - t0 };
+      else m.nextAtMs = Date.now() + MIGRATE_RETRY_MS;
+    }).finally(() => {
+      m.running = false;
+      this.kick();
+    });
+  }
+
+  /** The leader's term ended: copies in flight are dropped (the next leader starts them again). */
+  stop(): void {
+    this.opts.volumeCopier?.close();
   }
 
   /** An agent attached: its instances' registry logins go to it again with the next dispatch. */

@@ -53,6 +53,11 @@ export interface InstanceRecord {
   failure?: { exitCode: number; oomKilled: boolean; message: string };
   /** Asked to be replaced (ReplaceInstance): a new instance takes its slot, then it stops. */
   replace?: { atMs: number; by: string; reason: string };
+  /**
+   * Its slot's volumes (those with migrate) are copied from the node that held them before it
+   * starts (VolumeSpec.migrate): pending until the copy is done or given up (failed says why).
+   */
+  migrate?: { from: string; volumes: string[]; state: 'pending' | 'done'; bytes?: number; failed?: string };
 }
 
 /**
@@ -60,12 +65,14 @@ export interface InstanceRecord {
  * the instance count (scaling a component, by apply as by a policy, adds or removes instances
  * and leaves the others running, as a Kubernetes replica count or a Nomad group count does), the
  * update strategy (how instances are replaced, as a Deployment's strategy is outside its pod
- * template, and Nomad's update block is an in-place change) and the tunables' ranges (what a
- * scaling policy may set; the setting itself is in env).
+ * template, and Nomad's update block is an in-place change), the tunables' ranges (what a
+ * scaling policy may set; the setting itself is in env) and whether volumes migrate.
  */
 export function componentHash(c: NormalComponent): string {
   const { update: _update, tunables: _tunables, ...runs } = c;
-  return `u${createHash('sha256').update(specKey({ name: '', components: [{ ...runs, instances: 0 } as NormalComponent], labels: {} })).digest('hex').slice(0, 12)}`;
+  // Whether a volume moves with its slot is the leader's business too.
+  const volumes = runs.volumes.map(({ migrate: _migrate, ...v }) => v);
+  return `u${createHash('sha256').update(specKey({ name: '', components: [{ ...runs, volumes, instances: 0 } as NormalComponent], labels: {} })).digest('hex').slice(0, 12)}`;
 }
 
 /**

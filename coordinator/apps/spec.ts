@@ -147,6 +147,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
     else if (volNames.has(vol.name)) bad(`${at}.volumes[${j}].name`, `duplicate volume name "${vol.name}"`);
     volNames.add(vol.name);
     if (!vol.path?.startsWith('/') || vol.path.includes('..')) bad(`${at}.volumes[${j}].path`, 'must be an absolute path without ".."');
+    // A copy is only consistent from a stopped instance: the old one must stop before the new one starts.
+    if (vol.migrate && u?.order === 'start-first') bad(`${at}.volumes[${j}].migrate`, 'needs update.order stop-first (or left out): a volume is copied from the slot\'s stopped instance');
   });
   if (c.kind && !NAME_RE.test(c.kind)) bad(`${at}.kind`, `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(c.kind)}`);
 
@@ -185,7 +187,8 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
       // Left out unless named, so that specs from before the field hash as they did (no restarts).
       ...(u?.order ? { order: u.order } : {}),
     },
-    volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly })),
+    // migrate is left out when off, so that specs from before the field hash as they did.
+    volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly, ...(vol.migrate ? { migrate: true } : {}) })),
     stopGraceMs: Number(c.stopGraceMs) || DEFAULTS.stopGraceMs,
     capabilities: [...(c.capabilities ?? [])].map((x) => x.replace(/^CAP_/, '')),
     readOnlyRoot: !!c.readOnlyRoot,

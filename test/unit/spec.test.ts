@@ -61,6 +61,7 @@ describe('app spec validation', () => {
     ['a secretEnv name also set in env', (s) => { s.components[1].env = { TOKEN: 'x' }; s.components[1].secretEnv = { TOKEN: 'api/token' }; }, ['components[1].secretEnv.TOKEN']],
     ['a secretEnv name Tessera sets', (s) => (s.components[1].secretEnv = { PORT_HTTP: 'api/port' }), ['components[1].secretEnv.PORT_HTTP']],
     ['a bad secretEnv name', (s) => (s.components[1].secretEnv = { '1X': 'api/token' }), ['components[1].secretEnv.1X']],
+    ['a migrating volume replaced start-first', (s) => { s.components[1].volumes = [{ name: 'data', path: '/data', migrate: true }]; s.components[1].update = { order: 'start-first' }; }, ['components[1].volumes[0].migrate']],
     ['an unknown placement', (s) => (s.components[0].placement = 'random'), ['components[0].placement']],
     ['an unknown update order', (s) => (s.components[0].update = { order: 'blue-green' }), ['components[0].update.order']],
     ['a tunable without a numeric starting value', (s) => (s.components[1].tunables = [{ env: 'BATCH', min: 1, max: 8 }]), ['components[1].env.BATCH']],
@@ -113,6 +114,15 @@ describe('app spec validation', () => {
     expect(componentHash(n)).to.not.equal(componentHash(plain));
     expect(parseSecretRef('db-creds/pass.word_1')).to.deep.equal({ secret: 'db-creds', key: 'pass.word_1' });
     expect([parseSecretRef('Db/x'), parseSecretRef('db/'), parseSecretRef('db'), parseSecretRef('db/a/b')]).to.deep.equal([undefined, undefined, undefined, undefined]);
+  });
+
+  it('keeps migrate out of the normal form when off, and out of the hash when on (turning it on restarts nothing)', () => {
+    const vol = (extra: Record<string, unknown>) => { const s: any = good(); s.components[1].volumes = [{ name: 'data', path: '/data', ...extra }]; return normalizeAppSpec(s).components[1]; };
+    expect(vol({}).volumes[0]).to.deep.equal({ name: 'data', path: '/data', readOnly: false });
+    expect(vol({ migrate: false }).volumes[0]).to.not.have.property('migrate');
+    expect(vol({ migrate: true }).volumes[0]).to.have.property('migrate', true);
+    expect(componentHash(vol({ migrate: true }))).to.equal(componentHash(vol({})));
+    expect(componentHash(vol({ readOnly: true }))).to.not.equal(componentHash(vol({})));
   });
 
   it('keeps cpuHardLimit out of the normal form when off, so older specs hash as before (no restarts)', () => {
