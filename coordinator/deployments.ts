@@ -456,7 +456,8 @@ export class Deployments {
     for (const x of this.instances.values()) {
       const k = `${x.app}/${x.component}/${x.slot}`;
       const prev = slotNode.get(k);
-      if (!prev || x.createdAtMs >= prev.at) slotNode.set(k, { at: x.createdAtMs, node: x.nodeId });
+      // An instance whose volumes were never copied to it (its migration pending when it went) left them where they were.
+      if (!prev || x.createdAtMs >= prev.at) slotNode.set(k, { at: x.createdAtMs, node: x.migrate?.state === 'pending' ? x.migrate.from : x.nodeId });
       const o = x.desired === 'stop' ? view(x.id) : undefined;
       const gone = nodeStates.get(x.nodeId) === 'DOWN' || nodeStates.get(x.nodeId) === 'RUNTIME-DOWN' || !nodeStates.has(x.nodeId);
       if (o && !gone && o.state !== 'INSTANCE_STATE_STOPPED' && o.state !== 'INSTANCE_STATE_FAILED') slotStopping.add(k);
