@@ -627,7 +627,7 @@ export class Deployments {
       this.migrations.delete(id);
       if (!cur || cur.desired !== 'run' || cur.migrate?.state !== 'pending') continue;
       const o = m.outcome;
-      const rec: InstanceRecord = { ...cur, migrate: { ...cur.migrate, state: 'done', ...(o.failed ? { failed: o.failed } : { bytes: o.bytes ?? 0 }) } };
+      const rec: InstanceRecord = { ...cur, migrate: { ...cur.migrate, state: 'done', doneAtMs: nowMs, ...(o.failed ? { failed: o.failed } : { bytes: o.bytes ?? 0 }) } };
       migrated.push(rec);
       ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
       const what = `${rec.app}/${rec.component}[${rec.slot}]`;

@@ -57,7 +57,7 @@ export interface InstanceRecord {
    * Its slot's volumes (those with migrate) are copied from the node that held them before it
    * starts (VolumeSpec.migrate): pending until the copy is done or given up (failed says why).
    */
-  migrate?: { from: string; volumes: string[]; state: 'pending' | 'done'; bytes?: number; failed?: string };
+  migrate?: { from: string; volumes: string[]; state: 'pending' | 'done'; bytes?: number; failed?: string; doneAtMs?: number };
 }
 
 /**

@@ -100,7 +100,9 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
 
   if (outdated.length && i.app.version !== i.app.stableVersion) {
     for (const x of current) {
-      if (!healthy(x) && i.nowMs - x.createdAtMs > c.update.healthyDeadlineMs) {
+      // A slot's volumes being copied to it (migrate) is not the new instance's time yet.
+      if (x.migrate?.state === 'pending') continue;
+      if (!healthy(x) && i.nowMs - (x.migrate?.doneAtMs ?? x.createdAtMs) > c.update.healthyDeadlineMs) {
         rolloutFailed ??= `instance ${x.id} was not healthy within ${c.update.healthyDeadlineMs} ms`;
       }
     }

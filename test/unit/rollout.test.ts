@@ -70,6 +70,13 @@ describe('rollout decisions per component', () => {
     const d = run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } });
     expect(d.rolloutFailed).to.match(/not healthy within 10000 ms/);
   });
+  it('counts a new instance\'s healthy deadline from when its volumes were copied to it, not while they are', () => {
+    const moving = { ...inst('n0', 1, 'new', 'n1', 0), migrate: { from: 'n2', volumes: ['data'], state: 'pending' as const } };
+    expect(run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), moving], obs: { o0: healthy } }).rolloutFailed).to.equal(undefined);
+    const copied = { ...moving, migrate: { ...moving.migrate, state: 'done' as const, doneAtMs: 15_000 } };
+    expect(run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), copied], obs: { o0: healthy, n0: starting } }).rolloutFailed).to.equal(undefined);
+    expect(run({ nowMs: 26_000, instances: [inst('o0', 0, 'old'), copied], obs: { o0: healthy, n0: starting } }).rolloutFailed).to.match(/not healthy within 10000 ms/);
+  });
   it('replaces instances lost with a DOWN node', () => {
     const d = run({ app: { version: 2, stableVersion: 2 }, instances: [inst('n0', 0, 'new', 'dead'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { n1: healthy, n2: healthy }, nodes: { dead: 'DOWN' } });
     expect(d.stop.map((s) => s.kind)).to.deep.equal(['lost']);
