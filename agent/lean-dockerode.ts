@@ -2,7 +2,8 @@
 // dockerode loads tar-fs for image builds: about 7 MB of the agent's resident memory
 // (measured: 64 MB -> 57 MB), for features it never uses (it talks to the local Engine over
 // its unix socket and never builds or copies archives). Before dockerode is loaded, these two
-// modules are put in the module cache as stubs that refuse to be used.
+// modules are put in the module cache as stubs that refuse to be used (and readable-stream as
+// Node's own streams, below).
 // Import this module before 'dockerode'.
 import Module from 'node:module';
 
@@ -27,3 +28,6 @@ const refuse = (what: string) => () => {
 
 stub('docker-modem/lib/ssh.js', 'ssh2', { Client: class { constructor() { refuse('Docker over ssh://')(); } } });
 stub('dockerode/lib/docker.js', 'tar-fs', { pack: refuse('tar packing'), extract: refuse('tar extraction') });
+// docker-modem's duplex for hijacked streams (exec with stdin) takes readable-stream, a copy of
+// Node's own streams (90 KB of source kept in memory): Node's are the same API.
+stub('docker-modem/lib/http_duplex.js', 'readable-stream', require('node:stream'));

@@ -38,6 +38,7 @@ function relayTraffic(): void {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const v8 = require('node:v8') as typeof import('node:v8');
   v8.setFlagsFromString('--opt');
+  v8.setFlagsFromString('--sparkplug');
   // And code for speed again: with --optimize-for-size left on, a relaying agent spent 2.2x the
   // CPU per job (measured at 64 jobs in flight: 177 us against 79 us with both flags off).
   v8.setFlagsFromString('--no-optimize-for-size');
