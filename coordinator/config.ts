@@ -37,6 +37,7 @@ export const COORDINATOR_SCHEMA = {
   jobQueueLimit: { type: 'int', doc: 'jobs that may wait for a saturated stage before submissions are refused (RESOURCE_EXHAUSTED)', env: 'TESSERA_JOB_QUEUE_LIMIT', default: 1_000, min: 0 },
   jobMaxInFlightPerInstance: { type: 'int', doc: 'jobs routed through one component instance at once before it counts as saturated', env: 'TESSERA_JOB_MAX_IN_FLIGHT', default: 128, min: 1 },
   jobRetentionMs: { type: 'int', doc: 'how long records of finished jobs are kept in etcd', env: 'TESSERA_JOB_RETENTION_MS', default: 3_600_000, min: 10_000 },
+  jobMemoryJobs: { type: 'int', doc: 'finished jobs the leader keeps in memory (older ones are read from etcd)', env: 'TESSERA_JOB_MEMORY_JOBS', default: 10_000, min: 1 },
   jobHopUs: { type: 'int', doc: 'path cost of a hop between hosts, in microseconds', env: 'TESSERA_JOB_HOP_US', default: 1_000, min: 0 },
   jobSameHostHopUs: { type: 'int', doc: 'path cost of a hop that stays on one host, in microseconds', env: 'TESSERA_JOB_SAME_HOST_HOP_US', default: 100, min: 0 },
   jobRecordBudgetMb: { type: 'int', doc: 'the most megabytes of finished-job records the leader keeps in etcd: beyond it the oldest are deleted before their retention (etcd\'s default quota is 2 GiB)', env: 'TESSERA_JOB_RECORD_BUDGET_MB', default: 512, min: 1 },
@@ -79,6 +80,7 @@ export interface CoordinatorConfig {
   jobQueueLimit: number;
   jobMaxInFlightPerInstance: number;
   jobRetentionMs: number;
+  jobMemoryJobs: number;
   etcdCompactionIntervalMs: number;
   jobRecordBudgetMb: number;
   jobHopUs: number;

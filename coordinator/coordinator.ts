@@ -78,7 +78,7 @@ export class LeaderWork {
     this.records = new GroupCommitter(c.store);
     this.jobs = new JobScheduler(c.store, c.keys, this.components, this.pipelines, this.records, c.runner, {
       flow: c.config.jobFlow, queueLimit: c.config.jobQueueLimit, retentionMs: c.config.jobRetentionMs, recordBudgetBytes: c.config.jobRecordBudgetMb * 1024 * 1024, hopMs: c.config.jobHopUs / 1000,
-      sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: 10_000, coordinatorId: c.config.id,
+      sameHostHopMs: c.config.jobSameHostHopUs / 1000, recentLimit: c.config.jobMemoryJobs, coordinatorId: c.config.id,
     }, c.log.child({ part: 'jobs' }), c.metrics);
   }
 

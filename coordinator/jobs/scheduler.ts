@@ -231,6 +231,8 @@ export class JobScheduler {
   private windowsTimer?: NodeJS.Timeout;
   /** When this leader took the jobs over: every job it admitted was submitted after it. */
   private loadedAtMs = 0;
+  /** The newest submission time among finished jobs let go from memory (see list). */
+  private evictedNewestMs = 0;
 
   /**
    * Takes over the jobs a previous leader accepted and did not finish: those in shared start
@@ -1000,6 +1002,7 @@ export class JobScheduler {
       if (old && TERMINAL.has(old.rec.state)) {
         this.resultBytes -= old.heldBytes ?? 0;
         this.jobs.delete(old.rec.id);
+        if (old.rec.submittedAtMs > this.evictedNewestMs) this.evictedNewestMs = old.rec.submittedAtMs;
         if (old.rec.idempotencyKey) this.byKey.delete(old.rec.idempotencyKey);
       }
     }
@@ -1191,18 +1194,22 @@ export class JobScheduler {
     for (const j of all) {
       if (!wanted(j.rec.pipeline, String(j.rec.state)) || !onPage(j.rec.submittedAtMs, j.rec.id)) continue;
       out.push({ ...this.toProto(j), result: Buffer.alloc(0), steps: [] });
-      // A page of jobs all submitted under this leader: none only in etcd is newer than them
-      // (those ended under an earlier leader were submitted before it). A page that reaches
-      // jobs it resumed goes on to the end records, which may hold newer ones.
-      if (out.length >= limit && j.rec.submittedAtMs >= this.loadedAtMs) return page(out);
+      // A page of jobs all submitted under this leader and after every job it let go from memory:
+      // none only in etcd is newer than them (those ended under an earlier leader were submitted
+      // before it; a job let go was submitted before the page's last). Otherwise the page goes on
+      // to the end records, which may hold newer ones: a quick job let go while a longer one
+      // submitted before it stayed.
+      if (out.length >= limit && j.rec.submittedAtMs >= this.loadedAtMs && j.rec.submittedAtMs > this.evictedNewestMs) return page(out);
       if (out.length >= limit) break;
     }
     // End records hold finished jobs only: the leader holds every queued and running one.
     if (state !== 'JOB_STATE_UNSPECIFIED' && !TERMINAL.has(state as JobState)) return page(out);
     // Jobs only in etcd are older than those this leader admitted: the rest of the page, or a
     // whole page to merge with when the page holds jobs it resumed.
-    const resumed = out.some((j) => Number(j.submittedAtMs) < this.loadedAtMs);
-    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), (r) => wanted(r.pipeline, String(r.state)) && onPage(r.submittedAtMs, r.id), resumed ? limit : limit - out.length);
+    // The whole page again from etcd when the page holds a job this leader resumed, or one no
+    // newer than a job let go from memory: etcd may hold jobs newer than it.
+    const merge = out.some((j) => Number(j.submittedAtMs) < this.loadedAtMs || Number(j.submittedAtMs) <= this.evictedNewestMs);
+    const recorded = await this.recordedEnds((id) => !this.jobs.has(id), (r) => wanted(r.pipeline, String(r.state)) && onPage(r.submittedAtMs, r.id), merge ? limit : limit - out.length);
     out.push(...recorded.map((r) => ({ ...recordToProto({ ...r, steps: [] }), result: Buffer.alloc(0) })));
     return page(out.sort((a, b) => listOrder(Number(a.submittedAtMs), String(a.id), Number(b.submittedAtMs), String(b.id))));
   }

@@ -197,6 +197,36 @@ describe('listing jobs that ended under an earlier leader', function () {
     }
   });
 
+  it('lists quick jobs the leader let go from memory before a longer one submitted earlier that it still holds', async () => {
+    // Two finished jobs kept in memory: A (slow, submitted first) ends last, after B, C and D,
+    // so B and C leave memory while A stays. Newest first by submission: D, C, B, A.
+    const m1 = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'mem-1', extra: ['--etcd-prefix', '/tessera-memory/', '--job-memory-jobs', '2'] });
+    await waitForLeader([m1.address]);
+    const admin = new AdminClient([m1.address], { timeoutMs: 20_000 });
+    const procs = await slowAndFast(admin, 'mem', 2_000);
+    try {
+      const a = admin.submitJob({ pipeline: 'slowp', payload: Buffer.from('A'), wait: true });
+      await new Promise((r) => setTimeout(r, 100));
+      const quick: string[] = [];
+      for (const x of ['B', 'C', 'D']) quick.push(String((await admin.submitJob({ pipeline: 'fastp', payload: Buffer.from(x), wait: true })).id));
+      const aDone = await a;
+      expect(aDone.state).to.equal('JOB_STATE_SUCCEEDED');
+      for (const limit of [1, 2, 3]) {
+        const pages: string[][] = [];
+        let token = '';
+        do {
+          const r = await admin.listJobs({ limit, pageToken: token });
+          pages.push(r.jobs.map((j) => String(j.id)));
+          token = r.nextPageToken;
+        } while (token && pages.length < 6);
+        expect(pages.flat(), `pages of ${limit}`).to.deep.equal([...quick].reverse().concat(String(aDone.id)));
+      }
+    } finally {
+      admin.close();
+      for (const p of procs) p.kill('SIGKILL');
+    }
+  });
+
   it('saves a record window before any record goes under its lease, so a next leader knows every window', async () => {
     // The second coordinator of the test before leads; its first record opened a window.
     const admin = new AdminClient([leaderAddress], { timeoutMs: 20_000 });
