@@ -267,16 +267,22 @@ export class DockerRuntime {
   private async runExec(container: string, what: string, ...[o, write, drained, signal]: ExecArgs): Promise<number> {
     const c = this.docker.getContainer(container);
     let ex: Docker.Exec;
+    const attachStdin = o.stdin.length > 0 || !!o.input;
     try {
-      ex = await c.exec({ Cmd: o.command, AttachStdout: true, AttachStderr: true, AttachStdin: o.stdin.length > 0 });
+      ex = await c.exec({ Cmd: o.command, AttachStdout: true, AttachStderr: true, AttachStdin: attachStdin, Tty: !!o.tty });
     } catch (err) {
       const code = (err as { statusCode?: number }).statusCode;
       if (code === 404) throw new NotFoundError('container of instance', what.replace(/^instance /, ''));
       if (code === 409) throw new FailedPreconditionError(`the container of ${what} is not running: a command runs only in a running container`);
       throw err;
     }
-    const stream = (await ex.start({ hijack: true, stdin: o.stdin.length > 0 })) as unknown as NodeJS.ReadWriteStream & { destroy: () => void };
-    const frames = new LogFrames(write);
+    const stream = (await ex.start({ hijack: true, stdin: attachStdin, Tty: !!o.tty })) as unknown as NodeJS.ReadWriteStream & { destroy: () => void };
+    // With a terminal the output comes raw (one stream, as a terminal shows it); without, multiplexed.
+    const frames = o.tty ? { push: (chunk: Buffer) => write('stdout', chunk) } : new LogFrames(write);
+    const resize = (size?: { rows?: number; cols?: number } | null) => {
+      if (o.tty && size?.rows && size.cols) ex.resize({ h: size.rows, w: size.cols }).catch(() => {});
+    };
+    resize(o.size);
     const kill = async () => {
       const info = await ex.inspect().catch(() => undefined);
       if (info?.Running && info.Pid > 0) {
@@ -308,6 +314,19 @@ export class DockerRuntime {
       stream.on('error', (err) => { clearTimeout(timer); reject(err); });
       // Standard input, then its end (a half-close of the hijacked connection closes the command's stdin).
       if (o.stdin.length) stream.end(o.stdin);
+      // Or as the caller types it, with its end and the terminal's new sizes. A terminal's input
+      // ends as a typed Ctrl-D does (EOT): half-closing its connection ends the session's output too.
+      const endInput = () => (o.tty ? stream.write(Buffer.from([4])) : stream.end());
+      if (o.input) {
+        void (async () => {
+          for await (const m of o.input!) {
+            if (m.data?.length) stream.write(m.data);
+            if (m.resize) resize(m.resize);
+            if (m.close) return endInput();
+          }
+          endInput();
+        })().catch(() => endInput());
+      }
     });
     if (timedOut) throw new DeadlineExceededError(`the command ran past its timeout of ${o.timeoutMs} ms and was killed`);
     if (signal.aborted) return -1;
@@ -322,8 +341,14 @@ export class DockerRuntime {
 }
 
 /** A command's request, where its output goes (write returns false: wait for drained), and its caller's abort. */
-type ExecArgs = [
-  o: { command: string[]; stdin: Buffer; timeoutMs: number },
+export type ExecArgs = [
+  o: {
+    command: string[]; stdin: Buffer; timeoutMs: number;
+    /** A terminal: its output raw, as stdout; size its first size. */
+    tty?: boolean; size?: { rows?: number; cols?: number } | null;
+    /** Standard input as it comes (ExecInteractive), instead of stdin whole: data, a resize, its end. */
+    input?: AsyncIterable<{ data?: Buffer; resize?: { rows?: number; cols?: number } | null; close?: boolean }>;
+  },
   write: (stream: 'stdout' | 'stderr', data: Buffer) => boolean,
   drained: () => Promise<void>,
   signal: AbortSignal,

@@ -19,6 +19,7 @@ import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
 import type { ExecInstanceRequest__Output } from '../common/generated/tessera/v1/ExecInstanceRequest';
 import { validateExec } from '../common/exec';
 import type { ExecChunk } from '../common/generated/tessera/v1/ExecChunk';
+import type { ExecInput__Output } from '../common/generated/tessera/v1/ExecInput';
 import type { DockerRuntime } from './docker-runtime';
 import type { VolumeTransfer } from './volumes';
 import type { VolumeRef__Output } from '../common/generated/tessera/v1/VolumeRef';
@@ -141,6 +142,30 @@ export class RelayServer {
             ac.signal);
           if (!ac.signal.aborted) call.write({ exited: true, exitCode });
         }),
+        // As ExecInstance, with standard input as the caller types it and a terminal on request.
+        ExecInteractive: (call: grpc.ServerDuplexStream<ExecInput__Output, ExecChunk>) => {
+          const fail = (err: unknown) => { if (!call.cancelled) call.emit('error', toServiceError(err)); };
+          void (async () => {
+            const role = tls ? peerIdentity(call as unknown as grpc.ServerUnaryCall<unknown, unknown>).role : 'coordinator';
+            if (role !== 'coordinator') throw new PermissionDeniedError(`certificate role ${role} may not run commands in instances`);
+            const it = call[Symbol.asyncIterator]() as AsyncIterator<ExecInput__Output>;
+            const first = await it.next();
+            if (first.done || !first.value.start) throw InvalidArgumentError.field('start', 'the first message names the command');
+            const req = validateExec({ ...first.value.start, stdin: Buffer.alloc(0) });
+            const ac = new AbortController();
+            call.on('cancelled', () => ac.abort());
+            async function* input(): AsyncIterable<{ data?: Buffer; resize?: { rows?: number; cols?: number } | null; close?: boolean }> {
+              for (let n = await it.next(); !n.done; n = await it.next()) yield { data: n.value.stdin, resize: n.value.resize, close: n.value.stdinClosed };
+            }
+            this.log.info({ instance: req.instanceId, command: req.command, tty: req.tty }, 'interactive exec in instance');
+            const exitCode = await exec(req.instanceId, { command: req.command, stdin: Buffer.alloc(0), timeoutMs: req.timeoutMs, tty: req.tty, size: req.size, input: input() },
+              (stream, data) => call.write({ stream, data }),
+              () => new Promise<void>((r) => call.once('drain', r)),
+              ac.signal);
+            if (!ac.signal.aborted) call.write({ exited: true, exitCode });
+            call.end();
+          })().catch(fail);
+        },
       } as grpc.UntypedServiceImplementation);
     }
     if (this.volumes) {

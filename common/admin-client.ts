@@ -220,4 +220,9 @@ export class AdminClient {
   execInstance(req: import('./generated/tessera/v1/ExecInstanceRequest').ExecInstanceRequest): grpc.ClientReadableStream<import('./generated/tessera/v1/ExecChunk').ExecChunk__Output> {
     return this.clients[this.preferred].execInstance(req, this.metadata());
   }
+
+  /** ExecInteractive (kubectl exec -i [-t]): write {start} first, then {stdin}, {resize}, {stdinClosed}; read the output, then the exit code. */
+  execInteractive(): grpc.ClientDuplexStream<import('./generated/tessera/v1/ExecInput').ExecInput, import('./generated/tessera/v1/ExecChunk').ExecChunk__Output> {
+    return this.clients[this.preferred].execInteractive(this.metadata());
+  }
 }

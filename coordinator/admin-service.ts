@@ -25,7 +25,7 @@ import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { InstanceRecord } from './apps/records';
 import type { Scaler } from './scaling/scaler';
-import { attributed, type StoredEvent } from './store';
+import { attributed, type EventDraft, type StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
@@ -33,7 +33,8 @@ import type { Node } from '../common/generated/tessera/v1/Node';
 import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
 import type { AgentExecClient } from '../common/generated/tessera/v1/AgentExec';
 import type { ExecInstanceRequest__Output } from '../common/generated/tessera/v1/ExecInstanceRequest';
-import type { ExecChunk } from '../common/generated/tessera/v1/ExecChunk';
+import type { ExecChunk, ExecChunk__Output } from '../common/generated/tessera/v1/ExecChunk';
+import type { ExecInput, ExecInput__Output } from '../common/generated/tessera/v1/ExecInput';
 import { validateExec } from '../common/exec';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
 import type { LogChunk } from '../common/generated/tessera/v1/LogChunk';
@@ -47,6 +48,40 @@ import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/Su
 const FORWARDED_KEY = 'tessera-forwarded-by';
 /** How often a stream relayed from an agent (logs, exec) checks that the agent's node is not DOWN. */
 const NODE_WATCH_MS = 500;
+
+/** Checks twice a second that an instance's node is not DOWN (or gone); calls down once, with why, when it is. */
+function watchNode(reg: NodeRegistry, inst: InstanceRecord, down: (why: string) => void): NodeJS.Timeout {
+  const t = setInterval(() => {
+    const state = reg.stateOf(inst.nodeId);
+    if (state && state !== 'DOWN') return;
+    clearInterval(t);
+    down(`node ${inst.nodeId} went ${state ? 'DOWN (its agent stopped reporting)' : 'out of the node list'} during the stream from instance ${inst.id}: its agent cannot be asked now`);
+  }, NODE_WATCH_MS);
+  return t;
+}
+
+/** The instance.exec event: who ran what where, written before the agent runs it. */
+function execEvent(inst: InstanceRecord, req: ExecInstanceRequest__Output, by: string, interactive: boolean): EventDraft {
+  const shown = req.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
+  return attributed({
+    kind: 'instance.exec', subject: inst.id,
+    message: `${interactive ? `interactive command${req.tty ? ' (terminal)' : ''}` : 'command'} run in instance ${inst.id} on node ${inst.nodeId}${by ? ` by ${by}` : ''}: ${shown.length > 200 ? `${shown.slice(0, 200)}...` : shown}`,
+    fields: {
+      app: inst.app, component: inst.component, node: inst.nodeId, command: JSON.stringify(req.command).slice(0, 1000), timeoutMs: String(req.timeoutMs),
+      ...(interactive ? { interactive: 'true', tty: String(!!req.tty) } : { stdinBytes: String(req.stdin.length) }),
+    },
+  }, by);
+}
+
+/** An agent's error for an exec call, said plainly: one without the call, or the call's own deadline. */
+function execAgentError(err: grpc.ServiceError, source: string, req: ExecInstanceRequest__Output, method: string): Error | undefined {
+  if (err.code === grpc.status.UNIMPLEMENTED) return new FailedPreconditionError(`${err.details}: the agent predates ${method}; upgrade it`);
+  // The call's own deadline (the agent's timeout comes with its error kind).
+  if (err.code === grpc.status.DEADLINE_EXCEEDED && !err.metadata?.get(ERROR_KIND_KEY).length) {
+    return new DeadlineExceededError(`${source} did not answer within the command's timeout (${req.timeoutMs} ms) and ${EXEC_AGENT_MARGIN_MS / 1000} s more: the command may still run there`);
+  }
+  return undefined;
+}
 /**
  * Who made a write (a token's name, an admin certificate's CN), for the `by` field of its events:
  * set by the guard on the coordinator the call reached (what a client sends under this key is
@@ -244,6 +279,12 @@ export class AdminService {
       WatchJob: serverStream(log, 'WatchJob', (call) => this.watchJob(call)),
       InstanceLogs: serverStream(log, 'InstanceLogs', (call) => this.instanceLogs(call)),
       ExecInstance: serverStream(log, 'ExecInstance', (call) => this.execInstance(call)),
+      ExecInteractive: (call: grpc.ServerDuplexStream<ExecInput__Output, ExecChunk>) => {
+        void this.execInteractive(call).catch((err) => {
+          log.debug({ err: (err as Error).message }, 'ExecInteractive failed');
+          if (!call.cancelled) call.emit('error', toServiceError(err));
+        });
+      },
       SaveSnapshot: serverStream(log, 'SaveSnapshot', (call) => this.saveSnapshot(call)),
       SubmitJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         // On a follower, the submissions are forwarded to the leader (over a stream of its own), so that a
@@ -582,22 +623,73 @@ export class AdminService {
       (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS))
         .execInstance(req, { deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS }),
       (leader, md) => leader.execInstance(req, md),
-      async (inst, by, dep) => {
-        const shown = req.command.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(' ');
-        await dep.recordEvent(attributed({
-          kind: 'instance.exec', subject: inst.id,
-          message: `command run in instance ${inst.id} on node ${inst.nodeId}${by ? ` by ${by}` : ''}: ${shown.length > 200 ? `${shown.slice(0, 200)}...` : shown}`,
-          fields: { app: inst.app, component: inst.component, node: inst.nodeId, command: JSON.stringify(req.command).slice(0, 1000), stdinBytes: String(req.stdin.length), timeoutMs: String(req.timeoutMs) },
-        }, by));
-      },
-      (err, source) => {
-        if (err.code === grpc.status.UNIMPLEMENTED) return new FailedPreconditionError(`${err.details}: the agent predates ExecInstance; upgrade it`);
-        // The call's own deadline (the agent's timeout comes with its error kind).
-        if (err.code === grpc.status.DEADLINE_EXCEEDED && !err.metadata?.get(ERROR_KIND_KEY).length) {
-          return new DeadlineExceededError(`${source} did not answer within the command's timeout (${req.timeoutMs} ms) and ${EXEC_AGENT_MARGIN_MS / 1000} s more: the command may still run there`);
-        }
-        return undefined;
+      (inst, by, dep) => dep.recordEvent(execEvent(inst, req, by, false)),
+      (err, source) => execAgentError(err, source, req, 'ExecInstance'));
+  }
+
+  /**
+   * ExecInteractive (operators only, as ExecInstance; kubectl exec -i [-t]): the first message
+   * names the command, the caller's next ones go on to the agent as they come (standard input as
+   * typed, its end, a terminal's new size), and the agent's output comes back as it comes. On the
+   * leader the event is recorded first and the instance's agent runs it; a follower relays the
+   * leader's stream. The call gives up as ExecInstance does (the timeout and 5 s, or the node DOWN).
+   */
+  private async execInteractive(call: grpc.ServerDuplexStream<ExecInput__Output, ExecChunk>): Promise<void> {
+    const it = call[Symbol.asyncIterator]() as AsyncIterator<ExecInput__Output>;
+    const first = await it.next();
+    if (first.done || !first.value.start) throw InvalidArgumentError.field('start', 'the first message names the command (instance_id, command, tty)');
+    const req = validateExec({ ...first.value.start, stdin: Buffer.alloc(0) });
+    const w = await this.leaderReady();
+    const dep = this.deployments();
+    const reg = this.registry();
+    let upstream: grpc.ClientDuplexStream<ExecInput, ExecChunk__Output>;
+    let source: string;
+    let ofAgent = true;
+    let watch: NodeJS.Timeout | undefined;
+    let cut: string | undefined;
+    if (w && dep && reg) {
+      const { inst, node } = this.instanceAgent(req.instanceId, 'cannot run commands in it', dep, reg, w);
+      await dep.recordEvent(execEvent(inst, req, this.callerOf(call), true));
+      if (call.cancelled) return;
+      source = `the agent of node ${node.id} (${node.endpoint})`;
+      const client = this.cached(this.agentExec, node.endpoint, () => new (tesseraProto().AgentExec)(node.endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS));
+      const stream = client.execInteractive({ deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS });
+      upstream = stream;
+      watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
+    } else {
+      const leader = await this.forwardTarget(call);
+      if (call.cancelled) return;
+      const md = call.metadata.clone();
+      md.set(FORWARDED_KEY, this.opts.coordinatorId);
+      source = `the leader ${leader.id} (${leader.address})`;
+      ofAgent = false;
+      upstream = this.leaderClient(leader.address).execInteractive(md);
+    }
+    upstream.write({ start: req });
+    // The caller's input on as it comes; its end ends the upstream's.
+    void (async () => {
+      for (let n = await it.next(); !n.done; n = await it.next()) upstream.write(n.value);
+    })().catch(() => {}).finally(() => upstream.end());
+    try {
+      await new Promise<void>((resolve, reject) => {
+        upstream.on('data', (c: ExecChunk__Output) => {
+          if (call.write(c)) return;
+          upstream.pause();
+          call.once('drain', () => upstream.resume());
+        });
+        upstream.on('end', () => resolve());
+        upstream.on('error', (err: grpc.ServiceError) => {
+          if (call.cancelled) return resolve();
+          if (cut) return reject(new UnavailableError(cut));
+          const mapped = ofAgent ? execAgentError(err, source, req, 'ExecInteractive') : undefined;
+          reject(mapped ?? (err.code === grpc.status.UNAVAILABLE && !err.metadata?.get(ERROR_KIND_KEY).length ? new UnavailableError(`${source} did not answer: ${err.details}`) : err));
+        });
+        call.on('cancelled', () => { upstream.cancel(); resolve(); });
       });
+    } finally {
+      clearInterval(watch);
+    }
+    call.end();
   }
 
   /**
@@ -626,29 +718,16 @@ export class AdminService {
     let cut: string | undefined;
     let watch: NodeJS.Timeout | undefined;
     if (w && dep && reg) {
-      const inst = dep.instance(id);
-      const ext = inst ? undefined : w.components.external(id);
-      if (ext) throw new FailedPreconditionError(`instance ${id} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and ${externalText}`);
-      if (!inst) throw new NotFoundError('instance', id);
-      const node = reg.get(inst.nodeId);
-      if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked now`);
-      const by = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
-      await before?.(inst, by, dep);
+      const { inst, node } = this.instanceAgent(id, externalText, dep, reg, w);
+      await before?.(inst, this.callerOf(call), dep);
       // No deadline: a whole log (or a command) may take long; the caller's cancel reaches the agent.
       if (call.cancelled) return;
       source = `the agent of node ${node.id} (${node.endpoint})`;
-      upstream = fromAgent(node.endpoint);
-      const stream = upstream;
-      watch = setInterval(() => {
-        const state = reg.stateOf(inst.nodeId);
-        if (state && state !== 'DOWN') return;
-        cut = `node ${inst.nodeId} went ${state ? 'DOWN (its agent stopped reporting)' : 'out of the node list'} during the stream from instance ${inst.id}: its agent cannot be asked now`;
-        stream.cancel();
-      }, NODE_WATCH_MS);
+      const stream = fromAgent(node.endpoint);
+      upstream = stream;
+      watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
     } else {
-      if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
-      const leader = await this.leadership.waitForLeader(3_000);
-      if (!leader || leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+      const leader = await this.forwardTarget(call);
       const md = call.metadata.clone();
       md.set(FORWARDED_KEY, this.opts.coordinatorId);
       if (call.cancelled) return;
@@ -662,6 +741,30 @@ export class AdminService {
     } finally {
       clearInterval(watch);
     }
+  }
+
+  /** On the leader: an instance Tessera runs and its node's agent, or why that agent cannot be asked. */
+  private instanceAgent(id: string, externalText: string, dep: Deployments, reg: NodeRegistry, w: LeaderWork): { inst: InstanceRecord; node: ReturnType<NodeRegistry['get']> } {
+    const inst = dep.instance(id);
+    const ext = inst ? undefined : w.components.external(id);
+    if (ext) throw new FailedPreconditionError(`instance ${id} is external (a ${ext.kind} at ${ext.endpoint}, registered through the Admin API): Tessera does not run it and ${externalText}`);
+    if (!inst) throw new NotFoundError('instance', id);
+    const node = reg.get(inst.nodeId);
+    if (node.state === 'DOWN' || !node.endpoint) throw new UnavailableError(`instance ${inst.id} is on node ${node.id}, which is ${node.state}: its agent cannot be asked now`);
+    return { inst, node };
+  }
+
+  /** On a follower: the leader to relay a stream to (never a second time), or why there is none. */
+  private async forwardTarget(call: { metadata: grpc.Metadata }): Promise<{ id: string; address: string }> {
+    if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    const leader = await this.leadership.waitForLeader(3_000);
+    if (!leader || leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+    return leader;
+  }
+
+  /** Who called (a token's name or a certificate's CN) when callers are identified; an open Admin API has no guard, so what a client sent is not believed. */
+  private callerOf(call: { metadata: grpc.Metadata }): string {
+    return this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
   }
 
   private async watchEvents(call: grpc.ServerWritableStream<WatchEventsRequest__Output, Event>): Promise<void> {

@@ -17,7 +17,7 @@ export type Role = 'read-only' | 'operator';
 export const WRITE_METHODS = new Set([
   'DrainNode', 'CordonNode', 'RemoveNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'RestartApp', 'ScaleApp', 'SetPolicy', 'DeletePolicy',
   'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'CancelJob',
-  'SaveSnapshot', 'SetRegistryCredential', 'DeleteRegistryCredential', 'SetSecret', 'DeleteSecret', 'ExecInstance', 'ReplaceInstance',
+  'SaveSnapshot', 'SetRegistryCredential', 'DeleteRegistryCredential', 'SetSecret', 'DeleteSecret', 'ExecInstance', 'ExecInteractive', 'ReplaceInstance',
 ]);
 
 interface TokenEntry { name: string; role: Role; hash: Buffer }

@@ -9,7 +9,6 @@ import { ago, clip, enumName, table } from '../../common/table';
 import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
-import { EXEC_STDIN_MAX } from '../../common/exec';
 import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
@@ -400,26 +399,55 @@ instance.command('replace <instance-id>').description("a new instance in its slo
     out(i, () => `instance ${i.id} (${i.app}/${i.component}[${i.slot}] on ${i.nodeId}) is being replaced (${i.replacing}): a new instance takes slot ${i.slot}, before it stops (start-first) or after (stop-first: a component with volumes); follow with tessera ps ${i.app}`);
   }));
 
-program.command('exec <instance-id> <command...>').description("run a command in an instance's container and print its output, without a terminal (as kubectl exec): put -- before the command; exits with the command's exit code; operators only, recorded as an instance.exec event")
-  .option('-i, --stdin', 'send what this command reads on its standard input (at most 1 MiB) to the command')
-  .option('--command-timeout <seconds>', 'kill the command if it runs longer (at most 3600)', (v) => {
+program.command('exec <instance-id> <command...>').description("run a command in an instance's container and print its output (as kubectl exec): put -- before the command; -i sends standard input as it comes, -t a terminal (-it for a shell); exits with the command's exit code; operators only, recorded as an instance.exec event")
+  .option('-i, --stdin', 'send standard input to the command as it comes (ExecInteractive)')
+  .option('-t, --tty', 'run the command in a terminal (its output raw; with -i, this terminal in raw mode: keys go as typed)')
+  .option('--command-timeout <seconds>', 'kill the command if it runs longer (at most 3600; default 60, 3600 with -i or -t)', (v) => {
     if (!/^[1-9]\d*$/.test(v) || Number(v) > 3600) throw new InvalidArgumentError('--command-timeout takes whole seconds, 1 to 3600');
     return Number(v);
-  }, 60)
+  })
   .action((instanceId: string, command: string[], o) => run(async (c) => {
-    const stdin = o.stdin ? fs.readFileSync(0) : Buffer.alloc(0);
-    if (stdin.length > EXEC_STDIN_MAX) throw new Error(`standard input is ${stdin.length} bytes; a command takes at most ${EXEC_STDIN_MAX} (1 MiB)`);
+    const interactive = !!(o.stdin || o.tty);
+    const timeoutMs = (o.commandTimeout ?? (interactive ? 3600 : 60)) * 1000;
     await c.reachable(); // a stream stays on one coordinator: one that answers
+    const print = (ch: { stream: string; data: Buffer; exited: boolean; exitCode: number }) => {
+      if (program.opts().json) process.stdout.write(JSON.stringify(ch.exited ? { exitCode: ch.exitCode } : { stream: ch.stream, data: ch.data.toString('utf8') }) + '\n');
+      else if (!ch.exited) (ch.stream === 'stderr' ? process.stderr : process.stdout).write(ch.data);
+    };
     const exitCode = await new Promise<number>((resolve, reject) => {
-      const stream = c.execInstance({ instanceId, command, stdin, timeoutMs: o.commandTimeout * 1000 });
       let code = -1;
-      stream.on('data', (ch: { stream: string; data: Buffer; exited: boolean; exitCode: number }) => {
+      const onData = (ch: { stream: string; data: Buffer; exited: boolean; exitCode: number }) => {
         if (ch.exited) code = ch.exitCode;
-        if (program.opts().json) process.stdout.write(JSON.stringify(ch.exited ? { exitCode: ch.exitCode } : { stream: ch.stream, data: ch.data.toString('utf8') }) + '\n');
-        else if (!ch.exited) (ch.stream === 'stderr' ? process.stderr : process.stdout).write(ch.data);
-      });
-      stream.on('end', () => resolve(code));
-      stream.on('error', reject);
+        print(ch);
+      };
+      if (!interactive) {
+        const stream = c.execInstance({ instanceId, command, timeoutMs });
+        stream.on('data', onData);
+        stream.on('end', () => resolve(code));
+        stream.on('error', reject);
+        return;
+      }
+      const stream = c.execInteractive();
+      const stdin = process.stdin;
+      const raw = !!o.tty && !!o.stdin && stdin.isTTY;
+      const size = () => (process.stdout.isTTY ? { rows: process.stdout.rows, cols: process.stdout.columns } : undefined);
+      const onResize = () => stream.write({ resize: size() });
+      const done = () => {
+        if (raw) stdin.setRawMode(false);
+        stdin.pause();
+        (stdin as { unref?: () => void }).unref?.(); // a standard input still open does not keep the CLI
+        process.stdout.off('resize', onResize);
+      };
+      stream.write({ start: { instanceId, command, timeoutMs, tty: !!o.tty, size: o.tty ? size() : undefined } });
+      if (o.tty) process.stdout.on('resize', onResize);
+      if (o.stdin) {
+        if (raw) stdin.setRawMode(true);
+        stdin.on('data', (d: Buffer) => stream.write({ stdin: d }));
+        stdin.on('end', () => stream.write({ stdinClosed: true }));
+      }
+      stream.on('data', onData);
+      stream.on('end', () => { done(); resolve(code); });
+      stream.on('error', (err) => { done(); reject(err); });
     });
     if (exitCode < 0) throw new Error('the stream ended without the exit code of the command');
     process.exitCode = exitCode;

@@ -92,6 +92,14 @@ describe('Admin API tokens', function () {
     }).catch((e: grpc.ServiceError) => e);
     expect((exec as grpc.ServiceError).code).to.equal(grpc.status.PERMISSION_DENIED);
     expect((exec as grpc.ServiceError).details).to.match(/token "viewer" is read-only; ExecInstance needs the operator role/);
+    const interactive = await new Promise<void>((resolve, reject) => {
+      const s = c.execInteractive();
+      s.on('data', () => {});
+      s.on('end', resolve);
+      s.on('error', reject);
+      s.write({ start: { instanceId: 'no-such-instance', command: ['sh'] } });
+    }).catch((e: grpc.ServiceError) => e);
+    expect((interactive as grpc.ServiceError).details).to.match(/token "viewer" is read-only; ExecInteractive needs the operator role/);
     // Jobs are writes, one at a time or over a SubmitJobs stream.
     expect(await codeOf(c.submitJob({ pipeline: 'x', payload: Buffer.from('x') }))).to.equal(grpc.status.PERMISSION_DENIED);
     const js = c.jobStream();

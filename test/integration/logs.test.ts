@@ -264,10 +264,72 @@ describe('instance logs', function () {
       child.stdin!.end('a\nb\nc\n');
     });
     expect(piped.trim()).to.equal('3');
+    // -it: a shell in a terminal, fed line by line (standard input here is a pipe, not a terminal).
+    const shell = await new Promise<{ code: number; stdout: string }>((resolve) => {
+      const child = execFile(process.execPath, [cli, '-c', coords[1], 'exec', '-it', id, '--', 'sh'], (err, stdout) => resolve({ code: err ? Number((err as { code?: number }).code) : 0, stdout }));
+      child.stdin!.end('echo x-$((2+2))\nexit 4\n');
+    });
+    expect(shell.code).to.equal(4);
+    expect(shell.stdout).to.match(/x-4\r?\n/);
     const json = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], '--json', 'exec', id, '--', 'echo', 'x']);
     expect(json.stdout.trim().split('\n').map((l) => JSON.parse(l))).to.deep.equal([{ stream: 'stdout', data: 'x\n' }, { exitCode: 0 }]);
     const timeout = await promisify(execFile)(process.execPath, [cli, '-c', coords[0], 'exec', '--command-timeout', '0', id, '--', 'true']).then(() => undefined, (e: { code: number; stderr: string }) => e);
     expect(timeout?.stderr).to.match(/--command-timeout takes whole seconds, 1 to 3600/);
+  });
+
+  it('runs an interactive command (ExecInteractive, kubectl exec -i -t): input as it is typed, a terminal with its size, through a follower too', async () => {
+    /** An interactive session: send() writes a message, until() waits for output, done gives the exit code. */
+    const session = (admin: AdminClient, start: Record<string, unknown>) => {
+      let out = '';
+      let exitCode = -1;
+      const s = admin.execInteractive();
+      const done = new Promise<number>((resolve, reject) => {
+        s.on('data', (c: ExecChunk__Output) => { if (c.exited) exitCode = c.exitCode; else out += c.data.toString(); });
+        s.on('end', () => resolve(exitCode));
+        s.on('error', reject);
+      });
+      s.write({ start });
+      return {
+        send: (m: Record<string, unknown>) => s.write(m),
+        until: (re: RegExp) => waitFor(`output matching ${re}`, async () => re.test(out), 10_000, 50),
+        output: () => out,
+        done,
+        end: () => s.end(),
+      };
+    };
+    // Without a terminal, through the follower: each line runs as it is sent.
+    const plain = session(follower, { instanceId: id, command: ['sh'] });
+    plain.send({ stdin: Buffer.from('echo hi-$((1+2))\n') });
+    await plain.until(/hi-3\n/);
+    plain.send({ stdin: Buffer.from('exit 7\n') });
+    expect(await plain.done).to.equal(7);
+    expect(plain.output()).to.equal('hi-3\n');
+    // With a terminal of 30 x 90, then resized to 40 x 100.
+    const tty = session(leader, { instanceId: id, command: ['sh'], tty: true, size: { rows: 30, cols: 90 } });
+    tty.send({ stdin: Buffer.from('stty size; tty\n') });
+    await tty.until(/30 90\r?\n\/dev\/pts\/\d+/);
+    tty.send({ resize: { rows: 40, cols: 100 } });
+    tty.send({ stdin: Buffer.from('stty size\n') });
+    await tty.until(/40 100/);
+    tty.send({ stdin: Buffer.from('exit 3\n') });
+    expect(await tty.done).to.equal(3);
+    // The end of input ends a command that reads it.
+    const eof = session(leader, { instanceId: id, command: ['wc', '-c'] });
+    eof.send({ stdin: Buffer.from('12345') });
+    eof.send({ stdinClosed: true });
+    expect(await eof.done).to.equal(0);
+    expect(eof.output().trim()).to.equal('5');
+    const ev = (await pastEvents(leader, ['instance.exec'])).filter((e) => e.subject === id).map((e) => e.message);
+    expect(ev).to.include(`interactive command (terminal) run in instance ${id} on node ${node}: sh`);
+    // A stream that does not start by naming the command.
+    const bad = session(leader, {});
+    const err = await bad.done.then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).to.equal(grpc.status.INVALID_ARGUMENT);
+    expect(err?.details).to.match(/^instance_id: is required/);
+    const none = leader.execInteractive();
+    const noStart = new Promise<grpc.ServiceError | undefined>((resolve) => { none.on('data', () => {}); none.on('end', () => resolve(undefined)); none.on('error', resolve); });
+    none.write({ stdin: Buffer.from('x') });
+    expect((await noStart)?.details).to.match(/^start: the first message names the command/);
   });
 
   it('runs exec health checks in the container: healthy once the command exits 0, restarted when it fails; a check past its timeout killed, not piled up', async () => {
