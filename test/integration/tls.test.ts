@@ -141,6 +141,27 @@ describe('mutual TLS', function () {
       expect((await direct(material('agent-n1')))?.code, 'logs with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       expect((await direct(material('admin'), true))?.code, 'exec with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
       expect((await direct(material('agent-n1'), true))?.code, 'exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      // Interactive, the same: through the coordinators over mTLS; not straight to the agent with an agent certificate.
+      const typed = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        const s = a.execInteractive();
+        s.on('data', (c: { data: Buffer; exited: boolean; exitCode: number }) => (out += c.exited ? ` exit ${c.exitCode}` : c.data.toString()));
+        s.on('end', () => resolve(out));
+        s.on('error', reject);
+        s.write({ start: { instanceId: inst, command: ['node', '-e', 'process.stdin.pipe(process.stdout)'] } });
+        s.write({ stdin: Buffer.from('typed over mTLS') });
+        s.write({ stdinClosed: true });
+      });
+      expect(typed).to.equal('typed over mTLS exit 0');
+      const agentTyped = await new Promise<grpc.ServiceError | undefined>((resolve) => {
+        const c = new (tesseraProto().AgentExec)(relay, clientCredentials(material('agent-n1')));
+        const s = c.ExecInteractive({ deadline: new Date(Date.now() + 3_000) });
+        s.on('data', () => {});
+        s.on('end', () => { c.close(); resolve(undefined); });
+        s.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
+        s.write({ start: { instanceId: inst, command: ['true'] } });
+      });
+      expect(agentTyped?.code, 'interactive exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       await a.deleteApp('tlsjobs');
     } finally {
       a.close();
