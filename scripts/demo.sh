@@ -150,9 +150,10 @@ The cluster and the app are still running. Try:
   node dist/coordinator/cli/main.js ps              (TESSERA_COORDINATOR=$TESSERA_COORDINATOR)
   node dist/coordinator/cli/main.js app history hello
   node dist/coordinator/cli/main.js instance replace $first --reason "try it"
+  node dist/coordinator/cli/main.js exec -it $first -- sh      (a shell in the instance, as kubectl exec -it)
   node dist/coordinator/cli/main.js events --for hello
   node dist/coordinator/cli/main.js rollback hello
-  node dist/coordinator/cli/main.js node drain node-1
+  node dist/coordinator/cli/main.js node drain node-1       (the database's shards move with their data)
   node dist/coordinator/cli/main.js events --follow
   node dist/coordinator/cli/main.js job submit words --data @somefile.txt
   node dist/coordinator/cli/main.js component list
