@@ -279,10 +279,11 @@ export class DockerRuntime {
     const stream = (await ex.start({ hijack: true, stdin: attachStdin, Tty: !!o.tty })) as unknown as NodeJS.ReadWriteStream & { destroy: () => void };
     // With a terminal the output comes raw (one stream, as a terminal shows it); without, multiplexed.
     const frames = o.tty ? { push: (chunk: Buffer) => write('stdout', chunk) } : new LogFrames(write);
-    const resize = (size?: { rows?: number; cols?: number } | null) => {
-      if (o.tty && size?.rows && size.cols) ex.resize({ h: size.rows, w: size.cols }).catch(() => {});
+    // Awaited: input typed after a resize must find the terminal at its new size.
+    const resize = async (size?: { rows?: number; cols?: number } | null) => {
+      if (o.tty && size?.rows && size.cols) await ex.resize({ h: size.rows, w: size.cols }).catch(() => {});
     };
-    resize(o.size);
+    await resize(o.size);
     const kill = async () => {
       const info = await ex.inspect().catch(() => undefined);
       if (info?.Running && info.Pid > 0) {
@@ -321,7 +322,7 @@ export class DockerRuntime {
         void (async () => {
           for await (const m of o.input!) {
             if (m.data?.length) stream.write(m.data);
-            if (m.resize) resize(m.resize);
+            if (m.resize) await resize(m.resize);
             if (m.close) return endInput();
           }
           endInput();

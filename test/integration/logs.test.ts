@@ -291,7 +291,7 @@ describe('instance logs', function () {
       s.write({ start });
       return {
         send: (m: Record<string, unknown>) => s.write(m),
-        until: (re: RegExp) => waitFor(`output matching ${re}`, async () => re.test(out), 10_000, 50),
+        until: (re: RegExp) => waitFor(`output matching ${re}`, async () => re.test(out), 10_000, 50).catch((e: Error) => { throw new Error(`${e.message}; the output: ${JSON.stringify(out)}`); }),
         output: () => out,
         done,
         end: () => s.end(),
