@@ -593,8 +593,7 @@ export class Deployments {
         };
         // Away from the node that holds the slot's volumes: those that migrate are copied first, if that node answers.
         const moving = r.prefer && r.prefer !== rec.nodeId ? r.comp.volumes.filter((v) => v.migrate).map((v) => v.name) : [];
-        const from = moving.length ? this.migrationSource(r.prefer!) : undefined;
-        if (from) rec.migrate = { from: r.prefer!, volumes: moving, state: 'pending' };
+        if (moving.length && this.canGiveVolumes(r.prefer!)) rec.migrate = { from: r.prefer!, volumes: moving, state: 'pending' };
         created.push(rec);
         ops.push({ type: 'put', key: this.keys.instance(rec.app, rec.id), value: JSON.stringify(rec) });
         events.push({ kind: 'instance.placed', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] v${rec.version} placed on ${rec.nodeId} (score ${p.score})`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, ports: JSON.stringify(rec.ports) } });
@@ -604,7 +603,7 @@ export class Deployments {
           const left = r.comp.volumes.filter((v) => !v.migrate).map((v) => v.name);
           events.push({ kind: 'instance.volumes_migrating', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: copying ${rec.migrate.volumes.join(', ')} from ${r.prefer} before it starts${left.length ? ` (${left.join(', ')}, without migrate, start empty)` : ''}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer!, volumes: rec.migrate.volumes.join(',') } });
         } else if (r.prefer && r.prefer !== rec.nodeId) {
-          const why = moving.length ? `; ${r.prefer} cannot give them (${this.registry.stateOf(r.prefer) ?? 'gone'}, its agent not attached)` : '';
+          const why = moving.length ? `; ${r.prefer} cannot give them (${this.registry.stateOf(r.prefer) ?? 'gone'})` : '';
           events.push({ kind: 'instance.volumes_left', subject: rec.id, message: `${rec.app}/${rec.component}[${rec.slot}] placed on ${rec.nodeId}, not on ${r.prefer}, which holds the slot's volumes but cannot take it now: it starts with empty volumes${why}; the data stays on ${r.prefer}`, fields: { app: rec.app, component: rec.component, node: rec.nodeId, volumesNode: r.prefer } });
         }
       }
@@ -896,10 +895,15 @@ export class Deployments {
     }
   }
 
-  /** The node a migrating volume can be copied from: one not DOWN whose agent is attached, with its relay's address. */
-  private migrationSource(nodeId: string): string | undefined {
+  /** Whether a node may still give a migrating volume: it is in the list and not DOWN (its agent may be re-attaching). */
+  private canGiveVolumes(nodeId: string): boolean {
     const state = this.registry.stateOf(nodeId);
-    if (!state || state === 'DOWN' || !this.gateway.connectedNodes().includes(nodeId)) return undefined;
+    return !!state && state !== 'DOWN';
+  }
+
+  /** A node's agent to copy a volume from or to: attached, with its relay's address. */
+  private attachedRelay(nodeId: string): string | undefined {
+    if (!this.canGiveVolumes(nodeId) || !this.gateway.connectedNodes().includes(nodeId)) return undefined;
     return this.registry.get(nodeId).endpoint || undefined;
   }
 
@@ -914,16 +918,18 @@ export class Deployments {
     this.migrations.set(w.id, m);
     if (m.running || m.outcome || nowMs < m.nextAtMs) return;
     const mig = w.migrate!;
-    const from = this.migrationSource(mig.from);
-    const to = this.migrationSource(w.nodeId);
+    const from = this.attachedRelay(mig.from);
+    const to = this.attachedRelay(w.nodeId);
     const copier = this.opts.volumeCopier;
     const giveUp = (why: string) => { m.outcome = { failed: why, ms: 0 }; this.kick(); };
     if (!copier) return giveUp('this coordinator cannot copy volumes');
-    if (!from) return giveUp(`node ${mig.from} is ${this.registry.stateOf(mig.from) ?? 'gone'} or its agent is not attached`);
+    // DOWN or gone: nothing to wait for. Not attached (re-attaching after a change of leader, say): an attempt, tried again.
+    if (!this.canGiveVolumes(mig.from)) return giveUp(`node ${mig.from} is ${this.registry.stateOf(mig.from) ?? 'gone'}`);
     if (!to) return; // its own node's agent is away: tried when it is back
     m.running = true;
     const t0 = Date.now();
     void (async () => {
+      if (!from) throw new Error(`the agent of node ${mig.from} is not attached`);
       let bytes = 0;
       for (const volume of mig.volumes) bytes += await copier.copy(from, to, { app: w.app, component: w.component, slot: w.slot, volume });
       return bytes;
@@ -932,7 +938,7 @@ export class Deployments {
       this.log.info({ instance: w.id, from: mig.from, to: w.nodeId, bytes }, 'volumes migrated');
       // The old copy goes: were the slot to come back to that node empty-handed, it must not find stale data.
       for (const volume of mig.volumes) {
-        copier.drop(from, { app: w.app, component: w.component, slot: w.slot, volume })
+        copier.drop(from!, { app: w.app, component: w.component, slot: w.slot, volume })
           .catch((e) => this.log.warn({ instance: w.id, node: mig.from, volume, err: (e as Error).message }, 'the old copy of a migrated volume was not removed'));
       }
     }, (err) => {

@@ -112,7 +112,7 @@ describe('volumes that migrate with their slot', function () {
     try {
       const moved = await waitFor('the slot on the other node', async () => (await running()).find((x) => x.nodeId !== inst.nodeId), 40_000, 200);
       const left = (await pastEvents(admin, ['instance.volumes_left'])).find((e) => e.subject === moved.id);
-      expect(left?.message).to.equal(`mover/keeper[0] placed on ${moved.nodeId}, not on ${inst.nodeId}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; ${inst.nodeId} cannot give them (DOWN, its agent not attached); the data stays on ${inst.nodeId}`);
+      expect(left?.message).to.equal(`mover/keeper[0] placed on ${moved.nodeId}, not on ${inst.nodeId}, which holds the slot's volumes but cannot take it now: it starts with empty volumes; ${inst.nodeId} cannot give them (DOWN); the data stays on ${inst.nodeId}`);
       expect(await exec(moved.id, ['cat', '/data/log'])).to.equal(`start ${moved.id}\n`);
     } finally {
       agents[i] = startAgent(i);
