@@ -117,7 +117,7 @@ export class InstanceManager extends EventEmitter {
         known.spec = { ...known.spec, pullAuth: spec.pullAuth };
         this.log.debug({ instance: spec.instanceId }, 'registry login taken for an instance already here');
       }
-      const lacking = (spec.secretEnv ?? []).filter((k) => !(k in (known.spec.env ?? {})) && k in (spec.env ?? {}));
+      const lacking = (spec.secretEnv ?? []).filter((k) => !Object.hasOwn(known.spec.env ?? {}, k) && Object.hasOwn(spec.env ?? {}, k));
       if (lacking.length) {
         known.spec = { ...known.spec, env: { ...known.spec.env, ...Object.fromEntries(lacking.map((k) => [k, spec.env[k]])) } };
         this.log.debug({ instance: spec.instanceId, names: lacking }, 'secret env values taken for an instance already here');
@@ -278,7 +278,7 @@ export class InstanceManager extends EventEmitter {
     if (l.pulling) return; // its image is on the way: started on the pass after the pull
     // Adopted after an agent restart, its label kept no secret values: a container made again
     // (imagePullPolicy Always) waits for the leader's RUN to hand them over, never runs without.
-    const lacking = (l.spec.secretEnv ?? []).filter((k) => !(k in (l.spec.env ?? {})));
+    const lacking = (l.spec.secretEnv ?? []).filter((k) => !Object.hasOwn(l.spec.env ?? {}, k));
     if (lacking.length) {
       l.secretWaitSince ??= now;
       // Not for good: failed, the instance is replaced in its slot, and its new RUN carries them.

@@ -192,7 +192,7 @@ export class ConfigSecrets {
       if (s.unreadable) return { missing: `secret ${secret} (secretEnv.${name}) cannot be opened: ${s.unreadable}` };
       let p = this.parsed.get(secret);
       if (!p || p.version !== s.meta.version) this.parsed.set(secret, p = { version: s.meta.version, data: JSON.parse(s.plain) as Record<string, string> });
-      if (!(key in p.data)) return { missing: `secret ${secret} has no key ${key} (secretEnv.${name})` };
+      if (!Object.hasOwn(p.data, key)) return { missing: `secret ${secret} has no key ${key} (secretEnv.${name})` };
       env[name] = p.data[key];
     }
     return { env, names: Object.keys(env) };
