@@ -59,6 +59,8 @@ export class Deployments {
   private versions = new Map<string, Map<number, VersionRecord>>();
   private instances = new Map<string, InstanceRecord>();
   private healthySince = new Map<string, number>();
+  /** When this leader loaded the state: healthy deadlines of instances it has not seen healthy count from then at the earliest. */
+  private loadedAtMs = 0;
   /** Replica counts set by scaling policies, beside the spec (app/component -> count). */
   private replicas = new Map<string, number>();
   private sent = new Map<string, number>();
@@ -89,6 +91,7 @@ export class Deployments {
   }
 
   async load(): Promise<void> {
+    this.loadedAtMs = Date.now();
     const c = this.store.client;
     const [apps, versions, instances, quotas] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
@@ -499,7 +502,7 @@ export class Deployments {
         const scaled = this.replicas.get(`${app.name}/${comp.name}`);
         const effective = scaled === undefined ? comp : { ...comp, instances: scaled };
         const d = planComponent({
-          app, component: effective, hash, nowMs, sameSpec: this.legacyHashes(app.name, comp, mine),
+          app, component: effective, hash, nowMs, deadlineFromMs: this.loadedAtMs, sameSpec: this.legacyHashes(app.name, comp, mine),
           busy: (id) => { const t = observed.get(id)?.task; return t ? Number(t.queueDepth ?? 0) + Number(t.inFlight ?? 0) : 0; },
           instances: mine.filter((i) => i.component === comp.name),
           observed: view,
@@ -539,11 +542,14 @@ export class Deployments {
         const autoRevert = spec.components.some((c) => c.update.autoRevert);
         const stable = this.versions.get(app.name)!.get(app.stableVersion);
         versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'failed', reason: failedReason } });
-        events.push({ kind: 'rollout.failed', subject: app.name, message: `version ${app.version} of ${app.name} failed: ${failedReason}`, fields: { version: String(app.version) } });
+        // A version that is itself a revert or a rollback is not reverted again: going back to
+        // the same spec once more would fail the same way, a new version every round.
+        const again = autoRevert && stable && app.status === 'reverting';
+        events.push({ kind: 'rollout.failed', subject: app.name, message: `version ${app.version} of ${app.name} failed: ${failedReason}${again ? ' (not reverted: it was a revert or a rollback itself)' : ''}`, fields: { version: String(app.version) } });
         appUpdates.set(app.name, { ...app, status: 'failed', statusReason: failedReason, updatedAtMs: nowMs });
         // Revert after this commit: a new version whose spec is the last stable one. No new
         // instances of the failed version are placed meanwhile.
-        if (autoRevert && stable) reverts.push({ app: app.name, to: stable, reason: `auto-revert: ${failedReason}` });
+        if (autoRevert && stable && !again) reverts.push({ app: app.name, to: stable, reason: `auto-revert: ${failedReason}` });
         continue;
       }
       requests.push(...appRequests);

@@ -40,6 +40,12 @@ export interface ComponentInputs {
   /** The node the slot's last instance ran on: where its volumes' data is. */
   lastNode?(slot: number): string | undefined;
   nowMs: number;
+  /**
+   * When this leader began to observe (it loaded the cluster state): the healthy deadline of an
+   * instance it has not seen healthy counts from then at the earliest, since it cannot know what
+   * the previous leader saw and its agents report again only after they re-attach.
+   */
+  deadlineFromMs?: number;
 }
 
 export interface StopDecision {
@@ -102,7 +108,11 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     for (const x of current) {
       // A slot's volumes being copied to it (migrate) is not the new instance's time yet.
       if (x.migrate?.state === 'pending') continue;
-      if (!healthy(x) && i.nowMs - (x.migrate?.doneAtMs ?? x.createdAtMs) > c.update.healthyDeadlineMs) {
+      // Healthy now, if not yet for minHealthyMs (a new leader counts that from its first report): not late.
+      const o = i.observed(x.id);
+      if (o?.state === 'INSTANCE_STATE_RUNNING' && o.health === 'healthy') continue;
+      const from = Math.max(x.migrate?.doneAtMs ?? x.createdAtMs, i.deadlineFromMs ?? 0);
+      if (!healthy(x) && i.nowMs - from > c.update.healthyDeadlineMs) {
         rolloutFailed ??= `instance ${x.id} was not healthy within ${c.update.healthyDeadlineMs} ms`;
       }
     }

@@ -70,6 +70,15 @@ describe('rollout decisions per component', () => {
     const d = run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } });
     expect(d.rolloutFailed).to.match(/not healthy within 10000 ms/);
   });
+  it('does not fail a rollout on a new leader that has not yet seen an instance healthy for minHealthyMs (or at all) when it took over', () => {
+    // Created 20 s ago (the deadline is 10 s), healthy now but only since this leader's first report.
+    const fresh: ObservedView = { ...healthy, healthySinceMs: 19_900 };
+    expect(run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: fresh } }).rolloutFailed).to.equal(undefined);
+    // Not reported yet: its deadline counts from the takeover.
+    expect(run({ nowMs: 20_000, deadlineFromMs: 18_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy } }).rolloutFailed).to.equal(undefined);
+    expect(run({ nowMs: 29_000, deadlineFromMs: 18_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy } }).rolloutFailed).to.match(/not healthy within 10000 ms/);
+    expect(run({ nowMs: 29_000, deadlineFromMs: 18_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } }).rolloutFailed).to.match(/not healthy within 10000 ms/);
+  });
   it('counts a new instance\'s healthy deadline from when its volumes were copied to it, not while they are', () => {
     const moving = { ...inst('n0', 1, 'new', 'n1', 0), migrate: { from: 'n2', volumes: ['data'], state: 'pending' as const } };
     expect(run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), moving], obs: { o0: healthy } }).rolloutFailed).to.equal(undefined);
