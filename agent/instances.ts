@@ -62,6 +62,8 @@ export declare interface InstanceManager {
 export class InstanceManager extends EventEmitter {
   private desired = new Map<string, Local>();
   private stopping = new Map<string, { graceMs: number; local?: Local }>();
+  /** Stops under way: each runs on its own (up to its grace), not in the pass that began it. */
+  private stopsUnderWay = new Set<string>();
   private stats = new Map<string, { stream: NodeJS.ReadableStream; prev?: { cpu: number; system: number } }>();
   private timer?: NodeJS.Timeout;
   private running = false;
@@ -238,13 +240,24 @@ export class InstanceManager extends EventEmitter {
     const start = d.start.filter((id) => !this.desired.get(id)!.pulling);
     const counts = { start: start.length, restart: d.restart.length, stop: d.stop.length };
 
+    // A stop takes up to its grace (a worker winding down may take a minute): it goes on by
+    // itself, and this pass (starts, restarts, health checks of everything else) does not wait
+    // for it. Stop-first keeps a slot's new instance waiting for its old one: the leader places it
+    // only once this agent reports the old one gone.
+    for (const id of d.stop) {
+      if (this.stopsUnderWay.has(id)) continue;
+      this.stopsUnderWay.add(id);
+      void this.stopOne(id, observed.get(id)!).finally(() => {
+        this.stopsUnderWay.delete(id);
+        this.kick();
+      });
+    }
     await Promise.all([
       ...start.map((id) => this.startOne(this.desired.get(id)!, now)),
       ...d.restart.map((id) => this.restartOne(this.desired.get(id)!, observed.get(id)!, now)),
-      ...d.stop.map((id) => this.stopOne(id, observed.get(id)!)),
     ]);
     // Told to stop but nothing there: done.
-    for (const id of [...this.stopping.keys()]) if (!observed.has(id)) this.stopping.delete(id);
+    for (const id of [...this.stopping.keys()]) if (!observed.has(id) && !this.stopsUnderWay.has(id)) this.stopping.delete(id);
     // Failed instances keep no container running.
     for (const id of failed) {
       const c = observed.get(id);

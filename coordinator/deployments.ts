@@ -461,9 +461,12 @@ export class Deployments {
       const prev = slotNode.get(k);
       // An instance whose volumes were never copied to it (its migration pending when it went) left them where they were.
       if (!prev || x.createdAtMs >= prev.at) slotNode.set(k, { at: x.createdAtMs, node: x.migrate?.state === 'pending' ? x.migrate.from : x.nodeId });
-      const o = x.desired === 'stop' ? view(x.id) : undefined;
+      if (x.desired !== 'stop') continue;
+      const o = view(x.id);
       const gone = nodeStates.get(x.nodeId) === 'DOWN' || nodeStates.get(x.nodeId) === 'RUNTIME-DOWN' || !nodeStates.has(x.nodeId);
-      if (o && !gone && o.state !== 'INSTANCE_STATE_STOPPED' && o.state !== 'INSTANCE_STATE_FAILED') slotStopping.add(k);
+      // A node that has not reported to this leader yet (just elected) may still be stopping it:
+      // wait for its word, or the slot's new instance could start on the volume beside it.
+      if (!gone && (o ? o.state !== 'INSTANCE_STATE_STOPPED' && o.state !== 'INSTANCE_STATE_FAILED' : !this.registry.reported(x.nodeId))) slotStopping.add(k);
     }
 
     const ops: Op[] = [];

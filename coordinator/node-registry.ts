@@ -275,6 +275,11 @@ export class NodeRegistry {
     return this.live.get(nodeId)?.instances ?? [];
   }
 
+  /** Whether the node's agent has said what it runs to this leader (hello or a report) since it loaded. */
+  reported(nodeId: string): boolean {
+    return this.live.has(nodeId);
+  }
+
   /** Records of all nodes, as known now (state, capacity, labels). */
   allRecords(): IterableIterator<NodeRecord> {
     return this.records.values();
