@@ -88,6 +88,8 @@ export class AdminClient {
   /** instances undefined sends no count (refused: a forgotten count must not stop every instance). */
   scaleApp(name: string, component: string, instances: number | undefined): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('scaleApp', { name, component, instances }); }
   restartApp(name: string, component = ''): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('restartApp', { name, component }); }
+  /** version 0: the current one (else refused unless it is the current one). */
+  promoteApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('promoteApp', { name, version }); }
   listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
   replaceInstance(instanceId: string, reason = ''): Promise<import('./generated/tessera/v1/Instance').Instance__Output> { return this.unary('replaceInstance', { instanceId, reason }); }
 

@@ -191,7 +191,7 @@ export class AdminService {
       DrainNode: unary(log, 'DrainNode', (req, call) => this.nodeWrite(call, 'drainNode', req, (reg, by) => reg.drain(req.nodeId, req.undo, req.reason, undefined, by))),
       CordonNode: unary(log, 'CordonNode', (req, call) => this.nodeWrite(call, 'cordonNode', req, (reg, by) => reg.cordon(req.nodeId, req.undo, req.reason, undefined, by))),
       RemoveNode: unary(log, 'RemoveNode', (req, call) => this.nodeWrite(call, 'removeNode', req, (reg, by) => reg.remove(req.nodeId, req.reason, undefined, by))),
-      ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by))),
+      ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by, true))),
       GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
       ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep, _s, _w, by) => dep.delete(req.name, by))),
@@ -206,6 +206,11 @@ export class AdminService {
           const p = sc.list(req.name).find((x) => x.component === req.component);
           return dep.scale(req.name, req.component, req.instances!, p ? { min: Number(p.min ?? 0), max: Number(p.max ?? 0) } : undefined, by);
         });
+      }),
+      PromoteApp: unary(log, 'PromoteApp', (req, call) => {
+        if (!req.name) throw InvalidArgumentError.field('name', 'is required');
+        if (Number(req.version) < 0) throw InvalidArgumentError.field('version', `must be 0 (the current one) or a version, got ${req.version}`);
+        return this.onLeader(call, 'promoteApp', req, (_r, dep, _s, _w, by) => dep.promote(req.name, Number(req.version), by));
       }),
       RestartApp: unary(log, 'RestartApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');

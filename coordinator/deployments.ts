@@ -28,7 +28,7 @@ import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
 import { attributed, EventDraft, Op, Store } from './store';
-import { AppRecord, componentHash, InstanceRecord, newInstanceId, olderComponentHashes, VersionRecord } from './apps/records';
+import { AppRecord, canaryHeld, componentHash, InstanceRecord, newInstanceId, olderComponentHashes, VersionRecord } from './apps/records';
 import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey, updateOrder } from './apps/spec';
 import { Placer } from './scheduler/placer';
@@ -140,11 +140,12 @@ export class Deployments {
     return this.appWrites.run(fn);
   }
 
-  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = '', by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
-    return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why, by));
+  /** canaries: a version this makes holds its rollout at its components' canaries (update.canary): an operator's apply, not a policy's resize. */
+  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = '', by = '', canaries = false): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+    return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why, by, canaries));
   }
 
-  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = '', canaries = false): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
     const spec = normalizeAppSpec(raw);
     this.sealed.check(spec);
     const prev = this.apps.get(spec.name);
@@ -170,6 +171,10 @@ export class Deployments {
     const app: AppRecord = {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
       statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
+      // A first version has nothing to be a canary beside; the planner holds only components that
+      // replace instances. A version made over one whose canaries hold (a scale, a policy's
+      // resize, a restart) holds as well: only a promotion or a rollback lets the rollout on.
+      ...((canaries || (prev && canaryHeld(prev))) && prev && spec.components.some((c) => (c.update.canary ?? 0) > 0) ? { canary: { version, wanted: 0, healthy: 0 } } : {}),
     };
     await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec, ...(by ? { by } : {}) }, [attributed({
       kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied${why ? ` (${why})` : ''}`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
@@ -500,6 +505,8 @@ export class Deployments {
       let failedReason: string | undefined;
       // Slots waiting out their backoff after failures (a crash loop), for the app's status.
       const backingOff: string[] = [];
+      // The version's canaries over its components, while they hold its rollout.
+      let held: { wanted: number; healthy: number; autoPromote: boolean } | undefined;
       for (const comp of spec.components) {
         const hash = componentHash(comp);
         const scaled = this.replicas.get(`${app.name}/${comp.name}`);
@@ -531,6 +538,12 @@ export class Deployments {
             avoid: new Set(c.avoid), ...(c.prefer ? { prefer: c.prefer } : {}), version: app.version, hash, comp, kind: kindOf(comp),
           });
         }
+        if (d.canaries) {
+          held ??= { wanted: 0, healthy: 0, autoPromote: true };
+          held.wanted += d.canaries.wanted;
+          held.healthy += d.canaries.healthy;
+          held.autoPromote &&= !!comp.update.autoPromote;
+        }
         if (d.outdated || d.current !== effective.instances || d.create.length) allSettled = false;
         if (d.healthyCurrent !== effective.instances) allHealthy = false;
         failedReason ??= d.rolloutFailed;
@@ -556,6 +569,10 @@ export class Deployments {
         continue;
       }
       requests.push(...appRequests);
+      if (held && canaryHeld(app) && app.status !== 'failed') {
+        appUpdates.set(app.name, this.canaryRound(app, held, nowMs, events));
+        continue;
+      }
       if (allSettled && allHealthy && app.version !== app.stableVersion && app.status !== 'failed') {
         const prevStable = this.versions.get(app.name)!.get(app.stableVersion);
         versionUpdates.push({ app: app.name, rec: { ...versionRec, status: 'running' } });
@@ -676,6 +693,56 @@ export class Deployments {
   }
 
   private lastUnplaced = new Map<string, string>();
+
+  /**
+   * The app record while its version's canaries hold the rollout: their count in the status, an
+   * event when all are first healthy, and with autoPromote (every held component's) the promotion.
+   */
+  private canaryRound(app: AppRecord, held: { wanted: number; healthy: number; autoPromote: boolean }, nowMs: number, events: EventDraft[]): AppRecord {
+    const c = app.canary!;
+    const all = held.healthy >= held.wanted;
+    const next = { ...c, wanted: held.wanted, healthy: held.healthy, ...(all && !c.healthyAtMs ? { healthyAtMs: nowMs } : {}) };
+    const fields = { version: String(app.version), canaries: String(held.wanted) };
+    if (all && held.autoPromote) {
+      events.push({ kind: 'rollout.promoted', subject: app.name, message: `version ${app.version} of ${app.name} promoted (autoPromote): its ${held.wanted} canar${held.wanted === 1 ? 'y is' : 'ies are'} healthy; the other instances are replaced now`, fields: { ...fields, by: 'auto' } });
+      return { ...app, canary: { ...next, promotedAtMs: nowMs, promotedBy: 'auto' }, status: 'deploying', statusReason: `rolling out version ${app.version} (promoted)`, updatedAtMs: nowMs };
+    }
+    if (all && !c.healthyAtMs) {
+      events.push({ kind: 'rollout.canaries_healthy', subject: app.name, message: `version ${app.version} of ${app.name}: ${held.wanted} canar${held.wanted === 1 ? 'y' : 'ies'} healthy, waiting for promotion (tessera app promote ${app.name}) or a rollback`, fields });
+    }
+    const statusReason = all
+      ? `version ${app.version}: ${held.wanted} canar${held.wanted === 1 ? 'y' : 'ies'} healthy; waiting for promotion (tessera app promote ${app.name})`
+      : `version ${app.version}: ${held.healthy} of ${held.wanted} canar${held.wanted === 1 ? 'y' : 'ies'} healthy`;
+    const same = c.wanted === next.wanted && c.healthy === next.healthy && c.healthyAtMs === next.healthyAtMs && app.statusReason === statusReason && app.status === 'deploying';
+    return same ? app : { ...app, canary: next, status: 'deploying', statusReason, updatedAtMs: nowMs };
+  }
+
+  /**
+   * Nomad's deployment promote: the version's canaries are good, so its rollout goes on (the old
+   * instances replaced by the update strategy). Only while they hold it; `version`, when given,
+   * must be the app's current one (so a script promotes what it checked).
+   */
+  promote(name: string, version: number, by = ''): Promise<App> {
+    return this.exclusive(async () => {
+      const app = this.getRecord(name);
+      if (version > 0 && version !== app.version) throw new FailedPreconditionError(`app ${name} is at version ${app.version}, not ${version}: nothing promoted`);
+      if (app.canary?.version !== app.version) throw new FailedPreconditionError(`version ${app.version} of ${name} has no canaries to promote (a version applied with update.canary has)`);
+      if (app.canary.promotedAtMs) throw new FailedPreconditionError(`version ${app.version} of ${name} was promoted already${app.canary.promotedBy ? ` by ${app.canary.promotedBy}` : ''}`);
+      if (app.status === 'failed') throw new FailedPreconditionError(`version ${app.version} of ${name} failed (${app.statusReason}): roll back or apply a new version`);
+      const c = app.canary;
+      if (!canaryHeld(app)) throw new FailedPreconditionError(`version ${app.version} of ${name} runs everywhere already: nothing to promote`);
+      if (!c.wanted) throw new FailedPreconditionError(`version ${app.version} of ${name} has no canaries running yet (its components with update.canary replace no instance, or the first round has not run)`);
+      if (c.healthy < c.wanted) throw new FailedPreconditionError(`version ${app.version} of ${name}: ${c.healthy} of ${c.wanted} canar${c.wanted === 1 ? 'y is' : 'ies are'} healthy; promote once all are`);
+      const now = Date.now();
+      const next: AppRecord = { ...app, canary: { ...c, promotedAtMs: now, ...(by ? { promotedBy: by } : {}) }, status: 'deploying', statusReason: `rolling out version ${app.version} (promoted)`, updatedAtMs: now };
+      await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [attributed({
+        kind: 'rollout.promoted', subject: name, message: `version ${app.version} of ${name} promoted: its ${c.wanted} canar${c.wanted === 1 ? 'y is' : 'ies are'} healthy; the other instances are replaced now`, fields: { version: String(app.version), canaries: String(c.wanted) },
+      }, by)]);
+      this.apps.set(name, next);
+      this.kick();
+      return this.toProto(next);
+    });
+  }
 
   private slotReady(app: string, comp: string, slot: number, delayMs: number, nowMs: number): boolean {
     const k = `${app}/${comp}/${slot}`;
@@ -1121,6 +1188,7 @@ export class Deployments {
     return {
       name: a.name, version: a.version, stableVersion: a.stableVersion, spec: this.versions.get(a.name)?.get(a.version)?.spec,
       status: a.status, statusReason: a.statusReason, createdAtMs: a.createdAtMs, updatedAtMs: a.updatedAtMs, instancesByState: byState,
+      ...(a.canary ? { canary: { version: a.canary.version, wanted: a.canary.wanted, healthy: a.canary.healthy, healthyAtMs: a.canary.healthyAtMs ?? 0, promotedAtMs: a.canary.promotedAtMs ?? 0, promotedBy: a.canary.promotedBy ?? '' } } : {}),
     };
   }
 

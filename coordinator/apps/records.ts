@@ -17,6 +17,17 @@ export interface AppRecord {
   deleting: boolean;
   /** When the current version started rolling out. */
   rolloutStartedAtMs: number;
+  /**
+   * The canaries of a version applied with update.canary (see CanaryState in the proto): while
+   * `version` is the app's version and it is not promoted, its components start their canaries
+   * beside the old instances and replace none.
+   */
+  canary?: { version: number; wanted: number; healthy: number; healthyAtMs?: number; promotedAtMs?: number; promotedBy?: string };
+}
+
+/** Whether the app's current version waits for its canaries to be promoted (not once it ran everywhere: a later replace or drain just rolls). */
+export function canaryHeld(app: Pick<AppRecord, 'version' | 'stableVersion' | 'canary'>): boolean {
+  return app.canary?.version === app.version && !app.canary.promotedAtMs && app.version !== app.stableVersion;
 }
 
 export interface VersionRecord {

@@ -1,7 +1,7 @@
 // The per-component decision, as a pure function: given what should run (the spec), the
 // instance records, what agents observe and the nodes' states, say which instances to create
 // and which to stop, and whether a rollout has failed. No I/O; tested in tables.
-import type { AppRecord, InstanceRecord } from './records';
+import { canaryHeld, type AppRecord, type InstanceRecord } from './records';
 import { updateOrder, type NormalComponent } from './spec';
 
 /** A node's state as the planner sees it: RUNTIME-DOWN is a READY node whose runtime has not answered past the grace (its instances are lost). */
@@ -17,7 +17,7 @@ export interface ObservedView {
 }
 
 export interface ComponentInputs {
-  app: Pick<AppRecord, 'version' | 'stableVersion'>;
+  app: Pick<AppRecord, 'version' | 'stableVersion' | 'canary'>;
   component: NormalComponent;
   hash: string;
   /** Further hashes that mean the same spec (instances created by older coordinators: see olderComponentHashes). */
@@ -64,6 +64,8 @@ export interface ComponentDecision {
   outdated: number;
   /** Set when an instance of the version being rolled out failed or missed its deadline. */
   rolloutFailed?: string;
+  /** Set while the component's canaries hold its rollout (update.canary, version not promoted). */
+  canaries?: { wanted: number; healthy: number };
 }
 
 export function isHealthy(o: ObservedView | undefined, nowMs: number, minHealthyMs: number): boolean {
@@ -127,6 +129,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   }
 
   if (updateOrder(c) === 'stop-first') return stopFirst(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed });
+  if ((c.update.canary ?? 0) > 0 && outdated.length && canaryHeld(i.app)) return canaries(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed });
 
   // Missing ones: all at once on a fresh deploy, maxParallel at a time while replacing.
   const create: ComponentDecision['create'] = [];
@@ -206,4 +209,45 @@ function stopFirst(i: ComponentInputs, s: {
     create.push(slotCreate(i, slot, s.avoidBySlot));
   }
   return { create, stop, current: current.length, healthyCurrent: s.healthyCurrent.length, outdated: outdated.length, rolloutFailed: s.rolloutFailed };
+}
+
+/**
+ * A version's canaries (update.canary, as Nomad's): until the version is promoted, slots
+ * 0..canary-1 each get an instance of it beside their old one, and no old instance is replaced
+ * for the version's sake. What must move still does, to this version (the only spec there is to
+ * start): a slot with no instance left (lost, failed) is filled, and an old instance on a
+ * draining node or asked to be replaced gives way once its slot's new one is healthy. Outdated
+ * instances nothing needs go: those above the count (scaled down) and, in a slot that holds more
+ * than one, all but its oldest (canaries of a version applied over this one before its
+ * promotion). A canary that fails or misses the healthy deadline fails the rollout, as any new
+ * instance does (planComponent).
+ */
+function canaries(i: ComponentInputs, s: {
+  stop: StopDecision[]; avoidBySlot: Map<number, string[]>; current: InstanceRecord[]; outdated: InstanceRecord[];
+  healthyCurrent: InstanceRecord[]; healthy: (x: InstanceRecord) => boolean; rolloutFailed?: string;
+}): ComponentDecision {
+  const n = i.component.instances;
+  const wanted = Math.min(i.component.update.canary ?? 0, n);
+  const { stop, current, outdated } = s;
+  const oldest = new Map<number, InstanceRecord>();
+  for (const x of outdated) {
+    const o = oldest.get(x.slot);
+    if (x.slot < n && (!o || x.createdAtMs < o.createdAtMs || (x.createdAtMs === o.createdAtMs && x.id < o.id))) oldest.set(x.slot, x);
+  }
+  for (const x of outdated) {
+    if (x.slot >= n) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
+    else if (oldest.get(x.slot) !== x) stop.push(replacedStop(i, x, ` (its slot's canary is version ${i.app.version}'s now)`));
+  }
+  const create: ComponentDecision['create'] = [];
+  for (let slot = 0; slot < n; slot++) {
+    const old = oldest.get(slot);
+    const moving = !!old && (i.nodeState(old.nodeId) === 'DRAINING' || !!old.replace);
+    const mine = current.filter((x) => x.slot === slot);
+    if (!mine.length && (slot < wanted || !old || moving) && i.slotReady(slot, s.avoidBySlot.has(slot))) create.push(slotCreate(i, slot, s.avoidBySlot));
+    if (moving && mine.some(s.healthy)) stop.push(replacedStop(i, old));
+  }
+  return {
+    create, stop, current: current.length, healthyCurrent: s.healthyCurrent.length, outdated: outdated.length, rolloutFailed: s.rolloutFailed,
+    canaries: { wanted, healthy: s.healthyCurrent.filter((x) => x.slot < wanted).length },
+  };
 }

@@ -20,7 +20,7 @@ export type NormalComponent = Omit<ComponentSpec__Output, 'resources' | 'health'
   health: NonNullable<ComponentSpec__Output['health']>;
   restart: NonNullable<ComponentSpec__Output['restart']>;
   /** order: set only when named (see normalizeComponent); updateOrder() gives the one in effect. */
-  update: Omit<NonNullable<ComponentSpec__Output['update']>, 'order'> & { order?: 'start-first' | 'stop-first' };
+  update: Omit<NonNullable<ComponentSpec__Output['update']>, 'order' | 'canary' | 'autoPromote'> & { order?: 'start-first' | 'stop-first'; canary?: number; autoPromote?: boolean };
 };
 export type NormalAppSpec = Omit<AppSpec__Output, 'components'> & { components: NormalComponent[] };
 
@@ -129,6 +129,11 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   const u = c.update;
   if ((u?.maxParallel ?? 0) < 0) bad(`${at}.update.maxParallel`, 'must be >= 0');
   if (u?.order && u.order !== 'start-first' && u.order !== 'stop-first') bad(`${at}.update.order`, `must be start-first or stop-first (or left out: stop-first with volumes), got ${JSON.stringify(u.order)}`);
+  const canary = Number(u?.canary ?? 0);
+  if (!Number.isInteger(canary) || canary < 0 || canary > MAX_INSTANCES) bad(`${at}.update.canary`, `must be a whole number from 0 to ${MAX_INSTANCES}, got ${u?.canary}`);
+  // A canary runs beside the instance of its slot it may replace: never with stop-first (one process per slot's volume).
+  else if (canary > 0 && (u?.order === 'stop-first' || (!u?.order && (c.volumes ?? []).length))) bad(`${at}.update.canary`, 'needs update.order start-first: a canary runs beside the old instance of its slot (a component with volumes is stop-first unless it says start-first)');
+  if (u?.autoPromote && canary === 0) bad(`${at}.update.autoPromote`, 'needs update.canary: it promotes a version once its canaries are healthy');
 
   if (c.taskStatePoll?.port && !portNames.has(c.taskStatePoll.port)) bad(`${at}.taskStatePoll.port`, `must name one of the component's ports, got ${JSON.stringify(c.taskStatePoll.port)}`);
   (c.tunables ?? []).forEach((t, j) => {
@@ -186,6 +191,9 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
       autoRevert: !!u?.autoRevert,
       // Left out unless named, so that specs from before the field hash as they did (no restarts).
       ...(u?.order ? { order: u.order } : {}),
+      // Likewise left out when off.
+      ...(canary > 0 ? { canary } : {}),
+      ...(canary > 0 && u?.autoPromote ? { autoPromote: true } : {}),
     },
     // migrate is left out when off, so that specs from before the field hash as they did.
     volumes: (c.volumes ?? []).map((vol) => ({ name: vol.name, path: vol.path, readOnly: !!vol.readOnly, ...(vol.migrate ? { migrate: true } : {}) })),

@@ -171,6 +171,12 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
       out(a, () => `app ${name} version ${version} is running on every instance (${healthy} healthy) after ${took}`);
       return;
     }
+    // Canaries all healthy and waiting (update.canary): as far as the rollout goes on its own, as nomad job run's monitor ends there.
+    const cn = a.canary;
+    if (cn && Number(cn.version) === version && Number(cn.healthyAtMs) > 0 && !Number(cn.promotedAtMs)) {
+      out(a, () => `app ${name} version ${version}: ${cn.wanted} canar${cn.wanted === 1 ? 'y' : 'ies'} healthy after ${took}, ${run.length - mine.length} old instance(s) still serving; promote with: tessera app promote ${name} (or roll back: tessera rollback ${name})`);
+      return;
+    }
     const line = `waiting: version ${version} of ${name}: ${healthy} of ${mine.length} new instance(s) running and healthy, ${run.length - mine.length} old left`;
     if (line !== shown) process.stderr.write(`${line}\n`);
     shown = line;
@@ -301,7 +307,9 @@ const app = program.command('app').description('one app');
 app.command('get <name>').description('show an app and its spec').action((name) => run(async (c) => {
   const a = await c.getApp(name);
   const { events, lines } = await recentEvents(c, name);
-  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
+  const cn = a.canary && Number(a.canary.version) === Number(a.version) ? a.canary : undefined;
+  const canaryLine = cn ? [`canaries of version ${cn.version}: ${cn.healthy} of ${cn.wanted} healthy${Number(cn.promotedAtMs) ? `, promoted ${ago(Number(cn.promotedAtMs))}${cn.promotedBy ? ` by ${cn.promotedBy}` : ''}` : Number(a.stableVersion) === Number(a.version) ? '' : ', waiting for promotion'}`] : [];
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
   const h = await c.appHistory(name);
@@ -326,6 +334,13 @@ app.command('restart <name>').description("replace an app's instances by its upd
     const a = await c.restartApp(name, o.component ?? '');
     if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
     out(a, () => `app ${a.name}: version ${a.version} replaces ${o.component ? `the instances of ${o.component}` : 'every instance'}, spec unchanged; follow it with: tessera ps ${a.name}`);
+  }));
+app.command('promote <name>').description("a version's canaries (update.canary) are good: replace the other instances by the update strategy (as nomad deployment promote)")
+  .option('--expect-version <n>', 'refuse unless this is the version being rolled out (the one you checked)', wholeNumber('--expect-version', 1))
+  .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
+    const a = await c.promoteApp(name, Number(o.expectVersion ?? 0));
+    if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
+    out(a, () => `app ${a.name}: version ${a.version} promoted (${a.canary?.wanted ?? 0} canar${a.canary?.wanted === 1 ? 'y' : 'ies'} healthy); the other instances are replaced now; follow it with: tessera ps ${a.name}`);
   }));
 app.command('delete <name>').description('stop every instance of an app and remove it').action((name) => run(async (c) => {
   const a = await c.deleteApp(name);

@@ -78,6 +78,7 @@ describe('Admin API tokens', function () {
     expect(await codeOf(c.drainNode({ nodeId: 'n1' }))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.removeNode('n1'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.restartApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
+    expect(await codeOf(c.promoteApp('x'))).to.equal(grpc.status.PERMISSION_DENIED);
     expect(await codeOf(c.scaleApp('x', 'y', 1))).to.equal(grpc.status.PERMISSION_DENIED);
     // Secrets: their keys are a read, setting and deleting them are not.
     expect(await codeOf(c.listSecrets())).to.equal(grpc.status.OK);

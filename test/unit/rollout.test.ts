@@ -176,4 +176,65 @@ describe('rollout decisions per component', () => {
     const f = run({ component: comp(3), instances: [inst('n0', 0, 'new'), inst('n2', 2, 'new')], obs: { n0: healthy, n2: healthy }, failedOn: (s) => (s === 1 ? ['n1', 'n3'] : []) });
     expect(f.create).to.deep.equal([{ slot: 1, avoid: ['n1', 'n3'] }]);
   });
+  describe('canaries (update.canary, as Nomad\'s)', () => {
+    const canaryComp = (n: number, canary: number, over: Record<string, unknown> = {}) => comp(n, { update: { maxParallel: 1, minHealthyMs: 1000, healthyDeadlineMs: 10_000, autoRevert: true, canary }, ...over });
+    const held = { version: 2, stableVersion: 1, canary: { version: 2, wanted: 0, healthy: 0 } };
+    const olds = [inst('o0', 0, 'old', 'n1', 1), inst('o1', 1, 'old', 'n1', 1), inst('o2', 2, 'old', 'n1', 1)];
+    const oldObs = { o0: healthy, o1: healthy, o2: healthy };
+    it('starts the canaries beside the old instances at once and stops none, healthy or not; promoted, the rollout goes on', () => {
+      const start = run({ app: held, component: canaryComp(3, 2), instances: olds, obs: oldObs });
+      expect(start.create.map((c) => c.slot)).to.deep.equal([0, 1]);
+      expect(start.stop).to.deep.equal([]);
+      expect(start.canaries).to.deep.equal({ wanted: 2, healthy: 0 });
+      const up = run({ app: held, component: canaryComp(3, 2), instances: [...olds, inst('n0', 0, 'new'), inst('n1', 1, 'new')], obs: { ...oldObs, n0: healthy, n1: healthy } });
+      expect(up.create).to.deep.equal([]);
+      expect(up.stop).to.deep.equal([]);
+      expect(up.canaries).to.deep.equal({ wanted: 2, healthy: 2 });
+      // Promoted: the healthy canaries replace their slots' old ones, and the third slot's new one starts.
+      const promoted = run({ app: { ...held, canary: { ...held.canary, promotedAtMs: 9 } }, component: canaryComp(3, 2), instances: [...olds, inst('n0', 0, 'new'), inst('n1', 1, 'new')], obs: { ...oldObs, n0: healthy, n1: healthy } });
+      expect(promoted.canaries).to.equal(undefined);
+      expect(promoted.stop.map((x) => x.inst.id)).to.deep.equal(['o0', 'o1']);
+      // Without canaries (a version made by a rollback: its canary record is another version's), an ordinary rolling update.
+      const plain = run({ app: { version: 3, stableVersion: 1, canary: held.canary }, component: canaryComp(3, 2), instances: olds, obs: oldObs });
+      expect(plain.canaries).to.equal(undefined);
+      expect(plain.create).to.have.length(1);
+    });
+    it('fails the rollout on a failing canary, and caps the canaries at the count', () => {
+      const bad = run({ app: held, component: canaryComp(3, 1), instances: [...olds, inst('n0', 0, 'new', 'n2')], obs: { ...oldObs, n0: failed } });
+      expect(bad.rolloutFailed).to.match(/failed: exited with code 3/);
+      expect(bad.stop.map((x) => x.inst.id)).to.deep.equal(['n0']);
+      const late = run({ app: held, nowMs: 20_000, component: canaryComp(3, 1), instances: [...olds, inst('n0', 0, 'new', 'n2', 0)], obs: { ...oldObs, n0: starting } });
+      expect(late.rolloutFailed).to.match(/not healthy within/);
+      expect(run({ app: held, component: canaryComp(2, 5), instances: olds.slice(0, 2), obs: oldObs }).create.map((c) => c.slot)).to.deep.equal([0, 1]);
+    });
+    it('still fills an empty slot, moves instances off a draining node and replaces one asked to be, to the new version; drops superseded canaries and slots above the count', () => {
+      // Slot 2 lost its instance: filled (there is no other spec to start); slot 0 is the canary.
+      const gap = run({ app: held, component: canaryComp(3, 1), instances: olds.slice(0, 2), obs: oldObs });
+      expect(gap.create.map((c) => c.slot)).to.deep.equal([0, 2]);
+      // o1 on a draining node: its slot's new one first, then it goes.
+      const drain = [inst('o0', 0, 'old', 'n1', 1), inst('o1', 1, 'old', 'n9', 1), inst('o2', 2, 'old', 'n1', 1)];
+      const d1 = run({ app: held, component: canaryComp(3, 1), instances: drain, obs: oldObs, nodes: { n9: 'DRAINING' } });
+      expect(d1.create.map((c) => c.slot)).to.deep.equal([0, 1]);
+      expect(d1.stop).to.deep.equal([]);
+      const d2 = run({ app: held, component: canaryComp(3, 1), instances: [...drain, inst('n1', 1, 'new', 'n1')], obs: { ...oldObs, n1: healthy }, nodes: { n9: 'DRAINING' } });
+      expect(d2.stop.map((x) => [x.inst.id, x.kind])).to.deep.equal([['o1', 'drained']]);
+      const asked = run({ app: held, component: canaryComp(3, 1), instances: [olds[0], olds[1], { ...olds[2], replace: { atMs: 1, by: 'ops', reason: 'r' } }], obs: oldObs });
+      expect(asked.create.map((c) => c.slot)).to.deep.equal([0, 2]);
+      // A canary of an earlier version in slot 0 (applied over before its promotion) goes; the oldest stays. Slot 3 is above the count.
+      const sup = run({ app: held, component: canaryComp(3, 1), instances: [...olds, inst('c0', 0, 'mid', 'n1', 50), inst('o3', 3, 'old', 'n1', 1)], obs: { ...oldObs, c0: healthy, o3: healthy } });
+      expect(sup.stop.map((x) => [x.inst.id, x.kind]).sort()).to.deep.equal([['c0', 'replaced'], ['o3', 'scaled-down']]);
+      expect(sup.create.map((c) => c.slot)).to.deep.equal([0]);
+    });
+    it('checks the spec: a whole number, start-first only, autoPromote needs canaries; left out of the spec when off', () => {
+      const bad = (update: Record<string, unknown>, over: Record<string, unknown> = {}) => () => comp(3, { update, ...over });
+      expect(bad({ canary: -1 })).to.throw(/components\[0\]\.update\.canary: must be a whole number/);
+      expect(bad({ canary: 1, order: 'stop-first' })).to.throw(/components\[0\]\.update\.canary: needs update\.order start-first/);
+      expect(bad({ canary: 1 }, { volumes: [{ name: 'd', path: '/d' }] })).to.throw(/update\.canary: needs update\.order start-first/);
+      expect(() => comp(3, { update: { canary: 1, order: 'start-first' }, volumes: [{ name: 'd', path: '/d' }] })).to.not.throw();
+      expect(bad({ autoPromote: true })).to.throw(/components\[0\]\.update\.autoPromote: needs update\.canary/);
+      expect(comp(3).update).to.not.have.property('canary');
+      expect(comp(3, { update: { canary: 2, autoPromote: true } }).update).to.include({ canary: 2, autoPromote: true });
+      expect(componentHash(canaryComp(3, 2))).to.equal(componentHash(comp(3)));
+    });
+  });
 });

@@ -1,0 +1,173 @@
+// Canary deployments (update.canary, as Nomad's canary and `nomad deployment promote`): a new
+// version first starts its canaries beside the old instances and replaces nothing until it is
+// promoted; a failing canary fails the version (and reverts it) without touching the old ones;
+// autoPromote promotes once the canaries are healthy; a scale while they hold keeps holding (and a
+// restarted leader too), a rollback drops them. Real etcd, a coordinator, an agent, busybox httpd containers, the CLI.
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
+import { AdminClient } from '../../common/admin-client';
+import { repoRoot } from '../../common/version';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { httpGet, removeContainers } from '../helpers/docker';
+import { waitFor } from '../helpers/ports';
+
+describe('canary deployments', function () {
+  this.timeout(180_000);
+  const node = `k${randomBytes(3).toString('hex')}`;
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  let address: string;
+  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-canary-'));
+
+  const spec = (marker: string, update: Record<string, unknown> = {}, over: Record<string, unknown> = {}) => ({
+    name: 'web',
+    components: [{
+      name: 'web', image: 'tessera/busybox:local', command: ['sh', '-c'],
+      args: [`mkdir -p /tmp/www && echo "${marker} $TESSERA_INSTANCE_ID" > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:$PORT_HTTP -h /tmp/www`],
+      ports: [{ name: 'http' }], resources: { cpuMillis: 50, memoryMib: 16 }, instances: 3, stopGraceMs: 300,
+      health: { type: 'http', port: 'http', intervalMs: 300, timeoutMs: 200, graceMs: 3000, failureThreshold: 2 },
+      restart: { attempts: 1, windowMs: 30_000, delayMs: 300 },
+      update: { maxParallel: 1, minHealthyMs: 300, healthyDeadlineMs: 6_000, autoRevert: true, ...update },
+      ...over,
+    }],
+  });
+  const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', address, ...args])
+    .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+  const applyFile = (s: object, ...flags: string[]) => {
+    const f = path.join(dir, `spec-${randomBytes(3).toString('hex')}.json`);
+    fs.writeFileSync(f, JSON.stringify(s));
+    return cli('apply', '-f', f, ...flags);
+  };
+  const live = async () => (await admin.listInstances('web')).instances.filter((i) => i.desired === 'run');
+  /** What each running instance answers: "<marker> <id>". */
+  const answers = async () => Promise.all((await live()).map(async (i) => (await httpGet(i.ports.http))?.trim() ?? `none ${i.id}`));
+  const markers = async () => (await answers()).map((a) => a.split(' ')[0]).sort();
+  const stableAt = (v: number) => waitFor(`version ${v} running`, async () => { const a = await admin.getApp('web'); return Number(a.stableVersion) === v && a.status === 'running'; }, 60_000, 200);
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    // A grace longer than the agent's reconnect backoff (up to 5 s): the restart below must not take the node DOWN.
+    c1 = await fleet.coordinator({ etcd: etcd.endpoints, failoverGraceMs: 15_000, extra: ['--reconcile-interval-ms', '200'] });
+    address = c1.address;
+    await waitForLeader([address]);
+    fleet.agent({ coordinators: [address], nodeId: node, extra: ['--port-range', '30700-30719', '--cpu-millis', '4000'] });
+    admin = new AdminClient([address]);
+    await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
+  });
+
+  after(async () => {
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    removeContainers(`tessera.node=${node}`);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('starts the canary beside the old instances and replaces nothing until promoted; then rolls the rest', async () => {
+    await admin.applyApp(spec('v1'));
+    await stableAt(1);
+    const v1 = (await live()).map((i) => i.id).sort();
+    expect(v1).to.have.length(3);
+
+    const held = await applyFile(spec('v2', { canary: 1 }), '--wait', '60');
+    expect(held.code, held.stderr).to.equal(0);
+    expect(held.stdout).to.match(/^app web version 2: 1 canary healthy after [0-9.]+ s, 3 old instance\(s\) still serving; promote with: tessera app promote web \(or roll back: tessera rollback web\)\n$/);
+    // Rounds later (every 200 ms), still the three old ones and the canary, which serves the new version.
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await markers()).to.deep.equal(['v1', 'v1', 'v1', 'v2']);
+    const canary = (await live()).find((i) => Number(i.version) === 2)!;
+    expect(canary.slot).to.equal(0);
+    expect((await live()).filter((i) => Number(i.version) === 1).map((i) => i.id).sort()).to.deep.equal(v1);
+    const a = await admin.getApp('web');
+    expect(a.status).to.equal('deploying');
+    expect(a.statusReason).to.equal('version 2: 1 canary healthy; waiting for promotion (tessera app promote web)');
+    expect(a.canary).to.include({ version: 2, wanted: 1, healthy: 1, promotedAtMs: 0, promotedBy: '' });
+    expect((await cli('app', 'get', 'web')).stdout).to.contain('canaries of version 2: 1 of 1 healthy, waiting for promotion');
+    expect((await pastEvents(admin, ['rollout.canaries_healthy'])).map((e) => e.message)).to.deep.equal(['version 2 of web: 1 canary healthy, waiting for promotion (tessera app promote web) or a rollback']);
+
+    // Refusals: an unknown app, a version that is not the one rolling out.
+    const err = (p: Promise<unknown>) => p.then(() => undefined, (e: grpc.ServiceError) => e);
+    expect((await err(admin.promoteApp('nope')))?.code).to.equal(grpc.status.NOT_FOUND);
+    const wrong = await err(admin.promoteApp('web', 1));
+    expect(wrong?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(wrong?.details).to.equal('app web is at version 2, not 1: nothing promoted');
+    expect((await err(admin.promoteApp('', 0)))?.details).to.match(/name: is required/);
+
+    const promoted = await cli('app', 'promote', 'web', '--expect-version', '2', '--wait', '60');
+    expect(promoted.code, promoted.stderr).to.equal(0);
+    expect(promoted.stdout).to.match(/^app web version 2 is running on every instance \(3 healthy\) after [0-9.]+ s\n$/);
+    expect(await markers()).to.deep.equal(['v2', 'v2', 'v2']);
+    // The canary stays: it is one of the version's instances.
+    expect((await live()).map((i) => i.id)).to.include(canary.id);
+    const ev = await pastEvents(admin, ['rollout.promoted']);
+    expect(ev.map((e) => e.message)).to.deep.equal(['version 2 of web promoted: its 1 canary is healthy; the other instances are replaced now']);
+    const again = await err(admin.promoteApp('web'));
+    expect(again?.code).to.equal(grpc.status.FAILED_PRECONDITION);
+    expect(again?.details).to.equal('version 2 of web was promoted already');
+  });
+
+  it('fails a version whose canary fails and reverts it, never stopping an old instance', async () => {
+    const before = (await live()).map((i) => i.id).sort();
+    await admin.applyApp(spec('v3', { canary: 1 }, { args: ['exit 3'] }));
+    // The revert is version 4, with version 2's spec: the old instances are current again.
+    await stableAt(4);
+    expect((await live()).map((i) => i.id).sort()).to.deep.equal(before);
+    const failedEv = (await pastEvents(admin, ['rollout.failed'])).map((e) => e.message);
+    expect(failedEv).to.have.length(1);
+    expect(failedEv[0]).to.match(/^version 3 of web failed: instance web-web-\w+ of the new version failed: /);
+    const stops = (await pastEvents(admin, ['instance.'])).filter((e) => /replaced|scaled-down|drained/.test(e.kind ?? '') && before.includes(e.subject ?? ''));
+    expect(stops).to.deep.equal([]);
+  });
+
+  it('promotes by itself with autoPromote; a scale while canaries hold keeps holding, and a rollback drops them', async () => {
+    await admin.applyApp(spec('v5', { canary: 1, autoPromote: true }));
+    await stableAt(5);
+    expect(await markers()).to.deep.equal(['v5', 'v5', 'v5']);
+    const auto = (await pastEvents(admin, ['rollout.promoted'])).filter((e) => e.fields?.version === '5');
+    expect(auto.map((e) => e.message)).to.deep.equal(['version 5 of web promoted (autoPromote): its 1 canary is healthy; the other instances are replaced now']);
+
+    const five = (await live()).map((i) => i.id).sort();
+    await admin.applyApp(spec('v6', { canary: 2 }));
+    await waitFor('2 canaries healthy', async () => (await admin.getApp('web')).canary?.healthy === 2, 30_000, 200);
+    // Past their healthy deadline (6 s) before the leader is killed below.
+    await new Promise((r) => setTimeout(r, 6_000));
+    // kubectl-scale-like: a new version (7) that holds as 6 did; the fourth slot is filled (by the new spec: there is no other).
+    const scaled = await admin.scaleApp('web', 'web', 4);
+    expect(Number(scaled.app?.version)).to.equal(7);
+    await waitFor('4 slots', async () => (await live()).length === 6 && (await admin.getApp('web')).canary?.healthy === 2, 30_000, 200);
+    const a7 = await admin.getApp('web');
+    expect(a7.canary).to.include({ version: 7, wanted: 2, promotedAtMs: 0 });
+    expect((await live()).filter((i) => five.includes(i.id))).to.have.length(3);
+    // The hold is in the app record: a leader killed and back (the next leader) keeps it.
+    await c1.kill('SIGKILL');
+    const back = Date.now();
+    c1.start();
+    await waitFor('the agent attached again', async () => (await admin.listNodes().catch(() => ({ nodes: [] }))).nodes.some((n) => n.id === node && Number(n.lastSeenMs) > back + 1_000), 30_000, 200);
+    // The new leader counts health from the agents' reports again; the canaries, created more than
+    // healthyDeadlineMs before it took over, do not fail the version meanwhile.
+    await waitFor('canaries healthy again', async () => (await admin.getApp('web')).canary?.healthy === 2, 30_000, 200);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const after = await admin.getApp('web');
+    expect(after.status, after.statusReason).to.equal('deploying');
+    expect(after.canary).to.include({ version: 7, wanted: 2, healthy: 2, promotedAtMs: 0 });
+    expect((await pastEvents(admin, ['rollout.failed'])).filter((e) => e.fields?.version === '7')).to.deep.equal([]);
+    expect((await live()).filter((i) => five.includes(i.id))).to.have.length(3);
+    expect(await live()).to.have.length(6);
+    // Rolled back to version 5's spec: the canaries and the fourth slot's instance go, the old ones stay.
+    const rb = await cli('rollback', 'web', '--to', '5', '--wait', '60');
+    expect(rb.code, rb.stderr).to.equal(0);
+    expect((await live()).map((i) => i.id).sort()).to.deep.equal(five);
+    expect(await markers()).to.deep.equal(['v5', 'v5', 'v5']);
+  });
+});
