@@ -773,8 +773,26 @@ export class Deployments {
         portRange: n.portRange ?? DEFAULT_PORT_RANGE, usedPorts: new Set(), groups: new Map(),
       });
     }
+    // Ports stay taken while their instance's container may still run: one being stopped (this
+    // round, or before and not yet reported gone) still listens there, and a new instance given
+    // its port on the same host would fail to bind it or take its traffic (host networking).
+    // As a terminating pod keeps its host ports and a stopping Nomad allocation its ports.
+    let reportedStates: Map<string, string> | undefined;
+    const stillRuns = (i: InstanceRecord) => {
+      if (!this.registry.reported(i.nodeId)) return this.registry.stateOf(i.nodeId) !== 'DOWN';
+      if (!reportedStates) {
+        reportedStates = new Map();
+        for (const n of this.registry.allRecords()) for (const o of this.registry.observed(n.id)) reportedStates.set(o.instanceId, o.state);
+      }
+      const st = reportedStates.get(i.id);
+      return st !== undefined && st !== 'INSTANCE_STATE_STOPPED' && st !== 'INSTANCE_STATE_FAILED';
+    };
     for (const i of this.instances.values()) {
-      if (i.desired !== 'run' || excluding.has(i.id)) continue;
+      if (i.desired !== 'run' || excluding.has(i.id)) {
+        const v = views.get(i.nodeId);
+        if (v && Object.keys(i.ports).length && (i.desired === 'run' || stillRuns(i))) for (const p of Object.values(i.ports)) v.usedPorts.add(p);
+        continue;
+      }
       const v = views.get(i.nodeId);
       if (!v) continue;
       v.allocated.cpuMillis += i.resources.cpuMillis;

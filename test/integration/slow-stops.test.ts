@@ -1,6 +1,7 @@
 // Containers that take long to stop (a TERM handler winding down for seconds, as a worker
 // draining its queue does). Such a stop holds up nothing else on its node: another app's instance
-// starts, and a crashed one is restarted, meanwhile (the agent's pass waited for every stop). And a stop-first
+// starts (on another port than the one the stopping container still serves on), and a crashed
+// one is restarted, meanwhile (the agent's pass waited for every stop). And a stop-first
 // replacement across a change of leader: the leader dies right after it asked a slot's old
 // instance to stop, while that container is still stopping; the next leader must not start the
 // slot's new instance on the same volume before the old one is gone, though it has not yet heard
@@ -16,7 +17,7 @@ import { AdminClient } from '../../common/admin-client';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
-import { containers, removeContainers } from '../helpers/docker';
+import { containers, httpGet, removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 
 describe('slow stops', function () {
@@ -68,10 +69,16 @@ describe('slow stops', function () {
       restart: { attempts: 5, windowMs: 60_000, delayMs: 100 },
     }] });
     const healthy = async (app: string) => (await admin.listInstances(app)).instances.find((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy');
-    await admin.applyApp(spec('drainer', 'drainer'));
+    // It serves on its port until it has wound down (httpd in the background, 8 s after TERM).
+    await admin.applyApp({ name: 'drainer', components: [{
+      name: 'web', image: 'tessera/busybox:local', command: ['sh', '-c'],
+      args: ['mkdir -p /tmp/www && echo old > /tmp/www/index.html && httpd -p 127.0.0.1:$PORT_HTTP -h /tmp/www; trap \'sleep 8; exit 0\' TERM; while true; do sleep 0.1; done'],
+      ports: [{ name: 'http' }], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 15_000, health: { type: 'none' },
+    }] });
     await admin.applyApp(quick('steady'));
     await waitFor('both running', async () => (await admin.listInstances('drainer')).instances.some((i) => i.state === 'INSTANCE_STATE_RUNNING') && (await healthy('steady')), 30_000, 200);
     const steady = (await healthy('steady'))!;
+    const drainerPort = (await admin.listInstances('drainer')).instances[0].ports.http;
     await admin.deleteApp('drainer');
     await waitFor('the slow one stopping', async () => (await admin.listInstances('drainer').catch(() => ({ instances: [] }))).instances.every((i) => i.desired !== 'run'), 10_000, 50);
     // Its container winds down for 8 s. Within that: a new app's instance runs and passes its
@@ -79,7 +86,10 @@ describe('slow stops', function () {
     const t0 = Date.now();
     await admin.applyApp(quick('fresh'));
     execFileSync('docker', ['kill', containers('tessera.app=steady')[0].id]);
-    await waitFor('fresh healthy', () => healthy('fresh'), 6_000, 100);
+    const fresh = await waitFor('fresh healthy', () => healthy('fresh'), 6_000, 100);
+    // Not on the port the stopping one still listens on (the lowest free one, had it been let go).
+    expect(fresh.ports.http).to.not.equal(drainerPort);
+    expect(await httpGet(drainerPort)).to.equal('old\n');
     await waitFor('steady restarted', async () => { const i = await healthy('steady'); return i && i.id === steady.id && i.restarts > 0; }, 6_000, 100);
     expect(Date.now() - t0).to.be.below(6_000);
     expect(containers('tessera.app=drainer').filter((c) => c.state === 'running'), 'the slow one still stopping').to.have.length(1);
