@@ -700,7 +700,7 @@ export class Deployments {
    */
   private canaryRound(app: AppRecord, held: { wanted: number; healthy: number; autoPromote: boolean }, nowMs: number, events: EventDraft[]): AppRecord {
     const c = app.canary!;
-    const all = held.healthy >= held.wanted;
+    const all = held.wanted > 0 && held.healthy >= held.wanted;
     const next = { ...c, wanted: held.wanted, healthy: held.healthy, ...(all && !c.healthyAtMs ? { healthyAtMs: nowMs } : {}) };
     const fields = { version: String(app.version), canaries: String(held.wanted) };
     if (all && held.autoPromote) {
