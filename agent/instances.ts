@@ -249,6 +249,8 @@ export class InstanceManager extends EventEmitter {
       this.stopsUnderWay.add(id);
       void this.stopOne(id, observed.get(id)!).finally(() => {
         this.stopsUnderWay.delete(id);
+        // Reported at once: the leader waits for it (stop-first, the ports it held).
+        if (!this.stopping.has(id)) this.emit('changed');
         this.kick();
       });
     }
