@@ -47,8 +47,11 @@ tessera ps hello
 step "each instance answers on its own loopback port"
 curl_all
 
-step "rolling out version 2 (one instance at a time, each healthy before the next)"
-sed 's/hello from/hi again from/' examples/hello/app.yaml | tessera apply -f -
+step "rolling out version 2 with a canary: one new instance beside the three old ones, nothing replaced until it is promoted"
+sed -e 's/hello from/hi again from/' -e 's/^      autoRevert: true$/      autoRevert: true\n      canary: 1/' examples/hello/app.yaml | tessera apply -f - --wait 60
+curl_all
+step "promoting version 2 (as nomad deployment promote): the old instances replaced one at a time, each new one healthy before the next"
+tessera app promote hello
 for _ in $(seq 1 300); do
   s=$(tessera --json app get hello | json 'v.stableVersion')
   [ "${s:-0}" -ge 2 ] && break
