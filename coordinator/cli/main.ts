@@ -277,7 +277,7 @@ node.command('remove <id>').description('forget a DOWN node (its agent stopped f
 program.command('apply').description('apply an app spec (YAML or JSON); prints what changed and what cannot be placed')
   .requiredOption('-f, --file <file>', 'spec file, or - for standard input')
   .option('--dry-run', 'validate and plan only; store nothing')
-  .option('--wait <seconds>', 'then follow the rollout until the version runs healthy everywhere (exit 0), fails (exit 2) or the time runs out (exit 1)', waitOption)
+  .option('--wait <seconds>', 'then follow the rollout until the version runs healthy everywhere or its canaries wait for promotion (exit 0), fails (exit 2) or the time runs out (exit 1)', waitOption)
   .action((o) => run(async (c) => {
     const spec = readSpecFile(o.file);
     const res = await c.applyApp(spec, !!o.dryRun);
