@@ -146,7 +146,7 @@ const waitOption = (v: string) => {
 
 /**
  * Follows a rollout until its version runs healthy on every instance (as kubectl rollout status
- * and nomad job run do): progress on stderr, the outcome on stdout. Exit code 0 when it runs,
+ * and nomad job run do): progress on stderr, the outcome on stdout. Exit code 0 when it runs (or its canaries wait, healthy, for promotion),
  * 2 when the version failed or was replaced (an auto-revert), 1 when the time ran out.
  */
 async function waitRollout(c: AdminClient, name: string, version: number, seconds: number): Promise<void> {
