@@ -502,6 +502,8 @@ export class Deployments {
       const appRequests: typeof requests = [];
       let allSettled = true;
       let allHealthy = true;
+      // For a stable app's status: serving as far as this leader can tell (see servingCurrent).
+      let allServing = true;
       let failedReason: string | undefined;
       // Slots waiting out their backoff after failures (a crash loop), for the app's status.
       const backingOff: string[] = [];
@@ -512,7 +514,7 @@ export class Deployments {
         const scaled = this.replicas.get(`${app.name}/${comp.name}`);
         const effective = scaled === undefined ? comp : { ...comp, instances: scaled };
         const d = planComponent({
-          app, component: effective, hash, nowMs, deadlineFromMs: this.loadedAtMs, sameSpec: this.legacyHashes(app.name, comp, mine),
+          app, component: effective, hash, nowMs, deadlineFromMs: this.loadedAtMs, unreported: (id) => !this.registry.reported(id), sameSpec: this.legacyHashes(app.name, comp, mine),
           busy: (id) => { const t = observed.get(id)?.task; return t ? Number(t.queueDepth ?? 0) + Number(t.inFlight ?? 0) : 0; },
           instances: mine.filter((i) => i.component === comp.name),
           observed: view,
@@ -546,6 +548,7 @@ export class Deployments {
         }
         if (d.outdated || d.current !== effective.instances || d.create.length) allSettled = false;
         if (d.healthyCurrent !== effective.instances) allHealthy = false;
+        if (d.servingCurrent !== effective.instances) allServing = false;
         failedReason ??= d.rolloutFailed;
       }
       // Components that left the spec.
@@ -580,10 +583,10 @@ export class Deployments {
         appUpdates.set(app.name, { ...app, stableVersion: app.version, status: 'running', statusReason: `version ${app.version} running`, updatedAtMs: nowMs });
         events.push({ kind: 'rollout.complete', subject: app.name, message: `version ${app.version} of ${app.name} is running on every instance`, fields: { version: String(app.version) } });
       } else if (app.version === app.stableVersion) {
-        const status = allHealthy && allSettled ? 'running' : 'degraded';
+        const status = allServing && allSettled ? 'running' : 'degraded';
         const replacing = mine.filter((x) => x.replace).map((x) => x.id);
         const statusReason = status === 'running' ? `version ${app.version} running`
-          : replacing.length && allHealthy ? `replacing ${replacing.join(', ')} as requested`
+          : replacing.length && allServing ? `replacing ${replacing.join(', ')} as requested`
           : `some instances are not healthy or not placed${replacing.length ? ` (replacing ${replacing.join(', ')} as requested)` : ''}${backingOff.length ? `; backing off: ${backingOff.join(', ')}` : ''}`;
         if (status !== app.status || statusReason !== app.statusReason) appUpdates.set(app.name, { ...app, status, statusReason, updatedAtMs: nowMs });
       }

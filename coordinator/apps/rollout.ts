@@ -46,6 +46,8 @@ export interface ComponentInputs {
    * the previous leader saw and its agents report again only after they re-attach.
    */
   deadlineFromMs?: number;
+  /** The node has not reported to this leader since it took over: its instances are taken as they were, for the app's status. */
+  unreported?(nodeId: string): boolean;
 }
 
 export interface StopDecision {
@@ -61,6 +63,12 @@ export interface ComponentDecision {
   stop: StopDecision[];
   current: number;
   healthyCurrent: number;
+  /**
+   * Current instances serving as far as this leader can tell, for the status of an app that is
+   * not rolling out: healthy now (minHealthyMs is the rollout's test), or on a node that has not
+   * reported to it yet (a new leader's first seconds are not a degradation).
+   */
+  servingCurrent: number;
   outdated: number;
   /** Set when an instance of the version being rolled out failed or missed its deadline. */
   rolloutFailed?: string;
@@ -104,6 +112,10 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   const outdated = live.filter((x) => !current.includes(x));
   const healthy = (x: InstanceRecord) => isHealthy(i.observed(x.id), i.nowMs, c.update.minHealthyMs);
   const healthyCurrent = current.filter(healthy);
+  const servingCurrent = current.filter((x) => {
+    const o = i.observed(x.id);
+    return o ? o.state === 'INSTANCE_STATE_RUNNING' && o.health === 'healthy' : !!i.unreported?.(x.nodeId);
+  }).length;
   const n = c.instances;
 
   if (outdated.length && i.app.version !== i.app.stableVersion) {
@@ -128,8 +140,8 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     for (const x of extra) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
   }
 
-  if (updateOrder(c) === 'stop-first') return stopFirst(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed });
-  if ((c.update.canary ?? 0) > 0 && outdated.length && canaryHeld(i.app)) return canaries(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed });
+  if (updateOrder(c) === 'stop-first') return { ...stopFirst(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed }), servingCurrent };
+  if ((c.update.canary ?? 0) > 0 && outdated.length && canaryHeld(i.app)) return { ...canaries(i, { stop, avoidBySlot, current, outdated, healthyCurrent, healthy, rolloutFailed }), servingCurrent };
 
   // Missing ones: all at once on a fresh deploy, maxParallel at a time while replacing.
   const create: ComponentDecision['create'] = [];
@@ -155,7 +167,7 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
   const byPreference = [...outdated].sort((a, b) => Number(i.nodeState(b.nodeId) === 'DRAINING') - Number(i.nodeState(a.nodeId) === 'DRAINING'));
   for (const x of byPreference.slice(0, removable)) stop.push(replacedStop(i, x));
 
-  return { create, stop, current: current.length, healthyCurrent: healthyCurrent.length, outdated: outdated.length, rolloutFailed };
+  return { create, stop, current: current.length, healthyCurrent: healthyCurrent.length, servingCurrent, outdated: outdated.length, rolloutFailed };
 }
 
 /** An outdated instance's stop: moved off a draining node, asked to be replaced, or replaced by the version rolling out. */
@@ -181,7 +193,7 @@ function slotCreate(i: ComponentInputs, slot: number, avoidBySlot: Map<number, s
 function stopFirst(i: ComponentInputs, s: {
   stop: StopDecision[]; avoidBySlot: Map<number, string[]>; current: InstanceRecord[]; outdated: InstanceRecord[];
   healthyCurrent: InstanceRecord[]; healthy: (x: InstanceRecord) => boolean; rolloutFailed?: string;
-}): ComponentDecision {
+}): Omit<ComponentDecision, 'servingCurrent'> {
   const c = i.component;
   const n = c.instances;
   // (Too many current ones were scaled down before: planComponent.)
@@ -225,7 +237,7 @@ function stopFirst(i: ComponentInputs, s: {
 function canaries(i: ComponentInputs, s: {
   stop: StopDecision[]; avoidBySlot: Map<number, string[]>; current: InstanceRecord[]; outdated: InstanceRecord[];
   healthyCurrent: InstanceRecord[]; healthy: (x: InstanceRecord) => boolean; rolloutFailed?: string;
-}): ComponentDecision {
+}): Omit<ComponentDecision, 'servingCurrent'> {
   const n = i.component.instances;
   const wanted = Math.min(i.component.update.canary ?? 0, n);
   const { stop, current, outdated } = s;

@@ -27,6 +27,8 @@ describe('leader failover during a rollout', function () {
   let etcd: EtcdCluster;
   let fleet: Fleet;
   const nodes = [`r${RUN}a`, `r${RUN}b`];
+  let coords: Awaited<ReturnType<Fleet['coordinator']>>[] = [];
+  let addrs: string[] = [];
 
   after(async () => {
     await fleet?.stop();
@@ -40,9 +42,9 @@ describe('leader failover during a rollout', function () {
   it('completes the rollout under the next leader with no instance lost or duplicated', async () => {
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
-    const coords = [];
+    coords = [];
     for (let i = 0; i < 3; i++) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000, failoverGraceMs: 4_000 }));
-    const addrs = coords.map((c) => c.address);
+    addrs = coords.map((c) => c.address);
     await waitForLeader(addrs);
     nodes.forEach((n, i) => fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', `${26000 + i * 1000}-${26999 + i * 1000}`] }));
     const admin = new AdminClient(addrs, { timeoutMs: 8_000 });
@@ -71,6 +73,28 @@ describe('leader failover during a rollout', function () {
       expect(inst).to.have.length(4);
       expect(inst.map((i) => i.id).sort()).to.deep.equal(ctrs.map((c) => c.instance).sort());
       for (const i of inst) expect(await httpGet(i.ports.http)).to.equal('two\n');
+    } finally {
+      admin.close();
+    }
+  });
+
+  it('keeps a stable app running, not degraded, while its agents re-attach to the next leader', async () => {
+    const admin = new AdminClient(addrs, { timeoutMs: 8_000 });
+    try {
+      expect((await admin.getApp('roll')).status).to.equal('running');
+      const leader = await waitForLeader(coords.filter((c) => c.running).map((c) => c.address));
+      await coords.find((c) => c.id === leader)!.kill('SIGKILL');
+      // Every answer from the kill until the agents have re-attached and their instances have been
+      // healthy for minHealthyMs (1.5 s) under the next leader: the app as it was.
+      const seen = new Set<string>();
+      const t0 = Date.now();
+      while (Date.now() - t0 < 9_000) {
+        const a = await admin.getApp('roll').catch(() => undefined);
+        if (a) seen.add(`${a.status}: ${a.statusReason}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect([...seen]).to.deep.equal(['running: version 2 running']);
+      expect((await statusOf(coords.find((c) => c.running)!.address))?.nodesByState.READY).to.equal(2);
     } finally {
       admin.close();
     }

@@ -79,6 +79,18 @@ describe('rollout decisions per component', () => {
     expect(run({ nowMs: 29_000, deadlineFromMs: 18_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy } }).rolloutFailed).to.match(/not healthy within 10000 ms/);
     expect(run({ nowMs: 29_000, deadlineFromMs: 18_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } }).rolloutFailed).to.match(/not healthy within 10000 ms/);
   });
+  it('counts for a stable app\'s status the instances healthy now, and those on a node that has not reported to a new leader yet', () => {
+    const three = [inst('n0', 0, 'new', 'n1'), inst('n1', 1, 'new', 'n2'), inst('n2', 2, 'new', 'n2')];
+    const stable = { app: { version: 2, stableVersion: 2 }, instances: three };
+    // Healthy a moment ago only (not yet minHealthyMs): serving, not yet "healthy" for a rollout.
+    const fresh: ObservedView = { ...healthy, healthySinceMs: 4_900 };
+    const d = run({ ...stable, obs: { n0: healthy, n1: fresh, n2: healthy } });
+    expect([d.healthyCurrent, d.servingCurrent]).to.deep.equal([2, 3]);
+    // n2's node has not reported to this leader: taken as it was; a reported node's missing one is not serving.
+    expect(run({ ...stable, obs: { n0: healthy, n1: healthy }, unreported: (node) => node === 'n2' }).servingCurrent).to.equal(3);
+    expect(run({ ...stable, obs: { n0: healthy, n1: healthy }, unreported: () => false }).servingCurrent).to.equal(2);
+    expect(run({ ...stable, obs: { n0: healthy, n1: healthy, n2: starting }, unreported: () => true }).servingCurrent).to.equal(2);
+  });
   it('counts a new instance\'s healthy deadline from when its volumes were copied to it, not while they are', () => {
     const moving = { ...inst('n0', 1, 'new', 'n1', 0), migrate: { from: 'n2', volumes: ['data'], state: 'pending' as const } };
     expect(run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), moving], obs: { o0: healthy } }).rolloutFailed).to.equal(undefined);
