@@ -249,8 +249,10 @@ export class InstanceManager extends EventEmitter {
       this.stopsUnderWay.add(id);
       void this.stopOne(id, observed.get(id)!).finally(() => {
         this.stopsUnderWay.delete(id);
-        // Reported at once: the leader waits for it (stop-first, the ports it held).
-        if (!this.stopping.has(id)) this.emit('changed');
+        // Done: reported at once (the leader waits for it: stop-first, the ports it held). A stop
+        // that failed is tried again by the next timed pass, not at once in a loop.
+        if (this.stopping.has(id)) return;
+        this.emit('changed');
         this.kick();
       });
     }
