@@ -36,3 +36,14 @@ export function pastEvents(admin: AdminClient, kinds: string[]): Promise<Event__
     s.on('error', () => resolve(out));
   });
 }
+
+/** What a command prints in an instance's container (Admin.ExecInstance), stdout and stderr together. */
+export function execOutput(admin: AdminClient, instanceId: string, command: string[]): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    let out = '';
+    const st = admin.execInstance({ instanceId, command });
+    st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
+    st.on('end', () => resolve(out));
+    st.on('error', reject);
+  });
+}

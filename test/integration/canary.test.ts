@@ -13,20 +13,17 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
-import { pastEvents, waitForLeader } from '../helpers/cluster';
-import { httpGet, removeContainers } from '../helpers/docker';
+import { pastEvents } from '../helpers/cluster';
+import { httpGet } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
+import { oneNodeCluster, type OneNodeCluster } from '../helpers/suite';
 
 describe('canary deployments', function () {
   this.timeout(180_000);
-  const node = `k${randomBytes(3).toString('hex')}`;
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
+  let node: string;
   let admin: AdminClient;
   let address: string;
-  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  let c1: OneNodeCluster['coordinator'];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-canary-'));
 
   const spec = (marker: string, update: Record<string, unknown> = {}, over: Record<string, unknown> = {}) => ({
@@ -54,25 +51,13 @@ describe('canary deployments', function () {
   const markers = async () => (await answers()).map((a) => a.split(' ')[0]).sort();
   const stableAt = (v: number) => waitFor(`version ${v} running`, async () => { const a = await admin.getApp('web'); return Number(a.stableVersion) === v && a.status === 'running'; }, 60_000, 200);
 
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-    // A grace longer than the agent's reconnect backoff (up to 5 s): the restart below must not take the node DOWN.
-    c1 = await fleet.coordinator({ etcd: etcd.endpoints, failoverGraceMs: 15_000, extra: ['--reconcile-interval-ms', '200'] });
+  // A grace longer than the agent's reconnect backoff (up to 5 s): the leader's restart below must not take the node DOWN.
+  const k = oneNodeCluster({ prefix: 'k', portRange: '30700-30719', coordinator: { failoverGraceMs: 15_000, extra: ['--reconcile-interval-ms', '200'] }, agentExtra: ['--cpu-millis', '4000'] });
+  before(() => {
+    ({ admin, coordinator: c1, node } = k);
     address = c1.address;
-    await waitForLeader([address]);
-    fleet.agent({ coordinators: [address], nodeId: node, extra: ['--port-range', '30700-30719', '--cpu-millis', '4000'] });
-    admin = new AdminClient([address]);
-    await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
   });
-
-  after(async () => {
-    admin?.close();
-    await fleet?.stop();
-    await etcd?.stop();
-    removeContainers(`tessera.node=${node}`);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('starts the canary beside the old instances and replaces nothing until promoted; then rolls the rest', async () => {
     await admin.applyApp(spec('v1'));

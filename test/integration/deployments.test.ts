@@ -13,7 +13,7 @@ import { AdminClient } from '../../common/admin-client';
 import type { Instance__Output } from '../../common/generated/tessera/v1/Instance';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { pastEvents, waitForLeader, statusOf } from '../helpers/cluster';
+import { execOutput, pastEvents, waitForLeader, statusOf } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { containers, dockerKill, httpGet, removeContainers } from '../helpers/docker';
 
@@ -320,13 +320,7 @@ describe('deployments on the real Docker Engine', function () {
     for (const b of before) {
       const a = after.find((x) => x.slot === b.slot)!;
       expect(a.nodeId, `slot ${b.slot} back on the node with its volume`).to.equal(b.nodeId);
-      const log = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        const st = admin.execInstance({ instanceId: a.id, command: ['cat', '/data/log'] });
-        st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
-        st.on('end', () => resolve(out));
-        st.on('error', reject);
-      });
+      const log = await execOutput(admin, a.id, ['cat', '/data/log']);
       // Start-first would read start old, start new (or only start new, on the other node), stop old.
       expect(log).to.equal(`start ${b.id}\nstop ${b.id}\nstart ${a.id}\n`);
     }

@@ -12,21 +12,16 @@
 // logging their start and stop into the slot's volume.
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { AdminClient } from '../../common/admin-client';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
-import { waitForLeader } from '../helpers/cluster';
-import { containers, httpGet, removeContainers } from '../helpers/docker';
+import type { AdminClient } from '../../common/admin-client';
+import { execOutput } from '../helpers/cluster';
+import { containers, httpGet } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
+import { oneNodeCluster, type OneNodeCluster } from '../helpers/suite';
 
 describe('slow stops', function () {
   this.timeout(120_000);
-  const node = `f${randomBytes(3).toString('hex')}`;
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
   let admin: AdminClient;
-  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  let c1: OneNodeCluster['coordinator'];
   const spec = (marker: string, app = 'slow') => ({ name: app, components: [{
     name: 'keeper', image: 'tessera/busybox:local', command: ['sh', '-c'],
     // Its start, and on SIGTERM (after 8 s of winding down) its stop, in the slot's volume.
@@ -34,32 +29,11 @@ describe('slow stops', function () {
     volumes: [{ name: 'data', path: '/data' }], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, health: { type: 'none' },
     update: { maxParallel: 1, minHealthyMs: 200, healthyDeadlineMs: 30_000 }, stopGraceMs: 15_000,
   }] });
-  const exec = (instanceId: string, command: string[]) => new Promise<string>((resolve, reject) => {
-    let out = '';
-    const st = admin.execInstance({ instanceId, command });
-    st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
-    st.on('end', () => resolve(out));
-    st.on('error', reject);
-  });
+  const exec = (instanceId: string, command: string[]) => execOutput(admin, instanceId, command);
 
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-    // A grace longer than the agent's reconnect backoff (up to 5 s): the restart must not take the node DOWN.
-    c1 = await fleet.coordinator({ etcd: etcd.endpoints, failoverGraceMs: 15_000, extra: ['--reconcile-interval-ms', '200'] });
-    await waitForLeader([c1.address]);
-    fleet.agent({ coordinators: [c1.address], nodeId: node, extra: ['--port-range', '30720-30739'] });
-    admin = new AdminClient([c1.address]);
-    await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
-  });
-
-  after(async () => {
-    admin?.close();
-    await fleet?.stop(!!process.env.KEEP);
-    if (process.env.KEEP) console.log('dir', fleet.dir);
-    await etcd?.stop();
-    removeContainers(`tessera.node=${node}`);
-  });
+  // A grace longer than the agent's reconnect backoff (up to 5 s): the leader's restart must not take the node DOWN.
+  const k = oneNodeCluster({ prefix: 'f', portRange: '30720-30739', coordinator: { failoverGraceMs: 15_000, extra: ['--reconcile-interval-ms', '200'] } });
+  before(() => ({ admin, coordinator: c1 } = k));
 
   it('starts another app\'s instance and restarts a crashed one while a container takes seconds to stop', async () => {
     const quick = (name: string) => ({ name, components: [{

@@ -13,7 +13,7 @@ import { tesseraProto } from '../../common/proto';
 import type { AgentVolumesClient } from '../../common/generated/tessera/v1/AgentVolumes';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { execOutput, pastEvents, waitForLeader } from '../helpers/cluster';
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 
@@ -28,13 +28,7 @@ describe('volumes that migrate with their slot', function () {
   let agents: ReturnType<Fleet['agent']>[];
   const startAgent = (i: number) => fleet.agent({ coordinators: [coordinator], nodeId: nodes[i], extra: ['--port-range', `${30660 + i * 20}-${30679 + i * 20}`] });
   const running = async () => (await admin.listInstances('mover')).instances.filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
-  const exec = (instanceId: string, command: string[]) => new Promise<string>((resolve, reject) => {
-    let out = '';
-    const st = admin.execInstance({ instanceId, command });
-    st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
-    st.on('end', () => resolve(out));
-    st.on('error', reject);
-  });
+  const exec = (instanceId: string, command: string[]) => execOutput(admin, instanceId, command);
   const spec = (over: Record<string, unknown> = {}) => ({ name: 'mover', components: [{
     name: 'keeper', image: 'tessera/busybox:local', command: ['sh', '-c'],
     // Its start and (on SIGTERM) its stop in the slot's volume, and once a 300 KB file.
