@@ -308,7 +308,7 @@ app.command('get <name>').description('show an app and its spec').action((name) 
   const a = await c.getApp(name);
   const { events, lines } = await recentEvents(c, name);
   const cn = a.canary && Number(a.canary.version) === Number(a.version) ? a.canary : undefined;
-  const canaryLine = cn ? [`canaries of version ${cn.version}: ${cn.healthy} of ${cn.wanted} healthy${Number(cn.promotedAtMs) ? `, promoted ${ago(Number(cn.promotedAtMs))}${cn.promotedBy ? ` by ${cn.promotedBy}` : ''}` : Number(a.stableVersion) === Number(a.version) ? '' : ', waiting for promotion'}`] : [];
+  const canaryLine = cn ? [`canaries of version ${cn.version}: ${cn.healthy} of ${cn.wanted} healthy${Number(cn.promotedAtMs) ? `, promoted ${ago(Number(cn.promotedAtMs))} ago${cn.promotedBy ? ` by ${cn.promotedBy}` : ''}` : Number(a.stableVersion) === Number(a.version) ? '' : ', waiting for promotion'}`] : [];
   out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
