@@ -95,6 +95,7 @@ describe('canary deployments', function () {
     expect(await markers()).to.deep.equal(['v2', 'v2', 'v2']);
     // The canary stays: it is one of the version's instances.
     expect((await live()).map((i) => i.id)).to.include(canary.id);
+    expect((await cli('app', 'get', 'web')).stdout).to.match(/^canaries of version 2: 1 of 1 healthy, promoted \d+s ago$/m);
     const ev = await pastEvents(admin, ['rollout.promoted']);
     expect(ev.map((e) => e.message)).to.deep.equal(['version 2 of web promoted: its 1 canary is healthy; the other instances are replaced now']);
     const again = await err(admin.promoteApp('web'));
