@@ -289,6 +289,17 @@ export class Deployments {
   listInstances(app: string, nodeId: string): Instance[] {
     if (app && !this.apps.has(app)) throw new NotFoundError('app', app);
     const observed = this.observedIndex();
+    // Canaries: of a version whose canaries hold its rollout, the current instances in the slots below the component's canary count.
+    const canaryOf = new Map<string, { hash: string; below: number }>();
+    for (const a of this.apps.values()) {
+      if (!canaryHeld(a) || (app && a.name !== app)) continue;
+      for (const c of this.versions.get(a.name)?.get(a.version)?.spec.components ?? []) {
+        if (!c.update.canary) continue;
+        const n = this.replicas.get(`${a.name}/${c.name}`) ?? c.instances;
+        canaryOf.set(`${a.name}/${c.name}`, { hash: componentHash(c), below: Math.min(c.update.canary, n) });
+      }
+    }
+    const isCanary = (i: InstanceRecord) => { const k = canaryOf.get(`${i.app}/${i.component}`); return !!k && i.desired === 'run' && i.specHash === k.hash && i.slot < k.below; };
     return [...this.instances.values()]
       .filter((i) => (!app || i.app === app) && (!nodeId || i.nodeId === nodeId))
       .sort((a, b) => a.app.localeCompare(b.app) || a.component.localeCompare(b.component) || a.slot - b.slot || a.createdAtMs - b.createdAtMs)
@@ -303,6 +314,7 @@ export class Deployments {
           containerId: o?.containerId ?? '', createdAtMs: i.createdAtMs, desired: i.desired,
           cpuPercent: o?.cpuPercent ?? 0, memoryUsedMib: o?.memoryUsedMib ?? 0,
           replacing: i.replace && i.desired === 'run' ? `${i.replace.reason}${i.replace.by ? ` (by ${i.replace.by})` : ''}` : '',
+          canary: isCanary(i),
         };
       });
   }

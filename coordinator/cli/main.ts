@@ -360,7 +360,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
-    ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : ''), 80),
+    ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : i.canary ? 'canary: waiting for promotion' : ''), 80),
   ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
 }));
 

@@ -74,6 +74,8 @@ describe('canary deployments', function () {
     const canary = (await live()).find((i) => Number(i.version) === 2)!;
     expect(canary.slot).to.equal(0);
     expect((await live()).filter((i) => Number(i.version) === 1).map((i) => i.id).sort()).to.deep.equal(v1);
+    expect((await live()).filter((i) => i.canary).map((i) => i.id)).to.deep.equal([canary.id]);
+    expect((await cli('ps', 'web')).stdout).to.match(new RegExp(`^${canary.id} .* canary: waiting for promotion$`, 'm'));
     const a = await admin.getApp('web');
     expect(a.status).to.equal('deploying');
     expect(a.statusReason).to.equal('version 2: 1 canary healthy; waiting for promotion (tessera app promote web)');
@@ -93,8 +95,9 @@ describe('canary deployments', function () {
     expect(promoted.code, promoted.stderr).to.equal(0);
     expect(promoted.stdout).to.match(/^app web version 2 is running on every instance \(3 healthy\) after [0-9.]+ s\n$/);
     expect(await markers()).to.deep.equal(['v2', 'v2', 'v2']);
-    // The canary stays: it is one of the version's instances.
+    // The canary stays: it is one of the version's instances (no longer a canary).
     expect((await live()).map((i) => i.id)).to.include(canary.id);
+    expect((await live()).filter((i) => i.canary)).to.deep.equal([]);
     expect((await cli('app', 'get', 'web')).stdout).to.match(/^canaries of version 2: 1 of 1 healthy, promoted \d+s ago$/m);
     const ev = await pastEvents(admin, ['rollout.promoted']);
     expect(ev.map((e) => e.message)).to.deep.equal(['version 2 of web promoted: its 1 canary is healthy; the other instances are replaced now']);
