@@ -4,23 +4,18 @@
 // for a coordinator of this version, and stay so through such a change. Real etcd, a coordinator
 // restarted on the same address, an agent and busybox containers.
 import { expect } from 'chai';
-import { randomBytes } from 'node:crypto';
-import { AdminClient } from '../../common/admin-client';
+import type { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
 import { olderComponentHashes, type InstanceRecord, type VersionRecord } from '../../coordinator/apps/records';
-import { EtcdCluster } from '../helpers/etcd';
-import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
-import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
+import { oneNodeCluster, type OneNodeCluster } from '../helpers/suite';
 
 describe('instance hashes: what rolls an app', function () {
   this.timeout(120_000);
-  const node = `h${randomBytes(3).toString('hex')}`;
-  let etcd: EtcdCluster;
-  let fleet: Fleet;
+  let etcd: OneNodeCluster['etcd'];
   let admin: AdminClient;
-  let c1: Awaited<ReturnType<Fleet['coordinator']>>;
+  let c1: OneNodeCluster['coordinator'];
   const comp = (over: Record<string, unknown> = {}) => ({
     name: 'worker', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 2, stopGraceMs: 100,
     env: { WORKERS: '4' }, tunables: [{ env: 'WORKERS', min: 1, max: 8 }], update: { maxParallel: 1, minHealthyMs: 200 }, ...over,
@@ -32,22 +27,8 @@ describe('instance hashes: what rolls an app', function () {
     return running();
   }
 
-  before(async () => {
-    etcd = await EtcdCluster.start(1);
-    fleet = new Fleet();
-    c1 = await fleet.coordinator({ etcd: etcd.endpoints });
-    await waitForLeader([c1.address]);
-    fleet.agent({ coordinators: [c1.address], nodeId: node, extra: ['--port-range', '30620-30639'] });
-    admin = new AdminClient([c1.address]);
-    await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
-  });
-
-  after(async () => {
-    admin?.close();
-    await fleet?.stop();
-    await etcd?.stop();
-    removeContainers(`tessera.node=${node}`);
-  });
+  const k = oneNodeCluster({ prefix: 'h', portRange: '30620-30639' });
+  before(() => ({ admin, coordinator: c1, etcd } = k));
 
   it('replaces nothing when only the update strategy or a tunable\'s range changes, and rolls the app when what runs changes', async () => {
     await admin.applyApp({ name: 'steady', components: [comp()] });
