@@ -247,21 +247,26 @@ export class InstanceManager extends EventEmitter {
     for (const id of d.stop) {
       if (this.stopsUnderWay.has(id)) continue;
       this.stopsUnderWay.add(id);
-      void this.stopOne(id, observed.get(id)!).finally(() => {
+      void this.stopOne(id, observed.get(id)!).then((done) => {
         this.stopsUnderWay.delete(id);
-        // Done: reported at once (the leader waits for it: stop-first, the ports it held). A stop
-        // that failed is tried again by the next timed pass, not at once in a loop.
-        if (this.stopping.has(id)) return;
-        this.emit('changed');
-        this.kick();
+        // Done: a pass at once sees it gone and reports it (the leader waits for that: stop-first,
+        // the ports it held). A stop that failed is tried again by the next timed pass, not at
+        // once in a loop.
+        if (done) this.kick();
       });
     }
     await Promise.all([
       ...start.map((id) => this.startOne(this.desired.get(id)!, now)),
       ...d.restart.map((id) => this.restartOne(this.desired.get(id)!, observed.get(id)!, now)),
     ]);
-    // Told to stop but nothing there: done.
-    for (const id of [...this.stopping.keys()]) if (!observed.has(id) && !this.stopsUnderWay.has(id)) this.stopping.delete(id);
+    // Told to stop and gone from a listing taken after its stop ended: done. (Not before: a pass
+    // whose listing still showed the container would adopt it again, and start it anew.)
+    let gone = 0;
+    for (const id of [...this.stopping.keys()]) {
+      if (observed.has(id) || this.stopsUnderWay.has(id)) continue;
+      this.stopping.delete(id);
+      gone++;
+    }
     // Failed instances keep no container running.
     for (const id of failed) {
       const c = observed.get(id);
@@ -284,7 +289,7 @@ export class InstanceManager extends EventEmitter {
         this.maybePollTasks(l, now);
       }
     }
-    if (counts.start || counts.restart || counts.stop) {
+    if (counts.start || counts.restart || counts.stop || gone) {
       this.log.info(counts, 'applied instance changes');
       this.emit('changed');
     }
@@ -407,17 +412,19 @@ export class InstanceManager extends EventEmitter {
     }
   }
 
-  private async stopOne(id: string, c: ObservedContainer): Promise<void> {
+  /** True once the container is stopped and removed (it stays in `stopping` until a pass's listing no longer shows it). */
+  private async stopOne(id: string, c: ObservedContainer): Promise<boolean> {
     const s = this.stopping.get(id);
     try {
       await this.runtime.stop(c.containerId, s?.graceMs ?? 10_000);
       await this.runtime.remove(c.containerId);
-      this.stopping.delete(id);
       this.tasks.forget(id);
       this.dropStats(c.containerId);
       this.emitEvent(id, 'removed', {});
+      return true;
     } catch (err) {
       this.log.warn({ instance: id, err: (err as Error).message }, 'stop failed; will retry');
+      return false;
     }
   }
 
