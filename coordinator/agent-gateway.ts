@@ -208,7 +208,7 @@ export class AgentGateway {
       this.close(old);
     }
     const fence = this.leadership.fence();
-    await registry.hello(h);
+    await registry.hello(h, s.id);
     if (s.closed) return;
     s.call.write({
       welcome: {

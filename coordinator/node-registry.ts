@@ -43,7 +43,8 @@ export interface NodeRecord {
 
 interface Liveness {
   lastSeenMs: number;
-  sessionId: string;
+  /** The leader's id of the stream the agent's hello came on (not the agent's own session id: one agent process may hold two streams in turn). */
+  streamId: string;
   connectedTo: string;
   usage?: HostUsage__Output;
   instances: InstanceStatus__Output[];
@@ -145,11 +146,11 @@ export class NodeRegistry {
   private writes = new Serial();
 
   /** An agent said hello on a stream to this leader: register or refresh it, durably. */
-  hello(h: AgentHello__Output, nowMs = Date.now()): Promise<NodeRecord> {
-    return this.writes.run(() => this.helloNow(h, nowMs));
+  hello(h: AgentHello__Output, streamId: string, nowMs = Date.now()): Promise<NodeRecord> {
+    return this.writes.run(() => this.helloNow(h, streamId, nowMs));
   }
 
-  private async helloNow(h: AgentHello__Output, nowMs: number): Promise<NodeRecord> {
+  private async helloNow(h: AgentHello__Output, streamId: string, nowMs: number): Promise<NodeRecord> {
     const prev = this.records.get(h.nodeId);
     const capacity = { cpuMillis: h.capacity?.cpuMillis ?? 0, memoryMib: h.capacity?.memoryMib ?? 0, diskMib: h.capacity?.diskMib ?? 0 };
     const base: NodeRecord = prev ?? {
@@ -175,7 +176,7 @@ export class NodeRegistry {
     }
     await this.store.commit([{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events);
     this.records.set(next.id, next);
-    this.live.set(next.id, { lastSeenMs: nowMs, sessionId: h.sessionId, connectedTo: this.opts.coordinatorId, instances: h.instances, dirty: false });
+    this.live.set(next.id, { lastSeenMs: nowMs, streamId, connectedTo: this.opts.coordinatorId, instances: h.instances, dirty: false });
     return next;
   }
 
@@ -262,9 +263,9 @@ export class NodeRegistry {
   }
 
   /** The agent's stream closed. Liveness keeps its last-seen time; the timeout decides DOWN. */
-  disconnected(nodeId: string, sessionId: string): void {
+  disconnected(nodeId: string, streamId: string): void {
     const l = this.live.get(nodeId);
-    if (l && l.sessionId === sessionId) {
+    if (l && l.streamId === streamId) {
       l.connectedTo = '';
       l.dirty = true;
     }

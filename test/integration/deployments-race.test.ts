@@ -34,7 +34,7 @@ describe('app and node records under concurrent writers', function () {
     try {
       const registry = new NodeRegistry(new Store(client, keys, l, log), keys, { heartbeatTimeoutMs: 10_000, failoverGraceMs: 0, coordinatorId: 'a' }, log);
       await registry.load();
-      await registry.hello({ nodeId: 'n1', hostname: 'h1', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 }, agentVersion: '0', endpoint: '', instances: [], sessionId: 's' } as never);
+      await registry.hello({ nodeId: 'n1', hostname: 'h1', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 }, agentVersion: '0', endpoint: '', instances: [], sessionId: 's' } as never, 'stream-1');
       for (let round = 0; round < 6; round++) {
         const drain = round % 2 === 0;
         // A report makes the node's status due for writing; the drain (called first) is being

@@ -69,6 +69,9 @@ describe('removing nodes', function () {
     const shown = (await run(process.execPath, [cli, '-c', address, 'node', 'get', 'rm-kept'])).stdout;
     expect(shown).to.match(new RegExp(`${(await running())[0].id}\\s+pinned\\s+web\\s+\\d+\\s+RUNNING`));
     await agent.kill('SIGKILL'); // the agent goes; its container stays (static stability)
+    // Its stream closed: the node says at once that no coordinator holds it (READY until the
+    // heartbeat timeout). It kept naming the leader: the stream was matched by the agent's session id.
+    await waitFor('rm-kept connected to no coordinator', async () => { const n = await admin.getNode('rm-kept'); return n.connectedTo === '' && n.state === 'NODE_STATE_READY'; }, 1_500, 50);
     await waitFor('rm-kept DOWN', async () => (await state('rm-kept')) === 'NODE_STATE_DOWN', 20_000, 50);
     const out = await run(process.execPath, [cli, '-c', address, 'node', 'remove', 'rm-kept', '--reason', 'host decommissioned']);
     expect(out.stdout.trim()).to.equal('node rm-kept removed');
