@@ -11,7 +11,7 @@ import type { Resources } from '../common/generated/tessera/v1/Resources';
 import type { AgentConfig } from './config';
 import { CoordinatorConnection } from './connection';
 import { hostCapacity, sampleHost } from './host-metrics';
-import { loadOrCreateNodeId } from './node-id';
+import { loadOrCreateAgentUid, loadOrCreateNodeId } from './node-id';
 import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
@@ -25,6 +25,7 @@ import { ImageGc } from './image-gc';
 
 export class Agent {
   readonly nodeId: string;
+  private readonly agentUid: string;
   private readonly sessionId = randomUUID();
   private capacity: Resources = {};
   private conn!: CoordinatorConnection;
@@ -61,6 +62,7 @@ export class Agent {
     const certId = live ? certCommonName(live.material.cert) : undefined;
     if (certId && config.nodeId && config.nodeId !== certId) log.warn({ nodeId: config.nodeId, certificate: certId }, 'nodeId differs from the certificate; the coordinators will refuse it');
     this.nodeId = loadOrCreateNodeId(config.stateDir, config.nodeId ?? certId);
+    this.agentUid = loadOrCreateAgentUid(config.stateDir);
     if (config.insecureDev) log.warn('--insecure-dev: plaintext gRPC, no certificate: for a trial on loopback only');
     this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
     this.diskPressurePercent = config.diskPressurePercent;
@@ -207,6 +209,7 @@ export class Agent {
     return {
       unreachableLeader,
       nodeId: this.nodeId,
+      agentUid: this.agentUid,
       hostname: this.config.hostname,
       labels: this.labels,
       capacity: this.capacity,

@@ -19,6 +19,9 @@ import type { CoordinatorMessage__Output } from '../common/generated/tessera/v1/
 import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
 import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 
+/** Status codes by which a coordinator refuses an agent's stream (not a transport failure). */
+const REFUSALS = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
+
 export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
 
 const ALLOWED_FROM: Record<ConnState, readonly ConnState[]> = {
@@ -139,6 +142,20 @@ export class CoordinatorConnection extends EventEmitter {
     }
   }
 
+  /**
+   * The coordinator refused this agent (its certificate, its node id held by another agent, a
+   * malformed hello): nothing a retry mends by itself, so an error, once per reason and then at
+   * most once a minute while it lasts (the loop keeps trying with its backoff).
+   */
+  private refused(address: string, err: grpc.ServiceError): void {
+    const now = Date.now();
+    if (this.lastRefusal.reason === err.details && now - this.lastRefusal.atMs < 60_000) return;
+    this.lastRefusal = { reason: err.details, atMs: now };
+    this.log.error({ address, code: grpc.status[err.code], reason: err.details }, `the coordinator refused this agent: ${err.details}`);
+  }
+
+  private lastRefusal = { reason: '', atMs: 0 };
+
   private runStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
     return new Promise((resolve) => {
       const out: StreamOutcome = { welcomed: false, redirected: false, reason: '' };
@@ -171,7 +188,10 @@ export class CoordinatorConnection extends EventEmitter {
           this.emit('instruction', msg.instruction);
         }
       });
-      call.on('error', (err: grpc.ServiceError) => finish(`${grpc.status[err.code] ?? err.code}: ${err.details}`));
+      call.on('error', (err: grpc.ServiceError) => {
+        if (REFUSALS.has(err.code)) this.refused(address, err);
+        finish(`${grpc.status[err.code] ?? err.code}: ${err.details}`);
+      });
       call.on('end', () => finish(out.reason || 'stream ended by coordinator'));
       call.on('close', () => finish(out.reason || 'stream closed'));
       call.write({ hello: this.hello(unreachableLeader) });

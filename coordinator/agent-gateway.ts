@@ -201,6 +201,12 @@ export class AgentGateway {
         return;
       }
     }
+    const refused = registry.refusal(h);
+    if (refused) {
+      // Another agent holds this node id: its stream stays; this one is told why.
+      this.close(s, undefined, refused);
+      return;
+    }
     const old = this.sessions.get(h.nodeId);
     this.sessions.set(h.nodeId, s);
     if (old && old !== s) {

@@ -4,7 +4,7 @@
 // serve reads without the leader. State changes are committed with their events.
 import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
-import { FailedPreconditionError, NotFoundError } from '../common/errors';
+import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
 import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentReport';
@@ -39,6 +39,8 @@ export interface NodeRecord {
   conditions?: Record<string, { message: string; sinceMs: number }>;
   /** Set by CordonNode: no new instances here; those it runs stay. */
   cordon?: { reason: string; atMs: number };
+  /** The uid of the agent that holds this node id (AgentHello.agent_uid); none from agents before it. */
+  agentUid?: string;
 }
 
 interface Liveness {
@@ -106,6 +108,7 @@ export class NodeRegistry {
   async load(nowMs = Date.now()): Promise<void> {
     this.records = new Map((await readNodes(this.store.client, this.keys)).map((r) => [r.id, r]));
     this.live.clear();
+    this.refusedAgents.clear();
     this.graceUntilMs = nowMs + this.opts.failoverGraceMs;
     this.log.info({ nodes: this.records.size, graceMs: this.opts.failoverGraceMs }, 'node registry loaded');
   }
@@ -150,7 +153,37 @@ export class NodeRegistry {
     return this.writes.run(() => this.helloNow(h, streamId, nowMs));
   }
 
+  /** (node, uid) pairs refused since this leader loaded: one event each, not one per retry. */
+  private refusedAgents = new Set<string>();
+
+  /**
+   * Whether this hello comes from another agent than the one holding its node id (a second host
+   * given the same --node-id, a cloned config): refused while the node is not DOWN, as Nomad
+   * refuses a node whose secret id does not match, so the two do not take turns on the node
+   * (each hello replacing the other's stream, the leader reading each one's containers as the
+   * node's). Once the node is DOWN (its agent silent past the heartbeat timeout) or removed,
+   * another agent may take the id over: a host rebuilt under its old name.
+   */
+  refusal(h: AgentHello__Output, nowMs = Date.now()): AlreadyExistsError | undefined {
+    const prev = this.records.get(h.nodeId);
+    if (!prev?.agentUid || !h.agentUid || prev.agentUid === h.agentUid || prev.state === 'DOWN') return undefined;
+    const seen = this.live.get(h.nodeId)?.lastSeenMs ?? prev.lastSeenMs;
+    const ago = Math.max(0, nowMs - seen) / 1000;
+    const key = `${h.nodeId}\0${h.agentUid}`;
+    if (!this.refusedAgents.has(key) && this.refusedAgents.size < 10_000) {
+      this.refusedAgents.add(key);
+      const message = `a second agent (host ${h.hostname}, uid ${h.agentUid.slice(0, 8)}) said hello as node ${h.nodeId}, held by the agent of host ${prev.hostname} (uid ${prev.agentUid.slice(0, 8)}): refused while the node is ${prev.state}`;
+      this.log.warn({ node: h.nodeId, hostname: h.hostname, holder: prev.hostname }, message);
+      void this.store.commit([], [{ kind: 'node.agent_refused', subject: h.nodeId, message, fields: { hostname: h.hostname, agentUid: h.agentUid, holderHostname: prev.hostname, holderAgentUid: prev.agentUid } }])
+        .catch((err) => this.log.warn({ node: h.nodeId, err: (err as Error).message }, 'node.agent_refused event not recorded'));
+    }
+    return new AlreadyExistsError(`node id ${h.nodeId} is held by another agent (host ${prev.hostname}, uid ${prev.agentUid.slice(0, 8)}, last heard from ${ago.toFixed(1)} s ago) and is ${prev.state}: `
+      + `give this agent its own --node-id, or stop the other agent; once the node is DOWN this one may take it over (or \`tessera node remove ${h.nodeId}\` then)`);
+  }
+
   private async helloNow(h: AgentHello__Output, streamId: string, nowMs: number): Promise<NodeRecord> {
+    const refused = this.refusal(h, nowMs);
+    if (refused) throw refused;
     const prev = this.records.get(h.nodeId);
     const capacity = { cpuMillis: h.capacity?.cpuMillis ?? 0, memoryMib: h.capacity?.memoryMib ?? 0, diskMib: h.capacity?.diskMib ?? 0 };
     const base: NodeRecord = prev ?? {
@@ -164,9 +197,14 @@ export class NodeRegistry {
       portRange: h.portRange && h.portRange.end >= h.portRange.start && h.portRange.start > 0 ? { start: h.portRange.start, end: h.portRange.end } : DEFAULT_PORT_RANGE,
       lastSeenMs: nowMs, connectedTo: this.opts.coordinatorId, instanceCount: h.instances.length,
     };
+    if (h.agentUid) next.agentUid = h.agentUid;
     const events: EventDraft[] = [];
     if (!prev) {
       events.push({ kind: 'node.registered', subject: h.nodeId, message: `node ${h.nodeId} (${h.hostname}) registered`, fields: { hostname: h.hostname, agentVersion: h.agentVersion } });
+    } else if (prev.agentUid && h.agentUid && prev.agentUid !== h.agentUid) {
+      const message = `node ${h.nodeId}: its agent changed (host ${prev.hostname}, uid ${prev.agentUid.slice(0, 8)} -> host ${h.hostname}, uid ${h.agentUid.slice(0, 8)}) while it was ${prev.state}`;
+      this.log.warn({ node: h.nodeId }, message);
+      events.push({ kind: 'node.agent_replaced', subject: h.nodeId, message, fields: { from: prev.agentUid, to: h.agentUid, fromHostname: prev.hostname, toHostname: h.hostname } });
     }
     if (!prev || prev.state !== decided.state) {
       next.state = transition(prev ? prev.state : 'NEW', decided.state);

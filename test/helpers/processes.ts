@@ -73,6 +73,8 @@ export interface CoordinatorOptions {
 export interface AgentOptions {
   coordinators: string[];
   nodeId?: string;
+  /** The process's name, for its state dir and log file (default: the node id). */
+  name?: string;
   reportIntervalMs?: number;
   extra?: string[];
   env?: NodeJS.ProcessEnv;
@@ -106,10 +108,11 @@ export class Fleet {
 
   agent(o: AgentOptions): Proc & { nodeId: string; stateDir: string } {
     const nodeId = o.nodeId ?? `n${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
-    const stateDir = path.join(this.dir, `agent-${nodeId}`);
+    const name = o.name ?? nodeId;
+    const stateDir = path.join(this.dir, `agent-${name}`);
     const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', '--relay-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []),
       ...(o.tls ? ['--tls-ca', o.tls[0], '--tls-cert', o.tls[1], '--tls-key', o.tls[2]] : ['--insecure-dev']), ...(o.extra ?? [])];
-    const p = Object.assign(new Proc(nodeId, 'agent/main.js', args, path.join(this.dir, `agent-${nodeId}.log`), o.env), { nodeId, stateDir });
+    const p = Object.assign(new Proc(name, 'agent/main.js', args, path.join(this.dir, `agent-${name}.log`), o.env), { nodeId, stateDir });
     this.procs.push(p.start());
     return p;
   }

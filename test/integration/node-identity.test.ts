@@ -1,0 +1,75 @@
+// A node id belongs to one agent: the agent keeps a random uid in its state dir beside the node
+// id, and a second agent that says hello under a node id another agent holds (a cloned config, two
+// hosts given the same --node-id) is refused while the node is not DOWN, as Nomad refuses a node
+// whose secret id does not match. Without it the two agents took turns on the node's stream, each
+// hello replacing the other's, and the leader read each one's containers as the node's.
+// Real etcd, a real coordinator and agents, real containers.
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { AdminClient } from '../../common/admin-client';
+import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { removeContainers } from '../helpers/docker';
+import { waitFor } from '../helpers/ports';
+import { etcdAndFleet } from '../helpers/suite';
+
+describe('node identity: one agent per node id', function () {
+  this.timeout(120_000);
+  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=twinapp') });
+  let admin: AdminClient;
+  let address: string;
+  const node = async () => (await admin.listNodes()).nodes.find((n) => n.id === 'twin');
+  const containers = () => execFileSync('docker', ['ps', '-q', '--filter', 'label=tessera.app=twinapp']).toString().trim().split('\n').filter(Boolean);
+
+  before(async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 2_000, failoverGraceMs: 2_000 });
+    address = c.address;
+    await waitForLeader([address]);
+    admin = new AdminClient([address]);
+  });
+  after(() => admin?.close());
+
+  it('refuses a second agent under a node id another agent holds, until that node is DOWN', async () => {
+    const a = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-a', extra: ['--port-range', '30740-30749', '--hostname', 'host-a'] });
+    await waitFor('twin READY', async () => (await node())?.state === 'NODE_STATE_READY', 20_000, 100);
+    await admin.applyApp({ name: 'twinapp', components: [{ name: 'web', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
+    const running = async () => (await admin.listInstances('twinapp')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING');
+    await waitFor('the instance RUNNING', async () => (await running()).length === 1, 60_000, 200);
+    const [first] = await running();
+
+    const b = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', '30750-30759', '--hostname', 'host-b'] });
+    await waitFor('the second agent told why', async () => /held by another agent/.test(fs.readFileSync(b.logFile, 'utf8')), 20_000, 200);
+    // It keeps trying (with its backoff) and keeps being refused; the node stays the first one's.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const refusedLines = fs.readFileSync(b.logFile, 'utf8').split('\n').filter((l) => /held by another agent/.test(l));
+    expect(refusedLines[0], 'logged as an error').to.match(/"level":"error"/);
+    const n = await node();
+    expect(n?.hostname).to.equal('host-a');
+    expect(n?.state).to.equal('NODE_STATE_READY');
+    expect(n?.connectedTo, 'the first agent keeps its stream').to.not.equal('');
+    expect(fs.readFileSync(a.logFile, 'utf8')).to.not.match(/held by another agent/);
+    const agentLog = fs.readFileSync(a.logFile, 'utf8').split('\n').filter((l) => /attached to leader/.test(l));
+    expect(agentLog, 'the first agent was never pushed off').to.have.length(1);
+    // One event for the refused agent, not one per attempt.
+    const refused = (await pastEvents(admin, ['node.agent_refused'])).filter((e) => e.subject === 'twin');
+    expect(refused).to.have.length(1);
+    expect(refused[0].message).to.match(/^a second agent \(host host-b, uid [0-9a-f]{8}\) said hello as node twin, held by the agent of host host-a \(uid [0-9a-f]{8}\): refused while the node is READY/);
+    // The instance is untouched: the same one RUNNING, one container.
+    expect((await running()).map((i) => i.id)).to.deep.equal([first.id]);
+    expect(containers()).to.have.length(1);
+
+    // The first agent goes for good: once the node is DOWN the second one may take it over.
+    await a.kill('SIGKILL');
+    await waitFor('twin READY with host-b', async () => { const x = await node(); return x?.hostname === 'host-b' && x.state === 'NODE_STATE_READY'; }, 30_000, 100);
+    const [replaced] = (await pastEvents(admin, ['node.agent_replaced'])).filter((e) => e.subject === 'twin');
+    expect(replaced?.message).to.match(/^node twin: its agent changed \(host host-a, uid [0-9a-f]{8} -> host host-b, uid [0-9a-f]{8}\) while it was DOWN$/);
+    await waitFor('the instance RUNNING once more', async () => (await running()).length === 1 && containers().length === 1, 60_000, 200);
+    // A restart of the agent that holds the node is the same agent (its uid is in its state dir).
+    const attached = () => fs.readFileSync(b.logFile, 'utf8').split('\n').filter((l) => /attached to leader/.test(l)).length;
+    const before = attached();
+    await b.kill('SIGTERM');
+    s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', '30750-30759', '--hostname', 'host-b'] });
+    await waitFor('twin reattached', async () => attached() === before + 1 && (await node())?.connectedTo !== '', 20_000, 100);
+    expect((await pastEvents(admin, ['node.agent_refused'])).filter((e) => e.subject === 'twin')).to.have.length(1);
+  });
+});
