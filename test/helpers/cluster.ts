@@ -1,4 +1,6 @@
 // Admin-side helpers for cluster tests: who leads, what each coordinator sees.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { AdminClient } from '../../common/admin-client';
 import type { ClusterStatus__Output } from '../../common/generated/tessera/v1/ClusterStatus';
 import type { Event__Output } from '../../common/generated/tessera/v1/Event';
@@ -46,4 +48,15 @@ export function execOutput(admin: AdminClient, instanceId: string, command: stri
     st.on('end', () => resolve(out));
     st.on('error', reject);
   });
+}
+
+/** grpc.health.v1 on a coordinator: check(service) gives the status, or `error <code>`. */
+export function healthClient(address: string): { check: (service: string) => Promise<string>; close: () => void } {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { protoPath } = require('grpc-health-check') as { protoPath: string };
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const Health = (grpc.loadPackageDefinition(protoLoader.loadSync(protoPath, { enums: String })) as any).grpc.health.v1.Health;
+  const health = new Health(address, grpc.credentials.createInsecure());
+  const check = (service: string) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+  return { check, close: () => health.close() };
 }

@@ -12,7 +12,7 @@ import { Store } from '../../coordinator/store';
 import { EtcdCluster } from '../helpers/etcd';
 import { TcpProxy } from '../helpers/tcp-proxy';
 import { Fleet } from '../helpers/processes';
-import { statusOf, waitForLeader } from '../helpers/cluster';
+import { healthClient, statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { tesseraProto } from '../../common/proto';
 
@@ -33,10 +33,9 @@ describe('leadership fencing against a real etcd', function () {
 
   /** grpc.health.v1 on a coordinator: the status of a service, or the error's code. */
   function healthOf(address: string): (service: string) => Promise<string> {
-    const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
-    const health = new Health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+    const health = healthClient(address);
     cleanup.push(() => health.close());
-    return (service) => new Promise<string>((resolve) => health.check({ service }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
+    return health.check;
   }
 
   /** A SubmitJobs stream on a coordinator, as grpcurl opens it: submit() sends one for a pipeline that does not exist; outcomes collects the answers. */

@@ -9,20 +9,16 @@ import { etcdAndFleet } from '../helpers/suite';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { repoRoot } from '../../common/version';
-import { statusOf, waitForLeader } from '../helpers/cluster';
+import { healthClient, statusOf, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
-
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const Health = grpc.loadPackageDefinition(require('@grpc/proto-loader').loadSync(require('grpc-health-check').protoPath, { enums: String })) as any;
 
 describe('a leader that is still loading its state', function () {
   this.timeout(60_000);
 
   const suite = etcdAndFleet();
   const leaderHealthOf = (address: string) => {
-    const health = new Health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
-    const check = () => new Promise<string>((resolve) => health.check({ service: 'tessera.v1.Leader' }, (err: grpc.ServiceError | null, res: { status: string }) => resolve(err ? `error ${err.code}` : res.status)));
-    return { check, close: () => health.close() };
+    const health = healthClient(address);
+    return { check: () => health.check('tessera.v1.Leader'), close: health.close };
   };
 
   it('serves requests that arrive between its election and the end of its load, instead of refusing them', async () => {
