@@ -335,7 +335,7 @@ export class AdminService {
     // leader (opened with this stream's metadata: the leader checks the same token and learns
     // the same caller), batched per event-loop turn as the client's were, instead of a unary
     // SubmitJob each (measured through a follower: see the README's Jobs section).
-    let upstream: { leaderId: string; mux: MuxClient<JobSubmission__Output, JobOutcome> } | undefined;
+    let upstream: { leaderKey: string; mux: MuxClient<JobSubmission__Output, JobOutcome> } | undefined;
     // A stream to a leader that no longer leads is retired, not cut: the jobs it accepted
     // before it lost the lead still send their outcomes back on it.
     const retired = new Set<MuxClient<JobSubmission__Output, JobOutcome>>();
@@ -353,8 +353,8 @@ export class AdminService {
       // No leader known (after the same wait as onLeader's): refused, nothing accepted.
       if (!leader) throw new NotLeaderError();
       // This coordinator by now: onLeader's ways (served once loaded).
-      if (leader.id === this.opts.coordinatorId) return undefined;
-      if (upstream?.leaderId !== leader.id) {
+      if (this.leadership.isSelf(leader)) return undefined;
+      if (upstream?.leaderKey !== leader.key) {
         if (upstream) {
           const old = upstream.mux;
           retired.add(old);
@@ -363,7 +363,7 @@ export class AdminService {
         const client = this.leaderClient(leader.address);
         const md = call.metadata.clone();
         md.set(FORWARDED_KEY, this.opts.coordinatorId);
-        upstream = { leaderId: leader.id, mux: new MuxClient(() => client.SubmitJobs(md) as never, { req: 'submissions', res: 'outcomes' }) };
+        upstream = { leaderKey: leader.key, mux: new MuxClient(() => client.SubmitJobs(md) as never, { req: 'submissions', res: 'outcomes' }) };
       }
       this.opts.metrics?.inc('tessera_jobs_forwarded_total');
       try {
@@ -450,7 +450,7 @@ export class AdminService {
     }
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
-    if (leader.id === this.opts.coordinatorId) {
+    if (this.leadership.isSelf(leader)) {
       if (!waited) await this.leaderReady();
       const again = local();
       if (again) return again();
@@ -561,7 +561,7 @@ export class AdminService {
     if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
     const leader = await this.leadership.waitForLeader(3_000);
     if (!leader) throw new NotLeaderError();
-    if (leader.id === this.opts.coordinatorId) {
+    if (this.leadership.isSelf(leader)) {
       // Elected since the first look: served once its state is loaded, as any other call.
       const ready = this.leadership.isLeader ? await this.leaderReady() : undefined;
       if (ready) return serve(ready);
@@ -763,7 +763,7 @@ export class AdminService {
   private async forwardTarget(call: { metadata: grpc.Metadata }): Promise<{ id: string; address: string }> {
     if (call.metadata.get(FORWARDED_KEY).length) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
     const leader = await this.leadership.waitForLeader(3_000);
-    if (!leader || leader.id === this.opts.coordinatorId) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
+    if (!leader || this.leadership.isSelf(leader)) throw this.leadership.isLeader ? new UnavailableError(LOADING_TEXT) : new NotLeaderError();
     return leader;
   }
 

@@ -81,7 +81,7 @@ export class AgentGateway {
   /** On demotion or shutdown: tell every agent where to go, and close its stream. */
   closeAll(reason: string): void {
     const leader = this.leadership.leader;
-    const redirectTo = leader && leader.id !== this.opts.coordinatorId ? leader : undefined;
+    const redirectTo = leader && !this.leadership.isSelf(leader) ? leader : undefined;
     for (const s of [...this.sessions.values()]) {
       this.close(s, { redirect: { leaderId: redirectTo?.id ?? '', leaderAddress: redirectTo?.address ?? '', reason } });
     }
@@ -194,8 +194,8 @@ export class AgentGateway {
         leader = await this.leadership.waitForLeaderOtherThan(leader.key, this.opts.leaderWaitMs ?? 5_000);
       }
       registry = this.registry();
-      if (!registry || leader?.id !== this.opts.coordinatorId) {
-        const target = leader && leader.id !== this.opts.coordinatorId ? leader : undefined;
+      if (!registry || !this.leadership.isSelf(leader)) {
+        const target = leader && !this.leadership.isSelf(leader) ? leader : undefined;
         this.log.debug({ node: h.nodeId, leader: target?.address }, 'redirecting agent');
         this.close(s, { redirect: { leaderId: target?.id ?? '', leaderAddress: target?.address ?? '', reason: target ? 'not the leader' : 'no leader elected yet' } });
         return;

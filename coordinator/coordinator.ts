@@ -343,12 +343,18 @@ export class Coordinator {
     } catch (err) {
       if (this.etcdOk) this.log.warn({ err: (err as Error).message }, 'etcd unreachable: reporting NOT_SERVING');
     }
-    if (ok !== this.etcdOk) {
-      if (ok) this.log.info('etcd reachable: reporting SERVING');
+    // Another coordinator campaigning under this one's id: NOT_SERVING too, so a load balancer or
+    // a probe shows the misconfiguration (this one still forwards what reaches it).
+    const clash = !!this.leadership.idClash;
+    if (ok !== this.etcdOk || clash !== this.idClash) {
+      if (ok && !this.etcdOk) this.log.info(clash ? 'etcd reachable' : 'etcd reachable: reporting SERVING');
       this.etcdOk = ok;
-      this.setHealth(ok ? 'SERVING' : 'NOT_SERVING');
+      this.idClash = clash;
+      this.setHealth(ok && !clash ? 'SERVING' : 'NOT_SERVING');
     }
   }
+
+  private idClash = false;
 
   private setHealth(status: ServingStatus): void {
     for (const s of HEALTH_SERVICES) this.health.setStatus(s, status);

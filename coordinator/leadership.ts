@@ -77,6 +77,9 @@ export class Leadership extends EventEmitter {
   private lastRefreshOk = Date.now();
   private resigned = false;
   private refusedWhy?: string;
+  /** An older candidate with this coordinator's id and another address (see idClash). */
+  private clash?: CandidateInfo;
+  private clashLoggedAtMs = 0;
 
   constructor(
     private readonly client: Etcd3,
@@ -92,8 +95,17 @@ export class Leadership extends EventEmitter {
   get leader(): CandidateInfo | undefined { return this.currentLeader; }
   get allCandidates(): CandidateInfo[] { return this.candidates; }
   get selfId(): string { return this.self.id; }
-  /** Set when this coordinator does not lead this cluster for good (refuse()), with the reason. */
-  get refusal(): string | undefined { return this.refusedWhy; }
+  /** Set when this coordinator does not lead this cluster (for good, refuse(); or while another uses its id), with the reason. */
+  get refusal(): string | undefined { return this.refusedWhy ?? (this.clash ? this.clashText(this.clash) : undefined); }
+  /**
+   * Another coordinator, there first, campaigns under this one's id from another address (a
+   * config copied from host to host): this one does not campaign while it does, as Consul and
+   * Nomad refuse a server whose node id another holds. It still serves as a follower (forwarding
+   * writes and sending agents to the leader; self is known by the candidacy's nonce, not the id).
+   */
+  get idClash(): CandidateInfo | undefined { return this.clash; }
+  /** Whether a candidate is this process's own (its nonce: ids may clash). */
+  isSelf(c: CandidateInfo | undefined): boolean { return !!c && c.nonce === this.nonce; }
 
   /** The fencing token, or undefined when this process does not lead. */
   fence(): FenceToken | undefined { return this.role === 'leader' ? this.token : undefined; }
@@ -201,6 +213,10 @@ export class Leadership extends EventEmitter {
     while (!this.abort.signal.aborted) {
       if (this.resigned) return;
       if (!this.candidacy) {
+        if (this.clash) {
+          await sleep(500, this.abort.signal);
+          continue;
+        }
         try {
           const why = await this.opts.mayLead?.();
           if (why) {
@@ -320,6 +336,26 @@ export class Leadership extends EventEmitter {
     }
   }
 
+  private clashText(c: CandidateInfo): string {
+    return `coordinator id ${this.self.id} is in use by the coordinator at ${c.address} (a candidate since revision ${c.createRevision}): give each coordinator its own --id; this one (${this.self.address}) does not campaign while that one does`;
+  }
+
+  /** An older candidate under this id from another address: drop (or do not start) this one's candidacy while it stays. */
+  private checkClash(candidates: CandidateInfo[]): void {
+    const mine = this.candidacy;
+    const clash = candidates.find((c) => c.id === this.self.id && c.nonce !== this.nonce && c.address !== this.self.address
+      && (!mine?.createRevision || BigInt(c.createRevision) < BigInt(mine.createRevision)));
+    const now = Date.now();
+    if (clash && (!this.clash || now - this.clashLoggedAtMs >= 60_000)) {
+      this.clashLoggedAtMs = now;
+      this.log.error({ other: clash.address, key: clash.key }, this.clashText(clash));
+    } else if (!clash && this.clash) {
+      this.log.info({ other: this.clash.address }, `the other coordinator with id ${this.self.id} is gone: campaigning again`);
+    }
+    this.clash = clash;
+    if (clash && mine) this.loseCandidacy(`coordinator id ${this.self.id} is in use by ${clash.address}`);
+  }
+
   /** Reads the candidates; the lowest create revision leads. Pure bookkeeping after the read. */
   private async refreshLeader(): Promise<void> {
     if (this.abort.signal.aborted) return;
@@ -335,6 +371,7 @@ export class Leadership extends EventEmitter {
       }
     }
     this.candidates = candidates;
+    this.checkClash(candidates);
     const first = candidates[0];
     if (first?.key !== this.currentLeader?.key) {
       this.currentLeader = first;

@@ -1,14 +1,17 @@
-// A node id belongs to one agent: the agent keeps a random uid in its state dir beside the node
+// Identities that must be unique. A node id belongs to one agent: the agent keeps a random uid in its state dir beside the node
 // id, and a second agent that says hello under a node id another agent holds (a cloned config, two
 // hosts given the same --node-id) is refused while the node is not DOWN, as Nomad refuses a node
 // whose secret id does not match. Without it the two agents took turns on the node's stream, each
 // hello replacing the other's, and the leader read each one's containers as the node's.
-// Real etcd, a real coordinator and agents, real containers.
+// A coordinator id belongs to one coordinator: a second one started under an id another
+// coordinator campaigns with (from another address) does not campaign while that one does, and
+// serves as a follower meanwhile (self known by its candidacy's nonce, not its id).
+// Real etcd, real coordinators and agents, real containers.
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { AdminClient } from '../../common/admin-client';
-import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { healthClient, pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
@@ -71,5 +74,50 @@ describe('node identity: one agent per node id', function () {
     s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', '30750-30759', '--hostname', 'host-b'] });
     await waitFor('twin reattached', async () => attached() === before + 1 && (await node())?.connectedTo !== '', 20_000, 100);
     expect((await pastEvents(admin, ['node.agent_refused'])).filter((e) => e.subject === 'twin')).to.have.length(1);
+  });
+});
+
+describe('coordinator identity: one coordinator per id', function () {
+  this.timeout(60_000);
+  const s = etcdAndFleet();
+
+  it('a second coordinator under a campaigning id does not campaign, says why, forwards writes and redirects agents; it leads once the first is gone', async () => {
+    const first = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx' });
+    await waitForLeader([first.address]);
+    const second = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx', extra: ['--data-dir', `${s.fleet.dir}/cx-second`] });
+    const health = healthClient(second.address);
+    const admin = new AdminClient([second.address]);
+    try {
+      await waitFor('the second says why', async () => /coordinator id cx is in use by the coordinator at/.test(fs.readFileSync(second.logFile, 'utf8')), 10_000, 100);
+      const line = fs.readFileSync(second.logFile, 'utf8').split('\n').find((l) => /coordinator id cx is in use/.test(l))!;
+      expect(line).to.match(/"level":"error"/);
+      expect(line).to.contain(first.address);
+      const st = await statusOf(second.address);
+      expect(st?.leader?.address).to.equal(first.address);
+      expect(st?.coordinators.filter((c) => c.id === 'cx'), 'one candidate named cx').to.have.length(1);
+      expect(st?.refusal).to.match(/^coordinator id cx is in use by the coordinator at .+: give each coordinator its own --id/);
+      await waitFor('the second NOT_SERVING', async () => (await health.check('')) === 'NOT_SERVING', 5_000, 100);
+      // It is a follower all the same: an agent that knows only it is sent to the leader...
+      s.fleet.agent({ coordinators: [second.address], nodeId: 'via-second', extra: ['--port-range', '30760-30769'] });
+      await waitFor('the agent READY on the leader', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'via-second' && n.state === 'NODE_STATE_READY' && n.connectedTo === 'cx'), 20_000, 100);
+      // ...and a write through it is forwarded there.
+      expect((await admin.cordonNode({ nodeId: 'via-second', reason: 'through the second' })).cordoned).to.equal(true);
+      const direct = new AdminClient([first.address]);
+      expect((await direct.getNode('via-second')).cordonReason).to.equal('through the second');
+      direct.close();
+      expect((await statusOf(first.address))?.refusal).to.equal('');
+
+      // The first goes: the second campaigns and leads, and serves.
+      await first.kill('SIGTERM');
+      await waitFor('the second leads', async () => (await statusOf(second.address))?.leader?.address === second.address, 10_000, 100);
+      expect((await statusOf(second.address))?.refusal).to.equal('');
+      await waitFor('the second SERVING', async () => (await health.check('tessera.v1.Leader')) === 'SERVING', 10_000, 100);
+      const agentLog = `${s.fleet.dir}/agent-via-second.log`;
+      await waitFor('the agent attached to the second', async () => fs.readFileSync(agentLog, 'utf8').split('\n').some((l) => /attached to leader/.test(l) && l.includes(`"address":"${second.address}"`)), 20_000, 100);
+      await waitFor('its node READY', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'via-second' && n.state === 'NODE_STATE_READY'), 10_000, 100);
+    } finally {
+      health.close();
+      admin.close();
+    }
   });
 });
