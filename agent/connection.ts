@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { Backoff, BackoffOptions, sleep } from '../common/backoff';
-import { CHANNEL_OPTIONS, clientCredentials } from '../common/grpc';
+import { CHANNEL_OPTIONS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import type { AgentGatewayClient } from '../common/generated/tessera/v1/AgentGateway';
@@ -156,7 +156,17 @@ export class CoordinatorConnection extends EventEmitter {
 
   private lastRefusal = { reason: '', atMs: 0 };
 
-  private runStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
+  private async runStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
+    if (this.addresses.length > 1 || this.addresses[0] !== address) {
+      // Another coordinator to go to: one that does not even connect (hung) is left after the
+      // dial timeout; a stream opened to it waited for ever (keepalive watches only open streams).
+      const dialed = await dial(this.client(address) as unknown as grpc.Client, DIAL_TIMEOUT_MS);
+      if (dialed === 'timeout') return { welcomed: false, redirected: false, reason: `${address} did not connect within ${DIAL_TIMEOUT_MS} ms (hung, or its network drops packets)` };
+    }
+    return this.openStream(address, unreachableLeader);
+  }
+
+  private openStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
     return new Promise((resolve) => {
       const out: StreamOutcome = { welcomed: false, redirected: false, reason: '' };
       let settled = false;

@@ -3,7 +3,7 @@
 // down); any coordinator can answer, since followers forward writes to the leader.
 import * as grpc from '@grpc/grpc-js';
 import { MuxClient, statusError } from './mux';
-import { CHANNEL_OPTIONS, clientCredentials, deadline } from './grpc';
+import { CHANNEL_OPTIONS, clientCredentials, deadline, dial, DIAL_TIMEOUT_MS } from './grpc';
 import { tesseraProto } from './proto';
 import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
@@ -20,6 +20,8 @@ export interface AdminClientOptions {
   metadata?: Record<string, string>;
   /** mTLS material (an admin certificate); plaintext without it. */
   tls?: import('./tls').TlsMaterial;
+  /** With another address to try: how long to wait for a coordinator's transport before moving on (DIAL_TIMEOUT_MS). */
+  dialTimeoutMs?: number;
 }
 
 export class AdminClient {
@@ -49,6 +51,15 @@ export class AdminClient {
     for (let i = 0; i < this.clients.length; i++) {
       const idx = (this.preferred + i) % this.clients.length;
       const c = this.clients[idx] as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>;
+      if (i < this.clients.length - 1) {
+        // Another address is left: a coordinator that does not even connect (hung) is skipped
+        // after the dial timeout instead of taking the whole call's deadline.
+        const waitMs = Math.min(this.opts.dialTimeoutMs ?? DIAL_TIMEOUT_MS, timeoutMs);
+        if ((await dial(this.clients[idx] as unknown as grpc.Client, waitMs)) === 'timeout') {
+          lastErr = statusError(grpc.status.UNAVAILABLE, `coordinator ${this.addresses[idx]} did not connect within ${waitMs} ms (hung, or its network drops packets)`);
+          continue;
+        }
+      }
       try {
         const res = await new Promise<Res>((resolve, reject) =>
           c[method].call(c, req, this.metadata(), { deadline: deadline(timeoutMs) }, (e, r) => (e ? reject(e) : resolve(r))),

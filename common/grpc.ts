@@ -15,6 +15,36 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': 16 * 1024 * 1024,
 };
 
+/**
+ * How long a client with another coordinator to try waits for one's transport (TCP, TLS and the
+ * server's HTTP/2 settings) before moving on: a hung coordinator (frozen, its host paused, its
+ * network dropping packets) neither answers nor refuses, and without this a stream to it (the
+ * agent's) waited for ever and a call to it (the CLI's) spent its whole deadline there.
+ */
+export const DIAL_TIMEOUT_MS = 3_000;
+
+export type DialOutcome = 'ready' | 'failed' | 'timeout';
+
+/**
+ * Brings a client's channel up: 'ready', 'failed' (refused or broken at once: TRANSIENT_FAILURE,
+ * as a call would find it, so the caller's usual UNAVAILABLE path runs), or 'timeout' (no answer
+ * within timeoutMs). Costs nothing on a channel already READY.
+ */
+export function dial(client: grpc.Client, timeoutMs: number): Promise<DialOutcome> {
+  const channel = client.getChannel();
+  const deadlineMs = Date.now() + timeoutMs;
+  return new Promise((resolve) => {
+    const check = (): void => {
+      const state = channel.getConnectivityState(true);
+      if (state === grpc.connectivityState.READY) return resolve('ready');
+      if (state === grpc.connectivityState.TRANSIENT_FAILURE || state === grpc.connectivityState.SHUTDOWN) return resolve('failed');
+      if (Date.now() >= deadlineMs) return resolve('timeout');
+      channel.watchConnectivityState(state, deadlineMs, (err) => (err ? resolve('timeout') : check()));
+    };
+    check();
+  });
+}
+
 export const SERVER_OPTIONS: grpc.ServerOptions = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
