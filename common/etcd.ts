@@ -3,20 +3,87 @@
 // connection never errors; and short fault-handling delays, without which etcd3's defaults
 // (a 5 s circuit breaker per host, up to 30 s watch backoff) slow recovery after an outage.
 import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
-import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
+import { BrokenCircuitError, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
+import { withTimeout } from './timeout';
 
 export interface EtcdClientOptions {
   endpoints: string[];
   /** etcd3's own per-call default deadline for unary calls. */
   callTimeoutMs?: number;
   tls?: { ca: Buffer; cert: Buffer; key: Buffer };
+  /**
+   * With several endpoints: probe each one (a status call every probeIntervalMs, answered within
+   * probeTimeoutMs) and send no new call to one that does not answer while another does (see
+   * EndpointHealth). Told of each change.
+   */
+  probe?: { intervalMs?: number; timeoutMs?: number; onChange?: (endpoint: string, answering: boolean, error?: string) => void };
+}
+
+/**
+ * Which etcd endpoints answer. etcd3 sends each call to a random endpoint and learns of a bad one
+ * only from calls that fail: a member that hangs (frozen, its disk stalled, its packets dropped)
+ * fails no call quickly, so a third of the calls waited out their deadline (5 s) on it, writes took
+ * 3-6 s or failed and the leader's lease keepalive, stuck on it, cost the leadership (measured with
+ * one member of three under SIGSTOP). A probe per endpoint (its own channel) marks the one that
+ * does not answer within the probe timeout, and the pool's per-host policy turns new calls away
+ * from it while another endpoint answers, as etcd's Go client's health balancer does.
+ */
+export class EndpointHealth {
+  private readonly failing = new Map<string, string>();
+  private readonly probes: { endpoint: string; client: Etcd3; inFlight: boolean }[];
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(endpoints: string[], opts: Omit<EtcdClientOptions, 'endpoints' | 'probe'>, private readonly probe: NonNullable<EtcdClientOptions['probe']>) {
+    const timeoutMs = probe.timeoutMs ?? 1_000;
+    this.probes = endpoints.map((endpoint) => ({ endpoint, client: createEtcdClient({ ...opts, endpoints: [endpoint], callTimeoutMs: timeoutMs }), inFlight: false }));
+    this.timer = setInterval(() => { for (const p of this.probes) void this.check(p, timeoutMs); }, probe.intervalMs ?? 500);
+    this.timer.unref();
+  }
+
+  /** Whether new calls may go to this endpoint: it answers, or no endpoint does (then every one is tried, as before). */
+  usable(endpoint: string): boolean {
+    return !this.failing.has(endpoint) || this.failing.size >= this.probes.length;
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const p of this.probes) p.client.close();
+  }
+
+  private async check(p: EndpointHealth['probes'][number], timeoutMs: number): Promise<void> {
+    if (p.inFlight) return;
+    p.inFlight = true;
+    try {
+      await withTimeout(p.client.maintenance.status(), timeoutMs, `etcd status from ${p.endpoint}`);
+      if (this.failing.delete(p.endpoint)) this.probe.onChange?.(p.endpoint, true);
+    } catch (err) {
+      const why = (err as Error).message;
+      if (!this.failing.has(p.endpoint)) {
+        this.failing.set(p.endpoint, why);
+        this.probe.onChange?.(p.endpoint, false, why);
+      }
+    } finally {
+      p.inFlight = false;
+    }
+  }
 }
 
 export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
   const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
+  const hosts = opts.endpoints.map((e) => (e.includes('://') ? e : `http://${e}`));
+  const health = opts.probe && hosts.length > 1 ? new EndpointHealth(hosts, { callTimeoutMs, tls: opts.tls }, opts.probe) : undefined;
+  const hostPolicy = (host: string) => {
+    const breaker = circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) });
+    if (!health) return breaker;
+    // Turned away before the call (etcd3 then tries the next host); the breaker as before.
+    const gated = Object.create(breaker) as typeof breaker;
+    gated.execute = ((fn: never, signal?: AbortSignal) => (health.usable(host)
+      ? breaker.execute(fn, signal)
+      : Promise.reject(new BrokenCircuitError(`etcd endpoint ${host} does not answer its probe`)))) as typeof breaker.execute;
+    return gated;
+  };
   const options: IOptions = {
-    hosts: opts.endpoints.map((e) => (e.includes('://') ? e : `http://${e}`)),
-    dialTimeout: 3_000,
+    hosts,
     grpcOptions: {
       // etcd's floor is 5 s, and it answers pings on a connection with no stream open with
       // GOAWAY "too_many_pings" (permit-without-stream is off by default): so ping only while
@@ -29,7 +96,7 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
     },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
     faultHandling: {
-      host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) }),
+      host: hostPolicy,
       global: retry(handleWhen(isRecoverableError), { maxAttempts: 2 }),
       // etcd3 types this against an older cockatiel IBackoff; the runtime contract is the same.
       watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1_000 }) as never,
@@ -38,7 +105,12 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
   if (opts.tls) {
     options.credentials = { rootCertificate: opts.tls.ca, certChain: opts.tls.cert, privateKey: opts.tls.key };
   }
-  return new Etcd3(options);
+  const client = new Etcd3(options);
+  if (health) {
+    const close = client.close.bind(client);
+    client.close = () => { health.close(); close(); };
+  }
+  return client;
 }
 
 // Kept importable from here: the coordinator's etcd calls use it (the agent, which loads no etcd client, imports ./timeout).

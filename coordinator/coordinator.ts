@@ -215,7 +215,14 @@ export class Coordinator {
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
-    this.etcd = createEtcdClient({ endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls });
+    this.etcd = createEtcdClient({
+      endpoints: etcdTls ? endpoints.map((e) => (e.includes('://') ? e : `https://${e}`)) : endpoints, tls: etcdTls,
+      probe: {
+        onChange: (endpoint, answering, error) => (answering
+          ? this.log.info({ endpoint }, 'etcd endpoint answers again: calls go to it again')
+          : this.log.warn({ endpoint, err: error }, 'etcd endpoint does not answer its probe: new calls go to the other endpoints')),
+      },
+    });
     this.keyring = cfg.secretsKeyFile ? loadKeyring(cfg.secretsKeyFile) : undefined;
     // The keys' names and fingerprints go in the candidacy, so that status shows coordinators
     // that could not open what the leader seals before one of them leads.

@@ -58,6 +58,8 @@ interface Candidacy {
   key: string;
   createRevision: string;
   lastKeepaliveOk: number;
+  /** A one-off keepalive is under way (see checkStaleness). */
+  hedging?: boolean;
 }
 
 export class Leadership extends EventEmitter {
@@ -296,6 +298,21 @@ export class Leadership extends EventEmitter {
     const c = this.candidacy;
     if (!c) return;
     const quietMs = Date.now() - c.lastKeepaliveOk;
+    if (quietMs > (this.opts.ttlSeconds * 1000) / 2 && !c.hedging) {
+      // The keepalive stream has missed a beat and a half: it may sit on an etcd member that
+      // hangs (etcd3 leaves it there until its own TTL timeout, after we would have stepped
+      // down). A one-off keepalive on a fresh stream goes to a member that answers (the
+      // client's probes turn calls away from one that does not); it counts from when it was sent.
+      c.hedging = true;
+      const sentAtMs = Date.now();
+      withTimeout(c.lease.keepaliveOnce(), (this.opts.ttlSeconds * 1000) / 3, 'one-off lease keepalive')
+        .then(() => {
+          c.lastKeepaliveOk = Math.max(c.lastKeepaliveOk, sentAtMs);
+          this.log.debug({ quietMs }, 'one-off lease keepalive answered');
+        })
+        .catch((err) => this.log.debug({ err: (err as Error).message }, 'one-off lease keepalive failed'))
+        .finally(() => { c.hedging = false; });
+    }
     if (quietMs > this.opts.ttlSeconds * 1000 - this.opts.marginMs) {
       this.log.warn({ quietMs }, 'lease keepalive stale');
       this.loseCandidacy(`lease keepalive has not succeeded for ${quietMs} ms`);

@@ -37,6 +37,37 @@ describe('three-member etcd: member loss and quorum loss', function () {
 
   const write = () => admin.drainNode({ nodeId: 'ha1', undo: true });
 
+  it('keeps its leader and takes writes while one member hangs (SIGSTOP: neither answers nor refuses)', async () => {
+    const st = await statusOf(addrs[0]);
+    const leaderId = st?.leader?.id;
+    expect(leaderId).to.be.a('string').and.not.equal('');
+    // A member other than etcd's own leader (freezing that one makes etcd elect anew: a blip
+    // for every client, Go's as well).
+    const i = st!.etcd.findIndex((m) => !m.leader && m.healthy);
+    expect(i).to.be.at.least(0);
+    const member = etcd.members[i].proc!;
+    member.kill('SIGSTOP');
+    const quick = new AdminClient(addrs, { timeoutMs: 3_000 });
+    try {
+      // A call already on its way to it waits out its deadline: let those end.
+      await new Promise((r) => setTimeout(r, 5_000));
+      const outcomes: string[] = [];
+      for (const end = Date.now() + 8_000; Date.now() < end;) {
+        outcomes.push(await quick.drainNode({ nodeId: 'ha1', undo: true }).then(() => 'ok', (e: grpc.ServiceError) => `${grpc.status[e.code]}: ${e.details}`));
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(outcomes.filter((o) => o !== 'ok'), 'every write within 3 s').to.deep.equal([]);
+      expect(outcomes.length).to.be.at.least(10);
+      const leaders = await Promise.all(addrs.map(async (a) => (await statusOf(a))?.leader?.id));
+      expect(leaders, 'the same leader throughout').to.deep.equal(addrs.map(() => leaderId));
+      expect(fleet.procs.filter((p) => p.name.startsWith('c')).map((p) => p.tail(400)).join('\n')).to.not.match(/"from":"leader","to":"follower"/);
+    } finally {
+      member.kill('SIGCONT');
+      quick.close();
+    }
+    await waitFor('every member healthy again', async () => (await statusOf(addrs[0]))?.etcd.every((m) => m.healthy) === true, 15_000, 250);
+  });
+
   it('keeps serving reads and writes with one member down', async () => {
     await etcd.kill(0);
     await waitFor('a write accepted with one member down', async () => !!(await write()), 20_000, 250);
