@@ -48,8 +48,11 @@ export class AdminClient {
 
   private async unary<Req, Res>(method: string, req: Req, timeoutMs = this.opts.timeoutMs ?? 10_000): Promise<Res> {
     let lastErr: unknown;
+    // Fixed for this call: calls running beside it move `preferred`, and reading it again on
+    // each turn could try one address twice and another never.
+    const first = this.preferred;
     for (let i = 0; i < this.clients.length; i++) {
-      const idx = (this.preferred + i) % this.clients.length;
+      const idx = (first + i) % this.clients.length;
       const c = this.clients[idx] as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>;
       if (i < this.clients.length - 1) {
         // Another address is left: a coordinator that does not even connect (hung) is skipped
