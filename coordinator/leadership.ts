@@ -369,8 +369,11 @@ export class Leadership extends EventEmitter {
     } else if (!clash && this.clash) {
       this.log.info({ other: this.clash.address }, `the other coordinator with id ${this.self.id} is gone: campaigning again`);
     }
+    const cleared = !clash && !!this.clash;
     this.clash = clash;
     if (clash && mine) this.loseCandidacy(`coordinator id ${this.self.id} is in use by ${clash.address}`);
+    // The campaign loop may be waiting to be woken (it saw the clash after a candidacy): go on.
+    if (cleared) this.wake();
   }
 
   /** Reads the candidates; the lowest create revision leads. Pure bookkeeping after the read. */
