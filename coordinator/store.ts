@@ -72,13 +72,15 @@ export class Store {
       this.leadership.demote('a fenced write was refused');
       throw new FencedError();
     }
+    // Logged once stored: a refused write's events did not happen (a leader thawed after a
+    // freeze logged every node DOWN before its write was refused).
+    for (const e of events) this.log.info({ event: e.kind, subject: e.subject, fields: e.fields }, e.message);
   }
 
   private eventOp(e: EventDraft, term: number): Op {
     const atMs = Date.now();
     const id = `${String(atMs).padStart(15, '0')}-${String(term).padStart(10, '0')}-${String(this.counter++ % 1e6).padStart(6, '0')}`;
     const stored: StoredEvent = { ...e, fields: e.fields ?? {}, id, atMs, coordinatorId: this.leadership.selfId, leaderTerm: term };
-    this.log.info({ event: e.kind, subject: e.subject, fields: e.fields }, e.message);
     return { type: 'put', key: this.keys.event(id), value: JSON.stringify(stored) };
   }
 
