@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { Backoff, BackoffOptions, sleep } from '../common/backoff';
-import { CHANNEL_OPTIONS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
+import { AGENT_CHANNEL_OPTIONS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import type { AgentGatewayClient } from '../common/generated/tessera/v1/AgentGateway';
@@ -95,7 +95,7 @@ export class CoordinatorConnection extends EventEmitter {
   private client(address: string): AgentGatewayClient {
     let c = this.clients.get(address);
     if (!c) {
-      c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), CHANNEL_OPTIONS);
+      c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), AGENT_CHANNEL_OPTIONS);
       this.clients.set(address, c);
     }
     return c;
@@ -113,9 +113,16 @@ export class CoordinatorConnection extends EventEmitter {
     let next = 0;
     let redirectTo: string | undefined;
     let unreachable = '';
+    /** The next pick skips this address once: the leader whose stream just died. */
+    let avoid = '';
     let attempts = 0;
     while (!this.abort.signal.aborted) {
-      const address = redirectTo ?? this.addresses[next++ % this.addresses.length];
+      let address = redirectTo ?? this.addresses[next++ % this.addresses.length];
+      // Not straight back to the leader whose stream just died (it may hang: the dial timeout
+      // would eat the new leader's failover grace); a follower knows where the election went.
+      // Once only: it may be the one coordinator that comes back.
+      if (!redirectTo && address === avoid && this.addresses.length > 1) address = this.addresses[next++ % this.addresses.length];
+      avoid = '';
       const wasRedirect = redirectTo !== undefined;
       redirectTo = undefined;
       this.transition('CONNECTING', { address });
@@ -126,6 +133,7 @@ export class CoordinatorConnection extends EventEmitter {
         backoff.reset();
         attempts = 0;
         unreachable = out.redirected ? '' : address;
+        avoid = unreachable;
         this.emit('disconnected');
       } else if (!out.redirected && wasRedirect) {
         unreachable = address; // sent to a leader that does not answer

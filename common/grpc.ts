@@ -16,6 +16,20 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
 };
 
 /**
+ * The agent's stream to the leader: a dead or hung leader is seen within keepalive time +
+ * timeout (at most 4 s) rather than 15 s, so the agent moves to the next leader well within the
+ * new leader's failover grace. With 15 s, a leader frozen for 20 s (SIGSTOP) kept its agents on
+ * a dead stream past the test's grace plus heartbeat timeout: the new leader marked every node
+ * DOWN and replaced every instance. (grpc-js servers do not police ping rates; etcd does, so its
+ * channels keep 5 s.)
+ */
+export const AGENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  ...CHANNEL_OPTIONS,
+  'grpc.keepalive_time_ms': 2_000,
+  'grpc.keepalive_timeout_ms': 2_000,
+};
+
+/**
  * How long a client with another coordinator to try waits for one's transport (TCP, TLS and the
  * server's HTTP/2 settings) before moving on: a hung coordinator (frozen, its host paused, its
  * network dropping packets) neither answers nor refuses, and without this a stream to it (the

@@ -4,16 +4,19 @@
 // (3 s): before, an agent's stream to it waited for ever and a CLI call spent its whole deadline
 // there and failed. Real etcd, coordinators, an agent and the CLI as processes.
 import { expect } from 'chai';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
-import { statusOf, waitForLeader } from '../helpers/cluster';
+import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
+import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
 
 const run = promisify(execFile);
+const containerIds = () => execFileSync('docker', ['ps', '-q', '--filter', 'label=tessera.app=thaw']).toString().trim().split('\n').filter(Boolean).sort();
 
 describe('a hung coordinator', function () {
   this.timeout(90_000);
@@ -42,6 +45,50 @@ describe('a hung coordinator', function () {
       expect((await admin.cordonNode({ nodeId: 'past-hung', reason: 'past the hung one' })).cordoned).to.equal(true);
     } finally {
       c2.resume();
+      admin.close();
+    }
+  });
+});
+
+describe('a frozen leader', function () {
+  this.timeout(120_000);
+  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=thaw') });
+
+  it('its agents move to the next leader within its failover grace: no node DOWN, no instance replaced; thawed, it writes nothing', async () => {
+    const cs = [];
+    for (let i = 0; i < 3; i++) cs.push(await s.fleet.coordinator({ etcd: s.etcd.endpoints }));
+    const addrs = cs.map((c) => c.address);
+    await waitForLeader(addrs);
+    for (const [n, ports] of [['thaw-1', '30780-30789'], ['thaw-2', '30790-30799']]) s.fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', ports] });
+    const admin = new AdminClient(addrs, { timeoutMs: 10_000 });
+    try {
+      await waitFor('two nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 200);
+      await admin.applyApp({ name: 'thaw', components: [{ name: 'web', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 4, stopGraceMs: 100 }] });
+      const running = async () => (await admin.listInstances('thaw')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING').map((i) => i.id).sort();
+      await waitFor('4 instances RUNNING', async () => (await running()).length === 4, 60_000, 200);
+      const before = await running();
+      const containersBefore = containerIds();
+      const leaderId = (await statusOf(addrs[0]))!.leader!.id;
+      const frozen = cs.find((c) => c.id === leaderId)!;
+      // Frozen for longer than keepalive used to take to notice (up to 15 s), with the test's
+      // short failover grace (4 s) and heartbeat timeout (3 s).
+      frozen.pause();
+      try {
+        await waitFor('a new leader', async () => { const l = (await statusOf(addrs.find((a) => a !== frozen.address)!))?.leader?.id; return !!l && l !== leaderId; }, 15_000, 200);
+        await new Promise((r) => setTimeout(r, 10_000));
+      } finally {
+        frozen.resume();
+      }
+      await waitFor('the thawed one steps down', async () => /"from":"leader","to":"follower"/.test(fs.readFileSync(frozen.logFile, 'utf8')), 10_000, 100);
+      await new Promise((r) => setTimeout(r, 2_000));
+      const downs = (await pastEvents(admin, ['node.down'])).filter((e) => e.subject.startsWith('thaw-'));
+      expect(downs.map((e) => e.message), 'no node DOWN').to.deep.equal([]);
+      expect(await running(), 'the same instances').to.deep.equal(before);
+      expect(containerIds(), 'the same containers').to.deep.equal(containersBefore);
+      // Thawed, it wrote nothing and logged no event as if it had (its lease had expired).
+      const after = fs.readFileSync(frozen.logFile, 'utf8').split('\n').slice(-400).join('\n');
+      expect(after).to.not.match(/"event":"node\.down"/);
+    } finally {
       admin.close();
     }
   });
