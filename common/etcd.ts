@@ -40,6 +40,31 @@ export class EndpointHealth {
     this.timer.unref();
   }
 
+  /**
+   * One keepalive for a lease through every endpoint that answers its probe, at once: resolves
+   * when the first one answers (false when none does in time, or etcd says the lease is gone).
+   * A leader whose keepalive stream sits on a member that hangs is kept alive by the others.
+   */
+  async keepAliveEverywhere(leaseId: string, timeoutMs: number): Promise<boolean> {
+    const streams: { end(): void }[] = [];
+    const tries = this.probes.filter((p) => !this.failing.has(p.endpoint)).map(async (p) => {
+      const stream = await p.client.leaseClient.leaseKeepAlive();
+      streams.push(stream);
+      return new Promise<boolean>((resolve, reject) => {
+        stream.on('data', (res: { TTL: string }) => (Number(res.TTL) > 0 ? resolve(true) : reject(new Error('lease gone'))));
+        stream.on('error', reject);
+        stream.write({ ID: leaseId });
+      });
+    });
+    try {
+      return await withTimeout(Promise.any(tries), timeoutMs, 'lease keepalive through every endpoint');
+    } catch {
+      return false;
+    } finally {
+      for (const s of streams) { try { s.end(); } catch { /* gone */ } }
+    }
+  }
+
   /** Whether new calls may go to this endpoint: it answers, or no endpoint does (then every one is tried, as before). */
   usable(endpoint: string): boolean {
     return !this.failing.has(endpoint) || this.failing.size >= this.probes.length;
@@ -66,6 +91,13 @@ export class EndpointHealth {
       p.inFlight = false;
     }
   }
+}
+
+const HEALTH = new WeakMap<Etcd3, EndpointHealth>();
+
+/** The endpoint probes of a client made with `probe` (and several endpoints). */
+export function endpointHealth(client: Etcd3): EndpointHealth | undefined {
+  return HEALTH.get(client);
 }
 
 export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
@@ -107,6 +139,7 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
   }
   const client = new Etcd3(options);
   if (health) {
+    HEALTH.set(client, health);
     const close = client.close.bind(client);
     client.close = () => { health.close(); close(); };
   }

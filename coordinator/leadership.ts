@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Etcd3, Lease, Watcher } from 'etcd3';
 import { Backoff, sleep } from '../common/backoff';
-import { withTimeout } from '../common/etcd';
+import { endpointHealth, withTimeout } from '../common/etcd';
 import type { Logger } from '../common/logger';
 import { VERSION } from '../common/version';
 import type { Keys } from './keys';
@@ -305,7 +305,14 @@ export class Leadership extends EventEmitter {
       // client's probes turn calls away from one that does not); it counts from when it was sent.
       c.hedging = true;
       const sentAtMs = Date.now();
-      withTimeout(c.lease.keepaliveOnce(), (this.opts.ttlSeconds * 1000) / 3, 'one-off lease keepalive')
+      const timeoutMs = (this.opts.ttlSeconds * 1000) / 3;
+      const health = endpointHealth(this.client);
+      // Through every member that answers at once when the client probes them; else one more
+      // keepalive on a fresh stream (a random member).
+      const once = health
+        ? c.lease.grant().then((id) => health.keepAliveEverywhere(id, timeoutMs)).then((ok) => { if (!ok) throw new Error('no member answered'); })
+        : withTimeout(c.lease.keepaliveOnce(), timeoutMs, 'one-off lease keepalive');
+      once
         .then(() => {
           c.lastKeepaliveOk = Math.max(c.lastKeepaliveOk, sentAtMs);
           this.log.debug({ quietMs }, 'one-off lease keepalive answered');
