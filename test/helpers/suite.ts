@@ -14,8 +14,11 @@ export interface SuiteCluster {
   readonly fleet: Fleet;
 }
 
-/** Call inside a describe(): registers its before() and after(); `cleanup` runs first in after(). */
-export function etcdAndFleet(o: { members?: number; cleanup?: () => void | Promise<void> } = {}): SuiteCluster {
+/**
+ * Call inside a describe(): registers its before() and after(); `cleanup` runs first in after(),
+ * `afterStop` last (once the agents are gone: containers removed earlier, an agent starts again).
+ */
+export function etcdAndFleet(o: { members?: number; cleanup?: () => void | Promise<void>; afterStop?: () => void | Promise<void> } = {}): SuiteCluster {
   const s = {} as { etcd: EtcdCluster; fleet: Fleet };
   before(async () => {
     s.etcd = await EtcdCluster.start(o.members ?? 1);
@@ -25,6 +28,7 @@ export function etcdAndFleet(o: { members?: number; cleanup?: () => void | Promi
     await o.cleanup?.();
     await s.fleet?.stop();
     await s.etcd?.stop();
+    await o.afterStop?.();
   });
   return s;
 }

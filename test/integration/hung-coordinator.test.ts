@@ -52,7 +52,7 @@ describe('a hung coordinator', function () {
 
 describe('a frozen leader', function () {
   this.timeout(120_000);
-  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=thaw') });
+  const s = etcdAndFleet({ afterStop: () => removeContainers('tessera.app=thaw') });
 
   it('its agents move to the next leader within its failover grace: no node DOWN, no instance replaced; thawed, it writes nothing', async () => {
     const cs = [];

@@ -18,7 +18,7 @@ import { etcdAndFleet } from '../helpers/suite';
 
 describe('node identity: one agent per node id', function () {
   this.timeout(120_000);
-  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=twinapp') });
+  const s = etcdAndFleet({ afterStop: () => removeContainers('tessera.app=twinapp') });
   let admin: AdminClient;
   let address: string;
   const node = async () => (await admin.listNodes()).nodes.find((n) => n.id === 'twin');

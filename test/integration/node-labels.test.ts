@@ -13,7 +13,7 @@ import { etcdAndFleet } from '../helpers/suite';
 
 describe('relabeling a node on SIGHUP', function () {
   this.timeout(120_000);
-  const s = etcdAndFleet({ cleanup: () => removeContainers('tessera.app=zoned') });
+  const s = etcdAndFleet({ afterStop: () => removeContainers('tessera.app=zoned') });
   const component = (name: string, zone: string) => ({
     name, image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
     constraints: [{ label: 'zone', op: '=', value: zone }],
