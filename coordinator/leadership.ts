@@ -301,8 +301,7 @@ export class Leadership extends EventEmitter {
     if (quietMs > (this.opts.ttlSeconds * 1000) / 2 && !c.hedging) {
       // The keepalive stream has missed a beat and a half: it may sit on an etcd member that
       // hangs (etcd3 leaves it there until its own TTL timeout, after we would have stepped
-      // down). A one-off keepalive on a fresh stream goes to a member that answers (the
-      // client's probes turn calls away from one that does not); it counts from when it was sent.
+      // down). One more keepalive, sent where it can be answered, counts from when it was sent.
       c.hedging = true;
       const sentAtMs = Date.now();
       const timeoutMs = (this.opts.ttlSeconds * 1000) / 3;
