@@ -65,6 +65,11 @@ export class EndpointHealth {
     }
   }
 
+  /** Each endpoint and whether it answered its last probe (for tessera_etcd_endpoint_answering). */
+  states(): [string, boolean][] {
+    return this.probes.map((p) => [p.endpoint, !this.failing.has(p.endpoint)]);
+  }
+
   /** Whether new calls may go to this endpoint: it answers, or no endpoint does (then every one is tried, as before). */
   usable(endpoint: string): boolean {
     return !this.failing.has(endpoint) || this.failing.size >= this.probes.length;

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, withTimeout } from '../common/etcd';
+import { createEtcdClient, endpointHealth, withTimeout } from '../common/etcd';
 import { bind, guardDeserializers, SERVER_OPTIONS, serverCredentials } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { formatOps, formatRefusal, StorageFormatError, storedFormat } from './storage-format';
@@ -301,6 +301,7 @@ export class Coordinator {
     m.set('tessera_coordinator_leader', {}, token ? 1 : 0);
     m.set('tessera_coordinator_leader_term', {}, token?.term ?? 0);
     m.set('tessera_coordinator_etcd_up', {}, this.etcdOk ? 1 : 0);
+    for (const [endpoint, answering] of endpointHealth(this.etcd)?.states() ?? []) m.set('tessera_etcd_endpoint_answering', { endpoint }, answering ? 1 : 0);
     m.reset('tessera_nodes');
     m.reset('tessera_instances');
     const reg = this.registry();

@@ -7,7 +7,8 @@ import { AdminClient } from '../../common/admin-client';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { statusOf, waitForLeader } from '../helpers/cluster';
-import { waitFor } from '../helpers/ports';
+import { freePort, waitFor } from '../helpers/ports';
+import { parseMetrics } from '../../common/metrics';
 
 describe('three-member etcd: member loss and quorum loss', function () {
   this.timeout(150_000);
@@ -15,11 +16,18 @@ describe('three-member etcd: member loss and quorum loss', function () {
   let fleet: Fleet;
   let admin: AdminClient;
   let addrs: string[];
+  let metricsPort: number;
+  /** tessera_etcd_endpoint_answering of the first coordinator, by endpoint port. */
+  const answering = async () => {
+    const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+    return Object.fromEntries([...m].filter(([k]) => k.startsWith('tessera_etcd_endpoint_answering')).map(([k, v]) => [k.match(/:(\d+)"/)![1], v]));
+  };
 
   before(async () => {
     etcd = await EtcdCluster.start(3);
     fleet = new Fleet();
-    const cs = [await fleet.coordinator({ etcd: etcd.endpoints }), await fleet.coordinator({ etcd: etcd.endpoints })];
+    metricsPort = await freePort();
+    const cs = [await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] }), await fleet.coordinator({ etcd: etcd.endpoints })];
     addrs = cs.map((c) => c.address);
     await waitForLeader(addrs, 20_000);
     fleet.agent({ coordinators: addrs, nodeId: 'ha1' });
@@ -60,11 +68,17 @@ describe('three-member etcd: member loss and quorum loss', function () {
       const leaders = await Promise.all(addrs.map(async (a) => (await statusOf(a))?.leader?.id));
       expect(leaders, 'the same leader throughout').to.deep.equal(addrs.map(() => leaderId));
       expect(fleet.procs.filter((p) => p.name.startsWith('c')).map((p) => p.tail(400)).join('\n')).to.not.match(/"from":"leader","to":"follower"/);
+      // The metric says which endpoint does not answer (for an alert).
+      const frozenPort = String(etcd.members.find((m) => m.proc === member)!.clientPort);
+      const seen = await answering();
+      expect(Object.keys(seen)).to.have.length(3);
+      for (const [port, v] of Object.entries(seen)) expect(v, port).to.equal(port === frozenPort ? 0 : 1);
     } finally {
       member.kill('SIGCONT');
       quick.close();
     }
     await waitFor('every member healthy again', async () => (await statusOf(addrs[0]))?.etcd.every((m) => m.healthy) === true, 15_000, 250);
+    await waitFor('every endpoint answering again', async () => Object.values(await answering()).every((v) => v === 1), 10_000, 250);
   });
 
   it('keeps serving reads and writes with one member down', async () => {
