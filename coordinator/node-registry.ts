@@ -202,8 +202,8 @@ export class NodeRegistry {
     if (!prev) {
       events.push({ kind: 'node.registered', subject: h.nodeId, message: `node ${h.nodeId} (${h.hostname}) registered`, fields: { hostname: h.hostname, agentVersion: h.agentVersion } });
     } else if (prev.agentUid && h.agentUid && prev.agentUid !== h.agentUid) {
+      // Logged by the store once stored (a warn here came before a commit that may be refused).
       const message = `node ${h.nodeId}: its agent changed (host ${prev.hostname}, uid ${prev.agentUid.slice(0, 8)} -> host ${h.hostname}, uid ${h.agentUid.slice(0, 8)}) while it was ${prev.state}`;
-      this.log.warn({ node: h.nodeId }, message);
       events.push({ kind: 'node.agent_replaced', subject: h.nodeId, message, fields: { from: prev.agentUid, to: h.agentUid, fromHostname: prev.hostname, toHostname: h.hostname } });
     }
     if (!prev || prev.state !== decided.state) {
