@@ -15,6 +15,7 @@ import { loadOrCreateAgentUid, loadOrCreateNodeId } from './node-id';
 import { DockerRuntime } from './docker-runtime';
 import { InstanceManager } from './instances';
 import * as path from 'node:path';
+import { clockOffsetMs, watchClock } from '../common/clock';
 import { Metrics } from '../common/metrics';
 import { certCommonName, LiveTls, reloadTls, reportExpiry } from '../common/tls';
 import { ConfigError } from '../common/errors';
@@ -38,6 +39,7 @@ export class Agent {
   private instances!: InstanceManager;
   private reportSoon?: NodeJS.Timeout;
   readonly metrics = new Metrics(AGENT_METRICS);
+  private unwatchClock?: () => void;
 
   private readonly tls?: LiveTls;
   /** The node's labels: from the settings, and again from them on SIGHUP. */
@@ -102,6 +104,7 @@ export class Agent {
   }
 
   async start(): Promise<void> {
+    this.unwatchClock = watchClock(this.log);
     this.capacity = await hostCapacity(this.config.stateDir, this.config.cpuMillis, this.config.memoryMib);
     this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
     this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }), undefined, this.tls);
@@ -134,6 +137,7 @@ export class Agent {
         const u = this.lastUsage;
         const m = this.metrics;
         m.set('tessera_agent_connected', {}, this.conn.current === 'CONNECTED' ? 1 : 0);
+        m.set('tessera_clock_offset_seconds', {}, clockOffsetMs() / 1000);
         if (u) {
           m.set('tessera_agent_host_cpu_percent', {}, Number(u.cpuPercent ?? 0));
           m.set('tessera_agent_host_memory_used_mib', {}, Number(u.memoryUsedMib ?? 0));
@@ -280,6 +284,7 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
+    this.unwatchClock?.();
     clearInterval(this.reportTimer);
     clearInterval(this.gcTimer);
     this.instances?.stop();

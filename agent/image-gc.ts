@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type Docker from 'dockerode';
+import { steadyNow } from '../common/clock';
 import type { Logger } from '../common/logger';
 
 export interface ImageGcOptions {
@@ -77,14 +78,14 @@ export class ImageGc {
   }
 
   /** The agent pulled this image for an instance: from now on it is this agent's to collect. */
-  notePulled(image: string, at = Date.now()): void {
+  notePulled(image: string, at = steadyNow()): void {
     if (!image) return;
     this.used.set(image, Math.max(this.used.get(image) ?? 0, at));
     this.save();
   }
 
   /** A container on this host uses the image now (only images the agent pulled are tracked). */
-  noteUsed(image: string, at = Date.now()): void {
+  noteUsed(image: string, at = steadyNow()): void {
     const before = this.used.get(image);
     if (before === undefined || before >= at) return;
     this.used.set(image, at);
@@ -100,7 +101,7 @@ export class ImageGc {
    * One pass: when the image filesystem is over the high threshold, removes unused images the
    * agent pulled (longest unused first) until it is under the low one. Returns what it removed.
    */
-  async sweep(now = Date.now()): Promise<Removal[]> {
+  async sweep(now = steadyNow()): Promise<Removal[]> {
     if (this.sweeping) return [];
     this.sweeping = true;
     try {

@@ -7,6 +7,7 @@
 //   Docker events (die, oom, start) ──> InstanceEvent up to the leader
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
+import { fromSystemClock, steadyNow } from '../common/clock';
 import type { Logger } from '../common/logger';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 import type { InstanceStatus } from '../common/generated/tessera/v1/InstanceStatus';
@@ -219,7 +220,9 @@ export class InstanceManager extends EventEmitter {
     if (!this.dockerOk) this.log.info({ containers: list.length }, 'docker engine reachable');
     this.dockerOk = true;
     const observed = new Map<string, ObservedContainer>(list.filter((c) => c.instanceId).map((c) => [c.instanceId, c]));
-    const now = Date.now();
+    // Intervals here (health checks, describes, task polls, backoffs) are timed on a clock that
+    // does not step with the system clock (a step back stopped every check for its size).
+    const now = steadyNow();
     this.imagesInUse?.(list.map((c) => c.spec?.image ?? '').filter(Boolean), now);
 
     // Adopt what runs here from before (an agent restart): the spec travels in the labels.
@@ -227,7 +230,7 @@ export class InstanceManager extends EventEmitter {
       if (this.desired.has(c.instanceId) || this.stopping.has(c.instanceId) || !c.spec) continue;
       const l = newLocal(c.spec);
       l.containerId = c.containerId;
-      l.startedAtMs = c.startedAtMs;
+      l.startedAtMs = fromSystemClock(c.startedAtMs);
       l.state = c.running ? 'INSTANCE_STATE_RUNNING' : 'INSTANCE_STATE_STARTING';
       this.desired.set(c.instanceId, l);
       this.log.info({ instance: c.instanceId, running: c.running }, 'adopted a running container');
@@ -279,7 +282,7 @@ export class InstanceManager extends EventEmitter {
       l.containerId = c.containerId;
       if (c.running && l.state !== 'INSTANCE_STATE_RUNNING') {
         l.state = 'INSTANCE_STATE_RUNNING';
-        l.startedAtMs = l.startedAtMs || c.startedAtMs || now;
+        l.startedAtMs = l.startedAtMs || (c.startedAtMs ? fromSystemClock(c.startedAtMs) : now);
         this.emit('changed');
       }
       if (c.running) {
@@ -323,7 +326,7 @@ export class InstanceManager extends EventEmitter {
       }
       l.pulled = false;
       l.containerId = await this.runtime.start(l.spec, (dir) => fs.mkdirSync(dir, { recursive: true }), this.tasks.address ? { TESSERA_AGENT_ENDPOINT: this.tasks.address } : {});
-      l.startedAtMs = Date.now();
+      l.startedAtMs = steadyNow();
       l.state = 'INSTANCE_STATE_RUNNING'; // the Engine has started its process
       l.health = 'unknown';
       l.healthFailures = 0;
@@ -474,7 +477,7 @@ export class InstanceManager extends EventEmitter {
         l.healthFailures = 0;
         return;
       }
-      if (Date.now() - l.startedAtMs < Number(h.graceMs || 0) && l.health !== 'healthy') return; // still starting up
+      if (steadyNow() - l.startedAtMs < Number(h.graceMs || 0) && l.health !== 'healthy') return; // still starting up
       l.healthFailures++;
       this.metrics?.inc('tessera_agent_health_check_failures_total');
       l.message = `health check failed: ${r.detail}`;

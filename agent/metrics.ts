@@ -3,6 +3,7 @@ import type { MetricDef } from '../common/metrics';
 import { TLS_EXPIRY_METRIC } from '../common/tls';
 
 export const AGENT_METRICS: MetricDef[] = [
+  { name: 'tessera_clock_offset_seconds', help: 'the system clock minus the clock timers and health checks run on: non-zero after a step of the system clock, until slewed away (at 5% of real time)', type: 'gauge' },
   { name: 'tessera_agent_connected', help: '1 while attached to the leader', type: 'gauge' },
   { name: 'tessera_agent_host_cpu_percent', help: 'host CPU use, percent of all cores', type: 'gauge' },
   { name: 'tessera_agent_host_memory_used_mib', help: 'host memory in use', type: 'gauge' },

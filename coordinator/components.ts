@@ -13,6 +13,7 @@
 // a few seconds: passive health checking, like Envoy's outlier detection).
 import * as grpc from '@grpc/grpc-js';
 import * as semver from 'semver';
+import { steadyNow } from '../common/clock';
 import { InvalidArgumentError, NotFoundError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import type { ComponentInstance } from '../common/generated/tessera/v1/ComponentInstance';
@@ -108,7 +109,7 @@ export class ComponentManager {
     private readonly log: Logger,
   ) {}
 
-  async load(nowMs = Date.now()): Promise<void> {
+  async load(nowMs = steadyNow()): Promise<void> {
     this.inherited = new Set(this.deployments.runningRecords().map((r) => r.id));
     const all = await this.store.client.getAll().prefix(this.keys.externals).strings();
     for (const v of Object.values(all)) {
@@ -126,7 +127,7 @@ export class ComponentManager {
   }
 
   /** Routable instances now (rebuilt at most every 100 ms, or at once after invalidate). */
-  list(nowMs = Date.now()): Routable[] {
+  list(nowMs = steadyNow()): Routable[] {
     if (this.dirty || nowMs - this.rebuiltAtMs > 100) this.rebuild(nowMs);
     return this.routable;
   }
@@ -197,7 +198,7 @@ export class ComponentManager {
    * plans every job, and a fresh copy per job was most of what planning allocated. Valid until
    * the next call; nobody keeps them.
    */
-  candidates(nowMs = Date.now()): LiveCandidate[] {
+  candidates(nowMs = steadyNow()): LiveCandidate[] {
     const list = this.list(nowMs);
     let c = this.cands;
     if (!c || c.of !== list) {
@@ -243,7 +244,7 @@ export class ComponentManager {
   private fig(id: string): Figures {
     let f = this.figures.get(id);
     if (!f) {
-      f = { ewmaMs: 1, lastAtMs: Date.now(), inFlight: 0, load: 0, ok: 0, failed: 0, suspectUntilMs: 0 };
+      f = { ewmaMs: 1, lastAtMs: steadyNow(), inFlight: 0, load: 0, ok: 0, failed: 0, suspectUntilMs: 0 };
       this.figures.set(id, f);
     }
     return f;
@@ -269,7 +270,7 @@ export class ComponentManager {
   }
 
   /** A step's outcome: peak-EWMA latency (a slow sample counts at once, a fast one decays in). */
-  observe(id: string, durationMs: number, ok: boolean, code: number, nowMs = Date.now()): void {
+  observe(id: string, durationMs: number, ok: boolean, code: number, nowMs = steadyNow()): void {
     const f = this.fig(id);
     if (ok) {
       f.ok++;
@@ -290,7 +291,7 @@ export class ComponentManager {
 
   // ───────────────────────────── external instances ─────────────────────────────
 
-  async register(req: RegisterComponentRequest__Output, nowMs = Date.now(), by = ''): Promise<ComponentInstance> {
+  async register(req: RegisterComponentRequest__Output, nowMs = steadyNow(), by = ''): Promise<ComponentInstance> {
     const v: import('../common/errors').FieldViolation[] = [];
     if (!ID_RE.test(req.instanceId)) v.push({ field: 'instanceId', message: 'must be 1-128 characters of letters, digits, ".", "_" or "-"' });
     if (!KIND_RE.test(req.kind)) v.push({ field: 'kind', message: `must be a component kind (a-z, 0-9, "-"), got ${JSON.stringify(req.kind)}` });
@@ -337,7 +338,7 @@ export class ComponentManager {
    * has since (at most every 100 ms anyway): its registration events come when an instance
    * changes, not at the next job.
    */
-  async tick(nowMs = Date.now()): Promise<void> {
+  async tick(nowMs = steadyNow()): Promise<void> {
     for (const e of [...this.externals.values()]) {
       if (e.expiresAtMs > nowMs) continue;
       await this.deregister(e.instanceId, `lease of ${e.ttlMs} ms expired without renewal`);
@@ -352,14 +353,14 @@ export class ComponentManager {
     };
   }
 
-  describe(kind: string, nowMs = Date.now()): ComponentInstance[] {
+  describe(kind: string, nowMs = steadyNow()): ComponentInstance[] {
     return this.list(nowMs)
       .filter((r) => !kind || r.kind === kind)
       .sort((a, b) => a.kind.localeCompare(b.kind) || a.instanceId.localeCompare(b.instanceId))
       .map((r) => this.toProto(r, nowMs));
   }
 
-  private toProto(r: Routable, nowMs = Date.now()): ComponentInstance {
+  private toProto(r: Routable, nowMs = steadyNow()): ComponentInstance {
     const f = this.figures.get(r.instanceId);
     const state = f && f.suspectUntilMs > nowMs ? 'suspect' : (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance ? 'saturated' : 'routable';
     return {

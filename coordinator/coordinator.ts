@@ -5,6 +5,7 @@
 //                                  elected ──> LeaderWork.start (load nodes, grace, loops)
 //                                  demoted ──> LeaderWork.stop, agents redirected
 //   stop  ──> LeaderWork.stop ──> resign (lease revoked: successor elected at once) ──> close
+import { clockOffsetMs, steadyNow, watchClock } from '../common/clock';
 import { activeFailpoints, failpoint } from '../common/failpoints';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, ServingStatus } from 'grpc-health-check';
@@ -108,8 +109,8 @@ export class LeaderWork {
     // apply, an agent attaching, an instance event).
     let lastReconcile = 0;
     this.every(20, async () => {
-      if (!this.deployments.wantsTick && Date.now() - lastReconcile < this.c.config.reconcileIntervalMs) return;
-      lastReconcile = Date.now();
+      if (!this.deployments.wantsTick && steadyNow() - lastReconcile < this.c.config.reconcileIntervalMs) return;
+      lastReconcile = steadyNow();
       await this.deployments.tick();
     });
     this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
@@ -153,6 +154,7 @@ export class Coordinator {
   private embedded?: EmbeddedEtcd;
   private work?: LeaderWork;
   private healthTimer?: NodeJS.Timeout;
+  private unwatchClock?: () => void;
   private etcdOk = false;
   private stopping = false;
   port = 0;
@@ -203,6 +205,7 @@ export class Coordinator {
 
   async start(): Promise<void> {
     const cfg = this.config;
+    this.unwatchClock = watchClock(this.log);
     let endpoints = cfg.etcdEndpoints;
     if (!endpoints.length) {
       this.embedded = await startEmbeddedEtcd({ dataDir: cfg.dataDir, binary: cfg.etcdBinary, clientPort: cfg.embeddedEtcdClientPort, peerPort: cfg.embeddedEtcdPeerPort, log: this.log });
@@ -301,6 +304,7 @@ export class Coordinator {
     m.set('tessera_coordinator_leader', {}, token ? 1 : 0);
     m.set('tessera_coordinator_leader_term', {}, token?.term ?? 0);
     m.set('tessera_coordinator_etcd_up', {}, this.etcdOk ? 1 : 0);
+    m.set('tessera_clock_offset_seconds', {}, clockOffsetMs() / 1000);
     for (const [endpoint, answering] of endpointHealth(this.etcd)?.states() ?? []) m.set('tessera_etcd_endpoint_answering', { endpoint }, answering ? 1 : 0);
     m.reset('tessera_nodes');
     m.reset('tessera_instances');
@@ -405,6 +409,7 @@ export class Coordinator {
   /** Graceful stop: step down first (successor elected at once), then close. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.unwatchClock?.();
     clearInterval(this.healthTimer);
     this.setHealth('NOT_SERVING');
     const work = this.work;

@@ -9,6 +9,7 @@
 //
 // Everything is keyed by instance id, so a failover or an agent reconnect never starts an
 // instance twice: the agent treats a RUN for an id it already runs as done.
+import { steadyNow } from '../common/clock';
 import { Serial } from '../common/serial';
 import type { Logger } from '../common/logger';
 import { InvalidArgumentError, NotFoundError, FailedPreconditionError } from '../common/errors';
@@ -91,7 +92,7 @@ export class Deployments {
   }
 
   async load(): Promise<void> {
-    this.loadedAtMs = Date.now();
+    this.loadedAtMs = steadyNow();
     const c = this.store.client;
     const [apps, versions, instances, quotas] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
@@ -166,7 +167,7 @@ export class Deployments {
       const app = prev ? this.toProto(prev) : { name: spec.name, version: 0, spec, status: 'pending', statusReason: 'dry run' };
       return { app, changed, unplaced, planned: plan.placements.length };
     }
-    const now = Date.now();
+    const now = steadyNow();
     const version = (prev?.version ?? 0) > 0 ? Math.max(...this.versionNumbers(spec.name)) + 1 : 1;
     const app: AppRecord = {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
@@ -252,7 +253,7 @@ export class Deployments {
       if (component && !spec.components.some((c) => c.name === component)) {
         throw InvalidArgumentError.field('component', `app "${name}" has no component "${component}" (it has ${spec.components.map((c) => c.name).join(', ')})`);
       }
-      const now = Date.now();
+      const now = steadyNow();
       const next = { ...spec, components: spec.components.map((c) => (!component || c.name === component ? { ...c, restartedAtMs: now } : c)) };
       const which = component ? `component ${component}` : 'every component';
       const r = await this.applyNow(next as never, false, `restart of ${which} requested`, by);
@@ -266,7 +267,7 @@ export class Deployments {
 
   private async deleteNow(name: string, by: string): Promise<App> {
     const app = this.getRecord(name);
-    const next: AppRecord = { ...app, deleting: true, status: 'deleting', statusReason: 'stopping every instance', updatedAtMs: Date.now() };
+    const next: AppRecord = { ...app, deleting: true, status: 'deleting', statusReason: 'stopping every instance', updatedAtMs: steadyNow() };
     await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [attributed({ kind: 'app.deleting', subject: name, message: `app ${name} is being deleted` }, by)]);
     this.apps.set(name, next);
     this.kick();
@@ -331,7 +332,7 @@ export class Deployments {
       if (inst.desired !== 'run') throw new FailedPreconditionError(`instance ${id} is already stopped or stopping (${inst.stopReason || 'no longer wanted'}): nothing to replace`);
       if (this.apps.get(inst.app)?.deleting) throw new FailedPreconditionError(`app ${inst.app} is being deleted: its instances are not replaced`);
       if (!inst.replace) {
-        const next: InstanceRecord = { ...inst, replace: { atMs: Date.now(), by, reason: reason || 'requested by operator' } };
+        const next: InstanceRecord = { ...inst, replace: { atMs: steadyNow(), by, reason: reason || 'requested by operator' } };
         const comp = this.versions.get(inst.app)?.get(inst.version)?.spec.components.find((c) => c.name === inst.component);
         const how = comp && updateOrder(comp) === 'stop-first' ? 'it stops first, then a new one starts on its node (stop-first)' : 'it stops once the new one is healthy';
         await this.store.commit([{ type: 'put', key: this.keys.instance(inst.app, inst.id), value: JSON.stringify(next) }], [attributed({
@@ -395,7 +396,7 @@ export class Deployments {
   /** A policy's replica decision: kept beside the spec, so scaling does not make versions. */
   async setReplicas(app: string, component: string, n: number, reason: string): Promise<void> {
     const key = `${app}/${component}`;
-    await this.store.commit([{ type: 'put', key: `${this.keys.prefix}replicas/${key}`, value: JSON.stringify({ replicas: n, reason, atMs: Date.now() }) }]);
+    await this.store.commit([{ type: 'put', key: `${this.keys.prefix}replicas/${key}`, value: JSON.stringify({ replicas: n, reason, atMs: steadyNow() }) }]);
     this.replicas.set(key, n);
     this.kick();
   }
@@ -421,7 +422,7 @@ export class Deployments {
 
   // ─────────────────────────────── reconcile ───────────────────────────────
 
-  async tick(nowMs = Date.now()): Promise<void> {
+  async tick(nowMs = steadyNow()): Promise<void> {
     if (this.ticking) return;
     this.ticking = true;
     this.kicked = false;
@@ -748,7 +749,7 @@ export class Deployments {
       if (!canaryHeld(app)) throw new FailedPreconditionError(`version ${app.version} of ${name} runs everywhere already: nothing to promote`);
       if (!c.wanted) throw new FailedPreconditionError(`version ${app.version} of ${name} has no canaries running yet (its components with update.canary replace no instance, or the first round has not run)`);
       if (c.healthy < c.wanted) throw new FailedPreconditionError(`version ${app.version} of ${name}: ${c.healthy} of ${c.wanted} canar${c.wanted === 1 ? 'y is' : 'ies are'} healthy; promote once all are`);
-      const now = Date.now();
+      const now = steadyNow();
       const next: AppRecord = { ...app, canary: { ...c, promotedAtMs: now, ...(by ? { promotedBy: by } : {}) }, status: 'deploying', statusReason: `rolling out version ${app.version} (promoted)`, updatedAtMs: now };
       await this.store.commit([{ type: 'put', key: this.keys.app(name), value: JSON.stringify(next) }], [attributed({
         kind: 'rollout.promoted', subject: name, message: `version ${app.version} of ${name} promoted: its ${c.wanted} canar${c.wanted === 1 ? 'y is' : 'ies are'} healthy; the other instances are replaced now`, fields: { version: String(app.version), canaries: String(c.wanted) },
@@ -1036,14 +1037,14 @@ export class Deployments {
     if (!this.canGiveVolumes(mig.from)) return giveUp(`node ${mig.from} is ${this.registry.stateOf(mig.from) ?? 'gone'}`);
     if (!to) return; // its own node's agent is away: tried when it is back
     m.running = true;
-    const t0 = Date.now();
+    const t0 = steadyNow();
     void (async () => {
       if (!from) throw new Error(`the agent of node ${mig.from} is not attached`);
       let bytes = 0;
       for (const volume of mig.volumes) bytes += await copier.copy(from, to, { app: w.app, component: w.component, slot: w.slot, volume });
       return bytes;
     })().then((bytes) => {
-      m.outcome = { bytes, ms: Date.now() - t0 };
+      m.outcome = { bytes, ms: steadyNow() - t0 };
       this.log.info({ instance: w.id, from: mig.from, to: w.nodeId, bytes }, 'volumes migrated');
       // The old copy goes: were the slot to come back to that node empty-handed, it must not find stale data.
       for (const volume of mig.volumes) {
@@ -1054,8 +1055,8 @@ export class Deployments {
       m.attempts++;
       const why = (err as Error).message;
       this.log.warn({ instance: w.id, from: mig.from, to: w.nodeId, attempt: m.attempts, err: why }, 'volume migration failed');
-      if (m.attempts >= MIGRATE_ATTEMPTS) m.outcome = { failed: why, ms: Date.now() - t0 };
-      else m.nextAtMs = Date.now() + MIGRATE_RETRY_MS;
+      if (m.attempts >= MIGRATE_ATTEMPTS) m.outcome = { failed: why, ms: steadyNow() - t0 };
+      else m.nextAtMs = steadyNow() + MIGRATE_RETRY_MS;
     }).finally(() => {
       m.running = false;
       this.kick();
@@ -1068,7 +1069,7 @@ export class Deployments {
   }
 
   /** An agent attached: its instances' registry logins go to it again with the next dispatch. */
-  agentAttached(nodeId: string, nowMs = Date.now()): void {
+  agentAttached(nodeId: string, nowMs = steadyNow()): void {
     this.attached.set(nodeId, { seq: ++this.attachSeq, atMs: nowMs });
   }
 
@@ -1085,7 +1086,7 @@ export class Deployments {
   }
 
   /** Instructions sent within the resend window whose effect agents do not report yet (or, for a login RUN, not yet acknowledged). */
-  pendingInstructions(nowMs = Date.now()): number {
+  pendingInstructions(nowMs = steadyNow()): number {
     let n = 0;
     for (const at of this.sent.values()) if (nowMs - at < RESEND_AFTER_MS) n++;
     return n;
@@ -1151,7 +1152,7 @@ export class Deployments {
     };
     return {
       id: `run-${w.id}`, action: 'INSTRUCTION_ACTION_RUN', target: { app: w.app, component: w.component, instanceId: w.id, nodeId: w.nodeId },
-      reason: `v${w.version} slot ${w.slot}`, issuedAtMs: Date.now(), leaderTerm: term, instance,
+      reason: `v${w.version} slot ${w.slot}`, issuedAtMs: steadyNow(), leaderTerm: term, instance,
       attributes: [
         { name: 'cpu', min: comp.resources!.cpuMillis, max: comp.resources!.cpuMillis, value: comp.resources!.cpuMillis, unit: 'millicores' },
         { name: 'memory', min: comp.resources!.memoryMib, max: comp.resources!.memoryMib, value: comp.resources!.memoryMib, unit: 'MiB' },
@@ -1174,7 +1175,7 @@ export class Deployments {
   }
 
   private async revertTo(app: AppRecord, target: VersionRecord, reason: string, by = ''): Promise<AppRecord> {
-    const now = Date.now();
+    const now = steadyNow();
     const version = Math.max(...this.versionNumbers(app.name)) + 1;
     const next: AppRecord = { ...app, version, status: 'reverting', statusReason: reason, updatedAtMs: now, rolloutStartedAtMs: now, deleting: false };
     await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec, ...(by ? { by } : {}) }, [attributed({

@@ -13,6 +13,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Etcd3, Lease, Watcher } from 'etcd3';
 import { Backoff, sleep } from '../common/backoff';
+import { monoMs } from '../common/clock';
 import { endpointHealth, withTimeout } from '../common/etcd';
 import type { Logger } from '../common/logger';
 import { VERSION } from '../common/version';
@@ -76,12 +77,12 @@ export class Leadership extends EventEmitter {
   private readonly nonce = randomBytes(8).toString('hex');
   private readonly startedAtMs = Date.now();
   private loop?: Promise<void>;
-  private lastRefreshOk = Date.now();
+  private lastRefreshOk = monoMs();
   private resigned = false;
   private refusedWhy?: string;
   /** An older candidate with this coordinator's id and another address (see idClash). */
   private clash?: CandidateInfo;
-  private clashLoggedAtMs = 0;
+  private clashLoggedAtMs = -Infinity;
 
   constructor(
     private readonly client: Etcd3,
@@ -245,9 +246,9 @@ export class Leadership extends EventEmitter {
     const lease = this.client.lease(this.opts.ttlSeconds, { autoKeepAlive: true });
     const leaseId = await withTimeout(lease.grant(), this.opts.ttlSeconds * 1000, 'lease grant');
     const key = `${this.keys.election}${leaseId}`;
-    const candidacy: Candidacy = { lease, key, createRevision: '', lastKeepaliveOk: Date.now() };
+    const candidacy: Candidacy = { lease, key, createRevision: '', lastKeepaliveOk: monoMs() };
     this.candidacy = candidacy;
-    lease.on('keepaliveSucceeded', () => { candidacy.lastKeepaliveOk = Date.now(); });
+    lease.on('keepaliveSucceeded', () => { candidacy.lastKeepaliveOk = monoMs(); });
     lease.on('lost', (err) => {
       if (this.candidacy !== candidacy) return;
       this.log.warn({ err: err.message }, 'election lease lost');
@@ -297,13 +298,13 @@ export class Leadership extends EventEmitter {
   private checkStaleness(): void {
     const c = this.candidacy;
     if (!c) return;
-    const quietMs = Date.now() - c.lastKeepaliveOk;
+    const quietMs = Math.round(monoMs() - c.lastKeepaliveOk);
     if (quietMs > (this.opts.ttlSeconds * 1000) / 2 && !c.hedging) {
       // The keepalive stream has missed a beat and a half: it may sit on an etcd member that
       // hangs (etcd3 leaves it there until its own TTL timeout, after we would have stepped
       // down). One more keepalive, sent where it can be answered, counts from when it was sent.
       c.hedging = true;
-      const sentAtMs = Date.now();
+      const sentAtMs = monoMs();
       const timeoutMs = (this.opts.ttlSeconds * 1000) / 3;
       const health = endpointHealth(this.client);
       // Through every member that answers at once when the client probes them; else one more
@@ -330,7 +331,7 @@ export class Leadership extends EventEmitter {
     const poll = () => {
       // Cut off from etcd for longer than a TTL, we cannot know who leads: say so, rather
       // than sending agents and forwarded writes to a leader that may be gone.
-      if (this.currentLeader && Date.now() - this.lastRefreshOk > this.opts.ttlSeconds * 1000) {
+      if (this.currentLeader && monoMs() - this.lastRefreshOk > this.opts.ttlSeconds * 1000) {
         this.currentLeader = undefined;
         this.log.warn('leader unknown: etcd has not answered for longer than the lease TTL');
         this.emit('leaderChanged', undefined);
@@ -368,7 +369,7 @@ export class Leadership extends EventEmitter {
     const mine = this.candidacy;
     const clash = candidates.find((c) => c.id === this.self.id && c.nonce !== this.nonce && c.address !== this.self.address
       && (!mine?.createRevision || BigInt(c.createRevision) < BigInt(mine.createRevision)));
-    const now = Date.now();
+    const now = monoMs();
     if (clash && (!this.clash || now - this.clashLoggedAtMs >= 60_000)) {
       this.clashLoggedAtMs = now;
       this.log.error({ other: clash.address, key: clash.key }, this.clashText(clash));
@@ -386,7 +387,7 @@ export class Leadership extends EventEmitter {
   private async refreshLeader(): Promise<void> {
     if (this.abort.signal.aborted) return;
     const res = await this.client.getAll().prefix(this.keys.election).sort('Create', 'Ascend').exec();
-    this.lastRefreshOk = Date.now();
+    this.lastRefreshOk = monoMs();
     const candidates: CandidateInfo[] = [];
     for (const kv of res.kvs) {
       try {

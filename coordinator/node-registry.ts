@@ -2,6 +2,7 @@
 // state are durable in etcd; liveness (last report, usage, which stream) lives in memory and is
 // written to etcd in one batched transaction every statusPersistIntervalMs, so followers can
 // serve reads without the leader. State changes are committed with their events.
+import { steadyNow } from '../common/clock';
 import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
 import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../common/errors';
@@ -105,7 +106,7 @@ export class NodeRegistry {
   ) {}
 
   /** Called when this coordinator becomes leader: load every node and start the grace period. */
-  async load(nowMs = Date.now()): Promise<void> {
+  async load(nowMs = steadyNow()): Promise<void> {
     this.records = new Map((await readNodes(this.store.client, this.keys)).map((r) => [r.id, r]));
     this.live.clear();
     this.refusedAgents.clear();
@@ -149,7 +150,7 @@ export class NodeRegistry {
   private writes = new Serial();
 
   /** An agent said hello on a stream to this leader: register or refresh it, durably. */
-  hello(h: AgentHello__Output, streamId: string, nowMs = Date.now()): Promise<NodeRecord> {
+  hello(h: AgentHello__Output, streamId: string, nowMs = steadyNow()): Promise<NodeRecord> {
     return this.writes.run(() => this.helloNow(h, streamId, nowMs));
   }
 
@@ -164,7 +165,7 @@ export class NodeRegistry {
    * node's). Once the node is DOWN (its agent silent past the heartbeat timeout) or removed,
    * another agent may take the id over: a host rebuilt under its old name.
    */
-  refusal(h: AgentHello__Output, nowMs = Date.now()): AlreadyExistsError | undefined {
+  refusal(h: AgentHello__Output, nowMs = steadyNow()): AlreadyExistsError | undefined {
     const prev = this.records.get(h.nodeId);
     if (!prev?.agentUid || !h.agentUid || prev.agentUid === h.agentUid || prev.state === 'DOWN') return undefined;
     const seen = this.live.get(h.nodeId)?.lastSeenMs ?? prev.lastSeenMs;
@@ -218,7 +219,7 @@ export class NodeRegistry {
     return next;
   }
 
-  report(nodeId: string, r: AgentReport__Output, nowMs = Date.now()): void {
+  report(nodeId: string, r: AgentReport__Output, nowMs = steadyNow()): void {
     const l = this.live.get(nodeId);
     if (!l) return;
     l.lastSeenMs = nowMs;
@@ -252,7 +253,7 @@ export class NodeRegistry {
       const ended: EventDraft[] = [];
       for (const [type, c] of now) {
         // Since when by this leader's clock (an agent's may be off: the runtime-down grace counts from this).
-        after[type] = before[type] ?? { message: c.message || type, sinceMs: Date.now() };
+        after[type] = before[type] ?? { message: c.message || type, sinceMs: steadyNow() };
         if (!before[type]) began.push(conditionEvent(nodeId, type, true, after[type]));
       }
       for (const [type, c] of Object.entries(before)) if (!now.has(type)) ended.push(conditionEvent(nodeId, type, false, c));
@@ -295,7 +296,7 @@ export class NodeRegistry {
   }
 
   /** Any message from the agent counts as a heartbeat. */
-  touch(nodeId: string, nowMs = Date.now()): void {
+  touch(nodeId: string, nowMs = steadyNow()): void {
     const l = this.live.get(nodeId);
     if (l) l.lastSeenMs = nowMs;
   }
@@ -334,7 +335,7 @@ export class NodeRegistry {
   }
 
   /** CordonNode: no new instances on the node (undo: placements may go there again); what it runs stays. Recorded with an event when it changes. */
-  cordon(nodeId: string, undo: boolean, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
+  cordon(nodeId: string, undo: boolean, reason: string, nowMs = steadyNow(), by = ''): Promise<NodeRecord> {
     return this.writes.run(async () => {
       const prev = this.records.get(nodeId);
       if (!prev) throw new NotFoundError('node', nodeId);
@@ -351,7 +352,7 @@ export class NodeRegistry {
     });
   }
 
-  drain(nodeId: string, undo: boolean, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
+  drain(nodeId: string, undo: boolean, reason: string, nowMs = steadyNow(), by = ''): Promise<NodeRecord> {
     return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs, by));
   }
 
@@ -384,7 +385,7 @@ export class NodeRegistry {
    * decided by silence, so an agent whose stream the leader still holds may be DOWN: if it
    * speaks again, the gateway closes its stream and it registers anew.)
    */
-  remove(nodeId: string, reason: string, nowMs = Date.now(), by = ''): Promise<NodeRecord> {
+  remove(nodeId: string, reason: string, nowMs = steadyNow(), by = ''): Promise<NodeRecord> {
     return this.writes.run(async () => {
       const r = this.records.get(nodeId);
       if (!r) throw new NotFoundError('node', nodeId);
@@ -400,7 +401,7 @@ export class NodeRegistry {
    * thresholdMs, up to 50 a transaction (a delete and an event each: etcd takes 128 operations
    * a transaction); the rest at the next call. Returns how many went.
    */
-  collect(thresholdMs: number, nowMs = Date.now()): Promise<number> {
+  collect(thresholdMs: number, nowMs = steadyNow()): Promise<number> {
     if (thresholdMs <= 0) return Promise.resolve(0);
     const due = () => [...this.records.values()].filter((r) => !this.unremovable(r) && nowMs - r.stateChangedAtMs >= thresholdMs);
     if (!due().length) return Promise.resolve(0);
@@ -428,7 +429,7 @@ export class NodeRegistry {
   }
 
   /** Evaluates liveness for every node and commits all state changes in one transaction. */
-  tick(nowMs = Date.now()): Promise<number> {
+  tick(nowMs = steadyNow()): Promise<number> {
     if (this.ticking) return Promise.resolve(0);
     return this.writes.run(() => this.tickNow(nowMs));
   }
@@ -500,7 +501,7 @@ const CONDITION_KINDS: Record<string, [string, string]> = {
 
 function conditionEvent(nodeId: string, type: string, begins: boolean, c: { message: string; sinceMs: number }): EventDraft {
   const [on, off] = CONDITION_KINDS[type] ?? CONDITION_KINDS.default;
-  const forS = String(Math.round((Date.now() - c.sinceMs) / 1000));
+  const forS = String(Math.round((steadyNow() - c.sinceMs) / 1000));
   return begins
     ? { kind: on, subject: nodeId, message: `node ${nodeId}: ${type}: ${c.message}; no new instances are placed there`, fields: { type, message: c.message } }
     : { kind: off, subject: nodeId, message: `node ${nodeId}: ${type} over after ${forS} s`, fields: { type, forS } };

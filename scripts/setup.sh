@@ -13,6 +13,7 @@ command -v dockerd >/dev/null || need_apt+=(docker.io)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx wget || need_apt+=(busybox-static)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # to verify the unit files
 command -v openssl >/dev/null || need_apt+=(openssl)           # scripts/make-certs.sh
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || need_apt+=(libfaketime)  # tests: step a process's system clock
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need_apt[*]}; run as root or install them with apt-get" >&2

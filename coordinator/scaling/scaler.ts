@@ -4,6 +4,7 @@
 // so scaling does not churn app versions), cpu and memory through a new app version (a
 // rolling update).
 import { randomBytes } from 'node:crypto';
+import { steadyNow } from '../../common/clock';
 import type { Logger } from '../../common/logger';
 import { FailedPreconditionError, NotFoundError } from '../../common/errors';
 import type { ScalingPolicy } from '../../common/generated/tessera/v1/ScalingPolicy';
@@ -148,7 +149,8 @@ export class Scaler {
         processingRate: t?.reportedAtMs ? Number(t.processingRate ?? 0) : undefined,
         latencyP95Ms: t?.reportedAtMs && t.latencyP95Ms ? Number(t.latencyP95Ms) : undefined,
         custom: t?.custom ? Object.fromEntries(Object.entries(t.custom).map(([k, v]) => [k, Number(v)])) : undefined,
-        ...(t?.reportedAtMs && nowMs - Number(t.reportedAtMs) > 15_000 ? { queueDepth: undefined, inFlight: undefined, processingRate: undefined, latencyP95Ms: undefined, custom: undefined } : {}),
+        // The report's time is the agent's system clock: compared with ours (not steadyNow()).
+        ...(t?.reportedAtMs && Date.now() - Number(t.reportedAtMs) > 15_000 ? { queueDepth: undefined, inFlight: undefined, processingRate: undefined, latencyP95Ms: undefined, custom: undefined } : {}),
       });
     }
     return out;
@@ -168,7 +170,7 @@ export class Scaler {
   }
 
   /** Evaluates due policies; applies and records their decisions. */
-  async tick(nowMs = Date.now()): Promise<void> {
+  async tick(nowMs = steadyNow()): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
@@ -193,7 +195,7 @@ export class Scaler {
   async dryRun(app: string, component: string): Promise<ScalingDecision> {
     const p = this.policies.get(this.key(app, component));
     if (!p) throw new NotFoundError('policy', `${app}/${component}`);
-    return this.evaluate(p, { ...this.stateOf(this.key(app, component)) }, Date.now(), true);
+    return this.evaluate(p, { ...this.stateOf(this.key(app, component)) }, steadyNow(), true);
   }
 
   private async evaluate(p: StoredPolicy, st: State, nowMs: number, dryRun: boolean): Promise<ScalingDecision> {
