@@ -10,7 +10,7 @@ import { serveMux } from '../common/mux';
 import { InvalidArgumentError, PermissionDeniedError, toServiceError } from '../common/errors';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
-import { RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
+import { deadlineHere, RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
 import { LiveTls, peerIdentity } from '../common/tls';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
@@ -80,6 +80,7 @@ export class RelayServer {
         if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: `${unknown} (a Relay call carries its route)`, failedIndex: req.firstIndex };
         this.relayed++;
         relayTraffic();
+        deadlineHere(req);
         return this.runner.run(req);
       }),
       RelayStream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
@@ -101,6 +102,7 @@ export class RelayServer {
           if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: unknown, failedIndex: req.firstIndex };
           this.relayed++;
           relayTraffic();
+          deadlineHere(req);
           return this.runner.run(req);
         }, (code, error) => ({ ok: false, errorCode: code, error, failedIndex: -1 }));
       },

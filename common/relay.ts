@@ -178,6 +178,15 @@ export class RouteTable {
   }
 }
 
+/**
+ * A relayed request's deadline on this host's clock: now plus the time left when it was sent
+ * (budget_ms), so that hosts' clocks need not agree; as sent when the sender gave none.
+ */
+export function deadlineHere(req: RelayRequest__Output, nowMs = Date.now()): void {
+  const budget = Number(req.budgetMs);
+  if (budget > 0) req.deadlineMs = nowMs + budget;
+}
+
 export class StepRunner {
   private components = new Map<string, ComponentClient>();
   private relays = new Map<string, StepRelayClient>();
@@ -313,6 +322,8 @@ export class StepRunner {
 
   private async callRelay(opt: HopOption__Output, req: RelayRequest__Output): Promise<RelayOutcome> {
     const deadline = req.deadlineMs ? Number(req.deadlineMs) : undefined;
+    // The next host counts the deadline from the time left, on its own clock (req is this call's own object).
+    if (deadline) req.budgetMs = Math.max(1, deadline - Date.now());
     const mux = this.relayStream(opt.agentEndpoint);
     let res: RelayResult__Output;
     try {
@@ -321,6 +332,7 @@ export class StepRunner {
       const interner = this.interners.get(opt.agentEndpoint);
       if (res.errorCode === grpc.status.FAILED_PRECONDITION && res.error.startsWith(UNKNOWN_ROUTE) && interner) {
         interner.reset();
+        if (deadline) req.budgetMs = Math.max(1, deadline - Date.now());
         res = await mux.call(req, deadline);
       }
     } catch (e) {

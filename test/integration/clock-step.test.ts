@@ -74,6 +74,7 @@ describe('a step of the system clock', function () {
     await fleet?.stop();
     await etcd?.stop();
     removeContainers('tessera.app=clk');
+    removeContainers('tessera.app=clkjobs');
   });
 
   it('a leader whose clock steps 60 s forward keeps its leadership, its nodes, its instances and the external leases', async () => {
@@ -120,5 +121,26 @@ describe('a step of the system clock', function () {
     // (the last one read as 60 s in the future).
     await waitFor('the unhealthy instance restarted', async () => ((await admin.listInstances('clk')).instances.find((i) => i.id === inst.id)?.restarts ?? 0) >= 1, 10_000, 100);
     expect(fs.readFileSync(path.join(fleet.dir, 'agent-clk-stepped.log'), 'utf8')).to.match(/the system clock stepped by -60\.\d s/);
+  });
+
+  it('jobs run through an agent whose clock is 30 s ahead of the leader\'s', async () => {
+    step(agentClock, '+30s');
+    await admin.applyApp({
+      name: 'clkjobs', components: [{
+        name: 'splitter', image: 'tessera/components:local', command: ['node', '/app/splitter.js'], ports: [{ name: 'grpc' }], instances: 1,
+        health: { type: 'tcp', port: 'grpc', intervalMs: 300, timeoutMs: 250, graceMs: 5000 }, resources: { cpuMillis: 50, memoryMib: 64 }, stopGraceMs: 500,
+        constraints: [{ label: 'clock', op: '=', value: 'stepped' }],
+      }],
+    });
+    await admin.applyPipeline({ name: 'clkjobs', defaultTimeoutMs: 10_000, stages: [{ name: 'split', kind: 'splitter', operation: 'split' }] });
+    await waitFor('the splitter healthy', async () => (await admin.listInstances('clkjobs')).instances.some((i) => i.health === 'healthy'), 60_000, 200);
+    await waitFor('the splitter routable', async () => (await admin.listComponents('splitter')).instances.length === 1, 10_000, 100);
+    // The relay request carries the time left (10 s), not the leader's deadline: read on the
+    // agent's clock, that deadline had passed 20 s before, and every step failed with
+    // DEADLINE_EXCEEDED "deadline already passed" (the instance then suspect: the stage unavailable).
+    for (let i = 0; i < 3; i++) {
+      const job = await admin.submitJob({ pipeline: 'clkjobs', payload: Buffer.from('a b a'), wait: true });
+      expect(job.state, `${job.reason} ${job.steps.map((x) => x.error).join(' ')}`).to.equal('JOB_STATE_SUCCEEDED');
+    }
   });
 });

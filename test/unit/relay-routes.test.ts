@@ -2,7 +2,7 @@
 // agent's table, without a network (the wire is covered in test/integration/relay.test.ts).
 import { expect } from 'chai';
 import * as grpc from '@grpc/grpc-js';
-import { RELAY_FEATURES, ROUTE_IDS, routeKey, RouteInterner, RouteTable, pickOptionIndex } from '../../common/relay';
+import { deadlineHere, RELAY_FEATURES, ROUTE_IDS, routeKey, RouteInterner, RouteTable, pickOptionIndex } from '../../common/relay';
 import type { RelayRequest__Output } from '../../common/generated/tessera/v1/RelayRequest';
 import type { RouteHop__Output } from '../../common/generated/tessera/v1/RouteHop';
 
@@ -11,7 +11,7 @@ const opt = (id: string, extra: Partial<RouteHop__Output['options'][number]> = {
 });
 const route = (...ids: string[]): RouteHop__Output[] => ids.map((id, i) => ({ stage: `s${i}`, options: [opt(id)], timeoutMs: 1000 }));
 const req = (r: RouteHop__Output[]): RelayRequest__Output => ({
-  jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true,
+  jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true, budgetMs: 0,
 });
 
 /** The response headers of a stream whose relay understands route ids. */
@@ -108,5 +108,20 @@ describe('relay route ids', () => {
     expect(pickOptionIndex(options, {})).to.equal(0);
     expect(pickOptionIndex(options, { shape: 'wide' })).to.equal(1);
     expect(pickOptionIndex([opt('only')], { shape: 'wide' })).to.equal(0);
+  });
+});
+
+describe('a relayed request\'s deadline', () => {
+  it('is counted on the receiving host\'s clock from the time left when it was sent', () => {
+    // Sent by a host whose clock is 30 s behind this one's, with 4 s left.
+    const r = { ...req(route('a')), deadlineMs: 1_000_000 + 4_000 - 30_000, budgetMs: 4_000 };
+    deadlineHere(r, 1_000_000);
+    expect(r.deadlineMs).to.equal(1_004_000);
+  });
+
+  it('stays as sent when the sender gave no budget (an older sender)', () => {
+    const r = { ...req(route('a')), deadlineMs: 1_004_000 };
+    deadlineHere(r, 1_000_000);
+    expect(r.deadlineMs).to.equal(1_004_000);
   });
 });
