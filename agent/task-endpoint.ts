@@ -8,6 +8,7 @@
 // field named.
 import * as http from 'node:http';
 import type { TaskState } from '../common/generated/tessera/v1/TaskState';
+import { steadyNow } from '../common/clock';
 
 const NUM_FIELDS = ['queueDepth', 'inFlight', 'processed', 'failed', 'latencyP95Ms'] as const;
 const MAX_BODY = 64 * 1024;
@@ -67,7 +68,7 @@ export class TaskEndpoint {
   }
 
   /** Records a report (from the endpoint or from polling) and updates the processing rate. */
-  record(instanceId: string, state: TaskState, nowMs = Date.now()): void {
+  record(instanceId: string, state: TaskState, nowMs = steadyNow()): void {
     const cur = this.samples.get(instanceId);
     let rate = cur?.rate ?? 0;
     let prev = cur?.prevProcessed;

@@ -51,7 +51,32 @@ interface Liveness {
   connectedTo: string;
   usage?: HostUsage__Output;
   instances: InstanceStatus__Output[];
+  /** Each instance's task report time: [the agent's, this leader's] (see onLeaderClock). */
+  taskTimes?: Map<string, [number, number]>;
   dirty: boolean;
+}
+
+/**
+ * Puts the agent's task reports on this leader's clock, in place. An agent stamps each report
+ * with its own clock (reported_at_ms), which may be off by any amount: a host whose clock ran
+ * 30 s behind made every report read as 30 s old, past the scaler's 15 s freshness, and a
+ * queue-depth policy saw nothing. A report whose agent time changed since the last report is
+ * fresh now (within a report interval); one that did not change keeps the time it was first seen
+ * (a component that stopped reporting grows stale). After a change of leader, a report that was
+ * stale already reads as fresh for the freshness window.
+ */
+export function onLeaderClock(prev: Map<string, [number, number]> | undefined, instances: InstanceStatus__Output[], nowMs: number): Map<string, [number, number]> {
+  const next = new Map<string, [number, number]>();
+  for (const i of instances) {
+    const t = i.task;
+    const agentAt = Number(t?.reportedAtMs ?? 0);
+    if (!t || !agentAt) continue;
+    const seen = prev?.get(i.instanceId);
+    const at = seen && seen[0] === agentAt ? seen[1] : nowMs;
+    next.set(i.instanceId, [agentAt, at]);
+    t.reportedAtMs = at;
+  }
+  return next;
 }
 
 export function recordToProto(r: NodeRecord): Node {
@@ -215,7 +240,7 @@ export class NodeRegistry {
     }
     await this.store.commit([{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events);
     this.records.set(next.id, next);
-    this.live.set(next.id, { lastSeenMs: nowMs, streamId, connectedTo: this.opts.coordinatorId, instances: h.instances, dirty: false });
+    this.live.set(next.id, { lastSeenMs: nowMs, streamId, connectedTo: this.opts.coordinatorId, instances: h.instances, taskTimes: onLeaderClock(undefined, h.instances, nowMs), dirty: false });
     return next;
   }
 
@@ -224,6 +249,7 @@ export class NodeRegistry {
     if (!l) return;
     l.lastSeenMs = nowMs;
     if (r.host) l.usage = r.host;
+    l.taskTimes = onLeaderClock(l.taskTimes, r.instances, nowMs);
     l.instances = r.instances;
     l.dirty = true;
     if (r.labels) this.relabel(nodeId, r.labels.values ?? {});

@@ -149,8 +149,8 @@ export class Scaler {
         processingRate: t?.reportedAtMs ? Number(t.processingRate ?? 0) : undefined,
         latencyP95Ms: t?.reportedAtMs && t.latencyP95Ms ? Number(t.latencyP95Ms) : undefined,
         custom: t?.custom ? Object.fromEntries(Object.entries(t.custom).map(([k, v]) => [k, Number(v)])) : undefined,
-        // The report's time is the agent's system clock: compared with ours (not steadyNow()).
-        ...(t?.reportedAtMs && Date.now() - Number(t.reportedAtMs) > 15_000 ? { queueDepth: undefined, inFlight: undefined, processingRate: undefined, latencyP95Ms: undefined, custom: undefined } : {}),
+        // The report's time is on this leader's clock (the registry's onLeaderClock), not the agent's.
+        ...(t?.reportedAtMs && nowMs - Number(t.reportedAtMs) > 15_000 ? { queueDepth: undefined, inFlight: undefined, processingRate: undefined, latencyP95Ms: undefined, custom: undefined } : {}),
       });
     }
     return out;

@@ -1,8 +1,7 @@
 // A step of the system clock (an NTP step, a VM resumed from a snapshot, `date -s`): the leader's
 // leadership, node liveness and external leases, and an agent's health checks, are timed on a
 // clock that does not step (common/clock.ts). The stepped processes run under libfaketime
-// (LD_PRELOAD; the system clock only, CLOCK_MONOTONIC untouched), its offset read from a file
-// the test rewrites: a real step of that process's clock, nothing else on the machine moved.
+// (test/helpers/faketime.ts): a real step of that process's clock, nothing else on the machine moved.
 // Real etcd, coordinator and agent processes, real containers.
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -14,6 +13,7 @@ import { Fleet } from '../helpers/processes';
 import { execOutput, pastEvents, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
+import { fakedClock, stepClock } from '../helpers/faketime';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -35,14 +35,6 @@ describe('a step of the system clock', function () {
       constraints: [{ label: 'clock', op: '=', value: 'stepped' }],
     }],
   };
-  /** Runs a process under libfaketime, its system clock offset by what `file` says ("+60s", "-60s", "+0"). */
-  const faked = (file: string): NodeJS.ProcessEnv => {
-    const lib = fs.readdirSync('/usr/lib').map((d) => `/usr/lib/${d}/faketime/libfaketime.so.1`).find((f) => fs.existsSync(f));
-    if (!lib) throw new Error('libfaketime is not installed (apt-get install libfaketime; scripts/setup.sh does)');
-    fs.writeFileSync(file, '+0\n');
-    return { LD_PRELOAD: lib, FAKETIME_TIMESTAMP_FILE: file, FAKETIME_NO_CACHE: '1', DONT_FAKE_MONOTONIC: '1' };
-  };
-  const step = (file: string, offset: string) => fs.writeFileSync(file, `${offset}\n`);
   const nodes = async () => Object.fromEntries((await admin.listNodes()).nodes.map((n) => [n.id, n.state.replace('NODE_STATE_', '')]));
   const running = async () => (await admin.listInstances('clk')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING');
 
@@ -52,12 +44,12 @@ describe('a step of the system clock', function () {
     leaderClock = path.join(fleet.dir, 'clock-c1');
     agentClock = path.join(fleet.dir, 'clock-agent');
     metricsPort = await freePort();
-    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, env: faked(leaderClock), extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    const c1 = await fleet.coordinator({ etcd: etcd.endpoints, env: fakedClock(leaderClock), extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
     leaderLog = path.join(fleet.dir, 'c1.log');
     await waitForLeader([c1.address]);
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints });
     const cs = [c1.address, c2.address];
-    fleet.agent({ coordinators: cs, nodeId: 'clk-stepped', env: faked(agentClock), extra: ['--port-range', '30800-30809', '--labels', 'clock=stepped'] });
+    fleet.agent({ coordinators: cs, nodeId: 'clk-stepped', env: fakedClock(agentClock), extra: ['--port-range', '30800-30809', '--labels', 'clock=stepped'] });
     killable = fleet.agent({ coordinators: cs, nodeId: 'clk-other', extra: ['--port-range', '30810-30819'] });
     admin = new AdminClient(cs);
     await waitFor('both nodes READY', async () => { const n = await nodes(); return n['clk-stepped'] === 'READY' && n['clk-other'] === 'READY'; }, 20_000, 100);
@@ -81,7 +73,7 @@ describe('a step of the system clock', function () {
     await admin.registerComponent({ instanceId: 'ext-clk', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 20_000 });
     const before = (await running()).map((i) => i.id);
     const elected = (await pastEvents(admin, ['leader.elected'])).length;
-    step(leaderClock, '+60s');
+    stepClock(leaderClock, '+60s');
     // Three lease TTLs (2 s) and two heartbeat timeouts (3 s): before, the leader stepped down at
     // once (its keepalive "quiet" for 60 s); with that fixed alone, it would have marked both
     // nodes DOWN (silent for 60 s) and the external instance's 20 s lease would have run out.
@@ -102,7 +94,7 @@ describe('a step of the system clock', function () {
   it('a node whose agent dies as the leader\'s clock steps back still goes DOWN within the heartbeat timeout', async () => {
     const t0 = Date.now();
     await killable.kill('SIGKILL');
-    step(leaderClock, '+0'); // 60 s back, before the leader heard from the agent again
+    stepClock(leaderClock, '+0'); // 60 s back, before the leader heard from the agent again
     // The heartbeat timeout is 3 s (ticks every 250 ms): before, the agent's last report read
     // as 60 s in the future, and the node stayed READY for a minute more.
     await waitFor('clk-other DOWN', async () => (await nodes())['clk-other'] === 'DOWN', 10_000, 100);
@@ -114,7 +106,7 @@ describe('a step of the system clock', function () {
   it('an agent whose clock steps 60 s back keeps running its health checks', async () => {
     const [inst] = await running();
     expect(inst.nodeId).to.equal('clk-stepped');
-    step(agentClock, '-60s');
+    stepClock(agentClock, '-60s');
     await sleep(1_500);
     await execOutput(admin, inst.id, ['rm', '-f', '/tmp/ok']);
     // Checked every 300 ms, restarted after two failures: before, no check ran for the minute
@@ -124,7 +116,7 @@ describe('a step of the system clock', function () {
   });
 
   it('jobs run through an agent whose clock is 30 s ahead of the leader\'s', async () => {
-    step(agentClock, '+30s');
+    stepClock(agentClock, '+30s');
     await admin.applyApp({
       name: 'clkjobs', components: [{
         name: 'splitter', image: 'tessera/components:local', command: ['node', '/app/splitter.js'], ports: [{ name: 'grpc' }], instances: 1,

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
+import { onLeaderClock } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -35,4 +36,33 @@ describe('node liveness decision', () => {
       expect(d.reason).to.match(reason);
     });
   }
+});
+
+describe("agents' task reports on the leader's clock", () => {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const inst = (id: string, reportedAtMs: number): any => ({ instanceId: id, task: { queueDepth: 3, reportedAtMs } });
+
+  it('reads a report whose agent time changed as fresh now, whatever the agent\'s clock says', () => {
+    const first = [inst('a', 1_000_000 - 30_000)]; // the agent's clock runs 30 s behind
+    const times = onLeaderClock(undefined, first, 1_000_000);
+    expect(first[0].task.reportedAtMs).to.equal(1_000_000);
+    const next = [inst('a', 1_000_000 - 30_000 + 2_000)];
+    onLeaderClock(times, next, 1_002_000);
+    expect(next[0].task.reportedAtMs).to.equal(1_002_000);
+  });
+
+  it('keeps the time a report was first seen while the agent sends it unchanged (a component that stopped reporting)', () => {
+    let times = onLeaderClock(undefined, [inst('a', 5)], 1_000_000);
+    for (const now of [1_002_000, 1_004_000, 1_020_000]) {
+      const same = [inst('a', 5)];
+      times = onLeaderClock(times, same, now);
+      expect(same[0].task.reportedAtMs).to.equal(1_000_000);
+    }
+  });
+
+  it('leaves instances without a task report alone, and forgets instances gone', () => {
+    const none = [{ instanceId: 'b' }] as never[];
+    const times = onLeaderClock(new Map([['gone', [1, 2]]]), none, 1_000_000);
+    expect([...times.keys()]).to.deep.equal([]);
+  });
 });
