@@ -2,7 +2,7 @@
 // semantics (see ARCHITECTURE.md): gRPC keepalive, without which a watch over a silently dead
 // connection never errors; and short fault-handling delays, without which etcd3's defaults
 // (a 5 s circuit breaker per host, up to 30 s watch backoff) slow recovery after an outage.
-import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
+import { Etcd3, GRPCResourceExhastedError, IOptions, isRecoverableError } from 'etcd3';
 import { BrokenCircuitError, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
 import { withTimeout } from './timeout';
 
@@ -105,12 +105,31 @@ export function endpointHealth(client: Etcd3): EndpointHealth | undefined {
   return HEALTH.get(client);
 }
 
+/**
+ * etcd's "database space exceeded" (its NOSPACE alarm: the database reached --quota-backend-bytes
+ * and the cluster takes reads and deletes only), as etcd3 raises it.
+ */
+export function isNoSpace(err: unknown): boolean {
+  return err instanceof GRPCResourceExhastedError || /database space exceeded/.test(String((err as Error)?.message ?? ''));
+}
+
+/**
+ * Errors that say something about the etcd member a call went to (it is down, unreachable,
+ * overloaded): those open its circuit breaker and are retried on another member. etcd3 counts
+ * RESOURCE_EXHAUSTED among them, but NOSPACE is the whole cluster's state: with it counted, three
+ * refused writes opened the breaker and every read, probe and keepalive was turned away with
+ * them ("circuit breaker is open"), so a coordinator took etcd for unreachable.
+ */
+export function isMemberFault(err: Error): boolean {
+  return isRecoverableError(err) && !isNoSpace(err);
+}
+
 export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
   const callTimeoutMs = opts.callTimeoutMs ?? 5_000;
   const hosts = opts.endpoints.map((e) => (e.includes('://') ? e : `http://${e}`));
   const health = opts.probe && hosts.length > 1 ? new EndpointHealth(hosts, { callTimeoutMs, tls: opts.tls }, opts.probe) : undefined;
   const hostPolicy = (host: string) => {
-    const breaker = circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) });
+    const breaker = circuitBreaker(handleWhen(isMemberFault), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) });
     if (!health) return breaker;
     // Turned away before the call (etcd3 then tries the next host); the breaker as before.
     const gated = Object.create(breaker) as typeof breaker;
@@ -134,7 +153,7 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
     faultHandling: {
       host: hostPolicy,
-      global: retry(handleWhen(isRecoverableError), { maxAttempts: 2 }),
+      global: retry(handleWhen(isMemberFault), { maxAttempts: 2 }),
       // etcd3 types this against an older cockatiel IBackoff; the runtime contract is the same.
       watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1_000 }) as never,
     },
@@ -153,3 +172,4 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
 
 // Kept importable from here: the coordinator's etcd calls use it (the agent, which loads no etcd client, imports ./timeout).
 export { withTimeout } from './timeout';
+

@@ -3,10 +3,15 @@
 // successor elected), etcd refuses the whole transaction and nothing is half-written.
 // Events that describe a change are committed in the same transaction as the change.
 import { Etcd3, Range } from 'etcd3';
-import { FencedError, NotLeaderError, UnavailableError } from '../common/errors';
+import { FencedError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../common/errors';
+import { isNoSpace } from '../common/etcd';
 import type { Logger } from '../common/logger';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
+
+/** What a write refused by a full etcd answers (RESOURCE_EXHAUSTED): nothing was written. */
+export const NO_SPACE_TEXT = 'etcd is out of space (its NOSPACE alarm is raised: the database reached --quota-backend-bytes) and takes no writes, so nothing was changed: '
+  + 'an operator frees space (compact, defragment each member, `etcdctl alarm disarm`: see the README, "etcd out of space"), and writes resume by themselves';
 
 export type Op =
   | { type: 'put'; key: string; value: string; lease?: string }
@@ -64,6 +69,7 @@ export class Store {
     try {
       res = await this.client.if(token.key, 'Create', '==', token.createRevision).then(...builders).commit();
     } catch (err) {
+      if (isNoSpace(err)) throw new ResourceExhaustedError(NO_SPACE_TEXT);
       throw new UnavailableError(`etcd write failed: ${(err as Error).message}`);
     }
     this.metrics?.observe('tessera_fenced_write_seconds', {}, (performance.now() - t0) / 1000);
