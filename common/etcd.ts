@@ -173,3 +173,8 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
 // Kept importable from here: the coordinator's etcd calls use it (the agent, which loads no etcd client, imports ./timeout).
 export { withTimeout } from './timeout';
 
+/** etcd's raised alarms: NOSPACE (the database reached its quota: reads and deletes only) or CORRUPT, each with the member that raised it. */
+export async function etcdAlarms(client: Etcd3, timeoutMs: number): Promise<{ alarm: string; memberId: string }[]> {
+  const res = await withTimeout(client.maintenance.alarm({ action: 'Get', memberID: 0, alarm: 'None' }), timeoutMs, 'etcd alarms');
+  return (res.alarms ?? []).filter((a) => a.alarm && String(a.alarm) !== 'None').map((a) => ({ alarm: String(a.alarm).toUpperCase(), memberId: BigInt(a.memberID).toString(16) }));
+}

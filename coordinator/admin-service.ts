@@ -11,7 +11,7 @@ import { clientCredentials, CHANNEL_OPTIONS, deadline, rejectMalformed, relayStr
 import type { Logger } from '../common/logger';
 import { storedFormat } from './storage-format';
 import { tesseraPackageDefinition, tesseraProto } from '../common/proto';
-import { createEtcdClient, withTimeout } from '../common/etcd';
+import { createEtcdClient, etcdAlarms, withTimeout } from '../common/etcd';
 import type { AdminClient, AdminHandlers } from '../common/generated/tessera/v1/Admin';
 import type { ClusterStatus } from '../common/generated/tessera/v1/ClusterStatus';
 import type { JobView } from '../common/generated/tessera/v1/JobView';
@@ -498,11 +498,12 @@ export class AdminService {
   async clusterStatus(): Promise<ClusterStatus> {
     const leader = this.leadership.leader;
     const reg = this.registry();
-    const [members, records, storageFormat] = await Promise.all([
+    const [members, records, storageFormat, alarms] = await Promise.all([
       this.etcdMembers(),
       reg ? Promise.resolve(reg.list()) : withTimeout(readNodes(this.client, this.keys), 1_000, 'node read').catch(() => []),
       // Bounded like the member reads: `tessera status` answers promptly while etcd is out of reach.
       storedFormat(this.client, this.keys, 800).catch(() => -1),
+      etcdAlarms(this.client, 800).catch(() => []),
     ]);
     const nodesByState: Record<string, number> = {};
     for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;
@@ -515,6 +516,7 @@ export class AdminService {
       nodesByState,
       storageFormat,
       refusal: this.leadership.refusal ?? '',
+      etcdAlarms: alarms.map((a) => `${a.alarm} on member ${a.memberId}`),
     };
   }
 

@@ -11,7 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, ServingStatus } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import type { Etcd3 } from 'etcd3';
-import { createEtcdClient, endpointHealth, withTimeout } from '../common/etcd';
+import { createEtcdClient, endpointHealth, etcdAlarms, withTimeout } from '../common/etcd';
 import { bind, guardDeserializers, SERVER_OPTIONS, serverCredentials } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { formatOps, formatRefusal, StorageFormatError, storedFormat } from './storage-format';
@@ -305,6 +305,8 @@ export class Coordinator {
     m.set('tessera_coordinator_leader_term', {}, token?.term ?? 0);
     m.set('tessera_coordinator_etcd_up', {}, this.etcdOk ? 1 : 0);
     m.set('tessera_clock_offset_seconds', {}, clockOffsetMs() / 1000);
+    m.reset('tessera_etcd_alarm');
+    for (const t of this.etcdAlarms) m.set('tessera_etcd_alarm', { alarm: t }, 1);
     for (const [endpoint, answering] of endpointHealth(this.etcd)?.states() ?? []) m.set('tessera_etcd_endpoint_answering', { endpoint }, answering ? 1 : 0);
     m.reset('tessera_nodes');
     m.reset('tessera_instances');
@@ -352,6 +354,7 @@ export class Coordinator {
     try {
       await withTimeout(this.etcd.get(`${this.keys.prefix}health-probe`).exec(), 1_500, 'etcd probe');
       ok = true;
+      if (this.alarmChecks++ % 2 === 0) void this.checkAlarms();
     } catch (err) {
       if (this.etcdOk) this.log.warn({ err: (err as Error).message }, 'etcd unreachable: reporting NOT_SERVING');
     }
@@ -367,6 +370,34 @@ export class Coordinator {
   }
 
   private idClash = false;
+  private alarmChecks = 0;
+  /** etcd's raised alarm types (NOSPACE, CORRUPT), read every 2 s while etcd answers. */
+  private etcdAlarms: string[] = [];
+
+  /**
+   * etcd's alarms: an error in the log when one is raised (NOSPACE turns the cluster read-only:
+   * every write refused), an info line when they clear, and tessera_etcd_alarm for an alert.
+   * They are not a reason for NOT_SERVING: reads and forwarding still work, and a probe that
+   * restarts an unhealthy coordinator would not free any space.
+   */
+  private async checkAlarms(): Promise<void> {
+    let alarms: { alarm: string; memberId: string }[];
+    try {
+      alarms = await etcdAlarms(this.etcd, 1_500);
+    } catch {
+      return;
+    }
+    const types = [...new Set(alarms.map((a) => a.alarm))].sort();
+    const raised = types.filter((t) => !this.etcdAlarms.includes(t));
+    for (const t of raised) {
+      const members = alarms.filter((a) => a.alarm === t).map((a) => a.memberId);
+      this.log.error({ alarm: t, members }, t === 'NOSPACE'
+        ? 'etcd raised its NOSPACE alarm: its database reached --quota-backend-bytes and it takes only reads and deletes, so nothing can be deployed, scaled or recorded and jobs are refused (RESOURCE_EXHAUSTED) until an operator frees space (README: "etcd out of space"); what runs keeps running'
+        : `etcd raised its ${t} alarm: it refuses writes until an operator clears it (etcdctl alarm list)`);
+    }
+    if (this.etcdAlarms.length && !types.length) this.log.info({ was: this.etcdAlarms }, 'etcd alarms cleared: writes resume');
+    this.etcdAlarms = types;
+  }
 
   private setHealth(status: ServingStatus): void {
     for (const s of HEALTH_SERVICES) this.health.setStatus(s, status);

@@ -7,6 +7,7 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_coordinator_leader_term', help: 'the leader term (campaign key create revision) this coordinator holds, 0 when following', type: 'gauge' },
   { name: 'tessera_clock_offset_seconds', help: 'the system clock minus the clock timers and liveness run on: non-zero after a step of the system clock, until slewed away (at 5% of real time)', type: 'gauge' },
   { name: 'tessera_coordinator_etcd_up', help: '1 while etcd answers linearizable reads', type: 'gauge' },
+  { name: 'tessera_etcd_alarm', help: '1 while etcd has this alarm raised (NOSPACE: out of space, every write refused; CORRUPT)', type: 'gauge', labels: ['alarm'] },
   { name: 'tessera_etcd_endpoint_answering', help: '1 while an etcd endpoint answers its probe (with several endpoints: new calls avoid one at 0 while another answers)', type: 'gauge', labels: ['endpoint'] },
   { name: 'tessera_nodes', help: 'nodes by state (on the leader)', type: 'gauge', labels: ['state'] },
   { name: 'tessera_node_conditions', help: 'nodes with a condition that keeps new instances off them, by type (runtime-down, disk-pressure; on the leader)', type: 'gauge', labels: ['type'] },

@@ -16,14 +16,15 @@ export interface EtcdMemberProc {
 }
 
 export class EtcdCluster {
-  private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string, readonly certs?: string) {}
+  private constructor(readonly members: EtcdMemberProc[], private readonly initialCluster: string, readonly root: string, readonly certs?: string, private readonly extraArgs: string[] = []) {}
 
   /**
    * size members; with certs (scripts/make-certs.sh output) clients must use TLS with a
    * CA-signed certificate. A member that exits while starting (a port taken between freePort()
    * and etcd's bind, by another test's process or container) is tried again on fresh ports.
+   * extraArgs go to every member (e.g. --quota-backend-bytes).
    */
-  static async start(size = 1, certs?: string): Promise<EtcdCluster> {
+  static async start(size = 1, certs?: string, extraArgs: string[] = []): Promise<EtcdCluster> {
     let lastErr: Error | undefined;
     for (let attempt = 1; attempt <= 3; attempt++) {
       const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-etcd-'));
@@ -32,7 +33,7 @@ export class EtcdCluster {
         members.push({ name: `m${i}`, clientPort: await freePort(), peerPort: await freePort(), dataDir: path.join(root, `m${i}`) });
       }
       const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(',');
-      const c = new EtcdCluster(members, initialCluster, root, certs);
+      const c = new EtcdCluster(members, initialCluster, root, certs, extraArgs);
       for (let i = 0; i < size; i++) c.spawn(i);
       const exited = () => members.find((m) => m.proc && (m.proc.exitCode !== null || m.proc.signalCode !== null));
       try {
@@ -74,7 +75,7 @@ export class EtcdCluster {
       ...(this.certs ? ['--cert-file', path.join(this.certs, 'etcd.pem'), '--key-file', path.join(this.certs, 'etcd-key.pem'), '--trusted-ca-file', path.join(this.certs, 'ca.pem'), '--client-cert-auth'] : []),
       '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
       '--initial-cluster', this.initialCluster, '--initial-cluster-state', 'new',
-      '--heartbeat-interval', '100', '--election-timeout', '1000', '--logger', 'zap',
+      '--heartbeat-interval', '100', '--election-timeout', '1000', '--logger', 'zap', ...this.extraArgs,
     ], { stdio: ['ignore', log, log] });
   }
 
