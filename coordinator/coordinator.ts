@@ -99,34 +99,62 @@ export class LeaderWork {
     if (this.stopped) return;
     this.ready = true;
     this.settled?.();
-    this.every(250, () => this.registry.tick());
-    if (this.c.config.nodeGcThresholdMs > 0) this.every(Math.min(60_000, Math.max(250, this.c.config.nodeGcThresholdMs / 4)), () => this.registry.collect(this.c.config.nodeGcThresholdMs));
-    this.every(200, () => this.scaler.tick());
-    this.every(250, () => this.components.tick());
-    this.every(100, async () => this.jobs.pump());
-    this.every(1_000, async () => this.jobs.sweepStarts());
+    this.every('node-liveness', 250, () => this.registry.tick());
+    if (this.c.config.nodeGcThresholdMs > 0) this.every('node-gc', Math.min(60_000, Math.max(250, this.c.config.nodeGcThresholdMs / 4)), () => this.registry.collect(this.c.config.nodeGcThresholdMs));
+    this.every('scaling', 200, () => this.scaler.tick());
+    this.every('components', 250, () => this.components.tick());
+    this.every('job-queue', 100, async () => this.jobs.pump());
+    this.every('job-starts', 1_000, async () => this.jobs.sweepStarts());
     // Reconcile every reconcileIntervalMs, and within 20 ms of anything that asks for it (an
     // apply, an agent attaching, an instance event).
     let lastReconcile = 0;
-    this.every(20, async () => {
+    this.every('reconcile', 20, async () => {
       if (!this.deployments.wantsTick && steadyNow() - lastReconcile < this.c.config.reconcileIntervalMs) return;
       lastReconcile = steadyNow();
       await this.deployments.tick();
     });
-    this.every(this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
-    this.every(30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
+    this.every('node-status', this.c.config.statusPersistIntervalMs, () => this.registry.persistStatus());
+    this.every('event-trim', 30_000, () => this.c.store.trimEvents(this.c.config.maxEvents));
     if (this.c.config.etcdCompactionIntervalMs > 0) {
       const compactor = new Compactor(this.c.etcd, this.c.keys.prefix, this.c.log.child({ part: 'compactor' }));
-      this.every(this.c.config.etcdCompactionIntervalMs, () => compactor.tick());
+      this.every('compaction', this.c.config.etcdCompactionIntervalMs, () => compactor.tick());
     }
   }
 
-  private every(ms: number, fn: () => Promise<unknown>): void {
+  /**
+   * Runs fn every ms, never two at once. A failing step is a warning, and again with the same
+   * error only once a minute (with the count meanwhile), whether or not steps worked in between
+   * (the reconcile loop fails only when it has something to write); an info line when it works
+   * again after failing for a second or more. With etcd out of reach or out of space some loops
+   * failed several times a second, each a warning (25 in 13 s).
+   */
+  private every(name: string, ms: number, fn: () => Promise<unknown>): void {
     let running = false;
+    const f = { failingSinceMs: 0, failures: 0, sinceWarned: 0, warnedError: '', warnedAtMs: -Infinity };
+    const log = this.c.log;
     const t = setInterval(() => {
       if (running || this.stopped) return;
       running = true;
-      fn().catch((err) => this.c.log.warn({ err: (err as Error).message }, 'leader loop step failed')).finally(() => (running = false));
+      fn().then(() => {
+        if (!f.failures) return;
+        const forMs = steadyNow() - f.failingSinceMs;
+        if (forMs >= 1_000) log.info({ loop: name, failures: f.failures, forMs }, `leader loop ${name} works again`);
+        f.failures = 0;
+      }, (err) => {
+        const error = (err as Error).message;
+        const now = steadyNow();
+        if (!f.failures++) f.failingSinceMs = now;
+        f.sinceWarned++;
+        if (error !== f.warnedError || now - f.warnedAtMs >= 60_000) {
+          const again = f.warnedError === error ? ` (${f.sinceWarned} times in the last ${Math.round((now - f.warnedAtMs) / 1000)} s)` : '';
+          log.warn({ loop: name, err: error }, `leader loop ${name} failed${again}`);
+          f.warnedError = error;
+          f.warnedAtMs = now;
+          f.sinceWarned = 0;
+        } else {
+          log.debug({ loop: name, err: error }, `leader loop ${name} failed`);
+        }
+      }).finally(() => (running = false));
     }, ms);
     t.unref();
     this.timers.push(t);

@@ -123,6 +123,11 @@ describe('etcd out of space (NOSPACE)', function () {
     const log = fs.readFileSync(path.join(fleet.dir, 'c1.log'), 'utf8');
     expect(log.match(/etcd raised its NOSPACE alarm/g) ?? []).to.have.length(1);
     expect(log).to.not.match(/circuit breaker is open/);
+    // The leader's loops whose writes fail (node status, every 500 ms here) warn once each, not
+    // at every turn (25 warnings in 13 s before).
+    const warned = log.split('\n').filter((l) => l.includes('"level":"warn"') && /"msg":"leader loop /.test(l)).map((l) => JSON.parse(l) as { loop: string });
+    expect(warned.length, 'a warning from the loops that write').to.be.above(0);
+    expect(warned.map((w) => w.loop), 'one warning a loop').to.deep.equal([...new Set(warned.map((w) => w.loop))]);
   });
 
   it('writes again by themselves once an operator frees space (compact, defrag, alarm disarm)', async () => {
@@ -138,6 +143,8 @@ describe('etcd out of space (NOSPACE)', function () {
     expect((await admin.submitJob({ pipeline: 'roomy', payload: Buffer.from('after'), wait: true })).state).to.equal('JOB_STATE_SUCCEEDED');
     await waitFor('the alarm gone from the status', async () => (await admin.getClusterStatus()).etcdAlarms.length === 0, 5_000, 100);
     await waitFor('the metric cleared', async () => (await metrics()).get('tessera_etcd_alarm{alarm="NOSPACE"}') === undefined, 5_000, 200);
-    expect(fs.readFileSync(path.join(fleet.dir, 'c1.log'), 'utf8')).to.match(/etcd alarms cleared: writes resume/);
+    const log = fs.readFileSync(path.join(fleet.dir, 'c1.log'), 'utf8');
+    expect(log).to.match(/etcd alarms cleared: writes resume/);
+    await waitFor('the node-status loop working again', async () => /"msg":"leader loop node-status works again"/.test(fs.readFileSync(path.join(fleet.dir, 'c1.log'), 'utf8')), 5_000, 200);
   });
 });
