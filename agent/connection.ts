@@ -9,6 +9,7 @@
 import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { Backoff, BackoffOptions, sleep } from '../common/backoff';
+import { monoMs } from '../common/clock';
 import { AGENT_CHANNEL_OPTIONS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
@@ -59,6 +60,8 @@ export class CoordinatorConnection extends EventEmitter {
     private readonly log: Logger,
     private readonly backoffOpts: BackoffOptions | undefined,
     private readonly tls?: import('../common/tls').LiveTls,
+    /** While not attached to a leader, a warning this often. */
+    private readonly detachedWarnMs = 60_000,
   ) {
     super();
   }
@@ -134,9 +137,21 @@ export class CoordinatorConnection extends EventEmitter {
         attempts = 0;
         unreachable = out.redirected ? '' : address;
         avoid = unreachable;
+        this.detachedAtMs = monoMs();
+        this.detachedLoggedAtMs = this.detachedAtMs;
+        // A leader's graceful stop redirects its agents: routine. Anything else is worth a warning.
+        if (out.redirected) this.log.info({ address, reason: out.reason }, 'the leader handed this agent over: attaching to the new one');
+        else this.log.warn({ address, reason: out.reason }, 'lost the stream to the leader: attaching again (the instances here keep running)');
         this.emit('disconnected');
       } else if (!out.redirected && wasRedirect) {
         unreachable = address; // sent to a leader that does not answer
+      }
+      // Still not attached: a warning a minute, with the last attempt's outcome (each attempt is a debug line).
+      const now = monoMs();
+      if (!out.welcomed && now - this.detachedLoggedAtMs >= this.detachedWarnMs) {
+        this.detachedLoggedAtMs = now;
+        this.log.warn({ address, reason: out.reason, forS: Math.round((now - this.detachedAtMs) / 1000) },
+          `not attached to a leader for ${Math.round((now - this.detachedAtMs) / 1000)} s: still trying ${this.addresses.join(', ')} (the instances here keep running)`);
       }
       if (out.redirectTo && out.redirectTo !== address) {
         this.log.info({ from: address, to: out.redirectTo }, 'redirected to the leader');
@@ -163,6 +178,9 @@ export class CoordinatorConnection extends EventEmitter {
   }
 
   private lastRefusal = { reason: '', atMs: 0 };
+  /** Since when this agent has had no leader's stream (monotonic ms; its start at first), and when it last said so. */
+  private detachedAtMs = monoMs();
+  private detachedLoggedAtMs = monoMs();
 
   private async runStream(address: string, unreachableLeader: string): Promise<StreamOutcome> {
     if (this.addresses.length > 1 || this.addresses[0] !== address) {
@@ -196,7 +214,7 @@ export class CoordinatorConnection extends EventEmitter {
           for (const [a, c] of this.clients) if (a !== address) { c.close(); this.clients.delete(a); }
           this.connectedTo = msg.welcome.coordinatorId;
           if (this.state === 'CONNECTING') this.transition('CONNECTED', { address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm });
-          this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm }, 'attached to leader');
+          this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm, afterMs: Math.round(monoMs() - this.detachedAtMs) }, 'attached to leader');
           this.emit('welcome', msg.welcome, address);
         } else if (msg.redirect) {
           out.redirected = true;

@@ -1,5 +1,6 @@
 // Three coordinators and two agents as real processes against a real etcd.
 import { expect } from 'chai';
+import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import type { Event__Output } from '../../common/generated/tessera/v1/Event';
@@ -173,8 +174,14 @@ describe('cluster core: 3 coordinators, 2 agents, real etcd', function () {
     await byId(oldLeader).kill('SIGKILL');
     const newLeader = await waitForLeader(addrs(), 10_000, oldLeader);
     const electedMs = Date.now() - t0;
+    const killedAddress = byId(oldLeader).address;
     expect(electedMs).to.be.lessThan(8_000);
     await waitFor('agents re-attached to the new leader', () => allAttachedTo(newLeader), 15_000);
+    // Each agent says it lost its leader (a warning), then that it is attached again.
+    for (const a of agents) {
+      const log = fs.readFileSync(a.logFile, 'utf8');
+      expect(log, a.nodeId).to.match(new RegExp(`"level":"warn".*"address":"${killedAddress}".*"msg":"lost the stream to the leader`));
+    }
     // Let the grace period pass: a node that had not come back would be DOWN by now.
     await new Promise((r) => setTimeout(r, 4_500));
     const after = await nodesOn(byId(newLeader).address);
@@ -203,6 +210,11 @@ describe('cluster core: 3 coordinators, 2 agents, real etcd', function () {
     expect(ms, `handover took ${ms} ms`).to.be.lessThan(1_000);
     await exited;
     await waitFor('agents re-attached after the graceful handover', () => allAttachedTo(newLeader), 10_000);
+    // A handover is routine in the agents' logs (an info line), not the warning a lost stream is.
+    for (const a of agents) {
+      const mine = fs.readFileSync(a.logFile, 'utf8').split('\n').filter((l) => l.includes(`"address":"${byId(oldLeader).address}"`));
+      expect(mine.some((l) => l.includes('"level":"info"') && l.includes('the leader handed this agent over')), `${a.nodeId}: ${mine.join('\n')}`).to.equal(true);
+    }
     const revived = await fleet.coordinator({ etcd: etcd.endpoints, id: oldLeader });
     coords[coords.findIndex((c) => c.id === oldLeader)] = revived;
     await waitFor('the revived coordinator to follow', async () => (await statusOf(revived.address))?.leader?.id === newLeader, 10_000);

@@ -1,0 +1,46 @@
+// What an agent says while it has no leader: the agent's connection (in this process, its log
+// captured) against a real coordinator process over loopback gRPC, killed and started again.
+// Before session 20 an agent whose coordinators were all gone logged nothing above debug: an
+// operator reading its log could not tell it was cut off.
+import { expect } from 'chai';
+import { CoordinatorConnection } from '../../agent/connection';
+import { createLogger } from '../../common/logger';
+import { VERSION } from '../../common/version';
+import { waitForLeader } from '../helpers/cluster';
+import { waitFor } from '../helpers/ports';
+import { etcdAndFleet } from '../helpers/suite';
+
+describe('an agent without a leader says so', function () {
+  this.timeout(60_000);
+  const s = etcdAndFleet();
+
+  it('warns when the leader\'s stream is lost, then once a period while cut off, and says when it is attached again', async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx' });
+    await waitForLeader([c.address]);
+    const lines: { level: string; msg: string; afterMs?: number; forS?: number }[] = [];
+    const log = createLogger('agent', 'info', {}, (line) => { lines.push(JSON.parse(line)); });
+    const conn = new CoordinatorConnection([c.address], () => ({
+      nodeId: 'conn-1', agentUid: 'uid-conn-1', hostname: 'conn-host', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 },
+      agentVersion: VERSION, instances: [], portRange: { start: 30860, end: 30869 }, sessionId: 'conn-session', endpoint: '', unreachableLeader: '',
+    }), log, { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 }, undefined, 1_000);
+    conn.start();
+    try {
+      await waitFor('attached', async () => conn.current === 'CONNECTED', 10_000, 50);
+      const port = Number(c.address.split(':')[1]);
+      await c.kill('SIGKILL');
+      await waitFor('a warning for the lost stream', async () => lines.some((l) => l.level === 'warn' && /^lost the stream to the leader/.test(l.msg)), 5_000, 50);
+      await waitFor('a warning a period while cut off', async () => lines.filter((l) => l.level === 'warn' && /^not attached to a leader for \d+ s: still trying/.test(l.msg)).length >= 2, 5_000, 50);
+      // Each failed attempt (every 100-300 ms) is a debug line, not one of these.
+      const periodic = lines.filter((l) => /^not attached to a leader/.test(l.msg));
+      expect(periodic.length).to.be.at.most(4);
+      const back = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx', port });
+      await waitForLeader([back.address], 15_000);
+      await waitFor('attached again', async () => conn.current === 'CONNECTED', 15_000, 50);
+      const attached = lines.filter((l) => l.msg === 'attached to leader');
+      expect(attached).to.have.length(2);
+      expect(attached[1].afterMs).to.be.above(1_000);
+    } finally {
+      await conn.stop();
+    }
+  });
+});
