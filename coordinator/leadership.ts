@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import type { Etcd3, Lease, Watcher } from 'etcd3';
 import { Backoff, sleep } from '../common/backoff';
 import { monoMs } from '../common/clock';
+import { LogThrottle } from '../common/log-throttle';
 import { endpointHealth, withTimeout } from '../common/etcd';
 import type { Logger } from '../common/logger';
 import { VERSION } from '../common/version';
@@ -83,6 +84,7 @@ export class Leadership extends EventEmitter {
   /** An older candidate with this coordinator's id and another address (see idClash). */
   private clash?: CandidateInfo;
   private clashLoggedAtMs = -Infinity;
+  private readonly campaignWarnings = new LogThrottle(30_000);
 
   constructor(
     private readonly client: Etcd3,
@@ -228,9 +230,13 @@ export class Leadership extends EventEmitter {
           }
           await this.becomeCandidate();
           backoff.reset();
+          if (this.campaignWarnings.reset()) this.log.info('campaigning again');
           await this.refreshLeader();
         } catch (err) {
-          this.log.warn({ err: (err as Error).message }, 'campaign failed; retrying');
+          // While etcd is away this fails at every backoff step: a warning, then one each 30 s.
+          const held = this.campaignWarnings.take();
+          if (held === undefined) this.log.debug({ err: (err as Error).message }, 'campaign failed; retrying');
+          else this.log.warn({ err: (err as Error).message, ...(held ? { failedMeanwhile: held } : {}) }, held ? `campaign failed; retrying (${held} more failures since the last warning)` : 'campaign failed; retrying');
           await this.dropCandidacy('campaign failed');
           await sleep(backoff.next(), this.abort.signal);
           continue;

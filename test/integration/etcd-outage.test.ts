@@ -1,5 +1,6 @@
 // etcd going away entirely, and the embedded single-member etcd of a one-host trial.
 import { expect } from 'chai';
+import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
@@ -53,6 +54,13 @@ describe('etcd outage and the embedded etcd', function () {
         c.close();
       }
     }, 30_000);
+    // Each coordinator's campaign failed at every backoff step while etcd was away: one warning
+    // each (then one each 30 s), and a line when it campaigns again; before, a warning per attempt.
+    for (const c of [a, b]) {
+      const log = fs.readFileSync(c.logFile, 'utf8');
+      expect((log.match(/"level":"warn".*"msg":"campaign failed; retrying/g) ?? []).length, c.id).to.be.at.most(1);
+      if (/"msg":"campaign failed; retrying/.test(log)) expect(log, c.id).to.match(/"msg":"campaigning again"/);
+    }
     void leader;
   });
 
