@@ -22,6 +22,7 @@
 // passed, failed with that reason. No accepted job is silently lost.
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
+import { LogThrottle } from '../../common/log-throttle';
 import { FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
 import { Backoff, sleep } from '../../common/backoff';
 import type { Logger } from '../../common/logger';
@@ -977,9 +978,9 @@ export class JobScheduler {
       if (startDurable) {
         // Not recorded (leadership lost, or etcd down): the start record stays and the next
         // leader resumes the job. Its waiters learnt how it ended here.
-        this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; the next leader will resume it');
+        this.burstLog('warn', 'end-resume', { job: rec.id, err: (err as Error).message }, 'job end not recorded; the next leader will resume it');
       } else {
-        this.log.warn({ job: rec.id, err: (err as Error).message }, 'job end not recorded; its caller is told so and nothing was acknowledged');
+        this.burstLog('warn', 'end-refused', { job: rec.id, err: (err as Error).message }, 'job end not recorded; its caller is told so and nothing was acknowledged');
         answer(err as Error);
       }
       tell();
@@ -1066,6 +1067,19 @@ export class JobScheduler {
   }
 
   /**
+   * Per-job lines that come in bursts (etcd away with thousands of jobs in flight: a line each):
+   * the first, then one each 10 s per kind with how many more there were (those at debug).
+   */
+  private readonly throttles = new Map<string, LogThrottle>();
+  private burstLog(level: 'warn' | 'info', kind: string, fields: Record<string, unknown>, msg: string): void {
+    let t = this.throttles.get(kind);
+    if (!t) this.throttles.set(kind, (t = new LogThrottle(10_000)));
+    const held = t.take();
+    if (held === undefined) this.log.debug(fields, msg);
+    else this.log[level]({ ...fields, ...(held ? { moreMeanwhile: held } : {}) }, held ? `${msg} (and ${held} more like it since the last such line)` : msg);
+  }
+
+  /**
    * Writes what records the end of answered jobs (`write`, one try: their end records, or the
    * deletion of a start record all of whose jobs have ended), trying again with backoff while
    * etcd does not take it (see END_RETRY_BACKOFF). A fenced write, or a coordinator that no
@@ -1077,13 +1091,13 @@ export class JobScheduler {
     for (;;) {
       try {
         await write();
-        if (backoff.attempts) this.log.info({ ...fields, tries: backoff.attempts + 1 }, `${what} written after etcd failed to take it`);
+        if (backoff.attempts) this.burstLog('info', `${what} written`, { ...fields, tries: backoff.attempts + 1 }, `${what} written after etcd failed to take it`);
         return;
       } catch (err) {
         const delay = backoff.next();
         if (this.stopped || err instanceof FencedError || err instanceof NotLeaderError) throw err;
         this.metrics?.inc('tessera_job_end_record_retries_total');
-        if (backoff.attempts === 1) this.log.warn({ ...fields, err: (err as Error).message }, `${what} not written; trying again while this coordinator leads`);
+        if (backoff.attempts === 1) this.burstLog('warn', `${what} not written`, { ...fields, err: (err as Error).message }, `${what} not written; trying again while this coordinator leads`);
         await sleep(delay);
       }
     }
