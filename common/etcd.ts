@@ -110,18 +110,26 @@ export function endpointHealth(client: Etcd3): EndpointHealth | undefined {
  * and the cluster takes reads and deletes only), as etcd3 raises it.
  */
 export function isNoSpace(err: unknown): boolean {
-  return err instanceof GRPCResourceExhastedError || /database space exceeded/.test(String((err as Error)?.message ?? ''));
+  // Only by its text: etcd answers RESOURCE_EXHAUSTED for a request over its size limit too.
+  return err instanceof GRPCResourceExhastedError && /database space exceeded/.test(err.message);
 }
 
 /**
  * Errors that say something about the etcd member a call went to (it is down, unreachable,
  * overloaded): those open its circuit breaker and are retried on another member. etcd3 counts
- * RESOURCE_EXHAUSTED among them, but NOSPACE is the whole cluster's state: with it counted, three
- * refused writes opened the breaker and every read, probe and keepalive was turned away with
- * them ("circuit breaker is open"), so a coordinator took etcd for unreachable.
+ * RESOURCE_EXHAUSTED among them, but etcd answers it for NOSPACE (the whole cluster's state) and
+ * for a request over its size limit (that request's own fault): with it counted, three refused
+ * writes opened the breaker and every read, probe, keepalive and write was turned away with them
+ * ("circuit breaker is open"): a coordinator took etcd for unreachable, and one oversized apply
+ * failed every other write for a while.
  */
 export function isMemberFault(err: Error): boolean {
-  return isRecoverableError(err) && !isNoSpace(err);
+  return isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError);
+}
+
+/** A request etcd refused for its size (over --max-request-bytes, or gRPC's message limit above it). */
+export function isTooLarge(err: unknown): boolean {
+  return /request is too large|larger than max/.test(String((err as Error)?.message ?? ''));
 }
 
 export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {

@@ -3,8 +3,8 @@
 // successor elected), etcd refuses the whole transaction and nothing is half-written.
 // Events that describe a change are committed in the same transaction as the change.
 import { Etcd3, Range } from 'etcd3';
-import { FencedError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../common/errors';
-import { isNoSpace } from '../common/etcd';
+import { FencedError, InvalidArgumentError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../common/errors';
+import { isNoSpace, isTooLarge } from '../common/etcd';
 import type { Logger } from '../common/logger';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
@@ -70,6 +70,10 @@ export class Store {
       res = await this.client.if(token.key, 'Create', '==', token.createRevision).then(...builders).commit();
     } catch (err) {
       if (isNoSpace(err)) throw new ResourceExhaustedError(NO_SPACE_TEXT);
+      if (isTooLarge(err)) {
+        const bytes = all.reduce((n, op) => n + (op.type === 'deleteRange' ? op.start.length + op.end.length : op.key.length) + (op.type === 'put' ? Buffer.byteLength(op.value) : 0), 0);
+        throw InvalidArgumentError.field('', `the write is ${bytes.toLocaleString('en-US')} bytes, more than etcd takes in one request (--max-request-bytes, 1.5 MiB by default): nothing was changed (${(err as Error).message})`);
+      }
       throw new UnavailableError(`etcd write failed: ${(err as Error).message}`);
     }
     this.metrics?.observe('tessera_fenced_write_seconds', {}, (performance.now() - t0) / 1000);

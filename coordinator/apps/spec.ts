@@ -41,6 +41,21 @@ export const DEFAULTS = {
   stopGraceMs: 10_000,
 };
 
+/** An app spec's size limit (its JSON): an apply writes it twice (the app and its version) in one etcd request. */
+export const MAX_SPEC_BYTES = 512 * 1024;
+
+/** The field path of the largest value in a spec (for the size limit's message), with its size. */
+export function largestField(x: unknown, at = ''): [string, number] {
+  if (x === null || typeof x !== 'object') return [at, Buffer.byteLength(JSON.stringify(x) ?? '')];
+  let best: [string, number] = [at, 0];
+  const entries: [string, unknown][] = Array.isArray(x) ? x.map((e, i) => [`${at}[${i}]`, e]) : Object.entries(x).map(([k, e]) => [at ? `${at}.${k}` : k, e]);
+  for (const [p, e] of entries) {
+    const f = largestField(e, p);
+    if (f[1] > best[1]) best = f;
+  }
+  return best;
+}
+
 /**
  * Validates a spec as received (JSON from grpcurl, YAML from the CLI, already decoded into the
  * proto shape) and returns it with defaults filled in. Throws InvalidArgumentError listing
@@ -50,6 +65,11 @@ export function normalizeAppSpec(spec: AppSpec__Output | AppSpec | undefined | n
   const v: FieldViolation[] = [];
   const bad = (field: string, message: string) => v.push({ field, message });
   if (!spec) throw InvalidArgumentError.field('spec', 'is required');
+  const size = Buffer.byteLength(JSON.stringify(spec));
+  if (size > MAX_SPEC_BYTES) {
+    const [field, bytes] = largestField(spec);
+    throw InvalidArgumentError.field(field, `the spec is ${size.toLocaleString('en-US')} bytes, at most ${MAX_SPEC_BYTES.toLocaleString('en-US')} (etcd holds each version in one value, and takes 1.5 MiB a request); this field is ${bytes.toLocaleString('en-US')} bytes: large data belongs in a volume or an image, not the spec`);
+  }
   const name = spec.name ?? '';
   if (!NAME_RE.test(name)) bad('name', `must be 1-63 characters of a-z, 0-9 and "-", starting with a letter; got ${JSON.stringify(name)}`);
   const comps = spec.components ?? [];

@@ -183,4 +183,27 @@ describe('Admin API through server reflection, and bad input', function () {
     expect(good.connectedTo).to.equal(coord.id);
     expect((await statusOf(coord.address))!.nodesByState).to.deep.equal({ READY: 1 });
   });
+
+  it('refuses what is too large for etcd with INVALID_ARGUMENT, and the writes after it go through at once', async () => {
+    const admin = new AdminClient([coord.address], { timeoutMs: 10_000 });
+    try {
+      // An app spec over the limit: refused before any write, naming its largest field.
+      const big = { name: 'huge', components: [{ name: 'web', image: 'tessera/busybox:local', env: { SMALL: 'x', BLOB: 'x'.repeat(600_000) }, resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] };
+      const spec = await admin.applyApp(big).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(spec?.code).to.equal(grpc.status.INVALID_ARGUMENT);
+      expect(spec?.details).to.match(/^components\[0\]\.env\.BLOB: the spec is 600,\d{3} bytes, at most 524,288 .*this field is 600,002 bytes/);
+      // A write past validation that etcd refuses for its size (a 2 MB registry password).
+      const cred = await admin.setRegistryCredential({ name: 'big', server: 'registry.example', username: 'u', password: 'p'.repeat(2_000_000) }).then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(cred?.code).to.equal(grpc.status.INVALID_ARGUMENT);
+      expect(cred?.details).to.match(/the write is [\d,]+ bytes, more than etcd takes in one request .*nothing was changed/);
+      // Refusals for size do not count against etcd's member (etcd-nospace.test.ts: the breaker).
+      const again = await Promise.all(Array.from({ length: 4 }, () => admin.setRegistryCredential({ name: 'big', server: 'registry.example', username: 'u', password: 'p'.repeat(2_000_000) }).then(() => 0, (e: grpc.ServiceError) => e.code)));
+      expect(again).to.deep.equal(Array(4).fill(grpc.status.INVALID_ARGUMENT));
+      const ok = await admin.setRegistryCredential({ name: 'small', server: 'registry.example', username: 'u', password: 'p' });
+      expect(ok.name).to.equal('small');
+      expect((await admin.listNodes()).nodes.map((n) => n.id)).to.deep.equal(['good']);
+    } finally {
+      admin.close();
+    }
+  });
 });

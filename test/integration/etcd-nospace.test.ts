@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
 import { AdminClient } from '../../common/admin-client';
-import { createEtcdClient } from '../../common/etcd';
+import { createEtcdClient, isTooLarge } from '../../common/etcd';
 import { parseMetrics } from '../../common/metrics';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
@@ -75,6 +75,17 @@ describe('etcd out of space (NOSPACE)', function () {
     await fleet?.stop();
     await etcd?.stop();
     removeContainers('tessera.app=full');
+  });
+
+  it('keeps etcd\'s client usable after requests etcd refuses for their size (not the member\'s fault)', async () => {
+    // Four refusals in a row, nothing else on this client: etcd3 counted RESOURCE_EXHAUSTED as
+    // the member's fault, and after three its circuit breaker turned every call away (a read
+    // right after failed with "circuit breaker is open"; in a coordinator, every write for a while).
+    for (let i = 0; i < 4; i++) {
+      const err = await raw.put('/not-tessera/too-big').value(Buffer.alloc(3 * 1024 * 1024, 1)).then(() => undefined, (e: Error) => e);
+      expect(isTooLarge(err), String(err)).to.equal(true);
+    }
+    expect(await raw.get('/not-tessera/too-big').string()).to.equal(null);
   });
 
   it('refuses writes with RESOURCE_EXHAUSTED and the reason, keeps what is stored, and goes on serving reads and running what runs', async () => {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { InvalidArgumentError } from '../../common/errors';
-import { normalizeAppSpec, parseSecretRef, updateOrder } from '../../coordinator/apps/spec';
+import { largestField, MAX_SPEC_BYTES, normalizeAppSpec, parseSecretRef, updateOrder } from '../../coordinator/apps/spec';
 import { componentHash } from '../../coordinator/apps/records';
 import { cpuQuotaNanos } from '../../agent/docker-runtime';
 
@@ -142,5 +142,30 @@ describe('app spec validation', () => {
     expect(cpuQuotaNanos(250, 2)).to.equal(250_000_000);
     expect(cpuQuotaNanos(5, 2)).to.equal(10_000_000);
     expect(cpuQuotaNanos(64_000, 2)).to.equal(2_000_000_000);
+  });
+});
+
+describe('app spec size', () => {
+  const spec = (blob: number) => ({ name: 'big', components: [{ name: 'web', image: 'busybox', env: { A: 'x', BLOB: 'y'.repeat(blob) }, resources: { cpuMillis: 10, memoryMib: 16 } }] });
+
+  it('refuses a spec over the limit, naming its largest field', () => {
+    try {
+      normalizeAppSpec(spec(MAX_SPEC_BYTES) as never);
+      expect.fail('accepted');
+    } catch (err) {
+      expect(err).to.be.instanceOf(InvalidArgumentError);
+      const v = (err as InvalidArgumentError).violations[0];
+      expect(v.field).to.equal('components[0].env.BLOB');
+      expect(v.message).to.match(/^the spec is [\d,]+ bytes, at most 524,288 .*this field is 524,290 bytes/);
+    }
+  });
+
+  it('takes a spec under the limit', () => {
+    expect(normalizeAppSpec(spec(100_000) as never).components[0].env.BLOB).to.have.length(100_000);
+  });
+
+  it('finds the largest value by its path, in arrays and maps', () => {
+    expect(largestField({ a: 'xx', b: [{ c: 'x' }, { d: 'xxxxx' }] })).to.deep.equal(['b[1].d', 7]);
+    expect(largestField('x')).to.deep.equal(['', 3]);
   });
 });
