@@ -41,7 +41,7 @@ export const DEFAULTS = {
   stopGraceMs: 10_000,
 };
 
-/** An app spec's size limit (its JSON): an apply writes it twice (the app and its version) in one etcd request. */
+/** An app spec's size limit (its JSON): an apply writes it with the version it supersedes (two specs) in one etcd request, 1.5 MiB at most. */
 export const MAX_SPEC_BYTES = 512 * 1024;
 
 /** The field path of the largest value in a spec (for the size limit's message), with its size. */
