@@ -99,6 +99,7 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
   const advertise = raw.advertise ?? listen;
   if (!isHostPort(advertise)) v.push({ field: 'advertise', message: `must be host:port, got ${JSON.stringify(advertise)}` });
   else if (/^(0\.0\.0\.0|\[::\]):/.test(advertise)) v.push({ field: 'advertise', message: 'must be an address others can dial; set it when listening on a wildcard address' });
+  else if (/:0$/.test(advertise)) v.push({ field: 'advertise', message: 'must name a port others can dial (port 0 is chosen by the kernel at bind): listen on a fixed port, or set advertise' });
   raw.etcdEndpoints!.forEach((e, i) => {
     if (!isHostPort(e.replace(/^https?:\/\//, ''))) v.push({ field: `etcdEndpoints[${i}]`, message: `must be host:port, got ${JSON.stringify(e)}` });
   });

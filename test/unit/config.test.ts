@@ -91,6 +91,7 @@ describe('coordinator config', () => {
     ['a malformed etcd endpoint', { etcdEndpoints: '127.0.0.1:2379,nohost' }, 'etcdEndpoints[1]'],
     ['a prefix without slashes', { etcdPrefix: 'tessera' }, 'etcdPrefix'],
     ['a wildcard advertise address', { listen: '0.0.0.0:7400' }, 'advertise'],
+    ['an advertise address on port 0 (the kernel picks the port at bind)', { listen: '127.0.0.1:0' }, 'advertise'],
   ];
   for (const [name, values, field] of bad) {
     it(`refuses ${name}`, () => {
