@@ -254,7 +254,7 @@ export class Agent {
         if (sample) await this.checkDisk();
         const labels = JSON.stringify(this.labels) !== this.helloLabels ? { values: this.labels } : undefined;
         const conditions = [this.instances.runtimeCondition(), this.diskPressure].filter((c): c is NodeCondition => !!c);
-        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), conditions, ...(labels ? { labels } : {}) } });
+        this.conn.send({ report: { seq: ++this.seq, host: this.lastUsage, instances: this.instances.statuses(), conditions, ...(labels ? { labels } : {}), sentAtMs: Date.now() } });
         sample = false;
       } while (this.reportAgain);
     } finally {

@@ -340,7 +340,11 @@ export class Coordinator {
     m.reset('tessera_instances');
     const reg = this.registry();
     const dep = this.deployments();
-    if (reg) for (const n of reg.list()) m.inc('tessera_nodes', { state: n.state });
+    m.reset('tessera_node_clock_offset_seconds');
+    if (reg) for (const n of reg.list()) {
+      m.inc('tessera_nodes', { state: n.state });
+      if (n.clockOffsetMs !== undefined) m.set('tessera_node_clock_offset_seconds', { node: n.id }, n.clockOffsetMs / 1000);
+    }
     m.reset('tessera_node_conditions');
     // The known types always have a series (0 when no node has them): an alert on > 0 resolves.
     for (const type of ['runtime-down', 'disk-pressure']) m.set('tessera_node_conditions', { type }, 0);

@@ -42,6 +42,21 @@ export interface NodeRecord {
   cordon?: { reason: string; atMs: number };
   /** The uid of the agent that holds this node id (AgentHello.agent_uid); none from agents before it. */
   agentUid?: string;
+  /** How far the host's system clock is ahead of the leader's (ms), from its agent's reports (see clockOffset). */
+  clockOffsetMs?: number;
+}
+
+/** A host's clock this far from the leader's is worth a warning (an event and the log); it clears under half. */
+export const CLOCK_SKEW_WARN_MS = 5_000;
+
+/**
+ * A host's clock offset from the leader's, from the agent's last reports: each report's send
+ * time on the agent's clock minus its arrival on the leader's is the offset less the report's
+ * transit time, so the largest of the last five is the closest (as NTP keeps the sample with the
+ * least delay).
+ */
+export function clockOffset(samples: number[]): number | undefined {
+  return samples.length ? Math.max(...samples) : undefined;
 }
 
 interface Liveness {
@@ -53,6 +68,10 @@ interface Liveness {
   instances: InstanceStatus__Output[];
   /** Each instance's task report time: [the agent's, this leader's] (see onLeaderClock). */
   taskTimes?: Map<string, [number, number]>;
+  /** The agent's last reports' send times less their arrival, on the two system clocks (see clockOffset). */
+  clockSamples?: number[];
+  /** Whether this leader has warned that the node's clock is off (until it is back under half the threshold). */
+  clockWarned?: boolean;
   dirty: boolean;
 }
 
@@ -100,6 +119,7 @@ export function recordToProto(r: NodeRecord): Node {
     conditions: Object.entries(r.conditions ?? {}).map(([type, c]) => ({ type, message: c.message, sinceMs: c.sinceMs })),
     cordoned: !!r.cordon,
     cordonReason: r.cordon?.reason ?? '',
+    clockOffsetMs: Math.round(r.clockOffsetMs ?? 0),
   };
 }
 
@@ -157,7 +177,8 @@ export class NodeRegistry {
   private withLive(r: NodeRecord): NodeRecord {
     const l = this.live.get(r.id);
     if (!l) return { ...r, connectedTo: '' };
-    return { ...r, lastSeenMs: l.lastSeenMs, usage: l.usage ?? r.usage, connectedTo: l.connectedTo, instanceCount: l.instances.length };
+    const offset = clockOffset(l.clockSamples ?? []);
+    return { ...r, lastSeenMs: l.lastSeenMs, usage: l.usage ?? r.usage, connectedTo: l.connectedTo, instanceCount: l.instances.length, ...(offset !== undefined ? { clockOffsetMs: offset } : {}) };
   }
 
   /** Nodes whose new labels are being written (a report each few seconds would queue them again). */
@@ -251,9 +272,26 @@ export class NodeRegistry {
     if (r.host) l.usage = r.host;
     l.taskTimes = onLeaderClock(l.taskTimes, r.instances, nowMs);
     l.instances = r.instances;
+    if (Number(r.sentAtMs) > 0) this.clockSample(nodeId, l, Number(r.sentAtMs) - Date.now());
     l.dirty = true;
     if (r.labels) this.relabel(nodeId, r.labels.values ?? {});
     this.conditionsReported(nodeId, r.conditions ?? []);
+  }
+
+  /** One more clock sample from a report; an event when the node's clock is found off, and when it is right again. */
+  private clockSample(nodeId: string, l: Liveness, sampleMs: number): void {
+    const samples = (l.clockSamples ??= []);
+    samples.push(sampleMs);
+    if (samples.length > 5) samples.shift();
+    const offset = clockOffset(samples)!;
+    const off = Math.abs(offset) >= CLOCK_SKEW_WARN_MS;
+    if (off === !!l.clockWarned || (!off && Math.abs(offset) >= CLOCK_SKEW_WARN_MS / 2) || samples.length < 3) return;
+    l.clockWarned = off;
+    const how = `${(Math.abs(offset) / 1000).toFixed(1)} s ${offset > 0 ? 'ahead of' : 'behind'} the leader's`;
+    const event: EventDraft = off
+      ? { kind: 'node.clock_skew', subject: nodeId, message: `node ${nodeId}: its clock is ${how} (is NTP running there? if every node is off alike, the leader's clock is): Tessera does not depend on it, but logs and times it stamps are misdated`, fields: { offsetMs: String(Math.round(offset)) } }
+      : { kind: 'node.clock_skew_over', subject: nodeId, message: `node ${nodeId}: its clock is within ${(Math.abs(offset) / 1000).toFixed(1)} s of the leader's again`, fields: { offsetMs: String(Math.round(offset)) } };
+    void this.store.commit([], [event]).catch((err) => this.log.warn({ node: nodeId, err: (err as Error).message }, `${event.kind} event not recorded`));
   }
 
   /**

@@ -189,6 +189,13 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
   }
 }
 
+/** A node's clock against the leader's, as `tessera node get` shows it. */
+function clockText(offsetMs: number): string {
+  if (!offsetMs) return 'agrees with the leader\'s (or not known yet)';
+  const s = `${(Math.abs(offsetMs) / 1000).toFixed(Math.abs(offsetMs) < 10_000 ? 2 : 1)} s ${offsetMs > 0 ? 'ahead of' : 'behind'} the leader's`;
+  return Math.abs(offsetMs) >= 5_000 ? `${s} (is NTP running there? nothing depends on it, but its logs are misdated)` : s;
+}
+
 function nodeRows(nodes: Node__Output[]): string {
   return table(
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
@@ -234,7 +241,8 @@ function coordinatorRows(cs: import('../../common/generated/tessera/v1/Coordinat
 
 program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
   const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });
-  out(res.nodes, () => (res.nodes.length ? nodeRows(res.nodes) : 'no nodes'));
+  const off = res.nodes.filter((n) => Math.abs(Number(n.clockOffsetMs)) >= 5_000);
+  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length ? ['', ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`)] : [])].join('\n') : 'no nodes'));
 }));
 
 const node = program.command('node').description('one node');
@@ -244,6 +252,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
   const { events, lines } = await recentEvents(c, id);
   out({ ...n, instances, events }, () => [
     nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
+    `clock:        ${clockText(Number(n.clockOffsetMs))}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
     instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], instances.map((i) => [

@@ -4,6 +4,7 @@
 // (test/helpers/faketime.ts): a real step of that process's clock, nothing else on the machine moved.
 // Real etcd, coordinator and agent processes, real containers.
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AdminClient } from '../../common/admin-client';
@@ -26,6 +27,7 @@ describe('a step of the system clock', function () {
   let leaderClock: string;
   let agentClock: string;
   let leaderLog: string;
+  let leaderAddress: string;
   let killable: { kill: (s?: NodeJS.Signals) => Promise<void> };
   const app = {
     name: 'clk', components: [{
@@ -46,6 +48,7 @@ describe('a step of the system clock', function () {
     metricsPort = await freePort();
     const c1 = await fleet.coordinator({ etcd: etcd.endpoints, env: fakedClock(leaderClock), extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
     leaderLog = path.join(fleet.dir, 'c1.log');
+    leaderAddress = c1.address;
     await waitForLeader([c1.address]);
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints });
     const cs = [c1.address, c2.address];
@@ -70,6 +73,10 @@ describe('a step of the system clock', function () {
   });
 
   it('a leader whose clock steps 60 s forward keeps its leadership, its nodes, its instances and the external leases', async () => {
+    // Clocks that agree read as about 0 (the reports' transit time).
+    const offsets = async () => [...parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())].filter(([k]) => k.startsWith('tessera_node_clock_offset_seconds'));
+    await waitFor('both nodes\' clock offsets known', async () => (await offsets()).length === 2, 5_000, 100);
+    for (const [k, v] of await offsets()) expect(Math.abs(v), k).to.be.below(1);
     await admin.registerComponent({ instanceId: 'ext-clk', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 20_000 });
     const before = (await running()).map((i) => i.id);
     const elected = (await pastEvents(admin, ['leader.elected'])).length;
@@ -134,5 +141,12 @@ describe('a step of the system clock', function () {
       const job = await admin.submitJob({ pipeline: 'clkjobs', payload: Buffer.from('a b a'), wait: true });
       expect(job.state, `${job.reason} ${job.steps.map((x) => x.error).join(' ')}`).to.equal('JOB_STATE_SUCCEEDED');
     }
+    // The leader tells the operator how far off the host's clock is (from the agent's reports).
+    await waitFor('the node\'s clock offset known', async () => Math.abs(Number((await admin.getNode('clk-stepped')).clockOffsetMs) - 30_000) < 1_500, 10_000, 200);
+    const cli = execFileSync(process.execPath, [path.join(__dirname, '../../coordinator/cli/main.js'), '-c', leaderAddress, 'node', 'get', 'clk-stepped']).toString();
+    expect(cli).to.match(/clock: +(29|30)\.\d s ahead of the leader's \(is NTP running there\?/);
+    const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+    expect(m.get('tessera_node_clock_offset_seconds{node="clk-stepped"}')).to.be.within(28.5, 31.5);
+    expect((await pastEvents(admin, ['node.clock_skew'])).some((e) => e.subject === 'clk-stepped')).to.equal(true);
   });
 });

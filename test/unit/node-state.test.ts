@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
-import { onLeaderClock } from '../../coordinator/node-registry';
+import { clockOffset, onLeaderClock } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -64,5 +64,13 @@ describe("agents' task reports on the leader's clock", () => {
     const none = [{ instanceId: 'b' }] as never[];
     const times = onLeaderClock(new Map([['gone', [1, 2]]]), none, 1_000_000);
     expect([...times.keys()]).to.deep.equal([]);
+  });
+});
+
+describe("a node's clock offset", () => {
+  it('is the largest of the samples (the one that spent least time in transit)', () => {
+    expect(clockOffset([29_990, 29_950, 29_998, 29_970])).to.equal(29_998);
+    expect(clockOffset([-30_010, -30_002, -30_050])).to.equal(-30_002);
+    expect(clockOffset([])).to.equal(undefined);
   });
 });
