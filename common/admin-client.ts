@@ -3,7 +3,7 @@
 // down); any coordinator can answer, since followers forward writes to the leader.
 import * as grpc from '@grpc/grpc-js';
 import { MuxClient, statusError } from './mux';
-import { CHANNEL_OPTIONS, clientCredentials, deadline, dial, DIAL_TIMEOUT_MS } from './grpc';
+import { CHANNEL_OPTIONS, clientCredentials, deadline, dial, dialAny, DIAL_TIMEOUT_MS } from './grpc';
 import { tesseraProto } from './proto';
 import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
@@ -51,8 +51,15 @@ export class AdminClient {
     // Fixed for this call: calls running beside it move `preferred`, and reading it again on
     // each turn could try one address twice and another never.
     const first = this.preferred;
-    for (let i = 0; i < this.clients.length; i++) {
-      const idx = (first + i) % this.clients.length;
+    let order = this.clients.map((_, i) => (first + i) % this.clients.length);
+    // Not connected to the preferred one (a fresh client: each CLI run): connect to all at once,
+    // and start with the preferred one if it is ready soon, else with one that is.
+    if (order.length > 1 && this.clients[first].getChannel().getConnectivityState(false) !== grpc.connectivityState.READY) {
+      const picked = await dialAny(this.clients as unknown as grpc.Client[], order, Math.min(this.opts.dialTimeoutMs ?? DIAL_TIMEOUT_MS, timeoutMs));
+      if (picked >= 0) order = [picked, ...order.filter((x) => x !== picked)];
+    }
+    for (let i = 0; i < order.length; i++) {
+      const idx = order[i];
       const c = this.clients[idx] as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>;
       if (i < this.clients.length - 1) {
         // Another address is left: a coordinator that does not even connect (hung) is skipped

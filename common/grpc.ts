@@ -59,6 +59,49 @@ export function dial(client: grpc.Client, timeoutMs: number): Promise<DialOutcom
   });
 }
 
+/**
+ * Connects to several channels at once and picks one, as happy eyeballs (RFC 8305) does for a
+ * host's addresses: the first in `order` if it is READY within preferMs, else the first in order
+ * that is READY then or becomes so within timeoutMs; -1 when none does (or every one failed). A
+ * client given a hung coordinator first waited a whole dial timeout (3 s) on every fresh start
+ * (each CLI run) before trying the next.
+ */
+export function dialAny(clients: grpc.Client[], order: number[], timeoutMs: number, preferMs = 250): Promise<number> {
+  const channels = order.map((i) => clients[i].getChannel());
+  const startMs = Date.now();
+  const deadlineMs = startMs + timeoutMs;
+  return new Promise((resolve) => {
+    let done = false;
+    const timers: NodeJS.Timeout[] = [];
+    const finish = (i: number) => {
+      if (done) return;
+      done = true;
+      for (const t of timers) clearTimeout(t);
+      resolve(i);
+    };
+    const pick = () => {
+      if (done) return;
+      const states = channels.map((c) => c.getConnectivityState(true));
+      if (states[0] === grpc.connectivityState.READY) return finish(order[0]);
+      const ready = states.findIndex((x) => x === grpc.connectivityState.READY);
+      if (ready >= 0 && Date.now() - startMs >= preferMs) return finish(order[ready]);
+      if (states.every((x) => x === grpc.connectivityState.TRANSIENT_FAILURE || x === grpc.connectivityState.SHUTDOWN)) return finish(-1);
+      if (Date.now() >= deadlineMs) return finish(-1);
+    };
+    const watch = (c: ReturnType<grpc.Client['getChannel']>) => {
+      if (done) return;
+      c.watchConnectivityState(c.getConnectivityState(false), deadlineMs, (err) => {
+        if (err || done) return;
+        pick();
+        watch(c);
+      });
+    };
+    pick();
+    for (const c of channels) watch(c);
+    timers.push(setTimeout(pick, preferMs), setTimeout(pick, timeoutMs));
+  });
+}
+
 export const SERVER_OPTIONS: grpc.ServerOptions = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,

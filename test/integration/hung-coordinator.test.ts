@@ -39,8 +39,19 @@ describe('a hung coordinator', function () {
       expect(Date.now() - started, 'attached after about one dial timeout').to.be.below(15_000);
       // The CLI, given the hung one first, answers from the next one (its call timeout is 10 s).
       const cli = path.join(repoRoot(), 'dist/coordinator/cli/main.js');
+      const t0 = Date.now();
       const out = await run(process.execPath, [cli, '-c', `${c2.address},${c1.address}`, 'status']);
       expect(out.stdout).to.match(new RegExp(`leader:\\s+awake at ${c1.address.replace(/\./g, '\\.')}`));
+      // It dials both at once and goes to the one that connects (before: after the 3 s dial timeout, every run).
+      expect(Date.now() - t0, 'the CLI run').to.be.below(2_500);
+      const fresh = new AdminClient([c2.address, c1.address]);
+      try {
+        const t1 = Date.now();
+        expect((await fresh.getClusterStatus()).leader?.id).to.equal('awake');
+        expect(Date.now() - t1, 'a fresh client\'s first call').to.be.below(1_500);
+      } finally {
+        fresh.close();
+      }
       // A write too (the client moves on before sending anything to the hung one).
       expect((await admin.cordonNode({ nodeId: 'past-hung', reason: 'past the hung one' })).cordoned).to.equal(true);
     } finally {
