@@ -5,7 +5,7 @@
 // a malformed message closes that stream alone with INVALID_ARGUMENT.
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { InvalidArgumentError, NotLeaderError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
+import { InvalidArgumentError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import { peerIdentity } from '../common/tls';
 import { malformedReason } from '../common/grpc';
 import type { Logger } from '../common/logger';
@@ -80,11 +80,14 @@ export class AgentGateway {
 
   /** On demotion or shutdown: tell every agent where to go, and close its stream. */
   closeAll(reason: string): void {
+    for (const s of [...this.sessions.values()]) this.handOver(s, reason);
+  }
+
+  /** Ends a session with a redirect to the leader this coordinator knows of (none: the agent tries its other addresses). */
+  private handOver(s: Session, reason: string): void {
     const leader = this.leadership.leader;
     const redirectTo = leader && !this.leadership.isSelf(leader) ? leader : undefined;
-    for (const s of [...this.sessions.values()]) {
-      this.close(s, { redirect: { leaderId: redirectTo?.id ?? '', leaderAddress: redirectTo?.address ?? '', reason } });
-    }
+    this.close(s, { redirect: { leaderId: redirectTo?.id ?? '', leaderAddress: redirectTo?.address ?? '', reason } });
   }
 
   private close(s: Session, last?: CoordinatorMessage, err?: TesseraError): void {
@@ -147,7 +150,13 @@ export class AgentGateway {
       return;
     }
     const registry = this.registry();
-    if (!registry) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    if (!registry) {
+      // No longer leading (resigned on a graceful stop, or demoted) with the agent's stream still
+      // open: hand it over as closeAll does. An error here named this coordinator itself as the
+      // leader while its view was stale, and the agent took a graceful stop for a lost leader.
+      this.handOver(s, 'this coordinator no longer leads');
+      return;
+    }
     if (!registry.known(s.nodeId)) {
       // Removed (tessera node remove, node GC) while its stream stayed open: it registers again
       // with the hello of its next stream.

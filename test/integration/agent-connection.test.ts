@@ -24,6 +24,7 @@ describe('an agent without a leader says so', function () {
       agentVersion: VERSION, instances: [], portRange: { start: 30860, end: 30869 }, sessionId: 'conn-session', endpoint: '', unreachableLeader: '',
     }), log, { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 }, undefined, 1_000);
     conn.start();
+    let back: Awaited<ReturnType<typeof s.fleet.coordinator>> | undefined;
     try {
       await waitFor('attached', async () => conn.current === 'CONNECTED', 10_000, 50);
       const port = Number(c.address.split(':')[1]);
@@ -33,13 +34,42 @@ describe('an agent without a leader says so', function () {
       // Each failed attempt (every 100-300 ms) is a debug line, not one of these.
       const periodic = lines.filter((l) => /^not attached to a leader/.test(l.msg));
       expect(periodic.length).to.be.at.most(4);
-      const back = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx', port });
+      back = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx', port });
       await waitForLeader([back.address], 15_000);
       await waitFor('attached again', async () => conn.current === 'CONNECTED', 15_000, 50);
       const attached = lines.filter((l) => l.msg === 'attached to leader');
       expect(attached).to.have.length(2);
       expect(attached[1].afterMs).to.be.above(1_000);
     } finally {
+      await conn.stop();
+      await back?.kill('SIGTERM'); // the next test's coordinator leads alone
+    }
+  });
+
+  it('takes a graceful stop of the only coordinator for a handover, not a lost leader, even with reports arriving meanwhile', async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cy' });
+    expect(await waitForLeader([c.address], 15_000)).to.equal('cy');
+    const lines: { level: string; msg: string; reason?: string }[] = [];
+    const log = createLogger('agent', 'info', {}, (line) => { lines.push(JSON.parse(line)); });
+    const conn = new CoordinatorConnection([c.address], () => ({
+      nodeId: 'conn-2', agentUid: 'uid-conn-2', hostname: 'conn-host', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 },
+      agentVersion: VERSION, instances: [], portRange: { start: 30870, end: 30879 }, sessionId: 'conn-session-2', endpoint: '', unreachableLeader: '',
+    }), log, { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 }, undefined, 60_000);
+    conn.start();
+    // Reports every 50 ms, as a busy agent's would come: some arrive after the coordinator has
+    // resigned and while it waits (up to 1 s) to learn a successor, which it never does here.
+    const reports = setInterval(() => conn.send({ report: { seq: 1, instances: [], conditions: [], sentAtMs: Date.now() } }), 50);
+    try {
+      await waitFor('attached', async () => conn.current === 'CONNECTED', 10_000, 50);
+      await c.kill('SIGTERM');
+      await waitFor('the stream ended', async () => conn.current !== 'CONNECTED', 5_000, 20);
+      await new Promise((r) => setTimeout(r, 300));
+      const ended = lines.filter((l) => /^(the leader handed this agent over|lost the stream to the leader)/.test(l.msg));
+      // Before, a report in that second met "this coordinator is not the leader; the leader is cy" (itself).
+      expect(ended.map((l) => `${l.level} ${l.msg} ${l.reason ?? ''}`)).to.have.length(1);
+      expect(ended[0].level, ended[0].reason).to.equal('info');
+    } finally {
+      clearInterval(reports);
       await conn.stop();
     }
   });
