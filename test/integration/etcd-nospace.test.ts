@@ -139,10 +139,13 @@ describe('etcd out of space (NOSPACE)', function () {
     // The leader's loops whose writes fail (node status, every 500 ms here) warn once each, not
     // at every turn (25 warnings in 13 s before).
     // Six jobs refused: one warning for them (then one each 10 s with the count), not one each.
-    expect((log.match(/"level":"warn".*"msg":"job end not recorded/g) ?? []).length).to.equal(1);
+    expect((log.match(/"level":"warn".*"msg":"job end not recorded; its caller is told so/g) ?? []).length).to.equal(1);
     const warned = log.split('\n').filter((l) => l.includes('"level":"warn"') && /"msg":"leader loop /.test(l)).map((l) => JSON.parse(l) as { loop: string });
     expect(warned.length, 'a warning from the loops that write').to.be.above(0);
-    expect(warned.map((w) => w.loop), 'one warning a loop').to.deep.equal([...new Set(warned.map((w) => w.loop))]);
+    // One a loop and error (a write that times out instead, under load, is another error): at most two.
+    const perLoop = new Map<string, number>();
+    for (const w of warned) perLoop.set(w.loop, (perLoop.get(w.loop) ?? 0) + 1);
+    expect(Math.max(...perLoop.values()), JSON.stringify([...perLoop])).to.be.at.most(2);
   });
 
   it('writes again by themselves once an operator frees space (compact, defrag, alarm disarm)', async () => {
