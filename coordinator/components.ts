@@ -189,7 +189,8 @@ export class ComponentManager {
     }
     this.registered = now;
     if (inherited) this.log.info({ instances: inherited }, 'instances running before this leader took over are routable again');
-    if (events.length) this.store.commit([], events).catch((err) => this.log.debug({ err: (err as Error).message }, 'registration events not recorded'));
+    // In parts: a node going DOWN with hundreds of instances makes more events than etcd takes in one transaction.
+    if (events.length) this.store.commitInParts(events.map((e) => ({ ops: [], events: [e], item: e }))).catch((err) => this.log.debug({ err: (err as Error).message }, 'registration events not recorded'));
   }
 
   /**

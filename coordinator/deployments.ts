@@ -28,7 +28,7 @@ import type { AgentGateway } from './agent-gateway';
 import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
-import { attributed, EventDraft, Op, Store } from './store';
+import { attributed, EventDraft, MAX_TXN_OPS, Op, Store } from './store';
 import { AppRecord, canaryHeld, componentHash, InstanceRecord, newInstanceId, olderComponentHashes, VersionRecord } from './apps/records';
 import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey, updateOrder } from './apps/spec';
@@ -41,7 +41,6 @@ const RESEND_AFTER_MS = 5_000;
 /** A volume migration is tried this many times, this long apart, before the instance starts without the data. */
 const MIGRATE_ATTEMPTS = 5;
 const MIGRATE_RETRY_MS = 2_000;
-const MAX_TXN_OPS = 100; // etcd refuses transactions over 128 operations by default
 
 export interface DeploymentOptions {
   sampleSize: number;

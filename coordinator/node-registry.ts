@@ -15,7 +15,7 @@ import type { InstanceStatus__Output } from '../common/generated/tessera/v1/Inst
 import type { NodeCondition__Output } from '../common/generated/tessera/v1/NodeCondition';
 import type { Keys } from './keys';
 import { decideNodeState, NodeState, transition } from './node-state';
-import { attributed, EventDraft, Op, Store } from './store';
+import { attributed, EventDraft, Store, WriteUnit } from './store';
 
 /** What etcd holds for a node. */
 export interface NodeRecord {
@@ -513,8 +513,11 @@ export class NodeRegistry {
         events.push(this.stateEvent(next, r.state));
       }
       if (!changed.length) return 0;
-      await this.store.commit(changed.map((r) => ({ type: 'put', key: this.keys.node(r.id), value: JSON.stringify(r) })), events);
-      for (const r of changed) this.records.set(r.id, r);
+      // In parts: a rack that loses power takes its nodes DOWN in one tick, and one transaction
+      // for hundreds of them was refused by etcd at every tick (more than 128 operations), so
+      // none ever went DOWN and none of their instances was replaced.
+      await this.store.commitInParts(changed.map((r, i) => ({ ops: [{ type: 'put', key: this.keys.node(r.id), value: JSON.stringify(r) }], events: [events[i]], item: r })),
+        (stored) => { for (const r of stored) this.records.set(r.id, r); });
       return changed.length;
     } finally {
       this.ticking = false;
@@ -527,23 +530,24 @@ export class NodeRegistry {
   }
 
   private async persistStatusNow(): Promise<number> {
-    const ops: Op[] = [];
-    const written: NodeRecord[] = [];
+    const units: WriteUnit<NodeRecord>[] = [];
     for (const [id, l] of this.live) {
       const r = this.records.get(id);
       if (!r || !l.dirty) continue;
       const next = this.withLive(r);
-      ops.push({ type: 'put', key: this.keys.node(id), value: JSON.stringify(next) });
-      written.push(next);
+      units.push({ ops: [{ type: 'put', key: this.keys.node(id), value: JSON.stringify(next) }], item: next });
     }
-    if (!ops.length) return 0;
-    await this.store.commit(ops);
-    for (const r of written) {
-      this.records.set(r.id, r);
-      const l = this.live.get(r.id);
-      if (l) l.dirty = false;
-    }
-    return ops.length;
+    if (!units.length) return 0;
+    // In parts (etcd takes at most 128 operations a transaction): past that many nodes, one
+    // transaction for all of them was refused at every turn.
+    await this.store.commitInParts(units, (stored) => {
+      for (const r of stored) {
+        this.records.set(r.id, r);
+        const l = this.live.get(r.id);
+        if (l) l.dirty = false;
+      }
+    });
+    return units.length;
   }
 
   private stateEvent(r: NodeRecord, from: NodeState): EventDraft {

@@ -30,6 +30,51 @@ export function attributed(e: EventDraft, by?: string): EventDraft {
   return by ? { ...e, fields: { ...e.fields, by } } : e;
 }
 
+/**
+ * etcd refuses a transaction of more than --max-txn-ops operations (128 by default) or a request
+ * over --max-request-bytes (1.5 MiB). Writes whose size grows with the fleet (every node's
+ * status, the nodes that went DOWN at once, the events of a mass deregistration) are split into
+ * transactions under both: at most this many operations (events included) ...
+ */
+export const MAX_TXN_OPS = 100;
+/** ... and about this many bytes of keys and values. */
+export const MAX_TXN_BYTES = 1024 * 1024;
+
+/** Writes that must land together (a node's record and its event); parts of a larger write. */
+export interface WriteUnit<T> {
+  ops: Op[];
+  events?: EventDraft[];
+  /** What the caller updates once this unit is stored. */
+  item: T;
+}
+
+/** Units packed into transactions of at most MAX_TXN_OPS operations and about MAX_TXN_BYTES, in order. */
+export function packUnits<T>(units: WriteUnit<T>[], maxOps = MAX_TXN_OPS, maxBytes = MAX_TXN_BYTES): WriteUnit<T>[][] {
+  const parts: WriteUnit<T>[][] = [];
+  let part: WriteUnit<T>[] = [];
+  let n = 0;
+  let bytes = 0;
+  for (const u of units) {
+    const un = u.ops.length + (u.events?.length ?? 0);
+    const ub = u.ops.reduce((b, op) => b + opBytes(op), 0) + (u.events ?? []).reduce((b, e) => b + 200 + e.message.length + JSON.stringify(e.fields ?? {}).length, 0);
+    if (part.length && (n + un > maxOps || bytes + ub > maxBytes)) {
+      parts.push(part);
+      part = [];
+      n = 0;
+      bytes = 0;
+    }
+    part.push(u);
+    n += un;
+    bytes += ub;
+  }
+  if (part.length) parts.push(part);
+  return parts;
+}
+
+function opBytes(op: Op): number {
+  return op.type === 'deleteRange' ? op.start.length + op.end.length : op.key.length + (op.type === 'put' ? Buffer.byteLength(op.value) : 0);
+}
+
 export interface StoredEvent extends EventDraft {
   id: string;
   atMs: number;
@@ -71,7 +116,7 @@ export class Store {
     } catch (err) {
       if (isNoSpace(err)) throw new ResourceExhaustedError(NO_SPACE_TEXT);
       if (isTooLarge(err)) {
-        const bytes = all.reduce((n, op) => n + (op.type === 'deleteRange' ? op.start.length + op.end.length : op.key.length) + (op.type === 'put' ? Buffer.byteLength(op.value) : 0), 0);
+        const bytes = all.reduce((n, op) => n + opBytes(op), 0);
         throw InvalidArgumentError.field('', `the write is ${bytes.toLocaleString('en-US')} bytes, more than etcd takes in one request (--max-request-bytes, 1.5 MiB by default): nothing was changed (${(err as Error).message})`);
       }
       throw new UnavailableError(`etcd write failed: ${(err as Error).message}`);
@@ -85,6 +130,19 @@ export class Store {
     // Logged once stored: a refused write's events did not happen (a leader thawed after a
     // freeze logged every node DOWN before its write was refused).
     for (const e of events) this.log.info({ event: e.kind, subject: e.subject, fields: e.fields }, e.message);
+  }
+
+  /**
+   * Commits units that need not land together in as few fenced transactions as etcd takes (see
+   * MAX_TXN_OPS), one after another; onStored is told each part's items once it is stored, so
+   * the caller's memory follows what etcd holds even when a later part fails (which then throws:
+   * the parts before it stay written, each unit whole).
+   */
+  async commitInParts<T>(units: WriteUnit<T>[], onStored: (items: T[]) => void = () => {}): Promise<void> {
+    for (const part of packUnits(units)) {
+      await this.commit(part.flatMap((u) => u.ops), part.flatMap((u) => u.events ?? []));
+      onStored(part.map((u) => u.item));
+    }
   }
 
   private eventOp(e: EventDraft, term: number): Op {
