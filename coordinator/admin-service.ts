@@ -20,7 +20,7 @@ import type { Event } from '../common/generated/tessera/v1/Event';
 import type { WatchEventsRequest__Output } from '../common/generated/tessera/v1/WatchEventsRequest';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
-import { NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
+import { disruptionText, fleetDisruption, NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { InstanceRecord } from './apps/records';
@@ -117,7 +117,7 @@ export class AdminService {
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
     private readonly opts: {
-      coordinatorId: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
+      coordinatorId: string; disruptionPercent?: number; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
       leaderWork?: () => LeaderWork | undefined;
       /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
       leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;
@@ -517,6 +517,7 @@ export class AdminService {
       storageFormat,
       refusal: this.leadership.refusal ?? '',
       etcdAlarms: alarms.map((a) => `${a.alarm} on member ${a.memberId}`),
+      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(fleetDisruption(records.map((r) => r.state), this.opts.disruptionPercent ?? 0)),
     };
   }
 

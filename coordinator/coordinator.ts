@@ -67,6 +67,7 @@ export class LeaderWork {
       heartbeatTimeoutMs: c.config.heartbeatTimeoutMs,
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
+      disruptionPercent: c.config.disruptionPercent,
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs, volumeCopier: new VolumeCopier(c.tls) }, c.log.child({ part: 'deployments' }));
     // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.
@@ -284,7 +285,7 @@ export class Coordinator {
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     this.auth = auth;
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);
@@ -345,6 +346,7 @@ export class Coordinator {
       m.inc('tessera_nodes', { state: n.state });
       if (n.clockOffsetMs !== undefined) m.set('tessera_node_clock_offset_seconds', { node: n.id }, n.clockOffsetMs / 1000);
     }
+    m.set('tessera_fleet_disrupted', {}, reg?.disruption() ? 1 : 0);
     m.reset('tessera_node_conditions');
     // The known types always have a series (0 when no node has them): an alert on > 0 resolves.
     for (const type of ['runtime-down', 'disk-pressure']) m.set('tessera_node_conditions', { type }, 0);

@@ -463,7 +463,14 @@ export class Deployments {
     };
     const nodeStates = new Map<string, NodeStateForPlan>();
     const grace = this.opts.runtimeDownGraceMs ?? 0;
+    // So many nodes DOWN at once that the leader is more likely cut off from them than they dead:
+    // their instances are kept where they are (not healthy, out of routing) rather than replaced.
+    const disrupted = !!this.registry.disruption();
     for (const n of this.registry.allRecords()) {
+      if (disrupted && n.state === 'DOWN') {
+        nodeStates.set(n.id, 'UNREACHABLE');
+        continue;
+      }
       // Its runtime silent past the grace: its instances are lost (their containers may have died
       // with the Engine, unseen), replaced elsewhere; stopped there if the Engine comes back.
       const since = n.conditions?.['runtime-down']?.sinceMs;

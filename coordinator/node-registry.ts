@@ -137,6 +137,39 @@ export async function readNode(client: Etcd3, keys: Keys, id: string): Promise<N
 
 export const DEFAULT_PORT_RANGE = { start: 20000, end: 32000 };
 
+/** A fleet disruption needs at least this many nodes DOWN (Kubernetes: more than two NotReady in a zone). */
+export const DISRUPTION_MIN_DOWN = 3;
+
+export interface Disruption {
+  down: number;
+  total: number;
+  percent: number;
+}
+
+/**
+ * Whether the fleet is disrupted: more than `percent` of its nodes DOWN, and at least
+ * DISRUPTION_MIN_DOWN of them. So many nodes lost at once is more likely the leader (or its
+ * network) cut off from them than that many hosts dead: replacing all their instances on the
+ * few nodes left would crowd those out, and restart every instance of the fleet once the
+ * partition heals. Kubernetes' node lifecycle controller stops evicting pods in the same case
+ * (--unhealthy-zone-threshold 0.55). Nodes long dead count too, as there: remove them
+ * (`tessera node remove`, or node GC after --node-gc-threshold-ms).
+ */
+export function fleetDisruption(states: Iterable<string>, percent: number): Disruption | undefined {
+  if (percent <= 0) return undefined;
+  let down = 0;
+  let total = 0;
+  for (const s of states) {
+    total++;
+    if (s === 'DOWN') down++;
+  }
+  return down >= DISRUPTION_MIN_DOWN && down * 100 > percent * total ? { down, total, percent } : undefined;
+}
+
+export function disruptionText(d: Disruption): string {
+  return `${d.down} of ${d.total} nodes are DOWN (over ${d.percent}%): their instances are not replaced elsewhere while so many are (a partition between the leader and the fleet looks like this)`;
+}
+
 export class NodeRegistry {
   private records = new Map<string, NodeRecord>();
   private live = new Map<string, Liveness>();
@@ -146,7 +179,7 @@ export class NodeRegistry {
   constructor(
     private readonly store: Store,
     private readonly keys: Keys,
-    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string },
+    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string; disruptionPercent?: number },
     private readonly log: Logger,
   ) {}
 
@@ -155,8 +188,29 @@ export class NodeRegistry {
     this.records = new Map((await readNodes(this.store.client, this.keys)).map((r) => [r.id, r]));
     this.live.clear();
     this.refusedAgents.clear();
+    this.disruptionSaid = '';
     this.graceUntilMs = nowMs + this.opts.failoverGraceMs;
     this.log.info({ nodes: this.records.size, graceMs: this.opts.failoverGraceMs }, 'node registry loaded');
+  }
+
+  /** The fleet disruption now (see fleetDisruption), or undefined. */
+  disruption(): Disruption | undefined {
+    return fleetDisruption([...this.records.values()].map((r) => r.state), this.opts.disruptionPercent ?? 0);
+  }
+
+  /** The disruption this leader last recorded an event for ('' while none). */
+  private disruptionSaid = '';
+
+  /** One event when the fleet is found disrupted, and one when it is not any more. */
+  private async noteDisruption(): Promise<void> {
+    const d = this.disruption();
+    if (!!d === !!this.disruptionSaid) return;
+    const e: EventDraft = d
+      ? { kind: 'fleet.disrupted', subject: 'fleet', message: `fleet disrupted: ${disruptionText(d)}`, fields: { down: String(d.down), total: String(d.total), percent: String(d.percent) } }
+      : { kind: 'fleet.disruption_over', subject: 'fleet', message: 'fleet disruption over: instances of DOWN nodes are replaced again', fields: {} };
+    await this.store.commit([], [e]);
+    this.disruptionSaid = d ? e.message : '';
+    if (d) this.log.error({ down: d.down, total: d.total }, e.message);
   }
 
   list(): NodeRecord[] {
@@ -512,12 +566,16 @@ export class NodeRegistry {
         changed.push(next);
         events.push(this.stateEvent(next, r.state));
       }
-      if (!changed.length) return 0;
+      if (!changed.length) {
+        await this.noteDisruption();
+        return 0;
+      }
       // In parts: a rack that loses power takes its nodes DOWN in one tick, and one transaction
       // for hundreds of them was refused by etcd at every tick (more than 128 operations), so
       // none ever went DOWN and none of their instances was replaced.
       await this.store.commitInParts(changed.map((r, i) => ({ ops: [{ type: 'put', key: this.keys.node(r.id), value: JSON.stringify(r) }], events: [events[i]], item: r })),
         (stored) => { for (const r of stored) this.records.set(r.id, r); });
+      await this.noteDisruption();
       return changed.length;
     } finally {
       this.ticking = false;

@@ -5,7 +5,8 @@ import { canaryHeld, type AppRecord, type InstanceRecord } from './records';
 import { updateOrder, type NormalComponent } from './spec';
 
 /** A node's state as the planner sees it: RUNTIME-DOWN is a READY node whose runtime has not answered past the grace (its instances are lost). */
-export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN';
+/** UNREACHABLE: a DOWN node during a fleet disruption (see fleetDisruption): its instances are kept, not replaced. */
+export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN' | 'UNREACHABLE';
 
 export interface ObservedView {
   state: string; // INSTANCE_STATE_*

@@ -218,6 +218,7 @@ program.command('status').description('leader, coordinators, etcd members and no
     `answered by: ${s.answeredBy}${s.refusal ? ` (NOT A CANDIDATE: ${s.refusal})` : ''}`,
     `storage:     ${s.storageFormat < 0 ? 'format unknown (etcd did not answer)' : `format ${s.storageFormat || 'not recorded yet'}`}`,
     `nodes:       ${Object.entries(s.nodesByState).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}`,
+    ...(s.fleetDisruption ? [`fleet:       DISRUPTED: ${s.fleetDisruption}`] : []),
     ...(s.etcdAlarms.length ? [`etcd alarms: ${s.etcdAlarms.join(', ')}${s.etcdAlarms.some((a) => a.startsWith('NOSPACE')) ? ' (out of space: every write is refused; README: "etcd out of space")' : ''}`] : []),
     '',
     ...coordinatorRows(s.coordinators),

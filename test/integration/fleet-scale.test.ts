@@ -5,6 +5,7 @@
 // fleet over ~128 nodes was never written and a rack that lost power stayed READY for good.
 import { expect } from 'chai';
 import * as fs from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
 import { waitForLeader } from '../helpers/cluster';
@@ -51,5 +52,42 @@ describe('a fleet larger than one etcd transaction', function () {
 
     const failed = fs.readFileSync(c.logFile, 'utf8').split('\n').filter((l) => /leader loop node-(status|liveness) failed/.test(l));
     expect(failed, failed.join('\n')).to.deep.equal([]);
+  });
+
+  it('keeps the instances of DOWN nodes where they are while more than --disruption-percent of the fleet is DOWN, with an event either way', async () => {
+    // A cluster of its own on the same etcd (another key prefix): the nodes above are all DOWN.
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, extra: ['--etcd-prefix', '/disruption/'] });
+    await waitForLeader([c.address]);
+    const a = new AdminClient([c.address]);
+    let lost: SimulatedNodes | undefined = new SimulatedNodes([c.address], 6, 'lost-', 500);
+    const kept = new SimulatedNodes([c.address], 4, 'kept-', 500);
+    try {
+      await waitFor('10 nodes READY', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 10, 20_000, 250);
+      await a.applyApp({ name: 'spread', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances: 10 }] });
+      await waitFor('10 instances placed', async () => (await a.listInstances('spread')).instances.length === 10, 10_000, 250);
+      const before = (await a.listInstances('spread')).instances.map((i) => `${i.id}@${i.nodeId}`).sort();
+      expect(before.filter((x) => x.includes('@lost-')).length).to.be.above(0);
+
+      // 6 of 10 nodes silent at once: 60%, over the default 55.
+      await lost.stop();
+      lost = undefined;
+      await waitFor('6 nodes DOWN', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length === 6, 15_000, 250);
+      await waitFor('the disruption in the status', async () => /^6 of 10 nodes are DOWN \(over 55%\)/.test((await a.getClusterStatus()).fleetDisruption), 5_000, 100);
+      await sleep(3_000); // six reconcile rounds
+      expect((await a.listInstances('spread')).instances.map((i) => `${i.id}@${i.nodeId}`).sort()).to.deep.equal(before);
+
+      // They come back: the disruption is over, and nothing was moved.
+      lost = new SimulatedNodes([c.address], 6, 'lost-', 500);
+      await waitFor('10 nodes READY again', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 10, 15_000, 250);
+      await waitFor('no disruption', async () => (await a.getClusterStatus()).fleetDisruption === '', 5_000, 100);
+      expect((await a.listInstances('spread')).instances.map((i) => `${i.id}@${i.nodeId}`).sort()).to.deep.equal(before);
+      const events: string[] = [];
+      for await (const e of a.watchEvents({ kinds: ['fleet.', 'instance.lost'], history: 100, follow: false })) events.push(e.kind);
+      expect(events).to.deep.equal(['fleet.disrupted', 'fleet.disruption_over']);
+    } finally {
+      await lost?.stop();
+      await kept.stop();
+      a.close();
+    }
   });
 });

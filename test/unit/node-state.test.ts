@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
-import { clockOffset, onLeaderClock } from '../../coordinator/node-registry';
+import { clockOffset, fleetDisruption, onLeaderClock } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -73,4 +73,25 @@ describe("a node's clock offset", () => {
     expect(clockOffset([-30_010, -30_002, -30_050])).to.equal(-30_002);
     expect(clockOffset([])).to.equal(undefined);
   });
+});
+
+describe('fleetDisruption: so many nodes DOWN that their instances stay where they are', () => {
+  const fleet = (down: number, up: number) => [...Array(down).fill('DOWN'), ...Array(up).fill('READY')];
+  const cases: [string, string[], number, boolean][] = [
+    ['6 of 10 DOWN, over 55%', fleet(6, 4), 55, true],
+    ['5 of 10 DOWN: not over 55%', fleet(5, 5), 55, false],
+    ['2 of 2 DOWN: fewer than 3, a small fleet replaces as usual', fleet(2, 0), 55, false],
+    ['3 of 3 DOWN', fleet(3, 0), 55, true],
+    ['all DOWN, the guard off (0)', fleet(10, 0), 0, false],
+    ['100 of 300 DOWN', fleet(100, 200), 55, false],
+    ['DRAINING and NEW count as not DOWN', [...fleet(3, 0), 'DRAINING', 'NEW', 'READY'], 55, false],
+    ['an empty fleet', [], 55, false],
+  ];
+  for (const [name, states, percent, disrupted] of cases) {
+    it(name, () => {
+      const d = fleetDisruption(states, percent);
+      expect(!!d).to.equal(disrupted);
+      if (d) expect(d).to.deep.equal({ down: states.filter((x) => x === 'DOWN').length, total: states.length, percent });
+    });
+  }
 });
