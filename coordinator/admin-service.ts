@@ -517,7 +517,8 @@ export class AdminService {
       storageFormat,
       refusal: this.leadership.refusal ?? '',
       etcdAlarms: alarms.map((a) => `${a.alarm} on member ${a.memberId}`),
-      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(fleetDisruption(records.map((r) => r.state), this.opts.disruptionPercent ?? 0)),
+      // The leader counts the nodes silent long enough too; a follower only those DOWN.
+      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => r.state), this.opts.disruptionPercent ?? 0)),
     };
   }
 

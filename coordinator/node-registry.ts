@@ -141,13 +141,14 @@ export const DEFAULT_PORT_RANGE = { start: 20000, end: 32000 };
 export const DISRUPTION_MIN_DOWN = 3;
 
 export interface Disruption {
+  /** DOWN, or silent long enough that they are about to be (see silentAfterMs). */
   down: number;
   total: number;
   percent: number;
 }
 
 /**
- * Whether the fleet is disrupted: more than `percent` of its nodes DOWN, and at least
+ * Whether the fleet is disrupted: more than `percent` of its nodes DOWN or SILENT, and at least
  * DISRUPTION_MIN_DOWN of them. So many nodes lost at once is more likely the leader (or its
  * network) cut off from them than that many hosts dead: replacing all their instances on the
  * few nodes left would crowd those out, and restart every instance of the fleet once the
@@ -161,13 +162,27 @@ export function fleetDisruption(states: Iterable<string>, percent: number): Disr
   let total = 0;
   for (const s of states) {
     total++;
-    if (s === 'DOWN') down++;
+    if (s === 'DOWN' || s === 'SILENT') down++;
   }
   return down >= DISRUPTION_MIN_DOWN && down * 100 > percent * total ? { down, total, percent } : undefined;
 }
 
-export function disruptionText(d: Disruption): string {
-  return `${d.down} of ${d.total} nodes are DOWN (over ${d.percent}%): their instances are not replaced elsewhere while so many are (a partition between the leader and the fleet looks like this)`;
+/**
+ * How long a node not yet DOWN must have been silent to count as lost in a disruption. Nodes
+ * that die together go DOWN over one report interval (each last reported at its own moment), a
+ * tick or a few apart: counting only the DOWN ones, the first few were below the threshold and
+ * had their instances replaced before the rest made it a disruption (seen: 3 of 6). When the
+ * first of them reaches the heartbeat timeout, the others have been silent for at least the
+ * timeout less one interval; a live node is silent for at most about one interval.
+ */
+export function silentAfterMs(heartbeatTimeoutMs: number, reportIntervalMs: number): number {
+  return Math.max(reportIntervalMs, heartbeatTimeoutMs - 1.5 * reportIntervalMs);
+}
+
+export function disruptionText(d: Disruption & { settling?: boolean }): string {
+  return d.settling
+    ? `${d.down} of ${d.total} nodes are still DOWN or silent after a disruption: their instances are not replaced for the failover grace, while the rest of the fleet attaches again`
+    : `${d.down} of ${d.total} nodes are DOWN or silent (over ${d.percent}%): their instances are not replaced elsewhere while so many are (a partition between the leader and the fleet looks like this)`;
 }
 
 export class NodeRegistry {
@@ -179,7 +194,7 @@ export class NodeRegistry {
   constructor(
     private readonly store: Store,
     private readonly keys: Keys,
-    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string; disruptionPercent?: number },
+    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string; disruptionPercent?: number; reportIntervalMs?: number },
     private readonly log: Logger,
   ) {}
 
@@ -189,21 +204,44 @@ export class NodeRegistry {
     this.live.clear();
     this.refusedAgents.clear();
     this.disruptionSaid = '';
+    this.disruptedAtMs = 0;
     this.graceUntilMs = nowMs + this.opts.failoverGraceMs;
     this.log.info({ nodes: this.records.size, graceMs: this.opts.failoverGraceMs }, 'node registry loaded');
   }
 
-  /** The fleet disruption now (see fleetDisruption), or undefined. */
-  disruption(): Disruption | undefined {
-    return fleetDisruption([...this.records.values()].map((r) => r.state), this.opts.disruptionPercent ?? 0);
+  /** When this leader last found the fleet disrupted (steady ms; 0: not since it leads). */
+  private disruptedAtMs = 0;
+
+  /**
+   * The fleet disruption now (see fleetDisruption), or undefined. Once it no longer holds, it is
+   * kept for the failover grace (`settling`): a partition heals node by node, as agents attach
+   * again each after its own backoff, and the first few back ended it while the rest were still
+   * DOWN, whose instances were then replaced moments before they came back too (seen: 3 of 6).
+   */
+  disruption(nowMs = steadyNow()): (Disruption & { settling?: boolean }) | undefined {
+    const silentMs = silentAfterMs(this.opts.heartbeatTimeoutMs, this.opts.reportIntervalMs ?? this.opts.heartbeatTimeoutMs / 2);
+    const states = [...this.records.values()].map((r) => {
+      // Only nodes attached to this leader since it leads: the others are re-attaching (its grace).
+      const l = this.live.get(r.id);
+      return r.state !== 'DOWN' && l && nowMs - l.lastSeenMs >= silentMs ? 'SILENT' : r.state;
+    });
+    const percent = this.opts.disruptionPercent ?? 0;
+    const d = fleetDisruption(states, percent);
+    if (d) {
+      this.disruptedAtMs = nowMs;
+      return d;
+    }
+    if (!this.disruptedAtMs || nowMs - this.disruptedAtMs >= this.opts.failoverGraceMs) return undefined;
+    const down = states.filter((x) => x === 'DOWN' || x === 'SILENT').length;
+    return down ? { down, total: states.length, percent, settling: true } : undefined;
   }
 
   /** The disruption this leader last recorded an event for ('' while none). */
   private disruptionSaid = '';
 
   /** One event when the fleet is found disrupted, and one when it is not any more. */
-  private async noteDisruption(): Promise<void> {
-    const d = this.disruption();
+  private async noteDisruption(nowMs: number): Promise<void> {
+    const d = this.disruption(nowMs);
     if (!!d === !!this.disruptionSaid) return;
     const e: EventDraft = d
       ? { kind: 'fleet.disrupted', subject: 'fleet', message: `fleet disrupted: ${disruptionText(d)}`, fields: { down: String(d.down), total: String(d.total), percent: String(d.percent) } }
@@ -567,7 +605,7 @@ export class NodeRegistry {
         events.push(this.stateEvent(next, r.state));
       }
       if (!changed.length) {
-        await this.noteDisruption();
+        await this.noteDisruption(nowMs);
         return 0;
       }
       // In parts: a rack that loses power takes its nodes DOWN in one tick, and one transaction
@@ -575,7 +613,7 @@ export class NodeRegistry {
       // none ever went DOWN and none of their instances was replaced.
       await this.store.commitInParts(changed.map((r, i) => ({ ops: [{ type: 'put', key: this.keys.node(r.id), value: JSON.stringify(r) }], events: [events[i]], item: r })),
         (stored) => { for (const r of stored) this.records.set(r.id, r); });
-      await this.noteDisruption();
+      await this.noteDisruption(nowMs);
       return changed.length;
     } finally {
       this.ticking = false;

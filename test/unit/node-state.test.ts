@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
-import { clockOffset, fleetDisruption, onLeaderClock } from '../../coordinator/node-registry';
+import { clockOffset, fleetDisruption, onLeaderClock, silentAfterMs } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -86,12 +86,18 @@ describe('fleetDisruption: so many nodes DOWN that their instances stay where th
     ['100 of 300 DOWN', fleet(100, 200), 55, false],
     ['DRAINING and NEW count as not DOWN', [...fleet(3, 0), 'DRAINING', 'NEW', 'READY'], 55, false],
     ['an empty fleet', [], 55, false],
+    ['2 DOWN and 4 SILENT of 10 (dying together, not all past the timeout yet)', [...fleet(2, 4), ...Array(4).fill('SILENT')], 55, true],
   ];
   for (const [name, states, percent, disrupted] of cases) {
     it(name, () => {
       const d = fleetDisruption(states, percent);
       expect(!!d).to.equal(disrupted);
-      if (d) expect(d).to.deep.equal({ down: states.filter((x) => x === 'DOWN').length, total: states.length, percent });
+      if (d) expect(d).to.deep.equal({ down: states.filter((x) => x === 'DOWN' || x === 'SILENT').length, total: states.length, percent });
     });
   }
+  it('counts a node as silent past the heartbeat timeout less an interval and a half, never under one interval', () => {
+    expect(silentAfterMs(10_000, 5_000)).to.equal(5_000);
+    expect(silentAfterMs(3_000, 500)).to.equal(2_250);
+    expect(silentAfterMs(30_000, 5_000)).to.equal(22_500);
+  });
 });
