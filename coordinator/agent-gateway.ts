@@ -70,6 +70,11 @@ export class AgentGateway {
     return [...this.sessions.keys()];
   }
 
+  /** Whether a node's agent has a stream to this leader (a lookup: connectedNodes() copies the list). */
+  isConnected(nodeId: string): boolean {
+    return this.sessions.has(nodeId);
+  }
+
   /** Sends an instruction to a connected agent; false if it has no stream to this leader. */
   send(nodeId: string, instruction: Instruction): boolean {
     const s = this.sessions.get(nodeId);

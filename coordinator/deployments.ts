@@ -994,7 +994,10 @@ export class Deployments {
     // container's label keeps neither the login nor the secret values, and the agent takes only
     // those from it (for the next pull, and a container it makes again).
     for (const [nodeId, { seq, atMs }] of this.attached) {
-      if (!this.gateway.connectedNodes().includes(nodeId)) continue;
+      // A lookup, not a copy of the list each: with thousands of agents attaching at once (a new
+      // leader's first seconds) the copies made each dispatch quadratic, and the leader took 26 s
+      // to take 3,000 agents back (some went DOWN meanwhile).
+      if (!this.gateway.isConnected(nodeId)) continue;
       const observed = new Set(this.registry.observed(nodeId).map((o) => o.instanceId));
       // A restarted agent may say hello before it has adopted its containers: its first report names them.
       if (!observed.size && nowMs - atMs < 30_000) continue;
@@ -1019,7 +1022,7 @@ export class Deployments {
 
   /** A node's agent to copy a volume from or to: attached, with its relay's address. */
   private attachedRelay(nodeId: string): string | undefined {
-    if (!this.canGiveVolumes(nodeId) || !this.gateway.connectedNodes().includes(nodeId)) return undefined;
+    if (!this.canGiveVolumes(nodeId) || !this.gateway.isConnected(nodeId)) return undefined;
     return this.registry.get(nodeId).endpoint || undefined;
   }
 
