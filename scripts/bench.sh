@@ -9,7 +9,7 @@ ensure_dockerd
 trap stop_dockerd_if_started EXIT
 bash scripts/build-images.sh >/dev/null
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(failover scheduler apply autoscale jobs jobs-cpu db)
+[ ${#names[@]} -gt 0 ] || names=(failover scheduler apply autoscale jobs jobs-cpu db fleet)
 mkdir -p .bench
 for n in "${names[@]}"; do
   echo "=== bench: $n"

@@ -1,0 +1,113 @@
+// Fleet size: what the leader does with thousands of nodes. Real etcd, two real coordinator
+// processes with the production defaults (reports every 5 s, heartbeat timeout 10 s, failover
+// grace 15 s), and N simulated nodes in this process (test/helpers/sim-nodes.ts: the agent's real
+// connection code, each node on its own gRPC stream; no containers). For each N:
+//   attach    -> every node attached to the leader, from the first hello
+//   cpu       -> the leader's CPU (share of one core) with N nodes reporting, at rest
+//   list      -> ListNodes through the follower (read from etcd)
+//   failover  -> SIGKILL of the leader until every node is attached to the new one, per run;
+//                and how many nodes went DOWN meanwhile (any is a defect: their instances would
+//                be replaced). The bound is the failover grace: nodes not back by then go DOWN.
+// No peer runs here: Nomad's nodesim needs a Nomad server and kwok a kube-apiserver, neither
+// installable on this machine; the table gives the failover time against the grace instead.
+//   node dist/scripts/bench/fleet.js [--nodes 1000,3000] [--runs 3]
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { AdminClient } from '../../common/admin-client';
+import { table } from '../../common/table';
+import { waitForLeader } from '../../test/helpers/cluster';
+import { EtcdCluster } from '../../test/helpers/etcd';
+import { Fleet } from '../../test/helpers/processes';
+import { SimulatedNodes } from '../../test/helpers/sim-nodes';
+import { fmt, median, progress } from './stats';
+
+const args = process.argv.slice(2);
+const arg = (name: string, def: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : def);
+const SIZES = arg('nodes', '1000,3000').split(',').map(Number);
+const RUNS = Number(arg('runs', '3'));
+const GRACE_MS = 15_000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function cpuSeconds(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks (USER_HZ: 100)
+}
+
+async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  while (!(await fn())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+  return Date.now() - t0;
+}
+
+async function size(n: number): Promise<string[]> {
+  const etcd = await EtcdCluster.start(1);
+  const fleet = new Fleet();
+  let sims: SimulatedNodes | undefined;
+  const opts = { etcd: etcd.endpoints, reportIntervalMs: 5_000, heartbeatTimeoutMs: 10_000, failoverGraceMs: GRACE_MS, extra: ['--status-persist-interval-ms', '5000'] };
+  try {
+    let coords = [await fleet.coordinator(opts)];
+    await waitForLeader([coords[0].address]);
+    coords.push(await fleet.coordinator(opts));
+    await waitForLeader(coords.map((c) => c.address));
+    const addrs = coords.map((c) => c.address);
+    progress(`${n} nodes: attaching`);
+    const t0 = Date.now();
+    sims = new SimulatedNodes(addrs, n, 'sim-', 5_000);
+    const s = sims;
+    await until(`${n} nodes attached`, async () => s.connected === n, 120_000);
+    const attachMs = Date.now() - t0;
+    await sleep(5_000);
+    const leader = coords[0];
+    const c0 = cpuSeconds(leader.proc!.pid!);
+    await sleep(10_000);
+    const cpu = ((cpuSeconds(leader.proc!.pid!) - c0) / 10) * 100;
+    const follower = new AdminClient([coords[1].address], { timeoutMs: 30_000 });
+    const l0 = Date.now();
+    const listed = (await follower.listNodes()).nodes.length;
+    const listMs = Date.now() - l0;
+    follower.close();
+    if (listed !== n) throw new Error(`ListNodes gave ${listed} nodes, not ${n}`);
+
+    const failovers: number[] = [];
+    let down = 0;
+    for (let r = 0; r < RUNS; r++) {
+      progress(`${n} nodes: failover ${r + 1}/${RUNS}`);
+      const [old, next] = coords;
+      const admin = new AdminClient([next.address], { timeoutMs: 30_000 });
+      const k0 = Date.now();
+      await old.kill('SIGKILL');
+      await until('every node attached to the new leader', async () => {
+        const nodes = (await admin.listNodes().catch(() => ({ nodes: [] }))).nodes;
+        down = Math.max(down, nodes.filter((x) => x.state === 'NODE_STATE_DOWN').length);
+        return nodes.length === n && nodes.every((x) => x.connectedTo === next.id);
+      }, 120_000);
+      failovers.push(Date.now() - k0);
+      admin.close();
+      // A coordinator again beside it (at the address the nodes know), for the next run.
+      const again = await fleet.coordinator({ ...opts, id: old.id, port: Number(old.address.split(':')[1]) });
+      coords = [next, again];
+      await sleep(3_000);
+    }
+    return [String(n), fmt(attachMs / 1000, 1), fmt(cpu, 1), String(listMs), fmt(median(failovers) / 1000, 1), fmt(Math.max(...failovers) / 1000, 1), String(down), fmt(Math.max(...failovers) / GRACE_MS, 2)];
+  } finally {
+    await sims?.stop();
+    await fleet.stop();
+    await etcd.stop();
+  }
+}
+
+async function main(): Promise<void> {
+  process.env.TESSERA_TEST_LOG_LEVEL = 'info';
+  const rows: string[][] = [];
+  for (const n of SIZES) rows.push(await size(n));
+  console.log(`fleet: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; reports every 5 s, heartbeat 10 s, failover grace ${GRACE_MS / 1000} s; ${RUNS} failovers per size`);
+  console.log(table(['NODES', 'ATTACH S', 'LEADER CPU %', 'LIST MS', 'FAILOVER S (MEDIAN)', 'FAILOVER S (MAX)', 'DOWN DURING', 'MAX VS GRACE'], rows));
+}
+
+main().then(() => process.exit(0), (err) => {
+  console.error(err);
+  process.exit(1);
+});
