@@ -278,7 +278,15 @@ export class Deployments {
   }
 
   listApps(): App[] {
-    return [...this.apps.values()].sort((a, b) => a.name.localeCompare(b.name)).map((a) => this.toProto(a));
+    // Every instance listed once, not once per app (each listing indexes what every node reports):
+    // with 500 apps, each `tessera apps` took the leader about a third of a second.
+    const byApp = new Map<string, Instance[]>();
+    for (const i of this.listInstances('', '')) {
+      const list = byApp.get(i.app ?? '');
+      if (list) list.push(i);
+      else byApp.set(i.app ?? '', [i]);
+    }
+    return [...this.apps.values()].sort((a, b) => a.name.localeCompare(b.name)).map((a) => this.toProto(a, byApp.get(a.name) ?? []));
   }
 
   history(name: string): VersionRecord[] {
@@ -501,9 +509,18 @@ export class Deployments {
     const versionUpdates: { app: string; rec: VersionRecord }[] = [];
     const reverts: { app: string; to: VersionRecord; reason: string }[] = [];
 
+    // Each app's wanted instances, grouped once (filtering all of them for each app was
+    // quadratic: with 500 apps, most of a reconcile round).
+    const running = new Map<string, InstanceRecord[]>();
+    for (const i of this.instances.values()) {
+      if (i.desired !== 'run') continue;
+      const list = running.get(i.app);
+      if (list) list.push(i);
+      else running.set(i.app, [i]);
+    }
     for (const app of [...this.apps.values()]) {
       const spec = this.versions.get(app.name)?.get(app.version)?.spec;
-      const mine = [...this.instances.values()].filter((i) => i.app === app.name && i.desired === 'run');
+      const mine = running.get(app.name) ?? [];
       if (app.deleting || !spec) {
         for (const inst of mine) stops.push({ inst, kind: 'removed', reason: app.deleting ? 'app deleted' : 'no spec' });
         if (app.deleting && !mine.length && ![...observed.values()].some((o) => o.app === app.name)) {
@@ -1222,9 +1239,9 @@ export class Deployments {
     this.apps.set(app.name, app);
   }
 
-  private toProto(a: AppRecord): App {
+  private toProto(a: AppRecord, instances = this.listInstancesOf(a.name)): App {
     const byState: Record<string, number> = {};
-    for (const i of this.listInstancesOf(a.name)) {
+    for (const i of instances) {
       const s = String(i.state ?? 'INSTANCE_STATE_PENDING').replace('INSTANCE_STATE_', '');
       if (i.desired === 'run') byState[s] = (byState[s] ?? 0) + 1;
     }
