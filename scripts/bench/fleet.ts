@@ -8,9 +8,14 @@
 //   failover  -> SIGKILL of the leader until every node is attached to the new one, per run;
 //                and how many nodes went DOWN meanwhile (any is a defect: their instances would
 //                be replaced). The bound is the failover grace: nodes not back by then go DOWN.
+// Then apps: A apps of 4 instances each applied over 500 simulated nodes (which report them
+// RUNNING and healthy once told to run them):
+//   running   -> from the first apply until ListApps says every app is running (polled each second,
+//                as a dashboard or `watch tessera apps` would)
+//   cpu       -> the leader's CPU at rest with them all
 // No peer runs here: Nomad's nodesim needs a Nomad server and kwok a kube-apiserver, neither
 // installable on this machine; the table gives the failover time against the grace instead.
-//   node dist/scripts/bench/fleet.js [--nodes 1000,3000] [--runs 3]
+//   node dist/scripts/bench/fleet.js [--nodes 1000,3000] [--runs 3] [--apps 500]
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { AdminClient } from '../../common/admin-client';
@@ -23,8 +28,9 @@ import { fmt, median, progress } from './stats';
 
 const args = process.argv.slice(2);
 const arg = (name: string, def: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : def);
-const SIZES = arg('nodes', '1000,3000').split(',').map(Number);
+const SIZES = arg('nodes', '1000,3000').split(',').map(Number).filter((n) => n > 0);
 const RUNS = Number(arg('runs', '3'));
+const APPS = Number(arg('apps', '500'));
 const GRACE_MS = 15_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -99,12 +105,46 @@ async function size(n: number): Promise<string[]> {
   }
 }
 
+async function apps(a: number, n = 500, per = 4): Promise<string[]> {
+  const etcd = await EtcdCluster.start(1);
+  const fleet = new Fleet();
+  let sims: SimulatedNodes | undefined;
+  try {
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, reportIntervalMs: 5_000, heartbeatTimeoutMs: 10_000, failoverGraceMs: GRACE_MS, extra: ['--status-persist-interval-ms', '5000'] });
+    await waitForLeader([c.address]);
+    const admin = new AdminClient([c.address], { timeoutMs: 30_000 });
+    sims = new SimulatedNodes([c.address], n, 'sim-', 5_000);
+    const s = sims;
+    await until(`${n} nodes attached`, async () => s.connected === n, 120_000);
+    progress(`${a} apps over ${n} nodes`);
+    const t0 = Date.now();
+    for (let i = 0; i < a; i++) await admin.applyApp({ name: `app${i}`, components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 8 }, instances: per }] });
+    const appliedMs = Date.now() - t0;
+    await until('every app running', async () => {
+      await sleep(1_000);
+      return (await admin.listApps()).apps.filter((x) => x.status === 'running').length === a;
+    }, 300_000);
+    const runningMs = Date.now() - t0;
+    const c0 = cpuSeconds(c.proc!.pid!);
+    await sleep(10_000);
+    const cpu = ((cpuSeconds(c.proc!.pid!) - c0) / 10) * 100;
+    admin.close();
+    return [String(a), String(a * per), String(n), fmt(appliedMs / 1000, 1), fmt(runningMs / 1000, 1), fmt(cpu, 1)];
+  } finally {
+    await sims?.stop();
+    await fleet.stop();
+    await etcd.stop();
+  }
+}
+
 async function main(): Promise<void> {
   process.env.TESSERA_TEST_LOG_LEVEL = 'info';
   const rows: string[][] = [];
   for (const n of SIZES) rows.push(await size(n));
+  const appRows = APPS > 0 ? [await apps(APPS)] : [];
   console.log(`fleet: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; reports every 5 s, heartbeat 10 s, failover grace ${GRACE_MS / 1000} s; ${RUNS} failovers per size`);
-  console.log(table(['NODES', 'ATTACH S', 'LEADER CPU %', 'LIST MS', 'FAILOVER S (MEDIAN)', 'FAILOVER S (MAX)', 'DOWN DURING', 'MAX VS GRACE'], rows));
+  if (rows.length) console.log(table(['NODES', 'ATTACH S', 'LEADER CPU %', 'LIST MS', 'FAILOVER S (MEDIAN)', 'FAILOVER S (MAX)', 'DOWN DURING', 'MAX VS GRACE'], rows));
+  if (appRows.length) console.log(table(['APPS', 'INSTANCES', 'NODES', 'APPLIED S', 'ALL RUNNING S', 'LEADER CPU % AT REST'], appRows));
 }
 
 main().then(() => process.exit(0), (err) => {
