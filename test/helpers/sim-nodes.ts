@@ -7,7 +7,16 @@
 import { CoordinatorConnection } from '../../agent/connection';
 import { createLogger } from '../../common/logger';
 import { VERSION } from '../../common/version';
+import type { AgentHello } from '../../common/generated/tessera/v1/AgentHello';
 import type { InstanceStatus } from '../../common/generated/tessera/v1/InstanceStatus';
+
+/** A hello as an agent of node `id` sends it: no labels, 1 core, 1 GiB, ports from `ports`. */
+export function agentHello(id: string, ports: { start: number; end: number }, extra: Partial<AgentHello> = {}): AgentHello {
+  return {
+    nodeId: id, agentUid: `uid-${id}`, hostname: `host-${id}`, labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 },
+    agentVersion: VERSION, instances: [], portRange: ports, sessionId: `session-${id}`, endpoint: '', unreachableLeader: '', ...extra,
+  };
+}
 
 export class SimulatedNodes {
   conns: CoordinatorConnection[] = [];
@@ -31,10 +40,8 @@ export class SimulatedNodes {
     const log = createLogger('sim', 'error', {}, () => {});
     this.conns = this.running.map((runs, i) => {
       const id = `${this.prefix}${String(i).padStart(4, '0')}`;
-      const conn = new CoordinatorConnection(this.coordinators, () => ({
-        nodeId: id, agentUid: `uid-${id}`, hostname: `host-${id}`, labels: { rack: `r${i % 10}` }, capacity: { cpuMillis: 4000, memoryMib: 8192, diskMib: 100_000 },
-        agentVersion: VERSION, portRange: { start: 20000, end: 20100 }, sessionId: `session-${id}-${this.seq}`, endpoint: '', unreachableLeader: '',
-        instances: [...runs.values()],
+      const conn = new CoordinatorConnection(this.coordinators, () => agentHello(id, { start: 20000, end: 20100 }, {
+        labels: { rack: `r${i % 10}` }, capacity: { cpuMillis: 4000, memoryMib: 8192, diskMib: 100_000 }, sessionId: `session-${id}-${this.seq}`, instances: [...runs.values()],
       }), log, { initialMs: 200, maxMs: 2_000, multiplier: 1.6, jitter: 0.2 });
       conn.on('instruction', (ins) => {
         const inst = ins.instance?.instanceId || ins.target?.instanceId || '';

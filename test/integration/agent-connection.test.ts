@@ -5,10 +5,13 @@
 import { expect } from 'chai';
 import { CoordinatorConnection } from '../../agent/connection';
 import { createLogger } from '../../common/logger';
-import { VERSION } from '../../common/version';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
+import { agentHello } from '../helpers/sim-nodes';
 import { etcdAndFleet } from '../helpers/suite';
+
+/** Attempts 100-300 ms apart, no jitter. */
+const FAST = { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 };
 
 describe('an agent without a leader says so', function () {
   this.timeout(60_000);
@@ -19,10 +22,7 @@ describe('an agent without a leader says so', function () {
     await waitForLeader([c.address]);
     const lines: { level: string; msg: string; afterMs?: number; forS?: number }[] = [];
     const log = createLogger('agent', 'info', {}, (line) => { lines.push(JSON.parse(line)); });
-    const conn = new CoordinatorConnection([c.address], () => ({
-      nodeId: 'conn-1', agentUid: 'uid-conn-1', hostname: 'conn-host', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 },
-      agentVersion: VERSION, instances: [], portRange: { start: 30860, end: 30869 }, sessionId: 'conn-session', endpoint: '', unreachableLeader: '',
-    }), log, { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 }, undefined, 1_000);
+    const conn = new CoordinatorConnection([c.address], () => agentHello('conn-1', { start: 30860, end: 30869 }), log, FAST, undefined, 1_000);
     conn.start();
     let back: Awaited<ReturnType<typeof s.fleet.coordinator>> | undefined;
     try {
@@ -51,10 +51,7 @@ describe('an agent without a leader says so', function () {
     expect(await waitForLeader([c.address], 15_000)).to.equal('cy');
     const lines: { level: string; msg: string; reason?: string }[] = [];
     const log = createLogger('agent', 'info', {}, (line) => { lines.push(JSON.parse(line)); });
-    const conn = new CoordinatorConnection([c.address], () => ({
-      nodeId: 'conn-2', agentUid: 'uid-conn-2', hostname: 'conn-host', labels: {}, capacity: { cpuMillis: 1000, memoryMib: 1024, diskMib: 1024 },
-      agentVersion: VERSION, instances: [], portRange: { start: 30870, end: 30879 }, sessionId: 'conn-session-2', endpoint: '', unreachableLeader: '',
-    }), log, { initialMs: 100, maxMs: 300, multiplier: 1.5, jitter: 0 }, undefined, 60_000);
+    const conn = new CoordinatorConnection([c.address], () => agentHello('conn-2', { start: 30870, end: 30879 }), log, FAST, undefined, 60_000);
     conn.start();
     // Reports every 50 ms, as a busy agent's would come: some arrive after the coordinator has
     // resigned and while it waits (up to 1 s) to learn a successor, which it never does here.
