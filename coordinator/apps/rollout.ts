@@ -123,6 +123,9 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     for (const x of current) {
       // A slot's volumes being copied to it (migrate) is not the new instance's time yet.
       if (x.migrate?.state === 'pending') continue;
+      // Nor is an instance the leader cannot hear from during a fleet disruption: the rollout
+      // waits for it (its slot counts as not yet healthy) rather than failing and reverting.
+      if (i.nodeState(x.nodeId) === 'UNREACHABLE') continue;
       // Healthy now, if not yet for minHealthyMs (a new leader counts that from its first report): not late.
       const o = i.observed(x.id);
       if (o?.state === 'INSTANCE_STATE_RUNNING' && o.health === 'healthy') continue;

@@ -70,6 +70,16 @@ describe('rollout decisions per component', () => {
     const d = run({ nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n1', 0)], obs: { o0: healthy, n0: starting } });
     expect(d.rolloutFailed).to.match(/not healthy within 10000 ms/);
   });
+  it('does not fail a rollout for a new instance on a node unreachable in a fleet disruption (it waits); DOWN, it is lost and replaced', () => {
+    const over = { nowMs: 20_000, instances: [inst('o0', 0, 'old'), inst('n0', 1, 'new', 'n2', 0)], obs: { o0: healthy } };
+    const waits = run({ ...over, nodes: { n2: 'UNREACHABLE' } });
+    expect(waits.rolloutFailed).to.equal(undefined);
+    expect(waits.stop).to.deep.equal([]);
+    expect(waits.create).to.deep.equal([]);
+    const lost = run({ ...over, nodes: { n2: 'DOWN' } });
+    expect(lost.stop.map((x) => [x.inst.id, x.kind])).to.deep.equal([['n0', 'lost']]);
+    expect(run({ ...over }).rolloutFailed).to.match(/not healthy within 10000 ms/);
+  });
   it('does not fail a rollout on a new leader that has not yet seen an instance healthy for minHealthyMs (or at all) when it took over', () => {
     // Created 20 s ago (the deadline is 10 s), healthy now but only since this leader's first report.
     const fresh: ObservedView = { ...healthy, healthySinceMs: 19_900 };
