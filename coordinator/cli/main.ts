@@ -243,7 +243,10 @@ function coordinatorRows(cs: import('../../common/generated/tessera/v1/Coordinat
 program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
   const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });
   const off = res.nodes.filter((n) => Math.abs(Number(n.clockOffsetMs)) >= 5_000);
-  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length ? ['', ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`)] : [])].join('\n') : 'no nodes'));
+  // Several nodes DOWN: say whether the leader holds their instances (a fleet disruption).
+  const disruption = res.nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length >= 3 ? (await c.getClusterStatus()).fleetDisruption : '';
+  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length || disruption ? [''] : []), ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`),
+    ...(disruption ? [`warning: fleet disrupted: ${disruption}`] : [])].join('\n') : 'no nodes'));
 }));
 
 const node = program.command('node').description('one node');

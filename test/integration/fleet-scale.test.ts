@@ -4,10 +4,13 @@
 // one etcd transaction: past 128 operations etcd refused it at every turn, so the status of a
 // fleet over ~128 nodes was never written and a rack that lost power stayed READY for good.
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
+import { repoRoot } from '../../common/version';
 import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { SimulatedNodes } from '../helpers/sim-nodes';
@@ -74,6 +77,10 @@ describe('a fleet larger than one etcd transaction', function () {
       await lost.cut();
       await waitFor('6 nodes DOWN', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length === 6, 15_000, 250);
       await waitFor('the disruption in the status', async () => /^6 of 10 nodes are DOWN or silent \(over 55%\)/.test((await a.getClusterStatus()).fleetDisruption), 5_000, 100);
+      // The CLI says so too (`tessera status`, and under `tessera nodes`).
+      const cli = (...args: string[]) => execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, ...args]).toString();
+      expect(cli('status')).to.match(/^fleet: +DISRUPTED: 6 of 10 nodes are DOWN or silent/m);
+      expect(cli('nodes')).to.match(/^warning: fleet disrupted: 6 of 10 nodes are DOWN or silent/m);
       await sleep(3_000); // six reconcile rounds
       expect((await a.listInstances('spread')).instances.map((i) => `${i.id}@${i.nodeId}`).sort()).to.deep.equal(before);
 
