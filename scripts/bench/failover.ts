@@ -12,7 +12,7 @@ import { EtcdCluster } from '../../test/helpers/etcd';
 import { Fleet } from '../../test/helpers/processes';
 import { statusOf, waitForLeader } from '../../test/helpers/cluster';
 import { waitFor } from '../../test/helpers/ports';
-import { fmt, median, p99, progress } from './stats';
+import { fmt, median, p99, processCpuUs, progress } from './stats';
 import { table } from '../../common/table';
 
 const args = process.argv.slice(2);
@@ -88,15 +88,14 @@ async function main(): Promise<void> {
     // Agent footprint at a 1 s report interval.
     progress('measuring the agent footprint for 30 s at a 1 s report interval');
     const agent = fleet.procs.find((p) => p.script.includes('agent'))!;
-    const clk = 100; // USER_HZ on Linux
-    const cpuTicks = () => { const f = fs.readFileSync(`/proc/${agent.pid}/stat`, 'utf8').split(') ')[1].split(' '); return Number(f[11]) + Number(f[12]); };
+    const cpuSeconds = () => processCpuUs(agent.pid) / 1e6;
     const rssMb = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${agent.pid}/status`, 'utf8'))![1]) / 1024;
     await new Promise((r) => setTimeout(r, 5_000));
-    const c0 = cpuTicks();
+    const c0 = cpuSeconds();
     const w0 = performance.now();
     const rss: number[] = [];
     for (let i = 0; i < 30; i++) { await new Promise((r) => setTimeout(r, 1_000)); rss.push(rssMb()); }
-    const cpuPct = ((cpuTicks() - c0) / clk) / ((performance.now() - w0) / 1000) * 100;
+    const cpuPct = (cpuSeconds() - c0) / ((performance.now() - w0) / 1000) * 100;
 
     const rows: (string | number)[][] = [];
     for (const signal of ['SIGKILL', 'SIGTERM'] as const) {

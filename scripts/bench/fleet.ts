@@ -16,7 +16,6 @@
 // No peer runs here: Nomad's nodesim needs a Nomad server and kwok a kube-apiserver, neither
 // installable on this machine; the table gives the failover time against the grace instead.
 //   node dist/scripts/bench/fleet.js [--nodes 1000,3000] [--runs 3] [--apps 500]
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { AdminClient } from '../../common/admin-client';
 import { table } from '../../common/table';
@@ -24,7 +23,7 @@ import { waitForLeader } from '../../test/helpers/cluster';
 import { EtcdCluster } from '../../test/helpers/etcd';
 import { Fleet } from '../../test/helpers/processes';
 import { SimulatedNodes } from '../../test/helpers/sim-nodes';
-import { fmt, median, progress } from './stats';
+import { fmt, median, processCpuUs, progress } from './stats';
 
 const args = process.argv.slice(2);
 const arg = (name: string, def: string) => (args.includes(`--${name}`) ? args[args.indexOf(`--${name}`) + 1] : def);
@@ -34,10 +33,7 @@ const APPS = Number(arg('apps', '500'));
 const GRACE_MS = 15_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function cpuSeconds(pid: number): number {
-  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks (USER_HZ: 100)
-}
+const cpuSeconds = (pid: number) => processCpuUs(pid) / 1e6;
 
 async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<number> {
   const t0 = Date.now();

@@ -16,7 +16,7 @@ import { Fleet } from '../../test/helpers/processes';
 import { waitForLeader } from '../../test/helpers/cluster';
 import { waitFor } from '../../test/helpers/ports';
 import { removeContainers } from '../../test/helpers/docker';
-import { fmt, median, progress } from './stats';
+import { fmt, median, processCpuUs, progress } from './stats';
 import { moleculer } from './peer-moleculer';
 
 const args = process.argv.slice(2);
@@ -27,17 +27,8 @@ const INFLIGHT = arg('inflight', 64);
 const WARM_S = arg('warm-seconds', 10);
 const IMAGE = 'tessera/components:local';
 const QUIET = { TESSERA_LOG_LEVEL: 'warn' };
-const TICK_US = 1e6 / 100; // USER_HZ: 100 on Linux
 
-/** CPU time of a process so far, in microseconds (0 once it is gone). */
-function cpuUs(pid: number): number {
-  try {
-    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return (Number(f[11]) + Number(f[12])) * TICK_US;
-  } catch {
-    return 0;
-  }
-}
+const cpuUs = processCpuUs;
 function machine(): { idle: number; all: number } {
   const l = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].split(/\s+/).slice(1).map(Number);
   return { idle: l[3] + l[4], all: l.reduce((a, b) => a + b, 0) };

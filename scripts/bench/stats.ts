@@ -1,4 +1,15 @@
 // Small statistics and table helpers shared by the benchmarks.
+import * as fs from 'node:fs';
+
+/** CPU time of a process so far (utime + stime from /proc/<pid>/stat), in microseconds; 0 once it is gone. */
+export function processCpuUs(pid: number): number {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    return (Number(f[11]) + Number(f[12])) * (1e6 / 100); // in clock ticks, USER_HZ 100 on Linux
+  } catch {
+    return 0;
+  }
+}
 export function quantile(xs: number[], q: number): number {
   if (!xs.length) return NaN;
   const s = [...xs].sort((a, b) => a - b);
