@@ -28,7 +28,7 @@ import type { AgentGateway } from './agent-gateway';
 import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
 import { DEFAULT_PORT_RANGE } from './node-registry';
-import { attributed, EventDraft, MAX_TXN_OPS, Op, Store } from './store';
+import { attributed, EventDraft, Op, Store } from './store';
 import { AppRecord, canaryHeld, componentHash, InstanceRecord, newInstanceId, olderComponentHashes, VersionRecord } from './apps/records';
 import { isHealthy, NodeStateForPlan, ObservedView, planComponent, StopDecision } from './apps/rollout';
 import { kindOf, MAX_INSTANCES, NormalAppSpec, NormalComponent, normalizeAppSpec, specKey, updateOrder } from './apps/spec';
@@ -795,11 +795,12 @@ export class Deployments {
     return nowMs - f.lastAtMs >= slotBackoffMs(f.count, delayMs);
   }
 
-  /** Commits ops in transactions of at most MAX_TXN_OPS (events ride with the first one). */
-  private async commitChunked(ops: Op[], events: EventDraft[]): Promise<void> {
-    if (ops.length + events.length <= MAX_TXN_OPS) return this.store.commit(ops, events);
-    for (let i = 0; i < ops.length; i += MAX_TXN_OPS) await this.store.commit(ops.slice(i, i + MAX_TXN_OPS));
-    for (let i = 0; i < events.length; i += MAX_TXN_OPS) await this.store.commit([], events.slice(i, i + MAX_TXN_OPS));
+  /**
+   * One transaction when etcd takes it whole; otherwise in parts (Store.commitInParts: at most
+   * 100 operations and ~1 MiB each, the ops in order, then the events).
+   */
+  private commitChunked(ops: Op[], events: EventDraft[]): Promise<void> {
+    return this.store.commitInParts<null>([...ops.map((op) => ({ ops: [op], item: null })), ...events.map((e) => ({ ops: [], events: [e], item: null }))]);
   }
 
   snapshot(excluding: ReadonlySet<string> = new Set()): NodeView[] {
