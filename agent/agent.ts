@@ -54,6 +54,8 @@ export class Agent {
   private diskPressurePercent: number;
   private gcTimer?: NodeJS.Timeout;
   private gcIntervalMs = 0;
+  /** Image garbage collection's settings: the config's, or a reload's. */
+  private gcSettings: { highPercent: number; lowPercent: number; minAgeMs: number; intervalMs: number };
 
   constructor(readonly config: AgentConfig, readonly log: Logger) {
     this.labels = { ...config.labels };
@@ -68,6 +70,7 @@ export class Agent {
     if (config.insecureDev) log.warn('--insecure-dev: plaintext gRPC, no certificate: for a trial on loopback only');
     this.reportIntervalMs = config.reportIntervalMs ?? 5_000;
     this.diskPressurePercent = config.diskPressurePercent;
+    this.gcSettings = { highPercent: config.imageGcHighPercent, lowPercent: config.imageGcLowPercent, minAgeMs: config.imageGcMinAgeMs, intervalMs: config.imageGcIntervalMs };
   }
 
   /**
@@ -95,12 +98,14 @@ export class Agent {
       if (this.conn && this.instances) void this.report();
     }
     // Image garbage collection's thresholds and interval, from the next sweep on.
-    const gcApplied = ['imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs'];
+    // Kept for start() too: a reload that comes before it has made the collector (SIGHUP while
+    // the agent starts) set nothing and reported the four as not applied (seen in a CI run).
+    this.gcSettings = { highPercent: next.imageGcHighPercent, lowPercent: next.imageGcLowPercent, minAgeMs: next.imageGcMinAgeMs, intervalMs: next.imageGcIntervalMs };
     if (this.imageGc) {
-      this.imageGc.configure({ highPercent: next.imageGcHighPercent, lowPercent: next.imageGcLowPercent, minAgeMs: next.imageGcMinAgeMs });
+      this.imageGc.configure(this.gcSettings);
       if (next.imageGcIntervalMs !== this.gcIntervalMs) this.scheduleGc(next.imageGcIntervalMs);
     }
-    return [...applied, 'labels', 'diskPressurePercent', ...(this.imageGc ? gcApplied : [])];
+    return [...applied, 'labels', 'diskPressurePercent', 'imageGcHighPercent', 'imageGcLowPercent', 'imageGcMinAgeMs', 'imageGcIntervalMs'];
   }
 
   async start(): Promise<void> {
@@ -121,7 +126,7 @@ export class Agent {
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a), volumes);
     const c = this.config;
     const gc = new ImageGc(runtime.docker, {
-      highPercent: c.imageGcHighPercent, lowPercent: c.imageGcLowPercent, minAgeMs: c.imageGcMinAgeMs, stateDir: c.stateDir,
+      highPercent: this.gcSettings.highPercent, lowPercent: this.gcSettings.lowPercent, minAgeMs: this.gcSettings.minAgeMs, stateDir: c.stateDir,
       wanted: () => this.instances.wantedImages(),
     }, this.log.child({ part: 'image-gc' }));
     this.imageGc = gc;
@@ -129,7 +134,7 @@ export class Agent {
     this.instances = new InstanceManager(runtime, this.log.child({ part: 'instances' }), this.metrics, this.relay.runner, (images, now) => {
       for (const image of images) gc.noteUsed(image, now);
     });
-    this.scheduleGc(c.imageGcIntervalMs);
+    this.scheduleGc(this.gcSettings.intervalMs);
     if (this.config.metricsListen) {
       const at = await this.metrics.serve(this.config.metricsListen);
       this.log.info({ metrics: `http://${at}/metrics` }, 'metrics listening');
