@@ -20,7 +20,7 @@ import type { Event } from '../common/generated/tessera/v1/Event';
 import type { WatchEventsRequest__Output } from '../common/generated/tessera/v1/WatchEventsRequest';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
-import { disruptionText, fleetDisruption, NodeRecord, NodeRegistry, readNode, readNodes, recordToProto } from './node-registry';
+import { DEFAULT_ZONE_LABEL, disruptionText, fleetDisruption, NodeRecord, NodeRegistry, readNode, readNodes, recordToProto, zoneOf } from './node-registry';
 import { NODE_ID_RE } from './agent-gateway';
 import type { Deployments } from './deployments';
 import type { InstanceRecord } from './apps/records';
@@ -117,7 +117,7 @@ export class AdminService {
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
     private readonly opts: {
-      coordinatorId: string; disruptionPercent?: number; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
+      coordinatorId: string; disruptionPercent?: number; zoneLabel?: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
       leaderWork?: () => LeaderWork | undefined;
       /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
       leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;
@@ -518,7 +518,7 @@ export class AdminService {
       refusal: this.leadership.refusal ?? '',
       etcdAlarms: alarms.map((a) => `${a.alarm} on member ${a.memberId}`),
       // The leader counts the nodes silent long enough too; a follower only those DOWN.
-      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => r.state), this.opts.disruptionPercent ?? 0)),
+      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => ({ state: r.state, zone: zoneOf(r, this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL) })), this.opts.disruptionPercent ?? 0)),
     };
   }
 

@@ -19,7 +19,8 @@ export const COORDINATOR_SCHEMA = {
   heartbeatTimeoutMs: { type: 'int', doc: 'a node with no report for this long goes DOWN', env: 'TESSERA_HEARTBEAT_TIMEOUT_MS', default: 10_000, min: 500 },
   nodeGcThresholdMs: { type: 'int', doc: 'node garbage collection: a node DOWN for longer than this is removed from the node list (as Nomad\'s node_gc_threshold; 0: never)', env: 'TESSERA_NODE_GC_THRESHOLD_MS', default: 86_400_000, min: 0 },
   runtimeDownGraceMs: { type: 'int', doc: 'a node whose container runtime has not answered for this long (its runtime-down condition) has its instances replaced on other nodes, as a Kubernetes node NotReady for 5 minutes has its pods evicted (0: never)', env: 'TESSERA_RUNTIME_DOWN_GRACE_MS', default: 300_000, min: 0 },
-  disruptionPercent: { type: 'int', doc: 'a fleet disruption: while more than this percent of the nodes (and at least 3) are DOWN, their instances are not replaced elsewhere, since so many nodes lost at once is more likely the leader cut off from them than hosts dead, as Kubernetes stops evicting pods when a zone\'s nodes go NotReady together (0: off)', env: 'TESSERA_DISRUPTION_PERCENT', default: 55, min: 0, max: 100 },
+  disruptionPercent: { type: 'int', doc: 'a zone disruption: while more than this percent of a zone\'s nodes (and at least 3) are DOWN, their instances are not replaced elsewhere, since so many nodes lost at once is more likely the leader cut off from them than hosts dead; a zone with every node DOWN is replaced elsewhere unless every zone is, as Kubernetes\' node lifecycle controller judges each zone (0: off)', env: 'TESSERA_DISRUPTION_PERCENT', default: 55, min: 0, max: 100 },
+  zoneLabel: { type: 'string', doc: 'the node label that names a node\'s zone, for --disruption-percent (nodes without it form one zone)', env: 'TESSERA_ZONE_LABEL', default: 'zone' },
   failoverGraceMs: { type: 'int', doc: 'after winning an election, wait this long for agents to reconnect before marking any node DOWN', env: 'TESSERA_FAILOVER_GRACE_MS', default: 15_000, min: 0 },
   reportIntervalMs: { type: 'int', doc: 'how often agents report (sent to them in the welcome)', env: 'TESSERA_REPORT_INTERVAL_MS', default: 5_000, min: 100 },
   statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (the nodes that changed, in as few transactions as etcd takes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
@@ -59,6 +60,7 @@ export interface CoordinatorConfig {
   leaseMarginMs: number;
   heartbeatTimeoutMs: number;
   disruptionPercent: number;
+  zoneLabel: string;
   failoverGraceMs: number;
   runtimeDownGraceMs: number;
   nodeGcThresholdMs: number;

@@ -68,6 +68,7 @@ export class LeaderWork {
       failoverGraceMs: c.config.failoverGraceMs,
       coordinatorId: c.config.id,
       disruptionPercent: c.config.disruptionPercent,
+      zoneLabel: c.config.zoneLabel,
       reportIntervalMs: c.config.reportIntervalMs,
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs, volumeCopier: new VolumeCopier(c.tls) }, c.log.child({ part: 'deployments' }));
@@ -286,7 +287,7 @@ export class Coordinator {
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     this.auth = auth;
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, zoneLabel: cfg.zoneLabel, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);

@@ -471,11 +471,12 @@ export class Deployments {
     };
     const nodeStates = new Map<string, NodeStateForPlan>();
     const grace = this.opts.runtimeDownGraceMs ?? 0;
-    // So many nodes DOWN at once that the leader is more likely cut off from them than they dead:
-    // their instances are kept where they are (not healthy, out of routing) rather than replaced.
-    const disrupted = !!this.registry.disruption();
+    // So many nodes of a zone DOWN at once that the leader is more likely cut off from them than
+    // they dead: their instances are kept where they are (not healthy, out of routing) rather than
+    // replaced (see fleetDisruption).
+    const held = this.registry.heldZones(nowMs);
     for (const n of this.registry.allRecords()) {
-      if (disrupted && n.state === 'DOWN') {
+      if (held.size && n.state === 'DOWN' && held.has(this.registry.zoneOf(n))) {
         nodeStates.set(n.id, 'UNREACHABLE');
         continue;
       }

@@ -11,7 +11,7 @@ export const COORDINATOR_METRICS: MetricDef[] = [
   { name: 'tessera_etcd_endpoint_answering', help: '1 while an etcd endpoint answers its probe (with several endpoints: new calls avoid one at 0 while another answers)', type: 'gauge', labels: ['endpoint'] },
   { name: 'tessera_node_clock_offset_seconds', help: 'how far each node\'s system clock is ahead of the leader\'s (negative: behind), from its agent\'s reports (on the leader)', type: 'gauge', labels: ['node'] },
   { name: 'tessera_nodes', help: 'nodes by state (on the leader)', type: 'gauge', labels: ['state'] },
-  { name: 'tessera_fleet_disrupted', help: '1 while more than --disruption-percent of the nodes are DOWN: their instances are not replaced elsewhere (on the leader)', type: 'gauge', labels: [] },
+  { name: 'tessera_fleet_disrupted', help: '1 while a zone (or the fleet, without zone labels) is disrupted: more than --disruption-percent of its nodes DOWN, their instances not replaced elsewhere (on the leader)', type: 'gauge', labels: [] },
   { name: 'tessera_node_conditions', help: 'nodes with a condition that keeps new instances off them, by type (runtime-down, disk-pressure; on the leader)', type: 'gauge', labels: ['type'] },
   { name: 'tessera_instances', help: 'desired instances by observed state (on the leader)', type: 'gauge', labels: ['state'] },
   { name: 'tessera_instructions_sent_total', help: 'deployment instructions sent to agents', type: 'counter', labels: ['action'] },

@@ -137,34 +137,75 @@ export async function readNode(client: Etcd3, keys: Keys, id: string): Promise<N
 
 export const DEFAULT_PORT_RANGE = { start: 20000, end: 32000 };
 
-/** A fleet disruption needs at least this many nodes DOWN (Kubernetes: more than two NotReady in a zone). */
+/** A disruption needs at least this many nodes DOWN (Kubernetes: more than two NotReady in a zone). */
 export const DISRUPTION_MIN_DOWN = 3;
 
-export interface Disruption {
+/** The label that names a node's zone, unless --zone-label says another (nodes without it: zone ''). */
+export const DEFAULT_ZONE_LABEL = 'zone';
+
+export interface ZoneCount {
+  /** The value of the node's zone label ('' for nodes without it). */
+  zone: string;
   /** DOWN, or silent long enough that they are about to be (see silentAfterMs). */
   down: number;
   total: number;
+  /** Held only for the failover grace after its disruption ended (see NodeRegistry.disruption). */
+  settling?: boolean;
+}
+
+export interface Disruption {
+  /** Over the held zones. */
+  down: number;
+  total: number;
   percent: number;
+  /** The zones whose DOWN nodes keep their instances. */
+  zones: ZoneCount[];
+  /** Every held zone is only settling. */
+  settling?: boolean;
 }
 
 /**
- * Whether the fleet is disrupted: more than `percent` of its nodes DOWN or SILENT, and at least
- * DISRUPTION_MIN_DOWN of them. So many nodes lost at once is more likely the leader (or its
- * network) cut off from them than that many hosts dead: replacing all their instances on the
- * few nodes left would crowd those out, and restart every instance of the fleet once the
- * partition heals. Kubernetes' node lifecycle controller stops evicting pods in the same case
- * (--unhealthy-zone-threshold 0.55). Nodes long dead count too, as there: remove them
- * (`tessera node remove`, or node GC after --node-gc-threshold-ms).
+ * Which zones are disrupted: their DOWN nodes' instances stay where they are rather than being
+ * replaced on the nodes left. Per zone (by the zone label; a fleet without it is one zone), as
+ * Kubernetes' node lifecycle controller judges each zone (--unhealthy-zone-threshold 0.55):
+ * - a zone with more than `percent` of its nodes DOWN or SILENT, at least DISRUPTION_MIN_DOWN of
+ *   them, and some still up is partly disrupted: so many lost at once is more likely the leader
+ *   (or its network) cut off from them than that many hosts dead; replacing all their instances
+ *   on the few left would crowd those out, and restart every one once the partition heals;
+ * - a zone with every node DOWN is held only when every zone is (and DISRUPTION_MIN_DOWN nodes
+ *   are down in all): then the leader is the one cut off. A whole zone lost while others answer
+ *   is a zone outage, and its instances move to the zones left, as there.
+ * Nodes long dead count too, as there: remove them (`tessera node remove`, or node GC after
+ * --node-gc-threshold-ms).
  */
-export function fleetDisruption(states: Iterable<string>, percent: number): Disruption | undefined {
+export function fleetDisruption(nodes: Iterable<{ state: string; zone?: string }>, percent: number): Disruption | undefined {
   if (percent <= 0) return undefined;
-  let down = 0;
-  let total = 0;
-  for (const s of states) {
-    total++;
-    if (s === 'DOWN' || s === 'SILENT') down++;
+  const zones = new Map<string, ZoneCount>();
+  for (const n of nodes) {
+    const zone = n.zone ?? '';
+    let z = zones.get(zone);
+    if (!z) zones.set(zone, (z = { zone, down: 0, total: 0 }));
+    z.total++;
+    if (n.state === 'DOWN' || n.state === 'SILENT') z.down++;
   }
-  return down >= DISRUPTION_MIN_DOWN && down * 100 > percent * total ? { down, total, percent } : undefined;
+  const all = [...zones.values()].sort((a, b) => a.zone.localeCompare(b.zone));
+  const down = all.reduce((t, z) => t + z.down, 0);
+  const held = all.length && all.every((z) => z.down === z.total) && down >= DISRUPTION_MIN_DOWN
+    ? all
+    : all.filter((z) => z.down < z.total && z.down >= DISRUPTION_MIN_DOWN && z.down * 100 > percent * z.total);
+  return held.length ? summed(held, percent) : undefined;
+}
+
+function summed(zones: ZoneCount[], percent: number): Disruption {
+  return {
+    down: zones.reduce((t, z) => t + z.down, 0), total: zones.reduce((t, z) => t + z.total, 0), percent, zones,
+    ...(zones.every((z) => z.settling) ? { settling: true } : {}),
+  };
+}
+
+/** A node's zone: the value of its zone label, '' without one. */
+export function zoneOf(r: { labels?: Record<string, string> }, label: string): string {
+  return (label && r.labels?.[label]) || '';
 }
 
 /**
@@ -179,10 +220,11 @@ export function silentAfterMs(heartbeatTimeoutMs: number, reportIntervalMs: numb
   return Math.max(reportIntervalMs, heartbeatTimeoutMs - 1.5 * reportIntervalMs);
 }
 
-export function disruptionText(d: Disruption & { settling?: boolean }): string {
+export function disruptionText(d: Disruption): string {
+  const counts = d.zones.map((z) => `${z.down} of ${z.total} nodes${z.zone ? ` in zone ${z.zone}` : ''}${z.settling && !d.settling ? ' (settling)' : ''}`).join(', ');
   return d.settling
-    ? `${d.down} of ${d.total} nodes are still DOWN or silent after a disruption: their instances are not replaced for the failover grace, while the rest of the fleet attaches again`
-    : `${d.down} of ${d.total} nodes are DOWN or silent (over ${d.percent}%): their instances are not replaced elsewhere while so many are (a partition between the leader and the fleet looks like this)`;
+    ? `${counts} are still DOWN or silent after a disruption: their instances are not replaced for the failover grace, while the rest of the fleet attaches again`
+    : `${counts} are DOWN or silent (over ${d.percent}%): their instances are not replaced elsewhere while so many are (a partition between the leader and the fleet looks like this)`;
 }
 
 export class NodeRegistry {
@@ -194,7 +236,7 @@ export class NodeRegistry {
   constructor(
     private readonly store: Store,
     private readonly keys: Keys,
-    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string; disruptionPercent?: number; reportIntervalMs?: number },
+    private readonly opts: { heartbeatTimeoutMs: number; failoverGraceMs: number; coordinatorId: string; disruptionPercent?: number; zoneLabel?: string; reportIntervalMs?: number },
     private readonly log: Logger,
   ) {}
 
@@ -203,52 +245,78 @@ export class NodeRegistry {
     this.records = new Map((await readNodes(this.store.client, this.keys)).map((r) => [r.id, r]));
     this.live.clear();
     this.refusedAgents.clear();
-    this.disruptionSaid = '';
-    this.disruptedAtMs = 0;
+    this.disruptionSaid.clear();
+    this.disruptedAtMs.clear();
     this.graceUntilMs = nowMs + this.opts.failoverGraceMs;
     this.log.info({ nodes: this.records.size, graceMs: this.opts.failoverGraceMs }, 'node registry loaded');
   }
 
-  /** When this leader last found the fleet disrupted (steady ms; 0: not since it leads). */
-  private disruptedAtMs = 0;
+  /** When this leader last found each zone disrupted (steady ms). */
+  private disruptedAtMs = new Map<string, number>();
 
   /**
-   * The fleet disruption now (see fleetDisruption), or undefined. Once it no longer holds, it is
-   * kept for the failover grace (`settling`): a partition heals node by node, as agents attach
-   * again each after its own backoff, and the first few back ended it while the rest were still
-   * DOWN, whose instances were then replaced moments before they came back too (seen: 3 of 6).
+   * The disruption now (see fleetDisruption), or undefined. Once a zone's no longer holds, the
+   * zone is kept for the failover grace (`settling`): a partition heals node by node, as agents
+   * attach again each after its own backoff, and the first few back ended it while the rest were
+   * still DOWN, whose instances were then replaced moments before they came back too (seen: 3 of 6).
    */
-  disruption(nowMs = steadyNow()): (Disruption & { settling?: boolean }) | undefined {
+  disruption(nowMs = steadyNow()): Disruption | undefined {
     const silentMs = silentAfterMs(this.opts.heartbeatTimeoutMs, this.opts.reportIntervalMs ?? this.opts.heartbeatTimeoutMs / 2);
-    const states = [...this.records.values()].map((r) => {
+    const label = this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL;
+    const nodes = [...this.records.values()].map((r) => {
       // Only nodes attached to this leader since it leads: the others are re-attaching (its grace).
       const l = this.live.get(r.id);
-      return r.state !== 'DOWN' && l && nowMs - l.lastSeenMs >= silentMs ? 'SILENT' : r.state;
+      return { state: r.state !== 'DOWN' && l && nowMs - l.lastSeenMs >= silentMs ? 'SILENT' : r.state, zone: zoneOf(r, label) };
     });
     const percent = this.opts.disruptionPercent ?? 0;
-    const d = fleetDisruption(states, percent);
-    if (d) {
-      this.disruptedAtMs = nowMs;
-      return d;
+    const d = fleetDisruption(nodes, percent);
+    for (const z of d?.zones ?? []) this.disruptedAtMs.set(z.zone, nowMs);
+    const held = new Map((d?.zones ?? []).map((z) => [z.zone, z]));
+    for (const [zone, at] of this.disruptedAtMs) {
+      if (held.has(zone)) continue;
+      if (nowMs - at >= this.opts.failoverGraceMs) {
+        this.disruptedAtMs.delete(zone);
+        continue;
+      }
+      const mine = nodes.filter((n) => n.zone === zone);
+      const down = mine.filter((n) => n.state === 'DOWN' || n.state === 'SILENT').length;
+      if (down) held.set(zone, { zone, down, total: mine.length, settling: true });
     }
-    if (!this.disruptedAtMs || nowMs - this.disruptedAtMs >= this.opts.failoverGraceMs) return undefined;
-    const down = states.filter((x) => x === 'DOWN' || x === 'SILENT').length;
-    return down ? { down, total: states.length, percent, settling: true } : undefined;
+    return held.size ? summed([...held.values()].sort((a, b) => a.zone.localeCompare(b.zone)), percent) : undefined;
   }
 
-  /** The disruption this leader last recorded an event for ('' while none). */
-  private disruptionSaid = '';
+  /** The zones whose DOWN nodes keep their instances now (empty: none). */
+  heldZones(nowMs = steadyNow()): Set<string> {
+    return new Set(this.disruption(nowMs)?.zones.map((z) => z.zone) ?? []);
+  }
 
-  /** One event when the fleet is found disrupted, and one when it is not any more. */
+  /** A node's zone, by this leader's --zone-label. */
+  zoneOf(r: { labels?: Record<string, string> }): string {
+    return zoneOf(r, this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL);
+  }
+
+  /** The zones this leader last recorded a disruption event for. */
+  private disruptionSaid = new Set<string>();
+
+  /** One event when a zone (or the fleet, without zones) is found disrupted, and one when it is not any more. */
   private async noteDisruption(nowMs: number): Promise<void> {
     const d = this.disruption(nowMs);
-    if (!!d === !!this.disruptionSaid) return;
-    const e: EventDraft = d
-      ? { kind: 'fleet.disrupted', subject: 'fleet', message: `fleet disrupted: ${disruptionText(d)}`, fields: { down: String(d.down), total: String(d.total), percent: String(d.percent) } }
-      : { kind: 'fleet.disruption_over', subject: 'fleet', message: 'fleet disruption over: instances of DOWN nodes are replaced again', fields: {} };
-    await this.store.commit([], [e]);
-    this.disruptionSaid = d ? e.message : '';
-    if (d) this.log.error({ down: d.down, total: d.total }, e.message);
+    const now = new Map((d?.zones ?? []).map((z) => [z.zone, z]));
+    const events: EventDraft[] = [];
+    const percent = this.opts.disruptionPercent ?? 0;
+    for (const [zone, z] of now) {
+      if (this.disruptionSaid.has(zone)) continue;
+      const message = `${zone ? `zone ${zone}` : 'fleet'} disrupted: ${disruptionText(summed([z], percent))}`;
+      events.push({ kind: 'fleet.disrupted', subject: 'fleet', message, fields: { zone, down: String(z.down), total: String(z.total), percent: String(percent) } });
+    }
+    for (const zone of this.disruptionSaid) {
+      if (now.has(zone)) continue;
+      events.push({ kind: 'fleet.disruption_over', subject: 'fleet', message: `${zone ? `zone ${zone}` : 'fleet'} disruption over: instances of DOWN nodes${zone ? ' there' : ''} are replaced again`, fields: { zone } });
+    }
+    if (!events.length) return;
+    await this.store.commit([], events);
+    this.disruptionSaid = new Set(now.keys());
+    for (const e of events) if (e.kind === 'fleet.disrupted') this.log.error({ zone: e.fields?.zone, down: Number(e.fields?.down), total: Number(e.fields?.total) }, e.message);
   }
 
   list(): NodeRecord[] {

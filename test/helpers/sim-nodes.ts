@@ -25,8 +25,8 @@ export class SimulatedNodes {
   private timer?: NodeJS.Timeout;
   private seq = 0;
 
-  /** Starts n nodes named `${prefix}0000`..., each reporting every reportMs. */
-  constructor(private readonly coordinators: string[], readonly n: number, readonly prefix: string, private readonly reportMs: number) {
+  /** Starts n nodes named `${prefix}0000`..., each reporting every reportMs, labelled `rack` and `labels`. */
+  constructor(private readonly coordinators: string[], readonly n: number, readonly prefix: string, private readonly reportMs: number, private readonly labels: Record<string, string> = {}) {
     for (let i = 0; i < n; i++) this.running.push(new Map());
     this.connect();
   }
@@ -41,7 +41,7 @@ export class SimulatedNodes {
     this.conns = this.running.map((runs, i) => {
       const id = `${this.prefix}${String(i).padStart(4, '0')}`;
       const conn = new CoordinatorConnection(this.coordinators, () => agentHello(id, { start: 20000, end: 20100 }, {
-        labels: { rack: `r${i % 10}` }, capacity: { cpuMillis: 4000, memoryMib: 8192, diskMib: 100_000 }, sessionId: `session-${id}-${this.seq}`, instances: [...runs.values()],
+        labels: { rack: `r${i % 10}`, ...this.labels }, capacity: { cpuMillis: 4000, memoryMib: 8192, diskMib: 100_000 }, sessionId: `session-${id}-${this.seq}`, instances: [...runs.values()],
       }), log, { initialMs: 200, maxMs: 2_000, multiplier: 1.6, jitter: 0.2 });
       conn.on('instruction', (ins) => {
         const inst = ins.instance?.instanceId || ins.target?.instanceId || '';

@@ -106,4 +106,45 @@ describe('a fleet larger than one etcd transaction', function () {
       a.close();
     }
   });
+  it('judges each zone (--zone-label): a zone mostly cut off keeps its instances; a zone lost whole while another answers has them replaced there', async () => {
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, reportIntervalMs: 1_000, extra: ['--etcd-prefix', '/zones/'] });
+    await waitForLeader([c.address]);
+    const a = new AdminClient([c.address]);
+    const aLost = new SimulatedNodes([c.address], 3, 'a-lost-', 1_000, { zone: 'a' });
+    const aKept = new SimulatedNodes([c.address], 2, 'a-kept-', 1_000, { zone: 'a' });
+    const b = new SimulatedNodes([c.address], 5, 'b-', 1_000, { zone: 'b' });
+    const placed = async () => (await a.listInstances('zoned')).instances.map((i) => `${i.id}@${i.nodeId}`).sort();
+    try {
+      await waitFor('10 nodes READY', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 10, 20_000, 250);
+      await a.applyApp({ name: 'zoned', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 100, memoryMib: 16 }, instances: 10 }] });
+      await waitFor('10 instances placed', async () => (await placed()).length === 10, 10_000, 250);
+      const before = await placed();
+      expect(before.filter((x) => x.includes('@a-lost-')).length).to.be.above(0);
+
+      // 3 of zone a's 5 nodes cut off: 60% of the zone, 30% of the fleet (under 55% as a whole).
+      await aLost.cut();
+      await waitFor('3 nodes DOWN', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length === 3, 15_000, 250);
+      await waitFor('zone a disrupted in the status', async () => /^3 of 5 nodes in zone a are DOWN or silent \(over 55%\)/.test((await a.getClusterStatus()).fleetDisruption), 5_000, 100);
+      await sleep(3_000); // six reconcile rounds
+      expect(await placed()).to.deep.equal(before);
+
+      // The rest of zone a lost too while zone b answers: a zone outage. Once zone a has settled
+      // (the failover grace, 4 s here), its instances are replaced in zone b.
+      await aKept.cut();
+      const wanted = async () => (await a.listInstances('zoned')).instances.filter((i) => i.desired === 'run');
+      await waitFor('every instance in zone b', async () => {
+        const now = await wanted();
+        return now.length === 10 && now.every((i) => i.nodeId.startsWith('b-'));
+      }, 25_000, 250);
+      expect((await a.getClusterStatus()).fleetDisruption).to.equal('');
+      const events: { kind: string; message: string }[] = [];
+      for await (const e of a.watchEvents({ kinds: ['fleet.'], history: 100, follow: false })) events.push(e);
+      expect(events.map((e) => `${e.kind}: ${e.message.split(':')[0]}`)).to.deep.equal(['fleet.disrupted: zone a disrupted', 'fleet.disruption_over: zone a disruption over']);
+    } finally {
+      await aLost.stop();
+      await aKept.stop();
+      await b.stop();
+      a.close();
+    }
+  });
 });

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
-import { clockOffset, fleetDisruption, onLeaderClock, silentAfterMs } from '../../coordinator/node-registry';
+import { clockOffset, disruptionText, fleetDisruption, onLeaderClock, silentAfterMs } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -75,26 +75,55 @@ describe("a node's clock offset", () => {
   });
 });
 
-describe('fleetDisruption: so many nodes DOWN that their instances stay where they are', () => {
-  const fleet = (down: number, up: number) => [...Array(down).fill('DOWN'), ...Array(up).fill('READY')];
-  const cases: [string, string[], number, boolean][] = [
+describe('fleetDisruption: so many nodes of a zone DOWN that their instances stay where they are', () => {
+  const fleet = (down: number, up: number, zone?: string) => [...Array(down).fill('DOWN'), ...Array(up).fill('READY')].map((state) => ({ state, zone }));
+  const one: [string, { state: string; zone?: string }[], number, boolean][] = [
     ['6 of 10 DOWN, over 55%', fleet(6, 4), 55, true],
     ['5 of 10 DOWN: not over 55%', fleet(5, 5), 55, false],
     ['2 of 2 DOWN: fewer than 3, a small fleet replaces as usual', fleet(2, 0), 55, false],
     ['3 of 3 DOWN', fleet(3, 0), 55, true],
     ['all DOWN, the guard off (0)', fleet(10, 0), 0, false],
     ['100 of 300 DOWN', fleet(100, 200), 55, false],
-    ['DRAINING and NEW count as not DOWN', [...fleet(3, 0), 'DRAINING', 'NEW', 'READY'], 55, false],
+    ['DRAINING and NEW count as not DOWN', [...fleet(3, 0), { state: 'DRAINING' }, { state: 'NEW' }, { state: 'READY' }], 55, false],
     ['an empty fleet', [], 55, false],
-    ['2 DOWN and 4 SILENT of 10 (dying together, not all past the timeout yet)', [...fleet(2, 4), ...Array(4).fill('SILENT')], 55, true],
+    ['2 DOWN and 4 SILENT of 10 (dying together, not all past the timeout yet)', [...fleet(2, 4), ...Array(4).fill({ state: 'SILENT' })], 55, true],
   ];
-  for (const [name, states, percent, disrupted] of cases) {
-    it(name, () => {
-      const d = fleetDisruption(states, percent);
+  for (const [name, nodes, percent, disrupted] of one) {
+    it(`one zone (no zone labels): ${name}`, () => {
+      const d = fleetDisruption(nodes, percent);
       expect(!!d).to.equal(disrupted);
-      if (d) expect(d).to.deep.equal({ down: states.filter((x) => x === 'DOWN' || x === 'SILENT').length, total: states.length, percent });
+      const down = nodes.filter((x) => x.state === 'DOWN' || x.state === 'SILENT').length;
+      if (d) expect(d).to.deep.equal({ down, total: nodes.length, percent, zones: [{ zone: '', down, total: nodes.length }] });
     });
   }
+  // As Kubernetes' node lifecycle controller: a partly disrupted zone is held; a zone with every
+  // node DOWN is a zone outage whose instances move to the zones left, unless every zone is out.
+  const zoned: [string, { state: string; zone?: string }[], string[]][] = [
+    ['3 of 5 DOWN in zone a (60%), 3 of 10 in the fleet: zone a held', [...fleet(3, 2, 'a'), ...fleet(0, 5, 'b')], ['a']],
+    ['zone a all DOWN, zone b up: a zone outage, replaced in b', [...fleet(4, 0, 'a'), ...fleet(0, 4, 'b')], []],
+    ['zones a and b all DOWN, zone c up (8 of 12): replaced in c', [...fleet(4, 0, 'a'), ...fleet(4, 0, 'b'), ...fleet(0, 4, 'c')], []],
+    ['every zone all DOWN: all held (the leader is the one cut off)', [...fleet(4, 0, 'a'), ...fleet(4, 0, 'b')], ['a', 'b']],
+    ['zone a all DOWN, zone b 3 of 4: b held, a replaced', [...fleet(4, 0, 'a'), ...fleet(3, 1, 'b')], ['b']],
+    ['2 of 3 DOWN in zone a: fewer than 3', [...fleet(2, 1, 'a'), ...fleet(0, 3, 'b')], []],
+    ['nodes without the label form a zone of their own', [...fleet(3, 1), ...fleet(0, 4, 'a')], ['']],
+    ['1 of 1 in zone a and 1 of 1 in b, all DOWN: fewer than 3 in all', [...fleet(1, 0, 'a'), ...fleet(1, 0, 'b')], []],
+  ];
+  for (const [name, nodes, held] of zoned) {
+    it(`zones: ${name}`, () => {
+      const d = fleetDisruption(nodes, 55);
+      expect(d?.zones.map((z) => z.zone) ?? []).to.deep.equal(held);
+      if (!d) return;
+      const mine = nodes.filter((x) => held.includes(x.zone ?? ''));
+      expect(d.down).to.equal(mine.filter((x) => x.state === 'DOWN').length);
+      expect(d.total).to.equal(mine.length);
+    });
+  }
+  it('says which zones, and which only settle', () => {
+    expect(disruptionText({ down: 6, total: 10, percent: 55, zones: [{ zone: '', down: 6, total: 10 }] })).to.match(/^6 of 10 nodes are DOWN or silent \(over 55%\): /);
+    expect(disruptionText({ down: 7, total: 9, percent: 55, zones: [{ zone: 'a', down: 3, total: 5 }, { zone: 'b', down: 4, total: 4, settling: true }] }))
+      .to.match(/^3 of 5 nodes in zone a, 4 of 4 nodes in zone b \(settling\) are DOWN or silent \(over 55%\)/);
+    expect(disruptionText({ down: 2, total: 5, percent: 55, settling: true, zones: [{ zone: 'a', down: 2, total: 5, settling: true }] })).to.match(/^2 of 5 nodes in zone a are still DOWN or silent after a disruption/);
+  });
   it('counts a node as silent past the heartbeat timeout less an interval and a half, never under one interval', () => {
     expect(silentAfterMs(10_000, 5_000)).to.equal(5_000);
     expect(silentAfterMs(3_000, 500)).to.equal(2_250);
