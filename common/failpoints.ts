@@ -1,19 +1,23 @@
 // Failpoints, after etcd's gofail: named places in the code where a test can inject a delay
 // through the environment, to make a race that takes microseconds in production take seconds
-// in a test. Off unless TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)".
-// Never set it on a real fleet.
+// in a test, or an error, to fail what a real fault fails there only rarely. Off unless
+// TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)" or
+// "commitInPartsBetween=error(1)" (throws the first time it is reached). Never set it on a real fleet.
 
 /** Read on first use (a daemon reads it with its settings, so a bad value stops it there, exit 2). */
-let parsed: Map<string, number> | undefined;
-const points = (): Map<string, number> => (parsed ??= parseFailpoints(process.env.TESSERA_FAILPOINTS ?? ''));
+let parsed: Map<string, Failpoint> | undefined;
+const points = (): Map<string, Failpoint> => (parsed ??= parseFailpoints(process.env.TESSERA_FAILPOINTS ?? ''));
 
-/** name=sleep(ms) entries, separated by ';' or ','; anything else is refused with what it could not read. */
-export function parseFailpoints(spec: string): Map<string, number> {
-  const out = new Map<string, number>();
+/** sleep(ms): wait that long each time; error(n): throw the first n times. */
+export type Failpoint = { sleepMs: number } | { errors: number };
+
+/** name=sleep(ms) and name=error(n) entries, separated by ';' or ','; anything else is refused with what it could not read. */
+export function parseFailpoints(spec: string): Map<string, Failpoint> {
+  const out = new Map<string, Failpoint>();
   for (const part of spec.split(/[;,]/).map((s) => s.trim()).filter(Boolean)) {
-    const m = /^([A-Za-z][\w.-]*)=sleep\((\d+)\)$/.exec(part);
-    if (!m) throw new Error(`TESSERA_FAILPOINTS: cannot read "${part}" (expected name=sleep(ms))`);
-    out.set(m[1], Number(m[2]));
+    const m = /^([A-Za-z][\w.-]*)=(sleep|error)\((\d+)\)$/.exec(part);
+    if (!m) throw new Error(`TESSERA_FAILPOINTS: cannot read "${part}" (expected name=sleep(ms) or name=error(n))`);
+    out.set(m[1], m[2] === 'sleep' ? { sleepMs: Number(m[3]) } : { errors: Number(m[3]) });
   }
   return out;
 }
@@ -23,8 +27,14 @@ export function activeFailpoints(): string[] {
   return [...points().keys()];
 }
 
-/** Waits as the failpoint says when it is set; resolves at once (no timer) when it is not. */
+/** Waits or throws as the failpoint says when it is set; resolves at once (no timer) when it is not. */
 export async function failpoint(name: string): Promise<void> {
-  const ms = points().get(name);
-  if (ms !== undefined) await new Promise((r) => setTimeout(r, ms));
+  const p = points().get(name);
+  if (!p) return;
+  if ('sleepMs' in p) {
+    await new Promise((r) => setTimeout(r, p.sleepMs));
+  } else if (p.errors > 0) {
+    p.errors--;
+    throw new Error(`failpoint ${name}: injected error`);
+  }
 }

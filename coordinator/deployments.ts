@@ -435,7 +435,10 @@ export class Deployments {
     this.kicked = false;
     const t0 = performance.now();
     try {
-      await this.exclusive(() => this.reconcile(nowMs));
+      await this.exclusive(async () => {
+        if (this.resyncNeeded) await this.resync();
+        await this.reconcile(nowMs);
+      });
       this.dispatch(nowMs);
       this.opts.metrics?.observe('tessera_reconcile_seconds', {}, (performance.now() - t0) / 1000);
     } finally {
@@ -800,8 +803,34 @@ export class Deployments {
    * One transaction when etcd takes it whole; otherwise in parts (Store.commitInParts: at most
    * 100 operations and ~1 MiB each, the ops in order, then the events).
    */
-  private commitChunked(ops: Op[], events: EventDraft[]): Promise<void> {
-    return this.store.commitInParts<null>([...ops.map((op) => ({ ops: [op], item: null })), ...events.map((e) => ({ ops: [], events: [e], item: null }))]);
+  private async commitChunked(ops: Op[], events: EventDraft[]): Promise<void> {
+    let stored = 0;
+    try {
+      await this.store.commitInParts<null>([...ops.map((op) => ({ ops: [op], item: null })), ...events.map((e) => ({ ops: [], events: [e], item: null }))], () => stored++);
+    } catch (err) {
+      // Memory follows a round's writes only once they are all stored: a part that failed after
+      // others were stored leaves etcd ahead of memory (instances placed there and not here, which
+      // the next round would place again beside them). Read it all back before the next round.
+      if (stored) this.resyncNeeded = true;
+      throw err;
+    }
+  }
+
+  /** Set when etcd holds writes this leader's memory does not (a write in parts failed half-way). */
+  private resyncNeeded = false;
+
+  /** Memory read back from etcd, as a new leader loads it. */
+  private async resync(): Promise<void> {
+    this.log.warn('a write in parts failed half-way: reading the apps and instances back from etcd');
+    this.apps.clear();
+    this.versions.clear();
+    this.instances.clear();
+    this.replicas.clear();
+    this.quotas.clear();
+    const loadedAtMs = this.loadedAtMs; // (healthy deadlines still count from the term's start)
+    await this.load();
+    this.loadedAtMs = loadedAtMs;
+    this.resyncNeeded = false;
   }
 
   snapshot(excluding: ReadonlySet<string> = new Set()): NodeView[] {

@@ -5,6 +5,7 @@
 import { Etcd3, Range } from 'etcd3';
 import { FencedError, InvalidArgumentError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../common/errors';
 import { isNoSpace, isTooLarge } from '../common/etcd';
+import { failpoint } from '../common/failpoints';
 import type { Logger } from '../common/logger';
 import type { Keys } from './keys';
 import type { Leadership } from './leadership';
@@ -139,7 +140,11 @@ export class Store {
    * the parts before it stay written, each unit whole).
    */
   async commitInParts<T>(units: WriteUnit<T>[], onStored: (items: T[]) => void = () => {}): Promise<void> {
+    let first = true;
     for (const part of packUnits(units)) {
+      // (A test fails a write between its parts here, as an etcd outage would.)
+      if (!first) await failpoint('commitInPartsBetween');
+      first = false;
       await this.commit(part.flatMap((u) => u.ops), part.flatMap((u) => u.events ?? []));
       onStored(part.map((u) => u.item));
     }

@@ -147,4 +147,26 @@ describe('a fleet larger than one etcd transaction', function () {
       a.close();
     }
   });
+  it('reads its state back from etcd after a write in parts fails half-way, so no instance is placed twice', async () => {
+    // 150 instances placed in one round: more than one transaction (100 operations). The
+    // failpoint fails the write once between its parts, as an etcd outage at that moment would.
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, extra: ['--etcd-prefix', '/parts/'], env: { TESSERA_FAILPOINTS: 'commitInPartsBetween=error(1)' } });
+    await waitForLeader([c.address]);
+    const a = new AdminClient([c.address]);
+    const nodes = new SimulatedNodes([c.address], 10, 'parts-', 1_000);
+    const etcd = createEtcdClient({ endpoints: s.etcd.endpoints, callTimeoutMs: 2_000 });
+    try {
+      await waitFor('10 nodes READY', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 10, 20_000, 250);
+      await a.applyApp({ name: 'many', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 8 }, instances: 150 }] });
+      await waitFor('the failed part in the log', async () => fs.readFileSync(c.logFile, 'utf8').includes('failpoint commitInPartsBetween: injected error'), 10_000, 100);
+      await waitFor('150 instances running', async () => (await a.listInstances('many')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 150, 20_000, 250);
+      // etcd holds those 150 and no more (without reading back: the first part's ~100 too, placed again beside them).
+      expect(await etcd.getAll().prefix('/parts/instances/').count()).to.equal(150);
+      expect(fs.readFileSync(c.logFile, 'utf8')).to.include('reading the apps and instances back from etcd');
+    } finally {
+      etcd.close();
+      await nodes.stop();
+      a.close();
+    }
+  });
 });

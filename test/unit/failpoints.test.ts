@@ -2,10 +2,11 @@ import { expect } from 'chai';
 import { activeFailpoints, failpoint, parseFailpoints } from '../../common/failpoints';
 
 describe('failpoints (TESSERA_FAILPOINTS)', () => {
-  it('reads name=sleep(ms) entries and refuses anything else, naming it', () => {
-    expect([...parseFailpoints('leaderStart=sleep(2000); other.point=sleep(5)')]).to.deep.equal([['leaderStart', 2000], ['other.point', 5]]);
+  it('reads name=sleep(ms) and name=error(n) entries and refuses anything else, naming it', () => {
+    expect([...parseFailpoints('leaderStart=sleep(2000); other.point=sleep(5), commitInPartsBetween=error(1)')])
+      .to.deep.equal([['leaderStart', { sleepMs: 2000 }], ['other.point', { sleepMs: 5 }], ['commitInPartsBetween', { errors: 1 }]]);
     expect(parseFailpoints('').size).to.equal(0);
-    expect(() => parseFailpoints('leaderStart=panic')).to.throw(/cannot read "leaderStart=panic" \(expected name=sleep\(ms\)\)/);
+    expect(() => parseFailpoints('leaderStart=panic')).to.throw(/cannot read "leaderStart=panic" \(expected name=sleep\(ms\) or name=error\(n\)\)/);
     expect(() => parseFailpoints('sleep(10)')).to.throw(/cannot read "sleep\(10\)"/);
   });
 
