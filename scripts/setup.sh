@@ -25,13 +25,31 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# npm packages: only when the lock file changed since the last install.
+# npm packages: only when the lock file changed since the last install. Their install scripts
+# run by name: better-sqlite3 compiles SQLite (about a minute: its prebuilt binaries are on
+# GitHub, out of reach here), in the background while tsc builds; ssh2's and cpu-features'
+# optional native speed-ups for ssh are not built (Tessera never talks ssh; about 9 s).
 stamp=node_modules/.tessera-lock-stamp
+native=
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
-  say "installing npm packages (npm ci)"
-  npm ci --no-audit --no-fund --loglevel=error
-  cp package-lock.json "$stamp"
+  say "installing npm packages (npm ci; better-sqlite3 compiles beside the build)"
+  rm -f "$stamp"
+  npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
+  npm rebuild --loglevel=error esbuild protobufjs >/dev/null
+  native_log=$(mktemp)
+  npm rebuild --loglevel=error better-sqlite3 >"$native_log" 2>&1 &
+  native=$!
 fi
 
 say "building (protos -> types, tsc)"
 npm run --silent build
+
+if [ -n "$native" ]; then
+  if ! wait "$native"; then
+    cat "$native_log" >&2
+    echo "setup: building better-sqlite3 failed (above)" >&2
+    exit 1
+  fi
+  rm -f "$native_log"
+  cp package-lock.json "$stamp"
+fi
