@@ -18,6 +18,7 @@ import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } fr
 import type { PullPolicy } from './images';
 import { diffInstances, restartDecision } from './diff';
 import { runCheck } from './health';
+import { CgroupFiles, cgroupFiles, CgroupMount, parseCgroupMounts, readCgroupSample } from './cgroup-stats';
 import { parseTaskReport, TaskEndpoint } from './task-endpoint';
 import * as http from 'node:http';
 
@@ -66,6 +67,11 @@ export class InstanceManager extends EventEmitter {
   /** Stops under way: each runs on its own (up to its grace), not in the pass that began it. */
   private stopsUnderWay = new Set<string>();
   private stats = new Map<string, { stream: NodeJS.ReadableStream; prev?: { cpu: number; system: number } }>();
+  /** Each running container's cgroup files (null: not found, its figures come from the Engine's stats stream), and its last sample. */
+  private cgroups = new Map<string, { files?: CgroupFiles | null; finding?: boolean; prev?: { cpuNs: number; atMs: number } }>();
+  private cgroupMounts?: CgroupMount[];
+  /** Which source the agent has said it reads instance figures from ('' before the first). */
+  private statsSaid = '';
   private timer?: NodeJS.Timeout;
   private running = false;
   private again = false;
@@ -224,6 +230,11 @@ export class InstanceManager extends EventEmitter {
     // does not step with the system clock (a step back stopped every check for its size).
     const now = steadyNow();
     this.imagesInUse?.(list.map((c) => c.spec?.image ?? '').filter(Boolean), now);
+    // Containers gone however they went (removed by hand too) take their cgroup entries with them.
+    if (this.cgroups.size) {
+      const present = new Set(list.map((c) => c.containerId));
+      for (const id of this.cgroups.keys()) if (!present.has(id)) this.cgroups.delete(id);
+    }
 
     // Adopt what runs here from before (an agent restart): the spec travels in the labels.
     for (const c of observed.values()) {
@@ -286,7 +297,7 @@ export class InstanceManager extends EventEmitter {
         this.emit('changed');
       }
       if (c.running) {
-        this.ensureStats(l);
+        this.sampleStats(l, now);
         this.maybeCheck(l, now);
         this.maybeDescribe(l, now);
         this.maybePollTasks(l, now);
@@ -549,7 +560,50 @@ export class InstanceManager extends EventEmitter {
     }, () => this.stats.delete(id));
   }
 
+  /**
+   * The instance's CPU (percent of one core, over the time since the last sample) and working set,
+   * from its container's cgroup files (see cgroup-stats.ts); when those cannot be found, from the
+   * Engine's stats stream as before.
+   */
+  private sampleStats(l: Local, now: number): void {
+    const id = l.containerId;
+    let c = this.cgroups.get(id);
+    if (!c) {
+      this.cgroups.set(id, (c = { finding: true }));
+      const entry = c;
+      this.runtime.docker.getContainer(id).inspect().then((info) => {
+        this.cgroupMounts ??= parseCgroupMounts(fs.readFileSync('/proc/self/mountinfo', 'utf8'));
+        const pid = info.State?.Pid;
+        entry.files = pid ? cgroupFiles(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8'), this.cgroupMounts) ?? null : null;
+      }).catch((err) => {
+        entry.files = null;
+        this.log.debug({ container: id, err: (err as Error).message }, 'cannot find the container\'s cgroup');
+      }).finally(() => {
+        entry.finding = false;
+        const source = entry.files ? `cgroup v${entry.files.version} files` : 'the Docker Engine\'s stats stream';
+        if (this.statsSaid !== source) {
+          this.statsSaid = source;
+          this.log.info({ source }, `instance CPU and memory: read from ${source}`);
+        }
+      });
+      return;
+    }
+    if (c.finding) return;
+    if (!c.files) return this.ensureStats(l);
+    try {
+      const s = readCgroupSample(c.files);
+      // (A container started again has counters from zero: that sample starts over.)
+      if (c.prev && now - c.prev.atMs >= 500 && s.cpuNs >= c.prev.cpuNs) l.cpuPercent = Math.round(((s.cpuNs - c.prev.cpuNs) / ((now - c.prev.atMs) * 1e6)) * 10_000) / 100;
+      if (!c.prev || now - c.prev.atMs >= 500 || s.cpuNs < c.prev.cpuNs) c.prev = { cpuNs: s.cpuNs, atMs: now };
+      l.memoryUsedMib = Math.round(s.memoryBytes / 1024 / 1024);
+    } catch {
+      // Gone with its container (removed, or made again under a new id): found again next time.
+      this.cgroups.delete(id);
+    }
+  }
+
   private dropStats(containerId: string): void {
+    this.cgroups.delete(containerId);
     const s = this.stats.get(containerId);
     (s?.stream as unknown as { destroy?: () => void })?.destroy?.();
     this.stats.delete(containerId);

@@ -130,9 +130,10 @@ describe('deployments on the real Docker Engine', function () {
     await waitFor('hard gone', () => appContainers('hard').length === 0, 20_000, 200);
   });
 
-  it('caps CPU with a CFS quota only when the spec asks (cpuHardLimit); otherwise CPU is a weight', async () => {
+  it('caps CPU with a CFS quota only when the spec asks (cpuHardLimit); otherwise CPU is a weight; each instance\'s CPU and memory read from its cgroup', async () => {
+    // The capped one spins: held to a quarter of a core by its quota, which its figures show.
     const sleeper = (name: string, cpuHardLimit: boolean) => ({
-      name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 250, memoryMib: 16 }, instances: 1, stopGraceMs: 100, cpuHardLimit,
+      name, image: 'tessera/busybox:local', command: cpuHardLimit ? ['sh', '-c', 'while :; do :; done'] : ['sleep', '3600'], resources: { cpuMillis: 250, memoryMib: 16 }, instances: 1, stopGraceMs: 100, cpuHardLimit,
     });
     await admin.applyApp({ name: 'cpu', components: [sleeper('cpu-capped', true), sleeper('cpu-shared', false)] });
     await waitFor('both running', async () => appContainers('cpu').filter((c) => c.state === 'running').length === 2, 20_000, 200);
@@ -146,6 +147,15 @@ describe('deployments on the real Docker Engine', function () {
     expect(hostConfig('cpu-shared').CpuShares).to.equal(256);
     const app = await admin.getApp('cpu');
     expect(app.spec!.components!.find((c) => c.name === 'cpu-capped')!.cpuHardLimit).to.equal(true);
+    // Figures from the containers' cgroup files (not a Docker stats stream each): the spinner about
+    // 25% of a core, the sleeper about none, both with some memory.
+    const figures = async (component: string) => (await ps('cpu')).find((i) => i.component === component);
+    await waitFor('the spinner at its quota', async () => Math.abs(Number((await figures('cpu-capped'))?.cpuPercent) - 25) <= 5, 15_000, 250);
+    expect(Number((await figures('cpu-shared'))!.cpuPercent)).to.be.below(5);
+    expect(Number((await figures('cpu-capped'))!.memoryUsedMib)).to.be.at.least(0);
+    const said = agents.map((a) => fs.readFileSync(a.logFile, 'utf8')).join('\n');
+    expect(said).to.match(/"source":"cgroup v[12] files".*instance CPU and memory: read from cgroup v[12] files/);
+    expect(said).not.to.include('read from the Docker Engine\'s stats stream');
     await admin.deleteApp('cpu');
     await waitFor('cpu gone', () => appContainers('cpu').length === 0, 20_000, 200);
   });
