@@ -110,7 +110,10 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
   const prefix = raw.etcdPrefix!;
   if (!prefix.startsWith('/') || !prefix.endsWith('/')) v.push({ field: 'etcdPrefix', message: 'must start and end with "/"' });
   const ttlMs = raw.leaseTtlSeconds! * 1000;
-  if (raw.leaseMarginMs! >= ttlMs) v.push({ field: 'leaseMarginMs', message: `must be less than the lease TTL (${ttlMs} ms)` });
+  // The etcd client renews the lease every third of its TTL; a leader steps down once no renewal
+  // has succeeded for TTL - margin. With a margin over half the TTL that is shorter than a renewal
+  // and a half: the leader stepped down (resigning) between two renewals it was never late for.
+  if (raw.leaseMarginMs! * 2 > ttlMs) v.push({ field: 'leaseMarginMs', message: `must be at most half the lease TTL (${ttlMs / 2} ms): the lease is renewed every third of its TTL (${Math.round(ttlMs / 3)} ms), and a leader steps down once no renewal has succeeded for the TTL less this margin, so it would step down between two renewals` });
   if (raw.heartbeatTimeoutMs! <= raw.reportIntervalMs!) {
     v.push({ field: 'heartbeatTimeoutMs', message: `must be greater than reportIntervalMs (${raw.reportIntervalMs} ms), or every node flaps` });
   }

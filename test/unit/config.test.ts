@@ -86,6 +86,7 @@ describe('coordinator config', () => {
 
   const bad: [string, Record<string, unknown>, string][] = [
     ['a margin not below the TTL', { leaseTtlSeconds: 2, leaseMarginMs: 2000 }, 'leaseMarginMs'],
+    ['a margin over half the TTL (the leader would step down between two lease renewals)', { leaseTtlSeconds: 6, leaseMarginMs: 4500 }, 'leaseMarginMs'],
     ['a TTL below etcd minimum', { leaseTtlSeconds: 1 }, 'leaseTtlSeconds'],
     ['a heartbeat timeout not above the report interval', { heartbeatTimeoutMs: 1000, reportIntervalMs: 1000 }, 'heartbeatTimeoutMs'],
     ['a malformed etcd endpoint', { etcdEndpoints: '127.0.0.1:2379,nohost' }, 'etcdEndpoints[1]'],
