@@ -15,7 +15,7 @@ import { repoRoot } from '../../common/version';
 import { loadKeyring, newKeyLine } from '../../coordinator/secrets';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { pastEvents, waitForLeader } from '../helpers/cluster';
+import { healthClient, pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 
 describe('registry passwords at rest', function () {
@@ -40,6 +40,14 @@ describe('registry passwords at rest', function () {
     await current?.kill('SIGTERM');
     current = await fleet.coordinator({ etcd: etcd.endpoints, extra: keyFileArg ? ['--secrets-key-file', keyFileArg] : [] });
     await waitForLeader([current.address]);
+    // Loaded, not only elected: its load reseals what it finds (on a slow day a check right after
+    // the election read the old seal).
+    const health = healthClient(current.address);
+    try {
+      await waitFor('the leader loaded', async () => (await health.check('tessera.v1.Leader')) === 'SERVING', 15_000, 100);
+    } finally {
+      health.close();
+    }
     admin = new AdminClient([current.address]);
     return admin;
   }
