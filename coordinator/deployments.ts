@@ -90,36 +90,52 @@ export class Deployments {
     this.sealed = new ConfigSecrets(store, keys, () => opts.keyring, () => this.componentsInUse(), log);
   }
 
+  /**
+   * Reads the apps, versions, instances, quotas and replica counts from etcd. Built aside and put
+   * in place only once all of it is read: a read-back after a failed write (resync) that fails
+   * too leaves memory as it was, not half-empty for the API and the next apply to act on.
+   */
   async load(): Promise<void> {
-    this.loadedAtMs = steadyNow();
+    const loadedAtMs = steadyNow();
     const c = this.store.client;
-    const [apps, versions, instances, quotas] = await Promise.all([
+    const [appsKv, versionsKv, instancesKv, quotasKv, replicasKv] = await Promise.all([
       c.getAll().prefix(this.keys.apps).strings(),
       c.getAll().prefix(`${this.keys.prefix}appversions/`).strings(),
       c.getAll().prefix(this.keys.instances).strings(),
       c.getAll().prefix(this.keys.quotas).strings(),
+      c.getAll().prefix(`${this.keys.prefix}replicas/`).strings(),
     ]);
-    for (const [k, v] of Object.entries(quotas)) this.quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
-    for (const v of Object.values(apps)) {
+    const quotas = new Map<string, { cpuMillis: number; memoryMib: number }>();
+    for (const [k, v] of Object.entries(quotasKv)) quotas.set(k.slice(this.keys.quotas.length), JSON.parse(v));
+    const apps = new Map<string, AppRecord>();
+    for (const v of Object.values(appsKv)) {
       const a = JSON.parse(v) as AppRecord;
-      this.apps.set(a.name, a);
+      apps.set(a.name, a);
     }
-    for (const [k, v] of Object.entries(versions)) {
+    const versions = new Map<string, Map<number, VersionRecord>>();
+    for (const [k, v] of Object.entries(versionsKv)) {
       const name = k.slice(`${this.keys.prefix}appversions/`.length).split('/')[0];
       const rec = JSON.parse(v) as VersionRecord;
-      if (!this.versions.has(name)) this.versions.set(name, new Map());
-      this.versions.get(name)!.set(rec.version, rec);
+      if (!versions.has(name)) versions.set(name, new Map());
+      versions.get(name)!.set(rec.version, rec);
     }
-    for (const v of Object.values(instances)) {
+    const instances = new Map<string, InstanceRecord>();
+    for (const v of Object.values(instancesKv)) {
       const i = JSON.parse(v) as InstanceRecord;
-      this.instances.set(i.id, i);
+      instances.set(i.id, i);
     }
+    const replicas = new Map<string, number>();
+    for (const [k, v] of Object.entries(replicasKv)) replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
+    this.loadedAtMs = loadedAtMs;
+    this.quotas = quotas;
+    this.apps = apps;
+    this.versions = versions;
+    this.instances = instances;
+    this.replicas = replicas;
     // The backoff of failing slots carries over a change of leader: their failures' tombstones say it.
     this.slotFailures = slotFailuresOf(this.instances.values());
+    // (After the apps are in place: what it reseals depends on which components use it.)
     await this.sealed.load();
-    for (const [k, v] of Object.entries(await c.getAll().prefix(`${this.keys.prefix}replicas/`).strings())) {
-      this.replicas.set(k.slice(`${this.keys.prefix}replicas/`.length), JSON.parse(v).replicas);
-    }
     this.log.info({ apps: this.apps.size, instances: this.instances.size }, 'deployments loaded');
   }
 
@@ -822,11 +838,6 @@ export class Deployments {
   /** Memory read back from etcd, as a new leader loads it. */
   private async resync(): Promise<void> {
     this.log.warn('a write in parts failed half-way: reading the apps and instances back from etcd');
-    this.apps.clear();
-    this.versions.clear();
-    this.instances.clear();
-    this.replicas.clear();
-    this.quotas.clear();
     const loadedAtMs = this.loadedAtMs; // (healthy deadlines still count from the term's start)
     await this.load();
     this.loadedAtMs = loadedAtMs;
