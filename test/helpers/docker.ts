@@ -22,6 +22,13 @@ export function dockerKill(id: string): void {
   execFileSync('docker', ['kill', id], { stdio: 'ignore' });
 }
 
+/** The host PID of a running container's first process (what `docker kill` signals). */
+export function containerPid(id: string): number {
+  const pid = Number(execFileSync('docker', ['inspect', '-f', '{{.State.Pid}}', id]).toString().trim());
+  if (!(pid > 0)) throw new Error(`container ${id} has no running process`);
+  return pid;
+}
+
 export async function httpGet(port: number): Promise<string | undefined> {
   try {
     const res = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(1_000) });

@@ -18,7 +18,7 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
-import { containers, dockerKill, removeContainers } from '../helpers/docker';
+import { containerPid, containers, removeContainers } from '../helpers/docker';
 
 const RUN = randomBytes(3).toString('hex');
 const IMAGE = 'tessera/components:local';
@@ -229,20 +229,25 @@ describe('jobs through pipelines of registered components', function () {
       return s.length === 2 && (await admin.listComponents('splitter')).instances.length === 2;
     }, 90_000, 300);
     let victim = (await admin.listComponents('splitter')).instances[0];
+    // The splitters' processes, looked up before the load: the kill itself must not block this
+    // process (a synchronous `docker ps` and `docker kill` took most of a second on a slow day, the
+    // submitters in this process stood still meanwhile, and the victim's steps had all ended).
+    const pids = new Map((await admin.listComponents('splitter')).instances.map((i) => {
+      const c = containers(`tessera.instance=${i.instanceId}`).find((x) => x.state === 'running');
+      return [i.instanceId, c ? containerPid(c.id) : 0] as const;
+    }));
     let killed = false;
     const jobs = await loadJobs(admin, 40, 6, async () => {
       // The victim: a splitter the leader has jobs in flight on right now.
       // (At least two: with one, a slow day's run killed it as its step ended, and no job failed a step.)
       await waitFor('a splitter with steps in flight', async () => {
-        const busy = (await admin.listComponents('splitter')).instances.find((i) => i.inFlight > 1);
+        const busy = (await admin.listComponents('splitter')).instances.find((i) => i.inFlight > 1 && pids.get(i.instanceId));
         if (busy) victim = busy;
         return busy;
       }, 10_000, 10);
-      const c = containers(`tessera.instance=${victim.instanceId}`).find((x) => x.state === 'running');
-      if (c) {
-        dockerKill(c.id);
-        killed = true;
-      }
+      // SIGKILL to the container's first process, as `docker kill` sends it.
+      process.kill(pids.get(victim.instanceId)!, 'SIGKILL');
+      killed = true;
       // Jobs keep coming while the instance is down and restarted.
       await new Promise((r) => setTimeout(r, 3_000));
     });
