@@ -422,6 +422,8 @@ describe('streams from a frozen agent', function () {
     const c1 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000 });
     await waitForLeader([c1.address]);
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000 });
+    // The follower serving too (a full run once opened the follower's stream before it listened).
+    await waitForLeader([c1.address, c2.address]);
     agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', '30640-30659'] });
     leader = new AdminClient([c1.address]);
     follower = new AdminClient([c2.address]);
@@ -440,6 +442,10 @@ describe('streams from a frozen agent', function () {
     await fleet?.stop();
     await etcd?.stop();
     removeContainers(`tessera.node=${node}`);
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
   });
 
   it('ends a followed log whose agent stops answering (frozen) once its node goes DOWN, with UNAVAILABLE naming it, through a follower too', async () => {
