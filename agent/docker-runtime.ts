@@ -10,6 +10,9 @@ import { withTimeout } from '../common/timeout';
 import { ImagePuller, ImagePullError } from './images';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
+/** How long a command killed before its process started is waited for, to kill it once it does. */
+const KILL_WAIT_MS = 5_000;
+
 export const LABEL = {
   managed: 'tessera.managed',
   node: 'tessera.node',
@@ -285,13 +288,23 @@ export class DockerRuntime {
     };
     await resize(o.size);
     const kill = async () => {
-      const info = await ex.inspect().catch(() => undefined);
-      if (info?.Running && info.Pid > 0) {
-        try {
-          process.kill(info.Pid, 'SIGKILL');
-        } catch {
-          // gone meanwhile
+      // On a busy host the Engine may not have started the process yet when its time is up (not
+      // running, no exit code): wait for it to start, then kill it, or for it to end. (Left alone,
+      // it ran on after its caller had gone: a health check past its timeout piled up one more
+      // process each interval.)
+      for (let i = 0; i < KILL_WAIT_MS / 50; i++) {
+        const info = await ex.inspect().catch(() => undefined);
+        if (!info) return;
+        if (info.Running && info.Pid > 0) {
+          try {
+            process.kill(info.Pid, 'SIGKILL');
+          } catch {
+            // gone meanwhile
+          }
+          return;
         }
+        if (info.ExitCode !== null && info.ExitCode !== undefined) return;
+        await new Promise((r) => setTimeout(r, 50));
       }
     };
     let timedOut = false;

@@ -22,6 +22,9 @@ import { CgroupFiles, cgroupFiles, CgroupMount, parseCgroupMounts, readCgroupSam
 import { parseTaskReport, TaskEndpoint } from './task-endpoint';
 import * as http from 'node:http';
 
+/** How a failed health check's message begins (a passing check clears such a message). */
+const HEALTH_FAILED = 'health check failed: ';
+
 /** How long a container to make again for an adopted instance waits for its secret values from the leader. */
 export const SECRET_HANDOVER_WAIT_MS = 30_000;
 
@@ -483,7 +486,11 @@ export class InstanceManager extends EventEmitter {
       l.checking = false;
       if (l.state !== 'INSTANCE_STATE_RUNNING') return;
       if (r.ok) {
-        if (l.health !== 'healthy') this.emit('changed');
+        // A failed check under the threshold said so in the message; a passing one ends it (it
+        // stayed before: a healthy instance showed an old failure in `tessera ps` for good).
+        const stale = l.message.startsWith(HEALTH_FAILED);
+        if (l.health !== 'healthy' || stale) this.emit('changed');
+        if (stale) l.message = '';
         l.health = 'healthy';
         l.healthFailures = 0;
         return;
@@ -491,7 +498,7 @@ export class InstanceManager extends EventEmitter {
       if (steadyNow() - l.startedAtMs < Number(h.graceMs || 0) && l.health !== 'healthy') return; // still starting up
       l.healthFailures++;
       this.metrics?.inc('tessera_agent_health_check_failures_total');
-      l.message = `health check failed: ${r.detail}`;
+      l.message = `${HEALTH_FAILED}${r.detail}`;
       if (l.healthFailures < (h.failureThreshold || 3)) return;
       l.health = 'unhealthy';
       this.emitEvent(l.spec.instanceId, 'health_failed', { message: `${l.healthFailures} failed checks: ${r.detail}` });

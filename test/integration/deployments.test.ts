@@ -16,6 +16,7 @@ import { Fleet } from '../helpers/processes';
 import { execOutput, pastEvents, waitForLeader, statusOf } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { containers, dockerKill, httpGet, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const RUN = randomBytes(3).toString('hex');
 
@@ -49,7 +50,7 @@ describe('deployments on the real Docker Engine', function () {
   const nodeIds = [`d${RUN}a`, `d${RUN}b`];
   const addrs = () => coords.filter((c) => c.running).map((c) => c.address);
 
-  const startAgent = (i: number) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: nodeIds[i], extra: ['--port-range', `${24000 + i * 1000}-${24000 + i * 1000 + 999}`] });
+  const startAgent = (i: number) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: nodeIds[i], extra: ['--port-range', laneRange(`${24000 + i * 1000}-${24000 + i * 1000 + 999}`)] });
   const ps = async (app: string): Promise<Instance__Output[]> => (await admin.listInstances(app)).instances;
   const running = async (app: string, version?: number) => (await ps(app)).filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy' && (!version || Number(i.version) === version));
   const appContainers = (app: string) => containers(`tessera.app=${app}`).filter((c) => nodeIds.includes(c.node));
@@ -364,7 +365,8 @@ describe('deployments on the real Docker Engine', function () {
     // Asked again while it is being replaced: nothing more happens. (The new one takes a second
     // or more to start and pass its health check.)
     expect((await admin.replaceInstance(old.id, 'again')).replacing).to.equal('wedged worker');
-    expect((await cli('ps', 'web')).stdout).to.match(new RegExp(`^${old.id} .* replacing: wedged worker$`, 'm'));
+    const shown = (await cli('ps', 'web')).stdout;
+    expect(shown, shown).to.match(new RegExp(`^${old.id} .* replacing: wedged worker$`, 'm'));
     await waitFor('a new instance healthy in its slot, the old one stopped', async () => {
       const now = await ps('web');
       const o = now.find((i) => i.id === old.id);

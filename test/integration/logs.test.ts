@@ -20,6 +20,7 @@ import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 /** Reads a logs stream to its end (or until `until` says so, then cancels it). */
 function read(admin: AdminClient, req: InstanceLogsRequest, until?: (chunks: LogChunk__Output[]) => boolean): Promise<LogChunk__Output[]> {
@@ -75,7 +76,7 @@ describe('instance logs', function () {
     await waitForLeader([c1.address]);
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: HEARTBEAT_MS });
     coords = [c1.address, c2.address];
-    agent = fleet.agent({ coordinators: coords, nodeId: node, extra: ['--port-range', '30200-30299'] });
+    agent = fleet.agent({ coordinators: coords, nodeId: node, extra: ['--port-range', laneRange('30200-30299')] });
     leader = new AdminClient([c1.address]);
     follower = new AdminClient([c2.address]);
     await waitFor('node READY', async () => (await leader.listNodes()).nodes.length === 1, 20_000);
@@ -333,11 +334,12 @@ describe('instance logs', function () {
   });
 
   it('runs exec health checks in the container: healthy once the command exits 0, restarted when it fails; a check past its timeout killed, not piled up', async () => {
-    const checked = (name: string, command: string[], intervalMs: number, timeoutMs: number) => ({
+    const checked = (name: string, command: string[], intervalMs: number, timeoutMs: number, graceMs = 60_000, failureThreshold = 1) => ({
       name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
-      health: { type: 'exec', command, intervalMs, timeoutMs, graceMs: 60_000, failureThreshold: 1 },
+      health: { type: 'exec', command, intervalMs, timeoutMs, graceMs, failureThreshold },
     });
-    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 300, 250), checked('hung', ['sleep', '31'], 400, 300)] });
+    // blip: no grace and a high threshold, so its failed checks show in its message without a restart.
+    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 300, 250), checked('hung', ['sleep', '31'], 400, 300), checked('blip', ['test', '-f', '/tmp/ready'], 300, 250, 0, 1000)] });
     const inst = async (c: string) => (await leader.listInstances('probed')).instances.find((i) => i.component === c && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
     const file = await waitFor('file running', () => inst('file'), 30_000, 200);
     const hung = await waitFor('hung running', () => inst('hung'), 30_000, 200);
@@ -346,6 +348,18 @@ describe('instance logs', function () {
     await waitFor('healthy once the check passes', async () => (await inst('file'))?.health === 'healthy', 10_000, 200);
     await exec(leader, { instanceId: file.id, command: ['rm', '/tmp/ready'] });
     await waitFor('restarted once it fails', async () => ((await leader.listInstances('probed')).instances.find((i) => i.id === file.id)?.restarts ?? 0) >= 1, 10_000, 200);
+    // A check that passes after failed ones (under the threshold) clears their message.
+    const blip = await waitFor('blip failing its checks', async () => {
+      const b = await inst('blip');
+      return b?.message.startsWith('health check failed: ') ? b : undefined;
+    }, 10_000, 200);
+    await exec(leader, { instanceId: blip.id, command: ['touch', '/tmp/ready'] });
+    const passed = await waitFor('blip healthy', async () => {
+      const b = await inst('blip');
+      return b?.health === 'healthy' ? b : undefined;
+    }, 10_000, 200);
+    expect(passed.restarts).to.equal(0);
+    await waitFor('its old failure gone from its message', async () => (await inst('blip'))?.message === '', 3_000, 200);
     // Seven checks or more of the hung one have run (each killed at 300 ms): never more than one at a time.
     await new Promise((r) => setTimeout(r, 3_000));
     const ps = (await exec(leader, { instanceId: hung.id, command: ['ps', '-o', 'args'] })).stdout;
@@ -359,7 +373,7 @@ describe('instance logs', function () {
     const bare = new grpc.Server();
     const port = await new Promise<number>((resolve, reject) => bare.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
     const oldNode = `${node}-old`;
-    const old = fleet.agent({ coordinators: coords, nodeId: oldNode, extra: ['--port-range', '30300-30399', '--labels', 'generation=old', '--relay-advertise', `127.0.0.1:${port}`] });
+    const old = fleet.agent({ coordinators: coords, nodeId: oldNode, extra: ['--port-range', laneRange('30300-30399'), '--labels', 'generation=old', '--relay-advertise', `127.0.0.1:${port}`] });
     try {
       await waitFor('two nodes READY', async () => (await leader.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000);
       await leader.applyApp({ name: 'oldhost', components: [{
@@ -424,7 +438,7 @@ describe('streams from a frozen agent', function () {
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000 });
     // The follower serving too (a full run once opened the follower's stream before it listened).
     await waitForLeader([c1.address, c2.address]);
-    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', '30640-30659'] });
+    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', laneRange('30640-30659')] });
     leader = new AdminClient([c1.address]);
     follower = new AdminClient([c2.address]);
     await waitFor('node READY', async () => (await leader.listNodes()).nodes.length === 1, 20_000);
