@@ -9,5 +9,20 @@ source scripts/lib/docker.sh
 ensure_dockerd
 trap stop_dockerd_if_started EXIT
 bash scripts/build-images.sh
-echo "[test] running unit and integration tests"
-npx mocha "dist/test/unit/**/*.test.js" "dist/test/integration/**/*.test.js" "$@"
+# Two files at a time (TESSERA_TEST_JOBS, default 2; 1 runs them one by one): each worker process
+# keeps to a lane of host ports and node ids (test/helpers/lane.ts). The slowest files go first so
+# that the two lanes end together.
+jobs="${TESSERA_TEST_JOBS:-2}"
+rm -f "${TMPDIR:-/tmp}"/tessera-test-lane-*.lock
+slowest=(deployments jobs logs etcd-ha scaling db canary fleet-scale node-conditions rollout-failover fencing hung-coordinator)
+files=()
+for f in "${slowest[@]}"; do files+=("dist/test/integration/$f.test.js"); done
+for f in dist/test/integration/*.test.js; do
+  [[ " ${slowest[*]} " == *" $(basename "$f" .test.js) "* ]] || files+=("$f")
+done
+echo "[test] running unit and integration tests, $jobs at a time"
+if [ "$jobs" -gt 1 ]; then
+  npx mocha --parallel --jobs "$jobs" "${files[@]}" "dist/test/unit/**/*.test.js" "$@"
+else
+  npx mocha "dist/test/unit/**/*.test.js" "dist/test/integration/**/*.test.js" "$@"
+fi

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { repoRoot } from '../../common/version';
+import { laneDefaultPortRange, laneNodePrefix } from './lane';
 import { freePort } from './ports';
 
 export class Proc {
@@ -107,11 +108,12 @@ export class Fleet {
   }
 
   agent(o: AgentOptions): Proc & { nodeId: string; stateDir: string } {
-    const nodeId = o.nodeId ?? `n${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
+    const nodeId = o.nodeId ?? `${laneNodePrefix()}${this.procs.filter((p) => p.script.includes('agent')).length + 1}`;
+    const ports = (o.extra ?? []).includes('--port-range') ? undefined : laneDefaultPortRange();
     const name = o.name ?? nodeId;
     const stateDir = path.join(this.dir, `agent-${name}`);
     const args = ['--coordinators', o.coordinators.join(','), '--state-dir', stateDir, '--node-id', nodeId, '--task-listen', '127.0.0.1:0', '--relay-listen', '127.0.0.1:0', ...(o.reportIntervalMs ? ['--report-interval-ms', String(o.reportIntervalMs)] : []),
-      ...(o.tls ? ['--tls-ca', o.tls[0], '--tls-cert', o.tls[1], '--tls-key', o.tls[2]] : ['--insecure-dev']), ...(o.extra ?? [])];
+      ...(o.tls ? ['--tls-ca', o.tls[0], '--tls-cert', o.tls[1], '--tls-key', o.tls[2]] : ['--insecure-dev']), ...(ports ? ['--port-range', ports] : []), ...(o.extra ?? [])];
     const p = Object.assign(new Proc(name, 'agent/main.js', args, path.join(this.dir, `agent-${name}.log`), o.env), { nodeId, stateDir });
     this.procs.push(p.start());
     return p;

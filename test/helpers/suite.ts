@@ -8,6 +8,7 @@ import { removeContainers } from './docker';
 import { EtcdCluster } from './etcd';
 import { waitFor } from './ports';
 import { Fleet, type CoordinatorOptions } from './processes';
+import { laneRange } from './lane';
 
 export interface SuiteCluster {
   readonly etcd: EtcdCluster;
@@ -52,7 +53,7 @@ export function oneNodeCluster(o: { prefix: string; portRange: string; coordinat
     s.fleet = new Fleet();
     s.coordinator = await s.fleet.coordinator({ etcd: s.etcd.endpoints, ...o.coordinator });
     await waitForLeader([s.coordinator.address]);
-    s.fleet.agent({ coordinators: [s.coordinator.address], nodeId: s.node, extra: ['--port-range', o.portRange, ...(o.agentExtra ?? [])] });
+    s.fleet.agent({ coordinators: [s.coordinator.address], nodeId: s.node, extra: ['--port-range', laneRange(o.portRange), ...(o.agentExtra ?? [])] });
     s.admin = new AdminClient([s.coordinator.address]);
     await waitFor('node READY', async () => (await s.admin.listNodes()).nodes.some((n) => n.id === s.node && n.state === 'NODE_STATE_READY'), 20_000, 200);
   });

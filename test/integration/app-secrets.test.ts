@@ -21,6 +21,7 @@ import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
+import { laneRange } from '../helpers/lane';
 
 describe('secrets for components\' environments', function () {
   this.timeout(120_000);
@@ -77,7 +78,7 @@ describe('secrets for components\' environments', function () {
     otherKeys = path.join(dir, 'other.keys');
     fs.writeFileSync(otherKeys, `${k2}\n`, { mode: 0o600 });
     c2 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', otherKeys] });
-    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', '30600-30619'] });
+    agent = fleet.agent({ coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', laneRange('30600-30619')] });
     admin = new AdminClient([c1.address, c2.address]);
     await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 200);
   });

@@ -15,6 +15,7 @@ import { execOutput, pastEvents, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { fakedClock, stepClock } from '../helpers/faketime';
+import { laneRange } from '../helpers/lane';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -52,8 +53,8 @@ describe('a step of the system clock', function () {
     await waitForLeader([c1.address]);
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints });
     const cs = [c1.address, c2.address];
-    fleet.agent({ coordinators: cs, nodeId: 'clk-stepped', env: fakedClock(agentClock), extra: ['--port-range', '30800-30809', '--labels', 'clock=stepped'] });
-    killable = fleet.agent({ coordinators: cs, nodeId: 'clk-other', extra: ['--port-range', '30810-30819'] });
+    fleet.agent({ coordinators: cs, nodeId: 'clk-stepped', env: fakedClock(agentClock), extra: ['--port-range', laneRange('30800-30809'), '--labels', 'clock=stepped'] });
+    killable = fleet.agent({ coordinators: cs, nodeId: 'clk-other', extra: ['--port-range', laneRange('30810-30819')] });
     admin = new AdminClient(cs);
     await waitFor('both nodes READY', async () => { const n = await nodes(); return n['clk-stepped'] === 'READY' && n['clk-other'] === 'READY'; }, 20_000, 100);
     await admin.applyApp(app);

@@ -120,7 +120,7 @@ describe('cluster core: 3 coordinators, 2 agents, real etcd', function () {
       return true;
     }, 10_000);
     const nodes = await nodesOn(coords[2].address);
-    expect(nodes.map((n) => n.id).sort()).to.deep.equal(['n1', 'n2']);
+    expect(nodes.map((n) => n.id).sort()).to.deep.equal(agents.map((a) => a.nodeId).sort());
     expect(nodes[0].capacity!.cpuMillis).to.be.greaterThan(0);
     await waitFor('usage figures on a follower', async () => (await nodesOn(coords[2].address)).every((n) => (n.usage?.memoryTotalMib ?? 0) > 0), 10_000);
   });
@@ -154,16 +154,16 @@ describe('cluster core: 3 coordinators, 2 agents, real etcd', function () {
     const follower = coords.find((c) => c.id !== leader)!;
     const c = admin(follower.address);
     try {
-      const drained = await c.drainNode({ nodeId: 'n2', reason: 'kernel upgrade' });
+      const drained = await c.drainNode({ nodeId: agents[1].nodeId, reason: 'kernel upgrade' });
       expect(drained.state).to.equal('NODE_STATE_DRAINING');
       expect(drained.drain).to.equal(true);
-      await waitFor('the leader to see n2 DRAINING', async () => (await nodesOn(byId(leader).address)).find((n) => n.id === 'n2')?.state === 'NODE_STATE_DRAINING');
-      const back = await c.drainNode({ nodeId: 'n2', undo: true });
+      await waitFor('the leader to see the node DRAINING', async () => (await nodesOn(byId(leader).address)).find((n) => n.id === agents[1].nodeId)?.state === 'NODE_STATE_DRAINING');
+      const back = await c.drainNode({ nodeId: agents[1].nodeId, undo: true });
       expect(back.state).to.equal('NODE_STATE_READY');
     } finally {
       c.close();
     }
-    await waitFor('drain events on the stream', () => events.some((e) => e.kind === 'node.drain' && e.subject === 'n2') && events.some((e) => e.kind === 'node.eligible'), 5_000);
+    await waitFor('drain events on the stream', () => events.some((e) => e.kind === 'node.drain' && e.subject === agents[1].nodeId) && events.some((e) => e.kind === 'node.eligible'), 5_000);
   });
 
   it('survives SIGKILL of the leader: new leader, agents re-attached, no node marked DOWN', async () => {

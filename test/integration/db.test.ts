@@ -16,6 +16,7 @@ import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containers, dockerKill, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const RUN = randomBytes(3).toString('hex');
 type Spec = { name: string; components: { name: string; kind?: string; env?: Record<string, string>; ports?: { name: string; port?: number }[]; instances: number }[] };
@@ -43,7 +44,7 @@ describe('the component database through Tessera', function () {
     coordinator = c.address;
     await waitForLeader([c.address]);
     const base = 25_000 + Math.floor(Math.random() * 40) * 100;
-    fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--port-range', `${base}-${base + 99}`, '--cpu-millis', '8000'] });
+    fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--port-range', laneRange(`${base}-${base + 99}`), '--cpu-millis', '8000'] });
     admin = new AdminClient([c.address], { timeoutMs: 30_000 });
     await waitFor('node', async () => (await admin.listNodes()).nodes.length === 1, 20_000);
     // The example app, with the catalog on a free port (the example's 7600 may be taken here).

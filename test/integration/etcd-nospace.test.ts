@@ -19,6 +19,7 @@ import { healthClient, waitForLeader } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
 import { freePort, waitFor } from '../helpers/ports';
 import { containers, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const QUOTA = 20 * 1024 * 1024;
 
@@ -52,7 +53,7 @@ describe('etcd out of space (NOSPACE)', function () {
     const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
     address = c.address;
     await waitForLeader([address]);
-    fleet.agent({ coordinators: [address], nodeId: 'full-1', extra: ['--port-range', '30830-30839'] });
+    fleet.agent({ coordinators: [address], nodeId: 'full-1', extra: ['--port-range', laneRange('30830-30839')] });
     admin = new AdminClient([address], { timeoutMs: 10_000 });
     await waitFor('node READY', async () => (await admin.listNodes()).nodes.some((n) => n.state === 'NODE_STATE_READY'), 20_000, 100);
     await admin.applyApp(app('1'));

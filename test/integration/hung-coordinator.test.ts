@@ -14,6 +14,7 @@ import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
+import { laneRange } from '../helpers/lane';
 
 const run = promisify(execFile);
 const containerIds = () => execFileSync('docker', ['ps', '-q', '--filter', 'label=tessera.app=thaw']).toString().trim().split('\n').filter(Boolean).sort();
@@ -34,7 +35,7 @@ describe('a hung coordinator', function () {
     try {
       // An agent whose list starts with the hung one attaches to the leader.
       const started = Date.now();
-      s.fleet.agent({ coordinators: [c2.address, c1.address], nodeId: 'past-hung', extra: ['--port-range', '30770-30779'] });
+      s.fleet.agent({ coordinators: [c2.address, c1.address], nodeId: 'past-hung', extra: ['--port-range', laneRange('30770-30779')] });
       await waitFor('the agent READY', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'past-hung' && n.state === 'NODE_STATE_READY'), 30_000, 200);
       expect(Date.now() - started, 'attached after about one dial timeout').to.be.below(15_000);
       // The CLI, given the hung one first, answers from the next one (its call timeout is 10 s).
@@ -70,7 +71,7 @@ describe('a frozen leader', function () {
     for (let i = 0; i < 3; i++) cs.push(await s.fleet.coordinator({ etcd: s.etcd.endpoints }));
     const addrs = cs.map((c) => c.address);
     await waitForLeader(addrs);
-    for (const [n, ports] of [['thaw-1', '30780-30789'], ['thaw-2', '30790-30799']]) s.fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', ports] });
+    for (const [n, ports] of [['thaw-1', '30780-30789'], ['thaw-2', '30790-30799']]) s.fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', laneRange(ports)] });
     const admin = new AdminClient(addrs, { timeoutMs: 10_000 });
     try {
       await waitFor('two nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 200);

@@ -15,6 +15,7 @@ import { healthClient, pastEvents, statusOf, waitForLeader } from '../helpers/cl
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
+import { laneRange } from '../helpers/lane';
 
 describe('node identity: one agent per node id', function () {
   this.timeout(120_000);
@@ -33,14 +34,14 @@ describe('node identity: one agent per node id', function () {
   after(() => admin?.close());
 
   it('refuses a second agent under a node id another agent holds, until that node is DOWN', async () => {
-    const a = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-a', extra: ['--port-range', '30740-30749', '--hostname', 'host-a'] });
+    const a = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-a', extra: ['--port-range', laneRange('30740-30749'), '--hostname', 'host-a'] });
     await waitFor('twin READY', async () => (await node())?.state === 'NODE_STATE_READY', 20_000, 100);
     await admin.applyApp({ name: 'twinapp', components: [{ name: 'web', image: 'tessera/busybox:local', command: ['sh', '-c', 'sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
     const running = async () => (await admin.listInstances('twinapp')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING');
     await waitFor('the instance RUNNING', async () => (await running()).length === 1, 60_000, 200);
     const [first] = await running();
 
-    const b = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', '30750-30759', '--hostname', 'host-b'] });
+    const b = s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', laneRange('30750-30759'), '--hostname', 'host-b'] });
     await waitFor('the second agent told why', async () => /held by another agent/.test(fs.readFileSync(b.logFile, 'utf8')), 20_000, 200);
     // It keeps trying (with its backoff) and keeps being refused; the node stays the first one's.
     await new Promise((r) => setTimeout(r, 3_000));
@@ -71,7 +72,7 @@ describe('node identity: one agent per node id', function () {
     const attached = () => fs.readFileSync(b.logFile, 'utf8').split('\n').filter((l) => /attached to leader/.test(l)).length;
     const before = attached();
     await b.kill('SIGTERM');
-    s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', '30750-30759', '--hostname', 'host-b'] });
+    s.fleet.agent({ coordinators: [address], nodeId: 'twin', name: 'twin-b', extra: ['--port-range', laneRange('30750-30759'), '--hostname', 'host-b'] });
     await waitFor('twin reattached', async () => attached() === before + 1 && (await node())?.connectedTo !== '', 20_000, 100);
     expect((await pastEvents(admin, ['node.agent_refused'])).filter((e) => e.subject === 'twin')).to.have.length(1);
   });
@@ -98,7 +99,7 @@ describe('coordinator identity: one coordinator per id', function () {
       expect(st?.refusal).to.match(/^coordinator id cx is in use by the coordinator at .+: give each coordinator its own --id/);
       await waitFor('the second NOT_SERVING', async () => (await health.check('')) === 'NOT_SERVING', 5_000, 100);
       // It is a follower all the same: an agent that knows only it is sent to the leader...
-      s.fleet.agent({ coordinators: [second.address], nodeId: 'via-second', extra: ['--port-range', '30760-30769'] });
+      s.fleet.agent({ coordinators: [second.address], nodeId: 'via-second', extra: ['--port-range', laneRange('30760-30769')] });
       await waitFor('the agent READY on the leader', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'via-second' && n.state === 'NODE_STATE_READY' && n.connectedTo === 'cx'), 20_000, 100);
       // ...and a write through it is forwarded there.
       expect((await admin.cordonNode({ nodeId: 'via-second', reason: 'through the second' })).cordoned).to.equal(true);

@@ -14,6 +14,7 @@ import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers, removeImage } from '../helpers/docker';
 import { TestRegistry } from '../helpers/registry';
+import { laneRange } from '../helpers/lane';
 
 const BASE = 'tessera/busybox:local';
 
@@ -55,7 +56,7 @@ describe('image garbage collection', function () {
     await waitForLeader([c1.address]);
     const agent = fleet.agent({
       coordinators: [c1.address], nodeId: node,
-      extra: ['--port-range', '30400-30449', '--image-gc-high-percent', '0', '--image-gc-low-percent', '0', '--image-gc-min-age-ms', '0', '--image-gc-interval-ms', '300'],
+      extra: ['--port-range', laneRange('30400-30449'), '--image-gc-high-percent', '0', '--image-gc-low-percent', '0', '--image-gc-min-age-ms', '0', '--image-gc-interval-ms', '300'],
     });
     stateDir = agent.stateDir;
     admin = new AdminClient([c1.address]);

@@ -18,6 +18,7 @@ import { removeContainers, removeImage } from '../helpers/docker';
 import { TestRegistry } from '../helpers/registry';
 import { createEtcdClient } from '../../common/etcd';
 import { newKeyLine } from '../../coordinator/secrets';
+import { laneRange } from '../helpers/lane';
 
 const BASE = 'tessera/busybox:local';
 
@@ -54,8 +55,8 @@ describe('image pulls', function () {
     fs.writeFileSync(keyFile, `${newKeyLine('k1')}\n`, { mode: 0o600 });
     const c1 = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--secrets-key-file', keyFile] });
     await waitForLeader([c1.address]);
-    fleet.agent({ coordinators: [c1.address], nodeId: plain, extra: ['--port-range', '30300-30349', '--labels', 'creds=none'] });
-    fleet.agent({ coordinators: [c1.address], nodeId: withAuth, extra: ['--port-range', '30350-30399', '--labels', 'creds=private', '--registry-auth', authFile] });
+    fleet.agent({ coordinators: [c1.address], nodeId: plain, extra: ['--port-range', laneRange('30300-30349'), '--labels', 'creds=none'] });
+    fleet.agent({ coordinators: [c1.address], nodeId: withAuth, extra: ['--port-range', laneRange('30350-30399'), '--labels', 'creds=private', '--registry-auth', authFile] });
     admin = new AdminClient([c1.address]);
     await waitFor('both nodes READY', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000, 200);
   });

@@ -19,6 +19,7 @@ import { Fleet } from '../helpers/processes';
 import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containerPid, containers, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const RUN = randomBytes(3).toString('hex');
 const IMAGE = 'tessera/components:local';
@@ -102,7 +103,7 @@ describe('jobs through pipelines of registered components', function () {
     for (const id of ['j1', 'j2']) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, id, extra: [...extra, '--metrics-listen', `127.0.0.1:${metricsPorts[id]}`] }));
     await waitForLeader(coords.map((c) => c.address));
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
-    nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', `${base + i * 50}-${base + i * 50 + 49}`, '--cpu-millis', '8000'] }));
+    nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', laneRange(`${base + i * 50}-${base + i * 50 + 49}`), '--cpu-millis', '8000'] }));
     admin = new AdminClient(coords.map((c) => c.address), { timeoutMs: 20_000 });
     await waitFor('two nodes', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000);
     await admin.applyApp(words());

@@ -8,6 +8,7 @@ import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 async function scrape(port: number): Promise<Map<string, number>> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
@@ -33,7 +34,7 @@ describe('Prometheus metrics', function () {
     const [cm, am] = [await freePort(), await freePort()];
     const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${cm}`] });
     await waitForLeader([c.address]);
-    fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--metrics-listen', `127.0.0.1:${am}`, '--port-range', '30000-30099'] });
+    fleet.agent({ coordinators: [c.address], nodeId: node, extra: ['--metrics-listen', `127.0.0.1:${am}`, '--port-range', laneRange('30000-30099')] });
     const admin = new AdminClient([c.address]);
     try {
       await waitFor('node READY', async () => (await admin.listNodes()).nodes.length === 1, 20_000);

@@ -10,6 +10,7 @@ import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { etcdAndFleet } from '../helpers/suite';
+import { laneRange } from '../helpers/lane';
 
 describe('relabeling a node on SIGHUP', function () {
   this.timeout(120_000);
@@ -24,7 +25,7 @@ describe('relabeling a node on SIGHUP', function () {
     await waitForLeader([c.address]);
     const admin = new AdminClient([c.address]);
     const file = path.join(s.fleet.dir, 'agent-zoned.yaml');
-    const settings = (zone: string) => `labels: { zone: ${zone}, disk: ssd }\nportRange: 30490-30499\n`;
+    const settings = (zone: string) => `labels: { zone: ${zone}, disk: ssd }\nportRange: ${laneRange('30490-30499')}\n`;
     fs.writeFileSync(file, settings('a'));
     const agent = s.fleet.agent({ coordinators: [c.address], nodeId: 'zoned', reportIntervalMs: 500, extra: ['--config', file] });
     try {

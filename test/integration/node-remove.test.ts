@@ -13,6 +13,7 @@ import { Fleet } from '../helpers/processes';
 import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const run = promisify(execFile);
 
@@ -48,7 +49,7 @@ describe('removing nodes', function () {
   });
 
   it('refuses to remove a node that is not DOWN, or one it does not know', async () => {
-    fleet.agent({ coordinators: [address], nodeId: 'rm-ready', extra: ['--port-range', '30450-30469'] });
+    fleet.agent({ coordinators: [address], nodeId: 'rm-ready', extra: ['--port-range', laneRange('30450-30469')] });
     await waitFor('rm-ready READY', async () => (await state('rm-ready')) === 'NODE_STATE_READY', 20_000, 100);
     const err = await admin.removeNode('rm-ready').catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     expect(err.code).to.equal(grpc.status.FAILED_PRECONDITION);
@@ -59,7 +60,7 @@ describe('removing nodes', function () {
   });
 
   it('forgets a DOWN node on request (CLI), and an agent that comes back with its id registers again and gets its work back', async () => {
-    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-kept', extra: ['--port-range', '30470-30489', '--labels', 'role=kept'] });
+    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-kept', extra: ['--port-range', laneRange('30470-30489'), '--labels', 'role=kept'] });
     await waitFor('rm-kept READY', async () => (await state('rm-kept')) === 'NODE_STATE_READY', 20_000, 100);
     await admin.applyApp(app);
     const running = async () => (await admin.listInstances('pinned')).instances.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === 'rm-kept');
@@ -83,7 +84,7 @@ describe('removing nodes', function () {
 
     // The agent comes back under the same id: a new registration; the pinned instance (lost with
     // its node) runs there again, one of it: the old container is not kept beside a new one.
-    fleet.agent({ coordinators: [address], nodeId: 'rm-kept', extra: ['--port-range', '30470-30489', '--labels', 'role=kept'] });
+    fleet.agent({ coordinators: [address], nodeId: 'rm-kept', extra: ['--port-range', laneRange('30470-30489'), '--labels', 'role=kept'] });
     await waitFor('rm-kept READY again', async () => (await state('rm-kept')) === 'NODE_STATE_READY', 20_000, 100);
     expect((await pastEvents(admin, ['node.registered'])).filter((e) => e.subject === 'rm-kept')).to.have.length(2);
     await waitFor('the pinned instance RUNNING again', async () => (await running()).length === 1, 60_000, 200);
@@ -94,7 +95,7 @@ describe('removing nodes', function () {
   });
 
   it('forgets a node DOWN past the node GC threshold by itself', async () => {
-    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-gc', extra: ['--port-range', '30490-30499'] });
+    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-gc', extra: ['--port-range', laneRange('30490-30499')] });
     await waitFor('rm-gc READY', async () => (await state('rm-gc')) === 'NODE_STATE_READY', 20_000, 100);
     await agent.kill('SIGKILL');
     await waitFor('rm-gc DOWN', async () => (await state('rm-gc')) === 'NODE_STATE_DOWN', 20_000, 100);
@@ -108,7 +109,7 @@ describe('removing nodes', function () {
   });
 
   it('an agent frozen while its node was collected registers again when it thaws (its old stream is closed)', async () => {
-    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-frozen', extra: ['--port-range', '30500-30519'] });
+    const agent = fleet.agent({ coordinators: [address], nodeId: 'rm-frozen', extra: ['--port-range', laneRange('30500-30519')] });
     await waitFor('rm-frozen READY', async () => (await state('rm-frozen')) === 'NODE_STATE_READY', 20_000, 100);
     agent.pause(); // SIGSTOP: its stream stays open, it says nothing
     try {

@@ -8,6 +8,7 @@ import { Fleet } from '../helpers/processes';
 import { waitForLeader, statusOf } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { containers, httpGet, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const RUN = randomBytes(3).toString('hex');
 
@@ -46,7 +47,7 @@ describe('leader failover during a rollout', function () {
     for (let i = 0; i < 3; i++) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, heartbeatTimeoutMs: 3_000, failoverGraceMs: 4_000 }));
     addrs = coords.map((c) => c.address);
     await waitForLeader(addrs);
-    nodes.forEach((n, i) => fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', `${26000 + i * 1000}-${26999 + i * 1000}`] }));
+    nodes.forEach((n, i) => fleet.agent({ coordinators: addrs, nodeId: n, extra: ['--port-range', laneRange(`${26000 + i * 1000}-${26999 + i * 1000}`)] }));
     const admin = new AdminClient(addrs, { timeoutMs: 8_000 });
     try {
       await waitFor('nodes READY', async () => (await statusOf(addrs[0]))?.nodesByState.READY === 2, 20_000);

@@ -16,6 +16,7 @@ import { waitForLeader, statusOf } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { fakedClock } from '../helpers/faketime';
+import { laneRange } from '../helpers/lane';
 
 const RUN = randomBytes(3).toString('hex');
 
@@ -50,7 +51,7 @@ describe('scaling policies end to end', function () {
     // The agent's host clock runs 30 s behind the leader's (hosts' clocks need not agree): before
     // session 20 the leader read every task report as 30 s old, past its 15 s freshness, and the
     // policy saw no queue depth at all.
-    fleet.agent({ coordinators: [c.address], nodeId: node, reportIntervalMs: 500, extra: ['--port-range', '29000-29999'], env: fakedClock(path.join(fleet.dir, 'agent-clock'), '-30s') });
+    fleet.agent({ coordinators: [c.address], nodeId: node, reportIntervalMs: 500, extra: ['--port-range', laneRange('29000-29999')], env: fakedClock(path.join(fleet.dir, 'agent-clock'), '-30s') });
     admin = new AdminClient([c.address], { timeoutMs: 8_000 });
     await waitFor('node READY', async () => (await statusOf(c.address))?.nodesByState.READY === 1, 20_000);
     const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));

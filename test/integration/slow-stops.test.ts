@@ -59,7 +59,7 @@ describe('slow stops', function () {
     // check, and the steady one, killed, is restarted.
     const t0 = Date.now();
     await admin.applyApp(quick('fresh'));
-    execFileSync('docker', ['kill', containers('tessera.app=steady')[0].id]);
+    execFileSync('docker', ['kill', containers(`tessera.instance=${steady.id}`)[0].id]);
     const fresh = await waitFor('fresh healthy', () => healthy('fresh'), 6_000, 100);
     // Not on the port the stopping one still listens on (the lowest free one, had it been let go).
     expect(fresh.ports.http).to.not.equal(drainerPort);

@@ -16,6 +16,7 @@ import { Fleet } from '../helpers/processes';
 import { waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containers, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
 
 const run = promisify(execFile);
 
@@ -43,7 +44,7 @@ describe('backup and restore (etcd snapshots)', function () {
     const port = await freePort();
     let c = await fleet.coordinator({ etcd: etcd.endpoints, id: 'snap', port, ttl: 3 });
     await waitForLeader([c.address]);
-    fleet.agent({ coordinators: [c.address], nodeId: 'snap-node', extra: ['--port-range', '30550-30569'] });
+    fleet.agent({ coordinators: [c.address], nodeId: 'snap-node', extra: ['--port-range', laneRange('30550-30569')] });
     let admin = new AdminClient([c.address], { timeoutMs: 10_000 });
     const file = path.join(fleet.dir, 'tessera.snapshot');
     try {

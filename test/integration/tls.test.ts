@@ -22,6 +22,7 @@ import { removeContainers } from '../helpers/docker';
 import { pastEvents } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
 import type { ChildProcess } from 'node:child_process';
+import { laneRange } from '../helpers/lane';
 
 describe('mutual TLS', function () {
   this.timeout(90_000);
@@ -43,8 +44,8 @@ describe('mutual TLS', function () {
   const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
 
   before(async () => {
-    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'n1,n2']);
-    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), other, '--nodes', 'n1']);
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'tn1,tn2']);
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), other, '--nodes', 'tn1']);
     etcd = await EtcdCluster.start(1, certs);
     fleet = new Fleet();
     const tokens = path.join(certs, 'tokens.yaml');
@@ -67,10 +68,10 @@ describe('mutual TLS', function () {
   });
 
   it('registers an agent by its certificate (node id = CN), with etcd over TLS too', async () => {
-    fleet.agent({ coordinators: [address], nodeId: 'n1', tls: [f('ca.pem'), f('agent-n1.pem'), f('agent-n1-key.pem')] });
+    fleet.agent({ coordinators: [address], nodeId: 'tn1', tls: [f('ca.pem'), f('agent-tn1.pem'), f('agent-tn1-key.pem')] });
     const a = admin();
     try {
-      await waitFor('n1 READY', async () => (await a.getNode('n1')).state === 'NODE_STATE_READY', 20_000, 200);
+      await waitFor('tn1 READY', async () => (await a.getNode('tn1')).state === 'NODE_STATE_READY', 20_000, 200);
       const st = await a.getClusterStatus();
       expect(st.etcd[0].healthy).to.equal(true);
     } finally {
@@ -101,13 +102,13 @@ describe('mutual TLS', function () {
       const j = await a.submitJob({ pipeline: 'tlsp', payload: Buffer.from('over mTLS'), wait: true });
       expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
       expect(j.result.toString()).to.equal('over mTLS');
-      const relay = (await a.getNode('n1')).endpoint;
+      const relay = (await a.getNode('tn1')).endpoint;
       const call = (m: ReturnType<typeof material>) => new Promise<grpc.ServiceError | null>((resolve) => {
         const c = new (tesseraProto().StepRelay)(relay, clientCredentials(m));
         c.Relay({ jobId: 'x', route: [] }, { deadline: new Date(Date.now() + 3_000) }, (err) => { c.close(); resolve(err); });
       });
       expect((await call(material('admin')))?.code, 'an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
-      expect((await call(material('agent-n1', other)))?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
+      expect((await call(material('agent-tn1', other)))?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
       // Instance logs: the coordinator asks the agent over mTLS; the agent serves them to coordinator certificates only.
       const inst = (await a.listInstances('tlsjobs')).instances[0].id;
       const logs = await new Promise<string>((resolve, reject) => {
@@ -138,9 +139,9 @@ describe('mutual TLS', function () {
         s.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
       });
       expect((await direct(material('admin')))?.code, 'logs with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
-      expect((await direct(material('agent-n1')))?.code, 'logs with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await direct(material('agent-tn1')))?.code, 'logs with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       expect((await direct(material('admin'), true))?.code, 'exec with an admin certificate').to.equal(grpc.status.PERMISSION_DENIED);
-      expect((await direct(material('agent-n1'), true))?.code, 'exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      expect((await direct(material('agent-tn1'), true))?.code, 'exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       // Interactive, the same: through the coordinators over mTLS; not straight to the agent with an agent certificate.
       const typed = await new Promise<string>((resolve, reject) => {
         let out = '';
@@ -154,7 +155,7 @@ describe('mutual TLS', function () {
       });
       expect(typed).to.equal('typed over mTLS exit 0');
       const agentTyped = await new Promise<grpc.ServiceError | undefined>((resolve) => {
-        const c = new (tesseraProto().AgentExec)(relay, clientCredentials(material('agent-n1')));
+        const c = new (tesseraProto().AgentExec)(relay, clientCredentials(material('agent-tn1')));
         const s = c.ExecInteractive({ deadline: new Date(Date.now() + 3_000) });
         s.on('data', () => {});
         s.on('end', () => { c.close(); resolve(undefined); });
@@ -175,29 +176,29 @@ describe('mutual TLS', function () {
       const call = c.Connect({ deadline: Date.now() + 3_000 });
       call.on('error', (e: grpc.ServiceError) => { c.close(); resolve(e); });
       call.on('data', () => {});
-      call.write({ hello: { nodeId: 'n1', hostname: 'h' } });
+      call.write({ hello: { nodeId: 'tn1', hostname: 'h' } });
     });
     const plain = await tryHello(grpc.credentials.createInsecure());
     expect(plain.code).to.equal(grpc.status.UNAVAILABLE);
-    const foreign = await tryHello(clientCredentials(loadTls({ tlsCa: f('ca.pem'), tlsCert: path.join(other, 'agent-n1.pem'), tlsKey: path.join(other, 'agent-n1-key.pem') })));
+    const foreign = await tryHello(clientCredentials(loadTls({ tlsCa: f('ca.pem'), tlsCert: path.join(other, 'agent-tn1.pem'), tlsKey: path.join(other, 'agent-tn1-key.pem') })));
     expect(foreign.code).to.equal(grpc.status.UNAVAILABLE);
   });
 
   it('refuses an agent that reports as another node', async () => {
-    const c = new (tesseraProto().AgentGateway)(address, clientCredentials(material('agent-n2')));
+    const c = new (tesseraProto().AgentGateway)(address, clientCredentials(material('agent-tn2')));
     const err = await new Promise<grpc.ServiceError>((resolve) => {
       const call = c.Connect();
       call.on('error', resolve);
       call.on('data', () => {});
-      call.write({ hello: { nodeId: 'n1', hostname: 'h' } });
+      call.write({ hello: { nodeId: 'tn1', hostname: 'h' } });
     });
     c.close();
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
-    expect(err.details).to.equal('the certificate is for node "n2"; it cannot report as "n1"');
+    expect(err.details).to.equal('the certificate is for node "tn2"; it cannot report as "tn1"');
   });
 
   it('does not let agent certificates call Admin', async () => {
-    const c = new AdminClient([address], { tls: material('agent-n1') });
+    const c = new AdminClient([address], { tls: material('agent-tn1') });
     const err = await c.listNodes().catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     c.close();
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
@@ -251,20 +252,20 @@ describe('mutual TLS', function () {
   });
 
   it('refuses to start with an expired certificate (exit 2, saying which and when); one near its end starts with a warning and its expiry as a metric', async () => {
-    const expired = reissue('-1', 'n8');
-    const soon = reissue('10', 'n7');
+    const expired = reissue('-1', 'tn8');
+    const soon = reissue('10', 'tn7');
     try {
-      for (const [bin, cert, other] of [['agent', 'agent-n8', '--coordinators'], ['coordinator', 'coordinator', '--etcd-endpoints']]) {
+      for (const [bin, cert, other] of [['agent', 'agent-tn8', '--coordinators'], ['coordinator', 'coordinator', '--etcd-endpoints']]) {
         const r = spawnSync(process.execPath, [path.join(repoRoot(), `dist/${bin}/main.js`), '--tls-ca', f('ca.pem'), '--tls-cert', path.join(expired, `${cert}.pem`),
           '--tls-key', path.join(expired, `${cert}-key.pem`), other, '127.0.0.1:1'], { encoding: 'utf8', timeout: 20_000 });
         expect(r.status, `${bin}: ${r.stderr}`).to.equal(2);
         expect(r.stderr).to.match(new RegExp(`tlsCert: the certificate in ${expired}/${cert}\\.pem expired on \\d{4}-\\d\\d-\\d\\dT`));
       }
       const port = await freePort();
-      const agent = fleet.agent({ coordinators: [address], nodeId: 'n7', tls: [f('ca.pem'), path.join(soon, 'agent-n7.pem'), path.join(soon, 'agent-n7-key.pem')], extra: ['--metrics-listen', `127.0.0.1:${port}`] });
+      const agent = fleet.agent({ coordinators: [address], nodeId: 'tn7', tls: [f('ca.pem'), path.join(soon, 'agent-tn7.pem'), path.join(soon, 'agent-tn7-key.pem')], extra: ['--metrics-listen', `127.0.0.1:${port}`] });
       const warning = await waitFor('the warning', async () => fs.readFileSync(agent.logFile, 'utf8').split('\n').find((l) => l.includes('TLS certificate expires soon')), 15_000, 100);
       expect(JSON.parse(warning)).to.include({ level: 'warn', certificate: 'cert', daysLeft: 9 });
-      const notAfter = Date.parse(new X509Certificate(fs.readFileSync(path.join(soon, 'agent-n7.pem'))).validTo) / 1000;
+      const notAfter = Date.parse(new X509Certificate(fs.readFileSync(path.join(soon, 'agent-tn7.pem'))).validTo) / 1000;
       const metrics = await waitFor('metrics served', async () => (await fetch(`http://127.0.0.1:${port}/metrics`).then((res) => res.text()).catch(() => undefined)), 15_000, 100);
       expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="cert"} ${notAfter}`);
       expect(metrics).to.match(/tessera_tls_certificate_expiry_timestamp_seconds\{certificate="ca"\} \d+/);
@@ -275,11 +276,11 @@ describe('mutual TLS', function () {
   });
 
   it('trusts a CA bundle (old and new CA in one file), as a CA change goes: agents of either CA attach', async () => {
-    // Certificates for two more nodes: n6 from the cluster's CA, n5 from the other (the new) CA.
+    // Certificates for two more nodes: tn6 from the cluster's CA, tn5 from the other (the new) CA.
     const oldDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
     const newDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
     try {
-      for (const [dir, from, node] of [[oldDir, certs, 'n6'], [newDir, other, 'n5']]) {
+      for (const [dir, from, node] of [[oldDir, certs, 'tn6'], [newDir, other, 'tn5']]) {
         for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(path.join(from, n), path.join(dir, n));
         execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), dir, '--nodes', node]);
       }
@@ -291,12 +292,12 @@ describe('mutual TLS', function () {
       try {
         await fleet.procs.find((p) => p.name === 'c1')!.kill('SIGTERM');
         await waitFor('the bundle coordinator leads', async () => (await byBundle.getClusterStatus().catch(() => undefined))?.leader?.id === 'bundle', 20_000, 200);
-        for (const [dir, node] of [[oldDir, 'n6'], [newDir, 'n5']]) {
-          fleet.agent({ coordinators: [c2.address], nodeId: node, tls: [bundle, path.join(dir, `agent-${node}.pem`), path.join(dir, `agent-${node}-key.pem`)], extra: ['--port-range', node === 'n6' ? '30460-30469' : '30470-30479'] });
+        for (const [dir, node] of [[oldDir, 'tn6'], [newDir, 'tn5']]) {
+          fleet.agent({ coordinators: [c2.address], nodeId: node, tls: [bundle, path.join(dir, `agent-${node}.pem`), path.join(dir, `agent-${node}-key.pem`)], extra: ['--port-range', laneRange(node === 'tn6' ? '30460-30469' : '30470-30479')] });
         }
         await waitFor('both agents READY', async () => {
           const nodes = (await byBundle.listNodes()).nodes;
-          return ['n5', 'n6'].every((n) => nodes.some((x) => x.id === n && x.state === 'NODE_STATE_READY'));
+          return ['tn5', 'tn6'].every((n) => nodes.some((x) => x.id === n && x.state === 'NODE_STATE_READY'));
         }, 20_000, 200);
       } finally {
         byBundle.close();
@@ -307,16 +308,16 @@ describe('mutual TLS', function () {
   });
 
   it('SIGHUP loads renewed certificates without a restart: new handshakes get them; a key that is not the certificate\'s, or a certificate for another node, is refused and the running ones stay', async () => {
-    const first = reissue('10', 'n9');
-    const renewed = reissue('825', 'n9');
-    const stranger = reissue('825', 'n5');
+    const first = reissue('10', 'tn9');
+    const renewed = reissue('825', 'tn9');
+    const stranger = reissue('825', 'tn5');
     const live = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
     const put = (from: string, name: string, as = name) => {
       for (const ext of ['.pem', '-key.pem']) fs.copyFileSync(path.join(from, `${name}${ext}`), path.join(live, `${as}${ext}`));
     };
     fs.copyFileSync(f('ca.pem'), path.join(live, 'ca.pem'));
     put(first, 'coordinator');
-    put(first, 'agent-n9');
+    put(first, 'agent-tn9');
     const notAfter = (dir: string, name: string) => new X509Certificate(fs.readFileSync(path.join(dir, `${name}.pem`))).validTo;
     // The certificate a server presents to a new connection.
     const presented = (port: number) => new Promise<string>((resolve, reject) => {
@@ -327,32 +328,32 @@ describe('mutual TLS', function () {
       s.on('error', reject);
     });
     const metricsPort = await freePort();
-    // A cluster of its own on the same etcd (its own prefix): it leads, and n9 attaches to it.
+    // A cluster of its own on the same etcd (its own prefix): it leads, and tn9 attaches to it.
     const c2 = await fleet.coordinator({ etcd: etcd.endpoints, certs: live, id: 'renew', extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--etcd-prefix', '/tessera-renew/', '--metrics-listen', `127.0.0.1:${metricsPort}`] });
-    const agent = fleet.agent({ coordinators: [c2.address], nodeId: 'n9', tls: [path.join(live, 'ca.pem'), path.join(live, 'agent-n9.pem'), path.join(live, 'agent-n9-key.pem')], extra: ['--port-range', '30480-30489'] });
+    const agent = fleet.agent({ coordinators: [c2.address], nodeId: 'tn9', tls: [path.join(live, 'ca.pem'), path.join(live, 'agent-tn9.pem'), path.join(live, 'agent-tn9-key.pem')], extra: ['--port-range', laneRange('30480-30489')] });
     const a = new AdminClient([c2.address], { tls: material('admin'), timeoutMs: 3_000 });
     const logOf = (p: { logFile: string }) => fs.readFileSync(p.logFile, 'utf8');
     try {
-      const n9 = await waitFor('n9 READY', async () => { const n = await a.getNode('n9').catch(() => undefined); return n?.state === 'NODE_STATE_READY' ? n : undefined; }, 20_000, 200);
-      const relayPort = Number(String(n9.endpoint).split(':').pop());
+      const tn9 = await waitFor('tn9 READY', async () => { const n = await a.getNode('tn9').catch(() => undefined); return n?.state === 'NODE_STATE_READY' ? n : undefined; }, 20_000, 200);
+      const relayPort = Number(String(tn9.endpoint).split(':').pop());
       const coordinatorPort = Number(c2.address.split(':').pop());
       expect(await presented(coordinatorPort)).to.equal(notAfter(first, 'coordinator'));
-      expect(await presented(relayPort)).to.equal(notAfter(first, 'agent-n9'));
+      expect(await presented(relayPort)).to.equal(notAfter(first, 'agent-tn9'));
 
       // Renewed in place (make-certs.sh again, the files copied over), then systemctl reload.
       put(renewed, 'coordinator');
-      put(renewed, 'agent-n9');
+      put(renewed, 'agent-tn9');
       process.kill(c2.pid, 'SIGHUP');
       process.kill(agent.pid, 'SIGHUP');
       await waitFor('both reloaded', async () => [c2, agent].every((p) => logOf(p).includes('TLS certificates reloaded')), 10_000, 100);
       expect(await presented(coordinatorPort)).to.equal(notAfter(renewed, 'coordinator'));
-      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-n9'));
+      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-tn9'));
       const reloaded = logOf(c2).split('\n').find((l) => l.includes('SIGHUP: settings reloaded'))!;
       expect(JSON.parse(reloaded).applied).to.include.members(['tlsCa', 'tlsCert', 'tlsKey']);
       const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
       expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="cert"} ${Date.parse(notAfter(renewed, 'coordinator')) / 1000}`);
       // The agent stays attached and runs instructions over its connection (not cut by the reload).
-      await waitFor('n9 still READY', async () => (await a.getNode('n9')).state === 'NODE_STATE_READY', 5_000, 200);
+      await waitFor('tn9 still READY', async () => (await a.getNode('tn9')).state === 'NODE_STATE_READY', 5_000, 200);
 
       // A key copied without its certificate: the settings do not compile, the running ones stay.
       fs.copyFileSync(path.join(first, 'coordinator-key.pem'), path.join(live, 'coordinator-key.pem'));
@@ -363,12 +364,12 @@ describe('mutual TLS', function () {
       expect(JSON.parse(refused).violations[0].message).to.match(/is not the private key of the certificate in .*coordinator\.pem \(.*key values mismatch\)/);
       expect(await presented(coordinatorPort)).to.equal(notAfter(renewed, 'coordinator'));
       // A certificate issued for another node: refused by the agent, which keeps its own.
-      put(stranger, 'agent-n5', 'agent-n9');
+      put(stranger, 'agent-tn5', 'agent-tn9');
       process.kill(agent.pid, 'SIGHUP');
       const refusedByAgent = await waitFor('the agent\'s refusal', async () => line(agent, 'SIGHUP: not reloaded; the running settings stay'), 10_000, 100);
-      expect(JSON.parse(refusedByAgent).violations[0].message).to.match(/is for node "n5", and this agent is "n9": not loaded/);
-      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-n9'));
-      expect((await a.getNode('n9')).state).to.equal('NODE_STATE_READY');
+      expect(JSON.parse(refusedByAgent).violations[0].message).to.match(/is for node "tn5", and this agent is "tn9": not loaded/);
+      expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-tn9'));
+      expect((await a.getNode('tn9')).state).to.equal('NODE_STATE_READY');
     } finally {
       a.close();
       await agent.kill('SIGTERM');
@@ -383,10 +384,10 @@ describe('mutual TLS', function () {
     const liveDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
     const server = new grpc.Server();
     try {
-      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'n4', '--days', '10']);
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'tn4', '--days', '10']);
       const copy = () => {
-        fs.copyFileSync(path.join(d, 'agent-n4.pem'), path.join(liveDir, 'a.pem'));
-        fs.copyFileSync(path.join(d, 'agent-n4-key.pem'), path.join(liveDir, 'a-key.pem'));
+        fs.copyFileSync(path.join(d, 'agent-tn4.pem'), path.join(liveDir, 'a.pem'));
+        fs.copyFileSync(path.join(d, 'agent-tn4-key.pem'), path.join(liveDir, 'a-key.pem'));
       };
       copy();
       const files = { tlsCa: f('ca.pem'), tlsCert: path.join(liveDir, 'a.pem'), tlsKey: path.join(liveDir, 'a-key.pem') };
@@ -407,7 +408,7 @@ describe('mutual TLS', function () {
         c.close();
       };
       await call();
-      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'n4', '--days', '825']);
+      execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', 'tn4', '--days', '825']);
       copy();
       expect(liveTls.reload()).to.equal(true);
       await call();
@@ -429,7 +430,7 @@ describe('mutual TLS', function () {
     const agent = spawnSync(process.execPath, [path.join(repoRoot(), 'dist/agent/main.js')], { encoding: 'utf8' });
     expect(agent.status).to.equal(2);
     expect(agent.stderr).to.contain('tlsCert: TLS is required');
-    const log = fs.readFileSync(fleet.procs.find((p) => p.name === 'n1')!.logFile, 'utf8');
+    const log = fs.readFileSync(fleet.procs.find((p) => p.name === 'tn1')!.logFile, 'utf8');
     expect(log).to.not.contain('insecure-dev');
   });
 });

@@ -16,6 +16,7 @@ import { Fleet } from '../helpers/processes';
 import { execOutput, pastEvents, waitForLeader } from '../helpers/cluster';
 import { removeContainers } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
+import { laneRange } from '../helpers/lane';
 
 describe('volumes that migrate with their slot', function () {
   this.timeout(120_000);
@@ -26,7 +27,7 @@ describe('volumes that migrate with their slot', function () {
   let admin: AdminClient;
   let coordinator: string;
   let agents: ReturnType<Fleet['agent']>[];
-  const startAgent = (i: number) => fleet.agent({ coordinators: [coordinator], nodeId: nodes[i], extra: ['--port-range', `${30660 + i * 20}-${30679 + i * 20}`] });
+  const startAgent = (i: number) => fleet.agent({ coordinators: [coordinator], nodeId: nodes[i], extra: ['--port-range', laneRange(`${30660 + i * 20}-${30679 + i * 20}`)] });
   const running = async () => (await admin.listInstances('mover')).instances.filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
   const exec = (instanceId: string, command: string[]) => execOutput(admin, instanceId, command);
   const spec = (over: Record<string, unknown> = {}) => ({ name: 'mover', components: [{
