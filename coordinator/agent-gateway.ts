@@ -1,21 +1,26 @@
 // AgentGateway.Connect: one bidirectional stream per agent. The first message must be a hello.
 // A follower answers with a redirect to the leader (waiting briefly if no leader is known yet,
-// so agents re-attach right after an election rather than after a backoff). On the leader the
-// stream carries reports up and instructions down. Each stream's messages are handled in order;
-// a malformed message closes that stream alone with INVALID_ARGUMENT.
+// so agents re-attach right after an election rather than after a backoff). An agent that says
+// it cannot reach the leader the follower believes in (a partition between them alone, or a
+// leader that died with its lease still running) has its stream relayed to the leader by the
+// follower, as Nomad's servers forward client RPCs; if the leader does not answer the follower
+// either, it holds the stream until the election moves on. On the leader the stream carries
+// reports up and instructions down. Each stream's messages are handled in order; a malformed
+// message closes that stream alone with INVALID_ARGUMENT.
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import { peerIdentity } from '../common/tls';
-import { malformedReason } from '../common/grpc';
+import { dial, malformedReason } from '../common/grpc';
 import type { Logger } from '../common/logger';
-import type { AgentMessage__Output } from '../common/generated/tessera/v1/AgentMessage';
-import type { AgentGatewayHandlers } from '../common/generated/tessera/v1/AgentGateway';
-import type { CoordinatorMessage } from '../common/generated/tessera/v1/CoordinatorMessage';
+import type { AgentMessage, AgentMessage__Output } from '../common/generated/tessera/v1/AgentMessage';
+import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
+import type { AgentGatewayClient, AgentGatewayHandlers } from '../common/generated/tessera/v1/AgentGateway';
+import type { CoordinatorMessage, CoordinatorMessage__Output } from '../common/generated/tessera/v1/CoordinatorMessage';
 import type { Instruction } from '../common/generated/tessera/v1/Instruction';
 import type { InstructionAck__Output } from '../common/generated/tessera/v1/InstructionAck';
 import type { InstanceEvent__Output } from '../common/generated/tessera/v1/InstanceEvent';
-import type { Leadership } from './leadership';
+import type { CandidateInfo, Leadership } from './leadership';
 import type { NodeRegistry } from './node-registry';
 
 type Stream = grpc.ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
@@ -29,8 +34,12 @@ export interface GatewayOptions {
   helloTimeoutMs?: number;
   /** How long a follower holds a new stream while no leader is known. */
   leaderWaitMs?: number;
-  /** mTLS: only agent certificates may connect, and only as the node their certificate names. */
+  /** mTLS: only agent certificates may connect, and only as the node their certificate names (or a coordinator's, relaying an agent's stream). */
   requireAgentCert?: boolean;
+  /** A client of a leader's AgentGateway with this coordinator's credentials: for relaying the stream of an agent that cannot reach the leader. */
+  leaderGateway?: (address: string) => AgentGatewayClient;
+  /** How long a follower waits for the leader's transport before it gives up relaying (default 3 s). */
+  relayDialMs?: number;
 }
 
 /** What the leader's other parts hear from agents. */
@@ -45,7 +54,12 @@ interface Session {
   nodeId: string;
   call: Stream;
   closed: boolean;
+  /** On a follower: the stream to the leader this agent's stream is relayed on. */
+  relay?: grpc.ClientDuplexStream<AgentMessage, CoordinatorMessage__Output>;
 }
+
+/** Codes with which a leader refuses an agent itself (the follower passes them on instead of holding the agent). */
+const REFUSALS = new Set([grpc.status.PERMISSION_DENIED, grpc.status.ALREADY_EXISTS, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
 
 export class AgentGateway {
   private sessions = new Map<string, Session>();
@@ -95,14 +109,15 @@ export class AgentGateway {
     this.close(s, { redirect: { leaderId: redirectTo?.id ?? '', leaderAddress: redirectTo?.address ?? '', reason } });
   }
 
-  private close(s: Session, last?: CoordinatorMessage, err?: TesseraError): void {
+  private close(s: Session, last?: CoordinatorMessage, err?: TesseraError | grpc.StatusObject): void {
     if (s.closed) return;
     s.closed = true;
+    this.dropRelay(s);
     if (this.sessions.get(s.nodeId) === s) this.sessions.delete(s.nodeId);
     this.registry()?.disconnected(s.nodeId, s.id);
     try {
       if (last) s.call.write(last);
-      if (err) s.call.emit('error', toServiceError(err));
+      if (err) s.call.emit('error', err instanceof TesseraError ? toServiceError(err) : err);
       else s.call.end();
     } catch {
       /* the transport is already gone */
@@ -136,11 +151,13 @@ export class AgentGateway {
       clearTimeout(helloTimer);
       this.log.debug({ node: session.nodeId, err: err.message }, 'agent stream error');
       session.closed = true;
+      this.dropRelay(session);
       if (this.sessions.get(session.nodeId) === session) this.sessions.delete(session.nodeId);
       this.registry()?.disconnected(session.nodeId, session.id);
     });
     call.on('cancelled', () => {
       session.closed = true;
+      this.dropRelay(session);
       if (this.sessions.get(session.nodeId) === session) this.sessions.delete(session.nodeId);
       this.registry()?.disconnected(session.nodeId, session.id);
     });
@@ -152,6 +169,10 @@ export class AgentGateway {
     if (!s.nodeId) {
       if (msg.msg !== 'hello' || !msg.hello) throw InvalidArgumentError.field('AgentMessage.msg', `the first message on the stream must be a hello, got ${msg.msg ?? 'nothing'}`);
       await this.hello(s, msg, peer);
+      return;
+    }
+    if (s.relay) {
+      s.relay.write(msg as AgentMessage);
       return;
     }
     const registry = this.registry();
@@ -194,17 +215,24 @@ export class AgentGateway {
     if (!h.hostname) throw InvalidArgumentError.field('hello.hostname', 'must not be empty');
     if (this.opts.requireAgentCert) {
       const peer = peerIdentity(s.call);
-      if (peer.role !== 'agent') throw new PermissionDeniedError(`only agent certificates may connect here (this one is ${peer.role})`);
-      if (peer.cn !== h.nodeId) throw new PermissionDeniedError(`the certificate is for node "${peer.cn}"; it cannot report as "${h.nodeId}"`);
+      if (h.relayedBy) {
+        // A follower relays the stream of an agent whose certificate it checked.
+        if (peer.role !== 'coordinator') throw new PermissionDeniedError(`only a coordinator may relay an agent's stream (this certificate is ${peer.role})`);
+      } else {
+        if (peer.role !== 'agent') throw new PermissionDeniedError(`only agent certificates may connect here (this one is ${peer.role})`);
+        if (peer.cn !== h.nodeId) throw new PermissionDeniedError(`the certificate is for node "${peer.cn}"; it cannot report as "${h.nodeId}"`);
+      }
     }
     s.nodeId = h.nodeId;
 
     let registry = this.registry();
     if (!registry) {
       let leader = await this.leadership.waitForLeader(this.opts.leaderWaitMs ?? 5_000);
-      if (leader && h.unreachableLeader && leader.address === h.unreachableLeader) {
-        // The agent could not reach the leader we believe in: probably dead, its lease not yet
-        // expired. Hold the stream until the election moves on, then redirect.
+      if (leader && h.unreachableLeader && leader.address === h.unreachableLeader && !h.relayedBy && !this.leadership.isSelf(leader)) {
+        // The agent could not reach the leader we believe in: cut off from it alone (relay its
+        // stream there), or the leader is dead with its lease not yet expired (it does not answer
+        // us either: hold the stream until the election moves on, then redirect).
+        if (await this.relay(s, h, leader)) return;
         leader = await this.leadership.waitForLeaderOtherThan(leader.key, this.opts.leaderWaitMs ?? 5_000);
       }
       registry = this.registry();
@@ -221,15 +249,22 @@ export class AgentGateway {
       this.close(s, undefined, refused);
       return;
     }
+    const fence = this.leadership.fence();
+    await registry.hello(h, s.id);
+    if (s.closed) {
+      registry.disconnected(h.nodeId, s.id);
+      return;
+    }
+    // Connected only once the registry knows what the agent runs: before, a dispatch while the
+    // hello was being stored saw the node connected with nothing observed and sent the RUN of
+    // every instance it runs (a new leader that could not open an instance's secret then said the
+    // running instance was not started).
     const old = this.sessions.get(h.nodeId);
     this.sessions.set(h.nodeId, s);
     if (old && old !== s) {
       this.log.info({ node: h.nodeId }, 'agent reconnected; closing its older stream');
       this.close(old);
     }
-    const fence = this.leadership.fence();
-    await registry.hello(h, s.id);
-    if (s.closed) return;
     s.call.write({
       welcome: {
         coordinatorId: this.opts.coordinatorId,
@@ -238,7 +273,62 @@ export class AgentGateway {
         heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
       },
     });
-    this.log.info({ node: h.nodeId, hostname: h.hostname, peer, instances: h.instances.length }, 'agent attached');
+    if (h.relayedBy) this.log.warn({ node: h.nodeId, hostname: h.hostname, relayedBy: h.relayedBy, instances: h.instances.length }, `agent attached through ${h.relayedBy}: it cannot reach this leader itself`);
+    else this.log.info({ node: h.nodeId, hostname: h.hostname, peer, instances: h.instances.length }, 'agent attached');
     for (const l of this.listeners) l.onAttached?.(h.nodeId);
+  }
+
+  /**
+   * On a follower: opens a stream to the leader for an agent that cannot reach it and passes the
+   * messages both ways (the hello marked relayed). True once the leader has answered on it (the
+   * stream is then the agent's way to the leader until either side ends it); false when the
+   * leader cannot be reached from here either.
+   */
+  private async relay(s: Session, h: AgentHello__Output, leader: CandidateInfo): Promise<boolean> {
+    const client = this.opts.leaderGateway?.(leader.address);
+    if (!client) return false;
+    if ((await dial(client as unknown as grpc.Client, this.opts.relayDialMs ?? 3_000)) !== 'ready') return false;
+    if (s.closed) return true;
+    const up = client.Connect();
+    return new Promise<boolean>((resolve) => {
+      let answered = false;
+      up.on('data', (m: CoordinatorMessage__Output) => {
+        if (!answered) {
+          answered = true;
+          s.relay = up;
+          this.log.warn({ node: h.nodeId, leader: leader.id, address: leader.address }, `relaying the stream of node ${h.nodeId} to the leader ${leader.id}: the agent cannot reach it`);
+          resolve(true);
+        }
+        if (!s.closed) s.call.write(m as CoordinatorMessage);
+      });
+      const ended = (err?: grpc.ServiceError) => {
+        if (!answered) {
+          answered = true;
+          // The leader refused the agent itself: the agent hears why. Otherwise it is held as before.
+          if (err && REFUSALS.has(err.code)) {
+            this.close(s, undefined, { code: err.code, details: err.details, metadata: err.metadata });
+            resolve(true);
+          } else resolve(false);
+          return;
+        }
+        if (s.relay !== up) return;
+        s.relay = undefined;
+        this.close(s, undefined, err ? { code: grpc.status.UNAVAILABLE, details: `the leader ended the stream relayed through ${this.opts.coordinatorId}: ${err.details}`, metadata: new grpc.Metadata() } : undefined);
+      };
+      up.on('error', (err: grpc.ServiceError) => ended(err));
+      up.on('end', () => ended());
+      up.write({ hello: { ...h, unreachableLeader: '', relayedBy: this.opts.coordinatorId } } as AgentMessage);
+    });
+  }
+
+  private dropRelay(s: Session): void {
+    const up = s.relay;
+    if (!up) return;
+    s.relay = undefined;
+    try {
+      up.cancel();
+    } catch {
+      /* gone */
+    }
   }
 }

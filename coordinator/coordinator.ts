@@ -38,7 +38,7 @@ import { GroupCommitter } from './group-commit';
 import { Pipelines } from './jobs/pipelines';
 import { JobScheduler } from './jobs/scheduler';
 import { StepRunner } from '../common/relay';
-import { clientCredentials } from '../common/grpc';
+import { AGENT_CHANNEL_OPTIONS, clientCredentials } from '../common/grpc';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -179,6 +179,8 @@ export class Coordinator {
   leadership!: Leadership;
   store!: Store;
   gateway!: AgentGateway;
+  /** Clients of the leader's AgentGateway, for the agents' streams this coordinator relays as a follower. */
+  private leaderGateways = new Map<string, import('../common/generated/tessera/v1/AgentGateway').AgentGatewayClient>();
   admin!: AdminService;
   private server?: grpc.Server;
   private health = new HealthImplementation({});
@@ -275,6 +277,11 @@ export class Coordinator {
     this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
       coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls,
+      leaderGateway: (address) => {
+        let c = this.leaderGateways.get(address);
+        if (!c) this.leaderGateways.set(address, (c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), AGENT_CHANNEL_OPTIONS)));
+        return c;
+      },
     }, this.log.child({ part: 'gateway' }));
     this.gateway.addListener({
       onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
@@ -503,6 +510,7 @@ export class Coordinator {
       this.server.tryShutdown(() => { clearTimeout(t); resolve(); });
     });
     this.admin?.close();
+    for (const c of this.leaderGateways.values()) c.close();
     this.runner?.close();
     this.metrics.stop();
     this.etcd?.close();

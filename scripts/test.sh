@@ -14,7 +14,7 @@ bash scripts/build-images.sh
 # that the two lanes end together.
 jobs="${TESSERA_TEST_JOBS:-2}"
 rm -f "${TMPDIR:-/tmp}"/tessera-test-lane-*.lock
-slowest=(deployments jobs logs etcd-ha scaling db canary fleet-scale node-conditions rollout-failover fencing hung-coordinator)
+slowest=(deployments jobs logs etcd-ha scaling db canary fleet-scale node-conditions rollout-failover fencing hung-coordinator partition)
 files=()
 for f in "${slowest[@]}"; do files+=("dist/test/integration/$f.test.js"); done
 for f in dist/test/integration/*.test.js; do

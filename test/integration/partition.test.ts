@@ -1,0 +1,98 @@
+// A partition between an agent and the leader alone: the agent reaches a follower, the follower
+// reaches the leader. The follower relays the agent's stream to the leader (as Nomad's servers
+// forward client RPCs), so the node stays READY and its instructions still arrive; before, the
+// follower sent the agent back to a leader it could not reach until the node went DOWN and its
+// instances were replaced elsewhere. Real etcd, two coordinators and an agent as processes, the
+// agent's gRPC going through an HTTP CONNECT proxy that drops its traffic to the leader alone.
+import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AdminClient } from '../../common/admin-client';
+import { loadTls } from '../../common/tls';
+import { repoRoot } from '../../common/version';
+import { pastEvents } from '../helpers/cluster';
+import { ConnectProxy } from '../helpers/connect-proxy';
+import { removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
+import { waitFor } from '../helpers/ports';
+import { etcdAndFleet } from '../helpers/suite';
+
+describe('an agent cut off from the leader alone', function () {
+  this.timeout(90_000);
+  const s = etcdAndFleet();
+  const nodePrefix = `cut${randomBytes(3).toString('hex')}`;
+  const nodes: string[] = [];
+  let proxy = new ConnectProxy();
+  beforeEach(() => {
+    proxy = new ConnectProxy();
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(s.fleet.dump());
+  });
+
+  after(() => {
+    for (const n of nodes) removeContainers(`tessera.node=${n}`);
+  });
+
+  const certs = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-partition-'));
+  after(() => fs.rmSync(certs, { recursive: true, force: true }));
+
+  /** Two coordinators and an agent whose link to the leader (p1) is cut; with mTLS when tls. */
+  async function cutOff(tls: boolean): Promise<void> {
+    const node = `${nodePrefix}${tls ? 't' : 'p'}`;
+    nodes.push(node);
+    const prefix = tls ? '/tessera-partition-tls/' : '/tessera-partition/';
+    if (tls) execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', node]);
+    const f = (n: string) => path.join(certs, n);
+    // Production's heartbeat timeout (10 s): the agent gives up its stalled stream after ~4 s of
+    // keepalive, then attaches through the follower.
+    const opts = { etcd: s.etcd.endpoints, heartbeatTimeoutMs: 10_000, extra: ['--etcd-prefix', prefix], ...(tls ? { certs } : {}) };
+    const c1 = await s.fleet.coordinator({ ...opts, id: tls ? 't1' : 'p1' });
+    const c2 = await s.fleet.coordinator({ ...opts, id: tls ? 't2' : 'p2' });
+    const admin = new AdminClient([c1.address], tls ? { tls: loadTls({ tlsCa: f('ca.pem'), tlsCert: f('admin.pem'), tlsKey: f('admin-key.pem') }) } : {});
+    await waitFor('p1 leads, p2 follows', async () => {
+      const st = await admin.getClusterStatus().catch(() => undefined);
+      return st?.leader?.id === c1.id && st.coordinators.length === 2;
+    }, 20_000, 200);
+    const proxyPort = await proxy.start();
+    const agent = s.fleet.agent({
+      coordinators: [c1.address, c2.address], nodeId: node, extra: ['--port-range', laneRange(tls ? '30890-30899' : '30880-30889')],
+      env: { ...process.env, grpc_proxy: `http://127.0.0.1:${proxyPort}`, no_grpc_proxy: '' },
+      ...(tls ? { tls: [f('ca.pem'), f(`agent-${node}.pem`), f(`agent-${node}-key.pem`)] as [string, string, string] } : {}),
+    });
+    const leaderPort = Number(c1.address.split(':')[1]);
+    try {
+      await waitFor('the node READY', async () => (await admin.listNodes()).nodes.some((n) => n.id === node && n.state === 'NODE_STATE_READY'), 20_000, 200);
+      const cutAt = Date.now();
+      proxy.partition(leaderPort);
+      await waitFor(`the agent attached through ${c2.id}`, () => /attached to leader/.test(fs.readFileSync(agent.logFile, 'utf8').split('\n').filter((l) => l.includes(c2.address)).join('\n')), 20_000, 200);
+      expect(fs.readFileSync(c1.logFile, 'utf8')).to.contain(`agent attached through ${c2.id}: it cannot reach this leader itself`);
+      // An instruction goes down the relayed stream and the instance's state comes back up it.
+      await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
+      const inst = await waitFor('the instance RUNNING on the cut-off node', async () => (await admin.listInstances('cutoff')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === node), 30_000, 200);
+      // Past the heartbeat timeout since the cut: still READY, never DOWN, nothing replaced.
+      await new Promise((r) => setTimeout(r, Math.max(0, cutAt + 12_000 - Date.now())));
+      expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
+      expect((await pastEvents(admin, ['node.down'])).filter((e) => e.subject === node)).to.deep.equal([]);
+      const now = (await admin.listInstances('cutoff')).instances.filter((i) => i.desired === 'run');
+      expect(now.map((i) => i.id)).to.deep.equal([inst.id]);
+      await admin.deleteApp('cutoff');
+      await waitFor('its container gone', async () => (await admin.listInstances('cutoff').catch(() => ({ instances: [] }))).instances.length === 0, 20_000, 200).catch(() => undefined);
+    } finally {
+      proxy.heal(leaderPort);
+      await proxy.stop();
+      admin.close();
+      await agent.kill('SIGTERM');
+      await c1.kill('SIGTERM');
+      await c2.kill('SIGTERM');
+    }
+  }
+
+  it('stays READY through a follower that relays its stream, and its instructions still arrive', () => cutOff(false));
+
+  it('the same with mTLS: the leader takes the relayed hello from the follower\'s coordinator certificate', () => cutOff(true));
+});
