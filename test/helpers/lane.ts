@@ -3,6 +3,7 @@
 // networking), so each process claims a lane for its life and keeps to it:
 //  - lane 0 uses the host ports the files name (24000-31999) and the agent's default range
 //    (20000-32000); lane 1 the same ranges 13000 lower (11000-18999) and 19000-19999 by default;
+//  - freePort() takes ports from 3000-6999 in lane 0 and 8000-10999 in lane 1;
 //  - the agents a Fleet names itself are n1, n2, ... in lane 0 and l1n1, l1n2, ... in lane 1, so
 //    that no two agents at once list (and adopt or stop) containers under one node label.
 // A file that names its node ids or apps keeps them unique across the files (the Docker labels
@@ -67,6 +68,11 @@ export function lanePort(port: number): number {
 /** The --port-range of an agent whose file names none (the agent's own default in lane 0). */
 export function laneDefaultPortRange(): string | undefined {
   return lane() === 0 ? undefined : '19000-19999';
+}
+
+/** The ports freePort() hands out in this lane: below the kernel's ephemeral range (32768 on). */
+export function lanePortPool(): [number, number] {
+  return lane() === 0 ? [3000, 6999] : [8000, 10999]; // not 7400-7499: Tessera's default ports
 }
 
 /** The prefix of the node ids a Fleet gives its agents. */

@@ -128,10 +128,12 @@ describe('coordinator identity: a coordinator back at another address', function
   const s = etcdAndFleet();
 
   it('killed and started again under its id at another address, it waits for its old candidacy to expire, then leads', async () => {
-    const before = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cy' });
+    // TTL 6 s: the new process must start while the old candidacy stands (with 2 s, a busy
+    // machine started it after the lease had run out, and there was nothing to wait for).
+    const before = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cy', ttl: 6 });
     await waitForLeader([before.address]);
-    await before.kill('SIGKILL'); // its candidacy stays until its lease expires (TTL 2 s)
-    const after = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cy', extra: ['--data-dir', `${s.fleet.dir}/cy-after`] });
+    await before.kill('SIGKILL'); // its candidacy stays until its lease expires
+    const after = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cy', ttl: 6, extra: ['--data-dir', `${s.fleet.dir}/cy-after`] });
     await waitFor('it leads', async () => (await statusOf(after.address))?.leader?.address === after.address, 15_000, 100);
     expect(fs.readFileSync(after.logFile, 'utf8')).to.match(/the other coordinator with id cy is gone: campaigning again/);
   });

@@ -101,7 +101,10 @@ describe('jobs through pipelines of registered components', function () {
     for (const id of ['j1', 'j2']) metricsPorts[id] = await freePort();
     coords = [];
     for (const id of ['j1', 'j2']) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, id, extra: [...extra, '--metrics-listen', `127.0.0.1:${metricsPorts[id]}`] }));
-    await waitForLeader(coords.map((c) => c.address));
+    await waitForLeader(coords.map((c) => c.address), 30_000).catch((e) => {
+      console.log(fleet.dump());
+      throw e;
+    });
     const base = 24_000 + Math.floor(Math.random() * 40) * 100;
     nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', laneRange(`${base + i * 50}-${base + i * 50 + 49}`), '--cpu-millis', '8000'] }));
     admin = new AdminClient(coords.map((c) => c.address), { timeoutMs: 20_000 });

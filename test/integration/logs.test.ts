@@ -338,8 +338,8 @@ describe('instance logs', function () {
       name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
       health: { type: 'exec', command, intervalMs, timeoutMs, graceMs, failureThreshold },
     });
-    // blip: no grace and a high threshold, so its failed checks show in its message without a restart.
-    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 300, 250), checked('hung', ['sleep', '31'], 400, 300), checked('blip', ['test', '-f', '/tmp/ready'], 300, 250, 0, 1000)] });
+    // blip: no grace to speak of (1 ms: 0 is the default's) and a high threshold, so its failed checks show in its message without a restart.
+    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 300, 250), checked('hung', ['sleep', '31'], 400, 300), checked('blip', ['test', '-f', '/tmp/ready'], 300, 250, 1, 1000)] });
     const inst = async (c: string) => (await leader.listInstances('probed')).instances.find((i) => i.component === c && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
     const file = await waitFor('file running', () => inst('file'), 30_000, 200);
     const hung = await waitFor('hung running', () => inst('hung'), 30_000, 200);

@@ -52,8 +52,9 @@ describe('an agent cut off from the leader alone', function () {
     // keepalive, then attaches through the follower.
     const opts = { etcd: s.etcd.endpoints, heartbeatTimeoutMs: 10_000, extra: ['--etcd-prefix', prefix], ...(tls ? { certs } : {}) };
     const c1 = await s.fleet.coordinator({ ...opts, id: tls ? 't1' : 'p1' });
-    const c2 = await s.fleet.coordinator({ ...opts, id: tls ? 't2' : 'p2' });
     const admin = new AdminClient([c1.address], tls ? { tls: loadTls({ tlsCa: f('ca.pem'), tlsCert: f('admin.pem'), tlsKey: f('admin-key.pem') }) } : {});
+    await waitFor('p1 leads', async () => (await admin.getClusterStatus().catch(() => undefined))?.leader?.id === c1.id, 20_000, 200);
+    const c2 = await s.fleet.coordinator({ ...opts, id: tls ? 't2' : 'p2' });
     await waitFor('p1 leads, p2 follows', async () => {
       const st = await admin.getClusterStatus().catch(() => undefined);
       return st?.leader?.id === c1.id && st.coordinators.length === 2;
