@@ -13,6 +13,10 @@ bash scripts/build-images.sh
 # keeps to a lane of host ports and node ids (test/helpers/lane.ts). The slowest files go first so
 # that the two lanes end together.
 jobs="${TESSERA_TEST_JOBS:-2}"
+if ! [[ "$jobs" =~ ^[12]$ ]]; then
+  echo "TESSERA_TEST_JOBS must be 1 or 2 (test/helpers/lane.ts has two lanes of ports and node ids), got '$jobs'" >&2
+  exit 2
+fi
 rm -f "${TMPDIR:-/tmp}"/tessera-test-lane-*.lock
 slowest=(deployments jobs logs etcd-ha scaling db canary fleet-scale node-conditions rollout-failover fencing hung-coordinator partition)
 files=()
