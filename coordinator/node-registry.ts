@@ -44,6 +44,8 @@ export interface NodeRecord {
   agentUid?: string;
   /** How far the host's system clock is ahead of the leader's (ms), from its agent's reports (see clockOffset). */
   clockOffsetMs?: number;
+  /** The follower relaying the agent's stream (AgentHello.relayed_by), as of its last hello; none when direct. */
+  relayedBy?: string;
 }
 
 /** A host's clock this far from the leader's is worth a warning (an event and the log); it clears under half. */
@@ -120,6 +122,7 @@ export function recordToProto(r: NodeRecord): Node {
     cordoned: !!r.cordon,
     cordonReason: r.cordon?.reason ?? '',
     clockOffsetMs: Math.round(r.clockOffsetMs ?? 0),
+    relayedBy: r.relayedBy ?? '',
   };
 }
 
@@ -405,6 +408,8 @@ export class NodeRegistry {
       lastSeenMs: nowMs, connectedTo: this.opts.coordinatorId, instanceCount: h.instances.length,
     };
     if (h.agentUid) next.agentUid = h.agentUid;
+    if (h.relayedBy) next.relayedBy = h.relayedBy;
+    else delete next.relayedBy;
     const events: EventDraft[] = [];
     if (!prev) {
       events.push({ kind: 'node.registered', subject: h.nodeId, message: `node ${h.nodeId} (${h.hostname}) registered`, fields: { hostname: h.hostname, agentVersion: h.agentVersion } });

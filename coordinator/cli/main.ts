@@ -205,7 +205,7 @@ function nodeRows(nodes: Node__Output[]): string {
       n.usage ? n.usage.cpuPercent.toFixed(1) : '-',
       n.usage ? `${n.usage.memoryUsedMib}/${n.usage.memoryTotalMib} MiB` : '-',
       n.usage ? n.usage.load1.toFixed(2) : '-',
-      n.instanceCount, ago(n.lastSeenMs), n.connectedTo || '-',
+      n.instanceCount, ago(n.lastSeenMs), n.connectedTo ? `${n.connectedTo}${n.relayedBy ? ` via ${n.relayedBy}` : ''}` : '-',
       Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || '-',
     ]),
   );
@@ -243,9 +243,10 @@ function coordinatorRows(cs: import('../../common/generated/tessera/v1/Coordinat
 program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
   const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });
   const off = res.nodes.filter((n) => Math.abs(Number(n.clockOffsetMs)) >= 5_000);
+  const relayed = res.nodes.filter((n) => n.connectedTo && n.relayedBy);
   // Several nodes DOWN: say whether the leader holds their instances (a fleet disruption).
   const disruption = res.nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length >= 3 ? (await c.getClusterStatus()).fleetDisruption : '';
-  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length || disruption ? [''] : []), ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`),
+  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length || relayed.length || disruption ? [''] : []), ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`), ...relayed.map((n) => `warning: node ${n.id} reaches the leader only through coordinator ${n.relayedBy} (its network to ${n.connectedTo} is cut?)`),
     ...(disruption ? [`warning: fleet disrupted: ${disruption}`] : [])].join('\n') : 'no nodes'));
 }));
 

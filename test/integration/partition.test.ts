@@ -6,10 +6,11 @@
 // agent's gRPC going through an HTTP CONNECT proxy that drops its traffic to the leader alone.
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { AdminClient } from '../../common/admin-client';
 import { loadTls } from '../../common/tls';
 import { repoRoot } from '../../common/version';
@@ -19,6 +20,8 @@ import { removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
 import { waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
+
+const run = promisify(execFile);
 
 describe('an agent cut off from the leader alone', function () {
   this.timeout(90_000);
@@ -72,6 +75,13 @@ describe('an agent cut off from the leader alone', function () {
       proxy.partition(leaderPort);
       await waitFor(`the agent attached through ${c2.id}`, () => /attached to leader/.test(fs.readFileSync(agent.logFile, 'utf8').split('\n').filter((l) => l.includes(c2.address)).join('\n')), 20_000, 200);
       expect(fs.readFileSync(c1.logFile, 'utf8')).to.contain(`agent attached through ${c2.id}: it cannot reach this leader itself`);
+      // Operators see it: the node's record, and `tessera nodes` (its column and a warning).
+      await waitFor('the node shown relayed', async () => (await admin.getNode(node)).relayedBy === c2.id, 10_000, 200);
+      if (!tls) {
+        const shown = (await run(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c1.address, 'nodes'])).stdout;
+        expect(shown, shown).to.match(new RegExp(`^${node} .* ${c1.id} via ${c2.id} `, 'm'));
+        expect(shown).to.contain(`warning: node ${node} reaches the leader only through coordinator ${c2.id} (its network to ${c1.id} is cut?)`);
+      }
       // An instruction goes down the relayed stream and the instance's state comes back up it.
       await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
       const inst = await waitFor('the instance RUNNING on the cut-off node', async () => (await admin.listInstances('cutoff')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === node), 30_000, 200);
