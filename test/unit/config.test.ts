@@ -110,9 +110,13 @@ describe('TLS is the default', () => {
     expect(violations(() => compileAgentConfig([{ source: 'flag', values: { tlsCa: 'a', tlsCert: 'b', tlsKey: 'c' } }])).map((x) => x.split(':')[0])).to.deep.equal(['tlsCa', 'tlsCert', 'tlsKey']);
   });
   it('refuses a tokens file with a bad role, naming the entry', () => {
-    const file = require('node:path').join(require('node:os').tmpdir(), `tokens-${process.pid}.yaml`);
-    require('node:fs').writeFileSync(file, 'tokens:\n  - { name: x, role: admin, token: t }\n');
-    expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, tokensFile: file } }]))).to.deep.equal(['tokens[0].role: must be read-only or operator, got "admin"']);
+    const file = path.join(os.tmpdir(), `tokens-${process.pid}.yaml`);
+    fs.writeFileSync(file, 'tokens:\n  - { name: x, role: admin, token: t }\n');
+    try {
+      expect(violations(() => compileCoordinatorConfig([{ source: 'flag', values: { insecureDev: true, tokensFile: file } }]))).to.deep.equal(['tokens[0].role: must be read-only or operator, got "admin"']);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
   });
   it('reads a token of digits as written (YAML would read 0123456789 as the number 123456789)', () => {
     const file = path.join(os.tmpdir(), `tokens-digits-${process.pid}.yaml`);
