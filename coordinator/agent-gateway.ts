@@ -290,12 +290,13 @@ export class AgentGateway {
     if ((await dial(client as unknown as grpc.Client, this.opts.relayDialMs ?? 3_000)) !== 'ready') return false;
     if (s.closed) return true;
     const up = client.Connect();
+    // Held by the session from the start: an agent that leaves before the leader answers has it cancelled too.
+    s.relay = up;
     return new Promise<boolean>((resolve) => {
       let answered = false;
       up.on('data', (m: CoordinatorMessage__Output) => {
         if (!answered) {
           answered = true;
-          s.relay = up;
           this.log.warn({ node: h.nodeId, leader: leader.id, address: leader.address }, `relaying the stream of node ${h.nodeId} to the leader ${leader.id}: the agent cannot reach it`);
           resolve(true);
         }
@@ -304,6 +305,7 @@ export class AgentGateway {
       const ended = (err?: grpc.ServiceError) => {
         if (!answered) {
           answered = true;
+          if (s.relay === up) s.relay = undefined;
           // The leader refused the agent itself: the agent hears why. Otherwise it is held as before.
           if (err && REFUSALS.has(err.code)) {
             this.close(s, undefined, { code: err.code, details: err.details, metadata: err.metadata });
