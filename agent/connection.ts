@@ -21,6 +21,10 @@ import type { Instruction__Output } from '../common/generated/tessera/v1/Instruc
 import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 
 /** Status codes by which a coordinator refuses an agent's stream (not a transport failure). */
+/** How often an agent attached through a follower's relay tries the leader directly. */
+export const RELAY_PROBE_MS = 10_000;
+const LEFT_RELAY = 'the leader answers directly again';
+
 const REFUSALS = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
 
 export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
@@ -140,7 +144,7 @@ export class CoordinatorConnection extends EventEmitter {
         this.detachedAtMs = monoMs();
         this.detachedLoggedAtMs = this.detachedAtMs;
         // A leader's graceful stop redirects its agents: routine. Anything else is worth a warning.
-        if (out.redirected) this.log.info({ address, reason: out.reason }, 'the leader handed this agent over: attaching to the new one');
+        if (out.redirected) this.log.info({ address, reason: out.reason }, out.reason === LEFT_RELAY ? 'leaving the relay: attaching to the leader itself' : 'the leader handed this agent over: attaching to the new one');
         else this.log.warn({ address, reason: out.reason }, 'lost the stream to the leader: attaching again (the instances here keep running)');
         this.emit('disconnected');
       } else if (!out.redirected && wasRedirect) {
@@ -196,12 +200,14 @@ export class CoordinatorConnection extends EventEmitter {
     return new Promise((resolve) => {
       const out: StreamOutcome = { welcomed: false, redirected: false, reason: '' };
       let settled = false;
+      let probe: NodeJS.Timeout | undefined;
       const call = this.client(address).Connect();
       this.call = call;
       const finish = (reason: string) => {
         if (settled) return;
         settled = true;
-        out.reason = reason;
+        clearInterval(probe);
+        if (out.reason !== LEFT_RELAY) out.reason = reason;
         if (this.call === call) this.call = undefined;
         this.connectedTo = '';
         call.removeAllListeners('data');
@@ -215,6 +221,23 @@ export class CoordinatorConnection extends EventEmitter {
           this.connectedTo = msg.welcome.coordinatorId;
           if (this.state === 'CONNECTING') this.transition('CONNECTED', { address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm });
           this.log.info({ address, coordinator: msg.welcome.coordinatorId, term: msg.welcome.leaderTerm, afterMs: Math.round(monoMs() - this.detachedAtMs) }, 'attached to leader');
+          const leader = msg.welcome.leaderAddress;
+          if (msg.welcome.relayedBy && leader) {
+            // Through a follower: this host cannot reach the leader. Try it now and then; once it
+            // answers, leave the relay and attach to it directly.
+            this.log.warn({ address, relayedBy: msg.welcome.relayedBy, leader }, `attached through ${msg.welcome.relayedBy}, which relays this agent's stream: the leader at ${leader} does not answer this host; trying it every ${RELAY_PROBE_MS / 1000} s`);
+            probe = setInterval(() => {
+              void dial(this.client(leader) as unknown as grpc.Client, DIAL_TIMEOUT_MS).then((d) => {
+                if (d !== 'ready' || settled) return;
+                this.log.info({ relayedBy: msg.welcome!.relayedBy, leader }, 'the leader answers this host directly again: leaving the relay');
+                out.redirected = true;
+                out.redirectTo = leader;
+                out.reason = LEFT_RELAY;
+                call.cancel();
+              });
+            }, RELAY_PROBE_MS);
+            probe.unref();
+          }
           this.emit('welcome', msg.welcome, address);
         } else if (msg.redirect) {
           out.redirected = true;

@@ -300,7 +300,9 @@ export class AgentGateway {
           this.log.warn({ node: h.nodeId, leader: leader.id, address: leader.address }, `relaying the stream of node ${h.nodeId} to the leader ${leader.id}: the agent cannot reach it`);
           resolve(true);
         }
-        if (!s.closed) s.call.write(m as CoordinatorMessage);
+        // The welcome says it is relayed, and where the leader is: the agent goes back to it directly once it can.
+        const out = (m.welcome ? { ...m, welcome: { ...m.welcome, relayedBy: this.opts.coordinatorId, leaderAddress: leader.address } } : m) as CoordinatorMessage;
+        if (!s.closed) s.call.write(out);
       });
       const ended = (err?: grpc.ServiceError) => {
         if (!answered) {

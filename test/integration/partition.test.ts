@@ -85,12 +85,21 @@ describe('an agent cut off from the leader alone', function () {
       // An instruction goes down the relayed stream and the instance's state comes back up it.
       await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
       const inst = await waitFor('the instance RUNNING on the cut-off node', async () => (await admin.listInstances('cutoff')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === node), 30_000, 200);
-      // Past the heartbeat timeout since the cut: still READY, never DOWN, nothing replaced.
-      await new Promise((r) => setTimeout(r, Math.max(0, cutAt + 12_000 - Date.now())));
+      // Past the heartbeat timeout since the cut (and, plain, past the agent's first try of the
+      // leader itself, which must fail while the link is cut): still READY, relayed, never DOWN,
+      // nothing replaced.
+      await new Promise((r) => setTimeout(r, Math.max(0, cutAt + (tls ? 12_000 : 16_000) - Date.now())));
       expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
+      expect((await admin.getNode(node)).relayedBy).to.equal(c2.id);
       expect((await pastEvents(admin, ['node.down'])).filter((e) => e.subject === node)).to.deep.equal([]);
       const now = (await admin.listInstances('cutoff')).instances.filter((i) => i.desired === 'run');
       expect(now.map((i) => i.id)).to.deep.equal([inst.id]);
+      if (!tls) {
+        // The link back: the agent tries the leader every 10 s and leaves the relay once it answers.
+        proxy.heal(leaderPort);
+        await waitFor('the agent attached to p1 itself', async () => /leaving the relay: attaching to the leader itself/.test(fs.readFileSync(agent.logFile, 'utf8')) && (await admin.getNode(node)).relayedBy === '', 25_000, 200);
+        expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
+      }
       await admin.deleteApp('cutoff');
       await waitFor('its container gone', async () => (await admin.listInstances('cutoff').catch(() => ({ instances: [] }))).instances.length === 0, 20_000, 200).catch(() => undefined);
     } finally {
