@@ -20,11 +20,11 @@ import type { CoordinatorMessage__Output } from '../common/generated/tessera/v1/
 import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
 import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 
-/** Status codes by which a coordinator refuses an agent's stream (not a transport failure). */
 /** How often an agent attached through a follower's relay tries the leader directly. */
 export const RELAY_PROBE_MS = 10_000;
 const LEFT_RELAY = 'the leader answers directly again';
 
+/** Status codes by which a coordinator refuses an agent's stream (not a transport failure). */
 const REFUSALS = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
 
 export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
