@@ -6,6 +6,7 @@ import { steadyNow } from '../common/clock';
 import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
 import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../common/errors';
+import { failpoint } from '../common/failpoints';
 import type { Logger } from '../common/logger';
 import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
 import type { AgentReport__Output } from '../common/generated/tessera/v1/AgentReport';
@@ -424,6 +425,7 @@ export class NodeRegistry {
       next.stateChangedAtMs = nowMs;
       if (prev) events.push(this.stateEvent(next, prev.state));
     }
+    await failpoint('nodeHelloStore');
     await this.store.commit([{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events);
     this.records.set(next.id, next);
     this.live.set(next.id, { lastSeenMs: nowMs, streamId, connectedTo: this.opts.coordinatorId, instances: h.instances, taskTimes: onLeaderClock(undefined, h.instances, nowMs), dirty: false });
