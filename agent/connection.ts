@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import { Backoff, BackoffOptions, sleep } from '../common/backoff';
 import { monoMs } from '../common/clock';
-import { AGENT_CHANNEL_OPTIONS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
+import { AGENT_CHANNEL_OPTIONS, AGENT_REFUSALS, clientCredentials, dial, DIAL_TIMEOUT_MS } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import type { AgentGatewayClient } from '../common/generated/tessera/v1/AgentGateway';
@@ -24,8 +24,6 @@ import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 export const RELAY_PROBE_MS = 10_000;
 const LEFT_RELAY = 'the leader answers directly again';
 
-/** Status codes by which a coordinator refuses an agent's stream (not a transport failure). */
-const REFUSALS = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
 
 export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
 
@@ -248,7 +246,7 @@ export class CoordinatorConnection extends EventEmitter {
         }
       });
       call.on('error', (err: grpc.ServiceError) => {
-        if (REFUSALS.has(err.code)) this.refused(address, err);
+        if (AGENT_REFUSALS.has(err.code)) this.refused(address, err);
         finish(`${grpc.status[err.code] ?? err.code}: ${err.details}`);
       });
       call.on('end', () => finish(out.reason || 'stream ended by coordinator'));

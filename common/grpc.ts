@@ -23,6 +23,13 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
  * DOWN and replaced every instance. (grpc-js servers do not police ping rates; etcd does, so its
  * channels keep 5 s.)
  */
+/**
+ * Status codes by which a coordinator refuses an agent's stream itself (its certificate, its node
+ * id held by another agent, a malformed hello), not a transport failure: the agent logs them as an
+ * error, and a follower relaying the stream passes them on instead of holding the agent.
+ */
+export const AGENT_REFUSALS: ReadonlySet<number> = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
+
 export const AGENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
   ...CHANNEL_OPTIONS,
   'grpc.keepalive_time_ms': 2_000,

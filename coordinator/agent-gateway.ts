@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { InvalidArgumentError, PermissionDeniedError, TesseraError, toServiceError, UnavailableError } from '../common/errors';
 import { peerIdentity } from '../common/tls';
-import { dial, malformedReason } from '../common/grpc';
+import { AGENT_REFUSALS, dial, malformedReason } from '../common/grpc';
 import type { Logger } from '../common/logger';
 import type { AgentMessage, AgentMessage__Output } from '../common/generated/tessera/v1/AgentMessage';
 import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
@@ -58,8 +58,6 @@ interface Session {
   relay?: grpc.ClientDuplexStream<AgentMessage, CoordinatorMessage__Output>;
 }
 
-/** Codes with which a leader refuses an agent itself (the follower passes them on instead of holding the agent). */
-const REFUSALS = new Set([grpc.status.PERMISSION_DENIED, grpc.status.ALREADY_EXISTS, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
 
 export class AgentGateway {
   private sessions = new Map<string, Session>();
@@ -309,7 +307,7 @@ export class AgentGateway {
           answered = true;
           if (s.relay === up) s.relay = undefined;
           // The leader refused the agent itself: the agent hears why. Otherwise it is held as before.
-          if (err && REFUSALS.has(err.code)) {
+          if (err && AGENT_REFUSALS.has(err.code)) {
             this.close(s, undefined, { code: err.code, details: err.details, metadata: err.metadata });
             resolve(true);
           } else resolve(false);
