@@ -419,6 +419,14 @@ export class NodeRegistry {
       const message = `node ${h.nodeId}: its agent changed (host ${prev.hostname}, uid ${prev.agentUid.slice(0, 8)} -> host ${h.hostname}, uid ${h.agentUid.slice(0, 8)}) while it was ${prev.state}`;
       events.push({ kind: 'node.agent_replaced', subject: h.nodeId, message, fields: { from: prev.agentUid, to: h.agentUid, fromHostname: prev.hostname, toHostname: h.hostname } });
     }
+    // A node that reaches the leader only through a follower (a partition), and back: in the
+    // event history too, not only in the log and the node's record while it is attached.
+    const wasRelayedBy = prev?.relayedBy ?? '';
+    if (wasRelayedBy !== (h.relayedBy ?? '')) {
+      events.push(h.relayedBy
+        ? { kind: 'node.relayed', subject: h.nodeId, message: `node ${h.nodeId} reaches the leader only through coordinator ${h.relayedBy} (its network to ${this.opts.coordinatorId} is cut?)`, fields: { relayedBy: h.relayedBy } }
+        : { kind: 'node.relayed_over', subject: h.nodeId, message: `node ${h.nodeId} reaches the leader itself again (it was relayed by coordinator ${wasRelayedBy})`, fields: { relayedBy: wasRelayedBy } });
+    }
     if (!prev || prev.state !== decided.state) {
       next.state = transition(prev ? prev.state : 'NEW', decided.state);
       next.stateReason = decided.reason;

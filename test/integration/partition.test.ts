@@ -92,6 +92,9 @@ describe('an agent cut off from the leader alone', function () {
       expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
       expect((await admin.getNode(node)).relayedBy).to.equal(c2.id);
       expect((await pastEvents(admin, ['node.down'])).filter((e) => e.subject === node)).to.deep.equal([]);
+      // And the event history says so, once.
+      expect((await pastEvents(admin, ['node.relayed'])).filter((e) => e.subject === node).map((e) => e.message))
+        .to.deep.equal([`node ${node} reaches the leader only through coordinator ${c2.id} (its network to ${c1.id} is cut?)`]);
       const now = (await admin.listInstances('cutoff')).instances.filter((i) => i.desired === 'run');
       expect(now.map((i) => i.id)).to.deep.equal([inst.id]);
       if (!tls) {
@@ -99,6 +102,7 @@ describe('an agent cut off from the leader alone', function () {
         proxy.heal(leaderPort);
         await waitFor('the agent attached to p1 itself', async () => /leaving the relay: attaching to the leader itself/.test(fs.readFileSync(agent.logFile, 'utf8')) && (await admin.getNode(node)).relayedBy === '', 25_000, 200);
         expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
+        expect((await pastEvents(admin, ['node.relayed_over'])).filter((e) => e.subject === node).map((e) => e.fields.relayedBy)).to.deep.equal([c2.id]);
       }
       await admin.deleteApp('cutoff');
       await waitFor('its container gone', async () => (await admin.listInstances('cutoff').catch(() => ({ instances: [] }))).instances.length === 0, 20_000, 200).catch(() => undefined);
