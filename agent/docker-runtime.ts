@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import { DeadlineExceededError, FailedPreconditionError, NotFoundError } from '../common/errors';
 import { withTimeout } from '../common/timeout';
 import { ImagePuller, ImagePullError } from './images';
+import { checkTimer } from './health';
 import type { InstanceSpec__Output } from '../common/generated/tessera/v1/InstanceSpec';
 
 /** How long a command killed before its process started is waited for, to kill it once it does. */
@@ -311,10 +312,11 @@ export class DockerRuntime {
     await new Promise<void>((resolve, reject) => {
       const stop = (why: 'timeout' | 'abort') => {
         timedOut = why === 'timeout';
-        clearTimeout(timer);
+        timer.cancel();
         void kill().finally(() => { stream.destroy(); resolve(); });
       };
-      const timer = setTimeout(() => stop('timeout'), o.timeoutMs);
+      // A command's time is kept as a health check's is: a hold-up of the agent's own loop does not count against it.
+      const timer = checkTimer(o.timeoutMs, () => stop('timeout'));
       if (signal.aborted) return stop('abort');
       signal.addEventListener('abort', () => stop('abort'), { once: true });
       stream.on('data', (chunk: Buffer) => {
@@ -322,10 +324,10 @@ export class DockerRuntime {
         stream.pause();
         void drained().then(() => stream.resume());
       });
-      const done = () => { clearTimeout(timer); resolve(); };
+      const done = () => { timer.cancel(); resolve(); };
       stream.on('end', done);
       stream.on('close', done);
-      stream.on('error', (err) => { clearTimeout(timer); reject(err); });
+      stream.on('error', (err) => { timer.cancel(); reject(err); });
       // Standard input, then its end (a half-close of the hijacked connection closes the command's stdin).
       if (o.stdin.length) stream.end(o.stdin);
       // Or as the caller types it, with its end and the terminal's new sizes. A terminal's input

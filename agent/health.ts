@@ -3,27 +3,58 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { HealthCheck__Output } from '../common/generated/tessera/v1/HealthCheck';
+import { steadyNow } from '../common/clock';
 
 export type CheckResult = { ok: boolean; detail: string };
 
+/** A timer this late (ms, past its time and past a quarter of its length) means this process's loop was held up. */
+const HELD_UP_MS = 50;
+
+/**
+ * Calls `fire` once `ms` have passed, for a check's timeout. A timer that fires late means this
+ * process's event loop was held up (a busy host, a collection): the answer may have come in the
+ * meantime, unread, and timers run before the loop reads sockets. Such a timer counts its time
+ * once more from then (at most once), so that a check fails for the instance's slowness, not
+ * the agent's (under load, 250-300 ms checks through the Engine failed so and restarted healthy
+ * instances). The kubelet's probes, on Go's scheduler, do not meet this.
+ */
+export function checkTimer(ms: number, fire: () => void): { cancel: () => void } {
+  let due = steadyNow() + ms;
+  let again = true;
+  let t: NodeJS.Timeout;
+  const tick = () => {
+    const late = steadyNow() - due;
+    if (again && late > Math.max(HELD_UP_MS, ms / 4)) {
+      again = false;
+      due = steadyNow() + ms;
+      t = setTimeout(tick, ms);
+      return;
+    }
+    fire();
+  };
+  t = setTimeout(tick, ms);
+  return { cancel: () => clearTimeout(t) };
+}
+
 export function httpCheck(port: number, path: string, timeoutMs: number): Promise<CheckResult> {
   return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path, timeout: timeoutMs }, (res) => {
+    const timer = checkTimer(timeoutMs, () => { req.destroy(); resolve({ ok: false, detail: `no answer within ${timeoutMs} ms` }); });
+    const req = http.get({ host: '127.0.0.1', port, path }, (res) => {
+      timer.cancel();
       res.resume();
       const ok = (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 400;
       resolve({ ok, detail: `HTTP ${res.statusCode}` });
     });
-    req.on('timeout', () => { req.destroy(); resolve({ ok: false, detail: `no answer within ${timeoutMs} ms` }); });
-    req.on('error', (e) => resolve({ ok: false, detail: e.message }));
+    req.on('error', (e) => { timer.cancel(); resolve({ ok: false, detail: e.message }); });
   });
 }
 
 export function tcpCheck(port: number, timeoutMs: number): Promise<CheckResult> {
   return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port, timeout: timeoutMs });
-    s.on('connect', () => { s.destroy(); resolve({ ok: true, detail: 'connected' }); });
-    s.on('timeout', () => { s.destroy(); resolve({ ok: false, detail: `no connection within ${timeoutMs} ms` }); });
-    s.on('error', (e) => resolve({ ok: false, detail: e.message }));
+    const timer = checkTimer(timeoutMs, () => { s.destroy(); resolve({ ok: false, detail: `no connection within ${timeoutMs} ms` }); });
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.on('connect', () => { timer.cancel(); s.destroy(); resolve({ ok: true, detail: 'connected' }); });
+    s.on('error', (e) => { timer.cancel(); resolve({ ok: false, detail: e.message }); });
   });
 }
 
@@ -41,10 +72,20 @@ export function grpcCheck(port: number, timeoutMs: number): Promise<CheckResult>
   }
   const client = new HealthClient!(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   return new Promise((resolve) => {
-    client.check({ service: '' }, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, res: { status: string }) => {
+    let done = false;
+    // The call's own deadline is a backstop; the check's time is kept by checkTimer.
+    const call = client.check({ service: '' }, { deadline: Date.now() + 2 * timeoutMs + 1_000 }, (err: grpc.ServiceError | null, res: { status: string }) => {
+      timer.cancel();
       client.close();
+      if (done) return;
+      done = true;
       if (err) resolve({ ok: false, detail: `${grpc.status[err.code]}: ${err.details}` });
       else resolve({ ok: res.status === 'SERVING', detail: res.status });
+    });
+    const timer = checkTimer(timeoutMs, () => {
+      done = true;
+      call.cancel();
+      resolve({ ok: false, detail: `DEADLINE_EXCEEDED: no answer within ${timeoutMs} ms` });
     });
   });
 }
