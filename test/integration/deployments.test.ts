@@ -493,9 +493,10 @@ describe('deployments on the real Docker Engine', function () {
   });
 
   it('places the app again elsewhere when a node stops for good', async () => {
-    // Put one instance on node a by scaling up, then stop a for good.
-    const before = (await running('web')).map((i) => i.id);
-    expect(before).to.have.length(3);
+    // Put one instance on node a by scaling up, then stop a for good. (Three healthy to begin
+    // with: an instance's check may be failing for a moment on a busy host, and a CI run once
+    // began with two.)
+    const before = (await waitFor('three instances of web healthy', async () => { const r = await running('web'); return r.length === 3 ? r : undefined; }, 20_000, 200)).map((i) => i.id);
     const spec = webSpec('web', { instances: 4 }, 'v1');
     const scaled = await admin.applyApp(spec);
     await waitFor('an instance on node a', async () => (await running('web')).some((i) => i.nodeId === nodeIds[0]), 30_000, 200);
