@@ -143,6 +143,10 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
   if (interval < 100) bad(`${at}.health.intervalMs`, 'must be at least 100');
   if (timeout >= interval) bad(`${at}.health.timeoutMs`, `must be less than intervalMs (${interval})`);
   if ((h?.failureThreshold ?? 0) < 0) bad(`${at}.health.failureThreshold`, 'must be >= 0');
+  // Unset: the default (10 s); 0: no grace, failures count from the start (grace_ms is a proto3
+  // optional field: before session 24, 0 could not be told from unset and meant the default).
+  const grace = h?.graceMs === undefined || h?.graceMs === null ? DEFAULTS.health.graceMs : Number(h.graceMs);
+  if (!Number.isFinite(grace) || grace < 0) bad(`${at}.health.graceMs`, `must be 0 or more (ms), got ${JSON.stringify(h?.graceMs)}`);
 
   const r = c.restart;
   if ((r?.attempts ?? 0) < 0) bad(`${at}.restart.attempts`, 'must be >= 0');
@@ -197,7 +201,7 @@ function normalizeComponent(c: Partial<ComponentSpec__Output>, at: string, bad: 
       intervalMs: interval,
       timeoutMs: timeout,
       failureThreshold: h?.failureThreshold || DEFAULTS.health.failureThreshold,
-      graceMs: Number(h?.graceMs) || DEFAULTS.health.graceMs,
+      graceMs: grace,
     },
     restart: {
       attempts: r?.attempts || DEFAULTS.restart.attempts,

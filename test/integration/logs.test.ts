@@ -338,9 +338,10 @@ describe('instance logs', function () {
       name, image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
       health: { type: 'exec', command, intervalMs, timeoutMs, graceMs, failureThreshold },
     });
-    // blip: no grace to speak of (1 ms: 0 is the default's) and a high threshold, so its failed checks show in its message without a restart.
+    // blip: no grace (0: before session 24 it read as the default, 10 s) and a high threshold, so its failed checks show in its message without a restart.
     // file and blip get a second: a check through the Engine's exec can take more than 250 ms on a busy host.
-    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 1000, 900), checked('hung', ['sleep', '31'], 400, 300), checked('blip', ['test', '-f', '/tmp/ready'], 1000, 900, 1, 1000)] });
+    await leader.applyApp({ name: 'probed', components: [checked('file', ['test', '-f', '/tmp/ready'], 1000, 900), checked('hung', ['sleep', '31'], 400, 300), checked('blip', ['test', '-f', '/tmp/ready'], 1000, 900, 0, 1000)] });
+    expect((await leader.getApp('probed')).spec!.components.map((c) => [c.name, c.health!.graceMs])).to.deep.equal([['file', 60_000], ['hung', 60_000], ['blip', 0]]);
     const inst = async (c: string) => (await leader.listInstances('probed')).instances.find((i) => i.component === c && i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING');
     const file = await waitFor('file running', () => inst('file'), 30_000, 200);
     const hung = await waitFor('hung running', () => inst('hung'), 30_000, 200);

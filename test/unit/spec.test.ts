@@ -32,6 +32,15 @@ describe('app spec validation', () => {
     expect(s.components[0].update.maxParallel).to.equal(1);
   });
 
+  it('tells a health grace of 0 (none) from one left out (10 s)', () => {
+    const s = good() as any; // eslint-disable-line @typescript-eslint/no-explicit-any
+    expect(normalizeAppSpec(s as never).components[0].health.graceMs).to.equal(10_000);
+    s.components[0].health.graceMs = 0;
+    expect(normalizeAppSpec(s as never).components[0].health.graceMs).to.equal(0);
+    s.components[0].health.graceMs = 2_500;
+    expect(normalizeAppSpec(s as never).components[0].health.graceMs).to.equal(2_500);
+  });
+
   it('replaces a component with volumes stop-first unless told otherwise, and leaves the order out of the spec until named (no restarts on upgrade)', () => {
     const s = good() as any; // eslint-disable-line @typescript-eslint/no-explicit-any
     s.components[1].volumes = [{ name: 'data', path: '/data' }];
@@ -52,6 +61,7 @@ describe('app spec validation', () => {
     ['a health port that is not declared', (s) => (s.components[0].health.port = 'admin'), ['components[0].health.port']],
     ['an unknown health type', (s) => (s.components[0].health = { type: 'ping' }), ['components[0].health.type']],
     ['an exec check without a command', (s) => (s.components[1].health = { type: 'exec' }), ['components[1].health.command']],
+    ['a negative health grace', (s) => (s.components[0].health.graceMs = -1), ['components[0].health.graceMs']],
     ['a fixed port on several instances without distinct hosts', (s) => (s.components[0].ports[0].port = 8080), ['components[0].distinctHosts']],
     ['a bad constraint op', (s) => (s.components[0].constraints = [{ label: 'zone', op: '~' }]), ['components[0].constraints[0].op']],
     ['an "in" constraint without values', (s) => (s.components[0].constraints = [{ label: 'zone', op: 'in' }]), ['components[0].constraints[0].values']],
