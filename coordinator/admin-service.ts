@@ -46,6 +46,13 @@ import { MuxClient, serveMux } from '../common/mux';
 import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/SubmitJobRequest';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
+/**
+ * Set by the leader on a call it passes to the follower an instance's agent is attached through
+ * (a partition: the agent reaches that follower, not the leader): "<node id> <agent endpoint>",
+ * the agent the follower asks itself. Taken only from the leader (and under mTLS from a
+ * coordinator's certificate).
+ */
+const VIA_AGENT_KEY = 'tessera-via-agent';
 /** How often a stream relayed from an agent (logs, exec) checks that the agent's node is not DOWN. */
 const NODE_WATCH_MS = 500;
 
@@ -629,8 +636,7 @@ export class AdminService {
   private async execInstance(call: grpc.ServerWritableStream<ExecInstanceRequest__Output, ExecChunk>): Promise<void> {
     const req = validateExec(call.request);
     await this.viaInstanceAgent(call, 'cannot run commands in it',
-      (endpoint) => this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS))
-        .execInstance(req, { deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS }),
+      (endpoint) => this.agentExecClient(endpoint).execInstance(req, { deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS }),
       (leader, md) => leader.execInstance(req, md),
       (inst, by, dep) => dep.recordEvent(execEvent(inst, req, by, false)),
       (err, source) => execAgentError(err, source, req, 'ExecInstance'));
@@ -660,11 +666,22 @@ export class AdminService {
       const { inst, node } = this.instanceAgent(req.instanceId, 'cannot run commands in it', dep, reg, w);
       await dep.recordEvent(execEvent(inst, req, this.callerOf(call), true));
       if (call.cancelled) return;
-      source = `the agent of node ${node.id} (${node.endpoint})`;
-      const client = this.cached(this.agentExec, node.endpoint, () => new (tesseraProto().AgentExec)(node.endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS));
-      const stream = client.execInteractive({ deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS });
+      const relay = this.relayOf(node);
+      let stream: typeof upstream;
+      if (relay) {
+        source = `coordinator ${relay.id} (${relay.address}), which node ${node.id}'s agent is attached through`;
+        ofAgent = false;
+        stream = this.leaderClient(relay.address).execInteractive(this.viaAgentMetadata(call.metadata, node));
+      } else {
+        source = `the agent of node ${node.id} (${node.endpoint})`;
+        stream = this.agentExecClient(node.endpoint).execInteractive({ deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS });
+      }
       upstream = stream;
       watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
+    } else if (this.viaAgent(call)) {
+      const via = this.viaAgent(call)!;
+      source = `the agent of node ${via.nodeId} (${via.endpoint}), through coordinator ${this.opts.coordinatorId}`;
+      upstream = this.agentExecClient(via.endpoint).execInteractive({ deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS });
     } else {
       const leader = await this.forwardTarget(call);
       if (call.cancelled) return;
@@ -731,10 +748,24 @@ export class AdminService {
       await before?.(inst, this.callerOf(call), dep);
       // No deadline: a whole log (or a command) may take long; the caller's cancel reaches the agent.
       if (call.cancelled) return;
-      source = `the agent of node ${node.id} (${node.endpoint})`;
-      const stream = fromAgent(node.endpoint);
+      const relay = this.relayOf(node);
+      let stream: grpc.ClientReadableStream<Chunk>;
+      if (relay) {
+        // Its agent reaches this leader only through a follower: ask it through that follower,
+        // which passes on (and words) the agent's answer.
+        source = `coordinator ${relay.id} (${relay.address}), which node ${node.id}'s agent is attached through`;
+        ofAgent = undefined;
+        stream = fromLeader(this.leaderClient(relay.address), this.viaAgentMetadata(call.metadata, node));
+      } else {
+        source = `the agent of node ${node.id} (${node.endpoint})`;
+        stream = fromAgent(node.endpoint);
+      }
       upstream = stream;
       watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
+    } else if (this.viaAgent(call)) {
+      const via = this.viaAgent(call)!;
+      source = `the agent of node ${via.nodeId} (${via.endpoint}), through coordinator ${this.opts.coordinatorId}`;
+      upstream = fromAgent(via.endpoint);
     } else {
       const leader = await this.forwardTarget(call);
       const md = call.metadata.clone();
@@ -750,6 +781,38 @@ export class AdminService {
     } finally {
       clearInterval(watch);
     }
+  }
+
+  private agentExecClient(endpoint: string): AgentExecClient {
+    return this.cached(this.agentExec, endpoint, () => new (tesseraProto().AgentExec)(endpoint, clientCredentials(this.opts.tls), CHANNEL_OPTIONS));
+  }
+
+  /** On the leader: the follower a node's agent is attached through (it cannot reach this leader itself), if any. */
+  private relayOf(node: NodeRecord): { id: string; address: string } | undefined {
+    if (!node.relayedBy) return undefined;
+    const c = this.leadership.allCandidates.find((x) => x.id === node.relayedBy);
+    return c && !this.leadership.isSelf(c) ? { id: c.id, address: c.address } : undefined;
+  }
+
+  /** The caller's metadata (its token, its name) marked for the relaying follower: which agent to ask. */
+  private viaAgentMetadata(md: grpc.Metadata, node: NodeRecord): grpc.Metadata {
+    const out = md.clone();
+    out.set(FORWARDED_KEY, this.opts.coordinatorId);
+    out.set(VIA_AGENT_KEY, `${node.id} ${node.endpoint}`);
+    return out;
+  }
+
+  /** On a follower: the agent the leader asks this coordinator to call itself (see VIA_AGENT_KEY), or none. */
+  private viaAgent(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>): { nodeId: string; endpoint: string } | undefined {
+    const v = String(call.metadata.get(VIA_AGENT_KEY)[0] ?? '');
+    if (!v) return undefined;
+    const leader = this.leadership.leader;
+    const by = String(call.metadata.get(FORWARDED_KEY)[0] ?? '');
+    if (!leader || this.leadership.isSelf(leader) || by !== leader.id) throw new FailedPreconditionError(`only the leader asks a coordinator to call an agent for it (asked by ${JSON.stringify(by)}, the leader is ${leader?.id ?? 'unknown'})`);
+    if (this.opts.tls && peerIdentity(call as never).role !== 'coordinator') throw new PermissionDeniedError('only a coordinator\'s certificate may ask this coordinator to call an agent for it');
+    const [nodeId, endpoint] = v.split(' ');
+    if (!nodeId || !/^[\w.-]+:\d+$/.test(endpoint ?? '')) throw InvalidArgumentError.field(VIA_AGENT_KEY, `must be "<node id> <host:port>", got ${JSON.stringify(v)}`);
+    return { nodeId, endpoint };
   }
 
   /** On the leader: an instance Tessera runs and its node's agent, or why that agent cannot be asked. */

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { AdminClient } from '../../common/admin-client';
 import { loadTls } from '../../common/tls';
 import { repoRoot } from '../../common/version';
-import { pastEvents } from '../helpers/cluster';
+import { execOutput, pastEvents } from '../helpers/cluster';
 import { ConnectProxy } from '../helpers/connect-proxy';
 import { removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
@@ -54,7 +54,11 @@ describe('an agent cut off from the leader alone', function () {
     // Production's heartbeat timeout (10 s): the agent gives up its stalled stream after ~4 s of
     // keepalive, then attaches through the follower.
     const opts = { etcd: s.etcd.endpoints, heartbeatTimeoutMs: 10_000, extra: ['--etcd-prefix', prefix], ...(tls ? { certs } : {}) };
-    const c1 = await s.fleet.coordinator({ ...opts, id: tls ? 't1' : 'p1' });
+    // The leader's own calls (to etcd, the follower, the agent) go through a proxy of their own,
+    // which drops its calls to the agent as well, plain: a partition both ways.
+    const leaderProxy = new ConnectProxy();
+    const leaderProxyPort = tls ? 0 : await leaderProxy.start();
+    const c1 = await s.fleet.coordinator({ ...opts, id: tls ? 't1' : 'p1', ...(tls ? {} : { env: { ...process.env, grpc_proxy: `http://127.0.0.1:${leaderProxyPort}`, no_grpc_proxy: '' } }) });
     const admin = new AdminClient([c1.address], tls ? { tls: loadTls({ tlsCa: f('ca.pem'), tlsCert: f('admin.pem'), tlsKey: f('admin-key.pem') }) } : {});
     await waitFor('p1 leads', async () => (await admin.getClusterStatus().catch(() => undefined))?.leader?.id === c1.id, 20_000, 200);
     const c2 = await s.fleet.coordinator({ ...opts, id: tls ? 't2' : 'p2' });
@@ -83,8 +87,24 @@ describe('an agent cut off from the leader alone', function () {
         expect(shown).to.contain(`warning: node ${node} reaches the leader only through coordinator ${c2.id} (its network to ${c1.id} is cut?)`);
       }
       // An instruction goes down the relayed stream and the instance's state comes back up it.
-      await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sleep', '3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
+      await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'echo up; exec sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
       const inst = await waitFor('the instance RUNNING on the cut-off node', async () => (await admin.listInstances('cutoff')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === node), 30_000, 200);
+      if (!tls) {
+        // The leader cannot reach the agent either: a command and the logs go through the follower
+        // the agent is attached through (before, they waited for the direct link until their timeout).
+        leaderProxy.partition(Number((await admin.getNode(node)).endpoint.split(':')[1]));
+        const t0 = Date.now();
+        expect(await execOutput(admin, inst.id, ['echo', 'through', 'the', 'follower'])).to.equal('through the follower\n');
+        const logs = await new Promise<string>((resolve, reject) => {
+          let out = '';
+          const st = admin.instanceLogs({ instanceId: inst.id });
+          st.on('data', (c: { data: Buffer }) => (out += c.data.toString()));
+          st.on('end', () => resolve(out));
+          st.on('error', reject);
+        });
+        expect(logs).to.equal('up\n');
+        expect(Date.now() - t0).to.be.below(5_000);
+      }
       // Past the heartbeat timeout since the cut (and, plain, past the agent's first try of the
       // leader itself, which must fail while the link is cut): still READY, relayed, never DOWN,
       // nothing replaced.
@@ -109,6 +129,7 @@ describe('an agent cut off from the leader alone', function () {
     } finally {
       proxy.heal(leaderPort);
       await proxy.stop();
+      if (!tls) await leaderProxy.stop();
       admin.close();
       await agent.kill('SIGTERM');
       await c1.kill('SIGTERM');
