@@ -89,10 +89,12 @@ describe('an agent cut off from the leader alone', function () {
       // An instruction goes down the relayed stream and the instance's state comes back up it.
       await admin.applyApp({ name: 'cutoff', components: [{ name: 'w', image: 'tessera/busybox:local', command: ['sh', '-c', 'echo up; exec sleep 3600'], resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100 }] });
       const inst = await waitFor('the instance RUNNING on the cut-off node', async () => (await admin.listInstances('cutoff')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.nodeId === node), 30_000, 200);
-      if (!tls) {
-        // The leader cannot reach the agent either: a command and the logs go through the follower
-        // the agent is attached through (before, they waited for the direct link until their timeout).
-        leaderProxy.partition(Number((await admin.getNode(node)).endpoint.split(':')[1]));
+      {
+        // The leader cannot reach the agent either (plain: its proxy drops that too): a command
+        // and the logs go through the follower the agent is attached through (before, they waited
+        // for the direct link until their timeout). With mTLS the follower takes that from the
+        // leader's coordinator certificate.
+        if (!tls) leaderProxy.partition(Number((await admin.getNode(node)).endpoint.split(':')[1]));
         const t0 = Date.now();
         expect(await execOutput(admin, inst.id, ['echo', 'through', 'the', 'follower'])).to.equal('through the follower\n');
         const logs = await new Promise<string>((resolve, reject) => {
