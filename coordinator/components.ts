@@ -36,6 +36,11 @@ export interface Routable {
   app: string;
   registeredAtMs: number;
   leaseExpiresAtMs: number;
+  /**
+   * The follower its node's agent is attached through: the agent cannot reach the leader, and
+   * the leader (most likely) cannot reach it, so its instances are left out of routing while so.
+   */
+  relayedBy?: string;
 }
 
 /**
@@ -155,6 +160,7 @@ export class ComponentManager {
         instanceId: rec.id, kind: this.deployments.kindOfInstance(rec), version: o.described.version, operations: o.described.operations,
         nodeId: rec.nodeId, endpoint: `127.0.0.1:${port}`, agentEndpoint: node.endpoint, source: 'deployed', app: rec.app,
         registeredAtMs: this.registered.get(rec.id)?.registeredAtMs ?? nowMs, leaseExpiresAtMs: 0,
+        ...(node.relayedBy ? { relayedBy: node.relayedBy } : {}),
       });
     }
     for (const e of this.externals.values()) {
@@ -205,7 +211,7 @@ export class ComponentManager {
     if (!c || c.of !== list) {
       const objs = list.map((r): LiveCandidate => ({
         instanceId: r.instanceId, kind: r.kind, nodeId: r.nodeId || `external:${r.endpoint}`,
-        latencyMs: 1, inFlight: 0, load: 0, queueDepth: 0, healthy: true, saturated: false, r,
+        latencyMs: 1, inFlight: 0, load: 0, queueDepth: 0, healthy: true, saturated: false, unreachable: false, r,
       }));
       c = this.cands = { of: list, list: objs, byId: new Map(objs.map((o) => [o.instanceId, o])) };
     }
@@ -215,7 +221,8 @@ export class ComponentManager {
       x.inFlight = f?.inFlight ?? 0;
       x.load = f?.load ?? 0;
       x.queueDepth = this.queueDepths.get(x.instanceId) ?? 0;
-      x.healthy = !(f && f.suspectUntilMs > nowMs);
+      x.unreachable = !!x.r.relayedBy;
+      x.healthy = !(f && f.suspectUntilMs > nowMs) && !x.unreachable;
       x.saturated = x.inFlight >= this.opts.maxInFlightPerInstance;
     }
     return c.list;
@@ -363,7 +370,7 @@ export class ComponentManager {
 
   private toProto(r: Routable, nowMs = steadyNow()): ComponentInstance {
     const f = this.figures.get(r.instanceId);
-    const state = f && f.suspectUntilMs > nowMs ? 'suspect' : (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance ? 'saturated' : 'routable';
+    const state = r.relayedBy ? 'unreachable' : f && f.suspectUntilMs > nowMs ? 'suspect' : (f?.inFlight ?? 0) >= this.opts.maxInFlightPerInstance ? 'saturated' : 'routable';
     return {
       instanceId: r.instanceId, kind: r.kind, version: r.version, operations: r.operations, nodeId: r.nodeId, endpoint: r.endpoint,
       agentEndpoint: r.agentEndpoint, source: r.source, app: r.app, state, registeredAtMs: r.registeredAtMs, leaseExpiresAtMs: r.leaseExpiresAtMs,

@@ -29,6 +29,8 @@ export interface Candidate {
   healthy: boolean;
   /** At its admission bound: takes no more work now. */
   saturated?: boolean;
+  /** On a node the leader cannot reach (its agent is attached through a follower): not healthy for routing. */
+  unreachable?: boolean;
 }
 
 export interface StageAlternative {
@@ -95,6 +97,12 @@ function poolOf(s: Stage, candidates: Candidate[]): { kinds: Map<string, number>
   return fresh;
 }
 
+/** ", N on nodes cut off from the leader" when some are. */
+function cutOff(pool: Candidate[]): string {
+  const n = pool.filter((c) => c.unreachable).length;
+  return n ? `, ${n} on nodes cut off from the leader (attached through a follower)` : '';
+}
+
 export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOptions): PathChoice {
   type Node = { c: Candidate; own: number; best: number; prev: number };
   const layers: Node[][] = stages.map((s) => {
@@ -108,7 +116,7 @@ export function choosePath(stages: Stage[], candidates: Candidate[], o: PathOpti
     if (!usable.length) {
       const why = !pool.length
         ? `no instance of ${s.alternatives.map((a) => a.kind).join(' or ')} is registered`
-        : `none of ${pool.length} instance(s) of ${[...kinds.keys()].join(' or ')} can take work (${pool.filter((c) => !c.healthy).length} unhealthy, ${pool.filter((c) => c.saturated).length} saturated, ${pool.filter((c) => o.exclude?.has(c.instanceId)).length} excluded)`;
+        : `none of ${pool.length} instance(s) of ${[...kinds.keys()].join(' or ')} can take work (${pool.filter((c) => !c.healthy && !c.unreachable).length} unhealthy, ${pool.filter((c) => c.saturated).length} saturated, ${pool.filter((c) => o.exclude?.has(c.instanceId)).length} excluded${cutOff(pool)})`;
       throw new NoPathError(s.name, why);
     }
     const nodes = usable.map((c) => ({ c, own: instanceCost(c, kinds.get(c.kind)), best: Infinity, prev: -1 }));

@@ -4,6 +4,7 @@
 // follower sent the agent back to a leader it could not reach until the node went DOWN and its
 // instances were replaced elsewhere. Real etcd, two coordinators and an agent as processes, the
 // agent's gRPC going through an HTTP CONNECT proxy that drops its traffic to the leader alone.
+import * as grpc from '@grpc/grpc-js';
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
 import { execFile, execFileSync } from 'node:child_process';
@@ -107,6 +108,21 @@ describe('an agent cut off from the leader alone', function () {
         expect(logs).to.equal('up\n');
         expect(Date.now() - t0).to.be.below(5_000);
       }
+      if (!tls) {
+        // A component there is left out of job routing while its node is cut off (the leader's
+        // steps to it would stall until their timeout): a job finds no path at once and says why.
+        await admin.applyApp({ name: 'cutjobs', components: [{
+          name: 'splitter', image: 'tessera/components:local', command: ['node', '/app/splitter.js'], ports: [{ name: 'grpc' }], instances: 1,
+          health: { type: 'tcp', port: 'grpc', intervalMs: 300, timeoutMs: 250, graceMs: 5000 }, resources: { cpuMillis: 50, memoryMib: 64 }, stopGraceMs: 500,
+        }] });
+        await admin.applyPipeline({ name: 'cutjobs', defaultTimeoutMs: 10_000, stages: [{ name: 'split', kind: 'splitter', operation: 'split' }] });
+        await waitFor('the splitter registered, unreachable', async () => (await admin.listComponents('splitter')).instances.some((i) => i.state === 'unreachable'), 60_000, 200);
+        const t1 = Date.now();
+        const refused = await admin.submitJob({ pipeline: 'cutjobs', payload: Buffer.from('a b'), wait: true }).then(() => undefined, (e: grpc.ServiceError) => e);
+        expect(refused?.code).to.equal(grpc.status.UNAVAILABLE);
+        expect(refused?.details).to.match(/none of 1 instance\(s\) of splitter can take work \(0 unhealthy, 0 saturated, 0 excluded, 1 on nodes cut off from the leader/);
+        expect(Date.now() - t1).to.be.below(3_000);
+      }
       // Past the heartbeat timeout since the cut (and, plain, past the agent's first try of the
       // leader itself, which must fail while the link is cut): still READY, relayed, never DOWN,
       // nothing replaced.
@@ -122,8 +138,14 @@ describe('an agent cut off from the leader alone', function () {
       if (!tls) {
         // The link back: the agent tries the leader every 10 s and leaves the relay once it answers.
         proxy.heal(leaderPort);
+        leaderProxy.heal(Number((await admin.getNode(node)).endpoint.split(':')[1]));
         await waitFor('the agent attached to p1 itself', async () => /leaving the relay: attaching to the leader itself/.test(fs.readFileSync(agent.logFile, 'utf8')) && (await admin.getNode(node)).relayedBy === '', 25_000, 200);
         expect((await admin.getNode(node)).state).to.equal('NODE_STATE_READY');
+        // Its component is routed to again.
+        await waitFor('the splitter routable', async () => (await admin.listComponents('splitter')).instances.some((i) => i.state === 'routable'), 10_000, 200);
+        const job = await admin.submitJob({ pipeline: 'cutjobs', payload: Buffer.from('a b a'), wait: true });
+        expect(job.state, job.reason).to.equal('JOB_STATE_SUCCEEDED');
+        await admin.deleteApp('cutjobs');
         expect((await pastEvents(admin, ['node.relayed_over'])).filter((e) => e.subject === node).map((e) => e.fields.relayedBy)).to.deep.equal([c2.id]);
       }
       await admin.deleteApp('cutoff');
