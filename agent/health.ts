@@ -15,8 +15,7 @@ const HELD_UP_MS = 50;
  * process's event loop was held up (a busy host, a collection): the answer may have come in the
  * meantime, unread, and timers run before the loop reads sockets. Such a timer counts its time
  * once more from then (at most once), so that a check fails for the instance's slowness, not
- * the agent's (under load, 250-300 ms checks through the Engine failed so and restarted healthy
- * instances). The kubelet's probes, on Go's scheduler, do not meet this.
+ * the agent's (test/unit/health-checks.test.ts holds the loop and sees both).
  */
 export function checkTimer(ms: number, fire: () => void): { cancel: () => void } {
   let due = steadyNow() + ms;
