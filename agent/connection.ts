@@ -24,7 +24,6 @@ import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 export const RELAY_PROBE_MS = 10_000;
 const LEFT_RELAY = 'the leader answers directly again';
 
-
 export type ConnState = 'IDLE' | 'CONNECTING' | 'CONNECTED' | 'BACKOFF' | 'STOPPED';
 
 const ALLOWED_FROM: Record<ConnState, readonly ConnState[]> = {

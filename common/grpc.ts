@@ -16,6 +16,13 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
 };
 
 /**
+ * Status codes by which a coordinator refuses an agent's stream itself (its certificate, its node
+ * id held by another agent, a malformed hello), not a transport failure: the agent logs them as an
+ * error, and a follower relaying the stream passes them on instead of holding the agent.
+ */
+export const AGENT_REFUSALS: ReadonlySet<number> = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
+
+/**
  * The agent's stream to the leader: a dead or hung leader is seen within keepalive time +
  * timeout (at most 4 s) rather than 15 s, so the agent moves to the next leader well within the
  * new leader's failover grace. With 15 s, a leader frozen for 20 s (SIGSTOP) kept its agents on
@@ -23,13 +30,6 @@ export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
  * DOWN and replaced every instance. (grpc-js servers do not police ping rates; etcd does, so its
  * channels keep 5 s.)
  */
-/**
- * Status codes by which a coordinator refuses an agent's stream itself (its certificate, its node
- * id held by another agent, a malformed hello), not a transport failure: the agent logs them as an
- * error, and a follower relaying the stream passes them on instead of holding the agent.
- */
-export const AGENT_REFUSALS: ReadonlySet<number> = new Set<number>([grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.FAILED_PRECONDITION]);
-
 export const AGENT_CHANNEL_OPTIONS: grpc.ChannelOptions = {
   ...CHANNEL_OPTIONS,
   'grpc.keepalive_time_ms': 2_000,

@@ -662,6 +662,7 @@ export class AdminService {
     let ofAgent = true;
     let watch: NodeJS.Timeout | undefined;
     let cut: string | undefined;
+    const via = w && dep && reg ? undefined : this.viaAgent(call);
     if (w && dep && reg) {
       const { inst, node } = this.instanceAgent(req.instanceId, 'cannot run commands in it', dep, reg, w);
       await dep.recordEvent(execEvent(inst, req, this.callerOf(call), true));
@@ -678,8 +679,7 @@ export class AdminService {
       }
       upstream = stream;
       watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
-    } else if (this.viaAgent(call)) {
-      const via = this.viaAgent(call)!;
+    } else if (via) {
       source = `the agent of node ${via.nodeId} (${via.endpoint}), through coordinator ${this.opts.coordinatorId}`;
       upstream = this.agentExecClient(via.endpoint).execInteractive({ deadline: Date.now() + req.timeoutMs + EXEC_AGENT_MARGIN_MS });
     } else {
@@ -743,6 +743,7 @@ export class AdminService {
     /** Why the leader cut the agent's stream: its node went DOWN (a frozen or cut-off agent keeps its connection open). */
     let cut: string | undefined;
     let watch: NodeJS.Timeout | undefined;
+    const via = w && dep && reg ? undefined : this.viaAgent(call);
     if (w && dep && reg) {
       const { inst, node } = this.instanceAgent(id, externalText, dep, reg, w);
       await before?.(inst, this.callerOf(call), dep);
@@ -762,8 +763,7 @@ export class AdminService {
       }
       upstream = stream;
       watch = watchNode(reg, inst, (why) => { cut = why; stream.cancel(); });
-    } else if (this.viaAgent(call)) {
-      const via = this.viaAgent(call)!;
+    } else if (via) {
       source = `the agent of node ${via.nodeId} (${via.endpoint}), through coordinator ${this.opts.coordinatorId}`;
       upstream = fromAgent(via.endpoint);
     } else {

@@ -58,7 +58,6 @@ interface Session {
   relay?: grpc.ClientDuplexStream<AgentMessage, CoordinatorMessage__Output>;
 }
 
-
 export class AgentGateway {
   private sessions = new Map<string, Session>();
   private listeners: AgentListener[] = [];
