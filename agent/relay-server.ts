@@ -2,7 +2,7 @@
 // agent of the previous hop) hands it a route; it runs the hops whose instances live on this
 // host over loopback and passes the output straight to the next host's agent, so at high rates
 // a job's data flows host to host and the coordinator only plans, admits and records.
-// With TLS, only coordinators and agents (by certificate role) may call it. The same server
+// With TLS, only coordinators, agents and admin clients (by certificate role) may call it. The same server
 // serves AgentLogs (an instance's container output) to coordinators.
 import * as grpc from '@grpc/grpc-js';
 import { bind, clientCredentials, guardDeserializers, malformedReason, SERVER_OPTIONS, serverCredentials, serverStream, unary } from '../common/grpc';
@@ -45,6 +45,12 @@ function relayTraffic(): void {
   v8.setFlagsFromString('--no-optimize-for-size');
 }
 
+/**
+ * Who may hand this agent a route: coordinators, other agents (the next hop of a chain), and
+ * admin clients running direct jobs (Admin.DirectJobs: the leader leased them the route).
+ */
+const RELAY_ROLES = new Set(['coordinator', 'agent', 'admin']);
+
 export class RelayServer {
   readonly runner: StepRunner;
   private server?: grpc.Server;
@@ -73,7 +79,7 @@ export class RelayServer {
       Relay: unary<RelayRequest__Output, RelayResult>(this.log, 'Relay', async (req, call) => {
         if (tls) {
           const peer = peerIdentity(call);
-          if (peer.role !== 'coordinator' && peer.role !== 'agent') throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
+          if (!RELAY_ROLES.has(peer.role)) throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
         }
         // A unary call has no stream to have named a route on: it must carry the route.
         const unknown = new RouteTable().resolve(req);
@@ -86,7 +92,7 @@ export class RelayServer {
       RelayStream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
         if (tls) {
           const peer = peerIdentity(call);
-          if (peer.role !== 'coordinator' && peer.role !== 'agent') {
+          if (!RELAY_ROLES.has(peer.role)) {
             call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: `certificate role ${peer.role} may not relay steps` });
             return;
           }

@@ -24,6 +24,14 @@ export interface AdminClientOptions {
   dialTimeoutMs?: number;
 }
 
+/** See AdminClient.leaderStream. */
+export interface LeaderStream {
+  open: () => grpc.ClientDuplexStream<unknown, unknown>;
+  target: () => string;
+  redirects: () => number;
+  retryable: (err: unknown, redirectsBefore: number, staleTarget: string, mux: { reset: (why: string) => void }) => Promise<boolean>;
+}
+
 export class AdminClient {
   private clients: RawAdminClient[];
   /** Clients made for addresses learnt from the cluster (a leader outside the list given). */
@@ -161,6 +169,44 @@ export class AdminClient {
    * the next one tries the next address.
    */
   jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
+    const leader = this.leaderStream('submitJobs');
+    const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
+      leader.open as never,
+      { req: 'submissions', res: 'outcomes' },
+      (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '' }) : undefined),
+    );
+    const submit = async (request: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number, tries = 4): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
+      const before = leader.redirects();
+      const stale = leader.target();
+      try {
+        return (await mux.call({ request }, deadlineMs)).job!;
+      } catch (err) {
+        if (tries <= 1 || !(await leader.retryable(err, before, stale, mux))) throw err;
+        return submit(request, deadlineMs, tries - 1);
+      }
+    };
+    return { submit: (request, deadlineMs) => submit(request, deadlineMs), close: () => mux.close() };
+  }
+
+  /**
+   * Direct jobs (Admin.DirectJobs): this client runs each job itself, straight to the agent of its
+   * first hop along a route the leader leased it, while the leader records it; see
+   * common/direct-jobs.ts. The same submit as jobStream's (a submission it cannot run directly
+   * goes through SubmitJobs).
+   */
+  directJobs(): import('./direct-jobs').DirectJobs {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { DirectJobs } = require('./direct-jobs') as typeof import('./direct-jobs');
+    return new DirectJobs(this.leaderStream('directJobs'), this.jobStream(), clientCredentials(this.opts.tls));
+  }
+
+  /**
+   * A bidi stream that follows the leader: it asks a follower not to forward (NO_FORWARD_KEY); a
+   * follower refuses the stream naming the leader and it moves there. retryable() says whether a
+   * call that failed may be sent again (nothing was accepted) and moves the stream when a
+   * coordinator said it no longer leads.
+   */
+  private leaderStream(method: 'submitJobs' | 'directJobs'): LeaderStream {
     const Admin = tesseraProto().Admin;
     const byAddress = new Map(this.addresses.map((a, i) => [a, this.clients[i]]));
     let target = this.addresses[this.preferred];
@@ -179,7 +225,7 @@ export class AdminClient {
       const opened = target;
       const md = this.metadata();
       md.set(NO_FORWARD_KEY, '1');
-      const stream = clientFor(opened).submitJobs(md);
+      const stream = (clientFor(opened)[method] as (md: grpc.Metadata) => grpc.ClientDuplexStream<unknown, unknown>)(md);
       stream.on('error', (err: grpc.ServiceError) => {
         if (target !== opened) return;
         const leader = err.code === grpc.status.UNAVAILABLE ? err.metadata?.get(LEADER_ADDRESS_KEY)[0] : undefined;
@@ -192,36 +238,25 @@ export class AdminClient {
       });
       return stream;
     };
-    const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
-      open as never,
-      { req: 'submissions', res: 'outcomes' },
-      (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '' }) : undefined),
-    );
-    const submit = async (request: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number, tries = 4): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
-      const before = redirects;
-      const stale = target;
-      try {
-        return (await mux.call({ request }, deadlineMs)).job!;
-      } catch (err) {
-        const e = err as grpc.ServiceError & { notLeader?: boolean; leaderAddress?: string };
-        if (tries <= 1 || e.code !== grpc.status.UNAVAILABLE) throw err;
-        // Refused at the stream's start by a follower that named the leader: moved there.
-        if (redirects !== before) return submit(request, deadlineMs, tries - 1);
-        // Refused on its own by a coordinator that stopped leading (the stream stays open to it):
-        // nothing was accepted; leave it for the leader it names, or the next address. (Text
-        // match: coordinators from before JobOutcome.not_leader.)
-        if (e.notLeader || e.details?.includes(NOT_LEADER_TEXT) || e.details?.includes(NO_LEADER_TEXT)) {
-          if (target === stale) {
-            target = e.leaderAddress && e.leaderAddress !== stale ? e.leaderAddress : this.addresses[(this.addresses.indexOf(stale) + 1) % this.addresses.length] ?? stale;
-            mux.reset(`${stale} no longer leads`);
-          }
-          if (!e.leaderAddress) await new Promise((r) => setTimeout(r, 200));
-          return submit(request, deadlineMs, tries - 1);
+    const retryable = async (err: unknown, before: number, stale: string, mux: { reset: (why: string) => void }): Promise<boolean> => {
+      const e = err as grpc.ServiceError & { notLeader?: boolean; leaderAddress?: string };
+      if (e.code !== grpc.status.UNAVAILABLE) return false;
+      // Refused at the stream's start by a follower that named the leader: moved there.
+      if (redirects !== before) return true;
+      // Refused on its own by a coordinator that stopped leading (the stream stays open to it):
+      // nothing was accepted; leave it for the leader it names, or the next address. (Text
+      // match: coordinators from before JobOutcome.not_leader.)
+      if (e.notLeader || e.details?.includes(NOT_LEADER_TEXT) || e.details?.includes(NO_LEADER_TEXT)) {
+        if (target === stale) {
+          target = e.leaderAddress && e.leaderAddress !== stale ? e.leaderAddress : this.addresses[(this.addresses.indexOf(stale) + 1) % this.addresses.length] ?? stale;
+          mux.reset(`${stale} no longer leads`);
         }
-        throw err;
+        if (!e.leaderAddress) await new Promise((r) => setTimeout(r, 200));
+        return true;
       }
+      return false;
     };
-    return { submit: (request, deadlineMs) => submit(request, deadlineMs), close: () => mux.close() };
+    return { open, target: () => target, redirects: () => redirects, retryable };
   }
 
   /** Server stream of events from the first coordinator that answers. */

@@ -90,6 +90,11 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     return s;
   }
 
+  /** A stream is open (state tied to it, such as what its server granted, still stands). */
+  get connected(): boolean {
+    return !!this.stream;
+  }
+
   call(req: Req, deadlineMs?: number): Promise<Res> {
     return new Promise((resolve, reject) => {
       const id = this.next++;
@@ -119,7 +124,22 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     const items = this.outbox;
     this.outbox = [];
     if (!items.length) return;
-    const s = this.ensure();
+    let s: Duplex;
+    try {
+      s = this.ensure();
+    } catch (err) {
+      // The channel cannot make a call (closed under it): these calls fail, the process goes on.
+      const e = statusError(grpc.status.UNAVAILABLE, `stream not opened: ${(err as Error).message}`);
+      for (const r of items) {
+        const id = Number(r.callId);
+        const p = this.pending.get(id);
+        if (!p) continue;
+        this.pending.delete(id);
+        clearTimeout(p.timer);
+        p.reject(e);
+      }
+      return;
+    }
     this.hooks.beforeWrite?.(items, this.generation);
     s.write({ [this.fields.req]: items });
   }

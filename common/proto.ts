@@ -41,7 +41,7 @@ function load() {
  * the first such message: an agent that relays no job steps never pays for it (its budget is
  * 60 MB resident).
  */
-const HOT = new Set(['SubmitJob', 'SubmitJobs', 'Relay', 'RelayStream', 'Invoke', 'Stream']);
+const HOT = new Set(['SubmitJob', 'SubmitJobs', 'DirectJobs', 'Relay', 'RelayStream', 'Invoke', 'Stream']);
 /**
  * Messages only Tessera's own code builds (coordinator and agents relaying routes and hop
  * reports; the steps an agent hands an instance): typed at compile time, so they skip verify()

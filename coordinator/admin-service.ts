@@ -29,6 +29,9 @@ import { attributed, type EventDraft, type StoredEvent } from './store';
 import type { LeaderWork } from './coordinator';
 import { pipelineToProto } from './jobs/pipelines';
 import type { Job } from '../common/generated/tessera/v1/Job';
+import type { DirectCall__Output } from '../common/generated/tessera/v1/DirectCall';
+import type { DirectAnswer } from '../common/generated/tessera/v1/DirectAnswer';
+import { DirectLease, LEASE_MAX_IN_FLIGHT, LEASE_TTL_MS } from './jobs/scheduler';
 import type { Node } from '../common/generated/tessera/v1/Node';
 import type { AgentLogsClient } from '../common/generated/tessera/v1/AgentLogs';
 import type { AgentExecClient } from '../common/generated/tessera/v1/AgentExec';
@@ -315,7 +318,82 @@ export class AdminService {
         }
         this.serveSubmissions(call, forward);
       },
+      DirectJobs: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
+        // Leader only, never forwarded: the client runs the jobs and follows the leader itself.
+        void this.leaderReady().then((w) => {
+          if (w) return this.serveDirect(call, w);
+          const l = this.leadership.leader;
+          call.emit('error', toServiceError(new NotLeaderError(l?.id, l?.address)));
+        });
+      },
     };
+  }
+
+  /**
+   * A DirectJobs stream (see JobScheduler's direct jobs): leases, starts and ends, each answered
+   * with its call_id. The leases live as long as the stream: when it ends (the client went
+   * away, or this coordinator stopped leading), their jobs without an end are run again.
+   */
+  private serveDirect(call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>, w: LeaderWork): void {
+    const caller = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
+    const leases = new Map<string, { lease: DirectLease; atMs: number }>();
+    const jobs = w.jobs;
+    const sweep = setInterval(() => {
+      const now = Date.now();
+      for (const [k, l] of leases) {
+        jobs.sweepDirect(l.lease, now);
+        // A lease past its time with no jobs left goes (its client has asked for a newer one).
+        if (!l.lease.open.size && now - l.atMs > 2 * LEASE_TTL_MS) leases.delete(k);
+      }
+    }, 1_000);
+    sweep.unref();
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      clearInterval(sweep);
+      // Run again by this leader (if it still leads: else the next one finds their start records).
+      if (this.opts.leaderWork?.() === w) for (const l of leases.values()) jobs.dropLease(l.lease);
+      leases.clear();
+    };
+    call.on('close', end);
+    call.on('error', end);
+    call.on('cancelled', end);
+    const leading = () => {
+      if (this.opts.leaderWork?.() !== w) throw new NotLeaderError(this.leadership.leader?.id, this.leadership.leader?.address);
+    };
+    serveMux<DirectCall__Output, DirectAnswer>(call, { req: 'calls', res: 'answers' }, async (c) => {
+      rejectMalformed(c, 'call');
+      leading();
+      if (c.start) {
+        const l = leases.get(leasePrefix(c.start.jobId ?? ''));
+        if (!l) throw new FailedPreconditionError(`start.job_id ${JSON.stringify(c.start.jobId)}: no lease of this stream has its prefix (leases live as long as the stream, on the leader that granted them)`);
+        await jobs.startDirect(l.lease, c.start);
+        return {};
+      }
+      if (c.end) {
+        const l = leases.get(leasePrefix(c.end.jobId ?? ''));
+        if (!l) throw new FailedPreconditionError(`end.job_id ${JSON.stringify(c.end.jobId)}: no lease of this stream has its prefix`);
+        const job = await jobs.endDirect(l.lease, c.end);
+        return job ? { job: inView(job, 'JOB_VIEW_BASIC') } : {};
+      }
+      if (c.lease) {
+        if (!c.lease.pipeline) throw InvalidArgumentError.field('lease.pipeline', 'is required');
+        const lease = jobs.leaseRoutes(c.lease.pipeline, caller);
+        leases.set(lease.idPrefix, { lease, atMs: Date.now() });
+        const p = lease.pipeline;
+        return {
+          lease: {
+            pipeline: p.name, idPrefix: lease.idPrefix, routes: lease.routes.map((r) => ({ hops: r.hops })), ttlMs: LEASE_TTL_MS, maxInFlight: LEASE_MAX_IN_FLIGHT,
+            maxPayloadBytes: p.maxPayloadBytes, defaultTimeoutMs: p.defaultTimeoutMs, pipelineVersion: p.version,
+          },
+        };
+      }
+      throw InvalidArgumentError.field('call', 'needs one of lease, start, end');
+    }, (code, error, err) => {
+      const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
+      return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
+    });
   }
 
   /** A write to one node on the leader (drain, cordon, remove): its id checked first, placements reconsidered after. */
@@ -890,4 +968,10 @@ function inView(job: Job, view: JobView | undefined): Job {
   const state = (typeof job.state === 'string' ? JOB_STATE_NUMBER[job.state] ?? job.state : job.state) as Job['state'];
   if (view === 'JOB_VIEW_BASIC') return { ...job, state, path: [], steps: [] };
   return { ...job, state };
+}
+
+/** A direct job id's lease prefix (everything before its last "."). */
+function leasePrefix(id: string): string {
+  const dot = id.lastIndexOf('.');
+  return dot > 0 ? id.slice(0, dot) : '';
 }

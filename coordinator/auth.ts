@@ -16,7 +16,7 @@ export type Role = 'read-only' | 'operator';
 /** The Admin methods that change something, read everything at once (a snapshot) or run a command in an instance: operators only. */
 export const WRITE_METHODS = new Set([
   'DrainNode', 'CordonNode', 'RemoveNode', 'ApplyApp', 'DeleteApp', 'RollbackApp', 'RestartApp', 'PromoteApp', 'ScaleApp', 'SetPolicy', 'DeletePolicy',
-  'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'CancelJob',
+  'RegisterComponent', 'DeregisterComponent', 'SetQuota', 'DeleteQuota', 'ApplyPipeline', 'DeletePipeline', 'SubmitJob', 'SubmitJobs', 'DirectJobs', 'CancelJob',
   'SaveSnapshot', 'SetRegistryCredential', 'DeleteRegistryCredential', 'SetSecret', 'DeleteSecret', 'ExecInstance', 'ExecInteractive', 'ReplaceInstance',
 ]);
 

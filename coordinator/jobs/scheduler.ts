@@ -23,11 +23,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { LogThrottle } from '../../common/log-throttle';
-import { FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
+import { AlreadyExistsError, FencedError, InvalidArgumentError, NotFoundError, NotLeaderError, ResourceExhaustedError, UnavailableError } from '../../common/errors';
 import { Backoff, sleep } from '../../common/backoff';
 import type { Logger } from '../../common/logger';
 import type { Metrics } from '../../common/metrics';
-import type { StepRunner } from '../../common/relay';
+import type { RelayOutcome, StepRunner } from '../../common/relay';
 import type { Job } from '../../common/generated/tessera/v1/Job';
 import type { JobState } from '../../common/generated/tessera/v1/JobState';
 import type { JobStep } from '../../common/generated/tessera/v1/JobStep';
@@ -35,6 +35,8 @@ import type { PathHop } from '../../common/generated/tessera/v1/PathHop';
 import type { RouteHop } from '../../common/generated/tessera/v1/RouteHop';
 import type { SubmitJobRequest__Output } from '../../common/generated/tessera/v1/SubmitJobRequest';
 import type { ListJobsRequest__Output } from '../../common/generated/tessera/v1/ListJobsRequest';
+import type { DirectStart__Output } from '../../common/generated/tessera/v1/DirectStart';
+import type { DirectEnd__Output } from '../../common/generated/tessera/v1/DirectEnd';
 import { ComponentManager, Holding, LiveCandidate, Routable, TRANSPORT_CODES, versionMatches } from '../components';
 import type { GroupCommitter } from '../group-commit';
 import type { Keys } from '../keys';
@@ -130,7 +132,37 @@ interface LiveJob {
   ended?: string;
   /** Bytes it holds while finished (its result, its end record), counted against RESULT_MEMORY. */
   heldBytes?: number;
+  /** A direct job: the lease its client runs it under (until the leader takes it over). */
+  direct?: DirectLease;
+  /** Where its end record goes when that is not its start batch's (a direct job's: its lease's). */
+  endBatch?: StartBatch;
 }
+
+/**
+ * Routes leased to a DirectJobs client for one pipeline (see leaseRoutes): its jobs' ids carry
+ * the lease's name, and their ends are written together under ended/<name>/ (as a start batch's
+ * are), so GetJob finds them by id.
+ */
+export interface DirectLease {
+  idPrefix: string;
+  pipeline: NormalPipeline;
+  routes: Planned[];
+  /** Only for the ends of its jobs: entries are its jobs whose end is not durable yet. */
+  ends: StartBatch;
+  /** Its jobs the client runs (accepted, no end reported yet). */
+  open: Set<LiveJob>;
+  by: string;
+}
+
+/** Routes a lease holds at most (the planner's best, each planned with the ones before it counted as load). */
+const LEASE_ROUTES = 8;
+/** How long a lease's routes stand (clients ask again at half of it). */
+export const LEASE_TTL_MS = 2_000;
+/** A lease's jobs in flight at most (past it the client submits through SubmitJobs, where queueing and refusal are). */
+export const LEASE_MAX_IN_FLIGHT = 1_024;
+/** A direct job whose client has reported no end this long after its deadline is failed. */
+const DIRECT_END_GRACE_MS = 5_000;
+const DIRECT_ID_N = /^[0-9a-z]{1,11}$/;
 
 /** A finished job's path and steps once it keeps its end record instead (see LiveJob.ended). */
 const DROPPED: never[] = Object.freeze([]) as never;
@@ -254,7 +286,13 @@ export class JobScheduler {
       // Jobs that ended have their end record: in the batch's shared end record, or one of
       // their own (the start record goes with the last of them, unless the leader stopped in
       // between).
-      const endedTogether = endedIds(Object.values(await c.getAll().prefix(this.endedPrefix(key.slice(this.startedKey('').length))).strings()));
+      // A direct job's end is with its lease's (named in its id), not its start batch's.
+      const names = new Set([key.slice(this.startedKey('').length)]);
+      for (const r of recs) {
+        const n = endBatchOf(r.id);
+        if (n && r.flow === 'direct') names.add(n);
+      }
+      const endedTogether = endedIds((await Promise.all([...names].map((n) => c.getAll().prefix(this.endedPrefix(n)).strings()))).flatMap((o) => Object.values(o)));
       const ended = await Promise.all(recs.map(async (r) => endedTogether.has(r.id) || (await c.get(this.doneKey(r.id)).string()) !== null));
       const entries = new Map<string, string>();
       recs.forEach((r, i) => { if (!ended[i]) entries.set(r.id, JSON.stringify(raw[i])); });
@@ -434,7 +472,7 @@ export class JobScheduler {
     }
     const key = req.idempotencyKey ?? '';
     if (key && !KEY_RE.test(key)) throw InvalidArgumentError.field('idempotencyKey', 'must be 1-128 printable ASCII characters without spaces');
-    for (const h of Object.keys(req.headers ?? {})) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(h)) throw InvalidArgumentError.field(`headers.${h}`, 'header names are 1-64 characters of letters, digits, "_", "." or "-"');
+    checkHeaders(req.headers, 'headers');
     if (key) {
       const existing = await this.byIdempotencyKey(key);
       if (existing) {
@@ -506,6 +544,160 @@ export class JobScheduler {
     if (planned) void this.execute(job, 0, job.input, rec.headers);
     else this.enqueue(job, queuedWhy!);
     return done ? { done } : { job: this.toProto(job) };
+  }
+
+  // ─────────────────────────────── direct jobs ───────────────────────────────
+  // A DirectJobs client runs its jobs itself along routes this leader leases it (straight to the
+  // first hop's agent), and sends each job's start here, where it is recorded as a waited-for
+  // job's is, and then how the relay ended. The leader plans (leases), admits (ids, limits),
+  // records, and takes over: a failed relay is re-planned from the failed stage, and the jobs of
+  // a client that goes away are run again from their first stage.
+
+  /** Routes for a pipeline's jobs (the planner's best, each planned with the ones before it held), under a new lease. */
+  leaseRoutes(pipelineName: string, by: string, nowMs = Date.now()): DirectLease {
+    if (this.stopped) throw new NotLeaderError();
+    const pipeline = this.pipelines.get(pipelineName);
+    const routes: Planned[] = [];
+    try {
+      for (let k = 0; k < LEASE_ROUTES; k++) {
+        const planned = this.plan(pipeline, 0, NONE, undefined, false);
+        this.components.acquire(planned.holding);
+        routes.push(planned);
+      }
+    } catch (err) {
+      if (!(err instanceof NoPathError)) throw err;
+      if (!routes.length) {
+        // Saturated: no routes (the client submits through SubmitJobs, which queues). No healthy instance: refused.
+        try {
+          this.plan(pipeline, 0, NONE, undefined, true);
+        } catch (e2) {
+          if (e2 instanceof NoPathError) throw new UnavailableError(`pipeline ${pipeline.name}, ${e2.message}`);
+          throw e2;
+        }
+      }
+    } finally {
+      for (const r of routes) this.components.release(r.holding);
+    }
+    const seq = (this.batchSeq++).toString(36);
+    const name = `${this.idPrefix}-${seq}`;
+    const ends: StartBatch = {
+      key: '', name, n: 0, entries: new Map(), bytes: 0, written: 0, writtenAtMs: 0, durable: Promise.resolve(), sharesEnds: true, endsPending: [], pendingBytes: 0, endWrites: 0,
+    };
+    return { idPrefix: `j-${nowMs.toString(36)}-${this.idPrefix}${seq}`, pipeline, routes, ends, open: new Set(), by };
+  }
+
+  /** A direct job's start: recorded (with the starts of this turn); resolves once durable. */
+  async startDirect(lease: DirectLease, start: DirectStart__Output, nowMs = Date.now()): Promise<void> {
+    if (this.stopped) throw new NotLeaderError();
+    const id = start.jobId ?? '';
+    if (!id.startsWith(`${lease.idPrefix}.`) || !DIRECT_ID_N.test(id.slice(lease.idPrefix.length + 1))) {
+      throw InvalidArgumentError.field('start.job_id', `must be the lease's id prefix ${lease.idPrefix} + "." + a base-36 number`);
+    }
+    if (this.jobs.has(id)) throw new AlreadyExistsError(`job ${id} was started already`);
+    const pipeline = lease.pipeline;
+    if (start.pipeline !== pipeline.name) throw InvalidArgumentError.field('start.pipeline', `is ${JSON.stringify(start.pipeline)}; this lease is for pipeline ${pipeline.name}`);
+    const route = lease.routes[start.route];
+    if (!route) throw InvalidArgumentError.field('start.route', `must be 0..${lease.routes.length - 1} (the lease's routes)`);
+    const payload = Buffer.from(start.payload ?? []);
+    if (payload.length > pipeline.maxPayloadBytes) {
+      throw InvalidArgumentError.field('start.payload', `is ${payload.length} bytes; pipeline ${pipeline.name} takes at most ${pipeline.maxPayloadBytes}`);
+    }
+    const deadlineMs = Number(start.deadlineMs);
+    if (!deadlineMs) throw InvalidArgumentError.field('start.deadline_ms', 'is required');
+    if (deadlineMs <= nowMs) throw InvalidArgumentError.field('start.deadline_ms', `is already past (${nowMs - deadlineMs} ms ago)`);
+    checkHeaders(start.headers, 'start.headers');
+    const rec: JobRecord = {
+      id, pipeline: pipeline.name, pipelineVersion: pipeline.version, state: 'JOB_STATE_RUNNING', reason: '', failedStage: '', submittedAtMs: nowMs, finishedAtMs: 0,
+      deadlineMs, idempotencyKey: '', path: route.path, steps: [], plans: 1, payloadBytes: payload.length, flow: 'direct', durationMs: 0, headers: { ...(start.headers ?? {}) },
+    };
+    if (lease.by) rec.submittedBy = lease.by;
+    const job: LiveJob = { rec, pipeline, input: payload, waiters: [], route: { hops: route.hops, holding: route.holding }, direct: lease, endBatch: lease.ends };
+    this.components.acquire(route.holding);
+    this.jobs.set(id, job);
+    this.inFlight++;
+    lease.open.add(job);
+    lease.ends.entries.set(id, '');
+    const size = Math.ceil(payload.length / 3) * 4 + 512;
+    this.recordStart(job, this.startBatch(size), size);
+    try {
+      await job.accepted;
+    } catch (err) {
+      if (job.route) this.components.release(job.route.holding);
+      job.route = undefined;
+      this.jobs.delete(id);
+      this.inFlight--;
+      lease.open.delete(job);
+      lease.ends.entries.delete(id);
+      this.endedInBatch(job);
+      throw err;
+    }
+  }
+
+  /**
+   * How a direct job's relay ended, as its client reports it: a success is recorded (answered
+   * at once); a failure is taken over (re-planned from the failed stage) and answered with the
+   * job as it ends. A job this lease no longer runs (cancelled, or taken over) keeps its own end.
+   */
+  async endDirect(lease: DirectLease, end: DirectEnd__Output): Promise<Job | undefined> {
+    const id = end.jobId ?? '';
+    const job = this.jobs.get(id);
+    if (!job) throw new NotFoundError('job', id);
+    const r = end.result;
+    if (!r) throw InvalidArgumentError.field('end.result', 'is required');
+    if (job.direct !== lease || TERMINAL.has(job.rec.state) || !job.route) return r.ok ? undefined : this.whenDone(id);
+    lease.open.delete(job);
+    job.direct = undefined;
+    const outcome: RelayOutcome = {
+      ok: r.ok, payload: Buffer.from(r.payload ?? []), headers: r.headers ?? {}, hops: r.hops ?? [], failedIndex: r.failedIndex,
+      failedInput: Buffer.from(r.failedInput ?? []), failedHeaders: r.failedHeaders ?? {}, errorCode: r.errorCode, error: r.error ?? '',
+    };
+    if (!r.ok && (outcome.failedIndex < 0 || outcome.failedIndex >= job.pipeline.stages.length)) {
+      outcome.failedIndex = 0;
+      outcome.failedInput = job.input;
+      outcome.failedHeaders = job.rec.headers;
+    }
+    const ran = this.execute(job, 0, job.input, job.rec.headers, outcome);
+    if (r.ok) {
+      void ran;
+      return undefined;
+    }
+    await ran;
+    return this.whenDone(id);
+  }
+
+  /**
+   * A lease's client went away (its stream ended): the jobs it had not reported are run again
+   * from their first stage, as a new leader runs the jobs of the one before.
+   */
+  dropLease(lease: DirectLease): void {
+    for (const job of lease.open) {
+      void job.accepted?.then(() => this.takeOver(job, 'its client went away before it reported the end'), () => {});
+    }
+    lease.open.clear();
+  }
+
+  /** Direct jobs whose client reported no end well past their deadline are failed (each second, by the coordinator). */
+  sweepDirect(lease: DirectLease, nowMs = Date.now()): void {
+    for (const job of lease.open) {
+      if (TERMINAL.has(job.rec.state) || job.direct !== lease) {
+        lease.open.delete(job);
+        continue;
+      }
+      if (nowMs < job.rec.deadlineMs + DIRECT_END_GRACE_MS) continue;
+      lease.open.delete(job);
+      job.direct = undefined;
+      void this.finish(job, 'JOB_STATE_FAILED', `deadline passed and its client reported no end (${DIRECT_END_GRACE_MS / 1000} s after it)`);
+    }
+  }
+
+  private takeOver(job: LiveJob, why: string): void {
+    if (TERMINAL.has(job.rec.state) || !job.direct) return;
+    job.direct = undefined;
+    if (job.route) this.components.release(job.route.holding);
+    job.route = undefined;
+    job.rec.reason = `resumed from its first stage by the leader: ${why} (earlier stages may run again)`;
+    this.enqueue(job, why);
+    this.pump();
   }
 
   private async byIdempotencyKey(key: string): Promise<Job | undefined> {
@@ -777,15 +969,17 @@ export class JobScheduler {
 
   // ─────────────────────────────────── running ───────────────────────────────────
 
-  private async execute(job: LiveJob, from: number, input: Buffer, headers: Record<string, string>): Promise<void> {
+  /** Runs a job from stage `from`; `first`: how its first run along job.route ended, when its client ran it (a direct job). */
+  private async execute(job: LiveJob, from: number, input: Buffer, headers: Record<string, string>, first?: RelayOutcome): Promise<void> {
     // Made on a first failure (most jobs have none).
     let attempts: Map<number, number> | undefined;
     let exclude: Set<string> | undefined;
     for (;;) {
       const route = job.route!;
-      const res = await this.runner.run({
+      const res = first ?? await this.runner.run({
         jobId: job.rec.id, route: route.hops, payload: input, headers, deadlineMs: job.rec.deadlineMs, attempt: job.rec.plans, firstIndex: from, compactHops: true,
       } as never);
+      first = undefined;
       // Hops reported by option (compact_hops) get their names back from the route they ran.
       for (const h of res.hops) {
         if (h.instanceId || !h.option) continue;
@@ -957,7 +1151,9 @@ export class JobScheduler {
       const value = encodeRecord(rec, stored);
       ended = value;
       const b = job.batch;
-      if (startDurable && b?.sharesEnds && this.batches.has(b) && value.length <= END_OWN_BYTES) {
+      if (startDurable && job.endBatch && value.length <= END_OWN_BYTES) {
+        await this.recordEnd(job.endBatch, job, value);
+      } else if (startDurable && b?.sharesEnds && this.batches.has(b) && value.length <= END_OWN_BYTES) {
         await this.recordEnd(b, job, value);
       } else {
         const write = async () => {
@@ -985,6 +1181,7 @@ export class JobScheduler {
       }
       tell();
     }
+    job.endBatch?.entries.delete(rec.id);
     job.input = NO_INPUT;
     if (ended !== undefined) {
       // Kept as its record: a result stored in it is read back from there.
@@ -1371,4 +1568,8 @@ function decodePageToken(token: string, pipeline: string, state: string): { t: n
     throw InvalidArgumentError.field('pageToken', `was given for pipeline ${JSON.stringify(v.p)} and state ${v.s}, not ${JSON.stringify(pipeline)} and ${state}: a page goes on with the filters of the first`);
   }
   return { t: v.t, id: v.id };
+}
+
+function checkHeaders(headers: Record<string, string> | undefined, field: string): void {
+  for (const h of Object.keys(headers ?? {})) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(h)) throw InvalidArgumentError.field(`${field}.${h}`, 'header names are 1-64 characters of letters, digits, "_", "." or "-"');
 }

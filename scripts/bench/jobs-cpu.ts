@@ -87,6 +87,8 @@ async function main(): Promise<void> {
     const payload = Buffer.from('{"hello":"tessera"}');
     const tessera = () => stream.submit({ pipeline: 'chain4', payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
     const tGroups = { leader: [c.pid!], agent: [agent.pid!], components: comps, etcd: [etcdPid], client: [process.pid] };
+    const directJobs = client.directJobs();
+    const direct = () => directJobs.submit({ pipeline: 'chain4', payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
 
     progress('starting the peer');
     mol = await moleculer();
@@ -96,14 +98,19 @@ async function main(): Promise<void> {
     progress(`warming both up (${WARM_S} s each at ${INFLIGHT} in flight)`);
     await measure(tGroups, tessera, WARM_S);
     await measure(pGroups, peer, WARM_S);
+    await measure(tGroups, direct, WARM_S);
+    const d: Sample[] = [];
     const t: Sample[] = [];
     const p: Sample[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       progress(`round ${r + 1} of ${ROUNDS}: Tessera, then the peer (${SECONDS} s each)`);
       t.push(await measure(tGroups, tessera));
       p.push(await measure(pGroups, peer));
+      d.push(await measure(tGroups, direct));
     }
     stream.close();
+    console.log(`direct: ${JSON.stringify(directJobs.counts)}`);
+    directJobs.close();
     client.close();
     admin.close();
 
@@ -112,6 +119,7 @@ async function main(): Promise<void> {
     console.log(`\nCPU per job at ${INFLIGHT} in flight, the jobs benchmark's 4-stage chain (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}); medians of ${ROUNDS} rounds of ${SECONDS} s, taking turns`);
     console.log(table(['', 'JOBS/S', 'LEADER US', 'AGENT US', 'COMPONENTS US', 'ETCD US', 'CLIENT US', 'CPU US/JOB', 'IDLE %'], [
       ['Tessera', fmt(med(t, (s) => s.rate)), us(t, 'leader'), us(t, 'agent'), us(t, 'components'), us(t, 'etcd'), us(t, 'client'), fmt(med(t, (s) => s.total)), fmt(med(t, (s) => s.idlePct))],
+      ['direct', fmt(med(d, (s) => s.rate)), us(d, 'leader'), us(d, 'agent'), us(d, 'components'), us(d, 'etcd'), us(d, 'client'), fmt(med(d, (s) => s.total)), fmt(med(d, (s) => s.idlePct))],
       ['Moleculer', fmt(med(p, (s) => s.rate)), '-', '-', us(p, 'services'), '-', us(p, 'client'), fmt(med(p, (s) => s.total)), fmt(med(p, (s) => s.idlePct))],
       ['ratio', fmt(med(t, (s) => s.rate) / med(p, (s) => s.rate), 2), '', '', '', '', '', fmt(med(t, (s) => s.total) / med(p, (s) => s.total), 2), ''],
     ]));

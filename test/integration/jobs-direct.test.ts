@@ -1,0 +1,313 @@
+// Direct jobs (Admin.DirectJobs, common/direct-jobs.ts) end to end: real etcd, two coordinators,
+// two agents, the example components in real containers. The client runs each job straight to
+// the first hop's agent along a route the leader leased it; the leader records every start
+// before the answer, the end after, and takes over what the client cannot finish.
+import { expect } from 'chai';
+import * as grpc from '@grpc/grpc-js';
+import { fork, ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AdminClient } from '../../common/admin-client';
+import { tesseraProto } from '../../common/proto';
+import { NO_FORWARD_KEY } from '../../common/errors';
+import { repoRoot } from '../../common/version';
+import type { Job__Output } from '../../common/generated/tessera/v1/Job';
+import type { DirectAnswer__Output } from '../../common/generated/tessera/v1/DirectAnswer';
+import { EtcdCluster } from '../helpers/etcd';
+import { Fleet } from '../helpers/processes';
+import { statusOf, waitForLeader } from '../helpers/cluster';
+import { freePort, waitFor } from '../helpers/ports';
+import { containerPid, containers, removeContainers } from '../helpers/docker';
+import { laneRange } from '../helpers/lane';
+
+const RUN = randomBytes(3).toString('hex');
+const IMAGE = 'tessera/components:local';
+const TEXT = 'the cat and the dog and the bird saw the cat';
+const EXPECTED = '11 words; top 5: the=4 and=2 cat=2 bird=1 dog=1';
+
+const comp = (name: string, script: string, instances: number) => ({
+  name, image: IMAGE, command: ['node', `/app/${script}.js`], env: {}, ports: [{ name: 'grpc' }], instances,
+  health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400, graceMs: 5000 },
+  resources: { cpuMillis: 50, memoryMib: 64 }, stopGraceMs: 3000,
+});
+const PIPELINE = {
+  name: 'dwords', defaultTimeoutMs: 20_000,
+  stages: [
+    { name: 'split', kind: 'splitter', operation: 'split' },
+    { name: 'count', kind: 'counter', operation: 'count' },
+    { name: 'format', kind: 'formatter', operation: 'top' },
+  ],
+};
+
+function code(err: unknown): string {
+  return grpc.status[(err as grpc.ServiceError).code];
+}
+
+async function expectCode(p: Promise<unknown>, c: keyof typeof grpc.status, text?: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    expect(code(err), (err as Error).message).to.equal(c);
+    if (text) expect((err as grpc.ServiceError).details).to.match(text);
+    return;
+  }
+  throw new Error(`expected ${c}, the call succeeded`);
+}
+
+/** One DirectJobs stream spoken by hand (as grpcurl would): each call answered by call_id. */
+function rawDirect(address: string): { call: (c: Record<string, unknown>) => Promise<DirectAnswer__Output>; stream: grpc.ClientDuplexStream<unknown, unknown>; close: () => void } {
+  const client = new (tesseraProto().Admin)(address, grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  md.set(NO_FORWARD_KEY, '1');
+  const stream = client.DirectJobs(md) as grpc.ClientDuplexStream<unknown, unknown>;
+  const waiting = new Map<number, (a: DirectAnswer__Output) => void>();
+  let next = 1;
+  stream.on('data', (b: { answers: DirectAnswer__Output[] }) => {
+    for (const a of b.answers) waiting.get(Number(a.callId))?.(a);
+  });
+  stream.on('error', () => {});
+  return {
+    stream,
+    call: (c) => new Promise((resolve) => {
+      const id = next++;
+      waiting.set(id, resolve);
+      stream.write({ calls: [{ ...c, callId: id }] });
+    }),
+    close: () => {
+      stream.cancel();
+      client.close();
+    },
+  };
+}
+
+describe('direct jobs: the client runs them along leased routes, the leader records them', function () {
+  this.timeout(240_000);
+  let etcd: EtcdCluster;
+  let fleet: Fleet;
+  let admin: AdminClient;
+  let coords: Awaited<ReturnType<Fleet['coordinator']>>[];
+  const nodes = [`d${RUN}a`, `d${RUN}b`];
+  let slow: ChildProcess | undefined;
+  let child: ChildProcess | undefined;
+
+  const leaderOf = async () => {
+    const id = (await statusOf(coords[0].address))?.leader?.id ?? (await statusOf(coords[1].address))?.leader?.id;
+    return coords.find((c) => c.id === id)!;
+  };
+
+  before(async () => {
+    etcd = await EtcdCluster.start(1);
+    fleet = new Fleet();
+    coords = [];
+    for (const id of ['d1', 'd2']) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, id, extra: ['--reconcile-interval-ms', '200'] }));
+    await waitForLeader(coords.map((c) => c.address), 30_000);
+    const base = 25_000 + Math.floor(Math.random() * 40) * 100;
+    nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', laneRange(`${base + i * 50}-${base + i * 50 + 49}`), '--cpu-millis', '8000'] }));
+    admin = new AdminClient(coords.map((c) => c.address), { timeoutMs: 20_000 });
+    await waitFor('two nodes', async () => (await admin.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 2, 20_000);
+    await admin.applyApp({ name: 'dwords', components: [comp('splitter', 'splitter', 2), comp('counter', 'counter', 2), comp('formatter', 'formatter', 1)] });
+    await admin.applyPipeline(PIPELINE);
+    await waitFor('5 instances registered', async () => (await admin.listComponents()).instances.length === 5, 90_000, 300);
+  });
+  after(async () => {
+    slow?.kill('SIGKILL');
+    child?.kill('SIGKILL');
+    admin?.close();
+    await fleet?.stop();
+    await etcd?.stop();
+    for (const n of nodes) removeContainers(`tessera.node=${n}`);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
+  });
+
+  it('runs jobs straight to the agents and records each one: GetJob shows it with its path and steps', async () => {
+    const direct = admin.directJobs();
+    try {
+      const jobs = await Promise.all(Array.from({ length: 24 }, () => direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true, view: 'JOB_VIEW_BASIC' })));
+      expect(direct.counts).to.deep.include({ direct: 24, viaLeader: 0, takenOver: 0 });
+      for (const j of jobs) {
+        expect(j.state).to.equal('JOB_STATE_SUCCEEDED');
+        expect(j.result.toString()).to.equal(EXPECTED);
+        expect(j.flow).to.equal('direct');
+      }
+      // The leader has it (its end reported after the answer): flow direct, the leased path, a step per stage.
+      const rec = await waitFor('the end recorded', async () => {
+        const g = await admin.getJob(jobs[0].id);
+        return g.state === 'JOB_STATE_SUCCEEDED' ? g : undefined;
+      }, 10_000, 100);
+      expect(rec.flow).to.equal('direct');
+      expect(rec.path.map((h) => h.stage)).to.deep.equal(['split', 'count', 'format']);
+      expect(rec.steps.map((s) => [s.stage, s.ok])).to.deep.equal([['split', true], ['count', true], ['format', true]]);
+      expect(rec.steps.every((s) => nodes.includes(s.nodeId!))).to.equal(true);
+      expect(rec.result.toString()).to.equal(EXPECTED);
+      // ListJobs has them all.
+      const listed = (await admin.listJobs({ pipeline: 'dwords', limit: 100 })).jobs.map((j) => j.id);
+      for (const j of jobs) expect(listed).to.include(j.id);
+    } finally {
+      direct.close();
+    }
+  });
+
+  it('refuses what a lease does not allow, with the field and the right status, and sends the rest through SubmitJobs', async () => {
+    const direct = admin.directJobs();
+    const leader = await leaderOf();
+    const raw = rawDirect(leader.address);
+    try {
+      await expectCode(direct.submit({ pipeline: 'nope', payload: Buffer.from('x'), wait: true }), 'NOT_FOUND', /nope/);
+      await admin.applyPipeline({ name: 'dtiny', maxPayloadBytes: 16, stages: PIPELINE.stages });
+      // Over the payload limit: the leader refuses it (through SubmitJobs), naming the field.
+      await expectCode(direct.submit({ pipeline: 'dtiny', payload: Buffer.alloc(100), wait: true }), 'INVALID_ARGUMENT', /payload/);
+      // Jobs with an idempotency key go through SubmitJobs (the leader answers a resubmission with the same job).
+      const keyed = await direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true, idempotencyKey: `k-${RUN}` });
+      expect(keyed.flow).to.equal('chain');
+      expect(direct.counts.viaLeader).to.be.greaterThan(0);
+      // A pipeline whose stage has no healthy instance: no lease.
+      await admin.applyPipeline({ name: 'dghost', stages: [{ name: 'x', kind: 'no-such-kind' }] });
+      await expectCode(direct.submit({ pipeline: 'dghost', payload: Buffer.from('x'), wait: true }), 'UNAVAILABLE', /no-such-kind/);
+
+      // By hand: a start needs this stream's lease, a route of it and a deadline to come.
+      const none = await raw.call({ start: { jobId: 'j-1-abcdef1.0', pipeline: 'dwords', route: 0, deadlineMs: Date.now() + 10_000 } });
+      expect([grpc.status[none.errorCode], none.error]).to.satisfy(([c, e]: [string, string]) => c === 'FAILED_PRECONDITION' && /no lease of this stream/.test(e));
+      const granted = await raw.call({ lease: { pipeline: 'dwords' } });
+      expect(granted.errorCode).to.equal(0);
+      const l = granted.lease!;
+      expect(l.routes.length).to.be.greaterThan(0);
+      expect(l.routes[0].hops.map((h) => h.stage)).to.deep.equal(['split', 'count', 'format']);
+      const badRoute = await raw.call({ start: { jobId: `${l.idPrefix}.0`, pipeline: 'dwords', route: 99, deadlineMs: Date.now() + 10_000 } });
+      expect([grpc.status[badRoute.errorCode], badRoute.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.route/.test(e));
+      const past = await raw.call({ start: { jobId: `${l.idPrefix}.1`, pipeline: 'dwords', route: 0, deadlineMs: Date.now() - 1_000 } });
+      expect([grpc.status[past.errorCode], past.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.deadline_ms.*already past/.test(e));
+      const badId = await raw.call({ start: { jobId: `${l.idPrefix}.NOT-B36`, pipeline: 'dwords', route: 0, deadlineMs: Date.now() + 10_000 } });
+      expect([grpc.status[badId.errorCode], badId.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.job_id/.test(e));
+      // None of the refused starts became a job.
+      for (const id of [`${l.idPrefix}.0`, `${l.idPrefix}.1`]) await expectCode(admin.getJob(id), 'NOT_FOUND');
+      // Broken bytes end the stream with INVALID_ARGUMENT.
+      const Raw = grpc.makeGenericClientConstructor({
+        DirectJobs: { path: '/tessera.v1.Admin/DirectJobs', requestStream: true, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
+      }, 'RawDirect');
+      const bytes = new Raw(leader.address, grpc.credentials.createInsecure()) as unknown as { DirectJobs: (md: grpc.Metadata) => grpc.ClientDuplexStream<Buffer, Buffer>; close: () => void };
+      const md = new grpc.Metadata();
+      md.set(NO_FORWARD_KEY, '1');
+      const garbage: grpc.ServiceError = await new Promise((resolve) => {
+        const call = bytes.DirectJobs(md);
+        call.on('error', resolve);
+        call.on('data', () => {});
+        call.write(Buffer.from([0xff, 0xff, 0xff])); // wire type 7 does not exist
+      });
+      bytes.close();
+      expect(grpc.status[garbage.code]).to.equal('INVALID_ARGUMENT');
+      expect(garbage.details).to.match(/malformed protobuf/);
+    } finally {
+      raw.close();
+      direct.close();
+    }
+  });
+
+  it('retries around an instance SIGKILLed under direct load: no job lost, the leader takes over the failed relays', async () => {
+    const direct = admin.directJobs();
+    try {
+      const jobs: Job__Output[] = [];
+      const errors: string[] = [];
+      // The victim's process, looked up before the load (a synchronous docker call stalls this process's submitters).
+      const victim = (await admin.listComponents('counter')).instances[0];
+      const pid = containerPid(containers(`tessera.instance=${victim.instanceId}`).find((c) => c.state === 'running')!.id);
+      let stop = false;
+      const load = Promise.all(Array.from({ length: 8 }, async (_, w) => {
+        for (let i = 0; !stop; i++) {
+          try {
+            jobs.push(await direct.submit({ pipeline: 'dwords', payload: Buffer.from(`${TEXT} ${w}-${i}`), wait: true, timeoutMs: 20_000 }));
+          } catch (err) {
+            errors.push((err as Error).message);
+          }
+        }
+      }));
+      await waitFor('jobs running', () => jobs.length >= 40, 30_000, 50);
+      process.kill(pid, 'SIGKILL');
+      const at = jobs.length;
+      await waitFor('jobs after the kill', () => jobs.length >= at + 80, 60_000, 50);
+      stop = true;
+      await load;
+      expect(errors, errors.join('\n')).to.deep.equal([]);
+      const failed = jobs.filter((j) => j.state !== 'JOB_STATE_SUCCEEDED');
+      expect(failed.map((j) => `${j.id} ${j.state} ${j.reason}`)).to.deep.equal([]);
+      // The relays that met the dead instance were taken over and re-planned by the leader.
+      expect(direct.counts.takenOver).to.be.greaterThan(0);
+      const retried = jobs.filter((j) => j.plans > 1);
+      expect(retried.length).to.be.greaterThan(0);
+      const shown = await admin.getJob(retried[0].id);
+      expect(shown.steps.some((s) => !s.ok && s.stage === 'count')).to.equal(true);
+      expect(shown.steps[shown.steps.length - 1].ok).to.equal(true);
+      await waitFor('the counter replaced', async () => (await admin.listComponents()).instances.filter((i) => i.kind === 'counter' && i.state === 'routable').length === 2, 60_000, 300);
+    } finally {
+      direct.close();
+    }
+  });
+
+  it('a client that goes away mid-job leaves its jobs to the leader, which runs them again', async () => {
+    // A slow last stage (an external instance, 2 s a step) keeps the jobs in flight at the kill.
+    const port = await freePort();
+    slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'dslow', DELAY_MS: '2000' }, stdio: 'ignore' });
+    await admin.registerComponent({ instanceId: `dslow-${RUN}`, kind: 'dslow', endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: 'dslowp', stages: [{ name: 'split', kind: 'splitter' }, { name: 'slow', kind: 'dslow' }] });
+    await waitFor('the slow stage answers', async () => (await admin.submitJob({ pipeline: 'dslowp', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 20_000, 200);
+    child = fork(path.join(repoRoot(), 'dist/test/helpers/direct-client.js'), [], { env: { ...process.env, ADDRESSES: coords.map((c) => c.address).join(','), PIPELINE: 'dslowp', JOBS: '4' }, stdio: 'pipe' });
+    const running = await waitFor('4 direct jobs running', async () => {
+      const js = (await admin.listJobs({ pipeline: 'dslowp', state: 'JOB_STATE_RUNNING' })).jobs.filter((j) => j.flow === 'direct');
+      return js.length === 4 ? js : undefined;
+    }, 20_000, 100);
+    child.kill('SIGKILL');
+    const ended = await waitFor('the leader ran them again', async () => {
+      const js = await Promise.all(running.map((j) => admin.getJob(j.id)));
+      return js.every((j) => j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED') ? js : undefined;
+    }, 30_000, 200);
+    for (const j of ended) {
+      expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
+      expect(j.reason).to.match(/its client went away/);
+      expect(j.result.toString()).to.match(/"job","\d"/);
+    }
+  });
+
+  it('a leader SIGKILLed while direct jobs run: every accepted job ends SUCCEEDED or FAILED, and the client goes on with the next leader', async () => {
+    const leader = await leaderOf();
+    const client = new AdminClient([leader.address, ...coords.filter((c) => c !== leader).map((c) => c.address)]);
+    const direct = client.directJobs();
+    const answered: Job__Output[] = [];
+    let refused = 0;
+    let stop = false;
+    try {
+      const load = Promise.all(Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; !stop; i++) {
+          try {
+            answered.push(await direct.submit({ pipeline: 'dslowp', payload: Buffer.from(`f ${w}-${i}`), wait: true, timeoutMs: 30_000 }));
+          } catch {
+            refused++; // not accepted (the leader went away before its start was recorded)
+            await new Promise((r) => setTimeout(r, 200));
+          }
+        }
+      }));
+      await waitFor('some answered', () => answered.length >= 4, 30_000, 50);
+      // Direct jobs in flight now (2 s each): accepted, their ends not reported yet.
+      await new Promise((r) => setTimeout(r, 700));
+      const inFlight = (await admin.listJobs({ pipeline: 'dslowp', state: 'JOB_STATE_RUNNING' })).jobs.filter((j) => j.flow === 'direct').map((j) => j.id);
+      expect(inFlight.length).to.be.greaterThan(0);
+      await leader.kill('SIGKILL');
+      const other = coords.find((c) => c !== leader)!;
+      await waitForLeader([other.address], 20_000);
+      const before = direct.counts.direct;
+      await waitFor('direct jobs answered under the new leader', () => direct.counts.direct >= before + 4 && answered.length >= 12, 60_000, 100);
+      stop = true;
+      await load;
+      const all = await waitFor('every accepted job ended', async () => {
+        const js = await Promise.all([...inFlight, ...answered.map((j) => j.id)].map((id) => admin.getJob(id).catch(() => undefined)));
+        return js.every((j) => j && (j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED')) ? js as Job__Output[] : undefined;
+      }, 60_000, 500);
+      for (const j of all) expect(j.state, `${j.id}: ${j.reason}`).to.equal('JOB_STATE_SUCCEEDED');
+      expect(answered.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+    } finally {
+      stop = true;
+      direct.close();
+      client.close();
+    }
+  });
+});
