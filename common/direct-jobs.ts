@@ -99,7 +99,8 @@ export class DirectJobs {
       };
       if (out.ok) {
         // Recorded by the leader; nothing waits for it (if it is lost, the leader runs the job again).
-        if (!this.closed) this.mux.call({ end: { jobId: id, result } }, answerBy).catch(() => {});
+        // (no deadline: nothing waits for the answer, and a stream that breaks ends the call)
+        if (!this.closed) this.mux.call({ end: { jobId: id, result } }).catch(() => {});
         const done = Date.now();
         return {
           id, pipeline: req.pipeline, state: 'JOB_STATE_SUCCEEDED', reason: '', failedStage: '', result: out.payload, resultHeaders: out.headers,

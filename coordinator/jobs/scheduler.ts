@@ -1110,7 +1110,8 @@ export class JobScheduler {
     job.result = result;
     rec.resultHeaders = resultHeaders ?? {};
     this.inFlight--;
-    const proto = this.toProto(job);
+    // Only waiters need the job as a message (a direct job has none).
+    const proto = job.waiters.length ? this.toProto(job) : undefined;
     // Stored with the result (if within the pipeline's payload limit), without the input.
     const stored = { payload: undefined, result: result && result.length <= job.pipeline.maxPayloadBytes ? result.toString('base64') : undefined };
     // A job whose start is recorded has been acknowledged: its waiters hear the end at once and
@@ -1121,7 +1122,7 @@ export class JobScheduler {
     const answer = (err?: Error) => {
       for (const w of job.waiters) {
         if (err) w.reject(err);
-        else w.resolve(proto);
+        else w.resolve(proto!);
       }
       job.waiters = [];
     };

@@ -2,6 +2,9 @@
 // process's CPU time (utime + stime from /proc/<pid>/stat) divided by the jobs done, and the
 // machine's idle share (/proc/stat), for Tessera (leader, agent, the four component containers,
 // etcd, the client) and, in the same rounds, for the peer (Moleculer's client and four services).
+// Tessera runs twice a round: jobs over a SubmitJobs stream (the leader relays each one to the
+// agent) and direct jobs (this client runs each one straight to the agent along routes the leader
+// leases it, Admin.DirectJobs, while the leader records it).
 // What the rate is made of: rate = cores x (1 - idle) / CPU per job; the gap to the peer is the
 // CPU per job and the idle time (the convoy), and this says how much of each.
 //
@@ -103,7 +106,7 @@ async function main(): Promise<void> {
     const t: Sample[] = [];
     const p: Sample[] = [];
     for (let r = 0; r < ROUNDS; r++) {
-      progress(`round ${r + 1} of ${ROUNDS}: Tessera, then the peer (${SECONDS} s each)`);
+      progress(`round ${r + 1} of ${ROUNDS}: Tessera, the peer, then Tessera direct (${SECONDS} s each)`);
       t.push(await measure(tGroups, tessera));
       p.push(await measure(pGroups, peer));
       d.push(await measure(tGroups, direct));
@@ -119,7 +122,7 @@ async function main(): Promise<void> {
     console.log(`\nCPU per job at ${INFLIGHT} in flight, the jobs benchmark's 4-stage chain (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}); medians of ${ROUNDS} rounds of ${SECONDS} s, taking turns`);
     console.log(table(['', 'JOBS/S', 'LEADER US', 'AGENT US', 'COMPONENTS US', 'ETCD US', 'CLIENT US', 'CPU US/JOB', 'IDLE %'], [
       ['Tessera', fmt(med(t, (s) => s.rate)), us(t, 'leader'), us(t, 'agent'), us(t, 'components'), us(t, 'etcd'), us(t, 'client'), fmt(med(t, (s) => s.total)), fmt(med(t, (s) => s.idlePct))],
-      ['direct', fmt(med(d, (s) => s.rate)), us(d, 'leader'), us(d, 'agent'), us(d, 'components'), us(d, 'etcd'), us(d, 'client'), fmt(med(d, (s) => s.total)), fmt(med(d, (s) => s.idlePct))],
+      ['Tessera (direct)', fmt(med(d, (s) => s.rate)), us(d, 'leader'), us(d, 'agent'), us(d, 'components'), us(d, 'etcd'), us(d, 'client'), fmt(med(d, (s) => s.total)), fmt(med(d, (s) => s.idlePct))],
       ['Moleculer', fmt(med(p, (s) => s.rate)), '-', '-', us(p, 'services'), '-', us(p, 'client'), fmt(med(p, (s) => s.total)), fmt(med(p, (s) => s.idlePct))],
       ['ratio', fmt(med(t, (s) => s.rate) / med(p, (s) => s.rate), 2), '', '', '', '', '', fmt(med(t, (s) => s.total) / med(p, (s) => s.total), 2), ''],
     ]));

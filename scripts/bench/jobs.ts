@@ -5,7 +5,10 @@
 //               container per stage), jobs submitted with wait=true over a SubmitJobs stream to
 //               the leader at 1, 16 and 64 in flight,
 //               every job recorded (group commit) before it is acknowledged and when it ends.
-//               Both flows: chain (agent to agent) and per-stage (each hop through the leader).
+//               Three flows: chain (the leader relays each job to the agents, which pass it agent to
+//               agent), direct (this client runs each job straight to the agents along routes
+//               the leader leases it, Admin.DirectJobs, while the leader records it), and
+//               per-stage (each hop through the leader).
 //   overhead    per stage: (Tessera job latency - the same 4 calls made directly) / 4
 //   peer        the same chain in Moleculer 0.14.36: TCP transporter, static peers on 127.0.0.1,
 //               UDP discovery off, one service per process, the client calling the stages in turn
@@ -133,7 +136,10 @@ async function main(): Promise<void> {
     const tEps = [1, 2, 3, 4].map((i) => endpoint(`t${i}`)[0]);
     // Jobs go over one SubmitJobs stream to the leader (as a high-rate client would send them).
     let stream = new AdminClient([c1.address]).jobStream();
-    const submit = (pipeline: string) => stream.submit({ pipeline, payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
+    // The direct flow: jobs run by this client along routes the leader leases it (Admin.DirectJobs).
+    const directJobs = new AdminClient([c1.address]).directJobs();
+    let via: { submit: typeof stream.submit } = stream;
+    const submit = (pipeline: string) => via.submit({ pipeline, payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
 
     progress('Moleculer 0.14.36 peer: 4 service processes, TCP transporter');
     const peerChain = await moleculer();
@@ -174,7 +180,13 @@ async function main(): Promise<void> {
       }
     };
     const balancingOnly = args.includes('--balancing-only');
-    if (!balancingOnly) await rounds('chain');
+    if (!balancingOnly) {
+      await rounds('chain');
+      via = directJobs;
+      await rounds('direct');
+      via = stream;
+      directJobs.close();
+    }
 
     // Balancing: the same jobs routed round robin, least-loaded and by path cost (a pipeline's
     // routing setting), against path cost with the slow instances pinned out (the no-fault p99).
@@ -204,23 +216,24 @@ async function main(): Promise<void> {
     await waitFor('instances registered with the new leader', async () => (await admin.listComponents()).instances.length === 20, 60_000, 500);
     stream.close();
     stream = new AdminClient([c2.address]).jobStream();
+    via = stream;
     await rounds('per-stage');
 
     const range = (r: Rounds): string => `${fmt(r.min)}-${fmt(r.max)}`;
     for (const n of LEVELS) {
-      for (const flow of ['chain', 'per-stage']) {
+      for (const flow of ['chain', 'direct', 'per-stage']) {
         const key = `${flow}-${n}`;
         const t = pool(tess[key]);
         const ratios = tess[key].map((run, i) => run.rate / peer[key][i].rate);
         rows.push([`${n}`, `Tessera (${flow})`, fmt(t.rate), range(t), fmt(t.p50, 2), fmt(t.p99, 2), median(ratios).toFixed(2), t.failed]);
       }
-      const m = pool([...peer[`chain-${n}`], ...peer[`per-stage-${n}`]]);
+      const m = pool([...peer[`chain-${n}`], ...peer[`direct-${n}`], ...peer[`per-stage-${n}`]]);
       rows.push([`${n}`, 'Moleculer 0.14.36 (peer)', fmt(m.rate), range(m), fmt(m.p50, 2), fmt(m.p99, 2), '1.00', m.failed]);
     }
     // Routing overhead per stage: Tessera's latency less the direct calls' of the same round, over 4 stages.
     const overhead = (flow: string, q: (xs: number[]) => number): number =>
       median(tess[`${flow}-1`].map((run, i) => (q(run.lat) - q(floor[`${flow}-1`][i].lat)) / 4));
-    const direct1 = pool([...floor['chain-1'], ...floor['per-stage-1']]);
+    const direct1 = pool([...floor['chain-1'], ...floor['direct-1'], ...floor['per-stage-1']]);
     console.log(`\nJobs through a 4-stage pipeline of trivial components (${os.cpus().length} cores, ${os.cpus()[0]?.model ?? ''}), ${ROUNDS} rounds of ${SECONDS} s per row, Tessera and the peer taking turns`);
     console.log('every Tessera job\'s start recorded in etcd (group commit, fsynced) before it is answered; its end recorded after the answer, with the next transaction');
     console.log('JOBS/S is the median over the rounds, RANGE the lowest and highest, RATE VS PEER the median of each round\'s ratio');
@@ -228,6 +241,7 @@ async function main(): Promise<void> {
     console.log(`\nRouting overhead per stage at 1 in flight, against the same 4 calls made directly in the same round (direct: p50 ${fmt(direct1.p50, 2)} ms, p99 ${fmt(direct1.p99, 2)} ms per chain)`);
     console.log(table(['FLOW', 'P50 MS/STAGE', 'P99 MS/STAGE'], [
       ['chain', fmt(overhead('chain', median), 3), fmt(overhead('chain', p99), 3)],
+      ['direct', fmt(overhead('direct', median), 3), fmt(overhead('direct', p99), 3)],
       ['per-stage', fmt(overhead('per-stage', median), 3), fmt(overhead('per-stage', p99), 3)],
     ]));
     console.log(`\nBalancing: 4 instances per stage, one 10x slower (${BASE_MS * 10} ms vs ${BASE_MS} ms per step), ${BAL_N} in flight, ${ROUNDS} rounds of ${SECONDS} s taking turns, latencies pooled`);

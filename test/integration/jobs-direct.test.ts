@@ -88,6 +88,7 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
   let coords: Awaited<ReturnType<Fleet['coordinator']>>[];
   const nodes = [`d${RUN}a`, `d${RUN}b`];
   let slow: ChildProcess | undefined;
+  let four: ChildProcess | undefined;
   let child: ChildProcess | undefined;
 
   const leaderOf = async () => {
@@ -111,6 +112,7 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
   });
   after(async () => {
     slow?.kill('SIGKILL');
+    four?.kill('SIGKILL');
     child?.kill('SIGKILL');
     admin?.close();
     await fleet?.stop();
@@ -287,7 +289,23 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
         }
       }));
       await waitFor('some answered', () => answered.length >= 4, 30_000, 50);
-      // Direct jobs in flight now (2 s each): accepted, their ends not reported yet.
+      // A quick job and a 4 s one started in one turn share a start record: at the kill the quick
+      // one has ended (the next leader must leave it be: its end is with its lease's) and the slow
+      // one runs (the next leader must run it again).
+      const fourPort = await freePort();
+      four = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(fourPort), KIND: 'dfour', DELAY_MS: '4000' }, stdio: 'ignore' });
+      await admin.registerComponent({ instanceId: `dfour-${RUN}`, kind: 'dfour', endpoint: `127.0.0.1:${fourPort}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'dfourp', stages: [{ name: 'slow', kind: 'dfour' }] });
+      await waitFor('dfour listening', async () => (await admin.submitJob({ pipeline: 'dfourp', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 20_000, 200);
+      // Fresh leases for both pipelines, so that the pair's starts go out in one turn.
+      await direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true });
+      void direct.submit({ pipeline: 'dfourp', payload: Buffer.from('lease'), wait: true, timeoutMs: 60_000 }).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 200));
+      const quickOne = direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true });
+      void direct.submit({ pipeline: 'dfourp', payload: Buffer.from('four'), wait: true, timeoutMs: 60_000 }).catch(() => undefined); // its answer is lost with the leader
+      const quickJob = await quickOne;
+      expect([quickJob.state, quickJob.flow]).to.deep.equal(['JOB_STATE_SUCCEEDED', 'direct']);
+      // Direct jobs in flight now (2 s and 4 s each): accepted, their ends not reported yet.
       await new Promise((r) => setTimeout(r, 700));
       const inFlight = (await admin.listJobs({ pipeline: 'dslowp', state: 'JOB_STATE_RUNNING' })).jobs.filter((j) => j.flow === 'direct').map((j) => j.id);
       expect(inFlight.length).to.be.greaterThan(0);
@@ -304,6 +322,13 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       }, 60_000, 500);
       for (const j of all) expect(j.state, `${j.id}: ${j.reason}`).to.equal('JOB_STATE_SUCCEEDED');
       expect(answered.every((j) => j.state === 'JOB_STATE_SUCCEEDED')).to.equal(true);
+      const quickAfter = await admin.getJob(quickJob.id);
+      expect([quickAfter.state, quickAfter.reason], 'the quick job of the same start record').to.deep.equal(['JOB_STATE_SUCCEEDED', '']);
+      const fours = await waitFor('the 4 s job, run again by the new leader', async () => {
+        const js = (await admin.listJobs({ pipeline: 'dfourp' })).jobs.filter((j) => j.flow === 'direct' && /resumed/.test(j.reason));
+        return js.length && js.every((j) => j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED') ? js : undefined;
+      }, 60_000, 500);
+      for (const j of fours) expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
     } finally {
       stop = true;
       direct.close();
