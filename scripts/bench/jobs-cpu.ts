@@ -125,6 +125,7 @@ async function main(): Promise<void> {
       ['Tessera (direct)', fmt(med(d, (s) => s.rate)), us(d, 'leader'), us(d, 'agent'), us(d, 'components'), us(d, 'etcd'), us(d, 'client'), fmt(med(d, (s) => s.total)), fmt(med(d, (s) => s.idlePct))],
       ['Moleculer', fmt(med(p, (s) => s.rate)), '-', '-', us(p, 'services'), '-', us(p, 'client'), fmt(med(p, (s) => s.total)), fmt(med(p, (s) => s.idlePct))],
       ['ratio', fmt(med(t, (s) => s.rate) / med(p, (s) => s.rate), 2), '', '', '', '', '', fmt(med(t, (s) => s.total) / med(p, (s) => s.total), 2), ''],
+      ['ratio (direct)', fmt(med(d, (s) => s.rate) / med(p, (s) => s.rate), 2), '', '', '', '', '', fmt(med(d, (s) => s.total) / med(p, (s) => s.total), 2), ''],
     ]));
     console.log('(the components row holds the peer\'s four services; CPU is counted in 10 ms ticks, so a few us per job is noise)');
   } finally {
