@@ -206,6 +206,31 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
     }
   });
 
+  it('fails a direct job whose client reports no end, 5 s after its deadline, saying so', async () => {
+    const leader = await leaderOf();
+    const raw = rawDirect(leader.address);
+    try {
+      const l = (await raw.call({ lease: { pipeline: 'dwords' } })).lease!;
+      const id = `${l.idPrefix}.7`;
+      const started = await raw.call({ start: { jobId: id, pipeline: 'dwords', route: 0, payload: Buffer.from(TEXT), deadlineMs: Date.now() + 500 } });
+      expect(started.errorCode, started.error).to.equal(0);
+      // Recorded and running (this client runs it: the leader only waits for its end).
+      expect((await admin.getJob(id)).state).to.equal('JOB_STATE_RUNNING');
+      const j = await waitFor('failed for want of an end', async () => {
+        const g = await admin.getJob(id);
+        return g.state === 'JOB_STATE_FAILED' ? g : undefined;
+      }, 15_000, 200);
+      expect(j.reason).to.match(/deadline passed and its client reported no end/);
+      // An end that comes after that changes nothing.
+      const late = await raw.call({ end: { jobId: id, result: { ok: true, payload: Buffer.from('late'), hops: [] } } });
+      // (or, its lease gone with its last job, refused as outside the stream's leases)
+      expect([grpc.status.OK, grpc.status.FAILED_PRECONDITION], late.error).to.include(late.errorCode);
+      expect((await admin.getJob(id)).state).to.equal('JOB_STATE_FAILED');
+    } finally {
+      raw.close();
+    }
+  });
+
   it('retries around an instance SIGKILLed under direct load: no job lost, the leader takes over the failed relays', async () => {
     const direct = admin.directJobs();
     try {
