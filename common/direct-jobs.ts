@@ -79,7 +79,8 @@ export class DirectJobs {
     lease.inFlight++;
     this.counts.direct++;
     try {
-      const started = this.mux.call({ start: { jobId: id, pipeline: req.pipeline, route: i, payload, deadlineMs: deadline, headers } }, answerBy);
+      // The deadline travels as the time left (budget_ms): the leader's clock need not agree with this one.
+      const started = this.mux.call({ start: { jobId: id, pipeline: req.pipeline, route: i, payload, deadlineMs: deadline, budgetMs: Math.max(1, deadline - Date.now()), headers } }, answerBy);
       const ran = this.runner.run({
         jobId: id, route: lease.routes[i], payload, headers, deadlineMs: deadline, attempt: 1, firstIndex: 0, compactHops: true, callId: 0, routeId: 0, budgetMs: 0,
       } as RelayRequest__Output);

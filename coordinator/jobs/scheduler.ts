@@ -602,8 +602,11 @@ export class JobScheduler {
     if (payload.length > pipeline.maxPayloadBytes) {
       throw InvalidArgumentError.field('start.payload', `is ${payload.length} bytes; pipeline ${pipeline.name} takes at most ${pipeline.maxPayloadBytes}`);
     }
-    const deadlineMs = Number(start.deadlineMs);
-    if (!deadlineMs) throw InvalidArgumentError.field('start.deadline_ms', 'is required');
+    // The time left, on this clock (the client's clock need not agree); else the client's deadline.
+    const budget = Number(start.budgetMs);
+    if (budget < 0 || budget > 24 * 3_600_000) throw InvalidArgumentError.field('start.budget_ms', 'must be 0..86400000 ms');
+    const deadlineMs = budget ? nowMs + budget : Number(start.deadlineMs);
+    if (!deadlineMs) throw InvalidArgumentError.field('start.deadline_ms', 'is required (or budget_ms)');
     if (deadlineMs <= nowMs) throw InvalidArgumentError.field('start.deadline_ms', `is already past (${nowMs - deadlineMs} ms ago)`);
     checkHeaders(start.headers, 'start.headers');
     const rec: JobRecord = {

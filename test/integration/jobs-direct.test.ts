@@ -180,10 +180,17 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       expect([grpc.status[badRoute.errorCode], badRoute.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.route/.test(e));
       const past = await raw.call({ start: { jobId: `${l.idPrefix}.1`, pipeline: 'dwords', route: 0, deadlineMs: Date.now() - 1_000 } });
       expect([grpc.status[past.errorCode], past.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.deadline_ms.*already past/.test(e));
+      // The time left counts on the leader's clock: a client whose clock runs a minute behind is not refused.
+      const skewed = await raw.call({ start: { jobId: `${l.idPrefix}.2`, pipeline: 'dwords', route: 0, payload: Buffer.from(TEXT), deadlineMs: Date.now() - 60_000, budgetMs: 8_000 } });
+      expect(skewed.errorCode, skewed.error).to.equal(0);
+      const sk = await admin.getJob(`${l.idPrefix}.2`);
+      expect(Number(sk.deadlineMs) - Number(sk.submittedAtMs)).to.be.within(7_000, 8_000);
+      const badBudget = await raw.call({ start: { jobId: `${l.idPrefix}.3`, pipeline: 'dwords', route: 0, deadlineMs: Date.now() + 10_000, budgetMs: -5 } });
+      expect([grpc.status[badBudget.errorCode], badBudget.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.budget_ms/.test(e));
       const badId = await raw.call({ start: { jobId: `${l.idPrefix}.NOT-B36`, pipeline: 'dwords', route: 0, deadlineMs: Date.now() + 10_000 } });
       expect([grpc.status[badId.errorCode], badId.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.job_id/.test(e));
       // None of the refused starts became a job.
-      for (const id of [`${l.idPrefix}.0`, `${l.idPrefix}.1`]) await expectCode(admin.getJob(id), 'NOT_FOUND');
+      for (const id of [`${l.idPrefix}.0`, `${l.idPrefix}.1`, `${l.idPrefix}.3`]) await expectCode(admin.getJob(id), 'NOT_FOUND');
       // Broken bytes end the stream with INVALID_ARGUMENT.
       const Raw = grpc.makeGenericClientConstructor({
         DirectJobs: { path: '/tessera.v1.Admin/DirectJobs', requestStream: true, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
