@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { MuxClient, statusError } from './mux';
 import { CHANNEL_OPTIONS, clientCredentials, deadline, dial, dialAny, DIAL_TIMEOUT_MS } from './grpc';
 import { tesseraProto } from './proto';
+import { DirectJobs } from './direct-jobs';
 import { LEADER_ADDRESS_KEY, NO_FORWARD_KEY, NO_LEADER_TEXT, NOT_LEADER_TEXT } from './errors';
 import type { AdminClient as RawAdminClient } from './generated/tessera/v1/Admin';
 import type { ClusterStatus__Output } from './generated/tessera/v1/ClusterStatus';
@@ -194,9 +195,7 @@ export class AdminClient {
    * common/direct-jobs.ts. The same submit as jobStream's (a submission it cannot run directly
    * goes through SubmitJobs).
    */
-  directJobs(): import('./direct-jobs').DirectJobs {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { DirectJobs } = require('./direct-jobs') as typeof import('./direct-jobs');
+  directJobs(): DirectJobs {
     return new DirectJobs(this.leaderStream('directJobs'), this.jobStream(), clientCredentials(this.opts.tls));
   }
 

@@ -594,6 +594,8 @@ export class JobScheduler {
       throw InvalidArgumentError.field('start.job_id', `must be the lease's id prefix ${lease.idPrefix} + "." + a base-36 number`);
     }
     if (this.jobs.has(id)) throw new AlreadyExistsError(`job ${id} was started already`);
+    // The client keeps to this itself (past it, it submits through SubmitJobs): here for one that does not.
+    if (lease.open.size >= LEASE_MAX_IN_FLIGHT) throw new ResourceExhaustedError(`lease ${lease.idPrefix} has ${lease.open.size} jobs in flight (its max_in_flight); submit the rest through SubmitJobs`);
     const pipeline = lease.pipeline;
     if (start.pipeline !== pipeline.name) throw InvalidArgumentError.field('start.pipeline', `is ${JSON.stringify(start.pipeline)}; this lease is for pipeline ${pipeline.name}`);
     const route = lease.routes[start.route];
