@@ -228,6 +228,11 @@ export class Leadership extends EventEmitter {
             await this.refuse(why);
             return;
           }
+          // Who campaigns already, read first: a coordinator started under an id another one
+          // campaigns with puts no key of its own, not even for the moment until the observer's
+          // next read (a CI run saw the second one listed as a candidate beside the first).
+          await this.refreshLeader();
+          if (this.clash) continue;
           await this.becomeCandidate();
           backoff.reset();
           if (this.campaignWarnings.reset()) this.log.info('campaigning again');

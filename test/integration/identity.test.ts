@@ -8,6 +8,7 @@
 // serves as a follower meanwhile (self known by its candidacy's nonce, not its id).
 // Real etcd, real coordinators and agents, real containers.
 import { expect } from 'chai';
+import { Etcd3 } from 'etcd3';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { AdminClient } from '../../common/admin-client';
@@ -85,6 +86,11 @@ describe('coordinator identity: one coordinator per id', function () {
   it('a second coordinator under a campaigning id does not campaign, says why, forwards writes and redirects agents; it leads once the first is gone', async () => {
     const first = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx' });
     await waitForLeader([first.address]);
+    // Every election key put while the second runs beside the first: none may be the second's.
+    const etcd = new Etcd3({ hosts: s.etcd.endpoints });
+    const puts: string[] = [];
+    const watcher = await etcd.watch().prefix('/tessera/election/').create();
+    watcher.on('put', (kv) => puts.push(kv.value.toString()));
     const second = await s.fleet.coordinator({ etcd: s.etcd.endpoints, id: 'cx', extra: ['--data-dir', `${s.fleet.dir}/cx-second`] });
     const health = healthClient(second.address);
     const admin = new AdminClient([second.address]);
@@ -107,6 +113,9 @@ describe('coordinator identity: one coordinator per id', function () {
       expect((await direct.getNode('via-second')).cordonReason).to.equal('through the second');
       direct.close();
       expect((await statusOf(first.address))?.refusal).to.equal('');
+      await watcher.cancel();
+      expect(puts.filter((v) => v.includes(second.address)), 'election keys the second put beside the first').to.deep.equal([]);
+      etcd.close();
 
       // The first goes: the second campaigns and leads, and serves.
       await first.kill('SIGTERM');
