@@ -70,8 +70,11 @@ export class DirectJobs {
     const payload = !req.payload ? EMPTY : Buffer.isBuffer(req.payload) ? req.payload : Buffer.from(req.payload as Uint8Array);
     const now = Date.now();
     const deadline = Number(req.deadlineMs) || now + (Number(req.timeoutMs) || Number(lease.l.defaultTimeoutMs));
-    // The leader answers what a lease does not cover (and says why it refuses the rest).
-    if (!lease.routes.length || lease.inFlight >= lease.l.maxInFlight || payload.length > Number(lease.l.maxPayloadBytes) || deadline <= now) return this.viaLeader(req, deadlineMs);
+    // The leader answers what a lease does not cover, and refuses what it would refuse (naming
+    // the field) before anything runs.
+    if (!lease.routes.length || lease.inFlight >= lease.l.maxInFlight || payload.length > Number(lease.l.maxPayloadBytes) || deadline <= now || !headerNamesOk(req.headers)) {
+      return this.viaLeader(req, deadlineMs);
+    }
     const i = lease.rr++ % lease.routes.length;
     const id = `${lease.l.idPrefix}.${(lease.n++).toString(36)}`;
     const headers = req.headers ?? {};
@@ -99,8 +102,8 @@ export class DirectJobs {
         failedHeaders: out.failedHeaders, errorCode: out.errorCode, error: out.error,
       };
       if (out.ok) {
-        // Recorded by the leader; nothing waits for it (if it is lost, the leader runs the job again).
-        // (no deadline: nothing waits for the answer, and a stream that breaks ends the call)
+        // Recorded by the leader; nothing waits for it, so no deadline (if it is lost, with the
+        // stream, the leader runs the job again).
         if (!this.closed) this.mux.call({ end: { jobId: id, result } }).catch(() => {});
         const done = Date.now();
         return {
@@ -161,4 +164,10 @@ export class DirectJobs {
       throw err;
     }
   }
+}
+
+/** Header names as the leader takes them (its refusal names the header). */
+function headerNamesOk(headers: Record<string, string> | undefined): boolean {
+  if (headers) for (const h in headers) if (!/^[A-Za-z0-9_.-]{1,64}$/.test(h)) return false;
+  return true;
 }

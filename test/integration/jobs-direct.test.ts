@@ -160,6 +160,10 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       await admin.applyPipeline({ name: 'dtiny', maxPayloadBytes: 16, stages: PIPELINE.stages });
       // Over the payload limit: the leader refuses it (through SubmitJobs), naming the field.
       await expectCode(direct.submit({ pipeline: 'dtiny', payload: Buffer.alloc(100), wait: true }), 'INVALID_ARGUMENT', /payload/);
+      // A bad header name: refused (through SubmitJobs) before anything runs, naming it.
+      const ranBefore = direct.counts.direct;
+      await expectCode(direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true, headers: { 'bad name': 'x' } }), 'INVALID_ARGUMENT', /headers\.bad name/);
+      expect(direct.counts.direct, 'not run directly').to.equal(ranBefore);
       // Jobs with an idempotency key go through SubmitJobs (the leader answers a resubmission with the same job).
       const keyed = await direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true, idempotencyKey: `k-${RUN}` });
       expect(keyed.flow).to.equal('chain');
