@@ -681,7 +681,7 @@ export class JobScheduler {
     lease.open.clear();
   }
 
-  /** Direct jobs whose client reported no end well past their deadline are failed (each second, by the coordinator). */
+  /** Direct jobs whose client reported no end well past their deadline are failed (each second, by the stream that holds the lease). */
   sweepDirect(lease: DirectLease, nowMs = Date.now()): void {
     for (const job of lease.open) {
       if (TERMINAL.has(job.rec.state) || job.direct !== lease) {
