@@ -196,7 +196,7 @@ export class AdminClient {
    * goes through SubmitJobs).
    */
   directJobs(): DirectJobs {
-    return new DirectJobs(this.leaderStream('directJobs'), this.jobStream(), clientCredentials(this.opts.tls));
+    return new DirectJobs(this.leaderStream('directJobs'), this.jobStream(), clientCredentials(this.opts.tls), (id) => this.getJob(id));
   }
 
   /**

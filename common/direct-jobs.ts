@@ -20,9 +20,16 @@
 // does so with every job whose end it finds no record of. Steps are at-least-once, as for any
 // job. Jobs with an idempotency key, jobs not waited for, and jobs past a lease's limits
 // (no route: every instance saturated; its max in flight) go through SubmitJobs, where
-// admission queues and refuses.
+// admission queues and refuses, as does everything while the coordinators do not serve
+// DirectJobs (from before it: UNIMPLEMENTED; asked again each UNSUPPORTED_RETRY_MS).
+//
+// An answer lost with the stream (the leader died, or the connection broke) is asked for again:
+// a job whose start was recorded is the leader's, or the next one's (it runs it again from its
+// start record), and GetJob tells how it ended; the client waits for that, up to the job's
+// deadline. A start the stream lost before the leader recorded it is known to no leader: that
+// job was not accepted, and the caller is told so.
 import * as grpc from '@grpc/grpc-js';
-import { MuxClient, statusError } from './mux';
+import { MuxClient, NOT_OPENED, statusError } from './mux';
 import { StepRunner } from './relay';
 import type { LeaderStream } from './admin-client';
 import type { DirectCall } from './generated/tessera/v1/DirectCall';
@@ -47,6 +54,9 @@ interface Lease {
 type Fallback = { submit: (req: SubmitJobRequest, deadlineMs?: number) => Promise<Job__Output>; close: () => void };
 
 const EMPTY = Buffer.alloc(0);
+/** After coordinators answered DirectJobs with UNIMPLEMENTED, how long everything goes through SubmitJobs before it is asked again. */
+export const UNSUPPORTED_RETRY_MS = 60_000;
+const ENDED = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 
 export class DirectJobs {
   private readonly mux: MuxClient<DirectCall, DirectAnswer__Output>;
@@ -56,8 +66,12 @@ export class DirectJobs {
   /** How submissions went: run here, or through SubmitJobs; and failed relays the leader took over. */
   readonly counts = { direct: 0, viaLeader: 0, takenOver: 0 };
   private closed = false;
+  /** Until when submissions go through SubmitJobs: the coordinators do not serve DirectJobs. */
+  private unsupportedUntil = 0;
 
-  constructor(private readonly leader: LeaderStream, private readonly fallback: Fallback, relayCredentials: grpc.ChannelCredentials) {
+  /** lookup: GetJob on the leader (any coordinator forwards it there), for answers lost with the stream. */
+  constructor(private readonly leader: LeaderStream, private readonly fallback: Fallback, relayCredentials: grpc.ChannelCredentials,
+    private readonly lookup: (id: string) => Promise<Job__Output>) {
     this.mux = new MuxClient(leader.open as never, { req: 'calls', res: 'answers' },
       (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '' }) : undefined));
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials, chain: true });
@@ -65,8 +79,16 @@ export class DirectJobs {
 
   /** As AdminClient.jobStream's submit: resolves with the job as it ended (a job not waited for: as accepted). */
   async submit(req: SubmitJobRequest, deadlineMs?: number): Promise<Job__Output> {
-    if (req.idempotencyKey || !req.wait || !req.pipeline) return this.viaLeader(req, deadlineMs);
-    const lease = await this.lease(req.pipeline);
+    if (req.idempotencyKey || !req.wait || !req.pipeline || Date.now() < this.unsupportedUntil) return this.viaLeader(req, deadlineMs);
+    let lease: Lease;
+    try {
+      lease = await this.lease(req.pipeline);
+    } catch (err) {
+      if ((err as grpc.ServiceError).code !== grpc.status.UNIMPLEMENTED) throw err;
+      // Coordinators from before DirectJobs (a rolling upgrade under way): SubmitJobs, for a while.
+      this.unsupportedUntil = Date.now() + UNSUPPORTED_RETRY_MS;
+      return this.viaLeader(req, deadlineMs);
+    }
     const payload = !req.payload ? EMPTY : Buffer.isBuffer(req.payload) ? req.payload : Buffer.from(req.payload as Uint8Array);
     const now = Date.now();
     const deadline = Number(req.deadlineMs) || now + (Number(req.timeoutMs) || Number(lease.l.defaultTimeoutMs));
@@ -90,10 +112,13 @@ export class DirectJobs {
       try {
         await started;
       } catch (err) {
-        // Not recorded: not accepted (its steps may have run, as a SubmitJobs job's may when its start record fails).
+        // Its steps may have run, as a SubmitJobs job's may when its start record fails.
         void ran.catch(() => {});
         const e = err as grpc.ServiceError & { notLeader?: boolean };
-        if (e.code === grpc.status.FAILED_PRECONDITION || e.notLeader) throw statusError(grpc.status.UNAVAILABLE, `job not accepted: the leader changed while it was submitted (${e.details})`);
+        // Sent on a stream that broke before the answer: recorded or not, the leader knows.
+        if (e.code === grpc.status.UNAVAILABLE && !e.notLeader && !e.details?.startsWith(NOT_OPENED)) return await this.follow(id, answerBy, true, e);
+        // Refused by a coordinator that no longer leads, or by a new leader that does not know the lease: not recorded.
+        if (e.code === grpc.status.FAILED_PRECONDITION || e.notLeader) throw statusError(grpc.status.UNAVAILABLE, `job ${id} not accepted: the leader changed while it was submitted (${e.details})`);
         throw err;
       }
       const out = await ran;
@@ -114,7 +139,15 @@ export class DirectJobs {
       }
       // A failed relay: the leader re-plans from the failed stage; its answer is the job's end.
       this.counts.takenOver++;
-      const a = await this.mux.call({ end: { jobId: id, result } }, answerBy);
+      let a: DirectAnswer__Output;
+      try {
+        a = await this.mux.call({ end: { jobId: id, result } }, answerBy);
+      } catch (err) {
+        // Its start is recorded: the leader runs it again (its client's stream ended), or the next one does.
+        const e = err as grpc.ServiceError;
+        if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.FAILED_PRECONDITION) return await this.follow(id, answerBy, false, e);
+        throw err;
+      }
       if (!a.job) throw statusError(grpc.status.INTERNAL, `the leader answered job ${id}'s end without the job`);
       return a.job;
     } finally {
@@ -127,6 +160,34 @@ export class DirectJobs {
     this.mux.close();
     this.runner.close();
     this.fallback.close();
+  }
+
+  /**
+   * A job whose answer was lost with the stream to the leader: asks the leader (this one, or the
+   * next once elected) how it stands, until it has ended or answerBy. When its start may not
+   * have reached the leader (startUnknown), a leader that does not know it, twice, means it was
+   * not recorded: not accepted.
+   */
+  private async follow(id: string, answerBy: number, startUnknown: boolean, cause: grpc.ServiceError): Promise<Job__Output> {
+    let misses = 0;
+    for (let wait = 100; ; wait = Math.min(1_000, wait * 2)) {
+      if (this.closed) throw statusError(grpc.status.CANCELLED, `job ${id}: client closed while it asked how the job ended`);
+      try {
+        const j = await this.lookup(id);
+        if (ENDED.has(String(j.state))) return j;
+      } catch (err) {
+        const code = (err as grpc.ServiceError).code;
+        if (code === grpc.status.NOT_FOUND && startUnknown && ++misses >= 2) {
+          throw statusError(grpc.status.UNAVAILABLE, `job ${id} not accepted: the stream to the leader broke before its start was answered (${cause.details}), and the leader has no record of it`);
+        }
+        // No leader yet (an election), or one that is loading: asked again.
+        if (code !== grpc.status.NOT_FOUND && code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED) throw err;
+      }
+      if (Date.now() + wait >= answerBy) {
+        throw statusError(grpc.status.DEADLINE_EXCEEDED, `job ${id}: its answer was lost with the stream to the leader (${cause.details}) and it had not ended by its deadline; GetJob ${id} tells how it ends`);
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 
   private viaLeader(req: SubmitJobRequest, deadlineMs?: number): Promise<Job__Output> {

@@ -2,7 +2,9 @@
 // through the environment, to make a race that takes microseconds in production take seconds
 // in a test, or an error, to fail what a real fault fails there only rarely. Off unless
 // TESSERA_FAILPOINTS is set, e.g. TESSERA_FAILPOINTS="leaderStart=sleep(2000)" or
-// "commitInPartsBetween=error(1)" (throws the first time it is reached). Never set it on a real fleet.
+// "commitInPartsBetween=error(1)" (throws the first time it is reached). A name may carry a
+// subject, name@subject, to fire only where the code names that subject (a pipeline, say):
+// "directStartAck@slowp=sleep(600000)". Never set it on a real fleet.
 
 /** Read on first use (a daemon reads it with its settings, so a bad value stops it there, exit 2). */
 let parsed: Map<string, Failpoint> | undefined;
@@ -15,8 +17,8 @@ export type Failpoint = { sleepMs: number } | { errors: number };
 export function parseFailpoints(spec: string): Map<string, Failpoint> {
   const out = new Map<string, Failpoint>();
   for (const part of spec.split(/[;,]/).map((s) => s.trim()).filter(Boolean)) {
-    const m = /^([A-Za-z][\w.-]*)=(sleep|error)\((\d+)\)$/.exec(part);
-    if (!m) throw new Error(`TESSERA_FAILPOINTS: cannot read "${part}" (expected name=sleep(ms) or name=error(n))`);
+    const m = /^([A-Za-z][\w.-]*(?:@[\w.-]+)?)=(sleep|error)\((\d+)\)$/.exec(part);
+    if (!m) throw new Error(`TESSERA_FAILPOINTS: cannot read "${part}" (expected name=sleep(ms), name=error(n), or name@subject=...)`);
     out.set(m[1], m[2] === 'sleep' ? { sleepMs: Number(m[3]) } : { errors: Number(m[3]) });
   }
   return out;
@@ -27,9 +29,14 @@ export function activeFailpoints(): string[] {
   return [...points().keys()];
 }
 
-/** Waits or throws as the failpoint says when it is set; resolves at once (no timer) when it is not. */
-export async function failpoint(name: string): Promise<void> {
-  const p = points().get(name);
+/**
+ * Waits or throws as the failpoint says when it is set (as name, or as name@subject for this
+ * subject); resolves at once (no timer) when it is not.
+ */
+export async function failpoint(name: string, subject?: string): Promise<void> {
+  const all = points();
+  if (!all.size) return;
+  const p = (subject !== undefined ? all.get(`${name}@${subject}`) : undefined) ?? all.get(name);
   if (!p) return;
   if ('sleepMs' in p) {
     await new Promise((r) => setTimeout(r, p.sleepMs));

@@ -12,6 +12,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { malformedReason } from './grpc';
 
+/** How a call that never went out begins its error: nothing of it reached the server. */
+export const NOT_OPENED = 'stream not opened';
+
 interface Pending<Res> {
   resolve: (r: Res) => void;
   reject: (e: grpc.ServiceError) => void;
@@ -129,7 +132,7 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
       s = this.ensure();
     } catch (err) {
       // The channel cannot make a call (closed under it): these calls fail, the process goes on.
-      const e = statusError(grpc.status.UNAVAILABLE, `stream not opened: ${(err as Error).message}`);
+      const e = statusError(grpc.status.UNAVAILABLE, `${NOT_OPENED}: ${(err as Error).message}`);
       for (const r of items) {
         const id = Number(r.callId);
         const p = this.pending.get(id);

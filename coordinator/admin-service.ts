@@ -47,6 +47,7 @@ import type { JobSubmission__Output } from '../common/generated/tessera/v1/JobSu
 import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
 import { MuxClient, serveMux } from '../common/mux';
 import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/SubmitJobRequest';
+import { failpoint } from '../common/failpoints';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
 /**
@@ -365,10 +366,25 @@ export class AdminService {
     serveMux<DirectCall__Output, DirectAnswer>(call, { req: 'calls', res: 'answers' }, async (c) => {
       rejectMalformed(c, 'call');
       leading();
+      if (!c.start && !c.lease) return answer(c);
+      try {
+        return await answer(c);
+      } catch (err) {
+        // Counted as SubmitJobs' refusals are (a coordinator that no longer leads refuses nothing of its own).
+        if (!(err instanceof NotLeaderError || err instanceof FencedError)) jobs.refused(err);
+        throw err;
+      }
+    }, (code, error, err) => {
+      const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
+      return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
+    });
+
+    async function answer(c: DirectCall__Output): Promise<DirectAnswer> {
       if (c.start) {
         const l = leases.get(leasePrefix(c.start.jobId ?? ''));
         if (!l) throw new FailedPreconditionError(`start.job_id ${JSON.stringify(c.start.jobId)}: no lease of this stream has its prefix (leases live as long as the stream, on the leader that granted them)`);
         await jobs.startDirect(l.lease, c.start);
+        await failpoint('directStartAck', l.lease.pipeline.name);
         return {};
       }
       if (c.end) {
@@ -390,10 +406,7 @@ export class AdminService {
         };
       }
       throw InvalidArgumentError.field('call', 'needs one of lease, start, end');
-    }, (code, error, err) => {
-      const notLeader = err instanceof NotLeaderError || err instanceof FencedError;
-      return { errorCode: code, error, notLeader, leaderAddress: err instanceof NotLeaderError ? err.leaderAddress ?? '' : '' };
-    });
+    }
   }
 
   /** A write to one node on the leader (drain, cordon, remove): its id checked first, placements reconsidered after. */

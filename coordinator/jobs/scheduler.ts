@@ -430,10 +430,15 @@ export class JobScheduler {
     try {
       return await this.admitOnce(req, nowMs, by);
     } catch (err) {
-      const code = (err as { code?: number }).code;
-      this.metrics?.inc('tessera_jobs_refused_total', { code: grpc.status[code ?? grpc.status.UNKNOWN] ?? String(code) });
+      this.refused(err);
       throw err;
     }
+  }
+
+  /** A submission refused (SubmitJobs, or a DirectJobs start or lease), by its gRPC code. */
+  refused(err: unknown): void {
+    const code = (err as { code?: number }).code;
+    this.metrics?.inc('tessera_jobs_refused_total', { code: grpc.status[code ?? grpc.status.UNKNOWN] ?? String(code) });
   }
 
   /**

@@ -7,6 +7,8 @@ import * as grpc from '@grpc/grpc-js';
 import { fork, ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import { Etcd3 } from 'etcd3';
 import { AdminClient } from '../../common/admin-client';
 import { tesseraProto } from '../../common/proto';
 import { NO_FORWARD_KEY } from '../../common/errors';
@@ -90,7 +92,14 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
   let slow: ChildProcess | undefined;
   let four: ChildProcess | undefined;
   let child: ChildProcess | undefined;
+  const spare: ChildProcess[] = [];
+  const metricsPorts: Record<string, number> = {};
 
+  /** tessera_jobs_refused_total of a coordinator, by code. */
+  const refusals = async (id: string): Promise<Record<string, number>> => {
+    const text = await (await fetch(`http://127.0.0.1:${metricsPorts[id]}/metrics`)).text();
+    return Object.fromEntries([...text.matchAll(/^tessera_jobs_refused_total\{code="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+  };
   const leaderOf = async () => {
     const id = (await statusOf(coords[0].address))?.leader?.id ?? (await statusOf(coords[1].address))?.leader?.id;
     return coords.find((c) => c.id === id)!;
@@ -100,7 +109,13 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
     coords = [];
-    for (const id of ['d1', 'd2']) coords.push(await fleet.coordinator({ etcd: etcd.endpoints, id, extra: ['--reconcile-interval-ms', '200'] }));
+    // directStartAck@dackp: a leader records the starts of pipeline dackp's direct jobs and never answers them.
+    for (const id of ['d1', 'd2', 'd3']) {
+      metricsPorts[id] = await freePort();
+      coords.push(await fleet.coordinator({
+        etcd: etcd.endpoints, id, extra: ['--reconcile-interval-ms', '200', '--metrics-listen', `127.0.0.1:${metricsPorts[id]}`], env: { TESSERA_FAILPOINTS: 'directStartAck@dackp=sleep(600000)' },
+      }));
+    }
     await waitForLeader(coords.map((c) => c.address), 30_000);
     const base = 25_000 + Math.floor(Math.random() * 40) * 100;
     nodes.forEach((n, i) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: n, extra: ['--port-range', laneRange(`${base + i * 50}-${base + i * 50 + 49}`), '--cpu-millis', '8000'] }));
@@ -114,6 +129,7 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
     slow?.kill('SIGKILL');
     four?.kill('SIGKILL');
     child?.kill('SIGKILL');
+    for (const p of spare) p.kill('SIGKILL');
     admin?.close();
     await fleet?.stop();
     await etcd?.stop();
@@ -155,6 +171,7 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
     const direct = admin.directJobs();
     const leader = await leaderOf();
     const raw = rawDirect(leader.address);
+    const refusedBefore = await refusals(leader.id!);
     try {
       await expectCode(direct.submit({ pipeline: 'nope', payload: Buffer.from('x'), wait: true }), 'NOT_FOUND', /nope/);
       await admin.applyPipeline({ name: 'dtiny', maxPayloadBytes: 16, stages: PIPELINE.stages });
@@ -195,6 +212,12 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       expect([grpc.status[badId.errorCode], badId.error]).to.satisfy(([c, e]: [string, string]) => c === 'INVALID_ARGUMENT' && /start\.job_id/.test(e));
       // None of the refused starts became a job.
       for (const id of [`${l.idPrefix}.0`, `${l.idPrefix}.1`, `${l.idPrefix}.3`]) await expectCode(admin.getJob(id), 'NOT_FOUND');
+      // Counted by code, as SubmitJobs' refusals are: the leases refused (NOT_FOUND, UNAVAILABLE),
+      // the starts refused by hand (FAILED_PRECONDITION, INVALID_ARGUMENT x4) and those sent
+      // through SubmitJobs (INVALID_ARGUMENT x2).
+      const refused = await refusals(leader.id!);
+      const delta = (code: string) => (refused[code] ?? 0) - (refusedBefore[code] ?? 0);
+      expect(['NOT_FOUND', 'UNAVAILABLE', 'FAILED_PRECONDITION', 'INVALID_ARGUMENT'].map(delta)).to.deep.equal([1, 1, 1, 6]);
       // Broken bytes end the stream with INVALID_ARGUMENT.
       const Raw = grpc.makeGenericClientConstructor({
         DirectJobs: { path: '/tessera.v1.Admin/DirectJobs', requestStream: true, responseStream: true, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b },
@@ -304,6 +327,72 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       expect(j.reason).to.match(/its client went away/);
       expect(j.result.toString()).to.match(/"job","\d"/);
     }
+  });
+
+  it('answers lost with the leader are asked for again: a recorded start and a taken-over job end as the next leader runs them; a start no leader recorded is not accepted', async () => {
+    const echo = path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js');
+    const leader = await leaderOf();
+    const client = new AdminClient([leader.address, ...coords.filter((c) => c !== leader).map((c) => c.address)]);
+    const direct = client.directJobs();
+    const other = client.directJobs();
+    try {
+      // Pipeline dtkp's one stage: instance x (quick), and y (3 s a step), registered later.
+      const [xPort, yPort] = [await freePort(), await freePort()];
+      const x = fork(echo, [], { env: { ...process.env, PORT_GRPC: String(xPort), KIND: 'dtk' }, stdio: 'ignore' });
+      const y = fork(echo, [], { env: { ...process.env, PORT_GRPC: String(yPort), KIND: 'dtk', DELAY_MS: '3000' }, stdio: 'ignore' });
+      spare.push(x, y);
+      await admin.registerComponent({ instanceId: `dtkx-${RUN}`, kind: 'dtk', endpoint: `127.0.0.1:${xPort}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'dtkp', defaultTimeoutMs: 30_000, stages: [{ name: 'one', kind: 'dtk' }] });
+      await admin.applyPipeline({ ...PIPELINE, name: 'dackp', defaultTimeoutMs: 30_000 });
+      await waitFor('x answers', async () => (await admin.submitJob({ pipeline: 'dtkp', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 20_000, 200);
+      await waitFor('y listening', () => new Promise<boolean>((resolve) => {
+        const sock = net.connect(yPort, '127.0.0.1', () => { sock.destroy(); resolve(true); }).on('error', () => resolve(false));
+      }), 20_000, 100);
+      // A lease for dtkp (its routes through x).
+      expect((await direct.submit({ pipeline: 'dtkp', payload: Buffer.from('x'), wait: true })).flow).to.equal('direct');
+      // x goes away while the lease still names it, and y comes: job C's relay fails at x, and the
+      // leader takes it over (on y, 3 s).
+      await admin.registerComponent({ instanceId: `dtky-${RUN}`, kind: 'dtk', endpoint: `127.0.0.1:${yPort}`, ttlMs: 120_000 });
+      x.kill('SIGKILL');
+      await admin.deregisterComponent(`dtkx-${RUN}`);
+      const c = direct.submit({ pipeline: 'dtkp', payload: Buffer.from('c'), wait: true, timeoutMs: 30_000 });
+      await waitFor('job C taken over by the leader', () => direct.counts.takenOver === 1, 5_000, 20);
+      // Job A: the leader records its start and never answers it (the failpoint).
+      const a = direct.submit({ pipeline: 'dackp', payload: Buffer.from(TEXT), wait: true, timeoutMs: 30_000 });
+      const aId = await waitFor('job A running', async () => (await admin.listJobs({ pipeline: 'dackp', state: 'JOB_STATE_RUNNING' })).jobs[0]?.id, 10_000, 50);
+      const e = new Etcd3({ hosts: etcd.endpoints });
+      try {
+        await waitFor('job A\'s start durable', async () => Object.values(await e.getAll().strings()).some((v) => v.includes(aId)), 10_000, 50);
+      } finally {
+        e.close();
+      }
+      // Job B (another client, its lease fresh): its start goes to a frozen leader, which never reads it.
+      expect((await other.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true })).flow).to.equal('direct');
+      leader.pause();
+      const b = other.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true, timeoutMs: 30_000 }).then(() => undefined, (err: grpc.ServiceError) => err);
+      await new Promise((r) => setTimeout(r, 300));
+      await leader.kill('SIGKILL');
+      const [aj, cj, bErr] = await Promise.all([a, c, b]);
+      // A and C were recorded: the next leader ran them again from their start records, and the
+      // client answered with how they ended there.
+      expect([aj.id, aj.state], aj.reason).to.deep.equal([aId, 'JOB_STATE_SUCCEEDED']);
+      expect(aj.reason).to.match(/resumed/);
+      expect(aj.result.toString()).to.equal(EXPECTED);
+      expect([cj.state, cj.result.toString()], cj.reason).to.deep.equal(['JOB_STATE_SUCCEEDED', 'c']);
+      // B's start reached no leader: not accepted, and no coordinator knows it.
+      expect(bErr, 'job B answered').to.not.equal(undefined);
+      expect([grpc.status[bErr!.code]]).to.deep.equal(['UNAVAILABLE']);
+      const bId = /^job (\S+) not accepted/.exec(bErr!.details)?.[1];
+      expect(bId, bErr!.details).to.be.a('string');
+      await expectCode(admin.getJob(bId!), 'NOT_FOUND');
+    } finally {
+      direct.close();
+      other.close();
+      client.close();
+      // Back to three coordinators for the next test.
+      if (!leader.running) leader.start();
+    }
+    await waitFor('the restarted coordinator follows', async () => (await statusOf(leader.address))?.leader?.id !== undefined, 30_000, 200);
   });
 
   it('a leader SIGKILLed while direct jobs run: every accepted job ends SUCCEEDED or FAILED, and the client goes on with the next leader', async () => {
