@@ -114,6 +114,7 @@ export class Agent {
     this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
     this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }), undefined, this.tls);
     this.conn.on('welcome', (w) => {
+      this.relay?.tickets.add(w.relayKeyId, w.relayKey);
       if (!this.config.reportIntervalMs && w.reportIntervalMs > 0 && w.reportIntervalMs !== this.reportIntervalMs) {
         this.reportIntervalMs = w.reportIntervalMs;
         this.scheduleReports();

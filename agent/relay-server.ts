@@ -12,6 +12,7 @@ import type { Logger } from '../common/logger';
 import { tesseraProto } from '../common/proto';
 import { deadlineHere, RELAY_FEATURES, ROUTE_IDS, RouteTable, StepRunner } from '../common/relay';
 import { LiveTls, peerIdentity } from '../common/tls';
+import { StreamTickets, TicketKeys } from '../common/relay-ticket';
 import type { RelayRequest__Output } from '../common/generated/tessera/v1/RelayRequest';
 import type { RelayResult } from '../common/generated/tessera/v1/RelayResult';
 import type { InstanceLogsRequest__Output } from '../common/generated/tessera/v1/InstanceLogsRequest';
@@ -47,7 +48,8 @@ function relayTraffic(): void {
 
 /**
  * Who may hand this agent a route: coordinators, other agents (the next hop of a chain), and
- * admin clients running direct jobs (Admin.DirectJobs: the leader leased them the route).
+ * admin clients running direct jobs (Admin.DirectJobs: the leader leased them the route), these
+ * only for jobs whose lease ticket holds (common/relay-ticket.ts).
  */
 const RELAY_ROLES = new Set(['coordinator', 'agent', 'admin']);
 
@@ -56,6 +58,8 @@ export class RelayServer {
   private server?: grpc.Server;
   address = '';
   relayed = 0;
+  /** The keys of relay tickets, from coordinators' Welcome messages. */
+  readonly tickets = new TicketKeys();
 
   constructor(
     private readonly nodeId: string,
@@ -80,7 +84,10 @@ export class RelayServer {
         if (tls) {
           const peer = peerIdentity(call);
           if (!RELAY_ROLES.has(peer.role)) throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
+          const why = peer.role === 'admin' ? new StreamTickets(this.tickets).check(req.jobId, req.leaseTicket) : undefined;
+          if (why) throw new PermissionDeniedError(why);
         }
+        req.leaseTicket = '';
         // A unary call has no stream to have named a route on: it must carry the route.
         const unknown = new RouteTable().resolve(req);
         if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: `${unknown} (a Relay call carries its route)`, failedIndex: req.firstIndex };
@@ -90,12 +97,14 @@ export class RelayServer {
         return this.runner.run(req);
       }),
       RelayStream: (call: grpc.ServerDuplexStream<Record<string, unknown>, Record<string, unknown>>) => {
+        let tickets: StreamTickets | undefined;
         if (tls) {
           const peer = peerIdentity(call);
           if (!RELAY_ROLES.has(peer.role)) {
             call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: `certificate role ${peer.role} may not relay steps` });
             return;
           }
+          if (peer.role === 'admin') tickets = new StreamTickets(this.tickets);
         }
         const routes = new RouteTable();
         // Tells the caller this relay understands route ids (RelayRequest.route_id).
@@ -106,6 +115,12 @@ export class RelayServer {
           if (malformedReason(req) !== undefined) return { ok: false, errorCode: grpc.status.INVALID_ARGUMENT, error: `malformed request: ${malformedReason(req)}`, failedIndex: -1 };
           const unknown = routes.resolve(req);
           if (unknown) return { ok: false, errorCode: grpc.status.FAILED_PRECONDITION, error: unknown, failedIndex: req.firstIndex };
+          if (tickets) {
+            // A failed relay, not a broken stream: the client's leader takes the job over.
+            const why = tickets.check(req.jobId, req.leaseTicket);
+            if (why) return { ok: false, errorCode: grpc.status.PERMISSION_DENIED, error: why, failedIndex: req.firstIndex, failedInput: req.payload, failedHeaders: req.headers };
+          }
+          req.leaseTicket = '';
           this.relayed++;
           relayTraffic();
           deadlineHere(req);

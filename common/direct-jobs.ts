@@ -108,6 +108,7 @@ export class DirectJobs {
       const started = this.mux.call({ start: { jobId: id, pipeline: req.pipeline, route: i, payload, deadlineMs: deadline, budgetMs: Math.max(1, deadline - Date.now()), headers } }, answerBy);
       const ran = this.runner.run({
         jobId: id, route: lease.routes[i], payload, headers, deadlineMs: deadline, attempt: 1, firstIndex: 0, compactHops: true, callId: 0, routeId: 0, budgetMs: 0,
+        leaseTicket: lease.l.relayTicket ?? '',
       } as RelayRequest__Output);
       try {
         await started;

@@ -110,6 +110,8 @@ export class RouteInterner {
   /** Route objects seen before: a caller that reuses a route object is spared keying it again. */
   private keys = new WeakMap<object, string>();
   private sent = new Set<number>();
+  /** Lease tickets this stream has carried (a direct client's: the agent keeps each for its prefix). */
+  private tickets = new Set<string>();
   private generation = -1;
   private supported = -1;
   private next = 1;
@@ -125,9 +127,17 @@ export class RouteInterner {
     if (generation !== this.generation) {
       this.generation = generation;
       this.sent.clear();
+      this.tickets.clear();
     }
     for (let i = 0; i < items.length; i++) {
-      const r = items[i];
+      let r = items[i];
+      if (r.leaseTicket) {
+        if (this.tickets.has(r.leaseTicket)) items[i] = r = { ...r, leaseTicket: '' };
+        else {
+          if (this.tickets.size >= 32) this.tickets.clear();
+          this.tickets.add(r.leaseTicket);
+        }
+      }
       if (!r.route.length) continue;
       let key = this.keys.get(r.route);
       if (key === undefined) {

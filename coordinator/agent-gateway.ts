@@ -20,6 +20,7 @@ import type { CoordinatorMessage, CoordinatorMessage__Output } from '../common/g
 import type { Instruction } from '../common/generated/tessera/v1/Instruction';
 import type { InstructionAck__Output } from '../common/generated/tessera/v1/InstructionAck';
 import type { InstanceEvent__Output } from '../common/generated/tessera/v1/InstanceEvent';
+import type { RelayKey } from '../common/relay-ticket';
 import type { CandidateInfo, Leadership } from './leadership';
 import type { NodeRegistry } from './node-registry';
 
@@ -40,6 +41,8 @@ export interface GatewayOptions {
   leaderGateway?: (address: string) => AgentGatewayClient;
   /** How long a follower waits for the leader's transport before it gives up relaying (default 3 s). */
   relayDialMs?: number;
+  /** The key this coordinator signs relay tickets with (common/relay-ticket.ts): given to agents in the Welcome. */
+  relayKey?: RelayKey;
 }
 
 /** What the leader's other parts hear from agents. */
@@ -268,6 +271,8 @@ export class AgentGateway {
         leaderTerm: fence?.term ?? 0,
         reportIntervalMs: this.opts.reportIntervalMs,
         heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
+        relayKeyId: this.opts.relayKey?.id ?? '',
+        relayKey: this.opts.relayKey?.key ?? Buffer.alloc(0),
       },
     });
     if (h.relayedBy) this.log.warn({ node: h.nodeId, hostname: h.hostname, relayedBy: h.relayedBy, instances: h.instances.length }, `agent attached through ${h.relayedBy}: it cannot reach this leader itself`);

@@ -39,6 +39,7 @@ import { Pipelines } from './jobs/pipelines';
 import { JobScheduler } from './jobs/scheduler';
 import { StepRunner } from '../common/relay';
 import { AGENT_CHANNEL_OPTIONS, clientCredentials } from '../common/grpc';
+import { newRelayKey } from '../common/relay-ticket';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -198,6 +199,8 @@ export class Coordinator {
   tls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
+  /** Signs direct jobs' relay tickets (common/relay-ticket.ts); agents get it in the Welcome. One per process. */
+  private readonly relayKey = newRelayKey();
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
@@ -276,7 +279,7 @@ export class Coordinator {
     }, this.log.child({ part: 'leadership' }));
     this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
-      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls,
+      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls, relayKey: this.relayKey,
       leaderGateway: (address) => {
         let c = this.leaderGateways.get(address);
         if (!c) this.leaderGateways.set(address, (c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), AGENT_CHANNEL_OPTIONS)));
@@ -294,7 +297,7 @@ export class Coordinator {
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     this.auth = auth;
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, zoneLabel: cfg.zoneLabel, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms) }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, zoneLabel: cfg.zoneLabel, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms), relayKey: this.relayKey }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);

@@ -661,11 +661,15 @@ export class JobScheduler {
       ok: r.ok, payload: Buffer.from(r.payload ?? []), headers: r.headers ?? {}, hops: r.hops ?? [], failedIndex: r.failedIndex,
       failedInput: Buffer.from(r.failedInput ?? []), failedHeaders: r.failedHeaders ?? {}, errorCode: r.errorCode, error: r.error ?? '',
     };
-    if (!r.ok && (outcome.failedIndex < 0 || outcome.failedIndex >= job.pipeline.stages.length)) {
+    if (!r.ok && (outcome.failedIndex < 0 || outcome.failedIndex >= job.pipeline.stages.length || !outcome.hops.length)) {
+      // Nothing ran (or the failed stage is out of range): from the first stage, with the job's input.
       outcome.failedIndex = 0;
       outcome.failedInput = job.input;
       outcome.failedHeaders = job.rec.headers;
     }
+    // A relay that ran nothing at the failed stage refused this client, not the step (an agent
+    // without the leader's ticket key yet, say): this leader runs it, as after a transport error.
+    if (!r.ok && !TRANSPORT_CODES.has(outcome.errorCode) && !outcome.hops.some((h) => h.index === outcome.failedIndex)) outcome.errorCode = grpc.status.UNAVAILABLE;
     const ran = this.execute(job, 0, job.input, job.rec.headers, outcome);
     if (r.ok) {
       void ran;

@@ -90,7 +90,7 @@ describe('mutual TLS', function () {
     ops.close();
   });
 
-  it('runs a job through an agent step relay over mTLS, and a direct job from an admin certificate; the relay refuses other certificates', async () => {
+  it('runs a job through an agent step relay over mTLS, and a direct job from an admin certificate with its lease ticket; the relay refuses other certificates and admin ones without a ticket', async () => {
     const a = admin();
     try {
       await a.applyApp({ name: 'tlsjobs', components: [{
@@ -103,22 +103,66 @@ describe('mutual TLS', function () {
       expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
       expect(j.result.toString()).to.equal('over mTLS');
       const relay = (await a.getNode('tn1')).endpoint;
-      const call = (m: ReturnType<typeof material>) => new Promise<grpc.ServiceError | null>((resolve) => {
+      type Relayed = { err: grpc.ServiceError | null; res?: { ok: boolean; payload: Buffer; error: string } };
+      const call = (m: ReturnType<typeof material>, req: Record<string, unknown> = { jobId: 'x', route: [] }) => new Promise<Relayed>((resolve) => {
         const c = new (tesseraProto().StepRelay)(relay, clientCredentials(m));
-        c.Relay({ jobId: 'x', route: [] }, { deadline: new Date(Date.now() + 3_000) }, (err) => { c.close(); resolve(err); });
+        c.Relay(req, { deadline: new Date(Date.now() + 3_000) }, (err: grpc.ServiceError | null, res: Relayed['res']) => { c.close(); resolve({ err, res }); });
       });
-      // An admin certificate may hand it a route (a direct-jobs client does); etcd's may not.
-      expect((await call(material('admin')))?.code, 'an admin certificate').to.equal(undefined);
-      expect((await call(material('etcd')))?.code, 'an etcd certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      // An etcd certificate may not hand it a route; an admin certificate only with a lease ticket.
+      expect((await call(material('etcd'))).err?.code, 'an etcd certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      const bare = await call(material('admin'));
+      expect([bare.err?.code, bare.err?.details], 'an admin certificate without a ticket').to.satisfy(([c, d]: [number, string]) => c === grpc.status.PERMISSION_DENIED && /lease ticket/.test(d));
       const directJobs = a.directJobs();
       try {
         const dj = await directJobs.submit({ pipeline: 'tlsp', payload: Buffer.from('direct over mTLS'), wait: true });
         expect([dj.state, dj.flow, dj.result.toString()], dj.reason).to.deep.equal(['JOB_STATE_SUCCEEDED', 'direct', 'direct over mTLS']);
-        expect(directJobs.counts.direct).to.equal(1);
+        // Run by this client along the leased route (the agent took its ticket), not taken over by the leader.
+        expect(directJobs.counts).to.deep.include({ direct: 1, takenOver: 0 });
       } finally {
         directJobs.close();
       }
-      expect((await call(material('agent-tn1', other)))?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
+      // A lease's ticket, by hand: it covers the lease's job ids only. A read-only token gets no lease.
+      type Answer = { errorCode: number; error: string; lease?: { idPrefix: string; relayTicket: string; routes: { hops: unknown[] }[] }; job?: { state: string; result: Buffer } };
+      const rawDirect = (token: string) => {
+        const md = new grpc.Metadata();
+        md.set('authorization', `Bearer ${token}`);
+        const c = new (tesseraProto().Admin)(address, clientCredentials(material('admin')));
+        const s = c.DirectJobs(md) as unknown as grpc.ClientDuplexStream<unknown, { answers: (Answer & { callId: string })[] }>;
+        const waiting = new Map<number, { resolve: (a: Answer) => void; reject: (e: Error) => void }>();
+        s.on('data', (b) => { for (const a of b.answers) waiting.get(Number(a.callId))?.resolve(a); });
+        s.on('error', (e: Error) => { for (const w of waiting.values()) w.reject(e); });
+        let next = 1;
+        return {
+          call: (x: Record<string, unknown>) => new Promise<Answer>((resolve, reject) => {
+            const id = next++;
+            waiting.set(id, { resolve, reject });
+            s.write({ calls: [{ ...x, callId: id }] });
+          }),
+          close: () => { s.cancel(); c.close(); },
+        };
+      };
+      const viewer = rawDirect('view-secret');
+      const viewerErr = await viewer.call({ lease: { pipeline: 'tlsp' } }).then(() => undefined, (e: grpc.ServiceError) => e);
+      viewer.close();
+      expect(viewerErr?.code, 'a read-only token').to.equal(grpc.status.PERMISSION_DENIED);
+      const raw = rawDirect('op-secret');
+      const l = (await raw.call({ lease: { pipeline: 'tlsp' } })).lease!;
+      expect(l.relayTicket).to.match(/^[0-9a-f]{12}\.[0-9a-z]+\.[\w-]+$/);
+      const hop = { jobId: `${l.idPrefix}.0`, route: l.routes[0].hops, payload: Buffer.from('ticketed'), budgetMs: 3_000, leaseTicket: l.relayTicket };
+      const ticketed = await call(material('admin'), hop);
+      expect([ticketed.err?.code, ticketed.res?.ok, ticketed.res?.payload.toString()], ticketed.res?.error).to.deep.equal([undefined, true, 'ticketed']);
+      const stolen = await call(material('admin'), { ...hop, jobId: 'j-other-prefix.0' });
+      expect([stolen.err?.code, stolen.err?.details]).to.satisfy(([c, d]: [number, string]) => c === grpc.status.PERMISSION_DENIED && /not valid for job ids j-other-prefix/.test(d));
+      const forged = await call(material('admin'), { ...hop, leaseTicket: l.relayTicket.replace(/\.[0-9a-z]+\./, `.${(Date.now() + 3_600_000).toString(36)}.`) });
+      expect(forged.err?.code, 'a ticket whose expiry was changed').to.equal(grpc.status.PERMISSION_DENIED);
+      // A relay that refused the client (an agent without the leader's key yet: nothing ran at the
+      // failed stage) is run by the leader, not failed as a step would be.
+      const started = await raw.call({ start: { jobId: `${l.idPrefix}.1`, pipeline: 'tlsp', route: 0, payload: Buffer.from('refused relay'), budgetMs: 10_000 } });
+      expect(started.errorCode, started.error).to.equal(0);
+      const ended = await raw.call({ end: { jobId: `${l.idPrefix}.1`, result: { ok: false, failedIndex: 0, errorCode: grpc.status.PERMISSION_DENIED, error: 'lease ticket signed by key x, which this agent has not been given' } } });
+      expect([ended.errorCode, ended.job?.state, ended.job?.result.toString()], ended.error).to.deep.equal([0, 'JOB_STATE_SUCCEEDED', 'refused relay']);
+      raw.close();
+      expect((await call(material('agent-tn1', other))).err?.code, 'a certificate from another CA').to.equal(grpc.status.UNAVAILABLE);
       // Instance logs: the coordinator asks the agent over mTLS; the agent serves them to coordinator certificates only.
       const inst = (await a.listInstances('tlsjobs')).instances[0].id;
       const logs = await new Promise<string>((resolve, reject) => {

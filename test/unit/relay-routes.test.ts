@@ -11,7 +11,7 @@ const opt = (id: string, extra: Partial<RouteHop__Output['options'][number]> = {
 });
 const route = (...ids: string[]): RouteHop__Output[] => ids.map((id, i) => ({ stage: `s${i}`, options: [opt(id)], timeoutMs: 1000 }));
 const req = (r: RouteHop__Output[]): RelayRequest__Output => ({
-  jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true, budgetMs: 0,
+  jobId: 'j', route: r, payload: Buffer.alloc(0), headers: {}, deadlineMs: 0, attempt: 1, firstIndex: 0, callId: 0, routeId: 0, compactHops: true, budgetMs: 0, leaseTicket: '',
 });
 
 /** The response headers of a stream whose relay understands route ids. */
@@ -73,6 +73,22 @@ describe('relay route ids', () => {
     interner.apply(newStream, 2);
     expect(newStream[0].route, 'a new stream is told the route again').to.have.length(2);
     expect(newStream[0].routeId).to.equal(batch[0].routeId);
+  });
+
+  it("carries a direct job's lease ticket once per stream (the agent keeps it for the lease's prefix)", () => {
+    const interner = new RouteInterner();
+    const withTicket = (t: string) => ({ ...req(route('a')), leaseTicket: t });
+    understands(interner, 1);
+    const batch = [withTicket('t1'), withTicket('t1'), withTicket('t2'), req(route('a'))];
+    interner.apply(batch, 1);
+    expect(batch.map((r) => r.leaseTicket)).to.deep.equal(['t1', '', 't2', '']);
+    const later = [withTicket('t1')];
+    interner.apply(later, 1);
+    expect(later[0].leaseTicket).to.equal('');
+    const newStream = [withTicket('t1')];
+    understands(interner, 2);
+    interner.apply(newStream, 2);
+    expect(newStream[0].leaseTicket, 'a new stream is given it again').to.equal('t1');
   });
 
   it('forgets every id past its bound, and the agent keeps every id still in use', () => {
