@@ -13,8 +13,9 @@
 //   peer        the same chain in Moleculer 0.14.36: TCP transporter, static peers on 127.0.0.1,
 //               UDP discovery off, one service per process, the client calling the stages in turn
 //   balancing   4 instances per stage, one 10x slower; p99 job latency with the pipeline's routing
-//               set to round robin, least-loaded and path cost (the default), against path cost
-//               with the slow instances excluded by a version pin (the no-fault p99)
+//               set to round robin, least-loaded and path cost (the default), and with path cost
+//               and direct jobs (leased routes), against path cost with the slow instances
+//               excluded by a version pin (the no-fault p99)
 //
 // This machine's speed drifts by tens of percent within minutes (a shared host), so Tessera and
 // the peer take turns: each round runs Tessera at a level and then the peer at the same level,
@@ -185,23 +186,26 @@ async function main(): Promise<void> {
       via = directJobs;
       await rounds('direct');
       via = stream;
-      directJobs.close();
     }
 
     // Balancing: the same jobs routed round robin, least-loaded and by path cost (a pipeline's
     // routing setting), against path cost with the slow instances pinned out (the no-fault p99).
     const BAL_N = 16;
     // The four take turns for ROUNDS rounds; each row pools its rounds' latencies.
-    const balRuns: Record<string, Run[]> = { 'bal-nofault': [], 'bal-round-robin': [], 'bal-least-loaded': [], bal: [] };
+    // And path cost with direct jobs: the client goes round robin over the routes its lease holds
+    // (the path cost's best few, each planned with the ones before it counted as load).
+    const balRuns: Record<string, Run[]> = { 'bal-nofault': [], 'bal-round-robin': [], 'bal-least-loaded': [], bal: [], 'bal-direct': [] };
+    const directSubmit = () => directJobs.submit({ pipeline: 'bal', payload, wait: true, timeoutMs: 10_000, view: 'JOB_VIEW_BASIC' }).then((j) => j.state === 'JOB_STATE_SUCCEEDED');
     for (let r = 1; r <= ROUNDS; r++) {
       for (const name of Object.keys(balRuns)) {
         progress(`balancing: ${name}, round ${r}/${ROUNDS}`);
-        balRuns[name].push(await load(BAL_N, SECONDS, () => submit(name)));
+        balRuns[name].push(await load(BAL_N, SECONDS, name === 'bal-direct' ? directSubmit : () => submit(name)));
       }
     }
-    const [noFault, rrRun, llRun, tRun] = Object.values(balRuns).map(pool);
+    directJobs.close();
+    const [noFault, rrRun, llRun, tRun, dRun] = Object.values(balRuns).map(pool);
     bal.push(['path cost, slow instances pinned out (no fault)', fmt(noFault.p50, 1), fmt(noFault.p99, 1), '1.00', fmt(noFault.rate)]);
-    for (const [name, r] of [['round robin', rrRun], ['least-loaded', llRun], ['path cost (Tessera default)', tRun]] as const) {
+    for (const [name, r] of [['round robin', rrRun], ['least-loaded', llRun], ['path cost (Tessera default)', tRun], ['path cost, direct jobs (leased routes)', dRun]] as const) {
       bal.push([name, fmt(r.p50, 1), fmt(r.p99, 1), (r.p99 / noFault.p99).toFixed(2), fmt(r.rate)]);
     }
 
