@@ -83,7 +83,7 @@ describe('a leader that is still loading its state', function () {
     for (const bin of ['dist/coordinator/main.js', 'dist/agent/main.js']) {
       const r = spawnSync(process.execPath, [path.join(repoRoot(), bin), '--insecure-dev'], { encoding: 'utf8', env: { ...process.env, TESSERA_FAILPOINTS: 'leaderStart=panic' }, timeout: 20_000 });
       expect(r.status, `${bin}: ${r.stderr}`).to.equal(2);
-      expect(r.stderr).to.contain('invalid environment:\n  TESSERA_FAILPOINTS: cannot read "leaderStart=panic" (expected name=sleep(ms) or name=error(n))');
+      expect(r.stderr).to.contain('invalid environment:\n  TESSERA_FAILPOINTS: cannot read "leaderStart=panic" (expected name=sleep(ms), name=error(n), or name@subject=...)');
     }
   });
 });
