@@ -86,6 +86,11 @@ describe('instance logs', function () {
       resources: { cpuMillis: 10, memoryMib: 16 }, instances: 1, stopGraceMs: 100,
     }] });
     id = await waitFor('running', async () => (await leader.listInstances('chatty')).instances.find((i) => i.state === 'INSTANCE_STATE_RUNNING')?.id, 30_000, 200);
+    // The follower up and following c1 (the tests read through it as well as through the leader).
+    await waitFor('the follower follows c1', async () => (await follower.getClusterStatus()).leader?.address === c1.address, 20_000, 200);
+  });
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') console.log(fleet.dump());
   });
 
   after(async () => {
