@@ -56,6 +56,8 @@ type Fallback = { submit: (req: SubmitJobRequest, deadlineMs?: number) => Promis
 const EMPTY = Buffer.alloc(0);
 /** After coordinators answered DirectJobs with UNIMPLEMENTED, how long everything goes through SubmitJobs before it is asked again. */
 export const UNSUPPORTED_RETRY_MS = 60_000;
+/** How long close() waits for the leader to take the ends of answered jobs. */
+export const CLOSE_GRACE_MS = 5_000;
 const ENDED = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
 
 export class DirectJobs {
@@ -156,8 +158,17 @@ export class DirectJobs {
     }
   }
 
-  close(): void {
+  /**
+   * Closes the client. The ends of the jobs it has answered go to the leader first (without them
+   * the leader, seeing the stream end, would run those jobs again): resolves once the leader has
+   * answered every call in flight, or after CLOSE_GRACE_MS.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.mux.retire(), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_GRACE_MS)))]);
+    clearTimeout(timer);
     this.mux.close();
     this.runner.close();
     this.fallback.close();

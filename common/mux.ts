@@ -171,6 +171,8 @@ export class MuxClient<Req extends { callId?: unknown }, Res extends { callId?: 
     const s = this.stream;
     this.stream = undefined;
     s?.cancel();
+    // Calls not sent yet fail with the rest (sent later, on a new stream, they would run unasked).
+    this.outbox = [];
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(err);

@@ -167,6 +167,18 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
     }
   });
 
+  it('close() sends the ends of answered jobs before the stream ends: the leader does not run them again', async () => {
+    const direct = admin.directJobs();
+    const jobs = await Promise.all(Array.from({ length: 8 }, () => direct.submit({ pipeline: 'dwords', payload: Buffer.from(TEXT), wait: true })));
+    // At once, as a short-lived client does after its last answer.
+    await direct.close();
+    const recs = await waitFor('their ends recorded', async () => {
+      const js = await Promise.all(jobs.map((j) => admin.getJob(j.id)));
+      return js.every((j) => j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED') ? js : undefined;
+    }, 15_000, 100);
+    expect(recs.map((j) => [j.state, j.reason, j.plans])).to.deep.equal(jobs.map(() => ['JOB_STATE_SUCCEEDED', '', 1]));
+  });
+
   it('refuses what a lease does not allow, with the field and the right status, and sends the rest through SubmitJobs', async () => {
     const direct = admin.directJobs();
     const leader = await leaderOf();
