@@ -155,6 +155,30 @@ describe('mutual TLS', function () {
       expect([stolen.err?.code, stolen.err?.details]).to.satisfy(([c, d]: [number, string]) => c === grpc.status.PERMISSION_DENIED && /not valid for job ids j-other-prefix/.test(d));
       const forged = await call(material('admin'), { ...hop, leaseTicket: l.relayTicket.replace(/\.[0-9a-z]+\./, `.${(Date.now() + 3_600_000).toString(36)}.`) });
       expect(forged.err?.code, 'a ticket whose expiry was changed').to.equal(grpc.status.PERMISSION_DENIED);
+      // On a RelayStream (what a direct client uses) the refusal is a failed relay that carries the
+      // job's input, so that the leader can run the job with it; the same stream then takes the
+      // lease's own jobs, its ticket given once.
+      const streamed = await new Promise<{ ok: boolean; errorCode: number; error: string; failedInput: Buffer; payload: Buffer }[]>((resolve, reject) => {
+        const c = new (tesseraProto().StepRelay)(relay, clientCredentials(material('admin')));
+        const st = c.RelayStream() as unknown as grpc.ClientDuplexStream<unknown, { results: { callId: string; ok: boolean; errorCode: number; error: string; failedInput: Buffer; payload: Buffer }[] }>;
+        const got = new Map<number, { ok: boolean; errorCode: number; error: string; failedInput: Buffer; payload: Buffer }>();
+        st.on('data', (b) => {
+          for (const r of b.results) got.set(Number(r.callId), r);
+          if (got.size === 3) {
+            st.cancel();
+            c.close();
+            resolve([1, 2, 3].map((i) => got.get(i)!));
+          }
+        });
+        st.on('error', (e: grpc.ServiceError) => { if (e.code !== grpc.status.CANCELLED) reject(e); });
+        st.write({ requests: [
+          { ...hop, callId: 1, jobId: 'j-other-prefix.0', payload: Buffer.from('not yours') },
+          { ...hop, callId: 2, jobId: `${l.idPrefix}.5`, payload: Buffer.from('first') },
+          { ...hop, callId: 3, jobId: `${l.idPrefix}.6`, payload: Buffer.from('second'), leaseTicket: '' },
+        ] });
+      });
+      expect([streamed[0].ok, grpc.status[streamed[0].errorCode], streamed[0].failedInput.toString()], streamed[0].error).to.deep.equal([false, 'PERMISSION_DENIED', 'not yours']);
+      expect(streamed.slice(1).map((r) => [r.ok, r.payload.toString()])).to.deep.equal([[true, 'first'], [true, 'second']]);
       // A relay that refused the client (an agent without the leader's key yet: nothing ran at the
       // failed stage) is run by the leader, not failed as a step would be.
       const started = await raw.call({ start: { jobId: `${l.idPrefix}.1`, pipeline: 'tlsp', route: 0, payload: Buffer.from('refused relay'), budgetMs: 10_000 } });
