@@ -23,6 +23,7 @@ import { AGENT_METRICS } from './metrics';
 import { VolumeTransfer } from './volumes';
 import { RelayServer } from './relay-server';
 import { ImageGc } from './image-gc';
+import { KEY_RETIRE_MS } from '../common/relay-ticket';
 
 export class Agent {
   readonly nodeId: string;
@@ -122,6 +123,10 @@ export class Agent {
       void this.report();
     });
     this.conn.on('instruction', (i) => this.onInstruction(i));
+    this.conn.on('relayKey', (k) => {
+      this.relay?.tickets.add(k.keyId, k.key);
+      this.log.info({ coordinator: k.coordinatorId, keyId: k.keyId, keys: this.relay?.tickets.size }, `relay ticket key received (the leader rotated it); the older keys retire in ${KEY_RETIRE_MS / 1000} s`);
+    });
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
     const volumes = new VolumeTransfer(runtime.volumeRoot, (app, component, slot) => this.instances.holdsSlot(app, component, slot), this.log.child({ part: 'volumes' }));
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a), volumes);

@@ -18,6 +18,7 @@ import type { AgentHello } from '../common/generated/tessera/v1/AgentHello';
 import type { AgentMessage } from '../common/generated/tessera/v1/AgentMessage';
 import type { CoordinatorMessage__Output } from '../common/generated/tessera/v1/CoordinatorMessage';
 import type { Instruction__Output } from '../common/generated/tessera/v1/Instruction';
+import type { RelayKeyUpdate__Output } from '../common/generated/tessera/v1/RelayKeyUpdate';
 import type { Welcome__Output } from '../common/generated/tessera/v1/Welcome';
 
 /** How often an agent attached through a follower's relay tries the leader directly. */
@@ -37,6 +38,7 @@ const ALLOWED_FROM: Record<ConnState, readonly ConnState[]> = {
 export declare interface CoordinatorConnection {
   on(event: 'welcome', fn: (w: Welcome__Output, address: string) => void): this;
   on(event: 'instruction', fn: (i: Instruction__Output) => void): this;
+  on(event: 'relayKey', fn: (k: RelayKeyUpdate__Output) => void): this;
   on(event: 'disconnected', fn: () => void): this;
 }
 
@@ -242,6 +244,8 @@ export class CoordinatorConnection extends EventEmitter {
           out.reason = `redirect: ${msg.redirect.reason}`;
         } else if (msg.instruction) {
           this.emit('instruction', msg.instruction);
+        } else if (msg.relayKeyUpdate && out.welcomed) {
+          this.emit('relayKey', msg.relayKeyUpdate);
         }
       });
       call.on('error', (err: grpc.ServiceError) => {

@@ -7,7 +7,16 @@
 // its expiry. An agent runs a route from an admin certificate only for a job whose id carries a
 // prefix it holds a valid ticket for (the ticket comes once per relay stream and lease). A
 // ticket lives as long as its lease (2 s) plus TICKET_SKEW_MS, since the hosts' clocks need not
-// agree; agents keep the last KEYS_KEPT keys (a new leader brings its own).
+// agree.
+//
+// Keys rotate (RelayKeyRing, --relay-key-rotation-ms, and on SIGHUP): the new key goes to the
+// agents first (CoordinatorMessage.relay_key_update) and signs only KEY_ACTIVATE_MS later, so
+// that agents hold it before any ticket needs it. An agent keeps a key until KEY_RETIRE_MS after
+// a newer one came (from its leader's rotation or a new leader's Welcome), long enough for the
+// tickets signed with it to expire, and at most KEYS_KEPT keys; a key that leaked is then
+// worthless within a rotation and half a minute. An agent that missed a key (it was away when
+// the key was pushed) refuses the tickets signed with it, and the direct client's failed relay is
+// run by the leader instead (the job goes on, slower).
 //
 //   ticket = <key id> "." <expires at, ms, base 36> "." base64url(HMAC(key, key id "|" id prefix "|" expires))
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -15,15 +24,71 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 /** How far an agent's clock may run ahead of the leader's before its tickets look expired. */
 export const TICKET_SKEW_MS = 60_000;
 const KEYS_KEPT = 8;
+/** How long after a new key is pushed to agents it starts signing tickets. */
+export const KEY_ACTIVATE_MS = 5_000;
+/** How long an agent keeps taking a key's tickets after a newer key came (its last tickets' lease, and then some). */
+export const KEY_RETIRE_MS = 30_000;
+/** The longest a ticket's expiry may lie ahead of an agent's clock: a lease's TTL (2 s) is well under it, plus the clock skew allowed. */
+export const TICKET_AHEAD_MS = TICKET_SKEW_MS + 10_000;
 
 export interface RelayKey {
   id: string;
   key: Buffer;
 }
 
-/** A key for this process's tickets (it lives as long as the process). */
+/** A fresh key for tickets (random; it never leaves the coordinator's memory but for its agents). */
 export function newRelayKey(): RelayKey {
   return { id: randomBytes(6).toString('hex'), key: randomBytes(32) };
+}
+
+/**
+ * A coordinator's relay keys: the one that signs now, and during a rotation the next one, given
+ * to agents KEY_ACTIVATE_MS before it signs. A rotation asked for while one is under way is that
+ * one (keys change at most once per KEY_ACTIVATE_MS).
+ */
+export class RelayKeyRing {
+  private signing = newRelayKey();
+  private next?: RelayKey;
+  private timer?: NodeJS.Timeout;
+  private readonly listeners: ((k: RelayKey) => void)[] = [];
+  rotations = 0;
+
+  constructor(private readonly activateMs = KEY_ACTIVATE_MS) {}
+
+  /** The key tickets are signed with now. */
+  get current(): RelayKey {
+    return this.signing;
+  }
+
+  /** The key that will sign once its rotation completes (agents are given it already), if one is under way. */
+  get pending(): RelayKey | undefined {
+    return this.next;
+  }
+
+  /** Called with each new key as its rotation starts (the gateway pushes it to the agents). */
+  onRotate(fn: (k: RelayKey) => void): void {
+    this.listeners.push(fn);
+  }
+
+  /** Starts a rotation: a new key, pushed now, signing after activateMs (returned). */
+  rotate(): RelayKey {
+    if (this.next) return this.next;
+    const k = newRelayKey();
+    this.next = k;
+    for (const l of this.listeners) l(k);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.signing = k;
+      this.next = undefined;
+      this.rotations++;
+    }, this.activateMs);
+    this.timer.unref?.();
+    return k;
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
 }
 
 function mac(key: Buffer, id: string, prefix: string, expires: string): Buffer {
@@ -42,15 +107,25 @@ export function idPrefixOf(jobId: string): string {
   return i > 0 ? jobId.slice(0, i) : '';
 }
 
-/** The keys an agent knows tickets by (from its coordinators' Welcome messages). */
+/**
+ * The keys an agent knows tickets by (from its leader's Welcome and relay key updates). A key
+ * that comes retires the others KEY_RETIRE_MS later (its leader rotated, or the agent attached to
+ * a new leader); one that comes again (a Welcome after a reconnect) is taken back.
+ */
 export class TicketKeys {
-  private keys = new Map<string, Buffer>();
+  private keys = new Map<string, { key: Buffer; retiresAtMs: number }>();
 
-  add(id: string, key: Buffer | Uint8Array | undefined): void {
+  add(id: string, key: Buffer | Uint8Array | undefined, nowMs = Date.now()): void {
     if (!id || !key?.length) return;
+    for (const [other, k] of this.keys) if (other !== id && !k.retiresAtMs) k.retiresAtMs = nowMs + KEY_RETIRE_MS;
     this.keys.delete(id);
-    this.keys.set(id, Buffer.from(key));
+    this.keys.set(id, { key: Buffer.from(key), retiresAtMs: 0 });
     if (this.keys.size > KEYS_KEPT) this.keys.delete(this.keys.keys().next().value!);
+  }
+
+  /** The ids of the keys held, and when each retires (0: the newest; not retiring). */
+  held(): { id: string; retiresAtMs: number }[] {
+    return [...this.keys].map(([id, k]) => ({ id, retiresAtMs: k.retiresAtMs }));
   }
 
   get size(): number {
@@ -65,13 +140,19 @@ export class TicketKeys {
     const parts = ticket.split('.');
     if (parts.length !== 3) return { error: 'malformed lease ticket' };
     const [id, expires, sig] = parts;
-    const key = this.keys.get(id);
-    if (!key) return { error: `lease ticket signed by key ${id}, which this agent has not been given (a coordinator's Welcome gives it)` };
-    const want = mac(key, id, idPrefix, expires);
+    const k = this.keys.get(id);
+    if (!k) return { error: `lease ticket signed by key ${id}, which this agent has not been given (its leader's Welcome or a relay key update gives it)` };
+    if (k.retiresAtMs && nowMs > k.retiresAtMs) {
+      this.keys.delete(id);
+      return { error: `lease ticket signed by key ${id}, which this agent has retired (a newer key came ${KEY_RETIRE_MS / 1000} s before)` };
+    }
+    const want = mac(k.key, id, idPrefix, expires);
     const got = Buffer.from(sig, 'base64url');
     if (got.length !== want.length || !timingSafeEqual(got, want)) return { error: `lease ticket not valid for job ids ${idPrefix}.*` };
     const expiresAtMs = parseInt(expires, 36);
     if (!Number.isFinite(expiresAtMs) || nowMs > expiresAtMs + TICKET_SKEW_MS) return { error: `lease ticket for ${idPrefix}.* expired (at ${new Date(expiresAtMs).toISOString()})` };
+    // No lease lives this long: signed by a key that leaked, say, to outlive its retirement.
+    if (expiresAtMs > nowMs + TICKET_AHEAD_MS) return { error: `lease ticket for ${idPrefix}.* expires too far ahead (at ${new Date(expiresAtMs).toISOString()}; a lease lives seconds)` };
     return { expiresAtMs };
   }
 }

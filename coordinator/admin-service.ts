@@ -48,7 +48,7 @@ import type { JobOutcome } from '../common/generated/tessera/v1/JobOutcome';
 import { MuxClient, serveMux } from '../common/mux';
 import type { SubmitJobRequest__Output } from '../common/generated/tessera/v1/SubmitJobRequest';
 import { failpoint } from '../common/failpoints';
-import { issueTicket, RelayKey } from '../common/relay-ticket';
+import { issueTicket, RelayKeyRing } from '../common/relay-ticket';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
 /**
@@ -133,8 +133,8 @@ export class AdminService {
       leaderWork?: () => LeaderWork | undefined;
       /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
       leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;
-      /** Signs the relay ticket of each route lease (common/relay-ticket.ts); the agents have its key from the Welcome. */
-      relayKey?: RelayKey;
+      /** Sign the relay ticket of each route lease with their current key (common/relay-ticket.ts); the agents have it from the Welcome or a relay key update. */
+      relayKeys?: RelayKeyRing;
     },
     private readonly log: Logger,
   ) {}
@@ -342,7 +342,7 @@ export class AdminService {
     const caller = this.opts.auth?.enabled || this.opts.tls ? String(call.metadata.get(CALLER_KEY)[0] ?? '') : '';
     const leases = new Map<string, { lease: DirectLease; atMs: number }>();
     const jobs = w.jobs;
-    const relayKey = this.opts.relayKey;
+    const relayKeys = this.opts.relayKeys;
     const sweep = setInterval(() => {
       const now = Date.now();
       for (const [k, l] of leases) {
@@ -406,7 +406,7 @@ export class AdminService {
           lease: {
             pipeline: p.name, idPrefix: lease.idPrefix, routes: lease.routes.map((r) => ({ hops: r.hops })), ttlMs: LEASE_TTL_MS, maxInFlight: LEASE_MAX_IN_FLIGHT,
             maxPayloadBytes: p.maxPayloadBytes, defaultTimeoutMs: p.defaultTimeoutMs, pipelineVersion: p.version,
-            relayTicket: relayKey ? issueTicket(relayKey, lease.idPrefix, Date.now() + LEASE_TTL_MS) : '',
+            relayTicket: relayKeys ? issueTicket(relayKeys.current, lease.idPrefix, Date.now() + LEASE_TTL_MS) : '',
           },
         };
       }

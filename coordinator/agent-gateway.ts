@@ -20,7 +20,8 @@ import type { CoordinatorMessage, CoordinatorMessage__Output } from '../common/g
 import type { Instruction } from '../common/generated/tessera/v1/Instruction';
 import type { InstructionAck__Output } from '../common/generated/tessera/v1/InstructionAck';
 import type { InstanceEvent__Output } from '../common/generated/tessera/v1/InstanceEvent';
-import type { RelayKey } from '../common/relay-ticket';
+import type { RelayKey, RelayKeyRing } from '../common/relay-ticket';
+import { failpoint } from '../common/failpoints';
 import type { CandidateInfo, Leadership } from './leadership';
 import type { NodeRegistry } from './node-registry';
 
@@ -41,8 +42,8 @@ export interface GatewayOptions {
   leaderGateway?: (address: string) => AgentGatewayClient;
   /** How long a follower waits for the leader's transport before it gives up relaying (default 3 s). */
   relayDialMs?: number;
-  /** The key this coordinator signs relay tickets with (common/relay-ticket.ts): given to agents in the Welcome. */
-  relayKey?: RelayKey;
+  /** The keys this coordinator signs relay tickets with (common/relay-ticket.ts): given to agents in the Welcome, and pushed to them as they rotate. */
+  relayKeys?: RelayKeyRing;
 }
 
 /** What the leader's other parts hear from agents. */
@@ -70,7 +71,19 @@ export class AgentGateway {
     private readonly registry: () => NodeRegistry | undefined,
     private readonly opts: GatewayOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    opts.relayKeys?.onRotate((k) => this.pushRelayKey(k));
+  }
+
+  /** A rotated relay ticket key, to every agent attached to this leader (before it signs anything). */
+  private pushRelayKey(k: RelayKey): void {
+    const sessions = [...this.sessions.values()];
+    // relayKeyPush: a test withholds the key from the agents (as from an agent that was away), to see the leader run the refused relays.
+    void failpoint('relayKeyPush').then(() => {
+      for (const s of sessions) if (!s.closed) s.call.write({ relayKeyUpdate: { coordinatorId: this.opts.coordinatorId, keyId: k.id, key: k.key } });
+      if (sessions.length) this.log.debug({ keyId: k.id, agents: sessions.length }, 'relay ticket key given to the agents');
+    }, (err) => this.log.warn({ keyId: k.id, err: (err as Error).message }, 'relay ticket key not given to the agents'));
+  }
 
   addListener(l: AgentListener): void {
     this.listeners.push(l);
@@ -271,10 +284,13 @@ export class AgentGateway {
         leaderTerm: fence?.term ?? 0,
         reportIntervalMs: this.opts.reportIntervalMs,
         heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
-        relayKeyId: this.opts.relayKey?.id ?? '',
-        relayKey: this.opts.relayKey?.key ?? Buffer.alloc(0),
+        relayKeyId: this.opts.relayKeys?.current.id ?? '',
+        relayKey: this.opts.relayKeys?.current.key ?? Buffer.alloc(0),
       },
     });
+    // A rotation under way: its key too, before it signs.
+    const pending = this.opts.relayKeys?.pending;
+    if (pending) s.call.write({ relayKeyUpdate: { coordinatorId: this.opts.coordinatorId, keyId: pending.id, key: pending.key } });
     if (h.relayedBy) this.log.warn({ node: h.nodeId, hostname: h.hostname, relayedBy: h.relayedBy, instances: h.instances.length }, `agent attached through ${h.relayedBy}: it cannot reach this leader itself`);
     else this.log.info({ node: h.nodeId, hostname: h.hostname, peer, instances: h.instances.length }, 'agent attached');
     for (const l of this.listeners) l.onAttached?.(h.nodeId);

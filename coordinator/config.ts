@@ -44,6 +44,7 @@ export const COORDINATOR_SCHEMA = {
   jobSameHostHopUs: { type: 'int', doc: 'path cost of a hop that stays on one host, in microseconds', env: 'TESSERA_JOB_SAME_HOST_HOP_US', default: 100, min: 0 },
   jobRecordBudgetMb: { type: 'int', doc: 'the most megabytes of finished-job records the leader keeps in etcd: beyond it the oldest are deleted before their retention (etcd\'s default quota is 2 GiB)', env: 'TESSERA_JOB_RECORD_BUDGET_MB', default: 512, min: 1 },
   etcdCompactionIntervalMs: { type: 'int', doc: 'how often the leader compacts etcd\'s history, keeping at least this long of it (0: never, when etcd compacts itself with --auto-compaction-retention)', env: 'TESSERA_ETCD_COMPACTION_INTERVAL_MS', default: 300_000, min: 0 },
+  relayKeyRotationMs: { type: 'int', doc: 'how often the key that signs direct jobs\' relay tickets is replaced (SIGHUP replaces it at once; 0: only then)', env: 'TESSERA_RELAY_KEY_ROTATION_MS', default: 3_600_000, min: 0 },
   etcdBinary: { type: 'string', doc: 'etcd binary for the embedded default', env: 'TESSERA_ETCD_BINARY', default: 'etcd' },
   embeddedEtcdClientPort: { type: 'int', doc: 'client port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PORT', default: 2379, min: 1, max: 65535 },
   embeddedEtcdPeerPort: { type: 'int', doc: 'peer port of the embedded etcd', env: 'TESSERA_EMBEDDED_ETCD_PEER_PORT', default: 2380, min: 1, max: 65535 },
@@ -84,6 +85,7 @@ export interface CoordinatorConfig {
   jobQueueLimit: number;
   jobMaxInFlightPerInstance: number;
   jobRetentionMs: number;
+  relayKeyRotationMs: number;
   jobMemoryJobs: number;
   etcdCompactionIntervalMs: number;
   jobRecordBudgetMb: number;
@@ -117,6 +119,7 @@ export function compileCoordinatorConfig(layers: Layer[]): CoordinatorConfig {
   if (raw.heartbeatTimeoutMs! <= raw.reportIntervalMs!) {
     v.push({ field: 'heartbeatTimeoutMs', message: `must be greater than reportIntervalMs (${raw.reportIntervalMs} ms), or every node flaps` });
   }
+  if (raw.relayKeyRotationMs && raw.relayKeyRotationMs < 60_000) v.push({ field: 'relayKeyRotationMs', message: 'must be 0 (replaced on SIGHUP only) or at least 60000 ms' });
   if (raw.metricsListen && !isHostPort(raw.metricsListen)) v.push({ field: 'metricsListen', message: `must be host:port, got ${JSON.stringify(raw.metricsListen)}` });
   v.push(...tlsViolations(raw));
   if (raw.tokensFile) v.push(...fileViolations(() => loadTokens(raw.tokensFile!)));

@@ -39,7 +39,7 @@ import { Pipelines } from './jobs/pipelines';
 import { JobScheduler } from './jobs/scheduler';
 import { StepRunner } from '../common/relay';
 import { AGENT_CHANNEL_OPTIONS, clientCredentials } from '../common/grpc';
-import { newRelayKey } from '../common/relay-ticket';
+import { KEY_ACTIVATE_MS, RelayKeyRing } from '../common/relay-ticket';
 
 export const HEALTH_SERVICES = ['', 'tessera.v1.Admin', 'tessera.v1.AgentGateway'] as const;
 /** SERVING only on the leader: lets a load balancer or a script find it. */
@@ -199,8 +199,9 @@ export class Coordinator {
   tls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
-  /** Signs direct jobs' relay tickets (common/relay-ticket.ts); agents get it in the Welcome. One per process. */
-  private readonly relayKey = newRelayKey();
+  /** Sign direct jobs' relay tickets (common/relay-ticket.ts); agents get them in the Welcome and as they rotate. One ring per process. */
+  private readonly relayKeys = new RelayKeyRing();
+  private relayKeyTimer?: NodeJS.Timeout;
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
@@ -279,13 +280,17 @@ export class Coordinator {
     }, this.log.child({ part: 'leadership' }));
     this.store = new Store(this.etcd, this.keys, this.leadership, this.log.child({ part: 'store' }), this.metrics);
     this.gateway = new AgentGateway(this.leadership, () => this.registry(), {
-      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls, relayKey: this.relayKey,
+      coordinatorId: cfg.id, reportIntervalMs: cfg.reportIntervalMs, heartbeatTimeoutMs: cfg.heartbeatTimeoutMs, requireAgentCert: !!this.tls, relayKeys: this.relayKeys,
       leaderGateway: (address) => {
         let c = this.leaderGateways.get(address);
         if (!c) this.leaderGateways.set(address, (c = new (tesseraProto().AgentGateway)(address, clientCredentials(this.tls), AGENT_CHANNEL_OPTIONS)));
         return c;
       },
     }, this.log.child({ part: 'gateway' }));
+    if (cfg.relayKeyRotationMs) {
+      this.relayKeyTimer = setInterval(() => this.rotateRelayKey('scheduled'), cfg.relayKeyRotationMs);
+      this.relayKeyTimer.unref();
+    }
     this.gateway.addListener({
       onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
       onAttached: (nodeId) => {
@@ -297,7 +302,7 @@ export class Coordinator {
     const auth = new Authorizer(cfg.tokensFile ? loadTokens(cfg.tokensFile) : undefined);
     this.auth = auth;
     if (!auth.enabled) this.log.warn('no --tokens-file: the Admin API accepts every caller (fine on loopback for a trial, not on a fleet)');
-    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, zoneLabel: cfg.zoneLabel, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms), relayKey: this.relayKey }, this.log.child({ part: 'admin' }));
+    this.admin = new AdminService(this.etcd, this.keys, this.leadership, () => this.registry(), () => this.deployments(), () => this.scaler(), { coordinatorId: cfg.id, disruptionPercent: cfg.disruptionPercent, zoneLabel: cfg.zoneLabel, etcdEndpoints: endpoints, auth, metrics: this.metrics, tls: this.tls, etcdTls, leaderWork: () => this.leaderWork(), leaderWorkReady: (ms) => this.leaderWorkReady(ms), relayKeys: this.relayKeys }, this.log.child({ part: 'admin' }));
 
     const proto = tesseraProto();
     this.server = new grpc.Server(SERVER_OPTIONS);
@@ -480,7 +485,16 @@ export class Coordinator {
       this.log.info({ file: next.tokensFile, tokens: tokens.map((t) => `${t.name} (${t.role})`) }, 'Admin API tokens reloaded');
       applied.push('tokensFile');
     }
+    this.rotateRelayKey('SIGHUP');
+    applied.push('relayKey');
     return applied;
+  }
+
+  /** A new relay ticket key: pushed to the agents now, signing once they hold it (common/relay-ticket.ts). */
+  private rotateRelayKey(why: string): void {
+    const was = this.relayKeys.current.id;
+    const k = this.relayKeys.rotate();
+    this.log.info({ keyId: k.id, was, why, signsInMs: KEY_ACTIVATE_MS }, 'relay ticket key rotating: agents are given the new key now, and it signs direct jobs\' leases from then on');
   }
 
   /** Graceful stop: step down first (successor elected at once), then close. */
@@ -488,6 +502,8 @@ export class Coordinator {
     this.stopping = true;
     this.unwatchClock?.();
     clearInterval(this.healthTimer);
+    clearInterval(this.relayKeyTimer);
+    this.relayKeys.stop();
     this.setHealth('NOT_SERVING');
     const work = this.work;
     work?.stop();

@@ -14,6 +14,7 @@ import { AdminClient } from '../../common/admin-client';
 import { clientCredentials } from '../../common/grpc';
 import { tesseraProto } from '../../common/proto';
 import { LiveTls, loadTls } from '../../common/tls';
+import { KEY_ACTIVATE_MS } from '../../common/relay-ticket';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
@@ -31,6 +32,8 @@ describe('mutual TLS', function () {
   let etcd: EtcdCluster;
   let fleet: Fleet;
   let address = '';
+  let coord: { pid: number; logFile: string };
+  let tn1: { logFile: string } | undefined;
   let echo: ChildProcess | undefined;
   const f = (n: string) => path.join(certs, n);
   const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
@@ -50,8 +53,11 @@ describe('mutual TLS', function () {
     fleet = new Fleet();
     const tokens = path.join(certs, 'tokens.yaml');
     fs.writeFileSync(tokens, 'tokens:\n  - { name: ops, role: operator, token: op-secret }\n  - { name: viewer, role: read-only, token: view-secret }\n');
-    const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--tokens-file', tokens] });
+    // relayKeyPush=error(1): the first relay key rotation is not pushed to the agents (the relay key test).
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--tokens-file', tokens],
+      env: { TESSERA_FAILPOINTS: 'relayKeyPush=error(1)' } });
     address = c.address;
+    coord = { pid: c.pid!, logFile: c.logFile };
     const a = admin();
     await waitFor('a leader over TLS', async () => !!(await a.getClusterStatus()).leader?.id, 20_000, 200);
     a.close();
@@ -68,7 +74,7 @@ describe('mutual TLS', function () {
   });
 
   it('registers an agent by its certificate (node id = CN), with etcd over TLS too', async () => {
-    fleet.agent({ coordinators: [address], nodeId: 'tn1', tls: [f('ca.pem'), f('agent-tn1.pem'), f('agent-tn1-key.pem')] });
+    tn1 = fleet.agent({ coordinators: [address], nodeId: 'tn1', tls: [f('ca.pem'), f('agent-tn1.pem'), f('agent-tn1-key.pem')] });
     const a = admin();
     try {
       await waitFor('tn1 READY', async () => (await a.getNode('tn1')).state === 'NODE_STATE_READY', 20_000, 200);
@@ -242,6 +248,54 @@ describe('mutual TLS', function () {
       });
       expect(agentTyped?.code, 'interactive exec with an agent certificate').to.equal(grpc.status.PERMISSION_DENIED);
       await a.deleteApp('tlsjobs');
+    } finally {
+      a.close();
+    }
+  });
+
+  it('rotates the relay ticket key on SIGHUP: agents get it before it signs and direct jobs go on; an agent that missed it refuses the tickets and the leader runs those jobs', async function () {
+    this.timeout(120_000);
+    const a = admin();
+    const logOf = (p: { logFile: string }) => fs.readFileSync(p.logFile, 'utf8').split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return {}; } });
+    const agentLog = () => logOf(tn1!);
+    const direct = async (payload: string) => {
+      const dj = a.directJobs();
+      try {
+        const j = await dj.submit({ pipeline: 'tlsk', payload: Buffer.from(payload), wait: true });
+        return { state: j.state, reason: j.reason, result: j.result.toString(), takenOver: dj.counts.takenOver, direct: dj.counts.direct };
+      } finally {
+        await dj.close();
+      }
+    };
+    /** Starts a rotation and waits until its key signs (the leader logs the key; it signs KEY_ACTIVATE_MS later). */
+    const rotate = async (n: number) => {
+      process.kill(coord.pid, 'SIGHUP');
+      const rotating = await waitFor(`rotation ${n}`, async () => logOf(coord).filter((l) => String(l.msg).startsWith('relay ticket key rotating'))[n - 1], 10_000, 100);
+      await new Promise((r) => setTimeout(r, KEY_ACTIVATE_MS + 500));
+      return String(rotating.keyId);
+    };
+    try {
+      await a.applyApp({ name: 'tlskeys', components: [{
+        name: 'e', kind: 'tls-keys', image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: 'tls-keys' }, ports: [{ name: 'grpc' }],
+        health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
+      }] });
+      await a.applyPipeline({ name: 'tlsk', stages: [{ name: 'a', kind: 'tls-keys' }, { name: 'b', kind: 'tls-keys' }] });
+      await waitFor('registered', async () => (await a.listComponents('tls-keys')).instances.length === 1, 30_000, 200);
+      expect(await direct('before'), 'the first key').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'before', direct: 1, takenOver: 0 });
+
+      // The first rotation's key never reaches the agent (the failpoint): once it signs, the agent
+      // refuses the leases' tickets, the client reports the refused relay, and the leader runs the job.
+      const missed = await rotate(1);
+      expect(logOf(coord).some((l) => l.msg === 'relay ticket key not given to the agents' && l.keyId === missed), 'the push failed').to.equal(true);
+      expect(await direct('missed'), 'a key the agent was not given').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'missed', direct: 1, takenOver: 1 });
+
+      // The second reaches it before it signs: direct jobs run along the route again, none taken over.
+      const given = await rotate(2);
+      expect(agentLog().some((l) => String(l.msg).startsWith('relay ticket key received') && l.keyId === given), 'the agent got the key').to.equal(true);
+      expect(await direct('after'), 'the rotated key').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'after', direct: 1, takenOver: 0 });
+      const reloaded = logOf(coord).filter((l) => String(l.msg).startsWith('SIGHUP: settings reloaded')).pop()!;
+      expect(reloaded.applied).to.include('relayKey');
+      await a.deleteApp('tlskeys');
     } finally {
       a.close();
     }

@@ -93,6 +93,7 @@ describe('coordinator config', () => {
     ['a prefix without slashes', { etcdPrefix: 'tessera' }, 'etcdPrefix'],
     ['a wildcard advertise address', { listen: '0.0.0.0:7400' }, 'advertise'],
     ['an advertise address on port 0 (the kernel picks the port at bind)', { listen: '127.0.0.1:0' }, 'advertise'],
+    ['a relay key rotated more often than once a minute', { relayKeyRotationMs: 30_000 }, 'relayKeyRotationMs'],
   ];
   for (const [name, values, field] of bad) {
     it(`refuses ${name}`, () => {
