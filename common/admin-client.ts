@@ -25,6 +25,12 @@ export interface AdminClientOptions {
   dialTimeoutMs?: number;
 }
 
+/**
+ * How long jobStream() keeps sending a keyed submission again after its stream broke (within its
+ * deadline): through a leader's election, which takes the leader lease's TTL.
+ */
+export const KEYED_RESEND_MS = 30_000;
+
 /** See AdminClient.leaderStream. */
 export interface LeaderStream {
   open: () => grpc.ClientDuplexStream<unknown, unknown>;
@@ -174,16 +180,31 @@ export class AdminClient {
     const mux = new MuxClient<import('./generated/tessera/v1/JobSubmission').JobSubmission, import('./generated/tessera/v1/JobOutcome').JobOutcome__Output>(
       leader.open as never,
       { req: 'submissions', res: 'outcomes' },
-      (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '' }) : undefined),
+      (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '', answered: true }) : undefined),
     );
-    const submit = async (request: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number, tries = 4): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
+    type Req = import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest;
+    const submit = async (request: Req, deadlineMs?: number, tries = 4, resendUntil = 0): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
       const before = leader.redirects();
       const stale = leader.target();
       try {
         return (await mux.call({ request }, deadlineMs)).job!;
       } catch (err) {
-        if (tries <= 1 || !(await leader.retryable(err, before, stale, mux))) throw err;
-        return submit(request, deadlineMs, tries - 1);
+        if (tries > 1 && (await leader.retryable(err, before, stale, mux))) return submit(request, deadlineMs, tries - 1, resendUntil);
+        // A keyed submission lost with the stream (the leader died, the connection broke): whether
+        // the leader took it is not known, and its key makes sending it again safe: a leader that
+        // took it (or the next one, which resumes it) answers with that job. An answer the leader
+        // gave (no healthy instance, say) is not sent again.
+        const e = err as grpc.ServiceError & { answered?: boolean };
+        if (request.idempotencyKey && e.code === grpc.status.UNAVAILABLE && !e.answered) {
+          const now = Date.now();
+          const until = resendUntil || Math.min(deadlineMs ?? Infinity, Number(request.deadlineMs) || Infinity, now + KEYED_RESEND_MS);
+          const wait = Math.min(1_000, Math.max(100, (until - now) / 8));
+          if (now + wait < until) {
+            await new Promise((r) => setTimeout(r, wait));
+            return submit(request, deadlineMs, 4, until);
+          }
+        }
+        throw err;
       }
     };
     return { submit: (request, deadlineMs) => submit(request, deadlineMs), close: () => mux.close() };

@@ -472,4 +472,38 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
       client.close();
     }
   });
+
+  it('keyed SubmitJobs submissions whose stream broke with the leader are sent again with their key: each ends SUCCEEDED, one job per key', async () => {
+    // After the test before, two coordinators are left: this kills the leader of the two.
+    const port = await freePort();
+    const keyed = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(port), KIND: 'dkeyed', DELAY_MS: '1500' }, stdio: 'ignore' });
+    spare.push(keyed);
+    await admin.registerComponent({ instanceId: `dkeyed-${RUN}`, kind: 'dkeyed', endpoint: `127.0.0.1:${port}`, ttlMs: 120_000 });
+    await admin.applyPipeline({ name: 'dkeyp', stages: [{ name: 'slow', kind: 'dkeyed' }] });
+    await waitFor('dkeyed listening', async () => (await admin.submitJob({ pipeline: 'dkeyp', payload: Buffer.from('x'), wait: true }).catch(() => undefined))?.state === 'JOB_STATE_SUCCEEDED', 20_000, 200);
+    const leader = await leaderOf();
+    const alive = coords.filter((c) => c !== leader && c.running);
+    expect(alive.length, 'a coordinator to take over').to.be.greaterThan(0);
+    const client = new AdminClient([leader.address, ...alive.map((c) => c.address)]);
+    const js = client.jobStream();
+    try {
+      const keys = Array.from({ length: 6 }, (_, i) => `k-${RUN}-${i}`);
+      const outcomes = keys.map((k) => js.submit({ pipeline: 'dkeyp', payload: Buffer.from(k), idempotencyKey: k, wait: true, timeoutMs: 40_000 }).then((j) => j, (e: grpc.ServiceError) => e));
+      // In flight (each step takes 1.5 s): accepted, recorded, not answered.
+      await waitFor('the keyed jobs running', async () => (await admin.listJobs({ pipeline: 'dkeyp', state: 'JOB_STATE_RUNNING' })).jobs.length === keys.length, 5_000, 50);
+      await leader.kill('SIGKILL');
+      const done = await Promise.all(outcomes);
+      for (const [i, d] of done.entries()) {
+        expect(d instanceof Error ? `${code(d)}: ${d.message}` : [d.state, d.result.toString()], keys[i]).to.deep.equal(['JOB_STATE_SUCCEEDED', keys[i]]);
+      }
+      // One job per key: the one the first leader took (the next resumed it), the answer its end.
+      const listed = (await admin.listJobs({ pipeline: 'dkeyp', limit: 100 })).jobs.filter((j) => keys.includes(j.idempotencyKey));
+      expect(listed.map((j) => j.idempotencyKey).sort()).to.deep.equal([...keys].sort());
+      expect(done.map((d) => (d as Job__Output).id).sort()).to.deep.equal(listed.map((j) => j.id).sort());
+      for (const j of listed) expect(j.reason, j.id).to.match(/resumed/);
+    } finally {
+      js.close();
+      client.close();
+    }
+  });
 });
