@@ -44,6 +44,15 @@ describe('mutual TLS', function () {
     execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), d, '--nodes', node, '--days', days]);
     return d;
   };
+  /** An app of one echo instance (in a container) and a 2-stage pipeline through it, registered. */
+  const echoPipeline = async (a: AdminClient, app: string, kind: string, pipeline: string) => {
+    await a.applyApp({ name: app, components: [{
+      name: 'e', kind, image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: kind }, ports: [{ name: 'grpc' }],
+      health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
+    }] });
+    await a.applyPipeline({ name: pipeline, stages: [{ name: 'a', kind }, { name: 'b', kind }] });
+    await waitFor(`${kind} registered`, async () => (await a.listComponents(kind)).instances.length === 1, 30_000, 200);
+  };
   const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
 
   before(async () => {
@@ -99,12 +108,7 @@ describe('mutual TLS', function () {
   it('runs a job through an agent step relay over mTLS, and a direct job from an admin certificate with its lease ticket; the relay refuses other certificates and admin ones without a ticket', async () => {
     const a = admin();
     try {
-      await a.applyApp({ name: 'tlsjobs', components: [{
-        name: 'e', kind: 'tls-echo', image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: 'tls-echo' }, ports: [{ name: 'grpc' }],
-        health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
-      }] });
-      await a.applyPipeline({ name: 'tlsp', stages: [{ name: 'a', kind: 'tls-echo' }, { name: 'b', kind: 'tls-echo' }] });
-      await waitFor('registered', async () => (await a.listComponents('tls-echo')).instances.length === 1, 30_000, 200);
+      await echoPipeline(a, 'tlsjobs', 'tls-echo', 'tlsp');
       const j = await a.submitJob({ pipeline: 'tlsp', payload: Buffer.from('over mTLS'), wait: true });
       expect(j.state, j.reason).to.equal('JOB_STATE_SUCCEEDED');
       expect(j.result.toString()).to.equal('over mTLS');
@@ -275,12 +279,7 @@ describe('mutual TLS', function () {
       return String(rotating.keyId);
     };
     try {
-      await a.applyApp({ name: 'tlskeys', components: [{
-        name: 'e', kind: 'tls-keys', image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: 'tls-keys' }, ports: [{ name: 'grpc' }],
-        health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
-      }] });
-      await a.applyPipeline({ name: 'tlsk', stages: [{ name: 'a', kind: 'tls-keys' }, { name: 'b', kind: 'tls-keys' }] });
-      await waitFor('registered', async () => (await a.listComponents('tls-keys')).instances.length === 1, 30_000, 200);
+      await echoPipeline(a, 'tlskeys', 'tls-keys', 'tlsk');
       expect(await direct('before'), 'the first key').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'before', direct: 1, takenOver: 0 });
 
       // The first rotation's key never reaches the agent (the failpoint): once it signs, the agent
