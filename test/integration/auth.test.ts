@@ -199,7 +199,7 @@ describe('Admin API tokens', function () {
       const viaFollower = new AdminClient([follower], { metadata: { authorization: 'Bearer ci-secret' } });
       expect(await codeOf(viaFollower.applyApp({ ...spec, name: 'by-ci' }))).to.equal(grpc.status.OK);
       viaFollower.close();
-      expect(logOf(leader)).to.match(/"msg":"Admin API tokens reloaded"/).and.match(/"applied":\["tokensFile"\]/);
+      expect(logOf(leader)).to.match(/"msg":"Admin API tokens reloaded"/).and.match(/"applied":\["tokensFile","relayKey"\]/);
       // Still up, still leading: SIGHUP is not the end of the process (node's default).
       expect(leader.running).to.equal(true);
       expect((await ci.getClusterStatus()).leader?.id).to.equal('auth');
