@@ -202,6 +202,7 @@ export class Coordinator {
   /** Sign direct jobs' relay tickets (common/relay-ticket.ts); agents get them in the Welcome and as they rotate. One ring per process. */
   private readonly relayKeys = new RelayKeyRing();
   private relayKeyTimer?: NodeJS.Timeout;
+  private relayKeyRotationMs = 0;
 
   constructor(readonly config: CoordinatorConfig, readonly log: Logger) {
     this.keys = new Keys(config.etcdPrefix);
@@ -287,10 +288,7 @@ export class Coordinator {
         return c;
       },
     }, this.log.child({ part: 'gateway' }));
-    if (cfg.relayKeyRotationMs) {
-      this.relayKeyTimer = setInterval(() => this.rotateRelayKey('scheduled'), cfg.relayKeyRotationMs);
-      this.relayKeyTimer.unref();
-    }
+    this.scheduleRelayKeys(cfg.relayKeyRotationMs);
     this.gateway.addListener({
       onAck: (node, a) => this.deployments()?.onAck(node, a.instructionId, a.ok, a.message),
       onAttached: (nodeId) => {
@@ -485,9 +483,23 @@ export class Coordinator {
       this.log.info({ file: next.tokensFile, tokens: tokens.map((t) => `${t.name} (${t.role})`) }, 'Admin API tokens reloaded');
       applied.push('tokensFile');
     }
+    if (next.relayKeyRotationMs !== this.relayKeyRotationMs) {
+      this.scheduleRelayKeys(next.relayKeyRotationMs);
+      applied.push('relayKeyRotationMs');
+    }
     this.rotateRelayKey('SIGHUP');
     applied.push('relayKey');
     return applied;
+  }
+
+  /** Rotates the relay ticket key every everyMs (0: on SIGHUP only). */
+  private scheduleRelayKeys(everyMs: number): void {
+    clearInterval(this.relayKeyTimer);
+    this.relayKeyTimer = undefined;
+    this.relayKeyRotationMs = everyMs;
+    if (!everyMs) return;
+    this.relayKeyTimer = setInterval(() => this.rotateRelayKey('scheduled'), everyMs);
+    this.relayKeyTimer.unref();
   }
 
   /** A new relay ticket key: pushed to the agents now, signing once they hold it (common/relay-ticket.ts). */

@@ -1,8 +1,8 @@
 // SIGHUP (systemctl reload) on a daemon: the settings compiled again from its --config file, the
 // log level applied at once, what cannot change while running named in the log, a broken file
 // refused with the running settings kept, and the process still up (node's default for SIGHUP
-// would end it without a clean stop). A real agent process; the coordinator's tokens file
-// reload is in auth.test.ts.
+// would end it without a clean stop). A real agent process, and a coordinator's relay ticket key
+// and its rotation interval; the coordinator's tokens file reload is in auth.test.ts.
 import { expect } from 'chai';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -59,5 +59,33 @@ describe('SIGHUP reloads settings', function () {
     agent.kill('SIGTERM');
     expect(await exit, 'a clean stop still').to.equal(0);
     agent = undefined;
+  });
+
+  it('on a coordinator, replaces the relay ticket key and applies a new rotation interval (not a restart)', async () => {
+    const file = path.join(dir, 'coordinator.yaml');
+    const conf = (rotationMs: number) => [
+      'etcdEndpoints: [127.0.0.1:1]', // nothing there: it keeps trying, which is all this needs
+      'listen: 127.0.0.1:0', 'advertise: 127.0.0.1:7999', `dataDir: ${path.join(dir, 'coord')}`, 'insecureDev: true', 'logLevel: info', `relayKeyRotationMs: ${rotationMs}`, '',
+    ].join('\n');
+    fs.writeFileSync(file, conf(3_600_000));
+    const env = { ...process.env };
+    delete env.TESSERA_LOG_LEVEL;
+    out = '';
+    const coord = spawn(process.execPath, [path.join(repoRoot(), 'dist/coordinator/main.js'), '--config', file], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    coord.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    coord.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    try {
+      await waitFor('the coordinator started', async () => lines().some((l) => l.msg === 'coordinator listening'), 20_000, 100);
+      fs.writeFileSync(file, conf(600_000));
+      coord.kill('SIGHUP');
+      const reloaded = await waitFor('the reload logged', async () => lines().find((l) => String(l.msg).startsWith('SIGHUP: settings reloaded')), 10_000, 100);
+      expect(reloaded.applied).to.include.members(['relayKeyRotationMs', 'relayKey']);
+      expect(reloaded.needRestart).to.deep.equal([]);
+      const rotating = lines().find((l) => String(l.msg).startsWith('relay ticket key rotating'));
+      expect(rotating, 'the key replaced').to.deep.include({ why: 'SIGHUP' });
+      expect(coord.exitCode).to.equal(null);
+    } finally {
+      coord.kill('SIGKILL');
+    }
   });
 });
