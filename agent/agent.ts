@@ -24,6 +24,7 @@ import { VolumeTransfer } from './volumes';
 import { RelayServer } from './relay-server';
 import { ImageGc } from './image-gc';
 import { KEY_RETIRE_MS } from '../common/relay-ticket';
+import { LogThrottle } from '../common/log-throttle';
 
 export class Agent {
   readonly nodeId: string;
@@ -130,6 +131,12 @@ export class Agent {
     const runtime = new DockerRuntime(this.nodeId, path.resolve(this.config.stateDir, 'volumes'), this.config.dockerSocket, this.config.registryAuth || undefined);
     const volumes = new VolumeTransfer(runtime.volumeRoot, (app, component, slot) => this.instances.holdsSlot(app, component, slot), this.log.child({ part: 'volumes' }));
     this.relay = new RelayServer(this.nodeId, this.log.child({ part: 'relay' }), this.tls, (...a) => runtime.logs(...a), (...a) => runtime.execInstance(...a), volumes);
+    const refusals = new LogThrottle(60_000);
+    this.relay.onRefused = (reason, why) => {
+      this.metrics.inc('tessera_agent_relays_refused_total', { reason });
+      const held = refusals.take();
+      if (held !== undefined) this.log.warn({ reason, why, heldBack: held }, 'job relay refused for its caller (a direct client\'s job then goes to the leader); at most one such line a minute');
+    };
     const c = this.config;
     const gc = new ImageGc(runtime.docker, {
       highPercent: this.gcSettings.highPercent, lowPercent: this.gcSettings.lowPercent, minAgeMs: this.gcSettings.minAgeMs, stateDir: c.stateDir,

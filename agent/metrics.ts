@@ -13,6 +13,7 @@ export const AGENT_METRICS: MetricDef[] = [
   { name: 'tessera_agent_containers', help: 'instances on this node by state', type: 'gauge', labels: ['state'] },
   { name: 'tessera_agent_health_check_failures_total', help: 'failed health checks', type: 'counter' },
   { name: 'tessera_agent_images_removed_total', help: 'unused images removed by image garbage collection', type: 'counter' },
+  { name: 'tessera_agent_relays_refused_total', help: 'job relays refused for their caller: a certificate that may not relay (certificate), or an admin certificate without a valid lease ticket (ticket: a key this agent was not given, say)', type: 'counter', labels: ['reason'] },
   { name: 'tessera_agent_restarts_total', help: 'container restarts by the restart policy', type: 'counter' },
   { ...TLS_EXPIRY_METRIC, labels: [...TLS_EXPIRY_METRIC.labels] },
 ];

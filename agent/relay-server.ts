@@ -60,6 +60,8 @@ export class RelayServer {
   relayed = 0;
   /** The keys of relay tickets, from coordinators' Welcome messages. */
   readonly tickets = new TicketKeys();
+  /** Told of each relay refused for its caller: a certificate that may not relay, or an admin certificate's lease ticket (why). */
+  onRefused?: (reason: 'certificate' | 'ticket', why: string) => void;
 
   constructor(
     private readonly nodeId: string,
@@ -83,9 +85,15 @@ export class RelayServer {
       Relay: unary<RelayRequest__Output, RelayResult>(this.log, 'Relay', async (req, call) => {
         if (tls) {
           const peer = peerIdentity(call);
-          if (!RELAY_ROLES.has(peer.role)) throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
+          if (!RELAY_ROLES.has(peer.role)) {
+            this.onRefused?.('certificate', `certificate role ${peer.role}`);
+            throw new PermissionDeniedError(`certificate role ${peer.role} may not relay steps`);
+          }
           const why = peer.role === 'admin' ? new StreamTickets(this.tickets).check(req.jobId, req.leaseTicket) : undefined;
-          if (why) throw new PermissionDeniedError(why);
+          if (why) {
+            this.onRefused?.('ticket', why);
+            throw new PermissionDeniedError(why);
+          }
         }
         req.leaseTicket = '';
         // A unary call has no stream to have named a route on: it must carry the route.
@@ -101,6 +109,7 @@ export class RelayServer {
         if (tls) {
           const peer = peerIdentity(call);
           if (!RELAY_ROLES.has(peer.role)) {
+            this.onRefused?.('certificate', `certificate role ${peer.role}`);
             call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: `certificate role ${peer.role} may not relay steps` });
             return;
           }
@@ -118,6 +127,7 @@ export class RelayServer {
           if (tickets) {
             // A failed relay, not a broken stream: the client's leader takes the job over.
             const why = tickets.check(req.jobId, req.leaseTicket);
+            if (why) this.onRefused?.('ticket', why);
             if (why) return { ok: false, errorCode: grpc.status.PERMISSION_DENIED, error: why, failedIndex: req.firstIndex, failedInput: req.payload, failedHeaders: req.headers };
           }
           req.leaseTicket = '';

@@ -34,6 +34,7 @@ describe('mutual TLS', function () {
   let address = '';
   let coord: { pid: number; logFile: string };
   let tn1: { logFile: string } | undefined;
+  let tn1Metrics = 0;
   let echo: ChildProcess | undefined;
   const f = (n: string) => path.join(certs, n);
   const material = (name: string, dir = certs) => loadTls({ tlsCa: path.join(certs, 'ca.pem'), tlsCert: path.join(dir, `${name}.pem`), tlsKey: path.join(dir, `${name}-key.pem`) });
@@ -83,7 +84,8 @@ describe('mutual TLS', function () {
   });
 
   it('registers an agent by its certificate (node id = CN), with etcd over TLS too', async () => {
-    tn1 = fleet.agent({ coordinators: [address], nodeId: 'tn1', tls: [f('ca.pem'), f('agent-tn1.pem'), f('agent-tn1-key.pem')] });
+    tn1Metrics = await freePort();
+    tn1 = fleet.agent({ coordinators: [address], nodeId: 'tn1', tls: [f('ca.pem'), f('agent-tn1.pem'), f('agent-tn1-key.pem')], extra: ['--metrics-listen', `127.0.0.1:${tn1Metrics}`] });
     const a = admin();
     try {
       await waitFor('tn1 READY', async () => (await a.getNode('tn1')).state === 'NODE_STATE_READY', 20_000, 200);
@@ -120,6 +122,9 @@ describe('mutual TLS', function () {
       });
       // An etcd certificate may not hand it a route; an admin certificate only with a lease ticket.
       expect((await call(material('etcd'))).err?.code, 'an etcd certificate').to.equal(grpc.status.PERMISSION_DENIED);
+      // The agent says so (once a minute at most) and counts it.
+      await waitFor('the refusal in the agent\'s log', async () => fs.readFileSync(tn1!.logFile, 'utf8').split('\n').some((l) => l.includes('"msg":"job relay refused for its caller') && l.includes('"reason":"certificate"')), 5_000, 100);
+      expect(await (await fetch(`http://127.0.0.1:${tn1Metrics}/metrics`)).text()).to.match(/^tessera_agent_relays_refused_total\{reason="certificate"\} 1$/m);
       const bare = await call(material('admin'));
       expect([bare.err?.code, bare.err?.details], 'an admin certificate without a ticket').to.satisfy(([c, d]: [number, string]) => c === grpc.status.PERMISSION_DENIED && /lease ticket/.test(d));
       const directJobs = a.directJobs();
@@ -271,6 +276,7 @@ describe('mutual TLS', function () {
         await dj.close();
       }
     };
+    const ticketRefusals = async () => Number(/^tessera_agent_relays_refused_total\{reason="ticket"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${tn1Metrics}/metrics`)).text())?.[1] ?? 0);
     /** Starts a rotation and waits until its key signs (the leader logs the key; it signs KEY_ACTIVATE_MS later). */
     const rotate = async (n: number) => {
       process.kill(coord.pid, 'SIGHUP');
@@ -286,7 +292,9 @@ describe('mutual TLS', function () {
       // refuses the leases' tickets, the client reports the refused relay, and the leader runs the job.
       const missed = await rotate(1);
       expect(logOf(coord).some((l) => l.msg === 'relay ticket key not given to the agents' && l.keyId === missed), 'the push failed').to.equal(true);
+      const refusedBefore = await ticketRefusals();
       expect(await direct('missed'), 'a key the agent was not given').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'missed', direct: 1, takenOver: 1 });
+      expect(await ticketRefusals(), 'the agent counts the refusal').to.equal(refusedBefore + 1);
 
       // The second reaches it before it signs: direct jobs run along the route again, none taken over.
       const given = await rotate(2);
