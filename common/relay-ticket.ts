@@ -44,7 +44,7 @@ export function newRelayKey(): RelayKey {
 /**
  * A coordinator's relay keys: the one that signs now, and during a rotation the next one, given
  * to agents KEY_ACTIVATE_MS before it signs. A rotation asked for while one is under way is that
- * one (keys change at most once per KEY_ACTIVATE_MS).
+ * one, its key given out again (keys change at most once per KEY_ACTIVATE_MS).
  */
 export class RelayKeyRing {
   private signing = newRelayKey();
@@ -72,7 +72,10 @@ export class RelayKeyRing {
 
   /** Starts a rotation: a new key, pushed now, signing after activateMs (returned). */
   rotate(): RelayKey {
-    if (this.next) return this.next;
+    if (this.next) {
+      for (const l of this.listeners) l(this.next);
+      return this.next;
+    }
     const k = newRelayKey();
     this.next = k;
     for (const l of this.listeners) l(k);
