@@ -135,6 +135,12 @@ export class TicketKeys {
     return this.keys.size;
   }
 
+  /** Whether key `id` is held and not retired (a ticket a stream has checked already counts only while its key does). */
+  live(id: string, nowMs = Date.now()): boolean {
+    const k = this.keys.get(id);
+    return !!k && (!k.retiresAtMs || nowMs <= k.retiresAtMs);
+  }
+
   /**
    * Checks a ticket for job ids with this prefix: its expiry (ms, the leader's clock) when it
    * holds, else why not (the text of a PERMISSION_DENIED).
@@ -181,7 +187,7 @@ export class StreamTickets {
       this.byPrefix.set(prefix, e);
     }
     if (!e) return `no lease ticket for job ids ${prefix}.* on this stream (an admin certificate relays only leased routes: Admin.DirectJobs)`;
-    if (e.expiresAtMs && nowMs <= e.expiresAtMs + TICKET_SKEW_MS) return undefined;
+    if (e.expiresAtMs && nowMs <= e.expiresAtMs + TICKET_SKEW_MS && this.keys.live(e.ticket.slice(0, e.ticket.indexOf('.')), nowMs)) return undefined;
     const v = this.keys.verify(e.ticket, prefix, nowMs);
     if ('error' in v) return v.error;
     e.expiresAtMs = v.expiresAtMs;

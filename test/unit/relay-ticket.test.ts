@@ -76,6 +76,17 @@ describe('relay tickets (direct jobs under mTLS)', () => {
     expect(k.verify(t0(now + 200_000), 'p', now + 200_000)).to.have.property('expiresAtMs');
   });
 
+  it('a ticket a stream has checked stops counting once its key retires', () => {
+    const k = new TicketKeys();
+    const [k0, k1] = [newRelayKey(), newRelayKey()];
+    k.add(k0.id, k0.key, now);
+    const s = new StreamTickets(k);
+    expect(s.check('j-x.0', issueTicket(k0, 'j-x', now + 2_000), now)).to.equal(undefined);
+    k.add(k1.id, k1.key, now + 1_000);
+    expect(s.check('j-x.1', undefined, now + 1_000 + KEY_RETIRE_MS)).to.equal(undefined);
+    expect(s.check('j-x.2', undefined, now + 1_001 + KEY_RETIRE_MS)).to.match(/retired/);
+  });
+
   it('a coordinator\'s key ring gives a rotation\'s key out at once and signs with it only after the activation delay; a rotation under way is not restarted (its key is given out again)', async () => {
     const ring = new RelayKeyRing(50);
     const pushed: string[] = [];
