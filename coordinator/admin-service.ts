@@ -187,7 +187,7 @@ export class AdminService {
   private unguarded(): AdminHandlers {
     const log = this.log;
     return {
-      GetClusterStatus: unary(log, 'GetClusterStatus', () => this.clusterStatus()),
+      GetClusterStatus: unary(log, 'GetClusterStatus', (_req, call) => this.clusterStatus(call)),
       ListNodes: unary(log, 'ListNodes', async (req) => {
         if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
         const reg = this.registry();
@@ -598,18 +598,24 @@ export class AdminService {
     }
   }
 
-  async clusterStatus(): Promise<ClusterStatus> {
+  async clusterStatus(call?: { metadata: grpc.Metadata }): Promise<ClusterStatus> {
     const leader = this.leadership.leader;
     const reg = this.registry();
-    const [members, records, storageFormat, alarms] = await Promise.all([
+    // A follower takes the fleet's part from the leader when it answers within half a second: the
+    // leader also counts the nodes silent long enough (about to go DOWN) and holds a disruption
+    // while a partition heals, which a follower, reading node records, cannot see.
+    const asLeader = !reg && leader && !this.leadership.isSelf(leader) && call && !call.metadata.get(FORWARDED_KEY).length ? this.leaderFleet(leader.address, call.metadata) : undefined;
+    const [members, records, storageFormat, alarms, fromLeader] = await Promise.all([
       this.etcdMembers(),
       reg ? Promise.resolve(reg.list()) : withTimeout(readNodes(this.client, this.keys), 1_000, 'node read').catch(() => []),
       // Bounded like the member reads: `tessera status` answers promptly while etcd is out of reach.
       storedFormat(this.client, this.keys, 800).catch(() => -1),
       etcdAlarms(this.client, 800).catch(() => []),
+      asLeader,
     ]);
-    const nodesByState: Record<string, number> = {};
+    let nodesByState: Record<string, number> = {};
     for (const r of records) nodesByState[r.state] = (nodesByState[r.state] ?? 0) + 1;
+    if (fromLeader) nodesByState = fromLeader.nodesByState;
     return {
       leader: leader ? { id: leader.id, address: leader.address, leader: true, version: leader.version, startedAtMs: leader.startedAtMs } : { id: '' },
       leaderTerm: leader ? Number(leader.createRevision) : 0,
@@ -620,9 +626,22 @@ export class AdminService {
       storageFormat,
       refusal: this.leadership.refusal ?? '',
       etcdAlarms: alarms.map((a) => `${a.alarm} on member ${a.memberId}`),
-      // The leader counts the nodes silent long enough too; a follower only those DOWN.
-      fleetDisruption: ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => ({ state: r.state, zone: zoneOf(r, this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL) })), this.opts.disruptionPercent ?? 0)),
+      // The leader counts the nodes silent long enough too; a follower that cannot ask it, only those DOWN.
+      fleetDisruption: fromLeader ? fromLeader.fleetDisruption
+        : ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => ({ state: r.state, zone: zoneOf(r, this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL) })), this.opts.disruptionPercent ?? 0)),
     };
+  }
+
+  /** The fleet's part of the leader's status (undefined if it does not answer within 500 ms). */
+  private leaderFleet(address: string, metadata: grpc.Metadata): Promise<{ nodesByState: Record<string, number>; fleetDisruption: string } | undefined> {
+    const md = metadata.clone();
+    md.set(FORWARDED_KEY, this.opts.coordinatorId);
+    return new Promise((resolve) => {
+      (this.leaderClient(address) as unknown as { GetClusterStatus: (r: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: ClusterStatus) => void) => void })
+        .GetClusterStatus({}, md, { deadline: deadline(500) }, (err, res) => resolve(err || !res ? undefined : {
+          nodesByState: Object.fromEntries(Object.entries(res.nodesByState ?? {}).map(([k, v]) => [k, Number(v)])), fleetDisruption: res.fleetDisruption ?? '',
+        }));
+    });
   }
 
   /** Every etcd member with its own status call, so a dead member shows as unhealthy. */

@@ -64,7 +64,10 @@ describe('a fleet larger than one etcd transaction', function () {
     // several liveness ticks (every 250 ms), as agents dying together do.
     const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, reportIntervalMs: 1_000, extra: ['--etcd-prefix', '/disruption/'] });
     await waitForLeader([c.address]);
+    // A follower, for `tessera status` asked of it.
+    const f = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, reportIntervalMs: 1_000, extra: ['--etcd-prefix', '/disruption/'] });
     const a = new AdminClient([c.address]);
+    const viaFollower = new AdminClient([f.address]);
     const lost = new SimulatedNodes([c.address], 6, 'lost-', 1_000);
     const kept = new SimulatedNodes([c.address], 4, 'kept-', 1_000);
     try {
@@ -89,6 +92,14 @@ describe('a fleet larger than one etcd transaction', function () {
 
       // The partition heals: they attach again with what they ran, the disruption is over, and nothing was moved.
       lost.heal(1_500);
+      // While the partition heals, the leader holds the disruption for the nodes still DOWN (under
+      // the threshold now), which node records alone do not show: asked of the follower, the
+      // status says so too (the follower takes the fleet's part from the leader).
+      const settling = await waitFor('the settling disruption through the follower', async () => {
+        const st = await viaFollower.getClusterStatus();
+        return /still DOWN or silent after a disruption/.test(st.fleetDisruption) ? st : undefined;
+      }, 10_000, 100);
+      expect(settling.answeredBy).to.equal(f.id);
       await waitFor('10 nodes READY again', async () => (await a.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === 10, 15_000, 250);
       // (Held for the failover grace, 4 s here, after the last of them is back: a partition heals node by node.)
       await waitFor('no disruption', async () => (await a.getClusterStatus()).fleetDisruption === '', 10_000, 100);
@@ -104,6 +115,7 @@ describe('a fleet larger than one etcd transaction', function () {
       await lost.stop();
       await kept.stop();
       a.close();
+      viaFollower.close();
     }
   });
   it('judges each zone (--zone-label): a zone mostly cut off keeps its instances; a zone lost whole while another answers has them replaced there', async () => {
