@@ -172,7 +172,7 @@ export class TicketKeys {
  * the ticket: an agent that has just attached to a new leader).
  */
 export class StreamTickets {
-  private byPrefix = new Map<string, { ticket: string; expiresAtMs: number }>();
+  private byPrefix = new Map<string, { ticket: string; keyId: string; expiresAtMs: number }>();
 
   constructor(private readonly keys: TicketKeys) {}
 
@@ -183,11 +183,11 @@ export class StreamTickets {
     let e = this.byPrefix.get(prefix);
     if (ticket && ticket !== e?.ticket) {
       if (this.byPrefix.size >= 64) this.prune(nowMs);
-      e = { ticket, expiresAtMs: 0 };
+      e = { ticket, keyId: ticket.slice(0, Math.max(0, ticket.indexOf('.'))), expiresAtMs: 0 };
       this.byPrefix.set(prefix, e);
     }
     if (!e) return `no lease ticket for job ids ${prefix}.* on this stream (an admin certificate relays only leased routes: Admin.DirectJobs)`;
-    if (e.expiresAtMs && nowMs <= e.expiresAtMs + TICKET_SKEW_MS && this.keys.live(e.ticket.slice(0, e.ticket.indexOf('.')), nowMs)) return undefined;
+    if (e.expiresAtMs && nowMs <= e.expiresAtMs + TICKET_SKEW_MS && this.keys.live(e.keyId, nowMs)) return undefined;
     const v = this.keys.verify(e.ticket, prefix, nowMs);
     if ('error' in v) return v.error;
     e.expiresAtMs = v.expiresAtMs;
