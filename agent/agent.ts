@@ -116,7 +116,11 @@ export class Agent {
     this.lastUsage = await sampleHost(this.config.stateDir).catch(() => undefined);
     this.conn = new CoordinatorConnection(this.config.coordinators, (u) => this.hello(u), this.log.child({ part: 'connection' }), undefined, this.tls);
     this.conn.on('welcome', (w) => {
-      this.relay?.tickets.add(w.relayKeyId, w.relayKey);
+      const held = this.relay?.tickets.size ?? 0;
+      if (this.relay?.tickets.add(w.relayKeyId, w.relayKey) && held) {
+        // A key this agent did not hold, while it held others: a new leader's, or one rotated while this agent was away.
+        this.log.info({ coordinator: w.coordinatorId, keyId: w.relayKeyId, keys: this.relay.tickets.size }, `relay ticket key received with the leader's welcome (a new leader's, or rotated while this agent was away); the older keys retire in ${KEY_RETIRE_MS / 1000} s`);
+      }
       if (!this.config.reportIntervalMs && w.reportIntervalMs > 0 && w.reportIntervalMs !== this.reportIntervalMs) {
         this.reportIntervalMs = w.reportIntervalMs;
         this.scheduleReports();

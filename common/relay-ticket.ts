@@ -118,12 +118,15 @@ export function idPrefixOf(jobId: string): string {
 export class TicketKeys {
   private keys = new Map<string, { key: Buffer; retiresAtMs: number }>();
 
-  add(id: string, key: Buffer | Uint8Array | undefined, nowMs = Date.now()): void {
-    if (!id || !key?.length) return;
+  /** Takes a key (the others retire KEY_RETIRE_MS later); true when it is one this agent did not hold. */
+  add(id: string, key: Buffer | Uint8Array | undefined, nowMs = Date.now()): boolean {
+    if (!id || !key?.length) return false;
+    const known = this.keys.has(id);
     for (const [other, k] of this.keys) if (other !== id && !k.retiresAtMs) k.retiresAtMs = nowMs + KEY_RETIRE_MS;
     this.keys.delete(id);
     this.keys.set(id, { key: Buffer.from(key), retiresAtMs: 0 });
     if (this.keys.size > KEYS_KEPT) this.keys.delete(this.keys.keys().next().value!);
+    return !known;
   }
 
   /** The ids of the keys held, and when each retires (0: the newest; not retiring). */

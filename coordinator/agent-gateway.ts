@@ -79,8 +79,14 @@ export class AgentGateway {
   private pushRelayKey(k: RelayKey): void {
     const sessions = [...this.sessions.values()];
     // relayKeyPush: a test withholds the key from the agents (as from an agent that was away), to see the leader run the refused relays.
+    // relayKeyPushTo@<node>: from one agent only (it gets the key back with its next Welcome).
     void failpoint('relayKeyPush').then(() => {
-      for (const s of sessions) if (!s.closed) s.call.write({ relayKeyUpdate: { coordinatorId: this.opts.coordinatorId, keyId: k.id, key: k.key } });
+      const update = { relayKeyUpdate: { coordinatorId: this.opts.coordinatorId, keyId: k.id, key: k.key } };
+      for (const s of sessions) {
+        void failpoint('relayKeyPushTo', s.nodeId).then(() => {
+          if (!s.closed) s.call.write(update);
+        }, (err) => this.log.warn({ keyId: k.id, node: s.nodeId, err: (err as Error).message }, 'relay ticket key not given to the agent'));
+      }
       if (sessions.length) this.log.debug({ keyId: k.id, agents: sessions.length }, 'relay ticket key given to the agents');
     }, (err) => this.log.warn({ keyId: k.id, err: (err as Error).message }, 'relay ticket key not given to the agents'));
   }

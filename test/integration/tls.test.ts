@@ -22,6 +22,7 @@ import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { pastEvents } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
+import { TcpProxy } from '../helpers/tcp-proxy';
 import type { ChildProcess } from 'node:child_process';
 import { laneRange } from '../helpers/lane';
 
@@ -46,9 +47,10 @@ describe('mutual TLS', function () {
     return d;
   };
   /** An app of one echo instance (in a container) and a 2-stage pipeline through it, registered. */
-  const echoPipeline = async (a: AdminClient, app: string, kind: string, pipeline: string) => {
+  const echoPipeline = async (a: AdminClient, app: string, kind: string, pipeline: string, onNode?: string) => {
     await a.applyApp({ name: app, components: [{
       name: 'e', kind, image: 'tessera/components:local', command: ['node', '/app/echo.js'], env: { KIND: kind }, ports: [{ name: 'grpc' }],
+      constraints: onNode ? [{ label: 'keys', op: '=', value: onNode }] : [],
       health: { type: 'tcp', port: 'grpc', intervalMs: 500, timeoutMs: 400 }, resources: { cpuMillis: 10, memoryMib: 64 }, instances: 1, stopGraceMs: 100,
     }] });
     await a.applyPipeline({ name: pipeline, stages: [{ name: 'a', kind }, { name: 'b', kind }] });
@@ -57,15 +59,16 @@ describe('mutual TLS', function () {
   const admin = (token = 'op-secret') => new AdminClient([address], { tls: material('admin'), timeoutMs: 3_000, metadata: { authorization: `Bearer ${token}` } });
 
   before(async () => {
-    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'tn1,tn2']);
+    execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), certs, '--nodes', 'tn1,tn2,tn3']);
     execFileSync('bash', [path.join(repoRoot(), 'scripts/make-certs.sh'), other, '--nodes', 'tn1']);
     etcd = await EtcdCluster.start(1, certs);
     fleet = new Fleet();
     const tokens = path.join(certs, 'tokens.yaml');
     fs.writeFileSync(tokens, 'tokens:\n  - { name: ops, role: operator, token: op-secret }\n  - { name: viewer, role: read-only, token: view-secret }\n');
-    // relayKeyPush=error(1): the first relay key rotation is not pushed to the agents (the relay key test).
+    // relayKeyPush=error(1): the first relay key rotation is not pushed to the agents (the relay key test);
+    // relayKeyPushTo@tn3=error(1): the first one while tn3 is attached is not pushed to tn3 (the Welcome test).
     const c = await fleet.coordinator({ etcd: etcd.endpoints, certs, extra: ['--etcd-ca', f('ca.pem'), '--etcd-cert', f('coordinator.pem'), '--etcd-key', f('coordinator-key.pem'), '--tokens-file', tokens],
-      env: { TESSERA_FAILPOINTS: 'relayKeyPush=error(1)' } });
+      env: { TESSERA_FAILPOINTS: 'relayKeyPush=error(1),relayKeyPushTo@tn3=error(1)' } });
     address = c.address;
     coord = { pid: c.pid!, logFile: c.logFile };
     const a = admin();
@@ -77,7 +80,7 @@ describe('mutual TLS', function () {
   });
   after(async () => {
     await fleet?.stop();
-    removeContainers('tessera.app=tlsjobs');
+    for (const app of ['tlsjobs', 'tlskeys', 'tlswelcome']) removeContainers(`tessera.app=${app}`);
     await etcd?.stop();
     fs.rmSync(certs, { recursive: true, force: true });
     fs.rmSync(other, { recursive: true, force: true });
@@ -262,28 +265,37 @@ describe('mutual TLS', function () {
     }
   });
 
+  // The relay key tests: a process's JSON log lines; one direct job (its own client) and how it went.
+  const logOf = (p: { logFile: string }) => fs.readFileSync(p.logFile, 'utf8').split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return {}; } });
+  const directJob = async (a: AdminClient, pipeline: string, payload: string) => {
+    const dj = a.directJobs();
+    try {
+      const j = await dj.submit({ pipeline, payload: Buffer.from(payload), wait: true });
+      return { state: j.state, reason: j.reason, result: j.result.toString(), takenOver: dj.counts.takenOver, direct: dj.counts.direct };
+    } finally {
+      await dj.close();
+    }
+  };
+  /**
+   * SIGHUP: the n-th relay key rotation of this file; resolves with its key id once the key signs
+   * (the leader logs the key as it pushes it; it signs KEY_ACTIVATE_MS later). `pushed` runs once
+   * the push has gone out, before the wait.
+   */
+  const rotate = async (n: number, pushed?: () => void | Promise<void>) => {
+    process.kill(coord.pid, 'SIGHUP');
+    const rotating = await waitFor(`rotation ${n}`, async () => logOf(coord).filter((l) => String(l.msg).startsWith('relay ticket key rotating'))[n - 1], 10_000, 50);
+    const signsAt = Date.now() + KEY_ACTIVATE_MS + 500;
+    await pushed?.();
+    await new Promise((r) => setTimeout(r, Math.max(0, signsAt - Date.now())));
+    return String(rotating.keyId);
+  };
+
   it('rotates the relay ticket key on SIGHUP: agents get it before it signs and direct jobs go on; an agent that missed it refuses the tickets and the leader runs those jobs', async function () {
     this.timeout(120_000);
     const a = admin();
-    const logOf = (p: { logFile: string }) => fs.readFileSync(p.logFile, 'utf8').split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return {}; } });
     const agentLog = () => logOf(tn1!);
-    const direct = async (payload: string) => {
-      const dj = a.directJobs();
-      try {
-        const j = await dj.submit({ pipeline: 'tlsk', payload: Buffer.from(payload), wait: true });
-        return { state: j.state, reason: j.reason, result: j.result.toString(), takenOver: dj.counts.takenOver, direct: dj.counts.direct };
-      } finally {
-        await dj.close();
-      }
-    };
+    const direct = (payload: string) => directJob(a, 'tlsk', payload);
     const ticketRefusals = async () => Number(/^tessera_agent_relays_refused_total\{reason="ticket"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${tn1Metrics}/metrics`)).text())?.[1] ?? 0);
-    /** Starts a rotation and waits until its key signs (the leader logs the key; it signs KEY_ACTIVATE_MS later). */
-    const rotate = async (n: number) => {
-      process.kill(coord.pid, 'SIGHUP');
-      const rotating = await waitFor(`rotation ${n}`, async () => logOf(coord).filter((l) => String(l.msg).startsWith('relay ticket key rotating'))[n - 1], 10_000, 100);
-      await new Promise((r) => setTimeout(r, KEY_ACTIVATE_MS + 500));
-      return String(rotating.keyId);
-    };
     try {
       await echoPipeline(a, 'tlskeys', 'tls-keys', 'tlsk');
       expect(await direct('before'), 'the first key').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'before', direct: 1, takenOver: 0 });
@@ -304,6 +316,64 @@ describe('mutual TLS', function () {
       expect(reloaded.applied).to.include('relayKey');
       await a.deleteApp('tlskeys');
     } finally {
+      a.close();
+    }
+  });
+
+  it('an agent that missed a key gets it with its next Welcome, and one that attaches while a key is pending gets that key before it signs: their direct jobs run along the route', async function () {
+    this.timeout(120_000);
+    // tn3 reaches the leader through a proxy the test breaks: its stream ends and it attaches
+    // again (the agent process keeps running, and so does its instance).
+    const proxy = new TcpProxy(Number(address.split(':').pop()));
+    await proxy.start();
+    const tn3 = fleet.agent({ coordinators: [proxy.address], nodeId: 'tn3', tls: [f('ca.pem'), f('agent-tn3.pem'), f('agent-tn3-key.pem')], extra: ['--labels', 'keys=tn3', '--port-range', laneRange('30490-30499')] });
+    const attached = () => logOf(tn3).filter((l) => l.msg === 'attached to leader').length;
+    const reattach = async () => {
+      const before = attached();
+      proxy.breakLink();
+      proxy.restore();
+      await waitFor('tn3 attached again', async () => attached() > before, 15_000, 100);
+    };
+    const a = admin();
+    const direct = (payload: string) => directJob(a, 'tlsw', payload);
+    const routable = () => waitFor('tn3\'s instance routable', async () => (await a.listComponents('tls-welcome')).instances.some((i) => i.nodeId === 'tn3' && i.state === 'routable'), 15_000, 100);
+    try {
+      await waitFor('tn3 READY', async () => (await a.getNode('tn3')).state === 'NODE_STATE_READY', 20_000, 200);
+      await echoPipeline(a, 'tlswelcome', 'tls-welcome', 'tlsw', 'tn3');
+      await routable();
+      expect(await direct('before'), 'the key tn3 attached with').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'before', direct: 1, takenOver: 0 });
+
+      // Rotation 3 goes to tn1 but not to tn3 (relayKeyPushTo@tn3): tn3 refuses the new key's tickets.
+      const missed = await rotate(3);
+      expect(logOf(coord).some((l) => l.msg === 'relay ticket key not given to the agent' && l.node === 'tn3' && l.keyId === missed), 'withheld from tn3').to.equal(true);
+      expect(await direct('missed'), 'a key tn3 was not given').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'missed', direct: 1, takenOver: 1 });
+
+      // Its stream breaks and it attaches again: the Welcome carries the key that signs.
+      await reattach();
+      await waitFor('the key with the Welcome', async () => logOf(tn3).some((l) => String(l.msg).startsWith('relay ticket key received with the leader\'s welcome') && l.keyId === missed), 5_000, 100);
+      await routable();
+      expect(await direct('welcomed'), 'the key from the Welcome').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'welcomed', direct: 1, takenOver: 0 });
+
+      // Rotation 4 is pushed while tn3 is away (its stream broken, the leader has let it go); it
+      // attaches again within the 5 s before the key signs and gets the key right after its
+      // Welcome (which still carries the key that signs until then).
+      const away = attached();
+      proxy.breakLink();
+      await waitFor('tn3 let go', async () => !(await a.getNode('tn3')).connectedTo, 5_000, 50);
+      const pending = await rotate(4, async () => {
+        proxy.restore();
+        await waitFor('tn3 attached again', async () => attached() > away, 4_000, 50);
+      });
+      expect(logOf(tn3).some((l) => String(l.msg).startsWith('relay ticket key received (the leader rotated it)') && l.keyId === pending), 'the pending key after the Welcome').to.equal(true);
+      await routable();
+      expect(await direct('pending'), 'the key given while pending').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'pending', direct: 1, takenOver: 0 });
+      await a.deleteApp('tlswelcome');
+    } finally {
+      await tn3.kill('SIGKILL');
+      await proxy.stop();
+      // tn3 leaves the fleet: the later tests place on tn1.
+      await waitFor('tn3 DOWN', async () => (await a.getNode('tn3')).state === 'NODE_STATE_DOWN', 20_000, 200).catch(() => undefined);
+      await a.removeNode('tn3', 'test over').catch(() => undefined);
       a.close();
     }
   });

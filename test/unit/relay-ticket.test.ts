@@ -61,8 +61,9 @@ describe('relay tickets (direct jobs under mTLS)', () => {
   it('a key that comes retires the others KEY_RETIRE_MS later; one that comes again is taken back', () => {
     const k = new TicketKeys();
     const [k0, k1] = [newRelayKey(), newRelayKey()];
-    k.add(k0.id, k0.key, now);
-    k.add(k1.id, k1.key, now + 1_000); // the leader rotated
+    expect(k.add(k0.id, k0.key, now), 'a key it did not hold').to.equal(true);
+    expect(k.add(k1.id, k1.key, now + 1_000), 'the leader rotated').to.equal(true);
+    expect(k.add(k1.id, k1.key, now + 1_000), 'the same key again (a Welcome after a reconnect)').to.equal(false);
     expect(k.held()).to.deep.equal([{ id: k0.id, retiresAtMs: now + 1_000 + KEY_RETIRE_MS }, { id: k1.id, retiresAtMs: 0 }]);
     const t0 = (at: number) => issueTicket(k0, 'p', at + 2_000);
     // The old key's tickets hold until it retires (its last leases are still out), then not.
@@ -71,7 +72,7 @@ describe('relay tickets (direct jobs under mTLS)', () => {
     expect(k.size, 'a retired key is dropped').to.equal(1);
     expect(k.verify(issueTicket(k1, 'p', now + 60_000), 'p', now + 60_000)).to.have.property('expiresAtMs');
     // Back to a leader whose key it had (a Welcome after a leader change and back): that key holds again, the other retires.
-    k.add(k0.id, k0.key, now + 70_000);
+    expect(k.add(k0.id, k0.key, now + 70_000), 'dropped once retired: new again').to.equal(true);
     expect(k.held()).to.deep.equal([{ id: k1.id, retiresAtMs: now + 70_000 + KEY_RETIRE_MS }, { id: k0.id, retiresAtMs: 0 }]);
     expect(k.verify(t0(now + 200_000), 'p', now + 200_000)).to.have.property('expiresAtMs');
   });
