@@ -31,6 +31,17 @@ export interface AdminClientOptions {
  */
 export const KEYED_RESEND_MS = 30_000;
 
+/**
+ * A keyed submission sent again after its stream broke: its timeout_ms counts from its first
+ * send, not from the resend (a leader that never got it admits it with what is left; one that did
+ * answers with its job by the key). A timeout all spent becomes 1 ms: the job's deadline passed.
+ */
+export function resentRequest<R extends { timeoutMs?: number | string | { toString(): string } | null }>(request: R, firstSentMs: number, nowMs: number): R {
+  const timeout = Number(request.timeoutMs ?? 0);
+  if (!(timeout > 0)) return request;
+  return { ...request, timeoutMs: Math.max(1, timeout - (nowMs - firstSentMs)) };
+}
+
 /** See AdminClient.leaderStream. */
 export interface LeaderStream {
   open: () => grpc.ClientDuplexStream<unknown, unknown>;
@@ -172,8 +183,9 @@ export class AdminClient {
    * follower not to forward (NO_FORWARD_KEY), the follower refuses the stream naming the leader,
    * and the stream moves there and the refused submissions are sent again (a refusal means
    * nothing was accepted). When the stream's coordinator goes away, the submissions in flight
-   * fail with UNAVAILABLE (they may have been accepted: submit again with an idempotency key) and
-   * the next one tries the next address.
+   * fail with UNAVAILABLE (they may have been accepted) and the next one tries the next address;
+   * those with an idempotency key are sent again (for up to KEYED_RESEND_MS, within their
+   * deadline), their timeout_ms less the time since they were first sent.
    */
   jobStream(): { submit: (req: import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest, deadlineMs?: number) => Promise<import('./generated/tessera/v1/Job').Job__Output>; close: () => void } {
     const leader = this.leaderStream('submitJobs');
@@ -183,13 +195,13 @@ export class AdminClient {
       (r) => (r.errorCode ? Object.assign(statusError(r.errorCode, r.error), { notLeader: !!r.notLeader, leaderAddress: r.leaderAddress ?? '', answered: true }) : undefined),
     );
     type Req = import('./generated/tessera/v1/SubmitJobRequest').SubmitJobRequest;
-    const submit = async (request: Req, deadlineMs?: number, tries = 4, resendUntil = 0): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
+    const submit = async (request: Req, deadlineMs?: number, tries = 4, resendUntil = 0, firstSentMs = Date.now()): Promise<import('./generated/tessera/v1/Job').Job__Output> => {
       const before = leader.redirects();
       const stale = leader.target();
       try {
         return (await mux.call({ request }, deadlineMs)).job!;
       } catch (err) {
-        if (tries > 1 && (await leader.retryable(err, before, stale, mux))) return submit(request, deadlineMs, tries - 1, resendUntil);
+        if (tries > 1 && (await leader.retryable(err, before, stale, mux))) return submit(resentRequest(request, firstSentMs, Date.now()), deadlineMs, tries - 1, resendUntil, firstSentMs);
         // A keyed submission lost with the stream (the leader died, the connection broke): whether
         // the leader took it is not known, and its key makes sending it again safe: a leader that
         // took it (or the next one, which resumes it) answers with that job. An answer the leader
@@ -201,7 +213,7 @@ export class AdminClient {
           const wait = Math.min(1_000, Math.max(100, (until - now) / 8));
           if (now + wait < until) {
             await new Promise((r) => setTimeout(r, wait));
-            return submit(request, deadlineMs, 4, until);
+            return submit(resentRequest(request, firstSentMs, Date.now()), deadlineMs, 4, until, firstSentMs);
           }
         }
         throw err;
