@@ -51,6 +51,8 @@ import { failpoint } from '../common/failpoints';
 import { issueTicket, RelayKeyRing } from '../common/relay-ticket';
 
 const FORWARDED_KEY = 'tessera-forwarded-by';
+/** A forwarded node read's answers that stand (others, a leader out of reach or still loading: the follower's records). */
+const LEADER_ANSWERS = new Set([grpc.status.NOT_FOUND, grpc.status.INVALID_ARGUMENT, grpc.status.PERMISSION_DENIED, grpc.status.UNAUTHENTICATED]);
 /**
  * Set by the leader on a call it passes to the follower an instance's agent is attached through
  * (a partition: the agent reaches that follower, not the leader): "<node id> <agent endpoint>",
@@ -188,8 +190,10 @@ export class AdminService {
     const log = this.log;
     return {
       GetClusterStatus: unary(log, 'GetClusterStatus', (_req, call) => this.clusterStatus(call)),
-      ListNodes: unary(log, 'ListNodes', async (req) => {
+      ListNodes: unary(log, 'ListNodes', async (req, call) => {
         if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
+        const fromLeader = await this.nodeReadOnLeader<typeof req, { nodes: Node[] }>(call, 'listNodes', req);
+        if (fromLeader) return fromLeader;
         const reg = this.registry();
         const records = reg ? reg.list() : await this.etcdRead(() => readNodes(this.client, this.keys));
         const dep = this.deployments();
@@ -197,8 +201,10 @@ export class AdminService {
         if (dep) for (const n of nodes) n.allocated = dep.allocatedOn(n.id!);
         return { nodes };
       }),
-      GetNode: unary(log, 'GetNode', async (req) => {
+      GetNode: unary(log, 'GetNode', async (req, call) => {
         validateNodeId(req.nodeId);
+        const fromLeader = await this.nodeReadOnLeader<typeof req, Node>(call, 'getNode', req);
+        if (fromLeader) return fromLeader;
         const reg = this.registry();
         return recordToProto(reg ? reg.get(req.nodeId) : await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
       }),
@@ -630,6 +636,28 @@ export class AdminService {
       fleetDisruption: fromLeader ? fromLeader.fleetDisruption
         : ((d) => (d ? disruptionText(d) : ''))(reg ? reg.disruption() : fleetDisruption(records.map((r) => ({ state: r.state, zone: zoneOf(r, this.opts.zoneLabel ?? DEFAULT_ZONE_LABEL) })), this.opts.disruptionPercent ?? 0)),
     };
+  }
+
+  /**
+   * On a follower, a node read from the leader, whose memory holds what the agents last reported
+   * (usage, last seen, attachment): node records carry those as of their last refresh (each
+   * --status-refresh-interval-ms). Undefined here on the leader, with no leader known, or when it
+   * does not answer within 500 ms (the records then); the leader's own answer (an unknown node,
+   * say) stands.
+   */
+  private nodeReadOnLeader<Req, Res>(call: { metadata: grpc.Metadata }, method: 'listNodes' | 'getNode', req: Req): Promise<Res | undefined> {
+    const leader = this.leadership.leader;
+    if (this.registry() || !leader || this.leadership.isSelf(leader) || call.metadata.get(FORWARDED_KEY).length) return Promise.resolve(undefined);
+    const md = call.metadata.clone();
+    md.set(FORWARDED_KEY, this.opts.coordinatorId);
+    return new Promise((resolve, reject) => {
+      ((this.leaderClient(leader.address) as unknown as Record<string, unknown>)[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void)(
+        req, md, { deadline: deadline(500) }, (err, res) => {
+          if (!err) return resolve(res);
+          if (LEADER_ANSWERS.has(err.code)) return reject(err);
+          resolve(undefined);
+        });
+    });
   }
 
   /** The fleet's part of the leader's status (undefined if it does not answer within 500 ms). */

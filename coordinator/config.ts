@@ -23,7 +23,8 @@ export const COORDINATOR_SCHEMA = {
   zoneLabel: { type: 'string', doc: 'the node label that names a node\'s zone, for --disruption-percent (nodes without it form one zone)', env: 'TESSERA_ZONE_LABEL', default: 'zone' },
   failoverGraceMs: { type: 'int', doc: 'after winning an election, wait this long for agents to reconnect before marking any node DOWN', env: 'TESSERA_FAILOVER_GRACE_MS', default: 15_000, min: 0 },
   reportIntervalMs: { type: 'int', doc: 'how often agents report (sent to them in the welcome)', env: 'TESSERA_REPORT_INTERVAL_MS', default: 5_000, min: 100 },
-  statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes node usage and last-seen times to etcd (the nodes that changed, in as few transactions as etcd takes)', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
+  statusPersistIntervalMs: { type: 'int', doc: 'how often the leader writes the node records whose status changed to etcd (a node attached, detached or runs a different number of instances; and those due a refresh), in as few transactions as etcd takes', env: 'TESSERA_STATUS_PERSIST_MS', default: 5_000, min: 200 },
+  statusRefreshIntervalMs: { type: 'int', doc: 'how often a node record\'s usage and last-seen time are written when nothing else about the node changed (the live figures stay in the leader\'s memory, and followers ask the leader for them: as Kubernetes\' node status, reported on change or each nodeStatusReportFrequency)', env: 'TESSERA_STATUS_REFRESH_MS', default: 60_000, min: 1_000 },
   maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
   ...tlsSchema("this coordinator's certificate (OU=coordinator): server and client"),
@@ -67,6 +68,7 @@ export interface CoordinatorConfig {
   nodeGcThresholdMs: number;
   reportIntervalMs: number;
   statusPersistIntervalMs: number;
+  statusRefreshIntervalMs: number;
   maxEvents: number;
   logLevel: string;
   reconcileIntervalMs: number;

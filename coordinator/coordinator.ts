@@ -71,6 +71,7 @@ export class LeaderWork {
       disruptionPercent: c.config.disruptionPercent,
       zoneLabel: c.config.zoneLabel,
       reportIntervalMs: c.config.reportIntervalMs,
+      statusRefreshMs: c.config.statusRefreshIntervalMs,
     }, c.log.child({ part: 'nodes' }));
     this.deployments = new Deployments(c.store, c.keys, this.registry, c.gateway, { sampleSize: c.config.schedulerSampleSize, coordinatorId: c.config.id, metrics: c.metrics, keyring: c.keyring, runtimeDownGraceMs: c.config.runtimeDownGraceMs, volumeCopier: new VolumeCopier(c.tls) }, c.log.child({ part: 'deployments' }));
     // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.

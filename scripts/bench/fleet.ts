@@ -4,7 +4,10 @@
 // connection code, each node on its own gRPC stream; no containers). For each N:
 //   attach    -> every node attached to the leader, from the first hello
 //   cpu       -> the leader's CPU (share of one core) with N nodes reporting, at rest
-//   list      -> ListNodes through the follower (read from etcd)
+//   etcd      -> what etcd writes at rest, over 60 s (one --status-refresh-interval-ms: node
+//                records are written on change and refreshed once in it): puts and WAL bytes a
+//                second, from its /metrics
+//   list      -> ListNodes through the follower (which asks the leader; the records if it does not answer)
 //   failover  -> SIGKILL of the leader until every node is attached to the new one, per run;
 //                and how many nodes went DOWN meanwhile (any is a defect: their instances would
 //                be replaced). The bound is the failover grace: nodes not back by then go DOWN.
@@ -31,9 +34,17 @@ const SIZES = arg('nodes', '1000,3000').split(',').map(Number).filter((n) => n >
 const RUNS = Number(arg('runs', '3'));
 const APPS = Number(arg('apps', '500'));
 const GRACE_MS = 15_000;
+const ETCD_WINDOW_S = 60;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const cpuSeconds = (pid: number) => processCpuUs(pid) / 1e6;
+
+/** etcd's puts and WAL bytes so far (its /metrics, on the client port). */
+async function etcdWrites(endpoint: string): Promise<{ puts: number; walBytes: number }> {
+  const text = await (await fetch(`http://${endpoint.replace(/^https?:\/\//, '')}/metrics`)).text();
+  const metric = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return { puts: metric('etcd_mvcc_put_total'), walBytes: metric('etcd_disk_wal_write_bytes_total') };
+}
 
 async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<number> {
   const t0 = Date.now();
@@ -64,8 +75,12 @@ async function size(n: number): Promise<string[]> {
     await sleep(5_000);
     const leader = coords[0];
     const c0 = cpuSeconds(leader.proc!.pid!);
+    const w0 = await etcdWrites(etcd.endpoints[0]);
     await sleep(10_000);
     const cpu = ((cpuSeconds(leader.proc!.pid!) - c0) / 10) * 100;
+    progress(`${n} nodes: etcd's writes at rest over ${ETCD_WINDOW_S} s`);
+    await sleep((ETCD_WINDOW_S - 10) * 1_000);
+    const w1 = await etcdWrites(etcd.endpoints[0]);
     const follower = new AdminClient([coords[1].address], { timeoutMs: 30_000 });
     const l0 = Date.now();
     const listed = (await follower.listNodes()).nodes.length;
@@ -93,7 +108,7 @@ async function size(n: number): Promise<string[]> {
       coords = [next, again];
       await sleep(3_000);
     }
-    return [String(n), fmt(attachMs / 1000, 1), fmt(cpu, 1), String(listMs), fmt(median(failovers) / 1000, 1), fmt(Math.max(...failovers) / 1000, 1), String(down), fmt(Math.max(...failovers) / GRACE_MS, 2)];
+    return [String(n), fmt(attachMs / 1000, 1), fmt(cpu, 1), fmt((w1.puts - w0.puts) / ETCD_WINDOW_S, 0), fmt((w1.walBytes - w0.walBytes) / ETCD_WINDOW_S / 1024, 0), String(listMs), fmt(median(failovers) / 1000, 1), fmt(Math.max(...failovers) / 1000, 1), String(down), fmt(Math.max(...failovers) / GRACE_MS, 2)];
   } finally {
     await sims?.stop();
     await fleet.stop();
@@ -139,7 +154,7 @@ async function main(): Promise<void> {
   for (const n of SIZES) rows.push(await size(n));
   const appRows = APPS > 0 ? [await apps(APPS)] : [];
   console.log(`fleet: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; reports every 5 s, heartbeat 10 s, failover grace ${GRACE_MS / 1000} s; ${RUNS} failovers per size`);
-  if (rows.length) console.log(table(['NODES', 'ATTACH S', 'LEADER CPU %', 'LIST MS', 'FAILOVER S (MEDIAN)', 'FAILOVER S (MAX)', 'DOWN DURING', 'MAX VS GRACE'], rows));
+  if (rows.length) console.log(table(['NODES', 'ATTACH S', 'LEADER CPU %', 'ETCD PUTS/S', 'ETCD WAL KB/S', 'LIST MS', 'FAILOVER S (MEDIAN)', 'FAILOVER S (MAX)', 'DOWN DURING', 'MAX VS GRACE'], rows));
   if (appRows.length) console.log(table(['APPS', 'INSTANCES', 'NODES', 'APPLIED S', 'ALL RUNNING S', 'LEADER CPU % AT REST'], appRows));
 }
 

@@ -29,9 +29,11 @@ describe('a fleet larger than one etcd transaction', function () {
     admin?.close();
   });
 
-  it(`writes the status of ${N} nodes, and takes them all DOWN (each with its event) when they go silent at once`, async () => {
-    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000 });
+  it(`writes the status of ${N} nodes, on change and once a refresh interval rather than at each report (a follower takes the live figures from the leader), and takes them all DOWN (each with its event) when they go silent at once`, async () => {
+    const REFRESH_MS = 4_000;
+    const c = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, extra: ['--status-refresh-interval-ms', String(REFRESH_MS)] });
     await waitForLeader([c.address]);
+    const follower = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, extra: ['--status-refresh-interval-ms', String(REFRESH_MS)] });
     admin = new AdminClient([c.address]);
     sims = new SimulatedNodes([c.address], N, 'sim-', 500);
     await waitFor(`${N} nodes READY`, async () => (await admin!.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === N, 30_000, 250);
@@ -43,6 +45,35 @@ describe('a fleet larger than one etcd transaction', function () {
         const stored = Object.values(await etcd.getAll().prefix('/tessera/nodes/').strings()).map((v) => JSON.parse(v) as { usage?: { memoryTotalMib?: string | number } });
         return stored.length === N && stored.every((r) => Number(r.usage?.memoryTotalMib) === 8192);
       }, 10_000, 250);
+
+      // Each node reports every 500 ms and the leader's status loop runs every 500 ms, but a
+      // node whose attachment and instances stay the same has its record written once a refresh
+      // interval: at most twice in one (before session 28, at each report: ~8 times).
+      const puts = new Map<string, number>();
+      const watcher = await etcd.watch().prefix('/tessera/nodes/').create();
+      watcher.on('put', (kv) => puts.set(kv.key.toString(), (puts.get(kv.key.toString()) ?? 0) + 1));
+      await sleep(REFRESH_MS);
+      await watcher.cancel();
+      const most = Math.max(0, ...puts.values());
+      expect(most, `writes of one node's record in ${REFRESH_MS} ms`).to.be.at.most(2);
+      expect(puts.size, 'records refreshed').to.be.at.least(N / 2);
+
+      // A follower answers node reads with the leader's live figures (each node seen within the
+      // last report or two), not the records' (up to a refresh interval old): asked while the
+      // stored last-seen of sim-0001 is over 2 s old.
+      const viaFollower = new AdminClient([follower.address]);
+      try {
+        await waitFor('the follower knows the leader', async () => (await viaFollower.getClusterStatus()).leader?.id === c.id, 10_000, 200);
+        const storedSeen = async () => Number((JSON.parse((await etcd.get('/tessera/nodes/sim-0001').string()) ?? '{}') as { lastSeenMs?: number }).lastSeenMs ?? 0);
+        await waitFor('a record over 2 s old', async () => Date.now() - (await storedSeen()) > 2_000, REFRESH_MS * 2, 50);
+        const [one, nodes, stored] = [await viaFollower.getNode('sim-0001'), (await viaFollower.listNodes()).nodes, await storedSeen()];
+        expect(Number(one.lastSeenMs), 'GetNode through the follower: newer than the record').to.be.above(stored);
+        expect(Date.now() - Number(one.lastSeenMs)).to.be.below(2_000);
+        const oldest = Math.max(...nodes.map((n) => Date.now() - Number(n.lastSeenMs)));
+        expect([nodes.length, oldest < 2_000], `ListNodes through the follower: the oldest last-seen ${oldest} ms ago`).to.deep.equal([N, true]);
+      } finally {
+        viaFollower.close();
+      }
     } finally {
       etcd.close();
     }

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { decideNodeState, IllegalTransitionError, LivenessInput, NodeState, transition } from '../../coordinator/node-state';
-import { clockOffset, disruptionText, fleetDisruption, onLeaderClock, silentAfterMs } from '../../coordinator/node-registry';
+import { clockOffset, disruptionText, fleetDisruption, onLeaderClock, refreshJitter, silentAfterMs } from '../../coordinator/node-registry';
 
 describe('node state transitions', () => {
   const allowed: [NodeState | 'NEW', NodeState][] = [
@@ -128,5 +128,19 @@ describe('fleetDisruption: so many nodes of a zone DOWN that their instances sta
     expect(silentAfterMs(10_000, 5_000)).to.equal(5_000);
     expect(silentAfterMs(3_000, 500)).to.equal(2_250);
     expect(silentAfterMs(30_000, 5_000)).to.equal(22_500);
+  });
+});
+
+describe("a node record's refresh", () => {
+  it('is due up to a quarter interval early, the same for a node each time and spread over a fleet', () => {
+    const ids = Array.from({ length: 1_000 }, (_, i) => `node-${String(i).padStart(4, '0')}`);
+    const j = ids.map((id) => refreshJitter(id, 60_000));
+    expect(j.every((x) => x >= 0 && x < 15_000)).to.equal(true);
+    expect(ids.map((id) => refreshJitter(id, 60_000))).to.deep.equal(j);
+    // Spread: each 1.5 s slice of the quarter holds some of 1,000 nodes, none most of them.
+    const slices = new Array(10).fill(0);
+    for (const x of j) slices[Math.floor(x / 1_500)]++;
+    expect(Math.min(...slices), slices.join(',')).to.be.above(50);
+    expect(Math.max(...slices), slices.join(',')).to.be.below(150);
   });
 });
