@@ -642,17 +642,19 @@ export class AdminService {
    * On a follower, a node read from the leader, whose memory holds what the agents last reported
    * (usage, last seen, attachment): node records carry those as of their last refresh (each
    * --status-refresh-interval-ms). Undefined here on the leader, with no leader known, or when it
-   * does not answer within 500 ms (the records then); the leader's own answer (an unknown node,
+   * does not answer in time (the records then: 2 s for a list, which takes the leader ~1 s at
+   * 5,000 nodes on a slow machine, 500 ms for one node); the leader's own answer (an unknown node,
    * say) stands.
    */
   private nodeReadOnLeader<Req, Res>(call: { metadata: grpc.Metadata }, method: 'listNodes' | 'getNode', req: Req): Promise<Res | undefined> {
+    const waitMs = method === 'listNodes' ? 2_000 : 500;
     const leader = this.leadership.leader;
     if (this.registry() || !leader || this.leadership.isSelf(leader) || call.metadata.get(FORWARDED_KEY).length) return Promise.resolve(undefined);
     const md = call.metadata.clone();
     md.set(FORWARDED_KEY, this.opts.coordinatorId);
     return new Promise((resolve, reject) => {
       ((this.leaderClient(leader.address) as unknown as Record<string, unknown>)[method] as (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void)(
-        req, md, { deadline: deadline(500) }, (err, res) => {
+        req, md, { deadline: deadline(waitMs) }, (err, res) => {
           if (!err) return resolve(res);
           if (LEADER_ANSWERS.has(err.code)) return reject(err);
           resolve(undefined);

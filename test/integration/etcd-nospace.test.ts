@@ -50,7 +50,9 @@ describe('etcd out of space (NOSPACE)', function () {
     raw = createEtcdClient({ endpoints: etcd.endpoints });
     fleet = new Fleet();
     metricsPort = await freePort();
-    const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    // The node's record refreshed each second (at most; its default is a minute): a leader loop
+    // that writes all along, whose failures under NOSPACE and recovery after it the tests read.
+    const c = await fleet.coordinator({ etcd: etcd.endpoints, extra: ['--metrics-listen', `127.0.0.1:${metricsPort}`, '--status-refresh-interval-ms', '1000'] });
     address = c.address;
     await waitForLeader([address]);
     fleet.agent({ coordinators: [address], nodeId: 'full-1', extra: ['--port-range', laneRange('30830-30839')] });
@@ -137,7 +139,7 @@ describe('etcd out of space (NOSPACE)', function () {
     const log = fs.readFileSync(path.join(fleet.dir, 'c1.log'), 'utf8');
     expect(log.match(/etcd raised its NOSPACE alarm/g) ?? []).to.have.length(1);
     expect(log).to.not.match(/circuit breaker is open/);
-    // The leader's loops whose writes fail (node status, every 500 ms here) warn once each, not
+    // The leader's loops whose writes fail (node status, each second here) warn once each, not
     // at every turn (25 warnings in 13 s before).
     // Six jobs refused: one warning for them (then one each 10 s with the count), not one each.
     expect((log.match(/"level":"warn".*"msg":"job end not recorded; its caller is told so/g) ?? []).length).to.equal(1);
