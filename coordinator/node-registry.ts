@@ -66,6 +66,14 @@ export function clockOffset(samples: number[]): number | undefined {
   return samples.length ? Math.max(...samples) : undefined;
 }
 
+interface PendingHello {
+  h: AgentHello__Output;
+  streamId: string;
+  nowMs: number;
+  resolve: (r: NodeRecord) => void;
+  reject: (err: unknown) => void;
+}
+
 interface Liveness {
   lastSeenMs: number;
   /** The leader's id of the stream the agent's hello came on (not the agent's own session id: one agent process may hold two streams in turn). */
@@ -373,9 +381,56 @@ export class NodeRegistry {
    */
   private writes = new Serial();
 
-  /** An agent said hello on a stream to this leader: register or refresh it, durably. */
+  /** Hellos waiting for the next batch (see hello). */
+  private hellos: PendingHello[] = [];
+
+  /**
+   * An agent said hello on a stream to this leader: register or refresh it, durably. The hellos
+   * that arrive while one batch is being stored go together in the next, in as few transactions
+   * as etcd takes: a new leader takes thousands of agents back at once, and one transaction each,
+   * in turn, took 5,000 nodes past the failover grace on a slow machine (some went DOWN).
+   */
   hello(h: AgentHello__Output, streamId: string, nowMs = steadyNow()): Promise<NodeRecord> {
-    return this.writes.run(() => this.helloNow(h, streamId, nowMs));
+    return new Promise((resolve, reject) => {
+      this.hellos.push({ h, streamId, nowMs, resolve, reject });
+      if (this.hellos.length === 1) void this.writes.run(() => this.helloBatch());
+    });
+  }
+
+  private async helloBatch(): Promise<void> {
+    const batch = this.hellos.splice(0);
+    const units: WriteUnit<[PendingHello, NodeRecord]>[] = [];
+    const ids = new Set<string>();
+    for (const p of batch) {
+      // A node's second hello in one batch (its agent attached again at once) goes in the next, after the first.
+      if (ids.has(p.h.nodeId)) {
+        this.hellos.push(p);
+        continue;
+      }
+      ids.add(p.h.nodeId);
+      try {
+        const { next, events } = this.helloRecord(p.h, p.nowMs);
+        units.push({ ops: [{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events, item: [p, next] });
+      } catch (err) {
+        p.reject(err);
+      }
+    }
+    if (this.hellos.length) void this.writes.run(() => this.helloBatch());
+    if (!units.length) return;
+    const stored = new Set<PendingHello>();
+    try {
+      await failpoint('nodeHelloStore');
+      await this.store.commitInParts(units, (items) => {
+        for (const [p, next] of items) {
+          this.records.set(next.id, next);
+          this.live.set(next.id, { lastSeenMs: p.nowMs, streamId: p.streamId, connectedTo: this.opts.coordinatorId, instances: p.h.instances, taskTimes: onLeaderClock(undefined, p.h.instances, p.nowMs) });
+          stored.add(p);
+          p.resolve(next);
+        }
+      });
+    } catch (err) {
+      for (const u of units) if (!stored.has(u.item[0])) u.item[0].reject(err);
+    }
   }
 
   /** (node, uid) pairs refused since this leader loaded: one event each, not one per retry. */
@@ -406,7 +461,8 @@ export class NodeRegistry {
       + `give this agent its own --node-id, or stop the other agent; once the node is DOWN this one may take it over (or \`tessera node remove ${h.nodeId}\` then)`);
   }
 
-  private async helloNow(h: AgentHello__Output, streamId: string, nowMs: number): Promise<NodeRecord> {
+  /** A hello's node record and events (refused: another agent holds the node id). */
+  private helloRecord(h: AgentHello__Output, nowMs: number): { next: NodeRecord; events: EventDraft[] } {
     const refused = this.refusal(h, nowMs);
     if (refused) throw refused;
     const prev = this.records.get(h.nodeId);
@@ -447,11 +503,7 @@ export class NodeRegistry {
       next.stateChangedAtMs = nowMs;
       if (prev) events.push(this.stateEvent(next, prev.state));
     }
-    await failpoint('nodeHelloStore');
-    await this.store.commit([{ type: 'put', key: this.keys.node(next.id), value: JSON.stringify(next) }], events);
-    this.records.set(next.id, next);
-    this.live.set(next.id, { lastSeenMs: nowMs, streamId, connectedTo: this.opts.coordinatorId, instances: h.instances, taskTimes: onLeaderClock(undefined, h.instances, nowMs) });
-    return next;
+    return { next, events };
   }
 
   report(nodeId: string, r: AgentReport__Output, nowMs = steadyNow()): void {
