@@ -199,7 +199,10 @@ export class AdminService {
         const dep = this.deployments();
         const nodes = records.map(recordToProto).filter((n) => req.state === 'NODE_STATE_UNSPECIFIED' || n.state === req.state);
         if (dep) for (const n of nodes) n.allocated = dep.allocatedOn(n.id!);
-        return { nodes };
+        if (reg) return { nodes };
+        const leader = this.leadership.leader;
+        const why = call.metadata.get(FORWARDED_KEY).length ? 'asked by a coordinator that took it for the leader' : !leader ? 'no leader is known' : this.leadership.isSelf(leader) ? 'it was elected a moment ago and is still loading' : `the leader ${leader.id} did not answer within 2 s`;
+        return { nodes, stale: `answered by coordinator ${this.opts.coordinatorId} from the node records (${why}): usage and last-seen times as of each record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
       GetNode: unary(log, 'GetNode', async (req, call) => {
         validateNodeId(req.nodeId);

@@ -246,8 +246,10 @@ program.command('nodes').description('list nodes').option('--state <state>', 'RE
   const relayed = res.nodes.filter((n) => n.connectedTo && n.relayedBy);
   // Several nodes DOWN: say whether the leader holds their instances (a fleet disruption).
   const disruption = res.nodes.filter((n) => n.state === 'NODE_STATE_DOWN').length >= 3 ? (await c.getClusterStatus()).fleetDisruption : '';
-  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length || relayed.length || disruption ? [''] : []), ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`), ...relayed.map((n) => `warning: node ${n.id} reaches the leader only through coordinator ${n.relayedBy} (its network to ${n.connectedTo} is cut?)`),
-    ...(disruption ? [`warning: fleet disrupted: ${disruption}`] : [])].join('\n') : 'no nodes'));
+  // With --json the list stays a list: the warning goes to standard error.
+  if (res.stale && program.opts().json) process.stderr.write(`warning: ${res.stale}\n`);
+  out(res.nodes, () => (res.nodes.length ? [nodeRows(res.nodes), ...(off.length || relayed.length || disruption || res.stale ? [''] : []), ...off.map((n) => `warning: node ${n.id}'s clock is ${clockText(Number(n.clockOffsetMs))}`), ...relayed.map((n) => `warning: node ${n.id} reaches the leader only through coordinator ${n.relayedBy} (its network to ${n.connectedTo} is cut?)`),
+    ...(disruption ? [`warning: fleet disrupted: ${disruption}`] : []), ...(res.stale ? [`warning: ${res.stale}`] : [])].join('\n') : 'no nodes'));
 }));
 
 const node = program.command('node').description('one node');

@@ -93,6 +93,19 @@ describe('a fleet larger than one etcd transaction', function () {
 
     const failed = fs.readFileSync(c.logFile, 'utf8').split('\n').filter((l) => /leader loop node-(status|liveness) failed/.test(l));
     expect(failed, failed.join('\n')).to.deep.equal([]);
+
+    // The leader gone (the follower has not taken over yet: its lease lasts 2 s): the follower
+    // answers from the node records, and says so.
+    const viaFollower = new AdminClient([follower.address]);
+    try {
+      expect((await viaFollower.listNodes()).stale, 'with the leader').to.equal('');
+      await c.kill('SIGKILL');
+      const res = await viaFollower.listNodes();
+      expect(res.nodes.length).to.equal(N);
+      expect(res.stale).to.match(new RegExp(`^answered by coordinator ${follower.id} from the node records \\(the leader ${c.id} did not answer within 2 s\\)`));
+    } finally {
+      viaFollower.close();
+    }
   });
 
   it('keeps the instances of DOWN nodes where they are while more than --disruption-percent of the fleet is DOWN, with an event either way', async () => {
