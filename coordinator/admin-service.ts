@@ -200,16 +200,16 @@ export class AdminService {
         const nodes = records.map(recordToProto).filter((n) => req.state === 'NODE_STATE_UNSPECIFIED' || n.state === req.state);
         if (dep) for (const n of nodes) n.allocated = dep.allocatedOn(n.id!);
         if (reg) return { nodes };
-        const leader = this.leadership.leader;
-        const why = call.metadata.get(FORWARDED_KEY).length ? 'asked by a coordinator that took it for the leader' : !leader ? 'no leader is known' : this.leadership.isSelf(leader) ? 'it was elected a moment ago and is still loading' : `the leader ${leader.id} did not answer within 2 s`;
-        return { nodes, stale: `answered by coordinator ${this.opts.coordinatorId} from the node records (${why}): usage and last-seen times as of each record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
+        return { nodes, stale: `answered by coordinator ${this.opts.coordinatorId} from the node records (${this.recordsWhy(call, 2_000)}): usage and last-seen times as of each record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
       GetNode: unary(log, 'GetNode', async (req, call) => {
         validateNodeId(req.nodeId);
         const fromLeader = await this.nodeReadOnLeader<typeof req, Node>(call, 'getNode', req);
         if (fromLeader) return fromLeader;
         const reg = this.registry();
-        return recordToProto(reg ? reg.get(req.nodeId) : await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
+        if (reg) return recordToProto(reg.get(req.nodeId));
+        const n = recordToProto(await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
+        return { ...n, stale: `answered by coordinator ${this.opts.coordinatorId} from the node record (${this.recordsWhy(call, 500)}): usage and last-seen time as of the record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
       DrainNode: unary(log, 'DrainNode', (req, call) => this.nodeWrite(call, 'drainNode', req, (reg, by) => reg.drain(req.nodeId, req.undo, req.reason, undefined, by))),
       CordonNode: unary(log, 'CordonNode', (req, call) => this.nodeWrite(call, 'cordonNode', req, (reg, by) => reg.cordon(req.nodeId, req.undo, req.reason, undefined, by))),
@@ -663,6 +663,13 @@ export class AdminService {
           resolve(undefined);
         });
     });
+  }
+
+  /** Why a follower answered a node read from the records (nodeReadOnLeader gave nothing). */
+  private recordsWhy(call: { metadata: grpc.Metadata }, waitedMs: number): string {
+    const leader = this.leadership.leader;
+    return call.metadata.get(FORWARDED_KEY).length ? 'asked by a coordinator that took it for the leader' : !leader ? 'no leader is known'
+      : this.leadership.isSelf(leader) ? 'it was elected a moment ago and is still loading' : `the leader ${leader.id} did not answer within ${waitedMs / 1000} s`;
   }
 
   /** The fleet's part of the leader's status (undefined if it does not answer within 500 ms). */

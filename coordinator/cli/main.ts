@@ -257,8 +257,9 @@ node.command('get <id>').description('show a node and the instances on it (as no
   const n = await c.getNode(id);
   const { instances } = await c.listInstances('', id);
   const { events, lines } = await recentEvents(c, id);
+  if (n.stale && program.opts().json) process.stderr.write(`warning: ${n.stale}\n`);
   out({ ...n, instances, events }, () => [
-    nodeRows([n]), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
+    nodeRows([n]), ...(n.stale ? ['', `warning: ${n.stale}`] : []), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
     `clock:        ${clockText(Number(n.clockOffsetMs))}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',

@@ -99,7 +99,11 @@ describe('a fleet larger than one etcd transaction', function () {
     const viaFollower = new AdminClient([follower.address]);
     try {
       expect((await viaFollower.listNodes()).stale, 'with the leader').to.equal('');
+      expect((await viaFollower.getNode('sim-0001')).stale, 'one node, with the leader').to.equal('');
       await c.kill('SIGKILL');
+      const one = await viaFollower.getNode('sim-0001');
+      expect(one.id).to.equal('sim-0001');
+      expect(one.stale).to.match(new RegExp(`^answered by coordinator ${follower.id} from the node record \\(the leader ${c.id} did not answer within 0.5 s\\)`));
       const res = await viaFollower.listNodes();
       expect(res.nodes.length).to.equal(N);
       expect(res.stale).to.match(new RegExp(`^answered by coordinator ${follower.id} from the node records \\(the leader ${c.id} did not answer within 2 s\\)`));
