@@ -35,11 +35,15 @@ export const KEYED_RESEND_MS = 30_000;
  * A keyed submission sent again after its stream broke: its timeout_ms counts from its first
  * send, not from the resend (a leader that never got it admits it with what is left; one that did
  * answers with its job by the key). A timeout all spent becomes 1 ms: the job's deadline passed.
+ * Without timeout_ms or deadline_ms it carries resent_after_ms, the time since the first send,
+ * which the leader takes off the pipeline's default timeout (the client does not know it).
  */
-export function resentRequest<R extends { timeoutMs?: number | string | { toString(): string } | null }>(request: R, firstSentMs: number, nowMs: number): R {
+export function resentRequest<R extends { timeoutMs?: number | string | { toString(): string } | null; deadlineMs?: number | string | { toString(): string } | null; resentAfterMs?: number | string | { toString(): string } | null }>(request: R, firstSentMs: number, nowMs: number): R {
   const timeout = Number(request.timeoutMs ?? 0);
-  if (!(timeout > 0)) return request;
-  return { ...request, timeoutMs: Math.max(1, timeout - (nowMs - firstSentMs)) };
+  if (timeout > 0) return { ...request, timeoutMs: Math.max(1, timeout - (nowMs - firstSentMs)) };
+  // An absolute deadline stands as it is; else the leader takes the time since the first send off the pipeline's default.
+  if (Number(request.deadlineMs ?? 0)) return request;
+  return { ...request, resentAfterMs: Math.max(0, nowMs - firstSentMs) };
 }
 
 /** See AdminClient.leaderStream. */

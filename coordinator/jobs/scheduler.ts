@@ -473,7 +473,10 @@ export class JobScheduler {
       deadlineMs = Number(req.deadlineMs);
       if (deadlineMs <= nowMs) throw InvalidArgumentError.field('deadlineMs', `is already past (${nowMs - deadlineMs} ms ago)`);
     } else {
-      deadlineMs = nowMs + (timeout || pipeline.defaultTimeoutMs);
+      const resentAfter = Number(req.resentAfterMs ?? 0);
+      if (resentAfter < 0 || resentAfter > 24 * 3_600_000) throw InvalidArgumentError.field('resentAfterMs', 'must be 0..86400000 ms');
+      // A resend: the default timeout counts from the client's first send (timeout_ms it resends as what is left).
+      deadlineMs = nowMs + (timeout || Math.max(1, pipeline.defaultTimeoutMs - resentAfter));
     }
     const key = req.idempotencyKey ?? '';
     if (key && !KEY_RE.test(key)) throw InvalidArgumentError.field('idempotencyKey', 'must be 1-128 printable ASCII characters without spaces');

@@ -207,6 +207,11 @@ describe('jobs through pipelines of registered components', function () {
     const again = await admin.submitJob({ pipeline: 'words', payload: Buffer.from('something else'), idempotencyKey: key, wait: true });
     expect(again.id).to.equal(j.id);
     expect(again.result.toString()).to.match(/^11 words/);
+    // A submission sent again after its stream broke, with neither deadline nor timeout: the
+    // pipeline's default timeout (20 s) counts from its first send, 15 s before.
+    const resent = await admin.submitJob({ pipeline: 'words', payload: Buffer.from(TEXT), resentAfterMs: 15_000, wait: true });
+    expect(resent.state).to.equal('JOB_STATE_SUCCEEDED');
+    expect(Number(resent.deadlineMs) - Number(resent.submittedAtMs), 'the time it was given').to.be.within(4_900, 5_000);
   });
 
   it('refuses bad submissions with the right status and a clear reason, storing nothing', async () => {
@@ -215,6 +220,7 @@ describe('jobs through pipelines of registered components', function () {
     const big = await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.alloc(300_000, 97) }), 'INVALID_ARGUMENT', /payload/);
     expect(String(big.metadata.get('tessera-field-violations')[0])).to.contain('"field":"payload"');
     await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), deadlineMs: Date.now() - 1000 }), 'INVALID_ARGUMENT', /deadlineMs.*already past/);
+    await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), resentAfterMs: -1 }), 'INVALID_ARGUMENT', /resentAfterMs/);
     await admin.applyPipeline({ name: 'ghost', stages: [{ name: 'a', kind: 'splitter' }, { name: 'b', kind: 'nobody-runs-this' }] });
     await expectCode(admin.submitJob({ pipeline: 'ghost', payload: Buffer.from('x') }), 'UNAVAILABLE', /stage "b": no instance of nobody-runs-this is registered/);
     const bad = await expectCode(admin.applyPipeline({ name: 'Bad Name', stages: [{ name: 's', alternatives: [{ kind: 'a', version: 'not-a-range!' }] }] }), 'INVALID_ARGUMENT');

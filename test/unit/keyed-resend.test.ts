@@ -8,13 +8,14 @@ import * as grpc from '@grpc/grpc-js';
 import { AdminClient, resentRequest } from '../../common/admin-client';
 import { tesseraProto } from '../../common/proto';
 
-type Submissions = { submissions: { callId: string; request: { pipeline: string; payload: Buffer; timeoutMs: string; idempotencyKey: string } }[] };
+type Submissions = { submissions: { callId: string; request: { pipeline: string; payload: Buffer; timeoutMs: string; idempotencyKey: string; resentAfterMs: string } }[] };
 
 describe('keyed submissions sent again after their stream broke', () => {
   let server: grpc.Server;
   let address = '';
-  /** [stream number, timeout_ms, key, ms since the test's first send] of each submission received. */
-  const got: [number, number, string, number][] = [];
+  /** [stream number, timeout_ms, key, ms since the test's first send, resent_after_ms] of each submission received. */
+  const got: [number, number, string, number, number][] = [];
+  const keysSeen = new Set<string>();
   let streams = 0;
   let t0 = 0;
   const BREAK_AFTER_MS = 1_500;
@@ -25,8 +26,12 @@ describe('keyed submissions sent again after their stream broke', () => {
       SubmitJobs: (call: grpc.ServerDuplexStream<Submissions, unknown>) => {
         const n = ++streams;
         call.on('data', (batch: Submissions) => {
-          for (const s of batch.submissions) got.push([n, Number(s.request.timeoutMs), s.request.idempotencyKey, Date.now() - t0]);
-          if (n === 1) {
+          let fresh = false;
+          for (const s of batch.submissions) {
+            got.push([n, Number(s.request.timeoutMs), s.request.idempotencyKey, Date.now() - t0, Number(s.request.resentAfterMs)]);
+            if (!keysSeen.has(s.request.idempotencyKey)) fresh = keysSeen.add(s.request.idempotencyKey) !== undefined;
+          }
+          if (fresh) {
             // Took it, then went away before answering.
             setTimeout(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the leader went away' }), BREAK_AFTER_MS);
             return;
@@ -61,10 +66,29 @@ describe('keyed submissions sent again after their stream broke', () => {
     }
   });
 
-  it('a timeout spent while it was away becomes 1 ms (its deadline passed); a request without one is sent as it was', () => {
+  it('sends one with neither timeout nor deadline again saying how long since its first send (the leader takes it off the default)', async () => {
+    const admin = new AdminClient([address]);
+    const jobs = admin.jobStream();
+    try {
+      got.length = 0;
+      t0 = Date.now();
+      const job = await jobs.submit({ pipeline: 'p', payload: Buffer.from('y'), idempotencyKey: 'k-2', wait: true });
+      expect(job.state).to.equal('JOB_STATE_SUCCEEDED');
+      const [first, last] = [got[0], got[got.length - 1]];
+      expect([first[0] < last[0], first[2], last[2]]).to.deep.equal([true, 'k-2', 'k-2']);
+      expect(first[4], 'the first send').to.equal(0);
+      expect(last[4], 'the time since the first send').to.be.at.least(BREAK_AFTER_MS).and.at.most(last[3] + 50);
+    } finally {
+      jobs.close();
+      admin.close();
+    }
+  });
+
+  it('a timeout spent while it was away becomes 1 ms (its deadline passed); a deadline stands; a request with neither says how long since its first send', () => {
     expect(resentRequest({ timeoutMs: 5_000, pipeline: 'p' }, 1_000, 3_000)).to.deep.equal({ timeoutMs: 3_000, pipeline: 'p' });
     expect(resentRequest({ timeoutMs: 5_000 }, 1_000, 9_000)).to.deep.equal({ timeoutMs: 1 });
-    const plain = { pipeline: 'p', timeoutMs: 0 };
-    expect(resentRequest(plain, 1_000, 9_000)).to.equal(plain);
+    const absolute = { pipeline: 'p', timeoutMs: 0, deadlineMs: 50_000 };
+    expect(resentRequest(absolute, 1_000, 9_000)).to.equal(absolute);
+    expect(resentRequest({ pipeline: 'p', timeoutMs: 0 }, 1_000, 9_000)).to.deep.equal({ pipeline: 'p', timeoutMs: 0, resentAfterMs: 8_000 });
   });
 });
