@@ -124,7 +124,7 @@ export class AdminClient {
    * address may be down.
    */
   async reachable(): Promise<void> { await this.unary('getClusterStatus', {}); }
-  listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[]; stale: string }> { return this.unary('listNodes', req); }
+  listNodes(req: ListNodesRequest = {}): Promise<{ nodes: Node__Output[]; stale: string; nextPageToken: string }> { return this.unary('listNodes', req); }
   getNode(nodeId: string): Promise<Node__Output> { return this.unary('getNode', { nodeId }); }
   drainNode(req: DrainNodeRequest): Promise<Node__Output> { return this.unary('drainNode', req); }
   cordonNode(req: CordonNodeRequest): Promise<Node__Output> { return this.unary('cordonNode', req); }

@@ -192,22 +192,36 @@ export class AdminService {
       GetClusterStatus: unary(log, 'GetClusterStatus', (_req, call) => this.clusterStatus(call)),
       ListNodes: unary(log, 'ListNodes', async (req, call) => {
         if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
+        const limit = Number(req.limit ?? 0);
+        if (!Number.isInteger(limit) || limit < 0 || limit > 10_000) throw InvalidArgumentError.field('limit', 'must be 0..10000 (0: every node)');
+        const after = req.pageToken ? decodeNodePageToken(req.pageToken, req.state) : undefined;
         const fromLeader = await this.nodeReadOnLeader<typeof req, { nodes: Node[] }>(call, 'listNodes', req);
         if (fromLeader) return fromLeader;
         const reg = this.registry();
         const records = reg ? reg.list() : await this.etcdRead(() => readNodes(this.client, this.keys));
         const dep = this.deployments();
-        const nodes = records.map(recordToProto).filter((n) => req.state === 'NODE_STATE_UNSPECIFIED' || n.state === req.state);
-        if (dep) for (const n of nodes) n.allocated = dep.allocatedOn(n.id!);
-        if (reg) return { nodes };
-        return { nodes, stale: `answered by coordinator ${this.opts.coordinatorId} from the node records (${this.recordsWhy(call, 2_000)}): usage and last-seen times as of each record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
+        const wanted = records.filter((r) => (req.state === 'NODE_STATE_UNSPECIFIED' || `NODE_STATE_${r.state}` === req.state) && (after === undefined || r.id.localeCompare(after) > 0));
+        const page = limit ? wanted.slice(0, limit) : wanted;
+        const nextPageToken = page.length < wanted.length ? encodeNodePageToken(page[page.length - 1].id, req.state) : '';
+        const nodes = page.map(recordToProto);
+        if (dep) {
+          const allocated = dep.allocatedByNode();
+          for (const n of nodes) n.allocated = allocated.get(n.id!) ?? { cpuMillis: 0, memoryMib: 0 };
+        }
+        if (reg) return { nodes, nextPageToken };
+        return { nodes, nextPageToken, stale: `answered by coordinator ${this.opts.coordinatorId} from the node records (${this.recordsWhy(call, 2_000)}): usage and last-seen times as of each record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
       GetNode: unary(log, 'GetNode', async (req, call) => {
         validateNodeId(req.nodeId);
         const fromLeader = await this.nodeReadOnLeader<typeof req, Node>(call, 'getNode', req);
         if (fromLeader) return fromLeader;
         const reg = this.registry();
-        if (reg) return recordToProto(reg.get(req.nodeId));
+        if (reg) {
+          const n = recordToProto(reg.get(req.nodeId));
+          const dep = this.deployments();
+          if (dep) n.allocated = dep.allocatedOn(req.nodeId);
+          return n;
+        }
         const n = recordToProto(await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
         return { ...n, stale: `answered by coordinator ${this.opts.coordinatorId} from the node record (${this.recordsWhy(call, 500)}): usage and last-seen time as of the record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
@@ -1051,4 +1065,23 @@ function inView(job: Job, view: JobView | undefined): Job {
 function leasePrefix(id: string): string {
   const dot = id.lastIndexOf('.');
   return dot > 0 ? id.slice(0, dot) : '';
+}
+
+/** ListNodes' next_page_token: the last node id of the page and the state filter it was listed with. */
+function encodeNodePageToken(lastId: string, state: string): string {
+  return Buffer.from(JSON.stringify({ after: lastId, s: state })).toString('base64url');
+}
+
+function decodeNodePageToken(token: string, state: string): string {
+  let v: { after?: unknown; s?: unknown };
+  try {
+    v = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as typeof v;
+  } catch {
+    v = {};
+  }
+  if (typeof v !== 'object' || v === null || typeof v.after !== 'string' || typeof v.s !== 'string') {
+    throw InvalidArgumentError.field('pageToken', 'is not a token ListNodes gave (pass next_page_token as it came)');
+  }
+  if (v.s !== state) throw InvalidArgumentError.field('pageToken', `was given for state ${v.s}, not ${state}: a page goes on with the filter of the first`);
+  return v.after;
 }

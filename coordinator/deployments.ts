@@ -382,15 +382,25 @@ export class Deployments {
 
   /** Reserved resources per node, for the Node view. */
   allocatedOn(nodeId: string): { cpuMillis: number; memoryMib: number } {
-    let cpu = 0;
-    let mem = 0;
+    return this.allocatedByNode().get(nodeId) ?? { cpuMillis: 0, memoryMib: 0 };
+  }
+
+  /**
+   * What the wanted instances reserve on each node, in one pass (a list of nodes asked
+   * allocatedOn for each, once over every instance per node: at 5,000 nodes and 20,000 instances,
+   * 100 million steps).
+   */
+  allocatedByNode(): Map<string, { cpuMillis: number; memoryMib: number }> {
+    const out = new Map<string, { cpuMillis: number; memoryMib: number }>();
     for (const i of this.instances.values()) {
-      if (i.desired === 'run' && i.nodeId === nodeId) {
-        cpu += i.resources.cpuMillis;
-        mem += i.resources.memoryMib;
-      }
+      if (i.desired !== 'run') continue;
+      const a = out.get(i.nodeId);
+      if (a) {
+        a.cpuMillis += i.resources.cpuMillis;
+        a.memoryMib += i.resources.memoryMib;
+      } else out.set(i.nodeId, { cpuMillis: i.resources.cpuMillis, memoryMib: i.resources.memoryMib });
     }
-    return { cpuMillis: cpu, memoryMib: mem };
+    return out;
   }
 
   // ───────────────────────── for the scaling manager ─────────────────────────

@@ -196,6 +196,12 @@ function clockText(offsetMs: number): string {
   return Math.abs(offsetMs) >= 5_000 ? `${s} (is NTP running there? nothing depends on it, but its logs are misdated)` : s;
 }
 
+/** A node's reservations against its capacity, as nomad node status shows its allocated resources. */
+function allocatedText(n: Pick<Node__Output, 'allocated' | 'capacity'>): string {
+  const part = (used: number, total: number, unit: string) => `${used}${unit} of ${total}${unit}${total > 0 ? ` (${Math.round((100 * used) / total)}%)` : ''}`;
+  return `CPU ${part(Number(n.allocated?.cpuMillis ?? 0), Number(n.capacity?.cpuMillis ?? 0), 'm')}, memory ${part(Number(n.allocated?.memoryMib ?? 0), Number(n.capacity?.memoryMib ?? 0), ' MiB')}`;
+}
+
 function nodeRows(nodes: Node__Output[]): string {
   return table(
     ['ID', 'HOSTNAME', 'STATE', 'CPU%', 'MEM', 'LOAD1', 'INSTANCES', 'LAST SEEN', 'ATTACHED TO', 'LABELS'],
@@ -240,8 +246,18 @@ function coordinatorRows(cs: import('../../common/generated/tessera/v1/Coordinat
   return rows;
 }
 
-program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING'])).action((o) => run(async (c) => {
-  const res = await c.listNodes({ state: (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never });
+program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING']))
+  .option('--chunk-size <n>', 'ask for the nodes this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((o) => run(async (c) => {
+  const chunk = Number(o.chunkSize);
+  if (chunk > 10_000) program.error('error: --chunk-size takes at most 10000');
+  const state = (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never;
+  const res = { nodes: [] as Node__Output[], stale: '' };
+  for (let pageToken = ''; ;) {
+    const page = await c.listNodes({ state, limit: chunk, pageToken });
+    res.nodes.push(...page.nodes);
+    res.stale ||= page.stale;
+    if (!(pageToken = page.nextPageToken)) break;
+  }
   const off = res.nodes.filter((n) => Math.abs(Number(n.clockOffsetMs)) >= 5_000);
   const relayed = res.nodes.filter((n) => n.connectedTo && n.relayedBy);
   // Several nodes DOWN: say whether the leader holds their instances (a fleet disruption).
@@ -259,7 +275,8 @@ node.command('get <id>').description('show a node and the instances on it (as no
   const { events, lines } = await recentEvents(c, id);
   if (n.stale && program.opts().json) process.stderr.write(`warning: ${n.stale}\n`);
   out({ ...n, instances, events }, () => [
-    nodeRows([n]), ...(n.stale ? ['', `warning: ${n.stale}`] : []), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`, `agent:        ${n.agentVersion}`,
+    nodeRows([n]), ...(n.stale ? ['', `warning: ${n.stale}`] : []), '', `state reason: ${n.stateReason} (since ${ago(n.stateChangedAtMs)} ago)`, `capacity:     ${n.capacity?.cpuMillis}m CPU, ${n.capacity?.memoryMib} MiB, ${n.capacity?.diskMib} MiB disk`,
+    ...(n.allocated ? [`allocated:    ${allocatedText(n)} (what its instances reserve; placement keeps within capacity)`] : []), `agent:        ${n.agentVersion}`,
     `clock:        ${clockText(Number(n.clockOffsetMs))}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',

@@ -396,6 +396,12 @@ describe('deployments on the real Docker Engine', function () {
     expect(appShown).to.match(/\nevents \(the last \d+; tessera events --for web\):\n/);
     expect(appShown).to.match(new RegExp(`\\binstance\\.replaced +${old.id} `));
     const nodeShown = (await cli('node', 'get', old.nodeId)).stdout;
+    // What its instances reserve (web's 100m and 32 MiB among them), as ListNodes gives it.
+    const [one, listed] = [await admin.getNode(old.nodeId), (await admin.listNodes()).nodes.find((n) => n.id === old.nodeId)!];
+    expect(Number(one.allocated?.cpuMillis)).to.be.at.least(100);
+    expect(Number(one.allocated?.memoryMib)).to.be.at.least(32);
+    expect(one.allocated, 'GetNode as ListNodes').to.deep.equal(listed.allocated);
+    expect(nodeShown, nodeShown).to.contain(`\nallocated:    CPU ${one.allocated!.cpuMillis}m of ${one.capacity!.cpuMillis}m (`);
     expect(nodeShown).to.match(new RegExp(`\nevents \\(the last \\d+; tessera events --for ${old.nodeId}\\):\n`));
     expect(nodeShown).to.match(new RegExp(`\\binstance\\.replaced +${old.id} `));
     const other = nodeIds.find((n) => n !== old.nodeId)!;

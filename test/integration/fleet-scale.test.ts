@@ -44,6 +44,28 @@ describe('a fleet larger than one etcd transaction', function () {
     const attachWrites = (await proposals()) - before;
     expect(attachWrites, 'etcd proposals while 150 nodes attached').to.be.below(N / 2);
 
+    // Listed in pages (limit, next_page_token), in id order, as kubectl and nomad list a fleet;
+    // the CLI pages by --chunk-size. A page goes on with the state filter of the first.
+    const everyId = (await admin!.listNodes()).nodes.map((n) => n.id);
+    const paged: string[] = [];
+    let pages = 0;
+    let readyToken = '';
+    for (let pageToken = ''; ;) {
+      const page = await admin!.listNodes({ state: 'NODE_STATE_READY', limit: 40, pageToken });
+      paged.push(...page.nodes.map((n) => n.id));
+      pages++;
+      readyToken ||= page.nextPageToken;
+      if (!(pageToken = page.nextPageToken)) break;
+    }
+    expect([pages, everyId.length]).to.deep.equal([Math.ceil(N / 40), N]);
+    expect(paged, 'the pages, in order').to.deep.equal(everyId);
+    const refused = async (req: Parameters<AdminClient['listNodes']>[0]) => admin!.listNodes(req).then(() => 'answered', (e: { code: number; details: string }) => `${e.code} ${e.details}`);
+    expect(await refused({ limit: -1 })).to.match(/^3 .*limit: must be 0\.\.10000/);
+    expect(await refused({ limit: 10, pageToken: 'not-a-token' })).to.match(/^3 .*pageToken: is not a token ListNodes gave/);
+    expect(await refused({ state: 'NODE_STATE_DOWN', limit: 10, pageToken: readyToken })).to.match(/^3 .*pageToken: was given for state NODE_STATE_READY, not NODE_STATE_DOWN/);
+    const listed = JSON.parse((await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, '--json', 'nodes', '--chunk-size', '40'])).stdout) as { id: string }[];
+    expect(listed.map((n) => n.id), 'tessera nodes --chunk-size 40').to.deep.equal(everyId);
+
     // Their usage reaches etcd (the status loop writes it every 500 ms here).
     const etcd = createEtcdClient({ endpoints: s.etcd.endpoints, callTimeoutMs: 2_000 });
     try {
@@ -77,6 +99,8 @@ describe('a fleet larger than one etcd transaction', function () {
         expect(Date.now() - Number(one.lastSeenMs)).to.be.below(2_000);
         const oldest = Math.max(...nodes.map((n) => Date.now() - Number(n.lastSeenMs)));
         expect([nodes.length, oldest < 2_000], `ListNodes through the follower: the oldest last-seen ${oldest} ms ago`).to.deep.equal([N, true]);
+        const firstPage = await viaFollower.listNodes({ limit: 40 });
+        expect([firstPage.nodes.length, firstPage.nextPageToken !== '', firstPage.stale], 'a page through the follower').to.deep.equal([40, true, '']);
       } finally {
         viaFollower.close();
       }
@@ -106,6 +130,10 @@ describe('a fleet larger than one etcd transaction', function () {
       expect(one.stale).to.match(new RegExp(`^answered by coordinator ${follower.id} from the node record \\(the leader ${c.id} did not answer within 0.5 s\\)`));
       const res = await viaFollower.listNodes();
       expect(res.nodes.length).to.equal(N);
+      const fromRecords = await viaFollower.listNodes({ limit: 100 });
+      const rest = await viaFollower.listNodes({ limit: 100, pageToken: fromRecords.nextPageToken });
+      expect([fromRecords.nodes.length, rest.nodes.length, rest.nextPageToken, fromRecords.stale !== ''], 'pages from the records').to.deep.equal([100, N - 100, '', true]);
+      expect([...fromRecords.nodes, ...rest.nodes].map((n) => n.id)).to.deep.equal(res.nodes.map((n) => n.id));
       expect(res.stale).to.match(new RegExp(`^answered by coordinator ${follower.id} from the node records \\(the leader ${c.id} did not answer within 2 s\\)`));
     } finally {
       viaFollower.close();
