@@ -12,6 +12,7 @@ import type { Logger } from '../common/logger';
 import { storedFormat } from './storage-format';
 import { tesseraPackageDefinition, tesseraProto } from '../common/proto';
 import { createEtcdClient, etcdAlarms, withTimeout } from '../common/etcd';
+import { resentRequest } from '../common/admin-client';
 import type { AdminClient, AdminHandlers } from '../common/generated/tessera/v1/Admin';
 import type { ClusterStatus } from '../common/generated/tessera/v1/ClusterStatus';
 import type { JobView } from '../common/generated/tessera/v1/JobView';
@@ -473,7 +474,7 @@ export class AdminService {
     };
     call.on('close', closeUpstream);
     call.on('error', closeUpstream);
-    const viaLeader = async (req: SubmitJobRequest__Output, endMs: number, refusedBy?: string): Promise<JobOutcome | undefined> => {
+    const viaLeader = async (req: SubmitJobRequest__Output, endMs: number, refusedBy?: string, firstSentMs = Date.now()): Promise<JobOutcome | undefined> => {
       // After a refusal by a leader that no longer leads: the next one, within the submission's budget.
       const leader = refusedBy ? await this.leadership.waitForLeaderOtherThan(refusedBy, Math.max(0, endMs - Date.now() - 1_000)) : await this.leadership.waitForLeader(3_000);
       // No leader known (after the same wait as onLeader's): refused, nothing accepted.
@@ -499,7 +500,8 @@ export class AdminService {
         const out = await upstream.mux.call({ request: req } as JobSubmission__Output, endMs);
         if (!out.notLeader || Date.now() >= endMs - 1_000) return out;
         this.log.debug({ leader: leader.id }, 'forwarded submission refused: the leader no longer leads; forwarding it to the next one');
-        return await viaLeader(req, endMs, leader.key);
+        // Its timeout counts from the first send, as a client's own resend does.
+        return await viaLeader(resentRequest(req, firstSentMs, Date.now()), endMs, leader.key, firstSentMs);
       } catch (err) {
         if (err instanceof NotLeaderError) throw err;
         // The stream to the leader broke: whether it took the job is not known (the client may
