@@ -141,7 +141,20 @@ export class AdminClient {
   restartApp(name: string, component = ''): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('restartApp', { name, component }); }
   /** version 0: the current one (else refused unless it is the current one). */
   promoteApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('promoteApp', { name, version }); }
-  listInstances(app = '', nodeId = ''): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[] }> { return this.unary('listInstances', { app, nodeId }); }
+  /** One page of instances (every one when limit is 0); see allInstances for them all, page by page. */
+  listInstances(app = '', nodeId = '', page: { limit?: number; pageToken?: string } = {}): Promise<{ instances: import('./generated/tessera/v1/Instance').Instance__Output[]; nextPageToken: string }> {
+    return this.unary('listInstances', { app, nodeId, ...page });
+  }
+
+  /** Every instance (of an app, on a node), asked chunk at a time (as kubectl --chunk-size): no answer grows with the fleet. */
+  async allInstances(app = '', nodeId = '', chunk = 500): Promise<import('./generated/tessera/v1/Instance').Instance__Output[]> {
+    const out: import('./generated/tessera/v1/Instance').Instance__Output[] = [];
+    for (let pageToken = ''; ;) {
+      const page = await this.listInstances(app, nodeId, { limit: chunk, pageToken });
+      out.push(...page.instances);
+      if (!(pageToken = page.nextPageToken)) return out;
+    }
+  }
   replaceInstance(instanceId: string, reason = ''): Promise<import('./generated/tessera/v1/Instance').Instance__Output> { return this.unary('replaceInstance', { instanceId, reason }); }
 
   setPolicy(policy: unknown): Promise<import('./generated/tessera/v1/ScalingPolicy').ScalingPolicy__Output> { return this.unary('setPolicy', { policy }); }

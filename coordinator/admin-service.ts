@@ -193,9 +193,9 @@ export class AdminService {
       GetClusterStatus: unary(log, 'GetClusterStatus', (_req, call) => this.clusterStatus(call)),
       ListNodes: unary(log, 'ListNodes', async (req, call) => {
         if (!NODE_STATES.has(req.state)) throw InvalidArgumentError.field('state', `unknown node state ${JSON.stringify(req.state)}`);
-        const limit = Number(req.limit ?? 0);
-        if (!Number.isInteger(limit) || limit < 0 || limit > 10_000) throw InvalidArgumentError.field('limit', 'must be 0..10000 (0: every node)');
-        const after = req.pageToken ? decodeNodePageToken(req.pageToken, req.state) : undefined;
+        const limit = pageLimit(req.limit, 'node');
+        const filter = `state ${req.state}`;
+        const after = req.pageToken ? decodePageToken(req.pageToken, filter, 'ListNodes', (v): v is string => typeof v === 'string') : undefined;
         const fromLeader = await this.nodeReadOnLeader<typeof req, { nodes: Node[] }>(call, 'listNodes', req);
         if (fromLeader) return fromLeader;
         const reg = this.registry();
@@ -203,7 +203,7 @@ export class AdminService {
         const dep = this.deployments();
         const wanted = records.filter((r) => (req.state === 'NODE_STATE_UNSPECIFIED' || `NODE_STATE_${r.state}` === req.state) && (after === undefined || r.id.localeCompare(after) > 0));
         const page = limit ? wanted.slice(0, limit) : wanted;
-        const nextPageToken = page.length < wanted.length ? encodeNodePageToken(page[page.length - 1].id, req.state) : '';
+        const nextPageToken = page.length < wanted.length ? encodePageToken(page[page.length - 1].id, filter) : '';
         const nodes = page.map(recordToProto);
         if (dep) {
           const allocated = dep.allocatedByNode();
@@ -264,7 +264,19 @@ export class AdminService {
         return { decisions: sc.history(req.app, req.component, req.limit) };
       })),
       EvaluatePolicy: unary(log, 'EvaluatePolicy', (req, call) => this.onLeader(call, 'evaluatePolicy', req, (_r, _d, sc) => sc.dryRun(req.app, req.component))),
-      ListInstances: unary(log, 'ListInstances', (req, call) => this.onLeader(call, 'listInstances', req, async (_r, dep) => ({ instances: dep.listInstances(req.app, req.nodeId) }))),
+      ListInstances: unary(log, 'ListInstances', (req, call) => {
+        const limit = pageLimit(req.limit, 'instance');
+        const filter = `app ${JSON.stringify(req.app)} and node ${JSON.stringify(req.nodeId)}`;
+        const after = req.pageToken ? decodePageToken(req.pageToken, filter, 'ListInstances', (v): v is InstanceCursor => Array.isArray(v) && v.length === 5
+          && typeof v[0] === 'string' && typeof v[1] === 'string' && typeof v[2] === 'number' && typeof v[3] === 'number' && typeof v[4] === 'string') : undefined;
+        return this.onLeader(call, 'listInstances', req, async (_r, dep) => {
+          const all = dep.listInstances(req.app, req.nodeId);
+          // In the list's order (app, component, slot, creation, id): the ones after the page before's last.
+          const wanted = after ? all.filter((i) => compareInstanceCursor(instanceCursor(i), after) > 0) : all;
+          const page = limit ? wanted.slice(0, limit) : wanted;
+          return { instances: page, nextPageToken: page.length < wanted.length ? encodePageToken(instanceCursor(page[page.length - 1]), filter) : '' };
+        });
+      }),
       WatchEvents: serverStream(log, 'WatchEvents', (call) => this.watchEvents(call)),
       ReplaceInstance: unary(log, 'ReplaceInstance', (req, call) => {
         if (!req.instanceId) throw InvalidArgumentError.field('instanceId', 'is required');
@@ -1069,21 +1081,42 @@ function leasePrefix(id: string): string {
   return dot > 0 ? id.slice(0, dot) : '';
 }
 
-/** ListNodes' next_page_token: the last node id of the page and the state filter it was listed with. */
-function encodeNodePageToken(lastId: string, state: string): string {
-  return Buffer.from(JSON.stringify({ after: lastId, s: state })).toString('base64url');
+/**
+ * A list call's next_page_token: where its page ended (the last item's sort key) and the filter
+ * it was listed with, which the next page keeps (ListNodes, ListInstances).
+ */
+function encodePageToken(after: unknown, filter: string): string {
+  return Buffer.from(JSON.stringify({ after, f: filter })).toString('base64url');
 }
 
-function decodeNodePageToken(token: string, state: string): string {
-  let v: { after?: unknown; s?: unknown };
+function decodePageToken<T>(token: string, filter: string, rpc: string, valid: (after: unknown) => after is T): T {
+  let v: { after?: unknown; f?: unknown };
   try {
     v = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as typeof v;
   } catch {
     v = {};
   }
-  if (typeof v !== 'object' || v === null || typeof v.after !== 'string' || typeof v.s !== 'string') {
-    throw InvalidArgumentError.field('pageToken', 'is not a token ListNodes gave (pass next_page_token as it came)');
+  if (typeof v !== 'object' || v === null || typeof v.f !== 'string' || !valid(v.after)) {
+    throw InvalidArgumentError.field('pageToken', `is not a token ${rpc} gave (pass next_page_token as it came)`);
   }
-  if (v.s !== state) throw InvalidArgumentError.field('pageToken', `was given for state ${v.s}, not ${state}: a page goes on with the filter of the first`);
-  return v.after;
+  if (v.f !== filter) throw InvalidArgumentError.field('pageToken', `was given for ${v.f}, not ${filter}: a page goes on with the filter of the first`);
+  return v.after as T;
+}
+
+/** The limit of a list call: 0 (every item) up to 10,000. */
+function pageLimit(limit: number | undefined, what: string): number {
+  const n = Number(limit ?? 0);
+  if (!Number.isInteger(n) || n < 0 || n > 10_000) throw InvalidArgumentError.field('limit', `must be 0..10000 (0: every ${what})`);
+  return n;
+}
+
+/** An instance's place in ListInstances' order: [app, component, slot, created at, id]. */
+type InstanceCursor = [string, string, number, number, string];
+
+function instanceCursor(i: { app?: string; component?: string; slot?: number; createdAtMs?: number | string | { toString(): string }; id?: string }): InstanceCursor {
+  return [i.app ?? '', i.component ?? '', Number(i.slot ?? 0), Number(i.createdAtMs ?? 0), i.id ?? ''];
+}
+
+function compareInstanceCursor(a: InstanceCursor, b: InstanceCursor): number {
+  return a[0].localeCompare(b[0]) || a[1].localeCompare(b[1]) || a[2] - b[2] || a[3] - b[3] || a[4].localeCompare(b[4]);
 }

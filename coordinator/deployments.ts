@@ -326,7 +326,7 @@ export class Deployments {
     const isCanary = (i: InstanceRecord) => { const k = canaryOf.get(`${i.app}/${i.component}`); return !!k && i.desired === 'run' && i.specHash === k.hash && i.slot < k.below; };
     return [...this.instances.values()]
       .filter((i) => (!app || i.app === app) && (!nodeId || i.nodeId === nodeId))
-      .sort((a, b) => a.app.localeCompare(b.app) || a.component.localeCompare(b.component) || a.slot - b.slot || a.createdAtMs - b.createdAtMs)
+      .sort((a, b) => a.app.localeCompare(b.app) || a.component.localeCompare(b.component) || a.slot - b.slot || a.createdAtMs - b.createdAtMs || a.id.localeCompare(b.id))
       .map((i) => {
         const o = observed.get(i.id);
         return {

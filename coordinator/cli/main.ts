@@ -164,7 +164,7 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
       process.exitCode = 2;
       return;
     }
-    const run = (await c.listInstances(name)).instances.filter((i) => i.desired === 'run');
+    const run = (await c.allInstances(name)).filter((i) => i.desired === 'run');
     const mine = run.filter((i) => Number(i.version) === version);
     const healthy = mine.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy').length;
     if (Number(a.stableVersion) === version && a.status === 'running') {
@@ -271,7 +271,7 @@ program.command('nodes').description('list nodes').option('--state <state>', 'RE
 const node = program.command('node').description('one node');
 node.command('get <id>').description('show a node and the instances on it (as nomad node status ID)').action((id) => run(async (c) => {
   const n = await c.getNode(id);
-  const { instances } = await c.listInstances('', id);
+  const instances = await c.allInstances('', id);
   const { events, lines } = await recentEvents(c, id);
   if (n.stale && program.opts().json) process.stderr.write(`warning: ${n.stale}\n`);
   out({ ...n, instances, events }, () => [
@@ -390,8 +390,10 @@ program.command('rollback <app>').description('go back to an earlier version (de
     out(a, () => `app ${a.name}: version ${a.version} rolling out (${a.statusReason})`);
   }));
 
-program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node').action((name, o) => run(async (c) => {
-  const res = await c.listInstances(name ?? '', o.node ?? '');
+program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node')
+  .option('--chunk-size <n>', 'ask for the instances this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((name, o) => run(async (c) => {
+  if (Number(o.chunkSize) > 10_000) program.error('error: --chunk-size takes at most 10000');
+  const res = { instances: await c.allInstances(name ?? '', o.node ?? '', Number(o.chunkSize)) };
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
@@ -413,7 +415,7 @@ program.command('logs [instance-id]').description("an instance's container outpu
     if (o.component && !o.app) program.error('error: --component goes with --app');
     let ids = [id ?? ''];
     if (o.app) {
-      ids = (await c.listInstances(o.app, '')).instances.filter((i) => i.desired === 'run' && (!o.component || i.component === o.component)).map((i) => i.id);
+      ids = (await c.allInstances(o.app, '')).filter((i) => i.desired === 'run' && (!o.component || i.component === o.component)).map((i) => i.id);
       if (!ids.length) program.error(`error: app ${o.app} has no running instances${o.component ? ` of component ${o.component}` : ''}`);
     }
     // One instance: its bytes as they come. Several: whole lines, each prefixed with its instance.

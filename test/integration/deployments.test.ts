@@ -105,6 +105,19 @@ describe('deployments on the real Docker Engine', function () {
     const ctrs = appContainers('web').filter((c) => c.state === 'running');
     expect(ctrs.map((c) => c.instance).sort()).to.deep.equal(inst.map((i) => i.id).sort());
     for (const i of inst) expect(await httpGet(i.ports.http)).to.equal(`v1 ${i.id}\n`);
+    // Listed in pages (limit, next_page_token) in the list's order; a page keeps the filter of the first.
+    const whole = (await admin.listInstances('web')).instances.map((i) => i.id);
+    const first = await admin.listInstances('web', '', { limit: 2 });
+    const second = await admin.listInstances('web', '', { limit: 2, pageToken: first.nextPageToken });
+    expect([first.instances.length, first.nextPageToken !== '', second.instances.length, second.nextPageToken]).to.deep.equal([2, true, 1, '']);
+    expect([...first.instances, ...second.instances].map((i) => i.id)).to.deep.equal(whole);
+    expect(await admin.allInstances('web', '', 1).then((l) => l.map((i) => i.id))).to.deep.equal(whole);
+    const refusal = (p: Promise<unknown>) => p.then(() => 'answered', (e: grpc.ServiceError) => `${grpc.status[e.code]} ${e.details}`);
+    expect(await refusal(admin.listInstances('web', inst[0].nodeId, { limit: 2, pageToken: first.nextPageToken }))).to.match(/^INVALID_ARGUMENT .*pageToken: was given for app "web" and node "", not app "web" and node /);
+    expect(await refusal(admin.listInstances('web', '', { limit: 2, pageToken: 'x' }))).to.match(/^INVALID_ARGUMENT .*pageToken: is not a token ListInstances gave/);
+    expect(await refusal(admin.listInstances('web', '', { limit: 10_001 }))).to.match(/^INVALID_ARGUMENT .*limit: must be 0\.\.10000/);
+    const ps = (await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), '--json', 'ps', 'web', '--chunk-size', '1'])).stdout;
+    expect((JSON.parse(ps) as { id: string }[]).map((i) => i.id), 'tessera ps --chunk-size 1').to.deep.equal(whole);
     // Applying the same spec again changes nothing.
     const again = await admin.applyApp(webSpec('web'));
     expect(again.changed).to.equal(false);

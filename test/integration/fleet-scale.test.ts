@@ -62,7 +62,7 @@ describe('a fleet larger than one etcd transaction', function () {
     const refused = async (req: Parameters<AdminClient['listNodes']>[0]) => admin!.listNodes(req).then(() => 'answered', (e: { code: number; details: string }) => `${e.code} ${e.details}`);
     expect(await refused({ limit: -1 })).to.match(/^3 .*limit: must be 0\.\.10000/);
     expect(await refused({ limit: 10, pageToken: 'not-a-token' })).to.match(/^3 .*pageToken: is not a token ListNodes gave/);
-    expect(await refused({ state: 'NODE_STATE_DOWN', limit: 10, pageToken: readyToken })).to.match(/^3 .*pageToken: was given for state NODE_STATE_READY, not NODE_STATE_DOWN/);
+    expect(await refused({ state: 'NODE_STATE_DOWN', limit: 10, pageToken: readyToken })).to.match(/^3 .*pageToken: was given for state NODE_STATE_READY, not state NODE_STATE_DOWN/);
     const listed = JSON.parse((await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c.address, '--json', 'nodes', '--chunk-size', '40'])).stdout) as { id: string }[];
     expect(listed.map((n) => n.id), 'tessera nodes --chunk-size 40').to.deep.equal(everyId);
 
