@@ -166,7 +166,20 @@ export class AdminClient {
 
   registerComponent(req: import('./generated/tessera/v1/RegisterComponentRequest').RegisterComponentRequest): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output> { return this.unary('registerComponent', req); }
   deregisterComponent(instanceId: string): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output> { return this.unary('deregisterComponent', { instanceId }); }
-  listComponents(kind = ''): Promise<{ instances: import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[] }> { return this.unary('listComponents', { kind }); }
+  /** One page of registered component instances (every one when limit is 0); see allComponents. */
+  listComponents(kind = '', page: { limit?: number; pageToken?: string } = {}): Promise<{ instances: import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[]; nextPageToken: string }> {
+    return this.unary('listComponents', { kind, ...page });
+  }
+
+  /** Every registered component instance (of a kind), asked chunk at a time. */
+  async allComponents(kind = '', chunk = 500): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[]> {
+    const out: import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[] = [];
+    for (let pageToken = ''; ;) {
+      const page = await this.listComponents(kind, { limit: chunk, pageToken });
+      out.push(...page.instances);
+      if (!(pageToken = page.nextPageToken)) return out;
+    }
+  }
   setQuota(quota: unknown): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('setQuota', { quota }); }
   deleteQuota(kind: string): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('deleteQuota', { kind }); }
   listQuotas(kind = ''): Promise<{ quotas: import('./generated/tessera/v1/Quota').Quota__Output[] }> { return this.unary('listQuotas', { kind }); }

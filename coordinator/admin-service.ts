@@ -293,7 +293,20 @@ export class AdminService {
         if (!req.instanceId) throw InvalidArgumentError.field('instanceId', 'is required');
         return this.onLeader(call, 'deregisterComponent', req, (_r, _d, _s, w, by) => w.components.deregister(req.instanceId, undefined, by));
       }),
-      ListComponents: unary(log, 'ListComponents', (req, call) => this.onLeader(call, 'listComponents', req, async (_r, _d, _s, w) => ({ instances: w.components.describe(req.kind) }))),
+      ListComponents: unary(log, 'ListComponents', (req, call) => {
+        const limit = pageLimit(req.limit, 'instance');
+        const filter = `kind ${JSON.stringify(req.kind)}`;
+        const after = req.pageToken ? decodePageToken(req.pageToken, filter, 'ListComponents', (v): v is [string, string] => Array.isArray(v) && v.length === 2
+          && typeof v[0] === 'string' && typeof v[1] === 'string') : undefined;
+        return this.onLeader(call, 'listComponents', req, async (_r, _d, _s, w) => {
+          const all = w.components.describe(req.kind);
+          // By kind, then instance id: the ones after the page before's last.
+          const wanted = after ? all.filter((i) => ((i.kind ?? '').localeCompare(after[0]) || (i.instanceId ?? '').localeCompare(after[1])) > 0) : all;
+          const page = limit ? wanted.slice(0, limit) : wanted;
+          const last = page[page.length - 1];
+          return { instances: page, nextPageToken: page.length < wanted.length ? encodePageToken([last.kind, last.instanceId], filter) : '' };
+        });
+      }),
       SetQuota: unary(log, 'SetQuota', (req, call) => this.onLeader(call, 'setQuota', req, (_r, dep, _s, _w, by) => dep.setQuota(req.quota, by))),
       DeleteQuota: unary(log, 'DeleteQuota', (req, call) => {
         if (!req.kind) throw InvalidArgumentError.field('kind', 'is required');
@@ -1083,7 +1096,7 @@ function leasePrefix(id: string): string {
 
 /**
  * A list call's next_page_token: where its page ended (the last item's sort key) and the filter
- * it was listed with, which the next page keeps (ListNodes, ListInstances).
+ * it was listed with, which the next page keeps (ListNodes, ListInstances, ListComponents).
  */
 function encodePageToken(after: unknown, filter: string): string {
   return Buffer.from(JSON.stringify({ after, f: filter })).toString('base64url');

@@ -572,8 +572,10 @@ program.command('events').description('cluster events (placements, node states, 
 // ───────────────────────────── components, pipelines, jobs ─────────────────────────────
 
 const component = program.command('component').description('component instances the job scheduler routes to');
-component.command('list [kind]').description('registered instances: kind, version, where, state, latency, in flight').action((kind) => run(async (c) => {
-  const r = await c.listComponents(kind ?? '');
+component.command('list [kind]').description('registered instances: kind, version, where, state, latency, in flight')
+  .option('--chunk-size <n>', 'ask for the instances this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((kind, o) => run(async (c) => {
+  if (Number(o.chunkSize) > 10_000) program.error('error: --chunk-size takes at most 10000');
+  const r = { instances: await c.allComponents(kind ?? '', Number(o.chunkSize)) };
   out(r.instances, () => r.instances.length ? table(['INSTANCE', 'KIND', 'VERSION', 'SOURCE', 'NODE', 'ENDPOINT', 'STATE', 'LATENCY', 'IN FLIGHT', 'QUEUE', 'OK', 'FAILED', 'LEASE'], r.instances.map((i) => [
     i.instanceId, i.kind, i.version || '-', i.source, i.nodeId || '-', i.endpoint, i.state, `${i.latencyMs.toFixed(2)} ms`, i.inFlight, i.queueDepth, i.stepsOk, i.stepsFailed,
     i.leaseExpiresAtMs ? `${Math.max(0, Math.round((Number(i.leaseExpiresAtMs) - Date.now()) / 1000))}s left` : '-',

@@ -126,6 +126,7 @@ export class Fleet {
 
   async stop(keep = false): Promise<void> {
     await Promise.all(this.procs.map((p) => p.kill('SIGKILL')));
-    if (!keep) fs.rmSync(this.dir, { recursive: true, force: true });
+    // TESSERA_TEST_KEEP=1 keeps every fleet's logs and state dirs (under the temp dir, tessera-test-*) to read after a run.
+    if (!keep && process.env.TESSERA_TEST_KEEP !== '1') fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -136,6 +136,20 @@ describe('jobs through pipelines of registered components', function () {
       expect(i.agentEndpoint).to.match(/^127\.0\.0\.1:\d+$/);
     }
     expect(list.find((i) => i.kind === 'counter')!.operations).to.deep.equal(['count']);
+    // In pages (limit, next_page_token), by kind and instance id; a page keeps the kind filter of the first.
+    const pages: string[][] = [];
+    for (let pageToken = ''; ;) {
+      const page = await admin.listComponents('', { limit: 2, pageToken });
+      pages.push(page.instances.map((i) => i.instanceId));
+      if (!(pageToken = page.nextPageToken)) break;
+    }
+    expect(pages.map((p) => p.length)).to.deep.equal([2, 2, 1]);
+    expect(pages.flat()).to.deep.equal(list.map((i) => i.instanceId));
+    const first = await admin.listComponents('', { limit: 2 });
+    await expectCode(admin.listComponents('counter', { limit: 2, pageToken: first.nextPageToken }), 'INVALID_ARGUMENT', /pageToken: was given for kind "", not kind "counter"/);
+    await expectCode(admin.listComponents('', { limit: -5 }), 'INVALID_ARGUMENT', /limit: must be 0\.\.10000/);
+    const cli = JSON.parse(execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coords.map((c) => c.address).join(','), '--json', 'component', 'list', '--chunk-size', '2']).toString()) as { instanceId: string }[];
+    expect(cli.map((i) => i.instanceId), 'tessera component list --chunk-size 2').to.deep.equal(list.map((i) => i.instanceId));
   });
 
   it('runs jobs through the three stages and shows the path and per-step timings', async () => {
