@@ -199,11 +199,12 @@ export class AdminService {
         const fromLeader = await this.nodeReadOnLeader<typeof req, { nodes: Node[] }>(call, 'listNodes', req);
         if (fromLeader) return fromLeader;
         const reg = this.registry();
-        const records = reg ? reg.list() : await this.etcdRead(() => readNodes(this.client, this.keys));
-        const dep = this.deployments();
-        const wanted = records.filter((r) => (req.state === 'NODE_STATE_UNSPECIFIED' || `NODE_STATE_${r.state}` === req.state) && (after === undefined || r.id.localeCompare(after) > 0));
+        const keep = (r: NodeRecord) => (req.state === 'NODE_STATE_UNSPECIFIED' || `NODE_STATE_${r.state}` === req.state) && (after === undefined || r.id.localeCompare(after) > 0);
+        // One more than the page: whether another follows.
+        const wanted = reg ? reg.list(keep, limit ? limit + 1 : 0) : (await this.etcdRead(() => readNodes(this.client, this.keys))).filter(keep);
         const page = limit ? wanted.slice(0, limit) : wanted;
         const nextPageToken = page.length < wanted.length ? encodePageToken(page[page.length - 1].id, filter) : '';
+        const dep = this.deployments();
         const nodes = page.map(recordToProto);
         if (dep) {
           const allocated = dep.allocatedByNode();

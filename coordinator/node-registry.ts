@@ -345,8 +345,17 @@ export class NodeRegistry {
     for (const e of events) if (e.kind === 'fleet.disrupted') this.log.error({ zone: e.fields?.zone, down: Number(e.fields?.down), total: Number(e.fields?.total) }, e.message);
   }
 
-  list(): NodeRecord[] {
-    return [...this.records.values()].map((r) => this.withLive(r)).sort((a, b) => a.id.localeCompare(b.id));
+  /**
+   * The nodes in id order with what they last reported: those `keep` keeps, the first `limit` of
+   * them (0: all). Filtered and cut before the live figures are added, so a page of a large fleet
+   * costs the page, not the fleet.
+   */
+  list(keep?: (r: NodeRecord) => boolean, limit = 0): NodeRecord[] {
+    let rs = [...this.records.values()];
+    if (keep) rs = rs.filter(keep);
+    rs.sort((a, b) => a.id.localeCompare(b.id));
+    if (limit) rs = rs.slice(0, limit);
+    return rs.map((r) => this.withLive(r));
   }
 
   /** A node's state, or undefined when it is not (or no longer) in the list: cheap, for watches. */
