@@ -46,6 +46,16 @@ export function resentRequest<R extends { timeoutMs?: number | string | { toStri
   return { ...request, resentAfterMs: Math.max(0, nowMs - firstSentMs) };
 }
 
+/** Every item of a list that comes in pages: each page asked with the token the one before gave, until none. */
+async function allPages<T>(page: (pageToken: string) => Promise<{ items: T[]; next: string }>): Promise<T[]> {
+  const out: T[] = [];
+  for (let token = ''; ;) {
+    const p = await page(token);
+    out.push(...p.items);
+    if (!(token = p.next)) return out;
+  }
+}
+
 /** See AdminClient.leaderStream. */
 export interface LeaderStream {
   open: () => grpc.ClientDuplexStream<unknown, unknown>;
@@ -147,13 +157,8 @@ export class AdminClient {
   }
 
   /** Every instance (of an app, on a node), asked chunk at a time (as kubectl --chunk-size): no answer grows with the fleet. */
-  async allInstances(app = '', nodeId = '', chunk = 500): Promise<import('./generated/tessera/v1/Instance').Instance__Output[]> {
-    const out: import('./generated/tessera/v1/Instance').Instance__Output[] = [];
-    for (let pageToken = ''; ;) {
-      const page = await this.listInstances(app, nodeId, { limit: chunk, pageToken });
-      out.push(...page.instances);
-      if (!(pageToken = page.nextPageToken)) return out;
-    }
+  allInstances(app = '', nodeId = '', chunk = 500): Promise<import('./generated/tessera/v1/Instance').Instance__Output[]> {
+    return allPages((pageToken) => this.listInstances(app, nodeId, { limit: chunk, pageToken }).then((p) => ({ items: p.instances, next: p.nextPageToken })));
   }
   replaceInstance(instanceId: string, reason = ''): Promise<import('./generated/tessera/v1/Instance').Instance__Output> { return this.unary('replaceInstance', { instanceId, reason }); }
 
@@ -172,13 +177,8 @@ export class AdminClient {
   }
 
   /** Every registered component instance (of a kind), asked chunk at a time. */
-  async allComponents(kind = '', chunk = 500): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[]> {
-    const out: import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[] = [];
-    for (let pageToken = ''; ;) {
-      const page = await this.listComponents(kind, { limit: chunk, pageToken });
-      out.push(...page.instances);
-      if (!(pageToken = page.nextPageToken)) return out;
-    }
+  allComponents(kind = '', chunk = 500): Promise<import('./generated/tessera/v1/ComponentInstance').ComponentInstance__Output[]> {
+    return allPages((pageToken) => this.listComponents(kind, { limit: chunk, pageToken }).then((p) => ({ items: p.instances, next: p.nextPageToken })));
   }
   setQuota(quota: unknown): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('setQuota', { quota }); }
   deleteQuota(kind: string): Promise<import('./generated/tessera/v1/Quota').Quota__Output> { return this.unary('deleteQuota', { kind }); }

@@ -19,6 +19,13 @@ const wholeNumber = (flag: string, min: number, unit = '') => (v: string) => {
   if (!/^\d+$/.test(v.trim()) || Number(v) < min) throw new InvalidArgumentError(`${flag} takes a whole number${unit ? ` of ${unit}` : ''}, ${min} or more`);
   return Number(v);
 };
+/** --chunk-size of the lists that come in pages (as kubectl's): 0 (all in one answer) to 10,000. */
+const chunkSize = (v: string) => {
+  const n = wholeNumber('--chunk-size', 0)(v);
+  if (n > 10_000) throw new InvalidArgumentError('--chunk-size takes at most 10000');
+  return n;
+};
+const chunkHelp = (what: string) => `ask for the ${what} this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)`;
 /** An option naming one of an enum's values (case-insensitive, without its prefix): an unknown one is refused. */
 const oneOf = (flag: string, values: string[]) => (v: string) => {
   const u = v.trim().toUpperCase();
@@ -247,9 +254,8 @@ function coordinatorRows(cs: import('../../common/generated/tessera/v1/Coordinat
 }
 
 program.command('nodes').description('list nodes').option('--state <state>', 'READY, DOWN or DRAINING', oneOf('--state', ['READY', 'DOWN', 'DRAINING']))
-  .option('--chunk-size <n>', 'ask for the nodes this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((o) => run(async (c) => {
+  .option('--chunk-size <n>', chunkHelp('nodes'), chunkSize, 500).action((o) => run(async (c) => {
   const chunk = Number(o.chunkSize);
-  if (chunk > 10_000) program.error('error: --chunk-size takes at most 10000');
   const state = (o.state ? `NODE_STATE_${String(o.state).toUpperCase()}` : 'NODE_STATE_UNSPECIFIED') as never;
   const res = { nodes: [] as Node__Output[], stale: '' };
   for (let pageToken = ''; ;) {
@@ -391,8 +397,7 @@ program.command('rollback <app>').description('go back to an earlier version (de
   }));
 
 program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node')
-  .option('--chunk-size <n>', 'ask for the instances this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((name, o) => run(async (c) => {
-  if (Number(o.chunkSize) > 10_000) program.error('error: --chunk-size takes at most 10000');
+  .option('--chunk-size <n>', chunkHelp('instances'), chunkSize, 500).action((name, o) => run(async (c) => {
   const res = { instances: await c.allInstances(name ?? '', o.node ?? '', Number(o.chunkSize)) };
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
@@ -573,8 +578,7 @@ program.command('events').description('cluster events (placements, node states, 
 
 const component = program.command('component').description('component instances the job scheduler routes to');
 component.command('list [kind]').description('registered instances: kind, version, where, state, latency, in flight')
-  .option('--chunk-size <n>', 'ask for the instances this many at a time, up to 10000 (as kubectl --chunk-size; 0: all in one answer)', wholeNumber('--chunk-size', 0), 500).action((kind, o) => run(async (c) => {
-  if (Number(o.chunkSize) > 10_000) program.error('error: --chunk-size takes at most 10000');
+  .option('--chunk-size <n>', chunkHelp('instances'), chunkSize, 500).action((kind, o) => run(async (c) => {
   const r = { instances: await c.allComponents(kind ?? '', Number(o.chunkSize)) };
   out(r.instances, () => r.instances.length ? table(['INSTANCE', 'KIND', 'VERSION', 'SOURCE', 'NODE', 'ENDPOINT', 'STATE', 'LATENCY', 'IN FLIGHT', 'QUEUE', 'OK', 'FAILED', 'LEASE'], r.instances.map((i) => [
     i.instanceId, i.kind, i.version || '-', i.source, i.nodeId || '-', i.endpoint, i.state, `${i.latencyMs.toFixed(2)} ms`, i.inFlight, i.queueDepth, i.stepsOk, i.stepsFailed,
