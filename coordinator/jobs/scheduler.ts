@@ -468,13 +468,13 @@ export class JobScheduler {
     }
     const timeout = Number(req.timeoutMs ?? 0);
     if (timeout < 0 || timeout > 24 * 3_600_000) throw InvalidArgumentError.field('timeoutMs', 'must be 0..86400000 ms');
+    const resentAfter = Number(req.resentAfterMs ?? 0);
+    if (resentAfter < 0 || resentAfter > 24 * 3_600_000) throw InvalidArgumentError.field('resentAfterMs', 'must be 0..86400000 ms');
     let deadlineMs: number;
     if (Number(req.deadlineMs)) {
       deadlineMs = Number(req.deadlineMs);
       if (deadlineMs <= nowMs) throw InvalidArgumentError.field('deadlineMs', `is already past (${nowMs - deadlineMs} ms ago)`);
     } else {
-      const resentAfter = Number(req.resentAfterMs ?? 0);
-      if (resentAfter < 0 || resentAfter > 24 * 3_600_000) throw InvalidArgumentError.field('resentAfterMs', 'must be 0..86400000 ms');
       // A resend: the default timeout counts from the client's first send (timeout_ms it resends as what is left).
       deadlineMs = nowMs + (timeout || Math.max(1, pipeline.defaultTimeoutMs - resentAfter));
     }

@@ -235,6 +235,8 @@ describe('jobs through pipelines of registered components', function () {
     expect(String(big.metadata.get('tessera-field-violations')[0])).to.contain('"field":"payload"');
     await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), deadlineMs: Date.now() - 1000 }), 'INVALID_ARGUMENT', /deadlineMs.*already past/);
     await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), resentAfterMs: -1 }), 'INVALID_ARGUMENT', /resentAfterMs/);
+    // Refused whatever else the submission names (with a deadline it is not used, but it is still wrong).
+    await expectCode(admin.submitJob({ pipeline: 'words', payload: Buffer.from('x'), deadlineMs: Date.now() + 5_000, resentAfterMs: -1 }), 'INVALID_ARGUMENT', /resentAfterMs/);
     await admin.applyPipeline({ name: 'ghost', stages: [{ name: 'a', kind: 'splitter' }, { name: 'b', kind: 'nobody-runs-this' }] });
     await expectCode(admin.submitJob({ pipeline: 'ghost', payload: Buffer.from('x') }), 'UNAVAILABLE', /stage "b": no instance of nobody-runs-this is registered/);
     const bad = await expectCode(admin.applyPipeline({ name: 'Bad Name', stages: [{ name: 's', alternatives: [{ kind: 'a', version: 'not-a-range!' }] }] }), 'INVALID_ARGUMENT');
