@@ -75,6 +75,10 @@ describe('instance hashes: what rolls an app', function () {
     }
     c1.start();
     await waitForLeader([c1.address]);
+    // The agent attaches to the restarted coordinator and reports its instances (on a loaded
+    // machine that took over 2 s once: CI saw none RUNNING yet, not any replaced); then a few
+    // reconciles, after which the same two still run.
+    await waitFor('the instances reported to the restarted coordinator', async () => (await running()).length === 2, 20_000, 200);
     await new Promise((r) => setTimeout(r, 2_000));
     expect(await running(), 'none replaced by the upgrade').to.deep.equal(before);
     const v4 = await admin.applyApp({ name: 'steady', components: [comp({ env: { WORKERS: '5' }, update: { maxParallel: 1, minHealthyMs: 100 } })] });
