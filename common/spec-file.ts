@@ -34,7 +34,13 @@ function fieldsOf(message: string): Map<string, FieldDesc> | undefined {
  */
 export function unknownFields(value: unknown, message: string, at: string, out: FieldViolation[] = [], raw?: unknown): FieldViolation[] {
   const fields = fieldsOf(message);
-  if (!fields || typeof value !== 'object' || value === null || Array.isArray(value)) return out;
+  if (!fields || value === null || value === undefined) return out;
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    // A message given as a scalar or a list (`components: [1, 2]`, `health: http`): protobuf
+    // would fail to encode it, and the operator would read "serialization failure", not where.
+    out.push({ field: at || message, message: `must be a map of fields, got ${describe(value)}` });
+    return out;
+  }
   const src = (raw && typeof raw === 'object' ? raw : {}) as Record<string, unknown>;
   const asText = (holder: Record<string, unknown> | unknown[], key: string | number, rawHolder: unknown): void => {
     const v = (holder as Record<string, unknown>)[key as string];
@@ -65,9 +71,15 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
       continue;
     }
     if (f.map || f.typeName.endsWith('Entry')) {
-      // map<string, string> (env, labels, headers): a number's text, as for a string field.
-      if (raw && f.mapValueType === 'TYPE_STRING' && v && typeof v === 'object' && !Array.isArray(v)) {
-        for (const mk of Object.keys(v)) asText(v as Record<string, unknown>, mk, src[k]);
+      if (v === null || v === undefined) continue;
+      if (typeof v !== 'object' || Array.isArray(v)) {
+        out.push({ field: path, message: `must be a map, got ${describe(v)}` });
+        continue;
+      }
+      for (const mk of Object.keys(v)) {
+        // map<string, string> (env, labels, headers): a number's text, as for a string field.
+        if (raw && f.mapValueType === 'TYPE_STRING') asText(v as Record<string, unknown>, mk, src[k]);
+        if (f.mapValueType) badScalar({ ...f, type: f.mapValueType }, (v as Record<string, unknown>)[mk], `${path}.${mk}`, out);
       }
       continue;
     }
@@ -79,6 +91,13 @@ export function unknownFields(value: unknown, message: string, at: string, out: 
     }
   }
   return out;
+}
+
+/** A value as an error shows it: short, and a list or map said as one. */
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return 'a list';
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
 }
 
 const NUMBERS = new Set(['TYPE_INT32', 'TYPE_UINT32', 'TYPE_SINT32', 'TYPE_FIXED32', 'TYPE_SFIXED32', 'TYPE_INT64', 'TYPE_UINT64', 'TYPE_SINT64', 'TYPE_FIXED64', 'TYPE_SFIXED64', 'TYPE_DOUBLE', 'TYPE_FLOAT']);

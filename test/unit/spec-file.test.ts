@@ -1,5 +1,7 @@
 // Every example file the README and the demo apply reads cleanly (no unknown field, maps as maps).
 import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { readSpecFile } from '../../common/spec-file';
 import { InvalidArgumentError } from '../../common/errors';
@@ -27,8 +29,6 @@ describe('example spec files', () => {
     expect(InvalidArgumentError).to.be.a('function');
   });
   it('keeps a number written where a string is due as the text written (version: 1.0 stays "1.0")', () => {
-    const fs = require('node:fs') as typeof import('node:fs');
-    const os = require('node:os') as typeof import('node:os');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'spec-'));
     try {
       fs.writeFileSync(path.join(dir, 'p.yaml'), 'name: p\nstages:\n  - { name: a, kind: k, version: 1.0 }\n  - { name: b, kind: k2, version: 1.10 }\n');
@@ -55,5 +55,23 @@ describe('example spec files', () => {
       { field: 'components[0].instances', message: 'must be a whole number, got 2.5' },
       { field: 'components[0].args', message: 'must be a list' },
     ]);
+  });
+  it('refuses a scalar or a list where a map of fields is due, by path (protobuf failed to encode it: INTERNAL, no path)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-spec-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'a.yaml'), 'name: x\ncomponents: [1, {name: a, image: i, health: http, env: [A], resources: 5, ports: [http], secretEnv: {K: {s: 1}}}]\n');
+      let err: unknown;
+      try { readSpecFile(path.join(dir, 'a.yaml')); } catch (e) { err = e; }
+      expect((err as InvalidArgumentError).violations).to.deep.equal([
+        { field: 'components[0]', message: 'must be a map of fields, got 1' },
+        { field: 'components[1].health', message: 'must be a map of fields, got "http"' },
+        { field: 'components[1].env', message: 'must be a map, got a list' },
+        { field: 'components[1].resources', message: 'must be a map of fields, got 5' },
+        { field: 'components[1].ports[0]', message: 'must be a map of fields, got "http"' },
+        { field: 'components[1].secretEnv.K', message: 'must be a string, got {"s":1}' },
+      ]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
