@@ -8,6 +8,7 @@ import { addSchemaOptions, Layer, layersFromCommand, Schema } from './config';
 import { activeFailpoints } from './failpoints';
 import { ConfigError } from './errors';
 import { createLogger, Logger, parseLevel } from './logger';
+import { routeNodeWarnings } from './node-warnings';
 import { VERSION } from './version';
 
 export interface Daemon {
@@ -51,6 +52,7 @@ export async function runDaemon<C extends { logLevel: string }>(spec: DaemonSpec
     throw err;
   }
   const log = createLogger(spec.name.replace(/^tessera-/, ''), config.logLevel, spec.bindings?.(config) ?? {});
+  routeNodeWarnings((level, fields, msg) => log[level](fields, msg));
   const daemon = spec.create(config, log);
   // Library timers are unref'd so they never hold a process open on their own; the daemon
   // itself stays up until a signal says otherwise.
