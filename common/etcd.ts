@@ -4,13 +4,19 @@
 // (a 5 s circuit breaker per host, up to 30 s watch backoff) slow recovery after an outage.
 import { Etcd3, GRPCResourceExhastedError, IOptions, isRecoverableError } from 'etcd3';
 import { BrokenCircuitError, ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel';
+import * as grpc from '@grpc/grpc-js';
 import { withTimeout } from './timeout';
+import type { LiveTls } from './tls';
 
 export interface EtcdClientOptions {
   endpoints: string[];
   /** etcd3's own per-call default deadline for unary calls. */
   callTimeoutMs?: number;
-  tls?: { ca: Buffer; cert: Buffer; key: Buffer };
+  /**
+   * Client certificates for etcd. A LiveTls (the coordinator's, which SIGHUP reloads) is read
+   * for each new connection, so a renewed certificate or CA reaches etcd without a restart.
+   */
+  tls?: { ca: Buffer; cert: Buffer; key: Buffer } | LiveTls;
   /**
    * With several endpoints: probe each one (a status call every probeIntervalMs, answered within
    * probeTimeoutMs) and send no new call to one that does not answer while another does (see
@@ -166,16 +172,36 @@ export function createEtcdClient(opts: EtcdClientOptions): Etcd3 {
       watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1_000 }) as never,
     },
   };
-  if (opts.tls) {
-    options.credentials = { rootCertificate: opts.tls.ca, certChain: opts.tls.cert, privateKey: opts.tls.key };
+  const live = opts.tls && 'reload' in opts.tls ? opts.tls : undefined;
+  const material = live ? live.material : opts.tls as { ca: Buffer; cert: Buffer; key: Buffer } | undefined;
+  if (material) {
+    options.credentials = { rootCertificate: material.ca, certChain: material.cert, privateKey: material.key };
   }
   const client = new Etcd3(options);
+  if (live) useLiveCredentials(client, live);
   if (health) {
     HEALTH.set(client, health);
     const close = client.close.bind(client);
     client.close = () => { health.close(); close(); };
   }
   return client;
+}
+
+/**
+ * etcd3 (1.1) builds its channels' credentials once, from the certificate bytes it is given,
+ * and keeps them on each host of its pool, which creates its gRPC clients from them when first
+ * used and again after a fault. Replaced before any is created by credentials that read the
+ * LiveTls at each new connection. Checked: a later etcd3 that keeps them elsewhere fails the
+ * coordinator's start, not a certificate renewal months later.
+ */
+function useLiveCredentials(client: Etcd3, live: LiveTls): void {
+  const pool = (client as unknown as { pool?: { hosts?: { channelCredentials?: unknown; cachedServices?: object }[] } }).pool;
+  const hosts = pool?.hosts ?? [];
+  if (!hosts.length || hosts.some((h) => !(h.channelCredentials instanceof grpc.ChannelCredentials) || Object.keys(h.cachedServices ?? {}).length)) {
+    throw new Error('this etcd3 release keeps its channel credentials where Tessera does not look: etcd client certificates could not be reloaded (pin etcd3 1.1.x)');
+  }
+  const creds = grpc.experimental.createCertificateProviderChannelCredentials(live, live);
+  for (const h of hosts) h.channelCredentials = creds;
 }
 
 // Kept importable from here: the coordinator's etcd calls use it (the agent, which loads no etcd client, imports ./timeout).

@@ -128,10 +128,11 @@ export class LiveTls implements experimental.CertificateProvider {
   private caListeners = new Set<experimental.CaCertificateUpdateListener>();
   private identityListeners = new Set<experimental.IdentityCertificateUpdateListener>();
 
-  constructor(public material: TlsMaterial, private files: TlsFiles) {}
+  /** prefix: the settings' names in errors (tls: tlsCa, tlsCert, tlsKey; etcd: etcdCa, ...). */
+  constructor(public material: TlsMaterial, private files: TlsFiles, readonly prefix = 'tls') {}
 
-  static load(files: TlsFiles): LiveTls {
-    return new LiveTls(loadTls(files), files);
+  static load(files: TlsFiles, prefix = 'tls'): LiveTls {
+    return new LiveTls(loadTls(files, prefix), files, prefix);
   }
 
   /**
@@ -140,7 +141,7 @@ export class LiveTls implements experimental.CertificateProvider {
    * that is not the certificate's) or `check` refuses them. True when something changed.
    */
   reload(files: TlsFiles = this.files, check?: (m: TlsMaterial) => void): boolean {
-    const m = loadTls(files);
+    const m = loadTls(files, this.prefix);
     check?.(m);
     const same = m.ca.equals(this.material.ca) && m.cert.equals(this.material.cert) && m.key.equals(this.material.key);
     this.files = files;
@@ -199,11 +200,16 @@ export function reportExpiry(
  * load (the settings' compile refused them already) or `check` refuses them.
  */
 export function reloadTls(live: LiveTls, files: { tlsCa?: string; tlsCert?: string; tlsKey?: string }, log: { info(o: Record<string, unknown>, m: string): void; warn(o: Record<string, unknown>, m: string): void }, check?: (m: TlsMaterial) => void): string[] {
-  if (!live.reload(files, check)) return ['tlsCa', 'tlsCert', 'tlsKey'];
+  const p = live.prefix;
+  const fields = [`${p}Ca`, `${p}Cert`, `${p}Key`];
+  if (!live.reload(files, check)) return fields;
   const m = live.material;
-  log.info({ cert: files.tlsCert, notAfter: new Date(m.certNotAfterMs).toISOString(), caNotAfter: new Date(m.caNotAfterMs).toISOString() }, 'TLS certificates reloaded: new connections use them');
-  reportExpiry({ cert: m.certNotAfterMs, ca: m.caNotAfterMs }, log, undefined, Date.now(), { ca: m.caExpired });
-  return ['tlsCa', 'tlsCert', 'tlsKey'];
+  // The expiry metric's names: cert and ca for the daemon's own, etcd-cert and etcd-ca for etcd's.
+  const name = (n: string) => (p === 'tls' ? n : `${p}-${n}`);
+  log.info({ cert: files.tlsCert, notAfter: new Date(m.certNotAfterMs).toISOString(), caNotAfter: new Date(m.caNotAfterMs).toISOString() },
+    p === 'etcd' ? 'etcd client certificates reloaded: new connections to etcd use them' : 'TLS certificates reloaded: new connections use them');
+  reportExpiry({ [name('cert')]: m.certNotAfterMs, [name('ca')]: m.caNotAfterMs }, log, undefined, Date.now(), { [name('ca')]: m.caExpired });
+  return fields;
 }
 
 /** The expiry metric's definition, for both daemons' metric lists. */

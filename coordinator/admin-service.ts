@@ -132,7 +132,7 @@ export class AdminService {
     private readonly deployments: () => Deployments | undefined,
     private readonly scaler: () => Scaler | undefined,
     private readonly opts: {
-      coordinatorId: string; disruptionPercent?: number; zoneLabel?: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: TlsMaterial;
+      coordinatorId: string; disruptionPercent?: number; zoneLabel?: string; etcdEndpoints: string[]; auth?: Authorizer; metrics?: Metrics; tls?: LiveTls; etcdTls?: LiveTls;
       leaderWork?: () => LeaderWork | undefined;
       /** The leader's work, waiting up to ms while a term that has just begun loads its state. */
       leaderWorkReady?: (ms: number) => Promise<LeaderWork | undefined>;

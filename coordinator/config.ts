@@ -28,7 +28,7 @@ export const COORDINATOR_SCHEMA = {
   maxEvents: { type: 'int', doc: 'how many events the bounded event log keeps', env: 'TESSERA_MAX_EVENTS', default: 2_000, min: 10 },
   logLevel: { type: 'string', doc: 'log level', env: 'TESSERA_LOG_LEVEL', default: 'info', oneOf: LOG_LEVELS },
   ...tlsSchema("this coordinator's certificate (OU=coordinator): server and client"),
-  etcdCa: { type: 'string', doc: 'CA of the etcd cluster (https endpoints, client certificates)', env: 'TESSERA_ETCD_CA' },
+  etcdCa: { type: 'string', doc: 'CA of the etcd cluster (https endpoints, client certificates; the three reloaded on SIGHUP)', env: 'TESSERA_ETCD_CA' },
   etcdCert: { type: 'string', doc: 'client certificate for etcd', env: 'TESSERA_ETCD_CERT' },
   etcdKey: { type: 'string', doc: 'client key for etcd', env: 'TESSERA_ETCD_KEY' },
   tokensFile: { type: 'string', doc: 'Admin API tokens (YAML: tokens: [{name, role: read-only|operator, sha256|token}]); empty: Admin is open', env: 'TESSERA_TOKENS_FILE', default: '' },

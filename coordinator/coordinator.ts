@@ -198,6 +198,8 @@ export class Coordinator {
   /** The keys that seal secrets at rest (--secrets-key-file), read at start and on SIGHUP. */
   keyring?: Keyring;
   tls?: LiveTls;
+  /** etcd's CA and this coordinator's client certificate for it (--etcd-ca, --etcd-cert, --etcd-key), reloaded on SIGHUP. */
+  private etcdTls?: LiveTls;
   /** Runs job routes (agent relays, external instances); one per process, its channels reused across terms. */
   runner!: StepRunner;
   /** Sign direct jobs' relay tickets (common/relay-ticket.ts); agents get them in the Welcome and as they rotate. One ring per process. */
@@ -251,9 +253,10 @@ export class Coordinator {
       endpoints = [this.embedded.endpoint];
     }
     this.tls = cfg.insecureDev ? undefined : LiveTls.load(cfg);
-    const etcdTls = cfg.etcdCa ? loadTls({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
+    const etcdTls = cfg.etcdCa ? LiveTls.load({ tlsCa: cfg.etcdCa, tlsCert: cfg.etcdCert, tlsKey: cfg.etcdKey }, 'etcd') : undefined;
+    this.etcdTls = etcdTls;
     const live = this.tls;
-    reportExpiry({ cert: () => live?.material.certNotAfterMs ?? 0, ca: () => live?.material.caNotAfterMs ?? 0, 'etcd-cert': etcdTls?.certNotAfterMs ?? 0, 'etcd-ca': etcdTls?.caNotAfterMs ?? 0 }, this.log, this.metrics, Date.now(), { ca: live?.material.caExpired, 'etcd-ca': etcdTls?.caExpired });
+    reportExpiry({ cert: () => live?.material.certNotAfterMs ?? 0, ca: () => live?.material.caNotAfterMs ?? 0, 'etcd-cert': () => etcdTls?.material.certNotAfterMs ?? 0, 'etcd-ca': () => etcdTls?.material.caNotAfterMs ?? 0 }, this.log, this.metrics, Date.now(), { ca: live?.material.caExpired, 'etcd-ca': etcdTls?.material.caExpired });
     this.runner = new StepRunner({ selfNodeId: '', relayCredentials: clientCredentials(this.tls), chain: cfg.jobFlow === 'chain' });
     if (activeFailpoints().length) this.log.warn({ failpoints: activeFailpoints() }, 'TESSERA_FAILPOINTS is set: test delays are injected (never on a real fleet)');
     if (cfg.insecureDev) this.log.warn('--insecure-dev: plaintext gRPC, no certificates, no agent identity: for a trial on loopback only');
@@ -456,18 +459,24 @@ export class Coordinator {
 
   /**
    * SIGHUP: the Admin API tokens read again from the tokens file (a token added or revoked
-   * without a restart), the TLS files (a renewed certificate), and the secrets key file (a key
-   * rotation: the leader reseals the stored passwords with the new first key). The log level is
-   * the daemon's. Turning tokens, TLS or the key file on or off, and everything else, takes a
-   * restart.
+   * without a restart), the TLS files (a renewed certificate), etcd's CA and client certificate
+   * (new connections to etcd use them), and the secrets key file (a key rotation: the leader
+   * reseals the stored passwords with the new first key). The log level is the daemon's. Turning
+   * tokens, TLS, etcd's TLS or the key file on or off, and everything else, takes a restart.
    */
   reload(next: CoordinatorConfig): string[] {
     const applied: string[] = [];
     // Everything read before anything applies: a file that does not load changes nothing.
     const tokens = this.auth?.enabled && next.tokensFile ? loadTokens(next.tokensFile) : undefined;
     const ring = this.keyring && next.secretsKeyFile ? loadKeyring(next.secretsKeyFile) : undefined;
+    const etcdFiles = { tlsCa: next.etcdCa, tlsCert: next.etcdCert, tlsKey: next.etcdKey };
+    if (this.tls && !next.insecureDev) loadTls(next);
+    if (this.etcdTls && next.etcdCa) loadTls(etcdFiles, 'etcd');
     if (this.tls && !next.insecureDev) {
       applied.push(...reloadTls(this.tls, next, this.log));
+    }
+    if (this.etcdTls && next.etcdCa) {
+      applied.push(...reloadTls(this.etcdTls, etcdFiles, this.log));
     }
     if (ring) {
       const before = this.keyring!.fingerprints().join(',');

@@ -587,6 +587,49 @@ describe('mutual TLS', function () {
     }
   });
 
+  it('SIGHUP reloads etcd\'s CA and client certificate: a coordinator given another CA\'s reaches no etcd, and once the right ones are copied in and it is told, it connects and leads (no restart)', async () => {
+    // The etcd files a coordinator names, first a set from another CA (etcd refuses its
+    // certificate, and it refuses etcd's), as after a CA change deployed to the wrong hosts.
+    const live = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
+    const put = (dir: string, clientDir = dir) => {
+      fs.copyFileSync(path.join(dir, 'ca.pem'), path.join(live, 'etcd-ca.pem'));
+      fs.copyFileSync(path.join(clientDir, 'coordinator.pem'), path.join(live, 'etcd-client.pem'));
+      fs.copyFileSync(path.join(clientDir, 'coordinator-key.pem'), path.join(live, 'etcd-client-key.pem'));
+    };
+    // The right client certificate: the cluster CA's, valid 30 days (its expiry metric tells it from the first).
+    const renewed = reissue('30', 'tn9');
+    put(other);
+    const metricsPort = await freePort();
+    const c3 = await fleet.coordinator({ etcd: etcd.endpoints, certs, id: 'etcdrenew', extra: ['--etcd-ca', path.join(live, 'etcd-ca.pem'), '--etcd-cert', path.join(live, 'etcd-client.pem'), '--etcd-key', path.join(live, 'etcd-client-key.pem'), '--etcd-prefix', '/tessera-etcdrenew/', '--metrics-listen', `127.0.0.1:${metricsPort}`] });
+    const a = new AdminClient([c3.address], { tls: material('admin'), timeoutMs: 3_000 });
+    const logOf = () => fs.readFileSync(c3.logFile, 'utf8');
+    const status = async () => a.getClusterStatus().catch(() => undefined);
+    try {
+      await waitFor('the Admin API up', async () => !!(await status()), 20_000, 200);
+      // Long enough for several handshakes (reconnects back off to 1 s): none gets through.
+      await new Promise((r) => setTimeout(r, 3_000));
+      const before = await status();
+      expect(before?.leader?.id ?? '', 'a leader with etcd certificates from another CA').to.not.equal('etcdrenew');
+      expect(before?.etcd?.[0]?.healthy, 'etcd as the coordinator sees it').to.not.equal(true);
+
+      put(certs, renewed);
+      process.kill(c3.pid!, 'SIGHUP');
+      const reloaded = await waitFor('the reload', async () => logOf().split('\n').find((l) => l.includes('SIGHUP: settings reloaded')), 10_000, 100);
+      expect(JSON.parse(reloaded).applied).to.include.members(['etcdCa', 'etcdCert', 'etcdKey']);
+      expect(logOf()).to.contain('etcd client certificates reloaded: new connections to etcd use them');
+      const after = await waitFor('it leads over the reloaded certificates', async () => { const st = await status(); return st?.leader?.id === 'etcdrenew' ? st : undefined; }, 20_000, 200);
+      await waitFor('etcd healthy in its status', async () => (await status())?.etcd?.[0]?.healthy === true, 10_000, 200);
+      expect(after.leader?.id).to.equal('etcdrenew');
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const certEnd = Date.parse(new X509Certificate(fs.readFileSync(path.join(renewed, 'coordinator.pem'))).validTo) / 1000;
+      expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="etcd-cert"} ${certEnd}`);
+    } finally {
+      a.close();
+      await c3.kill('SIGTERM');
+      for (const d of [live, renewed]) fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
+
   it('a channel from a LiveTls makes its next connection with the certificate loaded since (real gRPC over loopback)', async () => {
     const d = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-certs-'));
     for (const n of ['ca.pem', 'ca-key.pem']) fs.copyFileSync(f(n), path.join(d, n));
