@@ -24,6 +24,8 @@ import type { VolumeCopier } from './volume-copy';
 
 import type { AppSpec__Output } from '../common/generated/tessera/v1/AppSpec';
 import type { PlacementFailure as ProtoPlacementFailure } from '../common/generated/tessera/v1/PlacementFailure';
+import type { ComponentPlan as ComponentPlanProto } from '../common/generated/tessera/v1/ComponentPlan';
+import { ComponentPlan, planChanges } from './apps/plan';
 import type { AgentGateway } from './agent-gateway';
 import type { Keys } from './keys';
 import type { NodeRegistry } from './node-registry';
@@ -157,11 +159,11 @@ export class Deployments {
   }
 
   /** canaries: a version this makes holds its rollout at its components' canaries (update.canary): an operator's apply, not a policy's resize. */
-  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = '', by = '', canaries = false): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  apply(raw: AppSpec__Output | undefined, dryRun: boolean, why = '', by = '', canaries = false): Promise<Applied> {
     return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why, by, canaries));
   }
 
-  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = '', canaries = false): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = '', canaries = false): Promise<Applied> {
     const spec = normalizeAppSpec(raw);
     this.sealed.check(spec);
     const prev = this.apps.get(spec.name);
@@ -178,9 +180,11 @@ export class Deployments {
     // What would the cluster do with it now? (For a dry run, and to warn on apply.)
     const plan = this.dryPlan(spec);
     const unplaced = plan.failures.map(toProtoFailure);
+    // Field by field against the version it goes over (nomad job plan).
+    const changes = planChanges(current?.spec, spec).map(toProtoPlan);
     if (dryRun || !changed) {
       const app = prev ? this.toProto(prev) : { name: spec.name, version: 0, spec, status: 'pending', statusReason: 'dry run' };
-      return { app, changed, unplaced, planned: plan.placements.length };
+      return { app, changed, unplaced, planned: plan.placements.length, plan: changes };
     }
     const now = steadyNow();
     const version = (prev?.version ?? 0) > 0 ? Math.max(...this.versionNumbers(spec.name)) + 1 : 1;
@@ -196,7 +200,7 @@ export class Deployments {
       kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied${why ? ` (${why})` : ''}`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
     }, by)]);
     this.kick();
-    return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length };
+    return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length, plan: changes };
   }
 
   rollback(name: string, to: number, by = ''): Promise<App> {
@@ -219,7 +223,7 @@ export class Deployments {
    * policy owns its count (change the policy's range instead), as Nomad refuses a count outside
    * a scaling policy's bounds and as an HPA would undo a manual scale.
    */
-  scale(name: string, component: string, instances: number, policy?: { min: number; max: number }, by = ''): Promise<{ app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number }> {
+  scale(name: string, component: string, instances: number, policy?: { min: number; max: number }, by = ''): Promise<Applied> {
     return this.exclusive(async () => {
       const app = this.getRecord(name);
       const spec = this.versions.get(name)?.get(app.version)?.spec;
@@ -1311,6 +1315,13 @@ export class Deployments {
 
 function toProtoFailure(f: import('./scheduler/types').PlacementFailure): ProtoPlacementFailure {
   return { component: f.request.component, slot: f.request.slot, reasons: f.reasons, reasonCounts: f.counts };
+}
+
+/** What an apply (or a scale, restart or policy's resize, which apply a version) answers. */
+export interface Applied { app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number; plan: ComponentPlanProto[] }
+
+function toProtoPlan(p: ComponentPlan): ComponentPlanProto {
+  return { component: p.component, action: `PLAN_ACTION_${p.action.toUpperCase().replace('-', '_')}` as ComponentPlanProto['action'], instancesFrom: p.instancesFrom, instancesTo: p.instancesTo, changes: p.changes };
 }
 
 export { isHealthy };

@@ -146,6 +146,29 @@ function unplacedLine(u: { component: string; slot: number; reasonCounts: Record
   return `  cannot place ${u.component}[${u.slot}]: ${Object.entries(u.reasonCounts).map(([k, v]) => `${v} node(s) ${k}`).join(', ') || 'no nodes'}`;
 }
 
+/**
+ * An apply's plan against the version it went over, as nomad job plan shows it: a line per
+ * component that changes (+ created, - stopped, ~ replaced or changed in place) and under it each
+ * field, before => after. Empty when nothing changes.
+ */
+function planLines(plan: { component: string; action: string; instancesFrom: number; instancesTo: number; changes: { field: string; from: string; to: string }[] }[]): string[] {
+  const lines: string[] = [];
+  const count = (n: number) => `${n} instance${n === 1 ? '' : 's'}`;
+  for (const p of plan) {
+    const action = enumName(p.action, 'PLAN_ACTION_').toLowerCase().replace('_', '-');
+    const sized = p.instancesFrom !== p.instancesTo ? ` (${p.instancesFrom} -> ${p.instancesTo} instances)` : '';
+    if (action === 'none') continue;
+    if (!p.component) lines.push('~ app: changed in place, no instance restarts');
+    else if (action === 'create') lines.push(`+ ${p.component}: new, ${count(p.instancesTo)} placed`);
+    else if (action === 'destroy') lines.push(`- ${p.component}: removed, its ${count(p.instancesFrom)} stop`);
+    else if (action === 'replace') lines.push(`~ ${p.component}: its instances are replaced by its update strategy${sized}`);
+    else lines.push(`~ ${p.component}: changed in place, no instance restarts${sized}`);
+    const width = Math.min(40, Math.max(0, ...p.changes.map((c) => c.field.length)));
+    for (const c of p.changes) lines.push(`    ${c.field.padEnd(width)}  ${clip(c.from || '(none)', 60)} => ${clip(c.to || '(none)', 60)}`);
+  }
+  return lines;
+}
+
 const waitOption = (v: string) => {
   if (!/^[1-9]\d*$/.test(v)) throw new InvalidArgumentError('--wait takes whole seconds, 1 or more');
   return Number(v);
@@ -324,11 +347,14 @@ program.command('apply').description('apply an app spec (YAML or JSON); prints w
     const res = await c.applyApp(spec, !!o.dryRun);
     if (o.wait && !o.dryRun && res.app) {
       process.stderr.write(res.changed ? `app ${res.app.name} version ${res.app.version} applied; rolling out\n` : `app ${res.app.name} unchanged (version ${res.app.version})\n`);
+      for (const l of planLines(res.plan)) process.stderr.write(`${l}\n`);
       for (const u of res.unplaced) process.stderr.write(`${unplacedLine(u)}\n`);
       return waitRollout(c, res.app.name, Number(res.app.version), o.wait);
     }
     out(res, () => {
-      const lines = [o.dryRun ? `dry run: app ${res.app?.name} is valid; ${res.planned} instance(s) would be placed` : res.changed ? `app ${res.app?.name} version ${res.app?.version} applied; rolling out` : `app ${res.app?.name} unchanged (version ${res.app?.version})`];
+      const over = Number(res.app?.version ?? 0);
+      const lines = [o.dryRun ? `dry run: app ${res.app?.name} is valid; ${res.planned} instance(s) would be placed${over && !res.changed ? `; no change against version ${over}` : over ? `; against version ${over}:` : ''}` : res.changed ? `app ${res.app?.name} version ${res.app?.version} applied; rolling out` : `app ${res.app?.name} unchanged (version ${res.app?.version})`];
+      lines.push(...planLines(res.plan));
       for (const u of res.unplaced) {
         lines.push(unplacedLine(u));
         for (const [node, why] of Object.entries(u.reasons).slice(0, 5)) lines.push(`    ${node}: ${why}`);

@@ -4,6 +4,11 @@
 // for a coordinator of this version, and stay so through such a change. Real etcd, a coordinator
 // restarted on the same address, an agent and busybox containers.
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { repoRoot } from '../../common/version';
 import type { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
 import { olderComponentHashes, type InstanceRecord, type VersionRecord } from '../../coordinator/apps/records';
@@ -36,13 +41,36 @@ describe('instance hashes: what rolls an app', function () {
     const first = await settled(1);
     const v2 = await admin.applyApp({ name: 'steady', components: [comp({ update: { maxParallel: 2, minHealthyMs: 0, autoRevert: true, order: 'stop-first' }, tunables: [{ env: 'WORKERS', min: 2, max: 16 }] })] });
     expect(Number(v2.app?.version)).to.equal(2);
+    // Its plan (nomad job plan) said so: in place, field by field against version 1.
+    expect(v2.plan.map((p) => [p.component, p.action, p.instancesFrom, p.instancesTo])).to.deep.equal([['worker', 'PLAN_ACTION_IN_PLACE', 2, 2]]);
+    expect(v2.plan[0].changes).to.deep.include.members([
+      { field: 'update.maxParallel', from: '1', to: '2' },
+      { field: 'update.order', from: '', to: '"stop-first"' },
+      { field: 'tunables[WORKERS].max', from: '8', to: '16' },
+    ]);
     expect(await settled(2)).to.deep.equal(first);
     // A reconcile or two later, still the same instances, and none was asked to stop.
     await new Promise((r) => setTimeout(r, 1_500));
     expect(await running()).to.deep.equal(first);
     expect((await pastEvents(admin, ['instance.'])).filter((e) => /stop|replac/.test(e.kind ?? ''))).to.deep.equal([]);
-    // What the instances run (their env) is a rollout, by the strategy just set.
-    await admin.applyApp({ name: 'steady', components: [comp({ env: { WORKERS: '5' }, update: { maxParallel: 2, minHealthyMs: 0 } })] });
+    // What the instances run (their env) is a rollout, by the strategy just set: so says a dry
+    // run first (the CLI's lines too), which stores nothing.
+    const v3spec = { name: 'steady', components: [comp({ env: { WORKERS: '5' }, update: { maxParallel: 2, minHealthyMs: 0 } })] };
+    const dry = await admin.applyApp(v3spec, true);
+    expect(dry.plan.map((p) => [p.component, p.action])).to.deep.equal([['worker', 'PLAN_ACTION_REPLACE']]);
+    expect(dry.plan[0].changes).to.deep.include({ field: 'env.WORKERS', from: '"4"', to: '"5"' });
+    expect(Number((await admin.getApp('steady')).version)).to.equal(2);
+    const file = path.join(os.tmpdir(), `tessera-steady-${process.pid}.json`);
+    fs.writeFileSync(file, JSON.stringify(v3spec));
+    try {
+      const out = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c1.address, 'apply', '-f', file, '--dry-run'], { encoding: 'utf8' });
+      expect(out).to.contain('against version 2:');
+      expect(out).to.contain('~ worker: its instances are replaced by its update strategy');
+      expect(out).to.match(/\n {4}env\.WORKERS +"4" => "5"\n/);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+    await admin.applyApp(v3spec);
     const third = await waitFor('both replaced', async () => { const r = await running(); return r.length === 2 && r.every((id) => !first.includes(id)) ? r : undefined; }, 30_000, 200);
     expect(await settled(3)).to.deep.equal(third);
   });
