@@ -77,6 +77,7 @@ export class LeaderWork {
     // A node whose condition is over (its runtime answers again, its disk has room) may take what could not be placed.
     this.registry.onConditionsChange = () => this.deployments.kick();
     this.scaler = new Scaler(c.store, c.keys, this.registry, this.deployments, c.log.child({ part: 'scaling' }), c.metrics);
+    this.deployments.sizedByPolicy = (app, component) => this.scaler.sizes(app, component);
     this.components = new ComponentManager(c.store, c.keys, this.deployments, this.registry, {
       maxInFlightPerInstance: c.config.jobMaxInFlightPerInstance, suspectMs: 5_000, decayMs: 1_000,
     }, c.log.child({ part: 'components' }));

@@ -65,6 +65,8 @@ export class Deployments {
   private loadedAtMs = 0;
   /** Replica counts set by scaling policies, beside the spec (app/component -> count). */
   private replicas = new Map<string, number>();
+  /** Whether a scaling policy sizes a component now (the scaler's; none until it is set). */
+  sizedByPolicy: (app: string, component: string) => boolean = () => false;
   private sent = new Map<string, number>();
   /** Nodes whose agent attached since their instances' registry logins were last handed over (see dispatch). */
   private attached = new Map<string, { seq: number; atMs: number }>();
@@ -163,7 +165,11 @@ export class Deployments {
     return dryRun ? this.applyNow(raw, true, why) : this.exclusive(() => this.applyNow(raw, false, why, by, canaries));
   }
 
-  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = '', canaries = false): Promise<Applied> {
+  /**
+   * dropCount: the component a `tessera scale` without a policy names: the count it gives takes
+   * over from a deleted policy's last one even when it is the spec's already.
+   */
+  private async applyNow(raw: AppSpec__Output | undefined, dryRun: boolean, why: string, by = '', canaries = false, dropCount?: string): Promise<Applied> {
     const spec = normalizeAppSpec(raw);
     this.sealed.check(spec);
     const prev = this.apps.get(spec.name);
@@ -180,8 +186,17 @@ export class Deployments {
     // What would the cluster do with it now? (For a dry run, and to warn on apply.)
     const plan = this.dryPlan(spec);
     const unplaced = plan.failures.map(toProtoFailure);
-    // Field by field against the version it goes over (nomad job plan).
-    const changes = planChanges(current?.spec, spec).map(toProtoPlan);
+    const drops = this.droppedCounts(spec, current?.spec, dropCount);
+    // Field by field against the version it goes over (nomad job plan), with the counts that run.
+    const changes = this.withCounts(spec.name, planChanges(current?.spec, spec), drops).map(toProtoPlan);
+    const dropOps: Op[] = [...drops.keys()].map((k) => ({ type: 'delete', key: `${this.keys.prefix}replicas/${k}` }));
+    if (!dryRun && !changed && prev && dropOps.length) {
+      // The spec stands; only a deleted policy's count gives way to it (tessera scale N).
+      await this.store.commit(dropOps, [attributed({ kind: 'app.scaled', subject: spec.name, message: [...drops].map(([k, n]) => `${k.split('/')[1]}: ${n} -> ${spec.components.find((c) => c.name === k.split('/')[1])?.instances} instances (the spec's count; a deleted scaling policy had set ${n})`).join('; ') }, by)]);
+      for (const k of drops.keys()) this.replicas.delete(k);
+      this.kick();
+      return { app: this.toProto(prev), changed: true, unplaced, planned: plan.placements.length, plan: changes };
+    }
     if (dryRun || !changed) {
       const app = prev ? this.toProto(prev) : { name: spec.name, version: 0, spec, status: 'pending', statusReason: 'dry run' };
       return { app, changed, unplaced, planned: plan.placements.length, plan: changes };
@@ -198,9 +213,50 @@ export class Deployments {
     };
     await this.writeVersion(app, { version, createdAtMs: now, status: 'deploying', reason: why || (prev ? `applied over version ${prev.version}` : 'first version'), spec, ...(by ? { by } : {}) }, [attributed({
       kind: 'app.applied', subject: spec.name, message: `app ${spec.name} version ${version} applied${why ? ` (${why})` : ''}`, fields: { version: String(version), components: spec.components.map((c) => `${c.name}x${c.instances}`).join(',') },
-    }, by)]);
+    }, by)], dropOps);
+    for (const k of drops.keys()) this.replicas.delete(k);
     this.kick();
     return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length, plan: changes };
+  }
+
+  /**
+   * The counts a scaling policy set (app/component -> count) that this spec takes over from, as
+   * `kubectl scale` does after an HPA is deleted: with no policy sizing the component now, when
+   * the spec changes its count or a scale names it (dropCount); and any for a component the spec
+   * no longer has. While a policy sizes a component, its count stands whatever the spec says.
+   */
+  private droppedCounts(spec: NormalAppSpec, current: NormalAppSpec | undefined, dropCount?: string): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const [key, n] of this.replicas) {
+      const [app, component] = key.split('/');
+      if (app !== spec.name) continue;
+      const now = spec.components.find((c) => c.name === component);
+      const was = current?.components.find((c) => c.name === component);
+      if (!now || (!this.sizedByPolicy(app, component) && (dropCount === component || (was && was.instances !== now.instances)))) out.set(key, n);
+    }
+    return out;
+  }
+
+  /** An apply's plan with the counts that run: a policy's where it sets one, and why. */
+  private withCounts(app: string, plan: ComponentPlan[], drops: Map<string, number>): ComponentPlan[] {
+    for (const p of plan) {
+      const key = `${app}/${p.component}`;
+      const n = this.replicas.get(key);
+      if (!p.component || n === undefined || p.action === 'destroy' || p.action === 'create') continue;
+      p.instancesFrom = n;
+      if (drops.has(key)) {
+        if (n === p.instancesTo) continue;
+        if (p.action === 'none') p.action = 'in-place';
+        p.note = `the count a deleted scaling policy set (${n}) gives way to this one (${p.instancesTo})`;
+      } else {
+        p.instancesTo = n;
+        if (!p.changes.some((c) => c.field === 'instances')) continue;
+        p.note = this.sizedByPolicy(app, p.component)
+          ? `its scaling policy sizes it: ${n} instances run whatever instances says`
+          : `a deleted scaling policy's count (${n}) stands: instances takes over when it changes, or with tessera scale`;
+      }
+    }
+    return plan;
   }
 
   rollback(name: string, to: number, by = ''): Promise<App> {
@@ -236,7 +292,8 @@ export class Deployments {
         throw new FailedPreconditionError(`component ${component} of app ${name} is sized by its scaling policy (${policy.min}..${policy.max} instances, now ${this.replicas.get(`${name}/${component}`) ?? comp.instances}): change the policy's range (tessera policy set) or delete the policy first`);
       }
       const next = { ...spec, components: spec.components.map((c) => (c.name === component ? { ...c, instances } : c)) };
-      return this.applyNow(next as never, false, `scaled ${component} from ${comp.instances} to ${instances}`, by);
+      const from = this.replicas.get(`${name}/${component}`) ?? comp.instances;
+      return this.applyNow(next as never, false, `scaled ${component} from ${from} to ${instances}`, by, false, component);
     });
   }
 
@@ -1268,12 +1325,13 @@ export class Deployments {
   }
 
   /** Writes a new version and the app record, trimming history to KEEP_VERSIONS (keeping the stable one). */
-  private async writeVersion(app: AppRecord, rec: VersionRecord, events: EventDraft[]): Promise<void> {
+  private async writeVersion(app: AppRecord, rec: VersionRecord, events: EventDraft[], extra: Op[] = []): Promise<void> {
     const history = new Map(this.versions.get(app.name) ?? []);
     history.set(rec.version, rec);
     const ops: Op[] = [
       { type: 'put', key: this.keys.appVersion(app.name, rec.version), value: JSON.stringify(rec) },
       { type: 'put', key: this.keys.app(app.name), value: JSON.stringify(app) },
+      ...extra,
     ];
     const inUse = new Set([...this.instances.values()].filter((i) => i.app === app.name).map((i) => i.version));
     const old = [...history.keys()].sort((a, b) => b - a).slice(KEEP_VERSIONS).filter((v) => v !== app.stableVersion && !inUse.has(v));
@@ -1321,7 +1379,7 @@ function toProtoFailure(f: import('./scheduler/types').PlacementFailure): ProtoP
 export interface Applied { app: App; changed: boolean; unplaced: ProtoPlacementFailure[]; planned: number; plan: ComponentPlanProto[] }
 
 function toProtoPlan(p: ComponentPlan): ComponentPlanProto {
-  return { component: p.component, action: `PLAN_ACTION_${p.action.toUpperCase().replace('-', '_')}` as ComponentPlanProto['action'], instancesFrom: p.instancesFrom, instancesTo: p.instancesTo, changes: p.changes };
+  return { component: p.component, action: `PLAN_ACTION_${p.action.toUpperCase().replace('-', '_')}` as ComponentPlanProto['action'], instancesFrom: p.instancesFrom, instancesTo: p.instancesTo, changes: p.changes, note: p.note ?? '' };
 }
 
 export { isHealthy };

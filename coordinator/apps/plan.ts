@@ -24,6 +24,8 @@ export interface ComponentPlan {
   instancesFrom: number;
   instancesTo: number;
   changes: SpecChange[];
+  /** Why the counts are not the spec's (a scaling policy's), when they are not. */
+  note?: string;
 }
 
 /** Each component of either spec (the current one's order, then the new ones), and the app's own fields first when they change. */

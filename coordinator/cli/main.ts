@@ -151,18 +151,19 @@ function unplacedLine(u: { component: string; slot: number; reasonCounts: Record
  * component that changes (+ created, - stopped, ~ replaced or changed in place) and under it each
  * field, before => after. Empty when nothing changes.
  */
-function planLines(plan: { component: string; action: string; instancesFrom: number; instancesTo: number; changes: { field: string; from: string; to: string }[] }[]): string[] {
+function planLines(plan: { component: string; action: string; instancesFrom: number; instancesTo: number; changes: { field: string; from: string; to: string }[]; note?: string }[]): string[] {
   const lines: string[] = [];
   const count = (n: number) => `${n} instance${n === 1 ? '' : 's'}`;
   for (const p of plan) {
     const action = enumName(p.action, 'PLAN_ACTION_').toLowerCase().replace('_', '-');
     const sized = p.instancesFrom !== p.instancesTo ? ` (${p.instancesFrom} -> ${p.instancesTo} instances)` : '';
-    if (action === 'none') continue;
+    if (action === 'none' && !p.note) continue;
     if (!p.component) lines.push('~ app: changed in place, no instance restarts');
     else if (action === 'create') lines.push(`+ ${p.component}: new, ${count(p.instancesTo)} placed`);
     else if (action === 'destroy') lines.push(`- ${p.component}: removed, its ${count(p.instancesFrom)} stop`);
     else if (action === 'replace') lines.push(`~ ${p.component}: its instances are replaced by its update strategy${sized}`);
     else lines.push(`~ ${p.component}: changed in place, no instance restarts${sized}`);
+    if (p.note) lines.push(`    (${p.note})`);
     const width = Math.min(40, Math.max(0, ...p.changes.map((c) => c.field.length)));
     for (const c of p.changes) lines.push(`    ${c.field.padEnd(width)}  ${clip(c.from || '(none)', 60)} => ${clip(c.to || '(none)', 60)}`);
   }

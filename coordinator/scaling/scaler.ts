@@ -111,6 +111,11 @@ export class Scaler {
     return policyToProto(p);
   }
 
+  /** Whether a policy sizes this component (its count is then the policy's, not the spec's). */
+  sizes(app: string, component: string): boolean {
+    return this.policies.has(this.key(app, component));
+  }
+
   list(app: string): ScalingPolicy[] {
     return [...this.policies.values()].filter((p) => !app || p.app === app).map(policyToProto);
   }

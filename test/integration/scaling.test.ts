@@ -12,7 +12,7 @@ import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
-import { waitForLeader, statusOf } from '../helpers/cluster';
+import { pastEvents, waitForLeader, statusOf } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { fakedClock } from '../helpers/faketime';
@@ -130,6 +130,29 @@ describe('scaling policies end to end', function () {
     const err = await admin.scaleApp('queue', 'worker', 3).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     expect(err.code).to.equal(grpc.status.FAILED_PRECONDITION);
     expect(err.details).to.match(/^component worker of app queue is sized by its scaling policy \(1\.\.5 instances, now 1\): change the policy's range/);
+  });
+
+  it('keeps a deleted policy\'s count until a scale or a changed count in the spec takes over (as kubectl scale after an HPA is deleted); the apply plan says which count runs', async () => {
+    const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));
+    spec.components[0].env.LOAD_PORT = String((load.server.address() as { port: number }).port);
+    load.set(40); // 20 per worker wanted: 2 workers, the spec saying 1
+    await waitFor('2 workers running', async () => (await workers()).filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 2, 60_000, 250);
+    // While the policy sizes it, a changed count in the spec does not: so says the plan.
+    const sized = (await admin.applyApp({ ...spec, components: [{ ...spec.components[0], instances: 4 }] }, true)).plan[0];
+    expect(sized).to.deep.include({ instancesFrom: 2, instancesTo: 2, note: 'its scaling policy sizes it: 2 instances run whatever instances says' });
+    await admin.deletePolicy('queue', 'worker');
+    load.set(0);
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect((await workers()).length, 'the deleted policy\'s count stays').to.equal(2);
+    const dry = (await admin.applyApp({ ...spec, components: [{ ...spec.components[0], instances: 3 }] }, true)).plan[0];
+    expect(dry).to.deep.include({ action: 'PLAN_ACTION_IN_PLACE', instancesFrom: 2, instancesTo: 3, note: 'the count a deleted scaling policy set (2) gives way to this one (3)' });
+    // The spec says 1 already: before session 30 this was "unchanged" and 2 kept running for good.
+    const res = await admin.scaleApp('queue', 'worker', 1);
+    expect(res.changed).to.equal(true);
+    await waitFor('back to the 1 worker asked for', async () => (await workers()).length === 1, 30_000, 250);
+    const events = await pastEvents(admin, ['app.scaled']);
+    expect(events.map((e) => e.message)).to.include('worker: 2 -> 1 instances (the spec\'s count; a deleted scaling policy had set 2)');
+    await admin.setPolicy(policy());
   });
 
   it('resizes memory within its vertical range through a rolling update', async () => {
