@@ -219,6 +219,15 @@ export class Deployments {
     return { app: this.toProto(app), changed: true, unplaced, planned: plan.placements.length, plan: changes };
   }
 
+  /** The stable version's spec of a component, when the app has one and it runs something other than `hash`. */
+  private stableOf(app: AppRecord, component: string, hash: string): { version: number; component: NormalComponent; hash: string } | undefined {
+    if (!app.stableVersion || app.stableVersion === app.version) return undefined;
+    const c = this.versions.get(app.name)?.get(app.stableVersion)?.spec.components.find((x) => x.name === component);
+    if (!c) return undefined;
+    const h = componentHash(c);
+    return h === hash ? undefined : { version: app.stableVersion, component: c, hash: h };
+  }
+
   /**
    * The counts a scaling policy set (app/component -> count) that this spec takes over from, as
    * `kubectl scale` does after an HPA is deleted: with no policy sizing the component now, when
@@ -656,15 +665,19 @@ export class Deployments {
           failedOn: (slot) => this.slotFailures.get(`${app.name}/${comp.name}/${slot}`)?.nodes ?? [],
           stopping: (slot) => slotStopping.has(`${app.name}/${comp.name}/${slot}`),
           lastNode: (slot) => slotNode.get(`${app.name}/${comp.name}/${slot}`)?.node,
+          stable: this.stableOf(app, comp.name, hash),
         });
         appStops.push(...d.stop);
         for (const c of d.create) {
+          // An empty slot while canaries hold gets the stable version (see rollout.ts, canaries).
+          const st = c.stable ? this.stableOf(app, comp.name, hash) : undefined;
+          const made = st?.component ?? comp;
           appRequests.push({
             app: app.name, component: comp.name, slot: c.slot, group: `${app.name}/${comp.name}`,
-            resources: { cpuMillis: comp.resources!.cpuMillis, memoryMib: comp.resources!.memoryMib },
-            ports: comp.ports.map((p) => ({ name: p.name, port: p.port })),
-            constraints: comp.constraints, placement: comp.placement as 'spread' | 'binpack', distinctHosts: comp.distinctHosts,
-            avoid: new Set(c.avoid), ...(c.prefer ? { prefer: c.prefer } : {}), version: app.version, hash, comp, kind: kindOf(comp),
+            resources: { cpuMillis: made.resources!.cpuMillis, memoryMib: made.resources!.memoryMib },
+            ports: made.ports.map((p) => ({ name: p.name, port: p.port })),
+            constraints: made.constraints, placement: made.placement as 'spread' | 'binpack', distinctHosts: made.distinctHosts,
+            avoid: new Set(c.avoid), ...(c.prefer ? { prefer: c.prefer } : {}), version: st?.version ?? app.version, hash: st?.hash ?? hash, comp: made, kind: kindOf(made),
           });
         }
         if (d.canaries) {

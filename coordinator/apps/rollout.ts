@@ -49,6 +49,11 @@ export interface ComponentInputs {
   deadlineFromMs?: number;
   /** The node has not reported to this leader since it took over: its instances are taken as they were, for the app's status. */
   unreported?(nodeId: string): boolean;
+  /**
+   * The app's stable version of this component, when it has one that runs something else: while
+   * canaries hold the rollout, an empty slot past them is filled with it (see canaries).
+   */
+  stable?: { version: number; component: NormalComponent; hash: string };
 }
 
 export interface StopDecision {
@@ -59,8 +64,11 @@ export interface StopDecision {
 }
 
 export interface ComponentDecision {
-  /** prefer: the node that holds the slot's volumes (a component with volumes). */
-  create: { slot: number; avoid: string[]; prefer?: string }[];
+  /**
+   * prefer: the node that holds the slot's volumes (a component with volumes). stable: an
+   * instance of the stable version (ComponentInputs.stable), not of the one rolling out.
+   */
+  create: { slot: number; avoid: string[]; prefer?: string; stable?: boolean }[];
   stop: StopDecision[];
   current: number;
   healthyCurrent: number;
@@ -230,9 +238,13 @@ function stopFirst(i: ComponentInputs, s: {
 /**
  * A version's canaries (update.canary, as Nomad's): until the version is promoted, slots
  * 0..canary-1 each get an instance of it beside their old one, and no old instance is replaced
- * for the version's sake. What must move still does, to this version (the only spec there is to
- * start): a slot with no instance left (lost, failed) is filled, and an old instance on a
- * draining node or asked to be replaced gives way once its slot's new one is healthy. Outdated
+ * for the version's sake. A slot past the canaries with no instance (a scale-up, by hand or by a
+ * scaling policy, or one lost or failed) is filled with the stable version (ComponentInputs.stable),
+ * which the promotion then rolls like the other old instances: before session 30 it got this
+ * version, so a scale-up while canaries held put the unpromoted version in service beyond them.
+ * Without a stable version of the component, it gets this one. What must move still does, to
+ * this version: an old instance on a draining node or asked to be replaced gives way once its
+ * slot's new one is healthy. Outdated
  * instances nothing needs go: those above the count (scaled down) and, in a slot that holds more
  * than one, all but its oldest (canaries of a version applied over this one before its
  * promotion). A canary that fails or misses the healthy deadline fails the rollout, as any new
@@ -259,7 +271,9 @@ function canaries(i: ComponentInputs, s: {
     const old = oldest.get(slot);
     const moving = !!old && (i.nodeState(old.nodeId) === 'DRAINING' || !!old.replace);
     const mine = current.filter((x) => x.slot === slot);
-    if (!mine.length && (slot < wanted || !old || moving) && i.slotReady(slot, s.avoidBySlot.has(slot))) create.push(slotCreate(i, slot, s.avoidBySlot));
+    if (!mine.length && (slot < wanted || !old || moving) && i.slotReady(slot, s.avoidBySlot.has(slot))) {
+      create.push({ ...slotCreate(i, slot, s.avoidBySlot), ...(slot >= wanted && !old && i.stable ? { stable: true } : {}) });
+    }
     if (moving && mine.some(s.healthy)) stop.push(replacedStop(i, old));
   }
   return {

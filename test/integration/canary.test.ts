@@ -131,13 +131,19 @@ describe('canary deployments', function () {
     await waitFor('2 canaries healthy', async () => (await admin.getApp('web')).canary?.healthy === 2, 30_000, 200);
     // Past their healthy deadline (6 s) before the leader is killed below.
     await new Promise((r) => setTimeout(r, 6_000));
-    // kubectl-scale-like: a new version (7) that holds as 6 did; the fourth slot is filled (by the new spec: there is no other).
+    // kubectl-scale-like: a new version (7) that holds as 6 did; the fourth slot is filled with
+    // the stable version (5), not the unpromoted one (before session 30 it got version 7's spec,
+    // so a scale-up put the canaries' code in service beyond the canaries).
     const scaled = await admin.scaleApp('web', 'web', 4);
     expect(Number(scaled.app?.version)).to.equal(7);
     await waitFor('4 slots', async () => (await live()).length === 6 && (await admin.getApp('web')).canary?.healthy === 2, 30_000, 200);
     const a7 = await admin.getApp('web');
     expect(a7.canary).to.include({ version: 7, wanted: 2, promotedAtMs: 0 });
     expect((await live()).filter((i) => five.includes(i.id))).to.have.length(3);
+    const fourth = (await live()).filter((i) => i.slot === 3);
+    expect(fourth.map((i) => Number(i.version))).to.deep.equal([5]);
+    await waitFor('the fourth slot answering', async () => !!(await httpGet(fourth[0].ports.http)), 20_000, 200);
+    expect((await markers()).sort()).to.deep.equal(['v5', 'v5', 'v5', 'v5', 'v6', 'v6']);
     // The hold is in the app record: a leader killed and back (the next leader) keeps it.
     await c1.kill('SIGKILL');
     const back = Date.now();

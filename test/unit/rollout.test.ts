@@ -229,10 +229,24 @@ describe('rollout decisions per component', () => {
       expect(late.rolloutFailed).to.match(/not healthy within/);
       expect(run({ app: held, component: canaryComp(2, 5), instances: olds.slice(0, 2), obs: oldObs }).create.map((c) => c.slot)).to.deep.equal([0, 1]);
     });
+    it('fills an empty slot past the canaries with the stable version (a scale-up or a lost instance while they hold; the new one without a stable spec)', () => {
+      const stable = { version: 1, component: comp(3), hash: 'old' };
+      // Slot 2 lost its instance: the stable version again; slot 0 is the canary.
+      const gap = run({ app: held, component: canaryComp(3, 1), instances: olds.slice(0, 2), obs: oldObs, stable });
+      expect(gap.create.map((c) => [c.slot, !!c.stable])).to.deep.equal([[0, false], [2, true]]);
+      // Scaled from 3 to 5 while the canary holds (by hand or by a policy): two more of the stable version, none of the new.
+      const up = run({ app: held, component: canaryComp(5, 1), instances: [...olds, inst('n0', 0, 'new')], obs: { ...oldObs, n0: healthy }, stable });
+      expect(up.create.map((c) => [c.slot, !!c.stable])).to.deep.equal([[3, true], [4, true]]);
+      expect(up.canaries).to.deep.equal({ wanted: 1, healthy: 1 });
+      // Filled, they are old instances of their slots: kept until the promotion rolls them.
+      const filled = run({ app: held, component: canaryComp(5, 1), instances: [...olds, inst('n0', 0, 'new'), inst('o3', 3, 'old'), inst('o4', 4, 'old')], obs: { ...oldObs, n0: healthy, o3: healthy, o4: healthy }, stable });
+      expect(filled.create).to.deep.equal([]);
+      expect(filled.stop).to.deep.equal([]);
+    });
     it('still fills an empty slot, moves instances off a draining node and replaces one asked to be, to the new version; drops superseded canaries and slots above the count', () => {
-      // Slot 2 lost its instance: filled (there is no other spec to start); slot 0 is the canary.
+      // Slot 2 lost its instance, and the app has no stable spec of the component: filled with the new one; slot 0 is the canary.
       const gap = run({ app: held, component: canaryComp(3, 1), instances: olds.slice(0, 2), obs: oldObs });
-      expect(gap.create.map((c) => c.slot)).to.deep.equal([0, 2]);
+      expect(gap.create.map((c) => [c.slot, !!c.stable])).to.deep.equal([[0, false], [2, false]]);
       // o1 on a draining node: its slot's new one first, then it goes.
       const drain = [inst('o0', 0, 'old', 'n1', 1), inst('o1', 1, 'old', 'n9', 1), inst('o2', 2, 'old', 'n1', 1)];
       const d1 = run({ app: held, component: canaryComp(3, 1), instances: drain, obs: oldObs, nodes: { n9: 'DRAINING' } });
