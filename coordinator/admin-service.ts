@@ -227,7 +227,7 @@ export class AdminService {
         const n = recordToProto(await this.etcdRead(() => readNode(this.client, this.keys, req.nodeId)));
         return { ...n, stale: `answered by coordinator ${this.opts.coordinatorId} from the node record (${this.recordsWhy(call, 500)}): usage and last-seen time as of the record's last refresh (at most --status-refresh-interval-ms old), and a node that went silent since shows as it was` };
       }),
-      DrainNode: unary(log, 'DrainNode', (req, call) => this.nodeWrite(call, 'drainNode', req, (reg, by) => reg.drain(req.nodeId, req.undo, req.reason, undefined, by))),
+      DrainNode: unary(log, 'DrainNode', (req, call) => this.nodeWrite(call, 'drainNode', req, (reg, by) => reg.drain(req.nodeId, req.undo, req.reason, undefined, by, Number(req.deadlineMs ?? 0)))),
       CordonNode: unary(log, 'CordonNode', (req, call) => this.nodeWrite(call, 'cordonNode', req, (reg, by) => reg.cordon(req.nodeId, req.undo, req.reason, undefined, by))),
       RemoveNode: unary(log, 'RemoveNode', (req, call) => this.nodeWrite(call, 'removeNode', req, (reg, by) => reg.remove(req.nodeId, req.reason, undefined, by))),
       ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by, true))),

@@ -582,7 +582,8 @@ export class Deployments {
       // Its runtime silent past the grace: its instances are lost (their containers may have died
       // with the Engine, unseen), replaced elsewhere; stopped there if the Engine comes back.
       const since = n.conditions?.['runtime-down']?.sinceMs;
-      nodeStates.set(n.id, n.state !== 'DOWN' && grace > 0 && since !== undefined && nowMs - since >= grace ? 'RUNTIME-DOWN' : n.state);
+      nodeStates.set(n.id, n.state !== 'DOWN' && grace > 0 && since !== undefined && nowMs - since >= grace ? 'RUNTIME-DOWN'
+        : n.state === 'DRAINING' && n.drainDeadlineAtMs && nowMs >= n.drainDeadlineAtMs ? 'DRAIN-EXPIRED' : n.state);
     }
     // Per app/component/slot: the node of its latest instance (where its volumes are), and
     // whether an instance no longer wanted still runs there (stop-first waits for it).

@@ -9,7 +9,7 @@
 import { steadyNow } from '../common/clock';
 import { Serial } from '../common/serial';
 import type { Etcd3 } from 'etcd3';
-import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from '../common/errors';
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from '../common/errors';
 import { failpoint } from '../common/failpoints';
 import type { Logger } from '../common/logger';
 import type { AgentHello__Output } from '../common/generated/tessera/v1/AgentHello';
@@ -21,6 +21,9 @@ import type { NodeCondition__Output } from '../common/generated/tessera/v1/NodeC
 import type { Keys } from './keys';
 import { decideNodeState, NodeState, transition } from './node-state';
 import { attributed, EventDraft, Store, WriteUnit } from './store';
+
+/** The longest drain deadline (DrainNodeRequest.deadline_ms): 7 days. */
+export const MAX_DRAIN_DEADLINE_MS = 7 * 86_400_000;
 
 /** What etcd holds for a node. */
 export interface NodeRecord {
@@ -35,6 +38,8 @@ export interface NodeRecord {
   stateChangedAtMs: number;
   drain: boolean;
   drainReason: string;
+  /** A drain's deadline (DrainNodeRequest.deadline_ms): past it, the instances still here are stopped. */
+  drainDeadlineAtMs?: number;
   registeredAtMs: number;
   lastSeenMs: number;
   usage?: HostUsage__Output;
@@ -134,6 +139,7 @@ export function recordToProto(r: NodeRecord): Node {
     stateReason: r.stateReason,
     stateChangedAtMs: r.stateChangedAtMs,
     drain: r.drain,
+    drainDeadlineAtMs: r.drain ? r.drainDeadlineAtMs ?? 0 : 0,
     registeredAtMs: r.registeredAtMs,
     lastSeenMs: r.lastSeenMs,
     usage: r.usage,
@@ -662,18 +668,24 @@ export class NodeRegistry {
     });
   }
 
-  drain(nodeId: string, undo: boolean, reason: string, nowMs = steadyNow(), by = ''): Promise<NodeRecord> {
-    return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs, by));
+  drain(nodeId: string, undo: boolean, reason: string, nowMs = steadyNow(), by = '', deadlineMs = 0): Promise<NodeRecord> {
+    if (!Number.isInteger(deadlineMs) || deadlineMs < 0 || deadlineMs > MAX_DRAIN_DEADLINE_MS) {
+      return Promise.reject(InvalidArgumentError.field('deadlineMs', `must be a whole number of ms from 0 (none) to ${MAX_DRAIN_DEADLINE_MS} (7 days), got ${deadlineMs}`));
+    }
+    if (undo && deadlineMs) return Promise.reject(InvalidArgumentError.field('deadlineMs', 'is for a drain, not for undoing one'));
+    return this.writes.run(() => this.drainNow(nodeId, undo, reason, nowMs, by, deadlineMs));
   }
 
-  private async drainNow(nodeId: string, undo: boolean, reason: string, nowMs: number, by: string): Promise<NodeRecord> {
+  private async drainNow(nodeId: string, undo: boolean, reason: string, nowMs: number, by: string, deadlineMs: number): Promise<NodeRecord> {
     const prev = this.records.get(nodeId);
     if (!prev) throw new NotFoundError('node', nodeId);
-    const next: NodeRecord = { ...prev, drain: !undo, drainReason: undo ? '' : reason || 'requested by operator' };
+    const { drainDeadlineAtMs: _was, ...rest } = prev;
+    const next: NodeRecord = { ...rest, drain: !undo, drainReason: undo ? '' : reason || 'requested by operator', ...(!undo && deadlineMs ? { drainDeadlineAtMs: nowMs + deadlineMs } : {}) };
+    const within = deadlineMs ? `; instances still here in ${deadlineMs / 1000} s are stopped then` : '';
     const events: EventDraft[] = [attributed({
       kind: undo ? 'node.eligible' : 'node.drain',
       subject: nodeId,
-      message: undo ? `node ${nodeId} is eligible for placement again` : `drain requested for node ${nodeId}: ${next.drainReason}`,
+      message: undo ? `node ${nodeId} is eligible for placement again` : `drain requested for node ${nodeId}: ${next.drainReason}${within}`,
     }, by)];
     if (prev.state !== 'DOWN') {
       const to: NodeState = undo ? 'READY' : 'DRAINING';

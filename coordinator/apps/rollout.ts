@@ -6,7 +6,8 @@ import { updateOrder, type NormalComponent } from './spec';
 
 /** A node's state as the planner sees it: RUNTIME-DOWN is a READY node whose runtime has not answered past the grace (its instances are lost). */
 /** UNREACHABLE: a DOWN node during a fleet disruption (see fleetDisruption): its instances are kept, not replaced. */
-export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN' | 'UNREACHABLE';
+/** DRAIN-EXPIRED: a DRAINING node past its drain's deadline: its instances are stopped, replaced or not. */
+export type NodeStateForPlan = 'READY' | 'DOWN' | 'DRAINING' | 'RUNTIME-DOWN' | 'UNREACHABLE' | 'DRAIN-EXPIRED';
 
 export interface ObservedView {
   state: string; // INSTANCE_STATE_*
@@ -102,6 +103,13 @@ export function planComponent(i: ComponentInputs): ComponentDecision {
     const ns = i.nodeState(inst.nodeId);
     if (ns === 'DOWN' || ns === 'RUNTIME-DOWN' || ns === undefined) {
       stop.push({ inst, kind: 'lost', reason: `node ${inst.nodeId} is ${ns ?? 'gone'}` });
+      continue;
+    }
+    if (ns === 'DRAIN-EXPIRED') {
+      // The drain's deadline passed (nomad node drain -deadline): stopped now, its slot placed
+      // elsewhere like any empty one (if it can be: a deadline is for what could not move).
+      stop.push({ inst, kind: 'drained', reason: `node ${inst.nodeId}'s drain deadline passed` });
+      avoidBySlot.set(inst.slot, [...(avoidBySlot.get(inst.slot) ?? []), inst.nodeId]);
       continue;
     }
     const o = i.observed(inst.id);

@@ -170,6 +170,13 @@ function planLines(plan: { component: string; action: string; instancesFrom: num
   return lines;
 }
 
+/** A duration for an option: whole seconds, or with a unit (500ms, 90s, 10m, 2h); in ms. */
+const durationOption = (flag: string) => (v: string) => {
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(v.trim());
+  if (!m || Number(m[1]) <= 0) throw new InvalidArgumentError(`${flag} takes a duration above 0: 90s, 10m, 2h (or whole seconds)`);
+  return Number(m[1]) * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+};
+
 const waitOption = (v: string) => {
   if (!/^[1-9]\d*$/.test(v)) throw new InvalidArgumentError('--wait takes whole seconds, 1 or more');
   return Number(v);
@@ -213,6 +220,29 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
     shown = line;
     if (Date.now() - t0 > seconds * 1000) {
       process.stderr.write(`error: version ${version} of ${name} still rolling out after ${seconds} s (${a.status}: ${a.statusReason})\n`);
+      process.exitCode = 1;
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** Follows a drain until no instance runs on the node, a line each time what is left changes. */
+async function waitDrain(c: AdminClient, id: string, seconds: number): Promise<void> {
+  const t0 = Date.now();
+  let shown = '';
+  for (;;) {
+    const left = (await c.allInstances('', id)).filter((i) => i.desired === 'run' || i.state === 'INSTANCE_STATE_RUNNING' || i.state === 'INSTANCE_STATE_STOPPING');
+    const took = `${((Date.now() - t0) / 1000).toFixed(1)} s`;
+    if (!left.length) {
+      out({ node: id, drained: true }, () => `node ${id} is drained: no instance runs on it (after ${took})`);
+      return;
+    }
+    const line = `waiting: node ${id}: ${left.length} instance(s) left (${left.map((i) => i.id).slice(0, 5).join(', ')}${left.length > 5 ? ', ...' : ''})`;
+    if (line !== shown) process.stderr.write(`${line}\n`);
+    shown = line;
+    if (Date.now() - t0 > seconds * 1000) {
+      process.stderr.write(`error: node ${id} still runs ${left.length} instance(s) after ${seconds} s: each waits for a replacement elsewhere (tessera ps --node ${id}; events say why one cannot be placed), or use --deadline\n`);
       process.exitCode = 1;
       return;
     }
@@ -309,6 +339,7 @@ node.command('get <id>').description('show a node and the instances on it (as no
     ...(n.allocated ? [`allocated:    ${allocatedText(n)} (what its instances reserve; placement keeps within capacity)`] : []), `agent:        ${n.agentVersion}`,
     `clock:        ${clockText(Number(n.clockOffsetMs))}`,
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
+    ...(Number(n.drainDeadlineAtMs) ? [`drain:        deadline ${new Date(Number(n.drainDeadlineAtMs)).toISOString()}${Number(n.drainDeadlineAtMs) <= Date.now() ? ' (passed: what was left here is stopped)' : ''}`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
     instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], instances.map((i) => [
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
@@ -317,10 +348,19 @@ node.command('get <id>').description('show a node and the instances on it (as no
     '', ...lines,
   ].join('\n'));
 }));
-node.command('drain <id>').description('stop placing work on a node and move its instances off').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
-  const n = await c.drainNode({ nodeId: id, reason: o.reason });
-  out(n, () => `node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}`);
-}));
+node.command('drain <id>').description('stop placing work on a node and move its instances off (as nomad node drain)').option('--reason <text>', 'why', '')
+  .option('--deadline <duration>', 'then stop the instances still on the node, moved or not (90s, 10m, 2h; as nomad node drain -deadline); without it they stay until each can move', durationOption('--deadline'))
+  .option('--wait <seconds>', 'then follow until no instance runs on the node (exit 0) or the time runs out (exit 1), as nomad node drain does', waitOption)
+  .action((id, o) => run(async (c) => {
+    const n = await c.drainNode({ nodeId: id, reason: o.reason, deadlineMs: o.deadline ?? 0 });
+    const by = Number(n.drainDeadlineAtMs) ? ` (instances still here at ${new Date(Number(n.drainDeadlineAtMs)).toISOString()} are stopped then)` : '';
+    if (!o.wait) {
+      out(n, () => `node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}${by}`);
+      return;
+    }
+    process.stderr.write(`node ${n.id} is ${enumName(n.state, 'NODE_STATE_')}${by}\n`);
+    await waitDrain(c, id, o.wait);
+  }));
 node.command('cordon <id>').description('place no new instances on a node; those it runs stay (as kubectl cordon; drain moves them off)').option('--reason <text>', 'why', '').action((id, o) => run(async (c) => {
   const n = await c.cordonNode({ nodeId: id, reason: o.reason });
   out(n, () => `node ${n.id} is cordoned: ${n.cordonReason}`);

@@ -518,6 +518,47 @@ describe('deployments on the real Docker Engine', function () {
     await admin.drainNode({ nodeId: nodeIds[0], undo: true });
   });
 
+  it('stops what cannot move off a drained node once its deadline passes (nomad node drain -deadline), and follows the drain from the CLI with --wait', async () => {
+    // Two instances on distinct hosts, and two hosts: the one on a drained node has nowhere to go.
+    await admin.applyApp(webSpec('pinned', { instances: 2, distinctHosts: true }, 'p1'));
+    await waitStable('pinned', 1, 40_000, 2);
+    const onA = (await running('pinned')).filter((i) => i.nodeId === nodeIds[0]).map((i) => i.id);
+    expect(onA).to.have.length(1);
+    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
+      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+    try {
+      // Without a deadline it stays: --wait runs out (exit 1), saying what is left.
+      const stuck = await cli('node', 'drain', nodeIds[0], '--reason', 'kernel update', '--wait', '3');
+      expect(stuck.code, stuck.stderr).to.equal(1);
+      expect(stuck.stderr).to.contain(`waiting: node ${nodeIds[0]}: 1 instance(s) left (${onA[0]})`);
+      expect(stuck.stderr).to.contain(`error: node ${nodeIds[0]} still runs 1 instance(s) after 3 s`);
+      expect((await running('pinned')).map((i) => i.id)).to.include(onA[0]);
+      // With one: stopped once it passes, and the drain is done (exit 0).
+      const t0 = Date.now();
+      const done = await cli('node', 'drain', nodeIds[0], '--reason', 'kernel update', '--deadline', '2s', '--wait', '30');
+      expect(done.code, done.stderr).to.equal(0);
+      expect(done.stderr).to.match(/is DRAINING \(instances still here at \S+ are stopped then\)/);
+      expect(done.stdout).to.match(new RegExp(`^node ${nodeIds[0]} is drained: no instance runs on it \\(after [0-9.]+ s\\)\n$`));
+      expect(Date.now() - t0).to.be.at.least(2_000);
+      expect(appContainers('pinned').filter((c) => c.node === nodeIds[0])).to.deep.equal([]);
+      const ev = (await pastEvents(admin, ['instance.drained'])).filter((e) => e.subject === onA[0]);
+      expect(ev.map((e) => e.message)).to.deep.equal([`pinned/web instance ${onA[0]} on ${nodeIds[0]}: node ${nodeIds[0]}'s drain deadline passed`]);
+      expect(Number((await admin.getNode(nodeIds[0])).drainDeadlineAtMs)).to.be.greaterThan(0);
+      // Refusals: a deadline below 0 or over 7 days, or given to an undo.
+      for (const [req, text] of [[{ deadlineMs: -1 }, /^deadlineMs: must be a whole number of ms from 0 \(none\) to 604800000/], [{ deadlineMs: 8 * 86_400_000 }, /^deadlineMs: must be/], [{ undo: true, deadlineMs: 5 }, /^deadlineMs: is for a drain, not for undoing one/]] as const) {
+        const err = await admin.drainNode({ nodeId: nodeIds[0], ...req }).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+        expect(err.code).to.equal(grpc.status.INVALID_ARGUMENT);
+        expect(err.details).to.match(text);
+      }
+    } finally {
+      await admin.drainNode({ nodeId: nodeIds[0], undo: true });
+    }
+    // Eligible again: its slot is placed back, and the deadline is gone with the drain.
+    await waitStable('pinned', 1, 40_000, 2);
+    expect(Number((await admin.getNode(nodeIds[0])).drainDeadlineAtMs)).to.equal(0);
+    await admin.deleteApp('pinned');
+  });
+
   it('places the app again elsewhere when a node stops for good', async () => {
     // Put one instance on node a by scaling up, then stop a for good. (Three healthy to begin
     // with: an instance's check may be failing for a moment on a busy host, and a CI run once

@@ -126,6 +126,13 @@ describe('rollout decisions per component', () => {
     const then = run({ ...base, instances: [inst('d0', 0, 'new', 'drained'), inst('x0', 0, 'new'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { d0: healthy, x0: healthy, n1: healthy, n2: healthy } });
     expect(then.stop.map((s) => [s.inst.id, s.kind])).to.deep.equal([['d0', 'drained']]);
   });
+  it('stops what is left on a node past its drain deadline, replaced or not, and places its slot elsewhere (nomad node drain -deadline)', () => {
+    const base = { app: { version: 2, stableVersion: 2 }, nodes: { drained: 'DRAIN-EXPIRED' as const } };
+    // d0's replacement could not be placed before the deadline (x0 never came): d0 stops now, and slot 0 is placed again, away from the node.
+    const past = run({ ...base, instances: [inst('d0', 0, 'new', 'drained'), inst('n1', 1, 'new'), inst('n2', 2, 'new')], obs: { d0: healthy, n1: healthy, n2: healthy } });
+    expect(past.stop.map((s) => [s.inst.id, s.kind, s.reason])).to.deep.equal([['d0', 'drained', 'node drained\'s drain deadline passed']]);
+    expect(past.create).to.deep.equal([{ slot: 0, avoid: ['drained'] }]);
+  });
   it('replaces an instance asked to be replaced: a new one in its slot first, then it stops with the reason and who asked', () => {
     const base = { app: { version: 2, stableVersion: 2 } };
     const asked = { ...inst('n1', 1, 'new'), replace: { atMs: 1, by: 'ops', reason: 'wedged' } };
