@@ -30,8 +30,12 @@ describe('image garbage collection', function () {
   this.timeout(120_000);
   const tag = randomBytes(3).toString('hex');
   const node = `gc${tag}`;
-  // An image of its own (BASE with a label): its ID is shared with no other test's image.
+  // Images of its own (BASE with a label): their IDs are shared with no other test's image. The
+  // collector counts an image in use when any container on the host runs its ID, and other
+  // tests (the other lane of a CI run) run BASE: an image served from BASE stayed in use while
+  // they ran (CI run 2 of session 30: the second image never removed).
   const distinct = `tessera-test/gc:${tag}`;
+  const distinctKept = `tessera-test/gc-kept-base:${tag}`;
   let etcd: EtcdCluster;
   let fleet: Fleet;
   let admin: AdminClient;
@@ -47,8 +51,9 @@ describe('image garbage collection', function () {
   before(async () => {
     const cid = execFileSync('docker', ['create', BASE, 'true']).toString().trim();
     execFileSync('docker', ['commit', '-c', `LABEL tessera.test=gc-${tag}`, cid, distinct], { stdio: 'ignore' });
+    execFileSync('docker', ['commit', '-c', `LABEL tessera.test=gc-kept-${tag}`, cid, distinctKept], { stdio: 'ignore' });
     execFileSync('docker', ['rm', cid], { stdio: 'ignore' });
-    refs.push(distinct);
+    refs.push(distinct, distinctKept);
     registry = await TestRegistry.start();
     etcd = await EtcdCluster.start(1);
     fleet = new Fleet();
@@ -74,7 +79,7 @@ describe('image garbage collection', function () {
 
   it('keeps the images in use, removes one once no container uses it, and leaves the images it did not pull', async () => {
     const own = registry.publish(distinct, 'tessera/gc-own', tag);
-    const kept = registry.publish(BASE, 'tessera/gc-kept', tag);
+    const kept = registry.publish(distinctKept, 'tessera/gc-kept', tag);
     refs.push(own, kept);
     await admin.applyApp(app('gc-own', own));
     await admin.applyApp(app('gc-kept', kept));
@@ -105,10 +110,10 @@ describe('image garbage collection', function () {
     await new Promise((r) => setTimeout(r, 1_000));
     expect(imageId(distinct), 'its instance gone, several sweeps later').to.be.a('string');
 
-    // The other image shares its ID with BASE (the registry served BASE): removing the pulled
-    // reference only untags it; BASE, which other components here use, stays.
+    // The other image shares its ID with a local one (the registry served it): removing the
+    // pulled reference only untags it; the local image, which the agent did not pull, stays.
     await admin.deleteApp('gc-kept');
     await waitFor('the second image removed', async () => imageId(kept) === undefined, 30_000, 200);
-    expect(imageId(BASE), 'the local image it was pulled from').to.be.a('string');
+    expect(imageId(distinctKept), 'the local image it was pulled from').to.be.a('string');
   });
 });
