@@ -1377,6 +1377,7 @@ export class Deployments {
       name: a.name, version: a.version, stableVersion: a.stableVersion, spec: this.versions.get(a.name)?.get(a.version)?.spec,
       status: a.status, statusReason: a.statusReason, createdAtMs: a.createdAtMs, updatedAtMs: a.updatedAtMs, instancesByState: byState,
       ...(a.canary ? { canary: { version: a.canary.version, wanted: a.canary.wanted, healthy: a.canary.healthy, healthyAtMs: a.canary.healthyAtMs ?? 0, promotedAtMs: a.canary.promotedAtMs ?? 0, promotedBy: a.canary.promotedBy ?? '' } } : {}),
+      policyInstances: Object.fromEntries([...this.replicas].filter(([k]) => k.startsWith(`${a.name}/`)).map(([k, n]) => [k.slice(a.name.length + 1), n])),
     };
   }
 

@@ -232,7 +232,10 @@ async function waitDrain(c: AdminClient, id: string, seconds: number): Promise<v
   const t0 = Date.now();
   let shown = '';
   for (;;) {
-    const left = (await c.allInstances('', id)).filter((i) => i.desired === 'run' || i.state === 'INSTANCE_STATE_RUNNING' || i.state === 'INSTANCE_STATE_STOPPING');
+    // Those still wanted, and those being stopped whose containers still run; on a DOWN node
+    // nothing reports any more: its instances are replaced elsewhere, and none is left to wait for.
+    const down = (await c.getNode(id)).state === 'NODE_STATE_DOWN';
+    const left = (await c.allInstances('', id)).filter((i) => i.desired === 'run' || (!down && (i.state === 'INSTANCE_STATE_RUNNING' || i.state === 'INSTANCE_STATE_STOPPING')));
     const took = `${((Date.now() - t0) / 1000).toFixed(1)} s`;
     if (!left.length) {
       out({ node: id, drained: true }, () => `node ${id} is drained: no instance runs on it (after ${took})`);
@@ -417,7 +420,10 @@ app.command('get <name>').description('show an app and its spec').action((name) 
   const { events, lines } = await recentEvents(c, name);
   const cn = a.canary && Number(a.canary.version) === Number(a.version) ? a.canary : undefined;
   const canaryLine = cn ? [`canaries of version ${cn.version}: ${cn.healthy} of ${cn.wanted} healthy${Number(cn.promotedAtMs) ? `, promoted ${ago(Number(cn.promotedAtMs))} ago${cn.promotedBy ? ` by ${cn.promotedBy}` : ''}` : Number(a.stableVersion) === Number(a.version) ? '' : ', waiting for promotion'}`] : [];
-  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
+  // A count set by a scaling policy, which the spec's instances do not show (as kubectl get deploy shows an HPA's replicas).
+  const counts = Object.entries(a.policyInstances ?? {}).map(([comp, n]) => [comp, n, a.spec?.components.find((x) => x.name === comp)?.instances] as const)
+    .filter(([, n, spec]) => n !== spec).map(([comp, n, spec]) => `${comp}: ${n} instance(s), the count a scaling policy set (the spec says ${spec ?? '-'})`);
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
   const h = await c.appHistory(name);

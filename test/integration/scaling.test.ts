@@ -138,6 +138,7 @@ describe('scaling policies end to end', function () {
     load.set(40); // 20 per worker wanted: 2 workers, the spec saying 1
     await waitFor('2 workers running', async () => (await workers()).filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 2, 60_000, 250);
     // While the policy sizes it, a changed count in the spec does not: so says the plan.
+    expect((await admin.getApp('queue')).policyInstances).to.deep.equal({ worker: 2 });
     const sized = (await admin.applyApp({ ...spec, components: [{ ...spec.components[0], instances: 4 }] }, true)).plan[0];
     expect(sized).to.deep.include({ instancesFrom: 2, instancesTo: 2, note: 'its scaling policy sizes it: 2 instances run whatever instances says' });
     await admin.deletePolicy('queue', 'worker');
@@ -150,6 +151,7 @@ describe('scaling policies end to end', function () {
     const res = await admin.scaleApp('queue', 'worker', 1);
     expect(res.changed).to.equal(true);
     await waitFor('back to the 1 worker asked for', async () => (await workers()).length === 1, 30_000, 250);
+    expect((await admin.getApp('queue')).policyInstances).to.deep.equal({});
     const events = await pastEvents(admin, ['app.scaled']);
     expect(events.map((e) => e.message)).to.include('worker: 2 -> 1 instances (the spec\'s count; a deleted scaling policy had set 2)');
     await admin.setPolicy(policy());
