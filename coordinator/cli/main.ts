@@ -159,7 +159,7 @@ function planLines(plan: { component: string; action: string; instancesFrom: num
     const sized = p.instancesFrom !== p.instancesTo ? ` (${p.instancesFrom} -> ${p.instancesTo} instances)` : '';
     if (action === 'none' && !p.note) continue;
     if (!p.component) lines.push('~ app: changed in place, no instance restarts');
-    else if (action === 'create') lines.push(`+ ${p.component}: new, ${count(p.instancesTo)} placed`);
+    else if (action === 'create') lines.push(`+ ${p.component}: new, ${count(p.instancesTo)} to place`);
     else if (action === 'destroy') lines.push(`- ${p.component}: removed, its ${count(p.instancesFrom)} stop`);
     else if (action === 'replace') lines.push(`~ ${p.component}: its instances are replaced by its update strategy${sized}`);
     else lines.push(`~ ${p.component}: changed in place, no instance restarts${sized}`);

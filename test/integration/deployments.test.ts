@@ -450,7 +450,7 @@ describe('deployments on the real Docker Engine', function () {
       const ok = await cli('apply', '-f', good, '--wait', '60');
       expect(ok.code, ok.stderr).to.equal(0);
       expect(ok.stdout).to.match(/^app waited version 1 is running on every instance \(2 healthy\) after [0-9.]+ s\n$/);
-      expect(ok.stderr).to.match(/app waited version 1 applied; rolling out\n\+ web: new, 2 instances placed\nwaiting: version 1 of waited: /);
+      expect(ok.stderr).to.match(/app waited version 1 applied; rolling out\n\+ web: new, 2 instances to place\nwaiting: version 1 of waited: /);
       expect(await running('waited', 1)).to.have.length(2);
       // A version whose instances exit at once: it fails after the restart policy's attempts.
       const bad = path.join(dir, 'bad.json');
