@@ -385,10 +385,13 @@ node.command('remove <id>').description('forget a DOWN node (its agent stopped f
 program.command('apply').description('apply an app spec (YAML or JSON); prints what changed and what cannot be placed')
   .requiredOption('-f, --file <file>', 'spec file, or - for standard input')
   .option('--dry-run', 'validate and plan only; store nothing')
+  .option('--detailed-exitcode', 'with --dry-run: exit 0 when nothing would change, 2 when something would (as terraform plan -detailed-exitcode); errors exit 1')
   .option('--wait <seconds>', 'then follow the rollout until the version runs healthy everywhere or its canaries wait for promotion (exit 0), fails (exit 2) or the time runs out (exit 1)', waitOption)
   .action((o) => run(async (c) => {
+    if (o.detailedExitcode && !o.dryRun) program.error('error: --detailed-exitcode goes with --dry-run');
     const spec = readSpecFile(o.file);
     const res = await c.applyApp(spec, !!o.dryRun);
+    if (o.detailedExitcode && (res.changed || res.plan.some((p) => p.action !== 'PLAN_ACTION_NONE'))) process.exitCode = 2;
     if (o.wait && !o.dryRun && res.app) {
       process.stderr.write(res.changed ? `app ${res.app.name} version ${res.app.version} applied; rolling out\n` : `app ${res.app.name} unchanged (version ${res.app.version})\n`);
       for (const l of planLines(res.plan)) process.stderr.write(`${l}\n`);

@@ -4,7 +4,7 @@
 // for a coordinator of this version, and stay so through such a change. Real etcd, a coordinator
 // restarted on the same address, an agent and busybox containers.
 import { expect } from 'chai';
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -63,10 +63,21 @@ describe('instance hashes: what rolls an app', function () {
     const file = path.join(os.tmpdir(), `tessera-steady-${process.pid}.json`);
     fs.writeFileSync(file, JSON.stringify(v3spec));
     try {
-      const out = execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c1.address, 'apply', '-f', file, '--dry-run'], { encoding: 'utf8' });
-      expect(out).to.contain('against version 2:');
-      expect(out).to.contain('~ worker: its instances are replaced by its update strategy');
-      expect(out).to.match(/\n {4}env\.WORKERS +"4" => "5"\n/);
+      const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c1.address, ...args], { encoding: 'utf8' });
+      const dryCli = cli('apply', '-f', file, '--dry-run', '--detailed-exitcode');
+      // Something would change: 2 (terraform plan -detailed-exitcode), with the plan printed.
+      expect(dryCli.status, dryCli.stderr).to.equal(2);
+      expect(dryCli.stdout).to.contain('against version 2:');
+      expect(dryCli.stdout).to.contain('~ worker: its instances are replaced by its update strategy');
+      expect(dryCli.stdout).to.match(/\n {4}env\.WORKERS +"4" => "5"\n/);
+      // Version 2's own spec: nothing would change, 0; the option alone is a usage error.
+      fs.writeFileSync(file, JSON.stringify({ name: 'steady', components: [comp({ update: { maxParallel: 2, minHealthyMs: 0, autoRevert: true, order: 'stop-first' }, tunables: [{ env: 'WORKERS', min: 2, max: 16 }] })] }));
+      const same = cli('apply', '-f', file, '--dry-run', '--detailed-exitcode');
+      expect(same.status, same.stderr).to.equal(0);
+      expect(same.stdout).to.contain('no change against version 2');
+      const alone = cli('apply', '-f', file, '--detailed-exitcode');
+      expect(alone.status).to.equal(1);
+      expect(alone.stderr).to.contain('--detailed-exitcode goes with --dry-run');
     } finally {
       fs.rmSync(file, { force: true });
     }
