@@ -165,7 +165,15 @@ function planLines(plan: { component: string; action: string; instancesFrom: num
     else lines.push(`~ ${p.component}: changed in place, no instance restarts${sized}`);
     if (p.note) lines.push(`    (${p.note})`);
     const width = Math.min(40, Math.max(0, ...p.changes.map((c) => c.field.length)));
-    for (const c of p.changes) lines.push(`    ${c.field.padEnd(width)}  ${clip(c.from || '(none)', 60)} => ${clip(c.to || '(none)', 60)}`);
+    for (const c of p.changes) {
+      // Long values that begin alike (a command line, an args list) are shown from a little
+      // before where they differ, so that the difference is on the screen.
+      let same = 0;
+      while (c.from && c.to && same < c.from.length && c.from[same] === c.to[same]) same++;
+      const from = same > 30 && c.from.length > 60 ? `…${c.from.slice(same - 15)}` : c.from;
+      const to = same > 30 && c.to.length > 60 ? `…${c.to.slice(same - 15)}` : c.to;
+      lines.push(`    ${c.field.padEnd(width)}  ${clip(from || '(none)', 60)} => ${clip(to || '(none)', 60)}`);
+    }
   }
   return lines;
 }
