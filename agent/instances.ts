@@ -423,6 +423,14 @@ export class InstanceManager extends EventEmitter {
         return;
       }
       await this.runtime.restart(c.containerId);
+      // A new process: its health starts over, with its grace from now (as a Kubernetes probe's
+      // initial delay after a restart, or Nomad's check_restart grace). Before session 30 the
+      // failures counted before the exit stayed, and the grace ran from the first start: the
+      // first check of a process still starting hit the threshold, and the restarted container
+      // was killed again until the restart policy gave up (CI run 6 of session 30).
+      l.startedAtMs = steadyNow();
+      l.healthFailures = 0;
+      l.health = 'unknown';
       this.emitEvent(l.spec.instanceId, 'restarted', { message: `restart ${l.restarts} after ${l.message}` });
     } catch (err) {
       l.message = `restart failed: ${(err as Error).message}`;
@@ -482,9 +490,11 @@ export class InstanceManager extends EventEmitter {
     if (l.checking || now - l.lastCheckMs < Number(h.intervalMs || 5_000)) return;
     l.checking = true;
     l.lastCheckMs = now;
+    const restarts = l.restarts;
     void runCheck(h, l.spec.ports, (cmd, t) => this.runtime.exec(containerName(l.spec.instanceId), cmd, t)).then((r) => {
       l.checking = false;
-      if (l.state !== 'INSTANCE_STATE_RUNNING') return;
+      // A check of the process before a restart says nothing of the new one.
+      if (l.state !== 'INSTANCE_STATE_RUNNING' || l.restarts !== restarts) return;
       if (r.ok) {
         // A failed check under the threshold said so in the message; a passing one ends it (it
         // stayed before: a healthy instance showed an old failure in `tessera ps` for good).

@@ -199,6 +199,28 @@ describe('deployments on the real Docker Engine', function () {
     expect(await httpGet(victim.ports.http)).to.contain(victim.id);
   });
 
+  it('gives a restarted container its health grace again: one slow to listen survives being killed (its old failures and first start do not count)', async () => {
+    // httpd listens 2 s after the process starts; the grace (5 s) covers that, the threshold (2 checks, 0.5 s apart) does not.
+    const slow = webSpec('slowstart', { instances: 1, args: ['sleep 2 && mkdir -p /tmp/www && echo "slow $TESSERA_INSTANCE_ID" > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:$PORT_HTTP -h /tmp/www'],
+      health: { type: 'http', port: 'http', intervalMs: 500, timeoutMs: 300, graceMs: 5000, failureThreshold: 2 } });
+    await admin.applyApp(slow);
+    await waitStable('slowstart', 1, 40_000, 1);
+    // Past the first start's grace, so that only a grace counted from the restart covers the next start.
+    await new Promise((r) => setTimeout(r, 5_500));
+    const [victim] = await running('slowstart');
+    for (let n = 1; n <= 2; n++) {
+      dockerKill(appContainers('slowstart').find((c) => c.instance === victim.id)!.id);
+      await waitFor(`restart ${n} healthy`, async () => {
+        const i = (await ps('slowstart')).find((x) => x.id === victim.id);
+        return i && i.restarts >= n && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy';
+      }, 20_000, 200);
+    }
+    // The same instance, restarted twice, and no health failure killed it meanwhile.
+    const kills = (await pastEvents(admin, ['instance.health_failed', 'instance.failed'])).filter((e) => e.subject === victim.id);
+    expect(kills.map((e) => e.message)).to.deep.equal([]);
+    await admin.deleteApp('slowstart');
+  });
+
   it('adopts running containers when an agent is SIGKILLed and restarted: none duplicated, none restarted', async () => {
     // The restarted agent's containers: running before and after, the same ones. (The other
     // node's are counted by id only: under a loaded CI host its health checks may restart one,
