@@ -53,6 +53,9 @@ describe('deployments on the real Docker Engine', function () {
   const startAgent = (i: number) => fleet.agent({ coordinators: coords.map((c) => c.address), nodeId: nodeIds[i], extra: ['--port-range', laneRange(`${24000 + i * 1000}-${24000 + i * 1000 + 999}`)] });
   const ps = async (app: string): Promise<Instance__Output[]> => (await admin.listInstances(app)).instances;
   const running = async (app: string, version?: number) => (await ps(app)).filter((i) => i.desired === 'run' && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy' && (!version || Number(i.version) === version));
+  /** The CLI against the running coordinators: its exit code, stdout and stderr. */
+  const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
+    .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
   const appContainers = (app: string) => containers(`tessera.app=${app}`).filter((c) => nodeIds.includes(c.node));
   const waitStable = (app: string, version: number, ms = 40_000, n = 3) => waitFor(`${app} v${version} stable`, async () => {
     const a = await admin.getApp(app);
@@ -397,8 +400,6 @@ describe('deployments on the real Docker Engine', function () {
     const before = await running('web');
     const version = Number((await admin.getApp('web')).version);
     const old = before[0];
-    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
-      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
     const r = await cli('instance', 'replace', old.id, '--reason', 'wedged worker');
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.equal(`instance ${old.id} (web/web[${old.slot}] on ${old.nodeId}) is being replaced (wedged worker): a new instance takes slot ${old.slot}, before it stops (start-first) or after (stop-first: a component with volumes); follow with tessera ps web\n`);
@@ -464,8 +465,6 @@ describe('deployments on the real Docker Engine', function () {
 
   it('follows a rollout from the CLI with --wait: exit 0 once it runs everywhere, 2 when the version fails', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-wait-'));
-    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
-      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
     try {
       const good = path.join(dir, 'good.json');
       fs.writeFileSync(good, JSON.stringify(webSpec('waited', { instances: 2 }, 'v1')));
@@ -546,8 +545,6 @@ describe('deployments on the real Docker Engine', function () {
     await waitStable('pinned', 1, 40_000, 2);
     const onA = (await running('pinned')).filter((i) => i.nodeId === nodeIds[0]).map((i) => i.id);
     expect(onA).to.have.length(1);
-    const cli = (...args: string[]) => promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), ...args])
-      .then(({ stdout, stderr }) => ({ code: 0, stdout, stderr }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
     try {
       // Without a deadline it stays: --wait runs out (exit 1), saying what is left.
       const stuck = await cli('node', 'drain', nodeIds[0], '--reason', 'kernel update', '--wait', '3');
