@@ -52,7 +52,8 @@ export interface ComponentInputs {
   unreported?(nodeId: string): boolean;
   /**
    * The app's stable version of this component, when it has one that runs something else: while
-   * canaries hold the rollout, an empty slot past them is filled with it (see canaries).
+   * canaries hold the rollout, an empty slot past them, or one whose instance must move (a
+   * draining node, a replacement asked for), is filled with it (see canaries).
    */
   stable?: { version: number; component: NormalComponent; hash: string };
 }
@@ -250,13 +251,15 @@ function stopFirst(i: ComponentInputs, s: {
  * scaling policy, or one lost or failed) is filled with the stable version (ComponentInputs.stable),
  * which the promotion then rolls like the other old instances: before session 30 it got this
  * version, so a scale-up while canaries held put the unpromoted version in service beyond them.
- * Without a stable version of the component, it gets this one. What must move still does, to
- * this version: an old instance on a draining node or asked to be replaced gives way once its
- * slot's new one is healthy. Outdated
+ * Without a stable version of the component, it gets this one. What must move still does: an
+ * old instance on a draining node or asked to be replaced gives way once its slot's new one is
+ * healthy; past the canaries that new one is again of the stable version (the slot's heir: kept
+ * beside the old one until it has gone), before session 31 of this one, so draining a node
+ * while canaries held put the unpromoted version in service on every slot that moved. Outdated
  * instances nothing needs go: those above the count (scaled down) and, in a slot that holds more
- * than one, all but its oldest (canaries of a version applied over this one before its
- * promotion). A canary that fails or misses the healthy deadline fails the rollout, as any new
- * instance does (planComponent).
+ * than one, all but its oldest and its heir (canaries of a version applied over this one before
+ * its promotion). A canary that fails or misses the healthy deadline fails the rollout, as any
+ * new instance does (planComponent).
  */
 function canaries(i: ComponentInputs, s: {
   stop: StopDecision[]; avoidBySlot: Map<number, string[]>; current: InstanceRecord[]; outdated: InstanceRecord[];
@@ -265,24 +268,32 @@ function canaries(i: ComponentInputs, s: {
   const n = i.component.instances;
   const wanted = Math.min(i.component.update.canary ?? 0, n);
   const { stop, current, outdated } = s;
+  const moving = (x: InstanceRecord) => i.nodeState(x.nodeId) === 'DRAINING' || !!x.replace;
+  const first = (a: InstanceRecord | undefined, x: InstanceRecord) => !a || x.createdAtMs < a.createdAtMs || (x.createdAtMs === a.createdAtMs && x.id < a.id);
   const oldest = new Map<number, InstanceRecord>();
+  for (const x of outdated) if (x.slot < n && first(oldest.get(x.slot), x)) oldest.set(x.slot, x);
+  // Past the canaries, a slot whose oldest must move is taken over by an instance of the stable
+  // version that need not (its heir), started beside it.
+  const heir = new Map<number, InstanceRecord>();
   for (const x of outdated) {
     const o = oldest.get(x.slot);
-    if (x.slot < n && (!o || x.createdAtMs < o.createdAtMs || (x.createdAtMs === o.createdAtMs && x.id < o.id))) oldest.set(x.slot, x);
+    if (!i.stable || !o || x === o || x.slot < wanted || !moving(o) || moving(x) || x.specHash !== i.stable.hash) continue;
+    if (first(heir.get(x.slot), x)) heir.set(x.slot, x);
   }
   for (const x of outdated) {
     if (x.slot >= n) stop.push({ inst: x, kind: 'scaled-down', reason: `scaled down to ${n}` });
-    else if (oldest.get(x.slot) !== x) stop.push(replacedStop(i, x, ` (its slot's canary is version ${i.app.version}'s now)`));
+    else if (oldest.get(x.slot) !== x && heir.get(x.slot) !== x) stop.push(replacedStop(i, x, ` (its slot's canary is version ${i.app.version}'s now)`));
   }
   const create: ComponentDecision['create'] = [];
   for (let slot = 0; slot < n; slot++) {
     const old = oldest.get(slot);
-    const moving = !!old && (i.nodeState(old.nodeId) === 'DRAINING' || !!old.replace);
+    const mv = !!old && moving(old);
     const mine = current.filter((x) => x.slot === slot);
-    if (!mine.length && (slot < wanted || !old || moving) && i.slotReady(slot, s.avoidBySlot.has(slot))) {
-      create.push({ ...slotCreate(i, slot, s.avoidBySlot), ...(slot >= wanted && !old && i.stable ? { stable: true } : {}) });
+    const h = heir.get(slot);
+    if (!mine.length && !h && (slot < wanted || !old || mv) && i.slotReady(slot, s.avoidBySlot.has(slot))) {
+      create.push({ ...slotCreate(i, slot, s.avoidBySlot), ...(slot >= wanted && i.stable ? { stable: true } : {}) });
     }
-    if (moving && mine.some(s.healthy)) stop.push(replacedStop(i, old));
+    if (mv && (mine.some(s.healthy) || (h && s.healthy(h)))) stop.push(replacedStop(i, old));
   }
   return {
     create, stop, current: current.length, healthyCurrent: s.healthyCurrent.length, outdated: outdated.length, rolloutFailed: s.rolloutFailed,

@@ -92,6 +92,22 @@ describe('canary deployments', function () {
     expect((await cli('app', 'get', 'web')).stdout).to.contain('canaries of version 2: 1 of 1 healthy, waiting for promotion');
     expect((await pastEvents(admin, ['rollout.canaries_healthy'])).map((e) => e.message)).to.deep.equal(['version 2 of web: 1 canary healthy, waiting for promotion (tessera app promote web) or a rollback']);
 
+    // An old instance past the canary asked to be replaced while it holds (as one on a draining
+    // node): its slot's new instance runs the stable version (1), and the old one stops once that
+    // is healthy (before session 31 it got version 2's spec: the unpromoted version in service
+    // beyond the canary).
+    const moved = (await live()).find((i) => i.slot === 2)!;
+    const rep = await cli('instance', 'replace', moved.id, '--reason', 'host maintenance');
+    expect(rep.code, rep.stderr).to.equal(0);
+    await waitFor('slot 2 taken over', async () => { const l = await live(); return !l.some((i) => i.id === moved.id) && l.filter((i) => i.slot === 2).length === 1; }, 30_000, 200);
+    const heir = (await live()).find((i) => i.slot === 2)!;
+    expect(Number(heir.version)).to.equal(1);
+    expect(heir.canary).to.equal(false);
+    await waitFor('the two old ones, the heir and the canary answering', async () => JSON.stringify(await markers()) === JSON.stringify(['v1', 'v1', 'v1', 'v2']), 15_000, 250)
+      .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
+    expect((await pastEvents(admin, ['instance.'])).find((e) => e.subject === moved.id && e.kind === 'instance.replaced')?.message).to.match(/replaced as requested.*host maintenance/);
+    expect((await admin.getApp('web')).canary).to.include({ version: 2, promotedAtMs: 0 });
+
     // Refusals: an unknown app, a version that is not the one rolling out.
     const err = (p: Promise<unknown>) => p.then(() => undefined, (e: grpc.ServiceError) => e);
     expect((await err(admin.promoteApp('nope')))?.code).to.equal(grpc.status.NOT_FOUND);
@@ -103,6 +119,7 @@ describe('canary deployments', function () {
     const promoted = await cli('app', 'promote', 'web', '--expect-version', '2', '--wait', '60');
     expect(promoted.code, promoted.stderr).to.equal(0);
     expect(promoted.stdout).to.match(/^app web version 2 is running on every instance \(3 healthy\) after [0-9.]+ s\n$/);
+    expect((await live()).map((i) => i.id)).to.not.include(heir.id);
     expect(await markers()).to.deep.equal(['v2', 'v2', 'v2']);
     // The canary stays: it is one of the version's instances (no longer a canary).
     expect((await live()).map((i) => i.id)).to.include(canary.id);
@@ -171,6 +188,8 @@ describe('canary deployments', function () {
     // Rolled back to version 5's spec: the canaries and the fourth slot's instance go, the old ones stay.
     const rb = await cli('rollback', 'web', '--to', '5', '--wait', '60');
     expect(rb.code, rb.stderr).to.equal(0);
+    // Its plan on stderr, as an apply's: version 5's spec over version 7's.
+    expect(rb.stderr).to.match(/^app web: version 8 rolling out \(rollback to version 5 requested\)\n~ web: its instances are replaced by its update strategy \(4 -> 3 instances\)\n/);
     expect((await live()).map((i) => i.id).sort()).to.deep.equal(five);
     expect(await markers()).to.deep.equal(['v5', 'v5', 'v5']);
   });

@@ -250,6 +250,37 @@ describe('rollout decisions per component', () => {
       expect(filled.create).to.deep.equal([]);
       expect(filled.stop).to.deep.equal([]);
     });
+    it('moves an old instance past the canaries (a draining node, a replacement asked for) to the stable version, kept beside it until healthy; a canary slot still moves to the new one', () => {
+      const stable = { version: 1, component: comp(3), hash: 'old' };
+      const drain = [inst('o0', 0, 'old', 'n9', 1), inst('o1', 1, 'old', 'n9', 1), inst('o2', 2, 'old', 'n1', 1)];
+      const nodes = { n9: 'DRAINING' as const };
+      // Slot 0 is the canary's (the new version, beside o0); slot 1 moves to the stable version.
+      const d1 = run({ app: held, component: canaryComp(3, 1), instances: drain, obs: oldObs, nodes, stable });
+      expect(d1.create.map((c) => [c.slot, !!c.stable])).to.deep.equal([[0, false], [1, true]]);
+      expect(d1.stop).to.deep.equal([]);
+      // The heir placed (h1, stable spec, later): not stopped as a second instance of its slot, none created again; o1 stays until it is healthy.
+      const placed = [...drain, inst('c0', 0, 'new', 'n1', 5), inst('h1', 1, 'old', 'n1', 5)];
+      const d2 = run({ app: held, component: canaryComp(3, 1), instances: placed, obs: { ...oldObs, h1: starting }, nodes, stable });
+      expect(d2.create).to.deep.equal([]);
+      expect(d2.stop).to.deep.equal([]);
+      // Healthy: the draining ones go (o0 once its canary is healthy), the heir stays; no new-version instance past the canary.
+      const d3 = run({ app: held, component: canaryComp(3, 1), instances: placed, obs: { ...oldObs, c0: healthy, h1: healthy }, nodes, stable });
+      expect(d3.stop.map((x) => [x.inst.id, x.kind]).sort()).to.deep.equal([['o0', 'drained'], ['o1', 'drained']]);
+      expect(d3.create).to.deep.equal([]);
+      // Once o1 has gone the heir is its slot's old instance, rolled by the promotion like the others.
+      const d4 = run({ app: held, component: canaryComp(3, 1), instances: [inst('c0', 0, 'new', 'n1', 5), inst('h1', 1, 'old', 'n1', 5), drain[2]], obs: { ...oldObs, c0: healthy, h1: healthy }, nodes, stable });
+      expect(d4.create).to.deep.equal([]);
+      expect(d4.stop).to.deep.equal([]);
+      expect(d4.outdated).to.equal(2);
+      // Asked to be replaced: the same, to the stable version.
+      const asked = run({ app: held, component: canaryComp(3, 1), instances: [olds[0], olds[1], { ...olds[2], replace: { atMs: 1, by: 'ops', reason: 'r' } }], obs: oldObs, stable });
+      expect(asked.create.map((c) => [c.slot, !!c.stable])).to.deep.equal([[0, false], [2, true]]);
+      const done = run({ app: held, component: canaryComp(3, 1), instances: [olds[0], olds[1], { ...olds[2], replace: { atMs: 1, by: 'ops', reason: 'r' } }, inst('h2', 2, 'old', 'n1', 5)], obs: { ...oldObs, h2: healthy }, stable });
+      expect(done.stop.map((x) => [x.inst.id, x.kind])).to.deep.equal([['o2', 'replaced']]);
+      // A second stable instance of a slot whose oldest no longer moves (the node undrained): the later one goes.
+      const undrained = run({ app: held, component: canaryComp(3, 1), instances: placed, obs: { ...oldObs, c0: healthy, h1: healthy }, stable });
+      expect(undrained.stop.map((x) => x.inst.id)).to.deep.equal(['h1']);
+    });
     it('still fills an empty slot, moves instances off a draining node and replaces one asked to be, to the new version; drops superseded canaries and slots above the count', () => {
       // Slot 2 lost its instance, and the app has no stable spec of the component: filled with the new one; slot 0 is the canary.
       const gap = run({ app: held, component: canaryComp(3, 1), instances: olds.slice(0, 2), obs: oldObs });
