@@ -268,18 +268,23 @@ export class Deployments {
     return plan;
   }
 
-  rollback(name: string, to: number, by = ''): Promise<App> {
-    return this.exclusive(() => this.rollbackNow(name, to, by));
+  /** dryRun: the plan only (App.plan, against the current version), nothing stored. */
+  rollback(name: string, to: number, by = '', dryRun = false): Promise<App> {
+    return dryRun ? this.rollbackNow(name, to, by, true) : this.exclusive(() => this.rollbackNow(name, to, by, false));
   }
 
-  private async rollbackNow(name: string, to: number, by: string): Promise<App> {
+  private async rollbackNow(name: string, to: number, by: string, dryRun: boolean): Promise<App> {
     const app = this.getRecord(name);
     const history = this.versions.get(name)!;
     const target = to > 0 ? to : app.stableVersion !== app.version ? app.stableVersion : [...history.values()].filter((v) => v.version < app.version && v.status !== 'failed').map((v) => v.version).sort((a, b) => b - a)[0] ?? 0;
     const rec = history.get(target);
     if (!rec) throw InvalidArgumentError.field('version', to > 0 ? `version ${to} of "${name}" is not kept (kept: ${[...history.keys()].join(', ')})` : `"${name}" has no earlier version to go back to`);
     this.sealed.check(rec.spec, `version ${target}: components`);
-    return this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by));
+    // What it changes, field by field, against the version it goes over (as an apply's plan; a
+    // scaling policy's counts stand through a rollback).
+    const plan = this.withCounts(name, planChanges(history.get(app.version)?.spec, rec.spec), new Map()).map(toProtoPlan);
+    if (dryRun) return { ...this.toProto(app), plan, statusReason: `dry run: a rollback would make version ${Math.max(...this.versionNumbers(name)) + 1} with the spec of version ${target}` };
+    return { ...this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by)), plan };
   }
 
   /**

@@ -84,6 +84,27 @@ describe('instance hashes: what rolls an app', function () {
     await admin.applyApp(v3spec);
     const third = await waitFor('both replaced', async () => { const r = await running(); return r.length === 2 && r.every((id) => !first.includes(id)) ? r : undefined; }, 30_000, 200);
     expect(await settled(3)).to.deep.equal(third);
+    // A rollback's plan, dry run (kubectl rollout undo --dry-run=server): back to version 2's
+    // spec would replace them again; nothing is stored, the CLI exits 2 with the lines.
+    const back = await admin.rollbackApp('steady', 0, true);
+    expect(Number(back.version)).to.equal(3);
+    expect(back.statusReason).to.equal('dry run: a rollback would make version 4 with the spec of version 2');
+    expect(back.plan.map((p) => [p.component, p.action])).to.deep.equal([['worker', 'PLAN_ACTION_REPLACE']]);
+    expect(back.plan[0].changes).to.deep.include({ field: 'env.WORKERS', from: '"5"', to: '"4"' });
+    const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', c1.address, ...args], { encoding: 'utf8' });
+    const dryBack = cli('rollback', 'steady', '--to', '2', '--dry-run', '--detailed-exitcode');
+    expect(dryBack.status, dryBack.stderr).to.equal(2);
+    expect(dryBack.stdout).to.match(/^dry run: a rollback would make version 4 with the spec of version 2 \(app steady is at version 3\):\n~ worker: its instances are replaced by its update strategy\n/);
+    expect(dryBack.stdout).to.match(/\n {4}env\.WORKERS +"5" => "4"\n/);
+    expect(cli('rollback', 'steady', '--to', '9', '--dry-run').stderr).to.match(/version: version 9 of "steady" is not kept \(kept: 1, 2, 3\)/);
+    expect(cli('rollback', 'steady', '--dry-run', '--wait', '5').stderr).to.contain('--wait does not go with --dry-run');
+    expect(Number((await admin.getApp('steady')).version)).to.equal(3);
+    expect((await admin.appHistory('steady')).versions.map((v) => Number(v.version)).sort()).to.deep.equal([1, 2, 3]);
+    // Each kept version against the one before it (nomad job history -p), as the plans said.
+    const hist = cli('app', 'history', 'steady', '-p');
+    expect(hist.status, hist.stderr).to.equal(0);
+    expect(hist.stdout).to.match(/\nversion 3 against version 2:\n~ worker: its instances are replaced by its update strategy\n(.*\n)* {4}env\.WORKERS +"4" => "5"\n/);
+    expect(hist.stdout).to.match(/\nversion 2 against version 1:\n~ worker: changed in place, no instance restarts\n(.*\n)* {4}update\.maxParallel +1 => 2\n/);
   });
 
   it('keeps the instances an older coordinator created (its hash in their records), through an upgrade and a strategy change after it', async () => {
