@@ -9,6 +9,8 @@ import { ago, clip, enumName, table } from '../../common/table';
 import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
+import { normalizeAppSpec } from '../apps/spec';
+import { planChanges } from '../apps/plan';
 import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
@@ -213,8 +215,12 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
     const run = (await c.allInstances(name)).filter((i) => i.desired === 'run');
     const mine = run.filter((i) => Number(i.version) === version);
     const healthy = mine.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy').length;
-    if (Number(a.stableVersion) === version && a.status === 'running') {
-      out(a, () => `app ${name} version ${version} is running on every instance (${healthy} healthy) after ${took}`);
+    // Stable, and as many instances running as the counts ask for (a scale that only drops a
+    // deleted policy's count makes no version: the stable one's instances are stopped or added).
+    const wanted = (a.spec?.components ?? []).reduce((n, comp) => n + (a.policyInstances?.[comp.name] ?? comp.instances), 0);
+    const settled = run.length === wanted && run.every((i) => i.state === 'INSTANCE_STATE_RUNNING');
+    if (Number(a.stableVersion) === version && a.status === 'running' && settled) {
+      out(a, () => `app ${name} version ${version} is running on every instance (${run.filter((i) => i.health === 'healthy').length} healthy) after ${took}`);
       return;
     }
     // Canaries all healthy and waiting (update.canary): as far as the rollout goes on its own, as nomad job run's monitor ends there.
@@ -223,7 +229,9 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
       out(a, () => `app ${name} version ${version}: ${cn.wanted} canar${cn.wanted === 1 ? 'y' : 'ies'} healthy after ${took}, ${run.length - mine.length} old instance(s) still serving; promote with: tessera app promote ${name} (or roll back: tessera rollback ${name})`);
       return;
     }
-    const line = `waiting: version ${version} of ${name}: ${healthy} of ${mine.length} new instance(s) running and healthy, ${run.length - mine.length} old left`;
+    const line = Number(a.stableVersion) === version
+      ? `waiting: ${name}: ${run.filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length} instance(s) running, ${wanted} wanted`
+      : `waiting: version ${version} of ${name}: ${healthy} of ${mine.length} new instance(s) running and healthy, ${run.length - mine.length} old left`;
     if (line !== shown) process.stderr.write(`${line}\n`);
     shown = line;
     if (Date.now() - t0 > seconds * 1000) {
@@ -436,11 +444,26 @@ app.command('get <name>').description('show an app and its spec').action((name) 
     .filter(([, n, spec]) => n !== spec).map(([comp, n, spec]) => `${comp}: ${n} instance(s), the count a scaling policy set (the spec says ${spec ?? '-'})`);
   out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
 }));
-app.command('history <name>').description('kept versions of an app').action((name) => run(async (c) => {
+app.command('history <name>').description('kept versions of an app').option('-p, --diff', "each version's changes against the kept version before it, as apply's plan lines (as nomad job history -p)").action((name, o) => run(async (c) => {
   const h = await c.appHistory(name);
-  out(h.versions, () => table(['VERSION', 'STATUS', 'CREATED', 'BY', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
-    v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
-  ])));
+  out(h.versions, () => {
+    const lines = [table(['VERSION', 'STATUS', 'CREATED', 'BY', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
+      v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
+    ]))];
+    if (!o.diff) return lines.join('\n');
+    const kept = [...h.versions].sort((a, b) => Number(b.version) - Number(a.version));
+    for (let i = 0; i < kept.length - 1; i++) {
+      const [v, prev] = [kept[i], kept[i + 1]];
+      let plan: string[];
+      try {
+        plan = planLines(planChanges(normalizeAppSpec(prev.spec), normalizeAppSpec(v.spec)));
+      } catch (e) {
+        plan = [`    (not compared: ${(e as Error).message})`];
+      }
+      lines.push('', `version ${v.version} against version ${prev.version}:${plan.length ? '' : ' no change in the spec'}`, ...plan);
+    }
+    return lines.join('\n');
+  });
 }));
 program.command('scale <app> <component> <instances>').description("set a component's instance count: a new version, the running instances kept (as kubectl scale)")
   .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption)
@@ -472,12 +495,24 @@ app.command('delete <name>').description('stop every instance of an app and remo
   out(a, () => `app ${a.name} is being deleted`);
 }));
 
-program.command('rollback <app>').description('go back to an earlier version (default: the last stable one)')
+program.command('rollback <app>').description('go back to an earlier version (default: the last stable one); prints what it changes')
   .option('--to <version>', 'version to go back to', wholeNumber('--to', 1))
+  .option('--dry-run', 'plan only: what the rollback would change; store nothing')
+  .option('--detailed-exitcode', 'with --dry-run: exit 0 when nothing would change, 2 when something would (see apply); errors exit 1')
   .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
-    const a = await c.rollbackApp(name, Number(o.to ?? 0));
-    if (o.wait) return waitRollout(c, name, Number(a.version), o.wait);
-    out(a, () => `app ${a.name}: version ${a.version} rolling out (${a.statusReason})`);
+    if (o.detailedExitcode && !o.dryRun) program.error('error: --detailed-exitcode goes with --dry-run');
+    if (o.wait && o.dryRun) program.error('error: --wait does not go with --dry-run');
+    const a = await c.rollbackApp(name, Number(o.to ?? 0), !!o.dryRun);
+    if (o.detailedExitcode && a.plan.some((p) => p.action !== 'PLAN_ACTION_NONE')) process.exitCode = 2;
+    if (o.wait) {
+      process.stderr.write(`app ${a.name}: version ${a.version} rolling out (${a.statusReason})\n`);
+      for (const l of planLines(a.plan)) process.stderr.write(`${l}\n`);
+      return waitRollout(c, name, Number(a.version), o.wait);
+    }
+    out(a, () => {
+      const lines = planLines(a.plan);
+      return [o.dryRun ? `${a.statusReason} (app ${a.name} is at version ${a.version})${lines.length ? ':' : '; no change in what runs'}` : `app ${a.name}: version ${a.version} rolling out (${a.statusReason})`, ...lines].join('\n');
+    });
   }));
 
 program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node')

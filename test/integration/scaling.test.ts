@@ -8,6 +8,8 @@ import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import YAML from 'yaml';
 import * as fs from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import { EtcdCluster } from '../helpers/etcd';
@@ -38,6 +40,7 @@ describe('scaling policies end to end', function () {
   let etcd: EtcdCluster;
   let fleet: Fleet;
   let admin: AdminClient;
+  let address: string;
   const load = loadServer();
   const node = `s${RUN}`;
 
@@ -53,6 +56,7 @@ describe('scaling policies end to end', function () {
     // policy saw no queue depth at all.
     fleet.agent({ coordinators: [c.address], nodeId: node, reportIntervalMs: 500, extra: ['--port-range', laneRange('29000-29999')], env: fakedClock(path.join(fleet.dir, 'agent-clock'), '-30s') });
     admin = new AdminClient([c.address], { timeoutMs: 8_000 });
+    address = c.address;
     await waitFor('node READY', async () => (await statusOf(c.address))?.nodesByState.READY === 1, 20_000);
     const spec = YAML.parse(fs.readFileSync(path.join(repoRoot(), 'examples/queue/app.yaml'), 'utf8'));
     spec.components[0].env.LOAD_PORT = String(port);
@@ -148,12 +152,25 @@ describe('scaling policies end to end', function () {
     const dry = (await admin.applyApp({ ...spec, components: [{ ...spec.components[0], instances: 3 }] }, true)).plan[0];
     expect(dry).to.deep.include({ action: 'PLAN_ACTION_IN_PLACE', instancesFrom: 2, instancesTo: 3, note: 'the count a deleted scaling policy set (2) gives way to this one (3)' });
     // The spec says 1 already: before session 30 this was "unchanged" and 2 kept running for good.
-    const res = await admin.scaleApp('queue', 'worker', 1);
-    expect(res.changed).to.equal(true);
-    await waitFor('back to the 1 worker asked for', async () => (await workers()).length === 1, 30_000, 250);
+    // --wait follows it until the 1 worker asked for runs (before session 31 it returned at once:
+    // the version it follows, unchanged, was stable already).
+    const res = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', address, 'scale', 'queue', 'worker', '1', '--wait', '30']);
+    expect(res.stdout).to.match(/^app queue version \d+ is running on every instance \(1 healthy\) after [0-9.]+ s\n$/);
+    expect((await workers()).length).to.equal(1);
     expect((await admin.getApp('queue')).policyInstances).to.deep.equal({});
     const events = await pastEvents(admin, ['app.scaled']);
     expect(events.map((e) => e.message)).to.include('worker: 2 -> 1 instances (the spec\'s count; a deleted scaling policy had set 2)');
+    // The other way: a policy sized it below the spec's 3, and was deleted; `scale 3` makes no
+    // version, and --wait follows the two more until they run (before session 31 it returned at
+    // once: the version it follows was stable already).
+    await admin.applyApp({ ...spec, components: [{ ...spec.components[0], instances: 3 }] });
+    await waitFor('3 workers running', async () => (await workers()).filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length === 3, 30_000, 250);
+    await admin.setPolicy({ ...policy(), min: 1, max: 1, scaleDown: { stabilizationMs: 0, maxInstances: 5, maxPercent: 0, periodMs: 1000 } });
+    await waitFor('1 worker by the policy', async () => (await admin.getApp('queue')).policyInstances?.worker === 1 && (await workers()).length === 1, 30_000, 250);
+    await admin.deletePolicy('queue', 'worker');
+    const up = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', address, 'scale', 'queue', 'worker', '3', '--wait', '30']);
+    expect(up.stdout).to.match(/^app queue version \d+ is running on every instance \(3 healthy\) after [0-9.]+ s\n$/);
+    expect((await workers()).filter((i) => i.state === 'INSTANCE_STATE_RUNNING')).to.have.length(3);
     await admin.setPolicy(policy());
   });
 
