@@ -145,7 +145,9 @@ export class AdminClient {
   listApps(): Promise<{ apps: import('./generated/tessera/v1/App').App__Output[] }> { return this.unary('listApps', {}); }
   deleteApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('deleteApp', { name }); }
   appHistory(name: string): Promise<{ versions: import('./generated/tessera/v1/AppVersion').AppVersion__Output[] }> { return this.unary('appHistory', { name }); }
-  rollbackApp(name: string, version = 0, dryRun = false): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version, dryRun }); }
+  rollbackApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version }); }
+  /** What rollbackApp would do (App.plan), nothing stored. */
+  planRollback(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('planRollback', { name, version }); }
   /** instances undefined sends no count (refused: a forgotten count must not stop every instance). */
   scaleApp(name: string, component: string, instances: number | undefined): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('scaleApp', { name, component, instances }); }
   restartApp(name: string, component = ''): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('restartApp', { name, component }); }

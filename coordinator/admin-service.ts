@@ -235,7 +235,8 @@ export class AdminService {
       ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep, _s, _w, by) => dep.delete(req.name, by))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
-      RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep, _s, _w, by) => dep.rollback(req.name, Number(req.version), by, !!req.dryRun))),
+      RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep, _s, _w, by) => dep.rollback(req.name, Number(req.version), by))),
+      PlanRollback: unary(log, 'PlanRollback', (req, call) => this.onLeader(call, 'planRollback', req, (_r, dep) => dep.rollback(req.name, Number(req.version), '', true))),
       ScaleApp: unary(log, 'ScaleApp', (req, call) => {
         if (!req.name) throw InvalidArgumentError.field('name', 'is required');
         // Present or not is told apart (proto3 optional): a request that forgets the count must

@@ -448,7 +448,7 @@ app.command('history <name>').description('kept versions of an app').option('-p,
   const h = await c.appHistory(name);
   out(h.versions, () => {
     const lines = [table(['VERSION', 'STATUS', 'CREATED', 'BY', 'COMPONENTS', 'REASON'], h.versions.map((v) => [
-      v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', (v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), v.reason,
+      v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', clip((v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), 80), v.reason,
     ]))];
     if (!o.diff) return lines.join('\n');
     const kept = [...h.versions].sort((a, b) => Number(b.version) - Number(a.version));
@@ -502,7 +502,7 @@ program.command('rollback <app>').description('go back to an earlier version (de
   .option('--wait <seconds>', 'then follow the rollout (see apply --wait)', waitOption).action((name, o) => run(async (c) => {
     if (o.detailedExitcode && !o.dryRun) program.error('error: --detailed-exitcode goes with --dry-run');
     if (o.wait && o.dryRun) program.error('error: --wait does not go with --dry-run');
-    const a = await c.rollbackApp(name, Number(o.to ?? 0), !!o.dryRun);
+    const a = o.dryRun ? await c.planRollback(name, Number(o.to ?? 0)) : await c.rollbackApp(name, Number(o.to ?? 0));
     if (o.detailedExitcode && a.plan.some((p) => p.action !== 'PLAN_ACTION_NONE')) process.exitCode = 2;
     if (o.wait) {
       process.stderr.write(`app ${a.name}: version ${a.version} rolling out (${a.statusReason})\n`);

@@ -598,5 +598,10 @@ describe('deployments on the real Docker Engine', function () {
     const events = (await pastEvents(admin, ['instance.lost', 'node.down'])).map((e) => e.kind);
     expect(events).to.include('node.down');
     expect(events).to.include('instance.lost');
+    // Drained now, the DOWN node has nothing left to wait for (no agent reports its containers
+    // stopping any more): --wait ends at once.
+    const d = await cli('node', 'drain', nodeIds[0], '--reason', 'gone', '--wait', '10');
+    expect(d.code, `${d.stderr}${d.stdout}`).to.equal(0);
+    expect(d.stdout).to.match(/^node \S+ is drained: no instance runs on it \(after [0-9.]+ s\)\n$/);
   });
 });

@@ -84,9 +84,9 @@ describe('instance hashes: what rolls an app', function () {
     await admin.applyApp(v3spec);
     const third = await waitFor('both replaced', async () => { const r = await running(); return r.length === 2 && r.every((id) => !first.includes(id)) ? r : undefined; }, 30_000, 200);
     expect(await settled(3)).to.deep.equal(third);
-    // A rollback's plan, dry run (kubectl rollout undo --dry-run=server): back to version 2's
+    // A rollback's plan (PlanRollback, kubectl rollout undo --dry-run=server): back to version 2's
     // spec would replace them again; nothing is stored, the CLI exits 2 with the lines.
-    const back = await admin.rollbackApp('steady', 0, true);
+    const back = await admin.planRollback('steady');
     expect(Number(back.version)).to.equal(3);
     expect(back.statusReason).to.equal('dry run: a rollback would make version 4 with the spec of version 2');
     expect(back.plan.map((p) => [p.component, p.action])).to.deep.equal([['worker', 'PLAN_ACTION_REPLACE']]);
