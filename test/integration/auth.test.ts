@@ -72,6 +72,9 @@ describe('Admin API tokens', function () {
     expect(await codeOf(c.listApps())).to.equal(grpc.status.OK);
     // Logs are a read (as Kubernetes' view role reads pod logs): past the token check, the instance is unknown.
     expect(await codeOf(logs(c, 'no-such-instance'))).to.equal(grpc.status.NOT_FOUND);
+    // So is a rollback's plan (PlanRollback), where the rollback itself is a write.
+    expect(await codeOf(c.planRollback('no-such-app'))).to.equal(grpc.status.NOT_FOUND);
+    expect(await codeOf(c.rollbackApp('no-such-app'))).to.equal(grpc.status.PERMISSION_DENIED);
     const err = await c.applyApp(spec).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     expect(err.code).to.equal(grpc.status.PERMISSION_DENIED);
     expect(err.details).to.match(/token "viewer" is read-only; ApplyApp needs the operator role/);
