@@ -1,11 +1,13 @@
 // Backup and restore: `tessera operator snapshot save` streams etcd's snapshot through a
 // coordinator; etcdctl checks and restores it; a coordinator on the restored etcd leads the
 // cluster back to the state of the snapshot, and the agent's containers follow (what was
-// started after the snapshot is stopped, what it holds runs). Real etcd, coordinator, agent and
+// started after the snapshot is stopped, what it holds runs), and a job in flight at the
+// snapshot whose deadline passed by the restore fails with the reason. Real etcd, coordinator, agent and
 // containers; etcdctl is the restore tool an operator would use.
 import { expect } from 'chai';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -46,11 +48,23 @@ describe('backup and restore (etcd snapshots)', function () {
     await waitForLeader([c.address]);
     fleet.agent({ coordinators: [c.address], nodeId: 'snap-node', extra: ['--port-range', laneRange('30550-30569')] });
     let admin = new AdminClient([c.address], { timeoutMs: 10_000 });
+    let slow: ChildProcess | undefined;
     const file = path.join(fleet.dir, 'tessera.snapshot');
     try {
       await waitFor('snap-node READY', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'snap-node' && n.state === 'NODE_STATE_READY'), 20_000, 100);
       await admin.applyApp(app('snap-kept', 2));
       await waitFor('2 snap-kept containers running', () => running('snap-kept').length === 2, 60_000, 200);
+      // A job in flight when the snapshot is taken (a 4 s step of an external instance, a 6 s
+      // deadline): its start is in the snapshot, its end is not.
+      const slowPort = await freePort();
+      slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(slowPort), KIND: 'snap-slow', DELAY_MS: '4000' }, stdio: 'ignore' });
+      await waitFor('snap-slow listening', () => new Promise<boolean>((resolve) => {
+        const sock = net.connect(slowPort, '127.0.0.1', () => { sock.destroy(); resolve(true); }).on('error', () => resolve(false));
+      }), 10_000, 100);
+      await admin.registerComponent({ instanceId: 'snap-slow-1', kind: 'snap-slow', endpoint: `127.0.0.1:${slowPort}`, ttlMs: 120_000 });
+      await admin.applyPipeline({ name: 'snap-slow', stages: [{ name: 'slow', kind: 'snap-slow' }] });
+      const inFlight = await waitFor('a job accepted', () => admin.submitJob({ pipeline: 'snap-slow', payload: Buffer.from('x'), timeoutMs: 6_000 }).catch(() => undefined), 10_000, 200);
+      const submittedAt = Date.now();
 
       // Saved through the CLI, as an operator would, given a list whose first coordinator is down
       // (the stream goes to the first that answers); etcdctl reads it back (its hash checks out).
@@ -62,12 +76,15 @@ describe('backup and restore (etcd snapshots)', function () {
       const status = JSON.parse(execFileSync('etcdctl', ['snapshot', 'status', file, '-w', 'json']).toString()) as { totalKey: number; revision: number };
       expect(status.totalKey).to.be.greaterThan(5);
       const keptIds = running('snap-kept').map((x) => x.instance).sort();
+      const ended = await waitFor('the job ended', async () => { const j = await admin.getJob(inFlight.id); return j.state === 'JOB_STATE_SUCCEEDED' || j.state === 'JOB_STATE_FAILED' ? j : undefined; }, 20_000, 200);
+      expect(ended.state, ended.reason).to.equal('JOB_STATE_SUCCEEDED');
 
       // Changes after the snapshot: a third instance, and another app.
       await admin.scaleApp('snap-kept', 'sleeper', 3);
       await admin.applyApp(app('snap-later', 1));
       await waitFor('3 + 1 containers running', () => running('snap-kept').length === 3 && running('snap-later').length === 1, 60_000, 200);
 
+      await new Promise((r) => setTimeout(r, Math.max(0, submittedAt + 6_500 - Date.now())));
       // Restore: the coordinator and etcd stop, etcd's data dir is restored from the snapshot,
       // and both start again (the agent keeps running and its containers with it).
       admin.close();
@@ -95,8 +112,14 @@ describe('backup and restore (etcd snapshots)', function () {
       // holds keep running (adopted, not restarted).
       await waitFor('the containers of the snapshot only', () => running('snap-later').length === 0 && running('snap-kept').length === 2, 60_000, 200);
       expect(running('snap-kept').map((x) => x.instance).sort()).to.deep.equal(keptIds);
+      // The job in flight at the snapshot, its deadline past by the restore: failed with the
+      // reason, not run again (its end, after the snapshot, is not in it).
+      const restoredJob = await admin.getJob(inFlight.id);
+      expect(restoredJob.state).to.equal('JOB_STATE_FAILED');
+      expect(restoredJob.reason).to.match(/^its leader stopped and the deadline passed before a new leader \(snap\) could resume it/);
     } finally {
       admin.close();
+      slow?.kill('SIGKILL');
     }
   });
 
