@@ -167,7 +167,10 @@ function planLines(plan: { component: string; action: string; instancesFrom: num
     else lines.push(`~ ${p.component}: changed in place, no instance restarts${sized}`);
     if (p.note) lines.push(`    (${p.note})`);
     const width = Math.min(40, Math.max(0, ...p.changes.map((c) => c.field.length)));
-    for (const c of p.changes) {
+    for (const raw of p.changes) {
+      // A restart's mark is a time: shown as one.
+      const when = (v: string) => (/^\d{12,}$/.test(v) ? new Date(Number(v)).toISOString() : v);
+      const c = raw.field === 'restartedAtMs' ? { ...raw, from: when(raw.from), to: when(raw.to) } : raw;
       // Long values that begin alike (a command line, an args list) are shown from a little
       // before where they differ, so that the difference is on the screen.
       let same = 0;
