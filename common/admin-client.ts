@@ -142,7 +142,12 @@ export class AdminClient {
 
   applyApp(spec: unknown, dryRun = false): Promise<import('./generated/tessera/v1/ApplyAppResponse').ApplyAppResponse__Output> { return this.unary('applyApp', { spec, dryRun }); }
   getApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('getApp', { name }); }
-  listApps(): Promise<{ apps: import('./generated/tessera/v1/App').App__Output[] }> { return this.unary('listApps', {}); }
+  /** One page of apps (every one when limit is 0); see allApps for them all, page by page. */
+  listApps(page: { limit?: number; pageToken?: string } = {}): Promise<{ apps: import('./generated/tessera/v1/App').App__Output[]; nextPageToken: string }> { return this.unary('listApps', page); }
+  /** Every app, asked chunk at a time (as kubectl --chunk-size). */
+  allApps(chunk = 500): Promise<import('./generated/tessera/v1/App').App__Output[]> {
+    return allPages((pageToken) => this.listApps({ limit: chunk, pageToken }).then((p) => ({ items: p.apps, next: p.nextPageToken })));
+  }
   deleteApp(name: string): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('deleteApp', { name }); }
   appHistory(name: string): Promise<{ versions: import('./generated/tessera/v1/AppVersion').AppVersion__Output[] }> { return this.unary('appHistory', { name }); }
   rollbackApp(name: string, version = 0): Promise<import('./generated/tessera/v1/App').App__Output> { return this.unary('rollbackApp', { name, version }); }

@@ -232,7 +232,16 @@ export class AdminService {
       RemoveNode: unary(log, 'RemoveNode', (req, call) => this.nodeWrite(call, 'removeNode', req, (reg, by) => reg.remove(req.nodeId, req.reason, undefined, by))),
       ApplyApp: unary(log, 'ApplyApp', (req, call) => this.onLeader(call, 'applyApp', req, (_r, dep, _s, _w, by) => dep.apply(req.spec ?? undefined, req.dryRun, '', by, true))),
       GetApp: unary(log, 'GetApp', (req, call) => this.onLeader(call, 'getApp', req, async (_r, dep) => dep.getApp(req.name))),
-      ListApps: unary(log, 'ListApps', (req, call) => this.onLeader(call, 'listApps', req, async (_r, dep) => ({ apps: dep.listApps() }))),
+      ListApps: unary(log, 'ListApps', (req, call) => {
+        const limit = pageLimit(req.limit, 'app');
+        const after = req.pageToken ? decodePageToken(req.pageToken, 'apps', 'ListApps', (v): v is string => typeof v === 'string') : undefined;
+        return this.onLeader(call, 'listApps', req, async (_r, dep) => {
+          // One more than the page: whether another follows.
+          const apps = dep.listApps(after, limit ? limit + 1 : 0);
+          const page = limit ? apps.slice(0, limit) : apps;
+          return { apps: page, nextPageToken: page.length < apps.length ? encodePageToken(page[page.length - 1].name, 'apps') : '' };
+        });
+      }),
       DeleteApp: unary(log, 'DeleteApp', (req, call) => this.onLeader(call, 'deleteApp', req, (_r, dep, _s, _w, by) => dep.delete(req.name, by))),
       AppHistory: unary(log, 'AppHistory', (req, call) => this.onLeader(call, 'appHistory', req, async (_r, dep) => ({ versions: dep.history(req.name) }))),
       RollbackApp: unary(log, 'RollbackApp', (req, call) => this.onLeader(call, 'rollbackApp', req, (_r, dep, _s, _w, by) => dep.rollback(req.name, Number(req.version), by))),

@@ -368,7 +368,8 @@ export class Deployments {
     return this.toProto(this.getRecord(name));
   }
 
-  listApps(): App[] {
+  /** In name order; after: only the apps named after it; limit: at most that many (0: all). */
+  listApps(after?: string, limit = 0): App[] {
     // Every instance listed once, not once per app (each listing indexes what every node reports):
     // with 500 apps, each `tessera apps` took the leader about a third of a second.
     const byApp = new Map<string, Instance[]>();
@@ -377,7 +378,8 @@ export class Deployments {
       if (list) list.push(i);
       else byApp.set(i.app ?? '', [i]);
     }
-    return [...this.apps.values()].sort((a, b) => a.name.localeCompare(b.name)).map((a) => this.toProto(a, byApp.get(a.name) ?? []));
+    const names = [...this.apps.values()].filter((a) => after === undefined || a.name.localeCompare(after) > 0).sort((a, b) => a.name.localeCompare(b.name));
+    return (limit ? names.slice(0, limit) : names).map((a) => this.toProto(a, byApp.get(a.name) ?? []));
   }
 
   history(name: string): VersionRecord[] {

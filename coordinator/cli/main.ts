@@ -429,8 +429,8 @@ program.command('apply').description('apply an app spec (YAML or JSON); prints w
     });
   }));
 
-program.command('apps').description('list apps').action(() => run(async (c) => {
-  const res = await c.listApps();
+program.command('apps').description('list apps').option('--chunk-size <n>', chunkHelp('apps'), chunkSize, 500).action((o) => run(async (c) => {
+  const res = { apps: await c.allApps(Number(o.chunkSize)) };
   out(res.apps, () => res.apps.length ? table(['NAME', 'VERSION', 'STABLE', 'STATUS', 'INSTANCES', 'UPDATED', 'REASON'], res.apps.map((a) => [
     a.name, a.version, a.stableVersion || '-', a.status, Object.entries(a.instancesByState).map(([k, v]) => `${v} ${k}`).join(', ') || '0', ago(Number(a.updatedAtMs)), a.statusReason,
   ])) : 'no apps');

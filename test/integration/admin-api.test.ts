@@ -184,6 +184,31 @@ describe('Admin API through server reflection, and bad input', function () {
     expect((await statusOf(coord.address))!.nodesByState).to.deep.equal({ READY: 1 });
   });
 
+  it('lists apps in pages (limit, next_page_token), in name order; the CLI asks them chunk at a time', async () => {
+    const admin = new AdminClient([coord.address], { timeoutMs: 10_000 });
+    const names = ['paged-c', 'paged-a', 'paged-b'];
+    try {
+      for (const name of names) await admin.applyApp({ name, components: [{ name: 'w', image: 'tessera/busybox:local', resources: { cpuMillis: 10, memoryMib: 16 }, instances: 0 }] });
+      const whole = (await admin.listApps()).apps.map((a) => a.name);
+      expect(whole.filter((n) => n.startsWith('paged-'))).to.deep.equal(['paged-a', 'paged-b', 'paged-c']);
+      const first = await admin.listApps({ limit: 2 });
+      const rest = await admin.allApps(2).then((all) => all.slice(2));
+      expect([first.apps.length, first.nextPageToken !== '']).to.deep.equal([2, true]);
+      expect([...first.apps, ...rest].map((a) => a.name)).to.deep.equal(whole);
+      expect((await admin.allApps(1)).map((a) => a.name)).to.deep.equal(whole);
+      const last = await admin.listApps({ limit: whole.length });
+      expect(last.nextPageToken).to.equal('');
+      const refusal = (p: Promise<unknown>) => p.then(() => 'answered', (e: grpc.ServiceError) => `${grpc.status[e.code]} ${e.details}`);
+      expect(await refusal(admin.listApps({ limit: 2, pageToken: 'x' }))).to.match(/^INVALID_ARGUMENT .*pageToken: is not a token ListApps gave/);
+      expect(await refusal(admin.listApps({ limit: 10_001 }))).to.match(/^INVALID_ARGUMENT .*limit: must be 0\.\.10000 \(0: every app\)/);
+      const cli = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coord.address, '--json', 'apps', '--chunk-size', '1']);
+      expect((JSON.parse(cli.stdout) as { name: string }[]).map((a) => a.name), 'tessera apps --chunk-size 1').to.deep.equal(whole);
+    } finally {
+      for (const name of names) await admin.deleteApp(name).catch(() => undefined);
+      admin.close();
+    }
+  });
+
   it('refuses what is too large for etcd with INVALID_ARGUMENT, and the writes after it go through at once', async () => {
     const admin = new AdminClient([coord.address], { timeoutMs: 10_000 });
     try {
