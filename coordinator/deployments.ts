@@ -378,8 +378,8 @@ export class Deployments {
       if (list) list.push(i);
       else byApp.set(i.app ?? '', [i]);
     }
-    const names = [...this.apps.values()].filter((a) => after === undefined || a.name.localeCompare(after) > 0).sort((a, b) => a.name.localeCompare(b.name));
-    return (limit ? names.slice(0, limit) : names).map((a) => this.toProto(a, byApp.get(a.name) ?? []));
+    const apps = [...this.apps.values()].filter((a) => after === undefined || a.name.localeCompare(after) > 0).sort((a, b) => a.name.localeCompare(b.name));
+    return (limit ? apps.slice(0, limit) : apps).map((a) => this.toProto(a, byApp.get(a.name) ?? []));
   }
 
   history(name: string): VersionRecord[] {
