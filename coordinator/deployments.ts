@@ -740,7 +740,8 @@ export class Deployments {
       }
     }
 
-    // Stops: tombstones for failures, plain removal otherwise.
+    // Stops: each kept as a tombstone (desired stop, why, a failure's exit) for TOMBSTONE_TTL_MS,
+    // to show why it stopped and to keep its ports while its container may still run.
     const stoppedIds = new Set<string>();
     for (const s of stops) {
       if (stoppedIds.has(s.inst.id)) continue;

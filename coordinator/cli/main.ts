@@ -519,13 +519,19 @@ program.command('rollback <app>').description('go back to an earlier version (de
   }));
 
 program.command('ps [app]').description('list instances: node, state, health, restarts').option('--node <id>', 'only this node')
+  .option('-a, --all', 'also those stopped (replaced, scaled down, drained: kept 10 minutes), as docker ps -a; failed and stopping ones are always listed')
   .option('--chunk-size <n>', chunkHelp('instances'), chunkSize, 500).action((name, o) => run(async (c) => {
-  const res = { instances: await c.allInstances(name ?? '', o.node ?? '', Number(o.chunkSize)) };
+  const every = await c.allInstances(name ?? '', o.node ?? '', Number(o.chunkSize));
+  // Stopped for good and not failed: what replaced it runs (as a Deployment's old pods are gone).
+  const gone = (i: (typeof every)[number]) => i.desired === 'stop' && i.state === 'INSTANCE_STATE_STOPPED';
+  const res = { instances: o.all ? every : every.filter((i) => !gone(i)) };
+  const hidden = every.length - res.instances.length;
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
     ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : i.canary ? 'canary: waiting for promotion' : ''), 80),
-  ])) + (res.instances.some((i) => i.desired === 'stop') ? '\n* no longer wanted: being stopped, or kept a while to show why it failed' : '') : 'no instances');
+  ])) + (res.instances.some((i) => i.desired === 'stop') ? `\n* no longer wanted: being stopped, or kept ${o.all ? '10 minutes to show why it stopped' : 'a while to show why it failed'}` : '')
+    + (hidden ? `\n(${hidden} stopped instance${hidden === 1 ? '' : 's'} not shown: --all)` : '') : hidden ? `no instances running (${hidden} stopped: --all)` : 'no instances');
 }));
 
 program.command('logs [instance-id]').description("an instance's container output (stdout and stderr), from the agent running it; or every running instance of an app (--app), each line prefixed with its instance")

@@ -119,7 +119,7 @@ describe('deployments on the real Docker Engine', function () {
     expect(await refusal(admin.listInstances('web', inst[0].nodeId, { limit: 2, pageToken: first.nextPageToken }))).to.match(/^INVALID_ARGUMENT .*pageToken: was given for app "web" and node "", not app "web" and node /);
     expect(await refusal(admin.listInstances('web', '', { limit: 2, pageToken: 'x' }))).to.match(/^INVALID_ARGUMENT .*pageToken: is not a token ListInstances gave/);
     expect(await refusal(admin.listInstances('web', '', { limit: 10_001 }))).to.match(/^INVALID_ARGUMENT .*limit: must be 0\.\.10000/);
-    const ps = (await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), '--json', 'ps', 'web', '--chunk-size', '1'])).stdout;
+    const ps = (await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', addrs().join(','), '--json', 'ps', 'web', '--all', '--chunk-size', '1'])).stdout;
     expect((JSON.parse(ps) as { id: string }[]).map((i) => i.id), 'tessera ps --chunk-size 1').to.deep.equal(whole);
     // Applying the same spec again changes nothing.
     const again = await admin.applyApp(webSpec('web'));
@@ -408,7 +408,7 @@ describe('deployments on the real Docker Engine', function () {
     expect((await admin.replaceInstance(old.id, 'again')).replacing).to.equal('wedged worker');
     // ps shows the reason while it is replaced, or once replaced (the CLI's start can take longer
     // than the new instance's on a busy host: a CI run saw it STOPPING already).
-    const shown = (await cli('ps', 'web')).stdout;
+    const shown = (await cli('ps', 'web', '--all')).stdout;
     expect(shown, shown).to.match(new RegExp(`^${old.id} .* (replacing: wedged worker|replaced as requested: wedged worker)$`, 'm'));
     await waitFor('a new instance healthy in its slot, the old one stopped', async () => {
       const now = await ps('web');
@@ -424,6 +424,12 @@ describe('deployments on the real Docker Engine', function () {
     const stopped = events.find((e) => e.kind === 'instance.replaced' && e.subject === old.id);
     expect(stopped?.message).to.match(/: replaced as requested: wedged worker$/);
     await waitStable('web', version);
+    // Once stopped, ps leaves it out unless asked (--all, as docker ps -a), and says so.
+    await waitFor('the old one STOPPED', async () => (await ps('web')).find((i) => i.id === old.id)?.state === 'INSTANCE_STATE_STOPPED', 20_000, 200);
+    const plain = (await cli('ps', 'web')).stdout;
+    expect(plain, plain).to.not.contain(old.id);
+    expect(plain).to.match(/\n\(\d+ stopped instances? not shown: --all\)\n$/);
+    expect((await cli('ps', 'web', '-a')).stdout).to.match(new RegExp(`^${old.id} .* STOPPED\\* .*replaced as requested: wedged worker$`, 'm'));
     // The events about it, its app and its node (as kubectl events --for, and describe's list).
     const about = (await cli('events', '--for', old.id, '-n', '50')).stdout.trim().split('\n');
     expect(about.map((l) => l.split(/\s+/)[1])).to.include.members(['instance.placed', 'instance.replace_requested', 'instance.replaced']);
