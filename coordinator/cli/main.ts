@@ -183,6 +183,11 @@ function planLines(plan: { component: string; action: string; instancesFrom: num
   return lines;
 }
 
+/** Stopped and not failed (replaced, scaled down, drained): what took its place runs, as a Deployment's old pods are gone. Listed only when asked (ps -a). */
+function stoppedForGood(i: { desired: string; state: string }): boolean {
+  return i.desired === 'stop' && i.state === 'INSTANCE_STATE_STOPPED';
+}
+
 /** A duration for an option: whole seconds, or with a unit (500ms, 90s, 10m, 2h); in ms. */
 const durationOption = (flag: string) => (v: string) => {
   const m = /^(\d+)(ms|s|m|h)?$/.exec(v.trim());
@@ -354,6 +359,7 @@ const node = program.command('node').description('one node');
 node.command('get <id>').description('show a node and the instances on it (as nomad node status ID)').action((id) => run(async (c) => {
   const n = await c.getNode(id);
   const instances = await c.allInstances('', id);
+  const shown = instances.filter((i) => !stoppedForGood(i));
   const { events, lines } = await recentEvents(c, id);
   if (n.stale && program.opts().json) process.stderr.write(`warning: ${n.stale}\n`);
   out({ ...n, instances, events }, () => [
@@ -363,10 +369,11 @@ node.command('get <id>').description('show a node and the instances on it (as no
     ...(n.cordoned ? [`cordoned:     ${n.cordonReason} (no new instances are placed here; tessera node uncordon ${n.id})`] : []),
     ...(Number(n.drainDeadlineAtMs) ? [`drain:        deadline ${new Date(Number(n.drainDeadlineAtMs)).toISOString()}${Number(n.drainDeadlineAtMs) <= Date.now() ? ' (passed: what was left here is stopped)' : ''}`] : []),
     `conditions:   ${n.conditions.length ? n.conditions.map((c) => `${c.type} for ${ago(Number(c.sinceMs))}: ${c.message}`).join('; ') + ' (no new instances are placed here)' : 'none'}`, '',
-    instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], instances.map((i) => [
+    shown.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'STATE', 'HEALTH', 'RESTARTS', 'CPU%', 'MEM', 'AGE'], shown.map((i) => [
       i.id, i.app, i.component, i.version, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
       i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-', ago(Number(i.createdAtMs)),
     ])) : 'no instances on this node',
+    ...(shown.length < instances.length ? [`(${instances.length - shown.length} stopped not shown: tessera ps --node ${n.id} -a)`] : []),
     '', ...lines,
   ].join('\n'));
 }));
@@ -522,9 +529,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
   .option('-a, --all', 'also those stopped (replaced, scaled down, drained: kept 10 minutes), as docker ps -a; failed and stopping ones are always listed')
   .option('--chunk-size <n>', chunkHelp('instances'), chunkSize, 500).action((name, o) => run(async (c) => {
   const every = await c.allInstances(name ?? '', o.node ?? '', Number(o.chunkSize));
-  // Stopped for good and not failed: what replaced it runs (as a Deployment's old pods are gone).
-  const gone = (i: (typeof every)[number]) => i.desired === 'stop' && i.state === 'INSTANCE_STATE_STOPPED';
-  const res = { instances: o.all ? every : every.filter((i) => !gone(i)) };
+  const res = { instances: o.all ? every : every.filter((i) => !stoppedForGood(i)) };
   const hidden = every.length - res.instances.length;
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,

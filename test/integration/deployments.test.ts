@@ -446,6 +446,9 @@ describe('deployments on the real Docker Engine', function () {
     expect(nodeShown, nodeShown).to.contain(`\nallocated:    CPU ${one.allocated!.cpuMillis}m of ${one.capacity!.cpuMillis}m (`);
     expect(nodeShown).to.match(new RegExp(`\nevents \\(the last \\d+; tessera events --for ${old.nodeId}\\):\n`));
     expect(nodeShown).to.match(new RegExp(`\\binstance\\.replaced +${old.id} `));
+    // Its table leaves the stopped one out, as ps does, and says so.
+    expect(nodeShown).to.match(new RegExp(`\\n\\(\\d+ stopped not shown: tessera ps --node ${old.nodeId} -a\\)\\n`));
+    expect(nodeShown.split('\nevents (')[0]).to.not.match(new RegExp(`^${old.id} `, 'm'));
     const other = nodeIds.find((n) => n !== old.nodeId)!;
     expect((await cli('events', '--for', other, '-n', '50')).stdout).to.not.contain(old.id);
     // Refusals: the old one (stopped), an unknown one, none named, an external one.
