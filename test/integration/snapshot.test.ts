@@ -54,16 +54,16 @@ describe('backup and restore (etcd snapshots)', function () {
       await waitFor('snap-node READY', async () => (await admin.listNodes()).nodes.some((n) => n.id === 'snap-node' && n.state === 'NODE_STATE_READY'), 20_000, 100);
       await admin.applyApp(app('snap-kept', 2));
       await waitFor('2 snap-kept containers running', () => running('snap-kept').length === 2, 60_000, 200);
-      // A job in flight when the snapshot is taken (a 4 s step of an external instance, a 6 s
-      // deadline): its start is in the snapshot, its end is not.
+      // A job in flight when the snapshot is taken (an 8 s step of an external instance, a 10 s
+      // deadline: room for a slow CLI start): its start is in the snapshot, its end is not.
       const slowPort = await freePort();
-      slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(slowPort), KIND: 'snap-slow', DELAY_MS: '4000' }, stdio: 'ignore' });
+      slow = fork(path.join(repoRoot(), 'dist/examples/pipeline/components/echo.js'), [], { env: { ...process.env, PORT_GRPC: String(slowPort), KIND: 'snap-slow', DELAY_MS: '8000' }, stdio: 'ignore' });
       await waitFor('snap-slow listening', () => new Promise<boolean>((resolve) => {
         const sock = net.connect(slowPort, '127.0.0.1', () => { sock.destroy(); resolve(true); }).on('error', () => resolve(false));
       }), 10_000, 100);
       await admin.registerComponent({ instanceId: 'snap-slow-1', kind: 'snap-slow', endpoint: `127.0.0.1:${slowPort}`, ttlMs: 120_000 });
       await admin.applyPipeline({ name: 'snap-slow', stages: [{ name: 'slow', kind: 'snap-slow' }] });
-      const inFlight = await waitFor('a job accepted', () => admin.submitJob({ pipeline: 'snap-slow', payload: Buffer.from('x'), timeoutMs: 6_000 }).catch(() => undefined), 10_000, 200);
+      const inFlight = await waitFor('a job accepted', () => admin.submitJob({ pipeline: 'snap-slow', payload: Buffer.from('x'), timeoutMs: 10_000 }).catch(() => undefined), 10_000, 200);
       const submittedAt = Date.now();
 
       // Saved through the CLI, as an operator would, given a list whose first coordinator is down
@@ -84,7 +84,7 @@ describe('backup and restore (etcd snapshots)', function () {
       await admin.applyApp(app('snap-later', 1));
       await waitFor('3 + 1 containers running', () => running('snap-kept').length === 3 && running('snap-later').length === 1, 60_000, 200);
 
-      await new Promise((r) => setTimeout(r, Math.max(0, submittedAt + 6_500 - Date.now())));
+      await new Promise((r) => setTimeout(r, Math.max(0, submittedAt + 10_500 - Date.now())));
       // Restore: the coordinator and etcd stop, etcd's data dir is restored from the snapshot,
       // and both start again (the agent keeps running and its containers with it).
       admin.close();
