@@ -202,7 +202,7 @@ export class Deployments {
       return { app, changed, unplaced, planned: plan.placements.length, plan: changes };
     }
     const now = steadyNow();
-    const version = (prev?.version ?? 0) > 0 ? Math.max(...this.versionNumbers(spec.name)) + 1 : 1;
+    const version = (prev?.version ?? 0) > 0 ? this.nextVersion(spec.name) : 1;
     const app: AppRecord = {
       name: spec.name, version, stableVersion: prev?.stableVersion ?? 0, status: 'deploying',
       statusReason: `rolling out version ${version}`, createdAtMs: prev?.createdAtMs ?? now, updatedAtMs: now, deleting: false, rolloutStartedAtMs: now,
@@ -283,7 +283,7 @@ export class Deployments {
     // What it changes, field by field, against the version it goes over (as an apply's plan; a
     // scaling policy's counts stand through a rollback).
     const plan = this.withCounts(name, planChanges(history.get(app.version)?.spec, rec.spec), new Map()).map(toProtoPlan);
-    if (dryRun) return { ...this.toProto(app), plan, statusReason: `dry run: a rollback would make version ${Math.max(...this.versionNumbers(name)) + 1} with the spec of version ${target}` };
+    if (dryRun) return { ...this.toProto(app), plan, statusReason: `dry run: a rollback would make version ${this.nextVersion(name)} with the spec of version ${target}` };
     return { ...this.toProto(await this.revertTo(app, rec, `rollback to version ${target} requested`, by)), plan };
   }
 
@@ -1331,13 +1331,14 @@ export class Deployments {
     return a;
   }
 
-  private versionNumbers(name: string): number[] {
-    return [...(this.versions.get(name)?.keys() ?? [])];
+  /** The number an app's next version takes: one past the highest it has kept. */
+  private nextVersion(name: string): number {
+    return Math.max(0, ...(this.versions.get(name)?.keys() ?? [])) + 1;
   }
 
   private async revertTo(app: AppRecord, target: VersionRecord, reason: string, by = ''): Promise<AppRecord> {
     const now = steadyNow();
-    const version = Math.max(...this.versionNumbers(app.name)) + 1;
+    const version = this.nextVersion(app.name);
     const next: AppRecord = { ...app, version, status: 'reverting', statusReason: reason, updatedAtMs: now, rolloutStartedAtMs: now, deleting: false };
     await this.writeVersion(next, { version, createdAtMs: now, status: 'deploying', reason: `${reason} (spec of version ${target.version})`, spec: target.spec, ...(by ? { by } : {}) }, [attributed({
       kind: 'app.reverted', subject: app.name, message: `app ${app.name}: ${reason}; version ${version} has the spec of version ${target.version}`, fields: { from: String(app.version), to: String(target.version), version: String(version) },
