@@ -7,6 +7,9 @@ import { clip, enumName } from '../../common/table';
  * component that changes (+ created, - stopped, ~ replaced or changed in place) and under it each
  * field, before => after. Empty when nothing changes.
  */
+/** A restart's mark (restartedAtMs) is a time: shown as one. */
+const when = (v: string) => (/^\d{12,}$/.test(v) ? new Date(Number(v)).toISOString() : v);
+
 export function planLines(plan: { component: string; action: string; instancesFrom: number; instancesTo: number; changes: { field: string; from: string; to: string }[]; note?: string }[]): string[] {
   const lines: string[] = [];
   const count = (n: number) => `${n} instance${n === 1 ? '' : 's'}`;
@@ -22,8 +25,6 @@ export function planLines(plan: { component: string; action: string; instancesFr
     if (p.note) lines.push(`    (${p.note})`);
     const width = Math.min(40, Math.max(0, ...p.changes.map((c) => c.field.length)));
     for (const raw of p.changes) {
-      // A restart's mark is a time: shown as one.
-      const when = (v: string) => (/^\d{12,}$/.test(v) ? new Date(Number(v)).toISOString() : v);
       const c = raw.field === 'restartedAtMs' ? { ...raw, from: when(raw.from), to: when(raw.to) } : raw;
       // Long values that begin alike (a command line, an args list) are shown from a little
       // before where they differ, so that the difference is on the screen.
