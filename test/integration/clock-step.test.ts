@@ -8,7 +8,6 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { AdminClient } from '../../common/admin-client';
-import { parseMetrics } from '../../common/metrics';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { execOutput, pastEvents, waitForLeader } from '../helpers/cluster';
@@ -16,6 +15,7 @@ import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { fakedClock, stepClock } from '../helpers/faketime';
 import { laneRange } from '../helpers/lane';
+import { scrape } from '../helpers/scrape';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -78,7 +78,7 @@ describe('a step of the system clock', function () {
 
   it('a leader whose clock steps 60 s forward keeps its leadership, its nodes, its instances and the external leases', async () => {
     // Clocks that agree read as about 0 (the reports' transit time).
-    const offsets = async () => [...parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())].filter(([k]) => k.startsWith('tessera_node_clock_offset_seconds'));
+    const offsets = async () => [...(await scrape(metricsPort))].filter(([k]) => k.startsWith('tessera_node_clock_offset_seconds'));
     await waitFor('both nodes\' clock offsets known', async () => (await offsets()).length === 2, 5_000, 100);
     for (const [k, v] of await offsets()) expect(Math.abs(v), k).to.be.below(1);
     await admin.registerComponent({ instanceId: 'ext-clk', kind: 'outside', endpoint: '127.0.0.1:1', ttlMs: 20_000 });
@@ -99,7 +99,7 @@ describe('a step of the system clock', function () {
     expect((await admin.listComponents('outside')).instances.map((i) => i.instanceId)).to.deep.equal(['ext-clk']);
     // The step is logged, and how far behind the system clock the timers are is exported.
     expect(fs.readFileSync(leaderLog, 'utf8')).to.match(/the system clock stepped by 60\.\d s/);
-    const offset = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text()).get('tessera_clock_offset_seconds')!;
+    const offset = (await scrape(metricsPort)).get('tessera_clock_offset_seconds')!;
     expect(offset).to.be.within(55, 60.5);
     await admin.deregisterComponent('ext-clk');
   });
@@ -152,7 +152,7 @@ describe('a step of the system clock', function () {
     await waitFor('the node\'s clock offset known', async () => Math.abs(Number((await admin.getNode('clk-stepped')).clockOffsetMs) - 30_000) < 1_500, 10_000, 200);
     const cli = execFileSync(process.execPath, [path.join(__dirname, '../../coordinator/cli/main.js'), '-c', leaderAddress, 'node', 'get', 'clk-stepped']).toString();
     expect(cli).to.match(/clock: +(29|30)\.\d s ahead of the leader's \(is NTP running there\?/);
-    const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+    const m = await scrape(metricsPort);
     expect(m.get('tessera_node_clock_offset_seconds{node="clk-stepped"}')).to.be.within(28.5, 31.5);
     expect((await pastEvents(admin, ['node.clock_skew'])).some((e) => e.subject === 'clk-stepped')).to.equal(true);
   });

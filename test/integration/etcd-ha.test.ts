@@ -8,7 +8,7 @@ import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
-import { parseMetrics } from '../../common/metrics';
+import { scrape } from '../helpers/scrape';
 
 describe('three-member etcd: member loss and quorum loss', function () {
   this.timeout(150_000);
@@ -19,7 +19,7 @@ describe('three-member etcd: member loss and quorum loss', function () {
   let metricsPort: number;
   /** tessera_etcd_endpoint_answering of the first coordinator, by endpoint port. */
   const answering = async () => {
-    const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+    const m = await scrape(metricsPort);
     return Object.fromEntries([...m].filter(([k]) => k.startsWith('tessera_etcd_endpoint_answering')).map(([k, v]) => [k.match(/:(\d+)"/)![1], v]));
   };
 

@@ -12,7 +12,6 @@ import * as grpc from '@grpc/grpc-js';
 import type { Etcd3 } from 'etcd3';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient, isTooLarge } from '../../common/etcd';
-import { parseMetrics } from '../../common/metrics';
 import { EtcdCluster } from '../helpers/etcd';
 import { Fleet } from '../helpers/processes';
 import { healthClient, waitForLeader } from '../helpers/cluster';
@@ -20,6 +19,7 @@ import { startEcho } from '../helpers/echo';
 import { freePort, waitFor } from '../helpers/ports';
 import { containers, removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
+import { scrape } from '../helpers/scrape';
 
 const QUOTA = 20 * 1024 * 1024;
 
@@ -43,7 +43,7 @@ describe('etcd out of space (NOSPACE)', function () {
     expect(err, 'the write was refused').to.not.equal(undefined);
     return err!;
   };
-  const metrics = async () => parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+  const metrics = async () => scrape(metricsPort);
 
   before(async () => {
     etcd = await EtcdCluster.start(1, undefined, ['--quota-backend-bytes', String(QUOTA)]);

@@ -16,6 +16,7 @@ import { waitForLeader } from '../helpers/cluster';
 import { waitFor } from '../helpers/ports';
 import { SimulatedNodes } from '../helpers/sim-nodes';
 import { etcdAndFleet } from '../helpers/suite';
+import { scrapeText } from '../helpers/scrape';
 
 const N = 150;
 
@@ -35,7 +36,7 @@ describe('a fleet larger than one etcd transaction', function () {
     await waitForLeader([c.address]);
     const follower = await s.fleet.coordinator({ etcd: s.etcd.endpoints, heartbeatTimeoutMs: 3_000, extra: ['--status-refresh-interval-ms', String(REFRESH_MS)] });
     admin = new AdminClient([c.address]);
-    const proposals = async () => Number(/^etcd_server_proposals_committed_total (\S+)$/m.exec(await (await fetch(`http://${s.etcd.endpoints[0]}/metrics`)).text())?.[1]);
+    const proposals = async () => Number(/^etcd_server_proposals_committed_total (\S+)$/m.exec(await scrapeText(s.etcd.endpoints[0]))?.[1]);
     const before = await proposals();
     sims = new SimulatedNodes([c.address], N, 'sim-', 500);
     await waitFor(`${N} nodes READY`, async () => (await admin!.listNodes()).nodes.filter((n) => n.state === 'NODE_STATE_READY').length === N, 30_000, 250);

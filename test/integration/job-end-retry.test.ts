@@ -5,13 +5,13 @@ import { expect } from 'chai';
 import type { ChildProcess } from 'node:child_process';
 import { AdminClient } from '../../common/admin-client';
 import { createEtcdClient } from '../../common/etcd';
-import { parseMetrics } from '../../common/metrics';
 import { waitForLeader } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
 import { endRecordOf } from '../helpers/job-records';
 import { freePort, waitFor } from '../helpers/ports';
 import { etcdAndFleet } from '../helpers/suite';
 import { TcpProxy } from '../helpers/tcp-proxy';
+import { scrape } from '../helpers/scrape';
 
 /**
  * A suite's etcd, and a coordinator reaching it through a TcpProxy the test cuts (a lease TTL
@@ -73,7 +73,7 @@ describe('job end records while etcd is out of reach', function () {
         expect(end.state).to.equal('JOB_STATE_SUCCEEDED');
       }
       await waitFor('no start record left', async () => Object.keys(await client.getAll().prefix('/tessera/jobs/started/').strings()).length === 0, 10_000, 100);
-      const m = parseMetrics(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text());
+      const m = await scrape(metricsPort);
       expect(m.get('tessera_job_end_record_retries_total') ?? 0).to.be.greaterThan(0);
       // Still the leader: the outage was shorter than its lease.
       expect((await admin.getClusterStatus()).leader?.id).to.equal('er');

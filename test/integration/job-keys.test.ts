@@ -10,12 +10,13 @@ import { waitForLeader } from '../helpers/cluster';
 import { startEcho } from '../helpers/echo';
 import { TcpProxy } from '../helpers/tcp-proxy';
 import { waitFor } from '../helpers/ports';
+import { scrapeText } from '../helpers/scrape';
 import { createEtcdClient } from '../../common/etcd';
 import * as grpc from '@grpc/grpc-js';
 
 /** etcd's count of Range requests served (its /metrics, on the client URL). */
 async function ranges(endpoint: string): Promise<number> {
-  const text = await (await fetch(`http://${endpoint}/metrics`)).text();
+  const text = await scrapeText(endpoint);
   return text.split('\n').filter((l) => l.startsWith('grpc_server_handled_total') && l.includes('grpc_method="Range"'))
     .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }

@@ -21,6 +21,7 @@ import { statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containerPid, containers, removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
+import { scrapeText } from '../helpers/scrape';
 
 const RUN = randomBytes(3).toString('hex');
 const IMAGE = 'tessera/components:local';
@@ -97,7 +98,7 @@ describe('direct jobs: the client runs them along leased routes, the leader reco
 
   /** tessera_jobs_refused_total of a coordinator, by code. */
   const refusals = async (id: string): Promise<Record<string, number>> => {
-    const text = await (await fetch(`http://127.0.0.1:${metricsPorts[id]}/metrics`)).text();
+    const text = await scrapeText(metricsPorts[id]);
     return Object.fromEntries([...text.matchAll(/^tessera_jobs_refused_total\{code="(\w+)"\} (\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
   };
   const leaderOf = async () => {

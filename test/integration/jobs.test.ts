@@ -20,6 +20,7 @@ import { pastEvents, statusOf, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { containerPid, containers, removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
+import { scrapeText } from '../helpers/scrape';
 
 const RUN = randomBytes(3).toString('hex');
 const IMAGE = 'tessera/components:local';
@@ -486,7 +487,7 @@ describe('jobs through pipelines of registered components', function () {
       expect((await new AdminClient([leader.address]).getJob(by.get(1)!.job!.id)).state).to.equal('JOB_STATE_SUCCEEDED');
       // Over the follower's own SubmitJobs stream to the leader, one per client stream (not a
       // unary SubmitJob each): counted by the follower.
-      const metrics = await (await fetch(`http://127.0.0.1:${metricsPorts[follower.id!]}/metrics`)).text();
+      const metrics = await scrapeText(metricsPorts[follower.id!]);
       expect(metrics).to.match(/^tessera_jobs_forwarded_total 3$/m);
 
       // A client that moves to the leader itself asks not to be forwarded: refused, naming the leader.

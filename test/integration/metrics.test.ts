@@ -9,11 +9,12 @@ import { pastEvents, waitForLeader } from '../helpers/cluster';
 import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { laneRange } from '../helpers/lane';
+import { scrapeRaw } from '../helpers/scrape';
 
 async function scrape(port: number): Promise<Map<string, number>> {
-  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
-  expect(res.headers.get('content-type')).to.match(/^text\/plain/);
-  return parseMetrics(await res.text());
+  const res = await scrapeRaw(`http://127.0.0.1:${port}/metrics`);
+  expect(res.type).to.match(/^text\/plain/);
+  return parseMetrics(res.body);
 }
 
 describe('Prometheus metrics', function () {

@@ -14,6 +14,7 @@ import { freePort, waitFor } from '../helpers/ports';
 import { removeContainers } from '../helpers/docker';
 import { etcdAndFleet } from '../helpers/suite';
 import { TcpProxy } from '../helpers/tcp-proxy';
+import { scrapeText } from '../helpers/scrape';
 import { repoRoot } from '../../common/version';
 
 describe('nodes that take no new instances: conditions, and a cordon', function () {
@@ -60,7 +61,7 @@ describe('nodes that take no new instances: conditions, and a cordon', function 
   it('a node whose Docker Engine does not answer is RUNTIME-DOWN with an event, takes no new instances, and takes them again once the Engine answers', async () => {
     const { engine, socket } = await engineProxy('engine-rt');
     const metricsPort = await freePort();
-    const runtimeDownGauge = async () => /^tessera_node_conditions\{type="runtime-down"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text())?.[1];
+    const runtimeDownGauge = async () => /^tessera_node_conditions\{type="runtime-down"\} (\d+)$/m.exec(await scrapeText(metricsPort))?.[1];
     const { admin, cli } = await cluster('/tessera-rt/', ['--metrics-listen', `127.0.0.1:${metricsPort}`], [['rt-a', ['--docker-socket', socket, '--cpu-millis', '1000']], ['rt-b', ['--cpu-millis', '1000']]]);
     expect(await conditions(admin, 'rt-a')).to.deep.equal([]);
 

@@ -25,6 +25,7 @@ import { startEcho } from '../helpers/echo';
 import { TcpProxy } from '../helpers/tcp-proxy';
 import type { ChildProcess } from 'node:child_process';
 import { laneRange } from '../helpers/lane';
+import { scrapeText } from '../helpers/scrape';
 
 describe('mutual TLS', function () {
   this.timeout(90_000);
@@ -127,7 +128,7 @@ describe('mutual TLS', function () {
       expect((await call(material('etcd'))).err?.code, 'an etcd certificate').to.equal(grpc.status.PERMISSION_DENIED);
       // The agent says so (once a minute at most) and counts it.
       await waitFor('the refusal in the agent\'s log', async () => fs.readFileSync(tn1!.logFile, 'utf8').split('\n').some((l) => l.includes('"msg":"job relay refused for its caller') && l.includes('"reason":"certificate"')), 5_000, 100);
-      expect(await (await fetch(`http://127.0.0.1:${tn1Metrics}/metrics`)).text()).to.match(/^tessera_agent_relays_refused_total\{reason="certificate"\} 1$/m);
+      expect(await scrapeText(tn1Metrics)).to.match(/^tessera_agent_relays_refused_total\{reason="certificate"\} 1$/m);
       const bare = await call(material('admin'));
       expect([bare.err?.code, bare.err?.details], 'an admin certificate without a ticket').to.satisfy(([c, d]: [number, string]) => c === grpc.status.PERMISSION_DENIED && /lease ticket/.test(d));
       const directJobs = a.directJobs();
@@ -295,7 +296,7 @@ describe('mutual TLS', function () {
     const a = admin();
     const agentLog = () => logOf(tn1!);
     const direct = (payload: string) => directJob(a, 'tlsk', payload);
-    const ticketRefusals = async () => Number(/^tessera_agent_relays_refused_total\{reason="ticket"\} (\d+)$/m.exec(await (await fetch(`http://127.0.0.1:${tn1Metrics}/metrics`)).text())?.[1] ?? 0);
+    const ticketRefusals = async () => Number(/^tessera_agent_relays_refused_total\{reason="ticket"\} (\d+)$/m.exec(await scrapeText(tn1Metrics))?.[1] ?? 0);
     try {
       await echoPipeline(a, 'tlskeys', 'tls-keys', 'tlsk');
       expect(await direct('before'), 'the first key').to.deep.include({ state: 'JOB_STATE_SUCCEEDED', result: 'before', direct: 1, takenOver: 0 });
@@ -559,7 +560,7 @@ describe('mutual TLS', function () {
       expect(await presented(relayPort)).to.equal(notAfter(renewed, 'agent-tn9'));
       const reloaded = logOf(c2).split('\n').find((l) => l.includes('SIGHUP: settings reloaded'))!;
       expect(JSON.parse(reloaded).applied).to.include.members(['tlsCa', 'tlsCert', 'tlsKey']);
-      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const metrics = await scrapeText(metricsPort);
       expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="cert"} ${Date.parse(notAfter(renewed, 'coordinator')) / 1000}`);
       // The agent stays attached and runs instructions over its connection (not cut by the reload).
       await waitFor('tn9 still READY', async () => (await a.getNode('tn9')).state === 'NODE_STATE_READY', 5_000, 200);
@@ -620,7 +621,7 @@ describe('mutual TLS', function () {
       const after = await waitFor('it leads over the reloaded certificates', async () => { const st = await status(); return st?.leader?.id === 'etcdrenew' ? st : undefined; }, 20_000, 200);
       await waitFor('etcd healthy in its status', async () => (await status())?.etcd?.[0]?.healthy === true, 10_000, 200);
       expect(after.leader?.id).to.equal('etcdrenew');
-      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const metrics = await scrapeText(metricsPort);
       const certEnd = Date.parse(new X509Certificate(fs.readFileSync(path.join(renewed, 'coordinator.pem'))).validTo) / 1000;
       expect(metrics).to.contain(`tessera_tls_certificate_expiry_timestamp_seconds{certificate="etcd-cert"} ${certEnd}`);
     } finally {
