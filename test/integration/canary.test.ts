@@ -14,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
 import { pastEvents } from '../helpers/cluster';
-import { httpGet } from '../helpers/docker';
+import { containers, dockerKill, httpGet } from '../helpers/docker';
 import { waitFor } from '../helpers/ports';
 import { oneNodeCluster, type OneNodeCluster } from '../helpers/suite';
 
@@ -107,6 +107,22 @@ describe('canary deployments', function () {
       .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
     expect((await pastEvents(admin, ['instance.'])).find((e) => e.subject === moved.id && e.kind === 'instance.replaced')?.message).to.match(/replaced as requested.*host maintenance/);
     expect((await admin.getApp('web')).canary).to.include({ version: 2, promotedAtMs: 0 });
+
+    // An old instance past the canary that fails for good while it holds (killed twice: its one
+    // restart in the window spent): its slot is filled again by the stable version (1) as well.
+    const failing = (await live()).find((i) => i.slot === 1)!;
+    const killRunning = async () => dockerKill((await waitFor(`${failing.id}'s container running`, async () => containers(`tessera.instance=${failing.id}`).find((x) => x.state === 'running'), 15_000, 100)).id);
+    await killRunning();
+    await waitFor(`${failing.id} restarted`, async () => { const x = (await live()).find((i) => i.id === failing.id); return x?.restarts === 1 && x.state === 'INSTANCE_STATE_RUNNING'; }, 15_000, 100);
+    await killRunning();
+    await waitFor('slot 1 filled again', async () => { const l = await live(); return !l.some((i) => i.id === failing.id) && l.filter((i) => i.slot === 1).length === 1; }, 30_000, 200);
+    const filler = (await live()).find((i) => i.slot === 1)!;
+    expect(Number(filler.version)).to.equal(1);
+    expect(filler.canary).to.equal(false);
+    await waitFor('the old one, the heir, the filler and the canary answering', async () => JSON.stringify(await markers()) === JSON.stringify(['v1', 'v1', 'v1', 'v2']), 15_000, 250)
+      .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
+    expect((await admin.getApp('web')).canary).to.include({ version: 2, promotedAtMs: 0 });
+    expect((await admin.getApp('web')).status).to.equal('deploying');
 
     // Refusals: an unknown app, a version that is not the one rolling out.
     const err = (p: Promise<unknown>) => p.then(() => undefined, (e: grpc.ServiceError) => e);
