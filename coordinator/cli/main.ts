@@ -9,9 +9,7 @@ import { ago, clip, enumName, table } from '../../common/table';
 import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
-import { normalizeAppSpec } from '../apps/spec';
-import { planChanges } from '../apps/plan';
-import { planLines } from './plan-lines';
+import { historyPlanLines, planLines } from './plan-lines';
 import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
 import type { Node__Output } from '../../common/generated/tessera/v1/Node';
@@ -427,17 +425,7 @@ app.command('history <name>').description('kept versions of an app').option('-p,
       v.version, v.status, ago(Number(v.createdAtMs)), v.by || '-', clip((v.spec?.components ?? []).map((x) => `${x.name}x${x.instances} ${x.image}`).join(', '), 80), v.reason,
     ]))];
     if (!o.diff) return lines.join('\n');
-    const kept = [...h.versions].sort((a, b) => Number(b.version) - Number(a.version));
-    for (let i = 0; i < kept.length - 1; i++) {
-      const [v, prev] = [kept[i], kept[i + 1]];
-      let plan: string[];
-      try {
-        plan = planLines(planChanges(normalizeAppSpec(prev.spec), normalizeAppSpec(v.spec)));
-      } catch (e) {
-        plan = [`    (not compared: ${(e as Error).message})`];
-      }
-      lines.push('', `version ${v.version} against version ${prev.version}:${plan.length ? '' : ' no change in the spec'}`, ...plan);
-    }
+    lines.push(...historyPlanLines(h.versions));
     return lines.join('\n');
   });
 }));

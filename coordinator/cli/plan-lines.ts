@@ -1,6 +1,9 @@
 // The CLI's lines for a plan (an apply's, a rollback's, a version against the one before it in
 // `tessera app history -p`), as `nomad job plan` prints one.
 import { clip, enumName } from '../../common/table';
+import { planChanges } from '../apps/plan';
+import { normalizeAppSpec } from '../apps/spec';
+import type { AppSpec__Output } from '../../common/generated/tessera/v1/AppSpec';
 
 /**
  * An apply's plan against the version it went over, as nomad job plan shows it: a line per
@@ -34,6 +37,27 @@ export function planLines(plan: { component: string; action: string; instancesFr
       const to = same > 30 && c.to.length > 60 ? `…${c.to.slice(same - 15)}` : c.to;
       lines.push(`    ${c.field.padEnd(width)}  ${clip(from || '(none)', 60)} => ${clip(to || '(none)', 60)}`);
     }
+  }
+  return lines;
+}
+
+/**
+ * `tessera app history -p` (nomad job history -p): each kept version's plan lines against the kept
+ * version before it, newest first. A version whose spec no longer normalises (stored by an older
+ * coordinator under rules since tightened) is named, not compared, and the others still are.
+ */
+export function historyPlanLines(versions: { version: number | string; spec?: AppSpec__Output | null }[]): string[] {
+  const kept = [...versions].sort((a, b) => Number(b.version) - Number(a.version));
+  const lines: string[] = [];
+  for (let i = 0; i < kept.length - 1; i++) {
+    const [v, prev] = [kept[i], kept[i + 1]];
+    let plan: string[];
+    try {
+      plan = planLines(planChanges(normalizeAppSpec(prev.spec), normalizeAppSpec(v.spec)));
+    } catch (e) {
+      plan = [`    (not compared: ${(e as Error).message})`];
+    }
+    lines.push('', `version ${v.version} against version ${prev.version}:${plan.length ? '' : ' no change in the spec'}`, ...plan);
   }
   return lines;
 }

@@ -1,7 +1,7 @@
 // The CLI's lines for a plan (under apply and rollback, and `tessera app history -p`): one line per
 // component that changes and one per field under it. Pure: plans in, lines out.
 import { expect } from 'chai';
-import { planLines } from '../../coordinator/cli/plan-lines';
+import { historyPlanLines, planLines } from '../../coordinator/cli/plan-lines';
 import { planChanges } from '../../coordinator/apps/plan';
 import { normalizeAppSpec } from '../../coordinator/apps/spec';
 
@@ -41,5 +41,28 @@ describe('plan lines (the CLI)', () => {
     expect(args).to.match(/^ {4}args {2}….*"hello from .* => ….*"hi again from /);
     const [, mark] = planLines([{ component: 'web', action: 'PLAN_ACTION_REPLACE', instancesFrom: 1, instancesTo: 1, changes: [{ field: 'restartedAtMs', from: '', to: String(Date.UTC(2026, 10, 29, 2, 57, 41, 636)) }] }]);
     expect(mark).to.equal('    restartedAtMs  (none) => 2026-11-29T02:57:41.636Z');
+  });
+
+  it('compares each kept version with the kept one before it for history -p, naming a version it cannot read and comparing the rest', () => {
+    const raw = (over: Record<string, unknown> = {}) => ({ name: 'shop', components: [comp(over)] }) as never;
+    const lines = historyPlanLines([
+      { version: 3, spec: raw({ instances: 3 }) },
+      // Stored under rules since tightened (as a coordinator from before them would have kept it).
+      { version: 5, spec: raw({ instances: 3, health: { type: 'carrier-pigeon' } }) },
+      { version: 6, spec: raw({ instances: 3, image: 'img:2' }) },
+      { version: 2, spec: raw() },
+      { version: 7, spec: raw({ instances: 3, image: 'img:2' }) },
+    ]);
+    expect(lines).to.deep.equal([
+      '', 'version 7 against version 6: no change in the spec',
+      '', 'version 6 against version 5:',
+      '    (not compared: components[0].health.type: must be one of none, http, tcp, grpc, exec, got "carrier-pigeon")',
+      '', 'version 5 against version 3:',
+      '    (not compared: components[0].health.type: must be one of none, http, tcp, grpc, exec, got "carrier-pigeon")',
+      '', 'version 3 against version 2:',
+      '~ web: changed in place, no instance restarts (2 -> 3 instances)',
+      '    instances  2 => 3',
+    ]);
+    expect(historyPlanLines([{ version: 1, spec: raw() }])).to.deep.equal([]);
   });
 });
