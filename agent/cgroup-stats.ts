@@ -99,3 +99,12 @@ export function readCgroupSample(f: CgroupFiles, read: (p: string) => string = (
   if (!Number.isFinite(cpuNs) || !Number.isFinite(usage)) throw new Error(`unreadable cgroup figures in ${f.cpu} / ${f.memory}`);
   return { cpuNs, memoryBytes: Math.max(0, usage - inactive) };
 }
+
+/**
+ * An instance's memory in MiB as reported: rounded, but an instance that uses any memory shows at
+ * least 1 (a busybox httpd's few hundred KiB would round to 0, which `tessera ps` shows as "-", no
+ * figure at all).
+ */
+export function usedMib(bytes: number): number {
+  return bytes > 0 ? Math.max(1, Math.round(bytes / 1024 / 1024)) : 0;
+}

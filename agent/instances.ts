@@ -18,7 +18,7 @@ import { containerName, DockerRuntime, ImageMissingError, ObservedContainer } fr
 import type { PullPolicy } from './images';
 import { diffInstances, restartDecision } from './diff';
 import { runCheck } from './health';
-import { CgroupFiles, cgroupFiles, CgroupMount, parseCgroupMounts, readCgroupSample } from './cgroup-stats';
+import { CgroupFiles, cgroupFiles, CgroupMount, parseCgroupMounts, readCgroupSample, usedMib } from './cgroup-stats';
 import { parseTaskReport, TaskEndpoint } from './task-endpoint';
 import * as http from 'node:http';
 
@@ -566,7 +566,7 @@ export class InstanceManager extends EventEmitter {
             entry.prev = { cpu, system };
             const usage = s.memory_stats?.usage ?? 0;
             const cache = s.memory_stats?.stats?.cache ?? 0;
-            l.memoryUsedMib = Math.round((usage - cache) / 1024 / 1024);
+            l.memoryUsedMib = usedMib(usage - cache);
           } catch {
             /* partial line */
           }
@@ -612,7 +612,7 @@ export class InstanceManager extends EventEmitter {
       // (A container started again has counters from zero: that sample starts over.)
       if (c.prev && now - c.prev.atMs >= 500 && s.cpuNs >= c.prev.cpuNs) l.cpuPercent = Math.round(((s.cpuNs - c.prev.cpuNs) / ((now - c.prev.atMs) * 1e6)) * 10_000) / 100;
       if (!c.prev || now - c.prev.atMs >= 500 || s.cpuNs < c.prev.cpuNs) c.prev = { cpuNs: s.cpuNs, atMs: now };
-      l.memoryUsedMib = Math.round(s.memoryBytes / 1024 / 1024);
+      l.memoryUsedMib = usedMib(s.memoryBytes);
     } catch {
       // Gone with its container (removed, or made again under a new id): found again next time.
       this.cgroups.delete(id);

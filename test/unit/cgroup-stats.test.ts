@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { cgroupFiles, parseCgroupMounts, readCgroupSample } from '../../agent/cgroup-stats';
+import { cgroupFiles, parseCgroupMounts, readCgroupSample, usedMib } from '../../agent/cgroup-stats';
 
 // Mount tables and /proc/<pid>/cgroup as hosts print them.
 const hybridV1 = `30 22 0:27 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -56,5 +56,9 @@ describe('container figures from cgroup files (agent/cgroup-stats.ts)', () => {
     const v2Text: Record<string, string> = { cpu: 'usage_usec 5000\nuser_usec 4000\nsystem_usec 1000\n', mem: '8388608\n', stat: 'anon 1000\nfile 9000\ninactive_file 9999999999\n' };
     expect(readCgroupSample(v2Files, (p) => v2Text[p])).to.deep.equal({ cpuNs: 5_000_000, memoryBytes: 0 });
     expect(() => readCgroupSample(v2Files, (p) => (p === 'cpu' ? 'user_usec 1\n' : v2Text[p]))).to.throw(/unreadable cgroup figures/);
+  });
+
+  it('reports memory in MiB, rounded, and at least 1 for any use (a busybox httpd\'s ~300 KiB is not "no figure")', () => {
+    expect([0, -4096, 300 * 1024, 1024 * 1024, 1.4 * 1024 * 1024, 1.6 * 1024 * 1024, 512 * 1024 * 1024].map(usedMib)).to.deep.equal([0, 0, 1, 1, 1, 2, 512]);
   });
 });
