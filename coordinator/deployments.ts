@@ -401,8 +401,30 @@ export class Deployments {
       }
     }
     const isCanary = (i: InstanceRecord) => { const k = canaryOf.get(`${i.app}/${i.component}`); return !!k && i.desired === 'run' && i.specHash === k.hash && i.slot < k.below; };
-    return [...this.instances.values()]
-      .filter((i) => (!app || i.app === app) && (!nodeId || i.nodeId === nodeId))
+    const listed = [...this.instances.values()].filter((i) => (!app || i.app === app) && (!nodeId || i.nodeId === nodeId));
+    // Each listed component's current spec hash, and the older hashes that count as it (as the
+    // rollout counts them: planComponent's isCurrent).
+    const byComponent = new Map<string, InstanceRecord[]>();
+    for (const i of listed) {
+      const k = `${i.app}/${i.component}`;
+      const mine = byComponent.get(k);
+      if (mine) mine.push(i);
+      else byComponent.set(k, [i]);
+    }
+    const currentOf = new Map<string, { hash: string; same?: ReadonlySet<string> }>();
+    for (const [k, mine] of byComponent) {
+      const { app: name, component } = mine[0];
+      const a = this.apps.get(name);
+      const comp = a && this.versions.get(name)?.get(a.version)?.spec.components.find((c) => c.name === component);
+      if (comp) currentOf.set(k, { hash: componentHash(comp), same: this.legacyHashes(name, comp, mine) });
+    }
+    const isOutdated = (i: InstanceRecord) => {
+      if (i.desired !== 'run') return false;
+      if (i.replace) return true;
+      const c = currentOf.get(`${i.app}/${i.component}`);
+      return !c || (i.specHash !== c.hash && !c.same?.has(i.specHash));
+    };
+    return listed
       .sort((a, b) => a.app.localeCompare(b.app) || a.component.localeCompare(b.component) || a.slot - b.slot || a.createdAtMs - b.createdAtMs || a.id.localeCompare(b.id))
       .map((i) => {
         const o = observed.get(i.id);
@@ -416,6 +438,7 @@ export class Deployments {
           cpuPercent: o?.cpuPercent ?? 0, memoryUsedMib: o?.memoryUsedMib ?? 0,
           replacing: i.replace && i.desired === 'run' ? `${i.replace.reason}${i.replace.by ? ` (by ${i.replace.by})` : ''}` : '',
           canary: isCanary(i),
+          outdated: isOutdated(i),
         };
       });
   }

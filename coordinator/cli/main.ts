@@ -185,8 +185,10 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
       return;
     }
     const run = (await c.allInstances(name)).filter((i) => i.desired === 'run');
-    const mine = run.filter((i) => Number(i.version) === version);
-    const healthy = mine.filter((i) => i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy').length;
+    // Up to date: on the version's spec, whichever version made it (a scale keeps the running
+    // instances, made under the version before); the outdated ones are what the rollout replaces.
+    const old = run.filter((i) => i.outdated);
+    const healthy = run.filter((i) => !i.outdated && i.state === 'INSTANCE_STATE_RUNNING' && i.health === 'healthy').length;
     // Stable, and as many instances running as the counts ask for (a scale that only drops a
     // deleted policy's count makes no version: the stable one's instances are stopped or added).
     const wanted = (a.spec?.components ?? []).reduce((n, comp) => n + (a.policyInstances?.[comp.name] ?? comp.instances), 0);
@@ -198,12 +200,12 @@ async function waitRollout(c: AdminClient, name: string, version: number, second
     // Canaries all healthy and waiting (update.canary): as far as the rollout goes on its own, as nomad job run's monitor ends there.
     const cn = a.canary;
     if (cn && Number(cn.version) === version && Number(cn.healthyAtMs) > 0 && !Number(cn.promotedAtMs)) {
-      out(a, () => `app ${name} version ${version}: ${cn.wanted} canar${cn.wanted === 1 ? 'y' : 'ies'} healthy after ${took}, ${run.length - mine.length} old instance(s) still serving; promote with: tessera app promote ${name} (or roll back: tessera rollback ${name})`);
+      out(a, () => `app ${name} version ${version}: ${cn.wanted} canar${cn.wanted === 1 ? 'y' : 'ies'} healthy after ${took}, ${old.length} old instance(s) still serving; promote with: tessera app promote ${name} (or roll back: tessera rollback ${name})`);
       return;
     }
     const line = Number(a.stableVersion) === version
       ? `waiting: ${name}: ${run.filter((i) => i.state === 'INSTANCE_STATE_RUNNING').length} instance(s) running, ${wanted} wanted`
-      : `waiting: version ${version} of ${name}: ${healthy} of ${mine.length} new instance(s) running and healthy, ${run.length - mine.length} old left`;
+      : `waiting: version ${version} of ${name}: ${healthy} of ${wanted} updated instance(s) running and healthy, ${old.length} old left`;
     if (line !== shown) process.stderr.write(`${line}\n`);
     shown = line;
     if (Date.now() - t0 > seconds * 1000) {
@@ -488,7 +490,7 @@ program.command('ps [app]').description('list instances: node, state, health, re
   out(res.instances, () => res.instances.length ? table(['INSTANCE', 'APP', 'COMPONENT', 'VER', 'NODE', 'STATE', 'HEALTH', 'RESTARTS', 'PORTS', 'CPU%', 'MEM', 'AGE', 'MESSAGE'], res.instances.map((i) => [
     i.id, i.app, i.component, i.version, i.nodeId, enumName(i.state, 'INSTANCE_STATE_') + (i.desired === 'stop' ? '*' : ''), i.health || '-', i.restarts,
     Object.entries(i.ports).map(([k, v]) => `${k}:${v}`).join(',') || '-', i.cpuPercent ? i.cpuPercent.toFixed(1) : '-', i.memoryUsedMib ? `${i.memoryUsedMib}Mi` : '-',
-    ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : i.canary ? 'canary: waiting for promotion' : ''), 80),
+    ago(Number(i.createdAtMs)), clip(i.message || (i.replacing ? `replacing: ${i.replacing}` : i.canary ? 'canary: waiting for promotion' : i.outdated ? 'outdated: an older spec than its app\'s version' : ''), 80),
   ])) + (res.instances.some((i) => i.desired === 'stop') ? `\n* no longer wanted: being stopped, or kept ${o.all ? '10 minutes to show why it stopped' : 'a while to show why it failed'}` : '')
     + (hidden ? `\n(${hidden} stopped instance${hidden === 1 ? '' : 's'} not shown: --all)` : '') : hidden ? `no instances running (${hidden} stopped: --all)` : 'no instances');
 }));

@@ -288,7 +288,12 @@ describe('deployments on the real Docker Engine', function () {
     let served = 0;
     let missed = 0;
     const ports = new Set((await running('web')).map((i) => i.ports.http));
+    // Once version 2 is applied, each wanted instance's version and whether it is outdated (the
+    // old spec's, which the rollout replaces), as ListInstances says.
+    let applied = false;
+    const seen = new Set<string>();
     const probe = setInterval(async () => {
+      if (applied) for (const i of await ps('web').catch(() => [])) if (i.desired === 'run') seen.add(`v${i.version} ${i.outdated ? 'outdated' : 'updated'}`);
       const live = (await running('web').catch(() => [])).map((i) => i.ports.http);
       for (const p of live) ports.add(p);
       const answers = await Promise.all(live.map(httpGet));
@@ -297,10 +302,12 @@ describe('deployments on the real Docker Engine', function () {
     }, 250);
     try {
       await admin.applyApp(webSpec('web', {}, 'v2'));
+      applied = true;
       await waitStable('web', 2);
     } finally {
       clearInterval(probe);
     }
+    expect([...seen].sort()).to.deep.equal(['v1 outdated', 'v2 updated']);
     expect(missed, `${missed} probes found no healthy instance answering`).to.equal(0);
     expect(served).to.be.greaterThan(0);
     for (const i of await running('web')) expect(await httpGet(i.ports.http)).to.equal(`v2 ${i.id}\n`);
@@ -500,11 +507,22 @@ describe('deployments on the real Docker Engine', function () {
   it('scales a component up and down (tessera scale), keeping the instances that run', async () => {
     const before = (await running('web')).map((i) => i.id);
     expect(before).to.have.length(3);
-    const up = await admin.scaleApp('web', 'web', 5);
-    expect(up.changed).to.equal(true);
-    await waitStable('web', Number(up.app!.version), 40_000, 5);
+    const up = await cli('scale', 'web', 'web', '5', '--wait', '40');
+    expect(up.code, up.stderr).to.equal(0);
+    const upVersion = Number((await admin.getApp('web')).version);
+    expect(up.stdout).to.match(new RegExp(`^app web version ${upVersion} is running on every instance \\(5 healthy\\) after [0-9.]+ s\n$`));
+    // The three it kept are up to date, if made under the version before (same spec): the wait
+    // counts them so (before session 32: "0 of 0 new instance(s) ..., 3 old left"), and so does
+    // ListInstances.
+    expect(up.stderr).to.match(/^waiting: version \d+ of web: [0-4] of 5 updated instance\(s\) running and healthy, 0 old left$/m);
+    expect(up.stderr).to.not.match(/[1-9]\d* old left/);
+    await waitStable('web', upVersion, 40_000, 5);
     const five = (await running('web')).map((i) => i.id);
     expect(five).to.include.members(before);
+    for (const i of await running('web')) {
+      expect(i.outdated, i.id).to.equal(false);
+      if (before.includes(i.id)) expect(Number(i.version)).to.be.lessThan(upVersion);
+    }
     expect((await admin.appHistory('web')).versions[0].reason).to.equal('scaled web from 3 to 5');
     const down = await admin.scaleApp('web', 'web', 3);
     await waitStable('web', Number(down.app!.version), 40_000, 3);
