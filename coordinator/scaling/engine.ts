@@ -126,7 +126,12 @@ function figure(i: InstanceFigures, metric: string): number | undefined {
 export function evaluateCheck(c: Check, inp: EngineInput, ready: InstanceFigures[]): CheckResult {
   const withData = ready.filter((i) => figure(i, c.metric) !== undefined);
   const n = ready.length;
-  if (!n || withData.length * 2 < n) {
+  if (!n) {
+    // (Say why: "0 of 0 ready" read as if the component had no instance while two ran, warming up.)
+    const warming = inp.instances.length;
+    return { metric: c.metric, target: c.target, note: `no ready instance${warming ? ` (${warming} not yet running and healthy for the policy's warmupMs)` : ''}: too few to decide` };
+  }
+  if (withData.length * 2 < n) {
     return { metric: c.metric, target: c.target, note: `figures from ${withData.length} of ${n} ready instances: too few to decide` };
   }
   const vals = withData.map((i) => figure(i, c.metric)!);

@@ -26,6 +26,7 @@ describe('scaling engine', () => {
     ['scales down once the window agrees, one at a time', { current: 4, instances: inst(4, { queueDepth: 0 }), recommendations: [{ atMs: 900_000, value: 4 }] }, 3, /scale-down 4 -> 3/],
     ['holds on missing figures, and says so', { current: 4, instances: inst(4, {}) }, 4, /no check has enough figures.*never scaling down on missing data/],
     ['does not scale down when half the instances are silent', { current: 4, instances: [...inst(1, { queueDepth: 0 }), ...inst(3, {})] }, 4, /holding|no check/],
+    ['says when no instance is ready yet (warming up), rather than "0 of 0"', { current: 2, instances: [{ id: 'a', ready: false, queueDepth: 0 }, { id: 'b', ready: false }] }, 2, /no check has enough figures \(no ready instance \(2 not yet running and healthy for the policy's warmupMs\): too few to decide\)/],
     ['ignores instances that are still starting', { current: 3, instances: [...inst(2, { queueDepth: 10 }), { id: 's', ready: false, queueDepth: 500 }] }, 3, /still starting/],
     ['respects the cooldown', { instances: inst(2, { queueDepth: 40 }), changes: [{ atMs: 990_000, from: 1, to: 2 }], policy: policy({ cooldownMs: 30_000 }) }, 2, /cooldown: last change 10 s ago/],
     ['takes the safest of several checks', { instances: inst(2, { queueDepth: 10, cpuPercentOfHost: 100 }), policy: policy({ checks: [{ metric: 'queue_depth', target: 10 }, { metric: 'cpu', target: 50 }] }) }, 6, /cpu at 200% of the reservation/],
