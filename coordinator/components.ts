@@ -144,9 +144,15 @@ export class ComponentManager {
     this.queueDepths = new Map();
     const statusByNode = new Map<string, Map<string, import('../common/generated/tessera/v1/InstanceStatus').InstanceStatus__Output>>();
     const nodes = new Map([...this.registry.allRecords()].map((n) => [n.id, n]));
+    // Why a wanted instance is out of routing, for its deregistration event (an instance not
+    // wanted any more is out because it stops).
+    const why = new Map<string, string>();
     for (const rec of this.deployments.runningRecords()) {
       const node = nodes.get(rec.nodeId);
-      if (!node || node.state === 'DOWN' || !node.endpoint) continue;
+      if (!node || node.state === 'DOWN' || !node.endpoint) {
+        why.set(rec.id, !node ? `its node ${rec.nodeId} is gone` : node.state === 'DOWN' ? `its node ${rec.nodeId} is DOWN` : `its node ${rec.nodeId} gives no agent endpoint`);
+        continue;
+      }
       let idx = statusByNode.get(rec.nodeId);
       if (!idx) {
         idx = new Map(this.registry.observed(rec.nodeId).map((o) => [o.instanceId, o]));
@@ -154,7 +160,11 @@ export class ComponentManager {
       }
       const o = idx.get(rec.id);
       const port = rec.ports.grpc;
-      if (!o || !port || o.state !== 'INSTANCE_STATE_RUNNING' || o.health !== 'healthy' || !o.described) continue;
+      if (!o || !port || o.state !== 'INSTANCE_STATE_RUNNING' || o.health !== 'healthy' || !o.described) {
+        why.set(rec.id, !o ? 'its node no longer reports it' : !port ? 'it has no grpc port'
+          : o.state !== 'INSTANCE_STATE_RUNNING' ? `it is ${String(o.state).replace('INSTANCE_STATE_', '')}` : o.health !== 'healthy' ? `its health is ${o.health || 'unknown'}` : 'it no longer describes itself');
+        continue;
+      }
       this.queueDepths.set(rec.id, Number(o.task?.queueDepth ?? 0));
       out.push({
         instanceId: rec.id, kind: this.deployments.kindOfInstance(rec), version: o.described.version, operations: o.described.operations,
@@ -189,7 +199,9 @@ export class ComponentManager {
     }
     for (const [id, r] of this.registered) {
       if (!now.has(id) && r.source === 'deployed') {
-        events.push({ kind: 'component.deregistered', subject: id, message: `${r.kind} instance ${id} on ${r.nodeId} deregistered (stopped, unhealthy or its node is down)`, fields: { kind: r.kind, node: r.nodeId } });
+        const stopping = this.deployments.instance(id);
+        const reason = why.get(id) ?? (stopping?.stopReason ? `it stops: ${stopping.stopReason}` : 'it stops');
+        events.push({ kind: 'component.deregistered', subject: id, message: `${r.kind} instance ${id} on ${r.nodeId} deregistered: ${reason}`, fields: { kind: r.kind, node: r.nodeId, reason } });
         this.figures.delete(id);
       }
     }
