@@ -781,9 +781,14 @@ pipeline.command('list').description('list pipelines').action(() => run(async (c
     p.name, p.version, p.stages.map((st) => `${st.name}(${st.kind || st.alternatives.map((a) => a.kind).join('|')})`).join(' -> '), `${p.defaultTimeoutMs} ms`, `${p.maxPayloadBytes} B`,
   ])) : 'no pipelines');
 }));
-pipeline.command('get <name>').description('show a pipeline').action((name) => run(async (c) => {
+pipeline.command('get <name>').description('show a pipeline: its version, then its definition as YAML that pipeline apply takes back').action((name) => run(async (c) => {
   const p = await c.getPipeline(name);
-  out(p, () => YAML.stringify(p));
+  // The definition without what the coordinator adds (version, update time): saved, it applies
+  // back unchanged (as kubectl get -o yaml); the header says what those were.
+  // Name first, and no empty lists or strings (what a file would leave out).
+  const { version, updatedAtMs, name: pname, ...rest } = p;
+  const definition = JSON.parse(JSON.stringify({ name: pname, ...rest }, (_k, v) => ((Array.isArray(v) && !v.length) || v === '' ? undefined : v)));
+  out(p, () => `pipeline ${p.name}: version ${version}, updated ${ago(Number(updatedAtMs))} ago (${new Date(Number(updatedAtMs)).toISOString()})\n\n${YAML.stringify(definition).trimEnd()}`);
 }));
 pipeline.command('delete <name>').description('remove a pipeline').action((name) => run(async (c) => {
   await c.deletePipeline(name);

@@ -178,6 +178,16 @@ describe('jobs through pipelines of registered components', function () {
     expect(out).to.match(/^11 words; top 2: the=4 and=2\n/);
     expect(out).to.match(/STAGE\s+KIND\s+INSTANCE\s+NODE/);
     expect(out).to.match(/\nformat\s+formatter\s+words-formatter-/);
+    // `pipeline get`: a header with the version, then the definition as YAML that applies back
+    // unchanged (the same version).
+    const cliArgs = [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coords.map((c) => c.address).join(',')];
+    const version = Number((await admin.getPipeline('words')).version);
+    const shown = execFileSync(process.execPath, [...cliArgs, 'pipeline', 'get', 'words']).toString();
+    expect(shown).to.match(new RegExp(`^pipeline words: version ${version}, updated \\S+ ago \\(\\d{4}-\\d\\d-\\d\\dT[^)]+Z\\)\n\nname: words\n`));
+    expect(shown).to.not.match(/^(version|updatedAtMs):/m);
+    const again = execFileSync(process.execPath, [...cliArgs, 'pipeline', 'apply', '-f', '-'], { input: shown.slice(shown.indexOf('\n\n') + 2) }).toString();
+    expect(again).to.equal(`pipeline words version ${version}: split(splitter) -> count(counter) -> format(formatter)\n`);
+    expect(Number((await admin.getPipeline('words')).version)).to.equal(version);
   });
 
   it('answers a submission in the view it asks for: BASIC without path and steps, over SubmitJobs too', async () => {
