@@ -599,14 +599,25 @@ program.command('exec <instance-id> <command...>').description("run a command in
     process.exitCode = exitCode;
   }));
 
+/**
+ * An object as a file would hold it, for `get` commands whose output `apply`/`set` takes back:
+ * the `first` fields first, without `omit` (what the coordinator adds) and without empty lists,
+ * empty strings and nulls (what a file leaves out).
+ */
+function definitionYaml(o: object, first: string[], omit: string[]): string {
+  const rec = o as Record<string, unknown>;
+  const ordered = Object.fromEntries([...first.map((k) => [k, rec[k]]), ...Object.entries(rec).filter(([k]) => !first.includes(k) && !omit.includes(k))]);
+  return YAML.stringify(JSON.parse(JSON.stringify(ordered, (_k, v) => ((Array.isArray(v) && !v.length) || v === '' || v === null ? undefined : v)))).trimEnd();
+}
+
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');
 policy.command('set').description('set a policy from a YAML or JSON file').requiredOption('-f, --file <file>', 'policy file, or -').action((o) => run(async (c) => {
   const p = await c.setPolicy(readSpecFile(o.file, 'ScalingPolicy'));
   out(p, () => `policy for ${p.app}/${p.component}: ${p.min}..${p.max} instances on ${p.checks.map((x) => `${x.metric}=${x.target}`).join(', ') || '-'}`);
 }));
-policy.command('get <app> <component>').description('show a policy').action((app, comp) => run(async (c) => {
+policy.command('get <app> <component>').description('show a policy, as YAML that policy set takes back').action((app, comp) => run(async (c) => {
   const p = await c.getPolicy(app, comp);
-  out(p, () => YAML.stringify(p));
+  out(p, () => definitionYaml(p, ['app', 'component'], []));
 }));
 policy.command('list [app]').description('list policies').action((app) => run(async (c) => {
   const r = await c.listPolicies(app ?? '');
@@ -785,10 +796,8 @@ pipeline.command('get <name>').description('show a pipeline: its version, then i
   const p = await c.getPipeline(name);
   // The definition without what the coordinator adds (version, update time): saved, it applies
   // back unchanged (as kubectl get -o yaml); the header says what those were.
-  // Name first, and no empty lists or strings (what a file would leave out).
-  const { version, updatedAtMs, name: pname, ...rest } = p;
-  const definition = JSON.parse(JSON.stringify({ name: pname, ...rest }, (_k, v) => ((Array.isArray(v) && !v.length) || v === '' ? undefined : v)));
-  out(p, () => `pipeline ${p.name}: version ${version}, updated ${ago(Number(updatedAtMs))} ago (${new Date(Number(updatedAtMs)).toISOString()})\n\n${YAML.stringify(definition).trimEnd()}`);
+  const { version, updatedAtMs } = p;
+  out(p, () => `pipeline ${p.name}: version ${version}, updated ${ago(Number(updatedAtMs))} ago (${new Date(Number(updatedAtMs)).toISOString()})\n\n${definitionYaml(p, ['name'], ['version', 'updatedAtMs'])}`);
 }));
 pipeline.command('delete <name>').description('remove a pipeline').action((name) => run(async (c) => {
   await c.deletePipeline(name);

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import YAML from 'yaml';
 import * as fs from 'node:fs';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { AdminClient } from '../../common/admin-client';
 import { repoRoot } from '../../common/version';
@@ -93,6 +93,18 @@ describe('scaling policies end to end', function () {
     }
     const none = await admin.getPolicy('queue', 'worker').catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
     expect(none.code).to.equal(grpc.status.NOT_FOUND);
+    // `tessera policy get` prints YAML that `policy set -f` takes back as the same policy (app and
+    // component first, no nulls: before session 32 the raw message, "verticalCpu: null" and all).
+    const cli = (args: string[], input?: string) => execFileSync(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', address, ...args], { input }).toString();
+    await admin.setPolicy(policy());
+    const set = await admin.getPolicy('queue', 'worker');
+    const shown = cli(['policy', 'get', 'queue', 'worker']);
+    expect(shown).to.match(/^app: queue\ncomponent: worker\n/);
+    expect(shown).to.not.match(/: null$/m);
+    await admin.deletePolicy('queue', 'worker');
+    expect(cli(['policy', 'set', '-f', '-'], shown)).to.match(/^policy for queue\/worker: 1\.\.\d+ instances on /);
+    expect(await admin.getPolicy('queue', 'worker')).to.deep.equal(set);
+    await admin.deletePolicy('queue', 'worker');
   });
 
   it('scales up within the max while a backlog exists, then back down when it drains', async () => {
