@@ -410,8 +410,14 @@ program.command('apps').description('list apps').option('--chunk-size <n>', chun
 }));
 
 const app = program.command('app').description('one app');
-app.command('get <name>').description('show an app and its spec').action((name) => run(async (c) => {
+app.command('get <name>').description('show an app and its spec')
+  .option('--spec', "print only the current version's spec, as YAML that apply -f takes back unchanged (as kubectl get -o yaml, nomad job inspect)")
+  .action((name, o) => run(async (c) => {
   const a = await c.getApp(name);
+  if (o.spec) {
+    out(a.spec, () => definitionYaml(a.spec ?? {}, ['name'], []));
+    return;
+  }
   const { events, lines } = await recentEvents(c, name);
   const cn = a.canary && Number(a.canary.version) === Number(a.version) ? a.canary : undefined;
   const canaryLine = cn ? [`canaries of version ${cn.version}: ${cn.healthy} of ${cn.wanted} healthy${Number(cn.promotedAtMs) ? `, promoted ${ago(Number(cn.promotedAtMs))} ago${cn.promotedBy ? ` by ${cn.promotedBy}` : ''}` : Number(a.stableVersion) === Number(a.version) ? '' : ', waiting for promotion'}`] : [];
@@ -601,13 +607,17 @@ program.command('exec <instance-id> <command...>').description("run a command in
 
 /**
  * An object as a file would hold it, for `get` commands whose output `apply`/`set` takes back:
- * the `first` fields first, without `omit` (what the coordinator adds) and without empty lists,
- * empty strings and nulls (what a file leaves out).
+ * the `first` fields first (and in every object under it, its name), without `omit` (what the
+ * coordinator adds) and without empty lists, empty strings and nulls (what a file leaves out).
  */
 function definitionYaml(o: object, first: string[], omit: string[]): string {
   const rec = o as Record<string, unknown>;
   const ordered = Object.fromEntries([...first.map((k) => [k, rec[k]]), ...Object.entries(rec).filter(([k]) => !first.includes(k) && !omit.includes(k))]);
-  return YAML.stringify(JSON.parse(JSON.stringify(ordered, (_k, v) => ((Array.isArray(v) && !v.length) || v === '' || v === null ? undefined : v)))).trimEnd();
+  return YAML.stringify(JSON.parse(JSON.stringify(ordered, (k, v) => {
+    // (A key "_x" is proto-loader's name for an optional field's oneof: it says which is set.)
+    if ((Array.isArray(v) && !v.length) || v === '' || v === null || k.startsWith('_')) return undefined;
+    return v && typeof v === 'object' && !Array.isArray(v) && typeof v.name === 'string' ? { name: v.name, ...v } : v;
+  }))).trimEnd();
 }
 
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');

@@ -354,6 +354,18 @@ describe('deployments on the real Docker Engine', function () {
     // The spec an operator applies again (without the restart mark) is the running one.
     const again = await admin.applyApp(webSpec('web', {}, 'v1'));
     expect(again.changed).to.equal(false);
+    // `tessera app get --spec`: the running spec alone, as YAML that apply takes back unchanged.
+    const shown = await cli('app', 'get', 'web', '--spec');
+    expect(shown.code, shown.stderr).to.equal(0);
+    expect(shown.stdout).to.match(/^name: web\ncomponents:\n {2}- name: web\n/);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-spec-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'web.yaml'), shown.stdout);
+      const planned = await cli('apply', '-f', path.join(dir, 'web.yaml'), '--dry-run', '--detailed-exitcode');
+      expect(planned.code, planned.stdout + planned.stderr).to.equal(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
     const refusals: [string, string, number, RegExp][] = [
       ['nope', '', grpc.status.NOT_FOUND, /nope/],
       ['web', 'db', grpc.status.INVALID_ARGUMENT, /^component: app "web" has no component "db" \(it has web\)/],
