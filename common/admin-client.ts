@@ -199,7 +199,12 @@ export class AdminClient {
 
   applyPipeline(pipeline: unknown, dryRun = false): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('applyPipeline', { pipeline, dryRun }); }
   getPipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('getPipeline', { name }); }
-  listPipelines(): Promise<{ pipelines: import('./generated/tessera/v1/Pipeline').Pipeline__Output[] }> { return this.unary('listPipelines', {}); }
+  /** One page of pipelines (every one when limit is 0); see allPipelines for them all, page by page. */
+  listPipelines(page: { limit?: number; pageToken?: string } = {}): Promise<{ pipelines: import('./generated/tessera/v1/Pipeline').Pipeline__Output[]; nextPageToken: string }> { return this.unary('listPipelines', page); }
+  /** Every pipeline, asked chunk at a time. */
+  allPipelines(chunk = 500): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output[]> {
+    return allPages((pageToken) => this.listPipelines({ limit: chunk, pageToken }).then((p) => ({ items: p.pipelines, next: p.nextPageToken })));
+  }
   deletePipeline(name: string): Promise<import('./generated/tessera/v1/Pipeline').Pipeline__Output> { return this.unary('deletePipeline', { name }); }
 
   /** A waiting submission gets the job's own time (plus a margin) instead of the call timeout. */

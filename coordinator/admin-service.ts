@@ -339,7 +339,15 @@ export class AdminService {
 
       ApplyPipeline: unary(log, 'ApplyPipeline', (req, call) => this.onLeader(call, 'applyPipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.apply(req.pipeline, req.dryRun, by)))),
       GetPipeline: unary(log, 'GetPipeline', (req, call) => this.onLeader(call, 'getPipeline', req, async (_r, _d, _s, w) => pipelineToProto(w.pipelines.get(req.name)))),
-      ListPipelines: unary(log, 'ListPipelines', (req, call) => this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => ({ pipelines: w.pipelines.list().map(pipelineToProto) }))),
+      ListPipelines: unary(log, 'ListPipelines', (req, call) => {
+        const limit = pageLimit(req.limit, 'pipeline');
+        const after = req.pageToken ? decodePageToken(req.pageToken, 'pipelines', 'ListPipelines', (v): v is string => typeof v === 'string') : undefined;
+        return this.onLeader(call, 'listPipelines', req, async (_r, _d, _s, w) => {
+          const all = w.pipelines.list().filter((p) => after === undefined || p.name.localeCompare(after) > 0);
+          const page = limit ? all.slice(0, limit) : all;
+          return { pipelines: page.map(pipelineToProto), nextPageToken: page.length < all.length ? encodePageToken(page[page.length - 1].name, 'pipelines') : '' };
+        });
+      }),
       DeletePipeline: unary(log, 'DeletePipeline', (req, call) => this.onLeader(call, 'deletePipeline', req, async (_r, _d, _s, w, by) => pipelineToProto(await w.pipelines.delete(req.name, by)))),
 
       SubmitJob: unary(log, 'SubmitJob', (req, call) => this.onLeader(call, 'submitJob', req, async (_r, _d, _s, w, by) => {

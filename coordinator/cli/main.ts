@@ -796,8 +796,8 @@ pipeline.command('apply').description('apply a pipeline from a YAML or JSON file
     const p = await c.applyPipeline(readSpecFile(o.file, 'Pipeline'), !!o.dryRun);
     out(p, () => `${o.dryRun ? 'dry run: ' : ''}pipeline ${p.name}${o.dryRun ? ' is valid' : ` version ${p.version}`}: ${p.stages.map((st) => `${st.name}(${st.kind || st.alternatives.map((a) => a.kind).join('|')})`).join(' -> ')}`);
   }));
-pipeline.command('list').description('list pipelines').action(() => run(async (c) => {
-  const r = await c.listPipelines();
+pipeline.command('list').description('list pipelines').option('--chunk-size <n>', chunkHelp('pipelines'), chunkSize, 500).action((o) => run(async (c) => {
+  const r = { pipelines: await c.allPipelines(Number(o.chunkSize)) };
   out(r.pipelines, () => r.pipelines.length ? table(['NAME', 'VERSION', 'STAGES', 'TIMEOUT', 'MAX PAYLOAD'], r.pipelines.map((p) => [
     p.name, p.version, p.stages.map((st) => `${st.name}(${st.kind || st.alternatives.map((a) => a.kind).join('|')})`).join(' -> '), `${p.defaultTimeoutMs} ms`, `${p.maxPayloadBytes} B`,
   ])) : 'no pipelines');

@@ -209,6 +209,30 @@ describe('Admin API through server reflection, and bad input', function () {
     }
   });
 
+  it('lists pipelines in pages as well; the CLI asks them chunk at a time', async () => {
+    const admin = new AdminClient([coord.address], { timeoutMs: 10_000 });
+    const names = ['paged-z', 'paged-x', 'paged-y'];
+    try {
+      for (const name of names) await admin.applyPipeline({ name, stages: [{ name: 'only', kind: 'echo' }] });
+      const whole = (await admin.listPipelines()).pipelines.map((p) => p.name);
+      expect(whole.filter((n) => n.startsWith('paged-'))).to.deep.equal(['paged-x', 'paged-y', 'paged-z']);
+      const first = await admin.listPipelines({ limit: 2 });
+      expect([first.pipelines.length, first.nextPageToken !== '']).to.deep.equal([2, true]);
+      const second = await admin.listPipelines({ limit: 2, pageToken: first.nextPageToken });
+      expect([...first.pipelines, ...second.pipelines].map((p) => p.name).slice(0, 3)).to.deep.equal(whole.slice(0, 3));
+      expect((await admin.allPipelines(1)).map((p) => p.name)).to.deep.equal(whole);
+      expect((await admin.listPipelines({ limit: whole.length })).nextPageToken).to.equal('');
+      const refusal = (p: Promise<unknown>) => p.then(() => 'answered', (e: grpc.ServiceError) => `${grpc.status[e.code]} ${e.details}`);
+      expect(await refusal(admin.listPipelines({ limit: 2, pageToken: 'x' }))).to.match(/^INVALID_ARGUMENT .*pageToken: is not a token ListPipelines gave/);
+      expect(await refusal(admin.listPipelines({ limit: -1 }))).to.match(/^INVALID_ARGUMENT .*limit: must be 0\.\.10000 \(0: every pipeline\)/);
+      const cli = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'dist/coordinator/cli/main.js'), '-c', coord.address, '--json', 'pipeline', 'list', '--chunk-size', '1']);
+      expect((JSON.parse(cli.stdout) as { name: string }[]).map((p) => p.name), 'tessera pipeline list --chunk-size 1').to.deep.equal(whole);
+    } finally {
+      for (const name of names) await admin.deletePipeline(name).catch(() => undefined);
+      admin.close();
+    }
+  });
+
   it('refuses what is too large for etcd with INVALID_ARGUMENT, and the writes after it go through at once', async () => {
     const admin = new AdminClient([coord.address], { timeoutMs: 10_000 });
     try {
