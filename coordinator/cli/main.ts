@@ -608,7 +608,7 @@ program.command('exec <instance-id> <command...>').description("run a command in
 /**
  * An object as a file would hold it, for `get` commands whose output `apply`/`set` takes back:
  * the `first` fields first (and in every object under it, its name), without `omit` (what the
- * coordinator adds) and without empty lists, empty strings and nulls (what a file leaves out).
+ * coordinator adds) and without empty lists, maps and strings, nor nulls (what a file leaves out).
  */
 function definitionYaml(o: object, first: string[], omit: string[]): string {
   const rec = o as Record<string, unknown>;
@@ -616,6 +616,7 @@ function definitionYaml(o: object, first: string[], omit: string[]): string {
   return YAML.stringify(JSON.parse(JSON.stringify(ordered, (k, v) => {
     // (A key "_x" is proto-loader's name for an optional field's oneof: it says which is set.)
     if ((Array.isArray(v) && !v.length) || v === '' || v === null || k.startsWith('_')) return undefined;
+    if (k && v && typeof v === 'object' && !Array.isArray(v) && !Object.keys(v).length) return undefined; // an empty map
     return v && typeof v === 'object' && !Array.isArray(v) && typeof v.name === 'string' ? { name: v.name, ...v } : v;
   }))).trimEnd();
 }
