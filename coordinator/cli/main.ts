@@ -424,7 +424,7 @@ app.command('get <name>').description('show an app and its spec')
   // A count set by a scaling policy, which the spec's instances do not show (as kubectl get deploy shows an HPA's replicas).
   const counts = Object.entries(a.policyInstances ?? {}).map(([comp, n]) => [comp, n, a.spec?.components.find((x) => x.name === comp)?.instances] as const)
     .filter(([, n, spec]) => n !== spec).map(([comp, n, spec]) => `${comp}: ${n} instance(s), the count a scaling policy set (the spec says ${spec ?? '-'})`);
-  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', YAML.stringify(a.spec).trimEnd(), '', ...lines].join('\n'));
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', definitionYaml(a.spec ?? {}, ['name'], []), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').option('-p, --diff', "each version's changes against the kept version before it, as apply's plan lines (as nomad job history -p)").action((name, o) => run(async (c) => {
   const h = await c.appHistory(name);
