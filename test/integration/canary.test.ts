@@ -96,15 +96,20 @@ describe('canary deployments', function () {
     // node): its slot's new instance runs the stable version (1), and the old one stops once that
     // is healthy (before session 31 it got version 2's spec: the unpromoted version in service
     // beyond the canary).
+    /** The one instance of `slot` once `gone` has left it: the stable version's (1), not a canary; and all four answer as before. */
+    const stableInSlot = async (slot: number, gone: string, what: string) => {
+      await waitFor(`slot ${slot} ${what}`, async () => { const l = await live(); return !l.some((i) => i.id === gone) && l.filter((i) => i.slot === slot).length === 1; }, 30_000, 200);
+      const x = (await live()).find((i) => i.slot === slot)!;
+      expect(Number(x.version), `slot ${slot}`).to.equal(1);
+      expect(x.canary).to.equal(false);
+      await waitFor(`three of version 1 and the canary answering (slot ${slot} ${what})`, async () => JSON.stringify(await markers()) === JSON.stringify(['v1', 'v1', 'v1', 'v2']), 15_000, 250)
+        .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
+      return x;
+    };
     const moved = (await live()).find((i) => i.slot === 2)!;
     const rep = await cli('instance', 'replace', moved.id, '--reason', 'host maintenance');
     expect(rep.code, rep.stderr).to.equal(0);
-    await waitFor('slot 2 taken over', async () => { const l = await live(); return !l.some((i) => i.id === moved.id) && l.filter((i) => i.slot === 2).length === 1; }, 30_000, 200);
-    const heir = (await live()).find((i) => i.slot === 2)!;
-    expect(Number(heir.version)).to.equal(1);
-    expect(heir.canary).to.equal(false);
-    await waitFor('the two old ones, the heir and the canary answering', async () => JSON.stringify(await markers()) === JSON.stringify(['v1', 'v1', 'v1', 'v2']), 15_000, 250)
-      .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
+    const heir = await stableInSlot(2, moved.id, 'taken over');
     expect((await pastEvents(admin, ['instance.'])).find((e) => e.subject === moved.id && e.kind === 'instance.replaced')?.message).to.match(/replaced as requested.*host maintenance/);
     expect((await admin.getApp('web')).canary).to.include({ version: 2, promotedAtMs: 0 });
 
@@ -115,12 +120,7 @@ describe('canary deployments', function () {
     await killRunning();
     await waitFor(`${failing.id} restarted`, async () => { const x = (await live()).find((i) => i.id === failing.id); return x?.restarts === 1 && x.state === 'INSTANCE_STATE_RUNNING'; }, 15_000, 100);
     await killRunning();
-    await waitFor('slot 1 filled again', async () => { const l = await live(); return !l.some((i) => i.id === failing.id) && l.filter((i) => i.slot === 1).length === 1; }, 30_000, 200);
-    const filler = (await live()).find((i) => i.slot === 1)!;
-    expect(Number(filler.version)).to.equal(1);
-    expect(filler.canary).to.equal(false);
-    await waitFor('the old one, the heir, the filler and the canary answering', async () => JSON.stringify(await markers()) === JSON.stringify(['v1', 'v1', 'v1', 'v2']), 15_000, 250)
-      .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await markers())}`); });
+    await stableInSlot(1, failing.id, 'filled again');
     expect((await admin.getApp('web')).canary).to.include({ version: 2, promotedAtMs: 0 });
     expect((await admin.getApp('web')).status).to.equal('deploying');
 
