@@ -106,3 +106,43 @@ export function reflectablePackageDefinition(): protoLoader.PackageDefinition {
 export function tesseraPackageDefinition(): protoLoader.PackageDefinition {
   return load().definition;
 }
+
+/**
+ * A tessera.v1 message as a file would hold it: only the fields that are set, not the defaults
+ * the loader fills in (defaults: true) nor its oneof markers. Typed by the .proto, so a map is
+ * kept whole (an env var set to "" is set; a key "_X" is a key) and an optional field is kept
+ * when its marker says it was set, 0 or "" included. What the CLI's get commands print for
+ * apply/set to take back.
+ */
+export function setFieldsOnly(typeName: string, obj: unknown): Record<string, unknown> {
+  const root = new protobuf.Root().loadSync(path.join(repoRoot(), 'protos', 'tessera', 'v1', 'tessera.proto'), { keepCase: LOADER_OPTIONS.keepCase });
+  root.resolveAll();
+  return setFields(root.lookupType(`tessera.v1.${typeName}`), obj as Record<string, unknown>);
+}
+
+function setFields(type: protobuf.Type, obj: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const message = (t: unknown, v: unknown) => (t instanceof protobuf.Type && v && typeof v === 'object' ? setFields(t, v as Record<string, unknown>) : v);
+  for (const f of type.fieldsArray) {
+    const v = obj[f.name];
+    if (v === undefined || v === null) continue;
+    // A oneof member (a proto3 optional field is one of its own): set when the loader's marker
+    // names it (oneofs: true), whatever its value.
+    if (f.partOf) {
+      if (obj[f.partOf.name] === f.name) out[f.name] = message(f.resolvedType, v);
+      continue;
+    }
+    if (f.map) {
+      if (Object.keys(v as object).length) out[f.name] = Object.fromEntries(Object.entries(v as object).map(([k, x]) => [k, message(f.resolvedType, x)]));
+    } else if (f.repeated) {
+      if ((v as unknown[]).length) out[f.name] = (v as unknown[]).map((x) => message(f.resolvedType, x));
+    } else if (f.resolvedType instanceof protobuf.Type) {
+      out[f.name] = message(f.resolvedType, v);
+    } else {
+      // A proto3 scalar without presence: its default is the same as not set.
+      const enumDefault = f.resolvedType instanceof protobuf.Enum ? Object.keys(f.resolvedType.values).find((k) => (f.resolvedType as protobuf.Enum).values[k] === 0) : undefined;
+      if (!(v === 0 || v === '' || v === false || v === enumDefault || (Buffer.isBuffer(v) && !v.length))) out[f.name] = v;
+    }
+  }
+  return out;
+}

@@ -9,6 +9,7 @@ import { ago, clip, enumName, table } from '../../common/table';
 import { newKeyLine } from '../secrets';
 import { VERSION } from '../../common/version';
 import { readSpecFile } from '../../common/spec-file';
+import { setFieldsOnly } from '../../common/proto';
 import { historyPlanLines, planLines } from './plan-lines';
 import { loadTls } from '../../common/tls';
 import YAML from 'yaml';
@@ -415,7 +416,7 @@ app.command('get <name>').description('show an app and its spec')
   .action((name, o) => run(async (c) => {
   const a = await c.getApp(name);
   if (o.spec) {
-    out(a.spec, () => definitionYaml(a.spec ?? {}, ['name'], []));
+    out(a.spec, () => definitionYaml('AppSpec', a.spec ?? {}, ['name'], []));
     return;
   }
   const { events, lines } = await recentEvents(c, name);
@@ -424,7 +425,7 @@ app.command('get <name>').description('show an app and its spec')
   // A count set by a scaling policy, which the spec's instances do not show (as kubectl get deploy shows an HPA's replicas).
   const counts = Object.entries(a.policyInstances ?? {}).map(([comp, n]) => [comp, n, a.spec?.components.find((x) => x.name === comp)?.instances] as const)
     .filter(([, n, spec]) => n !== spec).map(([comp, n, spec]) => `${comp}: ${n} instance(s), the count a scaling policy set (the spec says ${spec ?? '-'})`);
-  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', definitionYaml(a.spec ?? {}, ['name'], []), '', ...lines].join('\n'));
+  out({ ...a, events }, () => [`app ${a.name}: version ${a.version} (stable ${a.stableVersion || '-'}), ${a.status}: ${a.statusReason}`, ...canaryLine, ...counts, '', definitionYaml('AppSpec', a.spec ?? {}, ['name'], []), '', ...lines].join('\n'));
 }));
 app.command('history <name>').description('kept versions of an app').option('-p, --diff', "each version's changes against the kept version before it, as apply's plan lines (as nomad job history -p)").action((name, o) => run(async (c) => {
   const h = await c.appHistory(name);
@@ -606,19 +607,15 @@ program.command('exec <instance-id> <command...>').description("run a command in
   }));
 
 /**
- * An object as a file would hold it, for `get` commands whose output `apply`/`set` takes back:
- * the `first` fields first (and in every object under it, its name), without `omit` (what the
- * coordinator adds) and without empty lists, maps and strings, nor nulls (what a file leaves out).
+ * A message as a file would hold it, for `get` commands whose output `apply`/`set` takes back:
+ * only its set fields (setFieldsOnly: typed, so an env var or label set to "" is kept and no
+ * default or loader marker is printed), the `first` fields first and every object's name first
+ * under it, without `omit` (what the coordinator adds).
  */
-function definitionYaml(o: object, first: string[], omit: string[]): string {
-  const rec = o as Record<string, unknown>;
-  const ordered = Object.fromEntries([...first.map((k) => [k, rec[k]]), ...Object.entries(rec).filter(([k]) => !first.includes(k) && !omit.includes(k))]);
-  return YAML.stringify(JSON.parse(JSON.stringify(ordered, (k, v) => {
-    // (A key "_x" is proto-loader's name for an optional field's oneof: it says which is set.)
-    if ((Array.isArray(v) && !v.length) || v === '' || v === null || k.startsWith('_')) return undefined;
-    if (k && v && typeof v === 'object' && !Array.isArray(v) && !Object.keys(v).length) return undefined; // an empty map
-    return v && typeof v === 'object' && !Array.isArray(v) && typeof v.name === 'string' ? { name: v.name, ...v } : v;
-  }))).trimEnd();
+function definitionYaml(type: string, o: object, first: string[], omit: string[]): string {
+  const rec = setFieldsOnly(type, o);
+  const ordered = Object.fromEntries([...first.filter((k) => k in rec).map((k) => [k, rec[k]]), ...Object.entries(rec).filter(([k]) => !first.includes(k) && !omit.includes(k))]);
+  return YAML.stringify(JSON.parse(JSON.stringify(ordered, (_k, v) => (v && typeof v === 'object' && !Array.isArray(v) && typeof v.name === 'string' ? { name: v.name, ...v } : v)))).trimEnd();
 }
 
 const policy = program.command('policy').description('scheduling deployment policies (scaling)');
@@ -628,7 +625,7 @@ policy.command('set').description('set a policy from a YAML or JSON file').requi
 }));
 policy.command('get <app> <component>').description('show a policy, as YAML that policy set takes back').action((app, comp) => run(async (c) => {
   const p = await c.getPolicy(app, comp);
-  out(p, () => definitionYaml(p, ['app', 'component'], []));
+  out(p, () => definitionYaml('ScalingPolicy', p, ['app', 'component'], []));
 }));
 policy.command('list [app]').description('list policies').action((app) => run(async (c) => {
   const r = await c.listPolicies(app ?? '');
@@ -808,7 +805,7 @@ pipeline.command('get <name>').description('show a pipeline: its version, then i
   // The definition without what the coordinator adds (version, update time): saved, it applies
   // back unchanged (as kubectl get -o yaml); the header says what those were.
   const { version, updatedAtMs } = p;
-  out(p, () => `pipeline ${p.name}: version ${version}, updated ${ago(Number(updatedAtMs))} ago (${new Date(Number(updatedAtMs)).toISOString()})\n\n${definitionYaml(p, ['name'], ['version', 'updatedAtMs'])}`);
+  out(p, () => `pipeline ${p.name}: version ${version}, updated ${ago(Number(updatedAtMs))} ago (${new Date(Number(updatedAtMs)).toISOString()})\n\n${definitionYaml('Pipeline', p, ['name'], ['version', 'updatedAtMs'])}`);
 }));
 pipeline.command('delete <name>').description('remove a pipeline').action((name) => run(async (c) => {
   await c.deletePipeline(name);
